@@ -1,0 +1,38 @@
+"""Options every command shares: ``--config`` and repeatable ``--set KEY=VALUE``."""
+
+from __future__ import annotations
+
+import functools
+import os
+from collections.abc import Callable
+from typing import Any
+
+import click
+
+from collector.config import DEFAULT_CONFIG_FILE, Config, load
+from collector.configtree import ConfigError
+
+
+def config_options(func: Callable[..., Any]) -> Callable[..., Any]:
+    """Add ``--config``/``--set`` and pass the loaded, validated :class:`Config` as ``config``.
+
+    Without ``--config``, ``collector.toml`` in the current directory is used when present, else the defaults.
+    A configuration error exits with status 2 and names the key, the value and what was expected.
+    """
+
+    @click.option("--config", "config_path", type=click.Path(dir_okay=False), default=None,
+                  help=f"Configuration file (default: ./{DEFAULT_CONFIG_FILE} if present).")
+    @click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE",
+                  help="Override a setting by its dotted key, e.g. --set store.path=/srv/flowmed (repeatable).")
+    @functools.wraps(func)
+    def wrapper(*args: Any, config_path: str | None, overrides: tuple[str, ...], **kwargs: Any) -> Any:
+        if config_path is None and os.path.exists(DEFAULT_CONFIG_FILE):
+            config_path = DEFAULT_CONFIG_FILE
+        try:
+            config = load(config_path, overrides)
+        except ConfigError as exc:
+            raise click.UsageError(f"configuration error: {exc}") from None
+        return func(*args, config=config, **kwargs)
+
+    return wrapper
+

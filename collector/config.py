@@ -1,0 +1,272 @@
+"""flowmed's configuration: ``collector.toml`` as a tree of frozen dataclasses.
+
+Every section is one dataclass here; each field's docstring is its documentation. ``load()`` reads the file, applies
+``--set`` overrides and validates strictly (see :mod:`collector.configtree`). Relative paths are resolved against
+``store.path`` by the components that use them.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import os
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal
+
+from collector.configtree import ConfigError, apply_overrides, build
+
+DEFAULT_CONFIG_FILE = "collector.toml"
+
+
+def _check_endpoint(key: str, value: str) -> None:
+    """``host:port`` or ``[v6]:port``; raises ConfigError naming the key."""
+    host, sep, port = value.rpartition(":")
+    host = host.strip("[]")
+    try:
+        ipaddress.ip_address(host)
+        ok = bool(sep) and 0 < int(port) < 65536
+    except ValueError:
+        ok = False
+    if not ok:
+        raise ConfigError(key, value, "an address and port such as 0.0.0.0:2055 or [::]:4739")
+
+
+def split_endpoint(value: str) -> tuple[str, int]:
+    """``"[::1]:2055"`` -> ``("::1", 2055)``."""
+    host, _, port = value.rpartition(":")
+    return host.strip("[]"), int(port)
+
+
+def _check_positive(key: str, **values: float) -> None:
+    for name, value in values.items():
+        if value <= 0:
+            raise ConfigError(f"{key}.{name}" if key else name, value, "a number greater than 0")
+
+
+@dataclass(frozen=True)
+class ListenConfig:
+    udp: list[str] = field(default_factory=lambda: ["0.0.0.0:2055", "0.0.0.0:4739"])
+    """UDP endpoints for NetFlow v5/v9 and IPFIX; every endpoint accepts every version."""
+    rcvbuf_bytes: int = 32 * 1024 * 1024
+    """Requested SO_RCVBUF; the kernel caps it at net.core.rmem_max (what was granted is logged)."""
+    batch_datagrams: int = 2048
+    """Datagrams handed to the decoder at once (at most); a batch is also cut every batch_interval_ms."""
+    batch_interval_ms: int = 50
+    """Longest time a received datagram waits before it is decoded."""
+
+    def validate(self, key: str) -> None:
+        for i, ep in enumerate(self.udp):
+            _check_endpoint(f"{key}.udp[{i}]", ep)
+        _check_positive(key, rcvbuf_bytes=self.rcvbuf_bytes, batch_datagrams=self.batch_datagrams,
+                        batch_interval_ms=self.batch_interval_ms)
+
+
+@dataclass(frozen=True)
+class DecoderConfig:
+    max_exporters: int = 4096
+    """Exporters (source addresses) tracked at once; datagrams from further exporters are counted and dropped."""
+    max_templates_per_exporter: int = 1024
+    """Templates kept per exporter (over all its domains); a further template is refused and counted."""
+    max_template_fields: int = 512
+    """A template with more fields than this is refused as malformed."""
+    pending_max_bytes: int = 8 * 1024 * 1024
+    """Data sets held while waiting for their template, in total; the oldest are dropped (and counted) beyond."""
+    pending_max_age_s: float = 120.0
+    """Data sets waiting longer than this for their template are dropped (and counted)."""
+    template_timeout_s: float = 0.0
+    """Forget templates not refreshed for this long (0 = keep until withdrawn or replaced)."""
+    state_file: str = "state/templates.json"
+    """Templates and sampling options saved here (relative to store.path) so a restart loses no data."""
+
+    def validate(self, key: str) -> None:
+        _check_positive(key, max_exporters=self.max_exporters,
+                        max_templates_per_exporter=self.max_templates_per_exporter,
+                        max_template_fields=self.max_template_fields, pending_max_bytes=self.pending_max_bytes,
+                        pending_max_age_s=self.pending_max_age_s)
+
+
+@dataclass(frozen=True)
+class SamplingRule:
+    prefix: str
+    """Exporter address or prefix this rule applies to, e.g. 192.0.2.1 or 10.0.0.0/8."""
+    rate: int
+    """1-in-N sampling rate."""
+    override: bool = False
+    """true: use this rate even when the exporter announces one; false: only when it announces none."""
+
+    def validate(self, key: str) -> None:
+        try:
+            ipaddress.ip_network(self.prefix, strict=False)
+        except ValueError:
+            raise ConfigError(f"{key}.prefix", self.prefix, "an IP address or prefix") from None
+        if self.rate < 1:
+            raise ConfigError(f"{key}.rate", self.rate, "an integer >= 1")
+
+
+@dataclass(frozen=True)
+class SamplingConfig:
+    default_rate: int = 1
+    """Rate assumed when an exporter announces none and no rule matches (1 = unsampled)."""
+    rules: list[SamplingRule] = field(default_factory=list)
+    """Per exporter or subnet defaults and overrides; the longest matching prefix wins."""
+
+    def validate(self, key: str) -> None:
+        if self.default_rate < 1:
+            raise ConfigError(f"{key}.default_rate", self.default_rate, "an integer >= 1")
+
+
+@dataclass(frozen=True)
+class StoreConfig:
+    enabled: bool = True
+    """Write the embedded Parquet store (the default output; `flowmed query` reads it)."""
+    path: str = "data"
+    """Data directory: the Parquet dataset, the spool and saved state live under it."""
+    flush_interval_s: float = 5.0
+    """A batch is written at least this often..."""
+    flush_rows: int = 500_000
+    """...or as soon as it holds this many rows."""
+    compact_after_s: float = 3600.0
+    """Files of a partition older than this are merged into one file (0 disables compaction)."""
+    flows_retention_days: int = 0
+    """Drop raw flow partitions older than this (0 keeps them forever)."""
+
+    def validate(self, key: str) -> None:
+        _check_positive(key, flush_interval_s=self.flush_interval_s, flush_rows=self.flush_rows)
+
+
+@dataclass(frozen=True)
+class ClickHouseConfig:
+    enabled: bool = False
+    """Write to a ClickHouse server (in addition to, or instead of, the embedded store)."""
+    hosts: list[str] = field(default_factory=lambda: ["127.0.0.1"])
+    """Server host names or addresses; tried in order."""
+    port: int = 9000
+    """Native protocol port (9440 is usual with TLS)."""
+    database: str = "flowmed"
+    """Database that holds flowmed's tables (created at start)."""
+    user: str = "default"
+    """User name."""
+    password_env: str = "FLOWMED_CLICKHOUSE_PASSWORD"
+    """Environment variable that holds the password (preferred)."""
+    password_file: str = ""
+    """File whose first line is the password (used when the environment variable is unset)."""
+    secure: bool = False
+    """TLS to the server."""
+    ca_file: str = ""
+    """CA bundle for TLS (empty: the system's)."""
+    cluster: str = ""
+    """Cluster name: create local tables plus Distributed tables and write through them."""
+    flows: bool = True
+    """Write raw flows (the mediated tables are always written)."""
+    flows_retention_days: int = 0
+    """Drop raw flows older than this (TTL where supported, else by dropping partitions); 0 keeps them."""
+    batch_rows: int = 200_000
+    """Insert when a batch holds this many rows..."""
+    batch_interval_s: float = 5.0
+    """...or when it is this old."""
+    insert_timeout_s: float = 30.0
+    """An insert taking longer than this is abandoned and its batch spooled."""
+
+    def password(self) -> str:
+        """The password from the environment or the password file; never from collector.toml itself."""
+        if self.password_env and os.environ.get(self.password_env):
+            return os.environ[self.password_env]
+        if self.password_file:
+            return Path(self.password_file).read_text().splitlines()[0] if Path(self.password_file).exists() else ""
+        return ""
+
+    def validate(self, key: str) -> None:
+        if not self.hosts:
+            raise ConfigError(f"{key}.hosts", self.hosts, "at least one host")
+        if not 0 < self.port < 65536:
+            raise ConfigError(f"{key}.port", self.port, "a TCP port number")
+        _check_positive(key, batch_rows=self.batch_rows, batch_interval_s=self.batch_interval_s,
+                        insert_timeout_s=self.insert_timeout_s)
+
+
+@dataclass(frozen=True)
+class SpoolConfig:
+    path: str = "spool"
+    """Spool directory (relative to store.path) for batches an output could not take."""
+    max_bytes: int = 10 * 1024**3
+    """Spool size limit."""
+    full_policy: Literal["drop_newest", "drop_oldest", "block"] = "drop_oldest"
+    """What happens when the spool is full; every dropped row is counted and logged."""
+    fsync: Literal["always", "never"] = "always"
+    """always: a spooled batch survives power loss; never: it survives a crash of flowmed but not of the host."""
+
+    def validate(self, key: str) -> None:
+        _check_positive(key, max_bytes=self.max_bytes)
+
+
+@dataclass(frozen=True)
+class OutputConfig:
+    clickhouse: ClickHouseConfig = field(default_factory=ClickHouseConfig)
+    """ClickHouse server output."""
+
+
+@dataclass(frozen=True)
+class MetricsConfig:
+    listen: str = "127.0.0.1:9108"
+    """Prometheus metrics and status endpoint (loopback by default)."""
+    enabled: bool = True
+    """Serve metrics."""
+
+    def validate(self, key: str) -> None:
+        _check_endpoint(f"{key}.listen", self.listen)
+
+
+@dataclass(frozen=True)
+class LogConfig:
+    level: Literal["debug", "info", "warning", "error"] = "info"
+    """Log level."""
+    format: Literal["logfmt", "json"] = "logfmt"
+    """Log line format (to stderr)."""
+
+
+@dataclass(frozen=True)
+class ServiceConfig:
+    workers: int = 1
+    """Worker processes sharing each UDP port with SO_REUSEPORT."""
+    shutdown_timeout_s: float = 30.0
+    """Longest time SIGTERM may take to flush before exit."""
+
+    def validate(self, key: str) -> None:
+        if self.workers < 1:
+            raise ConfigError(f"{key}.workers", self.workers, "an integer >= 1")
+
+
+@dataclass(frozen=True)
+class Config:
+    """The whole of collector.toml."""
+
+    listen: ListenConfig = field(default_factory=ListenConfig)
+    decoder: DecoderConfig = field(default_factory=DecoderConfig)
+    sampling: SamplingConfig = field(default_factory=SamplingConfig)
+    store: StoreConfig = field(default_factory=StoreConfig)
+    output: OutputConfig = field(default_factory=OutputConfig)
+    spool: SpoolConfig = field(default_factory=SpoolConfig)
+    metrics: MetricsConfig = field(default_factory=MetricsConfig)
+    log: LogConfig = field(default_factory=LogConfig)
+    service: ServiceConfig = field(default_factory=ServiceConfig)
+
+    def data_path(self, relative: str) -> Path:
+        """A path from the config, resolved against store.path when relative."""
+        p = Path(relative)
+        return p if p.is_absolute() else Path(self.store.path) / p
+
+
+def load(path: str | os.PathLike | None = None, overrides: list[str] | tuple[str, ...] = ()) -> Config:
+    """Read ``path`` (or defaults when None and no collector.toml is present), apply ``--set`` overrides, validate."""
+    tree: dict = {}
+    if path is not None:
+        try:
+            with open(path, "rb") as f:
+                tree = tomllib.load(f)
+        except FileNotFoundError:
+            raise ConfigError("--config", str(path), "an existing configuration file") from None
+        except tomllib.TOMLDecodeError as exc:
+            raise ConfigError("--config", str(path), f"valid TOML ({exc})") from None
+    apply_overrides(tree, list(overrides))
+    return build(Config, tree)

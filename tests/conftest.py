@@ -1,0 +1,12 @@
+"""Shared test setup.
+
+Fixture modules live in ``tests/fixtures/`` (one per real peer or area) and are all loaded here. Tests that need a
+real peer call :func:`tests.fixtures.peers.require_tool`: on a developer machine a missing peer skips the test, in CI
+(``CI=true``) it fails it, so a green CI run has exercised every peer.
+"""
+
+from pathlib import Path
+
+pytest_plugins = sorted(
+    f"tests.fixtures.{p.stem}" for p in (Path(__file__).parent / "fixtures").glob("*.py") if p.stem != "__init__"
+)
