@@ -212,9 +212,12 @@ class MetricsConfig:
     """Prometheus metrics and status endpoint (loopback by default)."""
     enabled: bool = True
     """Serve metrics."""
+    max_exporter_labels: int = 256
+    """Exporters with their own metric label; further exporters are counted under exporter="other"."""
 
     def validate(self, key: str) -> None:
         _check_endpoint(f"{key}.listen", self.listen)
+        _check_positive(key, max_exporter_labels=self.max_exporter_labels)
 
 
 @dataclass(frozen=True)

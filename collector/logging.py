@@ -1,0 +1,104 @@
+"""Structured logging to stderr: logfmt or JSON lines, and a rate limiter for repeated per-exporter errors.
+
+Every log call passes its fields as ``extra={"fields": {...}}`` (or through :func:`log`), so a line is
+``ts=... level=info msg="listening" listener=0.0.0.0:2055`` in logfmt or one JSON object per line.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+import time
+from collections import OrderedDict
+from typing import Any
+
+LOGGER_NAME = "flowmed"
+logger = logging.getLogger(LOGGER_NAME)
+
+_LEVELS = {"debug": logging.DEBUG, "info": logging.INFO, "warning": logging.WARNING, "error": logging.ERROR}
+
+
+def _logfmt_value(value: Any) -> str:
+    text = value if isinstance(value, str) else json.dumps(value, default=str) if isinstance(value, list | dict) \
+        else str(value)
+    if text == "" or any(c in text for c in ' ="\\\n\t'):
+        return json.dumps(text)
+    return text
+
+
+class _Formatter(logging.Formatter):
+    def __init__(self, fmt: str) -> None:
+        super().__init__()
+        self.fmt = fmt
+
+    def format(self, record: logging.LogRecord) -> str:
+        t = time.gmtime(record.created)
+        ts = time.strftime("%Y-%m-%dT%H:%M:%S", t) + f".{int(record.msecs):03d}Z"
+        items: dict[str, Any] = {"ts": ts, "level": record.levelname.lower(), "msg": record.getMessage()}
+        items.update(getattr(record, "fields", {}) or {})
+        if record.exc_info:
+            items["error"] = self.formatException(record.exc_info)
+        if self.fmt == "json":
+            return json.dumps(items, default=str)
+        return " ".join(f"{k}={_logfmt_value(v)}" for k, v in items.items())
+
+
+def setup(level: str = "info", fmt: str = "logfmt", stream: Any = None) -> None:
+    """Configure the ``flowmed`` logger: one handler on stderr in the given format; idempotent (SIGHUP calls it)."""
+    handler = logging.StreamHandler(stream or sys.stderr)
+    handler.setFormatter(_Formatter(fmt))
+    for old in list(logger.handlers):
+        logger.removeHandler(old)
+    logger.addHandler(handler)
+    logger.setLevel(_LEVELS[level])
+    logger.propagate = False
+
+
+def set_level(level: str) -> None:
+    """Change the log level (SIGHUP)."""
+    logger.setLevel(_LEVELS[level])
+
+
+def log(level: str, msg: str, **fields: Any) -> None:
+    """Log ``msg`` with structured ``fields``."""
+    logger.log(_LEVELS[level], msg, extra={"fields": fields})
+
+
+class RateLimiter:
+    """At most one log line per key every ``interval_s``; the lines held back are counted into the next one.
+
+    Keys are (exporter, reason) pairs, so a noisy exporter cannot flood the log, and the number of keys is bounded
+    (the least recently used key is forgotten) because exporters are attacker-controlled.
+    """
+
+    def __init__(self, interval_s: float = 60.0, max_keys: int = 4096) -> None:
+        self.interval_s = interval_s
+        self.max_keys = max_keys
+        self._keys: OrderedDict[tuple, list[float | int]] = OrderedDict()  # key -> [last_logged, suppressed]
+
+    def allow(self, key: tuple, now: float | None = None) -> int | None:
+        """None when the line must be held back, else the number of lines held back since the last one."""
+        now = time.monotonic() if now is None else now
+        entry = self._keys.get(key)
+        if entry is None:
+            self._keys[key] = [now, 0]
+            if len(self._keys) > self.max_keys:
+                self._keys.popitem(last=False)
+            return 0
+        self._keys.move_to_end(key)
+        if now - entry[0] < self.interval_s:
+            entry[1] += 1
+            return None
+        suppressed = int(entry[1])
+        entry[0], entry[1] = now, 0
+        return suppressed
+
+    def log(self, level: str, msg: str, key: tuple, count: int = 1, **fields: Any) -> None:
+        """Log unless rate-limited; ``count`` is how many events this call stands for."""
+        held = self.allow(key)
+        if held is None:
+            entry = self._keys[key]
+            entry[1] += count - 1
+            return
+        log(level, msg, **fields, count=count, suppressed=held)
