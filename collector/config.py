@@ -241,6 +241,165 @@ class ServiceConfig:
 
 
 @dataclass(frozen=True)
+class SubscribersConfig:
+    static_file: str = ""
+    """CSV or TOML file of static bindings (subscriber id, address or prefix, optional valid_from/valid_to);
+    reloaded when it changes and on SIGHUP. Empty: none."""
+    bindings_db: str = "state/bindings.sqlite"
+    """Durable binding history (SQLite, relative to store.path), shared by the workers and the RADIUS listener."""
+    refresh_interval_s: float = 1.0
+    """How often a worker picks up binding changes made by the RADIUS listener or a file reload."""
+    static_check_interval_s: float = 5.0
+    """How often the static file's modification time is checked."""
+
+    def validate(self, key: str) -> None:
+        _check_positive(key, refresh_interval_s=self.refresh_interval_s,
+                        static_check_interval_s=self.static_check_interval_s)
+
+
+@dataclass(frozen=True)
+class RadiusClient:
+    address: str
+    """NAS address or prefix allowed to send accounting, e.g. 192.0.2.10 or 10.1.0.0/16."""
+    secret_env: str = ""
+    """Environment variable holding the shared secret (preferred)."""
+    secret_file: str = ""
+    """File whose first line is the shared secret."""
+    secret: str = ""
+    """The shared secret itself (discouraged: collector.toml is often world-readable)."""
+    name: str = ""
+    """Label for metrics and logs (default: the address)."""
+
+    def shared_secret(self) -> bytes:
+        """The secret from the environment, the file or the config, in that order."""
+        if self.secret_env and os.environ.get(self.secret_env):
+            return os.environ[self.secret_env].encode()
+        if self.secret_file and Path(self.secret_file).exists():
+            return Path(self.secret_file).read_text().splitlines()[0].encode()
+        return self.secret.encode()
+
+    def validate(self, key: str) -> None:
+        try:
+            ipaddress.ip_network(self.address, strict=False)
+        except ValueError:
+            raise ConfigError(f"{key}.address", self.address, "an IP address or prefix") from None
+        if not (self.secret_env or self.secret_file or self.secret):
+            raise ConfigError(f"{key}.secret_env", self.secret_env, "one of secret_env, secret_file or secret")
+
+
+RADIUS_ID_ATTRIBUTES = ("User-Name", "Class", "Calling-Station-Id", "Called-Station-Id", "NAS-Port-Id",
+                        "Acct-Session-Id", "Framed-IP-Address")
+
+
+@dataclass(frozen=True)
+class RadiusConfig:
+    enabled: bool = False
+    """Run the RADIUS accounting listener (bindings from Start/Interim/Stop, usage from the counters)."""
+    listen: list[str] = field(default_factory=lambda: ["0.0.0.0:1813"])
+    """UDP endpoints for Accounting-Request."""
+    clients: list[RadiusClient] = field(default_factory=list)
+    """Allowed NASes and their shared secrets; requests from other addresses are dropped and counted."""
+    subscriber_attribute: str = "User-Name"
+    """Attribute holding the subscriber id: User-Name, Class, Calling-Station-Id, Called-Station-Id, NAS-Port-Id,
+    Acct-Session-Id or Framed-IP-Address."""
+    usage: bool = True
+    """Turn Acct-Input/Output-Octets (+ Gigawords) into per-interval usage rows with source 'radius'."""
+    max_queue: int = 8192
+    """Requests waiting to be made durable; further requests are dropped (the NAS retransmits) and counted."""
+    max_sessions: int = 2_000_000
+    """Open accounting sessions tracked; beyond this a Start is refused (not answered) and counted."""
+
+    def validate(self, key: str) -> None:
+        for i, ep in enumerate(self.listen):
+            _check_endpoint(f"{key}.listen[{i}]", ep)
+        if self.subscriber_attribute not in RADIUS_ID_ATTRIBUTES:
+            raise ConfigError(f"{key}.subscriber_attribute", self.subscriber_attribute,
+                              "one of " + ", ".join(RADIUS_ID_ATTRIBUTES))
+        _check_positive(key, max_queue=self.max_queue, max_sessions=self.max_sessions)
+
+
+@dataclass(frozen=True)
+class ExporterRole:
+    prefix: str
+    """Exporter address or prefix."""
+    role: Literal["primary", "shared", "secondary"] = "primary"
+    """primary: only its own resends are duplicates; shared: a flow exported by several routers of this role
+    counts once; secondary: every record is a duplicate of what a primary exporter reports (kept, not billed)."""
+
+    def validate(self, key: str) -> None:
+        try:
+            ipaddress.ip_network(self.prefix, strict=False)
+        except ValueError:
+            raise ConfigError(f"{key}.prefix", self.prefix, "an IP address or prefix") from None
+
+
+@dataclass(frozen=True)
+class ClassRule:
+    name: str
+    """Traffic class name, e.g. zero-rated-cdn."""
+    prefixes: list[str] = field(default_factory=list)
+    """Remote (non-subscriber) side prefixes; empty matches any."""
+    ports: list[int] = field(default_factory=list)
+    """Remote side transport ports; empty matches any."""
+    protocols: list[int] = field(default_factory=list)
+    """IP protocol numbers; empty matches any."""
+
+    def validate(self, key: str) -> None:
+        if not self.name:
+            raise ConfigError(f"{key}.name", self.name, "a non-empty class name")
+        for i, p in enumerate(self.prefixes):
+            try:
+                ipaddress.ip_network(p, strict=False)
+            except ValueError:
+                raise ConfigError(f"{key}.prefixes[{i}]", p, "an IP prefix") from None
+        for i, p in enumerate(self.ports):
+            if not 0 <= p < 65536:
+                raise ConfigError(f"{key}.ports[{i}]", p, "a port number")
+        for i, p in enumerate(self.protocols):
+            if not 0 <= p < 256:
+                raise ConfigError(f"{key}.protocols[{i}]", p, "an IP protocol number")
+
+
+@dataclass(frozen=True)
+class MediationConfig:
+    enabled: bool = True
+    """Turn flows into subscriber usage (usage, rejects and reconciliation tables)."""
+    interval_s: int = 300
+    """Usage interval length; intervals are aligned to the UTC epoch, half-open [start, end)."""
+    watermark_s: float = 120.0
+    """An interval is closed (its rows written) this long after its end; later records become correction rows."""
+    max_lateness_s: float = 7 * 86400.0
+    """Records ending longer ago than this (by receive time) are rejected as too_old (reprocessable)."""
+    max_future_s: float = 300.0
+    """Records ending further than this after their receive time are rejected as future."""
+    max_flow_duration_s: float = 86400.0
+    """Records lasting longer than this are rejected as too_long."""
+    max_bytes_per_packet: int = 65535
+    """Records with more bytes per packet than this (or fewer than 1) are rejected as absurd_counters."""
+    dedup_window_s: float = 900.0
+    """Record keys are remembered this long (by flow end time) to drop resent or doubly exported records."""
+    dedup_max_keys: int = 50_000_000
+    """Keys kept at most (8 bytes each); the oldest are forgotten first (counted)."""
+    exporter_roles: list[ExporterRole] = field(default_factory=list)
+    """Exporter roles for de-duplication (longest prefix wins; default primary)."""
+    classes: list[ClassRule] = field(default_factory=list)
+    """Traffic class rules, first match wins."""
+    default_class: str = "default"
+    """Class of traffic no rule matches."""
+
+    def validate(self, key: str) -> None:
+        _check_positive(key, interval_s=self.interval_s, max_lateness_s=self.max_lateness_s,
+                        max_flow_duration_s=self.max_flow_duration_s, max_bytes_per_packet=self.max_bytes_per_packet,
+                        dedup_max_keys=self.dedup_max_keys)
+        if self.max_flow_duration_s > 30 * 86400:
+            raise ConfigError(f"{key}.max_flow_duration_s", self.max_flow_duration_s, "at most 30 days")
+        if self.watermark_s < 0 or self.max_future_s < 0 or self.dedup_window_s < 0:
+            raise ConfigError(key, "watermark_s/max_future_s/dedup_window_s", "non-negative numbers")
+        if 86400 % self.interval_s:
+            raise ConfigError(f"{key}.interval_s", self.interval_s, "a divisor of 86400 (intervals align to days)")
+
+
+@dataclass(frozen=True)
 class Config:
     """The whole of collector.toml."""
 
@@ -253,6 +412,9 @@ class Config:
     metrics: MetricsConfig = field(default_factory=MetricsConfig)
     log: LogConfig = field(default_factory=LogConfig)
     service: ServiceConfig = field(default_factory=ServiceConfig)
+    subscribers: SubscribersConfig = field(default_factory=SubscribersConfig)
+    radius: RadiusConfig = field(default_factory=RadiusConfig)
+    mediation: MediationConfig = field(default_factory=MediationConfig)
 
     def data_path(self, relative: str) -> Path:
         """A path from the config, resolved against store.path when relative."""
