@@ -9,7 +9,7 @@ from typing import Any
 
 import click
 
-from collector.config import DEFAULT_CONFIG_FILE, Config, load
+from collector.config import DEFAULT_CONFIG_FILE, load
 from collector.configtree import ConfigError
 
 
@@ -32,6 +32,10 @@ def config_options(func: Callable[..., Any]) -> Callable[..., Any]:
             config = load(config_path, overrides)
         except ConfigError as exc:
             raise click.UsageError(f"configuration error: {exc}") from None
+        # The daemon re-reads the same file and overrides on SIGHUP and passes them to its workers.
+        ctx = click.get_current_context()
+        ctx.meta["flowmed.config_path"] = config_path
+        ctx.meta["flowmed.overrides"] = tuple(overrides)
         return func(*args, config=config, **kwargs)
 
     return wrapper

@@ -1,0 +1,527 @@
+"""The daemon: listeners → batches of datagrams → FlowDecoder → (Mediator) → Sink, plus its lifecycle.
+
+Shape (after uvicorn's ``Server``): :meth:`Server.startup` binds the listeners, loads template state, opens the
+outputs and only then says ``READY=1``; :meth:`Server.main_loop` ticks once a second (template expiry, state save,
+flush deadlines, kernel drop counters, metrics, status, watchdog); :meth:`Server.shutdown` stops receiving, drains
+the sockets, decodes what is left, flushes every output and saves state, within ``service.shutdown_timeout_s``.
+
+The event loop stays free of per-record work: the read callback only appends ``(payload, exporter, received_ms)``
+to a list (see :mod:`collector.listener`); a batch is cut at ``listen.batch_datagrams`` datagrams or after
+``listen.batch_interval_ms`` and decoded column-wise in one call; writes happen on the Sink's writer thread.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import signal
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from prometheus_client import CollectorRegistry
+
+from collector import config as config_mod
+from collector import metrics as metrics_mod
+from collector import status as status_mod
+from collector.config import Config
+from collector.configtree import ConfigError
+from collector.listener import Datagram, UdpListener
+from collector.logging import RateLimiter, log, set_level
+from collector.logging import setup as setup_logging
+from collector.systemd import Notifier, watchdog_interval_s
+from decoders.schema import FLOWS
+
+TICK_S = 1.0
+STATE_SAVE_INTERVAL_S = 60.0
+
+
+def write_atomic(path: Path, data: bytes) -> None:
+    """Write ``data`` to ``path`` via a temporary file, fsync and rename: a crash leaves the old or the new file."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    with open(tmp, "wb") as f:
+        f.write(data)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+    with contextlib.suppress(OSError):
+        dfd = os.open(path.parent, os.O_RDONLY)
+        try:
+            os.fsync(dfd)
+        finally:
+            os.close(dfd)
+
+
+def now_ms() -> int:
+    return time.time_ns() // 1_000_000
+
+
+class Pipeline:
+    """Decoder → optional Mediator → Sink for one process; :meth:`process` takes one batch of datagrams.
+
+    Kept apart from the socket handling so ``flowmed decode`` and the tests drive exactly the code the daemon runs.
+    """
+
+    def __init__(self, config: Config, metrics: metrics_mod.Metrics, sink: Any, mediator: Any = None,
+                 decoder: Any = None) -> None:
+        self.config = config
+        self.metrics = metrics
+        self.decoder = decoder if decoder is not None else make_decoder(config)
+        self.mediator = mediator
+        self.sink = sink
+        self.board = status_mod.StatusBoard(config.decoder.max_exporters)
+        self.errors_log = RateLimiter(60.0)
+        self.datagrams = 0
+        self.flows = 0
+
+    def process(self, batch: list[Datagram]) -> int:
+        """Decode ``batch``, mediate and hand the tables to the sink; returns the number of flows decoded."""
+        if not batch:
+            return 0
+        m = self.metrics
+        t0 = time.perf_counter()
+        try:
+            result = self.decoder.decode(batch)
+        except Exception as exc:  # the decoder must not raise for bad input: this is a bug, keep the daemon up
+            m.pipeline_errors.labels("decode").inc()
+            log("error", "decoder failed on a batch", datagrams=len(batch), error=repr(exc))
+            return 0
+        flows = FLOWS.to_arrow(result.flows)
+        received = now_ms()
+        self.account(result, received)
+        n = flows.num_rows
+        tables: dict[str, Any] = {"flows": flows} if n else {}
+        if self.mediator is not None and n:
+            try:
+                tables.update(self.mediator.process(flows, received))
+            except Exception as exc:  # a mediation bug must not stop the raw flows from being stored
+                m.pipeline_errors.labels("mediation").inc()
+                log("error", "mediation failed on a batch", flows=n, error=repr(exc))
+        for name, table_batch in tables.items():
+            if table_batch is not None and table_batch.num_rows:
+                self.sink.add(name, table_batch)
+        self.datagrams += len(batch)
+        self.flows += n
+        m.decode_batches.inc()
+        m.batch_datagrams.observe(len(batch))
+        m.decode_seconds.observe(time.perf_counter() - t0)
+        return n
+
+    def account(self, result: Any, received_ms: int) -> None:
+        """Per-exporter counters of a DecodeResult into metrics and the status board (a loop per exporter only)."""
+        m, label, board = self.metrics, self.metrics.exporter_label, self.board
+        for (exporter, version), count in _items(result, "datagrams"):
+            m.datagrams.labels(label(exporter), str(version)).inc(count)
+            entry = board.exporter(exporter, received_ms)
+            entry.datagrams += count
+            entry.versions.add(int(version))
+        for (exporter, version), count in _items(result, "records"):
+            m.records.labels(label(exporter), str(version)).inc(count)
+            board.exporter(exporter, received_ms).records += count
+        for (exporter, reason), count in _items(result, "errors"):
+            m.decode_errors.labels(label(exporter), reason).inc(count)
+            board.exporter(exporter, received_ms).errors += count
+            self.errors_log.log("warning", "bad export data", key=(exporter, reason), count=count,
+                                exporter=exporter, reason=reason)
+        for key, count in _items(result, "sequence_lost"):
+            exporter = key[0] if isinstance(key, tuple) else key
+            m.sequence_lost.labels(label(exporter)).inc(count)
+            board.exporter(exporter, received_ms).sequence_lost += count
+        templates = getattr(result, "templates", None)
+        if isinstance(templates, dict):
+            per_exporter: dict[str, int] = {}
+            for key, count in templates.items():
+                exporter = key[0] if isinstance(key, tuple) else key
+                per_exporter[exporter] = per_exporter.get(exporter, 0) + int(count)
+            for exporter, count in per_exporter.items():
+                m.templates.labels(label(exporter)).set(count)
+                if exporter in board.exporters:
+                    board.exporters[exporter].templates = count
+        pending = getattr(result, "pending_bytes", None)
+        if isinstance(pending, int | np.integer):
+            m.pending_bytes.set(int(pending))
+
+
+def _items(result: Any, name: str) -> list[tuple[Any, int]]:
+    value = getattr(result, name, None)
+    if isinstance(value, dict):
+        return [(k, int(v)) for k, v in value.items() if v]
+    return []
+
+
+def make_decoder(config: Config) -> Any:
+    """The flow decoder for ``config``."""
+    from decoders.flows import FlowDecoder
+
+    return FlowDecoder(config.decoder, config.sampling)
+
+
+def make_mediator(config: Config) -> Any:
+    """``mediation.Mediator(config)`` when mediation is part of this build, else None (raw flows only)."""
+    try:
+        from mediation import Mediator  # type: ignore[attr-defined]
+    except ImportError:
+        return None
+    return Mediator(config)
+
+
+def make_sink(config: Config, worker: int = 0) -> Any:
+    """The Sink with every output the config enables (the Parquet store, ClickHouse)."""
+    from mediation.sink import Sink
+
+    build = _optional("mediation.outputs", "build_outputs")
+    if build is not None:
+        outputs = build(config, worker=worker)
+    else:
+        outputs = []
+        if config.store.enabled:
+            from mediation.store import ParquetStore
+
+            outputs.append(ParquetStore(config.store.path))
+    return Sink(outputs, config.store.flush_rows, config.store.flush_interval_s)
+
+
+def _optional(module: str, name: str) -> Callable[..., Any] | None:
+    try:
+        mod = __import__(module, fromlist=[name])
+    except ImportError:
+        return None
+    return getattr(mod, name, None)
+
+
+def state_path(config: Config, worker: int | None) -> Path:
+    """Where this process keeps its template state: one file per worker, so workers never overwrite each other."""
+    p = config.data_path(config.decoder.state_file)
+    return p if worker is None else p.with_name(f"{p.name}.worker{worker}")
+
+
+class Server:
+    """One receiving process: its listeners, pipeline, HTTP endpoint (unless a supervisor serves it) and lifecycle.
+
+    ``worker`` is None for a single-process daemon, else this worker's index under the supervisor, which passes the
+    already-bound sockets in ``listen_fds`` (one per ``listen.udp`` endpoint, in order).
+    """
+
+    def __init__(self, config: Config, config_path: str | None = None, overrides: tuple[str, ...] = (),
+                 worker: int | None = None, listen_fds: list[int] | None = None,
+                 registry: CollectorRegistry | None = None, sink: Any = None, decoder: Any = None,
+                 mediator: Any = "auto") -> None:
+        self.config = config
+        self.config_path = config_path
+        self.overrides = overrides
+        self.worker = worker
+        self.listen_fds = listen_fds
+        self.registry = registry if registry is not None else CollectorRegistry(auto_describe=True)
+        role = "single" if worker is None else "worker"
+        self.metrics = metrics_mod.install(metrics_mod.Metrics(self.registry, config.metrics.max_exporter_labels, role))
+        self._sink_arg, self._decoder_arg, self._mediator_arg = sink, decoder, mediator
+        self.notifier = Notifier()
+        self.pending: list[Datagram] = []
+        self.listeners: list[UdpListener] = []
+        self.pipeline: Pipeline | None = None
+        self.http: status_mod.HttpServer | None = None
+        self.snapshot: dict[str, Any] = {}
+        self.started = time.time()
+        self.stop_event: asyncio.Event | None = None
+        self.reload_requested = False
+        self._batch_timer: asyncio.TimerHandle | None = None
+        self._batch_scheduled = False
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._last_state_save = time.monotonic()
+        self.rows_flushed = 0
+
+    # --- lifecycle -------------------------------------------------------------------------------------------------
+
+    async def serve(self) -> int:
+        """Run until SIGTERM/SIGINT; returns the exit status."""
+        self._loop = asyncio.get_running_loop()
+        self.stop_event = asyncio.Event()
+        try:
+            self.startup()
+        except OSError as exc:
+            log("error", "cannot start", error=str(exc))
+            self.close_listeners()
+            return 1
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            self._loop.add_signal_handler(sig, self.request_stop, sig)
+        self._loop.add_signal_handler(signal.SIGHUP, self.request_reload)
+        await self.main_loop()
+        return await self.shutdown()
+
+    def startup(self) -> None:
+        """Bind, load state, open outputs, start reading; then READY=1."""
+        cfg = self.config
+        for i, endpoint in enumerate(cfg.listen.udp):
+            lst = UdpListener(endpoint, self.pending, self._on_data, cfg.listen.rcvbuf_bytes,
+                              max_per_event=cfg.listen.batch_datagrams)
+            if self.listen_fds is not None:
+                lst.adopt(self.listen_fds[i])
+            else:
+                lst.bind()
+            self.listeners.append(lst)
+            self.metrics.socket_rcvbuf.labels(lst.address).set(lst.rcvbuf_granted)
+            if lst.rcvbuf_granted < cfg.listen.rcvbuf_bytes and self.worker in (None, 0):
+                log("warning", "receive buffer smaller than requested; raise net.core.rmem_max",
+                    listener=lst.address, requested=cfg.listen.rcvbuf_bytes, granted=lst.rcvbuf_granted)
+        decoder = self._decoder_arg if self._decoder_arg is not None else make_decoder(cfg)
+        self._load_state(decoder)
+        sink = self._sink_arg if self._sink_arg is not None else make_sink(cfg, self.worker or 0)
+        mediator = make_mediator(cfg) if self._mediator_arg == "auto" else self._mediator_arg
+        self.pipeline = Pipeline(cfg, self.metrics, sink, mediator, decoder)
+        if self.worker is None and cfg.metrics.enabled:
+            self.http = status_mod.HttpServer(cfg.metrics.listen, self.registry, lambda: self.snapshot)
+            self.http.start()
+        assert self._loop is not None
+        for lst in self.listeners:
+            lst.start(self._loop)
+        self.publish_status()
+        outputs = [getattr(o, "name", type(o).__name__) for o in getattr(sink, "outputs", [])]
+        if self.worker is None:
+            log("info", "flowmed started", version=metrics_mod.version(), pid=os.getpid(),
+                listeners=[lst.address for lst in self.listeners], outputs=outputs, workers=1,
+                mediation=mediator is not None, metrics=self.http.address if self.http else "off",
+                store=cfg.store.path)
+        else:
+            log("info", "worker started", worker=self.worker, pid=os.getpid(),
+                listeners=[lst.address for lst in self.listeners])
+        self.notifier.notify("READY=1", f"STATUS=receiving on {', '.join(lst.address for lst in self.listeners)}",
+                             *([f"FLOWMED_WORKER={self.worker}"] if self.worker is not None else []))
+
+    async def main_loop(self) -> None:
+        assert self.stop_event is not None
+        watchdog = watchdog_interval_s()
+        tick = min(TICK_S, watchdog) if watchdog else TICK_S
+        while not self.stop_event.is_set():
+            with contextlib.suppress(asyncio.TimeoutError):
+                await asyncio.wait_for(self.stop_event.wait(), tick)
+            if self.reload_requested:
+                self.reload_requested = False
+                self.reload()
+            self.on_tick()
+            if watchdog or self.worker is not None:
+                self.notifier.notify("WATCHDOG=1", *([f"FLOWMED_WORKER={self.worker}"] if self.worker is not None
+                                                     else []))
+
+    def on_tick(self) -> None:
+        """Once a second: expiry, flush deadlines, state save, kernel drops, metrics, status."""
+        assert self.pipeline is not None
+        p, m = self.pipeline, self.metrics
+        now = now_ms()
+        expire = getattr(p.decoder, "expire", None)
+        if expire is not None:
+            try:
+                expire(now)
+            except Exception as exc:
+                log("error", "template expiry failed", error=repr(exc))
+        try:
+            p.sink.maybe_flush(time.monotonic())
+        except Exception as exc:
+            m.pipeline_errors.labels("sink").inc()
+            log("error", "sink flush failed", error=repr(exc))
+        if time.monotonic() - self._last_state_save >= STATE_SAVE_INTERVAL_S:
+            self.save_state()
+        for lst in self.listeners:
+            drops = lst.new_kernel_drops()
+            if drops:
+                m.socket_drops.labels(lst.address).inc(drops)
+                log("warning", "kernel dropped datagrams: receive buffer full", listener=lst.address, drops=drops)
+            new = lst.datagrams - getattr(lst, "_reported", 0)
+            if new:
+                m.listener_datagrams.labels(lst.address).inc(new)
+                m.listener_bytes.labels(lst.address).inc(lst.bytes - getattr(lst, "_reported_bytes", 0))
+                lst._reported, lst._reported_bytes = lst.datagrams, lst.bytes  # type: ignore[attr-defined]
+        self._sink_metrics()
+        self.publish_status()
+
+    def _sink_metrics(self) -> None:
+        sink = self.pipeline.sink if self.pipeline else None
+        buffered = getattr(sink, "buffered_rows", None)
+        if isinstance(buffered, int):
+            self.metrics.sink_rows_buffered.set(buffered)
+
+    def request_stop(self, sig: int | None = None) -> None:
+        if self.stop_event is not None and not self.stop_event.is_set():
+            log("info", "stopping", signal=signal.Signals(sig).name if sig else "")
+            self.notifier.notify("STOPPING=1", "STATUS=flushing")
+            self.stop_event.set()
+
+    def request_reload(self) -> None:
+        self.reload_requested = True  # handled by the main loop at its next tick (within a second)
+
+    def reload(self) -> bool:
+        """SIGHUP: reload the config; an invalid one is refused and the old one stays."""
+        try:
+            new = config_mod.load(self.config_path, self.overrides)
+        except ConfigError as exc:
+            self.metrics.config_reloads.labels("refused").inc()
+            log("error", "configuration reload refused; keeping the running configuration", error=str(exc),
+                key=exc.key)
+            return False
+        old = self.config
+        self.config = new
+        setup_logging(new.log.level, new.log.format)
+        set_level(new.log.level)
+        assert self.pipeline is not None
+        p = self.pipeline
+        p.config = new
+        for method in ("set_sampling", "reload"):
+            fn = getattr(p.decoder, method, None)
+            if fn is not None:
+                fn(new.sampling) if method == "set_sampling" else fn(new)
+                break
+        else:
+            if hasattr(p.decoder, "sampling"):
+                p.decoder.sampling = new.sampling
+        if p.mediator is not None and hasattr(p.mediator, "reload"):
+            p.mediator.reload(new)
+        if new.listen.udp != old.listen.udp or new.metrics.listen != old.metrics.listen:
+            log("warning", "listen addresses changed: they take effect at the next restart")
+        self.metrics.config_reloads.labels("ok").inc()
+        log("info", "configuration reloaded", config=self.config_path or "(defaults)")
+        return True
+
+    async def shutdown(self) -> int:
+        """Stop receiving, drain, decode, flush, save state; bounded by ``service.shutdown_timeout_s``."""
+        assert self.pipeline is not None and self._loop is not None
+        t0 = time.monotonic()
+        for lst in self.listeners:
+            lst.stop()
+        drained = sum(lst.drain() for lst in self.listeners)
+        self.close_listeners()
+        if self._batch_timer is not None:
+            self._batch_timer.cancel()
+        self.process_pending()
+        p = self.pipeline
+        timeout = self.config.service.shutdown_timeout_s
+        try:
+            await asyncio.wait_for(self._loop.run_in_executor(None, self._final_flush), timeout)
+        except TimeoutError:
+            log("error", "shutdown timed out: data still in memory is lost", timeout_s=timeout)
+            self.notifier.notify("STATUS=shutdown timed out")
+            return 1
+        self.save_state()
+        self.on_tick_metrics_final()
+        if self.http is not None:
+            self.http.close()
+        log("info", "flowmed stopped" if self.worker is None else "worker stopped", worker=self.worker,
+            datagrams=p.datagrams, flows=p.flows, drained_at_stop=drained,
+            flushed_rows=self.rows_flushed, seconds=round(time.monotonic() - t0, 3))
+        self.notifier.close()
+        return 0
+
+    def _final_flush(self) -> None:
+        p = self.pipeline
+        assert p is not None
+        if p.mediator is not None and hasattr(p.mediator, "close_all"):
+            try:
+                for name, batch in (p.mediator.close_all(now_ms()) or {}).items():
+                    if batch is not None and batch.num_rows:
+                        p.sink.add(name, batch)
+            except Exception as exc:
+                log("error", "mediation close failed", error=repr(exc))
+        before = getattr(p.sink, "buffered_rows", None)
+        p.sink.flush()
+        p.sink.close()
+        self.rows_flushed = before if isinstance(before, int) else p.flows
+
+    def on_tick_metrics_final(self) -> None:
+        self.publish_status()
+
+    def close_listeners(self) -> None:
+        for lst in self.listeners:
+            lst.close()
+
+    # --- batching --------------------------------------------------------------------------------------------------
+
+    def _on_data(self) -> None:
+        """After a read: cut a batch when full, else make sure one is cut within batch_interval_ms."""
+        if len(self.pending) >= self.config.listen.batch_datagrams:
+            if not self._batch_scheduled:
+                self._batch_scheduled = True
+                assert self._loop is not None
+                self._loop.call_soon(self.process_pending)
+        elif self._batch_timer is None and self.pending:
+            assert self._loop is not None
+            self._batch_timer = self._loop.call_later(self.config.listen.batch_interval_ms / 1000,
+                                                      self.process_pending)
+
+    def process_pending(self) -> None:
+        """Decode everything received so far as one batch."""
+        self._batch_scheduled = False
+        if self._batch_timer is not None:
+            self._batch_timer.cancel()
+            self._batch_timer = None
+        if not self.pending or self.pipeline is None:
+            return
+        batch = self.pending[:]
+        self.pending.clear()
+        self.pipeline.process(batch)
+
+    # --- state and status ------------------------------------------------------------------------------------------
+
+    def _load_state(self, decoder: Any) -> None:
+        path = state_path(self.config, self.worker)
+        if not path.exists():
+            return
+        try:
+            decoder.load_state(path.read_bytes())
+            log("info", "template state loaded", path=str(path))
+        except Exception as exc:  # a damaged state file costs the templates, never the start
+            log("warning", "template state not loaded; templates will be learned again", path=str(path),
+                error=repr(exc))
+
+    def save_state(self) -> None:
+        """Save templates and sampling options atomically."""
+        self._last_state_save = time.monotonic()
+        if self.pipeline is None:
+            return
+        path = state_path(self.config, self.worker)
+        try:
+            write_atomic(path, self.pipeline.decoder.save_state())
+            self.metrics.state_saves.labels("ok").inc()
+        except Exception as exc:
+            self.metrics.state_saves.labels("failed").inc()
+            log("error", "template state not saved", path=str(path), error=repr(exc))
+
+    def publish_status(self) -> None:
+        """Build the status snapshot (served by the HTTP thread, or written for the supervisor)."""
+        p = self.pipeline
+        sink = p.sink if p else None
+        outputs = []
+        for o in getattr(sink, "outputs", []):
+            stats = getattr(o, "stats", None)
+            outputs.append({"name": getattr(o, "name", type(o).__name__), "state": getattr(o, "state", "ok"),
+                            "rows": getattr(stats, "rows", 0), "batches": getattr(stats, "batches", 0),
+                            "errors": getattr(stats, "errors", 0), "last_error": getattr(stats, "last_error", "")})
+        spool_fn = getattr(sink, "spool_status", None)
+        self.snapshot = {
+            "version": metrics_mod.version(), "pid": os.getpid(), "worker": self.worker,
+            "worker_count": self.config.service.workers, "uptime_s": time.time() - self.started,
+            "datagrams": p.datagrams if p else 0, "flows": p.flows if p else 0, "rows_flushed": self.rows_flushed,
+            "listeners": [{"address": lst.address, "rcvbuf_bytes": lst.rcvbuf_granted, "datagrams": lst.datagrams,
+                           "kernel_drops": lst.kernel_drops() or 0} for lst in self.listeners],
+            "exporters": p.board.to_list() if p else [],
+            "outputs": outputs,
+            "spool": spool_fn() if callable(spool_fn) else {},
+        }
+        if self.worker is not None:
+            run_dir = os.environ.get("FLOWMED_RUN_DIR")
+            if run_dir:
+                with contextlib.suppress(OSError):
+                    status_mod.write_snapshot(Path(run_dir) / f"status-{self.worker}.json", self.snapshot)
+
+
+def run(config: Config, config_path: str | None, overrides: tuple[str, ...], worker: int | None = None,
+        listen_fds: list[int] | None = None) -> int:
+    """Run one receiving process on uvloop until stopped; returns the exit status."""
+    import uvloop
+
+    setup_logging(config.log.level, config.log.format)
+    server = Server(config, config_path, overrides, worker=worker, listen_fds=listen_fds)
+    with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
+        return runner.run(server.serve())
+
