@@ -1,0 +1,371 @@
+"""ClickHouse SQL over flowmed's tables: the embedded store through chDB, or a ClickHouse server.
+
+:class:`QueryEngine` runs SQL on a *backend* and returns a ``pyarrow.Table``:
+
+* :class:`ChdbBackend` (embedded, the default): every table registered in :data:`decoders.schema.TABLES` is a view
+  named after it over ``file('<store>/<table>/date=*/hour=*/*.parquet', Parquet, '<schema>')``. Addresses are
+  ``IPv6`` (so ``WHERE src_addr = toIPv6('192.0.2.1')``, ``= '::ffff:192.0.2.1'`` and ``isIPAddressInRange`` work)
+  and times ``DateTime64(3, 'UTC')``. The explicit schema keeps a table with no files yet queryable (it is empty),
+  and only complete files are visible because the store renames them into place. The hive partition columns are
+  used by ``<table>_between(t0, t1)`` parameterised views that read only the hour partitions of that time range.
+* a server backend (``mediation.clickhouse_query.ClickHouseBackend``, read-only), chosen with ``target``.
+
+A backend implements :class:`QueryBackend`: ``name``, ``query(sql) -> pa.Table`` and ``close()``. The engine turns
+16-byte binary result columns (addresses) into text: ``192.0.2.1`` for IPv4-mapped, ``2001:db8::1`` otherwise.
+
+chDB runs one embedded server per process, and that server has a single data path. All engines of a process share
+one in-memory chDB session (reference counted); each engine gets its own database for its views and its queries are
+serialised with a ``USE`` of that database. Other code that needs chDB in-process should use :func:`chdb_session`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import importlib
+import ipaddress
+import itertools
+import json
+import threading
+from collections.abc import Iterator
+from datetime import datetime
+from pathlib import Path
+from typing import Protocol
+
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.csv as pacsv
+
+from decoders.schema import TABLES, Table
+
+TABLE_MODULES = (
+    "decoders.schema",
+    "mediation.tables",
+    "rating.tables",
+    "decoders.ipdr_tables",
+    "mediation.ipdr_usage",
+    "mediation.compliance",
+)
+"""Modules that register tables; :func:`load_tables` imports those that exist (add yours here)."""
+
+FORMATS = ("table", "csv", "json")
+
+_CH_TYPES = {
+    "timestamp_ms": "DateTime64(3, 'UTC')",
+    "ip": "FixedString(16)",
+    "u8": "UInt8",
+    "u16": "UInt16",
+    "u32": "UInt32",
+    "u64": "UInt64",
+    "i32": "Int32",
+    "i64": "Int64",
+    "string": "String",
+}
+
+
+class QueryError(Exception):
+    """A query failed (syntax, unknown column, server unreachable, ...); the message is the backend's."""
+
+
+def load_tables() -> dict[str, Table]:
+    """Import every module of :data:`TABLE_MODULES` that exists, so that all tables are registered."""
+    for name in TABLE_MODULES:
+        try:
+            importlib.import_module(name)
+        except ModuleNotFoundError as exc:
+            if exc.name != name and not name.startswith(f"{exc.name}."):
+                raise
+    return TABLES
+
+
+# --- the process-wide chDB session ----------------------------------------------------------------------------------
+
+_session_lock = threading.RLock()
+_session = None
+_session_users = 0
+
+
+@contextlib.contextmanager
+def chdb_session() -> Iterator[object]:
+    """The process's shared in-memory chDB session, locked for the duration of the ``with`` block.
+
+    chDB allows a single embedded server (one data path) per process; sharing one ``:memory:`` session lets several
+    engines (and tests) coexist. Hold it only for a query or two: every chDB user of the process waits on the lock.
+    """
+    with _session_lock:
+        if _session is None:
+            raise RuntimeError("no chDB session open: create a ChdbBackend (or call acquire_chdb_session) first")
+        yield _session
+
+
+def acquire_chdb_session() -> None:
+    """Open (or add a user to) the shared chDB session."""
+    global _session, _session_users
+    with _session_lock:
+        if _session is None:
+            from chdb.session import Session  # imported lazily: loading chDB costs about a second
+
+            _session = Session(":memory:")
+        _session_users += 1
+
+
+def release_chdb_session() -> None:
+    """Drop a user of the shared session; the last one closes it."""
+    global _session, _session_users
+    with _session_lock:
+        _session_users -= 1
+        if _session_users <= 0 and _session is not None:
+            _session.close()
+            _session, _session_users = None, 0
+
+
+# --- backends -------------------------------------------------------------------------------------------------------
+
+
+class QueryBackend(Protocol):
+    """What :class:`QueryEngine` needs from a backend."""
+
+    name: str
+
+    def query(self, sql: str) -> pa.Table:
+        """Run one statement; raise :class:`QueryError` on failure."""
+
+    def close(self) -> None:
+        """Release connections/sessions."""
+
+
+_db_counter = itertools.count(1)
+
+
+def _sql_string(text: str) -> str:
+    return "'" + text.replace("\\", "\\\\").replace("'", "\\'") + "'"
+
+
+def structure(table: Table) -> str:
+    """The ``file()`` structure argument of ``table``: its columns with ClickHouse types as stored in Parquet."""
+    return ", ".join(f"`{c.name}` {_CH_TYPES[c.kind]}" for c in table.columns)
+
+
+def select_list(table: Table) -> str:
+    """The view's columns: addresses as IPv6, everything else as stored."""
+    return ", ".join(f"CAST(`{c.name}` AS IPv6) AS `{c.name}`" if c.kind == "ip" else f"`{c.name}`"
+                     for c in table.columns)
+
+
+class ChdbBackend:
+    """The embedded store through chDB (see the module docstring)."""
+
+    name = "store"
+
+    def __init__(self, store_path: str | Path) -> None:
+        self.root = Path(store_path).resolve()
+        bad = set(str(self.root)) & set("*?{}[]'\\")
+        if bad:
+            raise ValueError(f"store path {self.root} contains characters chDB globs cannot take: {''.join(bad)}")
+        self.database = f"flowmed_{next(_db_counter)}"
+        self._views: set[str] = set()
+        self._closed = False
+        acquire_chdb_session()
+        try:
+            with chdb_session() as s:
+                s.query(f"CREATE DATABASE IF NOT EXISTS {self.database}")
+            self._refresh_views()
+        except Exception:
+            release_chdb_session()
+            raise
+
+    def glob(self, table: str) -> str:
+        return str(self.root / table / "date=*" / "hour=*" / "*.parquet")
+
+    def view_sql(self, table: Table) -> list[str]:
+        """The statements that define ``table``'s views (plain, and ``<name>_between`` over a time range)."""
+        src = f"file({_sql_string(self.glob(table.name))}, Parquet, {_sql_string(structure(table))})"
+        t = f"`{table.time_column}`"
+        # Partition pruning: a file's hour partition (hive columns date/hour) must overlap [t0, t1).
+        partition_hour = "toDateTime(date, 'UTC') + toIntervalHour(hour)"
+        return [
+            f"CREATE OR REPLACE VIEW {self.database}.`{table.name}` AS SELECT {select_list(table)} FROM {src}",
+            f"CREATE OR REPLACE VIEW {self.database}.`{table.name}_between` AS SELECT {select_list(table)} "
+            f"FROM {src} WHERE {partition_hour} >= toStartOfHour({{t0:DateTime64(3, 'UTC')}}) "
+            f"AND {partition_hour} < {{t1:DateTime64(3, 'UTC')}} "
+            f"AND {t} >= {{t0:DateTime64(3, 'UTC')}} AND {t} < {{t1:DateTime64(3, 'UTC')}}",
+        ]
+
+    def _refresh_views(self) -> None:
+        missing = [t for name, t in TABLES.items() if name not in self._views]
+        if not missing:
+            return
+        with chdb_session() as s:
+            for table in missing:
+                for stmt in self.view_sql(table):
+                    s.query(stmt)
+                self._views.add(table.name)
+
+    def query(self, sql: str) -> pa.Table:
+        if self._closed:
+            raise QueryError("query engine is closed")
+        self._refresh_views()
+        from chdb import ChdbError  # noqa: PLC0415  (loaded with the session)
+
+        for attempt in range(3):
+            try:
+                with chdb_session() as s:
+                    s.query(f"USE {self.database}")
+                    result = s.query(sql, "ArrowTable")
+                return result if isinstance(result, pa.Table) else pa.table({})
+            except ChdbError as exc:
+                text = str(exc)
+                # A file listed by the glob was compacted or dropped before it was read: the next try sees the
+                # directory as it is now.
+                if attempt < 2 and ("FILE_DOESNT_EXIST" in text or "CANNOT_OPEN_FILE" in text):
+                    continue
+                raise QueryError(text) from None
+        raise AssertionError("unreachable")
+
+    def close(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        with contextlib.suppress(Exception), chdb_session() as s:
+            s.query(f"DROP DATABASE IF EXISTS {self.database}")
+        release_chdb_session()
+
+
+# --- the engine -----------------------------------------------------------------------------------------------------
+
+
+class QueryEngine:
+    """Runs SQL on a backend; results are pyarrow Tables with addresses as text."""
+
+    def __init__(self, backend: QueryBackend) -> None:
+        self.backend = backend
+
+    @classmethod
+    def for_store(cls, store_path: str | Path) -> QueryEngine:
+        """An engine over the embedded Parquet store at ``store_path``."""
+        load_tables()
+        return cls(ChdbBackend(store_path))
+
+    @classmethod
+    def for_config(cls, config, target: str = "auto") -> QueryEngine:
+        """The engine for ``target``: ``store`` (embedded), ``clickhouse`` (server) or ``auto``.
+
+        ``auto`` is the embedded store when ``[store] enabled``, else the ClickHouse server when
+        ``[output.clickhouse] enabled``, else the embedded store.
+        """
+        if target == "auto":
+            if not config.store.enabled and config.output.clickhouse.enabled:
+                target = "clickhouse"
+            else:
+                target = "store"
+        load_tables()
+        if target == "store":
+            return cls(ChdbBackend(config.store.path))
+        if target == "clickhouse":
+            from mediation.clickhouse_query import ClickHouseBackend
+
+            return cls(ClickHouseBackend.from_config(config))
+        raise ValueError(f"unknown query target {target!r}: expected auto, store or clickhouse")
+
+    @property
+    def target(self) -> str:
+        return self.backend.name
+
+    def query(self, sql: str, *, text_addresses: bool = True) -> pa.Table:
+        """Run ``sql``; with ``text_addresses``, 16-byte binary columns come back as address text."""
+        result = self.backend.query(sql)
+        return format_addresses(result) if text_addresses else result
+
+    def close(self) -> None:
+        self.backend.close()
+
+    def __enter__(self) -> QueryEngine:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+# --- result formatting ----------------------------------------------------------------------------------------------
+
+
+def _address_text(value: bytes) -> str:
+    addr = ipaddress.IPv6Address(value)
+    return str(addr.ipv4_mapped) if addr.ipv4_mapped is not None else str(addr)
+
+
+def address_strings(column: pa.ChunkedArray | pa.Array) -> pa.Array:
+    """16-byte addresses as text, formatting each distinct value once (a result has few distinct addresses)."""
+    if isinstance(column, pa.ChunkedArray):
+        column = column.combine_chunks()
+    uniques = pc.unique(column).drop_null()
+    texts = pa.array([_address_text(v) for v in uniques.to_pylist()], type=pa.string())
+    return pc.take(texts, pc.index_in(column, value_set=uniques))
+
+
+def format_addresses(table: pa.Table) -> pa.Table:
+    """``table`` with every ``fixed_size_binary(16)`` column (IPv6 / FixedString(16) addresses) as text."""
+    for i, f in enumerate(table.schema):
+        if pa.types.is_fixed_size_binary(f.type) and f.type.byte_width == 16:
+            table = table.set_column(i, pa.field(f.name, pa.string(), f.nullable), address_strings(table.column(i)))
+    return table
+
+
+def _cell(value: object) -> object:
+    """A value for text output: timestamps as ``YYYY-MM-DD HH:MM:SS.mmm`` UTC, bytes as hex."""
+    if isinstance(value, datetime):
+        return value.strftime("%Y-%m-%d %H:%M:%S.") + f"{value.microsecond // 1000:03d}"
+    if isinstance(value, bytes):
+        return value.hex()
+    if value is None:
+        return "NULL"
+    return value
+
+
+def render(table: pa.Table, fmt: str = "table") -> str:
+    """``table`` as aligned text (``table``), CSV with a header (``csv``) or one JSON object per line (``json``)."""
+    if fmt == "csv":
+        sink = pa.BufferOutputStream()
+        pacsv.write_csv(_textual(table), sink)
+        return sink.getvalue().to_pybytes().decode()
+    rows = table.to_pylist()
+    if fmt == "json":
+        return "".join(json.dumps({k: _json_value(v) for k, v in row.items()}) + "\n" for row in rows)
+    if fmt != "table":
+        raise ValueError(f"unknown format {fmt!r}: expected one of {', '.join(FORMATS)}")
+    names = table.column_names
+    cells = [[str(_cell(row[n])) for n in names] for row in rows]
+    widths = [max([len(n)] + [len(r[i]) for r in cells]) for i, n in enumerate(names)]
+    numeric = [pa.types.is_integer(f.type) or pa.types.is_floating(f.type) or pa.types.is_decimal(f.type)
+               for f in table.schema]
+
+    def line(values: list[str]) -> str:
+        return "  ".join(v.rjust(w) if num else v.ljust(w)
+                         for v, w, num in zip(values, widths, numeric, strict=True)).rstrip()
+
+    out = [line(names), "  ".join("-" * w for w in widths)]
+    out.extend(line(r) for r in cells)
+    return "\n".join(out) + "\n"
+
+
+def _json_value(value: object) -> object:
+    if isinstance(value, datetime):
+        return value.strftime("%Y-%m-%dT%H:%M:%S.") + f"{value.microsecond // 1000:03d}Z"
+    if isinstance(value, bytes):
+        return value.hex()
+    if isinstance(value, dict | list | str | int | float | bool) or value is None:
+        return value
+    return str(value)  # Decimal, date, ...
+
+
+def _textual(table: pa.Table) -> pa.Table:
+    """Timestamps as UTC text with milliseconds and binary as hex, for CSV."""
+    for i, f in enumerate(table.schema):
+        if pa.types.is_timestamp(f.type):
+            col = pc.strftime(table.column(i).cast(pa.timestamp("ms", tz="UTC")), format="%Y-%m-%d %H:%M:%S",
+                              locale="C")
+            # pc.strftime with %S prints fractional seconds for ms timestamps ("12:00:01.000").
+            table = table.set_column(i, pa.field(f.name, pa.string()), col)
+        elif pa.types.is_binary(f.type) or pa.types.is_fixed_size_binary(f.type):
+            hexes = pa.array([None if v is None else v.hex() for v in table.column(i).to_pylist()], pa.string())
+            table = table.set_column(i, pa.field(f.name, pa.string()), hexes)
+    return table

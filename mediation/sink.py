@@ -1,0 +1,242 @@
+"""The batching sink: collects table batches from the pipeline and hands them to every output from one thread.
+
+The event loop calls :meth:`Sink.add` (cheap: it appends to a per-table list) and :meth:`Sink.maybe_flush`; a
+table's buffer is cut into one batch when it holds ``flush_rows`` rows or its oldest rows are ``flush_interval_s``
+old. Cut batches go to a queue drained by a single writer thread, which concatenates them, stamps the batch id and
+calls ``write`` on each output in turn, so disk and network waits never reach the event loop.
+
+Memory is bounded by ``max_pending_rows`` (rows buffered, queued and being written): beyond it :meth:`Sink.add`
+refuses the batch, counts its rows in ``dropped_rows`` and logs, rather than blocking the loop or growing without
+bound. ``backlogged`` tells the caller when it is getting close.
+
+Each batch gets its id (:class:`mediation.outputs.BatchIdGenerator`) once, when it is cut; a failed write is retried
+with the same id (``retries`` times, with backoff), which the outputs make idempotent. A batch an output still cannot
+take after the last retry is counted in that output's ``dropped_rows`` and logged; the other outputs still get it.
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import threading
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+
+import pyarrow as pa
+
+from decoders.schema import TABLES, Table
+from mediation.outputs import BatchIdGenerator, Output, OutputStats, concat, conform, with_batch_id
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class _Buffer:
+    batches: list[pa.RecordBatch] = field(default_factory=list)
+    rows: int = 0
+    since: float = 0.0  # monotonic time of the oldest buffered batch
+
+
+@dataclass
+class _Job:
+    table: Table
+    batches: list[pa.RecordBatch]
+    rows: int
+    batch_id: int
+    done: threading.Event | None = None  # set by the writer when this job (and all before it) is done
+
+
+WriteCallback = Callable[[str, str, int, float], None]
+"""``(output_name, table_name, rows, seconds)`` after each durable write."""
+ErrorCallback = Callable[[str, str, BaseException], None]
+"""``(output_name, table_name, exception)`` after each failed write attempt."""
+
+
+class Sink:
+    """Per-table batching in front of the outputs, with one writer thread (see the module docstring)."""
+
+    def __init__(
+        self,
+        outputs: Iterable[Output],
+        flush_rows: int = 500_000,
+        flush_interval_s: float = 5.0,
+        max_pending_rows: int = 4_000_000,
+        *,
+        retries: int = 3,
+        retry_backoff_s: float = 0.5,
+        id_generator: BatchIdGenerator | None = None,
+        clock: Callable[[], float] = time.monotonic,
+        on_write: WriteCallback | None = None,
+        on_error: ErrorCallback | None = None,
+    ) -> None:
+        self.outputs = list(outputs)
+        self.flush_rows = flush_rows
+        self.flush_interval_s = flush_interval_s
+        self.max_pending_rows = max_pending_rows
+        self.retries = retries
+        self.retry_backoff_s = retry_backoff_s
+        self.ids = id_generator or BatchIdGenerator()
+        self.clock = clock
+        self.on_write = on_write
+        self.on_error = on_error
+        self.stats: dict[str, OutputStats] = {self._name(o): OutputStats() for o in self.outputs}
+        """Counters per output name (rows, batches, errors, drops, time)."""
+        self.rows_in: dict[str, int] = {}
+        """Rows accepted by :meth:`add`, per table."""
+        self.dropped_rows: dict[str, int] = {}
+        """Rows refused by :meth:`add` because ``max_pending_rows`` was reached, per table."""
+        self.pending_rows = 0
+        """Rows buffered, queued or being written right now."""
+        self.batches_cut = 0
+        self._buffers: dict[str, _Buffer] = {}
+        self._lock = threading.Lock()
+        self._queue: queue.SimpleQueue[_Job | None] = queue.SimpleQueue()
+        self._closed = False
+        self._thread = threading.Thread(target=self._run, name="sink-writer", daemon=True)
+        self._thread.start()
+
+    @staticmethod
+    def _name(output: Output) -> str:
+        return getattr(output, "name", type(output).__name__)
+
+    @property
+    def backlogged(self) -> bool:
+        """True when more than half of ``max_pending_rows`` is in use (the writer is falling behind)."""
+        return self.pending_rows > self.max_pending_rows // 2
+
+    # --- event loop side --------------------------------------------------------------------------------------------
+
+    def add(self, table_name: str, batch: pa.RecordBatch) -> bool:
+        """Buffer ``batch`` for ``table_name``; returns False (and counts the rows) when it was refused.
+
+        Raises KeyError for a table that is not registered and ValueError for a batch that does not fit the table's
+        schema (both are bugs of the caller, not bad input).
+        """
+        if self._closed:
+            raise RuntimeError("sink is closed")
+        table = TABLES[table_name]
+        n = batch.num_rows
+        if n == 0:
+            return True
+        batch = conform(table, batch)
+        with self._lock:
+            if self.pending_rows + n > self.max_pending_rows:
+                self.dropped_rows[table_name] = self.dropped_rows.get(table_name, 0) + n
+                log.error("sink: %d %s rows dropped: %d rows already pending (max_pending_rows)", n, table_name,
+                          self.pending_rows)
+                return False
+            self.pending_rows += n
+            self.rows_in[table_name] = self.rows_in.get(table_name, 0) + n
+            buf = self._buffers.get(table_name)
+            if buf is None:
+                buf = self._buffers[table_name] = _Buffer()
+            if not buf.batches:
+                buf.since = self.clock()
+            buf.batches.append(batch)
+            buf.rows += n
+            if buf.rows >= self.flush_rows:
+                self._cut(table, buf)
+        return True
+
+    def maybe_flush(self, now: float | None = None) -> None:
+        """Cut every table buffer whose oldest rows waited ``flush_interval_s`` (``now``: the sink's clock)."""
+        now = self.clock() if now is None else now
+        with self._lock:
+            for name, buf in self._buffers.items():
+                if buf.batches and now - buf.since >= self.flush_interval_s:
+                    self._cut(TABLES[name], buf)
+
+    def _cut(self, table: Table, buf: _Buffer) -> None:
+        # Called with the lock held: the batch id is assigned here, once, in cut order.
+        job = _Job(table, buf.batches, buf.rows, self.ids.next())
+        buf.batches, buf.rows = [], 0
+        self.batches_cut += 1
+        self._queue.put(job)
+
+    # --- synchronous ------------------------------------------------------------------------------------------------
+
+    def flush(self) -> None:
+        """Cut every buffer and return once every output has all of it durable (blocks: not for the event loop)."""
+        done = threading.Event()
+        with self._lock:
+            for name, buf in self._buffers.items():
+                if buf.batches:
+                    self._cut(TABLES[name], buf)
+            self._queue.put(_Job(None, [], 0, 0, done))  # type: ignore[arg-type]  # a marker after everything
+        while not done.wait(1.0):
+            if not self._thread.is_alive():
+                raise RuntimeError("sink writer thread is not running")
+
+    def close(self) -> None:
+        """Flush, stop the writer thread and close the outputs."""
+        if self._closed:
+            return
+        self.flush()
+        self._closed = True
+        self._queue.put(None)
+        self._thread.join()
+        for output in self.outputs:
+            try:
+                output.close()
+            except Exception:
+                log.exception("sink: closing output %s failed", self._name(output))
+
+    # --- writer thread ----------------------------------------------------------------------------------------------
+
+    def _run(self) -> None:
+        while True:
+            job = self._queue.get()
+            if job is None:
+                return
+            if job.table is None:  # flush marker: everything before it is written
+                for output in self.outputs:
+                    try:
+                        output.flush()
+                    except Exception:
+                        log.exception("sink: flushing output %s failed", self._name(output))
+                assert job.done is not None
+                job.done.set()
+                continue
+            try:
+                self._write(job)
+            except Exception:  # never let the writer thread die: log and move on
+                log.exception("sink: writing a %s batch failed", job.table.name)
+            finally:
+                with self._lock:
+                    self.pending_rows -= job.rows
+
+    def _write(self, job: _Job) -> None:
+        batch = with_batch_id(job.table, concat(job.table, job.batches), job.batch_id)
+        for output in self.outputs:
+            name = self._name(output)
+            stats = self.stats[name]
+            for attempt in range(self.retries + 1):
+                t0 = time.perf_counter()
+                try:
+                    output.write(job.table, batch, job.batch_id)
+                except Exception as exc:
+                    dt = time.perf_counter() - t0
+                    stats.write_seconds += dt
+                    stats.errors += 1
+                    stats.last_error = f"{type(exc).__name__}: {exc}"
+                    if self.on_error:
+                        self.on_error(name, job.table.name, exc)
+                    if attempt < self.retries:
+                        log.warning("sink: %s write of %s batch %d failed (attempt %d), retrying: %s", name,
+                                    job.table.name, job.batch_id, attempt + 1, exc)
+                        time.sleep(self.retry_backoff_s * (2**attempt))
+                        continue
+                    stats.dropped_batches += 1
+                    stats.dropped_rows += job.rows
+                    log.error("sink: %s gave up on %s batch %d (%d rows) after %d attempts: %s", name,
+                              job.table.name, job.batch_id, job.rows, attempt + 1, exc)
+                    break
+                dt = time.perf_counter() - t0
+                stats.write_seconds += dt
+                stats.rows += job.rows
+                stats.batches += 1
+                stats.rows_by_table[job.table.name] = stats.rows_by_table.get(job.table.name, 0) + job.rows
+                if self.on_write:
+                    self.on_write(name, job.table.name, job.rows, dt)
+                break

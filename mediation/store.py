@@ -1,0 +1,520 @@
+"""The embedded store: one Parquet dataset per table, partitioned by hour, written atomically.
+
+Layout: ``<path>/<table>/date=YYYY-MM-DD/hour=HH/<batch_id>.parquet`` (UTC, by the table's ``time_column``; the
+batch id is zero-padded to 20 digits so names sort in time order). Readers (``flowmed query`` through chDB, in any
+number of processes) glob ``*.parquet`` and so only ever see complete files:
+
+* A write goes to ``<name>.parquet.tmp`` in the partition directory, is fsynced, renamed, and the directory fsynced.
+  Writing the same batch id again replaces the file, so a retried batch never counts twice.
+* Compaction merges a partition's small files older than ``compact_after_s`` into ``<first>-<last>.parquet``
+  (first and last batch id it holds). It is made crash-safe by a journal, ``_compaction.json`` in the partition:
+
+  1. the merged data goes to ``<target>.tmp`` and is fsynced;
+  2. the journal (target and source names) is written atomically;
+  3. the sources are renamed to ``*.parquet.replaced`` (invisible to readers);
+  4. the target is renamed into place;
+  5. the ``.replaced`` files and then the journal are removed.
+
+  Readers never see a source and the target together, so they never double-count. On start,
+  :meth:`ParquetStore.recover` finishes a journal whose target is in place (step 4 done) and rolls any other back.
+  A concurrent query may miss the few sources for the instant between steps 3 and 4, or fail on a file that was
+  just removed (the query engine retries once).
+* Retention drops whole hour partitions older than a per-table number of days.
+* At start, stray ``*.tmp`` files and Parquet files that are truncated or unreadable are moved to
+  ``<path>/quarantine/`` (keeping their relative path) and logged; they never stop the store.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shutil
+import threading
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from decoders.schema import TABLES, Table
+from mediation.outputs import conform, fsync_dir, makedirs_durable
+
+log = logging.getLogger(__name__)
+
+HOUR_MS = 3_600_000
+JOURNAL = "_compaction.json"
+QUARANTINE = "quarantine"
+TRASH = ".trash"
+_PARQUET_MAGIC = b"PAR1"
+
+
+@dataclass
+class StoreStats:
+    """Counters of the store's housekeeping (plain attributes for the collector's metrics)."""
+
+    files_written: int = 0
+    compactions: int = 0
+    files_compacted: int = 0
+    partitions_dropped: int = 0
+    quarantined: int = 0
+    recovered_journals: int = 0
+    maintenance_errors: int = 0
+    quarantine_log: list[tuple[str, str]] = field(default_factory=list)
+    """(relative path, reason) of every file moved to quarantine since start."""
+
+
+def partition_of(hour: int) -> str:
+    """``date=YYYY-MM-DD/hour=HH`` for an hour number (UTC hours since the epoch)."""
+    dt = datetime.fromtimestamp(hour * 3600, tz=UTC)
+    return f"date={dt:%Y-%m-%d}/hour={dt:%H}"
+
+
+def hour_of_partition(date_dir: str, hour_dir: str) -> int | None:
+    """Inverse of :func:`partition_of` for directory names; None when they are not partition names."""
+    try:
+        day = datetime.strptime(date_dir.removeprefix("date="), "%Y-%m-%d").replace(tzinfo=UTC)
+        hour = int(hour_dir.removeprefix("hour="))
+    except ValueError:
+        return None
+    if not (date_dir.startswith("date=") and hour_dir.startswith("hour=") and 0 <= hour < 24):
+        return None
+    return int(day.timestamp()) // 3600 + hour
+
+
+def file_name(batch_id: int) -> str:
+    return f"{batch_id:020d}.parquet"
+
+
+def _id_range(name: str) -> tuple[int, int]:
+    """(first, last) batch id held by a data file, from its name; (0, 0) for a foreign name."""
+    stem = name.removesuffix(".parquet").split(".")[0]
+    parts = stem.split("-")
+    try:
+        return int(parts[0]), int(parts[-1])
+    except ValueError:
+        return 0, 0
+
+
+def check_parquet(path: str | os.PathLike) -> str | None:
+    """Why ``path`` is not a complete Parquet file, or None when its magic and footer are sound."""
+    try:
+        size = os.path.getsize(path)
+        if size < 12:
+            return f"truncated ({size} bytes)"
+        with open(path, "rb") as f:
+            head = f.read(4)
+            f.seek(-8, os.SEEK_END)
+            tail = f.read(8)
+        if head != _PARQUET_MAGIC or tail[4:] != _PARQUET_MAGIC:
+            return "not a Parquet file or truncated (magic bytes missing)"
+        footer = int.from_bytes(tail[:4], "little")
+        if footer <= 0 or footer > size - 12:
+            return f"corrupt footer length {footer}"
+        pq.read_metadata(path)
+    except OSError as exc:
+        return f"unreadable: {exc}"
+    except Exception as exc:  # pyarrow raises ArrowInvalid / OSError subclasses for bad metadata
+        return f"corrupt metadata: {exc}"
+    return None
+
+
+class _AbortCompaction(Exception):
+    """A source could not be read: this compaction is abandoned (the source was quarantined)."""
+
+
+class CompactionCrash(RuntimeError):
+    """Raised by the test hook between compaction steps to simulate a crash."""
+
+
+class ParquetStore:
+    """The embedded Parquet store; implements :class:`mediation.outputs.Output`.
+
+    ``retention_days`` maps table names to days (0 or absent: keep forever); :meth:`set_retention` adds more.
+    Housekeeping (compaction and retention) runs in a background thread after :meth:`start_maintenance`, or when
+    :meth:`maintain` is called.
+    """
+
+    name = "store"
+
+    def __init__(
+        self,
+        path: str | os.PathLike,
+        *,
+        compact_after_s: float = 3600.0,
+        compact_target_bytes: int = 256 * 1024 * 1024,
+        retention_days: Mapping[str, int] | None = None,
+        compression: str = "zstd",
+        row_group_rows: int = 1_000_000,
+        recover: bool = True,
+        clock=time.time,
+    ) -> None:
+        self.root = Path(path)
+        self.compact_after_s = compact_after_s
+        self.compact_target_bytes = compact_target_bytes
+        self.retention_days: dict[str, int] = dict(retention_days or {})
+        self.compression = compression
+        self.row_group_rows = row_group_rows
+        self.clock = clock
+        self.stats = StoreStats()
+        self._lock = threading.Lock()  # serialises renames/unlinks in partitions between writer and maintenance
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._crash_after_step: int | None = None  # test hook: raise CompactionCrash after this compaction step
+        makedirs_durable(self.root)
+        if recover:
+            self.recover()
+
+    @classmethod
+    def for_config(cls, config, retention_days: Mapping[str, int] | None = None) -> ParquetStore:
+        """The store described by a :class:`collector.config.Config` (``[store]``)."""
+        days = {"flows": config.store.flows_retention_days, **(retention_days or {})}
+        return cls(config.store.path, compact_after_s=config.store.compact_after_s, retention_days=days)
+
+    # --- paths ------------------------------------------------------------------------------------------------------
+
+    def table_dir(self, table: str) -> Path:
+        return self.root / table
+
+    def glob(self, table: str) -> str:
+        """The glob of every visible data file of ``table`` (for chDB's ``file()``)."""
+        return str(self.table_dir(table).resolve() / "date=*" / "hour=*" / "*.parquet")
+
+    def set_retention(self, table: str, days: int) -> None:
+        """Keep ``table``'s partitions for ``days`` days (0: forever)."""
+        self.retention_days[table] = days
+
+    def partitions(self, table: str) -> list[tuple[int, Path]]:
+        """(hour number, directory) of every partition of ``table``, oldest first."""
+        out = []
+        tdir = self.table_dir(table)
+        if not tdir.is_dir():
+            return out
+        for d in tdir.iterdir():
+            if not (d.is_dir() and d.name.startswith("date=")):
+                continue
+            for h in d.iterdir():
+                hour = hour_of_partition(d.name, h.name)
+                if hour is not None and h.is_dir():
+                    out.append((hour, h))
+        out.sort()
+        return out
+
+    def files(self, table: str) -> list[Path]:
+        """Every visible data file of ``table``."""
+        return [f for _, p in self.partitions(table) for f in sorted(p.glob("*.parquet"))]
+
+    # --- Output -----------------------------------------------------------------------------------------------------
+
+    def write(self, table: Table, batch: pa.RecordBatch, batch_id: int) -> None:
+        """Write ``batch`` durably, one file per hour partition it spans, named after ``batch_id``."""
+        if batch.num_rows == 0:
+            return
+        batch = conform(table, batch)
+        ts = batch.column(table.time_column).cast(pa.int64()).to_numpy()
+        hours = ts // HOUR_MS
+        lo, hi = int(hours.min()), int(hours.max())
+        if lo == hi:
+            self._write_file(table, lo, pa.Table.from_batches([batch]), batch_id)
+            return
+        # Several hours (a batch straddling the hour, late records): sort once by hour and slice.
+        order = np.argsort(hours, kind="stable")
+        sorted_hours = hours[order]
+        ordered = pa.Table.from_batches([batch]).take(pa.array(order))
+        bounds = np.flatnonzero(np.diff(sorted_hours)) + 1
+        starts = np.concatenate(([0], bounds))
+        ends = np.concatenate((bounds, [len(order)]))
+        for s, e in zip(starts, ends, strict=True):
+            self._write_file(table, int(sorted_hours[s]), ordered.slice(int(s), int(e - s)), batch_id)
+
+    def _write_file(self, table: Table, hour: int, data: pa.Table, batch_id: int) -> None:
+        pdir = self.table_dir(table.name) / partition_of(hour)
+        makedirs_durable(pdir)
+        final = pdir / file_name(batch_id)
+        tmp = pdir / (final.name + ".tmp")
+        with open(tmp, "wb") as f:
+            pq.write_table(data, f, compression=self.compression, row_group_size=self.row_group_rows)
+            f.flush()
+            os.fsync(f.fileno())
+        with self._lock:
+            os.replace(tmp, final)
+            fsync_dir(pdir)
+        self.stats.files_written += 1
+
+    def flush(self) -> None:
+        """Nothing to do: every write is durable when it returns."""
+
+    def close(self) -> None:
+        """Stop background maintenance."""
+        self.stop_maintenance()
+
+    # --- recovery ---------------------------------------------------------------------------------------------------
+
+    def recover(self) -> None:
+        """Finish or roll back interrupted compactions, then quarantine stray temporary and corrupt files."""
+        trash = self.root / TRASH
+        if trash.exists():
+            shutil.rmtree(trash, ignore_errors=True)
+        for tdir in sorted(self.root.iterdir()):
+            if not tdir.is_dir() or tdir.name in (QUARANTINE, TRASH) or tdir.name.startswith("."):
+                continue
+            if tdir.name not in TABLES:
+                # Unknown directories may belong to other components (spool, state) or to tables whose module is
+                # not imported in this process: leave them alone.
+                continue
+            for _, pdir in self.partitions(tdir.name):
+                self._recover_partition(pdir)
+
+    def _recover_partition(self, pdir: Path) -> None:
+        journal = pdir / JOURNAL
+        if journal.exists():
+            self._resolve_journal(pdir, journal)
+        for entry in sorted(pdir.iterdir()):
+            name = entry.name
+            if name.endswith(".tmp") or name.endswith(".replaced"):
+                self._quarantine(entry, "left over from an interrupted write")
+            elif name.endswith(".parquet"):
+                reason = check_parquet(entry)
+                if reason:
+                    self._quarantine(entry, reason)
+
+    def _resolve_journal(self, pdir: Path, journal: Path) -> None:
+        try:
+            plan = json.loads(journal.read_text())
+            target, sources = plan["target"], list(plan["sources"])
+        except (OSError, ValueError, KeyError, TypeError) as exc:
+            # The journal is written atomically, so this is outside damage; quarantine it and keep the files.
+            self._quarantine(journal, f"unreadable compaction journal: {exc}")
+            return
+        if (pdir / target).exists():
+            # Step 4 happened: the merged file holds every source; finish removing them.
+            for s in sources:
+                for p in (pdir / (s + ".replaced"), pdir / s):
+                    p.unlink(missing_ok=True)
+            log.info("compaction in %s finished at start: %s replaces %d files", pdir, target, len(sources))
+        else:
+            # Not yet in place: restore the sources and forget the merged data.
+            for s in sources:
+                replaced = pdir / (s + ".replaced")
+                if replaced.exists():
+                    os.replace(replaced, pdir / s)
+            (pdir / (target + ".tmp")).unlink(missing_ok=True)
+            log.info("compaction in %s rolled back at start (%d files restored)", pdir, len(sources))
+        fsync_dir(pdir)
+        journal.unlink()
+        fsync_dir(pdir)
+        self.stats.recovered_journals += 1
+
+    def _quarantine(self, path: Path, reason: str) -> None:
+        rel = path.relative_to(self.root)
+        dest = self.root / QUARANTINE / rel
+        makedirs_durable(dest.parent)
+        if dest.exists():
+            dest = dest.with_name(f"{dest.name}.{time.time_ns()}")
+        os.replace(path, dest)
+        fsync_dir(path.parent)
+        self.stats.quarantined += 1
+        self.stats.quarantine_log.append((str(rel), reason))
+        log.error("store: moved %s to %s: %s", rel, QUARANTINE, reason)
+
+    # --- compaction -------------------------------------------------------------------------------------------------
+
+    def compact(self, now: float | None = None) -> int:
+        """Merge small files older than ``compact_after_s`` in every partition; returns the files merged away."""
+        if self.compact_after_s <= 0:
+            return 0
+        now = self.clock() if now is None else now
+        merged = 0
+        for name, table in list(TABLES.items()):
+            for _, pdir in self.partitions(name):
+                if self._stop.is_set():
+                    return merged
+                for group in self._compaction_groups(pdir, now):
+                    merged += self._compact_group(table, pdir, group)
+        return merged
+
+    def _compaction_groups(self, pdir: Path, now: float) -> list[list[Path]]:
+        """Runs of small, old-enough files (in batch id order) each up to about ``compact_target_bytes``."""
+        if (pdir / JOURNAL).exists():
+            return []  # an interrupted compaction waits for recover() at the next start
+        candidates = []
+        for f in sorted(pdir.glob("*.parquet")):
+            try:
+                st = f.stat()
+            except FileNotFoundError:
+                continue
+            if st.st_size < self.compact_target_bytes // 2 and now - st.st_mtime >= self.compact_after_s:
+                candidates.append((f, st.st_size))
+        groups: list[list[Path]] = []
+        current: list[Path] = []
+        size = 0
+        for f, s in candidates:
+            current.append(f)
+            size += s
+            if size >= self.compact_target_bytes:
+                groups.append(current)
+                current, size = [], 0
+        groups.append(current)
+        return [g for g in groups if len(g) >= 2]
+
+    def _read_batches(self, table: Table, src: Path):
+        """A source file's batches in the table's schema (a whole small file; about one row group at a time)."""
+        pf = pq.ParquetFile(src)
+        for b in pf.iter_batches(batch_size=self.row_group_rows):
+            yield conform(table, b)
+
+    def _step(self, n: int) -> None:
+        if self._crash_after_step == n:
+            raise CompactionCrash(f"simulated crash after compaction step {n}")
+
+    def _compact_group(self, table: Table, pdir: Path, sources: list[Path]) -> int:
+        first = min(_id_range(s.name)[0] for s in sources)
+        last = max(_id_range(s.name)[1] for s in sources)
+        target = pdir / f"{first:020d}-{last:020d}.parquet"
+        k = 1
+        while target.exists() or target in sources:
+            target = pdir / f"{first:020d}-{last:020d}.{k}.parquet"
+            k += 1
+        tmp = pdir / (target.name + ".tmp")
+        # Step 1: merged data, streamed source by source (memory stays at about one row group).
+        readable: list[Path] = []
+        try:
+            with open(tmp, "wb") as f:
+                with pq.ParquetWriter(f, table.arrow_schema, compression=self.compression) as writer:
+                    pending: list[pa.RecordBatch] = []
+                    pending_rows = 0
+                    for src in sources:
+                        try:
+                            for b in self._read_batches(table, src):
+                                pending.append(b)
+                                pending_rows += b.num_rows
+                                if pending_rows >= self.row_group_rows:
+                                    writer.write_table(pa.Table.from_batches(pending, schema=table.arrow_schema),
+                                                       row_group_size=self.row_group_rows)
+                                    pending, pending_rows = [], 0
+                        except (OSError, pa.ArrowInvalid, ValueError) as exc:
+                            # Part of it may be in the merged file already: give up this round, set the file aside.
+                            with self._lock:
+                                if src.exists():
+                                    self._quarantine(src, f"unreadable during compaction: {exc}")
+                            raise _AbortCompaction from exc
+                        readable.append(src)
+                    if pending:
+                        writer.write_table(pa.Table.from_batches(pending, schema=table.arrow_schema),
+                                           row_group_size=self.row_group_rows)
+                f.flush()
+                os.fsync(f.fileno())
+            self._step(1)
+            if len(readable) < 2:
+                tmp.unlink(missing_ok=True)
+                return 0
+            with self._lock:
+                # Step 2: the journal.
+                journal_tmp = pdir / (JOURNAL + ".tmp")
+                journal_tmp.write_text(json.dumps({"target": target.name, "sources": [s.name for s in readable]}))
+                with open(journal_tmp, "rb+") as jf:
+                    os.fsync(jf.fileno())
+                os.replace(journal_tmp, pdir / JOURNAL)
+                fsync_dir(pdir)
+                self._step(2)
+                # Step 3: hide the sources.
+                for i, s in enumerate(readable):
+                    os.replace(s, s.with_name(s.name + ".replaced"))
+                    if i == 0:
+                        self._step(30)  # crash with some sources hidden and some not
+                fsync_dir(pdir)
+                self._step(3)
+                # Step 4: the merged file appears.
+                os.replace(tmp, target)
+                fsync_dir(pdir)
+                self._step(4)
+                # Step 5: clean up.
+                for s in readable:
+                    s.with_name(s.name + ".replaced").unlink(missing_ok=True)
+                fsync_dir(pdir)
+                self._step(5)
+                (pdir / JOURNAL).unlink()
+                fsync_dir(pdir)
+        except CompactionCrash:
+            raise
+        except _AbortCompaction:
+            tmp.unlink(missing_ok=True)
+            return 0
+        except BaseException:
+            if not (pdir / JOURNAL).exists():
+                tmp.unlink(missing_ok=True)
+            raise
+        self.stats.compactions += 1
+        self.stats.files_compacted += len(readable)
+        log.debug("store: compacted %d files of %s into %s", len(readable), pdir, target.name)
+        return len(readable)
+
+    # --- retention --------------------------------------------------------------------------------------------------
+
+    def apply_retention(self, now: float | None = None) -> list[str]:
+        """Drop partitions whose hour ended more than the table's retention ago; returns what was dropped."""
+        now = self.clock() if now is None else now
+        dropped = []
+        for name, days in self.retention_days.items():
+            if not days or days <= 0:
+                continue
+            cutoff_hour = int(now // 3600) - days * 24  # partitions ending at or before this hour are expired
+            for hour, pdir in self.partitions(name):
+                if hour + 1 > cutoff_hour:
+                    break
+                dropped.append(str(pdir.relative_to(self.root)))
+                self._drop_dir(pdir)
+            # Remove date directories left empty.
+            tdir = self.table_dir(name)
+            if tdir.is_dir():
+                for d in tdir.iterdir():
+                    if d.is_dir() and d.name.startswith("date=") and not any(d.iterdir()):
+                        d.rmdir()
+        self.stats.partitions_dropped += len(dropped)
+        for p in dropped:
+            log.info("store: retention dropped %s", p)
+        return dropped
+
+    def _drop_dir(self, pdir: Path) -> None:
+        trash = self.root / TRASH
+        makedirs_durable(trash)
+        dest = trash / f"{time.time_ns()}"
+        with self._lock:
+            os.replace(pdir, dest)  # one rename: the whole partition disappears at once for readers
+            fsync_dir(pdir.parent)
+        shutil.rmtree(dest, ignore_errors=True)
+
+    # --- background -------------------------------------------------------------------------------------------------
+
+    def maintain(self, now: float | None = None) -> None:
+        """One round of retention and compaction; errors are logged and counted, never raised."""
+        try:
+            self.apply_retention(now)
+            self.compact(now)
+        except Exception:
+            self.stats.maintenance_errors += 1
+            log.exception("store: maintenance failed")
+
+    def start_maintenance(self, interval_s: float = 60.0) -> None:
+        """Run :meth:`maintain` every ``interval_s`` seconds in a background thread."""
+        if self._thread is not None:
+            return
+        self._stop.clear()
+
+        def loop() -> None:
+            while not self._stop.wait(interval_s):
+                self.maintain()
+
+        self._thread = threading.Thread(target=loop, name="store-maintenance", daemon=True)
+        self._thread.start()
+
+    def stop_maintenance(self) -> None:
+        if self._thread is None:
+            return
+        self._stop.set()
+        self._thread.join()
+        self._thread = None
