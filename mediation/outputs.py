@@ -62,6 +62,26 @@ class OutputStats:
     """Rows written per table."""
 
 
+def build_outputs(config, worker: int = 0) -> list[Output]:
+    """Every output ``config`` enables: the embedded Parquet store (``[store]``) and the ClickHouse server
+    (``[output.clickhouse]``). Worker 0 is the store's housekeeper (recovery, compaction, retention); with several
+    workers each ClickHouse output gets its own spool directory ``<spool.path>/worker<N>``.
+    """
+    outputs: list[Output] = []
+    if config.store.enabled:
+        from mediation.store import ParquetStore
+
+        outputs.append(ParquetStore.for_config(config, housekeeper=worker == 0))
+    if config.output.clickhouse.enabled:
+        from mediation.clickhouse import ClickHouseOutput
+
+        spool_dir = config.data_path(config.spool.path)
+        if config.service.workers > 1:
+            spool_dir = spool_dir / f"worker{worker}"
+        outputs.append(ClickHouseOutput(config.output.clickhouse, config.spool, spool_dir))
+    return outputs
+
+
 # --- batch ids ------------------------------------------------------------------------------------------------------
 
 _EPOCH_MS = 1_577_836_800_000  # 2020-01-01T00:00:00Z: 42 bits of milliseconds from here last until the year 2159.

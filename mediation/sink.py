@@ -9,7 +9,8 @@ Memory is bounded by ``max_pending_rows`` (rows buffered, queued and being writt
 refuses the batch, counts its rows in ``dropped_rows`` and logs, rather than blocking the loop or growing without
 bound. ``backlogged`` tells the caller when it is getting close.
 
-Each batch gets its id (:class:`mediation.outputs.BatchIdGenerator`) once, when it is cut; a failed write is retried
+Each batch gets its id (:class:`mediation.outputs.BatchIdGenerator`; ``worker`` goes into its bits so worker
+processes never issue the same id) once, when it is cut; a failed write is retried
 with the same id (``retries`` times, with backoff), which the outputs make idempotent. A batch an output still cannot
 take after the last retry is counted in that output's ``dropped_rows`` and logged; the other outputs still get it.
 """
@@ -40,7 +41,7 @@ class _Buffer:
 
 @dataclass
 class _Job:
-    table: Table
+    table: Table | None  # None: a flush marker
     batches: list[pa.RecordBatch]
     rows: int
     batch_id: int
@@ -65,6 +66,7 @@ class Sink:
         *,
         retries: int = 3,
         retry_backoff_s: float = 0.5,
+        worker: int = 0,
         id_generator: BatchIdGenerator | None = None,
         clock: Callable[[], float] = time.monotonic,
         on_write: WriteCallback | None = None,
@@ -76,7 +78,7 @@ class Sink:
         self.max_pending_rows = max_pending_rows
         self.retries = retries
         self.retry_backoff_s = retry_backoff_s
-        self.ids = id_generator or BatchIdGenerator()
+        self.ids = id_generator or BatchIdGenerator(worker)
         self.clock = clock
         self.on_write = on_write
         self.on_error = on_error
@@ -163,7 +165,7 @@ class Sink:
             for name, buf in self._buffers.items():
                 if buf.batches:
                     self._cut(TABLES[name], buf)
-            self._queue.put(_Job(None, [], 0, 0, done))  # type: ignore[arg-type]  # a marker after everything
+            self._queue.put(_Job(None, [], 0, 0, done))  # a marker after everything cut so far
         while not done.wait(1.0):
             if not self._thread.is_alive():
                 raise RuntimeError("sink writer thread is not running")

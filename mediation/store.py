@@ -4,8 +4,8 @@ Layout: ``<path>/<table>/date=YYYY-MM-DD/hour=HH/<batch_id>.parquet`` (UTC, by t
 batch id is zero-padded to 20 digits so names sort in time order). Readers (``flowmed query`` through chDB, in any
 number of processes) glob ``*.parquet`` and so only ever see complete files:
 
-* A write goes to ``<name>.parquet.tmp`` in the partition directory, is fsynced, renamed, and the directory fsynced.
-  Writing the same batch id again replaces the file, so a retried batch never counts twice.
+* A write goes to ``<name>.parquet.<pid>.tmp`` in the partition directory, is fsynced, renamed, and the directory
+  fsynced. Writing the same batch id again replaces the file, so a retried batch never counts twice.
 * Compaction merges a partition's small files older than ``compact_after_s`` into ``<first>-<last>.parquet``
   (first and last batch id it holds). It is made crash-safe by a journal, ``_compaction.json`` in the partition:
 
@@ -100,6 +100,28 @@ def _id_range(name: str) -> tuple[int, int]:
         return 0, 0
 
 
+def tmp_name(final: str) -> str:
+    """Temporary name of ``final`` while this process writes it: ``<final>.<pid>.tmp``."""
+    return f"{final}.{os.getpid()}.tmp"
+
+
+def _writer_alive(tmp: str) -> bool:
+    """Whether the process that named temporary file ``tmp`` (see :func:`tmp_name`) is still running."""
+    try:
+        pid = int(tmp.rsplit(".", 2)[-2])
+    except (ValueError, IndexError):
+        return False
+    if pid == os.getpid():
+        return False  # ours from before a fork/restart cannot be in progress during recovery
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
 def check_parquet(path: str | os.PathLike) -> str | None:
     """Why ``path`` is not a complete Parquet file, or None when its magic and footer are sound."""
     try:
@@ -170,10 +192,20 @@ class ParquetStore:
             self.recover()
 
     @classmethod
-    def for_config(cls, config, retention_days: Mapping[str, int] | None = None) -> ParquetStore:
-        """The store described by a :class:`collector.config.Config` (``[store]``)."""
+    def for_config(cls, config, retention_days: Mapping[str, int] | None = None, *, housekeeper: bool = True,
+                   maintenance_interval_s: float = 60.0) -> ParquetStore:
+        """The store described by a :class:`collector.config.Config` (``[store]``).
+
+        Only one process may be the ``housekeeper`` (recovery at start, compaction, retention): with several
+        workers that is worker 0; the others only write (their temporary names carry their pid, so recovery leaves
+        files of live writers alone).
+        """
         days = {"flows": config.store.flows_retention_days, **(retention_days or {})}
-        return cls(config.store.path, compact_after_s=config.store.compact_after_s, retention_days=days)
+        store = cls(config.store.path, compact_after_s=config.store.compact_after_s, retention_days=days,
+                    recover=housekeeper)
+        if housekeeper:
+            store.start_maintenance(maintenance_interval_s)
+        return store
 
     # --- paths ------------------------------------------------------------------------------------------------------
 
@@ -235,7 +267,7 @@ class ParquetStore:
         pdir = self.table_dir(table.name) / partition_of(hour)
         makedirs_durable(pdir)
         final = pdir / file_name(batch_id)
-        tmp = pdir / (final.name + ".tmp")
+        tmp = pdir / tmp_name(final.name)
         with open(tmp, "wb") as f:
             pq.write_table(data, f, compression=self.compression, row_group_size=self.row_group_rows)
             f.flush()
@@ -275,6 +307,8 @@ class ParquetStore:
             self._resolve_journal(pdir, journal)
         for entry in sorted(pdir.iterdir()):
             name = entry.name
+            if name.endswith(".tmp") and _writer_alive(name):
+                continue  # another worker process is writing it right now
             if name.endswith(".tmp") or name.endswith(".replaced"):
                 self._quarantine(entry, "left over from an interrupted write")
             elif name.endswith(".parquet"):
@@ -302,7 +336,8 @@ class ParquetStore:
                 replaced = pdir / (s + ".replaced")
                 if replaced.exists():
                     os.replace(replaced, pdir / s)
-            (pdir / (target + ".tmp")).unlink(missing_ok=True)
+            for leftover in pdir.glob(target + ".*.tmp"):
+                leftover.unlink(missing_ok=True)
             log.info("compaction in %s rolled back at start (%d files restored)", pdir, len(sources))
         fsync_dir(pdir)
         journal.unlink()
@@ -379,7 +414,7 @@ class ParquetStore:
         while target.exists() or target in sources:
             target = pdir / f"{first:020d}-{last:020d}.{k}.parquet"
             k += 1
-        tmp = pdir / (target.name + ".tmp")
+        tmp = pdir / tmp_name(target.name)
         # Step 1: merged data, streamed source by source (memory stays at about one row group).
         readable: list[Path] = []
         try:
@@ -414,7 +449,7 @@ class ParquetStore:
                 return 0
             with self._lock:
                 # Step 2: the journal.
-                journal_tmp = pdir / (JOURNAL + ".tmp")
+                journal_tmp = pdir / tmp_name(JOURNAL)
                 journal_tmp.write_text(json.dumps({"target": target.name, "sources": [s.name for s in readable]}))
                 with open(journal_tmp, "rb+") as jf:
                     os.fsync(jf.fileno())
