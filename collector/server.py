@@ -182,7 +182,7 @@ def make_sink(config: Config, worker: int = 0) -> Any:
             from mediation.store import ParquetStore
 
             outputs.append(ParquetStore(config.store.path))
-    return Sink(outputs, config.store.flush_rows, config.store.flush_interval_s)
+    return Sink(outputs, config.store.flush_rows, config.store.flush_interval_s, worker=worker)
 
 
 def _optional(module: str, name: str) -> Callable[..., Any] | None:
