@@ -1,0 +1,132 @@
+"""The ClickHouse server backend of :class:`mediation.query.QueryEngine` (``flowmed query --target clickhouse``).
+
+Queries run read-only against the database flowmed writes (``output.clickhouse.database``), so table names are the
+same as in the embedded store. Results come back as a ``pyarrow.Table`` with the same types as the embedded backend:
+addresses as ``fixed_size_binary(16)`` on both server generations (``FixedString(16)`` on 18.16, ``IPv6`` on modern
+servers), which the engine shows as text; times as ``timestamp[ms, UTC]``.
+
+SQL that reads the same on every backend (embedded chDB, 18.16, modern): compare addresses with
+``IPv6StringToNum('::ffff:192.0.2.1')`` (``toIPv6`` does not exist on 18.16), and render them in SQL with
+``IPv6NumToString(addr)``. For ``clickhouse-client`` users on 18.16, ``<database>_read`` holds a view per table with
+addresses already as text and ReplacingMergeTree tables read ``FINAL`` (see :mod:`mediation.clickhouse_ddl`).
+
+Read-only: every query carries ``readonly = 2`` (no writes, no DDL; settings may still be changed, which the
+driver needs), unless the user's profile is read-only already (then it is left as the server set it).
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+
+from collector.config import ClickHouseConfig
+from mediation.clickhouse import connect
+
+
+def _query_error(message: str) -> Exception:
+    from mediation.query import QueryError
+
+    return QueryError(message)
+
+
+class ClickHouseBackend:
+    """Read-only SQL on a ClickHouse server; implements ``mediation.query.QueryBackend``."""
+
+    name = "clickhouse"
+
+    def __init__(self, config: ClickHouseConfig, *, timeout_s: float = 300.0) -> None:
+        self.config = config
+        self.timeout_s = timeout_s
+        self._client = None
+        self._settings: dict[str, Any] | None = None
+
+    @classmethod
+    def from_config(cls, config) -> ClickHouseBackend:
+        """The backend for a whole flowmed :class:`collector.config.Config` (its ``[output.clickhouse]``)."""
+        return cls(config.output.clickhouse)
+
+    def _connect(self):
+        if self._client is None:
+            client = connect(self.config, timeout_s=self.timeout_s)
+            (value,), = client.execute("SELECT value FROM system.settings WHERE name = 'readonly'",
+                                       settings={"use_numpy": False})
+            self._settings = {} if str(value) not in ("0", "") else {"readonly": 2}
+            self._client = client
+        return self._client
+
+    def query(self, sql: str) -> pa.Table:
+        """Run one statement read-only in the flowmed database; raises ``QueryError`` on failure."""
+        from clickhouse_driver.errors import Error as DriverError
+
+        try:
+            client = self._connect()
+            client.execute(f"USE `{self.config.database}`", settings={"use_numpy": False})
+            data, types = client.execute(sql, with_column_types=True, columnar=True,
+                                         settings={**(self._settings or {}), "use_numpy": True})
+        except (DriverError, OSError, EOFError) as exc:
+            self.close()
+            raise _query_error(_message(exc)) from None
+        return to_arrow(data, types)
+
+    def close(self) -> None:
+        if self._client is not None:
+            try:
+                self._client.disconnect()
+            finally:
+                self._client = None
+
+
+def _message(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.split(". Stack trace:")[0].strip() if text else exc.__class__.__name__
+
+
+def _strip(t: str) -> str:
+    while t.startswith(("LowCardinality(", "Nullable(")):
+        t = t[t.index("(") + 1:-1]
+    return t
+
+
+def to_arrow(data: list, types: list[tuple[str, str]]) -> pa.Table:
+    """Driver columns (numpy mode) as a pyarrow Table with the embedded backend's types."""
+    arrays, names = [], []
+    for values, (name, ch_type) in zip(data, types, strict=True):
+        names.append(name)
+        arrays.append(_column(values, _strip(ch_type)))
+    if not types:
+        return pa.table({})
+    return pa.Table.from_arrays(arrays, names=names)
+
+
+def _column(values: Any, ch_type: str) -> pa.Array:
+    if ch_type in ("IPv6", "FixedString(16)"):
+        if isinstance(values, np.ndarray) and values.dtype == np.dtype("S16"):  # zero-copy-ish: 16 bytes each
+            data = np.ascontiguousarray(values)
+            return pa.FixedSizeBinaryArray.from_buffers(pa.binary(16), len(data), [None, pa.py_buffer(data)])
+        return pa.array([_packed(v) for v in values], type=pa.binary(16))
+    if ch_type.startswith(("DateTime", "Date")):
+        arr = np.asarray(values)
+        if arr.dtype.kind == "M":
+            ms = arr.astype("datetime64[ms]").astype(np.int64)
+            return pa.array(ms, type=pa.int64()).cast(pa.timestamp("ms", tz="UTC"))
+        return pa.array(list(values))
+    if ch_type == "IPv4":
+        return pa.array([str(v) for v in values], type=pa.string())
+    if isinstance(values, np.ndarray) and values.dtype.kind in "iufb":
+        return pa.array(values)
+    if isinstance(values, np.ndarray) and values.dtype.kind == "U":
+        return pa.array(values.astype(object), type=pa.string())
+    return pa.array(list(values))
+
+
+def _packed(value: Any) -> bytes | None:
+    if value is None:
+        return None
+    if isinstance(value, ipaddress.IPv6Address):
+        return value.packed
+    if isinstance(value, bytes | np.bytes_):
+        return bytes(value).ljust(16, b"\0")  # numpy strips trailing NULs of S16 items
+    return ipaddress.IPv6Address(str(value)).packed
