@@ -39,3 +39,6 @@ def _register() -> None:
 
 
 _register()
+
+if __name__ == "__main__":  # python -m collector.cli (the supervisor starts its workers this way)
+    main()

@@ -75,9 +75,15 @@ class Metrics:
                                  multiprocess_mode="livemax")
             self.worker_restarts = Counter("flowmed_worker_restarts", "Worker processes that died and were restarted.",
                                            registry=r)
+        if role in ("single", "supervisor"):
+            # Counted where SIGHUP is received and validated: the process itself, or the supervisor of the workers.
             self.config_reloads = Counter("flowmed_config_reloads",
                                           "SIGHUP reloads by result (ok, or refused: the old configuration stays).",
                                           ["result"], registry=r)
+        else:
+            self.config_reloads = Counter("flowmed_worker_config_reloads", "SIGHUP reloads applied by a worker.",
+                                          ["result"], registry=r)
+        if role == "supervisor":
             return
 
         # Receive path.
@@ -118,9 +124,6 @@ class Metrics:
                                        "Batches lost to an unexpected error after decoding (a bug; see the log).",
                                        ["stage"], registry=r)
         self.state_saves = Counter("flowmed_state_saves", "Template state saves, by result.", ["result"], registry=r)
-        self.config_reloads = Counter("flowmed_config_reloads",
-                                      "SIGHUP reloads by result (ok, or refused: the old configuration stays).",
-                                      ["result"], registry=r)
         # Outputs (the Sink and the outputs report through these).
         self.output_batches = Counter("flowmed_output_batches", "Batches written, per output and table.",
                                       ["output", "table"], registry=r)

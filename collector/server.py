@@ -17,7 +17,6 @@ import contextlib
 import os
 import signal
 import time
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -169,28 +168,38 @@ def make_mediator(config: Config) -> Any:
     return Mediator(config)
 
 
-def make_sink(config: Config, worker: int = 0) -> Any:
-    """The Sink with every output the config enables (the Parquet store, ClickHouse)."""
+def make_sink(config: Config, metrics: metrics_mod.Metrics, worker: int | None = None) -> Any:
+    """The Sink with every output the config enables: the Parquet store and/or the ClickHouse server.
+
+    With several workers each has its own ClickHouse spool directory (a spool belongs to one process) and only
+    worker 0 does the store's housekeeping (recovery, compaction, retention).
+    """
+    from mediation.outputs import BatchIdGenerator
     from mediation.sink import Sink
 
-    build = _optional("mediation.outputs", "build_outputs")
-    if build is not None:
-        outputs = build(config, worker=worker)
-    else:
-        outputs = []
-        if config.store.enabled:
-            from mediation.store import ParquetStore
+    outputs: list[Any] = []
+    if config.store.enabled:
+        from mediation.store import ParquetStore
 
-            outputs.append(ParquetStore(config.store.path))
-    return Sink(outputs, config.store.flush_rows, config.store.flush_interval_s, worker=worker)
+        outputs.append(ParquetStore.for_config(config, housekeeper=worker in (None, 0)))
+    if config.output.clickhouse.enabled:
+        from mediation.clickhouse import ClickHouseOutput
 
+        spool = config.data_path(config.spool.path)
+        if worker is not None:
+            spool = spool / f"worker{worker}"
+        outputs.append(ClickHouseOutput(config.output.clickhouse, config.spool, spool))
 
-def _optional(module: str, name: str) -> Callable[..., Any] | None:
-    try:
-        mod = __import__(module, fromlist=[name])
-    except ImportError:
-        return None
-    return getattr(mod, name, None)
+    def on_write(output: str, table: str, rows: int, seconds: float) -> None:
+        metrics.output_batches.labels(output, table).inc()
+        metrics.output_rows.labels(output, table).inc(rows)
+        metrics.output_write_seconds.labels(output).observe(seconds)
+
+    def on_error(output: str, table: str, exc: BaseException) -> None:
+        metrics.output_errors.labels(output).inc()
+
+    return Sink(outputs, config.store.flush_rows, config.store.flush_interval_s,
+                id_generator=BatchIdGenerator(worker or 0), on_write=on_write, on_error=on_error)
 
 
 def state_path(config: Config, worker: int | None) -> Path:
@@ -269,7 +278,7 @@ class Server:
                     listener=lst.address, requested=cfg.listen.rcvbuf_bytes, granted=lst.rcvbuf_granted)
         decoder = self._decoder_arg if self._decoder_arg is not None else make_decoder(cfg)
         self._load_state(decoder)
-        sink = self._sink_arg if self._sink_arg is not None else make_sink(cfg, self.worker or 0)
+        sink = self._sink_arg if self._sink_arg is not None else make_sink(cfg, self.metrics, self.worker)
         mediator = make_mediator(cfg) if self._mediator_arg == "auto" else self._mediator_arg
         self.pipeline = Pipeline(cfg, self.metrics, sink, mediator, decoder)
         if self.worker is None and cfg.metrics.enabled:
@@ -339,9 +348,15 @@ class Server:
 
     def _sink_metrics(self) -> None:
         sink = self.pipeline.sink if self.pipeline else None
-        buffered = getattr(sink, "buffered_rows", None)
-        if isinstance(buffered, int):
-            self.metrics.sink_rows_buffered.set(buffered)
+        pending = getattr(sink, "pending_rows", None)
+        if isinstance(pending, int):
+            self.metrics.sink_rows_buffered.set(pending)
+        spool_bytes = 0
+        for o in getattr(sink, "outputs", []):
+            status = getattr(o, "status", None)
+            if callable(status):
+                spool_bytes += int(status().get("spool_bytes", 0))
+        self.metrics.spool_bytes.set(spool_bytes)
 
     def request_stop(self, sig: int | None = None) -> None:
         if self.stop_event is not None and not self.stop_event.is_set():
@@ -423,10 +438,10 @@ class Server:
                         p.sink.add(name, batch)
             except Exception as exc:
                 log("error", "mediation close failed", error=repr(exc))
-        before = getattr(p.sink, "buffered_rows", None)
+        before = getattr(p.sink, "pending_rows", 0)
         p.sink.flush()
         p.sink.close()
-        self.rows_flushed = before if isinstance(before, int) else p.flows
+        self.rows_flushed = before
 
     def on_tick_metrics_final(self) -> None:
         self.publish_status()
@@ -492,12 +507,23 @@ class Server:
         p = self.pipeline
         sink = p.sink if p else None
         outputs = []
+        spool: dict[str, Any] = {}
         for o in getattr(sink, "outputs", []):
-            stats = getattr(o, "stats", None)
-            outputs.append({"name": getattr(o, "name", type(o).__name__), "state": getattr(o, "state", "ok"),
-                            "rows": getattr(stats, "rows", 0), "batches": getattr(stats, "batches", 0),
-                            "errors": getattr(stats, "errors", 0), "last_error": getattr(stats, "last_error", "")})
-        spool_fn = getattr(sink, "spool_status", None)
+            name = getattr(o, "name", type(o).__name__)
+            stats = getattr(sink, "stats", {}).get(name)
+            entry = {"name": name, "state": "ok", "rows": getattr(stats, "rows", 0),
+                     "batches": getattr(stats, "batches", 0), "errors": getattr(stats, "errors", 0),
+                     "dropped_rows": getattr(stats, "dropped_rows", 0), "last_error": getattr(stats, "last_error", "")}
+            status = getattr(o, "status", None)
+            if callable(status):  # the ClickHouse output: connection and spool
+                st = status()
+                entry["state"] = "connected" if st.get("connected") else "spooling"
+                entry["last_error"] = st.get("last_error") or entry["last_error"]
+                spool = {"bytes": spool.get("bytes", 0) + st.get("spool_bytes", 0),
+                         "batches": spool.get("batches", 0) + st.get("spool_batches", 0),
+                         "rows": spool.get("rows", 0) + st.get("spool_rows", 0),
+                         "dropped_rows": spool.get("dropped_rows", 0) + st.get("dropped_rows", 0)}
+            outputs.append(entry)
         self.snapshot = {
             "version": metrics_mod.version(), "pid": os.getpid(), "worker": self.worker,
             "worker_count": self.config.service.workers, "uptime_s": time.time() - self.started,
@@ -506,7 +532,7 @@ class Server:
                            "kernel_drops": lst.kernel_drops() or 0} for lst in self.listeners],
             "exporters": p.board.to_list() if p else [],
             "outputs": outputs,
-            "spool": spool_fn() if callable(spool_fn) else {},
+            "spool": spool,
         }
         if self.worker is not None:
             run_dir = os.environ.get("FLOWMED_RUN_DIR")

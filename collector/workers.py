@@ -1,0 +1,262 @@
+"""Several receiving processes: ``service.workers = N`` runs N workers sharing each UDP port with SO_REUSEPORT.
+
+The supervisor (after uvicorn's ``supervisors/multiprocess.py``) binds every socket itself, N per endpoint in one
+SO_REUSEPORT group, and hands worker i its sockets (inherited file descriptors). The kernel hashes each exporter's
+address and port onto one socket of the group, so an exporter always reaches the same worker and its templates stay
+local; because the sockets belong to the supervisor, a restarted worker gets the very same sockets back (the group
+and the hashing do not change, datagrams that arrive meanwhile wait in that socket's buffer) and its own template
+state file (``<state_file>.worker<i>``).
+
+Workers report to the supervisor with the sd_notify protocol on a private socket (``READY=1``, ``WATCHDOG=1``); the
+supervisor tells systemd ``READY=1`` once every worker is ready, restarts (and counts) a worker that dies or stops
+pinging, forwards SIGHUP after validating the configuration itself, and on SIGTERM stops the workers (each flushes
+its own batches) and waits for them within ``service.shutdown_timeout_s``. Metrics of all workers are merged on one
+endpoint with prometheus-client's multiprocess mode (``PROMETHEUS_MULTIPROC_DIR``, wiped at start); ``/status``
+merges the snapshots each worker writes.
+"""
+
+from __future__ import annotations
+
+import os
+import select
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from typing import Any
+
+from collector import config as config_mod
+from collector import metrics as metrics_mod
+from collector import status as status_mod
+from collector.config import Config
+from collector.configtree import ConfigError
+from collector.listener import UdpListener
+from collector.logging import log, set_level
+from collector.logging import setup as setup_logging
+from collector.systemd import Notifier, watchdog_interval_s
+
+HANG_TIMEOUT_S = 30.0
+"""A worker that has not pinged for this long is killed and restarted."""
+RESTART_DELAY_S = 1.0
+
+
+class Worker:
+    """One worker process slot: its sockets survive the process."""
+
+    def __init__(self, index: int, listeners: list[UdpListener]) -> None:
+        self.index = index
+        self.listeners = listeners
+        self.proc: subprocess.Popen | None = None
+        self.ready = False
+        self.last_ping = 0.0
+        self.started = 0.0
+        self.restart_at = 0.0
+
+    @property
+    def fds(self) -> list[int]:
+        return [lst.sock.fileno() for lst in self.listeners if lst.sock is not None]
+
+
+class Supervisor:
+    """Runs ``config.service.workers`` worker processes; see the module docstring."""
+
+    def __init__(self, config: Config, config_path: str | None, overrides: tuple[str, ...]) -> None:
+        self.config = config
+        self.config_path = config_path
+        self.overrides = overrides
+        self.run_dir = config.data_path("run")
+        self.workers: list[Worker] = []
+        self.notifier = Notifier()
+        self.signals: list[int] = []
+        self.stopping = False
+        self.all_ready_sent = False
+
+    def run(self) -> int:
+        """Start the workers and supervise them until SIGTERM/SIGINT; returns the exit status."""
+        cfg = self.config
+        setup_logging(cfg.log.level, cfg.log.format)
+        prom_dir = self.run_dir / "prometheus"
+        shutil.rmtree(self.run_dir, ignore_errors=True)  # stale metrics of earlier runs must not be merged in
+        prom_dir.mkdir(parents=True)
+        # Set before any worker starts: prometheus-client picks its multiprocess mode from the environment at import.
+        os.environ["PROMETHEUS_MULTIPROC_DIR"] = str(prom_dir)
+        try:
+            for i in range(cfg.service.workers):
+                listeners = []
+                for endpoint in cfg.listen.udp:
+                    lst = UdpListener(endpoint, [], rcvbuf_bytes=cfg.listen.rcvbuf_bytes, reuse_port=True)
+                    lst.bind()
+                    listeners.append(lst)
+                self.workers.append(Worker(i, listeners))
+        except OSError as exc:
+            log("error", "cannot start", error=str(exc))
+            self._close_sockets()
+            return 1
+        granted = self.workers[0].listeners[0].rcvbuf_granted if cfg.listen.udp else 0
+        if cfg.listen.udp and granted < cfg.listen.rcvbuf_bytes:
+            log("warning", "receive buffer smaller than requested; raise net.core.rmem_max",
+                requested=cfg.listen.rcvbuf_bytes, granted=granted)
+
+        from prometheus_client import CollectorRegistry
+        from prometheus_client.multiprocess import MultiProcessCollector
+
+        registry = CollectorRegistry()
+        MultiProcessCollector(registry, path=str(prom_dir))
+        self.metrics = metrics_mod.Metrics(registry, cfg.metrics.max_exporter_labels, role="supervisor")
+        http = None
+        if cfg.metrics.enabled:
+            try:
+                http = status_mod.HttpServer(cfg.metrics.listen, registry, self.status)
+            except OSError as exc:
+                log("error", "cannot serve metrics", listen=cfg.metrics.listen, error=str(exc))
+                self._close_sockets()
+                return 1
+            http.start()
+
+        self.inbox = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC)
+        self.inbox_name = f"@flowmed-{os.getpid()}-{os.urandom(4).hex()}"
+        self.inbox.bind("\0" + self.inbox_name[1:])
+        self.inbox.setblocking(False)
+        for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+            signal.signal(sig, lambda s, _f: self.signals.append(s))
+        for w in self.workers:
+            self._spawn(w)
+        log("info", "flowmed started", version=metrics_mod.version(), pid=os.getpid(),
+            listeners=[lst.address for lst in self.workers[0].listeners], workers=cfg.service.workers,
+            metrics=http.address if http else "off", store=cfg.store.path)
+        code = self._loop()
+        if http is not None:
+            http.close()
+        self._close_sockets()
+        self.inbox.close()
+        return code
+
+    def _spawn(self, w: Worker) -> None:
+        args = [sys.executable, "-m", "collector.cli", "run", "--worker", str(w.index)]
+        if self.config_path:
+            args += ["--config", str(self.config_path)]
+        for o in self.overrides:
+            args += ["--set", o]
+        env = dict(os.environ, FLOWMED_LISTEN_FDS=",".join(str(fd) for fd in w.fds), NOTIFY_SOCKET=self.inbox_name,
+                   FLOWMED_RUN_DIR=str(self.run_dir))
+        env.pop("WATCHDOG_USEC", None)  # the workers ping the supervisor, which pings systemd
+        env.pop("WATCHDOG_PID", None)
+        w.proc = subprocess.Popen(args, pass_fds=w.fds, env=env)
+        w.ready = False
+        w.started = w.last_ping = time.monotonic()
+        self.metrics.workers.set(sum(1 for x in self.workers if x.proc and x.proc.poll() is None))
+
+    def _loop(self) -> int:
+        watchdog = watchdog_interval_s()
+        last_watchdog = 0.0
+        while True:
+            readable, _, _ = select.select([self.inbox], [], [], 0.5)
+            if readable:
+                self._read_inbox()
+            while self.signals:
+                sig = self.signals.pop(0)
+                if sig == signal.SIGHUP:
+                    self._reload()
+                else:
+                    return self._stop(sig)
+            now = time.monotonic()
+            for w in self.workers:
+                self._check(w, now)
+            if not self.all_ready_sent and all(w.ready for w in self.workers):
+                self.all_ready_sent = True
+                self.notifier.notify("READY=1", f"STATUS={len(self.workers)} workers receiving")
+            if watchdog and now - last_watchdog >= watchdog and all(
+                    w.proc is not None and w.proc.poll() is None for w in self.workers):
+                self.notifier.notify("WATCHDOG=1")
+                last_watchdog = now
+
+    def _read_inbox(self) -> None:
+        while True:
+            try:
+                msg = self.inbox.recv(4096).decode(errors="replace")
+            except BlockingIOError:
+                return
+            fields = dict(line.split("=", 1) for line in msg.splitlines() if "=" in line)
+            try:
+                w = self.workers[int(fields.get("FLOWMED_WORKER", "-1"))]
+            except (ValueError, IndexError):
+                continue
+            w.last_ping = time.monotonic()
+            if fields.get("READY") == "1":
+                w.ready = True
+
+    def _check(self, w: Worker, now: float) -> None:
+        if w.proc is None:
+            if now >= w.restart_at:
+                self._spawn(w)
+            return
+        code = w.proc.poll()
+        if code is None and now - w.last_ping > HANG_TIMEOUT_S:
+            log("error", "worker stopped responding; killing it", worker=w.index, pid=w.proc.pid)
+            w.proc.kill()
+            code = w.proc.wait()
+        if code is None:
+            return
+        from prometheus_client import multiprocess
+
+        multiprocess.mark_process_dead(w.proc.pid, str(self.run_dir / "prometheus"))
+        log("error", "worker died; restarting it", worker=w.index, pid=w.proc.pid, exit_status=code)
+        self.metrics.worker_restarts.inc()
+        w.proc = None
+        w.restart_at = now + RESTART_DELAY_S
+        self.metrics.workers.set(sum(1 for x in self.workers if x.proc and x.proc.poll() is None))
+
+    def _reload(self) -> None:
+        try:
+            new = config_mod.load(self.config_path, self.overrides)
+        except ConfigError as exc:
+            self.metrics.config_reloads.labels("refused").inc()
+            log("error", "configuration reload refused; keeping the running configuration", error=str(exc),
+                key=exc.key)
+            return
+        if new.service.workers != self.config.service.workers or new.listen.udp != self.config.listen.udp:
+            log("warning", "workers and listen addresses change at the next restart")
+        self.config = new
+        setup_logging(new.log.level, new.log.format)
+        set_level(new.log.level)
+        for w in self.workers:
+            if w.proc is not None and w.proc.poll() is None:
+                w.proc.send_signal(signal.SIGHUP)
+        self.metrics.config_reloads.labels("ok").inc()
+        log("info", "configuration reloaded", config=self.config_path or "(defaults)", workers=len(self.workers))
+
+    def _stop(self, sig: int) -> int:
+        log("info", "stopping", signal=signal.Signals(sig).name, workers=len(self.workers))
+        self.notifier.notify("STOPPING=1", "STATUS=flushing")
+        for w in self.workers:
+            if w.proc is not None and w.proc.poll() is None:
+                w.proc.send_signal(signal.SIGTERM)
+        deadline = time.monotonic() + self.config.service.shutdown_timeout_s + 5.0
+        code = 0
+        for w in self.workers:
+            if w.proc is None:
+                continue
+            try:
+                rc = w.proc.wait(max(0.0, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                log("error", "worker did not stop in time; killing it", worker=w.index)
+                w.proc.kill()
+                rc = w.proc.wait()
+            code = code or (1 if rc else 0)
+        final = status_mod.merge(status_mod.read_snapshots(self.run_dir))
+        log("info", "flowmed stopped", workers=len(self.workers), datagrams=final.get("datagrams", 0),
+            flows=final.get("flows", 0), flushed_rows=final.get("rows_flushed", 0), exit_status=code)
+        return code
+
+    def status(self) -> dict[str, Any]:
+        merged = status_mod.merge(status_mod.read_snapshots(self.run_dir))
+        merged.update(pid=os.getpid(), worker_count=len(self.workers), version=metrics_mod.version(),
+                      worker_pids=[w.proc.pid if w.proc else None for w in self.workers])
+        return merged
+
+    def _close_sockets(self) -> None:
+        for w in self.workers:
+            for lst in w.listeners:
+                lst.close()
