@@ -204,15 +204,13 @@ class ChdbBackend:
         if self._closed:
             raise QueryError("query engine is closed")
         self._refresh_views()
-        from chdb import ChdbError  # noqa: PLC0415  (loaded with the session)
-
         for attempt in range(3):
             try:
                 with chdb_session() as s:
                     s.query(f"USE {self.database}")
                     result = s.query(sql, "ArrowTable")
                 return result if isinstance(result, pa.Table) else pa.table({})
-            except ChdbError as exc:
+            except Exception as exc:  # chDB raises chdb._exceptions.ChdbError (not chdb.ChdbError) or RuntimeError
                 text = str(exc)
                 # A file listed by the glob was compacted or dropped before it was read: the next try sees the
                 # directory as it is now.

@@ -1,0 +1,117 @@
+"""``flowmed query`` (ClickHouse SQL over the store or the server) and ``flowmed schema`` (table documentation)."""
+
+from __future__ import annotations
+
+import sys
+
+import click
+
+from collector.commands.common import config_options
+from decoders.schema import KINDS, Table
+
+_CH_MODERN = {
+    "timestamp_ms": "DateTime64(3, 'UTC')",
+    "ip": "IPv6",
+    "u8": "UInt8",
+    "u16": "UInt16",
+    "u32": "UInt32",
+    "u64": "UInt64",
+    "i32": "Int32",
+    "i64": "Int64",
+    "string": "String",
+}
+
+
+@click.command("query")
+@click.argument("sql")
+@click.option("--format", "fmt", type=click.Choice(["table", "csv", "json"]), default="table", show_default=True,
+              help="Output: aligned text, CSV with a header, or one JSON object per line.")
+@click.option("--target", type=click.Choice(["auto", "store", "clickhouse"]), default="auto", show_default=True,
+              help="Where to run it: the embedded Parquet store (chDB), the ClickHouse server, or auto (the store "
+                   "when [store] is enabled, else the server).")
+@config_options
+def query_command(sql: str, fmt: str, target: str, config) -> None:
+    """Run ClickHouse SQL over flowmed's tables (flows, usage, ...) and print the result.
+
+    Addresses print as text (192.0.2.1, 2001:db8::1) and compare with toIPv6('192.0.2.1'); times are UTC.
+    Example: flowmed query "SELECT src_addr, sum(bytes) FROM flows GROUP BY src_addr ORDER BY 2 DESC LIMIT 10"
+    """
+    from mediation.query import QueryEngine, QueryError, render
+
+    try:
+        engine = QueryEngine.for_config(config, target)
+    except Exception as exc:  # cannot open chDB / reach the server: a clear message, exit status 1
+        raise click.ClickException(f"cannot open the {target} query target: {exc}") from None
+    try:
+        result = engine.query(sql)
+    except QueryError as exc:
+        raise click.ClickException(str(exc)) from None
+    finally:
+        engine.close()
+    sys.stdout.write(render(result, fmt))
+
+
+def schema_markdown(tables: dict[str, Table] | None = None) -> str:
+    """Documentation of every registered table as Markdown (what ``docs/schema.md`` holds)."""
+    if tables is None:
+        from mediation.query import load_tables
+
+        tables = load_tables()
+    out = [
+        "# flowmed tables",
+        "",
+        "Generated from `decoders/schema.py` and the modules that register tables (`flowmed schema --format md`);",
+        "do not edit by hand. Types are those of the embedded store's views and of a modern ClickHouse server;",
+        "on ClickHouse 18.16 addresses are `FixedString(16)` and times `DateTime('UTC')`. Addresses are IPv6,",
+        "IPv4 stored IPv4-mapped (`::ffff:192.0.2.1`, printed as `192.0.2.1` by `flowmed query`).",
+        "",
+    ]
+    for name in sorted(tables):
+        t = tables[name]
+        out += [f"## `{name}`", "", t.doc, ""]
+        out.append(f"Partitioned by `{t.time_column}` (embedded store: hourly directories; server: "
+                   f"{'monthly' if t.partition == 'month' else 'daily'} partitions); "
+                   f"ordered by {', '.join(f'`{c}`' for c in t.order_by)}; engine {t.engine}"
+                   + (f" (version column `{t.version_column}`)" if t.version_column else "") + ".")
+        out += ["", "| column | type | description |", "|---|---|---|"]
+        for c in t.columns:
+            doc = c.doc.replace("|", r"\|")
+            out.append(f"| `{c.name}` | {_CH_MODERN[c.kind]} | {doc} |")
+        out.append("")
+    return "\n".join(out)
+
+
+def schema_text(tables: dict[str, Table]) -> str:
+    """Plain-text documentation of every table (the default output of ``flowmed schema``)."""
+    out = []
+    for name in sorted(tables):
+        t = tables[name]
+        out += [f"{name}: {t.doc}", f"  time column {t.time_column}; order by {', '.join(t.order_by)}"]
+        width = max(len(c.name) for c in t.columns)
+        for c in t.columns:
+            out.append(f"  {c.name.ljust(width)}  {_CH_MODERN[c.kind]:<22}  {c.doc}")
+        out.append("")
+    return "\n".join(out)
+
+
+@click.command("schema")
+@click.option("--format", "fmt", type=click.Choice(["text", "md"]), default="text", show_default=True,
+              help="Plain text, or Markdown (docs/schema.md is this output).")
+@click.option("--table", "only", multiple=True, help="Only this table (repeatable).")
+def schema_command(fmt: str, only: tuple[str, ...]) -> None:
+    """Print the documentation of every table flowmed writes, from the schema in code."""
+    from mediation.query import load_tables
+
+    tables = load_tables()
+    if only:
+        unknown = sorted(set(only) - set(tables))
+        if unknown:
+            raise click.BadParameter(f"unknown table(s) {', '.join(unknown)}; known: {', '.join(sorted(tables))}",
+                                     param_hint="--table")
+        tables = {n: tables[n] for n in only}
+    sys.stdout.write(schema_markdown(tables) if fmt == "md" else schema_text(tables))
+
+
+assert set(_CH_MODERN) == set(KINDS), "every column kind needs a documented type"
+
+COMMANDS = [query_command, schema_command]
