@@ -49,7 +49,7 @@ def products(quantities: np.ndarray, factors: np.ndarray) -> np.ndarray:
 
 def round_div(x: np.ndarray, den: int, mode: str) -> np.ndarray:
     """``x / den`` rounded to an integer (x >= 0): half_up (half away from zero), half_even, down or up."""
-    q, r = np.divmod(x, den)
+    q, r = x // den, x % den  # (np.divmod has no object-array loop)
     if mode == "down":
         bump = np.zeros(len(q), dtype=bool)
     elif mode == "up":
@@ -60,6 +60,7 @@ def round_div(x: np.ndarray, den: int, mode: str) -> np.ndarray:
         bump = (2 * r > den) | ((2 * r == den) & (q % 2 == 1))
     else:
         raise ValueError(f"unknown rounding mode {mode!r}")
+    bump = np.asarray(bump, dtype=bool)
     return (q + bump.astype(np.int64)).astype(np.int64)
 
 

@@ -73,14 +73,14 @@ def cycles(tz: str, cycle_day: int, ms: np.ndarray) -> tuple[np.ndarray, np.ndar
         z = np.zeros(0, dtype=np.int64)
         return z, z, z, []
     lo = datetime.fromtimestamp(int(ms.min()) / 1000, UTC)
-    hi = datetime.fromtimestamp(int(ms.max()) / 1000, UTC)
+    hi = int(ms.max())
     y, m = (lo.year, lo.month - 1) if lo.month > 1 else (lo.year - 1, 12)
     starts: list[int] = []
     labels: list[str] = []
     while True:
         starts.append(cycle_start_ms(tz, cycle_day, y, m))
         labels.append(f"{y:04d}-{m:02d}")
-        if (y, m) > (hi.year, hi.month):
+        if starts[-1] > hi:  # the cycle holding the last instant is closed by this start
             break
         y, m = (y + 1, 1) if m == 12 else (y, m + 1)
     bounds = np.array(starts, dtype=np.int64)
