@@ -400,6 +400,35 @@ class MediationConfig:
 
 
 @dataclass(frozen=True)
+class RatingConfig:
+    plans_file: str = "plans.toml"
+    """Tariff plans (TOML, see docs/rating.md); relative to store.path."""
+    assignments_file: str = "assignments.csv"
+    """Which subscriber is on which plan from when (CSV or TOML); re-read when it changes."""
+    source: str = "flow"
+    """Usage source that is billed (flow, radius or ipdr): usage rows of other sources are not rated."""
+    extra_lateness_s: float = 60.0
+    """An interval is rated once mediation.watermark_s plus this has passed after its end (the interval is closed)."""
+    lookback_cycles: int = 1
+    """Billing cycles before the current one that each run re-examines for late corrections (0: current only)."""
+    schedule_interval_s: float = 300.0
+    """How often `flowmed rate --follow` runs the rating job."""
+    lease_ttl_s: float = 900.0
+    """The rating lease (a row in the store) expires this long after it was last renewed by its holder."""
+    target: Literal["auto", "store", "clickhouse"] = "auto"
+    """Where usage is read from and current rated records are compared against (auto: as flowmed query)."""
+
+    def validate(self, key: str) -> None:
+        _check_positive(key, schedule_interval_s=self.schedule_interval_s, lease_ttl_s=self.lease_ttl_s)
+        if self.extra_lateness_s < 0:
+            raise ConfigError(f"{key}.extra_lateness_s", self.extra_lateness_s, "a number >= 0")
+        if self.lookback_cycles < 0:
+            raise ConfigError(f"{key}.lookback_cycles", self.lookback_cycles, "an integer >= 0")
+        if self.source not in ("flow", "radius", "ipdr"):
+            raise ConfigError(f"{key}.source", self.source, "flow, radius or ipdr")
+
+
+@dataclass(frozen=True)
 class Config:
     """The whole of collector.toml."""
 
@@ -415,6 +444,7 @@ class Config:
     subscribers: SubscribersConfig = field(default_factory=SubscribersConfig)
     radius: RadiusConfig = field(default_factory=RadiusConfig)
     mediation: MediationConfig = field(default_factory=MediationConfig)
+    rating: RatingConfig = field(default_factory=RatingConfig)
 
     def data_path(self, relative: str) -> Path:
         """A path from the config, resolved against store.path when relative."""
