@@ -168,6 +168,8 @@ class ClickHouseOutput:
     repaired, insert errors; the spool's ``dropped_rows`` counts every row lost to its full policy.
     """
 
+    name = "clickhouse"
+
     def __init__(self, config: ClickHouseConfig, spool_config: SpoolConfig, spool_dir: str | Path, *,
                  tables: Iterable[Table] | None = None, retention_interval_s: float = 3600.0,
                  max_backoff_s: float = 30.0, start: bool = True) -> None:
@@ -386,6 +388,8 @@ class ClickHouseOutput:
                         "may be stored twice", table.name, batch_id)
         columns = arrow_to_columns(table, batch, caps, batch_id if has_batch_id else None)
         settings: dict[str, Any] = {}
+        if caps.low_cardinality:
+            settings["allow_suspicious_low_cardinality_types"] = 1
         if caps.insert_deduplication_token:
             settings["insert_deduplication_token"] = f"flowmed:{table.name}:{batch_id}"
         if self.config.cluster:
