@@ -21,6 +21,7 @@ from pathlib import Path
 from collector.config import split_endpoint
 
 MAX_DATAGRAM = 65535
+SO_RCVBUFFORCE = getattr(socket, "SO_RCVBUFFORCE", 33)  # Linux; Python does not export it
 
 Datagram = tuple[bytes, str, int]
 
@@ -65,7 +66,7 @@ class UdpListener:
             if sock.getsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF) // 2 < self.rcvbuf_requested:
                 # Beyond net.core.rmem_max only with CAP_NET_ADMIN (root); silently keep the capped size otherwise.
                 with contextlib.suppress(OSError):
-                    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUFFORCE, self.rcvbuf_requested)
+                    sock.setsockopt(socket.SOL_SOCKET, SO_RCVBUFFORCE, self.rcvbuf_requested)
             # Linux doubles the request for bookkeeping and reports the doubled value; what can hold data is half.
             self.rcvbuf_granted = sock.getsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF) // 2
             sock.setblocking(False)

@@ -20,8 +20,14 @@ _LEVELS = {"debug": logging.DEBUG, "info": logging.INFO, "warning": logging.WARN
 
 
 def _logfmt_value(value: Any) -> str:
-    text = value if isinstance(value, str) else json.dumps(value, default=str) if isinstance(value, list | dict) \
-        else str(value)
+    if isinstance(value, list | tuple | set):
+        text = ",".join(str(v) for v in value)
+    elif isinstance(value, dict):
+        text = json.dumps(value, default=str)
+    elif isinstance(value, bool):
+        text = "true" if value else "false"
+    else:
+        text = "" if value is None else str(value)
     if text == "" or any(c in text for c in ' ="\\\n\t'):
         return json.dumps(text)
     return text
@@ -36,6 +42,8 @@ class _Formatter(logging.Formatter):
         t = time.gmtime(record.created)
         ts = time.strftime("%Y-%m-%dT%H:%M:%S", t) + f".{int(record.msecs):03d}Z"
         items: dict[str, Any] = {"ts": ts, "level": record.levelname.lower(), "msg": record.getMessage()}
+        if record.name != LOGGER_NAME:
+            items["logger"] = record.name
         items.update(getattr(record, "fields", {}) or {})
         if record.exc_info:
             items["error"] = self.formatException(record.exc_info)
@@ -45,18 +53,21 @@ class _Formatter(logging.Formatter):
 
 
 def setup(level: str = "info", fmt: str = "logfmt", stream: Any = None) -> None:
-    """Configure the ``flowmed`` logger: one handler on stderr in the given format; idempotent (SIGHUP calls it)."""
+    """Send every log record (flowmed's and its libraries') to stderr in ``fmt``; idempotent (SIGHUP calls it)."""
     handler = logging.StreamHandler(stream or sys.stderr)
     handler.setFormatter(_Formatter(fmt))
-    for old in list(logger.handlers):
-        logger.removeHandler(old)
-    logger.addHandler(handler)
-    logger.setLevel(_LEVELS[level])
-    logger.propagate = False
+    root = logging.getLogger()
+    for old in list(root.handlers):
+        if getattr(old, "_flowmed", False):
+            root.removeHandler(old)
+    handler._flowmed = True  # type: ignore[attr-defined]
+    root.addHandler(handler)
+    set_level(level)
 
 
 def set_level(level: str) -> None:
     """Change the log level (SIGHUP)."""
+    logging.getLogger().setLevel(_LEVELS[level])
     logger.setLevel(_LEVELS[level])
 
 

@@ -104,6 +104,9 @@ class Metrics:
                                ["exporter", "version"], registry=r)
         self.decode_errors = Counter("flowmed_decode_errors", "Malformed or refused input, per exporter and reason.",
                                      ["exporter", "reason"], registry=r)
+        self.limit_hits = Counter("flowmed_decoder_limit_hits",
+                                  "Times a decoder bound (max_exporters, max_templates_per_exporter, ...) refused "
+                                  "something, per exporter and limit.", ["exporter", "limit"], registry=r)
         self.sequence_lost = Counter("flowmed_sequence_lost",
                                      "Export datagrams (v9) or records (v5, IPFIX) missing by sequence number.",
                                      ["exporter"], registry=r)

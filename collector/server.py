@@ -20,7 +20,6 @@ import time
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 from prometheus_client import CollectorRegistry
 
 from collector import config as config_mod
@@ -130,19 +129,32 @@ class Pipeline:
             exporter = key[0] if isinstance(key, tuple) else key
             m.sequence_lost.labels(label(exporter)).inc(count)
             board.exporter(exporter, received_ms).sequence_lost += count
-        templates = getattr(result, "templates", None)
-        if isinstance(templates, dict):
-            per_exporter: dict[str, int] = {}
-            for key, count in templates.items():
-                exporter = key[0] if isinstance(key, tuple) else key
-                per_exporter[exporter] = per_exporter.get(exporter, 0) + int(count)
-            for exporter, count in per_exporter.items():
-                m.templates.labels(label(exporter)).set(count)
-                if exporter in board.exporters:
-                    board.exporters[exporter].templates = count
-        pending = getattr(result, "pending_bytes", None)
-        if isinstance(pending, int | np.integer):
-            m.pending_bytes.set(int(pending))
+        for (exporter, limit), count in _items(result, "limit_hits"):
+            m.limit_hits.labels(label(exporter), limit).inc(count)
+            self.errors_log.log("warning", "decoder limit reached", key=(exporter, limit), count=count,
+                                exporter=exporter, limit=limit)
+
+    def refresh_gauges(self, now: int) -> None:
+        """Once a tick: template counts and held bytes from the decoder; expiry of stale decoder state."""
+        m, label, board = self.metrics, self.metrics.exporter_label, self.board
+        try:
+            expired = self.decoder.expire(now)
+        except Exception as exc:  # a bug; expiry is housekeeping, the daemon goes on
+            log("error", "decoder expiry failed", error=repr(exc))
+            expired = {}
+        for (exporter, reason), count in expired.items():
+            if reason == "pending_expired":  # data lost for want of a template
+                m.decode_errors.labels(label(exporter), reason).inc(count)
+                self.errors_log.log("warning", "data dropped: its template never arrived", key=(exporter, reason),
+                                    count=count, exporter=exporter, reason=reason)
+            elif reason == "exporter_expired":
+                log("info", "exporter forgotten after being idle", exporter=exporter)
+        for exporter, count in self.decoder.templates_known().items():
+            m.templates.labels(label(exporter)).set(count)
+            if exporter in board.exporters:
+                board.exporters[exporter].templates = count
+        m.exporters.set(len(self.decoder.exporters))
+        m.pending_bytes.set(self.decoder.pending_bytes())
 
 
 def _items(result: Any, name: str) -> list[tuple[Any, int]]:
@@ -153,10 +165,23 @@ def _items(result: Any, name: str) -> list[tuple[Any, int]]:
 
 
 def make_decoder(config: Config) -> Any:
-    """The flow decoder for ``config``."""
-    from decoders.flows import FlowDecoder
+    """The flow decoder for ``config`` (limits from ``[decoder]``, policy from ``[sampling]``)."""
+    from decoders.flows import DecoderLimits, FlowDecoder
 
-    return FlowDecoder(config.decoder, config.sampling)
+    d = config.decoder
+    limits = DecoderLimits(max_exporters=d.max_exporters, max_templates_per_exporter=d.max_templates_per_exporter,
+                           max_template_fields=d.max_template_fields, pending_max_bytes=d.pending_max_bytes,
+                           pending_max_age_ms=int(d.pending_max_age_s * 1000),
+                           template_timeout_ms=int(d.template_timeout_s * 1000))
+    return FlowDecoder(limits, sampling_policy(config))
+
+
+def sampling_policy(config: Config) -> Any:
+    """``[sampling]`` as the decoder's SamplingPolicy."""
+    from decoders.sampling import SamplingPolicy
+
+    s = config.sampling
+    return SamplingPolicy(s.default_rate, [(r.prefix, r.rate, r.override) for r in s.rules])
 
 
 def make_mediator(config: Config) -> Any:
@@ -320,14 +345,9 @@ class Server:
         assert self.pipeline is not None
         p, m = self.pipeline, self.metrics
         now = now_ms()
-        expire = getattr(p.decoder, "expire", None)
-        if expire is not None:
-            try:
-                expire(now)
-            except Exception as exc:
-                log("error", "template expiry failed", error=repr(exc))
+        p.refresh_gauges(now)
         try:
-            p.sink.maybe_flush(time.monotonic())
+            p.sink.maybe_flush()
         except Exception as exc:
             m.pipeline_errors.labels("sink").inc()
             log("error", "sink flush failed", error=repr(exc))
@@ -383,14 +403,7 @@ class Server:
         assert self.pipeline is not None
         p = self.pipeline
         p.config = new
-        for method in ("set_sampling", "reload"):
-            fn = getattr(p.decoder, method, None)
-            if fn is not None:
-                fn(new.sampling) if method == "set_sampling" else fn(new)
-                break
-        else:
-            if hasattr(p.decoder, "sampling"):
-                p.decoder.sampling = new.sampling
+        p.decoder.set_sampling(sampling_policy(new))
         if p.mediator is not None and hasattr(p.mediator, "reload"):
             p.mediator.reload(new)
         if new.listen.udp != old.listen.udp or new.metrics.listen != old.metrics.listen:
@@ -422,9 +435,12 @@ class Server:
         self.on_tick_metrics_final()
         if self.http is not None:
             self.http.close()
-        log("info", "flowmed stopped" if self.worker is None else "worker stopped", worker=self.worker,
-            datagrams=p.datagrams, flows=p.flows, drained_at_stop=drained,
-            flushed_rows=self.rows_flushed, seconds=round(time.monotonic() - t0, 3))
+        written = {name: st.rows for name, st in getattr(p.sink, "stats", {}).items()}
+        log("info", "flowmed stopped" if self.worker is None else "worker stopped",
+            **({} if self.worker is None else {"worker": self.worker}), datagrams=p.datagrams, flows=p.flows,
+            drained_at_stop=drained, flushed_at_stop_rows=self.rows_flushed,
+            **{f"rows_written_{name}": rows for name, rows in written.items()},
+            seconds=round(time.monotonic() - t0, 3))
         self.notifier.close()
         return 0
 
@@ -479,15 +495,19 @@ class Server:
     # --- state and status ------------------------------------------------------------------------------------------
 
     def _load_state(self, decoder: Any) -> None:
-        path = state_path(self.config, self.worker)
-        if not path.exists():
-            return
-        try:
-            decoder.load_state(path.read_bytes())
-            log("info", "template state loaded", path=str(path))
-        except Exception as exc:  # a damaged state file costs the templates, never the start
-            log("warning", "template state not loaded; templates will be learned again", path=str(path),
-                error=repr(exc))
+        """Load saved templates: every other state file first (a changed worker count loses nothing), own last."""
+        own = state_path(self.config, self.worker)
+        main = state_path(self.config, None)
+        others = [p for p in sorted(main.parent.glob(main.name + "*")) if p != own and not p.name.endswith(".tmp")]
+        for path in [*others, own]:
+            if not path.is_file():
+                continue
+            try:
+                decoder.load_state(path.read_bytes())
+                log("info" if path == own else "debug", "template state loaded", path=str(path))
+            except Exception as exc:  # a damaged state file costs the templates, never the start
+                log("warning", "template state not loaded; templates will be learned again", path=str(path),
+                    error=repr(exc))
 
     def save_state(self) -> None:
         """Save templates and sampling options atomically."""
