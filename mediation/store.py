@@ -428,9 +428,12 @@ class ParquetStore:
                                 pending.append(b)
                                 pending_rows += b.num_rows
                                 if pending_rows >= self.row_group_rows:
-                                    writer.write_table(pa.Table.from_batches(pending, schema=table.arrow_schema),
-                                                       row_group_size=self.row_group_rows)
-                                    pending, pending_rows = [], 0
+                                    # Whole row groups out, the remainder waits for the next file's rows.
+                                    merged_part = pa.Table.from_batches(pending, schema=table.arrow_schema)
+                                    full = merged_part.num_rows - merged_part.num_rows % self.row_group_rows
+                                    writer.write_table(merged_part.slice(0, full), row_group_size=self.row_group_rows)
+                                    rest = merged_part.slice(full)
+                                    pending, pending_rows = rest.to_batches(), rest.num_rows
                         except (OSError, pa.ArrowInvalid, ValueError) as exc:
                             # Part of it may be in the merged file already: give up this round, set the file aside.
                             with self._lock:
