@@ -1,0 +1,82 @@
+"""Decode errors: each carries a stable ``reason`` (a metric label) and, where known, the byte offset.
+
+The decoders raise these internally; :class:`decoders.flows.FlowDecoder` catches them per set or per datagram and
+counts them as ``errors[(exporter, reason)]``, so a malformed set costs only itself. A data set whose template is not
+known yet is *not* an error: it is held (see :mod:`decoders.pending`).
+"""
+
+from __future__ import annotations
+
+
+class DecodeError(Exception):
+    """Base of every decode error. ``reason`` is short, stable snake_case, safe as a metric label."""
+
+    reason = "decode_error"
+
+    def __init__(self, message: str, *, offset: int | None = None) -> None:
+        super().__init__(message if offset is None else f"{message} (at byte {offset})")
+        self.offset = offset
+
+
+class Truncated(DecodeError):
+    """The datagram or a structure inside it ends before its declared length."""
+
+    reason = "truncated"
+
+
+class LengthMismatch(DecodeError):
+    """A length field disagrees with the datagram (IPFIX message length, v5 record count)."""
+
+    reason = "length_mismatch"
+
+
+class UnsupportedVersion(DecodeError):
+    """The version field is not 5, 9 or 10."""
+
+    reason = "unknown_version"
+
+    def __init__(self, version: int) -> None:
+        super().__init__(f"unsupported export version {version}", offset=0)
+        self.version = version
+
+
+class BadSetLength(DecodeError):
+    """A set (flowset) length below its header size or beyond the datagram: the rest is unparseable."""
+
+    reason = "bad_set_length"
+
+
+class EmptySet(DecodeError):
+    """A set with no record in it (zero-length body, or padding only)."""
+
+    reason = "empty_set"
+
+
+class ReservedSetId(DecodeError):
+    """A set id reserved by RFC 3954 / RFC 7011 (v9: 2-255, IPFIX: 0, 1, 4-255)."""
+
+    reason = "reserved_set_id"
+
+
+class TemplateError(DecodeError):
+    """A template or options template record that cannot be used (bad id, no fields, truncated, no length)."""
+
+    reason = "bad_template"
+
+
+class TooManyFields(TemplateError):
+    """A template with more fields than ``DecoderLimits.max_template_fields``."""
+
+    reason = "template_too_many_fields"
+
+
+class BadRecord(DecodeError):
+    """A data record that overruns its set (variable-length fields)."""
+
+    reason = "bad_record"
+
+
+class StateError(DecodeError):
+    """Saved decoder state (``load_state``) that cannot be read."""
+
+    reason = "bad_state"

@@ -1,0 +1,649 @@
+"""``FlowDecoder``: NetFlow v5, v9 and IPFIX datagrams in, ``flows`` columns and counters out (sans-I/O).
+
+Theory of operation. :meth:`FlowDecoder.decode` takes a batch of datagrams and works in two passes:
+
+1. **Per datagram** (a Python loop over datagrams and their sets, never over records): parse the header, learn or
+   withdraw templates, apply options data (sampling rates, system init time), hold data sets whose template is
+   unknown (:mod:`decoders.pending`), track sequence numbers, and append each data set's bytes to the *group* of
+   its compiled template. Identical templates of different exporters share one compiled template, so they share
+   a group.
+2. **Per group**: join the group's record bytes and decode them with one ``np.frombuffer`` (fixed-length
+   templates; variable-length ones were walked once in pass 1 to find their segments), compute times, resolve the
+   sampling rate, and write the columns into the batch result.
+
+Errors are counted per (exporter, reason) and cost only the set (or datagram header) they are in; ``decode``
+never raises for bad input. All state an exporter can grow is bounded by :class:`DecoderLimits`.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import json
+import struct
+from collections import Counter
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from decoders import fields as ies
+from decoders import netflow5, templated
+from decoders.errors import (
+    BadRecord,
+    BadSetLength,
+    DecodeError,
+    EmptySet,
+    LengthMismatch,
+    ReservedSetId,
+    StateError,
+    Truncated,
+    UnsupportedVersion,
+)
+from decoders.pending import HeldSet, PendingStore
+from decoders.sampling import SamplerTable, SamplingPolicy, rate_from_columns, rate_from_values, resolve
+from decoders.schema import FLOWS
+from decoders.sequence import SequenceTracker
+from decoders.templated import Withdrawal
+from decoders.templates import Compiled, Template, compile_template, walk_variable
+
+__all__ = ["DecodeResult", "DecoderLimits", "FlowDecoder", "SamplingPolicy"]
+
+STATE_VERSION = 1
+_SET = struct.Struct(">HH")
+_COLUMNS = [c for c in FLOWS.columns if c.name != "batch_id"]
+
+
+@dataclass(frozen=True)
+class DecoderLimits:
+    """Bounds on everything an exporter (or an attacker spoofing exporters) can make the decoder hold."""
+
+    max_exporters: int = 4096
+    """Exporters tracked at once; datagrams from further ones are counted (``limit_hits``) and dropped."""
+    max_templates_per_exporter: int = 1024
+    """Templates per exporter, over all its domains; further templates are refused and counted."""
+    max_template_fields: int = 512
+    """A template with more fields is refused (``template_too_many_fields``)."""
+    pending_max_bytes: int = 8 * 1024 * 1024
+    """Data held for a missing template, in total; the oldest is dropped beyond."""
+    pending_max_age_ms: int = 120_000
+    """Held data older than this is dropped."""
+    template_timeout_ms: int = 0
+    """Templates not refreshed for this long are forgotten by :meth:`FlowDecoder.expire` (0 = never)."""
+    max_samplers_per_exporter: int = 1024
+    """Sampling rates (per domain and sampler id) remembered per exporter."""
+    exporter_idle_ms: int = 7 * 86_400_000
+    """An exporter silent for this long is forgotten by :meth:`FlowDecoder.expire`, with its templates."""
+
+
+@dataclass
+class DecodeResult:
+    """What one :meth:`FlowDecoder.decode` call produced. Counters are per exporter (address as given)."""
+
+    flows: dict[str, np.ndarray]
+    n_flows: int = 0
+    datagrams: Counter = field(default_factory=Counter)
+    """(exporter, version) -> datagrams; version 5, 9, 10, or 0 when unknown."""
+    records: Counter = field(default_factory=Counter)
+    """(exporter, version) -> flow records decoded (options records are not flows)."""
+    errors: Counter = field(default_factory=Counter)
+    """(exporter, reason) -> count; see :mod:`decoders.errors` for reasons."""
+    sequence_lost: Counter = field(default_factory=Counter)
+    """exporter -> lost units (v9: datagrams; v5 and IPFIX: records)."""
+    sequence_resets: Counter = field(default_factory=Counter)
+    """exporter -> sequence restarts detected (exporter reboot or renumbering)."""
+    limit_hits: Counter = field(default_factory=Counter)
+    """(exporter, limit name) -> times a bound in :class:`DecoderLimits` refused something."""
+    templates_learned: Counter = field(default_factory=Counter)
+    """exporter -> templates added or changed (a refresh of an identical template is not counted)."""
+    pending_held: Counter = field(default_factory=Counter)
+    """exporter -> data sets held for a missing template."""
+    pending_replayed: Counter = field(default_factory=Counter)
+    """exporter -> held data sets decoded once their template arrived."""
+    pending_dropped: Counter = field(default_factory=Counter)
+    """exporter -> held data sets dropped (too old or over the byte bound); also in ``errors``."""
+
+
+@dataclass(slots=True)
+class _TemplateEntry:
+    template: Template
+    compiled: Compiled
+    last_seen_ms: int
+
+
+class _Exporter:
+    """Everything known about one exporter address."""
+
+    __slots__ = ("name", "addr16", "templates", "samplers", "init_ms", "policy", "last_seen_ms")
+
+    def __init__(self, name: str, policy: tuple[int, bool], max_samplers: int) -> None:
+        self.name = name
+        self.addr16 = _addr16(name)
+        self.templates: dict[tuple[int, int, int], _TemplateEntry] = {}  # (version, domain, template id)
+        self.samplers = SamplerTable(max_samplers)
+        self.init_ms: dict[int, int] = {}  # IPFIX systemInitTimeMilliseconds per domain (from options data)
+        self.policy = policy
+        self.last_seen_ms = 0
+
+
+def _addr16(name: str) -> bytes:
+    try:
+        addr = ipaddress.ip_address(name)
+    except ValueError:
+        return bytes(16)
+    if addr.version == 4:
+        return b"\0" * 10 + b"\xff\xff" + addr.packed
+    return addr.packed
+
+
+class _Group:
+    """Data sets of one batch that share a compiled template."""
+
+    __slots__ = ("compiled", "chunks", "counts", "ctx", "starts", "nbytes")
+
+    def __init__(self, compiled: Compiled | None) -> None:
+        self.compiled = compiled
+        self.chunks: list = []
+        self.counts: list[int] = []
+        self.ctx: list[int] = []
+        self.starts: list[np.ndarray] = []  # variable-length templates: segment offsets per record
+        self.nbytes = 0
+
+
+class _Batch:
+    """Per-call accumulation: groups, datagram contexts, (exporter, version, domain) slots and counters."""
+
+    def __init__(self) -> None:
+        self.result = DecodeResult(flows={})
+        self.groups: dict[Compiled, _Group] = {}  # compiled templates hash by identity
+        self.v5 = _Group(None)
+        # One context per datagram (or replayed held set): (domain slot, received_ms, export_ms, uptime_ms, v5 rate)
+        self.contexts: list[tuple[int, int, int, int, int]] = []
+        self.domains: dict[tuple[str, int, int], int] = {}  # (exporter, version, domain) -> slot
+        self.domain_info: list[tuple[_Exporter, int, int]] = []
+
+    def context(self, st: _Exporter, version: int, domain: int, received_ms: int, export_ms: int,
+                uptime_ms: int, v5_rate: int = 0) -> int:
+        key = (st.name, version, domain)
+        slot = self.domains.get(key)
+        if slot is None:
+            slot = self.domains[key] = len(self.domain_info)
+            self.domain_info.append((st, version, domain))
+        self.contexts.append((slot, received_ms, export_ms, uptime_ms, v5_rate))
+        return len(self.contexts) - 1
+
+    def group(self, compiled: Compiled) -> _Group:
+        g = self.groups.get(compiled)
+        if g is None:
+            g = self.groups[compiled] = _Group(compiled)
+        return g
+
+
+class FlowDecoder:
+    """Decodes NetFlow v5, v9 and IPFIX datagrams of many exporters; holds their templates and sampling state."""
+
+    def __init__(self, limits: DecoderLimits | None = None, sampling: SamplingPolicy | None = None) -> None:
+        self.limits = limits or DecoderLimits()
+        self.sampling = sampling or SamplingPolicy()
+        self.exporters: dict[str, _Exporter] = {}
+        self.pending = PendingStore(self.limits.pending_max_bytes, self.limits.pending_max_age_ms)
+        self.sequences = SequenceTracker()
+        self.records_sequences = SequenceTracker(window=65536, max_jump=1 << 22)
+
+    # ----------------------------------------------------------------------------------------------- public API
+    def decode(self, datagrams: Iterable[tuple[bytes, str, int]]) -> DecodeResult:
+        """Decode a batch of ``(payload, exporter, received_ms)``; never raises for bad input."""
+        batch = _Batch()
+        errors = batch.result.errors
+        latest = None
+        for payload, exporter, received_ms in datagrams:
+            if latest is None or received_ms > latest:
+                latest = received_ms
+            try:
+                self._datagram(batch, payload, exporter, received_ms)
+            except DecodeError as e:
+                errors[(exporter, e.reason)] += 1
+            except Exception:  # a bug must not take the listener down; counted, and tests assert it never occurs
+                errors[(exporter, "internal_error")] += 1
+        if latest is not None:
+            self._drop_held(batch.result, self.pending.expire(latest), "pending_expired")
+        self._finish(batch)
+        return batch.result
+
+    def templates_known(self) -> dict[str, int]:
+        """Templates (incl. options templates) currently known, per exporter."""
+        return {name: len(st.templates) for name, st in self.exporters.items() if st.templates}
+
+    def pending_bytes(self) -> int:
+        """Bytes held for missing templates (payload plus bookkeeping)."""
+        return self.pending.bytes
+
+    def expire(self, now_ms: int) -> Counter:
+        """Drop stale held data, templates (``template_timeout_ms``) and idle exporters.
+
+        Returns ``Counter[(exporter, reason)]`` with reasons ``pending_expired``, ``template_expired`` and
+        ``exporter_expired``.
+        """
+        out: Counter = Counter()
+        for held in self.pending.expire(now_ms):
+            out[(held.key[0], "pending_expired")] += 1
+        timeout = self.limits.template_timeout_ms
+        for name, st in list(self.exporters.items()):
+            if timeout > 0:
+                for key in [k for k, e in st.templates.items() if e.last_seen_ms < now_ms - timeout]:
+                    del st.templates[key]
+                    out[(name, "template_expired")] += 1
+            if st.last_seen_ms < now_ms - self.limits.exporter_idle_ms:
+                self._forget(name)
+                out[(name, "exporter_expired")] += 1
+        return out
+
+    def set_sampling(self, sampling: SamplingPolicy) -> None:
+        """Replace the configured sampling policy (SIGHUP); applies to the next decoded records."""
+        self.sampling = sampling
+        for name, st in self.exporters.items():
+            st.policy = sampling.for_exporter(name)
+
+    def save_state(self) -> bytes:
+        """Templates, sampling rates and system init times of every exporter, as JSON bytes."""
+        state = {"version": STATE_VERSION, "exporters": {
+            name: {
+                "templates": [[v, d, e.last_seen_ms, e.template.to_json()] for (v, d, _), e in st.templates.items()],
+                "samplers": st.samplers.to_json(),
+                "init_ms": [[d, ms] for d, ms in st.init_ms.items()],
+                "last_seen_ms": st.last_seen_ms,
+            } for name, st in self.exporters.items()}}
+        return json.dumps(state, separators=(",", ":")).encode()
+
+    def load_state(self, data: bytes) -> None:
+        """Restore what :meth:`save_state` wrote (limits still apply); raises StateError if unreadable."""
+        try:
+            state = json.loads(data)
+            if state.get("version") != STATE_VERSION:
+                raise StateError(f"unsupported decoder state version {state.get('version')!r}")
+            for name, saved in state["exporters"].items():
+                st = self._exporter_state(str(name), None)
+                if st is None:
+                    break
+                st.last_seen_ms = max(st.last_seen_ms, int(saved.get("last_seen_ms", 0)))
+                for v, d, seen, tj in saved["templates"]:
+                    t = Template.from_json(tj)
+                    if len(st.templates) < self.limits.max_templates_per_exporter \
+                            and len(t.fields) <= self.limits.max_template_fields:
+                        st.templates[(int(v), int(d), t.template_id)] = _TemplateEntry(t, compile_template(t), seen)
+                st.samplers.load_json(saved["samplers"])
+                for d, ms in saved["init_ms"]:
+                    st.init_ms[int(d)] = int(ms)
+        except StateError:
+            raise
+        except (ValueError, KeyError, TypeError, AttributeError) as e:
+            raise StateError(f"unreadable decoder state: {e}") from e
+
+    # ------------------------------------------------------------------------------------------ per datagram
+    def _exporter_state(self, name: str, result: DecodeResult | None) -> _Exporter | None:
+        st = self.exporters.get(name)
+        if st is None:
+            if len(self.exporters) >= self.limits.max_exporters:
+                if result is not None:
+                    result.limit_hits[(name, "max_exporters")] += 1
+                return None
+            st = self.exporters[name] = _Exporter(name, self.sampling.for_exporter(name),
+                                                  self.limits.max_samplers_per_exporter)
+        return st
+
+    def _datagram(self, batch: _Batch, payload: bytes, exporter: str, received_ms: int) -> None:
+        result = batch.result
+        if len(payload) < 2:
+            result.datagrams[(exporter, 0)] += 1
+            raise Truncated("datagram shorter than a version field", offset=0)
+        version = (payload[0] << 8) | payload[1]
+        if version not in (5, 9, 10):
+            result.datagrams[(exporter, 0)] += 1
+            raise UnsupportedVersion(version)
+        result.datagrams[(exporter, version)] += 1
+        st = self.exporters.get(exporter) or self._exporter_state(exporter, result)
+        if st is None:
+            return
+        st.last_seen_ms = received_ms
+        if version == 5:
+            self._v5(batch, st, payload, received_ms)
+        else:
+            self._templated(batch, st, payload, version, received_ms)
+
+    def _v5(self, batch: _Batch, st: _Exporter, payload: bytes, received_ms: int) -> None:
+        h = netflow5.V5Header(payload)
+        if h.problem is not None:
+            batch.result.errors[(st.name, h.problem.reason)] += 1
+        if h.count == 0:
+            return
+        ctx = batch.context(st, 5, h.domain, received_ms, h.export_ms, h.uptime_ms, h.sampling_rate)
+        g = batch.v5
+        g.chunks.append(memoryview(payload)[netflow5.HEADER_LEN:netflow5.HEADER_LEN + h.count * netflow5.RECORD_LEN])
+        g.counts.append(h.count)
+        g.ctx.append(ctx)
+        lost = self.records_sequences.observe((st.name, 5, h.domain), h.sequence, h.count)
+        self._count_sequence(batch.result, st.name, lost)
+
+    def _count_sequence(self, result: DecodeResult, exporter: str, lost: int) -> None:
+        if lost:
+            result.sequence_lost[exporter] += lost
+
+    def _templated(self, batch: _Batch, st: _Exporter, payload: bytes, version: int, received_ms: int) -> None:
+        result = batch.result
+        end = len(payload)
+        if version == 9:
+            if end < 20:
+                raise Truncated(f"v9 header needs 20 bytes, got {end}", offset=0)
+            _, _, uptime, secs, seq, domain = templated.V9_HEADER.unpack_from(payload)
+            pos = 20
+        else:
+            if end < 16:
+                raise Truncated(f"IPFIX header needs 16 bytes, got {end}", offset=0)
+            _, length, secs, seq, domain = templated.IPFIX_HEADER.unpack_from(payload)
+            uptime = -1
+            pos = 16
+            if length != end:
+                if length < 16:
+                    raise LengthMismatch(f"IPFIX message length {length} below its header", offset=2)
+                result.errors[(st.name, "truncated" if length > end else "length_mismatch")] += 1
+                end = min(end, length)
+        ctx = batch.context(st, version, domain, received_ms, secs * 1000, uptime)
+        view = memoryview(payload)
+        records, exact = 0, True
+        templates, groups = st.templates, batch.groups
+        while end - pos >= 4:
+            set_id, set_len = _SET.unpack_from(payload, pos)
+            if set_len < 4 or pos + set_len > end:
+                result.errors[(st.name, BadSetLength.reason)] += 1
+                exact = False
+                break
+            entry = templates.get((version, domain, set_id))
+            if entry is not None and entry.compiled.fast:
+                # Fast path: a data set of a fixed-length flow template; everything else goes through _set.
+                compiled = entry.compiled
+                n = (set_len - 4) // compiled.reclen
+                if n:
+                    g = groups.get(compiled)
+                    if g is None:
+                        g = groups[compiled] = _Group(compiled)
+                    g.chunks.append(view[pos + 4:pos + 4 + n * compiled.reclen])
+                    g.counts.append(n)
+                    g.ctx.append(ctx)
+                    records += n
+                    pos += set_len
+                    continue
+            try:
+                n = self._set(batch, st, ctx, version, domain, set_id, payload, view, pos + 4, pos + set_len)
+                if n < 0:
+                    exact = False
+                else:
+                    records += n
+            except DecodeError as e:
+                result.errors[(st.name, e.reason)] += 1
+                if isinstance(e, BadRecord):
+                    exact = False
+            pos += set_len
+        if pos < end and any(view[pos:end]):
+            result.errors[(st.name, Truncated.reason)] += 1
+        if version == 9:
+            lost = self.sequences.observe((st.name, 9, domain), seq, 1)
+        else:
+            lost = self.records_sequences.observe((st.name, 10, domain), seq, records, exact=exact)
+        self._count_sequence(result, st.name, lost)
+
+    def _set(self, batch: _Batch, st: _Exporter, ctx: int, version: int, domain: int, set_id: int,
+             payload: bytes, view: memoryview, start: int, end: int) -> int:
+        """Handle one set; returns the data records it held (-1: unknown, data held for its template)."""
+        if set_id >= 256:
+            entry = st.templates.get((version, domain, set_id))
+            if entry is None:
+                self._hold(batch, st, ctx, version, domain, set_id, payload[start:end])
+                return -1
+            return self._data(batch, st, entry.compiled, ctx, version, domain, payload, view, start, end)
+        ipfix = version == 10
+        if set_id == (templated.IPFIX_TEMPLATE_SET if ipfix else templated.V9_TEMPLATE_SET):
+            options = False
+        elif set_id == (templated.IPFIX_OPTIONS_SET if ipfix else templated.V9_OPTIONS_SET):
+            options = True
+        else:
+            raise ReservedSetId(f"set id {set_id} is reserved", offset=start - 4)
+        if start == end:
+            raise EmptySet(f"empty template set {set_id}", offset=start - 4)
+        for item in templated.parse_template_set(payload, start, end, ipfix=ipfix, options=options,
+                                                 max_fields=self.limits.max_template_fields):
+            if isinstance(item, DecodeError):
+                batch.result.errors[(st.name, item.reason)] += 1
+            elif isinstance(item, Withdrawal):
+                self._withdraw(st, version, domain, item)
+            else:
+                self._learn(batch, st, version, domain, item, batch.contexts[ctx][1])
+        return 0
+
+    def _data(self, batch: _Batch, st: _Exporter, compiled: Compiled, ctx: int, version: int, domain: int,
+              payload: bytes, view: memoryview, start: int, end: int) -> int:
+        if start == end:
+            raise EmptySet("data set with no record", offset=start - 4)
+        if compiled.fixed:
+            n = (end - start) // compiled.reclen
+            if n == 0:
+                raise EmptySet("data set shorter than one record (padding only)", offset=start - 4)
+            chunk = view[start:start + n * compiled.reclen]
+            starts = None
+        else:
+            chunk = bytes(view[start:end])
+            offsets: list[int] = []
+            n, broken = walk_variable(compiled, chunk, 0, len(chunk), offsets)
+            if broken:
+                batch.result.errors[(st.name, BadRecord.reason)] += 1
+            if n == 0:
+                if broken:
+                    return 0
+                raise EmptySet("data set shorter than one record (padding only)", offset=start - 4)
+            starts = np.asarray(offsets, dtype=np.int64).reshape(n, len(compiled.segments))
+        if compiled.options:
+            self._options(batch, st, compiled, domain, chunk, n, starts)
+            return n
+        g = batch.group(compiled)
+        if starts is not None:
+            g.starts.append(starts + g.nbytes)
+            g.nbytes += len(chunk)
+        g.chunks.append(chunk)
+        g.counts.append(n)
+        g.ctx.append(ctx)
+        return n
+
+    def _options(self, batch: _Batch, st: _Exporter, compiled: Compiled, domain: int, chunk, n: int,
+                 starts: np.ndarray | None) -> None:
+        """Options data: remember sampling rates (per sampler/selector id) and system init time."""
+        view = templated.make_view(compiled, bytes(chunk), n, starts)
+        for values in templated.options_values(compiled, view):
+            rate = rate_from_values(values.get)
+            if rate:
+                if ies.SAMPLER_ID in values:
+                    key = (ies.SAMPLER_ID, values[ies.SAMPLER_ID])
+                elif ies.SELECTOR_ID in values:
+                    key = (ies.SELECTOR_ID, values[ies.SELECTOR_ID])
+                else:
+                    key = None
+                if not st.samplers.set(domain, key, rate):
+                    batch.result.limit_hits[(st.name, "max_samplers_per_exporter")] += 1
+            init = values.get(ies.SYSTEM_INIT_TIME)
+            if init and (domain in st.init_ms or len(st.init_ms) < self.limits.max_samplers_per_exporter):
+                st.init_ms[domain] = init
+
+    def _hold(self, batch: _Batch, st: _Exporter, ctx: int, version: int, domain: int, template_id: int,
+              body: bytes) -> None:
+        if not body:
+            raise EmptySet("data set with no record", offset=None)
+        _, received_ms, export_ms, uptime_ms, _ = batch.contexts[ctx]
+        held = HeldSet((st.name, version, domain, template_id), bytes(body), received_ms, export_ms, uptime_ms)
+        batch.result.pending_held[st.name] += 1
+        dropped = self.pending.add(held)
+        if dropped:
+            for h in dropped:
+                batch.result.limit_hits[(h.key[0], "pending_max_bytes")] += 1
+            self._drop_held(batch.result, dropped, "pending_overflow")
+
+    @staticmethod
+    def _drop_held(result: DecodeResult, dropped: Sequence[HeldSet], reason: str) -> None:
+        for h in dropped:
+            result.errors[(h.key[0], reason)] += 1
+            result.pending_dropped[h.key[0]] += 1
+
+    def _learn(self, batch: _Batch, st: _Exporter, version: int, domain: int, template: Template,
+               now_ms: int) -> None:
+        key = (version, domain, template.template_id)
+        entry = st.templates.get(key)
+        if entry is not None and entry.template == template:
+            entry.last_seen_ms = now_ms
+        else:
+            if entry is None and len(st.templates) >= self.limits.max_templates_per_exporter:
+                batch.result.limit_hits[(st.name, "max_templates_per_exporter")] += 1
+                return
+            compiled = compile_template(template)
+            st.templates[key] = _TemplateEntry(template, compiled, now_ms)
+            batch.result.templates_learned[st.name] += 1
+        held_key = (st.name, version, domain, template.template_id)
+        if self.pending.has(held_key):
+            compiled = st.templates[key].compiled
+            for held in self.pending.take(held_key):
+                ctx = batch.context(st, version, domain, held.received_ms, held.export_ms, held.uptime_ms)
+                batch.result.pending_replayed[st.name] += 1
+                try:
+                    self._data(batch, st, compiled, ctx, version, domain, held.body, memoryview(held.body), 0,
+                               len(held.body))
+                except DecodeError as e:
+                    batch.result.errors[(st.name, e.reason)] += 1
+
+    @staticmethod
+    def _withdraw(st: _Exporter, version: int, domain: int, w: Withdrawal) -> None:
+        if w.all:
+            for key in [k for k, e in st.templates.items()
+                        if k[0] == version and k[1] == domain and e.template.options == w.options]:
+                del st.templates[key]
+        else:
+            st.templates.pop((version, domain, w.template_id), None)
+
+    def _forget(self, name: str) -> None:
+        self.exporters.pop(name, None)
+        self.pending.forget(name)
+        self.sequences.forget(name)
+        self.records_sequences.forget(name)
+
+    # ------------------------------------------------------------------------------------------ per group
+    def _finish(self, batch: _Batch) -> None:
+        result = batch.result
+        groups = [g for g in batch.groups.values() if g.counts]
+        if batch.v5.counts:
+            groups.append(batch.v5)
+        total = sum(sum(g.counts) for g in groups)
+        out = FLOWS.empty_columns(0) if total == 0 else {
+            c.name: np.zeros(total, dtype=c.numpy_dtype) for c in _COLUMNS}
+        out.pop("batch_id", None)
+        result.flows, result.n_flows = out, total
+        if total == 0:
+            return
+        ctx = np.asarray(batch.contexts, dtype=np.int64)
+        dom = _DomainTables(self, batch)
+        pos = 0
+        for g in groups:
+            n = sum(g.counts)
+            try:
+                self._decode_group(g, ctx, dom, out, pos, n, result)
+            except Exception:  # a bug: count it, keep the other groups (their rows stay, zero rows trimmed below)
+                result.errors[(batch.domain_info[int(ctx[g.ctx[0], 0])][0].name, "internal_error")] += 1
+                out["version"][pos:pos + n] = 0
+            pos += n
+        if (out["version"] == 0).any():
+            keep = out["version"] != 0
+            for k in out:
+                out[k] = out[k][keep]
+            result.n_flows = int(keep.sum())
+
+    def _decode_group(self, g: _Group, ctx: np.ndarray, dom: _DomainTables, out: dict[str, np.ndarray], pos: int,
+                      n: int, result: DecodeResult) -> None:
+        counts = np.asarray(g.counts, dtype=np.int64)
+        per_set = ctx[np.asarray(g.ctx, dtype=np.int64)]  # datagram values, one row per data set
+
+        def expand(values: np.ndarray) -> np.ndarray:
+            """Per-set values to per-record values: a 0-d scalar when they are all equal (the common case)."""
+            return values[0] if (values == values[0]).all() else np.repeat(values, counts)
+
+        set_slot = per_set[:, 0]
+        slot = expand(set_slot)
+        received, export_ms, uptime = expand(per_set[:, 1]), expand(per_set[:, 2]), expand(per_set[:, 3])
+        buf = b"".join(g.chunks)
+        sl = slice(pos, pos + n)
+        if g.compiled is None:  # NetFlow v5
+            cols = netflow5.decode_records(buf, n, export_ms, uptime)
+            announced = expand(per_set[:, 4].astype(np.uint64))
+        else:
+            compiled = g.compiled
+            starts = np.concatenate(g.starts) if g.starts else None
+            view = templated.make_view(compiled, buf, n, starts)
+            cols = templated.flow_columns(compiled, view)
+            init = dom.init_ms[slot]
+            cols["flow_start"] = templated.time_column(view, compiled, compiled.start_ie, export_ms, uptime, init)
+            if compiled.end_ie is None:
+                cols["flow_end"] = cols["flow_start"]
+            else:
+                cols["flow_end"] = templated.time_column(view, compiled, compiled.end_ie, export_ms, uptime, init)
+                if compiled.start_ie is None:
+                    cols["flow_start"] = cols["flow_end"]
+            announced = self._announced_rates(compiled, view, slot, dom, n)
+        for name, values in cols.items():
+            out[name][sl] = values
+        rate = resolve(announced, dom.policy_rate[slot], dom.override[slot])
+        out["bytes"][sl] = out["raw_bytes"][sl] * rate
+        out["packets"][sl] = out["raw_packets"][sl] * rate
+        out["sampling_rate"][sl] = rate
+        out["time_received"][sl] = received
+        out["exporter"][sl] = dom.addr[slot]
+        out["observation_domain"][sl] = dom.domain[slot]
+        out["version"][sl] = dom.version[slot]
+        per_slot = np.bincount(set_slot, weights=counts, minlength=len(dom.version))
+        for s in np.nonzero(per_slot)[0]:
+            st, version, _ = dom.info[s]
+            result.records[(st.name, version)] += int(per_slot[s])
+
+    @staticmethod
+    def _announced_rates(compiled: Compiled, view, slot: np.ndarray, dom: _DomainTables, n: int) -> np.ndarray:
+        """Per record: rate in the record, else its sampler's options rate, else the domain's; 0 = none.
+
+        ``slot`` is per record, or a 0-d scalar when every record comes from one (exporter, domain).
+        """
+        refs = compiled.refs
+        in_record = rate_from_columns(lambda ie: view.uint(refs[ie]) if ie in refs else None, n)
+        announced = dom.domain_rate[slot]
+        key_ie = ies.SAMPLER_ID if ies.SAMPLER_ID in refs else ies.SELECTOR_ID if ies.SELECTOR_ID in refs else None
+        if key_ie is not None:
+            ids = view.uint(refs[key_ie]).astype(np.uint64)
+            if np.ndim(slot) == 0:
+                st, _, domain = dom.info[int(slot)]
+                keyed = st.samplers.keyed_rates(domain, key_ie, ids)
+            else:
+                keyed = np.zeros(n, dtype=np.uint64)
+                for s in np.unique(slot):
+                    rows = slot == s
+                    st, _, domain = dom.info[s]
+                    keyed[rows] = st.samplers.keyed_rates(domain, key_ie, ids[rows])
+            announced = np.where(keyed > 0, keyed, announced)
+        if in_record is not None:
+            announced = np.where(in_record > 0, in_record, announced)
+        return announced
+
+
+class _DomainTables:
+    """Per (exporter, version, domain) slot of a batch: values that are looked up per record by slot."""
+
+    def __init__(self, dec: FlowDecoder, batch: _Batch) -> None:
+        info = batch.domain_info
+        self.info = info
+        k = len(info)
+        self.addr = np.array([st.addr16 for st, _, _ in info], dtype="S16").reshape(k)
+        self.version = np.array([v for _, v, _ in info], dtype=np.uint8)
+        self.domain = np.array([d for _, _, d in info], dtype=np.uint32)
+        self.policy_rate = np.array([st.policy[0] for st, _, _ in info], dtype=np.uint64)
+        self.override = np.array([st.policy[1] for st, _, _ in info], dtype=bool)
+        self.domain_rate = np.array([st.samplers.domain_rate(d) if v != 5 else 0 for st, v, d in info],
+                                    dtype=np.uint64)
+        self.init_ms = np.array([st.init_ms.get(d, -1) if v == 10 else -1 for st, v, d in info], dtype=np.int64)

@@ -1,0 +1,107 @@
+"""Sequence-number loss accounting per (exporter, version, domain), tolerant of reordering and restarts.
+
+What a sequence number counts differs by protocol (RFC 3954 section 5.1, RFC 7011 section 3.1, v5 header):
+v5 counts flow records, v9 counts export packets, IPFIX counts data records per observation domain. The caller
+passes ``count`` in the same unit (records of the datagram for v5/IPFIX, 1 for v9).
+
+* The first value seen for a key only sets the baseline (nothing is lost before we started listening).
+* A jump forward opens a *gap*. Gaps are not counted as lost at once: a datagram that arrives late (reordered)
+  fills its part of the gap. A gap still open after ``patience`` further datagrams of its key is counted as lost.
+* A jump backward beyond the reorder window, or forward beyond ``max_jump``, is an exporter restart (or a
+  renumbering): the baseline is reset and open gaps are forgotten, not counted.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+MOD = 1 << 32
+
+
+def _signed(v: int) -> int:
+    v %= MOD
+    return v - MOD if v >= MOD // 2 else v
+
+
+@dataclass(slots=True)
+class _State:
+    expected: int | None
+    gaps: list[list[int]] = field(default_factory=list)
+    """Open gaps: [start, length, age in datagrams]."""
+
+
+class SequenceTracker:
+    """Per-key sequence tracking; :meth:`observe` returns how many units were lost (counted once, monotonic)."""
+
+    def __init__(self, *, patience: int = 32, window: int = 65536, max_jump: int = 1 << 20,
+                 max_gaps: int = 64, max_keys: int = 1 << 16) -> None:
+        self.patience = patience
+        self.window = window
+        self.max_jump = max_jump
+        self.max_gaps = max_gaps
+        self.max_keys = max_keys
+        self.states: dict[tuple, _State] = {}
+        self.resets = 0
+
+    def observe(self, key: tuple, seq: int, count: int, *, exact: bool = True) -> int:
+        """Account a datagram whose first unit is ``seq`` and which carries ``count`` units; returns units lost.
+
+        ``exact=False`` when ``count`` is unknown (IPFIX data held for a missing template): the next datagram then
+        only sets a new baseline.
+        """
+        st = self.states.get(key)
+        if st is not None and st.expected == seq and exact and not st.gaps:  # in order, nothing open: fast path
+            st.expected = (seq + count) % MOD
+            return 0
+        if st is None:
+            if len(self.states) >= self.max_keys:
+                self.states.pop(next(iter(self.states)))
+            self.states[key] = _State((seq + count) % MOD if exact else None)
+            return 0
+        lost = self._age(st)
+        if st.expected is None:
+            st.expected = (seq + count) % MOD if exact else None
+            return lost
+        diff = _signed(seq - st.expected)
+        if diff == 0:
+            pass
+        elif 0 < diff <= self.max_jump:
+            st.gaps.append([st.expected, diff, 0])
+            if len(st.gaps) > self.max_gaps:
+                lost += st.gaps.pop(0)[1]
+        elif diff < 0 and -diff <= self.window:
+            self._fill(st, seq, count)
+            return lost
+        else:
+            self.resets += 1
+            st.gaps.clear()
+        st.expected = (seq + count) % MOD if exact else None
+        return lost
+
+    def _age(self, st: _State) -> int:
+        lost = 0
+        for g in st.gaps:
+            g[2] += 1
+        while st.gaps and st.gaps[0][2] > self.patience:
+            lost += st.gaps.pop(0)[1]
+        return lost
+
+    @staticmethod
+    def _fill(st: _State, seq: int, count: int) -> None:
+        """A late datagram: remove [seq, seq+count) from the gap that holds it (a duplicate matches none)."""
+        for i, (start, length, age) in enumerate(st.gaps):
+            off = _signed(seq - start)
+            if 0 <= off < length:
+                right = length - off - count
+                parts = []
+                if off > 0:
+                    parts.append([start, off, age])
+                if right > 0:
+                    parts.append([(seq + count) % MOD, right, age])
+                st.gaps[i:i + 1] = parts
+                return
+
+    def forget(self, exporter: str) -> None:
+        """Drop every key of an exporter (keys start with the exporter)."""
+        for key in [k for k in self.states if k[0] == exporter]:
+            del self.states[key]

@@ -1,0 +1,202 @@
+"""NetFlow v9 (RFC 3954) and IPFIX (RFC 7011): headers, template sets and the column plan of data sets.
+
+This module is pure parsing; state (template cache, pending data, sampling, sequences) lives in
+:mod:`decoders.flows`. Template sets yield :class:`~decoders.templates.Template`, :class:`Withdrawal` or a
+:class:`~decoders.errors.DecodeError` per record, so one bad template does not cost the good ones beside it.
+"""
+
+from __future__ import annotations
+
+import struct
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import numpy as np
+
+from decoders import fields as ies
+from decoders.errors import DecodeError, TemplateError, TooManyFields, Truncated
+from decoders.netflow5 import uptime_to_ms
+from decoders.schema import ipv4_mapped
+from decoders.templates import V9_SCOPE, Compiled, Field, FixedView, Template, VariableView
+
+V9_HEADER = struct.Struct(">HHIIII")  # version, count, sysUptime, unix_secs, package_sequence, source_id
+IPFIX_HEADER = struct.Struct(">HHIII")  # version, length, export time, sequence, observation domain
+SET_HEADER = struct.Struct(">HH")
+U16 = struct.Struct(">H")
+U16X2 = struct.Struct(">HH")
+U16X3 = struct.Struct(">HHH")
+U32 = struct.Struct(">I")
+
+V9_TEMPLATE_SET, V9_OPTIONS_SET = 0, 1
+IPFIX_TEMPLATE_SET, IPFIX_OPTIONS_SET = 2, 3
+NTP_EPOCH_OFFSET = 2_208_988_800  # seconds from 1900-01-01 to 1970-01-01
+
+
+@dataclass(frozen=True, slots=True)
+class Withdrawal:
+    """IPFIX template withdrawal (RFC 7011 section 8.1): one template, or all (``template_id`` 2 or 3)."""
+
+    template_id: int
+    options: bool
+
+    @property
+    def all(self) -> bool:
+        return self.template_id in (IPFIX_TEMPLATE_SET, IPFIX_OPTIONS_SET)
+
+
+def _padding(body: bytes | memoryview, pos: int, end: int) -> bool:
+    return not any(body[pos:end])
+
+
+def parse_template_set(body: bytes, pos: int, end: int, *, ipfix: bool, options: bool,
+                       max_fields: int) -> Iterator[Template | Withdrawal | DecodeError]:
+    """Template or options template records of one set ``body[pos:end]``, in order."""
+    min_record = 6 if options and not ipfix else 4
+    while end - pos >= min_record:
+        if _padding(body, pos, end):
+            return
+        start = pos
+        if ipfix:
+            tid, count = U16X2.unpack_from(body, pos)
+            scope = 0
+            pos += 4
+            if count == 0:
+                if tid < 256 and tid != (IPFIX_OPTIONS_SET if options else IPFIX_TEMPLATE_SET):
+                    yield TemplateError(f"withdrawal of invalid template id {tid}", offset=start)
+                else:
+                    yield Withdrawal(tid, options)
+                continue
+            if options:
+                if end - pos < 2:
+                    yield Truncated("options template header cut short", offset=start)
+                    return
+                scope = U16.unpack_from(body, pos)[0]
+                pos += 2
+            if count > max_fields:
+                yield TooManyFields(f"template {tid} announces {count} fields (limit {max_fields})", offset=start)
+                return  # its length is unknown (enterprise bits): the rest of the set cannot be found
+            flds = []
+            for _ in range(count):
+                if end - pos < 4:
+                    yield Truncated(f"template {tid} cut short", offset=start)
+                    return
+                ie, length = U16X2.unpack_from(body, pos)
+                pos += 4
+                enterprise = 0
+                if ie & 0x8000:
+                    if end - pos < 4:
+                        yield Truncated(f"template {tid} cut short", offset=start)
+                        return
+                    enterprise = U32.unpack_from(body, pos)[0]
+                    ie &= 0x7FFF
+                    pos += 4
+                flds.append(Field(ie, length, enterprise))
+        elif options:
+            tid, scope_len, option_len = U16X3.unpack_from(body, pos)
+            pos += 6
+            if scope_len % 4 or option_len % 4 or scope_len + option_len == 0:
+                yield TemplateError(f"v9 options template {tid}: scope/option lengths {scope_len}/{option_len}",
+                                    offset=start)
+                return
+            count = (scope_len + option_len) // 4
+            scope = scope_len // 4
+            if count > max_fields:
+                yield TooManyFields(f"template {tid} announces {count} fields (limit {max_fields})", offset=start)
+                return
+            if end - pos < 4 * count:
+                yield Truncated(f"options template {tid} cut short", offset=start)
+                return
+            flds = [Field(*U16X2.unpack_from(body, pos + 4 * i), V9_SCOPE if i < scope else 0) for i in range(count)]
+            pos += 4 * count
+        else:
+            tid, count = U16X2.unpack_from(body, pos)
+            pos += 4
+            scope = 0
+            if count > max_fields:
+                yield TooManyFields(f"template {tid} announces {count} fields (limit {max_fields})", offset=start)
+                return
+            if end - pos < 4 * count:
+                yield Truncated(f"template {tid} cut short", offset=start)
+                return
+            flds = [Field(*U16X2.unpack_from(body, pos + 4 * i)) for i in range(count)]
+            pos += 4 * count
+        if tid < 256:
+            yield TemplateError(f"template id {tid} is reserved (must be >= 256)", offset=start)
+        elif count == 0:
+            yield TemplateError(f"template {tid} has no field", offset=start)
+        elif ipfix and options and not 0 < scope <= count:
+            yield TemplateError(f"options template {tid}: scope count {scope} of {count} fields", offset=start)
+        elif sum(f.length for f in flds if not f.variable) + sum(f.variable for f in flds) == 0:
+            yield TemplateError(f"template {tid} has zero record length", offset=start)
+        else:
+            yield Template(tid, tuple(flds), scope, options)
+
+
+def make_view(compiled: Compiled, buf: bytes, n: int, starts: np.ndarray | None) -> FixedView | VariableView:
+    """A field view over ``n`` concatenated records (``starts``: segment offsets of variable records)."""
+    if compiled.fixed:
+        return FixedView(np.frombuffer(buf, dtype=compiled.dtype, count=n))
+    return VariableView(np.frombuffer(buf, dtype=np.uint8), starts)
+
+
+def options_values(compiled: Compiled, view: FixedView | VariableView) -> list[dict[int, int]]:
+    """The sampling/system-init values of each options record (options data are few: a loop is fine here)."""
+    cols = {ie: view.uint(ref).astype(np.uint64) for ie, ref in compiled.refs.items() if ie in ies.OPTIONS_IES}
+    return [{ie: int(v[i]) for ie, v in cols.items()} for i in range(view.n)]
+
+
+def _ntp_to_ms(v: np.ndarray, *, nanoseconds: bool) -> np.ndarray:
+    """RFC 7011 section 6.1.9/6.1.10: 32-bit seconds since 1900 + 32-bit fraction, to UTC ms (truncated).
+
+    The fraction is first rounded to the nearest micro- (or nano-) second, which is exact for what exporters
+    encode, so that e.g. 5.000 ms is not read as 4.999.
+    """
+    v = v.astype(np.uint64)
+    secs = (v >> np.uint64(32)).astype(np.int64) - NTP_EPOCH_OFFSET
+    frac = v & np.uint64(0xFFFFFFFF)
+    unit = 1_000_000_000 if nanoseconds else 1_000_000
+    sub = ((frac * np.uint64(unit) + np.uint64(1 << 31)) >> np.uint64(32)).astype(np.int64)
+    return secs * 1000 + sub // (unit // 1000)
+
+
+def time_column(view: FixedView | VariableView, compiled: Compiled, ie: int | None, export_ms: np.ndarray,
+                uptime_ms: np.ndarray, init_ms: np.ndarray) -> np.ndarray:
+    """flow_start/flow_end in UTC ms from whichever timestamp form the template carries.
+
+    ``uptime_ms`` is the v9 header sysUptime per record (-1 for IPFIX); ``init_ms`` the IPFIX
+    systemInitTimeMilliseconds per record (-1 when unknown). Without any time field, the export time is used.
+    """
+    if ie is None:
+        return export_ms.copy()
+    v = view.uint(compiled.refs[ie])
+    if ie in (152, 153):
+        return v.astype(np.int64)
+    if ie in (150, 151):
+        return v.astype(np.int64) * 1000
+    if ie in (154, 155, 156, 157):
+        return _ntp_to_ms(v, nanoseconds=ie in (156, 157))
+    if ie in (158, 159):  # microseconds before the message's export time (IANA IE 158/159)
+        return (export_ms * 1000 - v.astype(np.int64)) // 1000
+    # 21/22: sysUptime-relative ms. v9: against the header's sysUptime; IPFIX: systemInitTimeMilliseconds + value.
+    if np.ndim(uptime_ms) == 0 and uptime_ms >= 0:  # all v9
+        return uptime_to_ms(v, export_ms, uptime_ms)
+    v64 = v.astype(np.int64)
+    if ies.SYSTEM_INIT_TIME in compiled.refs:
+        init_ms = view.uint(compiled.refs[ies.SYSTEM_INIT_TIME]).astype(np.int64)
+    ipfix = np.where(init_ms >= 0, init_ms + v64, export_ms)
+    if np.ndim(uptime_ms) == 0:  # all IPFIX
+        return ipfix
+    return np.where(uptime_ms >= 0, uptime_to_ms(v, export_ms, uptime_ms), ipfix)
+
+
+def flow_columns(compiled: Compiled, view: FixedView | VariableView) -> dict[str, np.ndarray]:
+    """The ``flows`` columns a template carries (addresses as S16, integers as decoded, not yet cast)."""
+    out: dict[str, np.ndarray] = {}
+    for column, (ref, kind) in compiled.columns.items():
+        if kind == "ipv4":
+            out[column] = ipv4_mapped(np.ascontiguousarray(view.uint(ref)))
+        elif kind == "ipv6":
+            out[column] = view.raw(ref)
+        else:
+            out[column] = view.uint(ref)
+    return out

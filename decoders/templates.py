@@ -1,0 +1,243 @@
+"""Templates (RFC 3954 section 5.2, RFC 7011 section 3.4) and their compiled form.
+
+A template is compiled once (and shared by every exporter that sends the same field list) into either
+
+* a big-endian numpy structured dtype, when every field has a fixed length: a data set then decodes with one
+  ``np.frombuffer`` over the concatenated records of all the data sets that use it; or
+* a *segment plan*, when some fields are variable-length (length 65535 in the template): records are walked once to
+  find where each fixed segment starts (:func:`walk_variable`, a small loop per record), then every column is
+  extracted with vectorised fancy indexing.
+
+Either way the decoder reads fields through a :class:`FixedView` or :class:`VariableView`, so the column plan is
+the same for both.
+"""
+
+from __future__ import annotations
+
+import functools
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from decoders import fields as ies
+from decoders.errors import BadRecord
+
+V9_SCOPE = -1
+"""``Field.enterprise`` of a v9 options scope field: its id is a scope type (RFC 3954 section 6.1), not an IE."""
+
+
+@dataclass(frozen=True, slots=True)
+class Field:
+    """One template field: element id, length (65535 = variable) and enterprise number (0 = IANA)."""
+
+    ie: int
+    length: int
+    enterprise: int = 0
+
+    @property
+    def variable(self) -> bool:
+        return self.length == ies.VARIABLE_LENGTH
+
+
+@dataclass(frozen=True, slots=True)
+class Template:
+    """A template or options template record as received."""
+
+    template_id: int
+    fields: tuple[Field, ...]
+    scope_count: int = 0
+    options: bool = False
+
+    def to_json(self) -> list:
+        return [self.template_id, [[f.ie, f.length, f.enterprise] for f in self.fields], self.scope_count,
+                self.options]
+
+    @classmethod
+    def from_json(cls, data: list) -> Template:
+        tid, flds, scope, options = data
+        return cls(int(tid), tuple(Field(int(i), int(n), int(e)) for i, n, e in flds), int(scope), bool(options))
+
+
+@dataclass(frozen=True, slots=True)
+class FieldRef:
+    """Where a field lives in a record: dtype field name (fixed), or segment + offset (variable), and length."""
+
+    name: str
+    seg: int
+    offset: int
+    length: int
+
+
+@dataclass(eq=False)
+class Compiled:
+    """A template compiled for columnar decoding. Identity matters: data sets are grouped by compiled template."""
+
+    fields: tuple[Field, ...]
+    options: bool
+    fixed: bool
+    reclen: int
+    """Record length (fixed), or the shortest possible record (variable: fixed bytes + one length byte per field)."""
+    dtype: np.dtype | None
+    segments: tuple[int, ...]
+    """Variable templates: fixed bytes before each variable field, and after the last one."""
+    columns: dict[str, tuple[FieldRef, str]] = field(default_factory=dict)
+    """``flows`` column -> (field, kind) for the winning element of each column."""
+    refs: dict[int, FieldRef] = field(default_factory=dict)
+    """First occurrence of each IANA element (times, sampling, options values)."""
+    fast: bool = False
+    """A fixed-length flow (not options) template: its data sets take the decoder's fast path."""
+
+    @property
+    def start_ie(self) -> int | None:
+        return next((i for i in ies.START_TIME_IES if i in self.refs), None)
+
+    @property
+    def end_ie(self) -> int | None:
+        return next((i for i in ies.END_TIME_IES if i in self.refs), None)
+
+
+def _dtype_of(length: int, kind: str) -> str | tuple[str, tuple[int]]:
+    if length in (1, 2, 4, 8) and kind != "ipv6":
+        return f">u{length}"
+    if length == 16 and kind == "ipv6":
+        return "S16"
+    return ("u1", (length,))
+
+
+def compile_template(template: Template) -> Compiled:
+    """Compile (cached: identical field lists share one :class:`Compiled`)."""
+    return _compile(template.fields, template.options)
+
+
+@functools.lru_cache(maxsize=4096)
+def _compile(fields: tuple[Field, ...], options: bool) -> Compiled:
+    fixed = not any(f.variable for f in fields)
+    winners: dict[str, tuple[int, int, str]] = {}  # column -> (rank, index, kind)
+    wanted: dict[int, str] = {}  # field index -> kind, for every field we read
+    first: dict[int, int] = {}  # ie -> field index
+    for i, f in enumerate(fields):
+        if f.enterprise != 0 or f.variable:
+            continue
+        first.setdefault(f.ie, i)
+        hit = ies.column_of(f.ie, 0, f.length)
+        if hit is not None:
+            column, rank, kind = hit
+            if column not in winners or rank < winners[column][0]:
+                winners[column] = (rank, i, kind)
+    for ie_id, i in first.items():
+        known = ies.REGISTRY.get(ie_id)
+        if ie_id in ies.OPTIONS_IES or ie_id in ies.START_TIME_IES or ie_id in ies.END_TIME_IES:
+            if 1 <= fields[i].length <= 8:
+                wanted[i] = known.kind if known else "unsigned"
+    for _, i, kind in winners.values():
+        wanted[i] = kind
+
+    refs_by_index: dict[int, FieldRef] = {}
+    names, formats, offsets = [], [], []
+    seg, off, segments = 0, 0, []
+    for i, f in enumerate(fields):
+        if f.variable:
+            segments.append(off)
+            seg, off = seg + 1, 0
+            continue
+        if i in wanted:
+            refs_by_index[i] = FieldRef(f"f{i}", seg, off, f.length)
+            names.append(f"f{i}")
+            formats.append(_dtype_of(f.length, wanted[i]))
+            offsets.append(off)
+        off += f.length
+    segments.append(off)
+    nvar = len(segments) - 1
+    reclen = sum(segments) + nvar
+    dtype = np.dtype({"names": names, "formats": formats, "offsets": offsets, "itemsize": reclen}) if fixed else None
+    compiled = Compiled(tuple(fields), options, fixed, reclen, dtype, tuple(segments), fast=fixed and not options)
+    compiled.columns = {col: (refs_by_index[i], kind) for col, (_, i, kind) in winners.items()}
+    compiled.refs = {ie_id: refs_by_index[i] for ie_id, i in first.items() if i in refs_by_index}
+    return compiled
+
+
+def walk_variable(compiled: Compiled, body: bytes | memoryview, start: int, end: int,
+                  out: list[int]) -> tuple[int, bool]:
+    """Find the records of a variable-length data set in ``body[start:end]`` (RFC 7011 section 7).
+
+    Appends, per record, the offset of each fixed segment (``len(compiled.segments)`` values) to ``out``. Returns
+    (records found, whether the set ended inside a record). Trailing bytes shorter than the shortest record are
+    padding. This is the one per-record Python loop of the decoder; fixed-length templates never use it.
+    """
+    segs = compiled.segments
+    nvar = len(segs) - 1
+    minlen = compiled.reclen
+    pos, n = start, 0
+    while end - pos >= minlen:
+        rec = [pos]
+        p = pos
+        for k in range(nvar):
+            p += segs[k]
+            if p >= end:
+                return n, True
+            length = body[p]
+            p += 1
+            if length == 255:
+                if p + 2 > end:
+                    return n, True
+                length = (body[p] << 8) | body[p + 1]
+                p += 2
+            p += length
+            rec.append(p)
+        p += segs[nvar]
+        if p > end:
+            return n, True
+        out.extend(rec)
+        n += 1
+        pos = p
+    return n, False
+
+
+def _combine(b: np.ndarray) -> np.ndarray:
+    """Big-endian integers of odd length (3, 5, 6, 7 bytes) from an (n, L) uint8 matrix."""
+    out = np.zeros(len(b), dtype=np.uint64)
+    for k in range(b.shape[1]):
+        out = (out << np.uint64(8)) | b[:, k].astype(np.uint64)
+    return out
+
+
+class FixedView:
+    """Fields of fixed-length records decoded with one ``np.frombuffer``."""
+
+    def __init__(self, records: np.ndarray) -> None:
+        self.records = records
+        self.n = len(records)
+
+    def uint(self, ref: FieldRef) -> np.ndarray:
+        a = self.records[ref.name]
+        return _combine(a) if a.ndim == 2 else a
+
+    def raw(self, ref: FieldRef) -> np.ndarray:
+        """16-byte values (IPv6) as ``S16``."""
+        return self.records[ref.name]
+
+
+class VariableView:
+    """Fields of variable-length records: ``starts`` is (n, segments) absolute offsets into ``buf``."""
+
+    def __init__(self, buf: np.ndarray, starts: np.ndarray) -> None:
+        self.buf = buf
+        self.starts = starts
+        self.n = len(starts)
+
+    def _bytes(self, ref: FieldRef) -> np.ndarray:
+        idx = self.starts[:, ref.seg] + ref.offset
+        return self.buf[idx[:, None] + np.arange(ref.length)]
+
+    def uint(self, ref: FieldRef) -> np.ndarray:
+        b = self._bytes(ref)
+        if ref.length in (1, 2, 4, 8):
+            return b.view(f">u{ref.length}").reshape(self.n)
+        return _combine(b)
+
+    def raw(self, ref: FieldRef) -> np.ndarray:
+        return self._bytes(ref).view("S16").reshape(self.n)
+
+
+__all__ = ["BadRecord", "Compiled", "Field", "FieldRef", "FixedView", "Template", "VariableView",
+           "compile_template", "walk_variable", "V9_SCOPE"]
