@@ -429,6 +429,87 @@ class RatingConfig:
 
 
 @dataclass(frozen=True)
+class IpdrExporter:
+    address: str
+    """CMTS IPDR/SP endpoint to connect to, e.g. 192.0.2.1:4737 or [2001:db8::1]:4737."""
+    name: str = ""
+    """Label for logs, metrics and state (default: the address)."""
+    ipv6_bare: bool = False
+    """This CMTS encodes ipV6Addr as a bare 16 bytes (2005 reference code) instead of length + bytes."""
+
+    def validate(self, key: str) -> None:
+        _check_endpoint(f"{key}.address", self.address)
+
+
+@dataclass(frozen=True)
+class IpdrConfig:
+    enabled: bool = False
+    """Collect IPDR/SP (DOCSIS SAMIS) from CMTSs."""
+    exporters: list[IpdrExporter] = field(default_factory=list)
+    """CMTSs to connect to (the usual DOCSIS arrangement: the collector dials out)."""
+    listen: str = ""
+    """Accept exporter-initiated connections on this endpoint, e.g. 0.0.0.0:4737 (empty: do not listen)."""
+    allowlist: bool = True
+    """Only accept connections from the configured exporters' addresses and the allow prefixes."""
+    allow: list[str] = field(default_factory=list)
+    """Further addresses or prefixes allowed to connect (with allowlist = true)."""
+    sessions: list[str] = field(default_factory=lambda: ["SAMIS"])
+    """Sessions to start: those whose GET_SESSIONS name contains one of these (case-insensitive); empty = all."""
+    cm_subscribers_file: str = ""
+    """CSV file ``cm_mac,subscriber_id`` mapping cable modems to subscribers (reloaded when it changes)."""
+    state_dir: str = "state/ipdr"
+    """Service-flow counter baselines and DSN watermarks (relative to store.path): what makes restarts exactly-once."""
+    preexisting: Literal["baseline", "count"] = "baseline"
+    """Flows created before collection from a CMTS began: baseline (their first record only sets the baseline) or
+    count (bill their whole counter once)."""
+    keepalive_s: int = 60
+    """keepAliveInterval we advertise: the longest silence accepted from a CMTS (it is dropped after 2x this)."""
+    ack_time_fraction: float = 0.5
+    """DATA_ACK is sent at this fraction of the session's ackTimeInterval (or at ackSequenceInterval records)."""
+    idle_ack_s: float = 1.0
+    """Acknowledge everything received once a session has been quiet this long (lets ad-hoc sessions finish)."""
+    max_connections: int = 64
+    """CMTS connections at once (dialled plus accepted); further accepted connections are closed and counted."""
+    max_sessions: int = 32
+    """Sessions per connection."""
+    max_message_size: int = 4 * 1024 * 1024
+    """Largest IPDR/SP message accepted; a longer one closes the connection (counted)."""
+    max_templates: int = 64
+    """Templates per session."""
+    max_template_fields: int = 512
+    """Fields per template."""
+    reconnect_min_s: float = 1.0
+    """First reconnect delay; it doubles per failure..."""
+    reconnect_max_s: float = 60.0
+    """...up to this."""
+    connect_timeout_s: float = 10.0
+    """TCP connect plus CONNECT_RESPONSE must complete within this."""
+    vendor_id: str = "flowmed"
+    """vendorId sent in CONNECT."""
+
+    def validate(self, key: str) -> None:
+        if self.listen:
+            _check_endpoint(f"{key}.listen", self.listen)
+        for i, p in enumerate(self.allow):
+            try:
+                ipaddress.ip_network(p, strict=False)
+            except ValueError:
+                raise ConfigError(f"{key}.allow[{i}]", p, "an IP address or prefix") from None
+        _check_positive(key, keepalive_s=self.keepalive_s, ack_time_fraction=self.ack_time_fraction,
+                        idle_ack_s=self.idle_ack_s, max_connections=self.max_connections,
+                        max_sessions=self.max_sessions, max_message_size=self.max_message_size,
+                        max_templates=self.max_templates, max_template_fields=self.max_template_fields,
+                        reconnect_min_s=self.reconnect_min_s, reconnect_max_s=self.reconnect_max_s,
+                        connect_timeout_s=self.connect_timeout_s)
+        if self.max_sessions > 255:
+            raise ConfigError(f"{key}.max_sessions", self.max_sessions, "at most 255 (session ids are one byte)")
+        if self.ack_time_fraction > 1:
+            raise ConfigError(f"{key}.ack_time_fraction", self.ack_time_fraction, "a fraction in (0, 1]")
+        if self.max_message_size < 64:
+            raise ConfigError(f"{key}.max_message_size", self.max_message_size, "at least 64 bytes")
+
+
+@dataclass(frozen=True)
 class Config:
     """The whole of collector.toml."""
 
@@ -445,6 +526,7 @@ class Config:
     radius: RadiusConfig = field(default_factory=RadiusConfig)
     mediation: MediationConfig = field(default_factory=MediationConfig)
     rating: RatingConfig = field(default_factory=RatingConfig)
+    ipdr: IpdrConfig = field(default_factory=IpdrConfig)
 
     def data_path(self, relative: str) -> Path:
         """A path from the config, resolved against store.path when relative."""

@@ -1,0 +1,608 @@
+"""SAMIS cumulative service-flow counters -> usage deltas, exactly once, with state that survives restarts.
+
+ServiceOctetsPassed/ServicePktsPassed count from the creation of a service flow (SF). A usage delta is the
+difference between successive records of the same **SF instance**, keyed by ``(CmtsHostName, CmMacAddr,
+ServiceIdentifier, ServiceDirection, ServiceTimeCreated)`` (SFIDs are reused; the creation time tells instances
+apart). Per record, in ``RecCreationTime`` order:
+
+* ``stale``: not newer than what the state holds for the instance (a redelivery after reconnect or failover, an old
+  record replayed): delta 0, state unchanged. A Stop leaves a tombstone, so a replayed record of a deleted flow is
+  stale too (tombstones are forgotten after ``tombstone_retention_s``).
+* ``duplicate``: same instance and same RecCreationTime as the record before it: delta 0.
+* ``first``: no previous record: the delta is the whole counter, unless the flow was created before flowmed began
+  collecting from that CMTS (``preexisting="baseline"``: the record only sets the baseline, delta 0, ``baseline``).
+* ``delta``: counter grew: current - previous.
+* ``reboot``: CmtsSysUpTime does not agree with the time elapsed since the previous record (it went back or jumped):
+  the CMTS restarted, counters restarted: delta = current.
+* ``wrap`` / ``wrap32``: counter went down without a reboot: a 64-bit wrap (a 32-bit one when the previous value was
+  below 2^32, for CMTSs still wrapping at 32 bits).
+* A Stop record (RecType 2) gives its delta, then leaves a tombstone; a later record with the same key and a newer
+  time is a new instance. Missing interims (suppressed, lost) need nothing: the next delta covers the gap.
+
+Exactly once: the caller writes the usage rows, makes them durable (``Sink.flush()``), then :meth:`IpdrUsage.commit`
+appends the changed state (SF baselines and per-session DSN watermarks) to a journal and fsyncs it, and only then
+acknowledges to the CMTS. A record redelivered after a collector restart is below the watermark (dropped) or stale
+(delta 0). The remaining window — a crash after the usage is durable but before the journal is — reproduces the
+same rows with the same ``row_id`` (and ``created``), which the ReplacingMergeTree collapses on a server.
+
+Hot path: everything is numpy on the batch except one dict lookup per record (``dict.get`` over a list of keys,
+~0.1 µs) to find the instance's state row.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import logging
+import os
+import struct
+import time
+import uuid
+import zlib
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+
+from decoders.ipdr.samis import CANONICAL, REC_STOP, format_macs, parse_mac, samis_kind
+from decoders.ipdr.session import RecordsReceived
+from mediation.hashing import hash_columns, string_hash
+from mediation.ipdr_tables import IPDR_RECORDS
+from mediation.tables import USAGE
+
+log = logging.getLogger(__name__)
+
+_STATE_DTYPE = np.dtype([("key", "<u8"), ("octets", "<u8"), ("packets", "<u8"), ("rec_time", "<i8"),
+                         ("sys_up", "<i8"), ("stopped", "u1")])
+_MAGIC = b"IPDJ"
+_CHUNK = struct.Struct("<4sIII")  # magic, json length, rows, crc32 of json + rows
+REBOOT_TOLERANCE_CS = 6000  # 60 s of sysUpTime drift before calling it a reboot
+U32 = np.uint64(2**32)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# CM MAC -> subscriber
+
+
+class CmSubscribers:
+    """Static CM MAC -> subscriber map from a CSV file (``cm_mac,subscriber_id`` with a header), reloaded when
+    the file changes. Lookup is vectorised (sorted MACs + searchsorted)."""
+
+    def __init__(self, path: str | os.PathLike | None = None) -> None:
+        self.path = Path(path) if path else None
+        self._mtime: float | None = None
+        self.macs = np.zeros(0, np.uint64)
+        self.names = np.zeros(0, dtype=object)
+        self.reload()
+
+    @classmethod
+    def from_dict(cls, mapping: dict[int, str]) -> CmSubscribers:
+        self = cls(None)
+        self._set(mapping)
+        return self
+
+    def _set(self, mapping: dict[int, str]) -> None:
+        macs = np.array(sorted(mapping), dtype=np.uint64)
+        self.macs = macs
+        self.names = np.array([mapping[int(x)] for x in macs] + [""], dtype=object)
+
+    def reload(self) -> bool:
+        """Re-read the file if it changed; a malformed file is refused (logged) and the old map kept."""
+        if self.path is None:
+            return False
+        try:
+            mtime = self.path.stat().st_mtime
+        except FileNotFoundError:
+            log.warning("ipdr: CM MAC file %s not found", self.path)
+            return False
+        if mtime == self._mtime:
+            return False
+        mapping: dict[int, str] = {}
+        try:
+            with open(self.path, newline="") as f:
+                for i, row in enumerate(csv.DictReader(f), start=2):
+                    try:
+                        mapping[parse_mac(row["cm_mac"])] = row["subscriber_id"].strip()
+                    except (KeyError, ValueError, AttributeError) as exc:
+                        raise ValueError(f"{self.path}:{i}: {exc}") from None
+        except ValueError as exc:
+            log.error("ipdr: CM MAC file refused, keeping the previous map: %s", exc)
+            return False
+        self._mtime = mtime
+        self._set(mapping)
+        log.info("ipdr: %d CM MAC bindings loaded from %s", len(mapping), self.path)
+        return True
+
+    def lookup(self, macs: np.ndarray) -> np.ndarray:
+        """Subscriber id per MAC (object array; '' when unknown)."""
+        if not len(self.macs):
+            out = np.empty(len(macs), dtype=object)
+            out[:] = ""
+            return out
+        pos = np.searchsorted(self.macs, macs)
+        pos = np.minimum(pos, len(self.macs) - 1)
+        found = self.macs[pos] == macs
+        return self.names[np.where(found, pos, len(self.macs))]
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Persistent state: snapshot + journal
+
+
+class _State:
+    """SF instance baselines as growable numpy arrays indexed by a dict, plus small JSON metadata.
+
+    Durable as ``snapshot-<gen>.npz`` + ``journal-<gen>.bin`` (appended chunks of changed rows, each with a CRC;
+    a torn last chunk is ignored: it was never acknowledged to the CMTS, so its records come again).
+    """
+
+    def __init__(self, directory: Path | None) -> None:
+        self.dir = directory
+        self.rows = np.zeros(1024, dtype=_STATE_DTYPE)
+        self.n = 0
+        self.index: dict[int, int] = {}
+        self.meta: dict = {"since_ms": {}, "watermarks": {}}
+        self.gen = 0
+        self.dirty: set[int] = set()
+        self.journal_rows = 0
+        self._journal = None
+        if directory is not None:
+            directory.mkdir(parents=True, exist_ok=True)
+            self._load()
+
+    # -- rows
+    def lookup(self, keys: np.ndarray) -> np.ndarray:
+        get = self.index.get
+        return np.fromiter((get(k, -1) for k in keys.tolist()), dtype=np.int64, count=len(keys))
+
+    def upsert(self, rows: np.ndarray, values: np.ndarray) -> None:
+        """Write ``values`` (state dtype) at ``rows``; rows of -1 are new keys, appended."""
+        new = rows < 0
+        if new.any():
+            k = int(new.sum())
+            while self.n + k > len(self.rows):
+                self.rows = np.concatenate([self.rows, np.zeros(len(self.rows), dtype=_STATE_DTYPE)])
+            idx = np.arange(self.n, self.n + k)
+            for key, i in zip(values["key"][new].tolist(), idx.tolist(), strict=True):
+                self.index[key] = i
+            rows = rows.copy()
+            rows[new] = idx
+            self.n += k
+        self.rows[rows] = values
+        self.dirty.update(rows.tolist())
+
+    # -- durability
+    def _paths(self, gen: int) -> tuple[Path, Path]:
+        assert self.dir is not None
+        return self.dir / f"snapshot-{gen}.npz", self.dir / f"journal-{gen}.bin"
+
+    def _load(self) -> None:
+        snaps = sorted(self.dir.glob("snapshot-*.npz"), key=lambda p: int(p.stem.split("-")[1]))  # type: ignore
+        if snaps:
+            self.gen = int(snaps[-1].stem.split("-")[1])
+            with np.load(snaps[-1], allow_pickle=False) as z:
+                rows = z["rows"]
+                self.meta = json.loads(bytes(z["meta"]).decode())
+            self._put(rows)
+        journal = self._paths(self.gen)[1]
+        if journal.exists():
+            data = journal.read_bytes()
+            pos = 0
+            while pos + _CHUNK.size <= len(data):
+                magic, jlen, nrows, crc = _CHUNK.unpack_from(data, pos)
+                body_end = pos + _CHUNK.size + jlen + nrows * _STATE_DTYPE.itemsize
+                if magic != _MAGIC or body_end > len(data) or zlib.crc32(data[pos + _CHUNK.size:body_end]) != crc:
+                    log.warning("ipdr state: journal %s ends with a torn chunk at %d (ignored)", journal, pos)
+                    break
+                meta = json.loads(data[pos + _CHUNK.size:pos + _CHUNK.size + jlen])
+                rows = np.frombuffer(data, _STATE_DTYPE, nrows, pos + _CHUNK.size + jlen)
+                self.meta = meta
+                self._put(rows)
+                self.journal_rows += nrows
+                pos = body_end
+            with open(journal, "r+b") as f:  # cut a torn tail so later appends stay readable
+                f.truncate(pos)
+        self.dirty.clear()
+        for old in self.dir.glob("*"):  # leftovers of an interrupted compaction
+            if old.name not in (f"snapshot-{self.gen}.npz", f"journal-{self.gen}.bin"):
+                old.unlink(missing_ok=True)
+
+    def _put(self, rows: np.ndarray) -> None:
+        if len(rows):
+            self.upsert(self.lookup(rows["key"]), np.array(rows))
+
+    def commit(self) -> None:
+        """Append the changed rows and the metadata to the journal and fsync it."""
+        if self.dir is None:
+            self.dirty.clear()
+            return
+        rows = self.rows[np.fromiter(sorted(self.dirty), dtype=np.int64, count=len(self.dirty))]
+        meta = json.dumps(self.meta, separators=(",", ":")).encode()
+        body = meta + rows.tobytes()
+        chunk = _CHUNK.pack(_MAGIC, len(meta), len(rows), zlib.crc32(body)) + body
+        if self._journal is None:
+            self._journal = open(self._paths(self.gen)[1], "ab")  # noqa: SIM115 - kept open between commits
+        self._journal.write(chunk)
+        self._journal.flush()
+        os.fsync(self._journal.fileno())
+        self.journal_rows += len(rows)
+        self.dirty.clear()
+
+    def compact(self, drop_stopped_before_ms: int) -> None:
+        """Write a new snapshot (without old tombstones), start a new journal, remove the old files."""
+        if self.dir is None:
+            return
+        live = self.rows[: self.n]
+        keep = ~((live["stopped"] == 1) & (live["rec_time"] < drop_stopped_before_ms))
+        rows = np.ascontiguousarray(live[keep])
+        gen = self.gen + 1
+        snap, _ = self._paths(gen)
+        tmp = snap.with_suffix(".tmp")
+        with open(tmp, "wb") as f:
+            np.savez(f, rows=rows, meta=np.frombuffer(json.dumps(self.meta).encode(), dtype=np.uint8))
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, snap)
+        fd = os.open(self.dir, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        old_snap, old_journal = self._paths(self.gen)
+        if self._journal is not None:
+            self._journal.close()
+            self._journal = None
+        self.gen, self.journal_rows = gen, 0
+        old_snap.unlink(missing_ok=True)
+        old_journal.unlink(missing_ok=True)
+        self.rows, self.n, self.index = np.zeros(max(1024, len(rows) * 2), dtype=_STATE_DTYPE), 0, {}
+        self._put(rows)
+        self.dirty.clear()
+
+    def close(self) -> None:
+        if self._journal is not None:
+            self._journal.close()
+            self._journal = None
+
+
+# ----------------------------------------------------------------------------------------------------------------
+
+
+@dataclass
+class UsageResult:
+    """What one batch of records produced."""
+
+    ipdr_records: pa.RecordBatch
+    usage: pa.RecordBatch
+    counters: dict[str, int] = field(default_factory=dict)
+
+
+class IpdrUsage:
+    """Turns decoded SAMIS records into ``ipdr_records`` and ``usage`` batches; holds the durable delta state.
+
+    Args:
+        state_dir: where the state lives (None: in memory only, for tests and benchmarks).
+        subscribers: CM MAC -> subscriber map.
+        interval_s: usage interval (the mediation's), aligned to the epoch; a delta goes to the interval that holds
+            the record's creation time (the end of the period it covers).
+        preexisting: ``"baseline"`` (flows created before collection began only set a baseline) or ``"count"``.
+        address_lookup: optional ``(addresses S16, times ms) -> subscriber ids`` (object array, '' unknown) used
+            for records whose CM MAC is not in the static map (the address bindings, by CmIpv4Addr).
+    """
+
+    def __init__(self, state_dir: str | os.PathLike | None = None, subscribers: CmSubscribers | None = None, *,
+                 interval_s: int = 300, preexisting: str = "baseline", tombstone_retention_s: float = 7 * 86400,
+                 compact_rows: int = 1_000_000, address_lookup=None) -> None:
+        self.state = _State(Path(state_dir) if state_dir is not None else None)
+        self.subscribers = subscribers or CmSubscribers(None)
+        self.interval_ms = int(interval_s * 1000)
+        self.preexisting = preexisting
+        self.tombstone_retention_ms = int(tombstone_retention_s * 1000)
+        self.compact_rows = compact_rows
+        self.address_lookup = address_lookup
+        self.counters: dict[str, int] = {}
+
+    def _count(self, name: str, n: int) -> None:
+        if n:
+            self.counters[name] = self.counters.get(name, 0) + int(n)
+
+    # -- watermarks -------------------------------------------------------------------------------------------
+
+    @staticmethod
+    def _wm_key(exporter: str, ev: RecordsReceived) -> str:
+        return f"{exporter}|{ev.session_id}|{ev.exporter_boot_time}"
+
+    def process(self, ev: RecordsReceived, exporter: str, exporter_ip: bytes, now_ms: int,
+                session_name: str = "") -> UsageResult:
+        """Turn one :class:`RecordsReceived` into table batches and update the (uncommitted) state.
+
+        ``exporter`` names the CMTS (config name or address) for the DSN watermark; ``exporter_ip`` is its S16
+        address for the ``exporter`` columns. Records at or below the session's durable DSN watermark were already
+        processed before a reconnect or restart and are dropped (counted as ``redelivered``).
+        """
+        recs = ev.records
+        n = len(recs)
+        wm_key = self._wm_key(exporter, ev)
+        watermark = self.state.meta["watermarks"].get(wm_key)
+        keep = np.ones(n, dtype=bool) if watermark is None else ev.dsn > np.uint64(watermark)
+        self._count("redelivered", n - int(keep.sum()))
+        if n:
+            self.state.meta["watermarks"][wm_key] = max(int(ev.dsn.max()), watermark or 0)
+        cols = {CANONICAL.get(k.lower(), k): v for k, v in recs.columns.items()}
+        if not keep.all():
+            idx = np.flatnonzero(keep)
+            cols = {k: (v.take(pa.array(idx)) if isinstance(v, pa.Array) else v[idx]) for k, v in cols.items()}
+        m = int(keep.sum())
+        dsn, dup = ev.dsn[keep], ev.duplicate[keep]
+        kind = samis_kind(recs.template, session_name)
+        out = IPDR_RECORDS.empty_columns(m)
+        out["time_received"][:] = now_ms
+        out["exporter"][:] = exporter_ip
+        out["session_id"][:] = ev.session_id
+        out["document_id"][:] = str(uuid.UUID(bytes=bytes(ev.document_id)))
+        out["dsn"] = dsn.astype(np.uint64)
+        out["duplicate"] = dup.astype(np.uint8)
+        out["template"][:] = recs.template.type_name
+        usage = USAGE.empty_columns(0)
+        if m and kind:
+            _fill_samis(out, cols)
+            usage = self._deltas(out, cols, exporter_ip)
+        elif m:
+            out["fields"] = _fields_json(cols, m)
+            out["delta_reason"][:] = "not_samis"
+            for name, col in (("cmts_host", "CmtsHostName"), ("rec_creation_time", "RecCreationTime")):
+                if col in cols:
+                    out[name] = _column(cols[col], out[name].dtype)
+            if "CmMacAddr" in cols:
+                out["cm_mac"] = format_macs(cols["CmMacAddr"])
+        self._count("records", m)
+        return UsageResult(_batch(IPDR_RECORDS, out), _batch(USAGE, usage), dict(self.counters))
+
+    # -- deltas -----------------------------------------------------------------------------------------------
+
+    def _deltas(self, out: dict[str, np.ndarray], cols: dict, exporter_ip: bytes) -> dict[str, np.ndarray]:
+        n = len(out["dsn"])
+        if not all(c in cols for c in ("CmMacAddr", "ServiceIdentifier", "ServiceDirection",
+                                       "ServiceOctetsPassed")):
+            out["delta_reason"][:] = "not_samis"
+            self._count("missing_fields", n)
+            return USAGE.empty_columns(0)
+        hosts = out["cmts_host"]
+        mac = np.asarray(cols["CmMacAddr"], dtype=np.uint64)
+        sfid = out["service_identifier"].astype(np.uint64)
+        direction = out["service_direction"]
+        created = out["service_time_created"].astype(np.int64)
+        octets, packets = out["service_octets_passed"], out["service_pkts_passed"]
+        rec_time, rec_type = out["rec_creation_time"], out["rec_type"]
+        sys_up = out["cmts_sys_up_time"].astype(np.int64)
+        has_up = "CmtsSysUpTime" in cols
+        host_hash = _string_hashes(hosts)
+        keys = hash_columns(host_hash, mac, sfid, direction.astype(np.int64), created)
+
+        st = self.state
+        rows = st.lookup(keys)
+        srow = st.rows[np.maximum(rows, 0)]
+        known = rows >= 0
+        # stale: not newer than the state (redelivery, replay, or a record of a flow already stopped)
+        stale = known & (rec_time <= srow["rec_time"])
+        live = ~stale
+        idx = np.flatnonzero(live)
+        order = idx[np.lexsort((rec_time[idx], keys[idx]))]
+        k = keys[order]
+        first = np.ones(len(order), dtype=bool)
+        first[1:] = k[1:] != k[:-1]
+        prev_octets = np.zeros(len(order), np.uint64)
+        prev_packets = np.zeros(len(order), np.uint64)
+        prev_time = np.zeros(len(order), np.int64)
+        prev_up = np.zeros(len(order), np.int64)
+        has_prev = np.zeros(len(order), dtype=bool)
+        # previous record: from the state for the first occurrence of a key, else the record before it in the batch
+        s = srow[order]
+        from_state = first & known[order] & (s["stopped"] == 0)
+        has_prev[from_state] = True
+        prev_octets[from_state], prev_packets[from_state] = s["octets"][from_state], s["packets"][from_state]
+        prev_time[from_state], prev_up[from_state] = s["rec_time"][from_state], s["sys_up"][from_state]
+        inner = np.flatnonzero(~first)
+        before = order[inner - 1]
+        ok = rec_type[before] != REC_STOP  # after a Stop, the same key starts a new instance
+        has_prev[inner[ok]] = True
+        prev_octets[inner] = octets[before]
+        prev_packets[inner] = packets[before]
+        prev_time[inner] = rec_time[before]
+        prev_up[inner] = sys_up[before]
+
+        cur_o, cur_p, t = octets[order], packets[order], rec_time[order]
+        duplicate = has_prev & (t == prev_time)
+        if has_up:
+            elapsed_cs = (t - prev_time) // 10
+            advanced_cs = (sys_up[order] - prev_up) % (1 << 32)
+            reboot = has_prev & ~duplicate & (np.abs(advanced_cs - elapsed_cs) > np.maximum(REBOOT_TOLERANCE_CS,
+                                                                                             elapsed_cs // 10))
+        else:
+            reboot = np.zeros(len(order), dtype=bool)
+        cont = has_prev & ~duplicate & ~reboot
+        with np.errstate(over="ignore"):
+            d_o = np.where(cont, cur_o - prev_octets, cur_o)
+            d_p = np.where(cont, cur_p - prev_packets, cur_p)
+            wrapped = cont & (cur_o < prev_octets)
+            wrap32 = wrapped & (prev_octets < U32)
+            d_o = np.where(wrap32, d_o + U32, d_o)
+            wrap32_p = cont & (cur_p < prev_packets) & (prev_packets < U32)
+            d_p = np.where(wrap32_p, d_p + U32, d_p)
+        d_o[duplicate] = 0
+        d_p[duplicate] = 0
+        fresh = ~has_prev
+        reason = np.where(duplicate, "duplicate", np.where(reboot, "reboot", np.where(
+            wrap32, "wrap32", np.where(wrapped, "wrap", np.where(fresh, "first", "delta"))))).astype(object)
+        if self.preexisting == "baseline" and fresh.any():
+            # Flows created before collection from this CMTS began: their counters hold usage we never saw start.
+            since = self._since(hosts[order], t)
+            created_at = t - (sys_up[order] - created[order]) * 10 if has_up else t
+            base = fresh & (created_at < since - REBOOT_TOLERANCE_CS * 10)
+            d_o[base] = 0
+            d_p[base] = 0
+            reason[base] = "baseline"
+
+        # new state: the last record of every key in the batch
+        last = np.ones(len(order), dtype=bool)
+        last[:-1] = k[1:] != k[:-1]
+        lo = order[last]
+        values = np.zeros(len(lo), dtype=_STATE_DTYPE)
+        values["key"], values["octets"], values["packets"] = keys[lo], octets[lo], packets[lo]
+        values["rec_time"], values["sys_up"] = rec_time[lo], sys_up[lo]
+        values["stopped"] = rec_type[lo] == REC_STOP
+        st.upsert(rows[lo], values)
+
+        out["delta_octets"][order] = d_o
+        out["delta_packets"][order] = d_p
+        out["delta_reason"][order] = reason
+        out["delta_reason"][stale] = "stale"
+        for name, mask in (("stale", stale), ("duplicate", duplicate), ("reboot", reboot), ("wrap", wrapped),
+                           ("first", fresh), ("baseline", reason == "baseline")):
+            self._count(name, int(mask.sum()))
+        return self._usage(out, mac, exporter_ip, keys)
+
+    def _since(self, hosts: np.ndarray, t: np.ndarray) -> np.ndarray:
+        since = self.state.meta["since_ms"]
+        uniq, inverse = np.unique(hosts.astype(str), return_inverse=True)
+        values = []
+        for i, h in enumerate(uniq.tolist()):
+            if h not in since:
+                since[h] = int(t[inverse == i].min())
+            values.append(since[h])
+        return np.array(values, dtype=np.int64)[inverse]
+
+    def _usage(self, out: dict[str, np.ndarray], mac: np.ndarray, exporter_ip: bytes,
+               keys: np.ndarray) -> dict[str, np.ndarray]:
+        billed = np.flatnonzero((out["delta_octets"] > 0) | (out["delta_packets"] > 0))
+        rec_time = out["rec_creation_time"][billed]
+        subs = self.subscribers.lookup(mac[billed])
+        if self.address_lookup is not None:
+            missing = np.flatnonzero(subs == "")
+            if len(missing):
+                found = self.address_lookup(out["cm_ipv4"][billed][missing], rec_time[missing])
+                subs[missing] = found
+        sub_all = out["subscriber_id"]
+        sub_all[billed] = subs
+        direction = out["service_direction"][billed]
+        dir_text = np.where(direction == 1, "down", np.where(direction == 2, "up", "unattributed")).astype(object)
+        dir_text[subs == ""] = "unattributed"
+        start = (rec_time - 1) // self.interval_ms * self.interval_ms
+        row_id = hash_columns(keys[billed], rec_time, out["rec_type"][billed].astype(np.int64), seed=0x1BD8)
+        out["usage_row_id"][billed] = row_id
+        u = USAGE.empty_columns(len(billed))
+        u["interval_start"], u["interval_end"] = start, start + self.interval_ms
+        u["subscriber_id"], u["direction"] = subs, dir_text
+        u["traffic_class"][:] = "all"
+        u["bytes"], u["packets"] = out["delta_octets"][billed], out["delta_packets"][billed]
+        u["flows"][:] = 1
+        u["source"][:] = "ipdr"
+        u["exporter"][:] = exporter_ip
+        u["created"] = rec_time  # deterministic, so a re-derived row is identical (see module docstring)
+        u["row_id"] = row_id
+        self._count("usage_rows", len(billed))
+        self._count("unattributed_rows", int((subs == "").sum()))
+        return u
+
+    # -- durability -------------------------------------------------------------------------------------------
+
+    def commit(self, now_ms: int | None = None) -> None:
+        """Make the state changed since the last commit durable (call after the batches are durable, before the
+        DATA_ACK). Compacts the journal when it has grown past ``compact_rows``."""
+        self.state.commit()
+        if self.state.journal_rows > max(self.compact_rows, 2 * self.state.n):
+            now_ms = int(time.time() * 1000) if now_ms is None else now_ms
+            self.state.compact(now_ms - self.tombstone_retention_ms)
+
+    def reload(self) -> None:
+        """Drop uncommitted changes (after a failed flush): re-read the durable state."""
+        if self.state.dir is None:
+            return
+        self.state.close()
+        self.state = _State(self.state.dir)
+
+    def close(self) -> None:
+        self.state.close()
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Column helpers
+
+_SAMIS_COLUMNS = {
+    "cmts_host": "CmtsHostName", "cmts_sys_up_time": "CmtsSysUpTime", "cmts_ipv4": "CmtsIpv4Addr",
+    "cmts_ipv6": "CmtsIpv6Addr", "md_if_name": "CmtsMdIfName", "md_if_index": "CmtsMdIfIndex",
+    "cm_ipv4": "CmIpv4Addr", "cm_ipv6": "CmIpv6Addr", "cm_ipv6_link_local": "CmIpv6LinkLocalAddr",
+    "cm_qos_version": "CmQosVersion", "cm_reg_status": "CmRegStatusValue", "cm_last_reg_time": "CmLastRegTime",
+    "rec_type": "RecType", "rec_creation_time": "RecCreationTime", "service_app_id": "ServiceAppId",
+    "service_ds_multicast": "ServiceDsMulticast", "service_identifier": "ServiceIdentifier",
+    "service_gate_id": "ServiceGateId", "service_class_name": "ServiceClassName",
+    "service_direction": "ServiceDirection", "service_octets_passed": "ServiceOctetsPassed",
+    "service_pkts_passed": "ServicePktsPassed", "service_sla_drop_pkts": "ServiceSlaDropPkts",
+    "service_sla_delay_pkts": "ServiceSlaDelayPkts", "service_time_created": "ServiceTimeCreated",
+    "service_time_active": "ServiceTimeActive",
+}
+
+
+def _column(values, dtype: np.dtype) -> np.ndarray:
+    if isinstance(values, pa.Array):
+        if dtype.kind == "O":
+            return values.to_numpy(zero_copy_only=False).astype(object)
+        return values.to_numpy(zero_copy_only=False).astype(dtype)
+    if dtype.kind == "S":
+        return np.asarray(values, dtype=dtype)
+    return np.asarray(values).astype(dtype, copy=False)
+
+
+def _fill_samis(out: dict[str, np.ndarray], cols: dict) -> None:
+    for name, field_name in _SAMIS_COLUMNS.items():
+        if field_name in cols:
+            out[name] = _column(cols[field_name], out[name].dtype)
+    if "CmMacAddr" in cols:
+        out["cm_mac"] = format_macs(cols["CmMacAddr"])
+    if "ServiceFlowChSet" in cols:
+        out["service_flow_ch_set"] = _channel_sets(cols["ServiceFlowChSet"])
+
+
+def _channel_sets(arr: pa.Array) -> np.ndarray:
+    """hexBinary channel sets (one byte per channel) as '1,2,3' text; formatted once per distinct value."""
+    enc = arr.dictionary_encode()
+    texts = np.array([",".join(str(b) for b in v) if v is not None else "" for v in enc.dictionary.to_pylist()]
+                     + [""], dtype=object)
+    idx = enc.indices.to_numpy(zero_copy_only=False)
+    return texts[idx]
+
+
+def _string_hashes(values: np.ndarray) -> np.ndarray:
+    uniq, inverse = np.unique(values.astype(str), return_inverse=True)
+    return np.array([string_hash(s) for s in uniq.tolist()], dtype=np.uint64)[inverse]
+
+
+def _fields_json(cols: dict, n: int) -> np.ndarray:
+    """Every field of records of a non-SAMIS template as JSON text (a Python loop per record: these templates carry
+    registration and CPE events, orders of magnitude fewer records than SAMIS)."""
+    lists = {}
+    for name, v in cols.items():
+        if isinstance(v, pa.Array):
+            lists[name] = [x.hex() if isinstance(x, bytes) else x for x in v.to_pylist()]
+        elif v.dtype.kind == "S":
+            lists[name] = [_addr_text(x) for x in v.tolist()]
+        else:
+            lists[name] = v.tolist()
+    out = np.empty(n, dtype=object)
+    names = list(lists)
+    for i in range(n):
+        out[i] = json.dumps({k: lists[k][i] for k in names}, separators=(",", ":"))
+    return out
+
+
+def _addr_text(raw: bytes) -> str:
+    import ipaddress
+
+    raw = raw.ljust(16, b"\0")
+    addr = ipaddress.IPv6Address(raw)
+    return str(addr.ipv4_mapped or addr)
+
+
+def _batch(table, columns: dict[str, np.ndarray]) -> pa.RecordBatch:
+    return table.to_arrow(columns)
