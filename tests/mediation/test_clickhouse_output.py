@@ -1,0 +1,144 @@
+"""The ClickHouse output against a real clickhouse-server 18.16: exact totals, addresses, exactly-once replays."""
+
+from __future__ import annotations
+
+import ipaddress
+import re
+
+import numpy as np
+import pyarrow as pa
+import pytest
+
+from collector.config import ClickHouseConfig, SpoolConfig, load
+from decoders.schema import FLOWS
+from mediation.clickhouse import ClickHouseOutput, arrow_to_columns, connect
+from mediation.clickhouse_ddl import LEGACY, MODERN
+from mediation.spool import Spool
+from tests.mediation.clickhouse_helpers import duplicate_batches, flow_batch, server_totals, totals
+
+pytestmark = pytest.mark.external
+
+
+@pytest.fixture
+def db(clickhouse_server, request) -> str:
+    name = "out_" + re.sub(r"\W", "_", request.node.name)[-40:]
+    clickhouse_server.query(f"DROP DATABASE IF EXISTS {name}")
+    return name
+
+
+def make_output(server, db, spool_dir, **kw) -> ClickHouseOutput:
+    cfg = ClickHouseConfig(enabled=True, port=server.port, database=db, **kw)
+    return ClickHouseOutput(cfg, SpoolConfig(), spool_dir, retention_interval_s=10**9, max_backoff_s=1.0)
+
+
+def test_flows_exact_totals_via_clickhouse_client_and_query_engine(clickhouse_server, db, tmp_path):
+    out = make_output(clickhouse_server, db, tmp_path / "spool")
+    for k in range(12):
+        out.write(FLOWS, flow_batch(k), 1_000 + k)
+    assert out.drain(60), out.status()
+    out.close()
+    assert out.stats["batches_inserted"] == 12 and out.stats["rows_inserted"] == 12_000
+    assert server_totals(clickhouse_server, db) == totals(range(12))
+    assert duplicate_batches(clickhouse_server, db) == ""
+    # Addresses, including IPv4-mapped ones ending in zero bytes and IPv6, are stored byte for byte.
+    got = clickhouse_server.query(f"SELECT DISTINCT IPv6NumToString(src_addr) FROM {db}.flows "
+                                  "WHERE src_port = 1 AND batch_id = 1000")
+    assert got == "::ffff:10.0.1.0\n"
+    got = clickhouse_server.query(f"SELECT count() FROM {db}.flows WHERE dst_addr = IPv6StringToNum('2001:db8::c7')")
+    assert int(got) == 12 * 5  # i % 200 == 199 for 5 of every 1000 rows
+    assert clickhouse_server.query(f"SELECT DISTINCT src_addr FROM {db}_read.flows WHERE src_port = 2 "
+                                   "AND batch_id = 1000") == "::ffff:10.0.2.0\n"
+    # The same answers through flowmed's query engine (the path `flowmed query --target clickhouse` takes).
+    from mediation.query import QueryEngine
+
+    config = load(None, [f"output.clickhouse.port={clickhouse_server.port}", f"output.clickhouse.database={db}",
+                         "output.clickhouse.enabled=true"])
+    with QueryEngine.for_config(config, target="clickhouse") as engine:
+        t = engine.query("SELECT count() AS n, sum(bytes) AS b, sum(packets) AS p FROM flows")
+        assert tuple(t.to_pylist()[0].values()) == totals(range(12))
+        rows = engine.query("SELECT src_addr, dst_addr, exporter, time_received FROM flows "
+                            "WHERE batch_id = 1001 AND src_port = 3").to_pylist()
+        assert rows[0]["src_addr"] == "10.0.3.0" and rows[0]["dst_addr"] == "2001:db8::3"
+        assert rows[0]["exporter"] == "127.0.0.2"
+        assert rows[0]["time_received"].timestamp() == (1_764_000_000_000 + 1000 + 3) // 1000  # 18.16: seconds
+        with pytest.raises(Exception, match="readonly"):
+            engine.query("DROP TABLE flows")
+
+
+def test_batch_found_stored_at_start_is_not_inserted_again(clickhouse_server, db, tmp_path):
+    out = make_output(clickhouse_server, db, tmp_path / "a")
+    out.write(FLOWS, flow_batch(1), 11)
+    assert out.drain(60)
+    out.close()
+    # A crash after the insert but before the spool file was deleted leaves the file behind: the next start finds
+    # it, checks the server, and does not insert it twice.
+    Spool(tmp_path / "b", 10**9).append("flows", 11, flow_batch(1))
+    Spool(tmp_path / "b", 10**9).append("flows", 12, flow_batch(2))
+    out = make_output(clickhouse_server, db, tmp_path / "b")
+    assert out.drain(60)
+    out.close()
+    assert out.stats["already_stored"] == 1 and out.stats["inserted"] == 1
+    assert server_totals(clickhouse_server, db) == totals([1, 2])
+
+
+def test_partly_stored_batch_is_repaired_not_duplicated(clickhouse_server, db, tmp_path):
+    out = make_output(clickhouse_server, db, tmp_path / "a")
+    out.write(FLOWS, flow_batch(0), 20)
+    assert out.drain(60)
+    out.close()
+    # Half of batch 21 landed (an insert split over partitions or blocks, cut in the middle).
+    client = connect(ClickHouseConfig(port=clickhouse_server.port))
+    half = flow_batch(1).slice(0, 500)
+    client.execute(f"INSERT INTO {db}.flows ({', '.join(FLOWS.column_names)}) VALUES",
+                   arrow_to_columns(FLOWS, half, LEGACY, 21), columnar=True)
+    client.disconnect()
+    Spool(tmp_path / "b", 10**9).append("flows", 21, flow_batch(1))
+    out = make_output(clickhouse_server, db, tmp_path / "b")
+    assert out.drain(60)
+    out.close()
+    assert out.stats["partial_repaired"] == 1
+    assert server_totals(clickhouse_server, db) == totals([0, 1])
+    assert duplicate_batches(clickhouse_server, db) == ""
+
+
+def test_flows_disabled_and_mediated_tables_still_written(clickhouse_server, db, tmp_path):
+    from mediation.clickhouse import load_tables
+
+    tables = load_tables()
+    out = make_output(clickhouse_server, db, tmp_path / "s", flows=False)
+    out.write(FLOWS, flow_batch(0), 1)
+    if "reconciliation" in tables:
+        rec = tables["reconciliation"]
+        out.write(rec, rec.to_arrow({"records_in": np.array([5, 6], dtype=np.uint64),
+                                     "interval_start": np.array([1_764_000_000_000] * 2)}), 2)
+    assert out.drain(60)
+    out.close()
+    assert int(clickhouse_server.query(f"SELECT count() FROM {db}.flows")) == 0
+    if "reconciliation" in tables:
+        assert clickhouse_server.query(f"SELECT sum(records_in) FROM {db}.reconciliation") == "11\n"
+
+
+def test_bad_batch_is_a_bug_not_spooled(clickhouse_server, db, tmp_path):
+    out = make_output(clickhouse_server, db, tmp_path / "s")
+    bad = pa.RecordBatch.from_pydict({"nonsense": [1]})
+    with pytest.raises(ValueError, match="unknown columns"):
+        out.write(FLOWS, bad, 1)
+    out.close()
+    assert len(out.spool) == 0
+
+
+def test_arrow_to_columns_types():
+    batch = flow_batch(3, rows=4)
+    legacy = dict(zip(FLOWS.column_names, arrow_to_columns(FLOWS, batch, LEGACY, 99), strict=True))
+    assert legacy["time_received"].dtype == np.uint32
+    assert legacy["time_received"][0] == (1_764_000_000_000 + 3000) // 1000
+    assert legacy["src_addr"].dtype == np.dtype("S16") and legacy["bytes"].dtype == np.uint64
+    assert legacy["batch_id"].tolist() == [99] * 4
+    modern = dict(zip(FLOWS.column_names, arrow_to_columns(FLOWS, batch, MODERN, 99), strict=True))
+    assert modern["time_received"].dtype == np.int64 and modern["time_received"][0] == 1_764_000_003_000
+    assert isinstance(modern["src_addr"], list)
+    assert ipaddress.IPv6Address(modern["src_addr"][1].ljust(16, b"\0")) == ipaddress.IPv6Address("::ffff:10.0.1.0")
+    # An older spooled batch without a newer column: zero-filled.
+    old = batch.drop_columns(["nat_event"])
+    cols = dict(zip(FLOWS.column_names, arrow_to_columns(FLOWS, old, LEGACY), strict=True))
+    assert cols["nat_event"].tolist() == [0] * 4
