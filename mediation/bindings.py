@@ -1,0 +1,594 @@
+"""Subscriber bindings with time validity, persisted in SQLite, looked up vectorised.
+
+A binding says that ``subscriber_id`` held an address or prefix over the half-open UTC interval
+``[valid_from, valid_to)`` (int64 ms; ``valid_to`` is :data:`OPEN_END_MS` while open). Sources are the static file
+(:mod:`mediation.static_bindings`) and RADIUS accounting (:mod:`mediation.radius`).
+
+Rules
+-----
+* Longest prefix wins; among bindings of the same network, the one that started last (at or before the time).
+* Opening a binding on a network closes, at the new start, every binding of that same network still open then (an
+  address handed to a new subscriber ends the old holder's binding even when its Stop was lost).
+* History is never deleted: a removed binding gets ``valid_to`` set, so flows are attributed to whoever held the
+  address at the flow's time, also when they arrive late.
+
+Durability and sharing
+----------------------
+Every change goes to SQLite (WAL, ``synchronous=FULL``) in a transaction; :meth:`Bindings.commit` returns only
+once it is on disk (the RADIUS listener answers after that). Each change carries a sequence number, so other
+processes (workers) pick up changes with :meth:`Bindings.refresh`.
+
+Lookup
+------
+:class:`BindingIndex` keeps, per prefix length, the bindings sorted by ``(network, valid_from)``, packed in one
+int64 per binding (dense network rank in the high bits, ``valid_from`` relative to the group's earliest start in the
+low bits), so one ``searchsorted`` finds the candidate and a vectorised check of network and ``valid_to`` confirms
+it. Changes since the last full build live in a small delta index; closing a binding updates ``valid_to`` in place.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import os
+import sqlite3
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+
+from mediation.hashing import mix64, string_hash
+from mediation.tables import BINDINGS, OPEN_END_MS
+
+_U64 = np.uint64
+_ALL_ONES = 0xFFFFFFFFFFFFFFFF
+DELTA_REBUILD_ROWS = 65_536
+"""Bindings opened since the last full build at which the base index is rebuilt."""
+
+
+# --- addresses -----------------------------------------------------------------------------------------------------
+
+def split_addresses(addresses: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """``S16`` addresses as (high, low) big-endian uint64 halves."""
+    words = np.ascontiguousarray(addresses, dtype="S16").view(">u8").reshape(-1, 2)
+    return words[:, 0].astype(_U64), words[:, 1].astype(_U64)
+
+
+def join_addresses(hi: np.ndarray, lo: np.ndarray) -> np.ndarray:
+    """Inverse of :func:`split_addresses`."""
+    words = np.empty((len(hi), 2), dtype=">u8")
+    words[:, 0] = hi
+    words[:, 1] = lo
+    return words.view("S16").reshape(len(hi))
+
+
+def _masks(prefix_len: int) -> tuple[int, int]:
+    if prefix_len <= 0:
+        return 0, 0
+    if prefix_len <= 64:
+        return (_ALL_ONES << (64 - prefix_len)) & _ALL_ONES, 0
+    return _ALL_ONES, (_ALL_ONES << (128 - prefix_len)) & _ALL_ONES
+
+
+def parse_network(text: str) -> tuple[int, int, int]:
+    """``"192.0.2.7"``, ``"10.0.0.0/24"`` or ``"2001:db8::/56"`` -> (hi, lo, prefix length in IPv6 terms).
+
+    IPv4 is IPv4-mapped (``/32`` becomes ``/128``); host bits are cleared.
+    """
+    net = ipaddress.ip_network(text.strip(), strict=False)
+    if net.version == 4:
+        value = (0xFFFF << 32) | int(net.network_address)
+        plen = net.prefixlen + 96
+    else:
+        value = int(net.network_address)
+        plen = net.prefixlen
+    hi, lo = value >> 64, value & _ALL_ONES
+    mhi, mlo = _masks(plen)
+    return hi & mhi, lo & mlo, plen
+
+
+def format_network(hi: int, lo: int, plen: int) -> str:
+    """Inverse of :func:`parse_network` (IPv4-mapped networks are shown as IPv4)."""
+    value = (int(hi) << 64) | int(lo)
+    addr = ipaddress.IPv6Address(value)
+    if addr.ipv4_mapped is not None and plen >= 96:
+        return f"{addr.ipv4_mapped}/{plen - 96}" if plen < 128 else str(addr.ipv4_mapped)
+    return f"{addr}/{plen}" if plen < 128 else str(addr)
+
+
+# --- the immutable index ---------------------------------------------------------------------------------------------
+
+_FIB = _U64(0x9E3779B97F4A7C15)
+_COUNT_BITS = 20
+_COUNT_MASK = (1 << _COUNT_BITS) - 1
+DENSE_MAX_SLOTS = 1 << 25
+"""Key spans up to this many slots (and at most 8 per network) use a direct array instead of a hash table."""
+
+
+class _KeyMap:
+    """Map from uint64 network keys to (first position, count) of their bindings, probed vectorised.
+
+    Dense when the keys span a small range (an ISP's IPv4 pools): one array indexed by ``key - base``. Otherwise an
+    open-addressing hash table (Fibonacci hashing, linear probing, load <= 0.5) of 16-byte slots.
+    """
+
+    def __init__(self, keys: np.ndarray, first: np.ndarray, count: np.ndarray) -> None:
+        values = (first.astype(np.int64) << _COUNT_BITS) | np.minimum(count, _COUNT_MASK)
+        self.dense: np.ndarray | None = None
+        self.base = _U64(keys.min()) if len(keys) else _U64(0)
+        span = int(keys.max()) - int(keys.min()) + 1 if len(keys) else 0
+        if 0 < span <= min(DENSE_MAX_SLOTS, max(8 * len(keys), 1 << 16)):
+            self.dense = np.zeros(span + 1, dtype=np.int64)  # the last slot stays empty: out-of-range keys land there
+            self.dense[(keys - self.base).astype(np.int64)] = values
+            return
+        bits = max(int(len(keys) * 2).bit_length(), 4)
+        self.shift = _U64(64 - bits)
+        self.mask = _U64((1 << bits) - 1)
+        self.slots = np.zeros(1 << bits, dtype=[("k", "<u8"), ("v", "<i8")])  # v == 0: empty slot
+        todo = np.arange(len(keys))
+        pos = self._home(keys)
+        while len(todo):
+            p = pos[todo]
+            empty = self.slots["v"][p] == 0
+            # claim empty slots; when two keys race for one slot, exactly one write survives
+            self.slots["v"][p[empty]] = -1 - todo[empty]
+            won = np.zeros(len(todo), dtype=bool)
+            won[empty] = self.slots["v"][p[empty]] == -1 - todo[empty]
+            wp, wi = p[won], todo[won]
+            self.slots["k"][wp], self.slots["v"][wp] = keys[wi], values[wi]
+            todo = todo[~won]
+            pos[todo] = (pos[todo] + _U64(1)) & self.mask
+
+    def _home(self, keys: np.ndarray) -> np.ndarray:
+        with np.errstate(over="ignore"):
+            return (keys * _FIB) >> self.shift
+
+    def get(self, keys: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(first, count) per key; count 0 where absent."""
+        if self.dense is not None:
+            off = keys - self.base  # wraps around for keys below base: out of range either way
+            np.minimum(off, _U64(len(self.dense) - 1), out=off)
+            v = self.dense.take(off.view(np.int64))
+        else:
+            pos = self._home(keys)
+            slot = self.slots[pos]
+            v = np.where(slot["k"] == keys, slot["v"], 0)
+            todo = np.flatnonzero((v == 0) & (slot["v"] != 0))  # collided with another key: probe on
+            while len(todo):
+                pos[todo] = (pos[todo] + _U64(1)) & self.mask
+                slot = self.slots[pos[todo]]
+                hit = slot["k"] == keys[todo]
+                v[todo[hit]] = slot["v"][hit]
+                todo = todo[~hit & (slot["v"] != 0)]
+        return v >> _COUNT_BITS, v & _COUNT_MASK
+
+
+@dataclass
+class _Group:
+    prefix_len: int
+    mask_hi: np.uint64
+    mask_lo: np.uint64
+    mode: str  # "hi" (prefix <= 64), "lo" (all networks share the high half) or "hash"
+    const_hi: np.uint64
+    rows: np.ndarray  # rows of the index, sorted by (network key, valid_from); the arrays below in that order
+    valid_from: np.ndarray
+    valid_to: np.ndarray
+    sub: np.ndarray
+    hi: np.ndarray
+    lo: np.ndarray
+    keymap: _KeyMap | None = None
+
+    def key(self, hi: np.ndarray, lo: np.ndarray) -> np.ndarray:
+        if self.mode == "hi":
+            return hi & self.mask_hi
+        if self.mode == "lo":
+            return lo & self.mask_lo
+        with np.errstate(over="ignore"):
+            # exactness does not depend on this hash: every candidate's network is compared in full
+            return mix64((hi & self.mask_hi) ^ mix64(lo & self.mask_lo))
+
+
+class BindingIndex:
+    """Immutable lookup structure over binding rows (arrays of equal length); ``valid_to`` may be updated in place
+    with :meth:`set_valid_to`."""
+
+    def __init__(self, ids: np.ndarray, sub: np.ndarray, hi: np.ndarray, lo: np.ndarray, plen: np.ndarray,
+                 valid_from: np.ndarray, valid_to: np.ndarray) -> None:
+        self.ids = np.asarray(ids, dtype=np.int64)
+        self.sub = np.asarray(sub, dtype=np.int32)
+        self.hi = np.asarray(hi, dtype=_U64)
+        self.lo = np.asarray(lo, dtype=_U64)
+        self.plen = np.asarray(plen, dtype=np.int16)
+        self.valid_from = np.asarray(valid_from, dtype=np.int64)
+        self.valid_to = np.array(valid_to, dtype=np.int64)  # a copy: updated in place on close
+        self.groups: list[_Group] = []
+        self._row_group = np.zeros(len(self.ids), dtype=np.int16)
+        self._row_gpos = np.zeros(len(self.ids), dtype=np.int64)
+        for p in sorted(np.unique(self.plen).tolist(), reverse=True):
+            self._row_group[self.plen == p] = len(self.groups)
+            self.groups.append(self._build_group(int(p), np.flatnonzero(self.plen == p)))
+        self._id_order = np.argsort(self.ids, kind="stable")
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    def _build_group(self, plen: int, rows: np.ndarray) -> _Group:
+        mhi, mlo = (_U64(m) for m in _masks(plen))
+        hi, lo = self.hi[rows], self.lo[rows]
+        if plen <= 64:
+            mode, const_hi = "hi", _U64(0)
+        elif np.all(hi == hi[0]):
+            mode, const_hi = "lo", hi[0]
+        else:
+            mode, const_hi = "hash", _U64(0)
+        probe = _Group(plen, mhi, mlo, mode, const_hi, rows, *(np.empty(0),) * 5)
+        keys = probe.key(hi, lo)
+        order = np.lexsort((self.valid_from[rows], keys))
+        keys, rows = keys[order], rows[order]
+        self._row_gpos[rows] = np.arange(len(rows))
+        group = _Group(plen, mhi, mlo, mode, const_hi, rows, self.valid_from[rows], self.valid_to[rows],
+                       self.sub[rows], self.hi[rows], self.lo[rows])
+        starts = np.flatnonzero(np.concatenate(([True], keys[1:] != keys[:-1])))
+        counts = np.diff(np.append(starts, len(keys)))
+        group.keymap = _KeyMap(keys[starts], starts, counts)
+        return group
+
+    def set_valid_to(self, rows: np.ndarray, valid_to: np.ndarray) -> None:
+        """End bindings in place (closing never moves a binding in the index)."""
+        self.valid_to[rows] = valid_to
+        for gi, g in enumerate(self.groups):
+            mine = self._row_group[rows] == gi
+            g.valid_to[self._row_gpos[rows[mine]]] = np.asarray(valid_to)[mine] if np.ndim(valid_to) else valid_to
+
+    def lookup(self, hi: np.ndarray, lo: np.ndarray, t: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Per query address at time ``t``: subscriber index (or -1), binding row (or -1) and prefix length (or -1)."""
+        n = len(hi)
+        sub = np.full(n, -1, dtype=np.int32)
+        row = np.full(n, -1, dtype=np.int64)
+        plen = np.full(n, -1, dtype=np.int16)
+        t = np.asarray(t, dtype=np.int64)
+        for g in self.groups:
+            todo = None if g is self.groups[0] else np.flatnonzero(row < 0)
+            if todo is not None and len(todo) == 0:
+                break
+            qhi, qlo, qt = (hi, lo, t) if todo is None else (hi[todo], lo[todo], t[todo])
+            gpos = self._lookup_group(g, qhi, qlo, qt)
+            hit = gpos >= 0
+            where = hit if todo is None else todo[hit]
+            sub[where] = g.sub[gpos[hit]]
+            row[where] = g.rows[gpos[hit]]
+            plen[where] = g.prefix_len
+        return sub, row, plen
+
+    @staticmethod
+    def _lookup_group(g: _Group, hi: np.ndarray, lo: np.ndarray, t: np.ndarray) -> np.ndarray:
+        first, count = g.keymap.get(g.key(hi, lo))
+        # the binding of this network that started last at or before t: step back from the newest
+        pos = first + count - 1
+        np.maximum(pos, 0, out=pos)
+        vf = g.valid_from[pos]
+        back = np.flatnonzero((vf > t) & (count > 1))
+        while len(back):
+            pos[back] -= 1
+            still = (pos[back] > first[back]) & (g.valid_from[pos[back]] > t[back])
+            back = back[still]
+        ok = (count > 0) & (g.valid_from[pos] <= t) & (t < g.valid_to[pos])
+        if g.mode == "lo":  # the key is the whole low half; the high half is the same for the whole group
+            ok &= (hi & g.mask_hi) == g.const_hi
+        elif g.mode == "hash":
+            ok &= (g.hi[pos] == (hi & g.mask_hi)) & (g.lo[pos] == (lo & g.mask_lo))
+        return np.where(ok, pos, -1)
+
+    def rows_of_ids(self, ids: np.ndarray) -> np.ndarray:
+        """Rows holding binding ``ids`` (-1 where absent)."""
+        ids = np.asarray(ids, dtype=np.int64)
+        if not len(self.ids):
+            return np.full(len(ids), -1, dtype=np.int64)
+        pos = np.searchsorted(self.ids, ids, sorter=self._id_order)
+        pos = np.minimum(pos, len(self.ids) - 1)
+        rows = self._id_order[pos]
+        return np.where(self.ids[rows] == ids, rows, -1)
+
+
+# --- the durable, mutable store --------------------------------------------------------------------------------------
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS bindings (
+    id INTEGER PRIMARY KEY,
+    subscriber_id TEXT NOT NULL,
+    net_hi INTEGER NOT NULL,
+    net_lo INTEGER NOT NULL,
+    prefix_len INTEGER NOT NULL,
+    valid_from INTEGER NOT NULL,
+    valid_to INTEGER NOT NULL,
+    source TEXT NOT NULL,
+    session_id TEXT NOT NULL DEFAULT '',
+    nas TEXT NOT NULL DEFAULT '',
+    seq INTEGER NOT NULL
+);
+CREATE INDEX IF NOT EXISTS bindings_seq ON bindings(seq);
+CREATE INDEX IF NOT EXISTS bindings_net ON bindings(net_hi, net_lo, prefix_len, valid_to);
+CREATE INDEX IF NOT EXISTS bindings_session ON bindings(session_id, valid_to);
+CREATE INDEX IF NOT EXISTS bindings_nas ON bindings(nas, valid_to);
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value INTEGER NOT NULL);
+"""
+
+
+def _s64(u: int) -> int:
+    """uint64 as the signed int64 SQLite stores."""
+    return u - (1 << 64) if u >= 1 << 63 else u
+
+
+def _u64(s: int) -> int:
+    return s + (1 << 64) if s < 0 else s
+
+
+class Bindings:
+    """The binding history: durable in SQLite, indexed in memory for vectorised lookup.
+
+    Writers (the RADIUS listener, the static file loader) call :meth:`open`, :meth:`close_session`,
+    :meth:`close_nas`, :meth:`close_ids` and then :meth:`commit`; readers call :meth:`lookup` and, in other
+    processes, :meth:`refresh`. Not thread-safe for writers; lookups may run while another thread commits.
+    """
+
+    def __init__(self, path: str | os.PathLike | None = None) -> None:
+        """Open (or create) the store at ``path``; ``None`` keeps it in memory (tests, benchmarks)."""
+        if path is not None:
+            Path(path).parent.mkdir(parents=True, exist_ok=True)
+        self.path = str(path) if path is not None else ":memory:"
+        self.conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
+        self.conn.execute("PRAGMA journal_mode=WAL")
+        self.conn.execute("PRAGMA synchronous=FULL")
+        self.conn.execute("PRAGMA busy_timeout=10000")
+        self.conn.executescript(_SCHEMA)
+        self._lock = threading.Lock()
+        self._names: list[str] = []
+        self._name_hashes: list[int] = []
+        self._name_index: dict[str, int] = {}
+        self._in_tx = False
+        self._changed: set[int] = set()
+        self._last_seq = 0
+        self._base = BindingIndex(*(np.empty(0) for _ in range(7)))
+        self._delta_rows: dict[int, tuple] = {}
+        self._delta = self._base
+        self._load_all()
+
+    # subscriber names <-> dense per-process indexes
+    def subscriber_index(self, name: str) -> int:
+        """Dense index of a subscriber id (stable for this process's lifetime)."""
+        idx = self._name_index.get(name)
+        if idx is None:
+            idx = self._name_index[name] = len(self._names)
+            self._names.append(name)
+            self._name_hashes.append(string_hash(name))
+        return idx
+
+    @property
+    def subscriber_names(self) -> np.ndarray:
+        """Object array of subscriber ids by dense index."""
+        return np.array(self._names, dtype=object)
+
+    def subscriber_arrays(self) -> tuple[np.ndarray, np.ndarray]:
+        """(names, 64-bit hashes of the names) by dense index, each with one extra last entry ("", 0) so that
+        index -1 (no subscriber) maps to the empty id."""
+        n = len(self._names)
+        if getattr(self, "_arrays_n", -1) != n:
+            names = np.empty(n + 1, dtype=object)
+            names[:n] = self._names
+            names[n] = ""
+            hashes = np.zeros(n + 1, dtype=_U64)
+            hashes[:n] = self._name_hashes
+            self._arrays, self._arrays_n = (names, hashes), n
+        return self._arrays
+
+    def __len__(self) -> int:
+        return len(self._base) + len(self._delta_rows)
+
+    # --- writing ---
+    def _begin(self) -> None:
+        if not self._in_tx:
+            self.conn.execute("BEGIN IMMEDIATE")
+            self._in_tx = True
+
+    def _next_seq(self) -> int:
+        row = self.conn.execute("SELECT value FROM meta WHERE key='seq'").fetchone()
+        seq = (row[0] if row else 0) + 1
+        self.conn.execute("INSERT OR REPLACE INTO meta(key, value) VALUES('seq', ?)", (seq,))
+        return seq
+
+    def open(self, subscriber_id: str, network: str | tuple[int, int, int], valid_from: int,
+             valid_to: int = OPEN_END_MS, source: str = "static", session_id: str = "", nas: str = "") -> int:
+        """Add a binding (in the current transaction) and close other open bindings of the same network at
+        ``valid_from``. Returns the binding id."""
+        hi, lo, plen = parse_network(network) if isinstance(network, str) else network
+        self._begin()
+        seq = self._next_seq()
+        cur = self.conn.execute(
+            "SELECT id FROM bindings WHERE net_hi=? AND net_lo=? AND prefix_len=? AND valid_to>? AND valid_from<=?",
+            (_s64(hi), _s64(lo), plen, valid_from, valid_from))
+        stale = [r[0] for r in cur.fetchall()]
+        if stale:
+            self.conn.executemany("UPDATE bindings SET valid_to=?, seq=? WHERE id=?",
+                                  [(valid_from, seq, i) for i in stale])
+            self._changed.update(stale)
+        cur = self.conn.execute(
+            "INSERT INTO bindings(subscriber_id, net_hi, net_lo, prefix_len, valid_from, valid_to, source, "
+            "session_id, nas, seq) VALUES (?,?,?,?,?,?,?,?,?,?)",
+            (subscriber_id, _s64(hi), _s64(lo), plen, valid_from, valid_to, source, session_id, nas, seq))
+        self._changed.add(cur.lastrowid)
+        return int(cur.lastrowid)
+
+    def _close_where(self, where: str, args: tuple, valid_to: int) -> int:
+        self._begin()
+        ids = [r[0] for r in self.conn.execute(f"SELECT id FROM bindings WHERE {where} AND valid_to>?",
+                                               (*args, valid_to)).fetchall()]
+        if ids:
+            seq = self._next_seq()
+            # never end a binding before its start: such a binding becomes empty, not negative
+            self.conn.executemany("UPDATE bindings SET valid_to=max(valid_from, ?), seq=? WHERE id=?",
+                                  [(valid_to, seq, i) for i in ids])
+            self._changed.update(ids)
+        return len(ids)
+
+    def close_session(self, session_id: str, valid_to: int) -> int:
+        """End the open bindings of a RADIUS session at ``valid_to``; returns how many."""
+        return self._close_where("session_id=?", (session_id,), valid_to)
+
+    def close_nas(self, nas: str, valid_to: int) -> int:
+        """End every open RADIUS binding reported by ``nas`` (Accounting-On/Off); returns how many."""
+        return self._close_where("nas=? AND source='radius'", (nas,), valid_to)
+
+    def close_ids(self, ids: list[int], valid_to: int) -> int:
+        """End the given bindings at ``valid_to`` (static file entries that disappeared)."""
+        n = 0
+        for i in ids:
+            n += self._close_where("id=?", (i,), valid_to)
+        return n
+
+    def session_bindings(self, session_id: str) -> list[tuple[int, str, int, int, int]]:
+        """Open bindings of a session: (id, subscriber, hi, lo, prefix length)."""
+        return [(r[0], r[1], _u64(r[2]), _u64(r[3]), r[4]) for r in self.conn.execute(
+            "SELECT id, subscriber_id, net_hi, net_lo, prefix_len FROM bindings WHERE session_id=? AND valid_to>=?",
+            (session_id, OPEN_END_MS)).fetchall()]
+
+    def commit(self) -> pa.RecordBatch:
+        """Make the current transaction durable (fsync), apply it to the index, return the changed bindings as a
+        ``bindings`` table batch (for the outputs)."""
+        if self._in_tx:
+            self.conn.execute("COMMIT")
+            self._in_tx = False
+        changed, self._changed = self._changed, set()
+        return self._apply(self._fetch("id IN (SELECT value FROM json_each(?))", (str(sorted(changed)),))
+                           if changed else [])
+
+    def rollback(self) -> None:
+        """Drop the current transaction."""
+        if self._in_tx:
+            self.conn.execute("ROLLBACK")
+            self._in_tx = False
+        self._changed.clear()
+
+    # --- reading ---
+    def _fetch(self, where: str, args: tuple) -> list[tuple]:
+        return self.conn.execute(
+            "SELECT id, subscriber_id, net_hi, net_lo, prefix_len, valid_from, valid_to, source, session_id, nas, "
+            f"seq FROM bindings WHERE {where} ORDER BY id", args).fetchall()
+
+    def _load_all(self) -> None:
+        rows = self._fetch("1", ())
+        self._last_seq = max((r[10] for r in rows), default=0)
+        self._rebuild(rows)
+
+    def _rebuild(self, rows: list[tuple]) -> None:
+        n = len(rows)
+        ids = np.fromiter((r[0] for r in rows), dtype=np.int64, count=n)
+        sub = np.fromiter((self.subscriber_index(r[1]) for r in rows), dtype=np.int32, count=n)
+        hi = np.fromiter((_u64(r[2]) for r in rows), dtype=_U64, count=n)
+        lo = np.fromiter((_u64(r[3]) for r in rows), dtype=_U64, count=n)
+        plen = np.fromiter((r[4] for r in rows), dtype=np.int16, count=n)
+        vf = np.fromiter((r[5] for r in rows), dtype=np.int64, count=n)
+        vt = np.fromiter((r[6] for r in rows), dtype=np.int64, count=n)
+        with self._lock:
+            self._base = BindingIndex(ids, sub, hi, lo, plen, vf, vt)
+            self._delta_rows = {}
+            self._delta = BindingIndex(*(np.empty(0) for _ in range(7)))
+
+    def refresh(self) -> int:
+        """Pick up changes committed by other processes since the last call; returns how many rows changed."""
+        rows = self._fetch("seq>?", (self._last_seq,))
+        if rows:
+            self._apply(rows)
+        return len(rows)
+
+    def _apply(self, rows: list[tuple]) -> pa.RecordBatch:
+        if not rows:
+            return BINDINGS.to_arrow({})
+        self._last_seq = max(self._last_seq, max(r[10] for r in rows))
+        ids = np.array([r[0] for r in rows], dtype=np.int64)
+        vt = np.array([r[6] for r in rows], dtype=np.int64)
+        base_rows = self._base.rows_of_ids(ids)
+        with self._lock:
+            in_base = base_rows >= 0
+            self._base.set_valid_to(base_rows[in_base], vt[in_base])  # closing: in place, no rebuild
+            new = [r for r, b in zip(rows, in_base, strict=True) if not b]
+            for r in new:
+                self._delta_rows[r[0]] = r
+        if len(self._delta_rows) > DELTA_REBUILD_ROWS:
+            self._load_all()
+        elif new:
+            d = sorted(self._delta_rows.values())
+            delta = BindingIndex(
+                np.array([r[0] for r in d], dtype=np.int64),
+                np.array([self.subscriber_index(r[1]) for r in d], dtype=np.int32),
+                np.array([_u64(r[2]) for r in d], dtype=_U64), np.array([_u64(r[3]) for r in d], dtype=_U64),
+                np.array([r[4] for r in d], dtype=np.int16), np.array([r[5] for r in d], dtype=np.int64),
+                np.array([r[6] for r in d], dtype=np.int64))
+            with self._lock:
+                self._delta = delta
+        return self._to_batch(rows)
+
+    @staticmethod
+    def _to_batch(rows: list[tuple]) -> pa.RecordBatch:
+        hi = np.array([_u64(r[2]) for r in rows], dtype=_U64)
+        lo = np.array([_u64(r[3]) for r in rows], dtype=_U64)
+        nas = np.zeros(len(rows), dtype="S16")
+        for i, r in enumerate(rows):
+            if r[9]:
+                try:
+                    h, lw, _ = parse_network(r[9])
+                    nas[i] = join_addresses(np.array([h], _U64), np.array([lw], _U64))[0]
+                except ValueError:
+                    pass
+        return BINDINGS.to_arrow({
+            "binding_id": np.array([r[0] for r in rows], dtype=np.uint64),
+            "version": np.array([r[10] for r in rows], dtype=np.uint64),
+            "subscriber_id": np.array([r[1] for r in rows], dtype=object),
+            "network": join_addresses(hi, lo),
+            "prefix_len": np.array([r[4] for r in rows], dtype=np.uint8),
+            "valid_from": np.array([r[5] for r in rows], dtype=np.int64),
+            "valid_to": np.array([r[6] for r in rows], dtype=np.int64),
+            "source": np.array([r[7] for r in rows], dtype=object),
+            "session_id": np.array([r[8] for r in rows], dtype=object),
+            "nas": nas,
+        })
+
+    def all_bindings(self) -> pa.RecordBatch:
+        """Every binding as a ``bindings`` table batch (for ``flowmed bindings export``)."""
+        return self._to_batch(self._fetch("1", ()))
+
+    def lookup(self, addresses: np.ndarray, times_ms: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Subscriber index (or -1) and binding id (or -1) of each ``S16`` address at each time (int64 ms)."""
+        hi, lo = split_addresses(addresses)
+        return self.lookup_split(hi, lo, np.asarray(times_ms, dtype=np.int64))
+
+    def lookup_split(self, hi: np.ndarray, lo: np.ndarray, t: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """:meth:`lookup` on addresses already split into uint64 halves."""
+        with self._lock:
+            base, delta = self._base, self._delta
+        sub, row, plen = base.lookup(hi, lo, t)
+        bid = np.where(row >= 0, base.ids[np.maximum(row, 0)] if len(base) else -1, -1)
+        if len(delta):
+            dsub, drow, dplen = delta.lookup(hi, lo, t)
+            dfrom = delta.valid_from[np.maximum(drow, 0)]
+            bfrom = base.valid_from[np.maximum(row, 0)] if len(base) else dfrom
+            better = (drow >= 0) & ((dplen > plen) | ((dplen == plen) & (dfrom >= bfrom)))
+            sub = np.where(better, dsub, sub).astype(np.int32)
+            bid = np.where(better, delta.ids[np.maximum(drow, 0)], bid)
+        return sub, bid
+
+    def close(self) -> None:
+        """Close the database (rolls back an unfinished transaction)."""
+        self.rollback()
+        self.conn.close()
+
+
+def index_from_arrays(sub: np.ndarray, addresses: np.ndarray, prefix_len: np.ndarray, valid_from: np.ndarray,
+                      valid_to: np.ndarray) -> BindingIndex:
+    """A :class:`BindingIndex` straight from arrays (benchmarks and bulk loads); ids are row numbers."""
+    hi, lo = split_addresses(addresses)
+    plen = np.asarray(prefix_len, dtype=np.int16)
+    mask_hi = np.where(plen >= 64, _U64(_ALL_ONES), (_U64(_ALL_ONES) << (64 - np.minimum(plen, 64)).astype(_U64)))
+    mask_lo = np.where(plen >= 128, _U64(_ALL_ONES),
+                       np.where(plen <= 64, _U64(0), _U64(_ALL_ONES) << (128 - np.maximum(plen, 64)).astype(_U64)))
+    return BindingIndex(np.arange(len(sub)), sub, hi & mask_hi, lo & mask_lo, plen, valid_from, valid_to)
