@@ -13,6 +13,7 @@ to a list (see :mod:`collector.listener`); a batch is cut at ``listen.batch_data
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import contextlib
 import os
 import signal
@@ -116,7 +117,8 @@ class Pipeline:
             m.datagrams.labels(label(exporter), str(version)).inc(count)
             entry = board.exporter(exporter, received_ms)
             entry.datagrams += count
-            entry.versions.add(int(version))
+            if version:  # 0: not a NetFlow/IPFIX version (counted as an error)
+                entry.versions.add(int(version))
         for (exporter, version), count in _items(result, "records"):
             m.records.labels(label(exporter), str(version)).inc(count)
             board.exporter(exporter, received_ms).records += count
@@ -134,9 +136,16 @@ class Pipeline:
             self.errors_log.log("warning", "decoder limit reached", key=(exporter, limit), count=count,
                                 exporter=exporter, limit=limit)
 
+    def sync_templates(self) -> dict[str, int]:
+        """Templates known per exporter, copied onto the status board; returns them."""
+        known = self.decoder.templates_known()
+        for exporter, entry in self.board.exporters.items():
+            entry.templates = known.get(exporter, 0)
+        return known
+
     def refresh_gauges(self, now: int) -> None:
         """Once a tick: template counts and held bytes from the decoder; expiry of stale decoder state."""
-        m, label, board = self.metrics, self.metrics.exporter_label, self.board
+        m, label = self.metrics, self.metrics.exporter_label
         try:
             expired = self.decoder.expire(now)
         except Exception as exc:  # a bug; expiry is housekeeping, the daemon goes on
@@ -149,10 +158,8 @@ class Pipeline:
                                     count=count, exporter=exporter, reason=reason)
             elif reason == "exporter_expired":
                 log("info", "exporter forgotten after being idle", exporter=exporter)
-        for exporter, count in self.decoder.templates_known().items():
+        for exporter, count in self.sync_templates().items():
             m.templates.labels(label(exporter)).set(count)
-            if exporter in board.exporters:
-                board.exporters[exporter].templates = count
         m.exporters.set(len(self.decoder.exporters))
         m.pending_bytes.set(self.decoder.pending_bytes())
 
@@ -307,7 +314,7 @@ class Server:
         mediator = make_mediator(cfg) if self._mediator_arg == "auto" else self._mediator_arg
         self.pipeline = Pipeline(cfg, self.metrics, sink, mediator, decoder)
         if self.worker is None and cfg.metrics.enabled:
-            self.http = status_mod.HttpServer(cfg.metrics.listen, self.registry, lambda: self.snapshot)
+            self.http = status_mod.HttpServer(cfg.metrics.listen, self.registry, self.fresh_status)
             self.http.start()
         assert self._loop is not None
         for lst in self.listeners:
@@ -522,10 +529,29 @@ class Server:
             self.metrics.state_saves.labels("failed").inc()
             log("error", "template state not saved", path=str(path), error=repr(exc))
 
+    def fresh_status(self) -> dict[str, Any]:
+        """For the HTTP thread: a snapshot built on the event loop now (the last published one if the loop is busy)."""
+        loop = self._loop
+        if loop is None or loop.is_closed():
+            return self.snapshot
+        fut: concurrent.futures.Future[dict[str, Any]] = concurrent.futures.Future()
+
+        def build() -> None:
+            self.publish_status()
+            fut.set_result(self.snapshot)
+
+        try:
+            loop.call_soon_threadsafe(build)
+            return fut.result(timeout=2.0)
+        except (RuntimeError, concurrent.futures.TimeoutError):
+            return self.snapshot
+
     def publish_status(self) -> None:
         """Build the status snapshot (served by the HTTP thread, or written for the supervisor)."""
         p = self.pipeline
         sink = p.sink if p else None
+        if p is not None:
+            p.sync_templates()
         outputs = []
         spool: dict[str, Any] = {}
         for o in getattr(sink, "outputs", []):

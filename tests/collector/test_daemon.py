@@ -1,0 +1,151 @@
+"""The daemon as systemd runs it: a subprocess with NOTIFY_SOCKET, stopped and reloaded with signals."""
+
+from __future__ import annotations
+
+import json
+import signal
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+
+from tests.collector.daemon import Daemon, V9Traffic, stored_flows
+from tests.fixtures.peers import require_tool
+
+
+def _wait_until(predicate, timeout: float = 20.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return
+        time.sleep(0.05)
+    raise AssertionError("condition not reached")
+
+
+def _metric(text: str, name: str) -> float:
+    total = 0.0
+    for line in text.splitlines():
+        if line.startswith(name + "{") or line.startswith(name + " "):
+            total += float(line.rsplit(" ", 1)[1])
+    return total
+
+
+def test_ready_then_sigterm_flushes_everything_received(tmp_path: Path) -> None:
+    """READY=1 after start; every flow sent before SIGTERM is in the store after exit 0; STOPPING=1 was sent."""
+    d = Daemon(tmp_path)  # flush interval 600 s: only the shutdown flush can have written the rows
+    traffic = V9Traffic()
+    try:
+        ready = d.wait_message("READY=1")
+        assert any(line.startswith("STATUS=") for line in ready.splitlines())
+        sent = traffic.send(d.port, 200)
+        rc = d.stop(signal.SIGTERM)
+        assert rc == 0, d.log_text()
+        fields = [line for msg in d.messages for line in msg.splitlines()]
+        assert fields.index("READY=1") < fields.index("STOPPING=1")
+    finally:
+        traffic.close()
+        d.kill()
+    assert stored_flows(d.store) == sent
+    log = d.log_text()
+    assert 'msg="flowmed started"' in log and "listeners=127.0.0.1:" in log
+    stop = next(line for line in log.splitlines() if 'msg="flowmed stopped"' in line)
+    assert f"flows={sent}" in stop and f"rows_written_store={sent}" in stop
+    # the template state was saved at stop, atomically, where the config says
+    assert json.loads((d.store / "state" / "templates.json").read_bytes())["exporters"]
+
+
+def test_sigint_also_flushes(tmp_path: Path) -> None:
+    d = Daemon(tmp_path)
+    traffic = V9Traffic(seed=7)
+    try:
+        d.wait_message("READY=1")
+        sent = traffic.send(d.port, 40)
+        assert d.stop(signal.SIGINT) == 0, d.log_text()
+    finally:
+        traffic.close()
+        d.kill()
+    assert stored_flows(d.store) == sent
+
+
+def test_sighup_with_broken_config_keeps_running_with_the_old(tmp_path: Path) -> None:
+    conf = tmp_path / "collector.toml"
+    conf.write_text('[log]\nlevel = "info"\n')
+    d = Daemon(tmp_path, config=conf)
+    traffic = V9Traffic(seed=3)
+    try:
+        d.wait_message("READY=1")
+        sent = traffic.send(d.port, 20)
+        conf.write_text('[log]\nlevel = "loud"\n[listen]\nbatch_datagrams = -1\n')
+        d.send_signal(signal.SIGHUP)
+        _wait_until(lambda: "configuration reload refused" in d.log_text())
+        assert "log.level" in d.log_text()
+        assert d.proc.poll() is None
+        # still receiving with the old configuration
+        sent += traffic.send(d.port, 20)
+        _wait_until(lambda: _metric(d.get("/metrics"), "flowmed_records_received_total") == sent)
+        assert _metric(d.get("/metrics"), 'flowmed_config_reloads_total{result="refused"}') == 1
+        # a valid change is applied: debug logging switched on by reload
+        conf.write_text('[log]\nlevel = "debug"\n')
+        d.send_signal(signal.SIGHUP)
+        _wait_until(lambda: "configuration reloaded" in d.log_text())
+        assert d.stop() == 0, d.log_text()
+    finally:
+        traffic.close()
+        d.kill()
+    assert stored_flows(d.store) == sent
+
+
+def test_metrics_pass_promtool_and_status_reports_the_exporter(tmp_path: Path) -> None:
+    promtool = require_tool("promtool")
+    d = Daemon(tmp_path)
+    traffic = V9Traffic(seed=11)
+    try:
+        d.wait_message("READY=1")
+        sent = traffic.send(d.port, 30)
+        traffic.sock.sendto(b"\x00\x07garbage", ("127.0.0.1", d.port))  # unknown version: an error, counted
+        _wait_until(lambda: _metric(d.get("/metrics"), "flowmed_records_received_total") == sent)
+        _wait_until(lambda: "flowmed_decode_errors_total{" in d.get("/metrics"))
+        exposition = d.get("/metrics")
+        check = subprocess.run([promtool, "check", "metrics"], input=exposition.encode(), capture_output=True)
+        assert check.returncode == 0, check.stdout.decode() + check.stderr.decode()
+        assert 'flowmed_datagrams_received_total{exporter="127.0.0.1",version="9"} 30.0' in exposition
+        assert 'flowmed_decode_errors_total{exporter="127.0.0.1",reason="unknown_version"} 1.0' in exposition
+        assert "flowmed_build_info{" in exposition
+        # flowmed status reads the same daemon
+        out = subprocess.run(["flowmed", "status", "--set", f"metrics.listen=127.0.0.1:{d.metrics_port}"],
+                             capture_output=True, text=True, cwd=tmp_path)
+        assert out.returncode == 0, out.stderr
+        assert "127.0.0.1" in out.stdout and str(sent) in out.stdout
+        status = json.loads(d.get("/status"))
+        (exporter,) = status["exporters"]
+        assert exporter["address"] == "127.0.0.1" and exporter["versions"] == [9]
+        assert exporter["records"] == sent and exporter["errors"] == 1 and exporter["templates"] == 1
+        assert status["outputs"][0]["name"] == "store"
+        assert d.stop() == 0
+    finally:
+        traffic.close()
+        d.kill()
+
+
+def test_listen_address_in_use_fails_clearly(tmp_path: Path) -> None:
+    import socket
+
+    blocker = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    blocker.bind(("127.0.0.1", 0))
+    port = blocker.getsockname()[1]
+    try:
+        d = Daemon(tmp_path, f'listen.udp=["127.0.0.1:{port}"]')
+        rc = d.proc.wait(30)
+        d.kill()
+    finally:
+        blocker.close()
+    assert rc == 1
+    assert "cannot start" in d.log_text() and "Address already in use" in d.log_text()
+
+
+@pytest.mark.parametrize("bad", ["listen.udp=[\"nonsense\"]", "service.workers=0"])
+def test_run_refuses_an_invalid_config_with_status_2(tmp_path: Path, bad: str) -> None:
+    out = subprocess.run(["flowmed", "run", "--set", bad], capture_output=True, text=True, cwd=tmp_path, timeout=60)
+    assert out.returncode == 2
+    assert bad.split("=")[0] in out.stderr
