@@ -40,10 +40,9 @@ from decoders.schema import TABLES, Table
 TABLE_MODULES = (
     "decoders.schema",
     "mediation.tables",
+    "mediation.ipdr_tables",
     "rating.tables",
-    "decoders.ipdr_tables",
-    "mediation.ipdr_usage",
-    "mediation.compliance",
+    "mediation.compliance_tables",
 )
 """Modules that register tables; :func:`load_tables` imports those that exist (add yours here)."""
 
