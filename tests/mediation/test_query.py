@@ -15,10 +15,10 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pytest
 
+from bench.flowgen import T0_MS, addr, flows_batch
 from decoders.schema import FLOWS, TABLES
 from mediation.query import QueryEngine, QueryError, load_tables, render
 from mediation.store import ParquetStore
-from tests.mediation.flowgen import T0_MS, addr, flows_batch
 
 pytest.importorskip("chdb")
 

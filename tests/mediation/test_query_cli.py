@@ -8,12 +8,12 @@ from pathlib import Path
 import numpy as np
 from click.testing import CliRunner
 
+from bench.flowgen import T0_MS, addr
 from collector.cli import main
 from collector.commands.query import schema_markdown
 from decoders.schema import FLOWS
 from mediation.query import load_tables
 from mediation.store import ParquetStore
-from tests.mediation.flowgen import T0_MS, addr
 
 ROOT = Path(__file__).resolve().parents[2]
 

@@ -10,11 +10,11 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import pytest
 
+from bench.flowgen import flows_batch
 from decoders.schema import FLOWS, TABLES, Column, table
 from mediation.outputs import BatchIdGenerator, Output, batch_id_time_ms
 from mediation.sink import Sink
 from mediation.store import ParquetStore
-from tests.mediation.flowgen import flows_batch
 
 NOTES = TABLES.get("test_sink_notes") or table(
     "test_sink_notes", "Test-only table without a batch_id column.",

@@ -12,6 +12,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import pytest
 
+from bench.flowgen import T0_MS, flows_batch
 from decoders.schema import FLOWS, TABLES, Column, table
 from mediation.store import (
     HOUR_MS,
@@ -21,7 +22,6 @@ from mediation.store import (
     check_parquet,
     partition_of,
 )
-from tests.mediation.flowgen import T0_MS, flows_batch
 
 DEAD_PID = 99_999_999  # above Linux's pid_max: never a live process
 

@@ -1,4 +1,4 @@
-"""Synthetic ``flows`` batches for the store, sink and query tests and benchmarks (vectorised, seeded)."""
+"""Synthetic ``flows`` batches for the store, sink and query benchmarks and tests (vectorised, seeded)."""
 
 from __future__ import annotations
 
