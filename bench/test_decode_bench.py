@@ -1,0 +1,95 @@
+"""Decode rate of flowmed's ``FlowDecoder`` vs the PyPI ``netflow`` package, on the same datagrams in memory.
+
+    taskset -c 0 python -m pytest bench/test_decode_bench.py --benchmark-enable --benchmark-columns=mean,stddev,rounds
+
+Each benchmark decodes a batch of pre-encoded datagrams (30 flow records each, fixed-length IPv4 templates, as
+``bench.exporter.bulk_datagrams`` builds them; v9 with sysUptime times, IPFIX with millisecond times) and asserts
+the number of records decoded, so a broken decoder cannot look fast. Records per second = records per round / mean
+round time; ``extra_info`` carries the record count. flowmed decodes the batch in one ``decode`` call (as the daemon
+does); ``netflow`` is called per datagram through its packet classes (``V5ExportPacket``, ``V9ExportPacket``,
+``IPFIXExportPacket``), not ``parse_packet()``, which misreads datagrams that happen to be valid UTF-8.
+
+With ``--benchmark-disable`` (the default in the test suite) each benchmark runs once on a few datagrams, as a plain
+test of the same code.
+"""
+
+from __future__ import annotations
+
+import pytest
+
+from bench.exporter import bulk_datagrams
+
+T0 = 1_764_000_000_000
+RECORDS = 30
+EXPORTER = "127.0.0.1"
+
+
+def _enabled(benchmark) -> bool:
+    """False under --benchmark-disable (the suite's default): run once, on little data."""
+    return not benchmark.disabled
+
+
+def _datagrams(benchmark, version: int, impl: str) -> tuple[list[bytes], bytes | None]:
+    # netflow is ~100x slower: give it fewer datagrams so a round stays short
+    n = (2000 if impl == "flowmed" else 200) if _enabled(benchmark) else 5
+    return bulk_datagrams(version, n, RECORDS, export_ms=T0, seed=version)
+
+
+def _flowmed(datagrams: list[bytes], template: bytes | None):
+    from decoders.flows import FlowDecoder
+
+    decoder = FlowDecoder()
+    if template is not None:
+        decoder.decode([(template, EXPORTER, T0)])
+    items = [(d, EXPORTER, T0) for d in datagrams]
+
+    def run() -> int:
+        result = decoder.decode(items)
+        assert not result.errors
+        return result.n_flows
+
+    return run
+
+
+def _netflow(version: int, datagrams: list[bytes], template: bytes | None):
+    import netflow.ipfix
+    import netflow.v5
+    import netflow.v9
+
+    if version == 5:
+        def run() -> int:
+            return sum(len(netflow.v5.V5ExportPacket(d).flows) for d in datagrams)
+        return run
+    cls = netflow.v9.V9ExportPacket if version == 9 else netflow.ipfix.IPFIXExportPacket
+    templates: dict = {}
+    cls(template, templates)
+
+    def run_templated() -> int:
+        return sum(len(cls(d, templates).flows) for d in datagrams)
+
+    return run_templated
+
+
+@pytest.mark.parametrize("impl", ["flowmed", "netflow"])
+@pytest.mark.parametrize("version", [5, 9, 10])
+def test_decode_rate(benchmark, version: int, impl: str) -> None:
+    datagrams, template = _datagrams(benchmark, version, impl)
+    run = _flowmed(datagrams, template) if impl == "flowmed" else _netflow(version, datagrams, template)
+    expected = len(datagrams) * RECORDS
+    benchmark.group = f"decode v{version}"
+    benchmark.extra_info.update(records=expected, datagrams=len(datagrams), version=version, impl=impl)
+    rounds = 20 if impl == "flowmed" else 5
+    decoded = benchmark.pedantic(run, rounds=rounds, warmup_rounds=1) if _enabled(benchmark) else benchmark(run)
+    assert decoded == expected
+
+
+@pytest.mark.parametrize("version", [9, 10])
+def test_decode_rate_ipv6(benchmark, version: int) -> None:
+    """flowmed only: IPv6 templates (16-byte addresses) at the same record count."""
+    n = 2000 if _enabled(benchmark) else 5
+    datagrams, template = bulk_datagrams(version, n, RECORDS, export_ms=T0, ipv6=True, seed=version)
+    run = _flowmed(datagrams, template)
+    benchmark.group = f"decode v{version} ipv6"
+    benchmark.extra_info.update(records=n * RECORDS, datagrams=n, version=version, impl="flowmed")
+    decoded = benchmark.pedantic(run, rounds=20, warmup_rounds=1) if _enabled(benchmark) else benchmark(run)
+    assert decoded == n * RECORDS
