@@ -47,6 +47,7 @@ from rating.timebase import cycles, local_fields
 USAGE_KEY = ("subscriber_id", "interval_start", "interval_end", "direction", "traffic_class")
 DIRECTION_NAMES = ("up", "down")
 INT64_MAX = np.iinfo(np.int64).max
+EVENT_BUCKET_MS = 900_000
 
 RECORD_FIELDS = (
     ("record_id", pa.string()), ("subscriber_id", pa.string()), ("plan_id", pa.string()),
@@ -497,8 +498,12 @@ def _percentile(samples: np.ndarray, pct: int) -> int:
 
 
 def _unrated_events(rows: _Rows, bad: np.ndarray, reasons: np.ndarray) -> pa.Table:
-    """Unrated usage, summed per (subscriber, UTC day, reason): never dropped silently."""
-    day = rows.start[bad] // 86_400_000 * 86_400_000
+    """Unrated usage, summed per (subscriber, 15-minute bucket, reason): never dropped silently.
+
+    15 minutes: every billing cycle starts on a quarter hour of UTC (all timezone offsets are multiples of 15
+    minutes), so a bucket never straddles the start of a rating period.
+    """
+    day = rows.start[bad] // EVENT_BUCKET_MS * EVENT_BUCKET_MS
     t = pa.table({"subscriber_id": _dict_strings(rows.sub[bad], rows.sub_names), "day": day,
                   "reason": pa.array(reasons.tolist(), type=pa.string()), "bytes": rows.bytes[bad]})
     g = t.group_by(["subscriber_id", "day", "reason"]).aggregate([("bytes", "sum")])

@@ -1,0 +1,432 @@
+"""The rating job: read closed usage from the store, rate it, write what changed.
+
+One run (:meth:`RatingJob.run`):
+
+1. takes the lease in the store (:mod:`rating.lease`): one rating job at a time, whatever host it runs on;
+2. decides the period: whole billing cycles, from the start of the cycle ``lookback_cycles`` before the current one
+   (``rate``) or the cycles overlapping ``--from/--to`` (``rerate``), up to ``closed_until`` = now minus
+   ``mediation.watermark_s`` minus ``rating.extra_lateness_s`` (only closed intervals are rated);
+3. reads the usage of that period through :class:`mediation.query.QueryEngine`, summed per key over every collector
+   host, worker and correction row (``GROUP BY``), for the billed ``source`` only;
+4. rates it (:func:`rating.engine.rate`, a pure function: the same usage always gives the same records);
+5. reads the current state of ``rated_usage`` for the same scope (newest version per record) and writes only the
+   difference: new records as version 1, changed ones as version + 1, records that disappeared as a void version.
+   A second run over unchanged usage writes nothing; a late correction row changes exactly the affected records;
+6. writes the events the same way, a ``rating_runs`` row, and releases the lease.
+
+Writes go through the configured outputs (embedded Parquet store, ClickHouse), and a run waits until ClickHouse has
+them (its spool drained), so the next run (or the BSS) reads what this one wrote.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from decoders.schema import Table
+from rating import tables as rt
+from rating.assignments import AssignmentFile, Assignments
+from rating.engine import EVENT_BUCKET_MS, EVENT_SCHEMA, RECORD_SCHEMA, rate, sum_usage
+from rating.lease import StoreLease
+from rating.plans import PlanBook, load_plans
+from rating.timebase import cycle_bounds, cycles
+
+log = logging.getLogger(__name__)
+
+COMPARED = ("void", "subscriber_id", "plan_id", "plan_version", "rate_card", "interval_end", "bytes",
+            "billable_quantity", "quantity_unit", "allowance_quantity", "cycle_to_date", "amount_micros", "currency",
+            "cycle")
+EVENT_COMPARED = ("kind", "reason", "subscriber_id", "plan_id", "cycle", "event_time", "bytes", "detail")
+
+
+def sql_time(ms: int) -> str:
+    """A UTC instant (whole seconds) as SQL that every backend compares with DateTime and DateTime64 columns."""
+    return f"toDateTime({int(ms) // 1000}, 'UTC')"
+
+
+def sql_string(text: str) -> str:
+    return "'" + text.replace("\\", "\\\\").replace("'", "\\'") + "'"
+
+
+def iso(ms: int) -> str:
+    return datetime.fromtimestamp(ms / 1000, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+@dataclass
+class RunReport:
+    run_id: str
+    kind: str
+    period_from: int
+    period_to: int
+    closed_until: int
+    usage_rows: int = 0
+    records_new: int = 0
+    records_changed: int = 0
+    records_voided: int = 0
+    records_unchanged: int = 0
+    events_written: int = 0
+    unrated_bytes: int = 0
+    per_subscriber: dict[tuple[str, str], tuple[int, int]] = field(default_factory=dict)
+    """(subscriber, currency) -> (amount before, amount after) in micro-units, for subscribers whose total changed."""
+
+    @property
+    def amount_delta(self) -> int:
+        return sum(after - before for before, after in self.per_subscriber.values())
+
+
+class RatingJob:
+    """The rating job for one configuration. ``engine``/``outputs`` default to those the configuration describes."""
+
+    def __init__(self, config, *, engine=None, outputs=None, clock=time.time, owner: str | None = None,
+                 plans: PlanBook | None = None, assignments: Assignments | None = None) -> None:
+        from mediation.outputs import BatchIdGenerator
+        from mediation.query import QueryEngine, load_tables
+
+        load_tables()
+        self.config = config
+        self.clock = clock
+        self._own_engine = engine is None
+        self.engine = engine if engine is not None else QueryEngine.for_config(config, config.rating.target)
+        self._own_outputs = outputs is None
+        self.outputs = outputs if outputs is not None else build_rating_outputs(config)
+        self._plans = plans
+        self._assignments = assignments
+        self._assignment_file = None if assignments is not None else AssignmentFile(
+            config.data_path(config.rating.assignments_file))
+        self.batch_ids = BatchIdGenerator(worker=255)  # 255: never a collector worker, so batch ids never collide
+        self.lease = StoreLease(self.engine.query, self._write_visible, owner=owner,
+                                ttl_s=config.rating.lease_ttl_s, clock=clock)
+
+    # --- inputs -----------------------------------------------------------------------------------------------------
+
+    @property
+    def plans(self) -> PlanBook:
+        if self._plans is None:
+            self._plans = load_plans(self.config.data_path(self.config.rating.plans_file))
+        return self._plans
+
+    @property
+    def assignments(self) -> Assignments:
+        if self._assignments is not None:
+            return self._assignments
+        assert self._assignment_file is not None
+        return self._assignment_file.current()
+
+    def closed_until(self, now_ms: int) -> int:
+        lateness = self.config.mediation.watermark_s + self.config.rating.extra_lateness_s
+        return (now_ms - int(lateness * 1000)) // 1000 * 1000
+
+    def _calendars(self) -> set[tuple[str, int]]:
+        return {(v[0].timezone, v[0].cycle_day) for v in self.plans.plans.values()}
+
+    def period_for_rate(self, closed_until: int) -> tuple[int, int]:
+        """From the start of the cycle ``lookback_cycles`` before the current one (earliest over plans)."""
+        starts = []
+        for tz, day in self._calendars():
+            _, _, idx, labels = cycles(tz, day, np.array([max(closed_until - 1, 0)]))
+            y, m = map(int, labels[int(idx[0])].split("-"))
+            m -= self.config.rating.lookback_cycles
+            while m < 1:
+                y, m = y - 1, m + 12
+            starts.append(cycle_bounds(tz, day, f"{y:04d}-{m:02d}")[0])
+        return (min(starts) if starts else closed_until), closed_until
+
+    def period_for_range(self, from_ms: int, to_ms: int, closed_until: int) -> tuple[int, int]:
+        """The whole cycles (of every plan calendar) overlapping [from, to), up to closed_until."""
+        lo, hi = from_ms, to_ms
+        for tz, day in self._calendars():
+            cs, _, _, _ = cycles(tz, day, np.array([from_ms]))
+            _, ce, _, _ = cycles(tz, day, np.array([max(to_ms - 1, from_ms)]))
+            lo, hi = min(lo, int(cs[0])), max(hi, int(ce[0]))
+        return lo, min(hi, closed_until)
+
+    # --- reading ----------------------------------------------------------------------------------------------------
+
+    def read_usage(self, period: tuple[int, int], subscriber: str | None = None) -> pa.Table:
+        """Usage of closed intervals in ``period``, summed per key over all collectors, workers and corrections."""
+        final = " FINAL" if self.engine.target == "clickhouse" else ""  # usage is a ReplacingMergeTree there
+        sub = f" AND subscriber_id = {sql_string(subscriber)}" if subscriber else ""
+        sql = (
+            "SELECT subscriber_id, interval_start, interval_end, direction, traffic_class, sum(bytes) AS bytes "
+            f"FROM usage{final} WHERE source = {sql_string(self.config.rating.source)} "
+            "AND direction IN ('up', 'down') AND subscriber_id != '' "
+            f"AND interval_start >= {sql_time(period[0])} AND interval_end <= {sql_time(period[1])}{sub} "
+            "GROUP BY subscriber_id, interval_start, interval_end, direction, traffic_class")
+        t = self.engine.query(sql)
+        if t.num_rows == 0:
+            return pa.table({"subscriber_id": pa.array([], pa.string()), "interval_start": pa.array([], pa.int64()),
+                             "interval_end": pa.array([], pa.int64()), "direction": pa.array([], pa.string()),
+                             "traffic_class": pa.array([], pa.string()), "bytes": pa.array([], pa.int64())})
+        return t
+
+    def _scope(self, column: str, period: tuple[int, int], subscriber: str | None) -> str:
+        cond = f"{column} >= {sql_time(period[0])} AND {column} < {sql_time(period[1])}"
+        return cond + (f" AND subscriber_id = {sql_string(subscriber)}" if subscriber else "")
+
+    def read_current(self, period: tuple[int, int], subscriber: str | None = None) -> pa.Table:
+        """Newest version of every rated record in scope, void ones included."""
+        t = self.engine.query(rt.current_sql(self._scope("interval_start", period, subscriber), include_void=True))
+        return _normalise(t, rt.RATED_USAGE)
+
+    def read_current_events(self, period: tuple[int, int], subscriber: str | None = None) -> pa.Table:
+        t = self.engine.query(
+            f"SELECT * FROM rating_events WHERE {self._scope('period_start', period, subscriber)} "
+            "ORDER BY event_id, version DESC LIMIT 1 BY event_id")
+        return _normalise(t, rt.RATING_EVENTS)
+
+    # --- the run ----------------------------------------------------------------------------------------------------
+
+    def run(self, kind: str = "rate", *, from_ms: int | None = None, to_ms: int | None = None,
+            subscriber: str | None = None, now_ms: int | None = None) -> RunReport:
+        """One run under the lease: ``rate`` (current and lookback cycles) or ``rerate`` (cycles over from/to)."""
+        now = int(self.clock() * 1000) if now_ms is None else now_ms
+        closed = self.closed_until(now)
+        if kind == "rerate":
+            if from_ms is None or to_ms is None or to_ms <= from_ms:
+                raise ValueError("rerate needs --from before --to")
+            period = self.period_for_range(from_ms, to_ms, closed)
+        else:
+            period = self.period_for_rate(closed)
+        run_id = f"{kind}-{iso(now).replace(':', '').replace('-', '')}-{self.lease.owner.rsplit(':', 1)[-1]}"
+        report = RunReport(run_id, kind, period[0], period[1], closed)
+        self.lease.acquire()
+        try:
+            if period[1] > period[0]:
+                self._rate_period(report, period, subscriber, now)
+            self._write_visible(rt.RATING_RUNS, rt.RATING_RUNS.to_arrow({
+                "run_id": [run_id], "kind": [kind], "owner": [self.lease.owner], "started": [now],
+                "finished": [int(self.clock() * 1000)], "period_from": [period[0]], "period_to": [period[1]],
+                "closed_until": [closed], "subscriber_filter": [subscriber or ""], "usage_rows": [report.usage_rows],
+                "records_new": [report.records_new], "records_changed": [report.records_changed],
+                "records_voided": [report.records_voided], "records_unchanged": [report.records_unchanged],
+                "events_written": [report.events_written], "unrated_bytes": [report.unrated_bytes],
+                "amount_delta_micros": [report.amount_delta]}))
+        finally:
+            self.lease.release()
+        log.info("rating run %s: period %s..%s, %d usage rows, %d new, %d changed, %d voided, %d unchanged records",
+                 run_id, iso(period[0]), iso(period[1]), report.usage_rows, report.records_new,
+                 report.records_changed, report.records_voided, report.records_unchanged)
+        return report
+
+    def _rate_period(self, report: RunReport, period: tuple[int, int], subscriber: str | None, now: int) -> None:
+        usage = sum_usage(self.read_usage(period, subscriber))
+        result = rate(usage, self.plans, self.assignments, closed_until_ms=period[1], presummed=True)
+        report.usage_rows = result.usage_rows
+        report.unrated_bytes = result.unrated_bytes
+        current = self.read_current(period, subscriber)
+        writes, counts, per_sub = diff_records(result.records, current)
+        report.records_new, report.records_changed, report.records_voided, report.records_unchanged = counts
+        report.per_subscriber = per_sub
+        if writes.num_rows:
+            writes = _finish(writes, rt.RATED_USAGE, report.run_id, now)
+            self._write_visible(rt.RATED_USAGE, writes)
+        events = _bucket_events(result.events, period)
+        ev_writes = diff_events(events, self.read_current_events(period, subscriber))
+        report.events_written = ev_writes.num_rows
+        if ev_writes.num_rows:
+            self._write_visible(rt.RATING_EVENTS, _finish(ev_writes, rt.RATING_EVENTS, report.run_id, now))
+
+    # --- writing ----------------------------------------------------------------------------------------------------
+
+    def _write_visible(self, table: Table, data: pa.Table | pa.RecordBatch) -> None:
+        """Write through every output and wait until the rows are readable (ClickHouse spool drained)."""
+        from mediation.outputs import conform
+
+        if isinstance(data, pa.Table):
+            data = data.combine_chunks()
+            batches = data.to_batches() or [pa.RecordBatch.from_pylist([], schema=table.arrow_schema)]
+            batch = batches[0] if len(batches) == 1 else pa.Table.from_batches(batches).combine_chunks().to_batches(
+                max_chunksize=data.num_rows)[0]
+        else:
+            batch = data
+        batch = conform(table, batch)
+        batch_id = self.batch_ids.next()
+        for out in self.outputs:
+            out.write(table, batch, batch_id)
+        for out in self.outputs:
+            out.flush()
+            drain = getattr(out, "drain", None)
+            if drain is not None and not drain(120.0):
+                raise RuntimeError(f"output {out.name}: rated records not delivered within 120 s (still spooled)")
+
+    def close(self) -> None:
+        if self._own_outputs:
+            for out in self.outputs:
+                out.close()
+        if self._own_engine:
+            self.engine.close()
+
+
+def build_rating_outputs(config) -> list:
+    """The outputs of the rating job: the Parquet store (not its housekeeper) and ClickHouse with its own spool."""
+    outputs: list = []
+    if config.store.enabled:
+        from mediation.store import ParquetStore
+
+        outputs.append(ParquetStore.for_config(config, housekeeper=False))
+    if config.output.clickhouse.enabled:
+        from mediation.clickhouse import ClickHouseOutput
+        from mediation.query import load_tables
+
+        outputs.append(ClickHouseOutput(config.output.clickhouse, config.spool,
+                                        config.data_path(config.spool.path) / "rating",
+                                        tables=list(load_tables().values())))
+    return outputs
+
+
+# --- diffing --------------------------------------------------------------------------------------------------------
+
+
+def _normalise(t: pa.Table, table: Table) -> pa.Table:
+    """A query result with the table's columns, times as int64 ms, strings as strings (empty when no rows)."""
+    cols = {}
+    for c in table.columns:
+        if c.name not in t.column_names:
+            raise ValueError(f"{table.name}: query result lacks column {c.name}")
+        arr = t.column(c.name)
+        if c.kind == "timestamp_ms":
+            arr = pc.cast(arr, pa.int64()) if not pa.types.is_integer(arr.type) else arr
+        elif c.kind == "string":
+            arr = pc.cast(arr, pa.string())
+        else:
+            arr = pc.cast(arr, c.arrow_type)
+        cols[c.name] = arr
+    return pa.table(cols)
+
+
+def _finish(t: pa.Table, table: Table, run_id: str, now: int) -> pa.Table:
+    n = t.num_rows
+    cols = {}
+    for c in table.columns:
+        if c.name == "rating_run_id":
+            cols[c.name] = pa.array([run_id] * n, pa.string())
+        elif c.name == "rated_at":
+            cols[c.name] = pa.array(np.full(n, now, dtype=np.int64)).cast(c.arrow_type)
+        else:
+            arr = t.column(c.name)
+            cols[c.name] = arr.cast(c.arrow_type)
+    return pa.table(cols, schema=table.arrow_schema)
+
+
+def _cast_like(t: pa.Table, schema: pa.Schema) -> pa.Table:
+    return pa.table({f.name: t.column(f.name).cast(f.type) for f in schema})
+
+
+def diff_records(new: pa.Table, current: pa.Table) -> tuple[pa.Table, tuple[int, int, int, int], dict]:
+    """What to write so that the current state becomes ``new``: (rows with version and void, counts, per-subscriber
+    before/after amounts). Counts are (new, changed, voided, unchanged)."""
+    new = _cast_like(new, RECORD_SCHEMA).append_column("void", pa.array(np.zeros(new.num_rows, dtype=np.uint8)))
+    cur_cols = ["record_id", "version", *COMPARED, "interval_start", "direction", "traffic_class", "band"]
+    cur = current.select(cur_cols)
+    cur = cur.rename_columns([c if c == "record_id" else f"{c}__cur" for c in cur_cols])
+    j = new.append_column("__new", pa.array(np.ones(new.num_rows, dtype=np.int8))).join(
+        cur, "record_id", join_type="full outer")
+    in_new = pc.is_valid(j["__new"]).to_numpy(zero_copy_only=False)
+    in_cur = pc.is_valid(j["version__cur"]).to_numpy(zero_copy_only=False)
+    same = np.ones(j.num_rows, dtype=bool)
+    for c in COMPARED:
+        eq = pc.fill_null(pc.equal(j[c], j[f"{c}__cur"]), False).to_numpy(zero_copy_only=False)
+        same &= eq
+    cur_void = pc.fill_null(j["void__cur"], 1).to_numpy(zero_copy_only=False).astype(bool)
+    cur_version = pc.fill_null(j["version__cur"], 0).to_numpy(zero_copy_only=False).astype(np.uint64)
+    write_new = in_new & ~(in_cur & same)
+    write_void = ~in_new & in_cur & ~cur_void
+    counts = (int((in_new & ~in_cur).sum()), int((in_new & in_cur & ~same).sum()), int(write_void.sum()),
+              int((in_new & in_cur & same).sum()))
+    parts = []
+    idx_new = np.flatnonzero(write_new)
+    if len(idx_new):
+        t = j.take(pa.array(idx_new)).select([f.name for f in RECORD_SCHEMA] + ["void"])
+        parts.append(t.append_column("version", pa.array(cur_version[idx_new] + 1)))
+    idx_void = np.flatnonzero(write_void)
+    if len(idx_void):
+        t = j.take(pa.array(idx_void))
+        m = len(idx_void)
+        zeros = pa.array(np.zeros(m, dtype=np.uint64))
+        cols = {}
+        for f in RECORD_SCHEMA:
+            if f.name in ("bytes", "billable_quantity", "allowance_quantity", "cycle_to_date"):
+                cols[f.name] = zeros
+            elif f.name == "amount_micros":
+                cols[f.name] = pa.array(np.zeros(m, dtype=np.int64))
+            elif f.name == "record_id":
+                cols[f.name] = t["record_id"]
+            else:
+                cols[f.name] = t[f"{f.name}__cur"]
+        cols["void"] = pa.array(np.ones(m, dtype=np.uint8))
+        cols["version"] = pa.array(cur_version[idx_void] + 1)
+        parts.append(pa.table(cols))
+    writes = pa.concat_tables([_cast_like(p, parts[0].schema) for p in parts]) if parts else pa.table({})
+    per_sub = _per_subscriber(new, current)
+    return writes, counts, per_sub
+
+
+def _totals(t: pa.Table) -> dict[tuple[str, str], int]:
+    if t.num_rows == 0:
+        return {}
+    g = t.group_by(["subscriber_id", "currency"]).aggregate([("amount_micros", "sum")])
+    return {(s, c): int(a) for s, c, a in zip(g["subscriber_id"].to_pylist(), g["currency"].to_pylist(),
+                                                g["amount_micros_sum"].to_pylist(), strict=True)}
+
+
+def _per_subscriber(new: pa.Table, current: pa.Table) -> dict[tuple[str, str], tuple[int, int]]:
+    live = current.filter(pc.equal(current["void"], 0)) if current.num_rows else current
+    before, after = _totals(live), _totals(new)
+    return {k: (before.get(k, 0), after.get(k, 0)) for k in sorted(set(before) | set(after))
+            if before.get(k, 0) != after.get(k, 0)}
+
+
+def _bucket_events(events: pa.Table, period: tuple[int, int]) -> pa.Table:
+    """Events with their ``period_start``: the segment start (fair usage) or the 15-minute bucket (unrated)."""
+    n = events.num_rows
+    t = events.cast(EVENT_SCHEMA)
+    kind = t["kind"].to_numpy(zero_copy_only=False)
+    et = t["event_time"].to_numpy()
+    ids = t["event_id"].to_pylist()
+    ps = np.where(kind == "fair_usage",
+                  np.array([int(i.rsplit("/", 1)[1]) if k == "fair_usage" else 0 for i, k in zip(ids, kind,
+                                                                                                  strict=True)],
+                           dtype=np.int64), et // EVENT_BUCKET_MS * EVENT_BUCKET_MS) if n else np.zeros(0, np.int64)
+    return t.append_column("period_start", pa.array(ps, pa.int64()))
+
+
+def diff_events(new: pa.Table, current: pa.Table) -> pa.Table:
+    """Events to write (new or changed, with versions); events that disappeared get a withdrawn version."""
+    cur = current.select(["event_id", "version", *EVENT_COMPARED, "period_start"])
+    cur = cur.rename_columns([c if c == "event_id" else f"{c}__cur" for c in cur.column_names])
+    j = new.append_column("__new", pa.array(np.ones(new.num_rows, dtype=np.int8))).join(
+        cur, "event_id", join_type="full outer")
+    if j.num_rows == 0:
+        return pa.table({})
+    in_new = pc.is_valid(j["__new"]).to_numpy(zero_copy_only=False)
+    in_cur = pc.is_valid(j["version__cur"]).to_numpy(zero_copy_only=False)
+    same = np.ones(j.num_rows, dtype=bool)
+    for c in EVENT_COMPARED:
+        same &= pc.fill_null(pc.equal(j[c], j[f"{c}__cur"]), False).to_numpy(zero_copy_only=False)
+    version = pc.fill_null(j["version__cur"], 0).to_numpy(zero_copy_only=False).astype(np.uint64)
+    withdrawn = pc.fill_null(pc.equal(j["detail__cur"], "withdrawn"), False).to_numpy(zero_copy_only=False)
+    parts = []
+    w = np.flatnonzero(in_new & ~(in_cur & same))
+    if len(w):
+        t = j.take(pa.array(w)).select([*EVENT_SCHEMA.names, "period_start"])
+        parts.append(t.append_column("version", pa.array(version[w] + 1)))
+    g = np.flatnonzero(~in_new & in_cur & ~withdrawn)
+    if len(g):
+        t = j.take(pa.array(g))
+        cols = {"event_id": t["event_id"]}
+        for name in EVENT_SCHEMA.names[1:]:
+            cols[name] = t[f"{name}__cur"]
+        cols["bytes"] = pa.array(np.zeros(len(g), dtype=np.uint64))
+        cols["detail"] = pa.array(["withdrawn"] * len(g))
+        cols["period_start"] = t["period_start__cur"]
+        cols["version"] = pa.array(version[g] + 1)
+        parts.append(pa.table(cols))
+    if not parts:
+        return pa.table({})
+    return pa.concat_tables([_cast_like(p, parts[0].schema) for p in parts])
