@@ -76,6 +76,8 @@ class Pipeline:
         self.errors_log = RateLimiter(60.0)
         self.datagrams = 0
         self.flows = 0
+        self._usage_seen: dict[str, int] = {}
+        self._static_checked = 0
 
     def process(self, batch: list[Datagram]) -> int:
         """Decode ``batch``, mediate and hand the tables to the sink; returns the number of flows decoded."""
@@ -161,6 +163,18 @@ class Pipeline:
         for exporter, count in self.sync_templates().items():
             m.templates.labels(label(exporter)).set(count)
         m.exporters.set(len(self.decoder.exporters))
+        counters = getattr(self.mediator, "counters", None)
+        if isinstance(counters, dict):
+            for result in ("attributed", "unattributed", "rejected", "duplicate"):
+                value = int(counters.get(f"bytes_{result}", 0))
+                delta = value - self._usage_seen.get(result, 0)
+                if delta > 0:
+                    m.usage_bytes.labels(result).inc(delta)
+                self._usage_seen[result] = value
+        static = getattr(self.mediator, "static", None)
+        if static is not None and now - self._static_checked >= self.config.subscribers.static_check_interval_s * 1000:
+            self._static_checked = now
+            static.maybe_reload(now)
         m.pending_bytes.set(self.decoder.pending_bytes())
 
 
@@ -191,13 +205,32 @@ def sampling_policy(config: Config) -> Any:
     return SamplingPolicy(s.default_rate, [(r.prefix, r.rate, r.override) for r in s.rules])
 
 
-def make_mediator(config: Config) -> Any:
-    """``mediation.Mediator(config)`` when mediation is part of this build, else None (raw flows only)."""
+def make_mediator(config: Config, worker: int | None = None) -> Any:
+    """The flow Mediator when ``[mediation] enabled`` and mediation is part of this build, else None.
+
+    Bindings are the durable store shared by every process (``subscribers.bindings_db``); the static bindings file,
+    if any, is applied by one process only (the single process, or worker 0) and picked up by the others through
+    ``Bindings.refresh``.
+    """
+    if not config.mediation.enabled:
+        return None
     try:
-        from mediation import Mediator  # type: ignore[attr-defined]
+        from mediation import Mediator
+        from mediation.bindings import Bindings
     except ImportError:
         return None
-    return Mediator(config)
+    for_config = getattr(Mediator, "for_config", None)
+    if callable(for_config):
+        return for_config(config, worker=worker)
+    bindings = Bindings(config.data_path(config.subscribers.bindings_db))
+    mediator = Mediator(config, bindings)
+    mediator.static = None  # type: ignore[attr-defined]
+    if config.subscribers.static_file and worker in (None, 0):
+        from mediation.static_bindings import StaticBindings
+
+        mediator.static = StaticBindings(config.subscribers.static_file, bindings)  # type: ignore[attr-defined]
+        mediator.static.reload(now_ms())  # a broken file at start is a start failure, like a broken config
+    return mediator
 
 
 def make_sink(config: Config, metrics: metrics_mod.Metrics, worker: int | None = None) -> Any:
@@ -283,7 +316,7 @@ class Server:
         self.stop_event = asyncio.Event()
         try:
             self.startup()
-        except OSError as exc:
+        except (OSError, ValueError) as exc:  # address in use, unwritable store, broken static bindings file
             log("error", "cannot start", error=str(exc))
             self.close_listeners()
             return 1
@@ -311,7 +344,7 @@ class Server:
         decoder = self._decoder_arg if self._decoder_arg is not None else make_decoder(cfg)
         self._load_state(decoder)
         sink = self._sink_arg if self._sink_arg is not None else make_sink(cfg, self.metrics, self.worker)
-        mediator = make_mediator(cfg) if self._mediator_arg == "auto" else self._mediator_arg
+        mediator = make_mediator(cfg, self.worker) if self._mediator_arg == "auto" else self._mediator_arg
         self.pipeline = Pipeline(cfg, self.metrics, sink, mediator, decoder)
         if self.worker is None and cfg.metrics.enabled:
             self.http = status_mod.HttpServer(cfg.metrics.listen, self.registry, self.fresh_status)
@@ -411,8 +444,17 @@ class Server:
         p = self.pipeline
         p.config = new
         p.decoder.set_sampling(sampling_policy(new))
-        if p.mediator is not None and hasattr(p.mediator, "reload"):
-            p.mediator.reload(new)
+        if p.mediator is not None:
+            if hasattr(p.mediator, "reload"):
+                p.mediator.reload(new)
+            elif new.mediation != old.mediation:
+                log("warning", "mediation settings changed: they take effect at the next restart")
+            static = getattr(p.mediator, "static", None)
+            if static is not None:
+                try:
+                    static.reload(now_ms())
+                except ValueError as exc:
+                    log("error", "static bindings file refused; keeping the previous bindings", error=str(exc))
         if new.listen.udp != old.listen.udp or new.metrics.listen != old.metrics.listen:
             log("warning", "listen addresses changed: they take effect at the next restart")
         self.metrics.config_reloads.labels("ok").inc()
@@ -447,6 +489,8 @@ class Server:
             **({} if self.worker is None else {"worker": self.worker}), datagrams=p.datagrams, flows=p.flows,
             drained_at_stop=drained, flushed_at_stop_rows=self.rows_flushed,
             **{f"rows_written_{name}": rows for name, rows in written.items()},
+            **{f"flows_written_{name}": st.rows_by_table.get("flows", 0)
+               for name, st in getattr(p.sink, "stats", {}).items()},
             seconds=round(time.monotonic() - t0, 3))
         self.notifier.close()
         return 0

@@ -50,7 +50,7 @@ def test_ready_then_sigterm_flushes_everything_received(tmp_path: Path) -> None:
     log = d.log_text()
     assert 'msg="flowmed started"' in log and "listeners=127.0.0.1:" in log
     stop = next(line for line in log.splitlines() if 'msg="flowmed stopped"' in line)
-    assert f"flows={sent}" in stop and f"rows_written_store={sent}" in stop
+    assert f"flows={sent}" in stop and f"flows_written_store={sent}" in stop
     # the template state was saved at stop, atomically, where the config says
     assert json.loads((d.store / "state" / "templates.json").read_bytes())["exporters"]
 
