@@ -7,8 +7,9 @@ passes ``count`` in the same unit (records of the datagram for v5/IPFIX, 1 for v
 * The first value seen for a key only sets the baseline (nothing is lost before we started listening).
 * A jump forward opens a *gap*. Gaps are not counted as lost at once: a datagram that arrives late (reordered)
   fills its part of the gap. A gap still open after ``patience`` further datagrams of its key is counted as lost.
-* A jump backward beyond the reorder window, or forward beyond ``max_jump``, is an exporter restart (or a
-  renumbering): the baseline is reset and open gaps are forgotten, not counted.
+* A datagram behind the expected value that fills no gap is a duplicate, or the first one after an exporter
+  restart: when the next datagram is behind too (or the first is beyond ``window``), it is a restart. A jump
+  forward beyond ``max_jump`` is one too. The baseline is then reset and open gaps are forgotten, not counted.
 """
 
 from __future__ import annotations
@@ -28,6 +29,8 @@ class _State:
     expected: int | None
     gaps: list[list[int]] = field(default_factory=list)
     """Open gaps: [start, length, age in datagrams]."""
+    behind: int = 0
+    """Consecutive datagrams behind ``expected`` that filled no gap (duplicates, or a restart)."""
 
 
 class SequenceTracker:
@@ -52,6 +55,7 @@ class SequenceTracker:
         st = self.states.get(key)
         if st is not None and st.expected == seq and exact and not st.gaps:  # in order, nothing open: fast path
             st.expected = (seq + count) % MOD
+            st.behind = 0
             return 0
         if st is None:
             if len(self.states) >= self.max_keys:
@@ -64,17 +68,23 @@ class SequenceTracker:
             return lost
         diff = _signed(seq - st.expected)
         if diff == 0:
-            pass
+            st.behind = 0
         elif 0 < diff <= self.max_jump:
+            st.behind = 0
             st.gaps.append([st.expected, diff, 0])
             if len(st.gaps) > self.max_gaps:
                 lost += st.gaps.pop(0)[1]
-        elif diff < 0 and -diff <= self.window:
-            self._fill(st, seq, count)
+        elif diff < 0 and self._fill(st, seq, count):  # a late datagram filled (part of) a gap
+            st.behind = 0
+            return lost
+        elif diff < 0 and -diff <= self.window and st.behind == 0:
+            # A duplicate, or the first datagram after an exporter restart: wait for the next one to tell.
+            st.behind = 1
             return lost
         else:
             self.resets += 1
             st.gaps.clear()
+            st.behind = 0
         st.expected = (seq + count) % MOD if exact else None
         return lost
 
@@ -87,7 +97,7 @@ class SequenceTracker:
         return lost
 
     @staticmethod
-    def _fill(st: _State, seq: int, count: int) -> None:
+    def _fill(st: _State, seq: int, count: int) -> bool:
         """A late datagram: remove [seq, seq+count) from the gap that holds it (a duplicate matches none)."""
         for i, (start, length, age) in enumerate(st.gaps):
             off = _signed(seq - start)
@@ -99,7 +109,8 @@ class SequenceTracker:
                 if right > 0:
                     parts.append([(seq + count) % MOD, right, age])
                 st.gaps[i:i + 1] = parts
-                return
+                return True
+        return False
 
     def forget(self, exporter: str) -> None:
         """Drop every key of an exporter (keys start with the exporter)."""

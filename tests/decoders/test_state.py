@@ -1,0 +1,60 @@
+"""Templates and sampling options survive a restart (save_state/load_state); limits and expiry."""
+
+import pytest
+
+from decoders.errors import StateError
+from decoders.flows import DecoderLimits, FlowDecoder
+from tests.decoders.packets import T0_MS, data_set, ip4, ipfix, options_template_set, template_set, v9
+
+EXP = "192.0.2.60"
+FIELDS = [(8, 4), (1, 4), (48, 1), (22, 4), (21, 4)]
+
+
+def test_restart_loses_no_data():
+    opts = options_template_set(300, [(1, 4)], [(48, 1), (50, 4)], ipfix=False)
+    odata = data_set(300, [(1, 4), (48, 1), (50, 4)], [{48: 1, 50: 10}, {48: 2, 50: 20}], pad=2)
+    boot = T0_MS - 1_000_000
+    init_opts = options_template_set(301, [(149, 4)], [(160, 8)], ipfix=True)
+    init_data = data_set(301, [(149, 4), (160, 8)], [{149: 0, 160: boot}])
+    before = FlowDecoder()
+    before.decode([(v9(opts, odata, template_set({256: FIELDS}, ipfix=False), domain=7), EXP, T0_MS),
+                   (ipfix(init_opts, init_data, template_set({256: FIELDS}, ipfix=True)), EXP, T0_MS)])
+    state = before.save_state()
+
+    after = FlowDecoder()
+    after.load_state(state)
+    assert after.templates_known() == {EXP: 4}
+    recs = [{8: ip4("10.0.0.1"), 1: 5, 48: 1, 22: 100, 21: 200}, {8: ip4("10.0.0.2"), 1: 5, 48: 2, 22: 100, 21: 200}]
+    res = after.decode([(v9(data_set(256, FIELDS, recs), domain=7, seq=1), EXP, T0_MS),
+                        (ipfix(data_set(256, FIELDS, recs[:1]), seq=0), EXP, T0_MS)])
+    assert res.n_flows == 3 and not res.errors
+    assert res.flows["sampling_rate"].tolist() == [10, 20, 1]
+    assert res.flows["flow_start"][2] == boot + 100  # IPFIX sysUptime via the saved systemInitTime
+
+
+@pytest.mark.parametrize("junk", [b"", b"{", b"[]", b'{"version": 99}', b'{"version": 1, "exporters": {"x": 1}}'])
+def test_bad_state_is_an_error(junk):
+    with pytest.raises(StateError):
+        FlowDecoder().load_state(junk)
+
+
+def test_limits_exporters_and_templates():
+    dec = FlowDecoder(limits=DecoderLimits(max_exporters=2, max_templates_per_exporter=3))
+    tmpl = v9(template_set({256 + i: [(8, 4), (1, 4)] for i in range(5)}, ipfix=False))
+    res = dec.decode([(tmpl, f"192.0.2.{i}", T0_MS) for i in range(1, 5)])
+    assert dec.templates_known() == {"192.0.2.1": 3, "192.0.2.2": 3}
+    assert res.limit_hits[("192.0.2.1", "max_templates_per_exporter")] == 2
+    assert res.limit_hits[("192.0.2.3", "max_exporters")] == 1
+    # a refresh of a known template is not refused at the limit
+    res = dec.decode([(tmpl, "192.0.2.1", T0_MS)])
+    assert res.limit_hits[("192.0.2.1", "max_templates_per_exporter")] == 2
+
+
+def test_template_timeout_and_idle_exporters():
+    dec = FlowDecoder(limits=DecoderLimits(template_timeout_ms=10_000, exporter_idle_ms=60_000))
+    dec.decode([(v9(template_set({256: [(8, 4)]}, ipfix=False)), EXP, T0_MS)])
+    dec.decode([(v9(template_set({257: [(8, 4)]}, ipfix=False)), EXP, T0_MS + 8000)])
+    out = dec.expire(T0_MS + 15_000)
+    assert out[(EXP, "template_expired")] == 1 and dec.templates_known() == {EXP: 1}
+    out = dec.expire(T0_MS + 100_000)
+    assert out[(EXP, "exporter_expired")] == 1 and dec.templates_known() == {}
