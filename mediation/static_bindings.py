@@ -65,7 +65,7 @@ def _time(value: object, where: str) -> int | None:
         try:
             t = dt.datetime.fromisoformat(str(value).strip().replace("Z", "+00:00"))
         except ValueError:
-            raise StaticFileError(f"{where}: bad time {value!r} (expected ISO 8601, e.g. 2026-01-01T00:00:00Z)")
+            raise StaticFileError(f"{where}: bad time {value!r} (expected ISO 8601 UTC)") from None
     if t.tzinfo is None:
         t = t.replace(tzinfo=dt.UTC)
     return int(t.timestamp() * 1000)

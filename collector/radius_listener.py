@@ -1,0 +1,151 @@
+"""The RADIUS accounting listener (UDP 1813 by default): asyncio sockets around :mod:`mediation.radius`.
+
+Datagrams are queued (at most ``radius.max_queue``; beyond that they are dropped and counted, and the NAS
+retransmits) and handled in batches by one writer thread, so the event loop never waits for SQLite's fsync: each
+batch is one transaction, committed before any of its Accounting-Responses is sent. Usage rows (source 'radius') and
+changed bindings are handed to ``emit(table_name, batch)`` on the event loop (normally ``Sink.add``).
+
+Only one process runs the listener (the single process, or the supervisor's first worker); the other workers see
+its bindings through the shared SQLite file (``Bindings.refresh``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import logging
+import time
+from collections import deque
+from collections.abc import Callable
+from typing import Any
+
+import pyarrow as pa
+
+from collector.config import Config, split_endpoint
+from mediation.bindings import Bindings
+from mediation.radius import RadiusAccounting
+
+log = logging.getLogger(__name__)
+
+MAX_BATCH = 512
+
+
+class _Protocol(asyncio.DatagramProtocol):
+    def __init__(self, server: RadiusServer) -> None:
+        self.server = server
+        self.transport: asyncio.DatagramTransport | None = None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]
+
+    def datagram_received(self, data: bytes, addr: tuple) -> None:
+        self.server.received(data, addr, self)
+
+
+class RadiusServer:
+    """The listener; create with :func:`start_radius`."""
+
+    def __init__(self, config: Config, bindings: Bindings, emit: Callable[[str, pa.RecordBatch], None],
+                 metrics: Any = None) -> None:
+        self.config = config
+        self.accounting = RadiusAccounting(config.radius, bindings, int(config.mediation.interval_s * 1000))
+        self.bindings = bindings
+        self.emit = emit
+        self.metrics = metrics
+        self.queue: deque[tuple[bytes, tuple, _Protocol]] = deque()
+        self.dropped = 0
+        self.transports: list[asyncio.DatagramTransport] = []
+        self._wake = asyncio.Event()
+        self._task: asyncio.Task | None = None
+        self._executor = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="radius")
+        self._reported: dict[tuple[str, str], int] = {}
+
+    @property
+    def addresses(self) -> list[tuple[str, int]]:
+        """Bound (host, port) of each socket."""
+        return [t.get_extra_info("sockname")[:2] for t in self.transports]
+
+    async def start(self, loop: asyncio.AbstractEventLoop) -> None:
+        for endpoint in self.config.radius.listen:
+            host, port = split_endpoint(endpoint)
+            transport, _ = await loop.create_datagram_endpoint(lambda: _Protocol(self), local_addr=(host, port))
+            self.transports.append(transport)  # type: ignore[arg-type]
+        self._task = loop.create_task(self._run())
+        log.info("RADIUS accounting listening", extra={"listen": self.addresses,
+                                                        "clients": len(self.config.radius.clients)})
+
+    def received(self, data: bytes, addr: tuple, proto: _Protocol) -> None:
+        if len(self.queue) >= self.config.radius.max_queue:
+            self.dropped += 1
+            self._count("queue", "dropped_queue_full")
+            return
+        self.queue.append((data, addr, proto))
+        self._wake.set()
+
+    async def _run(self) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            await self._wake.wait()
+            self._wake.clear()
+            while self.queue:
+                batch = [self.queue.popleft() for _ in range(min(len(self.queue), MAX_BATCH))]
+                now = int(time.time() * 1000)
+                try:
+                    result = await loop.run_in_executor(
+                        self._executor, self.accounting.handle, [(d, a) for d, a, _ in batch], now)
+                except Exception:  # a bug or a failing disk: nothing was answered, the NASes will retransmit
+                    log.exception("RADIUS batch failed; not answered")
+                    await loop.run_in_executor(self._executor, self.bindings.rollback)
+                    continue
+                protos = {id(a): p for _, a, p in batch}
+                for payload, addr in result.responses:
+                    proto = protos.get(id(addr))
+                    if proto is not None and proto.transport is not None:
+                        proto.transport.sendto(payload, addr)
+                for table, rows in (("bindings", result.bindings), ("usage", result.usage)):
+                    if rows is not None and rows.num_rows:
+                        self.emit(table, rows)
+                self._report()
+
+    def _count(self, client: str, result: str) -> None:
+        key = (client, result)
+        self.accounting.counters[key] = self.accounting.counters.get(key, 0) + 1
+
+    def _report(self) -> None:
+        if self.metrics is None:
+            return
+        for key, value in list(self.accounting.counters.items()):
+            delta = value - self._reported.get(key, 0)
+            if delta:
+                self.metrics.radius_requests.labels(*key).inc(delta)
+                self._reported[key] = value
+
+    def reload_static(self, static: Any, now_ms: int) -> concurrent.futures.Future:
+        """Run ``static.reload(now_ms)`` on the writer thread (the one thread that writes the bindings)."""
+        return self._executor.submit(static.reload, now_ms)
+
+    async def stop(self) -> None:
+        """Close the sockets, answer what is queued, stop the writer thread."""
+        for t in self.transports:
+            t.close()
+        if self._task is not None:
+            while self.queue:
+                self._wake.set()
+                await asyncio.sleep(0.01)
+            self._task.cancel()
+        self._executor.shutdown(wait=True)
+
+
+async def start_radius(loop: asyncio.AbstractEventLoop, config: Config, bindings: Bindings | None,
+                       emit: Callable[[str, pa.RecordBatch], None], metrics: Any = None) -> RadiusServer:
+    """Start the RADIUS accounting listener of ``config.radius`` and return it (``await server.stop()``).
+
+    ``bindings``: the writer's :class:`Bindings`; None opens ``subscribers.bindings_db`` (its own connection, used
+    only by the listener's thread). ``emit(table, batch)`` receives usage and binding batches on the event loop.
+    ``metrics``: a :class:`collector.metrics.Metrics` (``radius_requests`` per client and result), or None.
+    """
+    if bindings is None:
+        bindings = Bindings(config.data_path(config.subscribers.bindings_db))
+    server = RadiusServer(config, bindings, emit, metrics)
+    await server.start(loop)
+    return server

@@ -1,0 +1,392 @@
+"""RADIUS accounting (RFC 2866), sans I/O: datagrams in, responses, binding changes and usage rows out.
+
+* Accounting-Request Start / Interim-Update / Stop open, keep and close bindings of the session's addresses
+  (Framed-IP-Address, Framed-IPv6-Address, Framed-IPv6-Prefix, Delegated-IPv6-Prefix) for the subscriber named by
+  the configured attribute (User-Name by default). Accounting-On / Accounting-Off close every binding of that NAS.
+* The Request Authenticator is checked with the secret of the client (by source address, longest prefix); requests
+  from unknown clients or with a bad authenticator are dropped (no answer), counted and logged.
+* Acct-Input/Output-Octets with their Gigawords are cumulative per session; the delta since the previous report
+  (a counter that goes back is a reset, or a 32-bit wrap when no Gigawords are sent) is spread over the intervals
+  since that report (largest remainder, exact) and becomes ``usage`` rows with ``source='radius'``: input octets
+  (from the subscriber) are ``up``, output octets ``down``.
+* :meth:`RadiusAccounting.handle` processes a batch of datagrams in one SQLite transaction and returns the
+  Accounting-Responses only after it committed (fsync): a NAS gets its answer once the binding is durable. A
+  retransmitted request (same client, identifier and authenticator) is answered again without being re-applied.
+
+Session identity follows FreeRADIUS' ``Acct-Unique-Session-Id``: a hash of the NAS, Acct-Session-Id, User-Name and
+NAS-Port, because Acct-Session-Id values repeat after a NAS reboot.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import ipaddress
+import logging
+import struct
+from collections import OrderedDict
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+import pyarrow as pa
+
+from mediation.aggregate import allocate, split_intervals
+from mediation.bindings import Bindings, join_addresses, parse_network
+from mediation.hashing import hash_columns, string_hash
+from mediation.tables import USAGE
+
+log = logging.getLogger(__name__)
+
+ACCOUNTING_REQUEST, ACCOUNTING_RESPONSE = 4, 5
+START, STOP, INTERIM, ACCOUNTING_ON, ACCOUNTING_OFF = 1, 2, 3, 7, 8
+
+ATTRIBUTES = {
+    "User-Name": 1, "NAS-IP-Address": 4, "NAS-Port": 5, "Framed-IP-Address": 8, "Class": 25,
+    "Called-Station-Id": 30, "Calling-Station-Id": 31, "NAS-Identifier": 32, "Acct-Status-Type": 40,
+    "Acct-Delay-Time": 41, "Acct-Input-Octets": 42, "Acct-Output-Octets": 43, "Acct-Session-Id": 44,
+    "Acct-Session-Time": 46, "Acct-Input-Gigawords": 52, "Acct-Output-Gigawords": 53, "Event-Timestamp": 55,
+    "NAS-Port-Id": 87, "NAS-IPv6-Address": 95, "Framed-IPv6-Prefix": 97, "Delegated-IPv6-Prefix": 123,
+    "Framed-IPv6-Address": 168,
+}
+_INTEGER = {5, 40, 41, 42, 43, 46, 52, 53, 55}
+
+_SESSIONS_SCHEMA = """
+CREATE TABLE IF NOT EXISTS radius_sessions (
+    unique_id TEXT PRIMARY KEY,
+    subscriber_id TEXT NOT NULL,
+    nas TEXT NOT NULL,
+    in_total INTEGER NOT NULL,
+    out_total INTEGER NOT NULL,
+    last_ms INTEGER NOT NULL,
+    gigawords INTEGER NOT NULL
+);
+CREATE INDEX IF NOT EXISTS radius_sessions_nas ON radius_sessions(nas);
+"""
+
+
+class RadiusError(ValueError):
+    """A malformed RADIUS packet; ``reason`` is a stable metric label."""
+
+    def __init__(self, reason: str, message: str) -> None:
+        super().__init__(message)
+        self.reason = reason
+
+
+@dataclass
+class Packet:
+    code: int
+    identifier: int
+    authenticator: bytes
+    attributes: list[tuple[int, bytes]]
+    raw: bytes
+
+    def get(self, attr: int) -> bytes | None:
+        for t, v in self.attributes:
+            if t == attr:
+                return v
+        return None
+
+    def all(self, attr: int) -> list[bytes]:
+        return [v for t, v in self.attributes if t == attr]
+
+    def integer(self, attr: int) -> int | None:
+        v = self.get(attr)
+        return int.from_bytes(v, "big") if v is not None and len(v) == 4 else None
+
+
+def parse_packet(data: bytes) -> Packet:
+    """Parse a RADIUS packet; raises :class:`RadiusError` for anything malformed."""
+    if len(data) < 20:
+        raise RadiusError("short", f"packet of {len(data)} bytes, less than the 20-byte header")
+    code, identifier, length = struct.unpack_from("!BBH", data)
+    if length < 20 or length > 4096 or length > len(data):
+        raise RadiusError("bad_length", f"length field {length} for a datagram of {len(data)} bytes")
+    attributes = []
+    pos = 20
+    while pos < length:
+        if pos + 2 > length:
+            raise RadiusError("bad_attribute", "truncated attribute header")
+        t, alen = data[pos], data[pos + 1]
+        if alen < 2 or pos + alen > length:
+            raise RadiusError("bad_attribute", f"attribute {t} with length {alen}")
+        attributes.append((t, data[pos + 2:pos + alen]))
+        pos += alen
+    return Packet(code, identifier, data[4:20], attributes, data[:length])
+
+
+def request_authenticator_ok(packet: Packet, secret: bytes) -> bool:
+    """RFC 2866 3: MD5(Code + Identifier + Length + 16 zero octets + Attributes + Secret) == Authenticator."""
+    raw = packet.raw
+    expected = hashlib.md5(raw[:4] + b"\0" * 16 + raw[20:] + secret).digest()
+    return expected == packet.authenticator
+
+
+def encode_attributes(attributes: Sequence[tuple[int, bytes]]) -> bytes:
+    return b"".join(struct.pack("!BB", t, len(v) + 2) + v for t, v in attributes)
+
+
+def accounting_response(request: Packet, secret: bytes) -> bytes:
+    """Accounting-Response to ``request``: MD5(Code + Identifier + Length + RequestAuth + Attributes + Secret)."""
+    header = struct.pack("!BBH", ACCOUNTING_RESPONSE, request.identifier, 20)
+    auth = hashlib.md5(header + request.authenticator + secret).digest()
+    return header + auth
+
+
+def accounting_request(identifier: int, attributes: Sequence[tuple[int, bytes]], secret: bytes) -> bytes:
+    """An Accounting-Request with a correct Request Authenticator (tests and tools)."""
+    body = encode_attributes(attributes)
+    header = struct.pack("!BBH", ACCOUNTING_REQUEST, identifier, 20 + len(body))
+    auth = hashlib.md5(header + b"\0" * 16 + body + secret).digest()
+    return header + auth + body
+
+
+def _prefix(value: bytes) -> str | None:
+    """Framed-IPv6-Prefix / Delegated-IPv6-Prefix value (reserved, length, prefix bytes) as text."""
+    if len(value) < 2 or value[1] > 128 or len(value) - 2 > 16:
+        return None
+    raw = value[2:] + b"\0" * (18 - len(value))
+    return f"{ipaddress.IPv6Address(raw)}/{value[1]}"
+
+
+def _text(value: bytes | None) -> str:
+    return value.decode("utf-8", "replace") if value is not None else ""
+
+
+@dataclass
+class RadiusResult:
+    responses: list[tuple[bytes, object]] = field(default_factory=list)
+    """(datagram, address) to send."""
+    usage: pa.RecordBatch | None = None
+    """``usage`` rows with source 'radius' (None when there are none)."""
+    bindings: pa.RecordBatch | None = None
+    """Changed bindings (``bindings`` table), to be written to the outputs."""
+
+
+@dataclass
+class _Client:
+    network: ipaddress.IPv4Network | ipaddress.IPv6Network
+    secret: bytes
+    name: str
+
+
+class RadiusAccounting:
+    """The accounting server's logic over a :class:`Bindings` store; see the module docstring."""
+
+    def __init__(self, config, bindings: Bindings, interval_ms: int = 300_000) -> None:
+        """``config``: a :class:`collector.config.RadiusConfig`."""
+        self.config = config
+        self.bindings = bindings
+        self.interval_ms = interval_ms
+        self.id_attribute = ATTRIBUTES[config.subscriber_attribute]
+        self.clients = sorted((_Client(ipaddress.ip_network(c.address, strict=False), c.shared_secret(),
+                                       c.name or c.address) for c in config.clients),
+                              key=lambda c: -c.network.prefixlen)
+        bindings.conn.executescript(_SESSIONS_SCHEMA)
+        self._recent: OrderedDict[tuple, bytes] = OrderedDict()
+        self.counters: dict[tuple[str, str], int] = {}
+
+    def _count(self, client: str, result: str) -> None:
+        key = (client, result)
+        self.counters[key] = self.counters.get(key, 0) + 1
+
+    def client_for(self, host: str) -> _Client | None:
+        """The configured client whose prefix holds ``host`` (longest first), or None."""
+        try:
+            addr = ipaddress.ip_address(host)
+        except ValueError:
+            return None
+        if addr.version == 6 and addr.ipv4_mapped is not None:
+            addr = addr.ipv4_mapped
+        for c in self.clients:
+            if addr.version == c.network.version and addr in c.network:
+                return c
+        return None
+
+    def open_sessions(self) -> int:
+        return self.bindings.conn.execute("SELECT count(*) FROM radius_sessions").fetchone()[0]
+
+    def handle(self, datagrams: Sequence[tuple[bytes, tuple]], now_ms: int) -> RadiusResult:
+        """Process datagrams ``(payload, (host, port, ...))`` received at ``now_ms``; commit; return the answers."""
+        result = RadiusResult()
+        answers: list[tuple[bytes, object]] = []
+        usage: list[dict[str, np.ndarray]] = []
+        sessions = None
+        for payload, addr in datagrams:
+            host = addr[0]
+            client = self.client_for(host)
+            if client is None:
+                self._count("unknown", "unknown_client")
+                log.warning("RADIUS request from an unknown client dropped", extra={"client": host})
+                continue
+            try:
+                packet = parse_packet(payload)
+            except RadiusError as exc:
+                self._count(client.name, exc.reason)
+                log.warning("malformed RADIUS packet dropped: %s", exc, extra={"client": host})
+                continue
+            if packet.code != ACCOUNTING_REQUEST:
+                self._count(client.name, "not_accounting_request")
+                continue
+            if not request_authenticator_ok(packet, client.secret):
+                self._count(client.name, "bad_authenticator")
+                log.warning("RADIUS request with a bad authenticator dropped (wrong shared secret?)",
+                            extra={"client": host})
+                continue
+            key = (host, packet.identifier, packet.authenticator)
+            cached = self._recent.get(key)
+            if cached is not None:  # a retransmission: answer again, apply once
+                self._count(client.name, "retransmission")
+                answers.append((cached, addr))
+                continue
+            if sessions is None:
+                sessions = self.open_sessions()
+            try:
+                rows = self._apply(packet, host, now_ms, sessions)
+            except RadiusError as exc:
+                self._count(client.name, exc.reason)
+                log.warning("RADIUS request refused: %s", exc, extra={"client": host})
+                continue
+            if rows is not None:
+                usage.append(rows)
+            response = accounting_response(packet, client.secret)
+            self._recent[key] = response
+            if len(self._recent) > 65536:
+                self._recent.popitem(last=False)
+            answers.append((response, addr))
+            self._count(client.name, "ok")
+        # durable first, then the answers (a NAS that gets no answer retransmits)
+        changed = self.bindings.commit()
+        result.responses = answers
+        result.bindings = changed if changed.num_rows else None
+        if usage:
+            cols = {c: np.concatenate([u[c] for u in usage]) for c in usage[0]}
+            result.usage = USAGE.to_arrow(cols)
+        return result
+
+    # --- one request ---
+    def _apply(self, p: Packet, nas: str, now_ms: int, sessions: int) -> dict[str, np.ndarray] | None:
+        status = p.integer(ATTRIBUTES["Acct-Status-Type"])
+        if status is None:
+            raise RadiusError("no_status_type", "Accounting-Request without Acct-Status-Type")
+        event = p.integer(ATTRIBUTES["Event-Timestamp"])
+        delay = p.integer(ATTRIBUTES["Acct-Delay-Time"]) or 0
+        t = event * 1000 if event else now_ms - delay * 1000
+        if status in (ACCOUNTING_ON, ACCOUNTING_OFF):
+            n = self.bindings.close_nas(nas, t)
+            self.bindings.conn.execute("DELETE FROM radius_sessions WHERE nas=?", (nas,))
+            log.info("RADIUS Accounting-%s: bindings of the NAS closed", "On" if status == ACCOUNTING_ON else "Off",
+                     extra={"nas": nas, "closed": n})
+            return None
+        if status not in (START, STOP, INTERIM):
+            return None  # other status types (Failed, Tunnel-*) carry nothing for us; still acknowledged
+        uid = self._unique_id(p, nas)
+        sub = self._subscriber(p)
+        if not sub:
+            raise RadiusError("no_subscriber_id", f"no {self.config.subscriber_attribute} in the request")
+        networks = self._networks(p)
+        row = self.bindings.conn.execute(
+            "SELECT in_total, out_total, last_ms, gigawords FROM radius_sessions WHERE unique_id=?", (uid,)).fetchone()
+        if row is None and status != STOP and sessions >= self.config.max_sessions:
+            raise RadiusError("too_many_sessions", f"{sessions} sessions open (radius.max_sessions)")
+        session_time = p.integer(ATTRIBUTES["Acct-Session-Time"])
+        session_start = t - session_time * 1000 if session_time is not None and status != START else t
+        if not self.bindings.session_bindings(uid):
+            # a Start, or an Interim/Stop whose Start we never saw: bind from the session's start
+            for net in networks:
+                self.bindings.open(sub, net, session_start, source="radius", session_id=uid, nas=nas)
+        usage = None
+        gw = p.get(ATTRIBUTES["Acct-Input-Gigawords"]) is not None or p.get(ATTRIBUTES["Acct-Output-Gigawords"]) \
+            is not None
+        total_in = ((p.integer(ATTRIBUTES["Acct-Input-Gigawords"]) or 0) << 32) + \
+            (p.integer(ATTRIBUTES["Acct-Input-Octets"]) or 0)
+        total_out = ((p.integer(ATTRIBUTES["Acct-Output-Gigawords"]) or 0) << 32) + \
+            (p.integer(ATTRIBUTES["Acct-Output-Octets"]) or 0)
+        if status == START:
+            last_in, last_out, last_ms, gw_seen = total_in, total_out, t, gw
+        elif row is None:  # Interim or Stop without a Start we saw: the counters count from the session start
+            last_in, last_out, last_ms, gw_seen = 0, 0, session_start, gw
+        else:
+            last_in, last_out, last_ms, gw_seen = row[0], row[1], row[2], bool(row[3]) or gw
+        if status != START and self.config.usage:
+            d_in = _delta(total_in, last_in, gw_seen)
+            d_out = _delta(total_out, last_out, gw_seen)
+            if d_in or d_out:
+                usage = self._usage_rows(sub, uid, nas, last_ms, t, d_in, d_out)
+        if status == STOP:
+            self.bindings.close_session(uid, t)
+            self.bindings.conn.execute("DELETE FROM radius_sessions WHERE unique_id=?", (uid,))
+        else:
+            self.bindings.conn.execute(
+                "INSERT OR REPLACE INTO radius_sessions(unique_id, subscriber_id, nas, in_total, out_total, last_ms, "
+                "gigawords) VALUES (?,?,?,?,?,?,?)", (uid, sub, nas, total_in, total_out, max(t, last_ms),
+                                                     int(gw_seen)))
+        return usage
+
+    def _subscriber(self, p: Packet) -> str:
+        v = p.get(self.id_attribute)
+        if v is None:
+            return ""
+        if self.id_attribute == ATTRIBUTES["Framed-IP-Address"]:
+            return str(ipaddress.IPv4Address(v)) if len(v) == 4 else ""
+        if self.id_attribute == ATTRIBUTES["Class"]:
+            text = v.decode("utf-8", "replace")
+            return text if text.isprintable() else v.hex()
+        return _text(v)
+
+    @staticmethod
+    def _unique_id(p: Packet, nas: str) -> str:
+        parts = [nas, _text(p.get(ATTRIBUTES["Acct-Session-Id"])), _text(p.get(ATTRIBUTES["User-Name"])),
+                 str(p.integer(ATTRIBUTES["NAS-Port"]) or "")]
+        return hashlib.md5("\x1f".join(parts).encode()).hexdigest()
+
+    @staticmethod
+    def _networks(p: Packet) -> list[str]:
+        nets = []
+        for v in p.all(ATTRIBUTES["Framed-IP-Address"]):
+            if len(v) == 4 and v not in (b"\xff\xff\xff\xff", b"\xff\xff\xff\xfe"):  # "NAS assigns" markers
+                nets.append(str(ipaddress.IPv4Address(v)))
+        for v in p.all(ATTRIBUTES["Framed-IPv6-Address"]):
+            if len(v) == 16:
+                nets.append(str(ipaddress.IPv6Address(v)))
+        for attr in ("Framed-IPv6-Prefix", "Delegated-IPv6-Prefix"):
+            for v in p.all(ATTRIBUTES[attr]):
+                net = _prefix(v)
+                if net:
+                    nets.append(net)
+        return nets
+
+    def _usage_rows(self, sub: str, uid: str, nas: str, since_ms: int, until_ms: int, d_in: int, d_out: int
+                    ) -> dict[str, np.ndarray]:
+        start = np.array([min(since_ms, until_ms)], dtype=np.int64)
+        end = np.array([until_ms], dtype=np.int64)
+        rec, istart, _, overlap, duration = split_intervals(start, end, self.interval_ms)
+        k = len(rec)
+        up = allocate(np.array([d_in], dtype=np.uint64), rec, overlap, duration)
+        down = allocate(np.array([d_out], dtype=np.uint64), rec, overlap, duration)
+        h, lw, _ = parse_network(nas)
+        nas16 = join_addresses(np.array([h], np.uint64), np.array([lw], np.uint64))[0]
+        interval = np.concatenate([istart, istart])
+        direction = np.array(["up"] * k + ["down"] * k, dtype=object)
+        created = np.full(2 * k, until_ms, dtype=np.int64)  # deterministic: the report's time
+        row_id = hash_columns(np.full(2 * k, string_hash(uid), dtype=np.uint64), interval,
+                              np.array([0] * k + [1] * k), created, seed=0x2866)
+        u = {
+            "interval_start": interval, "interval_end": interval + self.interval_ms,
+            "subscriber_id": np.full(2 * k, sub, dtype=object), "direction": direction,
+            "traffic_class": np.full(2 * k, "all", dtype=object), "bytes": np.concatenate([up, down]),
+            "packets": np.zeros(2 * k, dtype=np.uint64), "flows": np.zeros(2 * k, dtype=np.uint64),
+            "source": np.full(2 * k, "radius", dtype=object), "exporter": np.full(2 * k, nas16, dtype="S16"),
+            "correction": np.zeros(2 * k, dtype=np.uint32), "created": created, "row_id": row_id,
+        }
+        keep = u["bytes"] > 0
+        return {c: v[keep] for c, v in u.items()}
+
+
+def _delta(total: int, last: int, gigawords_seen: bool) -> int:
+    """Usage between two cumulative reports: a counter that went back wrapped (32-bit, without Gigawords, from
+    the upper half) or was reset (counted from zero)."""
+    if total >= last:
+        return total - last
+    if not gigawords_seen and last < 1 << 32 and last - total > 1 << 31:
+        return total + (1 << 32) - last
+    return total
