@@ -420,7 +420,8 @@ class Server:
 
     def request_stop(self, sig: int | None = None) -> None:
         if self.stop_event is not None and not self.stop_event.is_set():
-            log("info", "stopping", signal=signal.Signals(sig).name if sig else "")
+            log("info", "stopping", signal=signal.Signals(sig).name if sig else "",
+                **({} if self.worker is None else {"worker": self.worker}))
             self.notifier.notify("STOPPING=1", "STATUS=flushing")
             self.stop_event.set()
 
@@ -618,7 +619,8 @@ class Server:
             "version": metrics_mod.version(), "pid": os.getpid(), "worker": self.worker,
             "worker_count": self.config.service.workers, "uptime_s": time.time() - self.started,
             "datagrams": p.datagrams if p else 0, "flows": p.flows if p else 0, "rows_flushed": self.rows_flushed,
-            "listeners": [{"address": lst.address, "rcvbuf_bytes": lst.rcvbuf_granted, "datagrams": lst.datagrams,
+            "listeners": [{"address": lst.address, "worker": self.worker, "rcvbuf_bytes": lst.rcvbuf_granted,
+                           "datagrams": lst.datagrams,
                            "kernel_drops": lst.kernel_drops() or 0} for lst in self.listeners],
             "exporters": p.board.to_list() if p else [],
             "outputs": outputs,

@@ -185,7 +185,8 @@ def render(status: dict[str, Any]) -> str:
              f"datagrams {status.get('datagrams', 0)}  flows {status.get('flows', 0)}"
              f"  rows flushed {status.get('rows_flushed', 0)}", "", "listeners:"]
     for li in status.get("listeners", []):
-        lines.append(f"  {li['address']:<24} rcvbuf {li['rcvbuf_bytes']:>10}  datagrams {li['datagrams']:>10}"
+        worker = f"worker {li['worker']:<3}" if li.get("worker") is not None else ""
+        lines.append(f"  {li['address']:<24} {worker}rcvbuf {li['rcvbuf_bytes']:>10}  datagrams {li['datagrams']:>10}"
                      f"  kernel drops {li['kernel_drops']}")
     lines += ["", "exporters:"]
     lines.append(f"  {'address':<40} {'versions':<9} {'last seen':>10} {'records':>12} {'errors':>8}"

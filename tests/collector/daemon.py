@@ -26,6 +26,7 @@ class Daemon:
     def __init__(self, tmp: Path, *sets: str, config: Path | None = None, workers: int = 1,
                  flush_interval_s: float = 600.0) -> None:
         self.tmp = tmp
+        tmp.mkdir(parents=True, exist_ok=True)
         self.port = free_port()
         self.metrics_port = free_port(socket.SOCK_STREAM)
         self.store = tmp / "data"
