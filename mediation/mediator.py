@@ -54,14 +54,18 @@ def column(batch: pa.RecordBatch, name: str) -> np.ndarray:
 class Mediator:
     """Flow mediation for one worker; see the module docstring."""
 
-    def __init__(self, config, bindings: Bindings, *, source: str = "flow", refresh_interval_s: float | None = None
-                 ) -> None:
-        """``config``: the whole :class:`collector.config.Config` or just its ``MediationConfig``."""
+    def __init__(self, config, bindings: Bindings, *, source: str = "flow", reconciliation_source: str | None = None,
+                 refresh_interval_s: float | None = None) -> None:
+        """``config``: the whole :class:`collector.config.Config` or just its ``MediationConfig``.
+
+        ``source`` goes into usage rows, ``reconciliation_source`` (default: the same) into reconciliation rows
+        (``flowmed reprocess`` uses 'reprocess' so re-processed rejects balance apart from the first pass)."""
         mc = getattr(config, "mediation", config)
         subs = getattr(config, "subscribers", None)
         self.config = mc
         self.bindings = bindings
         self.source = source
+        self.reconciliation_source = reconciliation_source or source
         self.interval_ms = int(mc.interval_s * 1000)
         self.classifier = Classifier(mc.classes, mc.default_class)
         self.dedup = Deduplicator(int(mc.dedup_window_s * 1000), mc.dedup_max_keys, mc.exporter_roles)
@@ -186,6 +190,11 @@ class Mediator:
             rejects = self._rejects(flows, bad, reason[bad], keys[bad], now_ms)
         return self._emit(now_ms, force=False, rejects=rejects)
 
+    def tick(self, now_ms: int) -> dict[str, pa.RecordBatch]:
+        """Close the intervals whose watermark has passed when no flows arrive (call about once a second)."""
+        self._maybe_refresh()
+        return self._emit(now_ms, force=False, rejects=None)
+
     def close_all(self, now_ms: int) -> dict[str, pa.RecordBatch]:
         """Emit every open interval and every pending reconciliation row (shutdown)."""
         return self._emit(now_ms, force=True, rejects=None)
@@ -250,6 +259,6 @@ class Mediator:
         values = np.stack([x[2] for x in recon])
         for i, f in enumerate(FIELDS):
             cols[f] = values[:, i]
-        cols["source"] = np.full(len(recon), self.source, dtype=object)
+        cols["source"] = np.full(len(recon), self.reconciliation_source, dtype=object)
         cols["created"] = np.full(len(recon), now_ms, dtype=np.int64)
         return RECONCILIATION.to_arrow(cols)
