@@ -459,8 +459,10 @@ class Bindings:
             self.conn.execute("COMMIT")
             self._in_tx = False
         changed, self._changed = self._changed, set()
-        return self._apply(self._fetch("id IN (SELECT value FROM json_each(?))", (str(sorted(changed)),))
-                           if changed else [])
+        # everything since our last look, ours and other processes' (sequence numbers are allocated in commit order)
+        rows = self._fetch("seq>?", (self._last_seq,))
+        self._apply(rows)
+        return self._to_batch([r for r in rows if r[0] in changed])
 
     def rollback(self) -> None:
         """Drop the current transaction."""
@@ -501,9 +503,9 @@ class Bindings:
             self._apply(rows)
         return len(rows)
 
-    def _apply(self, rows: list[tuple]) -> pa.RecordBatch:
+    def _apply(self, rows: list[tuple]) -> None:
         if not rows:
-            return BINDINGS.to_arrow({})
+            return
         self._last_seq = max(self._last_seq, max(r[10] for r in rows))
         ids = np.array([r[0] for r in rows], dtype=np.int64)
         vt = np.array([r[6] for r in rows], dtype=np.int64)
@@ -526,10 +528,11 @@ class Bindings:
                 np.array([r[6] for r in d], dtype=np.int64))
             with self._lock:
                 self._delta = delta
-        return self._to_batch(rows)
 
     @staticmethod
     def _to_batch(rows: list[tuple]) -> pa.RecordBatch:
+        if not rows:
+            return BINDINGS.to_arrow({})
         hi = np.array([_u64(r[2]) for r in rows], dtype=_U64)
         lo = np.array([_u64(r[3]) for r in rows], dtype=_U64)
         nas = np.zeros(len(rows), dtype="S16")
