@@ -1,0 +1,107 @@
+"""Embedded store speed: Parquet write rate, Sink-to-store rate, and chDB query times over 10 million flows.
+
+    taskset -c 0 python -m pytest bench/test_store_bench.py --benchmark-enable --benchmark-columns=mean,stddev,rounds
+
+(drop ``taskset`` for the query benchmarks to let chDB use both cores, as ``flowmed query`` does.)
+
+The data is ``bench.flowgen.flows_batch``: 32-column flow rows in time order, 4 exporters, 50,000 IPv4 sources,
+random destinations and ports, log-normal byte counts. Random ports and destinations compress worse than real
+traffic, so the bytes per record reported here are an upper-side figure. ``extra_info`` carries rows and bytes per
+row; rows/s = rows / mean round time. With ``--benchmark-disable`` (the test suite default) every benchmark runs once
+on a few thousand rows, as a plain test of the same code.
+"""
+
+from __future__ import annotations
+
+import itertools
+import time
+from pathlib import Path
+
+import pyarrow.compute as pc
+import pytest
+
+from bench.flowgen import T0_MS, flows_batch
+from decoders.schema import FLOWS
+from mediation.query import QueryEngine
+from mediation.sink import Sink
+from mediation.store import HOUR_MS, ParquetStore
+
+
+def _enabled(request: pytest.FixtureRequest) -> bool:
+    opt = request.config.getoption
+    return bool(opt("benchmark_enable", default=False)) or not opt("benchmark_disable", default=True)
+
+
+def _disk_bytes(store: ParquetStore) -> int:
+    return sum(f.stat().st_size for f in store.files("flows"))
+
+
+def test_store_write_rate(benchmark, request, tmp_path: Path) -> None:
+    """One 500,000-row batch (one flush at the default store.flush_rows) to a Parquet file, fsync included."""
+    n = 500_000 if _enabled(request) else 2000
+    store = ParquetStore(tmp_path, compact_after_s=0)
+    batch = flows_batch(n, span_ms=60_000, sources=50_000)
+    ids = itertools.count(1)
+    benchmark.pedantic(lambda: store.write(FLOWS, batch, next(ids)), rounds=10 if _enabled(request) else 1,
+                       iterations=1, warmup_rounds=1 if _enabled(request) else 0)
+    files = store.files("flows")
+    benchmark.extra_info["rows"] = n
+    benchmark.extra_info["bytes_per_row"] = round(_disk_bytes(store) / (n * len(files)), 2)
+    assert sum(1 for _ in files) == next(ids) - 1
+
+
+def test_sink_to_store_rate(benchmark, request, tmp_path: Path) -> None:
+    """2 million rows added in decoder-sized batches (30,000 rows) to a Sink over the store, then flushed."""
+    per, count = (30_000, 67) if _enabled(request) else (500, 4)
+    batches = [flows_batch(per, seed=i, t0_ms=T0_MS + i * 30, span_ms=30, sources=50_000) for i in range(count)]
+    store = ParquetStore(tmp_path, compact_after_s=0)
+
+    def run() -> None:
+        sink = Sink([store], flush_rows=500_000, max_pending_rows=10**8)
+        for b in batches:
+            sink.add("flows", b)
+        sink.close()
+        assert sink.stats["store"].rows == per * count
+
+    benchmark.pedantic(run, rounds=3 if _enabled(request) else 1, iterations=1)
+    benchmark.extra_info["rows"] = per * count
+
+
+@pytest.fixture(scope="module")
+def big_store(request, tmp_path_factory) -> ParquetStore:
+    """10 million flows over 24 hours, written in 500,000-row batches and compacted (one file per hour)."""
+    per, count = (500_000, 20) if _enabled(request) else (1000, 4)
+    store = ParquetStore(tmp_path_factory.mktemp("store"), compact_after_s=1, compact_target_bytes=2**40)
+    for i in range(count):
+        batch = flows_batch(per, seed=i, t0_ms=T0_MS - T0_MS % HOUR_MS, span_ms=24 * HOUR_MS, sources=50_000)
+        store.write(FLOWS, batch, i + 1)
+    store.compact(now=time.time() + 10)
+    assert len(store.files("flows")) == 24
+    store.bench_rows = per * count  # type: ignore[attr-defined]
+    return store
+
+
+def test_query_group_by_10m(benchmark, big_store: ParquetStore) -> None:
+    """``SELECT src_addr, sum(bytes) FROM flows GROUP BY src_addr ORDER BY 2 DESC LIMIT 10`` over 10M rows."""
+    with QueryEngine.for_store(big_store.root) as engine:
+        sql = "SELECT src_addr, sum(bytes) AS b, count() AS n FROM flows GROUP BY src_addr ORDER BY b DESC LIMIT 10"
+        result = benchmark.pedantic(lambda: engine.query(sql), rounds=5, iterations=1, warmup_rounds=1)
+        total = engine.query("SELECT count() AS n FROM flows").column("n")[0].as_py()
+    assert total == big_store.bench_rows and result.num_rows == 10  # type: ignore[attr-defined]
+    assert pc.min(result.column("n")).as_py() > 0
+    benchmark.extra_info["rows"] = total
+    benchmark.extra_info["bytes_per_row"] = round(_disk_bytes(big_store) / total, 2)
+
+
+@pytest.mark.parametrize("view", ["flows", "flows_between"])
+def test_query_address_in_one_hour(benchmark, big_store: ParquetStore, view: str) -> None:
+    """Who talked from 10.0.0.7 in one hour: the plain view with a time filter vs the partition-pruning view."""
+    lo, hi = "2026-11-26 03:00:00", "2026-11-26 04:00:00"
+    where = "src_addr = toIPv6('10.0.0.7')"
+    if view == "flows":
+        sql = f"SELECT count() AS n FROM flows WHERE {where} AND time_received >= '{lo}' AND time_received < '{hi}'"
+    else:
+        sql = f"SELECT count() AS n FROM flows_between(t0='{lo}', t1='{hi}') WHERE {where}"
+    with QueryEngine.for_store(big_store.root) as engine:
+        result = benchmark.pedantic(lambda: engine.query(sql), rounds=5, iterations=1, warmup_rounds=1)
+    assert result.num_rows == 1
