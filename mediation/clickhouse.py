@@ -430,5 +430,6 @@ def _has_zookeeper(client) -> bool:
 
 
 def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip()
-    return text.splitlines()[0] if text else exc.__class__.__name__
+    """The error without the server's stack trace, on one line (server errors read "Code: N. DB::Exception: ...")."""
+    text = " ".join(str(exc).split("Stack trace:")[0].split())
+    return text[:300] if text else exc.__class__.__name__

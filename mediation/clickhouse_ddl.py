@@ -184,6 +184,11 @@ def read_view_sql(table: Table, caps: ServerCaps, database: str, read_database: 
             + ", ".join(exprs) + f" FROM {quote_ident(database)}.{quote_ident(table.name)}{final}")
 
 
+def _norm_view(sql: str) -> str:
+    """A view definition without quoting and spacing differences (servers print them back their own way)."""
+    return re.sub(r"[\s`]+", "", sql).lower()
+
+
 def _norm_type(t: str) -> str:
     return re.sub(r"\s+", "", t).replace('"', "'")
 
@@ -244,18 +249,31 @@ class SchemaManager:
         if self.caps.low_cardinality:
             # LowCardinality over IPv6 and small numbers is refused unless allowed (it pays off for exporters).
             for run in {id(r): r for r in [self.execute, *self.host_executors]}.values():
-                run("SET allow_suspicious_low_cardinality_types = 1")
+                try:
+                    run("SET allow_suspicious_low_cardinality_types = 1")
+                except Exception as exc:  # noqa: BLE001 - a read-only user: only needed when DDL has work to do
+                    log.debug("cannot SET allow_suspicious_low_cardinality_types: %s", exc)
+        # Statements are only sent when there is something to do, so a user without DDL rights can write into a
+        # schema that is already up to date.
         if self.cluster and self.use_on_cluster:
-            self.execute(f"CREATE DATABASE IF NOT EXISTS {db} ON CLUSTER {quote_ident(self.cluster)}")
+            if not self._database_exists(self.execute, self.database):
+                self.execute(f"CREATE DATABASE IF NOT EXISTS {db} ON CLUSTER {quote_ident(self.cluster)}")
         else:
             for run in self.host_executors:
-                run(f"CREATE DATABASE IF NOT EXISTS {db}")
-        self.execute(f"CREATE DATABASE IF NOT EXISTS {quote_ident(self.read_database)}")
+                if not self._database_exists(run, self.database):
+                    run(f"CREATE DATABASE IF NOT EXISTS {db}")
+        if not self._database_exists(self.execute, self.read_database):
+            self.execute(f"CREATE DATABASE IF NOT EXISTS {quote_ident(self.read_database)}")
         for table in tables:
             self._ensure_table(table, report)
         for line in report.lines():
             (log.warning if "MISMATCH" in line else log.info)("clickhouse schema: %s", line)
         return report
+
+    @staticmethod
+    def _database_exists(run: Executor, name: str) -> bool:
+        rows = run(f"SELECT count() FROM system.databases WHERE name = '{name}'")
+        return bool(rows and rows[0][0])
 
     def _storage_runners(self) -> list[Executor]:
         return [self.execute] if (self.cluster and self.use_on_cluster) else self.host_executors
@@ -265,26 +283,29 @@ class SchemaManager:
         retention = self.retention_days.get(table.name, 0)
         on_cluster = self.cluster if (self.cluster and self.use_on_cluster) else None
         for run in self._storage_runners():
-            existed = self._exists(run, local)
-            run(create_table_sql(table, self.caps, self.database, name=local, retention_days=retention,
-                                 on_cluster=on_cluster))
-            if not existed:
+            if not self._exists(run, local):
+                run(create_table_sql(table, self.caps, self.database, name=local, retention_days=retention,
+                                     on_cluster=on_cluster))
                 report.created.append(f"{self.database}.{local}")
             else:
                 self._migrate_columns(run, table, local, report, on_cluster)
                 self._migrate_ttl(run, table, local, retention, report, on_cluster)
         if self.cluster:
             for run in ([self.execute] if self.use_on_cluster else self.host_executors):
-                existed = self._exists(run, table.name)
-                run(create_distributed_sql(table, self.caps, self.database, self.cluster, local,
-                                           on_cluster=self.use_on_cluster))
-                if existed:
+                if self._exists(run, table.name):
                     self._migrate_columns(run, table, table.name, report, on_cluster, with_codec=False)
                 else:
+                    run(create_distributed_sql(table, self.caps, self.database, self.cluster, local,
+                                               on_cluster=self.use_on_cluster))
                     report.created.append(f"{self.database}.{table.name} (Distributed)")
-        # The read view is recreated every time: it has no data and must follow the columns.
-        self.execute(f"DROP TABLE IF EXISTS {quote_ident(self.read_database)}.{quote_ident(table.name)}")
-        self.execute(read_view_sql(table, self.caps, self.database, self.read_database))
+        # The read view has no data: it is recreated whenever its definition is not the wanted one.
+        view = read_view_sql(table, self.caps, self.database, self.read_database)
+        rows = self.execute(f"SELECT create_table_query FROM system.tables WHERE database = '{self.read_database}' "
+                            f"AND name = '{table.name}'")
+        select = view[view.index(" AS SELECT ") + 4:]
+        if not rows or not _norm_view(rows[0][0]).endswith(_norm_view(select)):
+            self.execute(f"DROP TABLE IF EXISTS {quote_ident(self.read_database)}.{quote_ident(table.name)}")
+            self.execute(view)
 
     def _exists(self, run: Executor, name: str) -> bool:
         rows = run(f"SELECT count() FROM system.tables WHERE database = '{self.database}' AND name = '{name}'")
