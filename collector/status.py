@@ -186,8 +186,8 @@ def render(status: dict[str, Any]) -> str:
              f"  rows flushed {status.get('rows_flushed', 0)}", "", "listeners:"]
     for li in status.get("listeners", []):
         worker = f"worker {li['worker']:<3}" if li.get("worker") is not None else ""
-        lines.append(f"  {li['address']:<24} {worker}rcvbuf {li['rcvbuf_bytes']:>10}  datagrams {li['datagrams']:>10}"
-                     f"  kernel drops {li['kernel_drops']}")
+        lines.append(f"  {li['address']:<24} {worker}rcvbuf {li.get('rcvbuf_bytes', 0):>10}"
+                     f"  datagrams {li.get('datagrams', 0):>10}  kernel drops {li.get('kernel_drops', 0)}")
     lines += ["", "exporters:"]
     lines.append(f"  {'address':<40} {'versions':<9} {'last seen':>10} {'records':>12} {'errors':>8}"
                  f" {'seq lost':>9} {'tmpl':>5}")
