@@ -1,0 +1,209 @@
+"""Bindings: time validity, longest prefix, persistence, sharing between processes, and the vectorised index
+checked against a brute-force reference."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+import mediation.bindings as bindings_mod
+from mediation.bindings import Bindings, format_network, index_from_arrays, parse_network, split_addresses
+from mediation.tables import OPEN_END_MS
+from tests.mediation.mediation_helpers import s16
+
+
+def names(b: Bindings, addresses: list[str], times: list[int]) -> list[str]:
+    sub, _ = b.lookup(s16(addresses), np.array(times, dtype=np.int64))
+    all_names = b.subscriber_names
+    return [all_names[i] if i >= 0 else "" for i in sub]
+
+
+def test_parse_and_format_networks():
+    assert parse_network("192.0.2.7") == (0, 0xFFFF_C000_0207, 128)
+    hi, lo, plen = parse_network("10.1.2.3/24")
+    assert (lo & 0xFFFFFFFF, plen) == (0x0A010200, 120)
+    assert format_network(hi, lo, plen) == "10.1.2.0/24"
+    hi, lo, plen = parse_network("2001:db8:1:2:3::/56")
+    assert format_network(hi, lo, plen) == "2001:db8:1::/56"
+
+
+def test_half_open_validity_and_longest_prefix():
+    b = Bindings()
+    b.open("alice", "10.0.0.1", 1000, 2000)
+    b.open("pool", "10.0.0.0/24", 0)
+    b.open("v6", "2001:db8:1::/56", 0)
+    b.open("v6-more", "2001:db8:1:1::/64", 500)
+    b.commit()
+    assert names(b, ["10.0.0.1"] * 4, [999, 1000, 1999, 2000]) == ["pool", "alice", "alice", "pool"]
+    assert names(b, ["10.0.1.1", "2001:db8:1:ff::1", "2001:db8:1:1::1", "2001:db8:1:1::1", "2001:db8:2::1"],
+                 [5, 5, 499, 500, 5]) == ["", "v6", "v6", "v6-more", ""]
+
+
+def test_reassignment_closes_the_previous_holder():
+    b = Bindings()
+    b.open("alice", "100.64.0.9", 1000)
+    b.open("bob", "100.64.0.9", 5000)  # alice's Stop was lost
+    b.commit()
+    assert names(b, ["100.64.0.9"] * 3, [4999, 5000, 10**12]) == ["alice", "bob", "bob"]
+    rows = b.conn.execute("SELECT subscriber_id, valid_to FROM bindings ORDER BY id").fetchall()
+    assert rows == [("alice", 5000), ("bob", OPEN_END_MS)]
+
+
+def test_sessions_and_nas_close():
+    b = Bindings()
+    b.open("alice", "10.0.0.1", 0, source="radius", session_id="s1", nas="192.0.2.10")
+    b.open("alice", "2001:db8::/64", 0, source="radius", session_id="s1", nas="192.0.2.10")
+    b.open("bob", "10.0.0.2", 0, source="radius", session_id="s2", nas="192.0.2.10")
+    b.open("carol", "10.0.0.3", 0, source="radius", session_id="s3", nas="192.0.2.11")
+    b.commit()
+    assert b.close_session("s1", 100) == 2
+    assert b.close_nas("192.0.2.10", 200) == 1  # bob's; alice's are already closed
+    b.commit()
+    assert names(b, ["10.0.0.1", "2001:db8::1", "10.0.0.2", "10.0.0.2", "10.0.0.3"],
+                 [99, 99, 199, 200, 10**9]) == ["alice", "alice", "bob", "", "carol"]
+
+
+def test_persistence_and_refresh_between_processes(tmp_path):
+    path = tmp_path / "b.sqlite"
+    writer = Bindings(path)
+    reader = Bindings(path)
+    writer.open("alice", "10.0.0.1", 0)
+    writer.commit()
+    assert names(reader, ["10.0.0.1"], [10]) == [""]  # not yet picked up
+    assert reader.refresh() == 1
+    assert names(reader, ["10.0.0.1"], [10]) == ["alice"]
+    writer.close_ids([1], 50)
+    writer.commit()
+    reader.refresh()
+    assert names(reader, ["10.0.0.1", "10.0.0.1"], [49, 50]) == ["alice", ""]
+    writer.close()
+    reopened = Bindings(path)  # a restart keeps everything
+    assert names(reopened, ["10.0.0.1", "10.0.0.1"], [49, 50]) == ["alice", ""]
+
+
+def test_uncommitted_changes_are_not_visible_and_rollback_drops_them(tmp_path):
+    b = Bindings(tmp_path / "b.sqlite")
+    b.open("alice", "10.0.0.1", 0)
+    assert names(b, ["10.0.0.1"], [1]) == [""]
+    b.rollback()
+    b.commit()
+    assert names(b, ["10.0.0.1"], [1]) == [""]
+    assert len(b) == 0
+
+
+def test_commit_returns_the_changed_bindings_as_a_table_batch():
+    b = Bindings()
+    b.open("alice", "10.0.0.1", 1000, source="radius", session_id="s1", nas="192.0.2.10")
+    batch = b.commit()
+    row = batch.to_pylist()[0]
+    assert row["subscriber_id"] == "alice" and row["prefix_len"] == 128 and row["source"] == "radius"
+    assert row["network"] == s16(["10.0.0.1"])[0] and row["nas"] == s16(["192.0.2.10"])[0]
+    b.close_session("s1", 2000)
+    batch = b.commit()
+    assert batch.num_rows == 1 and batch.column("version").to_pylist()[0] > row["version"]
+
+
+def test_delta_is_merged_into_a_rebuilt_base(monkeypatch):
+    monkeypatch.setattr(bindings_mod, "DELTA_REBUILD_ROWS", 3)
+    b = Bindings()
+    for i in range(10):
+        b.open(f"s{i}", f"10.0.0.{i}", 0)
+        b.commit()
+    b.close_ids([4], 100)  # ids start at 1: s3
+    b.commit()
+    assert names(b, [f"10.0.0.{i}" for i in range(10)] + ["10.0.0.3"], [50] * 10 + [100]) == \
+        [f"s{i}" for i in range(10)] + [""]
+    assert len(b._base) >= 8  # most rows live in the rebuilt base now
+
+
+@st.composite
+def binding_sets(draw):
+    nets = ["10.0.0.1", "10.0.0.2", "10.0.0.0/30", "10.0.0.0/24", "2001:db8::/56", "2001:db8::/64",
+            "2001:db8:0:0:1::/80", "2001:db8::5", "fd00::1"]
+    ops = draw(st.lists(st.tuples(st.sampled_from(nets), st.integers(0, 100), st.integers(1, 60),
+                                  st.booleans()), min_size=1, max_size=25))
+    queries = draw(st.lists(st.tuples(st.sampled_from(["10.0.0.1", "10.0.0.2", "10.0.0.3", "10.0.0.77",
+                                                       "2001:db8::5", "2001:db8::1:0:0:7", "2001:db8:0:ff::1",
+                                                       "fd00::1", "10.0.1.1"]),
+                                      st.integers(-5, 200)), min_size=1, max_size=30))
+    return ops, queries
+
+
+@settings(max_examples=150, deadline=None)
+@given(binding_sets())
+def test_lookup_matches_brute_force(data):
+    ops, queries = data
+    b = Bindings()
+    for i, (net, start, length, closed) in enumerate(ops):
+        b.open(f"sub{i}", net, start, start + length if closed else OPEN_END_MS)
+        if i % 4 == 0:
+            b.commit()
+    b.commit()
+    rows = b.conn.execute("SELECT subscriber_id, net_hi, net_lo, prefix_len, valid_from, valid_to FROM bindings "
+                          "ORDER BY id").fetchall()
+    expected = []
+    for addr, t in queries:
+        hi, lo, _ = parse_network(addr)
+        value = (hi << 64) | lo
+        best = None
+        for sub, nhi, nlo, plen, vf, vt in rows:
+            net = ((nhi % (1 << 64)) << 64) | (nlo % (1 << 64))
+            if value >> (128 - plen) != net >> (128 - plen):
+                continue
+            # the newest binding of the network that started at or before t decides (bindings of one network do
+            # not overlap, except an explicitly ended binding followed by older-started ones: then newest wins)
+            if vf <= t and (best is None or (plen, vf) > (best[0], best[1])):
+                best = (plen, vf, vt, sub)
+        # longest prefix with a binding valid at t
+        candidates = {}
+        for sub, nhi, nlo, plen, vf, vt in rows:
+            net = ((nhi % (1 << 64)) << 64) | (nlo % (1 << 64))
+            if value >> (128 - plen) == net >> (128 - plen) and vf <= t:
+                if plen not in candidates or vf >= candidates[plen][0]:
+                    candidates[plen] = (vf, vt, sub)
+        answer = ""
+        for plen in sorted(candidates, reverse=True):
+            vf, vt, sub = candidates[plen]
+            if t < vt:
+                answer = sub
+                break
+        expected.append(answer)
+    assert names(b, [q[0] for q in queries], [q[1] for q in queries]) == expected
+
+
+def test_index_from_arrays_hash_mode_and_dense_mode():
+    # /128 IPv6 networks with different high halves use the hashed key map; IPv4 pools the dense one
+    addrs = s16(["2001:db8::1", "2001:db9::1", "2001:db8::2", "10.0.0.1", "10.0.0.2"])
+    idx = index_from_arrays(np.arange(5), addrs, np.full(5, 128), np.zeros(5, np.int64), np.full(5, OPEN_END_MS))
+    hi, lo = split_addresses(s16(["2001:db9::1", "2001:db8::2", "10.0.0.2", "2001:db8::3", "10.0.0.3"]))
+    sub, row, plen = idx.lookup(hi, lo, np.ones(5, dtype=np.int64))
+    assert sub.tolist() == [1, 2, 4, -1, -1]
+    assert plen.tolist() == [128, 128, 128, -1, -1]
+
+
+@pytest.mark.parametrize("n", [50_000])
+def test_large_index_answers_exactly(n):
+    rng = np.random.default_rng(7)
+    from decoders.schema import ipv4_mapped
+
+    pool = rng.choice(1 << 22, n // 5, replace=False) + (100 << 24)
+    addr = pool[rng.integers(0, len(pool), n)]
+    # each address's history: consecutive, non-overlapping bindings
+    order = np.lexsort((rng.random(n), addr))
+    addr = addr[order]
+    vf = np.zeros(n, dtype=np.int64)
+    vt = np.zeros(n, dtype=np.int64)
+    first = np.r_[True, addr[1:] != addr[:-1]]
+    k = np.arange(n) - np.maximum.accumulate(np.where(first, np.arange(n), 0))
+    vf[:] = k * 1000
+    vt[:] = vf + 1000
+    idx = index_from_arrays(np.arange(n), ipv4_mapped(addr), np.full(n, 128), vf, vt)
+    q = rng.integers(0, n, 5000)
+    hi, lo = split_addresses(ipv4_mapped(addr[q]))
+    sub, _, _ = idx.lookup(hi, lo, vf[q] + 999)
+    assert (sub == q).all()
+    sub, _, _ = idx.lookup(hi, lo, vt[q] + 1000 * 100)  # after the whole history: nothing
+    last = np.r_[addr[1:] != addr[:-1], True]
+    assert (sub[~last[q]] == -1).all() and (sub[last[q]] == -1).all()
