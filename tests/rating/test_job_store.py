@@ -1,4 +1,5 @@
-"""The rating job over the embedded store (chDB over Parquet): idempotent runs, late usage, re-rating, the lease.
+"""The rating job over the embedded store (chDB over Parquet) and over clickhouse-server 18.16: idempotent runs,
+late usage, re-rating, the lease.
 
 Every amount is worked out by hand in the comments and checked to the micro-unit through the documented
 current-state SQL (rating.tables.current_sql).
@@ -6,9 +7,13 @@ current-state SQL (rating.tables.current_sql).
 
 from __future__ import annotations
 
+import re
+
 import pytest
 
 from collector.config import load
+from mediation.clickhouse import ClickHouseOutput
+from mediation.query import load_tables
 from mediation.store import ParquetStore
 from mediation.tables import USAGE
 from rating.job import RatingJob
@@ -21,27 +26,40 @@ ALICE = "subscriber_id,plan_id,from\nalice,home,2026-01-01T00:00:00+01:00\n"
 NOW = ms("2026-11-10T00:00:00+01:00")
 
 
-@pytest.fixture
-def store_env(tmp_path):
-    config = load(None, [f"store.path={tmp_path}"])
-    store = ParquetStore.for_config(config, housekeeper=False)
+@pytest.fixture(params=["store", pytest.param("clickhouse", marks=pytest.mark.external)])
+def store_env(request, tmp_path):
+    """(add usage rows, make a rating job) over the embedded store or a real clickhouse-server 18.16."""
+    if request.param == "store":
+        config = load(None, [f"store.path={tmp_path}", "rating.lookback_cycles=2"])
+        out = ParquetStore.for_config(config, housekeeper=False)
+    else:
+        server = request.getfixturevalue("clickhouse_server")
+        db = "rating_" + re.sub(r"\W", "_", request.node.name)[-40:]
+        server.query(f"DROP DATABASE IF EXISTS {db}")
+        config = load(None, [f"store.path={tmp_path}", "store.enabled=false", "output.clickhouse.enabled=true",
+                             f"output.clickhouse.port={server.port}", f"output.clickhouse.database={db}",
+                             "rating.target=clickhouse", "rating.lookback_cycles=2"])
+        out = ClickHouseOutput(config.output.clickhouse, config.spool, tmp_path / "usage-spool",
+                               tables=list(load_tables().values()), max_backoff_s=1.0)
     ids = iter(range(1, 1000))
 
     def add(rows, **kw):
-        store.write(USAGE, usage_batch(rows, **kw), next(ids))
+        out.write(USAGE, usage_batch(rows, **kw), next(ids))
+        if hasattr(out, "drain"):
+            assert out.drain(60)
 
     jobs = []
 
-    def job(plan_text=HOME_PLAN, owner=None, clock=None):
+    def job(plan_text=HOME_PLAN, owner=None, clock=None, asg=ALICE):
         kw = {"clock": clock} if clock else {}
-        j = RatingJob(config, plans=plans(plan_text), assignments=assignments(ALICE), owner=owner, **kw)
+        j = RatingJob(config, plans=plans(plan_text), assignments=assignments(asg), owner=owner, **kw)
         jobs.append(j)
         return j
 
     yield add, job
     for j in jobs:
         j.close()
-    store.close()
+    out.close()
 
 
 def current(job) -> dict[str, tuple[int, int, int]]:
@@ -146,3 +164,30 @@ def test_only_one_job_holds_the_lease(store_env):
     a.lease.acquire()
     t[0] += 901
     b.run(now_ms=NOW)
+
+
+def test_dst_cycle_and_mid_cycle_plan_change_through_the_store(store_env):
+    """The calendar cases of test_calendar.py, end to end through usage in the store and the documented query."""
+    from tests.rating.test_calendar import DAYNIGHT, FLAT
+
+    add, make_job = store_env
+    GB = 1_000_000_000
+    add([("s1", "2026-10-25T00:30:00+00:00", "down", "default", GB),     # 02:30 CEST: night 0.50
+         ("s1", "2026-10-25T01:30:00+00:00", "down", "default", GB),     # 02:30 CET: night 0.50
+         ("s1", "2026-10-25T06:30:00+00:00", "down", "default", GB),     # 07:30 CET: night 0.50
+         ("s1", "2026-10-25T07:00:00+00:00", "down", "default", GB),     # 08:00 CET: day 1.00
+         ("s1", "2026-10-31T23:00:00+00:00", "down", "default", GB),     # 00:00 CET Nov 1: cycle 2026-11, night
+         ("bob", "2026-11-10T21:00:00+01:00", "down", "default", 3 * GB),
+         ("bob", "2026-11-20T21:00:00+01:00", "down", "default", 6 * GB)])
+    asg = ("subscriber_id,plan_id,from\ns1,daynight,2026-01-01T00:00:00Z\nbob,home,2026-01-01T00:00:00+01:00\n"
+           "bob,flat,2026-11-16T00:00:00+01:00\n")
+    job = make_job(DAYNIGHT.format(tz="Europe/Berlin", allowance=0) + HOME_PLAN + FLAT, asg=asg)
+    job.run(now_ms=ms("2026-12-05T00:00:00+01:00"))
+    rows = job.engine.query(current_sql(columns="subscriber_id, cycle, band, amount_micros")).to_pylist()
+    got = sorted((r["subscriber_id"], r["cycle"], r["band"], r["amount_micros"]) for r in rows)
+    assert got == sorted([
+        ("s1", "2026-10", "night", 500_000), ("s1", "2026-10", "night", 500_000), ("s1", "2026-10", "night", 500_000),
+        ("s1", "2026-10", "day", 1_000_000), ("s1", "2026-11", "night", 500_000),
+        # bob (see test_calendar): home half cycle 1.10 EUR, flat half cycle 0.10 EUR + minimum top-up 1.40 EUR.
+        ("bob", "2026-11", "offpeak", 1_100_000), ("bob", "2026-11", "any", 100_000),
+        ("bob", "2026-11", "minimum", 1_400_000)])
