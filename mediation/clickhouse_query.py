@@ -93,6 +93,8 @@ def _strip(t: str) -> str:
 def to_arrow(data: list, types: list[tuple[str, str]]) -> pa.Table:
     """Driver columns (numpy mode) as a pyarrow Table with the embedded backend's types."""
     arrays, names = [], []
+    if not data and types:  # no rows: the driver returns no columns at all in columnar mode
+        data = [[] for _ in types]
     for values, (name, ch_type) in zip(data, types, strict=True):
         names.append(name)
         arrays.append(_column(values, _strip(ch_type)))
