@@ -320,12 +320,16 @@ class FlowDecoder:
         g.chunks.append(memoryview(payload)[netflow5.HEADER_LEN:netflow5.HEADER_LEN + h.count * netflow5.RECORD_LEN])
         g.counts.append(h.count)
         g.ctx.append(ctx)
+        resets = self.records_sequences.resets
         lost = self.records_sequences.observe((st.name, 5, h.domain), h.sequence, h.count)
-        self._count_sequence(batch.result, st.name, lost)
+        self._count_sequence(batch.result, st.name, lost, self.records_sequences.resets - resets)
 
-    def _count_sequence(self, result: DecodeResult, exporter: str, lost: int) -> None:
+    @staticmethod
+    def _count_sequence(result: DecodeResult, exporter: str, lost: int, resets: int) -> None:
         if lost:
             result.sequence_lost[exporter] += lost
+        if resets:
+            result.sequence_resets[exporter] += resets
 
     def _templated(self, batch: _Batch, st: _Exporter, payload: bytes, version: int, received_ms: int) -> None:
         result = batch.result
@@ -384,11 +388,13 @@ class FlowDecoder:
             pos += set_len
         if pos < end and any(view[pos:end]):
             result.errors[(st.name, Truncated.reason)] += 1
+        tracker = self.sequences if version == 9 else self.records_sequences
+        resets = tracker.resets
         if version == 9:
-            lost = self.sequences.observe((st.name, 9, domain), seq, 1)
+            lost = tracker.observe((st.name, 9, domain), seq, 1)
         else:
-            lost = self.records_sequences.observe((st.name, 10, domain), seq, records, exact=exact)
-        self._count_sequence(result, st.name, lost)
+            lost = tracker.observe((st.name, 10, domain), seq, records, exact=exact)
+        self._count_sequence(result, st.name, lost, tracker.resets - resets)
 
     def _set(self, batch: _Batch, st: _Exporter, ctx: int, version: int, domain: int, set_id: int,
              payload: bytes, view: memoryview, start: int, end: int) -> int:
