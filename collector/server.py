@@ -307,6 +307,8 @@ class Server:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._last_state_save = time.monotonic()
         self.rows_flushed = 0
+        self.radius: Any = None
+        self.ipdr: Any = None
 
     # --- lifecycle -------------------------------------------------------------------------------------------------
 
@@ -316,10 +318,14 @@ class Server:
         self.stop_event = asyncio.Event()
         try:
             self.startup()
+            await self.start_side_listeners()
         except (OSError, ValueError) as exc:  # address in use, unwritable store, broken static bindings file
             log("error", "cannot start", error=str(exc))
             self.close_listeners()
+            await self.stop_side_listeners()
             return 1
+        self.notifier.notify("READY=1", f"STATUS=receiving on {', '.join(lst.address for lst in self.listeners)}",
+                             *([f"FLOWMED_WORKER={self.worker}"] if self.worker is not None else []))
         for sig in (signal.SIGTERM, signal.SIGINT):
             self._loop.add_signal_handler(sig, self.request_stop, sig)
         self._loop.add_signal_handler(signal.SIGHUP, self.request_reload)
@@ -327,7 +333,7 @@ class Server:
         return await self.shutdown()
 
     def startup(self) -> None:
-        """Bind, load state, open outputs, start reading; then READY=1."""
+        """Bind, load state, open outputs, start reading (READY=1 follows once RADIUS/IPDR are up too)."""
         cfg = self.config
         for i, endpoint in enumerate(cfg.listen.udp):
             lst = UdpListener(endpoint, self.pending, self._on_data, cfg.listen.rcvbuf_bytes,
@@ -362,8 +368,34 @@ class Server:
         else:
             log("info", "worker started", worker=self.worker, pid=os.getpid(),
                 listeners=[lst.address for lst in self.listeners])
-        self.notifier.notify("READY=1", f"STATUS=receiving on {', '.join(lst.address for lst in self.listeners)}",
-                             *([f"FLOWMED_WORKER={self.worker}"] if self.worker is not None else []))
+
+    async def start_side_listeners(self) -> None:
+        """RADIUS accounting and IPDR/SP, when enabled: in the single process or worker 0 only (their state is
+        one per host, and they feed the same Sink as the flows)."""
+        if self.worker not in (None, 0) or self.pipeline is None:
+            return
+        sink = self.pipeline.sink
+        if self.config.radius.enabled:
+            from collector.radius_listener import start_radius
+
+            self.radius = await start_radius(asyncio.get_running_loop(), self.config, None, sink.add, self.metrics)
+        if getattr(self.config, "ipdr", None) is not None and self.config.ipdr.enabled:
+            from collector.ipdr import start_ipdr
+
+            self.ipdr = await start_ipdr(asyncio.get_running_loop(), self.config, sink)
+            log("info", "ipdr collector started", exporters=len(self.config.ipdr.exporters),
+                listen=self.config.ipdr.listen or "off")
+
+    async def stop_side_listeners(self) -> None:
+        """Stop RADIUS and IPDR before the final flush (they answer, acknowledge and hand over what they hold)."""
+        for name in ("radius", "ipdr"):
+            side = getattr(self, name, None)
+            if side is not None:
+                setattr(self, name, None)
+                try:
+                    await side.stop()
+                except Exception as exc:
+                    log("error", f"{name} stop failed", error=repr(exc))
 
     async def main_loop(self) -> None:
         assert self.stop_event is not None
@@ -386,6 +418,15 @@ class Server:
         p, m = self.pipeline, self.metrics
         now = now_ms()
         p.refresh_gauges(now)
+        tick = getattr(p.mediator, "tick", None)
+        if tick is not None:  # closes usage intervals when no flows arrive
+            try:
+                for name, batch in (tick(now) or {}).items():
+                    if batch is not None and batch.num_rows:
+                        p.sink.add(name, batch)
+            except Exception as exc:
+                m.pipeline_errors.labels("mediation").inc()
+                log("error", "mediation tick failed", error=repr(exc))
         try:
             p.sink.maybe_flush()
         except Exception as exc:
@@ -470,6 +511,7 @@ class Server:
             lst.stop()
         drained = sum(lst.drain() for lst in self.listeners)
         self.close_listeners()
+        await self.stop_side_listeners()
         if self._batch_timer is not None:
             self._batch_timer.cancel()
         self.process_pending()
