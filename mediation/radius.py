@@ -48,7 +48,9 @@ ATTRIBUTES = {
     "NAS-Port-Id": 87, "NAS-IPv6-Address": 95, "Framed-IPv6-Prefix": 97, "Delegated-IPv6-Prefix": 123,
     "Framed-IPv6-Address": 168,
 }
-_INTEGER = {5, 40, 41, 42, 43, 46, 52, 53, 55}
+ANSWERED_ERRORS = {"no_subscriber_id"}
+"""Refusals that are still acknowledged: retransmitting would not help, and an unanswered request can hold up the
+NAS's accounting queue. Everything else is not answered (malformed, bad secret, unknown client, over a limit)."""
 
 _SESSIONS_SCHEMA = """
 CREATE TABLE IF NOT EXISTS radius_sessions (
@@ -240,12 +242,15 @@ class RadiusAccounting:
                 continue
             if sessions is None:
                 sessions = self.open_sessions()
+            result_label = "ok"
             try:
                 rows = self._apply(packet, host, now_ms, sessions)
             except RadiusError as exc:
                 self._count(client.name, exc.reason)
                 log.warning("RADIUS request refused: %s", exc, extra={"client": host})
-                continue
+                if exc.reason not in ANSWERED_ERRORS:
+                    continue
+                rows, result_label = None, ""
             if rows is not None:
                 usage.append(rows)
             response = accounting_response(packet, client.secret)
@@ -253,7 +258,8 @@ class RadiusAccounting:
             if len(self._recent) > 65536:
                 self._recent.popitem(last=False)
             answers.append((response, addr))
-            self._count(client.name, "ok")
+            if result_label:
+                self._count(client.name, result_label)
         # durable first, then the answers (a NAS that gets no answer retransmits)
         changed = self.bindings.commit()
         result.responses = answers
