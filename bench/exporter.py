@@ -650,13 +650,18 @@ def _vector_time(name: str, ms: np.ndarray, ctx: ExportContext) -> np.ndarray:
     return ms
 
 
+WIDE_EXTRA: tuple[Field, ...] = tuple(fld(n) for n in (
+    "ipNextHopIPv4Address", "bgpSourceAsNumber", "bgpDestinationAsNumber", "sourceIPv4PrefixLength",
+    "destinationIPv4PrefixLength", "flowDirection", "vlanId", "flowEndReason"))
+"""Fields a router template typically adds to :func:`flow_template` (21 fields in all, like Cisco's or softflowd's)."""
+
 SEQUENCE_OFFSET = {5: 16, 9: 12, 10: 8}
 """Byte offset of the sequence number in each version's header (for patching pre-encoded datagrams)."""
 
 
 def bulk_datagrams(version: int, n_datagrams: int, records: int, *, export_ms: int, boot_ms: int | None = None,
                    ipv6: bool = False, time_form: str | None = None, template_id: int = 256, domain: int = 0,
-                   seed: int = 0) -> tuple[list[bytes], bytes | None]:
+                   extra: Sequence[Field] = (), seed: int = 0) -> tuple[list[bytes], bytes | None]:
     """``n_datagrams`` datagrams of ``records`` random flows each, with correct sequence numbers, and for v9/IPFIX
     the template datagram that must precede them (sequence 0; data datagrams follow it).
 
@@ -668,7 +673,7 @@ def bulk_datagrams(version: int, n_datagrams: int, records: int, *, export_ms: i
     encoder: V9Exporter | IpfixExporter = V9Exporter(domain, boot_ms=boot_ms) if version == 9 \
         else IpfixExporter(domain, boot_ms=boot_ms)
     form = time_form or ("sysuptime" if version == 9 else "milliseconds")
-    tmpl = flow_template(template_id, ipv6=ipv6, time_form=form)
+    tmpl = flow_template(template_id, ipv6=ipv6, time_form=form, extra=extra)
     first = encoder.datagram(encoder.templates(tmpl), export_ms=export_ms)
     cols = random_columns(tmpl, n_datagrams * records, export_ms=export_ms, boot_ms=boot_ms, seed=seed)
     out = []

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import pytest
 
-from bench.exporter import bulk_datagrams
+from bench.exporter import WIDE_EXTRA, bulk_datagrams
 
 T0 = 1_764_000_000_000
 RECORDS = 30
@@ -29,10 +29,10 @@ def _enabled(benchmark) -> bool:
     return not benchmark.disabled
 
 
-def _datagrams(benchmark, version: int, impl: str) -> tuple[list[bytes], bytes | None]:
+def _datagrams(benchmark, version: int, impl: str, wide: bool) -> tuple[list[bytes], bytes | None]:
     # netflow is ~100x slower: give it fewer datagrams so a round stays short
     n = (2000 if impl == "flowmed" else 200) if _enabled(benchmark) else 5
-    return bulk_datagrams(version, n, RECORDS, export_ms=T0, seed=version)
+    return bulk_datagrams(version, n, RECORDS, export_ms=T0, seed=version, extra=WIDE_EXTRA if wide else ())
 
 
 def _flowmed(datagrams: list[bytes], template: bytes | None):
@@ -71,14 +71,18 @@ def _netflow(version: int, datagrams: list[bytes], template: bytes | None):
 
 
 @pytest.mark.parametrize("impl", ["flowmed", "netflow"])
-@pytest.mark.parametrize("version", [5, 9, 10])
-def test_decode_rate(benchmark, version: int, impl: str) -> None:
-    datagrams, template = _datagrams(benchmark, version, impl)
-    run = _flowmed(datagrams, template) if impl == "flowmed" else _netflow(version, datagrams, template)
+@pytest.mark.parametrize("version,template", [(5, "v5"), (9, "13 fields"), (9, "21 fields"), (10, "13 fields"),
+                                              (10, "21 fields")])
+def test_decode_rate(benchmark, version: int, template: str, impl: str) -> None:
+    """v5 records, or a v9/IPFIX template of 13 fields (5-tuple, flags, ToS, counters, interfaces, times) or 21
+    (plus next hop, AS numbers, prefix lengths, direction, VLAN, end reason: what routers typically send)."""
+    datagrams, tmpl = _datagrams(benchmark, version, impl, wide=template == "21 fields")
+    run = _flowmed(datagrams, tmpl) if impl == "flowmed" else _netflow(version, datagrams, tmpl)
     expected = len(datagrams) * RECORDS
-    benchmark.group = f"decode v{version}"
-    benchmark.extra_info.update(records=expected, datagrams=len(datagrams), version=version, impl=impl)
-    rounds = 20 if impl == "flowmed" else 5
+    benchmark.group = f"decode v{version} {template}"
+    benchmark.extra_info.update(records=expected, datagrams=len(datagrams), version=version, impl=impl,
+                                template=template)
+    rounds = 50 if impl == "flowmed" else 10
     decoded = benchmark.pedantic(run, rounds=rounds, warmup_rounds=1) if _enabled(benchmark) else benchmark(run)
     assert decoded == expected
 
@@ -90,6 +94,7 @@ def test_decode_rate_ipv6(benchmark, version: int) -> None:
     datagrams, template = bulk_datagrams(version, n, RECORDS, export_ms=T0, ipv6=True, seed=version)
     run = _flowmed(datagrams, template)
     benchmark.group = f"decode v{version} ipv6"
-    benchmark.extra_info.update(records=n * RECORDS, datagrams=n, version=version, impl="flowmed")
-    decoded = benchmark.pedantic(run, rounds=20, warmup_rounds=1) if _enabled(benchmark) else benchmark(run)
+    benchmark.extra_info.update(records=n * RECORDS, datagrams=n, version=version, impl="flowmed",
+                                template="13 fields ipv6")
+    decoded = benchmark.pedantic(run, rounds=50, warmup_rounds=1) if _enabled(benchmark) else benchmark(run)
     assert decoded == n * RECORDS
