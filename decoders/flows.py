@@ -541,32 +541,28 @@ class FlowDecoder:
         groups = [g for g in batch.groups.values() if g.counts]
         if batch.v5.counts:
             groups.append(batch.v5)
-        total = sum(sum(g.counts) for g in groups)
-        out = FLOWS.empty_columns(0) if total == 0 else {
-            c.name: np.zeros(total, dtype=c.numpy_dtype) for c in _COLUMNS}
-        out.pop("batch_id", None)
-        result.flows, result.n_flows = out, total
-        if total == 0:
-            return
-        ctx = np.asarray(batch.contexts, dtype=np.int64)
-        dom = _DomainTables(self, batch)
-        pos = 0
-        for g in groups:
-            n = sum(g.counts)
-            try:
-                self._decode_group(g, ctx, dom, out, pos, n, result)
-            except Exception:  # a bug: count it, keep the other groups (their rows stay, zero rows trimmed below)
-                result.errors[(batch.domain_info[int(ctx[g.ctx[0], 0])][0].name, "internal_error")] += 1
-                out["version"][pos:pos + n] = 0
-            pos += n
-        if (out["version"] == 0).any():
-            keep = out["version"] != 0
-            for k in out:
-                out[k] = out[k][keep]
-            result.n_flows = int(keep.sum())
+        parts: list[tuple[int, dict[str, np.ndarray]]] = []
+        if groups:
+            ctx = np.asarray(batch.contexts, dtype=np.int64)
+            dom = _DomainTables(self, batch)
+            for g in groups:
+                n = sum(g.counts)
+                try:
+                    parts.append((n, self._decode_group(g, ctx, dom, n, result)))
+                except Exception:  # a bug: count it and lose this group only; tests assert it never happens
+                    result.errors[(batch.domain_info[int(ctx[g.ctx[0], 0])][0].name, "internal_error")] += 1
+        result.n_flows = total = sum(n for n, _ in parts)
+        out: dict[str, np.ndarray] = {}
+        for c in _COLUMNS:
+            dtype = c.numpy_dtype
+            arrays = [_column(cols.get(c.name), n, dtype) for n, cols in parts]
+            out[c.name] = arrays[0] if len(arrays) == 1 else np.concatenate(arrays) if arrays else \
+                np.zeros(total, dtype=dtype)
+        result.flows = out
 
-    def _decode_group(self, g: _Group, ctx: np.ndarray, dom: _DomainTables, out: dict[str, np.ndarray], pos: int,
-                      n: int, result: DecodeResult) -> None:
+    def _decode_group(self, g: _Group, ctx: np.ndarray, dom: _DomainTables, n: int,
+                      result: DecodeResult) -> dict[str, np.ndarray]:
+        """The ``flows`` columns of one group (arrays, or 0-d scalars for values shared by every record)."""
         counts = np.asarray(g.counts, dtype=np.int64)
         per_set = ctx[np.asarray(g.ctx, dtype=np.int64)]  # datagram values, one row per data set
 
@@ -578,7 +574,6 @@ class FlowDecoder:
         slot = expand(set_slot)
         received, export_ms, uptime = expand(per_set[:, 1]), expand(per_set[:, 2]), expand(per_set[:, 3])
         buf = b"".join(g.chunks)
-        sl = slice(pos, pos + n)
         if g.compiled is None:  # NetFlow v5
             cols = netflow5.decode_records(buf, n, export_ms, uptime)
             announced = expand(per_set[:, 4].astype(np.uint64))
@@ -596,20 +591,20 @@ class FlowDecoder:
                 if compiled.start_ie is None:
                     cols["flow_start"] = cols["flow_end"]
             announced = self._announced_rates(compiled, view, slot, dom, n)
-        for name, values in cols.items():
-            out[name][sl] = values
         rate = resolve(announced, dom.policy_rate[slot], dom.override[slot])
-        out["bytes"][sl] = out["raw_bytes"][sl] * rate
-        out["packets"][sl] = out["raw_packets"][sl] * rate
-        out["sampling_rate"][sl] = rate
-        out["time_received"][sl] = received
-        out["exporter"][sl] = dom.addr[slot]
-        out["observation_domain"][sl] = dom.domain[slot]
-        out["version"][sl] = dom.version[slot]
+        raw_bytes = _column(cols.get("raw_bytes"), n, np.dtype(np.uint64))
+        raw_packets = _column(cols.get("raw_packets"), n, np.dtype(np.uint64))
+        cols.update(raw_bytes=raw_bytes, raw_packets=raw_packets, sampling_rate=rate, time_received=received,
+                    exporter=dom.addr[slot], observation_domain=dom.domain[slot], version=dom.version[slot])
+        if np.ndim(rate) == 0 and rate == 1:
+            cols.update(bytes=raw_bytes.copy(), packets=raw_packets.copy())  # unsampled: no multiply
+        else:
+            cols.update(bytes=raw_bytes * rate, packets=raw_packets * rate)
         per_slot = np.bincount(set_slot, weights=counts, minlength=len(dom.version))
         for s in np.nonzero(per_slot)[0]:
             st, version, _ = dom.info[s]
             result.records[(st.name, version)] += int(per_slot[s])
+        return cols
 
     @staticmethod
     def _announced_rates(compiled: Compiled, view, slot: np.ndarray, dom: _DomainTables, n: int) -> np.ndarray:
@@ -636,6 +631,17 @@ class FlowDecoder:
         if in_record is not None:
             announced = np.where(in_record > 0, in_record, announced)
         return announced
+
+
+def _column(values: np.ndarray | None, n: int, dtype: np.dtype) -> np.ndarray:
+    """A native, contiguous column of ``n`` rows from decoded values, a 0-d scalar (broadcast) or None (zeros)."""
+    if values is None:
+        return np.zeros(n, dtype=dtype)
+    if np.ndim(values) == 0:
+        return np.full(n, values, dtype=dtype)
+    # Views of the datagram bytes are read-only: copy them, so callers own writable columns.
+    return values.astype(dtype, copy=values.dtype != dtype or not values.flags.c_contiguous
+                         or not values.flags.writeable)
 
 
 class _DomainTables:

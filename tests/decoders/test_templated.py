@@ -228,3 +228,13 @@ def test_many_datagrams_one_group_columns_match_per_datagram_decode():
     singles = [one.decode([d]) for d in dgs]
     for name, col in batched.flows.items():
         assert np.array_equal(col, np.concatenate([s.flows[name] for s in singles])), name
+
+
+def test_columns_are_writable_native_and_independent():
+    fields = [(1, 8)]  # one field: the column could be a view of the datagram bytes
+    res = FlowDecoder().decode([(ipfix(template_set({256: fields}, ipfix=True), data_set(256, fields, [{1: 5}] * 3)),
+                                 EXP, T0_MS)])
+    for name, col in res.flows.items():
+        assert col.flags.writeable and col.flags.c_contiguous and col.dtype.isnative, name
+    res.flows["bytes"][0] = 99
+    assert res.flows["raw_bytes"].tolist() == [5, 5, 5]
