@@ -24,7 +24,7 @@ from __future__ import annotations
 import ipaddress
 import struct
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 
 import numpy as np
 
@@ -234,11 +234,9 @@ def ntp_timestamp(unix_us: int, *, nanoseconds: bool = False) -> int:
     return ((seconds + NTP_EPOCH_OFFSET_S) << 32) | fraction
 
 
-def decoded_time_ms(form: str, ms: int, us_frac: int = 0) -> int:
-    """The UTC milliseconds a correct decoder yields for a flow time written in ``form``.
-
-    Seconds lose the milliseconds; every other form keeps them (sub-millisecond parts are truncated).
-    """
+def decoded_time_ms(form: str, ms: int) -> int:
+    """The UTC milliseconds a correct decoder yields for a flow time ``ms`` (plus any sub-millisecond part) written
+    in ``form``: Seconds lose the milliseconds; every other form keeps them, sub-millisecond parts truncated."""
     if form == "seconds":
         return ms - ms % 1000
     return ms
@@ -591,11 +589,6 @@ def flow_template(template_id: int, *, ipv6: bool = False, time_form: str = "sys
                     start, end, *extra)
 
 
-def with_flows(flow: Flow, **changes: object) -> Flow:
-    """A copy of ``flow`` with ``changes`` (dataclasses.replace, re-exported for scenarios)."""
-    return replace(flow, **changes)
-
-
 def random_columns(tmpl: Template, n: int, *, export_ms: int, boot_ms: int, seed: int = 0) -> dict[str, np.ndarray]:
     """Random but plausible values for every field of ``tmpl`` (a :func:`flow_template`), as numpy columns.
 
@@ -618,10 +611,7 @@ def random_columns(tmpl: Template, n: int, *, export_ms: int, boot_ms: int, seed
             raw[:, 8:] = rng.integers(0, 256, (n, 8), dtype=np.uint8)
             cols[f.name] = raw
         elif f.name in _TIME_FIELDS:
-            ms = start_ms if "Start" in f.name else end_ms
-            cols[f.name] = np.array([_time_value(f.name, Flow("", "", start_ms=int(m), end_ms=int(m)), ctx)
-                                     for m in ms], dtype=np.uint64) if "Micro" in f.name or "Nano" in f.name \
-                else _vector_time(f.name, ms, ctx)
+            cols[f.name] = _vector_time(f.name, start_ms if "Start" in f.name else end_ms, ctx)
         elif f.name == "octetDeltaCount":
             cols[f.name] = packets * rng.integers(40, 1500, n)
         elif f.name == "packetDeltaCount":
@@ -647,6 +637,13 @@ def _vector_time(name: str, ms: np.ndarray, ctx: ExportContext) -> np.ndarray:
         return ms // 1000
     if form == "DeltaMicroseconds":
         return (ctx.export_ms - ms) * 1000
+    if form in ("Microseconds", "Nanoseconds"):  # NTP format, as ntp_timestamp() does it
+        us = ms.astype(np.uint64) * np.uint64(1000)
+        secs = us // np.uint64(1_000_000) + np.uint64(NTP_EPOCH_OFFSET_S)
+        fraction = ((us % np.uint64(1_000_000)) << np.uint64(32)) // np.uint64(1_000_000)
+        if form == "Microseconds":
+            fraction &= np.uint64(~0x7FF & 0xFFFFFFFF)
+        return (secs << np.uint64(32)) | fraction
     return ms
 
 
