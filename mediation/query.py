@@ -7,7 +7,8 @@
   ``IPv6`` (so ``WHERE src_addr = toIPv6('192.0.2.1')``, ``= '::ffff:192.0.2.1'`` and ``isIPAddressInRange`` work)
   and times ``DateTime64(3, 'UTC')``. The explicit schema keeps a table with no files yet queryable (it is empty),
   and only complete files are visible because the store renames them into place. The hive partition columns are
-  used by ``<table>_between(t0, t1)`` parameterised views that read only the hour partitions of that time range.
+  used by ``<table>_between(t0, t1)`` parameterised views that skip the other hour partitions, and
+  :meth:`QueryEngine.source` gives a subquery whose glob names only the hours of a range (fastest; for lookups).
 * a server backend (``mediation.clickhouse_query.ClickHouseBackend``, read-only), chosen with ``target``.
 
 A backend implements :class:`QueryBackend`: ``name``, ``query(sql) -> pa.Table`` and ``close()``. The engine turns
@@ -27,7 +28,7 @@ import itertools
 import json
 import threading
 from collections.abc import Iterator
-from datetime import datetime
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Protocol
 
@@ -36,6 +37,8 @@ import pyarrow.compute as pc
 import pyarrow.csv as pacsv
 
 from decoders.schema import TABLES, Table
+
+HOUR_MS = 3_600_000
 
 TABLE_MODULES = (
     "decoders.schema",
@@ -135,6 +138,11 @@ class QueryBackend(Protocol):
 _db_counter = itertools.count(1)
 
 
+def _alternatives(values: list[str]) -> str:
+    """A glob alternative: ``{a,b}`` (or the value itself when there is one)."""
+    return values[0] if len(values) == 1 else "{" + ",".join(values) + "}"
+
+
 def _sql_string(text: str) -> str:
     return "'" + text.replace("\\", "\\\\").replace("'", "\\'") + "'"
 
@@ -188,6 +196,30 @@ class ChdbBackend:
             f"AND {partition_hour} < {{t1:DateTime64(3, 'UTC')}} "
             f"AND {t} >= {{t0:DateTime64(3, 'UTC')}} AND {t} < {{t1:DateTime64(3, 'UTC')}}",
         ]
+
+    def source(self, table: str, t0_ms: int, t1_ms: int) -> str:
+        """A FROM-clause subquery of ``table``'s rows with ``t0_ms <= time < t1_ms`` that reads only those hours.
+
+        The glob names the partition directories of the range (``date={..}/hour={..}``), so chDB does not even list
+        the other partitions; this is what makes a lookup in one hour of a year of data fast.
+        """
+        t = TABLES[table]
+        first, last = t0_ms // HOUR_MS, max(t0_ms, t1_ms - 1) // HOUR_MS
+        hours = [datetime.fromtimestamp(h * 3600, tz=UTC) for h in range(first, last + 1)] if last - first < 24 * 400 \
+            else []
+        if not hours:
+            parts = "date=*/hour=*"
+        elif len(hours) <= 24 * 7:
+            dates = sorted({f"{h:%Y-%m-%d}" for h in hours})
+            hh = sorted({f"{h:%H}" for h in hours})
+            parts = f"date={_alternatives(dates)}/hour={_alternatives(hh)}"
+        else:
+            parts = f"date={_alternatives(sorted({f'{h:%Y-%m-%d}' for h in hours}))}/hour=*"
+        glob = str(self.root / table / parts / "*.parquet")
+        col = f"`{t.time_column}`"
+        return (f"(SELECT {select_list(t)} FROM file({_sql_string(glob)}, Parquet, {_sql_string(structure(t))}) "
+                f"WHERE {col} >= fromUnixTimestamp64Milli(toInt64({int(t0_ms)}), 'UTC') "
+                f"AND {col} < fromUnixTimestamp64Milli(toInt64({int(t1_ms)}), 'UTC'))")
 
     def _refresh_views(self) -> None:
         missing = [t for name, t in TABLES.items() if name not in self._views]
@@ -266,6 +298,21 @@ class QueryEngine:
     @property
     def target(self) -> str:
         return self.backend.name
+
+    def source(self, table: str, t0_ms: int, t1_ms: int) -> str:
+        """A FROM-clause expression for ``table``'s rows with ``t0_ms <= time_column < t1_ms``, for lookups.
+
+        The same SQL then runs on every backend: ``f"SELECT ... FROM {engine.source('flows', a, b)} WHERE ..."``.
+        The embedded store reads only the hour partitions of the range. A backend may provide its own ``source``;
+        otherwise the bounds are compared in whole seconds (floor and ceiling), which suits servers that keep
+        ``DateTime`` (second) times.
+        """
+        own = getattr(self.backend, "source", None)
+        if own is not None:
+            return own(table, t0_ms, t1_ms)
+        col = f"`{TABLES[table].time_column}`"
+        return (f"(SELECT * FROM `{table}` WHERE {col} >= toDateTime({t0_ms // 1000}, 'UTC') "
+                f"AND {col} < toDateTime({-(-t1_ms // 1000)}, 'UTC'))")
 
     def query(self, sql: str, *, text_addresses: bool = True) -> pa.Table:
         """Run ``sql``; with ``text_addresses``, 16-byte binary columns come back as address text."""

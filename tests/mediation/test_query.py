@@ -99,6 +99,22 @@ def test_between_view_reads_only_the_range(store: ParquetStore, engine: QueryEng
     assert a.to_pylist() == b.to_pylist() and a.column("n")[0].as_py() > 0
 
 
+@pytest.mark.parametrize(("lo_ms", "hi_ms"), [
+    (T0_MS + 35 * 60_000, T0_MS + 95 * 60_000 + 1),  # 20:15:00 .. 21:15:00.001, two partitions
+    (T0_MS - 3_600_000, T0_MS + 30 * 3_600_000),  # wider than the data, across midnight
+    (T0_MS + 10 * 86_400_000, T0_MS + 11 * 86_400_000),  # no data
+    (T0_MS, T0_MS + 500 * 86_400_000),  # beyond a year: every partition
+])
+def test_source_reads_exactly_the_range(store: ParquetStore, engine: QueryEngine, lo_ms: int, hi_ms: int) -> None:
+    for i in range(3):
+        store.write(FLOWS, flows_batch(5000, seed=i, span_ms=8 * 3_600_000), 10 + i)
+    src = engine.source("flows", lo_ms, hi_ms)
+    a = engine.query(f"SELECT count() AS n, sum(bytes) AS b FROM {src} WHERE src_addr != toIPv6('10.255.0.1')")
+    b = engine.query(f"SELECT count() AS n, sum(bytes) AS b FROM flows WHERE toUnixTimestamp64Milli(time_received) "
+                     f">= {lo_ms} AND toUnixTimestamp64Milli(time_received) < {hi_ms}")
+    assert a.to_pylist() == b.to_pylist()
+
+
 def test_partial_and_temporary_files_are_invisible(store: ParquetStore, engine: QueryEngine) -> None:
     store.write(FLOWS, _mixed_batch(), 1)
     pdir = store.files("flows")[0].parent
