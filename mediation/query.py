@@ -22,7 +22,6 @@ serialised with a ``USE`` of that database. Other code that needs chDB in-proces
 from __future__ import annotations
 
 import contextlib
-import importlib
 import ipaddress
 import itertools
 import json
@@ -37,17 +36,9 @@ import pyarrow.compute as pc
 import pyarrow.csv as pacsv
 
 from decoders.schema import TABLES, Table
+from mediation.outputs import TABLE_MODULES, load_tables  # noqa: F401  (re-exported: callers import them from here)
 
 HOUR_MS = 3_600_000
-
-TABLE_MODULES = (
-    "decoders.schema",
-    "mediation.tables",
-    "mediation.ipdr_tables",
-    "rating.tables",
-    "mediation.compliance_tables",
-)
-"""Modules that register tables; :func:`load_tables` imports those that exist (add yours here)."""
 
 FORMATS = ("table", "csv", "json")
 
@@ -66,17 +57,6 @@ _CH_TYPES = {
 
 class QueryError(Exception):
     """A query failed (syntax, unknown column, server unreachable, ...); the message is the backend's."""
-
-
-def load_tables() -> dict[str, Table]:
-    """Import every module of :data:`TABLE_MODULES` that exists, so that all tables are registered."""
-    for name in TABLE_MODULES:
-        try:
-            importlib.import_module(name)
-        except ModuleNotFoundError as exc:
-            if exc.name != name and not name.startswith(f"{exc.name}."):
-                raise
-    return TABLES
 
 
 # --- the process-wide chDB session ----------------------------------------------------------------------------------

@@ -41,8 +41,8 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from decoders.schema import TABLES, Table
-from mediation.outputs import conform, fsync_dir, makedirs_durable
+from decoders.schema import Table
+from mediation.outputs import conform, fsync_dir, load_tables, makedirs_durable
 
 log = logging.getLogger(__name__)
 
@@ -294,10 +294,8 @@ class ParquetStore:
         for tdir in sorted(self.root.iterdir()):
             if not tdir.is_dir() or tdir.name in (QUARANTINE, TRASH) or tdir.name.startswith("."):
                 continue
-            if tdir.name not in TABLES:
-                # Unknown directories may belong to other components (spool, state) or to tables whose module is
-                # not imported in this process: leave them alone.
-                continue
+            # A table directory is recognised by its layout, not by the registry (a table whose module this process
+            # does not import still gets recovered); other directories (spool, state) are left alone.
             for _, pdir in self.partitions(tdir.name):
                 self._recover_partition(pdir)
 
@@ -364,7 +362,7 @@ class ParquetStore:
             return 0
         now = self.clock() if now is None else now
         merged = 0
-        for name, table in list(TABLES.items()):
+        for name, table in list(load_tables().items()):
             for _, pdir in self.partitions(name):
                 if self._stop.is_set():
                     return merged

@@ -294,3 +294,13 @@ def test_for_config_reads_store_section(tmp_path: Path) -> None:
         assert store.root == tmp_path
     finally:
         store.close()
+
+
+def test_recovery_covers_tables_this_process_does_not_know(tmp_path: Path) -> None:
+    pdir = tmp_path / "some_future_table" / "date=2026-01-01" / "hour=00"
+    pdir.mkdir(parents=True)
+    (pdir / f"00000000000000000001.parquet.{DEAD_PID}.tmp").write_bytes(b"cut short")
+    store = ParquetStore(tmp_path)
+    assert not list(pdir.iterdir())
+    assert store.stats.quarantine_log[0][0] == f"some_future_table/date=2026-01-01/hour=00/" \
+                                               f"00000000000000000001.parquet.{DEAD_PID}.tmp"
