@@ -19,7 +19,8 @@ number of processes) glob ``*.parquet`` and so only ever see complete files:
   :meth:`ParquetStore.recover` finishes a journal whose target is in place (step 4 done) and rolls any other back.
   A concurrent query may miss the few sources for the instant between steps 3 and 4, or fail on a file that was
   just removed (the query engine retries once).
-* Retention drops whole hour partitions older than a per-table number of days.
+* Retention drops whole hour partitions older than a per-table number of days (``retention_days``; the daemon's store
+  takes them from the config through :func:`retention_setting`, ``store.flows_retention_days`` for flows).
 * At start, stray ``*.tmp`` files and Parquet files that are truncated or unreadable are moved to
   ``<path>/quarantine/`` (keeping their relative path) and logged; they never stop the store.
 """
@@ -32,10 +33,11 @@ import os
 import shutil
 import threading
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pyarrow as pa
@@ -145,6 +147,18 @@ def check_parquet(path: str | os.PathLike) -> str | None:
     return None
 
 
+RETENTION_SETTINGS: dict[str, Callable[[Any], int]] = {"flows": lambda config: config.store.flows_retention_days}
+"""Per-table retention read from the config: table name -> function of the Config giving days (0: keep)."""
+
+
+def retention_setting(table: str, days_from_config: Callable[[Any], int]) -> None:
+    """Register where ``table``'s retention (days) is configured, e.g.
+    ``retention_setting("ip_detail_records", lambda c: c.compliance.retention_days)``; the store the daemon builds
+    (:meth:`ParquetStore.for_config`) then drops that table's expired hour partitions.
+    """
+    RETENTION_SETTINGS[table] = days_from_config
+
+
 class _AbortCompaction(Exception):
     """A source could not be read: this compaction is abandoned (the source was quarantined)."""
 
@@ -200,7 +214,8 @@ class ParquetStore:
         workers that is worker 0; the others only write (their temporary names carry their pid, so recovery leaves
         files of live writers alone).
         """
-        days = {"flows": config.store.flows_retention_days, **(retention_days or {})}
+        days = {name: int(get(config)) for name, get in RETENTION_SETTINGS.items()}
+        days.update(retention_days or {})
         store = cls(config.store.path, compact_after_s=config.store.compact_after_s, retention_days=days,
                     recover=housekeeper)
         if housekeeper:

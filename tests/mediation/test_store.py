@@ -17,10 +17,12 @@ from decoders.schema import FLOWS, TABLES, Column, table
 from mediation.store import (
     HOUR_MS,
     JOURNAL,
+    RETENTION_SETTINGS,
     CompactionCrash,
     ParquetStore,
     check_parquet,
     partition_of,
+    retention_setting,
 )
 
 DEAD_PID = 99_999_999  # above Linux's pid_max: never a live process
@@ -287,9 +289,13 @@ def test_for_config_reads_store_section(tmp_path: Path) -> None:
     from collector.config import load
 
     cfg = load(None, [f"store.path={tmp_path}", "store.flows_retention_days=30", "store.compact_after_s=120"])
-    store = ParquetStore.for_config(cfg, {"usage": 400}, housekeeper=False)
+    retention_setting("test_store_events", lambda c: c.store.flows_retention_days * 2)
     try:
-        assert store.retention_days == {"flows": 30, "usage": 400}
+        store = ParquetStore.for_config(cfg, {"usage": 400}, housekeeper=False)
+    finally:
+        RETENTION_SETTINGS.pop("test_store_events")
+    try:
+        assert store.retention_days == {"flows": 30, "test_store_events": 60, "usage": 400}
         assert store.compact_after_s == 120
         assert store.root == tmp_path
     finally:
