@@ -147,12 +147,17 @@ def _ts(ms: np.ndarray, caps: ServerCaps) -> np.ndarray:
     return np.clip(ms // 1000, 0, 2**32 - 1).astype(np.uint32)
 
 
-def _time_bounds_sql(table: Table, batch: pa.RecordBatch, caps: ServerCaps) -> str:
-    """``AND time >= .. AND time <= ..`` for the batch (partition pruning for the dedup check)."""
-    if table.time_column not in batch.schema.names or batch.num_rows == 0:
+def _time_bounds_sql(table: Table, batches: list[pa.RecordBatch], caps: ServerCaps) -> str:
+    """``AND time >= .. AND time <= ..`` around the batches (partition pruning for the dedup check)."""
+    lo = hi = None
+    for batch in batches:
+        if table.time_column not in batch.schema.names or batch.num_rows == 0:
+            return ""
+        ms = batch.column(table.time_column).cast(pa.int64()).to_numpy(zero_copy_only=False)
+        lo = int(ms.min()) if lo is None else min(lo, int(ms.min()))
+        hi = int(ms.max()) if hi is None else max(hi, int(ms.max()))
+    if lo is None or hi is None:
         return ""
-    ms = batch.column(table.time_column).cast(pa.int64()).to_numpy(zero_copy_only=False)
-    lo, hi = int(ms.min()), int(ms.max())
     col = quote_ident(table.time_column)
     if caps.datetime64:
         return f" AND {col} >= fromUnixTimestamp64Milli(toInt64({lo}), 'UTC') " \
@@ -188,6 +193,7 @@ class ClickHouseOutput:
         self._uncertain: set[int] = {e.seq for e in self.spool.entries()}  # found at start: outcome unknown
         self._data_errors: Counter[int] = Counter()
         self._stop = threading.Event()
+        self._urgent = threading.Event()  # set while draining: no waiting for a group to fill up
         self._next_retention = 0.0
         self._thread = threading.Thread(target=self._run, name="clickhouse-sender", daemon=True)
         if start:
@@ -213,7 +219,7 @@ class ClickHouseOutput:
             try:
                 with self._lock:
                     self._ensure_connected()
-                    self._insert(table, batch, batch_id, check_first=True)
+                    self._insert_group(table, [batch_id], [batch], check_first=True)
                 self.stats["rows_inserted"] += batch.num_rows
                 self.stats["batches_inserted"] += 1
             except Exception as exc2:  # noqa: BLE001 - any failure here loses the batch: count it
@@ -226,7 +232,11 @@ class ClickHouseOutput:
 
     def drain(self, timeout: float) -> bool:
         """Wait until every spooled batch is in ClickHouse (or ``timeout``); True when the spool is empty."""
-        return self.spool.wait_empty(timeout)
+        self._urgent.set()
+        try:
+            return self.spool.wait_empty(timeout)
+        finally:
+            self._urgent.clear()
 
     def close(self, timeout: float = 10.0) -> None:
         """Deliver what the server takes within ``timeout``, then stop; the rest stays spooled for the next start."""
@@ -264,14 +274,14 @@ class ClickHouseOutput:
                 continue
             if not self.spool.wait_for_entries(timeout=1.0):
                 continue
-            entry = self.spool.oldest()
-            if entry is None:
+            group = self._next_group()
+            if not group:
                 continue
-            ok = self._deliver(entry)
-            if ok:
+            if self._deliver(group):
                 backoff = 0.0
             else:
-                self.spool.release(entry)
+                for entry in group:
+                    self.spool.release(entry)
                 backoff = self._failed("insert", None, backoff)
 
     def _failed(self, what: str, exc: Exception | None, backoff: float) -> float:
@@ -282,42 +292,88 @@ class ClickHouseOutput:
         self._disconnect()
         return min(self.max_backoff_s, max(0.5, backoff * 2))
 
-    def _deliver(self, entry: SpoolEntry) -> bool:
-        table = self.tables.get(entry.table) or load_tables().get(entry.table)
+    def _table(self, name: str) -> Table | None:
+        return self.tables.get(name) or load_tables().get(name)
+
+    @staticmethod
+    def _coalesces(table: Table | None) -> bool:
+        """Batches of a table may share one insert when a retry stays exact without insert dedup: the table has
+        a batch_id column (checked per batch) or is a ReplacingMergeTree (collapses by key)."""
+        return table is not None and ("batch_id" in table.column_names or table.engine == "ReplacingMergeTree")
+
+    def _next_group(self) -> list[SpoolEntry]:
+        """The spooled batches to insert next, or [] while a small group waits for more.
+
+        Consecutive batches of one table are inserted together up to ``batch_rows`` rows (fewer, bigger parts on
+        the server; a backlog after an outage drains in big inserts). A group smaller than that waits at most
+        ``batch_interval_s`` from its oldest batch, and not at all while draining or closing.
+        """
+        entries = self.spool.entries()
+        if not entries:
+            return []
+        first = entries[0]
+        table = self._table(first.table)
+        single = not self._coalesces(table) or first.seq in self._data_errors
+        if not single and not self._urgent.is_set() and not self._stop.is_set():
+            rows, can_grow = 0, True
+            for e in entries:
+                if e.table != first.table or rows + e.rows > self.config.batch_rows:
+                    can_grow = False  # full, or another table's batch is next (the order is kept)
+                    break
+                rows += e.rows
+            wait = self.config.batch_interval_s - (time.time() - first.created)
+            if can_grow and wait > 0:
+                self._urgent.wait(min(0.1, wait))
+                return []
+        return self.spool.head(self.config.batch_rows, coalesce=not single)
+
+    def _deliver(self, group: list[SpoolEntry]) -> bool:
+        """Insert ``group`` (batches of one table) and remove it from the spool; False to retry later."""
+        table = self._table(group[0].table)
         if table is None:
-            self.spool.quarantine(entry, f"table {entry.table} is unknown to this flowmed version")
+            for entry in group:
+                self.spool.quarantine(entry, f"table {entry.table} is unknown to this flowmed version")
             return True
-        try:
-            batch = self.spool.read(entry)
-        except SpoolCorrupt as exc:
-            self.spool.quarantine(entry, str(exc))
+        entries: list[SpoolEntry] = []
+        batches: list[pa.RecordBatch] = []
+        for entry in group:
+            try:
+                batches.append(self.spool.read(entry))
+                entries.append(entry)
+            except SpoolCorrupt as exc:
+                self.spool.quarantine(entry, str(exc))
+        if not entries:
             return True
-        check = entry.seq in self._uncertain
+        check = any(e.seq in self._uncertain for e in entries)
         try:
             with self._lock:
                 self._ensure_connected()
-                outcome = self._insert(table, batch, entry.batch_id, check_first=check)
-        except Exception as exc:  # noqa: BLE001 - classify, keep the batch, back off
-            self._uncertain.add(entry.seq)  # it may have landed (or partly): check before the next attempt
-            self.last_error = f"insert {entry.table} batch {entry.batch_id}: {exc.__class__.__name__}: " \
-                              f"{_first_line(exc)}"
+                inserted, stored = self._insert_group(table, [e.batch_id for e in entries], batches,
+                                                      check_first=check)
+        except Exception as exc:  # noqa: BLE001 - classify, keep the batches, back off
+            self._uncertain.update(e.seq for e in entries)  # they may have landed (or partly): check next time
+            ids = f"{entries[0].batch_id}" + (f"..{entries[-1].batch_id}" if len(entries) > 1 else "")
+            self.last_error = f"insert {table.name} batch {ids}: {exc.__class__.__name__}: {_first_line(exc)}"
             self.stats["insert_errors"] += 1
             log.warning("clickhouse: %s", self.last_error)
-            code = getattr(exc, "code", None)
-            if code in DATA_ERROR_CODES:
-                self._data_errors[entry.seq] += 1
-                if self._data_errors[entry.seq] >= MAX_DATA_ERRORS:
-                    self.spool.quarantine(entry, f"server refuses the data: {_first_line(exc)}")
-                    self._data_errors.pop(entry.seq, None)
+            if getattr(exc, "code", None) in DATA_ERROR_CODES:
+                first = entries[0].seq
+                self._data_errors[first] += 1  # the next attempt takes this batch alone
+                if self._data_errors[first] >= MAX_DATA_ERRORS and len(entries) == 1:
+                    self.spool.quarantine(entries[0], f"server refuses the data: {_first_line(exc)}")
+                    self._data_errors.pop(first, None)
                     return True
             return False
-        self.stats[outcome] += 1
-        if outcome == "inserted":
-            self.stats["rows_inserted"] += entry.rows
+        self.stats["inserted"] += len(inserted)
+        self.stats["already_stored"] += len(stored)
+        self.stats["inserts"] += 1 if inserted else 0
+        for i in inserted:
+            self.stats["rows_inserted"] += entries[i].rows
             self.stats["batches_inserted"] += 1
-        self._uncertain.discard(entry.seq)
-        self._data_errors.pop(entry.seq, None)
-        self.spool.remove(entry)
+        for entry in entries:
+            self._uncertain.discard(entry.seq)
+            self._data_errors.pop(entry.seq, None)
+            self.spool.remove(entry)
         return True
 
     # ---- server side ------------------------------------------------------------------------------------------
@@ -363,51 +419,67 @@ class ClickHouseOutput:
         self._next_retention = now + self.retention_interval_s
         self.schema.drop_expired_partitions(self.tables.values(), int(now * 1000))
 
-    def _insert(self, table: Table, batch: pa.RecordBatch, batch_id: int, *, check_first: bool) -> str:
-        """Insert one batch; returns ``inserted`` or ``already_stored``. Caller holds the lock."""
+    def _insert_group(self, table: Table, ids: list[int], batches: list[pa.RecordBatch], *,
+                      check_first: bool) -> tuple[list[int], list[int]]:
+        """Insert batches ``ids`` of ``table`` in one INSERT; returns the indexes inserted and those found already
+        stored. With ``check_first`` (an earlier attempt's outcome is unknown) each batch is counted on the server
+        first: fully there is skipped, partly there is deleted and inserted again. Caller holds the lock."""
         caps, schema = self.caps, self.schema
         assert caps is not None and schema is not None and self._client is not None
         has_batch_id = "batch_id" in table.column_names
         target = f"{quote_ident(self.config.database)}.{quote_ident(table.name)}"
+        todo, stored = list(range(len(ids))), []
         if check_first and has_batch_id:
-            where = f"batch_id = {int(batch_id)}{_time_bounds_sql(table, batch, caps)}"
-            (count,), = self._client.execute(f"SELECT count() FROM {target} WHERE {where}",
-                                             settings={"use_numpy": False})
-            if count == batch.num_rows:
-                log.info("clickhouse: batch %d of %s is already stored; not inserted again", batch_id, table.name)
-                return "already_stored"
-            if count > batch.num_rows:
-                log.error("clickhouse: batch %d of %s has %d rows stored for %d sent; not inserted again",
-                          batch_id, table.name, count, batch.num_rows)
-                return "already_stored"
-            if count:
-                self._delete_partial(table, batch_id, count)
+            id_list = ", ".join(str(int(i)) for i in ids)
+            rows = self._client.execute(
+                f"SELECT batch_id, count() FROM {target} WHERE batch_id IN ({id_list})"
+                f"{_time_bounds_sql(table, batches, caps)} GROUP BY batch_id", settings={"use_numpy": False})
+            counts = {int(b): int(c) for b, c in rows}
+            partial = []
+            for i, (batch_id, batch) in enumerate(zip(ids, batches, strict=True)):
+                count = counts.get(batch_id, 0)
+                if count >= batch.num_rows:
+                    (log.error if count > batch.num_rows else log.info)(
+                        "clickhouse: batch %d of %s is already stored (%d rows for %d sent); not inserted again",
+                        batch_id, table.name, count, batch.num_rows)
+                    stored.append(i)
+                elif count:
+                    partial.append((batch_id, count))
+            if partial:
+                self._delete_partial(table, partial)
+            todo = [i for i in todo if i not in stored]
         elif check_first and not has_batch_id and table.engine != "ReplacingMergeTree" \
                 and not caps.insert_deduplication_token:
-            log.warning("clickhouse: table %s has no batch_id column and the server no insert dedup: batch %d "
-                        "may be stored twice", table.name, batch_id)
-        columns = arrow_to_columns(table, batch, caps, batch_id if has_batch_id else None)
+            log.warning("clickhouse: table %s has no batch_id column and the server no insert dedup: batch %s "
+                        "may be stored twice", table.name, ids)
+        if not todo:
+            return [], stored
+        parts = [arrow_to_columns(table, batches[i], caps, ids[i] if has_batch_id else None) for i in todo]
+        columns = parts[0] if len(parts) == 1 else [
+            np.concatenate(col) if isinstance(col[0], np.ndarray) else [v for chunk in col for v in chunk]
+            for col in zip(*parts, strict=True)]
         settings: dict[str, Any] = {}
         if caps.low_cardinality:
             settings["allow_suspicious_low_cardinality_types"] = 1
         if caps.insert_deduplication_token:
-            settings["insert_deduplication_token"] = f"flowmed:{table.name}:{batch_id}"
+            settings["insert_deduplication_token"] = f"flowmed:{table.name}:{ids[todo[0]]}:{ids[todo[-1]]}:{len(todo)}"
         if self.config.cluster:
             settings["insert_distributed_sync"] = 1
         names = ", ".join(quote_ident(c) for c in table.column_names)
         self._client.execute(f"INSERT INTO {target} ({names}) VALUES", columns, columnar=True, settings=settings)
-        return "inserted"
+        return todo, stored
 
-    def _delete_partial(self, table: Table, batch_id: int, count: int) -> None:
-        """Remove the rows of a batch that landed only in part, so re-inserting it leaves exactly one copy."""
+    def _delete_partial(self, table: Table, partial: list[tuple[int, int]]) -> None:
+        """Remove the rows of batches that landed only in part, so re-inserting them leaves exactly one copy."""
         assert self.schema is not None
         name = self.schema.storage_name(table)
-        log.warning("clickhouse: batch %d of %s landed in part (%d rows); deleting them before re-inserting",
-                    batch_id, table.name, count)
+        log.warning("clickhouse: batches of %s landed in part (batch_id: rows) %s; deleting them before inserting "
+                    "again", table.name, dict(partial))
         runners = [executor(h) for h in self._host_clients] or [executor(self._client)]
+        id_list = ", ".join(str(int(b)) for b, _ in partial)
         for run in runners:
             run(f"ALTER TABLE {quote_ident(self.config.database)}.{quote_ident(name)} DELETE "
-                f"WHERE batch_id = {int(batch_id)}")
+                f"WHERE batch_id IN ({id_list})")
         deadline = time.monotonic() + max(60.0, self.config.insert_timeout_s)
         for run in runners:
             while True:
@@ -416,9 +488,9 @@ class ClickHouseOutput:
                 if not pending:
                     break
                 if time.monotonic() > deadline:
-                    raise TimeoutError(f"deleting the partial batch {batch_id} of {name} did not finish")
+                    raise TimeoutError(f"deleting the partial batches {id_list} of {name} did not finish")
                 time.sleep(0.2)
-        self.stats["partial_repaired"] += 1
+        self.stats["partial_repaired"] += len(partial)
 
 
 def _has_zookeeper(client) -> bool:

@@ -21,7 +21,7 @@ import re
 import threading
 import time
 from collections import Counter
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import pyarrow as pa
@@ -51,6 +51,8 @@ class SpoolEntry:
     rows: int
     path: Path
     size: int
+    created: float = field(default=0.0, compare=False)
+    """Wall-clock time the batch was spooled (the file's mtime for batches found at start)."""
 
 
 class Spool:
@@ -87,7 +89,8 @@ class Spool:
                 self._quarantine_path(path, "unrecognised file name")
                 continue
             seq, table, batch_id, rows = int(m[1]), m[2], int(m[3]), int(m[4])
-            self._entries[seq] = SpoolEntry(seq, table, batch_id, rows, path, path.stat().st_size)
+            st = path.stat()
+            self._entries[seq] = SpoolEntry(seq, table, batch_id, rows, path, st.st_size, st.st_mtime)
             self._next_seq = max(self._next_seq, seq + 1)
         if self._entries:
             log.info("spool: %d batches (%d rows, %d bytes) to replay from %s", len(self._entries), self.rows,
@@ -120,6 +123,23 @@ class Spool:
             entry = self._entries[min(self._entries)]
             self._busy.add(entry.seq)
             return entry
+
+    def head(self, max_rows: int, coalesce: bool = True) -> list[SpoolEntry]:
+        """The next batches to deliver together, marked busy: the oldest, plus (with ``coalesce``) the batches of
+        the same table right after it while the rows stay within ``max_rows``."""
+        with self._cond:
+            ordered = sorted(self._entries.values())
+            if not ordered:
+                return []
+            group = [ordered[0]]
+            rows = ordered[0].rows
+            for e in ordered[1:] if coalesce else ():
+                if e.table != group[0].table or rows + e.rows > max_rows:
+                    break
+                group.append(e)
+                rows += e.rows
+            self._busy.update(e.seq for e in group)
+            return group
 
     def release(self, entry: SpoolEntry) -> None:
         """Delivery of ``entry`` failed for now: it stays, and may be dropped by the full policy again."""
@@ -168,7 +188,7 @@ class Spool:
         os.replace(tmp, final)
         if self.fsync:
             _fsync_dir(self.dir)
-        entry = SpoolEntry(seq, table, batch_id, batch.num_rows, final, size)
+        entry = SpoolEntry(seq, table, batch_id, batch.num_rows, final, size, time.time())
         with self._cond:
             self._entries[seq] = entry
             self._cond.notify_all()

@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 import os
 import sys
+import time
 
 from collector.config import ClickHouseConfig, SpoolConfig
 from decoders.schema import FLOWS
@@ -22,7 +23,8 @@ BATCH_ID_BASE = 50_000
 
 def main(port: int, database: str, spool_dir: str, ack_file: str, count: int) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
-    cfg = ClickHouseConfig(enabled=True, port=port, database=database)
+    # Small groups and a short wait, so inserts happen while the stream is still being written.
+    cfg = ClickHouseConfig(enabled=True, port=port, database=database, batch_rows=6000, batch_interval_s=0.2)
     out = ClickHouseOutput(cfg, SpoolConfig(), spool_dir, max_backoff_s=1.0)
     acked = [int(x) for x in open(ack_file).read().split()] if os.path.exists(ack_file) else []
     spooled = [e.batch_id - BATCH_ID_BASE for e in out.spool.entries()]
@@ -34,6 +36,7 @@ def main(port: int, database: str, spool_dir: str, ack_file: str, count: int) ->
             ack.write(f"{k}\n")
             ack.flush()
             os.fsync(ack.fileno())
+            time.sleep(0.02)  # a steady stream, not a burst: the test kills it in the middle
     ok = out.drain(120)
     out.close()
     print("drained" if ok else "NOT drained", out.status(), flush=True)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import ipaddress
 import re
+import time
 
 import numpy as np
 import pyarrow as pa
@@ -38,6 +39,7 @@ def test_flows_exact_totals_via_clickhouse_client_and_query_engine(clickhouse_se
     assert out.drain(60), out.status()
     out.close()
     assert out.stats["batches_inserted"] == 12 and out.stats["rows_inserted"] == 12_000
+    assert out.stats["inserts"] < 12  # small batches share inserts
     assert server_totals(clickhouse_server, db) == totals(range(12))
     assert duplicate_batches(clickhouse_server, db) == ""
     # Addresses, including IPv4-mapped ones ending in zero bytes and IPv6, are stored byte for byte.
@@ -142,3 +144,24 @@ def test_arrow_to_columns_types():
     old = batch.drop_columns(["nat_event"])
     cols = dict(zip(FLOWS.column_names, arrow_to_columns(FLOWS, old, LEGACY), strict=True))
     assert cols["nat_event"].tolist() == [0] * 4
+
+
+def test_batches_coalesce_up_to_batch_rows_and_wait_at_most_batch_interval(clickhouse_server, db, tmp_path):
+    out = make_output(clickhouse_server, db, tmp_path / "s", batch_rows=2500, batch_interval_s=3600)
+    for k in range(12):
+        out.write(FLOWS, flow_batch(k), 300 + k)
+    assert out.status()["spool_batches"] == 12  # small groups wait (up to batch_interval_s) for more rows
+    assert out.drain(60)  # draining sends at once, in groups of at most batch_rows rows
+    out.close()
+    assert out.stats["inserts"] == 6 and out.stats["batches_inserted"] == 12
+    assert server_totals(clickhouse_server, db) == totals(range(12))
+    assert duplicate_batches(clickhouse_server, db) == ""
+    # Without a drain, a small group goes once its oldest batch is batch_interval_s old.
+    out = make_output(clickhouse_server, db, tmp_path / "s2", batch_interval_s=0.3)
+    out.write(FLOWS, flow_batch(20), 320)
+    deadline = time.monotonic() + 60
+    while out.stats["batches_inserted"] < 1 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert out.stats["batches_inserted"] == 1
+    out.close()
+    assert server_totals(clickhouse_server, db) == totals([*range(12), 20])
