@@ -207,8 +207,9 @@ INTEGER_KINDS = frozenset({U, "dt_s", "dt_ms", "signed", "bool"})
 """Kinds that may use reduced-size encoding (any length 1..8)."""
 
 # Timestamps (RFC 7011 section 6.1.7-6.1.10, RFC 3954 section 8): preference order, most precise first.
-START_TIME_IES = (152, 154, 156, 150, 158, 22)
-END_TIME_IES = (153, 155, 157, 151, 159, 21)
+# observationTimeMilliseconds (323) is the last resort for both: NAT/firewall event records (NSEL) carry only it.
+START_TIME_IES = (152, 154, 156, 150, 158, 22, 323)
+END_TIME_IES = (153, 155, 157, 151, 159, 21, 323)
 SYSTEM_INIT_TIME = 160
 
 # Sampling (RFC 7270 / RFC 5477 / RFC 3954): elements that carry a rate or key one.

@@ -169,7 +169,7 @@ def time_column(view: FixedView | VariableView, compiled: Compiled, ie: int | No
     if ie is None:
         return export_ms.copy()
     v = view.uint(compiled.refs[ie])
-    if ie in (152, 153):
+    if ie in (152, 153, 323):
         return v.astype(np.int64)
     if ie in (150, 151):
         return v.astype(np.int64) * 1000

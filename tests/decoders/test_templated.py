@@ -238,3 +238,19 @@ def test_columns_are_writable_native_and_independent():
         assert col.flags.writeable and col.flags.c_contiguous and col.dtype.isnative, name
     res.flows["bytes"][0] = 99
     assert res.flows["raw_bytes"].tolist() == [5, 5, 5]
+
+
+def test_event_time_only_records_use_observation_time():
+    fields = [(8, 4), (225, 4), (227, 2), (230, 1), (323, 8)]
+    rec = {8: ip4("100.64.0.1"), 225: ip4("203.0.113.1"), 227: 1024, 230: 1, 323: T0_MS - 77}
+    res = FlowDecoder().decode([(ipfix(template_set({256: fields}, ipfix=True), data_set(256, fields, [rec])),
+                                 EXP, T0_MS)])
+    assert (res.flows["flow_start"][0], res.flows["flow_end"][0]) == (T0_MS - 77, T0_MS - 77)
+    assert res.flows["nat_event"][0] == 1
+
+
+def test_no_time_field_uses_the_export_time():
+    fields = [(8, 4), (1, 4)]
+    res = FlowDecoder().decode([(v9(template_set({256: fields}, ipfix=False), data_set(256, fields, [{1: 1}]),
+                                    export_ms=T0_MS + 5000), EXP, T0_MS + 5100)])
+    assert (res.flows["flow_start"][0], res.flows["flow_end"][0]) == (T0_MS + 5000, T0_MS + 5000)
