@@ -80,3 +80,14 @@ class StateError(DecodeError):
     """Saved decoder state (``load_state``) that cannot be read."""
 
     reason = "bad_state"
+
+
+REASONS: dict[str, str] = {
+    **{cls.reason: (cls.__doc__ or "").strip() for cls in (
+        Truncated, LengthMismatch, UnsupportedVersion, BadSetLength, EmptySet, ReservedSetId, TemplateError,
+        TooManyFields, BadRecord)},
+    "pending_expired": "Data held for a missing template was dropped: the template did not come in time.",
+    "pending_overflow": "Data held for a missing template was dropped to stay within the pending byte bound.",
+    "internal_error": "A decoder bug (never expected; the datagram or group is lost, the decoder goes on).",
+}
+"""Every ``reason`` label :class:`decoders.flows.FlowDecoder` counts in ``DecodeResult.errors``, documented."""

@@ -164,30 +164,31 @@ def walk_variable(compiled: Compiled, body: bytes | memoryview, start: int, end:
     (records found, whether the set ended inside a record). Trailing bytes shorter than the shortest record are
     padding. This is the one per-record Python loop of the decoder; fixed-length templates never use it.
     """
-    segs = compiled.segments
-    nvar = len(segs) - 1
+    *before, last = compiled.segments
     minlen = compiled.reclen
+    append = out.append
     pos, n = start, 0
     while end - pos >= minlen:
-        rec = [pos]
+        mark = len(out)
+        append(pos)
         p = pos
-        for k in range(nvar):
-            p += segs[k]
+        for fixed in before:
+            p += fixed
             if p >= end:
+                del out[mark:]
                 return n, True
             length = body[p]
-            p += 1
             if length == 255:
-                if p + 2 > end:
+                if p + 3 > end:
+                    del out[mark:]
                     return n, True
-                length = (body[p] << 8) | body[p + 1]
-                p += 2
-            p += length
-            rec.append(p)
-        p += segs[nvar]
+                length = ((body[p + 1] << 8) | body[p + 2]) + 2
+            p += length + 1
+            append(p)
+        p += last
         if p > end:
+            del out[mark:]
             return n, True
-        out.extend(rec)
         n += 1
         pos = p
     return n, False
