@@ -83,17 +83,18 @@ class Metrics:
         else:
             self.config_reloads = Counter("flowmed_worker_config_reloads", "SIGHUP reloads applied by a worker.",
                                           ["result"], registry=r)
+
+        # Receive path. Kernel drops are counted by whoever owns the sockets for good: the single process, or the
+        # supervisor (a restarted worker would count its socket's drops again from zero).
+        self.socket_drops = Counter("flowmed_socket_drops",
+                                    "Datagrams the kernel dropped because the socket's receive buffer was full.",
+                                    ["listener"], registry=r) if role in ("single", "supervisor") else None
         if role == "supervisor":
             return
-
-        # Receive path.
         self.listener_datagrams = Counter("flowmed_listener_datagrams", "Datagrams read from a listening socket.",
                                           ["listener"], registry=r)
         self.listener_bytes = Counter("flowmed_listener_received_bytes", "Payload bytes read from a listening socket.",
                                       ["listener"], registry=r)
-        self.socket_drops = Counter("flowmed_socket_drops",
-                                    "Datagrams the kernel dropped because the socket's receive buffer was full.",
-                                    ["listener"], registry=r)
         self.socket_rcvbuf = Gauge("flowmed_socket_receive_buffer_bytes",
                                    "Receive buffer the kernel granted (SO_RCVBUF as read back).", ["listener"],
                                    registry=r, multiprocess_mode="max")
@@ -143,6 +144,12 @@ class Metrics:
                                  multiprocess_mode="livesum")
         self.spool_oldest_age = Gauge("flowmed_spool_oldest_age_seconds", "Age of the oldest spooled batch.",
                                       registry=r, multiprocess_mode="livemax")
+        self.sink_dropped_rows = Counter("flowmed_sink_dropped_rows",
+                                         "Rows refused because too many were waiting to be written, per table.",
+                                         ["table"], registry=r)
+        self.output_dropped_rows = Counter("flowmed_output_dropped_rows",
+                                           "Rows an output could not take after its last retry, per output.",
+                                           ["output"], registry=r)
         self.spool_dropped_rows = Counter("flowmed_spool_dropped_rows", "Rows dropped because the spool was full.",
                                           registry=r)
         # Mediation, RADIUS, IPDR and rating (their modules report through these).

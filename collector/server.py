@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import contextlib
+import logging
 import os
 import signal
 import time
@@ -53,6 +54,14 @@ def write_atomic(path: Path, data: bytes) -> None:
             os.fsync(dfd)
         finally:
             os.close(dfd)
+
+
+def count_kernel_drops(lst: UdpListener, m: metrics_mod.Metrics) -> None:
+    """Add a listener's new kernel drops (from /proc/net/udp) to the counter, with a warning."""
+    drops = lst.new_kernel_drops()
+    if drops and m.socket_drops is not None:
+        m.socket_drops.labels(lst.endpoint).inc(drops)
+        log("warning", "kernel dropped datagrams: receive buffer full", listener=lst.endpoint, drops=drops)
 
 
 def now_ms() -> int:
@@ -308,6 +317,7 @@ class Server:
         self._last_state_save = time.monotonic()
         self.rows_flushed = 0
         self.radius: Any = None
+        self._dropped_seen: dict[tuple[str, str], int] = {}
         self.ipdr: Any = None
 
     # --- lifecycle -------------------------------------------------------------------------------------------------
@@ -316,6 +326,10 @@ class Server:
         """Run until SIGTERM/SIGINT; returns the exit status."""
         self._loop = asyncio.get_running_loop()
         self.stop_event = asyncio.Event()
+        # Handlers first: a SIGTERM right after READY=1 (or during start) must flush, not kill.
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            self._loop.add_signal_handler(sig, self.request_stop, sig)
+        self._loop.add_signal_handler(signal.SIGHUP, self.request_reload)
         try:
             self.startup()
             await self.start_side_listeners()
@@ -326,9 +340,6 @@ class Server:
             return 1
         self.notifier.notify("READY=1", f"STATUS=receiving on {', '.join(lst.address for lst in self.listeners)}",
                              *([f"FLOWMED_WORKER={self.worker}"] if self.worker is not None else []))
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            self._loop.add_signal_handler(sig, self.request_stop, sig)
-        self._loop.add_signal_handler(signal.SIGHUP, self.request_reload)
         await self.main_loop()
         return await self.shutdown()
 
@@ -415,6 +426,10 @@ class Server:
     def on_tick(self) -> None:
         """Once a second: expiry, flush deadlines, state save, kernel drops, metrics, status."""
         assert self.pipeline is not None
+        supervisor = os.environ.get("FLOWMED_SUPERVISOR_PID")
+        if self.worker is not None and supervisor and os.getppid() != int(supervisor):
+            log("error", "supervisor is gone; stopping", worker=self.worker)
+            self.request_stop()
         p, m = self.pipeline, self.metrics
         now = now_ms()
         p.refresh_gauges(now)
@@ -435,10 +450,8 @@ class Server:
         if time.monotonic() - self._last_state_save >= STATE_SAVE_INTERVAL_S:
             self.save_state()
         for lst in self.listeners:
-            drops = lst.new_kernel_drops()
-            if drops:
-                m.socket_drops.labels(lst.address).inc(drops)
-                log("warning", "kernel dropped datagrams: receive buffer full", listener=lst.address, drops=drops)
+            if m.socket_drops is not None:  # else the supervisor counts them
+                count_kernel_drops(lst, m)
             new = lst.datagrams - getattr(lst, "_reported", 0)
             if new:
                 m.listener_datagrams.labels(lst.address).inc(new)
@@ -449,9 +462,23 @@ class Server:
 
     def _sink_metrics(self) -> None:
         sink = self.pipeline.sink if self.pipeline else None
+        m = self.metrics
         pending = getattr(sink, "pending_rows", None)
         if isinstance(pending, int):
-            self.metrics.sink_rows_buffered.set(pending)
+            m.sink_rows_buffered.set(pending)
+        for table, rows in dict(getattr(sink, "dropped_rows", {})).items():
+            key = ("sink", table)
+            if rows > self._dropped_seen.get(key, 0):
+                m.sink_dropped_rows.labels(table).inc(rows - self._dropped_seen.get(key, 0))
+                log("error", "rows dropped: the outputs cannot keep up", table=table,
+                    rows=rows - self._dropped_seen.get(key, 0))
+                self._dropped_seen[key] = rows
+        for output, stats in dict(getattr(sink, "stats", {})).items():
+            key = ("output", output)
+            rows = getattr(stats, "dropped_rows", 0)
+            if rows > self._dropped_seen.get(key, 0):
+                m.output_dropped_rows.labels(output).inc(rows - self._dropped_seen.get(key, 0))
+                self._dropped_seen[key] = rows
         spool_bytes = 0
         for o in getattr(sink, "outputs", []):
             status = getattr(o, "status", None)
@@ -522,7 +549,10 @@ class Server:
         except TimeoutError:
             log("error", "shutdown timed out: data still in memory is lost", timeout_s=timeout)
             self.notifier.notify("STATUS=shutdown timed out")
-            return 1
+            # The flush thread is stuck (a hung disk or server); waiting for it at interpreter exit would overrun
+            # the limit we promise, so leave now.
+            logging.shutdown()
+            os._exit(1)
         self.save_state()
         self.on_tick_metrics_final()
         if self.http is not None:

@@ -182,8 +182,7 @@ def render(status: dict[str, Any]) -> str:
     now = int(time.time() * 1000)
     lines = [f"flowmed {status.get('version', '?')}  pid {status.get('pid', '?')}  up {status.get('uptime_s', 0):.0f}s"
              f"  workers {status.get('worker_count', 1)}",
-             f"datagrams {status.get('datagrams', 0)}  flows {status.get('flows', 0)}"
-             f"  rows flushed {status.get('rows_flushed', 0)}", "", "listeners:"]
+             f"datagrams {status.get('datagrams', 0)}  flows {status.get('flows', 0)}", "", "listeners:"]
     for li in status.get("listeners", []):
         worker = f"worker {li['worker']:<3}" if li.get("worker") is not None else ""
         lines.append(f"  {li['address']:<24} {worker}rcvbuf {li.get('rcvbuf_bytes', 0):>10}"

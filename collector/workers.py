@@ -35,6 +35,7 @@ from collector.configtree import ConfigError
 from collector.listener import UdpListener
 from collector.logging import log, set_level
 from collector.logging import setup as setup_logging
+from collector.server import count_kernel_drops
 from collector.systemd import Notifier, watchdog_interval_s
 
 HANG_TIMEOUT_S = 30.0
@@ -140,10 +141,11 @@ class Supervisor:
         for o in self.overrides:
             args += ["--set", o]
         env = dict(os.environ, FLOWMED_LISTEN_FDS=",".join(str(fd) for fd in w.fds), NOTIFY_SOCKET=self.inbox_name,
-                   FLOWMED_RUN_DIR=str(self.run_dir))
+                   FLOWMED_RUN_DIR=str(self.run_dir), FLOWMED_SUPERVISOR_PID=str(os.getpid()))
         env.pop("WATCHDOG_USEC", None)  # the workers ping the supervisor, which pings systemd
         env.pop("WATCHDOG_PID", None)
-        w.proc = subprocess.Popen(args, pass_fds=w.fds, env=env)
+        # Own session: a Ctrl-C in a terminal reaches only the supervisor, which stops the workers in order.
+        w.proc = subprocess.Popen(args, pass_fds=w.fds, env=env, start_new_session=True)
         w.ready = False
         w.started = w.last_ping = time.monotonic()
         self.metrics.workers.set(sum(1 for x in self.workers if x.proc and x.proc.poll() is None))
@@ -164,6 +166,8 @@ class Supervisor:
             now = time.monotonic()
             for w in self.workers:
                 self._check(w, now)
+                for lst in w.listeners:
+                    count_kernel_drops(lst, self.metrics)
             if not self.all_ready_sent and all(w.ready for w in self.workers):
                 self.all_ready_sent = True
                 self.notifier.notify("READY=1", f"STATUS={len(self.workers)} workers receiving")

@@ -75,9 +75,9 @@ def decode(config: Config, pcap: str, fmt: str, ports: tuple[int, ...]) -> None:
     except PcapError as exc:
         raise click.ClickException(str(exc)) from None
     writer.write(_decode_batch(decoder, batch, errors))
-    flush = getattr(decoder, "flush_pending", None)
-    if flush is not None:  # data still waiting for a template at the end of the file is reported, not hidden
-        flush()
+    held = len(getattr(decoder, "pending", ()))
+    if held:  # data still waiting for its template at the end of the capture is reported, not hidden
+        click.echo(f"not decoded: {held} data sets whose template is not in the capture", err=True)
     for (exporter, reason), count in sorted(errors.items()):
         click.echo(f"decode errors: exporter={exporter} reason={reason} count={count}", err=True)
 

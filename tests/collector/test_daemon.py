@@ -149,3 +149,70 @@ def test_run_refuses_an_invalid_config_with_status_2(tmp_path: Path, bad: str) -
     out = subprocess.run(["flowmed", "run", "--set", bad], capture_output=True, text=True, cwd=tmp_path, timeout=60)
     assert out.returncode == 2
     assert bad.split("=")[0] in out.stderr
+
+
+def test_kernel_drops_are_counted_and_nothing_else_is_lost(tmp_path: Path) -> None:
+    """With a tiny receive buffer and the daemon stopped (SIGSTOP), a burst overflows the socket: every datagram sent
+    is either received or counted as a kernel drop."""
+    d = Daemon(tmp_path, "listen.rcvbuf_bytes=4096")
+    traffic = V9Traffic(seed=5)
+    try:
+        d.wait_message("READY=1")
+        sent = traffic.send(d.port, 1)  # the template first, while the daemon reads
+        _wait_until(lambda: _metric(d.get("/metrics"), "flowmed_records_received_total") == sent)
+        d.send_signal(signal.SIGSTOP)
+        burst = 300
+        traffic.send(d.port, burst)
+        d.send_signal(signal.SIGCONT)
+        _wait_until(lambda: _metric(d.get("/metrics"), "flowmed_socket_drops_total") > 0)
+        _wait_until(lambda: _metric(d.get("/metrics"), "flowmed_listener_datagrams_total")
+                    + _metric(d.get("/metrics"), "flowmed_socket_drops_total") == 1 + burst)
+        assert "kernel dropped datagrams" in d.log_text()
+        assert d.stop() == 0
+    finally:
+        traffic.close()
+        d.kill()
+
+
+SLOW_SINK_DAEMON = """
+import sys, time, uvloop
+from prometheus_client import CollectorRegistry
+from collector import config as config_mod
+from collector.server import Server
+
+class SlowSink:
+    outputs = []
+    def add(self, table, batch): return True
+    def maybe_flush(self, now=None): pass
+    def flush(self): time.sleep(300)  # a hung disk or server
+    def close(self): pass
+
+cfg = config_mod.load(None, sys.argv[1:])
+sys.exit(uvloop.run(Server(cfg, registry=CollectorRegistry(), sink=SlowSink(), mediator=None).serve()))
+"""
+
+
+def test_shutdown_is_bounded_by_shutdown_timeout(tmp_path: Path) -> None:
+    """A flush that hangs does not keep the daemon past service.shutdown_timeout_s: it exits 1 and says so."""
+    import os
+    import socket
+    import sys
+
+    from tests.fixtures.peers import free_port
+
+    notify = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    name = f"flowmed-test-{os.urandom(6).hex()}"
+    notify.bind("\0" + name)
+    notify.settimeout(30)
+    log = tmp_path / "log"
+    proc = subprocess.Popen([sys.executable, "-c", SLOW_SINK_DAEMON, f'listen.udp=["127.0.0.1:{free_port()}"]',
+                             f"store.path={tmp_path}", "metrics.enabled=false", "service.shutdown_timeout_s=1"],
+                            env=dict(os.environ, NOTIFY_SOCKET="@" + name), stderr=open(log, "wb"))
+    try:
+        assert b"READY=1" in notify.recv(4096)
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=60) == 1  # well before the 300 s the flush would take
+    finally:
+        proc.kill()
+        notify.close()
+    assert "shutdown timed out" in log.read_text()
