@@ -6,6 +6,7 @@ import numpy as np
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from decoders.errors import REASONS
 from decoders.flows import DecoderLimits, FlowDecoder
 from tests.decoders.packets import (
     T0_MS,
@@ -32,6 +33,7 @@ def decode(*payloads, dec=None):
 
 def check_consistent(res, n_inputs):
     assert res.errors[(EXP, "internal_error")] == 0
+    assert {reason for _, reason in res.errors} <= set(REASONS) - {"internal_error"}
     assert sum(res.datagrams.values()) == n_inputs
     assert res.n_flows == sum(res.records.values())
     assert {len(c) for c in res.flows.values()} == {res.n_flows}
