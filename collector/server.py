@@ -374,6 +374,7 @@ class Server:
         if self.worker is None:
             log("info", "flowmed started", version=metrics_mod.version(), pid=os.getpid(),
                 listeners=[lst.address for lst in self.listeners], outputs=outputs, workers=1,
+                rcvbuf_granted=min((lst.rcvbuf_granted for lst in self.listeners), default=0),
                 mediation=mediator is not None, metrics=self.http.address if self.http else "off",
                 store=cfg.store.path)
         else:

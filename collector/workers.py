@@ -126,6 +126,7 @@ class Supervisor:
             self._spawn(w)
         log("info", "flowmed started", version=metrics_mod.version(), pid=os.getpid(),
             listeners=[lst.address for lst in self.workers[0].listeners], workers=cfg.service.workers,
+            rcvbuf_granted=granted,
             metrics=http.address if http else "off", store=cfg.store.path)
         code = self._loop()
         if http is not None:

@@ -24,7 +24,7 @@ class Daemon:
     """
 
     def __init__(self, tmp: Path, *sets: str, config: Path | None = None, workers: int = 1,
-                 flush_interval_s: float = 600.0) -> None:
+                 flush_interval_s: float = 600.0, env: dict[str, str] | None = None) -> None:
         self.tmp = tmp
         tmp.mkdir(parents=True, exist_ok=True)
         self.port = free_port()
@@ -43,7 +43,7 @@ class Daemon:
                   f"service.workers={workers}", "service.shutdown_timeout_s=20", *sets):
             args += ["--set", s]
         self.log = tmp / "flowmed.log"
-        env = dict(os.environ, NOTIFY_SOCKET="@" + name)
+        env = dict(os.environ, NOTIFY_SOCKET="@" + name, **(env or {}))
         env.pop("PROMETHEUS_MULTIPROC_DIR", None)
         self.proc = subprocess.Popen(args, cwd=tmp, env=env, stderr=open(self.log, "wb"))
 

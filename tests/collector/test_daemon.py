@@ -55,6 +55,18 @@ def test_ready_then_sigterm_flushes_everything_received(tmp_path: Path) -> None:
     assert json.loads((d.store / "state" / "templates.json").read_bytes())["exporters"]
 
 
+@pytest.mark.parametrize("workers", [1, 2])
+def test_watchdog_pings_when_systemd_asks_for_them(tmp_path: Path, workers: int) -> None:
+    d = Daemon(tmp_path, workers=workers, env={"WATCHDOG_USEC": "1000000"})  # WatchdogSec=1: a ping every 0.5 s
+    try:
+        d.wait_message("READY=1")
+        d.wait_message("WATCHDOG=1", timeout=10)
+        assert d.stop() == 0
+    finally:
+        d.kill()
+    assert not any("FLOWMED_WORKER" in m for m in d.messages)  # workers talk to the supervisor, not to systemd
+
+
 def test_sigint_also_flushes(tmp_path: Path) -> None:
     d = Daemon(tmp_path)
     traffic = V9Traffic(seed=7)
