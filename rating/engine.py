@@ -91,14 +91,23 @@ class _Rows:
     cls_names: np.ndarray
 
 
+def prepare_usage(usage: pa.Table) -> pa.Table:
+    """The usage key columns and bytes with the engine's types (times and bytes as int64, strings as strings)."""
+    usage = usage.select(list(USAGE_KEY) + ["bytes"])
+    cols = {}
+    for name in usage.column_names:
+        arr = usage[name]
+        if name in ("interval_start", "interval_end", "bytes"):
+            arr = pc.cast(arr, pa.int64())
+        elif not pa.types.is_string(arr.type):
+            arr = pc.cast(arr, pa.string())
+        cols[name] = arr
+    return pa.table(cols)
+
+
 def sum_usage(usage: pa.Table) -> pa.Table:
     """Usage summed per (subscriber, interval, direction, class): rows from several collectors become one."""
-    usage = usage.select(list(USAGE_KEY) + ["bytes"])
-    usage = usage.set_column(usage.schema.get_field_index("interval_start"), "interval_start",
-                             pc.cast(usage["interval_start"], pa.int64()))
-    usage = usage.set_column(usage.schema.get_field_index("interval_end"), "interval_end",
-                             pc.cast(usage["interval_end"], pa.int64()))
-    usage = usage.set_column(usage.schema.get_field_index("bytes"), "bytes", pc.cast(usage["bytes"], pa.int64()))
+    usage = prepare_usage(usage)
     out = usage.group_by(list(USAGE_KEY)).aggregate([("bytes", "sum")]).rename_columns([*USAGE_KEY, "bytes"])
     return out.sort_by([("subscriber_id", "ascending"), ("interval_start", "ascending")])
 
@@ -200,6 +209,44 @@ class _Ctx:
             return np.full(len(self.idx), value, dtype=np.int64)
         return prorate(value, self.seg_end - self.seg_start, self.cend - self.cstart)
 
+    def prorated_at(self, value: int, *index: np.ndarray) -> np.ndarray | int:
+        """``prorated(value)`` at rows picked by successive ``index`` arrays; a plain int when no row is prorated
+        (the usual case: whole cycles), so no array is built at all."""
+        if not self.plan.prorate or self.whole_cycles:
+            return value
+        out = self.prorated(value)
+        for i in index:
+            out = out[i]
+        return out
+
+    @property
+    def whole_cycles(self) -> bool:
+        if not hasattr(self, "_whole"):
+            self._whole = bool(np.array_equal(self.seg_end - self.seg_start, self.cend - self.cstart))
+        return self._whole
+
+
+def _order(*keys: np.ndarray) -> np.ndarray:
+    """Indices that sort rows by ``keys`` (most significant first).
+
+    One stable argsort of a packed int64 key when the keys' ranges fit in 63 bits (the usual case: a subscriber
+    code, a card, a time, a direction, a class, a band), else ``np.lexsort``.
+    """
+    n = len(keys[0])
+    packed = np.zeros(n, dtype=np.int64)
+    bits = 0
+    for k in keys:
+        if n == 0:
+            break
+        lo = int(k.min())
+        width = (int(k.max()) - lo).bit_length()
+        bits += width
+        if bits > 63:
+            return np.lexsort(tuple(reversed(keys)))
+        if width:
+            packed = (packed << width) | (k.astype(np.int64) - lo)
+    return np.argsort(packed, kind="stable")
+
 
 def _group_starts(*keys: np.ndarray) -> np.ndarray:
     """Boolean: row starts a new group (keys already sorted)."""
@@ -264,7 +311,8 @@ def _rate_usage_plan(rows: _Rows, ctx: _Ctx) -> tuple[pa.Table, list[pa.Table], 
                    ctx.cidx[keep], ctx.closed_until)
     n = len(idx)
     # Per (segment, card) cumulative quantities, records in (interval, direction, class, band) order.
-    order = np.lexsort((band, clsc, dirc, start, card, ctx.seg_start, subc))
+    # Segments of one subscriber follow each other in time, so (subscriber, card, time, ...) groups them too.
+    order = _order(subc, card, start, dirc, clsc, band)
     inv = np.empty(n, dtype=np.int64)
     inv[order] = np.arange(n)
     s = order
@@ -293,12 +341,12 @@ def _rate_usage_plan(rows: _Rows, ctx: _Ctx) -> tuple[pa.Table, list[pa.Table], 
             k += len(rc.tiers) * len(plan.band_names)
             continue
         cb, ca, tot, bnd = c_before[mm], c_after[mm], total[mm], band_s[mm]
-        allow = ctx.prorated(rc.allowance_bytes)[s][mm]
+        allow = ctx.prorated_at(rc.allowance_bytes, s, mm)
         allowance_q[mm] = np.clip(np.minimum(ca, allow) - cb, 0, None)
-        los = [np.zeros(len(mm), dtype=np.int64)]
+        los: list = [0]
         his = []
         for t in rc.tiers:
-            hi = ctx.prorated(t.up_to_bytes)[s][mm] if t.up_to_bytes is not None else np.full(len(mm), INT64_MAX)
+            hi = ctx.prorated_at(t.up_to_bytes, s, mm) if t.up_to_bytes is not None else INT64_MAX
             his.append(hi)
             los.append(hi)
         charged_lo = np.maximum(cb, allow)
@@ -334,11 +382,11 @@ def _rate_usage_plan(rows: _Rows, ctx: _Ctx) -> tuple[pa.Table, list[pa.Table], 
     events: list[pa.Table] = []
     # Segment-wide: fair usage and maximum charge, records in time order.
     if plan.fair_usage_bytes is not None or plan.max_charge is not None or plan.minimum_charge > 0:
-        o2 = np.lexsort((band, clsc, dirc, start, ctx.seg_start, subc))
+        o2 = _order(subc, start, dirc, clsc, band)
         new2 = _group_starts(subc[o2], ctx.seg_start[o2])
         amt2 = amount[o2].copy()
         if plan.fair_usage_bytes is not None:
-            fu = ctx.prorated(plan.fair_usage_bytes)[o2]
+            fu = ctx.prorated_at(plan.fair_usage_bytes, o2)
             seg_cum = _grouped_cumsum(qty[o2], new2)
             seg_before = seg_cum - qty[o2]
             amt2[seg_before >= fu] = 0
@@ -351,10 +399,10 @@ def _rate_usage_plan(rows: _Rows, ctx: _Ctx) -> tuple[pa.Table, list[pa.Table], 
                     "subscriber_id": rows.sub_names[subc[r]].tolist(), "plan_id": [plan.id] * len(r),
                     "cycle": [ctx.labels[c] for c in ctx.cidx[r]], "event_time": start[r].astype(np.int64),
                     "bytes": seg_cum[crossing].astype(np.uint64),
-                    "detail": [f"fair usage threshold {int(fu[c])} bytes reached; further usage not charged"
-                               for c in crossing]}, schema=EVENT_SCHEMA))
+                    "detail": [f"fair usage threshold {int(np.broadcast_to(fu, len(o2))[c])} bytes reached; "
+                               "further usage not charged" for c in crossing]}, schema=EVENT_SCHEMA))
         if plan.max_charge is not None:
-            cap = ctx.prorated(decimal_micros(plan.max_charge, plan.money_rounding))[o2]
+            cap = ctx.prorated_at(decimal_micros(plan.max_charge, plan.money_rounding), o2)
             cum = _grouped_cumsum(amt2, new2)
             capped = np.minimum(cum, cap)
             prev = np.where(new2, 0, np.concatenate([[0], capped[:-1]]))
@@ -426,14 +474,15 @@ def _records(rows: _Rows, ctx: _Ctx, idx: np.ndarray, band: np.ndarray, card: np
     start = rows.start[idx]
     record_id = pc.binary_join_element_wise(sub, pc.cast(pa.array(start), pa.string()), direction, cls, band_s, "/")
     return pa.table({
-        "record_id": record_id, "subscriber_id": sub, "plan_id": _dict_strings(np.zeros(n), [plan.id]),
+        "record_id": record_id, "subscriber_id": sub, "plan_id": pa.repeat(pa.scalar(plan.id, pa.string()), n),
         "plan_version": pa.array(np.full(n, plan.version, dtype=np.uint32)), "rate_card": card_s,
         "interval_start": pa.array(start), "interval_end": pa.array(rows.end[idx]), "direction": direction,
-        "traffic_class": cls, "band": band_s, "bytes": pa.array(rows.bytes[idx].astype(np.uint64)),
-        "billable_quantity": pa.array(qty.astype(np.uint64)), "quantity_unit": _dict_strings(np.zeros(n), ["bytes"]),
-        "allowance_quantity": pa.array(allowance_q.astype(np.uint64)),
-        "cycle_to_date": pa.array(ctd.astype(np.uint64)), "amount_micros": pa.array(amount.astype(np.int64)),
-        "currency": _dict_strings(np.zeros(n), [plan.currency]), "cycle": _dict_strings(ctx.cidx, ctx.labels),
+        "traffic_class": cls, "band": band_s, "bytes": pa.array(rows.bytes[idx].view(np.uint64)),
+        "billable_quantity": pa.array(qty.view(np.uint64)),
+        "quantity_unit": pa.repeat(pa.scalar("bytes", pa.string()), n),
+        "allowance_quantity": pa.array(allowance_q.view(np.uint64)),
+        "cycle_to_date": pa.array(ctd.view(np.uint64)), "amount_micros": pa.array(amount.astype(np.int64, copy=False)),
+        "currency": pa.repeat(pa.scalar(plan.currency, pa.string()), n), "cycle": _dict_strings(ctx.cidx, ctx.labels),
     }, schema=RECORD_SCHEMA)
 
 

@@ -32,7 +32,7 @@ import pyarrow.compute as pc
 from decoders.schema import Table
 from rating import tables as rt
 from rating.assignments import AssignmentFile, Assignments
-from rating.engine import EVENT_BUCKET_MS, EVENT_SCHEMA, RECORD_SCHEMA, rate, sum_usage
+from rating.engine import EVENT_BUCKET_MS, EVENT_SCHEMA, RECORD_SCHEMA, prepare_usage, rate
 from rating.lease import StoreLease
 from rating.plans import PlanBook, load_plans
 from rating.timebase import cycle_bounds, cycles
@@ -148,15 +148,26 @@ class RatingJob:
 
     # --- reading ----------------------------------------------------------------------------------------------------
 
-    def read_usage(self, period: tuple[int, int], subscriber: str | None = None) -> pa.Table:
-        """Usage of closed intervals in ``period``, summed per key over all collectors, workers and corrections."""
-        final = " FINAL" if self.engine.target == "clickhouse" else ""  # usage is a ReplacingMergeTree there
+    def _usage_where(self, period: tuple[int, int], subscriber: str | None, part: str) -> str:
         sub = f" AND subscriber_id = {sql_string(subscriber)}" if subscriber else ""
+        return (f"source = {sql_string(self.config.rating.source)} AND direction IN ('up', 'down') "
+                f"AND subscriber_id != '' AND interval_start >= {sql_time(period[0])} "
+                f"AND interval_end <= {sql_time(period[1])}{sub}{part}")
+
+    def count_subscribers(self, period: tuple[int, int], subscriber: str | None = None) -> int:
+        t = self.engine.query(f"SELECT uniqExact(subscriber_id) AS n FROM usage "
+                              f"WHERE {self._usage_where(period, subscriber, '')}")
+        return int(t.column("n")[0].as_py()) if t.num_rows else 0
+
+    def read_usage(self, period: tuple[int, int], subscriber: str | None = None, part: str = "") -> pa.Table:
+        """Usage of closed intervals in ``period``, summed per key over all collectors, workers and corrections.
+
+        ``part`` is an extra SQL condition (`` AND ...``) selecting a slice of subscribers.
+        """
+        final = " FINAL" if self.engine.target == "clickhouse" else ""  # usage is a ReplacingMergeTree there
         sql = (
             "SELECT subscriber_id, interval_start, interval_end, direction, traffic_class, sum(bytes) AS bytes "
-            f"FROM usage{final} WHERE source = {sql_string(self.config.rating.source)} "
-            "AND direction IN ('up', 'down') AND subscriber_id != '' "
-            f"AND interval_start >= {sql_time(period[0])} AND interval_end <= {sql_time(period[1])}{sub} "
+            f"FROM usage{final} WHERE {self._usage_where(period, subscriber, part)} "
             "GROUP BY subscriber_id, interval_start, interval_end, direction, traffic_class")
         t = self.engine.query(sql)
         if t.num_rows == 0:
@@ -165,18 +176,20 @@ class RatingJob:
                              "traffic_class": pa.array([], pa.string()), "bytes": pa.array([], pa.int64())})
         return t
 
-    def _scope(self, column: str, period: tuple[int, int], subscriber: str | None) -> str:
+    def _scope(self, column: str, period: tuple[int, int], subscriber: str | None, part: str = "") -> str:
         cond = f"{column} >= {sql_time(period[0])} AND {column} < {sql_time(period[1])}"
-        return cond + (f" AND subscriber_id = {sql_string(subscriber)}" if subscriber else "")
+        return cond + (f" AND subscriber_id = {sql_string(subscriber)}" if subscriber else "") + part
 
-    def read_current(self, period: tuple[int, int], subscriber: str | None = None) -> pa.Table:
+    def read_current(self, period: tuple[int, int], subscriber: str | None = None, part: str = "") -> pa.Table:
         """Newest version of every rated record in scope, void ones included."""
-        t = self.engine.query(rt.current_sql(self._scope("interval_start", period, subscriber), include_void=True))
+        t = self.engine.query(rt.current_sql(self._scope("interval_start", period, subscriber, part),
+                                             include_void=True))
         return _normalise(t, rt.RATED_USAGE)
 
-    def read_current_events(self, period: tuple[int, int], subscriber: str | None = None) -> pa.Table:
+    def read_current_events(self, period: tuple[int, int], subscriber: str | None = None, part: str = ""
+                            ) -> pa.Table:
         t = self.engine.query(
-            f"SELECT * FROM rating_events WHERE {self._scope('period_start', period, subscriber)} "
+            f"SELECT * FROM rating_events WHERE {self._scope('period_start', period, subscriber, part)} "
             "ORDER BY event_id, version DESC LIMIT 1 BY event_id")
         return _normalise(t, rt.RATING_EVENTS)
 
@@ -215,20 +228,34 @@ class RatingJob:
         return report
 
     def _rate_period(self, report: RunReport, period: tuple[int, int], subscriber: str | None, now: int) -> None:
-        usage = sum_usage(self.read_usage(period, subscriber))
+        """Rate the period slice by slice of subscribers (rating is independent per subscriber), which bounds the
+        memory of a run: ``cityHash64(subscriber_id) % slices = k`` picks the same subscribers in the usage, the
+        current records and the events."""
+        slices = max(1, -(-self.count_subscribers(period, subscriber) // self.config.rating.slice_subscribers))
+        self.lease.renew()
+        for k in range(slices):
+            part = f" AND cityHash64(subscriber_id) % {slices} = {k}" if slices > 1 else ""
+            self._rate_slice(report, period, subscriber, part, now)
+            self.lease.renew()
+
+    def _rate_slice(self, report: RunReport, period: tuple[int, int], subscriber: str | None, part: str,
+                    now: int) -> None:
+        usage = prepare_usage(self.read_usage(period, subscriber, part))
         result = rate(usage, self.plans, self.assignments, closed_until_ms=period[1], presummed=True)
-        report.usage_rows = result.usage_rows
-        report.unrated_bytes = result.unrated_bytes
-        current = self.read_current(period, subscriber)
+        report.usage_rows += result.usage_rows
+        report.unrated_bytes += result.unrated_bytes
+        current = self.read_current(period, subscriber, part)
         writes, counts, per_sub = diff_records(result.records, current)
-        report.records_new, report.records_changed, report.records_voided, report.records_unchanged = counts
-        report.per_subscriber = per_sub
+        report.records_new += counts[0]
+        report.records_changed += counts[1]
+        report.records_voided += counts[2]
+        report.records_unchanged += counts[3]
+        report.per_subscriber.update(per_sub)
         if writes.num_rows:
-            writes = _finish(writes, rt.RATED_USAGE, report.run_id, now)
-            self._write_visible(rt.RATED_USAGE, writes)
+            self._write_visible(rt.RATED_USAGE, _finish(writes, rt.RATED_USAGE, report.run_id, now))
         events = _bucket_events(result.events, period)
-        ev_writes = diff_events(events, self.read_current_events(period, subscriber))
-        report.events_written = ev_writes.num_rows
+        ev_writes = diff_events(events, self.read_current_events(period, subscriber, part))
+        report.events_written += ev_writes.num_rows
         if ev_writes.num_rows:
             self._write_visible(rt.RATING_EVENTS, _finish(ev_writes, rt.RATING_EVENTS, report.run_id, now))
 

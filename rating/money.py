@@ -68,7 +68,13 @@ def prorate(value: int, part_ms: np.ndarray, whole_ms: np.ndarray) -> np.ndarray
     """``floor(value * part / whole)`` per element, exactly (object arithmetic when int64 could overflow)."""
     part = np.asarray(part_ms, dtype=np.int64)
     whole = np.asarray(whole_ms, dtype=np.int64)
-    pmax = int(part.max()) if len(part) else 0
-    if value * pmax < SAFE:
-        return (value * part) // whole
-    return ((part.astype(object) * value) // whole.astype(object)).astype(np.int64)
+    out = np.full(len(part), value, dtype=np.int64)
+    short = np.flatnonzero(part != whole)  # most rows belong to whole cycles: nothing to compute
+    if len(short) == 0:
+        return out
+    p, w = part[short], whole[short]
+    if value * int(p.max()) < SAFE:
+        out[short] = (value * p) // w
+    else:
+        out[short] = ((p.astype(object) * value) // w.astype(object)).astype(np.int64)
+    return out

@@ -30,7 +30,8 @@ NOW = ms("2026-11-10T00:00:00+01:00")
 def store_env(request, tmp_path):
     """(add usage rows, make a rating job) over the embedded store or a real clickhouse-server 18.16."""
     if request.param == "store":
-        config = load(None, [f"store.path={tmp_path}", "rating.lookback_cycles=2"])
+        config = load(None, [f"store.path={tmp_path}", "rating.lookback_cycles=2",
+                             "rating.slice_subscribers=1"])
         out = ParquetStore.for_config(config, housekeeper=False)
     else:
         server = request.getfixturevalue("clickhouse_server")
@@ -38,7 +39,8 @@ def store_env(request, tmp_path):
         server.query(f"DROP DATABASE IF EXISTS {db}")
         config = load(None, [f"store.path={tmp_path}", "store.enabled=false", "output.clickhouse.enabled=true",
                              f"output.clickhouse.port={server.port}", f"output.clickhouse.database={db}",
-                             "rating.target=clickhouse", "rating.lookback_cycles=2"])
+                             "rating.target=clickhouse", "rating.lookback_cycles=2",
+                             "rating.slice_subscribers=1"])
         out = ClickHouseOutput(config.output.clickhouse, config.spool, tmp_path / "usage-spool",
                                tables=list(load_tables().values()), max_backoff_s=1.0)
     ids = iter(range(1, 1000))
