@@ -417,9 +417,12 @@ class RatingConfig:
     """The rating lease (a row in the store) expires this long after it was last renewed by its holder."""
     target: Literal["auto", "store", "clickhouse"] = "auto"
     """Where usage is read from and current rated records are compared against (auto: as flowmed query)."""
+    slice_subscribers: int = 20_000
+    """A run rates this many subscribers at a time (by hash), which bounds its memory."""
 
     def validate(self, key: str) -> None:
-        _check_positive(key, schedule_interval_s=self.schedule_interval_s, lease_ttl_s=self.lease_ttl_s)
+        _check_positive(key, schedule_interval_s=self.schedule_interval_s, lease_ttl_s=self.lease_ttl_s,
+                        slice_subscribers=self.slice_subscribers)
         if self.extra_lateness_s < 0:
             raise ConfigError(f"{key}.extra_lateness_s", self.extra_lateness_s, "a number >= 0")
         if self.lookback_cycles < 0:
