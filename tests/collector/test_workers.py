@@ -97,3 +97,28 @@ def test_dead_worker_is_restarted_and_metrics_are_merged(tmp_path: Path) -> None
         traffic.close()
         d.kill()
     assert "worker died; restarting it" in d.log_text()
+
+
+def test_sighup_is_validated_by_the_supervisor_and_forwarded(tmp_path: Path) -> None:
+    conf = tmp_path / "collector.toml"
+    conf.write_text('[log]\nlevel = "info"\n')
+    d = Daemon(tmp_path, config=conf, workers=2)
+    try:
+        d.wait_message("READY=1")
+        conf.write_text("[listen]\nbatch_datagrams = 0\n")
+        d.send_signal(signal.SIGHUP)
+        deadline = time.monotonic() + 20
+        while "configuration reload refused" not in d.log_text() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert "listen.batch_datagrams" in d.log_text()
+        assert 'flowmed_config_reloads_total{result="refused"} 1.0' in d.get("/metrics")
+        conf.write_text('[log]\nlevel = "debug"\n')
+        d.send_signal(signal.SIGHUP)
+        deadline = time.monotonic() + 20
+        while d.log_text().count("configuration reloaded") < 3 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert d.log_text().count("configuration reloaded") == 3  # the supervisor and both workers
+        assert "flowmed_worker_restarts_total 0.0" in d.get("/metrics")  # reloaded in place, not restarted
+        assert d.stop() == 0
+    finally:
+        d.kill()
