@@ -378,8 +378,9 @@ class MediationConfig:
     """Records with more bytes per packet than this (or fewer than 1) are rejected as absurd_counters."""
     dedup_window_s: float = 900.0
     """Record keys are remembered this long (by flow end time) to drop resent or doubly exported records."""
-    dedup_max_keys: int = 50_000_000
-    """Keys kept at most (8 bytes each); the oldest are forgotten first (counted)."""
+    dedup_max_keys: int = 16_000_000
+    """Keys kept at most, over two generations (about 16 bytes of memory per key); when the rate is so high that
+    a generation fills before dedup_window_s, it is retired early and the window is shorter (counted)."""
     exporter_roles: list[ExporterRole] = field(default_factory=list)
     """Exporter roles for de-duplication (longest prefix wins; default primary)."""
     classes: list[ClassRule] = field(default_factory=list)

@@ -48,37 +48,64 @@ def split_intervals(start: np.ndarray, end: np.ndarray, interval_ms: int
     return record, istart, part_start, overlap, duration
 
 
-def allocate(values: np.ndarray, record: np.ndarray, overlap: np.ndarray, duration: np.ndarray) -> np.ndarray:
-    """Share ``values[record]`` among parts by ``overlap / duration``; the parts of each record sum exactly to it.
+class Allocation:
+    """The split of records into parts, prepared once and applied to several counters (bytes, packets, flows).
 
+    Largest remainder: each part gets ``floor(value * overlap / duration)``, and the units left over (fewer than
+    the record's parts) go one each to the parts with the largest remainders, the earlier part first on a tie.
     Exact in uint64 arithmetic as long as ``duration**2 < 2**64`` (durations are bounded by validation).
     """
-    values = np.asarray(values, dtype=np.uint64)
-    v = values[record]
-    d = duration.astype(np.uint64)
-    w = overlap.astype(np.uint64)
-    if len(record) == len(values):  # one part per record
-        return v.copy()
-    q, r = v // d, v % d
-    num = r * w  # < d**2
-    part = q * w + num // d
-    frac = num % d
-    # units left over per record, given to its parts with the largest fractions
-    starts = np.flatnonzero(np.concatenate(([True], record[1:] != record[:-1])))
-    left = values[record[starts]] - np.add.reduceat(part, starts)
-    multi = np.flatnonzero(left > 0)
-    if len(multi):
+
+    def __init__(self, record: np.ndarray, overlap: np.ndarray, duration: np.ndarray, n_records: int) -> None:
+        self.record = record
+        self.trivial = len(record) == n_records  # one part per record: nothing to share
+        if self.trivial:
+            return
+        starts = np.flatnonzero(np.concatenate(([True], record[1:] != record[:-1])))
         nparts = np.diff(np.append(starts, len(record)))
+        multi = np.flatnonzero(nparts > 1)
         counts = nparts[multi]
-        idx = np.repeat(starts[multi], counts) + (np.arange(counts.sum()) - np.repeat(np.cumsum(counts) - counts,
-                                                                                       counts))
-        rec = record[idx]
-        order = np.lexsort((idx, -frac[idx].astype(np.float64), rec))  # largest fraction first, then earliest
-        idx_sorted = idx[order]
-        rank = np.arange(len(idx_sorted)) - np.repeat(np.cumsum(counts) - counts, counts)
-        give = rank < np.repeat(left[multi], counts).astype(np.int64)
-        part[idx_sorted[give]] += np.uint64(1)
-    return part
+        self.first = np.cumsum(counts) - counts  # of each split record, its first part's position in idx
+        self.idx = np.repeat(starts[multi], counts) + (np.arange(counts.sum()) - np.repeat(self.first, counts))
+        self.counts = counts
+        self.split_record = record[starts[multi]]
+        self.d = duration[starts[multi]].astype(np.uint64)
+        self.d_p = np.repeat(self.d, counts)
+        self.w = overlap[self.idx].astype(np.uint64)
+
+    def __call__(self, values: np.ndarray) -> np.ndarray:
+        """The parts of ``values`` (one per record), uint64; they add up exactly per record."""
+        values = np.asarray(values, dtype=np.uint64)
+        out = values[self.record]
+        if self.trivial:
+            return out
+        counts, first = self.counts, self.first
+        v = values[self.split_record]
+        q, r = np.divmod(v, self.d)  # per record: value = q * d + r
+        whole, frac = np.divmod(np.repeat(r, counts) * self.w, self.d_p)  # r * w < d**2
+        part = np.repeat(q, counts) * self.w + whole
+        left = (v - np.add.reduceat(part, first)).astype(np.int64)
+        two = (counts == 2) & (left > 0)
+        if two.any():  # the common case: two parts and one unit left
+            f = first[two]
+            part[f + (frac[f + 1] > frac[f]).astype(np.int64)] += np.uint64(1)
+            left[two] = 0
+        more = np.flatnonzero(left > 0)
+        if len(more):
+            c = counts[more]
+            sub = np.repeat(first[more], c) + (np.arange(c.sum()) - np.repeat(np.cumsum(c) - c, c))
+            owner = np.repeat(np.arange(len(more)), c)
+            order = np.lexsort((sub, -frac[sub].astype(np.int64), owner))  # largest fraction first, then earliest
+            ranked = sub[order]
+            rank = np.arange(len(ranked)) - np.repeat(np.cumsum(c) - c, c)
+            part[ranked[rank < np.repeat(left[more], c)]] += np.uint64(1)
+        out[self.idx] = part
+        return out
+
+
+def allocate(values: np.ndarray, record: np.ndarray, overlap: np.ndarray, duration: np.ndarray) -> np.ndarray:
+    """Share ``values[record]`` among parts by ``overlap / duration`` (see :class:`Allocation`)."""
+    return Allocation(record, overlap, duration, len(values))(values)
 
 
 def group_sum(keys: list[np.ndarray], values: list[np.ndarray]) -> tuple[list[np.ndarray], list[np.ndarray]]:

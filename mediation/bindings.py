@@ -354,6 +354,16 @@ class Bindings:
         self._delta = self._base
         self._load_all()
 
+    @classmethod
+    def from_index(cls, index: BindingIndex, names: list[str]) -> Bindings:
+        """An in-memory, read-only view over a prebuilt index (benchmarks; ``index.sub`` indexes ``names``)."""
+        b = cls(None)
+        for name in names:
+            b.subscriber_index(name)
+        with b._lock:
+            b._base = index
+        return b
+
     # subscriber names <-> dense per-process indexes
     def subscriber_index(self, name: str) -> int:
         """Dense index of a subscriber id (stable for this process's lifetime)."""

@@ -23,7 +23,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from mediation.aggregate import UsageAggregator, allocate, split_intervals
+from mediation.aggregate import Allocation, UsageAggregator, split_intervals
 from mediation.bindings import Bindings, split_addresses
 from mediation.classify import Classifier
 from mediation.dedup import Deduplicator
@@ -133,9 +133,10 @@ class Mediator:
         rec, istart, pstart, overlap, duration = split_intervals(cols["flow_start"][ok], cols["flow_end"][ok],
                                                                  self.interval_ms)
         r = ok[rec]
-        pbytes = allocate(nbytes[ok], rec, overlap, duration)
-        ppackets = allocate(cols["packets"][ok], rec, overlap, duration)
-        pflows = allocate(np.ones(len(ok), dtype=np.uint64), rec, overlap, duration)
+        share = Allocation(rec, overlap, duration, len(ok))
+        pbytes = share(nbytes[ok])
+        ppackets = share(cols["packets"][ok])
+        pflows = share(np.ones(len(ok), dtype=np.uint64))
         src_hi, src_lo = split_addresses(cols["src_addr"][r])
         dst_hi, dst_lo = split_addresses(cols["dst_addr"][r])
         src_sub, _ = self.bindings.lookup_split(src_hi, src_lo, pstart)

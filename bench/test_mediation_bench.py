@@ -1,0 +1,152 @@
+"""Mediation throughput: correlation + aggregation, and the whole Mediator, with 100,000 subscribers and 1,000,000
+bindings in history.
+
+    taskset -c 0 python -m pytest bench/test_mediation_bench.py --benchmark-enable \\
+        --benchmark-columns=mean,min,stddev,rounds
+
+Bindings: 100,000 subscribers; 1,000,000 bindings over 30 days of history, 800,000 of them IPv4 addresses from a
+CGNAT-style pool of 200,000 addresses in 100.64.0.0/14 (each address held by about four subscribers in turn) and
+200,000 IPv6 /56 delegated prefixes; the newest binding of each address or prefix is open. Flows: one batch of
+1,000,000 records from the last five minutes (80 % IPv4, 20 % IPv6; 90 % with a subscriber on one side, 10 %
+unknown), up to 2 minutes long (an active timeout of 2 minutes), so about one in five crosses an interval boundary. Flows per second = records per round / mean
+round time; every round checks that the bytes came out (attributed + unattributed = bytes in), so a broken pipeline
+cannot look fast.
+
+With ``--benchmark-disable`` (the suite's default) each benchmark runs once on 10,000 bindings and 5,000 flows.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pyarrow as pa
+import pytest
+
+from collector.config import load
+from decoders.schema import FLOWS, ipv4_mapped
+from mediation.aggregate import Allocation, UsageAggregator, split_intervals
+from mediation.bindings import Bindings, index_from_arrays, join_addresses, split_addresses
+from mediation.mediator import Mediator
+
+NOW = 1_764_000_000_000 + 4 * 60_000
+DAY = 86_400_000
+INTERVAL = 300_000
+
+
+def build_bindings(subscribers: int, bindings: int, seed: int = 1) -> tuple[Bindings, np.ndarray, np.ndarray]:
+    """Bindings as described in the module docstring; returns them and the v4 / v6 networks (uint64 halves)."""
+    rng = np.random.default_rng(seed)
+    n4, n6 = bindings * 8 // 10, bindings * 2 // 10
+    pool4 = rng.choice(1 << 18, n4 // 4, replace=False).astype(np.uint64) + np.uint64(0x6440_0000)  # 100.64/14
+    pool6 = (np.uint64(0x2001_0db8) << np.uint64(32)) | (rng.choice(1 << 24, n6 // 4, replace=False).astype(np.uint64)
+                                                          << np.uint64(8))
+    addr4 = np.repeat(pool4, 4)
+    addr6 = np.repeat(pool6, 4)
+    addresses = np.concatenate([ipv4_mapped(addr4.astype(np.uint32)),
+                                join_addresses(addr6, np.zeros(len(addr6), dtype=np.uint64))])
+    plen = np.concatenate([np.full(len(addr4), 128), np.full(len(addr6), 56)])
+    k = np.tile(np.arange(4), len(pool4) + len(pool6))  # the k-th holder of the address
+    start = NOW - 30 * DAY
+    valid_from = start + k * 7 * DAY + rng.integers(0, DAY, len(k))
+    valid_to = np.where(k == 3, 4_294_967_295_000, start + (k + 1) * 7 * DAY)
+    sub = rng.integers(0, subscribers, len(k))
+    index = index_from_arrays(sub, addresses, plen, valid_from, valid_to)
+    return Bindings.from_index(index, [f"sub{i:06d}" for i in range(subscribers)]), pool4, pool6
+
+
+def build_flows(n: int, pool4: np.ndarray, pool6: np.ndarray, seed: int = 2) -> pa.RecordBatch:
+    rng = np.random.default_rng(seed)
+    cols = FLOWS.empty_columns(n)
+    v6 = rng.random(n) < 0.2
+    known = rng.random(n) < 0.9
+    up = rng.random(n) < 0.5
+    sub4 = ipv4_mapped(pool4[rng.integers(0, len(pool4), n)].astype(np.uint32))
+    unknown4 = ipv4_mapped(rng.integers(0x0B00_0000, 0x0BFF_FFFF, n).astype(np.uint32))
+    hi6 = pool6[rng.integers(0, len(pool6), n)] | rng.integers(0, 256, n).astype(np.uint64)
+    sub6 = join_addresses(hi6, rng.integers(1, 1 << 62, n).astype(np.uint64))
+    remote4 = ipv4_mapped(rng.integers(0x0100_0000, 0x5FFF_FFFF, n).astype(np.uint32))
+    remote6 = join_addresses(np.full(n, 0x2A00_1450_0000_0000, dtype=np.uint64),
+                             rng.integers(1, 1 << 62, n).astype(np.uint64))
+    subscriber_side = np.where(v6, sub6, np.where(known, sub4, unknown4))
+    remote = np.where(v6, remote6, remote4)
+    cols["src_addr"] = np.where(up, subscriber_side, remote)
+    cols["dst_addr"] = np.where(up, remote, subscriber_side)
+    end = NOW - rng.integers(0, 60_000, n)
+    cols["flow_end"] = end
+    cols["flow_start"] = end - rng.integers(0, 120_000, n)  # active timeout 2 min: about 1 in 5 flows is split
+    cols["time_received"][:] = NOW
+    cols["bytes"] = rng.integers(40, 10_000_000, n).astype(np.uint64)
+    cols["packets"] = np.maximum(cols["bytes"] // 1000, 1).astype(np.uint64)
+    cols["src_port"] = rng.integers(1, 65535, n).astype(np.uint16)
+    cols["dst_port"] = rng.integers(1, 65535, n).astype(np.uint16)
+    cols["protocol"][:] = 6
+    cols["exporter"][:] = ipv4_mapped(np.array([0xC000_0201 + i % 4 for i in range(n)], dtype=np.uint32))
+    return FLOWS.to_arrow(cols)
+
+
+@pytest.fixture(scope="module")
+def data(request):
+    opt = request.config.getoption
+    benchmark_disabled = opt("benchmark_disable", True) and not opt("benchmark_enable", False)
+    sizes = (1_000, 10_000, 5_000) if benchmark_disabled else (100_000, 1_000_000, 1_000_000)
+    bindings, pool4, pool6 = build_bindings(sizes[0], sizes[1])
+    return bindings, build_flows(sizes[2], pool4, pool6)
+
+
+def test_correlation_and_aggregation(benchmark, data):
+    """Split at interval boundaries, look up both addresses at the part's time, aggregate usage rows."""
+    bindings, batch = data
+    src = batch.column("src_addr").to_numpy(zero_copy_only=False).astype("S16")
+    dst = batch.column("dst_addr").to_numpy(zero_copy_only=False).astype("S16")
+    start = batch.column("flow_start").view(pa.int64()).to_numpy()
+    end = batch.column("flow_end").view(pa.int64()).to_numpy()
+    nbytes = batch.column("bytes").to_numpy()
+    packets = batch.column("packets").to_numpy()
+    exporter = np.arange(len(nbytes), dtype=np.int32) % 4
+    total = int(nbytes.sum())
+
+    def run() -> int:
+        agg = UsageAggregator(INTERVAL, 60_000)
+        rec, istart, pstart, overlap, duration = split_intervals(start, end, INTERVAL)
+        share = Allocation(rec, overlap, duration, len(nbytes))
+        pbytes, ppackets, pflows = share(nbytes), share(packets), share(np.ones(len(nbytes), dtype=np.uint64))
+        shi, slo = split_addresses(src[rec])
+        dhi, dlo = split_addresses(dst[rec])
+        ssub, _ = bindings.lookup_split(shi, slo, pstart)
+        dsub, _ = bindings.lookup_split(dhi, dlo, pstart)
+        up, down = np.flatnonzero(ssub >= 0), np.flatnonzero(dsub >= 0)
+        none = np.flatnonzero((ssub < 0) & (dsub < 0))
+        sel = np.concatenate([up, down, none])
+        agg.add({"interval_start": istart[sel],
+                 "sub": np.concatenate([ssub[up], dsub[down], np.full(len(none), -1, np.int32)]),
+                 "direction": np.repeat(np.array([0, 1, 2], np.uint8), [len(up), len(down), len(none)]),
+                 "cls": np.zeros(len(sel), np.uint8), "exporter": exporter[rec][sel],
+                 "bytes": pbytes[sel], "packets": ppackets[sel], "flows": pflows[sel]}, NOW)
+        rows = agg.emit(NOW, force=True)
+        attributed = (ssub >= 0) | (dsub >= 0)
+        assert int(pbytes[attributed].sum()) + int(pbytes[~attributed].sum()) == total
+        assert int(rows["flows"].sum()) >= len(nbytes)
+        return len(nbytes)
+
+    n = benchmark(run)
+    benchmark.extra_info["flows"] = n
+
+
+def test_mediator_process(benchmark, data):
+    """The whole Mediator.process: validation, de-duplication, split, correlation, classes, aggregation and the
+    reconciliation check."""
+    bindings, batch = data
+    cfg = load(None, ['mediation.classes=[{name="cdn", prefixes=["1.0.0.0/8", "2a00:1450::/32"]}]'])
+    total = int(pa.compute.sum(batch.column("bytes")).as_py())
+
+    def setup():
+        return (Mediator(cfg, bindings, refresh_interval_s=1e9),), {}
+
+    def run(m: Mediator) -> None:
+        m.process(batch, NOW)
+        m.close_all(NOW)
+        c = m.counters
+        assert c["bytes_attributed"] + c["bytes_unattributed"] + c["bytes_rejected"] + c["bytes_duplicate"] == total
+        assert c["unbalanced_batches"] == 0 and c["bytes_attributed"] > 0
+
+    benchmark.pedantic(run, setup=setup, rounds=1 if benchmark.disabled else 5)
+    benchmark.extra_info["flows"] = batch.num_rows
