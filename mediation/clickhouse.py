@@ -17,7 +17,6 @@ a ``batch_id`` column rely on ReplacingMergeTree ids (rated usage) or, where the
 
 from __future__ import annotations
 
-import importlib
 import logging
 import threading
 import time
@@ -53,12 +52,10 @@ logging.getLogger("clickhouse_driver.columns.service").addFilter(_QuietGenericCo
 
 
 def load_tables() -> dict[str, Table]:
-    """Every registered table, importing ``mediation.tables`` (the list of table-defining modules) if present."""
-    try:
-        importlib.import_module("mediation.tables")
-    except ModuleNotFoundError as exc:
-        if exc.name != "mediation.tables":
-            raise
+    """Every registered table (importing every table-defining module flowmed has, as the query engine does)."""
+    from mediation.outputs import load_tables as load_all
+
+    load_all()
     return dict(TABLES)
 
 
