@@ -96,6 +96,8 @@ class RatingJob:
         self._own_outputs = outputs is None
         self.outputs = outputs if outputs is not None else build_rating_outputs(config)
         self._plans = plans
+        self._plans_injected = plans is not None
+        self._plans_stamp: tuple[int, int] | None = None
         self._assignments = assignments
         self._assignment_file = None if assignments is not None else AssignmentFile(
             config.data_path(config.rating.assignments_file))
@@ -107,8 +109,23 @@ class RatingJob:
 
     @property
     def plans(self) -> PlanBook:
-        if self._plans is None:
-            self._plans = load_plans(self.config.data_path(self.config.rating.plans_file))
+        """The plans file, re-read when it changes (a file that fails validation keeps the previous plans)."""
+        if self._plans_injected:
+            return self._plans  # type: ignore[return-value]
+        path = self.config.data_path(self.config.rating.plans_file)
+        try:
+            st = path.stat()
+            stamp = (st.st_mtime_ns, st.st_size)
+        except FileNotFoundError:
+            stamp = None
+        if self._plans is None or stamp != self._plans_stamp:
+            try:
+                self._plans = load_plans(path)
+            except Exception:
+                if self._plans is None:
+                    raise
+                log.exception("plans file %s is invalid; keeping the previous plans", path)
+            self._plans_stamp = stamp
         return self._plans
 
     @property
