@@ -53,13 +53,21 @@ def _run(job, *args, **kwargs):
 @config_options
 def rate_command(follow: bool, config) -> None:
     """Rate closed usage intervals into rated_usage (only what changed is written; one job at a time)."""
+    from rating.lease import LeaseHeld
     from rating.rerate import format_report
 
     job = _job(config)
     try:
         while True:
-            report = _run(job)
-            click.echo("\n".join(format_report(report)))
+            try:
+                report = _run(job) if not follow else job.run()
+                click.echo("\n".join(format_report(report)))
+            except LeaseHeld as exc:  # --follow: another host is rating now; try again next time
+                click.echo(f"skipped: {exc}", err=True)
+            except Exception as exc:  # --follow keeps going through a failed run (store down, bad plans file)
+                if not follow:
+                    raise
+                click.echo(f"rating run failed: {exc}", err=True)
             if not follow:
                 break
             time.sleep(config.rating.schedule_interval_s)
