@@ -165,3 +165,55 @@ def test_batches_coalesce_up_to_batch_rows_and_wait_at_most_batch_interval(click
     assert out.stats["batches_inserted"] == 1
     out.close()
     assert server_totals(clickhouse_server, db) == totals([*range(12), 20])
+
+
+@pytest.mark.parametrize("caps", [MODERN, LEGACY], ids=["modern", "18.16"])
+def test_driver_columns_read_back_by_chdb(caps, tmp_path):
+    """The columns for a modern server (IPv6, LowCardinality, DateTime64(3)) cannot be inserted into a real modern
+    server here (chDB has no native-protocol port), so they are serialised by clickhouse-driver's own block writer
+    into Native format and read back by chDB (ClickHouse 26.x): every value as sent."""
+    import chdb
+    from clickhouse_driver.block import ColumnOrientedBlock
+    from clickhouse_driver.bufferedwriter import CompressedBufferedWriter
+    from clickhouse_driver.client import Client
+    from clickhouse_driver.context import Context
+    from clickhouse_driver.streams.native import BlockOutputStream
+
+    from mediation.clickhouse_ddl import column_type
+
+    class NoBlockInfo:  # a revision-0 "server": Native format without the protocol's block header
+        used_revision = 0
+        timezone = "UTC"
+
+    class Collect:
+        def __init__(self) -> None:
+            self.data = bytearray()
+
+        def write(self, chunk) -> None:
+            self.data += bytes(chunk)
+
+    ctx = Context()
+    ctx.server_info = NoBlockInfo()
+    ctx.settings = {}
+    ctx.client_settings = Client("127.0.0.1", settings={"use_numpy": True}).client_settings  # never connects
+    batch = flow_batch(2, rows=300)
+    columns = arrow_to_columns(FLOWS, batch, caps, 77)
+    block = ColumnOrientedBlock([(c.name, column_type(c, caps)) for c in FLOWS.columns], columns)
+    sink = Collect()
+    out = CompressedBufferedWriter(sink, 1 << 20)  # a "compressor" that keeps the raw bytes
+    BlockOutputStream(out, ctx).write(block)
+    path = tmp_path / "block.native"
+    path.write_bytes(bytes(sink.data))
+    text = "toString({})" if caps.ipv6 else "IPv6NumToString({})"  # IPv6, or the 16 bytes of FixedString(16)
+    got = chdb.query(f"SELECT count(), sum(bytes), sum(packets), uniqExact(batch_id), any(batch_id), "
+                     f"toUInt64(max(toUnixTimestamp64Milli(toDateTime64(time_received, 3)))), "
+                     f"{text.format('any(src_addr)')} "
+                     f"FROM file('{path}', Native) WHERE src_port = 1", "CSV").bytes().decode().strip()
+    last_ms = 1_764_000_000_000 + 2000 + 1
+    expected_ms = last_ms if caps.datetime64 else last_ms // 1000 * 1000
+    assert got == f'1,6,2,1,77,{expected_ms},"::ffff:10.0.1.0"'
+    total = chdb.query(f"SELECT count(), sum(bytes) FROM file('{path}', Native)", "CSV").bytes().decode().strip()
+    assert total == f"300,{sum((i + 1) * 3 for i in range(300))}"
+    addrs = chdb.query(f"SELECT DISTINCT {text.format('dst_addr')} FROM file('{path}', Native) WHERE src_port = 199",
+                       "CSV").bytes().decode().strip()
+    assert addrs == '"2001:db8::c7"'
