@@ -1,0 +1,210 @@
+"""End to end: RADIUS sessions from radclient, flows through the Mediator into the embedded store, then the
+``flowmed query`` / ``reconcile`` / ``compare-sources`` commands; and the daemon with a static bindings file fed
+IPFIX from the exporter simulator."""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import json
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+from prometheus_client import CollectorRegistry
+
+from bench.exporter import Flow, IpfixExporter, flow_template
+from collector import metrics as metrics_mod
+from collector.config import load
+from collector.radius_listener import start_radius
+from collector.server import make_sink
+from mediation import Mediator
+from mediation.bindings import Bindings
+from mediation.tables import RECONCILIATION
+from tests.collector.daemon import Daemon
+from tests.fixtures.peers import free_port, require_tool
+from tests.mediation.mediation_helpers import INTERVAL, T0, a16
+from tests.mediation.test_mediator import EXPECTED, run_scenario
+from tests.mediation.test_radius import radclient
+
+pytestmark = [pytest.mark.external]
+
+
+def cli(store: Path, *args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "collector.cli", *args, "--set", f"store.path={store}"],
+                          capture_output=True, text=True, timeout=180, check=False)
+
+
+def query(store: Path, sql: str) -> list[dict]:
+    proc = cli(store, "query", sql, "--format", "json")
+    assert proc.returncode == 0, proc.stderr
+    return [json.loads(line) for line in proc.stdout.splitlines() if line.strip()]
+
+
+USAGE_SQL = ("SELECT subscriber_id, toInt64(toUnixTimestamp64Milli(interval_start)) AS s, direction, "
+             "sum(bytes) AS b FROM usage WHERE source = '{source}' GROUP BY subscriber_id, s, direction")
+
+
+def usage_by_key(store: Path, source: str = "flow") -> dict[tuple, int]:
+    return {(r["subscriber_id"], int(r["s"]), r["direction"]): int(r["b"])
+            for r in query(store, USAGE_SQL.format(source=source))}
+
+
+def iso(ms: int) -> str:
+    return dt.datetime.fromtimestamp(ms / 1000, dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def test_radclient_sessions_flows_store_query_and_reconcile(tmp_path):
+    require_tool("radclient")
+    store = tmp_path / "data"
+    port = free_port()
+    cfg = load(None, [f"store.path={store}", "mediation.watermark_s=60", "radius.enabled=true",
+                      f'radius.listen=["127.0.0.1:{port}"]',
+                      'radius.clients=[{address="127.0.0.1", secret="testing123"}]'])
+    db = cfg.data_path(cfg.subscribers.bindings_db)
+    sink = make_sink(cfg, metrics_mod.Metrics(CollectorRegistry()))
+    t = T0 // 1000
+
+    async def sessions():
+        server = await start_radius(asyncio.get_running_loop(), cfg, None, sink.add)
+        try:
+            requests = [
+                f"Acct-Status-Type = Start, User-Name = alice, Acct-Session-Id = a, Framed-IP-Address = 100.64.0.1, "
+                f"Event-Timestamp = {t - 3600}",
+                f"Acct-Status-Type = Start, User-Name = bob, Acct-Session-Id = b, Framed-IP-Address = 100.64.0.2, "
+                f"Event-Timestamp = {t - 3600}",
+                f"Acct-Status-Type = Start, User-Name = carol, Acct-Session-Id = c, Framed-IP-Address = 100.64.0.3, "
+                f"Event-Timestamp = {t - 3600}",
+                f"Acct-Status-Type = Start, User-Name = erin, Acct-Session-Id = e, "
+                f"Delegated-IPv6-Prefix = 2001:db8:e::/56, Event-Timestamp = {t - 3600}",
+                # carol leaves at T0 + 2 min and the address goes to dave
+                f"Acct-Status-Type = Stop, User-Name = carol, Acct-Session-Id = c, Framed-IP-Address = 100.64.0.3, "
+                f"Event-Timestamp = {t + 120}, Acct-Input-Octets = 0, Acct-Output-Octets = 0",
+                f"Acct-Status-Type = Start, User-Name = dave, Acct-Session-Id = d, Framed-IP-Address = 100.64.0.3, "
+                f"Event-Timestamp = {t + 120}",
+                # alice's counters: 1950 up / 5000 down since her Start, reported at T0 + 5 min
+                f"Acct-Status-Type = Interim-Update, User-Name = alice, Acct-Session-Id = a, "
+                f"Framed-IP-Address = 100.64.0.1, Event-Timestamp = {t + 300}, Acct-Input-Octets = 1950, "
+                f"Acct-Output-Octets = 5000",
+            ]
+            for text in requests:
+                code, out = await radclient(port, "testing123", text + "\n")
+                assert code == 0 and "Received Accounting-Response" in out, out
+        finally:
+            await server.stop()
+
+    asyncio.run(sessions())
+    mediator = Mediator(cfg, Bindings(db), refresh_interval_s=0)
+    for outs in run_scenario(mediator):
+        for name, batch in outs.items():
+            sink.add(name, batch)
+    sink.close()
+
+    assert usage_by_key(store) == EXPECTED
+    # RADIUS counters: Start at T0 - 1 h, Interim at T0 + 5 min: 65 minutes spread over 13 intervals
+    radius = usage_by_key(store, "radius")
+    assert sum(v for (s, _, d), v in radius.items() if s == "alice" and d == "up") == 1950
+    assert sum(v for (s, _, d), v in radius.items() if s == "alice" and d == "down") == 5000
+    assert radius[("alice", T0, "up")] == 1950 * 5 // 65 or radius[("alice", T0, "up")] == 1950 * 5 // 65 + 1
+    bindings = query(store, "SELECT subscriber_id, argMax(valid_to, version) AS vt FROM bindings "
+                            "GROUP BY binding_id, subscriber_id ORDER BY subscriber_id")
+    assert [b["subscriber_id"] for b in bindings] == ["alice", "bob", "carol", "dave", "erin"]
+
+    rec = cli(store, "reconcile", "--from", iso(T0 - 3600_000), "--to", iso(T0 + 3600_000))
+    assert rec.returncode == 0, rec.stdout + rec.stderr
+    total = [line for line in rec.stdout.splitlines() if line.startswith("total")][0].split("\t")
+    assert total[3:8] == ["11", "15749", "12450", "300", "999"] and total[-1] == "yes"
+
+    cmp = cli(store, "compare-sources", "--from", iso(T0 - 3600_000), "--to", iso(T0 + 3600_000),
+              "--subscriber", "alice")
+    assert cmp.returncode == 0, cmp.stderr
+    assert "alice\tup\t1950\t1950\t0\t0.00" in cmp.stdout and "alice\tdown\t5000\t5000\t0\t0.00" in cmp.stdout
+
+    # a reconciliation row that does not balance makes the command fail
+    sink = make_sink(cfg, metrics_mod.Metrics(CollectorRegistry()))
+    bad = RECONCILIATION.to_arrow({"interval_start": np.array([T0]), "interval_end": np.array([T0 + INTERVAL]),
+                                   "exporter": np.array([a16("192.0.2.9")], dtype="S16"),
+                                   "source": np.array(["flow"], dtype=object), "bytes_in": np.array([10], np.uint64),
+                                   "bytes_attributed": np.array([9], np.uint64), "balanced": np.array([0], np.uint8)})
+    sink.add("reconciliation", bad)
+    sink.close()
+    rec = cli(store, "reconcile", "--from", iso(T0 - 3600_000), "--to", iso(T0 + 3600_000))
+    assert rec.returncode == 1 and "NO" in rec.stdout
+
+
+def test_reprocess_rejects_after_raising_a_limit(tmp_path):
+    store = tmp_path / "data"
+    cfg = load(None, [f"store.path={store}", "mediation.max_flow_duration_s=60"])
+    bindings = Bindings(cfg.data_path(cfg.subscribers.bindings_db))
+    bindings.open("alice", "100.64.0.1", 0)
+    bindings.commit()
+    from tests.mediation.mediation_helpers import flows
+
+    sink = make_sink(cfg, metrics_mod.Metrics(CollectorRegistry()))
+    m = Mediator(cfg, bindings)
+    out = m.process(flows([dict(src="100.64.0.1", dst="8.8.8.8", start=T0, end=T0 + 120_000, bytes=777, packets=7),
+                           dict(src="100.64.0.1", dst="8.8.8.8", start=T0, end=T0 + 1000, bytes=5, packets=1)]),
+                    T0 + 200_000)
+    for name, b in {**out, **m.close_all(T0 + 200_000)}.items():
+        sink.add(name, b)
+    sink.close()
+    assert usage_by_key(store) == {("alice", T0, "up"): 5}
+    args = ("reprocess", "--from", iso(T0 - 3600_000), "--to", iso(T0 + 3600_000), "--set",
+            "mediation.max_flow_duration_s=3600")
+    first = cli(store, *args)
+    assert first.returncode == 0, first.stderr
+    assert "1 accepted" in first.stdout
+    again = cli(store, *args)  # the same reject is not re-processed twice
+    assert again.returncode == 0 and "0 not re-processed before" in again.stdout
+    assert usage_by_key(store) == {("alice", T0, "up"): 782}
+    rec = cli(store, "reconcile", "--from", iso(T0 - 3600_000), "--to", iso(T0 + 3600_000))
+    assert rec.returncode == 0, rec.stdout
+
+
+@pytest.mark.slow
+def test_daemon_with_static_bindings_and_ipfix(tmp_path):
+    """``flowmed run`` mediates IPFIX from the exporter simulator; the usage in the store is exact."""
+    subs = tmp_path / "subscribers.csv"
+    subs.write_text("subscriber_id,network\nalice,100.64.0.1\nbob,100.64.0.2\nerin,2001:db8:e::/56\n")
+    daemon = Daemon(tmp_path / "d", "mediation.enabled=true", f"subscribers.static_file={subs}",
+                    "mediation.watermark_s=1", flush_interval_s=1.0)
+    try:
+        daemon.wait_message("READY=1")
+        now = int(time.time() * 1000)
+        b = now // INTERVAL * INTERVAL
+        flows4 = [
+            Flow("100.64.0.1", "8.8.8.8", 40000, 443, 6, 1000, 10, b - 200_000, b - 100_000),
+            Flow("8.8.8.8", "100.64.0.1", 443, 40000, 6, 5000, 5, b - 200_000, b - 190_000),
+            Flow("100.64.0.1", "100.64.0.2", 40000, 22, 6, 700, 7, b - 150_000, b - 149_000),
+            Flow("198.51.100.9", "8.8.4.4", 40000, 53, 17, 300, 3, b - 150_000, b - 149_000),
+        ]
+        flows6 = [  # 100 s + 300 s + 10 s over three intervals
+            Flow("2001:4860::8888", "2001:db8:e:1::5", 443, 40000, 6, 4100, 41, b - 400_000, b + 10_000),
+        ]
+        exporter = IpfixExporter(1)
+        t4, t6 = flow_template(256, time_form="milliseconds"), flow_template(257, ipv6=True,
+                                                                             time_form="milliseconds")
+        datagram = exporter.datagram(exporter.templates(t4, t6), exporter.flows(t4, flows4, now),
+                                     exporter.flows(t6, flows6, now), export_ms=now)
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+            s.sendto(datagram, ("127.0.0.1", daemon.port))
+            s.sendto(datagram, ("127.0.0.1", daemon.port))  # resent: a duplicate
+        time.sleep(3)
+        assert daemon.stop() == 0, daemon.log_text()
+    finally:
+        daemon.kill()
+    got = usage_by_key(daemon.store)
+    assert got == {
+        ("alice", b - INTERVAL, "up"): 1700, ("alice", b - INTERVAL, "down"): 5000,
+        ("bob", b - INTERVAL, "down"): 700, ("", b - INTERVAL, "unattributed"): 300,
+        ("erin", b - 2 * INTERVAL, "down"): 1000, ("erin", b - INTERVAL, "down"): 3000,
+        ("erin", b, "down"): 100,
+    }, daemon.log_text()
+    recon = query(daemon.store, "SELECT sum(bytes_in) AS i, sum(bytes_duplicate) AS d, sum(bytes_attributed) AS a, "
+                                "sum(bytes_unattributed) AS u, min(balanced) AS ok FROM reconciliation")[0]
+    assert (int(recon["i"]), int(recon["d"]), int(recon["a"]), int(recon["u"]), int(recon["ok"])) == \
+        (2 * 11100, 11100, 10800, 300, 1)
