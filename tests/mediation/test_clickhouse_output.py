@@ -217,3 +217,41 @@ def test_driver_columns_read_back_by_chdb(caps, tmp_path):
     addrs = chdb.query(f"SELECT DISTINCT {text.format('dst_addr')} FROM file('{path}', Native) WHERE src_port = 199",
                        "CSV").bytes().decode().strip()
     assert addrs == '"2001:db8::c7"'
+
+
+def test_disk_refusing_the_spool_falls_back_to_a_direct_insert_or_counts(clickhouse_server, db, tmp_path,
+                                                                         monkeypatch):
+    out = make_output(clickhouse_server, db, tmp_path / "s")
+    assert out.drain(30)
+
+    def disk_full(*args, **kwargs):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(out.spool, "_write", disk_full)
+    out.write(FLOWS, flow_batch(0), 400)  # the spool cannot take it: inserted directly, synchronously
+    assert server_totals(clickhouse_server, db) == totals([0])
+    assert out.stats["batches_inserted"] == 1
+    # The server is unreachable as well: the rows are lost, and counted and logged as such.
+    out.config = ClickHouseConfig(enabled=True, port=1, database=db, insert_timeout_s=1)
+    out._disconnect()
+    out.write(FLOWS, flow_batch(1), 401)
+    assert out.spool.dropped_rows["write_error"] == 1000
+    assert out.status()["dropped_rows"] == 1000
+    out.close(timeout=1)
+    assert server_totals(clickhouse_server, db) == totals([0])
+
+
+def test_retention_job_drops_old_partitions(clickhouse_server, db, tmp_path):
+    out = make_output(clickhouse_server, db, tmp_path / "a")
+    assert out.drain(30)
+    out.close()
+    now = int(time.time())
+    clickhouse_server.query(f"INSERT INTO {db}.flows (time_received, bytes) VALUES ({now - 40 * 86400}, 1), "
+                            f"({now - 86400}, 2), ({now}, 3)")
+    cfg = ClickHouseConfig(enabled=True, port=clickhouse_server.port, database=db, flows_retention_days=30)
+    out = ClickHouseOutput(cfg, SpoolConfig(), tmp_path / "b", retention_interval_s=3600)
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline and clickhouse_server.query(f"SELECT sum(bytes) FROM {db}.flows") != "5\n":
+        time.sleep(0.1)
+    out.close()
+    assert clickhouse_server.query(f"SELECT sum(bytes) FROM {db}.flows") == "5\n"
