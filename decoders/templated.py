@@ -136,7 +136,7 @@ def make_view(compiled: Compiled, buf: bytes, n: int, starts: np.ndarray | None)
     """A field view over ``n`` concatenated records (``starts``: segment offsets of variable records)."""
     if compiled.fixed:
         return FixedView(np.frombuffer(buf, dtype=compiled.dtype, count=n))
-    return VariableView(np.frombuffer(buf, dtype=np.uint8), starts)
+    return VariableView(np.frombuffer(buf, dtype=np.uint8), starts, compiled)
 
 
 def options_values(compiled: Compiled, view: FixedView | VariableView) -> list[dict[int, int]]:

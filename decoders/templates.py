@@ -86,6 +86,8 @@ class Compiled:
     """First occurrence of each IANA element (times, sampling, options values)."""
     fast: bool = False
     """A fixed-length flow (not options) template: its data sets take the decoder's fast path."""
+    seg_dtypes: tuple[np.dtype | None, ...] = ()
+    """Per fixed segment, the structured dtype of the fields read from it (None: nothing read there)."""
 
     @property
     def start_ie(self) -> int | None:
@@ -133,15 +135,18 @@ def _compile(fields: tuple[Field, ...], options: bool) -> Compiled:
         wanted[i] = kind
 
     refs_by_index: dict[int, FieldRef] = {}
-    names, formats, offsets = [], [], []
+    # Per fixed segment (the whole record when there is no variable-length field): dtype fields read from it.
+    layout: list[tuple[list, list, list]] = [([], [], [])]
     seg, off, segments = 0, 0, []
     for i, f in enumerate(fields):
         if f.variable:
             segments.append(off)
             seg, off = seg + 1, 0
+            layout.append(([], [], []))
             continue
         if i in wanted:
             refs_by_index[i] = FieldRef(f"f{i}", seg, off, f.length)
+            names, formats, offsets = layout[seg]
             names.append(f"f{i}")
             formats.append(_dtype_of(f.length, wanted[i]))
             offsets.append(off)
@@ -149,8 +154,12 @@ def _compile(fields: tuple[Field, ...], options: bool) -> Compiled:
     segments.append(off)
     nvar = len(segments) - 1
     reclen = sum(segments) + nvar
-    dtype = np.dtype({"names": names, "formats": formats, "offsets": offsets, "itemsize": reclen}) if fixed else None
+    seg_dtypes = tuple(
+        np.dtype({"names": n, "formats": fm, "offsets": o, "itemsize": length}) if n or fixed else None
+        for (n, fm, o), length in zip(layout, segments, strict=True))
+    dtype = seg_dtypes[0] if fixed else None
     compiled = Compiled(tuple(fields), options, fixed, reclen, dtype, tuple(segments), fast=fixed and not options)
+    compiled.seg_dtypes = seg_dtypes
     compiled.columns = {col: (refs_by_index[i], kind) for col, (_, i, kind) in winners.items()}
     compiled.refs = {ie_id: refs_by_index[i] for ie_id, i in first.items() if i in refs_by_index}
     return compiled
@@ -194,6 +203,70 @@ def walk_variable(compiled: Compiled, body: bytes | memoryview, start: int, end:
     return n, False
 
 
+VECTOR_MIN_SETS = 8
+"""Below this many sets still being walked, :func:`walk_sets` finishes them with :func:`walk_variable`."""
+
+
+def walk_sets(compiled: Compiled, buf: bytes, set_start: np.ndarray,
+              set_end: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Find the records of many variable-length data sets at once (all in ``buf``).
+
+    Records within a set are found one after the other, but the k-th records of all sets are found together with
+    numpy: the loop runs over record *positions* (about 30 in a typical datagram), not over records. When fewer
+    than ``VECTOR_MIN_SETS`` sets are left (one set of thousands of tiny records, say), the rest is walked by
+    :func:`walk_variable`.
+
+    Returns (records per set, segment offsets per record in set order with shape (records, segments), and whether
+    each set ended inside a record).
+    """
+    *before, last = compiled.segments
+    nseg = len(compiled.segments)
+    minlen = compiled.reclen
+    data = np.frombuffer(buf + b"\0\0\0", dtype=np.uint8)  # +3: reading a long length at the end stays in range
+    top = len(buf) - 1
+    pos = np.asarray(set_start, dtype=np.int64).copy()
+    end = np.asarray(set_end, dtype=np.int64)
+    counts = np.zeros(len(pos), dtype=np.int64)
+    broken = np.zeros(len(pos), dtype=bool)
+    blocks: list[tuple[np.ndarray, np.ndarray]] = []
+    active = np.nonzero(end - pos >= minlen)[0]
+    while len(active) >= VECTOR_MIN_SETS:
+        p, e = pos[active], end[active]
+        ok = np.ones(len(active), dtype=bool)
+        segs = [p]
+        for fixed in before:
+            p = p + fixed
+            ok &= p < e
+            at = np.minimum(p, top)
+            length = data[at].astype(np.int64)
+            long = length == 255
+            if long.any():
+                ok &= ~long | (p + 3 <= e)
+                length = np.where(long, ((data[at + 1].astype(np.int64) << 8) | data[at + 2]) + 2, length)
+            p = p + length + 1
+            segs.append(p)
+        p = p + last
+        ok &= p <= e
+        broken[active[~ok]] = True
+        good = active[ok]
+        blocks.append((good, np.stack(segs, axis=1)[ok]))
+        counts[good] += 1
+        pos[good] = p[ok]
+        active = good[end[good] - pos[good] >= minlen]
+    for i in active.tolist():  # the long tail, if any
+        offsets: list[int] = []
+        n, bad = walk_variable(compiled, buf, int(pos[i]), int(end[i]), offsets)
+        counts[i] += n
+        broken[i] |= bad
+        if n:
+            blocks.append((np.full(n, i, dtype=np.int64), np.asarray(offsets, dtype=np.int64).reshape(n, nseg)))
+    if not blocks:
+        return counts, np.zeros((0, nseg), dtype=np.int64), broken
+    owner = np.concatenate([b[0] for b in blocks])
+    starts = np.concatenate([b[1] for b in blocks])
+    return counts, starts[np.argsort(owner, kind="stable")], broken
+
+
 def _combine(b: np.ndarray) -> np.ndarray:
     """Big-endian integers of odd length (3, 5, 6, 7 bytes) from an (n, L) uint8 matrix."""
     out = np.zeros(len(b), dtype=np.uint64)
@@ -219,25 +292,34 @@ class FixedView:
 
 
 class VariableView:
-    """Fields of variable-length records: ``starts`` is (n, segments) absolute offsets into ``buf``."""
+    """Fields of variable-length records: ``starts`` is (n, segments) absolute offsets into ``buf``.
 
-    def __init__(self, buf: np.ndarray, starts: np.ndarray) -> None:
+    Each fixed segment is gathered once for all records (``n`` row lookups in a sliding-window view of the buffer,
+    not ``n x length`` byte lookups) and then read through its structured dtype, like a fixed-length template.
+    """
+
+    def __init__(self, buf: np.ndarray, starts: np.ndarray, compiled: Compiled) -> None:
         self.buf = buf
         self.starts = starts
+        self.compiled = compiled
         self.n = len(starts)
+        self._segments: dict[int, np.ndarray] = {}
 
-    def _bytes(self, ref: FieldRef) -> np.ndarray:
-        idx = self.starts[:, ref.seg] + ref.offset
-        return self.buf[idx[:, None] + np.arange(ref.length)]
+    def _segment(self, seg: int) -> np.ndarray:
+        records = self._segments.get(seg)
+        if records is None:
+            dtype = self.compiled.seg_dtypes[seg]
+            windows = np.lib.stride_tricks.sliding_window_view(self.buf, dtype.itemsize)
+            rows = np.ascontiguousarray(windows[self.starts[:, seg]])
+            records = self._segments[seg] = rows.view(dtype).reshape(self.n)
+        return records
 
     def uint(self, ref: FieldRef) -> np.ndarray:
-        b = self._bytes(ref)
-        if ref.length in (1, 2, 4, 8):
-            return b.view(f">u{ref.length}").reshape(self.n)
-        return _combine(b)
+        a = self._segment(ref.seg)[ref.name]
+        return _combine(a) if a.ndim == 2 else a
 
     def raw(self, ref: FieldRef) -> np.ndarray:
-        return self._bytes(ref).view("S16").reshape(self.n)
+        return self._segment(ref.seg)[ref.name]
 
 
 __all__ = ["BadRecord", "Compiled", "Field", "FieldRef", "FixedView", "Template", "VariableView",
