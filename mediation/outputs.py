@@ -151,10 +151,12 @@ def batch_id_time_ms(batch_id: int) -> int:
 # --- batches --------------------------------------------------------------------------------------------------------
 
 
-def conform(table: Table, batch: pa.RecordBatch) -> pa.RecordBatch:
+def conform(table: Table, batch: pa.RecordBatch, *, evolve: bool = False) -> pa.RecordBatch:
     """``batch`` with exactly ``table``'s columns, order and types (cast where safe); raises ValueError otherwise.
 
     Costs nothing when the batch already has the table's schema (the normal case: producers use ``Table.to_arrow``).
+    With ``evolve`` (reading files written by an older or newer flowmed), columns the batch lacks are filled with
+    their zero values and columns the table no longer has are dropped, as the query views do.
     """
     schema = table.arrow_schema
     if batch.schema.equals(schema, check_metadata=False):
@@ -164,10 +166,15 @@ def conform(table: Table, batch: pa.RecordBatch) -> pa.RecordBatch:
     names = set(batch.schema.names)
     missing = [n for n in schema.names if n not in names]
     unknown = [n for n in batch.schema.names if n not in set(schema.names)]
-    if missing or unknown:
+    if (missing or unknown) and not evolve:
         raise ValueError(f"table {table.name}: batch has missing columns {missing} and unknown columns {unknown}")
+    defaults = table.to_arrow({c: table.empty_columns(batch.num_rows)[c] for c in missing}) if missing else None
     arrays = []
     for f in schema:
+        if f.name in missing:
+            assert defaults is not None
+            arrays.append(defaults.column(f.name))
+            continue
         arr = batch.column(f.name)
         if not arr.type.equals(f.type):
             try:

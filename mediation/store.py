@@ -413,7 +413,7 @@ class ParquetStore:
         """A source file's batches in the table's schema (a whole small file; about one row group at a time)."""
         pf = pq.ParquetFile(src)
         for b in pf.iter_batches(batch_size=self.row_group_rows):
-            yield conform(table, b)
+            yield conform(table, b, evolve=True)
 
     def _step(self, n: int) -> None:
         if self._crash_after_step == n:

@@ -310,3 +310,21 @@ def test_recovery_covers_tables_this_process_does_not_know(tmp_path: Path) -> No
     assert not list(pdir.iterdir())
     assert store.stats.quarantine_log[0][0] == f"some_future_table/date=2026-01-01/hour=00/" \
                                                f"00000000000000000001.parquet.{DEAD_PID}.tmp"
+
+
+def test_compaction_keeps_files_of_an_older_schema(tmp_path: Path) -> None:
+    """A file written before a column existed (or with a column since removed) is merged with defaults."""
+    store = ParquetStore(tmp_path, compact_after_s=1)
+    ev = EVENTS.to_arrow({"at": np.array([T0_MS, T0_MS + 1], dtype=np.int64), "n": np.array([1, 2], dtype=np.uint64),
+                          "who": np.array(["a", "b"], dtype=object)})
+    store.write(EVENTS, ev, 1)
+    pdir = store.files("test_store_events")[0].parent
+    old = pa.table({"at": ev.column("at"), "n": ev.column("n"), "gone": pa.array([9, 9])})  # no "who", extra "gone"
+    pq.write_table(old, pdir / "00000000000000000002.parquet")
+    store.compact(now=time.time() + 10)
+    assert store.stats.quarantined == 0
+    (merged,) = store.files("test_store_events")
+    t = pq.read_table(merged)
+    assert t.column_names == ["at", "n", "who"]
+    assert sorted(zip(t.column("n").to_pylist(), t.column("who").to_pylist(), strict=True)) == [
+        (1, ""), (1, "a"), (2, ""), (2, "b")]
