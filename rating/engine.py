@@ -42,7 +42,7 @@ import pyarrow.compute as pc
 from rating.assignments import Assignments
 from rating.money import decimal_micros, price_fractions, products, prorate, round_div
 from rating.plans import Plan, PlanBook
-from rating.timebase import cycles, local_fields
+from rating.timebase import cycle_bounds, cycles, local_fields
 
 USAGE_KEY = ("subscriber_id", "interval_start", "interval_end", "direction", "traffic_class")
 DIRECTION_NAMES = ("up", "down")
@@ -75,6 +75,9 @@ class RatingResult:
     usage_rows: int = 0
     unrated_bytes: int = 0
     counters: dict[str, int] = field(default_factory=dict)
+    segments: set[tuple[str, int]] = field(default_factory=set)
+    """(subscriber, segment start) of every segment with usage under a plan with a minimum charge: minimum charges
+    of the segments without usage come from :func:`idle_minimum_records`."""
 
 
 @dataclass
@@ -130,6 +133,7 @@ def rate(usage: pa.Table, plans: PlanBook, assignments: Assignments, closed_unti
     n = usage.num_rows
     records: list[pa.Table] = []
     events: list[pa.Table] = []
+    segments: set[tuple[str, int]] = set()
     counters = {"usage_rows": n, "unrated_rows": 0}
     if n == 0:
         return RatingResult(RECORD_SCHEMA.empty_table(), EVENT_SCHEMA.empty_table(), 0, 0, counters)
@@ -180,6 +184,12 @@ def rate(usage: pa.Table, plans: PlanBook, assignments: Assignments, closed_unti
             else:
                 rec, ev, no_card = _rate_usage_plan(rows, ctx)
                 unrated[no_card] = 5
+            if plan.minimum_charge > 0:  # only minimum charges need to know which segments had usage
+                sub_i = rows.sub[ctx.idx]
+                o = _order(sub_i, ctx.seg_start)
+                first = o[_group_starts(sub_i[o], ctx.seg_start[o])]
+                segments.update(zip(rows.sub_names[sub_i[first]].tolist(), ctx.seg_start[first].tolist(),
+                                    strict=True))
             records.append(rec)
             events.extend(ev)
     bad = np.flatnonzero(unrated > 0)
@@ -188,7 +198,7 @@ def rate(usage: pa.Table, plans: PlanBook, assignments: Assignments, closed_unti
         events.append(_unrated_events(rows, bad, np.array(reasons, dtype=object)[unrated[bad]]))
     rec_table = pa.concat_tables(records) if records else RECORD_SCHEMA.empty_table()
     ev_table = pa.concat_tables(events) if events else EVENT_SCHEMA.empty_table()
-    return RatingResult(rec_table, ev_table, n, int(rows.bytes[bad].sum()), counters)
+    return RatingResult(rec_table, ev_table, n, int(rows.bytes[bad].sum()), counters, segments)
 
 
 @dataclass
@@ -563,3 +573,43 @@ def _unrated_events(rows: _Rows, bad: np.ndarray, reasons: np.ndarray) -> pa.Tab
                      "event_time": g["day"], "bytes": pc.cast(g["bytes_sum"], pa.uint64()),
                      "detail": pc.binary_join_element_wise("usage not rated: ", g["reason"], "")},
                     schema=EVENT_SCHEMA)
+
+
+def idle_minimum_records(plans: PlanBook, assignments: Assignments, period: tuple[int, int], closed_until_ms: int,
+                         seen: set[tuple[str, int]], subscriber: str | None = None) -> pa.Table:
+    """``minimum`` records of closed segments starting in ``period`` that have no usage at all (not in ``seen``).
+
+    A subscriber who used nothing in a cycle still owes the plan's minimum charge (prorated like the others). One
+    Python step per assignment and cycle: assignments are few compared with usage rows.
+    """
+    cols: dict[str, list] = {name: [] for name, _ in RECORD_FIELDS}
+    for a in assignments.items:
+        if subscriber is not None and a.subscriber_id != subscriber:
+            continue
+        versions = plans.plans.get(a.plan_id)
+        if not versions or not any(v.minimum_charge > 0 for v in versions):
+            continue
+        tz, day = versions[0].timezone, versions[0].cycle_day
+        lo, hi = max(a.from_ms, period[0]), min(a.to_ms, period[1], closed_until_ms)
+        if hi <= lo:
+            continue
+        _, _, idx, labels = cycles(tz, day, np.array([lo, hi - 1], dtype=np.int64))
+        for label in labels[int(idx[0]): int(idx[1]) + 1]:
+            c0, c1 = cycle_bounds(tz, day, label)
+            s0, s1 = max(c0, a.from_ms), min(c1, a.to_ms)
+            if s0 < period[0] or s1 > closed_until_ms or s1 <= s0 or (a.subscriber_id, s0) in seen:
+                continue
+            plan = plans.version_at(a.plan_id, s0)
+            if plan is None or plan.minimum_charge <= 0:
+                continue
+            full = decimal_micros(plan.minimum_charge, plan.money_rounding)
+            amount = full * (s1 - s0) // (c1 - c0) if plan.prorate else full
+            values = {"record_id": f"{a.subscriber_id}/{s0}/-/-/minimum", "subscriber_id": a.subscriber_id,
+                      "plan_id": plan.id, "plan_version": plan.version, "rate_card": "minimum_charge",
+                      "interval_start": s0, "interval_end": s1, "direction": "-", "traffic_class": "-",
+                      "band": "minimum", "bytes": 0, "billable_quantity": 0, "quantity_unit": "",
+                      "allowance_quantity": 0, "cycle_to_date": 0, "amount_micros": amount,
+                      "currency": plan.currency, "cycle": label}
+            for k, v in values.items():
+                cols[k].append(v)
+    return _table(cols)

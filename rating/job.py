@@ -32,7 +32,7 @@ import pyarrow.compute as pc
 from decoders.schema import Table
 from rating import tables as rt
 from rating.assignments import AssignmentFile, Assignments
-from rating.engine import EVENT_BUCKET_MS, EVENT_SCHEMA, RECORD_SCHEMA, prepare_usage, rate
+from rating.engine import EVENT_BUCKET_MS, EVENT_SCHEMA, RECORD_SCHEMA, idle_minimum_records, prepare_usage, rate
 from rating.lease import StoreLease
 from rating.plans import PlanBook, load_plans
 from rating.timebase import cycle_bounds, cycles
@@ -250,31 +250,63 @@ class RatingJob:
         current records and the events."""
         slices = max(1, -(-self.count_subscribers(period, subscriber) // self.config.rating.slice_subscribers))
         self.lease.renew()
+        totals: dict[tuple[str, str], tuple[int, int]] = {}
+        seen: set[tuple[str, int]] = set()
         for k in range(slices):
             part = f" AND cityHash64(subscriber_id) % {slices} = {k}" if slices > 1 else ""
-            self._rate_slice(report, period, subscriber, part, now)
+            self._rate_slice(report, period, subscriber, part, now, totals, seen)
             self.lease.renew()
+        self._idle_minimums(report, period, subscriber, now, totals, seen)
+        report.per_subscriber = {k: v for k, v in sorted(totals.items()) if v[0] != v[1]}
+
+    def _idle_minimums(self, report: RunReport, period: tuple[int, int], subscriber: str | None, now: int,
+                       totals: dict, seen: set[tuple[str, int]]) -> None:
+        """Minimum charges of closed segments without any usage (subscribers who used nothing)."""
+        new = idle_minimum_records(self.plans, self.assignments, period, period[1], seen, subscriber)
+        current = self.engine.query(rt.current_sql(self._scope("interval_start", period, subscriber) +
+                                                   " AND band = 'minimum'", include_void=True))
+        current = _normalise(current, rt.RATED_USAGE)
+        if current.num_rows:  # segments with usage were settled by their slice
+            keep = [(s, t) not in seen for s, t in zip(current["subscriber_id"].to_pylist(),
+                                                       current["interval_start"].to_pylist(), strict=True)]
+            current = current.filter(pa.array(keep, pa.bool_()))
+        self._apply(report, new, current, now, totals)
 
     def _rate_slice(self, report: RunReport, period: tuple[int, int], subscriber: str | None, part: str,
-                    now: int) -> None:
+                    now: int, totals: dict, seen: set[tuple[str, int]]) -> None:
         usage = prepare_usage(self.read_usage(period, subscriber, part))
         result = rate(usage, self.plans, self.assignments, closed_until_ms=period[1], presummed=True)
         report.usage_rows += result.usage_rows
         report.unrated_bytes += result.unrated_bytes
+        seen |= result.segments
         current = self.read_current(period, subscriber, part)
-        writes, counts, per_sub = diff_records(result.records, current)
-        report.records_new += counts[0]
-        report.records_changed += counts[1]
-        report.records_voided += counts[2]
-        report.records_unchanged += counts[3]
-        report.per_subscriber.update(per_sub)
-        if writes.num_rows:
-            self._write_visible(rt.RATED_USAGE, _finish(writes, rt.RATED_USAGE, report.run_id, now))
+        if current.num_rows:
+            # Minimum records of segments without usage belong to the idle pass (_idle_minimums), not to this one.
+            is_min = pc.equal(current["band"], "minimum").to_numpy(zero_copy_only=False)
+            if is_min.any():
+                subs = current["subscriber_id"].to_pylist()
+                starts = current["interval_start"].to_pylist()
+                keep = [not m or (subs[i], starts[i]) in result.segments for i, m in enumerate(is_min)]
+                current = current.filter(pa.array(keep, pa.bool_()))
+        self._apply(report, result.records, current, now, totals)
         events = _bucket_events(result.events, period)
         ev_writes = diff_events(events, self.read_current_events(period, subscriber, part))
         report.events_written += ev_writes.num_rows
         if ev_writes.num_rows:
             self._write_visible(rt.RATING_EVENTS, _finish(ev_writes, rt.RATING_EVENTS, report.run_id, now))
+
+    def _apply(self, report: RunReport, new: pa.Table, current: pa.Table, now: int, totals: dict) -> None:
+        """Write the difference between ``new`` and ``current``; count it; add up the per-subscriber totals."""
+        writes, counts, sub_totals = diff_records(new, current)
+        report.records_new += counts[0]
+        report.records_changed += counts[1]
+        report.records_voided += counts[2]
+        report.records_unchanged += counts[3]
+        for key, (before, after) in sub_totals.items():
+            b0, a0 = totals.get(key, (0, 0))
+            totals[key] = (b0 + before, a0 + after)
+        if writes.num_rows:
+            self._write_visible(rt.RATED_USAGE, _finish(writes, rt.RATED_USAGE, report.run_id, now))
 
     # --- writing ----------------------------------------------------------------------------------------------------
 
@@ -364,7 +396,7 @@ def _cast_like(t: pa.Table, schema: pa.Schema) -> pa.Table:
 
 def diff_records(new: pa.Table, current: pa.Table) -> tuple[pa.Table, tuple[int, int, int, int], dict]:
     """What to write so that the current state becomes ``new``: (rows with version and void, counts, per-subscriber
-    before/after amounts). Counts are (new, changed, voided, unchanged)."""
+    before/after totals of every subscriber in either). Counts are (new, changed, voided, unchanged)."""
     new = _cast_like(new, RECORD_SCHEMA).append_column("void", pa.array(np.zeros(new.num_rows, dtype=np.uint8)))
     cur_cols = ["record_id", "version", *COMPARED, "interval_start", "direction", "traffic_class", "band"]
     cur = current.select(cur_cols)
@@ -422,8 +454,7 @@ def _totals(t: pa.Table) -> dict[tuple[str, str], int]:
 def _per_subscriber(new: pa.Table, current: pa.Table) -> dict[tuple[str, str], tuple[int, int]]:
     live = current.filter(pc.equal(current["void"], 0)) if current.num_rows else current
     before, after = _totals(live), _totals(new)
-    return {k: (before.get(k, 0), after.get(k, 0)) for k in sorted(set(before) | set(after))
-            if before.get(k, 0) != after.get(k, 0)}
+    return {k: (before.get(k, 0), after.get(k, 0)) for k in sorted(set(before) | set(after))}
 
 
 def _bucket_events(events: pa.Table, period: tuple[int, int]) -> pa.Table:

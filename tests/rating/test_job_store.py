@@ -182,7 +182,7 @@ def test_dst_cycle_and_mid_cycle_plan_change_through_the_store(store_env):
          ("bob", "2026-11-10T21:00:00+01:00", "down", "default", 3 * GB),
          ("bob", "2026-11-20T21:00:00+01:00", "down", "default", 6 * GB)])
     asg = ("subscriber_id,plan_id,from\ns1,daynight,2026-01-01T00:00:00Z\nbob,home,2026-01-01T00:00:00+01:00\n"
-           "bob,flat,2026-11-16T00:00:00+01:00\n")
+           "bob,flat,2026-11-16T00:00:00+01:00\ncarol,flat,2026-01-01T00:00:00Z\n")
     job = make_job(DAYNIGHT.format(tz="Europe/Berlin", allowance=0) + HOME_PLAN + FLAT, asg=asg)
     job.run(now_ms=ms("2026-12-05T00:00:00+01:00"))
     rows = job.engine.query(current_sql(columns="subscriber_id, cycle, band, amount_micros")).to_pylist()
@@ -192,4 +192,15 @@ def test_dst_cycle_and_mid_cycle_plan_change_through_the_store(store_env):
         ("s1", "2026-10", "day", 1_000_000), ("s1", "2026-11", "night", 500_000),
         # bob (see test_calendar): home half cycle 1.10 EUR, flat half cycle 0.10 EUR + minimum top-up 1.40 EUR.
         ("bob", "2026-11", "offpeak", 1_100_000), ("bob", "2026-11", "any", 100_000),
-        ("bob", "2026-11", "minimum", 1_400_000)])
+        ("bob", "2026-11", "minimum", 1_400_000),
+        # carol used nothing: the full minimum of "flat" (3.00 EUR) for October and November (closed cycles).
+        ("carol", "2026-10", "minimum", 3_000_000), ("carol", "2026-11", "minimum", 3_000_000)])
+    again = job.run(now_ms=ms("2026-12-05T00:00:00+01:00"))
+    assert (again.records_new, again.records_changed, again.records_voided) == (0, 0, 0)
+    # carol's late usage in November (inside the allowance): a usage record, the minimum record stays as it is.
+    add([("carol", "2026-11-20T21:00:00+01:00", "down", "default", GB)])
+    late = job.run(now_ms=ms("2026-12-05T00:00:00+01:00"))
+    assert (late.records_new, late.records_changed, late.records_voided) == (1, 0, 0)
+    carol = job.engine.query(current_sql("subscriber_id = 'carol'", columns="band, version, amount_micros"))
+    assert sorted(tuple(r.values()) for r in carol.to_pylist()) == [
+        ("any", 1, 0), ("minimum", 1, 3_000_000), ("minimum", 1, 3_000_000)]
