@@ -236,8 +236,10 @@ class ClickHouseOutput:
             self._urgent.clear()
 
     def close(self, timeout: float = 10.0) -> None:
-        """Deliver what the server takes within ``timeout``, then stop; the rest stays spooled for the next start."""
-        if self._thread.is_alive():
+        """Deliver what the server takes within ``timeout``, then stop; the rest stays spooled for the next start.
+
+        While the server is unreachable there is nothing to wait for: the spool is durable already."""
+        if self._thread.is_alive() and self._client is not None:
             self.drain(timeout)
         self._stop.set()
         self.spool.close()
