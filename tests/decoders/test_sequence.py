@@ -81,3 +81,23 @@ def test_decoder_counts_v9_datagrams_and_ipfix_records_per_domain():
             lost += dec.decode([(ipfix(data_set(256, FIELDS, [rec] * n), seq=seq), EXP, T0_MS)]).sequence_lost[EXP]
         seq += n
     assert lost == 4
+
+
+def test_ipfix_records_of_variable_length_sets_count_in_the_sequence():
+    var = [(8, 4), (96, 0xFFFF), (1, 4)]
+    dec = FlowDecoder()
+    dec.decode([(ipfix(template_set({256: var}, ipfix=True), seq=0), EXP, T0_MS)])
+    lost, seq, batch = 0, 0, []
+    for i in range(50):
+        n = 1 + i % 4
+        dg = ipfix(data_set(256, var, [{8: ip4("10.0.0.1"), 96: "x" * i, 1: i}] * n), seq=seq)
+        seq += n
+        if i != 20:  # one message lost
+            batch.append((dg, EXP, T0_MS))
+        if len(batch) == 7:  # several datagrams per decode call, as the daemon batches them
+            lost += dec.decode(batch).sequence_lost[EXP]
+            batch = []
+    lost += dec.decode(batch).sequence_lost[EXP]
+    lost += sum(dec.decode([(ipfix(data_set(256, var, [{1: 1}]), seq=seq + k), EXP, T0_MS)]).sequence_lost[EXP]
+                for k in range(40))
+    assert lost == 1 + 20 % 4
