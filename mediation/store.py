@@ -322,6 +322,11 @@ class ParquetStore:
             name = entry.name
             if name.endswith(".tmp") and _writer_alive(name):
                 continue  # another worker process is writing it right now
+            if name.endswith(".tmp") and "-" in name.split(".")[0]:
+                # An unfinished merge (<first>-<last>.parquet...tmp): its sources are intact, it is only a copy.
+                entry.unlink()
+                log.warning("store: removed the unfinished compaction output %s", entry.relative_to(self.root))
+                continue
             if name.endswith(".tmp") or name.endswith(".replaced"):
                 self._quarantine(entry, "left over from an interrupted write")
             elif name.endswith(".parquet"):
