@@ -4,12 +4,14 @@ Theory of operation. :meth:`FlowDecoder.decode` takes a batch of datagrams and w
 
 1. **Per datagram** (a Python loop over datagrams and their sets, never over records): parse the header, learn or
    withdraw templates, apply options data (sampling rates, system init time), hold data sets whose template is
-   unknown (:mod:`decoders.pending`), track sequence numbers, and append each data set's bytes to the *group* of
-   its compiled template. Identical templates of different exporters share one compiled template, so they share
-   a group.
-2. **Per group**: join the group's record bytes and decode them with one ``np.frombuffer`` (fixed-length
-   templates; variable-length ones were walked once in pass 1 to find their segments), compute times, resolve the
-   sampling rate, and write the columns into the batch result.
+   unknown (:mod:`decoders.pending`), note the sequence number, and append each data set's bytes to the *group*
+   of its compiled template. Identical templates of different exporters share one compiled template, so they
+   share a group.
+2. **Per group**: variable-length groups first find their records, all sets at once
+   (:func:`decoders.templates.walk_sets`); then sequence numbers are accounted in datagram order (record counts
+   are now known). Each group's record bytes are joined and decoded with one ``np.frombuffer`` (fixed-length
+   templates) or one gather per fixed segment (variable-length ones); times are computed, the sampling rate
+   resolved, and the columns of all groups concatenated into the result.
 
 Errors are counted per (exporter, reason) and cost only the set (or datagram header) they are in; ``decode``
 never raises for bad input. All state an exporter can grow is bounded by :class:`DecoderLimits`.

@@ -4,9 +4,9 @@ A template is compiled once (and shared by every exporter that sends the same fi
 
 * a big-endian numpy structured dtype, when every field has a fixed length: a data set then decodes with one
   ``np.frombuffer`` over the concatenated records of all the data sets that use it; or
-* a *segment plan*, when some fields are variable-length (length 65535 in the template): records are walked once to
-  find where each fixed segment starts (:func:`walk_variable`, a small loop per record), then every column is
-  extracted with vectorised fancy indexing.
+* a *segment plan*, when some fields are variable-length (length 65535 in the template): the records of all sets
+  of a batch are found together (:func:`walk_sets`: numpy over record positions, the k-th records of every set
+  at once), then each fixed segment is gathered once and read through its own structured dtype.
 
 Either way the decoder reads fields through a :class:`FixedView` or :class:`VariableView`, so the column plan is
 the same for both.
