@@ -93,8 +93,7 @@ def test_check_config_output_round_trips() -> None:
 
 def test_repository_collector_toml_is_valid_and_covers_every_section() -> None:
     path = ROOT / "collector.toml"
-    cfg = config_mod.load(path)
-    assert to_dict(cfg) == to_dict(config_mod.Config())  # the documented values are the defaults
+    config_mod.load(path)  # valid as shipped
     tree = tomllib.loads(path.read_text())
     missing = [name for name in to_dict(config_mod.Config()) if name not in tree]
     assert not missing, f"collector.toml lacks sections {missing}: run python -m collector.configdoc > collector.toml"

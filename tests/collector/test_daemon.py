@@ -108,6 +108,7 @@ def test_sighup_with_broken_config_keeps_running_with_the_old(tmp_path: Path) ->
     assert stored_flows(d.store) == sent
 
 
+@pytest.mark.external
 def test_metrics_pass_promtool_and_status_reports_the_exporter(tmp_path: Path) -> None:
     promtool = require_tool("promtool")
     d = Daemon(tmp_path)

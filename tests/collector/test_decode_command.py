@@ -7,6 +7,7 @@ import io
 import json
 from pathlib import Path
 
+import pytest
 from click.testing import CliRunner
 
 from bench.exporter import IpfixExporter, V5Exporter, V9Exporter, flow_template, random_flows
@@ -42,6 +43,7 @@ def _decode(pcap: Path, *args: str) -> tuple[int, str, str]:
     return result.exit_code, result.stdout, result.stderr
 
 
+@pytest.mark.external
 def test_decode_csv_and_json_agree_with_tshark(tmp_path: Path) -> None:
     tshark = require_tool("tshark")
     assert tshark

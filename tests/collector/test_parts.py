@@ -13,6 +13,7 @@ import subprocess
 import time
 
 import pyarrow as pa
+import pytest
 import uvloop
 from prometheus_client import CollectorRegistry, generate_latest
 
@@ -61,6 +62,7 @@ def test_exporter_label_values_are_capped() -> None:
         ["10.0.0.1", "10.0.0.2", OTHER, "10.0.0.1"]
 
 
+@pytest.mark.external
 def test_every_metric_passes_promtool() -> None:
     promtool = require_tool("promtool")
     registry = CollectorRegistry()

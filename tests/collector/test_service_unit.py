@@ -8,6 +8,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from tests.fixtures.peers import require_tool
 
 UNIT = Path(__file__).resolve().parents[2] / "packaging" / "flowmed.service"
@@ -20,6 +22,7 @@ def _unit() -> configparser.ConfigParser:
     return parser
 
 
+@pytest.mark.external
 def test_systemd_analyze_verify(tmp_path: Path) -> None:
     """Verified as shipped, except ExecStart's binary: the unit names /opt/flowmed/bin/flowmed (the production
     virtualenv), which does not exist on a test machine, so the copy verified points at this Python's flowmed."""

@@ -10,6 +10,8 @@ import subprocess
 import time
 from pathlib import Path
 
+import pytest
+
 from mediation.query import QueryEngine
 from tests.collector.daemon import Daemon, V9Traffic
 from tests.fixtures.peers import require_tool
@@ -65,6 +67,7 @@ def test_two_workers_store_the_same_flows_and_usage_as_one(tmp_path: Path) -> No
     assert len(per_worker) == 2 and all(n > 0 for n in per_worker), per_worker  # both workers had traffic
 
 
+@pytest.mark.external
 def test_dead_worker_is_restarted_and_metrics_are_merged(tmp_path: Path) -> None:
     promtool = require_tool("promtool")
     d = Daemon(tmp_path, workers=2)
