@@ -19,6 +19,8 @@ never raises for bad input. All state an exporter can grow is bounded by :class:
 
 from __future__ import annotations
 
+import base64
+import binascii
 import ipaddress
 import json
 import struct
@@ -249,8 +251,10 @@ class FlowDecoder:
             st.policy = sampling.for_exporter(name)
 
     def save_state(self) -> bytes:
-        """Templates, sampling rates and system init times of every exporter, as JSON bytes."""
-        state = {"version": STATE_VERSION, "exporters": {
+        """Templates, sampling rates, system init times and data held for a template, as JSON bytes."""
+        state = {"version": STATE_VERSION, "pending": [
+            [*h.key, h.received_ms, h.export_ms, h.uptime_ms, base64.b64encode(h.body).decode()]
+            for h in self.pending.held()], "exporters": {
             name: {
                 "templates": [[v, d, e.last_seen_ms, e.template.to_json()] for (v, d, _), e in st.templates.items()],
                 "samplers": st.samplers.to_json(),
@@ -278,9 +282,13 @@ class FlowDecoder:
                 st.samplers.load_json(saved["samplers"])
                 for d, ms in saved["init_ms"]:
                     st.init_ms[int(d)] = int(ms)
+            for exporter, v, d, tid, received, export, uptime, body in state.get("pending", []):
+                if str(exporter) in self.exporters:
+                    self.pending.add(HeldSet((str(exporter), int(v), int(d), int(tid)), base64.b64decode(body),
+                                             int(received), int(export), int(uptime)))
         except StateError:
             raise
-        except (ValueError, KeyError, TypeError, AttributeError) as e:
+        except (ValueError, KeyError, TypeError, AttributeError, binascii.Error) as e:
             raise StateError(f"unreadable decoder state: {e}") from e
 
     # ------------------------------------------------------------------------------------------ per datagram

@@ -47,6 +47,10 @@ class PendingStore:
     def __len__(self) -> int:
         return len(self._items)
 
+    def held(self) -> list[HeldSet]:
+        """Every held set, oldest first (for saving state)."""
+        return list(self._items.values())
+
     def add(self, held: HeldSet) -> list[HeldSet]:
         """Hold a set; returns the sets dropped to stay within ``max_bytes`` (possibly ``held`` itself)."""
         if held.size > self.max_bytes:

@@ -58,3 +58,14 @@ def test_template_timeout_and_idle_exporters():
     assert out[(EXP, "template_expired")] == 1 and dec.templates_known() == {EXP: 1}
     out = dec.expire(T0_MS + 100_000)
     assert out[(EXP, "exporter_expired")] == 1 and dec.templates_known() == {}
+
+
+def test_data_held_for_a_template_survives_a_restart():
+    fields = [(8, 4), (1, 4)]
+    before = FlowDecoder()
+    before.decode([(v9(data_set(256, fields, [{8: ip4("10.0.0.1"), 1: 7}]), domain=3), EXP, T0_MS - 10)])
+    after = FlowDecoder()
+    after.load_state(before.save_state())
+    assert after.pending_bytes() == before.pending_bytes() > 0
+    res = after.decode([(v9(template_set({256: fields}, ipfix=False), domain=3, seq=1), EXP, T0_MS)])
+    assert res.flows["raw_bytes"].tolist() == [7] and res.flows["time_received"].tolist() == [T0_MS - 10]
