@@ -48,7 +48,18 @@ class _QuietGenericColumnWarning(logging.Filter):
         return "NumPy support is not implemented" not in record.getMessage()
 
 
+class _NoDriverTracebacks(logging.Filter):
+    """clickhouse-driver logs every failed connect with a traceback; flowmed logs the error itself, once per try,
+    so during an outage the log gets one line per retry instead of a stack trace."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        record.exc_info = None
+        record.exc_text = None
+        return record.levelno >= logging.ERROR
+
+
 logging.getLogger("clickhouse_driver.columns.service").addFilter(_QuietGenericColumnWarning())
+logging.getLogger("clickhouse_driver.connection").addFilter(_NoDriverTracebacks())
 
 
 def load_tables() -> dict[str, Table]:
