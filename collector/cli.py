@@ -17,6 +17,7 @@ COMMAND_MODULES = (
     "collector.commands.rating",
     "collector.commands.ipdr",
     "collector.commands.compliance",
+    "collector.commands.clickhouse",
 )
 
 
