@@ -194,7 +194,11 @@ def flow_columns(compiled: Compiled, view: FixedView | VariableView) -> dict[str
     out: dict[str, np.ndarray] = {}
     for column, (ref, kind) in compiled.columns.items():
         if kind == "ipv4":
-            out[column] = ipv4_mapped(np.ascontiguousarray(view.uint(ref)))
+            v4 = np.ascontiguousarray(view.uint(ref))
+            out[column] = ipv4_mapped(v4)
+            alternate = compiled.alternates.get(column)
+            if alternate is not None:
+                out[column] = np.where(v4 == 0, view.raw(alternate), out[column])
         elif kind == "ipv6":
             out[column] = view.raw(ref)
         else:

@@ -86,6 +86,8 @@ class Compiled:
     """First occurrence of each IANA element (times, sampling, options values)."""
     fast: bool = False
     """A fixed-length flow (not options) template: its data sets take the decoder's fast path."""
+    alternates: dict[str, FieldRef] = field(default_factory=dict)
+    """IPv4 address columns that also have an IPv6 element, used where the IPv4 value is 0.0.0.0."""
     seg_dtypes: tuple[np.dtype | None, ...] = ()
     """Per fixed segment, the structured dtype of the fields read from it (None: nothing read there)."""
 
@@ -115,6 +117,7 @@ def compile_template(template: Template) -> Compiled:
 def _compile(fields: tuple[Field, ...], options: bool) -> Compiled:
     fixed = not any(f.variable for f in fields)
     winners: dict[str, tuple[int, int, str]] = {}  # column -> (rank, index, kind)
+    v6: dict[str, tuple[int, int, str]] = {}  # column -> best IPv6 element
     wanted: dict[int, str] = {}  # field index -> kind, for every field we read
     first: dict[int, int] = {}  # ie -> field index
     for i, f in enumerate(fields):
@@ -126,12 +129,17 @@ def _compile(fields: tuple[Field, ...], options: bool) -> Compiled:
             column, rank, kind = hit
             if column not in winners or rank < winners[column][0]:
                 winners[column] = (rank, i, kind)
+            if kind == "ipv6" and (column not in v6 or rank < v6[column][0]):
+                v6[column] = (rank, i, kind)
+    # A template with both an IPv4 and an IPv6 element for one column (nProbe-style dual-stack templates): the
+    # IPv6 one is read too, and used in the records where the IPv4 one is 0.0.0.0.
+    alternates = {col: v6[col] for col, (_, _, kind) in winners.items() if kind == "ipv4" and col in v6}
     for ie_id, i in first.items():
         known = ies.REGISTRY.get(ie_id)
         if ie_id in ies.OPTIONS_IES or ie_id in ies.START_TIME_IES or ie_id in ies.END_TIME_IES:
             if 1 <= fields[i].length <= 8:
                 wanted[i] = known.kind if known else "unsigned"
-    for _, i, kind in winners.values():
+    for _, i, kind in [*winners.values(), *alternates.values()]:
         wanted[i] = kind
 
     refs_by_index: dict[int, FieldRef] = {}
@@ -161,6 +169,7 @@ def _compile(fields: tuple[Field, ...], options: bool) -> Compiled:
     compiled = Compiled(tuple(fields), options, fixed, reclen, dtype, tuple(segments), fast=fixed and not options)
     compiled.seg_dtypes = seg_dtypes
     compiled.columns = {col: (refs_by_index[i], kind) for col, (_, i, kind) in winners.items()}
+    compiled.alternates = {col: refs_by_index[i] for col, (_, i, _) in alternates.items()}
     compiled.refs = {ie_id: refs_by_index[i] for ie_id, i in first.items() if i in refs_by_index}
     return compiled
 

@@ -254,3 +254,13 @@ def test_no_time_field_uses_the_export_time():
     res = FlowDecoder().decode([(v9(template_set({256: fields}, ipfix=False), data_set(256, fields, [{1: 1}]),
                                     export_ms=T0_MS + 5000), EXP, T0_MS + 5100)])
     assert (res.flows["flow_start"][0], res.flows["flow_end"][0]) == (T0_MS + 5000, T0_MS + 5000)
+
+
+def test_dual_stack_template_uses_the_family_that_is_set():
+    fields = [(8, 4), (27, 16), (12, 4), (28, 16), (1, 4)]
+    recs = [{8: ip4("10.0.0.1"), 12: ip4("10.0.0.2"), 1: 1},
+            {27: ip6("2001:db8::1"), 28: ip6("2001:db8::2"), 1: 2}]
+    res = FlowDecoder().decode([(ipfix(template_set({256: fields}, ipfix=True), data_set(256, fields, recs)),
+                                 EXP, T0_MS)])
+    assert res.flows["src_addr"].tolist() == [mapped("10.0.0.1"), ip6("2001:db8::1")]
+    assert res.flows["dst_addr"].tolist() == [mapped("10.0.0.2"), ip6("2001:db8::2")]
