@@ -37,6 +37,7 @@ from decoders.schema import FLOWS
 
 TICK_S = 1.0
 STATE_SAVE_INTERVAL_S = 60.0
+STATUS_LINE_INTERVAL_S = 10.0
 
 
 def write_atomic(path: Path, data: bytes) -> None:
@@ -54,6 +55,13 @@ def write_atomic(path: Path, data: bytes) -> None:
             os.fsync(dfd)
         finally:
             os.close(dfd)
+
+
+def status_line(snapshot: dict[str, Any]) -> str:
+    """The short summary systemd shows (``systemctl status``) from a status snapshot."""
+    drops = sum(li.get("kernel_drops", 0) for li in snapshot.get("listeners", []))
+    return (f"{len(snapshot.get('exporters', []))} exporters, {snapshot.get('datagrams', 0)} datagrams, "
+            f"{snapshot.get('flows', 0)} flows, {drops} kernel drops")
 
 
 def count_kernel_drops(lst: UdpListener, m: metrics_mod.Metrics) -> None:
@@ -318,6 +326,7 @@ class Server:
         self.rows_flushed = 0
         self.radius: Any = None
         self._dropped_seen: dict[tuple[str, str], int] = {}
+        self._last_status_line = time.monotonic()
         self.ipdr: Any = None
 
     # --- lifecycle -------------------------------------------------------------------------------------------------
@@ -460,6 +469,10 @@ class Server:
                 lst._reported, lst._reported_bytes = lst.datagrams, lst.bytes  # type: ignore[attr-defined]
         self._sink_metrics()
         self.publish_status()
+        if time.monotonic() - self._last_status_line >= STATUS_LINE_INTERVAL_S:
+            self._last_status_line = time.monotonic()
+            self.notifier.notify(f"STATUS={status_line(self.snapshot)}",
+                                 *([f"FLOWMED_WORKER={self.worker}"] if self.worker is not None else []))
 
     def _sink_metrics(self) -> None:
         sink = self.pipeline.sink if self.pipeline else None
@@ -539,14 +552,16 @@ class Server:
             lst.stop()
         drained = sum(lst.drain() for lst in self.listeners)
         self.close_listeners()
-        await self.stop_side_listeners()
         if self._batch_timer is not None:
             self._batch_timer.cancel()
         self.process_pending()
+        self.save_state()  # first: templates are worth keeping even if the flush below gets stuck
         p = self.pipeline
         timeout = self.config.service.shutdown_timeout_s
         try:
-            await asyncio.wait_for(self._loop.run_in_executor(None, self._final_flush), timeout)
+            await asyncio.wait_for(self.stop_side_listeners(), max(0.1, timeout - (time.monotonic() - t0)))
+            await asyncio.wait_for(self._loop.run_in_executor(None, self._final_flush),
+                                   max(0.1, timeout - (time.monotonic() - t0)))
         except TimeoutError:
             log("error", "shutdown timed out: data still in memory is lost", timeout_s=timeout)
             self.notifier.notify("STATUS=shutdown timed out")
@@ -554,7 +569,6 @@ class Server:
             # the limit we promise, so leave now.
             logging.shutdown()
             os._exit(1)
-        self.save_state()
         self.on_tick_metrics_final()
         if self.http is not None:
             self.http.close()

@@ -35,7 +35,7 @@ from collector.configtree import ConfigError
 from collector.listener import UdpListener
 from collector.logging import log, set_level
 from collector.logging import setup as setup_logging
-from collector.server import count_kernel_drops
+from collector.server import STATUS_LINE_INTERVAL_S, count_kernel_drops, status_line
 from collector.systemd import Notifier, watchdog_interval_s
 
 HANG_TIMEOUT_S = 30.0
@@ -154,6 +154,7 @@ class Supervisor:
     def _loop(self) -> int:
         watchdog = watchdog_interval_s()
         last_watchdog = 0.0
+        last_status = time.monotonic()
         while True:
             readable, _, _ = select.select([self.inbox], [], [], 0.5)
             if readable:
@@ -172,6 +173,9 @@ class Supervisor:
             if not self.all_ready_sent and all(w.ready for w in self.workers):
                 self.all_ready_sent = True
                 self.notifier.notify("READY=1", f"STATUS={len(self.workers)} workers receiving")
+            if self.all_ready_sent and now - last_status >= STATUS_LINE_INTERVAL_S:
+                last_status = now
+                self.notifier.notify(f"STATUS={len(self.workers)} workers: {status_line(self.status())}")
             if watchdog and now - last_watchdog >= watchdog and all(
                     w.proc is not None and w.proc.poll() is None for w in self.workers):
                 self.notifier.notify("WATCHDOG=1")
