@@ -348,10 +348,16 @@ class ClickHouseOutput:
         batches: list[pa.RecordBatch] = []
         for entry in group:
             try:
-                batches.append(self.spool.read(entry))
-                entries.append(entry)
+                batch = self.spool.read(entry)
             except SpoolCorrupt as exc:
                 self.spool.quarantine(entry, str(exc))
+                continue
+            unknown = set(batch.schema.names) - set(table.column_names)
+            if unknown:  # spooled by a flowmed whose schema had columns this one does not know
+                self.spool.quarantine(entry, f"columns {sorted(unknown)} are not in table {table.name}")
+                continue
+            batches.append(batch)
+            entries.append(entry)
         if not entries:
             return True
         check = any(e.seq in self._uncertain for e in entries)

@@ -239,6 +239,9 @@ def test_cluster_of_two_shards(clickhouse_cluster_factory, db, tmp_path):
     for s in shards:
         assert s.query(f"SELECT count() FROM (SELECT batch_id, count() c FROM {db}.flows_local GROUP BY batch_id "
                        "HAVING c != 1000)") == "0\n"
+    # The read views work over the Distributed tables too (ReplacingMergeTree ones read FINAL).
+    assert shards[0].query(f"SELECT count() FROM {db}_read.usage") == "0\n"
+    assert shards[0].query(f"SELECT count() FROM {db}_read.flows") == "16000\n"
     # Totals through the Distributed table, from either shard.
     assert server_totals(shards[0], db) == totals(range(16))
     assert server_totals(shards[1], db) == totals(range(16))

@@ -255,3 +255,15 @@ def test_retention_job_drops_old_partitions(clickhouse_server, db, tmp_path):
         time.sleep(0.1)
     out.close()
     assert clickhouse_server.query(f"SELECT sum(bytes) FROM {db}.flows") == "5\n"
+
+
+def test_spooled_batch_of_another_schema_is_set_aside_not_retried_forever(clickhouse_server, db, tmp_path):
+    spool = Spool(tmp_path / "s", 10**9)
+    spool.append("flows", 1, flow_batch(0).append_column("column_from_the_future", pa.array([1] * 1000)))
+    spool.append("flows", 2, flow_batch(1))
+    out = make_output(clickhouse_server, db, tmp_path / "s")
+    assert out.drain(60)
+    out.close()
+    assert out.spool.dropped_rows["corrupt"] == 1000
+    assert server_totals(clickhouse_server, db) == totals([1])
+    assert len(list((tmp_path / "s" / "corrupt").iterdir())) == 1
