@@ -51,6 +51,8 @@ log = logging.getLogger(__name__)
 HOUR_MS = 3_600_000
 JOURNAL = "_compaction.json"
 QUARANTINE = "quarantine"
+CHECKPOINT = ".checkpoint"
+CHECKPOINT_MARGIN_S = 600.0  # longer than any single write or compaction step takes
 TRASH = ".trash"
 _PARQUET_MAGIC = b"PAR1"
 
@@ -200,6 +202,7 @@ class ParquetStore:
         self._lock = threading.Lock()  # serialises renames/unlinks in partitions between writer and maintenance
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
+        self._settled: dict[Path, int] = {}  # partition -> directory mtime_ns when last found fully compacted
         self._crash_after_step: int | None = None  # test hook: raise CompactionCrash after this compaction step
         makedirs_durable(self.root)
         if recover:
@@ -301,18 +304,32 @@ class ParquetStore:
 
     # --- recovery ---------------------------------------------------------------------------------------------------
 
-    def recover(self) -> None:
-        """Finish or roll back interrupted compactions, then quarantine stray temporary and corrupt files."""
+    def recover(self, full: bool = False) -> None:
+        """Finish or roll back interrupted compactions, then quarantine stray temporary and corrupt files.
+
+        Only partitions changed since the last checkpoint (``.checkpoint``, touched by every maintenance round and at
+        close) minus a margin are examined: an interrupted write or compaction changes its partition directory, and
+        a partition untouched since then was complete. This keeps a restart fast with years of data. Without a
+        checkpoint, or with ``full``, every partition is examined (reading every file's footer).
+        """
         trash = self.root / TRASH
         if trash.exists():
             shutil.rmtree(trash, ignore_errors=True)
+        checkpoint = self.root / CHECKPOINT
+        since = None if full or not checkpoint.exists() else checkpoint.stat().st_mtime - CHECKPOINT_MARGIN_S
         for tdir in sorted(self.root.iterdir()):
             if not tdir.is_dir() or tdir.name in (QUARANTINE, TRASH) or tdir.name.startswith("."):
                 continue
             # A table directory is recognised by its layout, not by the registry (a table whose module this process
             # does not import still gets recovered); other directories (spool, state) are left alone.
             for _, pdir in self.partitions(tdir.name):
-                self._recover_partition(pdir)
+                if since is None or pdir.stat().st_mtime >= since:
+                    self._recover_partition(pdir)
+        self.checkpoint()
+
+    def checkpoint(self) -> None:
+        """Record that every partition not changed from now on is complete (see :meth:`recover`)."""
+        (self.root / CHECKPOINT).touch()
 
     def _recover_partition(self, pdir: Path) -> None:
         journal = pdir / JOURNAL
@@ -386,22 +403,40 @@ class ParquetStore:
             for _, pdir in self.partitions(name):
                 if self._stop.is_set():
                     return merged
-                for group in self._compaction_groups(pdir, now):
-                    merged += self._compact_group(table, pdir, group)
+                try:
+                    if self._settled.get(pdir) == pdir.stat().st_mtime_ns:
+                        continue  # nothing changed since it was last found fully compacted
+                except FileNotFoundError:
+                    continue
+                groups, settled = self._compaction_groups(pdir, now)
+                for group in groups:
+                    done = self._compact_group(table, pdir, group)
+                    merged += done
+                    settled = settled and done > 0  # an abandoned merge is retried next round
+                if settled:
+                    self._settled[pdir] = pdir.stat().st_mtime_ns
+                else:
+                    self._settled.pop(pdir, None)
         return merged
 
-    def _compaction_groups(self, pdir: Path, now: float) -> list[list[Path]]:
-        """Runs of small, old-enough files (in batch id order) each up to about ``compact_target_bytes``."""
+    def _compaction_groups(self, pdir: Path, now: float) -> tuple[list[list[Path]], bool]:
+        """Runs of small, old-enough files (in batch id order) each up to about ``compact_target_bytes``, and
+        whether the partition is settled (no small file too young to merge yet, so no need to look again until the
+        directory changes)."""
         if (pdir / JOURNAL).exists():
-            return []  # an interrupted compaction waits for recover() at the next start
+            return [], False  # an interrupted compaction waits for recover() at the next start
         candidates = []
+        settled = True
         for f in sorted(pdir.glob("*.parquet")):
             try:
                 st = f.stat()
             except FileNotFoundError:
                 continue
-            if st.st_size < self.compact_target_bytes // 2 and now - st.st_mtime >= self.compact_after_s:
-                candidates.append((f, st.st_size))
+            if st.st_size < self.compact_target_bytes // 2:
+                if now - st.st_mtime >= self.compact_after_s:
+                    candidates.append((f, st.st_size))
+                else:
+                    settled = False
         groups: list[list[Path]] = []
         current: list[Path] = []
         size = 0
@@ -412,7 +447,7 @@ class ParquetStore:
                 groups.append(current)
                 current, size = [], 0
         groups.append(current)
-        return [g for g in groups if len(g) >= 2]
+        return [g for g in groups if len(g) >= 2], settled
 
     def _read_batches(self, table: Table, src: Path):
         """A source file's batches in the table's schema (a whole small file; about one row group at a time)."""
@@ -549,6 +584,8 @@ class ParquetStore:
     def maintain(self, now: float | None = None) -> None:
         """One round of retention and compaction; errors are logged and counted, never raised."""
         try:
+            # Taken before the work: whatever this round changes is newer than the checkpoint.
+            self.checkpoint()
             self.apply_retention(now)
             self.compact(now)
         except Exception:

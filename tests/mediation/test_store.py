@@ -328,3 +328,38 @@ def test_compaction_keeps_files_of_an_older_schema(tmp_path: Path) -> None:
     assert t.column_names == ["at", "n", "who"]
     assert sorted(zip(t.column("n").to_pylist(), t.column("who").to_pylist(), strict=True)) == [
         (1, ""), (1, "a"), (2, ""), (2, "b")]
+
+
+def test_restart_examines_only_partitions_changed_since_the_checkpoint(tmp_path: Path) -> None:
+    store = ParquetStore(tmp_path)  # first start: full check, then a checkpoint
+    assert (tmp_path / ".checkpoint").exists()
+    store.write(FLOWS, flows_batch(100, t0_ms=T0_MS - 30 * 24 * HOUR_MS), 1)  # a month-old partition
+    store.write(FLOWS, flows_batch(100), 2)
+    old_dir, new_dir = (p for _, p in store.partitions("flows"))
+    (old_dir / "00000000000000000009.parquet").write_bytes(b"rot")  # outside damage, long after it was written
+    (new_dir / f"00000000000000000003.parquet.{DEAD_PID}.tmp").write_bytes(b"cut short by a crash")
+    past = time.time() - 7200
+    os.utime(old_dir, (past, past))
+    os.utime(tmp_path / ".checkpoint", (past + 3600, past + 3600))  # last maintenance round: an hour ago
+    restarted = ParquetStore(tmp_path)
+    assert [r for r, _ in restarted.stats.quarantine_log] == [
+        f"flows/date=2026-11-25/hour=19/00000000000000000003.parquet.{DEAD_PID}.tmp"]
+    restarted.recover(full=True)  # a full check also finds the damaged old file
+    assert restarted.stats.quarantined == 2
+
+
+def test_settled_partitions_are_not_rescanned(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    store = ParquetStore(tmp_path, compact_after_s=1)
+    for i in range(3):
+        store.write(FLOWS, flows_batch(100, seed=i, t0_ms=T0_MS + i * HOUR_MS, span_ms=1000), 10 + i)
+        store.write(FLOWS, flows_batch(100, seed=i, t0_ms=T0_MS + i * HOUR_MS, span_ms=1000), 20 + i)
+    scanned: list[Path] = []
+    original = store._compaction_groups
+    monkeypatch.setattr(store, "_compaction_groups", lambda pdir, now: (scanned.append(pdir), original(pdir, now))[1])
+    assert store.compact(now=time.time() + 10) == 6
+    assert len(scanned) == 3
+    assert store.compact(now=time.time() + 10) == 0
+    assert len(scanned) == 3  # nothing changed: no partition looked at again
+    store.write(FLOWS, flows_batch(100, seed=9, t0_ms=T0_MS, span_ms=1000), 30)
+    store.compact(now=time.time() + 10)
+    assert len(scanned) == 4 and len(store.files("flows")) == 3  # only the changed partition, merged again
