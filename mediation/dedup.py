@@ -143,7 +143,7 @@ class Deduplicator:
     def _rotate(self, now_ms: int, incoming: int) -> None:
         if self._started_ms is None:
             self._started_ms = now_ms
-        full = self._current.count + incoming > self.max_keys
+        full = self._current.count + incoming > self._current.capacity
         if now_ms - self._started_ms >= self.window_ms or full:
             if full and now_ms - self._started_ms < self.window_ms:
                 self.evictions += self._previous.count if self._previous is not None else 0

@@ -139,8 +139,8 @@ class Mediator:
         pflows = share(np.ones(len(ok), dtype=np.uint64))
         src_hi, src_lo = split_addresses(cols["src_addr"][r])
         dst_hi, dst_lo = split_addresses(cols["dst_addr"][r])
-        src_sub, _ = self.bindings.lookup_split(src_hi, src_lo, pstart)
-        dst_sub, _ = self.bindings.lookup_split(dst_hi, dst_lo, pstart)
+        src_sub, _ = self.bindings.lookup_split(src_hi, src_lo, pstart, ids=False)
+        dst_sub, _ = self.bindings.lookup_split(dst_hi, dst_lo, pstart, ids=False)
         up = np.flatnonzero(src_sub >= 0)
         down = np.flatnonzero(dst_sub >= 0)
         none = np.flatnonzero((src_sub < 0) & (dst_sub < 0))
@@ -241,13 +241,26 @@ class Mediator:
                               rows["correction"], created, seed=0xF10)
         self.counters["usage_rows"] += len(sub)
         self.counters["correction_rows"] += int((rows["correction"] > 0).sum())
-        return USAGE.to_arrow({
+        batch = USAGE.to_arrow({
             "interval_start": rows["interval_start"], "interval_end": rows["interval_start"] + self.interval_ms,
-            "subscriber_id": names[sub], "direction": _DIRECTION_NAMES[rows["direction"]],
-            "traffic_class": self.classifier.names[rows["cls"]], "bytes": rows["bytes"], "packets": rows["packets"],
-            "flows": rows["flows"], "source": np.full(len(sub), self.source, dtype=object), "exporter": exporter,
+            "bytes": rows["bytes"], "packets": rows["packets"], "flows": rows["flows"], "exporter": exporter,
             "correction": rows["correction"], "created": created, "row_id": row_id,
         })
+        # strings by index into small Arrow arrays: no Python object per row
+        strings = {
+            "subscriber_id": self._arrow_names(names).take(pa.array(np.where(sub < 0, len(names) - 1, sub))),
+            "direction": pa.array(DIRECTIONS, pa.string()).take(pa.array(rows["direction"])),
+            "traffic_class": pa.array(self.classifier.names.tolist(), pa.string()).take(pa.array(rows["cls"])),
+            "source": pa.array([self.source] * len(sub), pa.string()),
+        }
+        arrays = [strings.get(name, batch.column(name)) for name in USAGE.column_names]
+        return pa.RecordBatch.from_arrays(arrays, schema=USAGE.arrow_schema)
+
+    def _arrow_names(self, names: np.ndarray) -> pa.Array:
+        cached = getattr(self, "_names_cache", None)
+        if cached is None or cached[0] != len(names):
+            cached = self._names_cache = (len(names), pa.array(names.tolist(), pa.string()))
+        return cached[1]
 
     def _reconciliation_batch(self, recon: list, now_ms: int) -> pa.RecordBatch:
         exporters = self._exporter_array()

@@ -26,6 +26,20 @@ def balance_holds(row: dict) -> bool:
                                     + int(row["bytes_rejected"]) + int(row["bytes_duplicate"]))
 
 
+def exact_bincount(key: np.ndarray, values: np.ndarray, nkeys: int) -> np.ndarray:
+    """Exact per-key sums of uint64 ``values`` (object array of Python ints): float64 bincounts are exact while
+    every sum stays below 2**53, so large values are summed in 22-bit slices."""
+    if not len(values):
+        return np.zeros(nkeys, dtype=object)
+    if int(values.max()) * len(values) < 1 << 53:
+        return np.bincount(key, weights=values, minlength=nkeys).astype(np.int64).astype(object)
+    total = np.zeros(nkeys, dtype=object)
+    for shift in (0, 22, 44):
+        part = (values >> np.uint64(shift)) & np.uint64((1 << 22) - 1)
+        total += np.bincount(key, weights=part, minlength=nkeys).astype(np.int64).astype(object) * (1 << shift)
+    return total
+
+
 class Reconciler:
     """Accumulates the balance per (receive interval, exporter index)."""
 
@@ -44,6 +58,42 @@ class Reconciler:
         interval = (np.asarray(time_received, dtype=np.int64) // self.interval_ms) * self.interval_ms
         exporter = np.asarray(exporter, dtype=np.int64)
         ok = True
+        batch = self._dense(interval, exporter, per_record, per_part, part_record)
+        if batch is None:
+            batch = self._sorted(interval, exporter, per_record, per_part, part_record)
+        for key, row in batch.items():
+            if not balance_holds(dict(zip(FIELDS, row, strict=True))):
+                ok = False
+                self._unbalanced.add(key)
+                log.error("reconciliation does not balance", extra={"interval": key[0], "exporter_index": key[1],
+                                                                    **dict(zip(FIELDS, row.tolist(), strict=True))})
+            acc = self._acc.get(key)
+            self._acc[key] = row if acc is None else acc + row
+        if not ok:
+            self.unbalanced_batches += 1
+        return ok
+
+    def _dense(self, interval: np.ndarray, exporter: np.ndarray, per_record: dict, per_part: dict,
+               part_record: np.ndarray) -> dict[tuple[int, int], np.ndarray] | None:
+        """Sums by bincount over a small dense key (the usual case: a few intervals and exporters per batch)."""
+        if not len(interval):
+            return {}
+        i0 = int(interval.min())
+        n_exp = int(exporter.max()) + 1
+        key = (interval - i0) // self.interval_ms * n_exp + exporter
+        nkeys = int(key.max()) + 1
+        if nkeys > 4096:
+            return None
+        sums = np.zeros((nkeys, len(FIELDS)), dtype=object)
+        for values, k in ((per_record, key), (per_part, key[part_record])):
+            for name, v in values.items():
+                sums[:, FIELDS.index(name)] += exact_bincount(k, np.asarray(v, dtype=np.uint64), nkeys)
+        present = np.flatnonzero(np.bincount(key, minlength=nkeys))
+        return {(i0 + int(k) // n_exp * self.interval_ms, int(k) % n_exp): np.array(sums[k], dtype=np.uint64)
+                for k in present}
+
+    def _sorted(self, interval: np.ndarray, exporter: np.ndarray, per_record: dict, per_part: dict,
+                part_record: np.ndarray) -> dict[tuple[int, int], np.ndarray]:
         keys_r, vals_r = group_sum([interval, exporter], [per_record[f].astype(np.uint64) for f in FIELDS
                                                           if f in per_record])
         names_r = [f for f in FIELDS if f in per_record]
@@ -59,17 +109,7 @@ class Reconciler:
             row = batch.setdefault(key, np.zeros(len(FIELDS), dtype=np.uint64))
             for name, v in zip(names_p, vals_p, strict=True):
                 row[FIELDS.index(name)] += v[i]
-        for key, row in batch.items():
-            if not balance_holds(dict(zip(FIELDS, row, strict=True))):
-                ok = False
-                self._unbalanced.add(key)
-                log.error("reconciliation does not balance", extra={"interval": key[0], "exporter_index": key[1],
-                                                                    **dict(zip(FIELDS, row.tolist(), strict=True))})
-            acc = self._acc.get(key)
-            self._acc[key] = row if acc is None else acc + row
-        if not ok:
-            self.unbalanced_batches += 1
-        return ok
+        return batch
 
     def emit(self, now_ms: int, force: bool = False) -> list[tuple[int, int, np.ndarray, bool]]:
         """(interval_start, exporter index, counters in FIELDS order, balanced) for every receive interval that
