@@ -203,3 +203,29 @@ def test_batches_are_cut_by_time(tmp_path) -> None:
     uvloop.run(_run_server(server, send))
     traffic.close()
     assert seen == [30]
+
+
+def test_hostile_exporters_are_bounded_everywhere(tmp_path) -> None:
+    """Garbage from 2,000 spoofed exporters: metric labels, the status board and the log stay bounded."""
+    from collector.server import Pipeline
+
+    buf = io.StringIO()
+    flog.setup("info", "logfmt", buf)
+    cfg = config_mod.load(None, [f"store.path={tmp_path}", "metrics.max_exporter_labels=4",
+                                 "decoder.max_exporters=50"])
+    registry = CollectorRegistry()
+    pipeline = Pipeline(cfg, Metrics(registry, cfg.metrics.max_exporter_labels), FakeSink())
+    now = int(time.time() * 1000)
+    for _ in range(3):
+        batch = [(b"\x00\x07" + bytes(18), f"10.{i // 65536}.{i // 256 % 256}.{i % 256}", now)
+                 for i in range(2000)]
+        pipeline.process(batch)
+    text = generate_latest(registry).decode()
+    labels = {line.split('exporter="')[1].split('"')[0] for line in text.splitlines()
+              if line.startswith("flowmed_decode_errors_total{")}
+    assert len(labels) <= 5 and OTHER in labels
+    assert len(pipeline.board.exporters) <= cfg.decoder.max_exporters
+    # one line per (exporter, reason) and minute at most; the limiter itself is bounded
+    assert len(buf.getvalue().splitlines()) <= 2000 + 10  # rounds 2 and 3 were held back
+    assert len(pipeline.errors_log._keys) <= pipeline.errors_log.max_keys
+    flog.setup("info", "logfmt")
