@@ -34,6 +34,8 @@ def query_command(sql: str, fmt: str, target: str, config) -> None:
     """Run ClickHouse SQL over flowmed's tables (flows, usage, ...) and print the result.
 
     Addresses print as text (192.0.2.1, 2001:db8::1) and compare with toIPv6('192.0.2.1'); times are UTC.
+    On the embedded store, T_between(t0='...', t1='...') reads only that time range of table T (faster lookups).
+
     Example: flowmed query "SELECT src_addr, sum(bytes) FROM flows GROUP BY src_addr ORDER BY 2 DESC LIMIT 10"
     """
     from mediation.query import QueryEngine, QueryError, render
@@ -64,6 +66,10 @@ def schema_markdown(tables: dict[str, Table] | None = None) -> str:
         "do not edit by hand. Types are those of the embedded store's views and of a modern ClickHouse server;",
         "on ClickHouse 18.16 addresses are `FixedString(16)` and times `DateTime('UTC')`. Addresses are IPv6,",
         "IPv4 stored IPv4-mapped (`::ffff:192.0.2.1`, printed as `192.0.2.1` by `flowmed query`).",
+        "",
+        "On the embedded store every table `T` also has a view `T_between(t0='2026-03-02 14:00:00',",
+        "t1='2026-03-02 15:00:00')` holding the rows with `t0 <= time < t1` (by the table's time column) that reads",
+        "only the hour partitions of that range: use it for lookups in a long history.",
         "",
     ]
     for name in sorted(tables):
