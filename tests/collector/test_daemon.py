@@ -229,3 +229,28 @@ def test_shutdown_is_bounded_by_shutdown_timeout(tmp_path: Path) -> None:
         proc.kill()
         notify.close()
     assert "shutdown timed out" in log.read_text()
+
+
+def test_templates_survive_a_restart(tmp_path: Path) -> None:
+    """Data arriving after a restart, before the exporter re-sends its template, is decoded from the saved state."""
+    traffic = V9Traffic(seed=21)
+    first = Daemon(tmp_path)
+    try:
+        first.wait_message("READY=1")
+        sent = traffic.send(first.port, 10)  # datagram 0 carries the template
+        assert first.stop() == 0, first.log_text()
+    finally:
+        first.kill()
+    later = traffic.datagrams(10)[1:]  # datagram 10 would carry the template again: leave it out
+    second = Daemon(tmp_path)
+    try:
+        second.wait_message("READY=1")
+        assert "template state loaded" in second.log_text()
+        for payload in later:
+            traffic.sock.sendto(payload, ("127.0.0.1", second.port))
+        sent += 30 * len(later)
+        assert second.stop() == 0, second.log_text()
+    finally:
+        traffic.close()
+        second.kill()
+    assert stored_flows(second.store) == sent
