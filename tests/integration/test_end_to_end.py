@@ -1,11 +1,17 @@
-"""End to end: softflowd exports a known traffic pcap straight to a running ``flowmed run`` daemon while tshark
-captures the wire; ``flowmed query`` over the embedded store then returns the totals tshark decodes from the wire
-(and the traffic holds), for NetFlow v5, v9 and IPFIX.
+"""End to end through a running ``flowmed run`` daemon and ``flowmed query`` over its embedded store.
+
+1. softflowd exports a known traffic pcap straight to the daemon while tshark captures the wire: the stored totals
+   equal tshark's decoding of the wire (and the traffic), for NetFlow v5, v9 and IPFIX.
+2. Every exporter scenario of ``bench.scenarios`` is replayed to the daemon, each exporter from its own loopback
+   address (127.0.2.x): per exporter, the stored flows, upscaled bytes and packets, raw bytes and sampling rates
+   equal the scenario's expectations (sampling options, held data, template ids reused across exporters).
 """
 
 from __future__ import annotations
 
+import ipaddress
 import json
+import socket
 import subprocess
 import sys
 import time
@@ -13,11 +19,12 @@ from pathlib import Path
 
 import pytest
 
+from bench.scenarios import SCENARIOS
 from tests.collector.daemon import Daemon
 from tests.fixtures.softflowd import export_with_softflowd, write_traffic
 from tests.fixtures.tshark import tshark_messages, tshark_records
 
-pytestmark = [pytest.mark.external, pytest.mark.slow]
+pytestmark = pytest.mark.slow
 
 TOTALS = "SELECT count() AS flows, sum(bytes) AS bytes, sum(packets) AS packets FROM flows"
 
@@ -34,6 +41,7 @@ def _totals(store: Path, cwd: Path) -> tuple[int, int, int]:
     return int(row["flows"]), int(row["bytes"] or 0), int(row["packets"] or 0)
 
 
+@pytest.mark.external
 @pytest.mark.parametrize("version", [5, 9, 10], ids=["v5", "v9", "ipfix"])
 def test_softflowd_to_daemon_query_totals_match_tshark(version: int, tmp_path: Path) -> None:
     truth = write_traffic(tmp_path / "t.pcap", ipv6=version != 5)
@@ -63,3 +71,52 @@ def test_softflowd_to_daemon_query_totals_match_tshark(version: int, tmp_path: P
     finally:
         assert daemon.stop() == 0, daemon.log_text()
     assert _totals(daemon.store, tmp_path) == on_the_wire  # nothing doubled by the shutdown flush
+
+
+def _loopback_for(exporter: str) -> str:
+    """A distinct loopback source address per scenario exporter: 192.0.2.x -> 127.0.2.x, IPv6 ones -> 127.0.3.x."""
+    addr = ipaddress.ip_address(exporter)
+    if addr.version == 4:
+        return f"127.0.2.{addr.packed[3]}"
+    return f"127.0.3.{addr.packed[15]}"
+
+
+def _wait_stored(store: Path, cwd: Path, flows: int) -> None:
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline and _totals(store, cwd)[0] < flows:
+        time.sleep(0.5)
+
+
+def test_scenarios_through_the_daemon(tmp_path: Path) -> None:
+    scenarios = [build() for build in SCENARIOS.values()]
+    exporters = {d.src for s in scenarios for d in s.datagrams}
+    assert len({_loopback_for(e) for e in exporters}) == len(exporters)  # scenarios use distinct exporters
+    want: dict[str, list[int]] = {}
+    for scenario in scenarios:
+        for row in scenario.expected:
+            w = want.setdefault(_loopback_for(str(row["exporter"])), [0, 0, 0, 0, 0])
+            w[0] += 1
+            w[1] += int(row["bytes"])
+            w[2] += int(row["packets"])
+            w[3] += int(row["raw_bytes"])
+            w[4] = max(w[4], int(row["sampling_rate"]))
+    daemon = Daemon(tmp_path / "daemon", flush_interval_s=1.0)
+    sockets: dict[str, socket.socket] = {}
+    try:
+        daemon.wait_message("READY=1")
+        for scenario in scenarios:
+            for d in scenario.datagrams:
+                src = _loopback_for(d.src)
+                if src not in sockets:
+                    sockets[src] = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+                    sockets[src].bind((src, 0))
+                sockets[src].sendto(d.payload, ("127.0.0.1", daemon.port))
+        _wait_stored(daemon.store, tmp_path, sum(w[0] for w in want.values()))
+        rows = _query(daemon.store, tmp_path, "SELECT exporter, count() AS n, sum(bytes) AS b, sum(packets) AS p, "
+                      "sum(raw_bytes) AS rb, max(sampling_rate) AS r FROM flows GROUP BY exporter")
+        got = {r["exporter"]: [int(r["n"]), int(r["b"]), int(r["p"]), int(r["rb"]), int(r["r"])] for r in rows}
+        assert got == want
+    finally:
+        for sock in sockets.values():
+            sock.close()
+        assert daemon.stop() == 0, daemon.log_text()
