@@ -299,8 +299,11 @@ class ParquetStore:
         """Nothing to do: every write is durable when it returns."""
 
     def close(self) -> None:
-        """Stop background maintenance."""
+        """Stop background maintenance (the housekeeper also records a checkpoint: everything is complete)."""
+        housekeeper = self._thread is not None
         self.stop_maintenance()
+        if housekeeper:
+            self.checkpoint()
 
     # --- recovery ---------------------------------------------------------------------------------------------------
 
