@@ -88,6 +88,8 @@ REASONS: dict[str, str] = {
         TooManyFields, BadRecord)},
     "pending_expired": "Data held for a missing template was dropped: the template did not come in time.",
     "pending_overflow": "Data held for a missing template was dropped to stay within the pending byte bound.",
+    "missing_init_time": "IPFIX records with sysUptime times (IEs 21/22) but no systemInitTimeMilliseconds (IE 160) "
+                         "from options data: decoded, with the export time as their times.",
     "internal_error": "A decoder bug (never expected; the datagram or group is lost, the decoder goes on).",
 }
 """Every ``reason`` label :class:`decoders.flows.FlowDecoder` counts in ``DecodeResult.errors``, documented."""

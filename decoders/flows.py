@@ -637,6 +637,8 @@ class FlowDecoder:
                 if compiled.start_ie is None:
                     cols["flow_start"] = cols["flow_end"]
             announced = self._announced_rates(compiled, view, slot, dom, n)
+            if {compiled.start_ie, compiled.end_ie} & {21, 22} and ies.SYSTEM_INIT_TIME not in compiled.refs:
+                self._count_missing_init_time(set_slot, counts, dom, result)
         rate = resolve(announced, dom.policy_rate[slot], dom.override[slot])
         raw_bytes = _column(cols.get("raw_bytes"), n, np.dtype(np.uint64))
         raw_packets = _column(cols.get("raw_packets"), n, np.dtype(np.uint64))
@@ -651,6 +653,17 @@ class FlowDecoder:
             st, version, _ = dom.info[s]
             result.records[(st.name, version)] += int(per_slot[s])
         return cols
+
+    @staticmethod
+    def _count_missing_init_time(set_slot: np.ndarray, counts: np.ndarray, dom: _DomainTables,
+                                 result: DecodeResult) -> None:
+        """IPFIX records with sysUptime times but no systemInitTimeMilliseconds known: their times are the export
+        time (the best guess left); counted per record so the operator can enable the exporter's options export."""
+        missing = (dom.version[set_slot] == 10) & (dom.init_ms[set_slot] < 0)
+        if missing.any():
+            per_slot = np.bincount(set_slot[missing], weights=counts[missing], minlength=len(dom.version))
+            for s in np.nonzero(per_slot)[0]:
+                result.errors[(dom.info[s][0].name, "missing_init_time")] += int(per_slot[s])
 
     @staticmethod
     def _announced_rates(compiled: Compiled, view, slot: np.ndarray, dom: _DomainTables, n: int) -> np.ndarray:

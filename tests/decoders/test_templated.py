@@ -106,6 +106,14 @@ def test_v9_sysuptime_times():
     assert (res.flows["flow_start"][0], res.flows["flow_end"][0]) == (T0_MS - 10_000, T0_MS - 500)
 
 
+def test_ipfix_sysuptime_without_system_init_time_is_counted():
+    fields = [(8, 4), (1, 4), (22, 4), (21, 4)]
+    dg = ipfix(template_set({256: fields}, ipfix=True), data_set(256, fields, [{22: 1000, 21: 2000}] * 2))
+    res = FlowDecoder().decode([(dg, EXP, T0_MS + 300)])
+    assert res.n_flows == 2 and res.errors == {(EXP, "missing_init_time"): 2}
+    assert set(res.flows["flow_start"]) == {T0_MS}
+
+
 def test_ipfix_sysuptime_with_system_init_time_from_options_and_record():
     boot = T0_MS - 86_400_000
     fields = [(8, 4), (1, 4), (22, 4), (21, 4)]
