@@ -151,6 +151,8 @@ class ChdbBackend:
         self.database = f"flowmed_{next(_db_counter)}"
         self._views: set[str] = set()
         self._closed = False
+        self.retried = 0
+        """Queries run again because a file vanished under them (compaction, retention)."""
         acquire_chdb_session()
         try:
             with chdb_session() as s:
@@ -226,6 +228,7 @@ class ChdbBackend:
                 # A file listed by the glob was compacted or dropped before it was read: the next try sees the
                 # directory as it is now.
                 if attempt < 2 and ("FILE_DOESNT_EXIST" in text or "CANNOT_OPEN_FILE" in text):
+                    self.retried += 1
                     continue
                 raise QueryError(text) from None
         raise AssertionError("unreachable")

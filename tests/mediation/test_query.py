@@ -222,3 +222,27 @@ def test_views_cover_tables_registered_later(engine: QueryEngine) -> None:
         table(name, "Registered after the engine opened.", (Column("at", "timestamp_ms", "When."),),
               time_column="at", order_by=("at",))
     assert engine.query(f"SELECT count() AS n FROM {name}").column("n")[0].as_py() == 0
+
+
+def test_queries_survive_partitions_dropped_under_them(store: ParquetStore, engine: QueryEngine) -> None:
+    """Retention (or compaction) removing files a query has already listed: the engine runs it again."""
+    stop = threading.Event()
+    store.set_retention("flows", 1)
+
+    def churn() -> None:
+        i = 0
+        while not stop.is_set() and i < 400:
+            i += 1
+            store.write(FLOWS, flows_batch(2000, t0_ms=T0_MS + i * 3_600_000, span_ms=1000), i)
+            store.apply_retention(now=(T0_MS + i * 3_600_000) / 1000 + 86_400 - 3 * 3600)
+
+    t = threading.Thread(target=churn)
+    t.start()
+    counts = []
+    try:
+        for _ in range(40):
+            counts.append(engine.query("SELECT count() AS n FROM flows").column("n")[0].as_py())
+    finally:
+        stop.set()
+        t.join()
+    assert all(n % 2000 == 0 and n <= 5 * 2000 for n in counts), counts
