@@ -79,7 +79,7 @@ def now_ms() -> int:
 class Pipeline:
     """Decoder → optional Mediator → Sink for one process; :meth:`process` takes one batch of datagrams.
 
-    Kept apart from the socket handling so ``flowmed decode`` and the tests drive exactly the code the daemon runs.
+    Kept apart from the socket handling so tools and tests can drive exactly the code the daemon runs.
     """
 
     def __init__(self, config: Config, metrics: metrics_mod.Metrics, sink: Any, mediator: Any = None,
@@ -121,7 +121,12 @@ class Pipeline:
                 log("error", "mediation failed on a batch", flows=n, error=repr(exc))
         for name, table_batch in tables.items():
             if table_batch is not None and table_batch.num_rows:
-                self.sink.add(name, table_batch)
+                try:
+                    self.sink.add(name, table_batch)  # False when refused: counted by the sink (dropped_rows)
+                except Exception as exc:  # a batch that does not fit its table is a bug; the others still go
+                    m.pipeline_errors.labels("sink").inc()
+                    log("error", "batch refused by the sink", table=name, rows=table_batch.num_rows,
+                        error=repr(exc))
         self.datagrams += len(batch)
         self.flows += n
         m.decode_batches.inc()
