@@ -153,6 +153,19 @@ class CmtsSimulator:
         self._notify()
         return queued
 
+    def reset_advanced(self) -> None:
+        """Forget what was advanced so far (e.g. after the interval a collector takes as its baseline)."""
+        self.advanced.clear()
+
+    def expected_usage(self, subscriber_of: dict[int, str] | None = None) -> dict[tuple[str, str], int]:
+        """Octets advanced per (subscriber or MAC text, 'down'/'up')."""
+        out: dict[tuple[str, str], int] = {}
+        for (mac, direction), (octets, _) in self.advanced.items():
+            who = subscriber_of.get(mac, "") if subscriber_of is not None else f"{mac:012x}"
+            key = (who, "down" if direction == 1 else "up")
+            out[key] = out.get(key, 0) + octets
+        return out
+
     def recreate_flow(self, modem_index: int, direction: int = 1, final_octets: int = 12345) -> None:
         """The flow grows by ``final_octets``, is deleted (Stop record), and a new flow reuses its SFID."""
         self.clock += 1
@@ -211,6 +224,18 @@ class CmtsSimulator:
         descs = tuple(m.FieldDescriptor(t, k + 1, f"DOCSIS-CMTS:{n}", True) for k, (n, t) in enumerate(fields))
         block = m.TemplateBlock(1, SCHEMA.format(n=session_id), name, descs)
         return m.TemplateData(session_id, self.config_id, 0, (block,))
+
+    def encode_document(self, session_id: int, *, stop: bool = True) -> bytes:
+        """Sans-I/O use (unit tests, benchmarks): SESSION_START, every queued record of ``session_id`` as DATA and
+        SESSION_STOP, as wire bytes; the records count as delivered and acknowledged."""
+        q = self.sessions[session_id]
+        out = [m.encode(m.SessionStart(session_id, self.boot_time, q.queue[0].dsn if q.queue else q.next_dsn, 0,
+                                       True, self.ack_time_s, self.ack_sequence_interval, uuid.uuid4().bytes))]
+        out.extend(m.encode(m.Data(session_id, r.template_id, self.config_id, 0, r.dsn, r.record)) for r in q.queue)
+        if stop:
+            out.append(m.encode(m.SessionStop(session_id, m.SessionStopReason.END_OF_DOCUMENT, "")))
+        q.queue = []
+        return b"".join(out)
 
     @property
     def unacked(self) -> int:
