@@ -210,3 +210,31 @@ def test_flowmed_detects_exporter_restarts() -> None:
     _, results = _decode_each(FlowDecoder(), _SCENARIOS["exporter-restart"])
     assert _total(results, "sequence_lost") == Counter()
     assert _total(results, "sequence_resets") == Counter({"192.0.2.70": 1, "192.0.2.71": 1, "192.0.2.72": 1})
+
+
+@pytest.mark.external
+@pytest.mark.parametrize("version,ipv6,time_form,wide", [
+    (5, False, None, False), (9, False, "sysuptime", False), (9, True, "milliseconds", True),
+    (10, False, "milliseconds", True), (10, True, "microseconds", False), (10, False, "nanoseconds", False),
+    (10, False, "delta_microseconds", True), (10, False, "seconds", False),
+])
+def test_bulk_datagrams_agree_with_tshark_and_flowmed(version: int, ipv6: bool, time_form: str | None, wide: bool,
+                                                      tmp_path: Path) -> None:
+    """The benchmark and load datagrams (vectorised encoder) decode identically in tshark and flowmed."""
+    from bench.exporter import WIDE_EXTRA, bulk_datagrams
+    from bench.pcapwrite import Datagram
+    from decoders.flows import FlowDecoder
+
+    t0 = 1_764_000_000_000
+    data, first = bulk_datagrams(version, 4, 30 if version == 5 else 25, export_ms=t0, ipv6=ipv6,
+                                 time_form=time_form, extra=WIDE_EXTRA if wide else (), seed=7)
+    payloads = ([first] if first else []) + data
+    path = tmp_path / "bulk.pcap"
+    write_pcap(path, [Datagram(p, "192.0.2.200", time_ms=t0) for p in payloads])
+    theirs = [tshark_row(r) for r in tshark_records(tshark_messages(path, [2055]))]
+    result = FlowDecoder().decode([(p, "192.0.2.200", t0) for p in payloads])
+    assert result.errors == Counter()
+    ours = rows_from_columns(result.flows)
+    assert len(ours) == len(theirs) == len(data) * (30 if version == 5 else 25)
+    for mine, ref in zip(ours, theirs, strict=True):
+        assert {k: mine[k] for k in ref} == ref
