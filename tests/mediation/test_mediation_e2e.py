@@ -208,3 +208,49 @@ def test_daemon_with_static_bindings_and_ipfix(tmp_path):
                                 "sum(bytes_unattributed) AS u, min(balanced) AS ok FROM reconciliation")[0]
     assert (int(recon["i"]), int(recon["d"]), int(recon["a"]), int(recon["u"]), int(recon["ok"])) == \
         (2 * 11100, 11100, 10800, 300, 1)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("workers", [1, 2])
+def test_daemon_with_radius_sessions_from_radclient(tmp_path, workers):
+    """``flowmed run`` with its RADIUS listener: radclient starts sessions, IPFIX from several exporter sockets is
+    attributed to those subscribers exactly, with one worker or two (the second sees the bindings through SQLite)."""
+    require_tool("radclient")
+    rport = free_port()
+    daemon = Daemon(tmp_path / "d", "mediation.enabled=true", "mediation.watermark_s=1", "radius.enabled=true",
+                    f'radius.listen=["127.0.0.1:{rport}"]', 'radius.clients=[{address="127.0.0.1", secret="s3"}]',
+                    "subscribers.refresh_interval_s=0.2", flush_interval_s=1.0, workers=workers)
+    try:
+        daemon.wait_message("READY=1")
+        now = int(time.time() * 1000)
+        b = now // INTERVAL * INTERVAL
+        t = (b - 3 * INTERVAL) // 1000
+
+        async def sessions():
+            for user, ip in (("alice", "100.64.0.1"), ("bob", "100.64.0.2")):
+                code, out = await radclient(rport, "s3", f"Acct-Status-Type = Start, User-Name = {user}, "
+                                            f"Acct-Session-Id = {user}, Framed-IP-Address = {ip}, "
+                                            f"Event-Timestamp = {t}\n")
+                assert code == 0, out
+
+        asyncio.run(sessions())
+        time.sleep(1.5)  # the other worker picks the bindings up (subscribers.refresh_interval_s)
+        flows = [
+            Flow("100.64.0.1", "8.8.8.8", 40000, 443, 6, 1000, 10, b - 200_000, b - 100_000),
+            Flow("8.8.8.8", "100.64.0.2", 443, 40000, 6, 5000, 5, b - 200_000, b - 190_000),
+            Flow("198.51.100.9", "8.8.4.4", 40000, 53, 17, 300, 3, b - 150_000, b - 149_000),
+        ]
+        tmpl = flow_template(256, time_form="milliseconds")
+        for i in range(8):  # eight exporters (sockets): with two workers, both get some
+            exporter = IpfixExporter(i)
+            with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+                s.sendto(exporter.datagram(exporter.templates(tmpl), exporter.flows(tmpl, flows, now),
+                                           export_ms=now), ("127.0.0.1", daemon.port))
+        time.sleep(3)
+        assert daemon.stop() == 0, daemon.log_text()
+    finally:
+        daemon.kill()
+    assert usage_by_key(daemon.store) == {("alice", b - INTERVAL, "up"): 8000, ("bob", b - INTERVAL, "down"): 40000,
+                                          ("", b - INTERVAL, "unattributed"): 2400}, daemon.log_text()
+    names = query(daemon.store, "SELECT DISTINCT subscriber_id FROM bindings ORDER BY subscriber_id")
+    assert [r["subscriber_id"] for r in names] == ["alice", "bob"]
