@@ -8,6 +8,9 @@ templates go first and are refreshed every ``--template-every`` datagrams. Sendi
 UDP socket; pacing works in batches: each tick sends the datagrams due by then and sleeps until the next tick, so
 the achieved rate stays exact without a system call per datagram for timing.
 
+``--exporters N`` simulates N exporters round-robin, each with its own domain, sequence and (towards a 127.x target)
+source address 127.0.1.x, so that a collector's workers sharing the port with SO_REUSEPORT all get traffic.
+
 The report (text, or one JSON object with ``--json``) gives datagrams and records sent, the elapsed time, the
 achieved rate and send errors (e.g. ENOBUFS).
 """
@@ -58,44 +61,71 @@ def parse_target(text: str) -> tuple[str, int]:
     return host.strip("[]") or "127.0.0.1", int(port)
 
 
+_DOMAIN_FIELD = {5: (struct.Struct("!B"), 21), 9: (struct.Struct("!I"), 16), 10: (struct.Struct("!I"), 12)}
+"""Where each version's header names the domain: v5 engine id, v9 source id, IPFIX observation domain."""
+
+
+class _Source:
+    """One simulated exporter: its socket (own loopback address for IPv4 targets), domain and sequence number."""
+
+    __slots__ = ("send", "sock", "domain", "sequence")
+
+    def __init__(self, target: tuple[str, int], index: int, domain: int, several: bool) -> None:
+        family = socket.AF_INET6 if ":" in target[0] else socket.AF_INET
+        self.sock = socket.socket(family, socket.SOCK_DGRAM)
+        self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4 << 20)
+        if several and family == socket.AF_INET and target[0].startswith("127."):
+            self.sock.bind((f"127.0.1.{index + 1}", 0))  # all of 127/8 is loopback: one address per exporter
+        self.sock.connect(target)
+        self.send = self.sock.send
+        self.domain = domain
+        self.sequence = 0
+
+
 def run_load(*, version: int, target: tuple[str, int], rate: int, duration_s: float, records: int = 30,
              pool: int = 2000, template_every: int = 10_000, tick_s: float = 0.001, ipv6_flows: bool = False,
-             domain: int = 0, seed: int = 0) -> LoadReport:
-    """Send for ``duration_s`` at ``rate`` datagrams/s (0 = as fast as possible); see the module docstring."""
+             domain: int = 0, exporters: int = 1, seed: int = 0) -> LoadReport:
+    """Send for ``duration_s`` at ``rate`` datagrams/s in all (0 = as fast as possible); see the module docstring.
+
+    ``exporters`` > 1 round-robins the datagrams over that many simulated exporters, each with its own domain
+    (``domain + i``; v5: engine id), sequence numbers and, towards a 127.x target, its own source address
+    127.0.1.(i+1), so a collector with several workers (SO_REUSEPORT) sees several flows of traffic.
+    """
+    if not 1 <= exporters <= 250:
+        raise ValueError("exporters must be 1 to 250")
     now_ms = int(time.time()) * 1000
     data, template = bulk_datagrams(version, pool, records, export_ms=now_ms, ipv6=ipv6_flows, domain=domain,
                                     seed=seed)
     buffers = [bytearray(d) for d in data]
     seq_at = SEQUENCE_OFFSET[version]
+    dom_struct, dom_at = _DOMAIN_FIELD[version]
     # what one datagram advances the sequence by: v9 counts datagrams, v5 and IPFIX count records
     seq_step = 1 if version == 9 else records
-    family = socket.AF_INET6 if ":" in target[0] else socket.AF_INET
-    sock = socket.socket(family, socket.SOCK_DGRAM)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4 << 20)
-    sock.connect(target)
-    send = sock.send
+    sources = [_Source(target, i, (domain + i) & (0xFF if version == 5 else 0xFFFFFFFF), exporters > 1)
+               for i in range(exporters)]
     sent = records_sent = errors = 0
-    sequence = 0  # v9: template datagrams count too; IPFIX: they carry no data records
 
-    def send_template() -> None:
-        nonlocal sent, sequence, errors
+    def send_templates() -> None:
+        nonlocal sent, errors
         if template is None:
             return
         buf = bytearray(template)
-        _U32.pack_into(buf, seq_at, sequence & 0xFFFFFFFF)
-        try:
-            send(buf)
-        except OSError:
-            errors += 1
-        sent += 1
-        if version == 9:
-            sequence += 1
+        for src in sources:
+            _U32.pack_into(buf, seq_at, src.sequence & 0xFFFFFFFF)
+            dom_struct.pack_into(buf, dom_at, src.domain)
+            try:
+                src.send(buf)
+            except OSError:
+                errors += 1
+            sent += 1
+            if version == 9:  # v9 counts every export packet; IPFIX templates carry no data records
+                src.sequence += 1
 
     start = time.perf_counter()
     deadline = start + duration_s
-    send_template()
+    send_templates()
     i = 0
-    n_pool = len(buffers)
+    n_pool, n_src = len(buffers), len(sources)
     while True:
         now = time.perf_counter()
         if now >= deadline:
@@ -105,24 +135,26 @@ def run_load(*, version: int, target: tuple[str, int], rate: int, duration_s: fl
         batch = 64 if rate <= 0 else due - sent
         for _ in range(batch):
             buf = buffers[i % n_pool]
-            _U32.pack_into(buf, seq_at, sequence & 0xFFFFFFFF)
+            src = sources[i % n_src]
+            _U32.pack_into(buf, seq_at, src.sequence & 0xFFFFFFFF)
+            dom_struct.pack_into(buf, dom_at, src.domain)
             try:
-                send(buf)
+                src.send(buf)
                 records_sent += records
             except OSError:  # ENOBUFS / EAGAIN: the offered load is above what the host takes
                 errors += 1
             sent += 1
-            sequence += seq_step
+            src.sequence += seq_step
             i += 1
             if template_every and i % template_every == 0:
-                send_template()
+                send_templates()
         if rate > 0:
-            next_tick = now + tick_s
-            pause = next_tick - time.perf_counter()
+            pause = now + tick_s - time.perf_counter()
             if pause > 0:
                 time.sleep(pause)
     elapsed = time.perf_counter() - start
-    sock.close()
+    for src in sources:
+        src.sock.close()
     return LoadReport(version, f"{target[0]}:{target[1]}", rate, duration_s, sent, records_sent, elapsed, errors)
 
 
@@ -137,14 +169,17 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--pool", type=int, default=2000, help="distinct pre-encoded datagrams, cycled")
     p.add_argument("--template-every", type=int, default=10_000, help="re-send templates every N datagrams")
     p.add_argument("--ipv6-flows", action="store_true", help="IPv6 flow records (v9/IPFIX)")
-    p.add_argument("--domain", type=int, default=0, help="v9 source id / IPFIX observation domain")
+    p.add_argument("--domain", type=int, default=0, help="v9 source id / IPFIX observation domain (v5: engine id)")
+    p.add_argument("--exporters", type=int, default=1,
+                   help="simulated exporters, round-robin (own domain, sequence and 127.0.1.x source address)")
     p.add_argument("--json", action="store_true", help="print the report as one JSON object")
     args = p.parse_args(argv)
     if args.version == 5 and not 1 <= args.records <= 30:
         p.error("v5 datagrams hold 1 to 30 records")
     report = run_load(version=args.version, target=parse_target(args.target), rate=args.rate,
                       duration_s=args.duration, records=args.records, pool=args.pool,
-                      template_every=args.template_every, ipv6_flows=args.ipv6_flows, domain=args.domain)
+                      template_every=args.template_every, ipv6_flows=args.ipv6_flows, domain=args.domain,
+                      exporters=args.exporters)
     if args.json:
         print(json.dumps(report.as_dict()))
     else:

@@ -15,29 +15,30 @@ import pytest
 from bench.load import parse_target, run_load
 
 
-def _receiver(sock: socket.socket, out: list[bytes], stop: threading.Event) -> None:
+def _receiver(sock: socket.socket, out: list[tuple[bytes, str]], stop: threading.Event) -> None:
     sock.settimeout(0.2)
     while not stop.is_set():
         try:
-            out.append(sock.recv(65535))
+            data, addr = sock.recvfrom(65535)
         except TimeoutError:
             continue
+        out.append((data, addr[0]))
 
 
-@pytest.mark.parametrize("version", [5, 9, 10])
-def test_load_sends_what_it_reports_and_flowmed_decodes_it(version: int) -> None:
+@pytest.mark.parametrize("version,exporters", [(5, 1), (9, 1), (10, 1), (5, 3), (9, 3), (10, 2)])
+def test_load_sends_what_it_reports_and_flowmed_decodes_it(version: int, exporters: int) -> None:
     from decoders.flows import FlowDecoder
 
     sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4 << 20)
     sock.bind(("127.0.0.1", 0))
-    received: list[bytes] = []
+    received: list[tuple[bytes, str]] = []
     stop = threading.Event()
     thread = threading.Thread(target=_receiver, args=(sock, received, stop), daemon=True)
     thread.start()
     try:
         report = run_load(version=version, target=sock.getsockname(), rate=1000, duration_s=0.3, records=10,
-                          pool=50, template_every=100)
+                          pool=50, template_every=100, exporters=exporters, domain=4)
         for _ in range(50):  # wait (bounded) until the receiver has drained the socket
             if len(received) >= report.datagrams:
                 break
@@ -48,11 +49,15 @@ def test_load_sends_what_it_reports_and_flowmed_decodes_it(version: int) -> None
         sock.close()
     assert report.send_errors == 0 and report.datagrams > 50
     assert len(received) == report.datagrams
-    result = FlowDecoder().decode([(d, "127.0.0.1", 0) for d in received])
+    result = FlowDecoder().decode([(d, src, 0) for d, src in received])
     assert result.errors == Counter()
     assert result.n_flows == report.records
     assert result.sequence_lost == Counter() and result.sequence_resets == Counter()
     assert set(result.flows["version"].tolist()) == {version}
+    sources = {src for _, src in received}
+    assert sources == ({"127.0.0.1"} if exporters == 1 else {f"127.0.1.{i + 1}" for i in range(exporters)})
+    domains = set(result.flows["observation_domain"].tolist())
+    assert domains == {4 + i for i in range(exporters)}
 
 
 def test_load_command_line_reports_json() -> None:
