@@ -33,6 +33,9 @@ def _logfmt_value(value: Any) -> str:
     return text
 
 
+_STANDARD = set(logging.LogRecord("", 0, "", 0, "", None, None).__dict__) | {"message", "asctime", "taskName"}
+
+
 class _Formatter(logging.Formatter):
     def __init__(self, fmt: str) -> None:
         super().__init__()
@@ -45,6 +48,9 @@ class _Formatter(logging.Formatter):
         if record.name != LOGGER_NAME:
             items["logger"] = record.name
         items.update(getattr(record, "fields", {}) or {})
+        for key, value in record.__dict__.items():  # logging's own extra={...} from library modules
+            if key not in _STANDARD and key != "fields" and not key.startswith("_"):
+                items.setdefault(key, value)
         if record.exc_info:
             items["error"] = self.formatException(record.exc_info)
         if self.fmt == "json":
