@@ -126,13 +126,13 @@ def run_load(*, version: int, target: tuple[str, int], rate: int, duration_s: fl
     send_templates()
     i = 0
     n_pool, n_src = len(buffers), len(sources)
+    total = int(rate * duration_s)  # paced: exactly this many data datagrams, the last one due at the deadline
     while True:
         now = time.perf_counter()
-        if now >= deadline:
-            break
-        due = sent + 1 if rate <= 0 else int((now - start) * rate) + 1
-        # flat out: a batch of 64 between clock reads; paced: everything due by now
-        batch = 64 if rate <= 0 else due - sent
+        if (rate <= 0 and now >= deadline) or (rate > 0 and (i >= total or now >= deadline + 5.0)):
+            break  # (a paced run more than 5 s late stops: the host cannot offer that rate)
+        # flat out: a batch of 64 between clock reads; paced: every data datagram due by now
+        batch = 64 if rate <= 0 else min(int((now - start) * rate) + 1, total) - i
         for _ in range(batch):
             buf = buffers[i % n_pool]
             src = sources[i % n_src]
