@@ -5,7 +5,7 @@ import subprocess
 import pytest
 from scapy.layers.inet import IP, TCP, UDP
 from scapy.layers.inet6 import IPv6, IPv6ExtHdrHopByHop
-from scapy.layers.l2 import CookedLinux, Dot1Q, Ether, Loopback
+from scapy.layers.l2 import CookedLinux, CookedLinuxV2, Dot1Q, Ether, Loopback
 from scapy.packet import Raw
 from scapy.utils import PcapNgWriter, PcapWriter
 
@@ -34,6 +34,8 @@ def write(path, packets, **kw):
     (lambda p: Ether() / p, None),
     (lambda p: Ether() / Dot1Q(vlan=7) / p, None),
     (lambda p: CookedLinux() / p, None),
+    (lambda p: CookedLinuxV2() / p, None),
+    (lambda p: Ether() / Dot1Q(vlan=7) / Dot1Q(vlan=8) / p, None),
     (lambda p: p, 101),
     (lambda p: Loopback() / p, None),
 ])
