@@ -2,10 +2,11 @@
 
 The read callback does the least possible per datagram: ``recvfrom`` and one list append of
 ``(payload, exporter_address, received_ms)`` (the receive time is taken once per readiness event). Decoding happens
-per batch elsewhere. Measured on loopback with 1400-byte datagrams (2 cores, Python 3.11): ``recvfrom`` 1.5 µs per
-datagram, ``recvfrom_into`` a preallocated buffer plus the copy out 1.6 µs, ``recvmsg`` with SO_RXQ_OVFL ancillary
-data 1.8 µs; so ``recvfrom`` it is, and kernel drops are read from ``/proc/net/udp`` (the ``drops`` column of this
-socket's inode) on a timer instead of per datagram.
+per batch elsewhere. Measured with ``bench/test_receive_bench.py`` (loopback, 1,400-byte datagrams, one core of a
+busy 2-core machine, best of 20 rounds): ``recvfrom`` plus the append 1.2 µs per datagram, ``recvfrom_into`` a
+preallocated buffer plus the copy out 1.3-1.5 µs, ``recvmsg`` with SO_RXQ_OVFL ancillary data 1.3-1.6 µs; so
+``recvfrom`` it is, and kernel drops are read from ``/proc/net/udp`` (the ``drops`` column of this socket's inode)
+once a second instead of per datagram.
 """
 
 from __future__ import annotations

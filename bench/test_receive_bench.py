@@ -1,0 +1,105 @@
+"""Cost of the receive path per datagram: flowmed's listener read loop and the alternatives it was chosen over.
+
+    taskset -c 0 python -m pytest bench/test_receive_bench.py --benchmark-enable --benchmark-columns=mean,stddev
+
+Each round fills a loopback socket's receive buffer with ``N`` datagrams of 1,400 bytes (outside the timing) and
+then drains it with one method, asserting all ``N`` arrived, so a broken reader cannot look fast. Per-datagram cost
+= mean / N. ``listener`` is :meth:`collector.listener.UdpListener.read` as the daemon runs it (``recvfrom`` plus
+one list append of ``(payload, exporter, received_ms)``); ``recvfrom_into`` reads into a preallocated buffer and
+copies the payload out; ``recvmsg_rxq_ovfl`` is ``recvmsg`` with SO_RXQ_OVFL ancillary data (the kernel's drop
+counter per datagram), which flowmed replaces with reading ``/proc/net/udp`` once a second.
+"""
+
+from __future__ import annotations
+
+import socket
+
+import pytest
+
+from collector.listener import MAX_DATAGRAM, UdpListener
+
+SO_RXQ_OVFL = getattr(socket, "SO_RXQ_OVFL", 40)
+PAYLOAD = bytes(1400)
+
+
+def _n(benchmark) -> int:
+    return 2000 if not benchmark.disabled else 20
+
+
+@pytest.fixture
+def listener():
+    out: list = []
+    lst = UdpListener("127.0.0.1:0", out, rcvbuf_bytes=16 * 1024 * 1024)
+    lst.bind()
+    sender = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    sender.connect(("127.0.0.1", lst.port))
+    yield lst, out, sender
+    sender.close()
+    lst.close()
+
+
+def _fill(sender: socket.socket, n: int):
+    def setup():
+        for _ in range(n):
+            sender.send(PAYLOAD)
+        return (), {}
+    return setup
+
+
+def _run(benchmark, sender, n, read) -> None:
+    counts: list[int] = []
+    benchmark.pedantic(lambda: counts.append(read()), setup=_fill(sender, n), rounds=20 if not benchmark.disabled
+                       else 1, iterations=1)
+    assert counts and all(c == n for c in counts)
+    benchmark.extra_info["datagrams_per_round"] = n
+
+
+def test_listener_read(benchmark, listener) -> None:
+    lst, out, sender = listener
+    n = _n(benchmark)
+
+    def read() -> int:
+        out.clear()
+        return lst.read(n + 1)
+
+    _run(benchmark, sender, n, read)
+
+
+def test_recvfrom_into(benchmark, listener) -> None:
+    lst, _, sender = listener
+    n = _n(benchmark)
+    buf = bytearray(MAX_DATAGRAM)
+    view = memoryview(buf)
+
+    def read() -> int:
+        out = []
+        k = 0
+        while True:
+            try:
+                size, addr = lst.sock.recvfrom_into(buf)
+            except BlockingIOError:
+                return k
+            out.append((bytes(view[:size]), addr[0], 0))
+            k += 1
+
+    _run(benchmark, sender, n, read)
+
+
+def test_recvmsg_rxq_ovfl(benchmark, listener) -> None:
+    lst, _, sender = listener
+    n = _n(benchmark)
+    lst.sock.setsockopt(socket.SOL_SOCKET, SO_RXQ_OVFL, 1)
+    space = socket.CMSG_SPACE(4)
+
+    def read() -> int:
+        out = []
+        k = 0
+        while True:
+            try:
+                data, _anc, _flags, addr = lst.sock.recvmsg(MAX_DATAGRAM, space)
+            except BlockingIOError:
+                return k
+            out.append((data, addr[0], 0))
+            k += 1
+
+    _run(benchmark, sender, n, read)
