@@ -178,6 +178,7 @@ class _Group:
     hi: np.ndarray
     lo: np.ndarray
     keymap: _KeyMap | None = None
+    v6_only: bool = False
 
     def key(self, hi: np.ndarray, lo: np.ndarray) -> np.ndarray:
         if self.mode == "hi":
@@ -232,6 +233,7 @@ class BindingIndex:
         starts = np.flatnonzero(np.concatenate(([True], keys[1:] != keys[:-1])))
         counts = np.diff(np.append(starts, len(keys)))
         group.keymap = _KeyMap(keys[starts], starts, counts)
+        group.v6_only = bool(np.all(group.hi != 0))
         return group
 
     def set_valid_to(self, rows: np.ndarray, valid_to: np.ndarray) -> None:
@@ -241,23 +243,30 @@ class BindingIndex:
             mine = self._row_group[rows] == gi
             g.valid_to[self._row_gpos[rows[mine]]] = np.asarray(valid_to)[mine] if np.ndim(valid_to) else valid_to
 
-    def lookup(self, hi: np.ndarray, lo: np.ndarray, t: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """Per query address at time ``t``: subscriber index (or -1), binding row (or -1) and prefix length (or -1)."""
+    def lookup(self, hi: np.ndarray, lo: np.ndarray, t: np.ndarray, rows: bool = True
+               ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Per query address at time ``t``: subscriber index (or -1), binding row (or -1; all -1 unless ``rows``)
+        and prefix length (or -1)."""
         n = len(hi)
         sub = np.full(n, -1, dtype=np.int32)
         row = np.full(n, -1, dtype=np.int64)
         plen = np.full(n, -1, dtype=np.int16)
         t = np.asarray(t, dtype=np.int64)
         for g in self.groups:
-            todo = None if g is self.groups[0] else np.flatnonzero(row < 0)
+            if g.v6_only:  # no IPv4-mapped network in this group: IPv4 queries (high half 0) cannot match
+                todo = np.flatnonzero((plen < 0) & (hi != 0))
+            else:
+                todo = None if g is self.groups[0] else np.flatnonzero(plen < 0)
             if todo is not None and len(todo) == 0:
                 break
             qhi, qlo, qt = (hi, lo, t) if todo is None else (hi[todo], lo[todo], t[todo])
             gpos = self._lookup_group(g, qhi, qlo, qt)
             hit = gpos >= 0
             where = hit if todo is None else todo[hit]
-            sub[where] = g.sub[gpos[hit]]
-            row[where] = g.rows[gpos[hit]]
+            found = gpos[hit]
+            sub[where] = g.sub[found]
+            if rows:
+                row[where] = g.rows[found]
             plen[where] = g.prefix_len
         return sub, row, plen
 
@@ -271,9 +280,9 @@ class BindingIndex:
         back = np.flatnonzero((vf > t) & (count > 1))
         while len(back):
             pos[back] -= 1
-            still = (pos[back] > first[back]) & (g.valid_from[pos[back]] > t[back])
-            back = back[still]
-        ok = (count > 0) & (g.valid_from[pos] <= t) & (t < g.valid_to[pos])
+            vf[back] = g.valid_from[pos[back]]
+            back = back[(pos[back] > first[back]) & (vf[back] > t[back])]
+        ok = (count > 0) & (vf <= t) & (t < g.valid_to[pos])
         if g.mode == "lo":  # the key is the whole low half; the high half is the same for the whole group
             ok &= (hi & g.mask_hi) == g.const_hi
         elif g.mode == "hash":
@@ -573,12 +582,23 @@ class Bindings:
     def lookup(self, addresses: np.ndarray, times_ms: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Subscriber index (or -1) and binding id (or -1) of each ``S16`` address at each time (int64 ms)."""
         hi, lo = split_addresses(addresses)
-        return self.lookup_split(hi, lo, np.asarray(times_ms, dtype=np.int64))
+        sub, bid = self.lookup_split(hi, lo, np.asarray(times_ms, dtype=np.int64))
+        return sub, bid
 
-    def lookup_split(self, hi: np.ndarray, lo: np.ndarray, t: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """:meth:`lookup` on addresses already split into uint64 halves."""
+    def subscriber_ids(self, addresses: np.ndarray, times_ms: np.ndarray) -> np.ndarray:
+        """Subscriber id (object array; '' where none) of each ``S16`` address at each time: the
+        ``address_lookup`` callable of :class:`mediation.ipdr_usage.IpdrUsage` and of compliance lookups."""
+        sub, _ = self.lookup(addresses, times_ms) if len(addresses) else (np.zeros(0, np.int32), None)
+        names, _ = self.subscriber_arrays()
+        return names[np.where(sub < 0, len(names) - 1, sub)]
+
+    def lookup_split(self, hi: np.ndarray, lo: np.ndarray, t: np.ndarray, ids: bool = True
+                     ) -> tuple[np.ndarray, np.ndarray | None]:
+        """:meth:`lookup` on addresses already split into uint64 halves (binding ids only with ``ids``)."""
         with self._lock:
             base, delta = self._base, self._delta
+        if not len(delta) and not ids:  # the hot path: subscribers only
+            return base.lookup(hi, lo, t, rows=False)[0], None
         sub, row, plen = base.lookup(hi, lo, t)
         bid = np.where(row >= 0, base.ids[np.maximum(row, 0)] if len(base) else -1, -1)
         if len(delta):
@@ -588,6 +608,8 @@ class Bindings:
             better = (drow >= 0) & ((dplen > plen) | ((dplen == plen) & (dfrom >= bfrom)))
             sub = np.where(better, dsub, sub).astype(np.int32)
             bid = np.where(better, delta.ids[np.maximum(drow, 0)], bid)
+        if not ids:
+            return sub, None
         return sub, bid
 
     def close(self) -> None:

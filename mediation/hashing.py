@@ -50,12 +50,28 @@ def string_hash(text: str) -> int:
     return int.from_bytes(hashlib.blake2b(text.encode(), digest_size=8).digest(), "little")
 
 
+def _mix_inplace(h: np.ndarray, tmp: np.ndarray) -> None:
+    """:func:`mix64` in place, with a scratch array (no allocation per step)."""
+    np.right_shift(h, _S30, out=tmp)
+    np.bitwise_xor(h, tmp, out=h)
+    np.multiply(h, _C1, out=h)
+    np.right_shift(h, _S27, out=tmp)
+    np.bitwise_xor(h, tmp, out=h)
+    np.multiply(h, _C2, out=h)
+    np.right_shift(h, _S31, out=tmp)
+    np.bitwise_xor(h, tmp, out=h)
+
+
 def hash_columns(*columns: np.ndarray, seed: int = 0) -> np.ndarray:
     """One uint64 hash per row over the given columns (each a numpy array of equal length)."""
     n = len(columns[0]) if columns else 0
     h = np.full(n, np.uint64(seed) ^ _GOLDEN, dtype=np.uint64)
+    tmp = np.empty(n, dtype=np.uint64)
     with np.errstate(over="ignore"):
         for col in columns:
             for word in as_u64_columns(col):
-                h = mix64(h ^ word) + _GOLDEN
-    return mix64(h)
+                np.bitwise_xor(h, word, out=h)
+                _mix_inplace(h, tmp)
+                np.add(h, _GOLDEN, out=h)
+        _mix_inplace(h, tmp)
+    return h

@@ -207,3 +207,12 @@ def test_large_index_answers_exactly(n):
     sub, _, _ = idx.lookup(hi, lo, vt[q] + 1000 * 100)  # after the whole history: nothing
     last = np.r_[addr[1:] != addr[:-1], True]
     assert (sub[~last[q]] == -1).all() and (sub[last[q]] == -1).all()
+
+
+def test_subscriber_ids_for_other_components():
+    b = Bindings()
+    b.open("alice", "10.0.0.1", 0, 100)
+    b.commit()
+    assert b.subscriber_ids(s16(["10.0.0.1", "10.0.0.1", "10.0.0.2"]), np.array([5, 100, 5])).tolist() == \
+        ["alice", "", ""]
+    assert b.subscriber_ids(np.zeros(0, "S16"), np.zeros(0, np.int64)).tolist() == []
