@@ -18,7 +18,7 @@ import pytest
 
 from bench.scenarios import rows_from_columns
 from tests.fixtures.softflowd import Export, TruthFlow, export_with_softflowd, write_traffic
-from tests.fixtures.tshark import tshark_messages, tshark_records, tshark_row
+from tests.fixtures.tshark import tshark_field_sums, tshark_messages, tshark_records, tshark_row
 
 pytestmark = [pytest.mark.external, pytest.mark.slow]
 
@@ -85,6 +85,8 @@ def test_totals_and_flows_match_the_traffic(export: Export, truth: dict[tuple, T
     want = (sum(f.bytes for f in expected.values()), sum(f.packets for f in expected.values()), len(expected))
     assert (sum(r["bytes"] for r in ours), sum(r["packets"] for r in ours), len(ours)) == want
     assert (sum(r["raw_bytes"] for r in theirs), sum(r["raw_packets"] for r in theirs), len(theirs)) == want
+    sums = tshark_field_sums(export.capture, [export.port], ["cflow.octets", "cflow.packets"])
+    assert (sums["cflow.octets"][1], sums["cflow.packets"][1], sums["cflow.octets"][0]) == want
     got = {(r["src_addr"], r["dst_addr"], r["src_port"], r["dst_port"], r["protocol"]): r for r in ours}
     assert set(got) == set(expected)
     for key, flow in expected.items():
