@@ -64,6 +64,9 @@ def test_rating_rows_per_second_per_core(benchmark, request):
     since = ms("2026-01-01T00:00:00+01:00")
     asg = Assignments([Assignment(f"sub{i:07d}", "home", since) for i in range(subscribers)])
     totals = {"rows": 0, "records": 0, "cpu": 0.0}
+    threads = pa.cpu_count()
+    pa.set_cpu_count(1)  # one core: Arrow kernels must not spread over a thread pool (numpy is single-threaded)
+    request.addfinalizer(lambda: pa.set_cpu_count(threads))
 
     def run() -> None:
         for k, first in enumerate(range(0, subscribers, slice_size)):
@@ -83,3 +86,52 @@ def test_rating_rows_per_second_per_core(benchmark, request):
     print(f"\nrating: {totals['rows']:,} usage rows ({subscribers:,} subscribers x {INTERVALS} intervals x 2 "
           f"directions) in {totals['cpu']:.1f} s CPU: {rate_per_core:,.0f} rows/s/core")
     assert totals["rows"] == subscribers * INTERVALS * 2
+
+
+def test_rating_job_end_to_end(benchmark, request, tmp_path):
+    """The whole job over the embedded store: SQL GROUP BY of the usage (chDB over Parquet), rating, reading the
+    current state, the diff and the Parquet write; then a second run that finds nothing to write."""
+    from collector.config import load
+    from mediation.store import ParquetStore
+    from mediation.tables import USAGE
+    from rating.job import RatingJob
+
+    subscribers = 10_000 if _enabled(request) else 200
+    config = load(None, [f"store.path={tmp_path}", "mediation.watermark_s=0", "rating.extra_lateness_s=0"])
+    store = ParquetStore.for_config(config, housekeeper=False)
+    for k, first in enumerate(range(0, subscribers, 5_000)):
+        u = usage_slice(first, min(5_000, subscribers - first), seed=k)
+        n = u.num_rows
+        batch = USAGE.to_arrow({
+            "interval_start": u["interval_start"].to_numpy(), "interval_end": u["interval_end"].to_numpy(),
+            "subscriber_id": u["subscriber_id"].to_numpy(zero_copy_only=False),
+            "direction": u["direction"].to_numpy(zero_copy_only=False),
+            "traffic_class": u["traffic_class"].to_numpy(zero_copy_only=False),
+            "bytes": u["bytes"].to_numpy().astype(np.uint64), "packets": np.ones(n, dtype=np.uint64),
+            "flows": np.ones(n, dtype=np.uint64), "source": np.full(n, "flow", dtype=object),
+            "row_id": np.arange(n, dtype=np.uint64)})
+        store.write(USAGE, batch, 1 + k)
+    store.close()
+    since = ms("2026-01-01T00:00:00+01:00")
+    asg = Assignments([Assignment(f"sub{i:07d}", "home", since) for i in range(subscribers)])
+    job = RatingJob(config, plans=plans(HOME_PLAN), assignments=asg)
+    now = DAY + 86_400_000 + 3_600_000
+    reports = []
+    times = []
+
+    def first_run() -> None:
+        t = time.perf_counter()
+        reports.append(job.run(now_ms=now))
+        times.append(time.perf_counter() - t)
+
+    benchmark.pedantic(first_run, rounds=1, iterations=1)
+    t0 = time.perf_counter()
+    again = job.run(now_ms=now)
+    second = time.perf_counter() - t0
+    job.close()
+    rows = subscribers * INTERVALS * 2
+    assert reports[0].records_new == rows and again.records_unchanged == rows and again.records_new == 0
+    first_s = times[0]
+    benchmark.extra_info.update(usage_rows=rows, first_run_s=round(first_s, 2), second_run_s=round(second, 2))
+    print(f"\nrating job: {rows:,} usage rows: first run {first_s:.1f} s ({rows / first_s:,.0f} rows/s), "
+          f"second run (nothing to write) {second:.1f} s")

@@ -394,49 +394,64 @@ def _cast_like(t: pa.Table, schema: pa.Schema) -> pa.Table:
     return pa.table({f.name: t.column(f.name).cast(f.type) for f in schema})
 
 
+def _match(keys: pa.ChunkedArray | pa.Array, against: pa.ChunkedArray | pa.Array) -> np.ndarray:
+    """For each key, its row in ``against`` (unique keys), or -1: one hash lookup per key, no join."""
+    if len(keys) == 0:
+        return np.zeros(0, dtype=np.int64)
+    if len(against) == 0:
+        return np.full(len(keys), -1, dtype=np.int64)
+    idx = pc.index_in(keys, value_set=pa.chunked_array(against).combine_chunks()
+                      if isinstance(against, pa.ChunkedArray) else against)
+    return pc.fill_null(idx, -1).to_numpy(zero_copy_only=False).astype(np.int64)
+
+
 def diff_records(new: pa.Table, current: pa.Table) -> tuple[pa.Table, tuple[int, int, int, int], dict]:
     """What to write so that the current state becomes ``new``: (rows with version and void, counts, per-subscriber
-    before/after totals of every subscriber in either). Counts are (new, changed, voided, unchanged)."""
+    before/after totals of every subscriber in either). Counts are (new, changed, voided, unchanged).
+
+    Records are matched by ``record_id`` with hash lookups (``pc.index_in``) both ways and compared column by column
+    on the matched rows only.
+    """
     new = _cast_like(new, RECORD_SCHEMA).append_column("void", pa.array(np.zeros(new.num_rows, dtype=np.uint8)))
-    cur_cols = ["record_id", "version", *COMPARED, "interval_start", "direction", "traffic_class", "band"]
-    cur = current.select(cur_cols)
-    cur = cur.rename_columns([c if c == "record_id" else f"{c}__cur" for c in cur_cols])
-    j = new.append_column("__new", pa.array(np.ones(new.num_rows, dtype=np.int8))).join(
-        cur, "record_id", join_type="full outer")
-    in_new = pc.is_valid(j["__new"]).to_numpy(zero_copy_only=False)
-    in_cur = pc.is_valid(j["version__cur"]).to_numpy(zero_copy_only=False)
-    same = np.ones(j.num_rows, dtype=bool)
-    for c in COMPARED:
-        eq = pc.fill_null(pc.equal(j[c], j[f"{c}__cur"]), False).to_numpy(zero_copy_only=False)
-        same &= eq
-    cur_void = pc.fill_null(j["void__cur"], 1).to_numpy(zero_copy_only=False).astype(bool)
-    cur_version = pc.fill_null(j["version__cur"], 0).to_numpy(zero_copy_only=False).astype(np.uint64)
-    write_new = in_new & ~(in_cur & same)
-    write_void = ~in_new & in_cur & ~cur_void
-    counts = (int((in_new & ~in_cur).sum()), int((in_new & in_cur & ~same).sum()), int(write_void.sum()),
-              int((in_new & in_cur & same).sum()))
+    pos = _match(new["record_id"], current["record_id"])          # new row -> current row
+    in_cur = pos >= 0
+    matched = np.flatnonzero(in_cur)
+    same = np.zeros(new.num_rows, dtype=bool)
+    cur_version = np.zeros(new.num_rows, dtype=np.uint64)
+    if len(matched):
+        take_new = pa.array(matched)
+        take_cur = pa.array(pos[matched])
+        eq = np.ones(len(matched), dtype=bool)
+        for c in COMPARED:
+            a = new[c].take(take_new)
+            b = current[c].take(take_cur).cast(a.type)
+            eq &= pc.fill_null(pc.equal(a, b), False).to_numpy(zero_copy_only=False)
+        same[matched] = eq
+        cur_version[matched] = current["version"].take(take_cur).to_numpy().astype(np.uint64)
+    gone = _match(current["record_id"], new["record_id"]) < 0 if current.num_rows else np.zeros(0, dtype=bool)
+    cur_void = current["void"].to_numpy().astype(bool) if current.num_rows else np.zeros(0, dtype=bool)
+    write_void = gone & ~cur_void
+    write_new = ~(in_cur & same)
+    counts = (int((~in_cur).sum()), int((in_cur & ~same).sum()), int(write_void.sum()), int((in_cur & same).sum()))
     parts = []
     idx_new = np.flatnonzero(write_new)
     if len(idx_new):
-        t = j.take(pa.array(idx_new)).select([f.name for f in RECORD_SCHEMA] + ["void"])
+        t = new.take(pa.array(idx_new))
         parts.append(t.append_column("version", pa.array(cur_version[idx_new] + 1)))
     idx_void = np.flatnonzero(write_void)
     if len(idx_void):
-        t = j.take(pa.array(idx_void))
+        t = current.take(pa.array(idx_void))
         m = len(idx_void)
-        zeros = pa.array(np.zeros(m, dtype=np.uint64))
         cols = {}
         for f in RECORD_SCHEMA:
             if f.name in ("bytes", "billable_quantity", "allowance_quantity", "cycle_to_date"):
-                cols[f.name] = zeros
+                cols[f.name] = pa.array(np.zeros(m, dtype=np.uint64))
             elif f.name == "amount_micros":
                 cols[f.name] = pa.array(np.zeros(m, dtype=np.int64))
-            elif f.name == "record_id":
-                cols[f.name] = t["record_id"]
             else:
-                cols[f.name] = t[f"{f.name}__cur"]
+                cols[f.name] = t[f.name].cast(f.type)
         cols["void"] = pa.array(np.ones(m, dtype=np.uint8))
-        cols["version"] = pa.array(cur_version[idx_void] + 1)
+        cols["version"] = pa.array(t["version"].to_numpy().astype(np.uint64) + 1)
         parts.append(pa.table(cols))
     writes = pa.concat_tables([_cast_like(p, parts[0].schema) for p in parts]) if parts else pa.table({})
     per_sub = _per_subscriber(new, current)
@@ -473,35 +488,36 @@ def _bucket_events(events: pa.Table, period: tuple[int, int]) -> pa.Table:
 
 def diff_events(new: pa.Table, current: pa.Table) -> pa.Table:
     """Events to write (new or changed, with versions); events that disappeared get a withdrawn version."""
-    cur = current.select(["event_id", "version", *EVENT_COMPARED, "period_start"])
-    cur = cur.rename_columns([c if c == "event_id" else f"{c}__cur" for c in cur.column_names])
-    j = new.append_column("__new", pa.array(np.ones(new.num_rows, dtype=np.int8))).join(
-        cur, "event_id", join_type="full outer")
-    if j.num_rows == 0:
-        return pa.table({})
-    in_new = pc.is_valid(j["__new"]).to_numpy(zero_copy_only=False)
-    in_cur = pc.is_valid(j["version__cur"]).to_numpy(zero_copy_only=False)
-    same = np.ones(j.num_rows, dtype=bool)
-    for c in EVENT_COMPARED:
-        same &= pc.fill_null(pc.equal(j[c], j[f"{c}__cur"]), False).to_numpy(zero_copy_only=False)
-    version = pc.fill_null(j["version__cur"], 0).to_numpy(zero_copy_only=False).astype(np.uint64)
-    withdrawn = pc.fill_null(pc.equal(j["detail__cur"], "withdrawn"), False).to_numpy(zero_copy_only=False)
+    pos = _match(new["event_id"], current["event_id"])
+    in_cur = pos >= 0
+    matched = np.flatnonzero(in_cur)
+    same = np.zeros(new.num_rows, dtype=bool)
+    version = np.zeros(new.num_rows, dtype=np.uint64)
+    if len(matched):
+        tn, tc = pa.array(matched), pa.array(pos[matched])
+        eq = np.ones(len(matched), dtype=bool)
+        for c in EVENT_COMPARED:
+            a = new[c].take(tn)
+            eq &= pc.fill_null(pc.equal(a, current[c].take(tc).cast(a.type)), False).to_numpy(zero_copy_only=False)
+        same[matched] = eq
+        version[matched] = current["version"].take(tc).to_numpy().astype(np.uint64)
     parts = []
-    w = np.flatnonzero(in_new & ~(in_cur & same))
+    w = np.flatnonzero(~(in_cur & same))
     if len(w):
-        t = j.take(pa.array(w)).select([*EVENT_SCHEMA.names, "period_start"])
+        t = new.take(pa.array(w)).select([*EVENT_SCHEMA.names, "period_start"])
         parts.append(t.append_column("version", pa.array(version[w] + 1)))
-    g = np.flatnonzero(~in_new & in_cur & ~withdrawn)
-    if len(g):
-        t = j.take(pa.array(g))
-        cols = {"event_id": t["event_id"]}
-        for name in EVENT_SCHEMA.names[1:]:
-            cols[name] = t[f"{name}__cur"]
-        cols["bytes"] = pa.array(np.zeros(len(g), dtype=np.uint64))
-        cols["detail"] = pa.array(["withdrawn"] * len(g))
-        cols["period_start"] = t["period_start__cur"]
-        cols["version"] = pa.array(version[g] + 1)
-        parts.append(pa.table(cols))
+    if current.num_rows:
+        gone = _match(current["event_id"], new["event_id"]) < 0
+        withdrawn = pc.fill_null(pc.equal(current["detail"], "withdrawn"), False).to_numpy(zero_copy_only=False)
+        g = np.flatnonzero(gone & ~withdrawn)
+        if len(g):
+            t = current.take(pa.array(g))
+            cols = {name: t[name].cast(EVENT_SCHEMA.field(name).type) for name in EVENT_SCHEMA.names}
+            cols["bytes"] = pa.array(np.zeros(len(g), dtype=np.uint64))
+            cols["detail"] = pa.array(["withdrawn"] * len(g))
+            cols["period_start"] = t["period_start"]
+            cols["version"] = pa.array(t["version"].to_numpy().astype(np.uint64) + 1)
+            parts.append(pa.table(cols))
     if not parts:
         return pa.table({})
     return pa.concat_tables([_cast_like(p, parts[0].schema) for p in parts])
