@@ -38,6 +38,7 @@ def wait_until(predicate, timeout: float = 60.0, what: str = "condition") -> Non
 
 
 def output(port: int, db: str, spool_dir: Path, **kw) -> ClickHouseOutput:
+    kw.setdefault("batch_interval_s", 0.3)  # small groups go quickly, so a fault is met while the stream runs
     cfg = ClickHouseConfig(enabled=True, port=port, database=db, **kw)
     return ClickHouseOutput(cfg, SpoolConfig(), spool_dir, retention_interval_s=10**9, max_backoff_s=0.5)
 
