@@ -1,0 +1,137 @@
+"""Cumulative SAMIS counters -> usage deltas: wrap, reboot, re-creation, Stop, duplicates, gaps, restarts."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from decoders.ipdr.samis import SAMIS_TYPE_1
+from mediation.ipdr_usage import CmSubscribers, IpdrUsage
+from tests.ipdr.helpers import EXPORTER_IP, make_event
+
+T0 = 1_800_000_000_000  # ms
+MAC = 0x001095000001
+
+
+def rec(t_min: float, octets: int, *, up_cs: int | None = None, created: int = 100, rec_type: int = 1,
+        sfid: int = 7, direction: int = 1, mac: int = MAC) -> dict:
+    t = T0 + int(t_min * 60_000)
+    return {"RecCreationTime": t, "ServiceOctetsPassed": octets, "ServicePktsPassed": octets // 100,
+            "CmtsSysUpTime": up_cs if up_cs is not None else 500_000 + int(t_min * 6000), "ServiceTimeCreated": created,
+            "RecType": rec_type, "ServiceIdentifier": sfid, "ServiceDirection": direction, "CmMacAddr": mac}
+
+
+def usage(state=None, **kw) -> IpdrUsage:
+    return IpdrUsage(state, CmSubscribers.from_dict({MAC: "alice"}), preexisting="count", **kw)
+
+
+def deltas(u: IpdrUsage, rows: list[dict], first_dsn: int = 0, **kw) -> tuple[list[int], list[str]]:
+    res = u.process(make_event(rows, first_dsn=first_dsn, **kw), "cmts1", EXPORTER_IP, T0)
+    return res.ipdr_records.column("delta_octets").to_pylist(), res.ipdr_records.column("delta_reason").to_pylist()
+
+
+def test_interims_give_differences_and_gaps_need_nothing():
+    u = usage()
+    assert deltas(u, [rec(0, 1000), rec(15, 3000)]) == ([1000, 2000], ["first", "delta"])
+    # the 30-minute interim was suppressed or lost: the next one covers both intervals
+    assert deltas(u, [rec(45, 10_000)], first_dsn=2) == ([7000], ["delta"])
+
+
+def test_64_and_32_bit_wraps():
+    u = usage()
+    d, r = deltas(u, [rec(0, 2**64 - 100), rec(15, 50)])
+    assert d == [2**64 - 100, 150] and r[1] == "wrap"
+    u = usage()
+    d, r = deltas(u, [rec(0, 2**32 - 10, sfid=8), rec(15, 5, sfid=8)])
+    assert d[1] == 15 and r[1] == "wrap32"
+
+
+def test_reboot_is_not_a_wrap():
+    u = usage()
+    # sysUpTime goes back: counters restarted; same SFID and the same creation value (flows made at boot)
+    d, r = deltas(u, [rec(0, 5_000_000), rec(15, 700, up_cs=9000)])
+    assert d == [5_000_000, 700] and r == ["first", "reboot"]
+    # and a rebooted flow whose new counter already exceeds the old one is still counted from zero
+    u = usage()
+    d, r = deltas(u, [rec(0, 100), rec(15, 900, up_cs=3000)])
+    assert d == [100, 900] and r[1] == "reboot"
+
+
+def test_stop_then_sfid_reused_by_a_new_flow():
+    u = usage()
+    d, r = deltas(u, [rec(0, 100), rec(10, 400, rec_type=2), rec(15, 50, created=70_000)])
+    assert d == [100, 300, 50]
+    # the Stop left a tombstone: its redelivery is stale, not a new flow
+    d, r = deltas(u, [rec(10, 400, rec_type=2)], first_dsn=10)
+    assert d == [0] and r == ["stale"]
+
+
+def test_duplicates_and_replays_count_nothing():
+    u = usage()
+    deltas(u, [rec(0, 100), rec(15, 300)])
+    d, r = deltas(u, [rec(15, 300), rec(0, 100)], first_dsn=5)  # redelivered after a failover (new DSNs)
+    assert d == [0, 0] and r == ["stale", "stale"]
+    d, r = deltas(u, [rec(30, 500), rec(30, 500)], first_dsn=7)  # the same record twice in one burst
+    assert d == [200, 0] and r == ["delta", "duplicate"]
+
+
+def test_dsn_watermark_drops_redelivered_records():
+    u = usage()
+    deltas(u, [rec(0, 100), rec(15, 300)])
+    res = u.process(make_event([rec(15, 300), rec(30, 600)], first_dsn=1), "cmts1", EXPORTER_IP, T0)
+    assert res.ipdr_records.num_rows == 1 and u.counters["redelivered"] == 1
+
+
+def test_usage_rows_per_subscriber_and_direction():
+    u = usage(interval_s=300)
+    res = u.process(make_event([rec(0, 100), rec(15, 300), rec(15, 40, sfid=9, direction=2),
+                                rec(15, 77, mac=0xABC)]), "cmts1", EXPORTER_IP, T0)
+    rows = res.usage.to_pylist()
+    got = sorted((r["subscriber_id"], r["direction"], r["bytes"]) for r in rows)
+    assert got == [("", "unattributed", 77), ("alice", "down", 100), ("alice", "down", 200), ("alice", "up", 40)]
+    end = T0 + 15 * 60_000
+    assert {r["interval_end"].timestamp() * 1000 for r in rows if r["bytes"] == 200} == {end}
+    assert all(r["source"] == "ipdr" and r["traffic_class"] == "all" for r in rows)
+
+
+def test_preexisting_flows_only_set_a_baseline():
+    u = IpdrUsage(None, preexisting="baseline")
+    # created at sysUpTime 100 (long before the first record): baseline; a flow created just now: counted
+    d, r = deltas(u, [rec(0, 10**9), rec(0, 500, sfid=9, created=500_000 - 100)])
+    assert d == [0, 500] and r == ["baseline", "first"]
+    assert deltas(u, [rec(15, 10**9 + 42)], first_dsn=2)[0] == [42]
+
+
+def test_fields_are_matched_by_name_not_position():
+    shuffled = tuple(reversed(SAMIS_TYPE_1))
+    a, b = usage(), usage()
+    rows = [rec(0, 100), rec(15, 350)]
+    assert deltas(a, rows) == deltas(b, rows, fields=shuffled)
+
+
+def test_state_survives_restart_and_torn_journal(tmp_path):
+    u = usage(tmp_path)
+    deltas(u, [rec(0, 100), rec(15, 300)])
+    u.commit()
+    deltas(u, [rec(30, 1000)], first_dsn=2)  # processed, never committed (crash before the flush)
+    u.close()
+    with open(next(tmp_path.glob("journal-*.bin")), "ab") as f:
+        f.write(b"IPDJ\x05\x00")  # a torn chunk at the end
+    u2 = usage(tmp_path)
+    assert deltas(u2, [rec(30, 1000)], first_dsn=2) == ([700], ["delta"])
+    u2.commit()
+    u2.state.compact(T0)
+    u2.close()
+    u3 = usage(tmp_path)
+    assert deltas(u3, [rec(45, 1500)], first_dsn=3) == ([500], ["delta"])
+    assert {p.name for p in tmp_path.glob("*")} == {"snapshot-1.npz"}  # old generation removed
+
+
+def test_cm_subscriber_file(tmp_path):
+    path = tmp_path / "cm.csv"
+    path.write_text("cm_mac,subscriber_id\n00:10:95:00:00:01,alice\n0010.9500.0002,bob\n")
+    subs = CmSubscribers(path)
+    assert subs.lookup(np.array([MAC, MAC + 1, 5], np.uint64)).tolist() == ["alice", "bob", ""]
+    path.write_text("cm_mac,subscriber_id\nnot-a-mac,carol\n")
+    import os
+    os.utime(path, (1, 1))
+    assert not subs.reload() and subs.lookup(np.array([MAC], np.uint64)).tolist() == ["alice"]
