@@ -6,8 +6,10 @@ old. Cut batches go to a queue drained by a single writer thread, which concaten
 calls ``write`` on each output in turn, so disk and network waits never reach the event loop.
 
 Memory is bounded by ``max_pending_rows`` (rows buffered, queued and being written): beyond it :meth:`Sink.add`
-refuses the batch, counts its rows in ``dropped_rows`` and logs, rather than blocking the loop or growing without
-bound. ``backlogged`` tells the caller when it is getting close.
+refuses a batch of a ``droppable`` table (raw ``flows`` by default), counts its rows in ``dropped_rows`` and logs,
+rather than blocking the loop or growing without bound. Rows of the other tables (usage, rated usage: money) are
+always accepted; they are a small fraction of the volume, and the raw flows make room for them. ``backlogged`` tells
+the caller when it is getting close.
 
 Each batch gets its id (:class:`mediation.outputs.BatchIdGenerator`; ``worker`` goes into its bits so worker
 processes never issue the same id) once, when it is cut; a failed write is retried
@@ -21,7 +23,7 @@ import logging
 import queue
 import threading
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Collection, Iterable
 from dataclasses import dataclass, field
 
 import pyarrow as pa
@@ -64,6 +66,7 @@ class Sink:
         flush_interval_s: float = 5.0,
         max_pending_rows: int = 4_000_000,
         *,
+        droppable: Collection[str] = ("flows",),
         retries: int = 3,
         retry_backoff_s: float = 0.5,
         worker: int = 0,
@@ -76,6 +79,7 @@ class Sink:
         self.flush_rows = flush_rows
         self.flush_interval_s = flush_interval_s
         self.max_pending_rows = max_pending_rows
+        self.droppable = frozenset(droppable)
         self.retries = retries
         self.retry_backoff_s = retry_backoff_s
         self.ids = id_generator or BatchIdGenerator(worker)
@@ -110,7 +114,8 @@ class Sink:
     # --- event loop side --------------------------------------------------------------------------------------------
 
     def add(self, table_name: str, batch: pa.RecordBatch) -> bool:
-        """Buffer ``batch`` for ``table_name``; returns False (and counts the rows) when it was refused.
+        """Buffer ``batch`` for ``table_name``; returns False (and counts the rows) when it was refused because
+        ``max_pending_rows`` are pending and the table is ``droppable``.
 
         Raises KeyError for a table that is not registered and ValueError for a batch that does not fit the table's
         schema (both are bugs of the caller, not bad input).
@@ -123,7 +128,7 @@ class Sink:
             return True
         batch = conform(table, batch)
         with self._lock:
-            if self.pending_rows + n > self.max_pending_rows:
+            if self.pending_rows + n > self.max_pending_rows and table_name in self.droppable:
                 self.dropped_rows[table_name] = self.dropped_rows.get(table_name, 0) + n
                 log.error("sink: %d %s rows dropped: %d rows already pending (max_pending_rows)", n, table_name,
                           self.pending_rows)

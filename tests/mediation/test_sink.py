@@ -5,6 +5,7 @@ from __future__ import annotations
 import threading
 from pathlib import Path
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
@@ -160,11 +161,14 @@ def test_add_never_waits_for_a_slow_output_and_is_bounded() -> None:
         assert not sink.add("flows", flows_batch(100, seed=4))  # would exceed 350 pending rows: refused, counted
         assert sink.dropped_rows == {"flows": 100}
         assert sink.pending_rows == 300
+        notes = NOTES.to_arrow({"at": np.arange(100, dtype=np.int64), "text": np.full(100, "x", dtype=object)})
+        assert sink.add("test_sink_notes", notes)  # not droppable (think usage): accepted over the limit
+        assert sink.pending_rows == 400
     finally:
         slow.gate.set()
         sink.close()
-    assert slow.rows == 300 and sink.pending_rows == 0 and not sink.backlogged
-    assert sink.rows_in == {"flows": 300}
+    assert slow.rows == 400 and sink.pending_rows == 0 and not sink.backlogged
+    assert sink.rows_in == {"flows": 300, "test_sink_notes": 100}
 
 
 def test_bad_input_from_the_caller_is_an_error() -> None:
