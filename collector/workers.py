@@ -41,6 +41,9 @@ from collector.systemd import Notifier, watchdog_interval_s
 HANG_TIMEOUT_S = 30.0
 """A worker that has not pinged for this long is killed and restarted."""
 RESTART_DELAY_S = 1.0
+MAX_RESTART_DELAY_S = 30.0
+QUICK_DEATH_S = 10.0
+"""A worker that dies sooner than this after its start counts as a quick death (its restart delay doubles)."""
 
 
 class Worker:
@@ -54,6 +57,7 @@ class Worker:
         self.last_ping = 0.0
         self.started = 0.0
         self.restart_at = 0.0
+        self.quick_deaths = 0
 
     @property
     def fds(self) -> list[int]:
@@ -73,6 +77,7 @@ class Supervisor:
         self.signals: list[int] = []
         self.stopping = False
         self.all_ready_sent = False
+        self.start_failed = False
 
     def run(self) -> int:
         """Start the workers and supervise them until SIGTERM/SIGINT; returns the exit status."""
@@ -168,6 +173,8 @@ class Supervisor:
             now = time.monotonic()
             for w in self.workers:
                 self._check(w, now)
+            if self.start_failed:
+                return self._stop(signal.SIGTERM)
                 for lst in w.listeners:
                     count_kernel_drops(lst, self.metrics)
             if not self.all_ready_sent and all(w.ready for w in self.workers):
@@ -211,10 +218,21 @@ class Supervisor:
         from prometheus_client import multiprocess
 
         multiprocess.mark_process_dead(w.proc.pid, str(self.run_dir / "prometheus"))
-        log("error", "worker died; restarting it", worker=w.index, pid=w.proc.pid, exit_status=code)
+        if not self.all_ready_sent:
+            # Dying before the service was ever ready is a start failure (unwritable store, port taken by RADIUS,
+            # broken static file...): restarting cannot fix it, so the supervisor gives up like a single process.
+            log("error", "worker failed to start; stopping", worker=w.index, exit_status=code)
+            w.proc = None
+            self.start_failed = True
+            return
+        # A worker that keeps dying right after its start is restarted ever more slowly (1 s doubling up to 30 s).
+        w.quick_deaths = w.quick_deaths + 1 if now - w.started < QUICK_DEATH_S else 0
+        delay = min(MAX_RESTART_DELAY_S, RESTART_DELAY_S * 2 ** w.quick_deaths)
+        log("error", "worker died; restarting it", worker=w.index, pid=w.proc.pid, exit_status=code,
+            restart_in_s=delay)
         self.metrics.worker_restarts.inc()
         w.proc = None
-        w.restart_at = now + RESTART_DELAY_S
+        w.restart_at = now + delay
         self.metrics.workers.set(sum(1 for x in self.workers if x.proc and x.proc.poll() is None))
 
     def _reload(self) -> None:
@@ -243,7 +261,7 @@ class Supervisor:
             if w.proc is not None and w.proc.poll() is None:
                 w.proc.send_signal(signal.SIGTERM)
         deadline = time.monotonic() + self.config.service.shutdown_timeout_s + 5.0
-        code = 0
+        code = 1 if self.start_failed else 0
         for w in self.workers:
             if w.proc is None:
                 continue

@@ -125,3 +125,25 @@ def test_sighup_is_validated_by_the_supervisor_and_forwarded(tmp_path: Path) -> 
         assert d.stop() == 0
     finally:
         d.kill()
+
+
+def test_a_worker_that_cannot_start_fails_the_service(tmp_path: Path) -> None:
+    """Worker 0 cannot bind the RADIUS port: restarting would not help, so the supervisor exits 1 (as one process
+    does) instead of restarting it forever without READY=1."""
+    import socket
+
+    blocker = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    blocker.bind(("127.0.0.1", 0))
+    port = blocker.getsockname()[1]
+    try:
+        d = Daemon(tmp_path, "radius.enabled=true", f'radius.listen=["127.0.0.1:{port}"]',
+                   "radius.clients=[{address='127.0.0.1', secret='s'}]", workers=2)
+        rc = d.proc.wait(60)
+        d.kill()
+    finally:
+        blocker.close()
+    assert rc == 1
+    log = d.log_text()
+    assert 'msg="cannot start"' in log and "worker failed to start" in log, log
+    assert "exit_status=1" in log.splitlines()[-1]
+    assert not any("READY=1" in m for m in d.messages)
