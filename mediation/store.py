@@ -27,6 +27,7 @@ number of processes) glob ``*.parquet`` and so only ever see complete files:
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -602,6 +603,10 @@ class ParquetStore:
         self._stop.clear()
 
         def loop() -> None:
+            # Compaction is background work: on Linux a thread has its own nice value, so give way to the
+            # receive/decode/write threads of the daemon.
+            with contextlib.suppress(OSError, AttributeError):
+                os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), 10)
             while not self._stop.wait(interval_s):
                 self.maintain()
 
