@@ -17,12 +17,16 @@ number of processes) glob ``*.parquet`` and so only ever see complete files:
 
   Readers never see a source and the target together, so they never double-count. On start,
   :meth:`ParquetStore.recover` finishes a journal whose target is in place (step 4 done) and rolls any other back.
-  A concurrent query may miss the few sources for the instant between steps 3 and 4, or fail on a file that was
-  just removed (the query engine retries once).
+  A concurrent query may miss the few sources for the instant between steps 3 and 4, or find a file it listed
+  gone (the query engine then runs it again). An unfinished merge output (no journal yet) is deleted at start: its
+  sources are intact. Compaction runs in one process only (the housekeeper: worker 0), in a background thread.
 * Retention drops whole hour partitions older than a per-table number of days (``retention_days``; the daemon's store
   takes them from the config through :func:`retention_setting`, ``store.flows_retention_days`` for flows).
-* At start, stray ``*.tmp`` files and Parquet files that are truncated or unreadable are moved to
-  ``<path>/quarantine/`` (keeping their relative path) and logged; they never stop the store.
+* At start, stray ``*.tmp`` files (whose writing process is gone) and Parquet files that are truncated or unreadable
+  are moved to ``<path>/quarantine/`` (keeping their relative path) and logged; they never stop the store. Only the
+  partitions changed since the last maintenance checkpoint are examined (all of them on the first start).
+* A write of a batch id that compaction already merged is not detected: it would count twice. The sink never does
+  that (a retry follows the failed write immediately, long before the file is old enough to be compacted).
 """
 
 from __future__ import annotations
