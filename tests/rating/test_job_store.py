@@ -16,6 +16,8 @@ from mediation.clickhouse import ClickHouseOutput
 from mediation.query import load_tables
 from mediation.store import ParquetStore
 from mediation.tables import USAGE
+from rating.billrun import CycleOpen, bill_run
+from rating.explain import explain
 from rating.job import RatingJob
 from rating.lease import LeaseHeld
 from rating.tables import current_sql
@@ -135,6 +137,19 @@ def test_runs_are_idempotent_late_usage_makes_new_versions_and_rerate_reports_th
                              "ORDER BY started, kind").to_pylist()
     assert {"kind": "rerate", "records_changed": 4, "amount_delta_micros": 55_678} in runs
 
+    # The billing export and the explanation read the same current state, on either store.
+    export = bill_run(job2.engine.query, job2.plans, "2026-11", NOW, force=True)
+    assert export.totals.to_pylist() == [{"subscriber_id": "alice", "currency": "EUR", "records": 4,
+                                          "bytes": 1_500_001_001 + 3_200_000_000 + 333_333_333 + 800_000_000,
+                                          "amount_micros": 3_788_000, "amount": "3.788000"}]
+    (control,) = export.control.to_pylist()
+    assert (control["record_count"], control["total_amount_micros"], control["complete"]) == (4, 3_788_000, False)
+    with pytest.raises(CycleOpen):
+        bill_run(job2.engine.query, job2.plans, "2026-11", NOW)
+    text = "\n".join(explain(job2, "alice", "2026-11"))
+    assert "tier 1 (up to 5 000 000 000): 2 701 000 000 bytes at 1.20 EUR/GB = 3.2412 EUR" in text
+    assert text.count("stored: version") == 4 and "DIFFERS" not in text
+
 
 def test_unassigned_usage_becomes_an_event_once(store_env):
     add, make_job = store_env
@@ -154,6 +169,14 @@ def test_only_one_job_holds_the_lease(store_env):
     clock = lambda: t[0]  # noqa: E731
     a = make_job(owner="host-a:1:x", clock=clock)
     b = make_job(owner="host-b:2:y", clock=clock)
+    # Two contenders claiming in the same second: both see the same claims and agree on one holder (oldest claim,
+    # then the smaller owner); the loser withdraws its claim.
+    now_ms = int(t[0]) * 1000
+    a.lease._row(now_ms, now_ms + 900_000)  # a's claim landed, a has not read it back yet
+    with pytest.raises(LeaseHeld) as held:
+        b.lease.acquire()
+    assert held.value.holder == "host-a:1:x"
+    assert [s[0] for s in a.lease.states() if s[2] > now_ms] == ["host-a:1:x"]  # b's claim was withdrawn
     a.lease.acquire()
     with pytest.raises(LeaseHeld) as held:
         b.run(now_ms=NOW)
