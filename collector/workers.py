@@ -75,7 +75,6 @@ class Supervisor:
         self.workers: list[Worker] = []
         self.notifier = Notifier()
         self.signals: list[int] = []
-        self.stopping = False
         self.all_ready_sent = False
         self.start_failed = False
 
@@ -173,10 +172,10 @@ class Supervisor:
             now = time.monotonic()
             for w in self.workers:
                 self._check(w, now)
+                for lst in w.listeners:  # the supervisor owns the sockets: it counts their drops
+                    count_kernel_drops(lst, self.metrics)
             if self.start_failed:
                 return self._stop(signal.SIGTERM)
-                for lst in w.listeners:
-                    count_kernel_drops(lst, self.metrics)
             if not self.all_ready_sent and all(w.ready for w in self.workers):
                 self.all_ready_sent = True
                 self.notifier.notify("READY=1", f"STATUS={len(self.workers)} workers receiving")

@@ -147,3 +147,35 @@ def test_a_worker_that_cannot_start_fails_the_service(tmp_path: Path) -> None:
     assert 'msg="cannot start"' in log and "worker failed to start" in log, log
     assert "exit_status=1" in log.splitlines()[-1]
     assert not any("READY=1" in m for m in d.messages)
+
+
+def test_supervisor_counts_kernel_drops_of_the_workers_sockets(tmp_path: Path) -> None:
+    d = Daemon(tmp_path, "listen.rcvbuf_bytes=4096", workers=2)
+    traffic = V9Traffic(seed=9)
+    try:
+        d.wait_message("READY=1")
+        pids = json.loads(d.get("/status"))["worker_pids"]
+        for pid in pids:
+            os.kill(pid, signal.SIGSTOP)
+        sent = 300
+        traffic.send(d.port, sent)
+        for pid in pids:
+            os.kill(pid, signal.SIGCONT)
+
+        def counted() -> tuple[float, float]:
+            text = d.get("/metrics")
+            values = {}
+            for name in ("flowmed_socket_drops_total", "flowmed_listener_datagrams_total"):
+                values[name] = sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines()
+                                   if line.startswith(name + "{"))
+            return values["flowmed_socket_drops_total"], values["flowmed_listener_datagrams_total"]
+
+        deadline = time.monotonic() + 30
+        while sum(counted()) < sent and time.monotonic() < deadline:
+            time.sleep(0.2)
+        drops, received = counted()
+        assert drops > 0 and drops + received == sent
+        assert d.stop() == 0
+    finally:
+        traffic.close()
+        d.kill()
