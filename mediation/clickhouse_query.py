@@ -65,7 +65,8 @@ class ClickHouseBackend:
             client = self._connect()
             client.execute(f"USE `{self.config.database}`", settings={"use_numpy": False})
             data, types = client.execute(sql, with_column_types=True, columnar=True,
-                                         settings={**(self._settings or {}), "use_numpy": True})
+                                         settings={**(self._settings or {}), "use_numpy": True,
+                                                   "strings_as_bytes": True})  # addresses are not text
         except (DriverError, OSError, EOFError) as exc:
             self.close()
             raise _query_error(_message(exc)) from None
@@ -103,7 +104,19 @@ def to_arrow(data: list, types: list[tuple[str, str]]) -> pa.Table:
     return pa.Table.from_arrays(arrays, names=names)
 
 
+_EMPTY_TYPES = {
+    "UInt8": pa.uint8(), "UInt16": pa.uint16(), "UInt32": pa.uint32(), "UInt64": pa.uint64(),
+    "Int8": pa.int8(), "Int16": pa.int16(), "Int32": pa.int32(), "Int64": pa.int64(),
+    "Float32": pa.float32(), "Float64": pa.float64(), "String": pa.string(), "IPv6": pa.binary(16),
+    "FixedString(16)": pa.binary(16), "Date": pa.timestamp("ms", tz="UTC"),
+}
+
+
 def _column(values: Any, ch_type: str) -> pa.Array:
+    if len(values) == 0:  # an empty result keeps its column types
+        arrow_type = _EMPTY_TYPES.get(ch_type) or (pa.timestamp("ms", tz="UTC") if ch_type.startswith("DateTime")
+                                                   else pa.null())
+        return pa.array([], type=arrow_type)
     if ch_type in ("IPv6", "FixedString(16)"):
         if isinstance(values, np.ndarray) and values.dtype == np.dtype("S16"):  # zero-copy-ish: 16 bytes each
             data = np.ascontiguousarray(values)
@@ -115,6 +128,8 @@ def _column(values: Any, ch_type: str) -> pa.Array:
             ms = arr.astype("datetime64[ms]").astype(np.int64)
             return pa.array(ms, type=pa.int64()).cast(pa.timestamp("ms", tz="UTC"))
         return pa.array(list(values))
+    if ch_type == "String":
+        return _text(values)
     if ch_type == "IPv4":
         return pa.array([str(v) for v in values], type=pa.string())
     if isinstance(values, np.ndarray) and values.dtype.kind in "iufb":
@@ -122,6 +137,16 @@ def _column(values: Any, ch_type: str) -> pa.Array:
     if isinstance(values, np.ndarray) and values.dtype.kind == "U":
         return pa.array(values.astype(object), type=pa.string())
     return pa.array(list(values))
+
+
+def _text(values: Any) -> pa.Array:
+    """String values (read as bytes) as UTF-8 text; invalid UTF-8 is shown with replacement characters."""
+    raw = pa.array(list(values), type=pa.binary())
+    try:
+        return raw.cast(pa.string())
+    except pa.ArrowInvalid:
+        return pa.array([None if v is None else bytes(v).decode("utf-8", "replace") for v in values],
+                        type=pa.string())
 
 
 def _packed(value: Any) -> bytes | None:
