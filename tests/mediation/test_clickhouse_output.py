@@ -167,12 +167,8 @@ def test_batches_coalesce_up_to_batch_rows_and_wait_at_most_batch_interval(click
     assert server_totals(clickhouse_server, db) == totals([*range(12), 20])
 
 
-@pytest.mark.parametrize("caps", [MODERN, LEGACY], ids=["modern", "18.16"])
-def test_driver_columns_read_back_by_chdb(caps, tmp_path):
-    """The columns for a modern server (IPv6, LowCardinality, DateTime64(3)) cannot be inserted into a real modern
-    server here (chDB has no native-protocol port), so they are serialised by clickhouse-driver's own block writer
-    into Native format and read back by chDB (ClickHouse 26.x): every value as sent."""
-    import chdb
+def native_file(table, batch, caps, batch_id, path):
+    """``batch`` as clickhouse-driver serialises it for an insert, as a Native-format file (no protocol header)."""
     from clickhouse_driver.block import ColumnOrientedBlock
     from clickhouse_driver.bufferedwriter import CompressedBufferedWriter
     from clickhouse_driver.client import Client
@@ -196,14 +192,23 @@ def test_driver_columns_read_back_by_chdb(caps, tmp_path):
     ctx.server_info = NoBlockInfo()
     ctx.settings = {}
     ctx.client_settings = Client("127.0.0.1", settings={"use_numpy": True}).client_settings  # never connects
-    batch = flow_batch(2, rows=300)
-    columns = arrow_to_columns(FLOWS, batch, caps, 77)
-    block = ColumnOrientedBlock([(c.name, column_type(c, caps)) for c in FLOWS.columns], columns)
+    columns = arrow_to_columns(table, batch, caps, batch_id)
+    block = ColumnOrientedBlock([(c.name, column_type(c, caps)) for c in table.columns], columns)
     sink = Collect()
     out = CompressedBufferedWriter(sink, 1 << 20)  # a "compressor" that keeps the raw bytes
     BlockOutputStream(out, ctx).write(block)
-    path = tmp_path / "block.native"
     path.write_bytes(bytes(sink.data))
+    return path
+
+
+@pytest.mark.parametrize("caps", [MODERN, LEGACY], ids=["modern", "18.16"])
+def test_driver_columns_read_back_by_chdb(caps, tmp_path):
+    """The columns for a modern server (IPv6, LowCardinality, DateTime64(3)) cannot be inserted into a real modern
+    server here (chDB has no native-protocol port), so they are serialised by clickhouse-driver's own block writer
+    into Native format and read back by chDB (ClickHouse 26.x): every value as sent."""
+    import chdb
+
+    path = native_file(FLOWS, flow_batch(2, rows=300), caps, 77, tmp_path / "block.native")
     text = "toString({})" if caps.ipv6 else "IPv6NumToString({})"  # IPv6, or the 16 bytes of FixedString(16)
     got = chdb.query(f"SELECT count(), sum(bytes), sum(packets), uniqExact(batch_id), any(batch_id), "
                      f"toUInt64(max(toUnixTimestamp64Milli(toDateTime64(time_received, 3)))), "
@@ -217,6 +222,31 @@ def test_driver_columns_read_back_by_chdb(caps, tmp_path):
     addrs = chdb.query(f"SELECT DISTINCT {text.format('dst_addr')} FROM file('{path}', Native) WHERE src_port = 199",
                        "CSV").bytes().decode().strip()
     assert addrs == '"2001:db8::c7"'
+
+
+@pytest.mark.parametrize("caps", [MODERN, LEGACY], ids=["modern", "18.16"])
+def test_usage_columns_with_low_cardinality_strings_read_back_by_chdb(caps, tmp_path):
+    import chdb
+
+    from mediation.clickhouse import load_tables
+
+    usage = load_tables()["usage"]
+    n = 500
+    batch = usage.to_arrow({
+        "interval_start": np.full(n, 1_764_000_000_000, dtype=np.int64),
+        "subscriber_id": np.array([f"sub-ü-{i % 7}" for i in range(n)], dtype=object),
+        "direction": np.array(["up", "down"] * (n // 2), dtype=object),
+        "traffic_class": np.array(["all"] * n, dtype=object),
+        "exporter": np.array([ipaddress.IPv6Address("::ffff:192.0.2.1").packed] * n, dtype="S16"),
+        "bytes": np.arange(n, dtype=np.uint64),
+    })
+    path = native_file(usage, batch, caps, 0, tmp_path / "usage.native")
+    text = "toString(exporter)" if caps.ipv6 else "IPv6NumToString(exporter)"
+    got = chdb.query(f"SELECT subscriber_id, direction, {text}, sum(bytes), count() FROM file('{path}', Native) "
+                     "WHERE subscriber_id = 'sub-ü-3' GROUP BY 1, 2, 3 ORDER BY 2", "CSV").bytes().decode().split()
+    expected = {d: (sum(i for i in range(n) if i % 7 == 3 and ("up", "down")[i % 2] == d),
+                    sum(1 for i in range(n) if i % 7 == 3 and ("up", "down")[i % 2] == d)) for d in ("down", "up")}
+    assert got == [f'"sub-ü-3","{d}","::ffff:192.0.2.1",{expected[d][0]},{expected[d][1]}' for d in ("down", "up")]
 
 
 def test_disk_refusing_the_spool_falls_back_to_a_direct_insert_or_counts(clickhouse_server, db, tmp_path,
