@@ -81,12 +81,14 @@ def connect(config: ClickHouseConfig, *, host: str | None = None, port: int | No
         host=hosts[0], port=port or config.port, database="default", user=config.user, password=config.password(),
         secure=config.secure, connect_timeout=min(10.0, timeout), send_receive_timeout=timeout,
         sync_request_timeout=min(5.0, timeout), settings={"use_numpy": True, **(settings or {})},
-        client_name="flowmed",
+        client_name="flowmed", tcp_keepalive=True,  # notice a server that vanished without closing
     )
     if config.ca_file:
         kwargs["ca_certs"] = config.ca_file
     if len(hosts) > 1:
-        kwargs["alt_hosts"] = ",".join(f"{h}:{port or config.port}" for h in hosts[1:])
+        # IPv6 literals in brackets: the driver parses each as a URL authority.
+        kwargs["alt_hosts"] = ",".join(f"[{h}]:{port or config.port}" if ":" in h else f"{h}:{port or config.port}"
+                                       for h in hosts[1:])
     return Client(**kwargs)
 
 

@@ -357,3 +357,12 @@ def test_query_backend_result_types(clickhouse_server, db, tmp_path):
         assert row["d"].isoformat() == "2026-01-01T00:00:00+00:00"
     finally:
         backend.close()
+
+
+def test_fails_over_to_the_next_host(clickhouse_server, db, tmp_path):
+    # The server listens on 127.0.0.1 only: 127.0.0.2 refuses, the output goes on to the next host.
+    out = make_output(clickhouse_server, db, tmp_path / "s", hosts=["127.0.0.2", "127.0.0.1"])
+    out.write(FLOWS, flow_batch(0), 1)
+    assert out.drain(60), out.status()
+    out.close()
+    assert server_totals(clickhouse_server, db) == totals([0])
