@@ -3,7 +3,9 @@
 Datagrams are queued (at most ``radius.max_queue``; beyond that they are dropped and counted, and the NAS
 retransmits) and handled in batches by one writer thread, so the event loop never waits for SQLite's fsync: each
 batch is one transaction, committed before any of its Accounting-Responses is sent. Usage rows (source 'radius') and
-changed bindings are handed to ``emit(table_name, batch)`` on the event loop (normally ``Sink.add``).
+changed bindings are handed to ``emit(table_name, batch)`` on the event loop (normally ``Sink.add``). The usage is
+also journaled in that transaction and dropped from the journal only after ``flush()`` (``Sink.flush``) returned, so
+an acknowledged report is never lost to a crash; what is still journaled at start is emitted again.
 
 Only one process runs the listener (the single process, or the supervisor's first worker); the other workers see
 its bindings through the shared SQLite file (``Bindings.refresh``).
@@ -46,7 +48,7 @@ class RadiusServer:
     """The listener; create with :func:`start_radius`."""
 
     def __init__(self, config: Config, bindings: Bindings, emit: Callable[[str, pa.RecordBatch], None],
-                 metrics: Any = None) -> None:
+                 metrics: Any = None, flush: Callable[[], None] | None = None) -> None:
         self.config = config
         self.accounting = RadiusAccounting(config.radius, bindings, int(config.mediation.interval_s * 1000))
         self.bindings = bindings
@@ -59,6 +61,12 @@ class RadiusServer:
         self._task: asyncio.Task | None = None
         self._executor = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="radius")
         self._reported: dict[tuple[str, str], int] = {}
+        # usage handed to emit() but not yet known durable: confirmed after flush() returns
+        self.flush = flush if flush is not None else getattr(getattr(emit, "__self__", None), "flush", None)
+        self.confirm_interval_s = max(float(config.store.flush_interval_s), 5.0)
+        self._emitted_journal = 0
+        self._confirmed_journal = 0
+        self._confirm_task: asyncio.Task | None = None
 
     @property
     def addresses(self) -> list[tuple[str, int]]:
@@ -70,7 +78,12 @@ class RadiusServer:
             host, port = split_endpoint(endpoint)
             transport, _ = await loop.create_datagram_endpoint(lambda: _Protocol(self), local_addr=(host, port))
             self.transports.append(transport)  # type: ignore[arg-type]
+        # usage journaled before a crash and never confirmed: hand it over again
+        for jid, batch in await loop.run_in_executor(self._executor, self.accounting.journaled):
+            self.emit("usage", batch)
+            self._emitted_journal = max(self._emitted_journal, jid)
         self._task = loop.create_task(self._run())
+        self._confirm_task = loop.create_task(self._confirm_loop())
         log.info("RADIUS accounting listening", extra={"listen": self.addresses,
                                                         "clients": len(self.config.radius.clients)})
 
@@ -105,7 +118,29 @@ class RadiusServer:
                 for table, rows in (("bindings", result.bindings), ("usage", result.usage)):
                     if rows is not None and rows.num_rows:
                         self.emit(table, rows)
+                self._emitted_journal = max(self._emitted_journal, result.journal_id)
+                if self.flush is None and result.journal_id:  # nobody can tell us when it is durable
+                    await loop.run_in_executor(self._executor, self.accounting.confirm, result.journal_id)
                 self._report()
+
+    async def _confirm_loop(self) -> None:
+        while True:
+            await asyncio.sleep(self.confirm_interval_s)
+            await self.confirm()
+
+    async def confirm(self) -> None:
+        """Flush the outputs (off the event loop), then drop the usage they now hold from the journal."""
+        upto = self._emitted_journal
+        if self.flush is None or upto <= self._confirmed_journal:
+            return
+        loop = asyncio.get_running_loop()
+        try:
+            await loop.run_in_executor(None, self.flush)
+        except Exception:
+            log.exception("flush before confirming RADIUS usage failed; it stays journaled")
+            return
+        await loop.run_in_executor(self._executor, self.accounting.confirm, upto)
+        self._confirmed_journal = upto
 
     def _count(self, client: str, result: str) -> None:
         key = (client, result)
@@ -133,19 +168,26 @@ class RadiusServer:
                 self._wake.set()
                 await asyncio.sleep(0.01)
             self._task.cancel()
+        if self._confirm_task is not None:
+            self._confirm_task.cancel()
+        await self.confirm()
         self._executor.shutdown(wait=True)
 
 
 async def start_radius(loop: asyncio.AbstractEventLoop, config: Config, bindings: Bindings | None,
-                       emit: Callable[[str, pa.RecordBatch], None], metrics: Any = None) -> RadiusServer:
+                       emit: Callable[[str, pa.RecordBatch], None], metrics: Any = None,
+                       flush: Callable[[], None] | None = None) -> RadiusServer:
     """Start the RADIUS accounting listener of ``config.radius`` and return it (``await server.stop()``).
 
     ``bindings``: the writer's :class:`Bindings`; None opens ``subscribers.bindings_db`` (its own connection, used
     only by the listener's thread). ``emit(table, batch)`` receives usage and binding batches on the event loop.
     ``metrics``: a :class:`collector.metrics.Metrics` (``radius_requests`` per client and result), or None.
+    ``flush``: blocks until everything emitted is durable in the outputs (default: ``emit.__self__.flush``, i.e.
+    ``Sink.flush`` when ``emit`` is ``Sink.add``); called from a thread every ``max(store.flush_interval_s, 5)``
+    seconds, after which the RADIUS usage emitted before is dropped from the journal.
     """
     if bindings is None:
         bindings = Bindings(config.data_path(config.subscribers.bindings_db))
-    server = RadiusServer(config, bindings, emit, metrics)
+    server = RadiusServer(config, bindings, emit, metrics, flush)
     await server.start(loop)
     return server

@@ -12,6 +12,10 @@
 * :meth:`RadiusAccounting.handle` processes a batch of datagrams in one SQLite transaction and returns the
   Accounting-Responses only after it committed (fsync): a NAS gets its answer once the binding is durable. A
   retransmitted request (same client, identifier and authenticator) is answered again without being re-applied.
+* The usage rows are journaled in the same transaction; the listener drops them from the journal
+  (:meth:`RadiusAccounting.confirm`) once the outputs have them durable, and re-emits what is left after a crash.
+  So acknowledged usage is never lost; a crash between the outputs' write and the confirmation re-sends rows with
+  the same ``row_id`` (collapsed by ``FINAL`` on ClickHouse).
 
 Session identity follows FreeRADIUS' ``Acct-Unique-Session-Id``: a hash of the NAS, Acct-Session-Id, User-Name and
 NAS-Port, because Acct-Session-Id values repeat after a NAS reboot.
@@ -63,6 +67,7 @@ CREATE TABLE IF NOT EXISTS radius_sessions (
     gigawords INTEGER NOT NULL
 );
 CREATE INDEX IF NOT EXISTS radius_sessions_nas ON radius_sessions(nas);
+CREATE TABLE IF NOT EXISTS radius_usage_journal (id INTEGER PRIMARY KEY, payload BLOB NOT NULL);
 """
 
 
@@ -162,6 +167,8 @@ class RadiusResult:
     """``usage`` rows with source 'radius' (None when there are none)."""
     bindings: pa.RecordBatch | None = None
     """Changed bindings (``bindings`` table), to be written to the outputs."""
+    journal_id: int = 0
+    """Journal entry holding ``usage`` until :meth:`RadiusAccounting.confirm` (0: none)."""
 
 
 @dataclass
@@ -260,14 +267,35 @@ class RadiusAccounting:
             answers.append((response, addr))
             if result_label:
                 self._count(client.name, result_label)
+        if usage:
+            cols = {c: np.concatenate([u[c] for u in usage]) for c in usage[0]}
+            result.usage = USAGE.to_arrow(cols)
+            # the usage is journaled with the counters that produced it, until the outputs have it (confirm)
+            self.bindings._begin()
+            cur = self.bindings.conn.execute("INSERT INTO radius_usage_journal(payload) VALUES (?)",
+                                             (_ipc(result.usage),))
+            result.journal_id = int(cur.lastrowid)
         # durable first, then the answers (a NAS that gets no answer retransmits)
         changed = self.bindings.commit()
         result.responses = answers
         result.bindings = changed if changed.num_rows else None
-        if usage:
-            cols = {c: np.concatenate([u[c] for u in usage]) for c in usage[0]}
-            result.usage = USAGE.to_arrow(cols)
         return result
+
+    def journaled(self) -> list[tuple[int, pa.RecordBatch]]:
+        """Usage still in the journal (not confirmed durable in the outputs): re-emitted after a restart."""
+        out = []
+        for jid, payload in self.bindings.conn.execute(
+                "SELECT id, payload FROM radius_usage_journal ORDER BY id").fetchall():
+            with pa.ipc.open_stream(payload) as reader:
+                for batch in reader:
+                    out.append((int(jid), batch))
+        return out
+
+    def confirm(self, upto_id: int) -> None:
+        """The outputs hold every usage batch up to journal entry ``upto_id``: drop them from the journal."""
+        self.bindings._begin()
+        self.bindings.conn.execute("DELETE FROM radius_usage_journal WHERE id<=?", (upto_id,))
+        self.bindings.commit()
 
     # --- one request ---
     def _apply(self, p: Packet, nas: str, now_ms: int, sessions: int) -> dict[str, np.ndarray] | None:
@@ -386,6 +414,13 @@ class RadiusAccounting:
         }
         keep = u["bytes"] > 0
         return {c: v[keep] for c, v in u.items()}
+
+
+def _ipc(batch: pa.RecordBatch) -> bytes:
+    sink = pa.BufferOutputStream()
+    with pa.ipc.new_stream(sink, batch.schema) as writer:
+        writer.write_batch(batch)
+    return sink.getvalue().to_pybytes()
 
 
 def _delta(total: int, last: int, gigawords_seen: bool) -> int:

@@ -246,3 +246,63 @@ def test_radclient_from_an_unknown_client_gets_no_answer():
     (code, out), counters = asyncio.run(main())
     assert code != 0 and "Received" not in out
     assert counters[("unknown", "unknown_client")] >= 1
+
+
+class FakeSink:
+    """``add``/``flush`` like mediation.sink.Sink; ``durable`` holds what a flush made durable."""
+
+    def __init__(self) -> None:
+        self.buffered, self.durable, self.flushes = [], [], 0
+
+    def add(self, table, batch):
+        self.buffered.append((table, batch))
+        return True
+
+    def flush(self):
+        self.flushes += 1
+        self.durable += self.buffered
+        self.buffered = []
+
+
+def test_usage_is_journaled_until_the_outputs_have_it(tmp_path):
+    db = tmp_path / "b.sqlite"
+    cfg = config(free_port())
+    interim = accounting_request(1, attrs(3, t=T0 + 300_000, Acct_Session_Time=300,
+                                          Framed_IP_Address="100.64.0.1", Acct_Input_Octets=777), SECRET)
+
+    async def crash_before_flush():
+        sink = FakeSink()
+        server = await start_radius(asyncio.get_running_loop(), cfg, Bindings(db), sink.add)
+        assert server.flush == sink.flush
+        answer = await asyncio.get_running_loop().run_in_executor(None, roundtrip, server, interim)
+        assert answer[0] == 5  # answered: the usage is journaled
+        server._executor.shutdown(wait=True)  # "crash": no stop(), no confirm
+        for t in server.transports:
+            t.close()
+        server._task.cancel()
+        server._confirm_task.cancel()
+        return sink
+
+    lost = asyncio.run(crash_before_flush())
+    assert usage_totals([b for t, b in lost.buffered if t == "usage"]) == {("alice", T0, "up"): 777}
+
+    async def restart():
+        sink = FakeSink()
+        server = await start_radius(asyncio.get_running_loop(), cfg, Bindings(db), sink.add)
+        again = [b for t, b in sink.buffered if t == "usage"]
+        await server.stop()  # flushes, then confirms
+        return again, sink, server
+
+    again, sink, server = asyncio.run(restart())
+    assert usage_totals(again) == {("alice", T0, "up"): 777} and sink.flushes == 1
+    assert server.accounting.journaled() == []
+
+
+def roundtrip(server, request: bytes) -> bytes:
+    import socket
+
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        s.settimeout(10)
+        s.connect(server.addresses[0])
+        s.send(request)
+        return s.recv(100)
