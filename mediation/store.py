@@ -25,8 +25,8 @@ number of processes) glob ``*.parquet`` and so only ever see complete files:
 * At start, stray ``*.tmp`` files (whose writing process is gone) and Parquet files that are truncated or unreadable
   are moved to ``<path>/quarantine/`` (keeping their relative path) and logged; they never stop the store. Only the
   partitions changed since the last maintenance checkpoint are examined (all of them on the first start).
-* A write of a batch id that compaction already merged is not detected: it would count twice. The sink never does
-  that (a retry follows the failed write immediately, long before the file is old enough to be compacted).
+* A merged file lists the batch ids it holds in its footer (``flowmed.batch_ids``), so writing a batch id again after
+  its file was compacted is recognised and skipped: a write is idempotent per batch id for the life of the data.
 """
 
 from __future__ import annotations
@@ -55,6 +55,7 @@ log = logging.getLogger(__name__)
 
 HOUR_MS = 3_600_000
 JOURNAL = "_compaction.json"
+SOURCES_KEY = "flowmed.batch_ids"  # footer metadata of a merged file: the batch ids it holds
 QUARANTINE = "quarantine"
 CHECKPOINT = ".checkpoint"
 CHECKPOINT_MARGIN_S = 600.0  # longer than any single write or compaction step takes
@@ -72,6 +73,8 @@ class StoreStats:
     partitions_dropped: int = 0
     quarantined: int = 0
     recovered_journals: int = 0
+    duplicate_writes: int = 0
+    """Writes skipped because a merged file already holds that batch id."""
     maintenance_errors: int = 0
     quarantine_log: list[tuple[str, str]] = field(default_factory=list)
     """(relative path, reason) of every file moved to quarantine since start."""
@@ -207,6 +210,7 @@ class ParquetStore:
         self._lock = threading.Lock()  # serialises renames/unlinks in partitions between writer and maintenance
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
+        self._merged_cache: dict[tuple[Path, int, int], frozenset[int]] = {}
         self._settled: dict[Path, int] = {}  # partition -> directory mtime_ns when last found fully compacted
         self._crash_after_step: int | None = None  # test hook: raise CompactionCrash after this compaction step
         makedirs_durable(self.root)
@@ -290,6 +294,11 @@ class ParquetStore:
         pdir = self.table_dir(table.name) / partition_of(hour)
         makedirs_durable(pdir)
         final = pdir / file_name(batch_id)
+        if not final.exists() and self._merged_into(pdir, batch_id):
+            # A replay of a batch whose file was already compacted: its rows are in the merged file.
+            self.stats.duplicate_writes += 1
+            log.info("store: batch %d is already stored in %s (merged); not written again", batch_id, pdir)
+            return
         tmp = pdir / tmp_name(final.name)
         with open(tmp, "wb") as f:
             pq.write_table(data, f, compression=self.compression, row_group_size=self.row_group_rows)
@@ -299,6 +308,35 @@ class ParquetStore:
             os.replace(tmp, final)
             fsync_dir(pdir)
         self.stats.files_written += 1
+
+    def _merged_into(self, pdir: Path, batch_id: int) -> bool:
+        """Whether a merged file of ``pdir`` holds ``batch_id`` (its footer lists the batch ids it holds)."""
+        if not pdir.is_dir():
+            return False
+        for f in pdir.glob("*-*.parquet"):
+            first, last = _id_range(f.name)
+            if first <= batch_id <= last and batch_id in self._merged_ids(f):
+                return True
+        return False
+
+    def _merged_ids(self, path: Path) -> frozenset[int]:
+        """Batch ids a merged file holds (from its footer; cached by path, mtime and size)."""
+        try:
+            st = path.stat()
+        except FileNotFoundError:
+            return frozenset()
+        key = (path, st.st_mtime_ns, st.st_size)
+        ids = self._merged_cache.get(key)
+        if ids is None:
+            try:
+                meta = pq.read_schema(path).metadata or {}
+                ids = frozenset(json.loads(meta.get(SOURCES_KEY.encode(), b"[]")))
+            except (OSError, ValueError, pa.ArrowInvalid):
+                ids = frozenset()
+            if len(self._merged_cache) > 4096:
+                self._merged_cache.clear()
+            self._merged_cache[key] = ids
+        return ids
 
     def flush(self) -> None:
         """Nothing to do: every write is durable when it returns."""
@@ -480,7 +518,12 @@ class ParquetStore:
         readable: list[Path] = []
         try:
             with open(tmp, "wb") as f:
-                with pq.ParquetWriter(f, table.arrow_schema, compression=self.compression) as writer:
+                ids: set[int] = set()
+                for src in sources:
+                    ids |= self._merged_ids(src) if "-" in src.name.split(".")[0] else {_id_range(src.name)[0]}
+                schema = table.arrow_schema.with_metadata({**(table.arrow_schema.metadata or {}),
+                                                           SOURCES_KEY: json.dumps(sorted(ids))})
+                with pq.ParquetWriter(f, schema, compression=self.compression) as writer:
                     pending: list[pa.RecordBatch] = []
                     pending_rows = 0
                     for src in sources:
@@ -490,7 +533,7 @@ class ParquetStore:
                                 pending_rows += b.num_rows
                                 if pending_rows >= self.row_group_rows:
                                     # Whole row groups out, the remainder waits for the next file's rows.
-                                    merged_part = pa.Table.from_batches(pending, schema=table.arrow_schema)
+                                    merged_part = pa.Table.from_batches(pending, schema=schema)
                                     full = merged_part.num_rows - merged_part.num_rows % self.row_group_rows
                                     writer.write_table(merged_part.slice(0, full), row_group_size=self.row_group_rows)
                                     rest = merged_part.slice(full)
@@ -503,7 +546,7 @@ class ParquetStore:
                             raise _AbortCompaction from exc
                         readable.append(src)
                     if pending:
-                        writer.write_table(pa.Table.from_batches(pending, schema=table.arrow_schema),
+                        writer.write_table(pa.Table.from_batches(pending, schema=schema),
                                            row_group_size=self.row_group_rows)
                 f.flush()
                 os.fsync(f.fileno())

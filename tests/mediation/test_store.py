@@ -363,3 +363,24 @@ def test_settled_partitions_are_not_rescanned(tmp_path: Path, monkeypatch: pytes
     store.write(FLOWS, flows_batch(100, seed=9, t0_ms=T0_MS, span_ms=1000), 30)
     store.compact(now=time.time() + 10)
     assert len(scanned) == 4 and len(store.files("flows")) == 3  # only the changed partition, merged again
+
+
+def test_rewriting_a_batch_after_compaction_does_not_duplicate(tmp_path: Path) -> None:
+    store = ParquetStore(tmp_path, compact_after_s=1)
+    batches = [flows_batch(1000, seed=i, span_ms=600_000) for i in range(3)]
+    for i, b in enumerate(batches):
+        store.write(FLOWS, b, 10 + i)
+    store.compact(now=time.time() + 10)
+    (merged,) = store.files("flows")
+    assert pq.read_schema(merged).metadata[b"flowmed.batch_ids"] == b"[10, 11, 12]"
+    store.write(FLOWS, batches[1], 11)  # a replay of a batch that is already in the merged file
+    assert visible_rows(store) == 3000 and store.stats.duplicate_writes == 1
+    store.write(FLOWS, batches[1], 13)  # a new batch id inside no merged file is written
+    assert visible_rows(store) == 4000
+    # Merging the merged file again keeps the full list of ids.
+    store.write(FLOWS, batches[2], 14)
+    store.compact(now=time.time() + 10)
+    (merged,) = store.files("flows")
+    assert pq.read_schema(merged).metadata[b"flowmed.batch_ids"] == b"[10, 11, 12, 13, 14]"
+    store.write(FLOWS, batches[0], 10)
+    assert visible_rows(store) == 5000 and store.stats.duplicate_writes == 2
