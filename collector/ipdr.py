@@ -61,12 +61,10 @@ class Durability:
 
     async def sync(self) -> None:
         async with self.lock:
-            try:
-                await asyncio.get_running_loop().run_in_executor(None, self.sink.flush)
-            except Exception:
-                # Nothing after the last commit may be acknowledged: forget it (the CMTS redelivers it).
-                self.usage.reload()
-                raise
+            # A failed flush raises to the caller, which then acknowledges nothing (the CMTS redelivers). The
+            # in-memory state is kept: it matches what the sink holds, which a later flush still writes, so the
+            # redelivered records are recognised (watermark, stale) instead of counted twice.
+            await asyncio.get_running_loop().run_in_executor(None, self.sink.flush)
             self.usage.commit()
             self.syncs += 1
 
@@ -278,6 +276,9 @@ class _Connection:
             await self._loop()
         except (ConnectionError, OSError) as exc:
             log.info("ipdr: %s: connection lost: %s", self.name, exc)
+        except Exception:  # a bug or a failed flush: this connection ends, the others and the dialer go on
+            owner.count_error(self.name, "internal_error")
+            log.exception("ipdr: %s: connection failed", self.name)
         finally:
             owner.connections.discard(self)
             self.writer.close()
