@@ -254,3 +254,43 @@ def test_daemon_with_radius_sessions_from_radclient(tmp_path, workers):
                                           ("", b - INTERVAL, "unattributed"): 2400}, daemon.log_text()
     names = query(daemon.store, "SELECT DISTINCT subscriber_id FROM bindings ORDER BY subscriber_id")
     assert [r["subscriber_id"] for r in names] == ["alice", "bob"]
+
+
+@pytest.mark.slow
+def test_daemon_mediates_softflowd_exports(tmp_path):
+    """softflowd exports a known traffic pcap (IPFIX, IPv4 and IPv6) to ``flowmed run``; the usage per subscriber
+    and direction equals the traffic's own byte counts under the static bindings."""
+    import ipaddress
+
+    from tests.fixtures.softflowd import TRAFFIC_T0, export_with_softflowd, write_traffic
+
+    truth = write_traffic(tmp_path / "t.pcap", ipv6=True)
+    subs = tmp_path / "subscribers.csv"
+    subs.write_text("subscriber_id,network\nsub-a,10.1.0.0/28\nsub-b,10.1.0.16\nsub-v6,2001:db8:a::/64\n")
+    nets = {"sub-a": ipaddress.ip_network("10.1.0.0/28"), "sub-b": ipaddress.ip_network("10.1.0.16/32"),
+            "sub-v6": ipaddress.ip_network("2001:db8:a::/64")}
+
+    def owner(addr: str) -> str:
+        a = ipaddress.ip_address(addr)
+        return next((s for s, n in nets.items() if a.version == n.version and a in n), "")
+
+    t0 = int(TRAFFIC_T0 * 1000) // INTERVAL * INTERVAL
+    expected: dict[tuple, int] = {}
+    for f in truth.values():
+        assert f.start_ms // INTERVAL * INTERVAL == t0 and (f.end_ms - 1) // INTERVAL * INTERVAL == t0
+        keys = [(owner(f.src), t0, "up")] if owner(f.src) else []
+        keys += [(owner(f.dst), t0, "down")] if owner(f.dst) else []
+        for key in keys or [("", t0, "unattributed")]:
+            expected[key] = expected.get(key, 0) + f.bytes
+    # the traffic is from 2025: allow records that old
+    daemon = Daemon(tmp_path / "d", "mediation.enabled=true", f"subscribers.static_file={subs}",
+                    "mediation.max_lateness_s=100000000", flush_interval_s=1.0)
+    try:
+        daemon.wait_message("READY=1")
+        export_with_softflowd(tmp_path, "t.pcap", 10, ipv6=True, port=daemon.port)
+        time.sleep(2)
+        assert daemon.stop() == 0, daemon.log_text()
+    finally:
+        daemon.kill()
+    assert usage_by_key(daemon.store) == expected, daemon.log_text()
+    assert {k[0] for k in expected} == {"sub-a", "sub-b", "sub-v6", ""}
