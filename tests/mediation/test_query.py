@@ -20,8 +20,6 @@ from decoders.schema import FLOWS, TABLES
 from mediation.query import QueryEngine, QueryError, load_tables, render
 from mediation.store import ParquetStore
 
-pytest.importorskip("chdb")
-
 
 def _mixed_batch() -> pa.RecordBatch:
     """Three flows: two from 192.0.2.1 (IPv4) and one from 2001:db8::1, with exact millisecond times."""
