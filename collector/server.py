@@ -64,6 +64,26 @@ def status_line(snapshot: dict[str, Any]) -> str:
             f"{snapshot.get('flows', 0)} flows, {drops} kernel drops")
 
 
+def spool_summary(sink: Any) -> dict[str, Any]:
+    """Bytes, batches, rows, rows dropped and age of the oldest batch over the spools of the sink's outputs."""
+    out: dict[str, Any] = {"bytes": 0, "batches": 0, "rows": 0, "dropped_rows": 0, "oldest_age_s": 0.0}
+    for o in getattr(sink, "outputs", []):
+        status = getattr(o, "status", None)
+        if not callable(status):
+            continue
+        st = status()
+        out["bytes"] += int(st.get("spool_bytes", 0))
+        out["batches"] += int(st.get("spool_batches", 0))
+        out["rows"] += int(st.get("spool_rows", 0))
+        out["dropped_rows"] += int(st.get("dropped_rows", 0))
+        spool = getattr(o, "spool", None)
+        if spool is not None and out["batches"]:
+            created = [e.created for e in spool.entries() if e.created]
+            if created:
+                out["oldest_age_s"] = max(out["oldest_age_s"], time.time() - min(created))
+    return out
+
+
 def count_kernel_drops(lst: UdpListener, m: metrics_mod.Metrics) -> None:
     """Add a listener's new kernel drops (from /proc/net/udp) to the counter, with a warning."""
     drops = lst.new_kernel_drops()
@@ -498,12 +518,13 @@ class Server:
             if rows > self._dropped_seen.get(key, 0):
                 m.output_dropped_rows.labels(output).inc(rows - self._dropped_seen.get(key, 0))
                 self._dropped_seen[key] = rows
-        spool_bytes = 0
-        for o in getattr(sink, "outputs", []):
-            status = getattr(o, "status", None)
-            if callable(status):
-                spool_bytes += int(status().get("spool_bytes", 0))
-        self.metrics.spool_bytes.set(spool_bytes)
+        spool = spool_summary(sink)
+        m.spool_bytes.set(spool.get("bytes", 0))
+        m.spool_oldest_age.set(spool.get("oldest_age_s", 0.0))
+        dropped = spool.get("dropped_rows", 0)
+        if dropped > self._dropped_seen.get(("spool", ""), 0):
+            m.spool_dropped_rows.inc(dropped - self._dropped_seen.get(("spool", ""), 0))
+            self._dropped_seen[("spool", "")] = dropped
 
     def request_stop(self, sig: int | None = None) -> None:
         if self.stop_event is not None and not self.stop_event.is_set():
@@ -690,7 +711,6 @@ class Server:
         if p is not None:
             p.sync_templates()
         outputs = []
-        spool: dict[str, Any] = {}
         for o in getattr(sink, "outputs", []):
             name = getattr(o, "name", type(o).__name__)
             stats = getattr(sink, "stats", {}).get(name)
@@ -702,11 +722,8 @@ class Server:
                 st = status()
                 entry["state"] = "connected" if st.get("connected") else "spooling"
                 entry["last_error"] = st.get("last_error") or entry["last_error"]
-                spool = {"bytes": spool.get("bytes", 0) + st.get("spool_bytes", 0),
-                         "batches": spool.get("batches", 0) + st.get("spool_batches", 0),
-                         "rows": spool.get("rows", 0) + st.get("spool_rows", 0),
-                         "dropped_rows": spool.get("dropped_rows", 0) + st.get("dropped_rows", 0)}
             outputs.append(entry)
+        spool = spool_summary(sink)
         self.snapshot = {
             "version": metrics_mod.version(), "pid": os.getpid(), "worker": self.worker,
             "worker_count": self.config.service.workers, "uptime_s": time.time() - self.started,

@@ -91,6 +91,9 @@ def merge(snapshots: list[dict[str, Any]]) -> dict[str, Any]:
     out["workers"] = [s.get("worker") for s in snapshots]
     for k in ("datagrams", "flows", "rows_flushed"):
         out[k] = sum(s.get(k, 0) for s in snapshots)
+    spools = [s.get("spool") or {} for s in snapshots]
+    out["spool"] = {k: sum(sp.get(k, 0) for sp in spools) for k in ("bytes", "batches", "rows", "dropped_rows")}
+    out["spool"]["oldest_age_s"] = max((sp.get("oldest_age_s", 0.0) for sp in spools), default=0.0)
     return out
 
 

@@ -254,3 +254,32 @@ def test_templates_survive_a_restart(tmp_path: Path) -> None:
         traffic.close()
         second.kill()
     assert stored_flows(second.store) == sent
+
+
+def test_clickhouse_down_spools_and_status_shows_it(tmp_path: Path) -> None:
+    """With the ClickHouse output enabled and no server, batches wait in the spool: metrics and status say so, and
+    the embedded store still gets every flow."""
+    import socket
+
+    from tests.fixtures.peers import free_port
+
+    d = Daemon(tmp_path, "output.clickhouse.enabled=true",
+               f"output.clickhouse.port={free_port(socket.SOCK_STREAM)}", "store.flush_interval_s=0.5")
+    traffic = V9Traffic(seed=13)
+    try:
+        d.wait_message("READY=1")
+        sent = traffic.send(d.port, 10)
+        _wait_until(lambda: json.loads(d.get("/status"))["spool"].get("batches", 0) > 0)
+        _wait_until(lambda: json.loads(d.get("/status"))["spool"].get("oldest_age_s", 0) > 0)
+        status = json.loads(d.get("/status"))
+        outputs = {o["name"]: o for o in status["outputs"]}
+        assert outputs["clickhouse"]["state"] == "spooling" and outputs["clickhouse"]["last_error"]
+        assert status["spool"]["rows"] >= sent
+        _wait_until(lambda: _metric(d.get("/metrics"), "flowmed_spool_oldest_age_seconds") > 0)  # set each tick
+        assert _metric(d.get("/metrics"), "flowmed_spool_bytes") > 0
+        assert d.stop() == 0, d.log_text()
+    finally:
+        traffic.close()
+        d.kill()
+    assert stored_flows(d.store) == sent
+    assert list((d.store / "spool").glob("*.arrow"))  # kept for the next start
