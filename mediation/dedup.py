@@ -26,6 +26,8 @@ from mediation.bindings import parse_network, split_addresses
 from mediation.hashing import hash_columns
 
 ROLES = ("primary", "shared", "secondary")
+INITIAL_KEYS = 1 << 16
+"""A generation starts this small and doubles as it fills (a big, mostly empty table costs cache misses)."""
 
 
 class _Table:
@@ -60,6 +62,13 @@ class _Table:
             pos[todo] = (p[retry] + np.uint64(1)) & self.mask
         return present
 
+    def grown(self, capacity: int) -> _Table:
+        """A larger table holding the same keys."""
+        bigger = _Table(capacity)
+        keys = self.slots[self.slots != 0]
+        bigger.insert(keys)
+        return bigger
+
     def contains(self, keys: np.ndarray) -> np.ndarray:
         found = np.zeros(len(keys), dtype=bool)
         todo = np.arange(len(keys))
@@ -84,7 +93,7 @@ class Deduplicator:
         self._roles = sorted(((ipaddress.ip_network(r.prefix, strict=False), r.role) for r in roles),
                              key=lambda x: -x[0].prefixlen)
         self._role_cache: dict[bytes, int] = {}
-        self._current = _Table(self.max_keys)
+        self._current = _Table(min(self.max_keys, INITIAL_KEYS))
         self._previous: _Table | None = None
         self._started_ms: int | None = None
         self.evictions = 0
@@ -143,10 +152,14 @@ class Deduplicator:
     def _rotate(self, now_ms: int, incoming: int) -> None:
         if self._started_ms is None:
             self._started_ms = now_ms
-        full = self._current.count + incoming > self._current.capacity
+        needed = self._current.count + incoming
+        if now_ms - self._started_ms < self.window_ms and self._current.capacity < needed <= self.max_keys:
+            self._current = self._current.grown(min(self.max_keys, 2 * needed))  # small and cache-friendly first
+            return
+        full = needed > self._current.capacity
         if now_ms - self._started_ms >= self.window_ms or full:
             if full and now_ms - self._started_ms < self.window_ms:
                 self.evictions += self._previous.count if self._previous is not None else 0
             self._previous = self._current
-            self._current = _Table(max(self.max_keys, incoming))
+            self._current = _Table(min(max(self.max_keys, incoming), max(INITIAL_KEYS, 2 * incoming)))
             self._started_ms = now_ms
