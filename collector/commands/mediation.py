@@ -130,10 +130,11 @@ def compare_sources_command(t_from: str, t_to: str, target: str, subscriber: str
              f"AND source IN ('{_q(source_a)}', '{_q(source_b)}')")
     if subscriber:
         where += f" AND subscriber_id = '{_q(subscriber)}'"
-    sql = (f"SELECT subscriber_id, direction, sumIf(bytes, source = '{_q(source_a)}') AS a, "
-           f"sumIf(bytes, source = '{_q(source_b)}') AS b FROM usage WHERE {where} "
-           "GROUP BY subscriber_id, direction ORDER BY subscriber_id, direction")
     with _engine(config, target) as engine:
+        final = " FINAL" if engine.target == "clickhouse" else ""  # usage is a ReplacingMergeTree there
+        sql = (f"SELECT subscriber_id, direction, sumIf(bytes, source = '{_q(source_a)}') AS a, "
+               f"sumIf(bytes, source = '{_q(source_b)}') AS b FROM usage{final} WHERE {where} "
+               "GROUP BY subscriber_id, direction ORDER BY subscriber_id, direction")
         rows = engine.query(sql).to_pylist()
     click.echo("\t".join(["subscriber_id", "direction", source_a, source_b, "difference", "pct"]))
     worst = 0.0
