@@ -308,6 +308,10 @@ class RadiusConfig:
     """Requests waiting to be made durable; further requests are dropped (the NAS retransmits) and counted."""
     max_sessions: int = 2_000_000
     """Open accounting sessions tracked; beyond this a Start is refused (not answered) and counted."""
+    session_timeout_s: float = 172_800.0
+    """A session with no Interim-Update or Stop for this long is closed (its bindings end then) and forgotten, so
+    sessions whose Stop was lost do not pile up; 0 keeps them until Stop or Accounting-On/Off. Keep it well above
+    the NASes' interim interval."""
 
     def validate(self, key: str) -> None:
         for i, ep in enumerate(self.listen):
@@ -513,6 +517,42 @@ class IpdrConfig:
             raise ConfigError(f"{key}.max_message_size", self.max_message_size, "at least 64 bytes")
 
 
+DOT_IPDR_FIELDS = ("user_id", "user_name", "source_ip", "source_port", "public_ip", "public_port", "destination_ip",
+                   "destination_port", "start_date", "start_time", "end_date", "end_time", "protocol", "bytes",
+                   "exporter", "allocation_start_date", "allocation_start_time", "allocation_end_date",
+                   "allocation_end_time", "customer_name", "customer_address", "customer_phone", "customer_email")
+"""The DoT IPDR and NAT log parameters in the mandated order (``flowmed ipdr-report --format`` default)."""
+
+
+@dataclass(frozen=True)
+class ComplianceConfig:
+    enabled: bool = True
+    """Write ip_detail_records (one compliance record per flow) and nat_events (CGNAT logging) with mediation."""
+    retention_days: int = 730
+    """Keep ip_detail_records and nat_events this long (whole partitions are dropped; 0 keeps them forever)."""
+    nat_event_codes: Literal["rfc8158", "draft"] = "rfc8158"
+    """How natEvent (IE 230) codes 10-13 are read: RFC 8158 (10/11 NAT64 BIB create/delete, 12 ports exhausted) or
+    the pre-RFC draft Juniper and older Cisco use (10 ports exhausted, 12/13 address binding create/delete). Codes
+    1-9 and port-block records (14/16 allocate, 15/17 release, recognised by their port-range fields) read the same
+    in both."""
+    nat_from_flows: bool = True
+    """Also log the translation seen in flow records that carry post-NAT fields (IEs 225/227) as nat_events."""
+    nat_lookback_s: int = 86400
+    """How far before the asked instant `flowmed trace` looks for the NAT session or port block that covers it (the
+    NAT device must re-log longer-held blocks within this, as PBA interim logging does)."""
+    directory_file: str = ""
+    """Subscriber directory CSV (subscriber_id,name,address,phone,email) joined into reports at export time."""
+    report_fields: list[str] = field(default_factory=lambda: list(DOT_IPDR_FIELDS))
+    """Columns of `flowmed ipdr-report --format dot` in order (any of the generic report's column names)."""
+
+    def validate(self, key: str) -> None:
+        if self.retention_days < 0:
+            raise ConfigError(f"{key}.retention_days", self.retention_days, "days >= 0 (0 keeps forever)")
+        _check_positive(key, nat_lookback_s=self.nat_lookback_s)
+        if not self.report_fields:
+            raise ConfigError(f"{key}.report_fields", self.report_fields, "at least one field")
+
+
 @dataclass(frozen=True)
 class Config:
     """The whole of collector.toml."""
@@ -531,6 +571,7 @@ class Config:
     mediation: MediationConfig = field(default_factory=MediationConfig)
     rating: RatingConfig = field(default_factory=RatingConfig)
     ipdr: IpdrConfig = field(default_factory=IpdrConfig)
+    compliance: ComplianceConfig = field(default_factory=ComplianceConfig)
 
     def data_path(self, relative: str) -> Path:
         """A path from the config, resolved against store.path when relative."""

@@ -124,9 +124,21 @@ class RadiusServer:
                 self._report()
 
     async def _confirm_loop(self) -> None:
+        loop = asyncio.get_running_loop()
+        last_expiry = 0.0
         while True:
             await asyncio.sleep(self.confirm_interval_s)
             await self.confirm()
+            if time.monotonic() - last_expiry >= 60:
+                last_expiry = time.monotonic()
+                try:
+                    changed = await loop.run_in_executor(self._executor, self.accounting.expire,
+                                                         int(time.time() * 1000))
+                except Exception:
+                    log.exception("closing stale RADIUS sessions failed")
+                    continue
+                if changed is not None:
+                    self.emit("bindings", changed)
 
     async def confirm(self) -> None:
         """Flush the outputs (off the event loop), then drop the usage they now hold from the journal."""

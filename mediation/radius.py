@@ -193,6 +193,7 @@ class RadiusAccounting:
         bindings.conn.executescript(_SESSIONS_SCHEMA)
         self._recent: OrderedDict[tuple, bytes] = OrderedDict()
         self.counters: dict[tuple[str, str], int] = {}
+        self.expired = 0
 
     def _count(self, client: str, result: str) -> None:
         key = (client, result)
@@ -280,6 +281,24 @@ class RadiusAccounting:
         result.responses = answers
         result.bindings = changed if changed.num_rows else None
         return result
+
+    def expire(self, now_ms: int) -> pa.RecordBatch | None:
+        """Close sessions silent for longer than ``radius.session_timeout_s`` (their Stop was lost) at ``now_ms``;
+        returns the changed bindings (or None)."""
+        timeout = self.config.session_timeout_s
+        if timeout <= 0:
+            return None
+        stale = [r[0] for r in self.bindings.conn.execute(
+            "SELECT unique_id FROM radius_sessions WHERE last_ms < ?", (now_ms - int(timeout * 1000),)).fetchall()]
+        if not stale:
+            return None
+        for uid in stale:
+            self.bindings.close_session(uid, now_ms)
+            self.bindings.conn.execute("DELETE FROM radius_sessions WHERE unique_id=?", (uid,))
+        self.expired += len(stale)
+        log.info("RADIUS sessions without news closed", extra={"sessions": len(stale)})
+        changed = self.bindings.commit()
+        return changed if changed.num_rows else None
 
     def journaled(self) -> list[tuple[int, pa.RecordBatch]]:
         """Usage still in the journal (not confirmed durable in the outputs): re-emitted after a restart."""

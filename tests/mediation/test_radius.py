@@ -306,3 +306,15 @@ def roundtrip(server, request: bytes) -> bytes:
         s.connect(server.addresses[0])
         s.send(request)
         return s.recv(100)
+
+
+def test_silent_sessions_expire():
+    h = Harness("radius.session_timeout_s=3600")
+    h.send(attrs(1, session="a", user="alice", t=T0, Framed_IP_Address="100.64.0.1"))
+    h.send(attrs(1, session="b", user="bob", t=T0, Framed_IP_Address="100.64.0.2"))
+    h.send(attrs(3, session="b", user="bob", t=T0 + 3000_000, Framed_IP_Address="100.64.0.2"))
+    assert h.acct.expire(T0 + 3600_000) is None  # nobody silent for an hour yet
+    changed = h.acct.expire(T0 + 3600_001)
+    assert changed.column("subscriber_id").to_pylist() == ["alice"] and h.acct.open_sessions() == 1
+    assert who(h.b, "100.64.0.1", T0 + 3600_000) == "alice" and who(h.b, "100.64.0.1", T0 + 3600_001) == ""
+    assert who(h.b, "100.64.0.2", T0 + 3600_001) == "bob"
