@@ -8,9 +8,9 @@ Bindings: 100,000 subscribers; 1,000,000 bindings over 30 days of history, 800,0
 CGNAT-style pool of 200,000 addresses in 100.64.0.0/14 (each address held by about four subscribers in turn) and
 200,000 IPv6 /56 delegated prefixes; the newest binding of each address or prefix is open. Flows: one batch of
 1,000,000 records from the last five minutes (80 % IPv4, 20 % IPv6; 90 % with a subscriber on one side, 10 %
-unknown), up to 2 minutes long (an active timeout of 2 minutes), so about one in five crosses an interval boundary. Flows per second = records per round / mean
-round time; every round checks that the bytes came out (attributed + unattributed = bytes in), so a broken pipeline
-cannot look fast.
+unknown), up to 2 minutes long (an active timeout of 2 minutes), so about one in five crosses an interval
+boundary. Flows per second = records per round / mean round time; every round checks that the bytes came out
+(attributed + unattributed = bytes in), so a broken pipeline cannot look fast.
 
 With ``--benchmark-disable`` (the suite's default) each benchmark runs once on 10,000 bindings and 5,000 flows.
 """
@@ -111,8 +111,8 @@ def test_correlation_and_aggregation(benchmark, data):
         pbytes, ppackets, pflows = share(nbytes), share(packets), share(np.ones(len(nbytes), dtype=np.uint64))
         shi, slo = split_addresses(src[rec])
         dhi, dlo = split_addresses(dst[rec])
-        ssub, _ = bindings.lookup_split(shi, slo, pstart)
-        dsub, _ = bindings.lookup_split(dhi, dlo, pstart)
+        ssub, _ = bindings.lookup_split(shi, slo, pstart, ids=False)
+        dsub, _ = bindings.lookup_split(dhi, dlo, pstart, ids=False)
         up, down = np.flatnonzero(ssub >= 0), np.flatnonzero(dsub >= 0)
         none = np.flatnonzero((ssub < 0) & (dsub < 0))
         sel = np.concatenate([up, down, none])
