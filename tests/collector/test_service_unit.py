@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import configparser
+import re
 import shutil
 import subprocess
 import sys
@@ -37,6 +38,20 @@ def test_systemd_analyze_verify(tmp_path: Path) -> None:
     result = subprocess.run([analyze, "verify", str(copy)], capture_output=True, text=True, timeout=60)
     assert result.returncode == 0, result.stdout + result.stderr
     assert "flowmed.service" not in result.stderr, result.stderr  # no warning about our unit either
+
+
+@pytest.mark.external
+def test_systemd_security_exposure_is_low(tmp_path: Path) -> None:
+    """``systemd-analyze security`` rates the unit's exposure from 0 (locked down) to 10; flowmed stays below 2."""
+    analyze = require_tool("systemd-analyze")
+    copy = tmp_path / "flowmed.service"
+    flowmed = shutil.which("flowmed") or str(Path(sys.executable).with_name("flowmed"))
+    copy.write_text(UNIT.read_text().replace("/opt/flowmed/bin/flowmed", flowmed))
+    result = subprocess.run([analyze, "security", "--offline=yes", str(copy)], capture_output=True, text=True,
+                            timeout=60)
+    match = re.search(r"Overall exposure level for flowmed.service: ([0-9.]+)", result.stdout)
+    assert match, result.stdout + result.stderr
+    assert float(match.group(1)) < 2.0, result.stdout
 
 
 def test_unit_is_notify_hardened_and_reloadable() -> None:
