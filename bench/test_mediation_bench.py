@@ -132,8 +132,8 @@ def test_correlation_and_aggregation(benchmark, data):
 
 
 def test_mediator_process(benchmark, data):
-    """The whole Mediator.process: validation, de-duplication, split, correlation, classes, aggregation and the
-    reconciliation check."""
+    """``Mediator.process`` on a fresh mediator per round: validation, de-duplication, split, correlation, classes,
+    aggregation into open intervals and the reconciliation check (the per-batch work of the daemon)."""
     bindings, batch = data
     cfg = load(None, ['mediation.classes=[{name="cdn", prefixes=["1.0.0.0/8", "2a00:1450::/32"]}]'])
     total = int(pa.compute.sum(batch.column("bytes")).as_py())
@@ -143,10 +143,26 @@ def test_mediator_process(benchmark, data):
 
     def run(m: Mediator) -> None:
         m.process(batch, NOW)
-        m.close_all(NOW)
         c = m.counters
         assert c["bytes_attributed"] + c["bytes_unattributed"] + c["bytes_rejected"] + c["bytes_duplicate"] == total
         assert c["unbalanced_batches"] == 0 and c["bytes_attributed"] > 0
 
     benchmark.pedantic(run, setup=setup, rounds=1 if benchmark.disabled else 5)
     benchmark.extra_info["flows"] = batch.num_rows
+
+
+def test_mediator_interval_close(benchmark, data):
+    """``close_all`` after one batch: the usage rows of the open intervals as an Arrow batch (once per interval)."""
+    bindings, batch = data
+
+    def setup():
+        m = Mediator(load(None), bindings, refresh_interval_s=1e9)
+        m.process(batch, NOW)
+        return (m,), {}
+
+    def run(m: Mediator) -> None:
+        out = m.close_all(NOW)
+        assert out["usage"].num_rows > 0
+        benchmark.extra_info["usage_rows"] = out["usage"].num_rows
+
+    benchmark.pedantic(run, setup=setup, rounds=1 if benchmark.disabled else 5)
