@@ -29,6 +29,7 @@ it. Changes since the last full build live in a small delta index; closing a bin
 from __future__ import annotations
 
 import ipaddress
+import logging
 import os
 import sqlite3
 import threading
@@ -40,6 +41,8 @@ import pyarrow as pa
 
 from mediation.hashing import mix64, string_hash
 from mediation.tables import BINDINGS, OPEN_END_MS
+
+log = logging.getLogger(__name__)
 
 _U64 = np.uint64
 _ALL_ONES = 0xFFFFFFFFFFFFFFFF
@@ -352,6 +355,9 @@ class Bindings:
         self.conn.execute("PRAGMA busy_timeout=10000")
         self.conn.executescript(_SCHEMA)
         self._lock = threading.Lock()
+        self._names_lock = threading.Lock()
+        self._rebuilding: threading.Thread | None = None
+        self._rebuilt: tuple[BindingIndex, int] | None = None
         self._names: list[str] = []
         self._name_hashes: list[int] = []
         self._name_index: dict[str, int] = {}
@@ -378,9 +384,12 @@ class Bindings:
         """Dense index of a subscriber id (stable for this process's lifetime)."""
         idx = self._name_index.get(name)
         if idx is None:
-            idx = self._name_index[name] = len(self._names)
-            self._names.append(name)
-            self._name_hashes.append(string_hash(name))
+            with self._names_lock:  # the rebuild thread registers names too
+                idx = self._name_index.get(name)
+                if idx is None:
+                    self._names.append(name)
+                    self._name_hashes.append(string_hash(name))
+                    idx = self._name_index[name] = len(self._names) - 1
         return idx
 
     @property
@@ -391,13 +400,15 @@ class Bindings:
     def subscriber_arrays(self) -> tuple[np.ndarray, np.ndarray]:
         """(names, 64-bit hashes of the names) by dense index, each with one extra last entry ("", 0) so that
         index -1 (no subscriber) maps to the empty id."""
-        n = len(self._names)
-        if getattr(self, "_arrays_n", -1) != n:
+        if getattr(self, "_arrays_n", -1) != len(self._names):
+            with self._names_lock:  # a consistent snapshot while the rebuild thread may add names
+                known, known_hashes = list(self._names), list(self._name_hashes)
+            n = len(known)
             names = np.empty(n + 1, dtype=object)
-            names[:n] = self._names
+            names[:n] = known
             names[n] = ""
             hashes = np.zeros(n + 1, dtype=_U64)
-            hashes[:n] = self._name_hashes
+            hashes[:n] = known_hashes
             self._arrays, self._arrays_n = (names, hashes), n
         return self._arrays
 
@@ -478,6 +489,8 @@ class Bindings:
             self.conn.execute("COMMIT")
             self._in_tx = False
         changed, self._changed = self._changed, set()
+        if self._rebuilt is not None:
+            self._swap_rebuilt()
         # everything since our last look, ours and other processes' (sequence numbers are allocated in commit order)
         rows = self._fetch("seq>?", (self._last_seq,))
         self._apply(rows)
@@ -502,6 +515,13 @@ class Bindings:
         self._rebuild(rows)
 
     def _rebuild(self, rows: list[tuple]) -> None:
+        index = self._index_of(rows)
+        with self._lock:
+            self._base = index
+            self._delta_rows = {}
+            self._delta = BindingIndex(*(np.empty(0) for _ in range(7)))
+
+    def _index_of(self, rows: list[tuple]) -> BindingIndex:
         n = len(rows)
         ids = np.fromiter((r[0] for r in rows), dtype=np.int64, count=n)
         sub = np.fromiter((self.subscriber_index(r[1]) for r in rows), dtype=np.int32, count=n)
@@ -510,13 +530,54 @@ class Bindings:
         plen = np.fromiter((r[4] for r in rows), dtype=np.int16, count=n)
         vf = np.fromiter((r[5] for r in rows), dtype=np.int64, count=n)
         vt = np.fromiter((r[6] for r in rows), dtype=np.int64, count=n)
+        return BindingIndex(ids, sub, hi, lo, plen, vf, vt)
+
+    def _start_rebuild(self) -> None:
+        """Rebuild the base index from a snapshot in a thread (a million bindings take a second or two: not on the
+        event loop); :meth:`_swap_rebuilt` installs it and re-applies what changed since the snapshot."""
+        if self.path == ":memory:":  # no second connection can see an in-memory database
+            self._load_all()
+            return
+        if self._rebuilding is not None:
+            return
+
+        def work() -> None:
+            try:
+                conn = sqlite3.connect(self.path, isolation_level=None)
+                try:
+                    conn.execute("BEGIN")  # one snapshot: the rows and the sequence they are complete up to
+                    rows = conn.execute(
+                        "SELECT id, subscriber_id, net_hi, net_lo, prefix_len, valid_from, valid_to, source, "
+                        "session_id, nas, seq FROM bindings ORDER BY id").fetchall()
+                    seq = conn.execute("SELECT coalesce(max(seq), 0) FROM bindings").fetchone()[0]
+                    conn.execute("COMMIT")
+                finally:
+                    conn.close()
+                self._rebuilt = (self._index_of(rows), seq)
+            except Exception:
+                log.exception("rebuilding the binding index failed; the delta index stays in use")
+            finally:
+                self._rebuilding = None
+
+        self._rebuilding = threading.Thread(target=work, name="bindings-rebuild", daemon=True)
+        self._rebuilding.start()
+
+    def _swap_rebuilt(self) -> None:
+        rebuilt, self._rebuilt = self._rebuilt, None
+        if rebuilt is None:
+            return
+        index, seq = rebuilt
         with self._lock:
-            self._base = BindingIndex(ids, sub, hi, lo, plen, vf, vt)
+            self._base = index
             self._delta_rows = {}
             self._delta = BindingIndex(*(np.empty(0) for _ in range(7)))
+        # everything newer than the snapshot again, onto the new base (applying a change twice is harmless)
+        self._apply(self._fetch("seq>?", (seq,)))
 
     def refresh(self) -> int:
         """Pick up changes committed by other processes since the last call; returns how many rows changed."""
+        if self._rebuilt is not None:
+            self._swap_rebuilt()
         rows = self._fetch("seq>?", (self._last_seq,))
         if rows:
             self._apply(rows)
@@ -536,8 +597,8 @@ class Bindings:
             for r in new:
                 self._delta_rows[r[0]] = r
         if len(self._delta_rows) > DELTA_REBUILD_ROWS:
-            self._load_all()
-        elif new:
+            self._start_rebuild()
+        if new and self._delta_rows:
             d = sorted(self._delta_rows.values())
             delta = BindingIndex(
                 np.array([r[0] for r in d], dtype=np.int64),

@@ -216,3 +216,24 @@ def test_subscriber_ids_for_other_components():
     assert b.subscriber_ids(s16(["10.0.0.1", "10.0.0.1", "10.0.0.2"]), np.array([5, 100, 5])).tolist() == \
         ["alice", "", ""]
     assert b.subscriber_ids(np.zeros(0, "S16"), np.zeros(0, np.int64)).tolist() == []
+
+
+def test_background_rebuild_keeps_changes_made_meanwhile(tmp_path, monkeypatch):
+    monkeypatch.setattr(bindings_mod, "DELTA_REBUILD_ROWS", 4)
+    writer = Bindings(tmp_path / "b.sqlite")
+    reader = Bindings(tmp_path / "b.sqlite")
+    for i in range(6):
+        writer.open(f"s{i}", f"10.0.0.{i}", 0)
+    writer.commit()
+    reader.refresh()  # more than 4 new bindings: a rebuild starts in a thread
+    thread = reader._rebuilding
+    assert thread is not None
+    thread.join(30)
+    assert reader._rebuilt is not None  # built, not yet installed
+    writer.open("late", "10.0.0.99", 0)  # a change after the snapshot
+    writer.close_ids([1], 10)  # and a close of a binding the snapshot has open
+    writer.commit()
+    reader.refresh()  # installs the rebuilt base, then re-applies everything newer than the snapshot
+    assert reader._rebuilt is None and len(reader._base) == 6
+    assert names(reader, [f"10.0.0.{i}" for i in range(6)] + ["10.0.0.99", "10.0.0.0"], [5] * 7 + [10]) == \
+        [f"s{i}" for i in range(6)] + ["late", ""]
