@@ -45,7 +45,7 @@ from pathlib import Path
 import numpy as np
 import pyarrow as pa
 
-from decoders.ipdr.samis import CANONICAL, REC_STOP, format_macs, parse_mac, samis_kind
+from decoders.ipdr.samis import CANONICAL, REC_STOP, format_macs_bytes, parse_mac, samis_kind
 from decoders.ipdr.session import RecordsReceived
 from mediation.hashing import hash_columns, string_hash
 from mediation.ipdr_tables import IPDR_RECORDS
@@ -73,7 +73,7 @@ class CmSubscribers:
         self.path = Path(path) if path else None
         self._mtime: float | None = None
         self.macs = np.zeros(0, np.uint64)
-        self.names = np.zeros(0, dtype=object)
+        self.names = np.array([""], dtype=object)  # always ends with '' (the name of unknown MACs)
         self.reload()
 
     @classmethod
@@ -114,16 +114,16 @@ class CmSubscribers:
         log.info("ipdr: %d CM MAC bindings loaded from %s", len(mapping), self.path)
         return True
 
+    def lookup_index(self, macs: np.ndarray) -> np.ndarray:
+        """Index into :attr:`names` per MAC (``len(macs)`` of the map, whose name is '', when unknown)."""
+        if not len(self.macs):
+            return np.zeros(len(macs), dtype=np.int64)
+        pos = np.minimum(np.searchsorted(self.macs, macs), len(self.macs) - 1)
+        return np.where(self.macs[pos] == macs, pos, len(self.macs))
+
     def lookup(self, macs: np.ndarray) -> np.ndarray:
         """Subscriber id per MAC (object array; '' when unknown)."""
-        if not len(self.macs):
-            out = np.empty(len(macs), dtype=object)
-            out[:] = ""
-            return out
-        pos = np.searchsorted(self.macs, macs)
-        pos = np.minimum(pos, len(self.macs) - 1)
-        found = self.macs[pos] == macs
-        return self.names[np.where(found, pos, len(self.macs))]
+        return self.names[self.lookup_index(macs)]
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -144,7 +144,7 @@ class _State:
         self.index: dict[int, int] = {}
         self.meta: dict = {"since_ms": {}, "watermarks": {}}
         self.gen = 0
-        self.dirty: set[int] = set()
+        self.dirty: list[np.ndarray] = []
         self.journal_rows = 0
         self._journal = None
         if directory is not None:
@@ -170,7 +170,7 @@ class _State:
             rows[new] = idx
             self.n += k
         self.rows[rows] = values
-        self.dirty.update(rows.tolist())
+        self.dirty.append(rows)
 
     # -- durability
     def _paths(self, gen: int) -> tuple[Path, Path]:
@@ -217,7 +217,7 @@ class _State:
         if self.dir is None:
             self.dirty.clear()
             return
-        rows = self.rows[np.fromiter(sorted(self.dirty), dtype=np.int64, count=len(self.dirty))]
+        rows = self.rows[np.unique(np.concatenate(self.dirty))] if self.dirty else self.rows[:0]
         meta = json.dumps(self.meta, separators=(",", ":")).encode()
         body = meta + rows.tobytes()
         chunk = _CHUNK.pack(_MAGIC, len(meta), len(rows), zlib.crc32(body)) + body
@@ -336,28 +336,29 @@ class IpdrUsage:
         m = int(keep.sum())
         dsn, dup = ev.dsn[keep], ev.duplicate[keep]
         kind = samis_kind(recs.template, session_name)
-        out = IPDR_RECORDS.empty_columns(m)
+        out = _empty(IPDR_RECORDS, m)
         out["time_received"][:] = now_ms
         out["exporter"][:] = exporter_ip
         out["session_id"][:] = ev.session_id
-        out["document_id"][:] = str(uuid.UUID(bytes=bytes(ev.document_id)))
+        out["document_id"] = _Const(str(uuid.UUID(bytes=bytes(ev.document_id))))
         out["dsn"] = dsn.astype(np.uint64)
         out["duplicate"] = dup.astype(np.uint8)
-        out["template"][:] = recs.template.type_name
-        usage = USAGE.empty_columns(0)
+        out["template"] = _Const(recs.template.type_name)
+        usage = _empty(USAGE, 0)
         if m and kind:
             _fill_samis(out, cols)
             usage = self._deltas(out, cols, exporter_ip)
         elif m:
             out["fields"] = _fields_json(cols, m)
-            out["delta_reason"][:] = "not_samis"
+            out["delta_reason"] = _Const("not_samis")
             for name, col in (("cmts_host", "CmtsHostName"), ("rec_creation_time", "RecCreationTime")):
                 if col in cols:
-                    out[name] = _column(cols[col], out[name].dtype)
+                    out[name] = _column(cols[col], IPDR_RECORDS.column(name))
             if "CmMacAddr" in cols:
-                out["cm_mac"] = format_macs(cols["CmMacAddr"])
+                out["cm_mac"] = _format_macs(cols["CmMacAddr"])
         self._count("records", m)
-        return UsageResult(_batch(IPDR_RECORDS, out), _batch(USAGE, usage), dict(self.counters))
+        return UsageResult(_batch(IPDR_RECORDS, out, m), _batch(USAGE, usage, len(usage["bytes"])),
+                           dict(self.counters))
 
     # -- deltas -----------------------------------------------------------------------------------------------
 
@@ -365,10 +366,10 @@ class IpdrUsage:
         n = len(out["dsn"])
         if not all(c in cols for c in ("CmMacAddr", "ServiceIdentifier", "ServiceDirection",
                                        "ServiceOctetsPassed")):
-            out["delta_reason"][:] = "not_samis"
+            out["delta_reason"] = _Const("not_samis")
             self._count("missing_fields", n)
-            return USAGE.empty_columns(0)
-        hosts = out["cmts_host"]
+            return _empty(USAGE, 0)
+        host_codes, host_names = _codes(out["cmts_host"], n)
         mac = np.asarray(cols["CmMacAddr"], dtype=np.uint64)
         sfid = out["service_identifier"].astype(np.uint64)
         direction = out["service_direction"]
@@ -377,7 +378,7 @@ class IpdrUsage:
         rec_time, rec_type = out["rec_creation_time"], out["rec_type"]
         sys_up = out["cmts_sys_up_time"].astype(np.int64)
         has_up = "CmtsSysUpTime" in cols
-        host_hash = _string_hashes(hosts)
+        host_hash = np.array([string_hash(h) for h in host_names], dtype=np.uint64)[host_codes]
         keys = hash_columns(host_hash, mac, sfid, direction.astype(np.int64), created)
 
         st = self.state
@@ -433,16 +434,16 @@ class IpdrUsage:
         d_o[duplicate] = 0
         d_p[duplicate] = 0
         fresh = ~has_prev
-        reason = np.where(duplicate, "duplicate", np.where(reboot, "reboot", np.where(
-            wrap32, "wrap32", np.where(wrapped, "wrap", np.where(fresh, "first", "delta"))))).astype(object)
+        reason = np.where(duplicate, R_DUPLICATE, np.where(reboot, R_REBOOT, np.where(
+            wrap32, R_WRAP32, np.where(wrapped, R_WRAP, np.where(fresh, R_FIRST, R_DELTA))))).astype(np.int8)
         if self.preexisting == "baseline" and fresh.any():
             # Flows created before collection from this CMTS began: their counters hold usage we never saw start.
-            since = self._since(hosts[order], t)
+            since = self._since(host_codes[order], host_names, t)
             created_at = t - (sys_up[order] - created[order]) * 10 if has_up else t
             base = fresh & (created_at < since - REBOOT_TOLERANCE_CS * 10)
             d_o[base] = 0
             d_p[base] = 0
-            reason[base] = "baseline"
+            reason[base] = R_BASELINE
 
         # new state: the last record of every key in the batch
         last = np.ones(len(order), dtype=bool)
@@ -456,53 +457,63 @@ class IpdrUsage:
 
         out["delta_octets"][order] = d_o
         out["delta_packets"][order] = d_p
-        out["delta_reason"][order] = reason
-        out["delta_reason"][stale] = "stale"
+        codes = np.full(n, R_STALE, dtype=np.int8)
+        codes[order] = reason
+        out["delta_reason"] = _Coded(codes, REASONS)
         for name, mask in (("stale", stale), ("duplicate", duplicate), ("reboot", reboot), ("wrap", wrapped),
-                           ("first", fresh), ("baseline", reason == "baseline")):
+                           ("first", fresh), ("baseline", reason == R_BASELINE)):
             self._count(name, int(mask.sum()))
         return self._usage(out, mac, exporter_ip, keys)
 
-    def _since(self, hosts: np.ndarray, t: np.ndarray) -> np.ndarray:
+    def _since(self, codes: np.ndarray, names: list[str], t: np.ndarray) -> np.ndarray:
+        """When collection from each CMTS host began (its first record's time), per record."""
         since = self.state.meta["since_ms"]
-        uniq, inverse = np.unique(hosts.astype(str), return_inverse=True)
         values = []
-        for i, h in enumerate(uniq.tolist()):
+        for i, h in enumerate(names):
             if h not in since:
-                since[h] = int(t[inverse == i].min())
+                mine = t[codes == i]
+                since[h] = int(mine.min()) if len(mine) else 0
             values.append(since[h])
-        return np.array(values, dtype=np.int64)[inverse]
+        return np.array(values, dtype=np.int64)[codes]
 
     def _usage(self, out: dict[str, np.ndarray], mac: np.ndarray, exporter_ip: bytes,
                keys: np.ndarray) -> dict[str, np.ndarray]:
         billed = np.flatnonzero((out["delta_octets"] > 0) | (out["delta_packets"] > 0))
         rec_time = out["rec_creation_time"][billed]
-        subs = self.subscribers.lookup(mac[billed])
+        names = list(self.subscribers.names)
+        sub_idx = self.subscribers.lookup_index(mac[billed])
+        unknown = len(names) - 1  # the map's last name is ''
         if self.address_lookup is not None:
-            missing = np.flatnonzero(subs == "")
+            missing = np.flatnonzero(sub_idx == unknown)
             if len(missing):
-                found = self.address_lookup(out["cm_ipv4"][billed][missing], rec_time[missing])
-                subs[missing] = found
-        sub_all = out["subscriber_id"]
-        sub_all[billed] = subs
+                found = np.asarray(self.address_lookup(out["cm_ipv4"][billed][missing], rec_time[missing]),
+                                   dtype=object)
+                extra, inv = np.unique(found.astype(str), return_inverse=True)
+                sub_idx[missing] = np.where(found == "", unknown, len(names) + inv)
+                names.extend(extra.tolist())
+        all_idx = np.full(len(out["dsn"]), unknown, dtype=np.int64)
+        all_idx[billed] = sub_idx
+        out["subscriber_id"] = _Coded(all_idx, names)
         direction = out["service_direction"][billed]
-        dir_text = np.where(direction == 1, "down", np.where(direction == 2, "up", "unattributed")).astype(object)
-        dir_text[subs == ""] = "unattributed"
+        dir_code = np.where(direction == 1, 0, np.where(direction == 2, 1, 2)).astype(np.int8)
+        no_sub = sub_idx == unknown
+        dir_code[no_sub] = 2
         start = (rec_time - 1) // self.interval_ms * self.interval_ms
         row_id = hash_columns(keys[billed], rec_time, out["rec_type"][billed].astype(np.int64), seed=0x1BD8)
         out["usage_row_id"][billed] = row_id
-        u = USAGE.empty_columns(len(billed))
+        u = _empty(USAGE, len(billed))
         u["interval_start"], u["interval_end"] = start, start + self.interval_ms
-        u["subscriber_id"], u["direction"] = subs, dir_text
-        u["traffic_class"][:] = "all"
+        u["subscriber_id"] = _Coded(sub_idx, names)
+        u["direction"] = _Coded(dir_code, ["down", "up", "unattributed"])
+        u["traffic_class"] = _Const("all")
         u["bytes"], u["packets"] = out["delta_octets"][billed], out["delta_packets"][billed]
         u["flows"][:] = 1
-        u["source"][:] = "ipdr"
+        u["source"] = _Const("ipdr")
         u["exporter"][:] = exporter_ip
         u["created"] = rec_time  # deterministic, so a re-derived row is identical (see module docstring)
         u["row_id"] = row_id
         self._count("usage_rows", len(billed))
-        self._count("unattributed_rows", int((subs == "").sum()))
+        self._count("unattributed_rows", int(no_sub.sum()))
         return u
 
     # -- durability -------------------------------------------------------------------------------------------
@@ -544,38 +555,74 @@ _SAMIS_COLUMNS = {
 }
 
 
-def _column(values, dtype: np.dtype) -> np.ndarray:
+REASONS = ["stale", "first", "delta", "wrap", "wrap32", "reboot", "duplicate", "baseline"]
+R_STALE, R_FIRST, R_DELTA, R_WRAP, R_WRAP32, R_REBOOT, R_DUPLICATE, R_BASELINE = range(len(REASONS))
+
+
+@dataclass(frozen=True, slots=True)
+class _Const:
+    """A string column with one value in every row (built as a dictionary array, not n Python strings)."""
+
+    value: str
+
+
+@dataclass(frozen=True, slots=True)
+class _Coded:
+    """A string column as small integer codes into a vocabulary."""
+
+    codes: np.ndarray
+    vocab: list[str]
+
+
+def _empty(table, n: int) -> dict:
+    """Zero numeric columns and empty-string constant columns for ``n`` rows."""
+    return {c.name: (_Const("") if c.kind == "string" else np.zeros(n, dtype=c.numpy_dtype)) for c in table.columns}
+
+
+def _column(values, column) -> object:
+    """A decoded column converted to the table column's representation (strings stay Arrow arrays)."""
+    if column.kind == "string":
+        return values if isinstance(values, pa.Array) else np.asarray(values, dtype=object)
     if isinstance(values, pa.Array):
-        if dtype.kind == "O":
-            return values.to_numpy(zero_copy_only=False).astype(object)
-        return values.to_numpy(zero_copy_only=False).astype(dtype)
-    if dtype.kind == "S":
-        return np.asarray(values, dtype=dtype)
-    return np.asarray(values).astype(dtype, copy=False)
+        values = values.to_numpy(zero_copy_only=False)
+    if column.kind == "ip":
+        return np.asarray(values, dtype="S16")
+    return np.asarray(values).astype(column.numpy_dtype, copy=False)
 
 
-def _fill_samis(out: dict[str, np.ndarray], cols: dict) -> None:
+def _codes(values, n: int) -> tuple[np.ndarray, list[str]]:
+    """(codes, distinct values) of a string column (Arrow array, constant or object array)."""
+    if isinstance(values, _Const):
+        return np.zeros(n, dtype=np.int64), [values.value]
+    if isinstance(values, pa.Array):
+        enc = values.dictionary_encode()
+        return enc.indices.to_numpy(zero_copy_only=False).astype(np.int64), enc.dictionary.to_pylist()
+    uniq, inv = np.unique(np.asarray(values).astype(str), return_inverse=True)
+    return inv.astype(np.int64), uniq.tolist()
+
+
+def _fill_samis(out: dict, cols: dict) -> None:
     for name, field_name in _SAMIS_COLUMNS.items():
         if field_name in cols:
-            out[name] = _column(cols[field_name], out[name].dtype)
+            out[name] = _column(cols[field_name], IPDR_RECORDS.column(name))
     if "CmMacAddr" in cols:
-        out["cm_mac"] = format_macs(cols["CmMacAddr"])
+        out["cm_mac"] = _format_macs(cols["CmMacAddr"])
     if "ServiceFlowChSet" in cols:
         out["service_flow_ch_set"] = _channel_sets(cols["ServiceFlowChSet"])
 
 
-def _channel_sets(arr: pa.Array) -> np.ndarray:
+def _format_macs(macs: np.ndarray) -> pa.Array:
+    """MACs as an Arrow string array, built from one vectorised byte buffer."""
+    text = format_macs_bytes(np.asarray(macs, dtype=np.uint64))
+    offsets = np.arange(0, 17 * (len(text) + 1), 17, dtype=np.int32)
+    return pa.Array.from_buffers(pa.string(), len(text), [None, pa.py_buffer(offsets), pa.py_buffer(text.tobytes())])
+
+
+def _channel_sets(arr: pa.Array) -> _Coded:
     """hexBinary channel sets (one byte per channel) as '1,2,3' text; formatted once per distinct value."""
     enc = arr.dictionary_encode()
-    texts = np.array([",".join(str(b) for b in v) if v is not None else "" for v in enc.dictionary.to_pylist()]
-                     + [""], dtype=object)
-    idx = enc.indices.to_numpy(zero_copy_only=False)
-    return texts[idx]
-
-
-def _string_hashes(values: np.ndarray) -> np.ndarray:
-    uniq, inverse = np.unique(values.astype(str), return_inverse=True)
-    return np.array([string_hash(s) for s in uniq.tolist()], dtype=np.uint64)[inverse]
+    texts = [",".join(str(b) for b in v) if v is not None else "" for v in enc.dictionary.to_pylist()]
+    return _Coded(enc.indices.to_numpy(zero_copy_only=False).astype(np.int64), texts)
 
 
 def _fields_json(cols: dict, n: int) -> np.ndarray:
@@ -604,5 +651,26 @@ def _addr_text(raw: bytes) -> str:
     return str(addr.ipv4_mapped or addr)
 
 
-def _batch(table, columns: dict[str, np.ndarray]) -> pa.RecordBatch:
-    return table.to_arrow(columns)
+def _arrow(values, column, n: int) -> pa.Array:
+    if isinstance(values, _Const):
+        return pa.DictionaryArray.from_arrays(pa.array(np.zeros(n, np.int32)),
+                                              pa.array([values.value], pa.string())).dictionary_decode()
+    if isinstance(values, _Coded):
+        return pa.DictionaryArray.from_arrays(pa.array(np.asarray(values.codes, np.int32)),
+                                              pa.array(values.vocab, pa.string())).dictionary_decode()
+    if isinstance(values, pa.Array):
+        return values if values.type == column.arrow_type else values.cast(column.arrow_type)
+    if column.kind == "ip":
+        data = np.ascontiguousarray(values, dtype="S16")
+        return pa.FixedSizeBinaryArray.from_buffers(pa.binary(16), len(data), [None, pa.py_buffer(data.tobytes())])
+    if column.kind == "timestamp_ms":
+        return pa.array(np.asarray(values, dtype="int64"), type=pa.int64()).cast(column.arrow_type)
+    if column.kind == "string":
+        return pa.array(values, type=pa.string())
+    return pa.array(np.asarray(values, dtype=column.numpy_dtype), type=column.arrow_type)
+
+
+def _batch(table, columns: dict, n: int) -> pa.RecordBatch:
+    """A RecordBatch of ``table`` from numpy columns, Arrow arrays, constants and coded strings."""
+    arrays = [_arrow(columns[c.name], c, n) for c in table.columns]
+    return pa.RecordBatch.from_arrays(arrays, schema=table.arrow_schema)

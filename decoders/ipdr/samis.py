@@ -79,17 +79,22 @@ def canonical_columns(records: DecodedRecords) -> dict[str, np.ndarray | pa.Arra
     return {CANONICAL.get(k.lower(), k): v for k, v in records.columns.items()}
 
 
-def format_macs(macs: np.ndarray) -> np.ndarray:
-    """uint64 MACs (low 48 bits) as ``aa:bb:cc:dd:ee:ff`` strings, vectorised (object array)."""
+def format_macs_bytes(macs: np.ndarray) -> np.ndarray:
+    """uint64 MACs (low 48 bits) as ``aa:bb:cc:dd:ee:ff`` text, vectorised: an (n, 17) uint8 array."""
     n = len(macs)
-    if n == 0:
-        return np.empty(0, dtype=object)
     raw = np.asarray(macs, dtype=">u8").view(np.uint8).reshape(n, 8)[:, 2:]
     hexd = np.frombuffer(b"0123456789abcdef", dtype=np.uint8)
     out = np.full((n, 17), ord(":"), dtype=np.uint8)
     out[:, 0::3] = hexd[raw >> 4]
     out[:, 1::3] = hexd[raw & 15]
-    return out.view("S17").reshape(n).astype("U17").astype(object)
+    return out
+
+
+def format_macs(macs: np.ndarray) -> np.ndarray:
+    """uint64 MACs (low 48 bits) as ``aa:bb:cc:dd:ee:ff`` strings (object array)."""
+    if len(macs) == 0:
+        return np.empty(0, dtype=object)
+    return format_macs_bytes(macs).view("S17").reshape(len(macs)).astype("U17").astype(object)
 
 
 def parse_mac(text: str) -> int:

@@ -82,6 +82,9 @@ class CompiledTemplate:
     fields: tuple[CompiledField, ...]
     all_names: tuple[str, ...]
     """Every field name of the template, including disabled ones (which are absent from DATA)."""
+    segments: tuple[tuple[CompiledField, ...], ...] = ()
+    """The fields grouped into runs of fixed-size fields (decoded with one gather and a structured view) and
+    single variable-length fields."""
 
 
 def compile_template(block: TemplateBlock, *, max_fields: int = 512, ipv6_bare: bool = False) -> CompiledTemplate:
@@ -110,8 +113,24 @@ def compile_template(block: TemplateBlock, *, max_fields: int = 512, ipv6_bare: 
         if type_id == 0x427 and ipv6_bare:
             type_id, size = IPV6_BARE, 16
         fields.append(CompiledField(name, type_id, tname, size, dtype))
+    segments: list[tuple[CompiledField, ...]] = []
+    run: list[CompiledField] = []
+    for f in fields:
+        if f.size:
+            run.append(f)
+            continue
+        if run:
+            segments.append(tuple(run))
+            run = []
+        segments.append((f,))
+    if run:
+        segments.append(tuple(run))
     return CompiledTemplate(block.template_id, block.type_name, block.schema_name, tuple(fields),
-                            tuple(normalise_name(f.name) for f in block.fields))
+                            tuple(normalise_name(f.name) for f in block.fields), tuple(segments))
+
+
+def _segment_dtype(fields: tuple[CompiledField, ...]) -> np.dtype:
+    return np.dtype([(f"f{i}", "S16" if f.type_id == IPV6_BARE else f.dtype) for i, f in enumerate(fields)])
 
 
 @dataclass(slots=True)
@@ -192,28 +211,32 @@ def decode_records(template: CompiledTemplate, buf: bytes, starts: np.ndarray, l
     ends = off + np.asarray(lengths, dtype=np.int64)
     bad = np.zeros(n, dtype=bool)
     cols: dict[str, np.ndarray | pa.Array] = {}
-    for f in template.fields:
-        if f.size:
-            over = off + f.size > ends
+    for seg in template.segments:
+        if seg[0].size:  # a run of fixed-size fields: one gather, one structured view
+            dtype = _segment_dtype(seg)
+            over = off + dtype.itemsize > ends
             if over.any():
                 bad |= over
                 off = np.minimum(off, ends)
-            value_at = off
-            off = off + f.size
-        else:
-            over = off + 4 > ends
-            if over.any():
-                bad |= over
-                off = np.minimum(off, ends)
-            length = _fixed(u8, off, 4, ">u4").astype(np.int64)
-            length[bad] = 0
-            value_at = off + 4
-            over = value_at + length > ends
-            if over.any():
-                bad |= over
-                length[over] = 0
-            off = value_at + length
-        cols[f.name] = _convert(f, u8, value_at, length if not f.size else None)
+            block = np.ascontiguousarray(_gather(u8, off, dtype.itemsize)).view(dtype).reshape(n)
+            for i, f in enumerate(seg):
+                cols[f.name] = _convert_fixed(f, block[f"f{i}"])
+            off = off + dtype.itemsize
+            continue
+        (f,) = seg
+        over = off + 4 > ends
+        if over.any():
+            bad |= over
+            off = np.minimum(off, ends)
+        length = _fixed(u8, off, 4, ">u4").astype(np.int64)
+        length[bad] = 0
+        value_at = off + 4
+        over = value_at + length > ends
+        if over.any():
+            bad |= over
+            length[over] = 0
+        off = value_at + length
+        cols[f.name] = _convert_var(f, u8, value_at, length)
     bad |= off != ends
     keep = np.flatnonzero(~bad)
     if len(keep) != n:
@@ -221,27 +244,31 @@ def decode_records(template: CompiledTemplate, buf: bytes, starts: np.ndarray, l
     return DecodedRecords(template, cols, keep, int(n - len(keep)))
 
 
-def _convert(f: CompiledField, u8: np.ndarray, at: np.ndarray, length: np.ndarray | None) -> np.ndarray | pa.Array:
+def _convert_fixed(f: CompiledField, raw: np.ndarray) -> np.ndarray:
+    """A fixed-size field's values (a big-endian view) in the column representation."""
     t = f.type_id
-    if length is None:
-        if t == IPV6_BARE:
-            return np.ascontiguousarray(_gather(u8, at, 16)).view("S16").reshape(-1)
-        values = _fixed(u8, at, f.size, f.dtype)  # type: ignore[arg-type]
-        if t == 0x122:  # dateTime: seconds -> ms
-            return values.astype(np.int64) * 1000
-        if t == 0x224:  # dateTimeMsec
-            return values.astype(np.int64)
-        if t == 0x623:  # dateTimeUsec -> ms
-            return values // 1000
-        if t == 0x723:  # macAddress: 2 pad bytes + 6 MAC bytes
-            return values & MAC_MASK
-        if t == 0x322:  # ipV4Addr -> IPv4-mapped S16
-            from decoders.schema import ipv4_mapped
+    if t == IPV6_BARE:
+        return np.ascontiguousarray(raw)
+    values = raw.astype(np.dtype(f.dtype).newbyteorder("="))  # type: ignore[arg-type]
+    if t == 0x122:  # dateTime: seconds -> ms
+        return values.astype(np.int64) * 1000
+    if t == 0x224:  # dateTimeMsec
+        return values.astype(np.int64)
+    if t == 0x623:  # dateTimeUsec -> ms
+        return values // 1000
+    if t == 0x723:  # macAddress: 2 pad bytes + 6 MAC bytes
+        return values & MAC_MASK
+    if t == 0x322:  # ipV4Addr -> IPv4-mapped S16
+        from decoders.schema import ipv4_mapped
 
-            return ipv4_mapped(values)
-        if t == 0x29:
-            return values != 0
-        return values
+        return ipv4_mapped(values)
+    if t == 0x29:
+        return values != 0
+    return values
+
+
+def _convert_var(f: CompiledField, u8: np.ndarray, at: np.ndarray, length: np.ndarray) -> np.ndarray | pa.Array:
+    t = f.type_id
     if t in (0x427, 0x827):
         return _ip_from_var(u8, at, length)
     if t == 0x527:  # uuid: 16 bytes expected; anything else is zero-filled into S16
