@@ -1,0 +1,161 @@
+"""``flowmed ipdr-report``: compliance records of a period for an address (and port) or a subscriber, in the DoT IPDR
+and NAT log parameter layout (or the generic one), as CSV or XLSX, with customer fields from a directory file.
+
+The rows come from ONE SQL query (:func:`report_sql`, documented in ``docs/compliance.md``) over
+``ip_detail_records`` joined with the binding each record was attributed through (its allocation start and end).
+The subscriber directory (a CSV file: ``subscriber_id,name,address,phone,email``) is joined here, at export time, so
+personal data is never copied into the long-retention tables.
+"""
+
+from __future__ import annotations
+
+import csv
+import datetime as dt
+import io
+from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import Path
+
+import pyarrow as pa
+
+from mediation.trace import address_literal
+
+GENERIC_FIELDS = (
+    "user_id", "user_name", "source_ip", "source_port", "public_ip", "public_port", "destination_ip",
+    "destination_port", "start_date", "start_time", "end_date", "end_time", "protocol", "bytes", "packets",
+    "exporter", "status", "binding_source", "session_id", "allocation_start_date", "allocation_start_time",
+    "allocation_end_date", "allocation_end_time", "customer_name", "customer_address", "customer_phone",
+    "customer_email")
+"""Every column a report can have, in the generic layout's order; the DoT layout is ``compliance.report_fields``."""
+
+DIRECTORY_FIELDS = ("name", "address", "phone", "email")
+OPEN_END_S = 4_294_967_295
+
+
+class ReportError(ValueError):
+    """A report cannot be made as asked (unknown field, unreadable directory file)."""
+
+
+def check_fields(fields: Iterable[str]) -> list[str]:
+    """The field list, or :class:`ReportError` naming the unknown ones."""
+    fields = list(fields)
+    unknown = [f for f in fields if f not in GENERIC_FIELDS]
+    if unknown:
+        raise ReportError(f"unknown report fields {unknown}; known: {', '.join(GENERIC_FIELDS)}")
+    return fields
+
+
+def load_directory(path: str | Path | None) -> dict[str, dict[str, str]]:
+    """Subscriber directory CSV (header ``subscriber_id,name,address,phone,email``; extra columns ignored)."""
+    if not path:
+        return {}
+    try:
+        with open(path, newline="", encoding="utf-8") as f:
+            reader = csv.DictReader(f)
+            if not reader.fieldnames or "subscriber_id" not in reader.fieldnames:
+                raise ReportError(f"{path}: the header must name subscriber_id (and name, address, phone, email)")
+            return {row["subscriber_id"].strip(): {k: (row.get(k) or "").strip() for k in DIRECTORY_FIELDS}
+                    for row in reader if row.get("subscriber_id")}
+    except (OSError, UnicodeDecodeError, csv.Error) as exc:
+        raise ReportError(f"cannot read the subscriber directory {path}: {exc}") from None
+
+
+@dataclass(frozen=True)
+class ReportQuery:
+    """What to report: ``[from_ms, to_ms)`` and an address (optionally a port) or a subscriber."""
+
+    from_ms: int
+    to_ms: int
+    address: str | None = None
+    port: int | None = None
+    subscriber_id: str | None = None
+    limit: int = 1_000_000
+
+
+def report_sql(q: ReportQuery, source) -> str:
+    """The one SQL query of a report; ``source`` is :meth:`mediation.query.QueryEngine.source`."""
+    if q.subscriber_id is not None:
+        s = "'" + q.subscriber_id.replace("\\", "\\\\").replace("'", "\\'") + "'"
+        where = f"subscriber_id = {s}"
+    elif q.address is not None:
+        a = address_literal(q.address)
+        if q.port is None:
+            where = f"(src_addr = {a} OR nat_addr = {a})"
+        else:
+            where = f"((src_addr = {a} AND src_port = {int(q.port)}) OR (nat_addr = {a} AND nat_port = {int(q.port)}))"
+    else:
+        raise ReportError("a report needs an address or a subscriber")
+    return (
+        "SELECT subscriber_id, IPv6NumToString(src_addr) AS source_ip, src_port, IPv6NumToString(nat_addr) AS "
+        "public_ip, nat_port, IPv6NumToString(dst_addr) AS destination_ip, dst_port, "
+        "toUInt32(toDateTime(flow_start, 'UTC')) AS start_s, toUInt32(toDateTime(flow_end, 'UTC')) AS end_s, protocol, "
+        "bytes, packets, IPv6NumToString(exporter) AS exporter_ip, status, binding_source, session_id, "
+        "allocation_start_s, allocation_end_s "
+        f"FROM (SELECT * FROM {source('ip_detail_records', q.from_ms, q.to_ms)} WHERE {where} "
+        f"ORDER BY flow_start LIMIT {int(q.limit)}) "
+        "ANY LEFT JOIN (SELECT binding_id, toUInt32(toDateTime(argMax(valid_from, version), 'UTC')) AS "
+        "allocation_start_s, toUInt32(toDateTime(argMax(valid_to, version), 'UTC')) AS allocation_end_s "
+        "FROM bindings GROUP BY binding_id) USING binding_id ORDER BY start_s, source_ip, src_port")
+
+
+def _address(text: str) -> str:
+    return text[7:] if text.startswith("::ffff:") and "." in text else ("" if text == "::" else text)
+
+
+def _date_time(seconds: int | None) -> tuple[str, str]:
+    if not seconds or seconds >= OPEN_END_S:
+        return "", ""
+    t = dt.datetime.fromtimestamp(seconds, dt.UTC)
+    return t.strftime("%Y-%m-%d"), t.strftime("%H:%M:%S")
+
+
+def report_rows(result: pa.Table, directory: dict[str, dict[str, str]]) -> list[dict[str, object]]:
+    """Rows of the generic layout (every field of :data:`GENERIC_FIELDS`) from the report query's result."""
+    rows = []
+    for r in result.to_pylist():
+        sd, st = _date_time(r["start_s"])
+        ed, et = _date_time(r["end_s"])
+        attributed = bool(r["subscriber_id"])
+        asd, ast = _date_time(r["allocation_start_s"]) if attributed else ("", "")
+        aed, aet = _date_time(r["allocation_end_s"]) if attributed else ("", "")
+        who = directory.get(r["subscriber_id"], {}) if attributed else {}
+        public = _address(r["public_ip"])
+        rows.append({
+            "user_id": r["subscriber_id"], "user_name": r["subscriber_id"],
+            "source_ip": _address(r["source_ip"]), "source_port": r["src_port"],
+            "public_ip": public, "public_port": r["nat_port"] if public else "",
+            "destination_ip": _address(r["destination_ip"]), "destination_port": r["dst_port"],
+            "start_date": sd, "start_time": st, "end_date": ed, "end_time": et, "protocol": r["protocol"],
+            "bytes": r["bytes"], "packets": r["packets"], "exporter": _address(r["exporter_ip"]),
+            "status": r["status"], "binding_source": r["binding_source"], "session_id": r["session_id"],
+            "allocation_start_date": asd, "allocation_start_time": ast, "allocation_end_date": aed,
+            "allocation_end_time": aet,
+            **{f"customer_{k}": who.get(k, "") for k in DIRECTORY_FIELDS},
+        })
+    return rows
+
+
+def to_csv(rows: list[dict[str, object]], fields: list[str]) -> str:
+    """CSV with a header line of ``fields``."""
+    out = io.StringIO()
+    writer = csv.writer(out, lineterminator="\n")
+    writer.writerow(fields)
+    for r in rows:
+        writer.writerow([r[f] for f in fields])
+    return out.getvalue()
+
+
+def to_xlsx(rows: list[dict[str, object]], fields: list[str], path: str | Path, *, title: str = "IPDR") -> None:
+    """An XLSX workbook at ``path``: one sheet, a bold header row of ``fields``, then the rows."""
+    import xlsxwriter
+
+    wb = xlsxwriter.Workbook(str(path), {"strings_to_numbers": False, "strings_to_urls": False})
+    try:
+        ws = wb.add_worksheet(title[:31])
+        bold = wb.add_format({"bold": True})
+        ws.write_row(0, 0, fields, bold)
+        for i, r in enumerate(rows, start=1):
+            ws.write_row(i, 0, [r[f] for f in fields])
+        ws.freeze_panes(1, 0)
+    finally:
+        wb.close()
