@@ -54,10 +54,25 @@ class ListenConfig:
     """Datagrams handed to the decoder at once (at most); a batch is also cut every batch_interval_ms."""
     batch_interval_ms: int = 50
     """Longest time a received datagram waits before it is decoded."""
+    allow: list[str] = field(default_factory=list)
+    """Exporter addresses or prefixes allowed to send flows, e.g. ["192.0.2.0/24", "2001:db8::/32"]; datagrams from
+    other sources are dropped before decoding and counted (flowmed_datagrams_refused_total). Empty: any exporter."""
+    exporter_rate_limit: float = 0.0
+    """Datagrams per second accepted from one exporter (a token bucket per source address, applied before
+    decoding); the excess is dropped and counted, so a flood from one exporter cannot starve the others. 0: off."""
+    exporter_rate_burst: float = 0.0
+    """Bucket size of exporter_rate_limit in datagrams (0: twice the rate)."""
 
     def validate(self, key: str) -> None:
         for i, ep in enumerate(self.udp):
             _check_endpoint(f"{key}.udp[{i}]", ep)
+        for i, p in enumerate(self.allow):
+            try:
+                ipaddress.ip_network(p, strict=False)
+            except ValueError:
+                raise ConfigError(f"{key}.allow[{i}]", p, "an IP address or prefix") from None
+        if self.exporter_rate_limit < 0 or self.exporter_rate_burst < 0:
+            raise ConfigError(f"{key}.exporter_rate_limit", self.exporter_rate_limit, "datagrams per second >= 0")
         _check_positive(key, rcvbuf_bytes=self.rcvbuf_bytes, batch_datagrams=self.batch_datagrams,
                         batch_interval_ms=self.batch_interval_ms)
 

@@ -27,6 +27,7 @@ from prometheus_client import CollectorRegistry
 from collector import config as config_mod
 from collector import metrics as metrics_mod
 from collector import status as status_mod
+from collector.admission import admit, make_admission
 from collector.config import Config
 from collector.configtree import ConfigError
 from collector.listener import Datagram, UdpListener
@@ -111,16 +112,24 @@ class Pipeline:
         self.sink = sink
         self.board = status_mod.StatusBoard(config.decoder.max_exporters)
         self.errors_log = RateLimiter(60.0)
+        self.admission = make_admission(config)
+        """Exporter allowlist and per-exporter rate limit (collector.admission), None when both are off."""
         self.datagrams = 0
         self.flows = 0
         self._usage_seen: dict[str, int] = {}
         self._static_checked = 0
+        self.compliance: Any = None
+        """mediation.compliance.ComplianceStage (nat_events, ip_detail_records), set by the Server when enabled."""
 
     def process(self, batch: list[Datagram]) -> int:
         """Decode ``batch``, mediate and hand the tables to the sink; returns the number of flows decoded."""
         if not batch:
             return 0
         m = self.metrics
+        if self.admission is not None:
+            batch = admit(self.admission, batch, m, self.errors_log)
+            if not batch:
+                return 0
         t0 = time.perf_counter()
         try:
             result = self.decoder.decode(batch)
@@ -135,10 +144,18 @@ class Pipeline:
         tables: dict[str, Any] = {"flows": flows} if n else {}
         if self.mediator is not None and n:
             try:
-                tables.update(self.mediator.process(flows, received))
+                from mediation.nat import without_nat_only
+
+                tables.update(self.mediator.process(without_nat_only(flows), received))
             except Exception as exc:  # a mediation bug must not stop the raw flows from being stored
                 m.pipeline_errors.labels("mediation").inc()
                 log("error", "mediation failed on a batch", flows=n, error=repr(exc))
+        if self.compliance is not None and n:
+            try:
+                tables.update(self.compliance.process(flows, received))
+            except Exception as exc:  # a compliance bug must not stop the raw flows and usage from being stored
+                m.pipeline_errors.labels("compliance").inc()
+                log("error", "compliance stage failed on a batch", flows=n, error=repr(exc))
         for name, table_batch in tables.items():
             if table_batch is not None and table_batch.num_rows:
                 try:
@@ -285,6 +302,10 @@ def make_sink(config: Config, metrics: metrics_mod.Metrics, worker: int | None =
     from mediation.sink import Sink
 
     outputs: list[Any] = []
+    with contextlib.suppress(ImportError):  # registers every table's retention setting (compliance.retention_days)
+        from mediation.outputs import load_tables
+
+        load_tables()
     if config.store.enabled:
         from mediation.store import ParquetStore
 
@@ -295,7 +316,10 @@ def make_sink(config: Config, metrics: metrics_mod.Metrics, worker: int | None =
         spool = config.data_path(config.spool.path)
         if worker is not None:
             spool = spool / f"worker{worker}"
-        outputs.append(ClickHouseOutput(config.output.clickhouse, config.spool, spool))
+        from mediation.store import RETENTION_SETTINGS
+
+        retention = {name: int(get(config)) for name, get in RETENTION_SETTINGS.items() if name != "flows"}
+        outputs.append(ClickHouseOutput(config.output.clickhouse, config.spool, spool, retention_days=retention))
 
     def on_write(output: str, table: str, rows: int, seconds: float) -> None:
         metrics.output_batches.labels(output, table).inc()
@@ -397,6 +421,10 @@ class Server:
         sink = self._sink_arg if self._sink_arg is not None else make_sink(cfg, self.metrics, self.worker)
         mediator = make_mediator(cfg, self.worker) if self._mediator_arg == "auto" else self._mediator_arg
         self.pipeline = Pipeline(cfg, self.metrics, sink, mediator, decoder)
+        if mediator is not None:
+            from mediation.compliance import make_compliance
+
+            self.pipeline.compliance = make_compliance(cfg, mediator, self.worker)
         if self.worker is None and cfg.metrics.enabled:
             self.http = status_mod.HttpServer(cfg.metrics.listen, self.registry, self.fresh_status)
             self.http.start()
@@ -477,6 +505,13 @@ class Server:
             except Exception as exc:
                 m.pipeline_errors.labels("mediation").inc()
                 log("error", "mediation tick failed", error=repr(exc))
+        if p.compliance is not None:  # static binding changes mirrored to the bindings table
+            try:
+                for name, batch in p.compliance.tick(now).items():
+                    p.sink.add(name, batch)
+            except Exception as exc:
+                m.pipeline_errors.labels("compliance").inc()
+                log("error", "compliance tick failed", error=repr(exc))
         try:
             p.sink.maybe_flush()
         except Exception as exc:

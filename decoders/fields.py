@@ -182,7 +182,7 @@ _TABLE: tuple[IE, ...] = (
     IE(256, "ethernetType", U, 2),
     IE(281, "postNATSourceIPv6Address", V6, 16, "post_nat_src_addr", 1),
     IE(282, "postNATDestinationIPv6Address", V6, 16, "post_nat_dst_addr", 1),
-    IE(283, "natPoolId", U, 4),
+    IE(283, "natPoolId", U, 4, "nat_pool_id"),
     IE(298, "initiatorPackets", U, 8, "raw_packets", 3),
     IE(299, "responderPackets", U, 8),
     IE(302, "selectorId", U, 8),
@@ -194,10 +194,10 @@ _TABLE: tuple[IE, ...] = (
     IE(309, "samplingSize", U, 4),
     IE(310, "samplingPopulation", U, 4),
     IE(323, "observationTimeMilliseconds", "dt_ms", 8),
-    IE(361, "portRangeStart", U, 2),
-    IE(362, "portRangeEnd", U, 2),
-    IE(363, "portRangeStepSize", U, 2),
-    IE(364, "portRangeNumPorts", U, 2),
+    IE(361, "portRangeStart", U, 2, "port_range_start"),
+    IE(362, "portRangeEnd", U, 2, "port_range_end"),
+    IE(363, "portRangeStepSize", U, 2, "port_range_step"),
+    IE(364, "portRangeNumPorts", U, 2, "port_range_ports"),
 )
 
 REGISTRY: dict[int, IE] = {ie.id: ie for ie in _TABLE}

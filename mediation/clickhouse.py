@@ -187,8 +187,11 @@ class ClickHouseOutput:
 
     def __init__(self, config: ClickHouseConfig, spool_config: SpoolConfig, spool_dir: str | Path, *,
                  tables: Iterable[Table] | None = None, retention_interval_s: float = 3600.0,
-                 max_backoff_s: float = 30.0, start: bool = True) -> None:
+                 max_backoff_s: float = 30.0, start: bool = True, retention_days: dict[str, int] | None = None
+                 ) -> None:
         self.config = config
+        self.retention_days = dict(retention_days or {})
+        """Retention of tables other than flows (days; e.g. the compliance tables), beside flows_retention_days."""
         self.tables = {t.name: t for t in (tables if tables is not None else load_tables().values())}
         self.spool = Spool(spool_dir, spool_config.max_bytes, spool_config.full_policy, spool_config.fsync)
         self.retention_interval_s = retention_interval_s
@@ -410,7 +413,7 @@ class ClickHouseOutput:
             use_on_cluster = _has_zookeeper(client)
             if not use_on_cluster:
                 hosts = [connect(self.config, host=str(h), port=int(p)) for h, p in rows]
-        retention = {"flows": self.config.flows_retention_days}
+        retention = {**self.retention_days, "flows": self.config.flows_retention_days}
         schema = SchemaManager(executor(client), caps, self.config.database, cluster=self.config.cluster,
                                host_executors=[executor(h) for h in hosts], use_on_cluster=use_on_cluster,
                                retention_days=retention)
