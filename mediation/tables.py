@@ -124,3 +124,6 @@ BINDINGS = table(
 )
 
 __all__ = ["BINDINGS", "DIRECTIONS", "OPEN_END_MS", "RECONCILIATION", "REJECTS", "USAGE"]
+
+# IPDR's raw records are queried next to the usage they produced: register ipdr_records with the mediation tables.
+import mediation.ipdr_tables  # noqa: E402,F401  (after USAGE: it only needs decoders.schema)
