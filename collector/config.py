@@ -480,6 +480,9 @@ class IpdrConfig:
     """Sessions to start: those whose GET_SESSIONS name contains one of these (case-insensitive); empty = all."""
     cm_subscribers_file: str = ""
     """CSV file ``cm_mac,subscriber_id`` mapping cable modems to subscribers (reloaded when it changes)."""
+    address_bindings: bool = True
+    """Records whose CM MAC is not in cm_subscribers_file: attribute them by CmIpv4Addr through the subscriber
+    bindings (static file, RADIUS) valid at the record's time."""
     state_dir: str = "state/ipdr"
     """Service-flow counter baselines and DSN watermarks (relative to store.path): what makes restarts exactly-once."""
     preexisting: Literal["baseline", "count"] = "baseline"
