@@ -114,6 +114,7 @@ class IpdrCollector:
         """Start a dialer per configured exporter and the listener (if configured)."""
         for exporter in self.config.exporters:
             self._spawn(self._dial_loop(exporter))
+        self._spawn(self._housekeeping())
         if self.config.listen:
             host, port = split_endpoint(self.config.listen)
             self._server = await asyncio.start_server(self._accept, host, port, reuse_address=True)
@@ -141,6 +142,15 @@ class IpdrCollector:
             await asyncio.wait(list(self._tasks), timeout=timeout)
         if self._server is not None:
             await self._server.wait_closed()
+
+    async def _housekeeping(self) -> None:
+        """Pick up changes of the CM MAC -> subscriber file."""
+        while not self._stopping:
+            await asyncio.sleep(5.0)
+            try:
+                self.usage.subscribers.reload()
+            except Exception:
+                log.exception("ipdr: reloading the CM MAC file failed")
 
     # -- dial out ------------------------------------------------------------------------------------------------
 
@@ -431,12 +441,41 @@ class _Connection:
                 self.owner.stats.acks_sent += 1
 
 
+def address_lookup(config: Config) -> Callable[[Any, Any], Any] | None:
+    """``(S16 addresses, times ms) -> subscriber ids ('' unknown)`` over the subscriber bindings database (static file
+    and RADIUS bindings), refreshed at most every ``subscribers.refresh_interval_s``; None if it cannot be opened."""
+    import numpy as np
+
+    try:
+        from mediation.bindings import Bindings
+
+        bindings = Bindings(config.data_path(config.subscribers.bindings_db))
+    except Exception as exc:  # the IPDR path works without address bindings
+        log.warning("ipdr: subscriber bindings unavailable (%s): CM MAC file only", exc)
+        return None
+    last = [0.0]
+
+    def lookup(addresses, times):
+        now = time.monotonic()
+        if now - last[0] >= config.subscribers.refresh_interval_s:
+            bindings.refresh()
+            last[0] = now
+        idx, _ = bindings.lookup(np.asarray(addresses, dtype="S16"), np.asarray(times, dtype=np.int64))
+        names = bindings.subscriber_names()
+        if not len(names):
+            return np.full(len(idx), "", dtype=object)
+        return np.where(idx >= 0, names[np.maximum(idx, 0)], "").astype(object)
+
+    return lookup
+
+
 def make_usage(config: Config) -> IpdrUsage:
     """The delta state and table builder for ``config`` (state under store.path)."""
     cfg = config.ipdr
     subs = CmSubscribers(cfg.cm_subscribers_file or None)
     interval = getattr(getattr(config, "mediation", None), "interval_s", 300)
-    return IpdrUsage(config.data_path(cfg.state_dir), subs, interval_s=interval, preexisting=cfg.preexisting)
+    return IpdrUsage(config.data_path(cfg.state_dir), subs, interval_s=interval, preexisting=cfg.preexisting,
+                     address_lookup=address_lookup(config) if cfg.address_bindings else None)
 
 
 async def start_ipdr(loop: asyncio.AbstractEventLoop | None, config: Config, sink: Any,
