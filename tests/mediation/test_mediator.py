@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import numpy as np
 import pyarrow as pa
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from collector.config import load
 from mediation import Mediator
@@ -197,3 +199,28 @@ def test_n_workers_give_the_same_usage_as_one():
     recon_n = pa.Table.from_batches(tables(parts, "reconciliation")).to_pylist()
     for f in FIELDS:
         assert sum(r[f] for r in recon_one) == sum(r[f] for r in recon_n)
+
+
+@settings(max_examples=40, deadline=None)
+@given(st.lists(st.tuples(st.sampled_from(["100.64.0.1", "100.64.0.2", "100.64.0.3", "8.8.8.8", "2001:db8:e::9",
+                                           "2001:4860::1"]),
+                          st.sampled_from(["100.64.0.1", "100.64.0.3", "9.9.9.9", "2001:db8:e:5::1", "2001:4860::2"]),
+                          st.integers(-2 * INTERVAL, 2 * INTERVAL), st.integers(0, 3 * INTERVAL),
+                          st.integers(0, 10**12), st.integers(0, 10**6), st.sampled_from(["192.0.2.1", "192.0.2.2"])),
+                min_size=1, max_size=60),
+       st.integers(0, 4 * INTERVAL))
+def test_every_byte_is_accounted_for_exactly_once(records, now_offset):
+    """Whatever the records: usage parts add up to the records that were not rejected or duplicate, per record side,
+    and the reconciliation balances."""
+    rows = [dict(src=s, dst=d, start=T0 + st_, end=T0 + st_ + dur, bytes=b, packets=p, exporter=e,
+                 received=T0 + 2 * INTERVAL) for s, d, st_, dur, b, p, e in records]
+    m = Mediator(config("mediation.max_flow_duration_s=3600"), subscribers())
+    outs = [m.process(flows(rows), T0 + now_offset), m.close_all(T0 + 5 * INTERVAL)]
+    recon = pa.Table.from_batches(tables(outs, "reconciliation")).to_pylist()
+    total = {f: sum(int(r[f]) for r in recon) for f in FIELDS}
+    assert balance_holds(total) and total["bytes_in"] == sum(r["bytes"] for r in rows)
+    usage = sum(usage_totals(tables(outs, "usage")).values())
+    assert usage == total["bytes_usage"]
+    assert total["bytes_attributed"] + total["bytes_unattributed"] <= usage <= 2 * total["bytes_attributed"] + \
+        total["bytes_unattributed"]
+    assert m.counters["unbalanced_batches"] == 0
