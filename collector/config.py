@@ -145,9 +145,13 @@ class StoreConfig:
     """Files of a partition older than this are merged into one file (0 disables compaction)."""
     flows_retention_days: int = 0
     """Drop raw flow partitions older than this (0 keeps them forever)."""
+    max_pending_rows: int = 4_000_000
+    """Rows held in memory waiting for the outputs (buffered, queued, being written); beyond it new raw flow rows
+    are refused and counted (flowmed_sink_dropped_rows_total), mediated tables are always accepted."""
 
     def validate(self, key: str) -> None:
-        _check_positive(key, flush_interval_s=self.flush_interval_s, flush_rows=self.flush_rows)
+        _check_positive(key, flush_interval_s=self.flush_interval_s, flush_rows=self.flush_rows,
+                        max_pending_rows=self.max_pending_rows)
 
 
 @dataclass(frozen=True)

@@ -105,6 +105,10 @@ class Metrics:
                                ["exporter", "version"], registry=r)
         self.decode_errors = Counter("flowmed_decode_errors", "Malformed or refused input, per exporter and reason.",
                                      ["exporter", "reason"], registry=r)
+        self.datagrams_refused = Counter("flowmed_datagrams_refused",
+                                         "Datagrams dropped before decoding, per exporter and reason (not_allowed: "
+                                         "outside listen.allow; rate_limited: over listen.exporter_rate_limit).",
+                                         ["exporter", "reason"], registry=r)
         self.limit_hits = Counter("flowmed_decoder_limit_hits",
                                   "Times a decoder bound (max_exporters, max_templates_per_exporter, ...) refused "
                                   "something, per exporter and limit.", ["exporter", "limit"], registry=r)

@@ -330,7 +330,8 @@ def make_sink(config: Config, metrics: metrics_mod.Metrics, worker: int | None =
         metrics.output_errors.labels(output).inc()
 
     return Sink(outputs, config.store.flush_rows, config.store.flush_interval_s,
-                id_generator=BatchIdGenerator(worker or 0), on_write=on_write, on_error=on_error)
+                config.store.max_pending_rows, id_generator=BatchIdGenerator(worker or 0), on_write=on_write,
+                on_error=on_error)
 
 
 def state_path(config: Config, worker: int | None) -> Path:
