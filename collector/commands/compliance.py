@@ -76,13 +76,18 @@ def run_trace(engine, *, address: str | None = None, port: int | None = None, at
               window_s: int = 60, lookback_s: int = 86400, subscriber: str | None = None, from_ms: int | None = None,
               to_ms: int | None = None) -> pa.Table:
     """Run the one trace query on ``engine`` (a :class:`mediation.query.QueryEngine`); the tidy answer."""
-    from mediation.trace import AddressQuery, SubscriberQuery
+    from mediation.trace import EVIDENCE, AddressQuery, SubscriberQuery
 
     if address is not None:
         q = AddressQuery(address, int(at_ms), port, window_s, lookback_s)
     else:
         q = SubscriberQuery(subscriber, int(from_ms), int(to_ms))
-    return tidy(engine.query(q.sql(engine.source), text_addresses=False))
+    answer = tidy(engine.query(q.sql(engine.source), text_addresses=False))
+    # UNION ALL parts come back in any order on a server: evidence kind first, then time
+    rank = pa.array([EVIDENCE.index(e) for e in answer.column("evidence").to_pylist()], pa.int32())
+    answer = answer.append_column("_rank", rank)
+    answer = answer.sort_by([("_rank", "ascending"), ("time_from", "ascending"), ("private_port", "ascending")])
+    return answer.drop_columns(["_rank"])
 
 
 @click.command("trace")

@@ -47,7 +47,8 @@ def check_probe(answer, probe: scenario.Probe) -> None:
         assert binding[0]["detail"].startswith(source)
 
 
-@pytest.mark.parametrize("probe", scenario.PROBES, ids=lambda p: f"{p.address}:{p.port}@{(p.at_ms - scenario.T0)//1000}")
+@pytest.mark.parametrize("probe", scenario.PROBES,
+                         ids=lambda p: f"{p.address}:{p.port}@{(p.at_ms - scenario.T0) // 1000}")
 def test_probe_on_the_store(built, probe):
     cfg, _ = built
     with QueryEngine.for_config(cfg, "store") as engine:
