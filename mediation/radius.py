@@ -194,6 +194,7 @@ class RadiusAccounting:
         self._recent: OrderedDict[tuple, bytes] = OrderedDict()
         self.counters: dict[tuple[str, str], int] = {}
         self.expired = 0
+        self._new_sessions = 0
 
     def _count(self, client: str, result: str) -> None:
         key = (client, result)
@@ -221,6 +222,7 @@ class RadiusAccounting:
         answers: list[tuple[bytes, object]] = []
         usage: list[dict[str, np.ndarray]] = []
         sessions = None
+        self._new_sessions = 0
         for payload, addr in datagrams:
             host = addr[0]
             client = self.client_for(host)
@@ -252,7 +254,8 @@ class RadiusAccounting:
                 sessions = self.open_sessions()
             result_label = "ok"
             try:
-                rows = self._apply(packet, host, now_ms, sessions)
+                # sessions opened earlier in this batch count too (the limit must hold within a batch)
+                rows = self._apply(packet, host, now_ms, sessions + self._new_sessions)
             except RadiusError as exc:
                 self._count(client.name, exc.reason)
                 log.warning("RADIUS request refused: %s", exc, extra={"client": host})
@@ -369,6 +372,8 @@ class RadiusAccounting:
             self.bindings.close_session(uid, t)
             self.bindings.conn.execute("DELETE FROM radius_sessions WHERE unique_id=?", (uid,))
         else:
+            if row is None:
+                self._new_sessions += 1
             self.bindings.conn.execute(
                 "INSERT OR REPLACE INTO radius_sessions(unique_id, subscriber_id, nas, in_total, out_total, last_ms, "
                 "gigawords) VALUES (?,?,?,?,?,?,?)", (uid, sub, nas, total_in, total_out, max(t, last_ms),
