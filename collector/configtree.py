@@ -7,6 +7,7 @@ expected. ``--set a.b=c`` overrides are applied to the raw TOML tree before buil
 from __future__ import annotations
 
 import dataclasses
+import math
 import tomllib
 import types
 import typing
@@ -118,6 +119,8 @@ def _convert(tp: Any, value: Any, key: str) -> Any:
     if tp is float:
         if isinstance(value, bool) or not isinstance(value, int | float):
             raise ConfigError(key, value, "a number")
+        if not math.isfinite(value):  # TOML has nan and inf; no setting means them (nan passes every "> 0" check)
+            raise ConfigError(key, value, "a finite number")
         return float(value)
     if tp is str:
         if not isinstance(value, str):

@@ -294,7 +294,10 @@ def parse_instant(value: Any, key: str) -> int:
         raise ConfigError(key, value, 'a time with offset such as "2026-11-01T00:00:00+01:00"')
     if dt.tzinfo is None:
         raise ConfigError(key, value, "a time with an explicit offset or Z (local times are ambiguous)")
-    return int(dt.astimezone(UTC).timestamp() * 1000)
+    try:
+        return int(dt.astimezone(UTC).timestamp() * 1000)
+    except (OverflowError, ValueError):  # e.g. 0001-01-01T00:00:00+01:00 is before datetime.min in UTC
+        raise ConfigError(key, value, "a time between years 1 and 9999 in UTC") from None
 
 
 def _plan(raw: Any, key: str) -> Plan:
