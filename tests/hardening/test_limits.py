@@ -1,0 +1,227 @@
+"""Resource bounds against a hostile or broken peer: each limit refuses, is configurable and is counted.
+
+Limits tested elsewhere (not repeated here): templates per exporter and exporters in total in the decoder
+(tests/decoders/test_state.py), data waiting for templates (tests/decoders/test_pending.py), fields per template
+(tests/decoders/test_bad_input.py), metric labels, the status board and the error log under 2,000 spoofed exporters
+(tests/collector/test_parts.py::test_hostile_exporters_are_bounded_everywhere), IPDR connections and allowlist
+(tests/ipdr/test_collector.py), the Sink's pending rows (tests/mediation/test_sink.py), the spool's size and full
+policies (tests/mediation/test_clickhouse_spool.py).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import struct
+
+import pyarrow as pa
+import pytest
+from prometheus_client import CollectorRegistry
+
+from bench.exporter import bulk_datagrams
+from collector.admission import Admission, make_admission
+from collector.config import load
+from collector.metrics import Metrics
+from collector.server import Pipeline, make_sink
+from decoders.ipdr import messages as m
+from decoders.ipdr.session import ProtocolViolation
+from fuzz.targets import ipdr_connection
+from mediation.bindings import Bindings
+from mediation.radius import ATTRIBUTES, RadiusAccounting, accounting_request
+from tests.fixtures.peers import free_port
+
+T0 = 1_700_000_000_000
+SECRET = b"s3cret-for-tests"
+
+
+class ListSink:
+    """Keeps what the pipeline hands over."""
+
+    def __init__(self) -> None:
+        self.added: list[tuple[str, pa.RecordBatch]] = []
+        self.outputs: list = []
+
+    def add(self, table: str, batch: pa.RecordBatch) -> bool:
+        self.added.append((table, batch))
+        return True
+
+    def rows_from(self, exporter16: bytes) -> int:
+        return sum(pa.compute.sum(pa.compute.equal(b.column("exporter"), pa.scalar(exporter16, b.column(
+            "exporter").type))).as_py() or 0 for t, b in self.added if t == "flows")
+
+
+def _pipeline(*sets: str) -> tuple[Pipeline, ListSink, CollectorRegistry]:
+    cfg = load(None, ["mediation.enabled=false", *sets])
+    registry = CollectorRegistry()
+    sink = ListSink()
+    return Pipeline(cfg, Metrics(registry, 16), sink), sink, registry
+
+
+def _v5(n: int, records: int = 10, seed: int = 0) -> list[bytes]:
+    datagrams, _ = bulk_datagrams(5, n, records, export_ms=T0, seed=seed)
+    return datagrams
+
+
+def _mapped(ip: str) -> bytes:
+    return bytes(10) + b"\xff\xff" + bytes(int(x) for x in ip.split("."))
+
+
+def _metric(registry: CollectorRegistry, name: str, **labels: str) -> float:
+    return registry.get_sample_value(name, labels) or 0.0
+
+
+# --- exporter allowlist for flows -------------------------------------------------------------------------------
+
+def test_flow_allowlist_is_off_by_default() -> None:
+    cfg = load(None, [])
+    assert cfg.listen.allow == [] and cfg.listen.exporter_rate_limit == 0
+    assert make_admission(cfg) is None
+    pipeline, sink, _ = _pipeline()
+    assert pipeline.process([(d, "203.0.113.9", T0) for d in _v5(2)]) == 20
+
+
+def test_flow_allowlist_drops_other_exporters_before_decoding_and_counts_them() -> None:
+    pipeline, sink, registry = _pipeline('listen.allow=["192.0.2.0/24", "2001:db8::/32", "198.51.100.7"]')
+    batch = ([(d, "192.0.2.44", T0) for d in _v5(3, seed=1)] + [(d, "203.0.113.9", T0) for d in _v5(4, seed=2)]
+             + [(d, "198.51.100.7", T0) for d in _v5(1, seed=3)] + [(d, "198.51.100.8", T0) for d in _v5(2, seed=4)]
+             + [(d, "::ffff:192.0.2.45", T0) for d in _v5(1, seed=5)])
+    assert pipeline.process(batch) == (3 + 1 + 1) * 10
+    assert sink.rows_from(_mapped("192.0.2.44")) == 30 and sink.rows_from(_mapped("203.0.113.9")) == 0
+    refused = "flowmed_datagrams_refused_total"
+    assert _metric(registry, refused, exporter="203.0.113.9", reason="not_allowed") == 4
+    assert _metric(registry, refused, exporter="198.51.100.8", reason="not_allowed") == 2
+    # refused datagrams never reach the decoder: no decode counters for them
+    assert _metric(registry, "flowmed_datagrams_received_total", exporter="203.0.113.9", version="5") == 0
+    assert _metric(registry, "flowmed_datagrams_received_total", exporter="192.0.2.44", version="5") == 3
+
+
+def test_allowlist_must_be_addresses_or_prefixes() -> None:
+    from collector.configtree import ConfigError
+
+    with pytest.raises(ConfigError, match=r"listen.allow\[1\]"):
+        load(None, ['listen.allow=["10.0.0.0/8", "router-1"]'])
+
+
+# --- per-exporter rate limit ------------------------------------------------------------------------------------
+
+def test_token_bucket_per_exporter() -> None:
+    adm = Admission(rate=10, burst=5)
+    batch = [(b"x", "a", 0)] * 8 + [(b"y", "b", 0)] * 3
+    assert len(adm.filter(batch, now_s=100.0)) == 5 + 3  # a: its burst of 5; b: all 3
+    assert adm.take_refused() == {("a", "rate_limited"): 3}
+    assert len(adm.filter([(b"x", "a", 0)] * 4, now_s=100.2)) == 2  # 0.2 s at 10/s refills 2
+    assert len(adm.filter([(b"x", "a", 0)] * 100, now_s=200.0)) == 5  # never more than the burst
+    assert adm.admitted == 5 + 3 + 2 + 5 and adm.refused_total == 3 + 2 + 95
+
+
+def test_a_flooding_exporter_cannot_starve_the_others() -> None:
+    pipeline, sink, registry = _pipeline("listen.exporter_rate_limit=50", "listen.exporter_rate_burst=100")
+    flood = [(d, "192.0.2.1", T0) for d in _v5(2000, records=1, seed=7)]
+    quiet = [(d, "192.0.2.2", T0) for d in _v5(20, records=1, seed=8)]
+    mixed = flood[:1000] + quiet[:10] + flood[1000:] + quiet[10:]
+    pipeline.process(mixed)
+    assert sink.rows_from(_mapped("192.0.2.2")) == 20  # every datagram of the quiet exporter
+    assert sink.rows_from(_mapped("192.0.2.1")) <= 100 + 1  # the flooder gets its burst (plus refill, if any)
+    limited = _metric(registry, "flowmed_datagrams_refused_total", exporter="192.0.2.1", reason="rate_limited")
+    assert limited + sink.rows_from(_mapped("192.0.2.1")) == 2000  # received = decoded + counted drops
+
+
+def test_admission_state_is_bounded_by_max_exporters() -> None:
+    adm = Admission(allow=["10.0.0.0/8"], rate=1, max_exporters=100)
+    adm.filter([(b"", f"10.0.{i // 256}.{i % 256}", 0) for i in range(5000)], now_s=0.0)
+    assert len(adm._buckets) <= 100 and len(adm._verdict) <= 100
+
+
+# --- decoder limits reach the metrics -----------------------------------------------------------------------------
+
+def test_decoder_limits_are_configurable_and_counted_in_metrics() -> None:
+    pipeline, _, registry = _pipeline("decoder.max_exporters=2", "decoder.max_templates_per_exporter=1")
+    datagrams, first = bulk_datagrams(9, 1, 1, export_ms=T0, template_id=300)
+    other, other_first = bulk_datagrams(9, 1, 1, export_ms=T0, template_id=301)
+    pipeline.process([(first, "192.0.2.1", T0), (other_first, "192.0.2.1", T0),
+                      (first, "192.0.2.2", T0), (first, "192.0.2.3", T0)])
+    hits = "flowmed_decoder_limit_hits_total"
+    assert _metric(registry, hits, exporter="192.0.2.1", limit="max_templates_per_exporter") == 1
+    assert _metric(registry, hits, exporter="192.0.2.3", limit="max_exporters") == 1
+
+
+# --- IPDR/SP message size and sessions ----------------------------------------------------------------------------
+
+def test_ipdr_message_size_limit_closes_the_connection() -> None:
+    conn = ipdr_connection()  # max_message_size 64 KiB
+    huge = struct.pack(">BBBBI", 2, m.MsgId.DATA, 1, 0, (1 << 16) + 1)  # only the header: refused before buffering
+    events = conn.receive_data(huge)
+    (v,) = [e for e in events if isinstance(e, ProtocolViolation)]
+    assert v.fatal and v.reason == "bad_length" and conn.framer.pending_bytes <= 8
+
+
+def test_ipdr_sessions_per_connection_are_bounded() -> None:
+    conn = ipdr_connection()  # max_sessions 4: sessions 1 and 2 are started
+    blocks = tuple(m.SessionBlock(sid, f"s{sid}") for sid in range(1, 40))
+    conn.receive_data(m.encode(m.GetSessionsResponse(1, blocks)))
+    for sid in range(3, 40):
+        data = m.encode(m.TemplateData(sid))
+        conn.receive_data(data)
+    assert len(conn.sessions) <= 4
+
+
+def test_ipdr_limits_are_configurable() -> None:
+    cfg = load(None, ["ipdr.max_sessions=3", "ipdr.max_message_size=4096", "ipdr.max_connections=2"])
+    assert (cfg.ipdr.max_sessions, cfg.ipdr.max_message_size, cfg.ipdr.max_connections) == (3, 4096, 2)
+    # allowlist on by default for IPDR
+    assert load(None, []).ipdr.allowlist is True
+
+
+# --- RADIUS sessions and queue ------------------------------------------------------------------------------------
+
+def _radius_config(*extra: str):
+    return load(None, ["radius.enabled=true", f'radius.listen=["127.0.0.1:{free_port()}"]',
+                       f'radius.clients=[{{address="127.0.0.1", secret="{SECRET.decode()}", name="nas1"}}]',
+                       *extra])
+
+
+def _start(ident: int, session: str) -> bytes:
+    attrs = [(ATTRIBUTES["Acct-Status-Type"], struct.pack("!I", 1)), (ATTRIBUTES["User-Name"], b"u" + session.encode()),
+             (ATTRIBUTES["Acct-Session-Id"], session.encode()),
+             (ATTRIBUTES["Framed-IP-Address"], bytes([100, 64, 0, ident % 250 + 1]))]
+    return accounting_request(ident % 256, attrs, SECRET)
+
+
+def test_radius_open_sessions_are_bounded_and_refusals_counted() -> None:
+    acct = RadiusAccounting(_radius_config("radius.max_sessions=3").radius, Bindings(), 300_000)
+    res = acct.handle([(_start(i, f"s{i}"), ("127.0.0.1", 1)) for i in range(10)], T0)
+    assert acct.open_sessions() == 3 and len(res.responses) == 3  # refused Starts are not answered
+    assert acct.counters[("nas1", "too_many_sessions")] == 7 and acct.counters[("nas1", "ok")] == 3
+
+
+def test_radius_queue_is_bounded_and_counted() -> None:
+    from collector.radius_listener import start_radius
+
+    async def main() -> tuple[int, dict]:
+        cfg = _radius_config("radius.max_queue=4")
+        server = await start_radius(asyncio.get_running_loop(), cfg, Bindings(), lambda t, b: None)
+        try:
+            for i in range(20):  # synchronously, as a burst read from the socket before the writer runs
+                server.received(_start(i, f"q{i}"), ("127.0.0.1", 1), None)
+            return server.dropped, dict(server.accounting.counters)
+        finally:
+            await server.stop()
+
+    dropped, counters = asyncio.run(main())
+    assert dropped == 16 and counters[("queue", "dropped_queue_full")] == 16
+
+
+def test_radius_unknown_clients_share_one_label_and_are_not_answered() -> None:
+    acct = RadiusAccounting(_radius_config().radius, Bindings(), 300_000)
+    res = acct.handle([(_start(i, f"x{i}"), (f"10.9.{i // 256}.{i % 256}", 1)) for i in range(500)], T0)
+    assert res.responses == [] and acct.counters == {("unknown", "unknown_client"): 500}
+
+
+# --- Sink pending rows: configurable --------------------------------------------------------------------------------
+
+def test_sink_pending_rows_limit_comes_from_the_config(tmp_path) -> None:
+    cfg = load(None, [f"store.path={tmp_path}", "store.max_pending_rows=1234"])
+    sink = make_sink(cfg, Metrics(CollectorRegistry()))
+    try:
+        assert sink.max_pending_rows == 1234
+    finally:
+        sink.close()
