@@ -428,7 +428,8 @@ def diff_records(new: pa.Table, current: pa.Table) -> tuple[pa.Table, tuple[int,
             eq &= pc.fill_null(pc.equal(a, b), False).to_numpy(zero_copy_only=False)
         same[matched] = eq
         cur_version[matched] = current["version"].take(take_cur).to_numpy().astype(np.uint64)
-    gone = _match(current["record_id"], new["record_id"]) < 0 if current.num_rows else np.zeros(0, dtype=bool)
+    gone = np.ones(current.num_rows, dtype=bool)  # current rows no new record matched (record ids are unique)
+    gone[pos[matched]] = False
     cur_void = current["void"].to_numpy().astype(bool) if current.num_rows else np.zeros(0, dtype=bool)
     write_void = gone & ~cur_void
     write_new = ~(in_cur & same)
@@ -507,7 +508,8 @@ def diff_events(new: pa.Table, current: pa.Table) -> pa.Table:
         t = new.take(pa.array(w)).select([*EVENT_SCHEMA.names, "period_start"])
         parts.append(t.append_column("version", pa.array(version[w] + 1)))
     if current.num_rows:
-        gone = _match(current["event_id"], new["event_id"]) < 0
+        gone = np.ones(current.num_rows, dtype=bool)
+        gone[pos[matched]] = False
         withdrawn = pc.fill_null(pc.equal(current["detail"], "withdrawn"), False).to_numpy(zero_copy_only=False)
         g = np.flatnonzero(gone & ~withdrawn)
         if len(g):

@@ -227,3 +227,24 @@ def test_dst_cycle_and_mid_cycle_plan_change_through_the_store(store_env):
     carol = job.engine.query(current_sql("subscriber_id = 'carol'", columns="band, version, amount_micros"))
     assert sorted(tuple(r.values()) for r in carol.to_pylist()) == [
         ("any", 1, 0), ("minimum", 1, 3_000_000), ("minimum", 1, 3_000_000)]
+
+
+def test_records_that_go_away_are_voided(store_env):
+    add, make_job = store_env
+    add([("alice", "2026-11-02T21:00:00+01:00", "down", "default", 3_000_000_000)])
+    job = make_job()
+    job.run(now_ms=NOW)
+    # 3 GB off-peak: 1 GB over the allowance * 0.60.
+    assert current(job) == {rid("2026-11-02T21:00:00+01:00", "down", "offpeak"): (1, 3_000_000_000, 600_000)}
+    # The assignment was wrong: alice has no plan in November. Re-rating withdraws her record (a void version)
+    # and reports her usage as unrated.
+    fixed = make_job(asg="subscriber_id,plan_id,from\nalice,home,2026-12-01T00:00:00+01:00\n")
+    r = fixed.run("rerate", from_ms=ms("2026-11-01T00:00:00+01:00"), to_ms=ms("2026-11-10T00:00:00+01:00"),
+                  now_ms=NOW)
+    assert (r.records_voided, r.records_new, r.unrated_bytes) == (1, 0, 3_000_000_000)
+    assert r.per_subscriber == {("alice", "EUR"): (600_000, 0)}
+    assert current(fixed) == {}
+    assert fixed.engine.query("SELECT count() AS n FROM rated_usage").column("n")[0].as_py() == 2
+    again = fixed.run("rerate", from_ms=ms("2026-11-01T00:00:00+01:00"), to_ms=ms("2026-11-10T00:00:00+01:00"),
+                      now_ms=NOW)
+    assert (again.records_voided, again.records_new, again.events_written) == (0, 0, 0)
