@@ -461,7 +461,8 @@ def address_lookup(config: Config) -> Callable[[Any, Any], Any] | None:
             bindings.refresh()
             last[0] = now
         idx, _ = bindings.lookup(np.asarray(addresses, dtype="S16"), np.asarray(times, dtype=np.int64))
-        names = bindings.subscriber_names()
+        names = bindings.subscriber_names
+        names = names() if callable(names) else names
         if not len(names):
             return np.full(len(idx), "", dtype=object)
         return np.where(idx >= 0, names[np.maximum(idx, 0)], "").astype(object)

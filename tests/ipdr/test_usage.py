@@ -135,3 +135,23 @@ def test_cm_subscriber_file(tmp_path):
     import os
     os.utime(path, (1, 1))
     assert not subs.reload() and subs.lookup(np.array([MAC], np.uint64)).tolist() == ["alice"]
+
+
+def test_unmapped_cm_mac_attributed_through_address_bindings(tmp_path):
+    from collector.config import load
+    from collector.ipdr import address_lookup
+    from mediation.bindings import Bindings
+
+    config = load(None, [f"store.path={tmp_path}"])
+    bindings = Bindings(config.data_path(config.subscribers.bindings_db))
+    bindings.open("carol", "10.0.0.9", T0 - 3_600_000)
+    bindings.commit()
+    u = IpdrUsage(None, CmSubscribers.from_dict({MAC: "alice"}), preexisting="count",
+                  address_lookup=address_lookup(config))
+    rows = [rec(0, 100), {**rec(0, 300, mac=0xBEEF), "CmIpv4Addr": "10.0.0.9"},
+            {**rec(0, 50, mac=0xCAFE), "CmIpv4Addr": "10.0.0.10"}]
+    res = u.process(make_event(rows), "cmts1", EXPORTER_IP, T0)
+    got = sorted((r["subscriber_id"], r["direction"], r["bytes"]) for r in res.usage.to_pylist())
+    assert got == [("", "unattributed", 50), ("alice", "down", 100), ("carol", "down", 300)]
+    assert res.ipdr_records.column("subscriber_id").to_pylist() == ["alice", "carol", ""]
+    bindings.close()
