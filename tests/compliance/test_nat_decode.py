@@ -1,0 +1,146 @@
+"""CGNAT logging decode: the scenario's NAT IPFIX / NetFlow v9 capture decoded by tshark (an independent decoder) and
+by flowmed, compared field by field; natEvent code tables of RFC 8158 and the pre-RFC draft; port ranges."""
+
+from __future__ import annotations
+
+import ipaddress
+
+import numpy as np
+import pytest
+
+from bench.exporter import IpfixExporter, template
+from bench.pcapwrite import Datagram, write_pcap
+from collector.config import load
+from decoders.flows import FlowDecoder
+from decoders.schema import FLOWS
+from mediation.bindings import Bindings
+from mediation.compliance import ComplianceStage
+from mediation.nat import END, OTHER, SCOPES, START, classify, port_range, without_nat_only
+from tests.compliance import scenario
+from tests.fixtures.tshark import (
+    record_addr,
+    record_int,
+    record_times_ms,
+    tshark_abs_time_ms,
+    tshark_messages,
+    tshark_records,
+)
+
+
+def _text(value: bytes) -> str:
+    a = ipaddress.IPv6Address(bytes(value).ljust(16, b"\0"))
+    text = str(a.ipv4_mapped) if a.ipv4_mapped is not None else str(a)
+    return "" if text in ("::", "0.0.0.0") else text
+
+
+def decode(datagrams, dialect: str = "rfc8158"):
+    flows = FLOWS.to_arrow(FlowDecoder().decode(datagrams).flows)
+    stage = ComplianceStage(load(None, [f"compliance.nat_event_codes={dialect}"]), Bindings(None))
+    return flows, stage.process(flows, scenario.T0 + 3600_000)
+
+
+@pytest.mark.external
+def test_nat_capture_agrees_with_tshark_field_by_field(tmp_path):
+    pcap = tmp_path / "nat.pcap"
+    write_pcap(pcap, [Datagram(p, src, time_ms=t) for p, src, t in scenario.datagrams()])
+    theirs = tshark_records(tshark_messages(pcap, [2055]), options=None)
+    flows, out = decode(scenario.datagrams())
+    events = out["nat_events"].to_pylist()
+    nat_records = [r for r in theirs if "cflow.nat_event" in r]
+    assert len(nat_records) == len(scenario.SESSIONS) + len(scenario.BLOCKS)
+    ours = [e for e in events if e["nat_event"]]
+    assert len(ours) == len(nat_records)
+    for t, o in zip(nat_records, ours, strict=True):
+        assert int(o["time"].timestamp() * 1000) == tshark_abs_time_ms(str(t["cflow.observation_time_milliseconds"]))
+        assert o["nat_event"] == record_int(t, "cflow.nat_event")
+        assert _text(o["private_addr"]) == record_addr(t, "src")
+        assert _text(o["public_addr"]) == ("" if str(t["cflow.post_natsource_ipv4_address"]) == "0.0.0.0"
+                                           else str(t["cflow.post_natsource_ipv4_address"]))
+        assert _text(o["exporter"]) == {"10": scenario.NAT1, "9": scenario.NAT2}[str(t["cflow.version"])]
+        if "cflow.port_range_start" in t:  # a port block (v9, draft codes)
+            assert o["scope"] == "block"
+            assert (o["public_port_start"], o["public_port_end"], o["port_step"]) == (
+                record_int(t, "cflow.port_range_start"), record_int(t, "cflow.port_range_end"),
+                record_int(t, "cflow.port_range_step_size"))
+            assert o["public_port_end"] - o["public_port_start"] + 1 == record_int(t, "cflow.port_range_num_ports")
+            assert o["action"] == {14: START, 15: END}[o["nat_event"]]
+        else:
+            assert o["scope"] == ("session" if o["nat_event"] in (4, 5) else "other")
+            assert o["private_port"] == record_int(t, "cflow.srcport")
+            assert o["public_port_start"] == o["public_port_end"] == record_int(
+                t, "cflow.post_naptsource_transport_port")
+            assert _text(o["dst_addr"]) == record_addr(t, "dst")
+            assert o["dst_port"] == record_int(t, "cflow.dstport")
+            assert o["protocol"] == record_int(t, "cflow.protocol")
+            assert o["nat_pool_id"] == record_int(t, "cflow.nat_pool_id")
+            assert o["action"] == {4: START, 5: END, 3: OTHER}[o["nat_event"]]
+    # the flow records with pre- and post-NAT fields: the compliance records and the observed translations
+    flow_records = [r for r in theirs if "cflow.octets" in r]
+    records = out["ip_detail_records"].to_pylist()
+    assert len(records) == len(flow_records)
+    for t, o in zip(flow_records, records, strict=True):
+        start, end = record_times_ms(t)
+        assert (int(o["flow_start"].timestamp() * 1000), int(o["flow_end"].timestamp() * 1000)) == (start, end)
+        assert _text(o["src_addr"]) == record_addr(t, "src") and _text(o["dst_addr"]) == record_addr(t, "dst")
+        assert o["bytes"] == record_int(t, "cflow.octets") and o["packets"] == record_int(t, "cflow.packets")
+        assert o["src_port"] == record_int(t, "cflow.srcport") and o["dst_port"] == record_int(t, "cflow.dstport")
+        post = str(t.get("cflow.post_natsource_ipv4_address", ""))
+        assert _text(o["nat_addr"]) == ("" if post in ("", "0.0.0.0") else post)
+        assert o["nat_port"] == (record_int(t, "cflow.post_naptsource_transport_port") if _text(o["nat_addr"]) else 0)
+        assert o["status"] == "unattributed"  # no bindings in this test
+    observed = [e for e in events if e["scope"] == "flow"]
+    assert len(observed) == sum(1 for r in flow_records
+                                if str(r.get("cflow.post_natsource_ipv4_address", "0.0.0.0")) != "0.0.0.0")
+    assert all(e["action"] == 3 for e in observed)
+    # NAT-only records do not go to usage mediation (they would be rejected as zero counters)
+    assert without_nat_only(flows).num_rows == flows.num_rows - len(nat_records)
+
+
+def test_event_codes_in_both_dialects():
+    codes = np.array([1, 2, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15, 16, 17, 3, 18], dtype=np.uint8)
+    no_range = np.zeros(len(codes), dtype=bool)
+    action, scope = classify(codes, no_range, "rfc8158")
+    names = [SCOPES[s] for s in scope]
+    assert list(action[:8]) == [START, END] * 4 and names[:8] == ["session"] * 8
+    assert list(action[8:10]) == [START, END] and names[8:10] == ["session", "session"]  # NAT64 BIB
+    assert list(action[10:12]) == [OTHER, OTHER]  # ports exhausted, quota exceeded
+    assert list(action[12:14]) == [START, END] and names[12:14] == ["address", "address"]
+    assert list(action[14:16]) == [START, END] and names[14:16] == ["block", "block"]
+    assert list(action[16:]) == [OTHER, OTHER]
+    action, scope = classify(codes, no_range, "draft")
+    names = [SCOPES[s] for s in scope]
+    assert list(action[8:10]) == [OTHER, OTHER]  # ports exhausted, quota exceeded
+    assert list(action[10:12]) == [START, END] and names[10:12] == ["address", "address"]
+    assert list(action[12:14]) == [START, END] and names[12:14] == ["block", "block"]
+    assert list(action[14:16]) == [OTHER, OTHER]
+    # with a port range, 14/16 allocate and 15/17 release in either dialect
+    with_range = np.ones(4, dtype=bool)
+    for dialect in ("rfc8158", "draft"):
+        action, scope = classify(np.array([14, 15, 16, 17], np.uint8), with_range, dialect)
+        assert list(action) == [START, END, START, END] and {SCOPES[s] for s in scope} == {"block"}
+    with pytest.raises(ValueError):
+        classify(codes, no_range, "vendor-x")
+
+
+def test_port_range_from_count_and_step():
+    first, last, step = port_range(np.array([1024, 2000, 3000, 60000]), np.array([0, 2063, 0, 0]),
+                                   np.array([0, 1, 4, 1]), np.array([64, 64, 8, 10000]))
+    assert list(first) == [1024, 2000, 3000, 60000]
+    assert list(last) == [1087, 2063, 3028, 65535]  # count x step; explicit end wins; clipped at 65535
+    assert list(step) == [1, 1, 4, 1]
+
+
+def test_v9_rfc_codes_and_ipv6_translation():
+    """An IPFIX NAT64-style session with IPv6 post-NAT address (IE 281) and RFC code 6/7 decodes as a session."""
+    ex = IpfixExporter(3)
+    tmpl = template(310, "observationTimeMilliseconds", "natEvent", "protocolIdentifier", "sourceIPv4Address",
+                    "sourceTransportPort", "postNATSourceIPv6Address", "postNAPTSourceTransportPort")
+    rec = {"observationTimeMilliseconds": scenario.T0, "natEvent": 6, "protocolIdentifier": 17,
+           "sourceIPv4Address": "100.64.1.9", "sourceTransportPort": 53, "postNATSourceIPv6Address": "2001:db8::64",
+           "postNAPTSourceTransportPort": 61000}
+    _, out = decode([(ex.datagram(ex.templates(tmpl), ex.data(tmpl, [rec]), export_ms=scenario.T0), "192.0.2.3",
+                      scenario.T0)])
+    (e,) = out["nat_events"].to_pylist()
+    assert (e["scope"], e["action"], _text(e["public_addr"]), e["public_port_start"], e["protocol"]) == (
+        "session", START, "2001:db8::64", 61000, 17)
+    assert "ip_detail_records" not in out
