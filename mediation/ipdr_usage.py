@@ -17,7 +17,9 @@ apart). Per record, in ``RecCreationTime`` order:
 * ``wrap`` / ``wrap32``: counter went down without a reboot: a 64-bit wrap (a 32-bit one when the previous value was
   below 2^32, for CMTSs still wrapping at 32 bits).
 * A Stop record (RecType 2) gives its delta, then leaves a tombstone; a later record with the same key and a newer
-  time is a new instance. Missing interims (suppressed, lost) need nothing: the next delta covers the gap.
+  time is a new instance. Instances not seen for ``tombstone_retention_s`` (tombstones, and flows that vanished
+  without a Stop, as in a CMTS reboot) are forgotten when the journal is compacted.
+* Missing interims (suppressed, lost) need nothing: the next delta covers the gap.
 
 Exactly once: the caller writes the usage rows, makes them durable (``Sink.flush()``), then :meth:`IpdrUsage.commit`
 appends the changed state (SF baselines and per-session DSN watermarks) to a journal and fsyncs it, and only then
@@ -229,12 +231,13 @@ class _State:
         self.journal_rows += len(rows)
         self.dirty.clear()
 
-    def compact(self, drop_stopped_before_ms: int) -> None:
-        """Write a new snapshot (without old tombstones), start a new journal, remove the old files."""
+    def compact(self, drop_before_ms: int) -> None:
+        """Write a new snapshot without instances last seen before ``drop_before_ms`` (tombstones of stopped flows,
+        and flows that vanished without a Stop, e.g. in a CMTS reboot), start a new journal, remove the old files."""
         if self.dir is None:
             return
         live = self.rows[: self.n]
-        keep = ~((live["stopped"] == 1) & (live["rec_time"] < drop_stopped_before_ms))
+        keep = live["rec_time"] >= drop_before_ms
         rows = np.ascontiguousarray(live[keep])
         gen = self.gen + 1
         snap, _ = self._paths(gen)
@@ -328,7 +331,13 @@ class IpdrUsage:
         keep = np.ones(n, dtype=bool) if watermark is None else ev.dsn > np.uint64(watermark)
         self._count("redelivered", n - int(keep.sum()))
         if n:
-            self.state.meta["watermarks"][wm_key] = max(int(ev.dsn.max()), watermark or 0)
+            marks = self.state.meta["watermarks"]
+            if wm_key not in marks:  # a new exporter boot: keep only the two latest boots of this session
+                prefix = wm_key.rpartition("|")[0] + "|"
+                older = sorted((k for k in marks if k.startswith(prefix)), key=lambda k: int(k.rpartition("|")[2]))
+                for k in older[:-1]:
+                    del marks[k]
+            marks[wm_key] = max(int(ev.dsn.max()), watermark or 0)
         cols = {CANONICAL.get(k.lower(), k): v for k, v in recs.columns.items()}
         if not keep.all():
             idx = np.flatnonzero(keep)

@@ -219,3 +219,62 @@ def test_failed_flush_acknowledges_nothing(sink, tmp_path, flush_fails):
 
     sim = run(scenario())
     assert sink.usage_by_subscriber() == sim.expected_usage(_subs(sim))
+
+
+def test_several_cmts_at_once_and_one_failing_does_not_stall_the_others(sink, tmp_path):
+    async def scenario():
+        sims = [CmtsSimulator(10, host_name=f"cmts{i}.example.net", ack_sequence_interval=8, seed=i)
+                for i in range(2)]
+        for i, s in enumerate(sims):  # distinct modems per CMTS
+            for modem in s.modems:
+                modem.mac += (i + 1) << 24
+        ports = [await s.listen("127.0.0.1", 0) for s in sims]
+        dead = free_tcp_port()  # a configured CMTS that refuses connections
+        subs = {mm.mac: f"sub{mm.mac:x}" for s in sims for mm in s.modems}
+        usage = IpdrUsage(tmp_path / "state", CmSubscribers.from_dict(subs))
+        cfg = _config(0, exporters=[IpdrExporter(f"127.0.0.1:{p}", f"cmts{i}") for i, p in enumerate(ports)]
+                      + [IpdrExporter(f"127.0.0.1:{dead}", "dead")])
+        coll = IpdrCollector(cfg, sink, usage)
+        await coll.start()
+        for s in sims:
+            s.generate_interval()
+        await asyncio.gather(*(s.wait_acked(timeout=20) for s in sims))
+        for s in sims:
+            s.reset_advanced()
+        for _ in range(2):
+            for s in sims:
+                s.generate_interval()
+            await asyncio.gather(*(s.wait_acked(timeout=20) for s in sims))
+        await coll.stop()
+        for s in sims:
+            await s.close()
+        return sims, subs
+
+    sims, subs = run(scenario())
+    expected: dict = {}
+    for s in sims:
+        for k, v in s.expected_usage(subs).items():
+            expected[k] = expected.get(k, 0) + v
+    assert sink.usage_by_subscriber() == expected
+    assert {r["cmts_host"] for r in sink.rows("ipdr_records")} == {"cmts0.example.net", "cmts1.example.net"}
+
+
+def test_silent_exporter_is_declared_dead_and_reconnected(sink, tmp_path):
+    async def scenario():
+        sim = CmtsSimulator(2, keepalive_s=3600)  # would send KEEP_ALIVE every 30 minutes only
+        port = await sim.listen("127.0.0.1", 0)
+        coll = await _collector(sim, sink, tmp_path / "state", port, keepalive_s=1)
+        await sim.wait_for(lambda: coll.stats.errors.get("keepalive_expired", 0) >= 1, timeout=20)
+        await sim.wait_for(lambda: coll.stats.connections_opened >= 2, timeout=20)
+        await coll.stop()
+        await sim.close()
+
+    run(scenario())
+
+
+def free_tcp_port() -> int:
+    import socket
+
+    from tests.fixtures.peers import free_port
+
+    return free_port(socket.SOCK_STREAM)
