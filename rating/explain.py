@@ -53,7 +53,8 @@ def explain_record(plan: Plan, rec: dict, seg: tuple[int, int], cyc: tuple[int, 
     after = rec["cycle_to_date"]
     before = after - q
     how = "per record" if plan.quantity_rounding == "interval" else "on the cycle-to-date total"
-    lines.append(f"    billable {_n(q)} bytes (rounded up to {_n(inc)} bytes {how}); rate card {card.name}, "
+    rounding = "no quantity rounding" if inc == 1 else f"rounded up to {_n(inc)} bytes {how}"
+    lines.append(f"    billable {_n(q)} bytes ({rounding}); rate card {card.name}, "
                  f"cycle-to-date {_n(before)} -> {_n(after)}")
     allowance = card.allowance_bytes * part // whole
     in_allow = max(0, min(after, allowance) - before)
