@@ -31,6 +31,7 @@ from __future__ import annotations
 import ipaddress
 import logging
 import os
+import socket
 import sqlite3
 import threading
 from dataclasses import dataclass
@@ -79,13 +80,20 @@ def parse_network(text: str) -> tuple[int, int, int]:
 
     IPv4 is IPv4-mapped (``/32`` becomes ``/128``); host bits are cleared.
     """
-    net = ipaddress.ip_network(text.strip(), strict=False)
-    if net.version == 4:
-        value = (0xFFFF << 32) | int(net.network_address)
-        plen = net.prefixlen + 96
-    else:
-        value = int(net.network_address)
-        plen = net.prefixlen
+    addr, _, length = text.strip().partition("/")
+    try:  # inet_pton is strict and an order of magnitude faster than ipaddress
+        if ":" in addr:
+            value, plen = int.from_bytes(socket.inet_pton(socket.AF_INET6, addr), "big"), 128
+        else:
+            value, plen = (0xFFFF << 32) | int.from_bytes(socket.inet_pton(socket.AF_INET, addr), "big"), 128
+            if length:
+                length = str(int(length) + 96) if length.isdigit() and int(length) <= 32 else "x"
+        if length:
+            if not length.isdigit() or int(length) > 128:
+                raise ValueError
+            plen = int(length)
+    except (OSError, ValueError):
+        raise ValueError(f"{text!r} is not an IP address or prefix") from None
     hi, lo = value >> 64, value & _ALL_ONES
     mhi, mlo = _masks(plen)
     return hi & mhi, lo & mlo, plen
@@ -362,7 +370,7 @@ class Bindings:
         self._name_hashes: list[int] = []
         self._name_index: dict[str, int] = {}
         self._in_tx = False
-        self._changed: set[int] = set()
+        self._tx_seqs: set[int] = set()  # sequence numbers allocated in the current transaction
         self._last_seq = 0
         self._base = BindingIndex(*(np.empty(0) for _ in range(7)))
         self._delta_rows: dict[int, tuple] = {}
@@ -425,6 +433,7 @@ class Bindings:
         row = self.conn.execute("SELECT value FROM meta WHERE key='seq'").fetchone()
         seq = (row[0] if row else 0) + 1
         self.conn.execute("INSERT OR REPLACE INTO meta(key, value) VALUES('seq', ?)", (seq,))
+        self._tx_seqs.add(seq)
         return seq
 
     def open(self, subscriber_id: str, network: str | tuple[int, int, int], valid_from: int,
@@ -441,13 +450,31 @@ class Bindings:
         if stale:
             self.conn.executemany("UPDATE bindings SET valid_to=?, seq=? WHERE id=?",
                                   [(valid_from, seq, i) for i in stale])
-            self._changed.update(stale)
         cur = self.conn.execute(
             "INSERT INTO bindings(subscriber_id, net_hi, net_lo, prefix_len, valid_from, valid_to, source, "
             "session_id, nas, seq) VALUES (?,?,?,?,?,?,?,?,?,?)",
             (subscriber_id, _s64(hi), _s64(lo), plen, valid_from, valid_to, source, session_id, nas, seq))
-        self._changed.add(cur.lastrowid)
         return int(cur.lastrowid)
+
+    def open_many(self, entries: list[tuple[str, tuple[int, int, int], int, int]], source: str = "static",
+                  session_ids: list[str] | None = None) -> int:
+        """:meth:`open` for many ``(subscriber_id, (hi, lo, prefix_len), valid_from, valid_to)`` at once (one
+        sequence number, batched statements: a static file of 100,000 lines)."""
+        if not entries:
+            return 0
+        self._begin()
+        seq = self._next_seq()
+        self.conn.executemany(
+            "UPDATE bindings SET valid_to=?, seq=? WHERE net_hi=? AND net_lo=? AND prefix_len=? AND valid_to>? "
+            "AND valid_from<=?",
+            [(vf, seq, _s64(n[0]), _s64(n[1]), n[2], vf, vf) for _, n, vf, _ in entries])
+        sessions = session_ids or [""] * len(entries)
+        self.conn.executemany(
+            "INSERT INTO bindings(subscriber_id, net_hi, net_lo, prefix_len, valid_from, valid_to, source, "
+            "session_id, nas, seq) VALUES (?,?,?,?,?,?,?,?,'',?)",
+            [(sub, _s64(n[0]), _s64(n[1]), n[2], vf, vt, source, sid, seq)
+             for (sub, n, vf, vt), sid in zip(entries, sessions, strict=True)])
+        return len(entries)
 
     def _close_where(self, where: str, args: tuple, valid_to: int) -> int:
         self._begin()
@@ -458,7 +485,6 @@ class Bindings:
             # never end a binding before its start: such a binding becomes empty, not negative
             self.conn.executemany("UPDATE bindings SET valid_to=max(valid_from, ?), seq=? WHERE id=?",
                                   [(valid_to, seq, i) for i in ids])
-            self._changed.update(ids)
         return len(ids)
 
     def close_session(self, session_id: str, valid_to: int) -> int:
@@ -488,20 +514,20 @@ class Bindings:
         if self._in_tx:
             self.conn.execute("COMMIT")
             self._in_tx = False
-        changed, self._changed = self._changed, set()
+        mine, self._tx_seqs = self._tx_seqs, set()
         if self._rebuilt is not None:
             self._swap_rebuilt()
         # everything since our last look, ours and other processes' (sequence numbers are allocated in commit order)
         rows = self._fetch("seq>?", (self._last_seq,))
         self._apply(rows)
-        return self._to_batch([r for r in rows if r[0] in changed])
+        return self._to_batch([r for r in rows if r[10] in mine])
 
     def rollback(self) -> None:
         """Drop the current transaction."""
         if self._in_tx:
             self.conn.execute("ROLLBACK")
             self._in_tx = False
-        self._changed.clear()
+        self._tx_seqs.clear()
 
     # --- reading ---
     def _fetch(self, where: str, args: tuple) -> list[tuple]:

@@ -46,11 +46,13 @@ class StaticEntry:
     network: str
     valid_from: int
     valid_to: int
+    parsed: tuple[int, int, int]
+    """(hi, lo, prefix length) of ``network``."""
 
     @property
     def key(self) -> str:
         """Stable identity of the entry, stored as the binding's session_id."""
-        hi, lo, plen = parse_network(self.network)
+        hi, lo, plen = self.parsed
         return f"static:{self.subscriber_id}|{hi:x}:{lo:x}/{plen}|{self.valid_from}|{self.valid_to}"
 
 
@@ -75,14 +77,14 @@ def _entry(sub: object, network: object, vf: object, vt: object, where: str) -> 
     if not isinstance(sub, str) or not sub.strip():
         raise StaticFileError(f"{where}: empty subscriber_id")
     try:
-        parse_network(str(network))
+        parsed = parse_network(str(network))
     except ValueError:
         raise StaticFileError(f"{where}: bad address or prefix {network!r}") from None
     start = _time(vf, where) or 0
     end = _time(vt, where) or OPEN_END_MS
     if end <= start:
         raise StaticFileError(f"{where}: valid_to is not after valid_from")
-    return StaticEntry(sub.strip(), str(network).strip(), start, end)
+    return StaticEntry(sub.strip(), str(network).strip(), start, end, parsed)
 
 
 def parse_static_file(path: str | os.PathLike) -> list[StaticEntry]:
@@ -150,7 +152,7 @@ class StaticBindings:
             "SELECT id, session_id FROM bindings WHERE source='static' AND valid_to>?", (now_ms,)).fetchall()}
         known = {sid for (sid,) in self.bindings.conn.execute(
             "SELECT DISTINCT session_id FROM bindings WHERE source='static'").fetchall()}
-        opened = 0
+        todo, keys = [], []
         for key, e in wanted.items():
             if key in current:
                 continue
@@ -160,8 +162,9 @@ class StaticBindings:
                 start = max(e.valid_from, now_ms)
             else:
                 continue
-            self.bindings.open(e.subscriber_id, e.network, start, e.valid_to, source="static", session_id=key)
-            opened += 1
+            todo.append((e.subscriber_id, e.parsed, start, e.valid_to))
+            keys.append(key)
+        opened = self.bindings.open_many(todo, source="static", session_ids=keys)
         gone = [bid for sid, bid in current.items() if sid not in wanted]
         ended = self.bindings.close_ids(gone, now_ms) if gone else 0
         self.bindings.commit()
