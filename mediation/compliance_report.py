@@ -92,10 +92,10 @@ def report_sql(q: ReportQuery, source) -> str:
         "bytes, packets, IPv6NumToString(exporter) AS exporter_ip, status, binding_source, session_id, "
         "allocation_start_s, allocation_end_s "
         f"FROM (SELECT * FROM {source('ip_detail_records', q.from_ms, q.to_ms)} WHERE {where} "
-        f"ORDER BY flow_start LIMIT {int(q.limit)}) "
+        f"ORDER BY flow_start LIMIT {int(q.limit)}) AS r "
         "ANY LEFT JOIN (SELECT binding_id, toUInt32(toDateTime(argMax(valid_from, version), 'UTC')) AS "
         "allocation_start_s, toUInt32(toDateTime(argMax(valid_to, version), 'UTC')) AS allocation_end_s "
-        "FROM bindings GROUP BY binding_id) USING binding_id ORDER BY start_s, source_ip, src_port")
+        "FROM bindings GROUP BY binding_id) AS b USING binding_id ORDER BY start_s, source_ip, src_port")
 
 
 def _address(text: str) -> str:
