@@ -58,8 +58,8 @@ IPDR_RECORDS = table(
         Column("fields", "string", "Every field as JSON text (records of non-SAMIS templates; empty for SAMIS)."),
         Column("delta_octets", "u64", "Octets flowmed billed from this record (0: baseline, stale or duplicate)."),
         Column("delta_packets", "u64", "Packets flowmed billed from this record."),
-        Column("delta_reason", "string", "How the delta was derived: first, delta, wrap, wrap32, reboot, stale, "
-               "duplicate, baseline, not_samis.", low_cardinality=True),
+        Column("delta_reason", "string", "How the delta was derived: first, delta, wrap, wrap32, reboot, reset, "
+               "stale, duplicate, baseline, not_samis.", low_cardinality=True),
         Column("subscriber_id", "string", "Subscriber owning the CM MAC when billed (empty: unknown)."),
         Column("usage_row_id", "u64", "row_id of the usage row this record produced (0: none)."),
     ),

@@ -15,7 +15,8 @@ apart). Per record, in ``RecCreationTime`` order:
 * ``reboot``: CmtsSysUpTime does not agree with the time elapsed since the previous record (it went back or jumped):
   the CMTS restarted, counters restarted: delta = current.
 * ``wrap`` / ``wrap32``: counter went down without a reboot: a 64-bit wrap (a 32-bit one when the previous value was
-  below 2^32, for CMTSs still wrapping at 32 bits).
+  in [2^31, 2^32), for CMTSs still wrapping at 32 bits). ``reset``: a "64-bit wrap" of more than 2^56 octets is taken as
+  a counter reset the sysUpTime check could not see (e.g. a template without CmtsSysUpTime): delta = current.
 * A Stop record (RecType 2) gives its delta, then leaves a tombstone; a later record with the same key and a newer
   time is a new instance. Instances not seen for ``tombstone_retention_s`` (tombstones, and flows that vanished
   without a Stop, as in a CMTS reboot) are forgotten when the journal is compacted.
@@ -436,15 +437,20 @@ class IpdrUsage:
             d_o = np.where(cont, cur_o - prev_octets, cur_o)
             d_p = np.where(cont, cur_p - prev_packets, cur_p)
             wrapped = cont & (cur_o < prev_octets)
-            wrap32 = wrapped & (prev_octets < U32)
+            wrap32 = wrapped & (prev_octets < U32) & (prev_octets >= U32 // np.uint64(2))
             d_o = np.where(wrap32, d_o + U32, d_o)
-            wrap32_p = cont & (cur_p < prev_packets) & (prev_packets < U32)
+            wrap32_p = cont & (cur_p < prev_packets) & (prev_packets < U32) & (prev_packets >= U32 // np.uint64(2))
             d_p = np.where(wrap32_p, d_p + U32, d_p)
+        # A "64-bit wrap" of more than 2^56 octets (72 PB in one interval) is a counter reset the sysUpTime check
+        # could not see (no CmtsSysUpTime in the template, or a reset without a reboot): count from zero.
+        reset = wrapped & ~wrap32 & (d_o > np.uint64(2**56))
+        d_o = np.where(reset, cur_o, d_o)
+        d_p = np.where(reset, cur_p, d_p)
         d_o[duplicate] = 0
         d_p[duplicate] = 0
         fresh = ~has_prev
-        reason = np.where(duplicate, R_DUPLICATE, np.where(reboot, R_REBOOT, np.where(
-            wrap32, R_WRAP32, np.where(wrapped, R_WRAP, np.where(fresh, R_FIRST, R_DELTA))))).astype(np.int8)
+        reason = np.where(duplicate, R_DUPLICATE, np.where(reboot, R_REBOOT, np.where(reset, R_RESET, np.where(
+            wrap32, R_WRAP32, np.where(wrapped, R_WRAP, np.where(fresh, R_FIRST, R_DELTA)))))).astype(np.int8)
         if self.preexisting == "baseline" and fresh.any():
             # Flows created before collection from this CMTS began: their counters hold usage we never saw start.
             since = self._since(host_codes[order], host_names, t)
@@ -564,8 +570,8 @@ _SAMIS_COLUMNS = {
 }
 
 
-REASONS = ["stale", "first", "delta", "wrap", "wrap32", "reboot", "duplicate", "baseline"]
-R_STALE, R_FIRST, R_DELTA, R_WRAP, R_WRAP32, R_REBOOT, R_DUPLICATE, R_BASELINE = range(len(REASONS))
+REASONS = ["stale", "first", "delta", "wrap", "wrap32", "reboot", "duplicate", "baseline", "reset"]
+R_STALE, R_FIRST, R_DELTA, R_WRAP, R_WRAP32, R_REBOOT, R_DUPLICATE, R_BASELINE, R_RESET = range(len(REASONS))
 
 
 @dataclass(frozen=True, slots=True)

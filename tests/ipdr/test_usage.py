@@ -155,3 +155,10 @@ def test_unmapped_cm_mac_attributed_through_address_bindings(tmp_path):
     assert got == [("", "unattributed", 50), ("alice", "down", 100), ("carol", "down", 300)]
     assert res.ipdr_records.column("subscriber_id").to_pylist() == ["alice", "carol", ""]
     bindings.close()
+
+
+def test_reset_without_sysuptime_is_not_billed_as_a_wrap():
+    no_uptime = tuple(f for f in SAMIS_TYPE_1 if f[0] != "CmtsSysUpTime")
+    u = usage()
+    d, r = deltas(u, [rec(0, 5_000_000), rec(15, 700)], fields=no_uptime)
+    assert d == [5_000_000, 700] and r == ["first", "reset"]
