@@ -1,0 +1,52 @@
+"""``flowmed run`` with mediation on writes the compliance tables: the CGNAT scenario's datagrams sent over loopback
+UDP, then ``flowmed trace`` on the daemon's store names the static subscriber and the NAT translation."""
+
+from __future__ import annotations
+
+import csv
+import io
+import socket
+import subprocess
+import sys
+import time
+
+import pytest
+
+from tests.collector.daemon import Daemon
+from tests.compliance import scenario
+
+pytestmark = [pytest.mark.slow]
+
+
+def trace(store, *args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "collector.cli", "trace", *args, "--set", f"store.path={store}"],
+                          capture_output=True, text=True, timeout=120)
+
+
+def test_daemon_writes_compliance_tables(tmp_path):
+    static = tmp_path / "static.csv"
+    static.write_text(scenario.STATIC_CSV)
+    daemon = Daemon(tmp_path / "d", "mediation.enabled=true", f"subscribers.static_file={static}",
+                    flush_interval_s=1.0)
+    try:
+        daemon.wait_message("READY=1")
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+            for payload, _, _ in scenario.datagrams():
+                s.sendto(payload, ("127.0.0.1", daemon.port))
+        time.sleep(3)
+        assert daemon.stop() == 0, daemon.log_text()
+    finally:
+        daemon.kill()
+    frank = trace(daemon.store, "--address", "198.51.100.50", "--at", "2026-03-02T14:05:05Z")
+    assert frank.returncode == 0, frank.stderr
+    assert frank.stdout.startswith("holder: frank; inside address 198.51.100.50; NAT: none; binding: static")
+    # no RADIUS here: the NAT session names the inside address, no binding names a subscriber
+    nat = trace(daemon.store, "--address", "203.0.113.7", "--port", "40112", "--at", "2026-03-02T14:01:20Z",
+                "--format", "csv")
+    assert nat.returncode == 0, nat.stderr
+    rows = list(csv.DictReader(io.StringIO(nat.stdout)))
+    assert [r["evidence"] for r in rows] == ["nat", "nat_end", "flow"]
+    assert (rows[0]["private_addr"], rows[0]["private_port"], rows[0]["public_addr"], rows[0]["detail"]) == (
+        "100.64.0.1", "5000", "203.0.113.7", "session natEvent 4")
+    assert rows[1]["time_from"].startswith("2026-03-02 14:10:00")  # the delete
+    assert (rows[2]["bytes"], rows[2]["subscriber_id"]) == ("1234", "")
