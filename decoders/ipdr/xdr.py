@@ -206,7 +206,10 @@ def decode_records(template: CompiledTemplate, buf: bytes, starts: np.ndarray, l
     length or leave bytes over is dropped and counted in ``bad``; the others decode normally.
     """
     n = len(starts)
-    u8 = np.frombuffer(bytes(buf) + bytes(_PAD), dtype=np.uint8)
+    # a bad record's gathers are clamped to its end, so they may read one segment beyond the buffer: pad by the
+    # widest fixed segment (found by fuzzing: a 24-byte segment overran the 16-byte pad)
+    pad = max([_PAD] + [_segment_dtype(seg).itemsize for seg in template.segments if seg[0].size])
+    u8 = np.frombuffer(bytes(buf) + bytes(pad), dtype=np.uint8)
     off = np.asarray(starts, dtype=np.int64).copy()
     ends = off + np.asarray(lengths, dtype=np.int64)
     bad = np.zeros(n, dtype=bool)
