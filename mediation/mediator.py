@@ -36,6 +36,8 @@ log = logging.getLogger(__name__)
 
 UP, DOWN, UNATTRIBUTED = 0, 1, 2
 _DIRECTION_NAMES = np.array(DIRECTIONS, dtype=object)
+MAX_PARTS = 2_000_000
+"""Record parts handled at once: bounds memory when an exporter sends many long flows (a day-long flow is 288)."""
 _REASON_NAMES = np.array(("",) + REASONS, dtype=object)
 
 
@@ -129,7 +131,58 @@ class Mediator:
         dup[vidx] = self.dedup.duplicates(keys[vidx], role[vidx], now_ms)
         ok = np.flatnonzero(valid & ~dup)
 
-        # split at interval boundaries, then correlate each part at its own start time
+        # split, correlate and aggregate, in chunks of at most MAX_PARTS parts (long flows make many parts)
+        attributed_b = np.zeros(n, dtype=np.uint64)
+        unattributed_b = np.zeros(n, dtype=np.uint64)
+        usage_b = np.zeros(n, dtype=np.uint64)
+        for chunk in self._chunks(cols["flow_start"][ok], cols["flow_end"][ok]):
+            self._correlate(cols, exporter, nbytes, ok[chunk], now_ms, attributed_b, unattributed_b, usage_b)
+
+        # the balance of this batch, checked in code
+        zero = np.zeros(n, dtype=np.uint64)
+        per_record = {"records_in": np.ones(n, dtype=np.uint64), "bytes_in": nbytes,
+                      "bytes_rejected": np.where(valid, zero, nbytes), "bytes_duplicate": np.where(dup, nbytes, zero),
+                      "records_rejected": (~valid).astype(np.uint64), "records_duplicate": dup.astype(np.uint64),
+                      "bytes_attributed": attributed_b, "bytes_unattributed": unattributed_b,
+                      "bytes_usage": usage_b}
+        balanced = self.reconciler.add(cols["time_received"], exporter, per_record, {}, np.zeros(0, np.int64))
+        per_part = {"bytes_attributed": attributed_b, "bytes_unattributed": unattributed_b}
+
+        c = self.counters
+        c["records_in"] += n
+        c["bytes_in"] += int(nbytes.sum())
+        c["records_rejected"] += int((~valid).sum())
+        c["bytes_rejected"] += int(per_record["bytes_rejected"].sum())
+        c["records_duplicate"] += int(dup.sum())
+        c["bytes_duplicate"] += int(per_record["bytes_duplicate"].sum())
+        c["bytes_attributed"] += int(per_part["bytes_attributed"].sum())
+        c["bytes_unattributed"] += int(per_part["bytes_unattributed"].sum())
+        c["unbalanced_batches"] += 0 if balanced else 1
+        rejects = None
+        if not valid.all():
+            bad = np.flatnonzero(~valid)
+            for code, count in zip(*np.unique(reason[bad], return_counts=True), strict=True):
+                c[f"rejected_{REASONS[code - 1]}"] += int(count)
+            rejects = self._rejects(flows, bad, reason[bad], keys[bad], now_ms)
+        return self._emit(now_ms, force=False, rejects=rejects)
+
+    def _chunks(self, start: np.ndarray, end: np.ndarray) -> list[np.ndarray]:
+        """Index ranges of the records such that each range splits into at most MAX_PARTS parts."""
+        first = start // self.interval_ms
+        last = np.maximum(np.maximum(end, start) - 1, start) // self.interval_ms
+        total = np.cumsum(last - first + 1)
+        if not len(total) or total[-1] <= MAX_PARTS:
+            return [np.arange(len(start))]
+        cuts = np.searchsorted(total, np.arange(MAX_PARTS, int(total[-1]), MAX_PARTS), side="right")
+        bounds = np.unique(np.concatenate(([0], cuts, [len(start)])))
+        return [np.arange(a, b) for a, b in zip(bounds[:-1], bounds[1:], strict=True) if b > a]
+
+    def _correlate(self, cols: dict[str, np.ndarray], exporter: np.ndarray, nbytes: np.ndarray, ok: np.ndarray,
+                   now_ms: int, attributed_b: np.ndarray, unattributed_b: np.ndarray, usage_b: np.ndarray) -> None:
+        """Split records ``ok`` at interval boundaries, look up both addresses at each part's start, classify and
+        aggregate; add each record's attributed / unattributed / usage bytes into the given arrays."""
+        if not len(ok):
+            return
         rec, istart, pstart, overlap, duration = split_intervals(cols["flow_start"][ok], cols["flow_end"][ok],
                                                                  self.interval_ms)
         r = ok[rec]
@@ -149,7 +202,7 @@ class Mediator:
         remote_hi = np.concatenate([dst_hi[up], src_hi[down], dst_hi[none]])
         remote_lo = np.concatenate([dst_lo[up], src_lo[down], dst_lo[none]])
         remote_port = np.concatenate([cols["dst_port"][r][up], cols["src_port"][r][down], cols["dst_port"][r][none]])
-        parts = {
+        self.aggregator.add({
             "interval_start": istart[sel],
             "sub": np.concatenate([src_sub[up], dst_sub[down], np.full(len(none), -1, dtype=np.int32)]),
             "direction": np.concatenate([np.full(len(up), UP, np.uint8), np.full(len(down), DOWN, np.uint8),
@@ -157,39 +210,15 @@ class Mediator:
             "cls": self.classifier.classify(remote_hi, remote_lo, remote_port, proto[sel]),
             "exporter": exporter[r][sel],
             "bytes": pbytes[sel], "packets": ppackets[sel], "flows": pflows[sel],
-        }
-        self.aggregator.add(parts, now_ms)
-
-        # the balance of this batch, checked in code
+        }, now_ms)
+        # per record (its parts are contiguous): bytes with a subscriber, without, and written to usage
         attributed = (src_sub >= 0) | (dst_sub >= 0)
-        zero = np.zeros(n, dtype=np.uint64)
-        per_record = {"records_in": np.ones(n, dtype=np.uint64), "bytes_in": nbytes,
-                      "bytes_rejected": np.where(valid, zero, nbytes), "bytes_duplicate": np.where(dup, nbytes, zero),
-                      "records_rejected": (~valid).astype(np.uint64), "records_duplicate": dup.astype(np.uint64)}
         pzero = np.zeros(len(r), dtype=np.uint64)
-        usage_bytes = pbytes * ((src_sub >= 0).astype(np.uint64) + (dst_sub >= 0).astype(np.uint64)
-                                + (~attributed).astype(np.uint64))
-        per_part = {"bytes_attributed": np.where(attributed, pbytes, pzero),
-                    "bytes_unattributed": np.where(attributed, pzero, pbytes), "bytes_usage": usage_bytes}
-        balanced = self.reconciler.add(cols["time_received"], exporter, per_record, per_part, r)
-
-        c = self.counters
-        c["records_in"] += n
-        c["bytes_in"] += int(nbytes.sum())
-        c["records_rejected"] += int((~valid).sum())
-        c["bytes_rejected"] += int(per_record["bytes_rejected"].sum())
-        c["records_duplicate"] += int(dup.sum())
-        c["bytes_duplicate"] += int(per_record["bytes_duplicate"].sum())
-        c["bytes_attributed"] += int(per_part["bytes_attributed"].sum())
-        c["bytes_unattributed"] += int(per_part["bytes_unattributed"].sum())
-        c["unbalanced_batches"] += 0 if balanced else 1
-        rejects = None
-        if not valid.all():
-            bad = np.flatnonzero(~valid)
-            for code, count in zip(*np.unique(reason[bad], return_counts=True), strict=True):
-                c[f"rejected_{REASONS[code - 1]}"] += int(count)
-            rejects = self._rejects(flows, bad, reason[bad], keys[bad], now_ms)
-        return self._emit(now_ms, force=False, rejects=rejects)
+        first = np.flatnonzero(np.concatenate(([True], rec[1:] != rec[:-1])))
+        attributed_b[ok] = np.add.reduceat(np.where(attributed, pbytes, pzero), first)
+        unattributed_b[ok] = np.add.reduceat(np.where(attributed, pzero, pbytes), first)
+        sides = (src_sub >= 0).astype(np.uint64) + (dst_sub >= 0).astype(np.uint64) + (~attributed).astype(np.uint64)
+        usage_b[ok] = np.add.reduceat(pbytes * sides, first)
 
     def tick(self, now_ms: int) -> dict[str, pa.RecordBatch]:
         """Close the intervals whose watermark has passed when no flows arrive (call about once a second)."""

@@ -224,3 +224,15 @@ def test_every_byte_is_accounted_for_exactly_once(records, now_offset):
     assert total["bytes_attributed"] + total["bytes_unattributed"] <= usage <= 2 * total["bytes_attributed"] + \
         total["bytes_unattributed"]
     assert m.counters["unbalanced_batches"] == 0
+
+
+def test_many_parts_are_handled_in_chunks_with_the_same_result(monkeypatch):
+    import mediation.mediator as mediator_mod
+
+    monkeypatch.setattr(mediator_mod, "MAX_PARTS", 3)  # the three-interval flow alone fills a chunk
+    m = Mediator(config(), subscribers())
+    outs = run_scenario(m)
+    assert usage_totals(tables(outs, "usage")) == EXPECTED
+    recon = pa.Table.from_batches(tables(outs, "reconciliation")).to_pylist()
+    assert sum(r["bytes_in"] for r in recon) == 15749 and all(r["balanced"] for r in recon)
+    assert len(m._chunks(np.array([0, 0, 0, 0]), np.array([INTERVAL * 2, 1, 1, 1]))) == 2
