@@ -281,6 +281,8 @@ class CmtsSimulator:
             await conn.run(initiator)
         except (ConnectionError, asyncio.IncompleteReadError, OSError):
             pass
+        except asyncio.CancelledError:  # the simulator is shutting down: end this connection quietly
+            pass
         finally:
             self._conns.discard(conn)
             writer.close()
