@@ -52,6 +52,8 @@ ATTRIBUTES = {
     "NAS-Port-Id": 87, "NAS-IPv6-Address": 95, "Framed-IPv6-Prefix": 97, "Delegated-IPv6-Prefix": 123,
     "Framed-IPv6-Address": 168,
 }
+MAX_CLOCK_AHEAD_MS = 300_000
+"""An Event-Timestamp further ahead of our clock than this is not believed (the receive time is used, counted)."""
 ANSWERED_ERRORS = {"no_subscriber_id"}
 """Refusals that are still acknowledged: retransmitting would not help, and an unanswered request can hold up the
 NAS's accounting queue. Everything else is not answered (malformed, bad secret, unknown client, over a limit)."""
@@ -194,6 +196,8 @@ class RadiusAccounting:
         self._recent: OrderedDict[tuple, bytes] = OrderedDict()
         self.counters: dict[tuple[str, str], int] = {}
         self.expired = 0
+        self._skewed = 0
+        """Requests whose Event-Timestamp was too far ahead (the receive time was used instead)."""
         self._new_sessions = 0
 
     def _count(self, client: str, result: str) -> None:
@@ -327,6 +331,9 @@ class RadiusAccounting:
         event = p.integer(ATTRIBUTES["Event-Timestamp"])
         delay = p.integer(ATTRIBUTES["Acct-Delay-Time"]) or 0
         t = event * 1000 if event else now_ms - delay * 1000
+        if event and t > now_ms + MAX_CLOCK_AHEAD_MS:  # a NAS clock far ahead would bind the future
+            self._skewed += 1
+            t = now_ms - delay * 1000
         if status in (ACCOUNTING_ON, ACCOUNTING_OFF):
             n = self.bindings.close_nas(nas, t)
             self.bindings.conn.execute("DELETE FROM radius_sessions WHERE nas=?", (nas,))

@@ -318,3 +318,9 @@ def test_silent_sessions_expire():
     assert changed.column("subscriber_id").to_pylist() == ["alice"] and h.acct.open_sessions() == 1
     assert who(h.b, "100.64.0.1", T0 + 3600_000) == "alice" and who(h.b, "100.64.0.1", T0 + 3600_001) == ""
     assert who(h.b, "100.64.0.2", T0 + 3600_001) == "bob"
+
+
+def test_event_timestamp_from_a_clock_far_ahead_is_not_believed():
+    h = Harness()
+    h.send(attrs(1, t=T0 + 86400_000, Framed_IP_Address="100.64.0.1"))  # the harness receives at T0
+    assert who(h.b, "100.64.0.1", T0) == "alice" and h.acct._skewed == 1
