@@ -140,6 +140,8 @@ def test_disconnect_with_redelivery_counts_once(sink, tmp_path):
     sim, coll = run(scenario())
     assert sink.usage_by_subscriber() == sim.expected_usage(_subs(sim))
     assert coll.stats.connections_opened >= 2
+    # the exporter re-sent what was in flight (flagged duplicate): recognised, not billed again
+    assert coll.usage.counters.get("redelivered", 0) + coll.usage.counters.get("stale", 0) > 0
 
 
 def test_malformed_messages_close_only_the_affected_session(sink, tmp_path):
