@@ -69,10 +69,14 @@ class Harness:
         self.ident = 0
         self.usage = []
 
-    def send(self, attributes, secret=SECRET, addr=NAS, raw: bytes | None = None):
+    def send(self, attributes, secret=SECRET, addr=NAS, raw: bytes | None = None, now: int | None = None):
         self.ident = (self.ident + 1) % 256
         data = raw if raw is not None else accounting_request(self.ident, attributes, secret)
-        result = self.acct.handle([(data, addr)], T0)
+        if now is None:  # received a second after the event it reports
+            stamps = [struct.unpack("!I", v)[0] * 1000 for t, v in attributes or []
+                      if t == ATTRIBUTES["Event-Timestamp"]]
+            now = max(stamps, default=T0) + 1000
+        result = self.acct.handle([(data, addr)], now)
         if result.usage is not None:
             self.usage.append(result.usage)
         return result
@@ -322,5 +326,5 @@ def test_silent_sessions_expire():
 
 def test_event_timestamp_from_a_clock_far_ahead_is_not_believed():
     h = Harness()
-    h.send(attrs(1, t=T0 + 86400_000, Framed_IP_Address="100.64.0.1"))  # the harness receives at T0
+    h.send(attrs(1, t=T0 + 86400_000, Framed_IP_Address="100.64.0.1"), now=T0)
     assert who(h.b, "100.64.0.1", T0) == "alice" and h.acct._skewed == 1
