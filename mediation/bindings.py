@@ -269,6 +269,8 @@ class BindingIndex:
             else:
                 todo = None if g is self.groups[0] else np.flatnonzero(plen < 0)
             if todo is not None and len(todo) == 0:
+                if g.v6_only and (plen < 0).any():
+                    continue  # only IPv4 queries are left: the next (IPv4-holding) groups still apply
                 break
             qhi, qlo, qt = (hi, lo, t) if todo is None else (hi[todo], lo[todo], t[todo])
             gpos = self._lookup_group(g, qhi, qlo, qt)
