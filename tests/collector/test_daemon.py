@@ -283,3 +283,34 @@ def test_clickhouse_down_spools_and_status_shows_it(tmp_path: Path) -> None:
         d.kill()
     assert stored_flows(d.store) == sent
     assert list((d.store / "spool").glob("*.arrow"))  # kept for the next start
+
+
+def test_ipv4_and_ipv6_endpoints_in_one_daemon(tmp_path: Path) -> None:
+    import socket
+
+    from mediation.query import QueryEngine
+    from tests.collector.test_listener import _ipv6_loopback
+    from tests.fixtures.peers import free_port
+
+    if not _ipv6_loopback():
+        pytest.skip("no IPv6 loopback on this machine")
+    port4, port6 = free_port(), free_port()
+    d = Daemon(tmp_path, f'listen.udp=["127.0.0.1:{port4}", "[::1]:{port6}"]')
+    v4 = V9Traffic(seed=1)
+    v6 = V9Traffic(seed=2)
+    v6.sock.close()
+    v6.sock = socket.socket(socket.AF_INET6, socket.SOCK_DGRAM)
+    try:
+        d.wait_message("READY=1")
+        for payload in v4.datagrams(5):
+            v4.sock.sendto(payload, ("127.0.0.1", port4))
+        for payload in v6.datagrams(7):
+            v6.sock.sendto(payload, ("::1", port6))
+        assert d.stop() == 0, d.log_text()
+    finally:
+        v4.close()
+        v6.close()
+        d.kill()
+    with QueryEngine.for_store(d.store) as q:
+        rows = q.query("SELECT exporter, count() AS n FROM flows GROUP BY exporter").to_pylist()
+    assert {r["exporter"]: r["n"] for r in rows} == {"127.0.0.1": 150, "::1": 210}
