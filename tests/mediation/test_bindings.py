@@ -237,3 +237,12 @@ def test_background_rebuild_keeps_changes_made_meanwhile(tmp_path, monkeypatch):
     assert reader._rebuilt is None and len(reader._base) == 6
     assert names(reader, [f"10.0.0.{i}" for i in range(6)] + ["10.0.0.99", "10.0.0.0"], [5] * 7 + [10]) == \
         [f"s{i}" for i in range(6)] + ["late", ""]
+
+
+def test_ipv4_prefix_found_after_an_ipv6_only_group():
+    # regression: a /128 group holding only IPv6 addresses came first and stopped the search for IPv4 queries
+    b = Bindings()
+    b.open("v4-pool", "10.0.0.0/30", 0)
+    b.open("v6-host", "2001:db8::5", 0)
+    b.commit()
+    assert names(b, ["10.0.0.1", "2001:db8::5", "10.0.0.9"], [0, 0, 0]) == ["v4-pool", "v6-host", ""]
