@@ -45,6 +45,11 @@ def query_command(sql: str, fmt: str, target: str, config) -> None:
     except Exception as exc:  # cannot open chDB / reach the server: a clear message, exit status 1
         raise click.ClickException(f"cannot open the {target} query target: {exc}") from None
     try:
+        from mediation.sql_guard import check_read_only, seal_chdb_session
+
+        check_read_only(sql)
+        if engine.target == "store":
+            seal_chdb_session()  # this process runs nothing else: DDL, DROP, ALTER, INSERT refused by chDB itself
         result = engine.query(sql)
     except QueryError as exc:
         raise click.ClickException(str(exc)) from None
