@@ -116,9 +116,18 @@ def sum_usage(usage: pa.Table) -> pa.Table:
 
 
 def _codes(column: pa.ChunkedArray) -> tuple[np.ndarray, np.ndarray]:
+    """Integer codes of a string column and the distinct values, codes in SORTED order of the values.
+
+    Sorted, not in order of first appearance: records of one interval are ordered by their codes (direction,
+    class) when cycle-to-date positions are assigned, and that order must not depend on the order of the input
+    rows, or rating the same usage twice could split a tier boundary differently.
+    """
     enc = pc.dictionary_encode(column).combine_chunks()
-    return enc.indices.to_numpy(zero_copy_only=False).astype(np.int64), np.array(enc.dictionary.to_pylist(),
-                                                                                  dtype=object)
+    order = pc.array_sort_indices(enc.dictionary).to_numpy()
+    rank = np.empty(len(order), dtype=np.int64)
+    rank[order] = np.arange(len(order), dtype=np.int64)
+    codes = rank[enc.indices.to_numpy(zero_copy_only=False).astype(np.int64)]
+    return codes, np.array(enc.dictionary.take(pa.array(order)).to_pylist(), dtype=object)
 
 
 def rate(usage: pa.Table, plans: PlanBook, assignments: Assignments, closed_until_ms: int = INT64_MAX,
