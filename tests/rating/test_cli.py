@@ -104,3 +104,16 @@ price = "0.10"
     # bob: 1 GB default at 0.10 = 0.10 EUR; the cdn class is not zero-rated on "lite": 4 GB * 0.10 = 0.40 EUR.
     assert "bob\tEUR\t0.000000\t0.500000\t0.500000" in r.output
     assert "alice" not in r.output.split("subscriber\t")[-1]
+
+
+def test_bad_plans_file_is_a_clear_error(site):
+    root, opts = site
+    (root / "plans.toml").write_text(HOME_PLAN.replace('price = "0.3333"', "price = 0.3333"))
+    r = CliRunner().invoke(main, ["rate", *opts])
+    assert r.exit_code == 1
+    assert "plan[0].rate[1].price: got 0.3333, expected a decimal amount written as a string" in r.output
+    r = CliRunner().invoke(main, ["bill-run", "--cycle", "2026-13", *opts])
+    assert r.exit_code != 0 and "plan[0].rate[1].price" in r.output
+    (root / "plans.toml").write_text(HOME_PLAN)
+    r = CliRunner().invoke(main, ["bill-run", "--cycle", "2026-13", *opts])
+    assert r.exit_code == 2 and "expected YYYY-MM" in r.output
