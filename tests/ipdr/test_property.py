@@ -40,6 +40,7 @@ def test_usage_equals_counters_advanced(actions, seed, wrap):
     for action in actions:
         if action == "reboot":
             sim.reboot()
+            last_docs = []  # what the CMTS had not delivered is lost with its memory: nothing to re-send
             for sid in (1, 2):  # new configId after the reboot: templates again
                 conn.receive_data(m.encode(sim.template_data(sid)))
                 conn.send(m.FinalTemplateDataAck(sid))
