@@ -96,6 +96,7 @@ class RatingJob:
         self._own_outputs = outputs is None
         self.outputs = outputs if outputs is not None else build_rating_outputs(config)
         self._plans = plans
+        self._cutoffs: dict[tuple[str, int], int] = {}
         self._plans_injected = plans is not None
         self._plans_stamp: tuple[int, int] | None = None
         self._assignments = assignments
@@ -143,7 +144,7 @@ class RatingJob:
         return {(v[0].timezone, v[0].cycle_day) for v in self.plans.plans.values()}
 
     def period_for_rate(self, closed_until: int) -> tuple[int, int]:
-        """From the start of the cycle ``lookback_cycles`` before the current one (earliest over plans)."""
+        """From the start of the cycle ``lookback_cycles`` before the current one (earliest over plan calendars)."""
         starts = []
         for tz, day in self._calendars():
             _, _, idx, labels = cycles(tz, day, np.array([max(closed_until - 1, 0)]))
@@ -152,16 +153,49 @@ class RatingJob:
             while m < 1:
                 y, m = y - 1, m + 12
             starts.append(cycle_bounds(tz, day, f"{y:04d}-{m:02d}")[0])
-        return (min(starts) if starts else closed_until), closed_until
+        return self._set_cutoffs(min(starts) if starts else closed_until), closed_until
 
     def period_for_range(self, from_ms: int, to_ms: int, closed_until: int) -> tuple[int, int]:
         """The whole cycles (of every plan calendar) overlapping [from, to), up to closed_until."""
-        lo, hi = from_ms, to_ms
+        hi = to_ms
         for tz, day in self._calendars():
-            cs, _, _, _ = cycles(tz, day, np.array([from_ms]))
             _, ce, _, _ = cycles(tz, day, np.array([max(to_ms - 1, from_ms)]))
-            lo, hi = min(lo, int(cs[0])), max(hi, int(ce[0]))
-        return lo, min(hi, closed_until)
+            hi = max(hi, int(ce[0]))
+        return self._set_cutoffs(from_ms), min(hi, closed_until)
+
+    def _set_cutoffs(self, start: int) -> int:
+        """Per plan calendar, the start of its cycle holding ``start``; returns the earliest (where reading starts).
+
+        With several calendars (cycle days or timezones) no instant starts a cycle in all of them, so usage is read
+        from the earliest cutoff and, per calendar, only cycles starting at or after its own cutoff are rated and
+        compared (:meth:`_complete`): those are read whole. The others are left as they are.
+        """
+        self._cutoffs = {}
+        for tz, day in self._calendars():
+            cs, _, _, _ = cycles(tz, day, np.array([start]))
+            self._cutoffs[(tz, day)] = int(cs[0])
+        return min(self._cutoffs.values(), default=start)
+
+    def _complete(self, t: pa.Table) -> pa.Table:
+        """Rows of records (or events) whose cycle, in their plan's calendar, was read whole in this run."""
+        if t.num_rows == 0 or len(set(self._cutoffs.values())) <= 1:
+            return t
+        plan_ids = t["plan_id"].to_pylist()
+        labels = t["cycle"].to_pylist()
+        keep_pair: dict[tuple[str, str], bool] = {}
+        keep = []
+        for pid, label in zip(plan_ids, labels, strict=True):
+            k = (pid, label)
+            if k not in keep_pair:
+                versions = self.plans.plans.get(pid)
+                if not versions or not label:
+                    keep_pair[k] = True  # unrated usage events: no cycle
+                else:
+                    cal = (versions[0].timezone, versions[0].cycle_day)
+                    start = cycle_bounds(cal[0], cal[1], label)[0]
+                    keep_pair[k] = start >= self._cutoffs.get(cal, start)
+            keep.append(keep_pair[k])
+        return t.filter(pa.array(keep, pa.bool_()))
 
     # --- reading ----------------------------------------------------------------------------------------------------
 
@@ -270,7 +304,7 @@ class RatingJob:
             keep = [(s, t) not in seen for s, t in zip(current["subscriber_id"].to_pylist(),
                                                        current["interval_start"].to_pylist(), strict=True)]
             current = current.filter(pa.array(keep, pa.bool_()))
-        self._apply(report, new, current, now, totals)
+        self._apply(report, self._complete(new), self._complete(current), now, totals)
 
     def _rate_slice(self, report: RunReport, period: tuple[int, int], subscriber: str | None, part: str,
                     now: int, totals: dict, seen: set[tuple[str, int]]) -> None:
@@ -288,9 +322,9 @@ class RatingJob:
                 starts = current["interval_start"].to_pylist()
                 keep = [not m or (subs[i], starts[i]) in result.segments for i, m in enumerate(is_min)]
                 current = current.filter(pa.array(keep, pa.bool_()))
-        self._apply(report, result.records, current, now, totals)
-        events = _bucket_events(result.events, period)
-        ev_writes = diff_events(events, self.read_current_events(period, subscriber, part))
+        self._apply(report, self._complete(result.records), self._complete(current), now, totals)
+        events = self._complete(_bucket_events(result.events, period))
+        ev_writes = diff_events(events, self._complete(self.read_current_events(period, subscriber, part)))
         report.events_written += ev_writes.num_rows
         if ev_writes.num_rows:
             self._write_visible(rt.RATING_EVENTS, _finish(ev_writes, rt.RATING_EVENTS, report.run_id, now))

@@ -248,3 +248,47 @@ def test_records_that_go_away_are_voided(store_env):
     again = fixed.run("rerate", from_ms=ms("2026-11-01T00:00:00+01:00"), to_ms=ms("2026-11-10T00:00:00+01:00"),
                       now_ms=NOW)
     assert (again.records_voided, again.records_new, again.events_written) == (0, 0, 0)
+
+
+MID = """
+[[plan]]
+id = "mid"
+version = 1
+active_from = "2026-01-01T00:00:00Z"
+currency = "EUR"
+timezone = "UTC"
+cycle_day = 15
+[[plan.rate]]
+name = "all"
+direction = "total"
+allowance_bytes = 4000000000
+price = "1.00"
+"""
+
+
+def test_plans_with_different_cycle_days_are_read_whole(tmp_path):
+    """A "rate" run starts at the current cycle of one calendar; a plan billed from the 15th still has its cycle
+    read from the 15th of the previous month, so its cycle-to-date figures stay right."""
+    from dataclasses import replace
+
+    config = load(None, [f"store.path={tmp_path}", "rating.lookback_cycles=1"])
+    store = ParquetStore.for_config(config, housekeeper=False)
+    store.write(USAGE, usage_batch([("b", "2026-10-20T10:00:00+00:00", "down", "default", 3_000_000_000),
+                                    ("b", "2026-11-05T10:00:00+00:00", "down", "default", 2_000_000_000),
+                                    ("a", "2026-11-05T10:00:00+00:00", "down", "default", 1_000_000_000)]), 1)
+    store.close()
+    asg = assignments("subscriber_id,plan_id,from\na,home,2026-01-01T00:00:00Z\nb,mid,2026-01-01T00:00:00Z\n")
+    job = RatingJob(config, plans=plans(HOME_PLAN + MID), assignments=asg)
+    job.run(now_ms=ms("2026-11-10T00:00:00+00:00"))
+    rec = f"b/{ms('2026-11-05T10:00:00+00:00')}/down/default/any"
+    # b's cycle runs from Oct 15: 3 GB then 2 GB against a 4 GB allowance: 1 GB * 1.00 on Nov 5.
+    assert current(job)[rec] == (1, 2_000_000_000, 1_000_000)
+    job.close()
+    # No lookback now: the run starts at home's November cycle (Nov 1, Berlin), but mid's cycle from Oct 15 is read
+    # whole, so nothing changes (a partial read would have found b's 2 GB inside the allowance).
+    job2 = RatingJob(replace(config, rating=replace(config.rating, lookback_cycles=0)), plans=plans(HOME_PLAN + MID),
+                     assignments=asg)
+    report = job2.run(now_ms=ms("2026-11-20T00:00:00+00:00"))
+    assert (report.records_new, report.records_changed, report.records_voided) == (0, 0, 0)
+    assert current(job2)[rec] == (1, 2_000_000_000, 1_000_000)
+    job2.close()
