@@ -237,6 +237,10 @@ class ClickHouseOutput:
                 self.stats["batches_inserted"] += 1
             except Exception as exc2:  # noqa: BLE001 - any failure here loses the batch: count it
                 self._disconnect()
+                if table.name != "flows":
+                    # Usage and other money rows are not given up: the Sink retries an OSError until the disk
+                    # (or the server) takes them.
+                    raise exc from exc2
                 self.spool.count_dropped(table.name, batch.num_rows, "write_error",
                                          f"batch {batch_id}: spool write failed ({exc}) and insert failed ({exc2})")
 

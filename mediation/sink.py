@@ -19,6 +19,7 @@ take after the last retry is counted in that output's ``dropped_rows`` and logge
 
 from __future__ import annotations
 
+import itertools
 import logging
 import queue
 import threading
@@ -32,6 +33,9 @@ from decoders.schema import TABLES, Table
 from mediation.outputs import BatchIdGenerator, Output, OutputStats, concat, conform, with_batch_id
 
 log = logging.getLogger(__name__)
+
+STALL_RETRY_S = 5.0
+"""Longest wait between two attempts at a money-table batch an output refuses with an OSError (disk full)."""
 
 
 @dataclass
@@ -218,7 +222,7 @@ class Sink:
         for output in self.outputs:
             name = self._name(output)
             stats = self.stats[name]
-            for attempt in range(self.retries + 1):
+            for attempt in itertools.count():
                 t0 = time.perf_counter()
                 try:
                     output.write(job.table, batch, job.batch_id)
@@ -233,6 +237,16 @@ class Sink:
                         log.warning("sink: %s write of %s batch %d failed (attempt %d), retrying: %s", name,
                                     job.table.name, job.batch_id, attempt + 1, exc)
                         time.sleep(self.retry_backoff_s * (2**attempt))
+                        continue
+                    if isinstance(exc, OSError) and job.table.name not in self.droppable:
+                        # Money tables (usage, rated usage) are never given up for a disk or network error (disk
+                        # full, read-only, a full spool with the server gone): retry until it heals. Batches behind
+                        # this one wait, raw flows are refused at max_pending_rows meanwhile (counted), and flush(),
+                        # which RADIUS waits on before dropping its journal, returns only once the rows are durable.
+                        if attempt == self.retries or attempt % 20 == 0:
+                            log.error("sink: %s cannot take %s batch %d (%d rows), retrying until it can: %s", name,
+                                      job.table.name, job.batch_id, job.rows, exc)
+                        time.sleep(min(STALL_RETRY_S, self.retry_backoff_s * (2 ** min(attempt, 16))))
                         continue
                     stats.dropped_batches += 1
                     stats.dropped_rows += job.rows

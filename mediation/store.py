@@ -300,10 +300,15 @@ class ParquetStore:
             log.info("store: batch %d is already stored in %s (merged); not written again", batch_id, pdir)
             return
         tmp = pdir / tmp_name(final.name)
-        with open(tmp, "wb") as f:
-            pq.write_table(data, f, compression=self.compression, row_group_size=self.row_group_rows)
-            f.flush()
-            os.fsync(f.fileno())
+        try:
+            with open(tmp, "wb") as f:
+                pq.write_table(data, f, compression=self.compression, row_group_size=self.row_group_rows)
+                f.flush()
+                os.fsync(f.fileno())
+        except BaseException:
+            # Disk full (or any failure): a partial file must not keep the space a retry needs.
+            tmp.unlink(missing_ok=True)
+            raise
         with self._lock:
             os.replace(tmp, final)
             fsync_dir(pdir)

@@ -1,0 +1,272 @@
+"""Faults with exact totals afterwards: a full data disk (store and spool), SIGKILL during a spool write and during a
+rating run, corrupt files at start, an exporter whose clock is hours off.
+
+Tested elsewhere (not repeated): ClickHouse down, slow, refusing inserts, the writer SIGKILLed
+(tests/mediation/test_clickhouse_faults.py); SIGKILL during Parquet writes and during compaction
+(tests/mediation/test_store_kill.py); corrupt and stray files in the store and the spool at start, as units
+(tests/mediation/test_store.py::test_stray_tmp_and_corrupt_files_are_quarantined_at_start,
+tests/mediation/test_clickhouse_spool.py::test_leftover_tmp_is_removed_and_corrupt_files_are_set_aside); the daemon
+with both here.
+
+The full disk is a real one: a 2 MiB tmpfs mounted for the test (root needed; ENOSPC comes from the kernel), grown
+with ``mount -o remount,size=`` when "space returns".
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from bench.flowgen import flows_batch
+from collector.config import ClickHouseConfig, SpoolConfig
+from mediation.clickhouse import ClickHouseOutput
+from mediation.sink import Sink
+from mediation.spool import Spool
+from mediation.store import ParquetStore
+from mediation.tables import USAGE
+from tests.fixtures.peers import IN_CI, free_port
+
+ROOT = Path(__file__).resolve().parents[2]
+T0 = 1_764_000_000_000
+
+
+class SmallDisk:
+    """A tmpfs of ``size`` mounted at ``path`` (ENOSPC when full); :meth:`grow` is space returning."""
+
+    def __init__(self, path: Path, size: str = "2m") -> None:
+        self.path = path
+        path.mkdir(parents=True, exist_ok=True)
+        proc = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(path)],
+                              capture_output=True, text=True)
+        if proc.returncode:
+            message = f"cannot mount a tmpfs (needs root or CAP_SYS_ADMIN): {proc.stderr.strip()}"
+            if IN_CI:
+                pytest.fail(message)
+            pytest.skip(message)
+
+    def grow(self, size: str = "256m") -> None:
+        subprocess.run(["mount", "-o", f"remount,size={size}", str(self.path)], check=True)
+
+    def unmount(self) -> None:
+        subprocess.run(["umount", "-l", str(self.path)], capture_output=True)
+
+
+@pytest.fixture
+def small_disk(tmp_path: Path) -> Iterator[SmallDisk]:
+    disk = SmallDisk(tmp_path / "disk")
+    try:
+        yield disk
+    finally:
+        disk.unmount()
+
+
+def usage_batch(k: int, rows: int = 2000) -> pa.RecordBatch:
+    """``rows`` usage rows with distinct row ids (incompressible enough that a few batches fill 2 MiB)."""
+    rng = np.random.default_rng(k)
+    cols = USAGE.empty_columns(rows)
+    cols["interval_start"][:] = T0
+    cols["interval_end"][:] = T0 + 300_000
+    cols["subscriber_id"] = np.array([f"sub-{k}-{i}-{rng.integers(1 << 60)}" for i in range(rows)], dtype=object)
+    cols["direction"] = np.array(["down"] * rows, dtype=object)
+    cols["traffic_class"] = np.array(["default"] * rows, dtype=object)
+    cols["source"] = np.array(["flow"] * rows, dtype=object)
+    cols["bytes"][:] = rng.integers(1, 1 << 40, rows)
+    cols["packets"][:] = 1
+    cols["flows"][:] = 1
+    cols["row_id"][:] = np.arange(rows) + k * rows
+    cols["created"][:] = T0
+    return USAGE.to_arrow(cols)
+
+
+def test_store_on_a_full_disk_keeps_usage_and_counts_dropped_flows(small_disk: SmallDisk) -> None:
+    """Usage (money) waits in memory while the disk is full and is all written once space returns; raw flows are
+    given up after the retries if the wall hits one of theirs (counted), else wait behind the usage; no partial file
+    is left taking space."""
+    store = ParquetStore(small_disk.path / "data", compact_after_s=0)
+    sink = Sink([store], flush_rows=10**9, flush_interval_s=3600, retries=1, retry_backoff_s=0.05)
+    usage_rows = flow_rows = 0
+    try:
+        for k in range(40):  # about 6 MiB of usage and flows into 2 MiB
+            b = usage_batch(k)
+            sink.add("usage", b)
+            usage_rows += b.num_rows
+            f = flows_batch(3000, t0_ms=T0, seed=k)
+            sink.add("flows", f)
+            flow_rows += f.num_rows
+            sink.maybe_flush(now=sink.clock() + 7200)  # cut now
+        deadline = time.monotonic() + 60
+        stats = next(iter(sink.stats.values()))
+        while stats.errors == 0 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert stats.errors > 0, "the disk never filled: the test proved nothing"
+        time.sleep(1.0)  # the writer is now stuck retrying a usage batch
+        assert stats.rows < usage_rows + flow_rows
+        assert not list((small_disk.path / "data").rglob("*.tmp")), "a failed write left its partial file"
+        small_disk.grow()
+        sink.flush()  # returns once everything still held is durable
+    finally:
+        sink.close()
+    stats = next(iter(sink.stats.values()))
+    stored_usage = sum(pq.read_metadata(p).num_rows for p in store.files("usage"))
+    stored_flows = sum(pq.read_metadata(p).num_rows for p in store.files("flows"))
+    assert stored_usage == usage_rows  # every usage row, none twice
+    assert stored_flows + stats.dropped_rows == flow_rows  # flows: stored + counted (dropped if the wall hit them)
+    assert stats.rows == stored_usage + stored_flows
+
+
+def test_spool_on_a_full_disk_with_clickhouse_down_keeps_usage(small_disk: SmallDisk, tmp_path: Path) -> None:
+    """The ClickHouse output with its spool on a full disk and no server: usage is neither spooled nor insertable,
+    so the Sink keeps retrying it; once space returns every usage row is in the spool (exact), flows beyond what
+    fit are counted as dropped."""
+    cfg = ClickHouseConfig(enabled=True, hosts=["127.0.0.1"], port=free_port(), database="faults",
+                           insert_timeout_s=1)
+    out = ClickHouseOutput(cfg, SpoolConfig(max_bytes=10**9), small_disk.path / "spool", max_backoff_s=1)
+    sink = Sink([out], flush_rows=10**9, flush_interval_s=3600, retries=1, retry_backoff_s=0.05)
+    usage_rows = flow_rows = 0
+    try:
+        for k in range(30):
+            b = usage_batch(k)
+            sink.add("usage", b)
+            usage_rows += b.num_rows
+            f = flows_batch(3000, t0_ms=T0, seed=k)
+            sink.add("flows", f)
+            flow_rows += f.num_rows
+            sink.maybe_flush(now=sink.clock() + 7200)
+        deadline = time.monotonic() + 60
+        stats = next(iter(sink.stats.values()))
+        while stats.errors == 0 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert stats.errors > 0, "the spool disk never filled: the test proved nothing"
+        small_disk.grow()
+        sink.flush()
+    finally:
+        sink.close()
+    spool = Spool(small_disk.path / "spool", max_bytes=10**9)
+    spooled = {"usage": 0, "flows": 0}
+    for e in spool.entries():
+        spooled[e.table] += e.rows
+    assert spooled["usage"] == usage_rows
+    assert spooled["flows"] + out.spool.dropped_rows.get("write_error", 0) == flow_rows
+
+
+SPOOL_WRITER = textwrap.dedent("""
+    import sys
+    from bench.flowgen import flows_batch
+    from mediation.spool import Spool
+    spool = Spool(sys.argv[1], max_bytes=10**10)
+    batch = flows_batch(20_000)
+    i = 0
+    while True:
+        i += 1
+        spool.append("flows", i, batch)
+        print(i, flush=True)
+""")
+
+
+def test_spool_writer_sigkilled_mid_write(tmp_path: Path) -> None:
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    proc = subprocess.Popen([sys.executable, "-c", SPOOL_WRITER, str(tmp_path / "spool")], stdout=subprocess.PIPE,
+                            text=True, env=env)
+    assert proc.stdout is not None
+    done = 0
+    while done < 5:
+        done = int(proc.stdout.readline())
+    time.sleep(0.05)  # somewhere inside a later append
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    spool = Spool(tmp_path / "spool", max_bytes=10**10)  # restart: never raises
+    ids = sorted(e.batch_id for e in spool.entries())
+    assert ids[:done] == list(range(1, done + 1))  # every acknowledged append is there, in order
+    assert all(spool.read(e).num_rows == 20_000 for e in spool.entries())  # and whole
+    assert not list((tmp_path / "spool").glob("*.tmp"))
+
+
+# --- SIGKILL during a rating run ---------------------------------------------------------------------------------
+
+RATE_RUN = textwrap.dedent("""
+    import sys
+    from collector.config import load
+    from rating.job import RatingJob
+    from tests.rating.helpers import HOME_PLAN, assignments, plans
+    store, now_ms, asg = sys.argv[1], int(sys.argv[2]), open(sys.argv[3]).read()
+    config = load(None, [f"store.path={store}", "rating.slice_subscribers=8", "rating.lease_ttl_s=4",
+                         "rating.lookback_cycles=0"])
+    job = RatingJob(config, plans=plans(HOME_PLAN), assignments=assignments(asg))
+    report = job.run(now_ms=now_ms)
+    job.close()
+    print("done", flush=True)
+""")
+
+
+def _rating_store(path: Path, subscribers: int) -> None:
+    from tests.rating.storeutil import usage_batch as rating_usage
+
+    store = ParquetStore(path, compact_after_s=0)
+    days = ["2026-11-02T09:00:00+01:00", "2026-11-03T21:00:00+01:00", "2026-11-04T10:05:00+01:00"]
+    for i in range(subscribers):
+        rows = [(f"sub{i:03d}", day, direction, "default", (i + 1) * 7_000_000_000 // (j + 1))
+                for j, day in enumerate(days) for direction in ("down", "up")]
+        store.write(USAGE, rating_usage(rows), i + 1)
+    store.close() if hasattr(store, "close") else None
+
+
+def _rated(path: Path) -> dict[str, tuple[int, int, int]]:
+    from mediation.query import QueryEngine
+    from rating.tables import current_sql
+
+    with QueryEngine.for_store(path) as engine:
+        t = engine.query(current_sql(columns="record_id, version, bytes, amount_micros"))
+    return {r["record_id"]: (r["version"], r["bytes"], r["amount_micros"]) for r in t.to_pylist()}
+
+
+def test_rating_run_sigkilled_then_rerun_equals_a_clean_run(tmp_path: Path) -> None:
+    import shutil
+
+    from tests.rating.helpers import ms
+
+    subscribers = 160
+    killed, clean = tmp_path / "killed", tmp_path / "clean"
+    _rating_store(killed, subscribers)
+    shutil.copytree(killed, clean)
+    asg = tmp_path / "assignments.csv"
+    asg.write_text("subscriber_id,plan_id,from\n" + "".join(
+        f"sub{i:03d},home,2026-01-01T00:00:00+01:00\n" for i in range(subscribers)))
+    now = str(ms("2026-11-10T00:00:00+01:00"))
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+
+    def run(store: Path) -> subprocess.Popen:
+        return subprocess.Popen([sys.executable, "-c", RATE_RUN, str(store), now, str(asg)], cwd=ROOT, env=env,
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+    proc = run(killed)
+    deadline = time.monotonic() + 120
+    rated_dir = killed / "rated_usage"
+    while time.monotonic() < deadline and proc.poll() is None:
+        if rated_dir.exists() and len(list(rated_dir.rglob("*.parquet"))) >= 3:  # some slices are written
+            break
+        time.sleep(0.02)
+    proc.send_signal(signal.SIGKILL)
+    out, err = proc.communicate()
+    assert "done" not in out, "the run finished before it was killed; the test proved nothing"
+    partial = len(list(rated_dir.rglob("*.parquet")))
+    assert partial >= 3
+    time.sleep(4.5)  # the killed run's lease (rating.lease_ttl_s = 4) lapses
+    for store in (killed, clean):
+        p = run(store)
+        out, err = p.communicate(timeout=300)
+        assert p.returncode == 0 and "done" in out, err[-3000:]
+    after_kill, reference = _rated(killed), _rated(clean)
+    assert len(reference) == subscribers * 6
+    assert after_kill == reference  # the same records, amounts and versions: nothing lost, nothing twice
+    assert {v for v, _, _ in after_kill.values()} == {1}
