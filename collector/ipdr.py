@@ -58,14 +58,28 @@ class Durability:
         self.sink, self.usage = sink, usage
         self.lock = asyncio.Lock()
         self.syncs = 0
+        self._requested = 0  # sync requests handed out
+        self._covered = 0  # requests up to this one are durable
 
     async def sync(self) -> None:
+        """Return once everything processed before the call is durable (flushed and committed).
+
+        Group commit: requests made while a flush runs are served together by the next one, so several CMTSs
+        acknowledging at once cost one flush, not one each. Records are only processed under the lock, so a flush
+        that starts after a request covers every record processed before it.
+        """
+        self._requested += 1
+        ticket = self._requested
         async with self.lock:
+            if self._covered >= ticket:
+                return
+            target = self._requested
             # A failed flush raises to the caller, which then acknowledges nothing (the CMTS redelivers). The
             # in-memory state is kept: it matches what the sink holds, which a later flush still writes, so the
             # redelivered records are recognised (watermark, stale) instead of counted twice.
             await asyncio.get_running_loop().run_in_executor(None, self.sink.flush)
             self.usage.commit()
+            self._covered = target
             self.syncs += 1
 
 
@@ -144,13 +158,23 @@ class IpdrCollector:
             await self._server.wait_closed()
 
     async def _housekeeping(self) -> None:
-        """Pick up changes of the CM MAC -> subscriber file."""
+        """Pick up changes of the CM MAC -> subscriber file; publish the open-session gauge."""
         while not self._stopping:
             await asyncio.sleep(5.0)
             try:
                 self.usage.subscribers.reload()
             except Exception:
                 log.exception("ipdr: reloading the CM MAC file failed")
+            with contextlib.suppress(Exception):
+                from collector import metrics
+
+                metrics.current().ipdr_sessions.set(self.open_sessions)
+
+    @property
+    def open_sessions(self) -> int:
+        """Sessions started (FLOW_START sent) and not stopped, over every connection."""
+        return sum(1 for c in self.connections for s in c.conn.sessions.values()
+                   if s.state not in (SessState.IDLE, SessState.CLOSED))
 
     # -- dial out ------------------------------------------------------------------------------------------------
 
@@ -339,8 +363,7 @@ class _Connection:
                 self.send(m.FinalTemplateDataAck(ev.session_id))
             elif isinstance(ev, m.SessionStart):
                 if ev.dropped_records:
-                    owner_err = "exporter_dropped_records"
-                    self.owner.count_error(self.name, owner_err)
+                    self.owner.count_error(self.name, "exporter_dropped_records")
                     log.warning("ipdr: %s: session %d: exporter dropped %d records", self.name, ev.session_id,
                                 ev.dropped_records)
             elif isinstance(ev, m.SessionStop):
@@ -360,6 +383,11 @@ class _Connection:
 
     def _start_flows(self, ev: m.GetSessionsResponse) -> None:
         wanted = [w.upper() for w in self.cfg.sessions]
+        names = [b.name for b in ev.sessions]
+        if not any(not wanted or any(w in n.upper() for w in wanted) for n in names):
+            self.owner.count_error(self.name, "no_wanted_session")
+            log.warning("ipdr: %s: none of the exporter's sessions %s matches ipdr.sessions %s", self.name, names,
+                        self.cfg.sessions)
         for block in ev.sessions:
             if wanted and not any(w in block.name.upper() for w in wanted):
                 continue

@@ -280,3 +280,32 @@ def free_tcp_port() -> int:
     from tests.fixtures.peers import free_port
 
     return free_port(socket.SOCK_STREAM)
+
+
+def test_group_commit_serves_waiting_requests_with_one_flush(tmp_path):
+    import threading
+
+    from collector.ipdr import Durability
+
+    class SlowSink:
+        def __init__(self) -> None:
+            self.flushes = 0
+            self.gate = threading.Event()
+
+        def flush(self) -> None:
+            self.gate.wait(5)
+            self.flushes += 1
+
+    async def scenario():
+        sink = SlowSink()
+        usage = IpdrUsage(tmp_path / "s")
+        d = Durability(sink, usage)
+        first = asyncio.create_task(d.sync())
+        await asyncio.sleep(0.05)  # the first flush is running
+        rest = [asyncio.create_task(d.sync()) for _ in range(3)]
+        await asyncio.sleep(0.05)
+        sink.gate.set()
+        await asyncio.gather(first, *rest)
+        return sink.flushes
+
+    assert run(scenario()) == 2
