@@ -57,5 +57,9 @@ def build(cfg: Config) -> Pipeline:
     for datagram in scenario.datagrams():
         pipeline.process([datagram])
     sink.flush()
+    for output in sink.outputs:  # the ClickHouse output delivers from its spool: wait until the server has it all
+        drain = getattr(output, "drain", None)
+        if drain is not None:
+            assert drain(120), output.status()
     sink.close()
     return pipeline
