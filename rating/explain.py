@@ -15,7 +15,7 @@ from zoneinfo import ZoneInfo
 
 import numpy as np
 
-from rating.engine import rate, sum_usage
+from rating.engine import idle_minimum_records, rate, sum_usage
 from rating.plans import Plan
 from rating.tables import current_sql
 from rating.timebase import cycle_bounds
@@ -33,6 +33,10 @@ def _money(micros: int | Decimal, currency: str) -> str:
 
 def _local(ms: int, tz: str) -> str:
     return datetime.fromtimestamp(ms / 1000, UTC).astimezone(ZoneInfo(tz)).strftime("%a %Y-%m-%d %H:%M %Z")
+
+
+def _hours(ms: int) -> str:
+    return f"{ms / 3_600_000:g} h"
 
 
 def _share(plan: Plan, seg: tuple[int, int], cyc: tuple[int, int]) -> tuple[int, int]:
@@ -59,8 +63,8 @@ def explain_record(plan: Plan, rec: dict, seg: tuple[int, int], cyc: tuple[int, 
     allowance = card.allowance_bytes * part // whole
     in_allow = max(0, min(after, allowance) - before)
     if allowance:
-        lines.append(f"    allowance {_n(allowance)} bytes" + (f" (prorated {part}/{whole} of the cycle)"
-                                                                 if part != whole else "")
+        lines.append(f"    allowance {_n(allowance)} bytes" + (f" (prorated: {_hours(part)} of the cycle's "
+                                                                 f"{_hours(whole)})" if part != whole else "")
                      + f": {_n(in_allow)} bytes of this record inside it")
     unit = Decimal(plan.unit_bytes)
     exact = Decimal(0)
@@ -114,6 +118,8 @@ def explain(job, subscriber: str, cycle: str) -> list[str]:
     usage = sum_usage(job.read_usage((lo, min(hi, closed)), subscriber))
     result = rate(usage, plans, asg, closed_until_ms=min(hi, closed), presummed=True)
     recs = [r for r in result.records.to_pylist() if r["cycle"] == cycle]
+    idle = idle_minimum_records(plans, asg, (lo, min(hi, closed)), min(hi, closed), result.segments, subscriber)
+    recs += [r for r in idle.to_pylist() if r["cycle"] == cycle]
     stored = {r["record_id"]: r for r in job.engine.query(current_sql(
         f"subscriber_id = '{subscriber.replace(chr(39), '')}' AND interval_start >= toDateTime({lo // 1000}, 'UTC') "
         f"AND interval_start < toDateTime({hi // 1000}, 'UTC')")).to_pylist() if r["cycle"] == cycle}

@@ -227,6 +227,10 @@ def test_dst_cycle_and_mid_cycle_plan_change_through_the_store(store_env):
     carol = job.engine.query(current_sql("subscriber_id = 'carol'", columns="band, version, amount_micros"))
     assert sorted(tuple(r.values()) for r in carol.to_pylist()) == [
         ("any", 1, 0), ("minimum", 1, 3_000_000), ("minimum", 1, 3_000_000)]
+    text = "\n".join(explain(job, "carol", "2026-10"))
+    assert ("minimum charge 3.00 EUR for Thu 2026-10-01 00:00 CEST .. Sun 2026-11-01 00:00 CET: adds 3.000000 EUR"
+            in text)
+    assert "stored: version 1, same amount" in text
 
 
 def test_records_that_go_away_are_voided(store_env):
