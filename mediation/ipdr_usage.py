@@ -140,8 +140,9 @@ class _State:
     a torn last chunk is ignored: it was never acknowledged to the CMTS, so its records come again).
     """
 
-    def __init__(self, directory: Path | None) -> None:
+    def __init__(self, directory: Path | None, readonly: bool = False) -> None:
         self.dir = directory
+        self.readonly = readonly  # inspection while the daemon runs: never truncate or delete its files
         self.rows = np.zeros(1024, dtype=_STATE_DTYPE)
         self.n = 0
         self.index: dict[int, int] = {}
@@ -151,8 +152,10 @@ class _State:
         self.journal_rows = 0
         self._journal = None
         if directory is not None:
-            directory.mkdir(parents=True, exist_ok=True)
-            self._load()
+            if not readonly:
+                directory.mkdir(parents=True, exist_ok=True)
+            if directory.exists():
+                self._load()
 
     # -- rows
     def lookup(self, keys: np.ndarray) -> np.ndarray:
@@ -204,9 +207,12 @@ class _State:
                 self._put(rows)
                 self.journal_rows += nrows
                 pos = body_end
-            with open(journal, "r+b") as f:  # cut a torn tail so later appends stay readable
-                f.truncate(pos)
+            if not self.readonly:
+                with open(journal, "r+b") as f:  # cut a torn tail so later appends stay readable
+                    f.truncate(pos)
         self.dirty.clear()
+        if self.readonly:
+            return
         for old in self.dir.glob("*"):  # leftovers of an interrupted compaction
             if old.name not in (f"snapshot-{self.gen}.npz", f"journal-{self.gen}.bin"):
                 old.unlink(missing_ok=True)
@@ -268,6 +274,14 @@ class _State:
         if self._journal is not None:
             self._journal.close()
             self._journal = None
+
+    def summary(self) -> dict:
+        """What the state holds (for ``flowmed ipdr state``)."""
+        live = self.rows[: self.n]
+        last = int(live["rec_time"].max()) if self.n else 0
+        return {"generation": self.gen, "instances": int(self.n), "stopped": int((live["stopped"] == 1).sum()),
+                "journal_rows": self.journal_rows, "last_record_ms": last, "since_ms": self.meta["since_ms"],
+                "watermarks": self.meta["watermarks"]}
 
 
 # ----------------------------------------------------------------------------------------------------------------
