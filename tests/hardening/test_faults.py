@@ -30,6 +30,7 @@ import pytest
 
 from bench.flowgen import flows_batch
 from collector.config import ClickHouseConfig, SpoolConfig
+from decoders.schema import FLOWS
 from mediation.clickhouse import ClickHouseOutput
 from mediation.sink import Sink
 from mediation.spool import Spool
@@ -270,3 +271,105 @@ def test_rating_run_sigkilled_then_rerun_equals_a_clean_run(tmp_path: Path) -> N
     assert len(reference) == subscribers * 6
     assert after_kill == reference  # the same records, amounts and versions: nothing lost, nothing twice
     assert {v for v, _, _ in after_kill.values()} == {1}
+
+
+# --- an exporter clock wrong by hours ------------------------------------------------------------------------------
+
+def _skewed_v9(skew_ms: int, n: int = 20) -> tuple[list[bytes], int]:
+    """v9 datagrams from an exporter whose clock is ``skew_ms`` off (header time and flow times from that clock)."""
+    from bench.exporter import V9Exporter, flow_template, random_flows
+
+    exporter_now = int(time.time() * 1000) + skew_ms
+    enc = V9Exporter(domain=1, boot_ms=exporter_now - 3_600_000)
+    tmpl = flow_template(256)
+    flows = random_flows(30 * n, export_ms=exporter_now, seed=11)
+    out = [enc.datagram(enc.templates(tmpl), export_ms=exporter_now)]
+    out += [enc.datagram(enc.flows(tmpl, flows[30 * i:30 * i + 30], exporter_now), export_ms=exporter_now)
+            for i in range(n)]
+    return out, sum(f.bytes for f in flows)
+
+
+@pytest.mark.parametrize("skew_h, sets, kept, reason", [
+    (-3, [], True, None),  # 3 h behind, within max_lateness_s (7 days): kept (late intervals become corrections)
+    (-3, ["mediation.max_lateness_s=3600"], False, "too_old"),
+    (+3, [], False, "future"),  # ahead by more than max_future_s (300 s)
+])
+def test_exporter_clock_hours_off(tmp_path: Path, skew_h: int, sets: list[str], kept: bool, reason: str | None) -> None:
+    from prometheus_client import CollectorRegistry
+
+    from collector.config import load
+    from collector.metrics import Metrics
+    from collector.server import Pipeline, make_mediator
+    from tests.hardening.test_limits import ListSink
+
+    cfg = load(None, [f"store.path={tmp_path}", *sets])
+    mediator = make_mediator(cfg)
+    sink = ListSink()
+    pipeline = Pipeline(cfg, Metrics(CollectorRegistry()), sink, mediator)
+    datagrams, sent_bytes = _skewed_v9(skew_h * 3_600_000)
+    pipeline.process([(d, "192.0.2.9", int(time.time() * 1000)) for d in datagrams])
+    for name, batch in mediator.close_all(int(time.time() * 1000)).items():
+        if batch is not None and batch.num_rows:
+            sink.add(name, batch)
+    decoded = sum(pa.compute.sum(b.column("bytes")).as_py() for t, b in sink.added if t == "flows")
+    assert decoded == sent_bytes  # the decoder keeps every record whatever the clock says
+    c = mediator.counters
+    accounted = c["bytes_attributed"] + c["bytes_unattributed"] + c["bytes_rejected"] + c["bytes_duplicate"]
+    assert accounted == sent_bytes  # never lost silently
+    rejects = [b for t, b in sink.added if t == "rejects"]
+    rejected_bytes = sum(pa.compute.sum(b.column("bytes")).as_py() for b in rejects)
+    assert rejected_bytes == c["bytes_rejected"]
+    if kept:
+        assert c["bytes_rejected"] == 0
+        assert c["correction_rows"] > 0  # the hours-old intervals were closed: late data became correction rows
+    else:
+        assert c["bytes_rejected"] == sent_bytes
+        assert {r for b in rejects for r in b.column("reason").to_pylist()} == {reason}
+        assert c[f"rejected_{reason}"] > 0
+
+
+# --- corrupt files at start: the daemon --------------------------------------------------------------------------
+
+@pytest.mark.external
+def test_daemon_starts_over_corrupt_store_and_spool_files(tmp_path: Path, clickhouse_server) -> None:
+    """A truncated Parquet file and garbage in the store, a truncated batch in the spool: `flowmed run` starts
+    (READY), sets them aside with an error (the spool's when delivery reads it), stores and delivers the new flows
+    to clickhouse-server 18.16, and stops cleanly."""
+    from tests.collector.daemon import Daemon, V9Traffic, stored_flows
+
+    base = tmp_path / "d"
+    data = base / "data"
+    store = ParquetStore(data, compact_after_s=0)
+    store.write(FLOWS, flows_batch(500, t0_ms=T0), 1)
+    good = store.files("flows")[0]
+    raw = good.read_bytes()
+    (good.parent / "00000000000000000007.parquet").write_bytes(raw[: len(raw) // 2])
+    (good.parent / "00000000000000000008.parquet").write_bytes(os.urandom(3000))
+    spool = Spool(data / "spool", max_bytes=10**9)
+    entry = spool.append("flows", 9, flows_batch(100, t0_ms=T0))
+    assert entry is not None
+    blob = entry.path.read_bytes()
+    entry.path.write_bytes(blob[: len(blob) // 3])
+    del spool
+    db = "faults_corrupt"
+    clickhouse_server.query(f"DROP DATABASE IF EXISTS {db}")
+    daemon = Daemon(base, "output.clickhouse.enabled=true", f"output.clickhouse.port={clickhouse_server.port}",
+                    f"output.clickhouse.database={db}", "output.clickhouse.batch_interval_s=0.5",
+                    "mediation.enabled=false", flush_interval_s=0.5)
+    try:
+        daemon.wait_message("READY=1")
+        traffic = V9Traffic()
+        sent = traffic.send(daemon.port, 5)
+        traffic.close()
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline and not (data / "spool" / "corrupt").is_dir():
+            time.sleep(0.2)
+    finally:
+        assert daemon.stop() == 0
+    log = daemon.log_text()
+    assert "Traceback" not in log
+    assert stored_flows(data) == 500 + sent  # the good file and the new flows; the corrupt ones are not read
+    quarantined = sorted(p.name for p in (data / "quarantine").rglob("*.parquet"))
+    assert quarantined == ["00000000000000000007.parquet", "00000000000000000008.parquet"]
+    assert int(clickhouse_server.query(f"SELECT count() FROM {db}.flows")) == sent  # delivered, the bad batch not
+    assert [p.name for p in (data / "spool" / "corrupt").iterdir()] == [entry.path.name]
