@@ -137,6 +137,11 @@ def test_runs_are_idempotent_late_usage_makes_new_versions_and_rerate_reports_th
                              "ORDER BY started, kind").to_pylist()
     assert {"kind": "rerate", "records_changed": 4, "amount_delta_micros": 55_678} in runs
 
+    if job2.engine.target == "clickhouse":  # on a server, FINAL gives the same current state
+        final = job2.engine.query("SELECT record_id, version, bytes, amount_micros FROM rated_usage FINAL "
+                                  "WHERE void = 0").to_pylist()
+        assert {r["record_id"]: (r["version"], r["bytes"], r["amount_micros"]) for r in final} == now
+
     # The billing export and the explanation read the same current state, on either store.
     export = bill_run(job2.engine.query, job2.plans, "2026-11", NOW, force=True)
     assert export.totals.to_pylist() == [{"subscriber_id": "alice", "currency": "EUR", "records": 4,
