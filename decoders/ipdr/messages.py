@@ -599,6 +599,8 @@ class Framer:
         self.max_message_size = max_message_size
         self.buf = bytearray()
         self._consumed = 0
+        self.error: FramingError | None = None
+        """Set when the stream broke; the messages before the break were still returned."""
 
     def feed(self, data: bytes) -> None:
         if self._consumed:
@@ -607,7 +609,13 @@ class Framer:
         self.buf += data
 
     def frames(self) -> list[tuple[int, int, int, int]]:
-        """Every complete message now buffered, as ``(msg_id, session_id, start, end)`` into :attr:`buf`."""
+        """Every complete message now buffered, as ``(msg_id, session_id, start, end)`` into :attr:`buf`.
+
+        A bad version or length stops framing for good: the messages before it are returned, :attr:`error` is set,
+        and every later call raises it (the stream cannot be resynchronised; close the connection).
+        """
+        if self.error is not None:
+            raise self.error
         if self._consumed:
             del self.buf[: self._consumed]
             self._consumed = 0
@@ -616,16 +624,20 @@ class Framer:
         while n - pos >= HEADER_SIZE:
             version, msg_id, session_id, _flags, length = unpack(buf, pos)
             if version != VERSION:
-                raise FramingError(f"protocol version {version} at stream offset {pos}, expected {VERSION}",
-                                   reason="bad_version")
+                self.error = FramingError(f"protocol version {version} at stream offset {pos}, expected {VERSION}",
+                                          reason="bad_version")
+                break
             if length < HEADER_SIZE or length > limit:
-                raise FramingError(f"message length {length} outside [{HEADER_SIZE}, {limit}]",
-                                   reason="bad_length")
+                self.error = FramingError(f"message length {length} outside [{HEADER_SIZE}, {limit}]",
+                                          reason="bad_length")
+                break
             if n - pos < length:
                 break
             out.append((msg_id, session_id, pos, pos + length))
             pos += length
         self._consumed = pos
+        if self.error is not None and not out:
+            raise self.error
         return out
 
     @property

@@ -54,8 +54,6 @@ CONN_TRANSITIONS: dict[tuple[ConnState, str, type[m.Message]], ConnState] = {
     (ConnState.CONNECT_RECEIVED, SEND, m.ConnectResponse): ConnState.CONNECTED,
     (ConnState.CONNECTED, SEND, m.GetSessions): ConnState.CONNECTED,
     (ConnState.CONNECTED, RECV, m.GetSessionsResponse): ConnState.CONNECTED,
-    (ConnState.CONNECTED, SEND, m.KeepAlive): ConnState.CONNECTED,
-    (ConnState.CONNECTED, RECV, m.KeepAlive): ConnState.CONNECTED,
 }
 # Messages that are valid in any state that is not CLOSED, and what they do.
 CONN_ANY: dict[tuple[str, type[m.Message]], ConnState | None] = {
@@ -63,6 +61,8 @@ CONN_ANY: dict[tuple[str, type[m.Message]], ConnState | None] = {
     (RECV, m.Disconnect): ConnState.CLOSED,
     (SEND, m.Error): None,
     (RECV, m.Error): None,
+    (SEND, m.KeepAlive): None,  # also during the handshake: some exporters send it early
+    (RECV, m.KeepAlive): None,
 }
 
 # Session-level transitions: (state, direction, message type) -> new state.
@@ -231,11 +231,9 @@ class CollectorConnection:
         self.framer.feed(data)
         try:
             frames = self.framer.frames()
-        except FramingError as exc:
-            frames_error: FramingError | None = exc
+        except FramingError:
             frames = []
-        else:
-            frames_error = None
+        frames_error = self.framer.error  # the messages before a break are still handled
         events: list[object] = []
         buf = bytes(self.framer.buf[: frames[-1][3]]) if frames else b""
         run: list[tuple[int, int, int, int]] = []  # consecutive DATA frames of one session

@@ -180,3 +180,21 @@ def test_any_input_sequence_yields_events_never_exceptions(chunks):
     conn.send(m.Connect())
     for chunk in chunks:
         conn.receive_data(chunk)
+
+
+def test_records_before_a_broken_message_are_kept_and_the_break_is_fatal():
+    conn, sim = _conn_with_flows()
+    sim.generate_interval()
+    n = len(sim.sessions[1].queue)
+    doc = sim.encode_document(1, stop=False)
+    events = conn.receive_data(doc + struct.pack(">BBBBI", 2, 0x40, 0, 0, 3))
+    assert sum(len(r.records) for r in records(events)) == n
+    (v,) = violations(events)
+    assert v.fatal and v.reason == "bad_length"
+    assert conn.receive_data(m.encode(m.KeepAlive())) == []  # closed: nothing more is read
+
+
+def test_keepalive_is_accepted_during_the_handshake():
+    conn = CollectorConnection()
+    conn.send(m.Connect())
+    assert conn.receive_data(m.encode(m.KeepAlive())) == [m.KeepAlive()]

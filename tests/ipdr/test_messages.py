@@ -124,3 +124,12 @@ def test_random_bodies_decode_or_raise_malformed(body):
             m.decode(raw)
         except MalformedMessage:
             pass
+
+
+def test_messages_before_a_framing_break_are_still_delivered():
+    framer = m.Framer()
+    framer.feed(m.encode(m.KeepAlive()) + m.encode(m.FlowStart(1)) + struct.pack(">BBBBI", 9, 0x40, 0, 0, 8))
+    assert [f[0] for f in framer.frames()] == [m.MsgId.KEEP_ALIVE, m.MsgId.FLOW_START]
+    assert framer.error is not None and framer.error.reason == "bad_version"
+    with pytest.raises(FramingError):
+        framer.frames()
