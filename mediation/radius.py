@@ -347,6 +347,12 @@ class RadiusAccounting:
         if not sub:
             raise RadiusError("no_subscriber_id", f"no {self.config.subscriber_attribute} in the request")
         networks = self._networks(p)
+        for giga, octets in (("Acct-Input-Gigawords", "Acct-Input-Octets"),
+                             ("Acct-Output-Gigawords", "Acct-Output-Octets")):
+            # 8 EiB in one session is not traffic but a broken or hostile NAS; SQLite integers stop at 2^63 - 1, and
+            # an exception here would cost the whole batch its answers (found by fuzzing)
+            if ((p.integer(ATTRIBUTES[giga]) or 0) << 32) + (p.integer(ATTRIBUTES[octets]) or 0) >= 1 << 63:
+                raise RadiusError("bad_counters", f"{giga}/{octets} beyond 2^63 bytes")
         row = self.bindings.conn.execute(
             "SELECT in_total, out_total, last_ms, gigawords FROM radius_sessions WHERE unique_id=?", (uid,)).fetchone()
         if row is None and status != STOP and sessions >= self.config.max_sessions:
