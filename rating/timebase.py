@@ -59,6 +59,7 @@ def cycle_label_to_month(label: str) -> tuple[int, int]:
     return int(year), int(month)
 
 
+@lru_cache(maxsize=65536)
 def cycle_bounds(tz: str, cycle_day: int, label: str) -> tuple[int, int]:
     """[start, end) of the billing cycle labelled ``YYYY-MM`` (it starts in that month)."""
     y, m = cycle_label_to_month(label)
