@@ -48,7 +48,7 @@ from pathlib import Path
 import numpy as np
 import pyarrow as pa
 
-from decoders.ipdr.samis import CANONICAL, REC_STOP, format_macs_bytes, parse_mac, samis_kind
+from decoders.ipdr.samis import CANONICAL, REC_STOP, format_macs, format_macs_bytes, parse_mac, samis_kind
 from decoders.ipdr.session import RecordsReceived
 from mediation.hashing import hash_columns, string_hash
 from mediation.ipdr_tables import IPDR_RECORDS
@@ -373,7 +373,8 @@ class IpdrUsage:
             _fill_samis(out, cols)
             usage = self._deltas(out, cols, exporter_ip)
         elif m:
-            out["fields"] = _fields_json(cols, m)
+            types = {f.name.lower(): f.type_id for f in recs.template.fields}
+            out["fields"] = _fields_json(cols, m, {CANONICAL.get(k, k).lower(): v for k, v in types.items()})
             out["delta_reason"] = _Const("not_samis")
             for name, col in (("cmts_host", "CmtsHostName"), ("rec_creation_time", "RecCreationTime")):
                 if col in cols:
@@ -654,15 +655,26 @@ def _channel_sets(arr: pa.Array) -> _Coded:
     return _Coded(enc.indices.to_numpy(zero_copy_only=False).astype(np.int64), texts)
 
 
-def _fields_json(cols: dict, n: int) -> np.ndarray:
+def _fields_json(cols: dict, n: int, types: dict[str, int]) -> np.ndarray:
     """Every field of records of a non-SAMIS template as JSON text (a Python loop per record: these templates carry
-    registration and CPE events, orders of magnitude fewer records than SAMIS)."""
+    registration and CPE events, orders of magnitude fewer records than SAMIS).
+
+    Addresses are text, MACs ``aa:bb:...``, binary hex; a hexBinary named ``...Ipv4AddrList`` / ``...Ipv6AddrList``
+    (how CMTSs send CPE address lists) becomes a list of addresses."""
     lists = {}
     for name, v in cols.items():
-        if isinstance(v, pa.Array):
-            lists[name] = [x.hex() if isinstance(x, bytes) else x for x in v.to_pylist()]
+        t = types.get(name.lower(), 0)
+        if t == 0x723:
+            lists[name] = format_macs(v).tolist()
+        elif isinstance(v, pa.Array):
+            values = v.to_pylist()
+            if name.lower().endswith(("ipv4addrlist", "ipv6addrlist")) and v.type == pa.binary():
+                width = 4 if name.lower().endswith("ipv4addrlist") else 16
+                lists[name] = [_addr_list(x, width) for x in values]
+            else:
+                lists[name] = [x.hex() if isinstance(x, bytes) else x for x in values]
         elif v.dtype.kind == "S":
-            lists[name] = [_addr_text(x) for x in v.tolist()]
+            lists[name] = [_addr_text(x) if t != 0x527 else x.hex() for x in v.tolist()]
         else:
             lists[name] = v.tolist()
     out = np.empty(n, dtype=object)
@@ -672,9 +684,19 @@ def _fields_json(cols: dict, n: int) -> np.ndarray:
     return out
 
 
+def _addr_list(raw: bytes | None, width: int) -> list[str] | str:
+    if raw is None:
+        return []
+    if len(raw) % width:
+        return raw.hex()  # not packed addresses after all: keep the bytes
+    return [_addr_text(raw[i:i + width]) for i in range(0, len(raw), width)]
+
+
 def _addr_text(raw: bytes) -> str:
     import ipaddress
 
+    if len(raw) == 4:
+        return str(ipaddress.IPv4Address(raw))
     raw = raw.ljust(16, b"\0")
     addr = ipaddress.IPv6Address(raw)
     return str(addr.ipv4_mapped or addr)

@@ -162,3 +162,23 @@ def test_reset_without_sysuptime_is_not_billed_as_a_wrap():
     u = usage()
     d, r = deltas(u, [rec(0, 5_000_000), rec(15, 700)], fields=no_uptime)
     assert d == [5_000_000, 700] and r == ["first", "reset"]
+
+
+def test_other_templates_are_stored_generically_as_json():
+    import json
+
+    cpe = (("CmtsHostName", 0x28), ("CmMacAddr", 0x723), ("CpeMacAddr", 0x723), ("CpeIpv4Addr", 0x322),
+           ("CpeIpv6Addr", 0x427), ("CpeIpv4AddrList", 0x27), ("RecType", 0x21), ("RecCreationTime", 0x224))
+    ev = make_event([{"CmtsHostName": "c1", "CmMacAddr": MAC, "CpeMacAddr": 0xAABBCCDDEEFF, "CpeIpv4Addr": "10.9.8.7",
+                      "CpeIpv6Addr": "2001:db8::9", "CpeIpv4AddrList": bytes([10, 0, 0, 1, 10, 0, 0, 2]),
+                      "RecType": 3, "RecCreationTime": T0}], fields=cpe)
+    ev.records.template = type(ev.records.template)(1, "DOCSIS-CPE-TYPE", "s", ev.records.template.fields,
+                                                     ev.records.template.all_names, ev.records.template.segments)
+    res = usage().process(ev, "cmts1", EXPORTER_IP, T0)
+    (row,) = res.ipdr_records.to_pylist()
+    assert res.usage.num_rows == 0 and row["delta_reason"] == "not_samis" and row["template"] == "DOCSIS-CPE-TYPE"
+    assert row["cm_mac"] == "00:10:95:00:00:01" and row["cmts_host"] == "c1"
+    fields = json.loads(row["fields"])
+    assert fields["CpeMacAddr"] == "aa:bb:cc:dd:ee:ff" and fields["CpeIpv4Addr"] == "10.9.8.7"
+    assert fields["CpeIpv6Addr"] == "2001:db8::9" and fields["CpeIpv4AddrList"] == ["10.0.0.1", "10.0.0.2"]
+    assert fields["RecType"] == 3
