@@ -309,3 +309,21 @@ def test_group_commit_serves_waiting_requests_with_one_flush(tmp_path):
         return sink.flushes
 
     assert run(scenario()) == 2
+
+
+def test_dial_out_over_ipv6_loopback(sink, tmp_path):
+    async def scenario():
+        sim = CmtsSimulator(4, ack_sequence_interval=4)
+        port = await sim.listen("::1", 0)
+        usage = IpdrUsage(tmp_path / "s", CmSubscribers.from_dict(_subs(sim)), preexisting="count")
+        coll = IpdrCollector(_config(0, exporters=[IpdrExporter(f"[::1]:{port}", "v6")]), sink, usage)
+        await coll.start()
+        sim.generate_interval()
+        await sim.wait_acked(timeout=20)
+        await coll.stop()
+        await sim.close()
+        return sim
+
+    sim = run(scenario())
+    assert sink.usage_by_subscriber() == sim.expected_usage(_subs(sim))
+    assert {bytes(r["exporter"]) for r in sink.rows("usage")} == {bytes(15) + b"\x01"}

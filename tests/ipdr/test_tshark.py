@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import ipaddress
 import json
 import os
 import signal
@@ -131,6 +132,10 @@ def test_tshark_agrees_with_the_collector(tmp_path):
         assert msg["ipdr.cmts_host_name"] == row["cmts_host"]
         assert msg["ipdr.service_class_name"] == row["service_class_name"]
         assert msg["ipdr.cm_ipv4_addr"] == ".".join(str(b) for b in row["cm_ipv4"][12:])
+        assert ipaddress.ip_address(msg["ipdr.cm_ipv6_addr"]).packed == row["cm_ipv6"]
+        assert ipaddress.ip_address(msg["ipdr.cmts_ipv6_addr"]).packed == row["cmts_ipv6"]
+        assert msg["ipdr.cmts_md_if_name"] == row["md_if_name"]
+        assert int(msg["ipdr.cmts_md_if_index"]) == row["md_if_index"]
     # every DATA of both sessions (TYPE-2 has no sub-dissector): same DSNs, template and config ids
     assert {(int(x["ipdr.session_id"]), int(x["ipdr.sequence_num"])) for x in data} == set(stored)
     # the collector's DATA_ACKs as tshark reads them: the configId of the data, the DSN of a record it stored
