@@ -22,8 +22,8 @@ ASG = "subscriber_id,plan_id,from\n" + "".join(f"s{i},home,2026-01-01T00:00:00+0
 START = ms("2026-10-20T00:00:00+02:00")  # around the end of summer time, October and November cycles
 
 
-def reference(rows: list[tuple[str, int, str, str, int]]) -> dict[str, int]:
-    """record_id -> amount in micro-EUR, the HOME plan by hand."""
+def reference(rows: list[tuple[str, int, str, str, int]], volume: bool = False) -> dict[str, int]:
+    """record_id -> amount in micro-EUR, the HOME plan by hand (``volume``: its download card in volume mode)."""
     summed: dict[tuple, int] = {}
     for sub, t, d, c, b in rows:
         summed[(sub, t, d, c)] = summed.get((sub, t, d, c), 0) + b
@@ -39,6 +39,11 @@ def reference(rows: list[tuple[str, int, str, str, int]]) -> dict[str, int]:
         return f"{local.year}-{local.month:02d}"
 
     keyed = sorted(summed.items(), key=lambda kv: (kv[0][0], kv[0][1], kv[0][2] == "down", kv[0][3], band(kv[0][1])))
+    totals: dict[tuple, int] = {}  # volume mode: the card's cycle total decides the tier
+    for (sub, t, d, c), b in keyed:
+        if c != "cdn":
+            card = (sub, cycle(t), d)
+            totals[card] = totals.get(card, 0) + -(-b // 1_000_000) * 1_000_000
     for (sub, t, d, c), b in keyed:
         bd = band(t)
         rid = f"{sub}/{t}/{d}/{c}/{bd}"
@@ -52,6 +57,12 @@ def reference(rows: list[tuple[str, int, str, str, int]]) -> dict[str, int]:
         cumulative[card] = after
         if d == "up":
             exact = Decimal(q) * Decimal("0.3333") / Decimal(10**9)
+        elif volume:
+            total = totals[card]
+            peak = bd == "peak"
+            price = ((Decimal("1.20") if peak else Decimal("0.60")) if total <= 5_000_000_000
+                     else (Decimal("0.80") if peak else Decimal("0.40")))
+            exact = Decimal(max(0, after - max(before, 2_000_000_000))) * price / Decimal(10**9)
         else:
             exact = Decimal(0)
             prices = [(2_000_000_000, Decimal(0)),
@@ -85,3 +96,13 @@ def test_engine_matches_the_decimal_reference(raw):
     reordered = table.take(list(reversed(range(table.num_rows))))
     assert {r["record_id"]: r["amount_micros"] for r in rate(reordered, plans(HOME_PLAN), assignments(ASG))
             .records.to_pylist()} == got
+
+
+@settings(max_examples=40, deadline=None)
+@given(rows_strategy)
+def test_volume_mode_matches_the_decimal_reference(raw):
+    rows = [(s, START + k * 300_000, d, c, b) for s, k, d, c, b in raw]
+    table = usage([(s, datetime.fromtimestamp(t / 1000, UTC).isoformat(), d, c, b) for s, t, d, c, b in rows])
+    plan = plans(HOME_PLAN.replace('tier_mode = "graduated"', 'tier_mode = "volume"'))
+    got = {r["record_id"]: r["amount_micros"] for r in rate(table, plan, assignments(ASG)).records.to_pylist()}
+    assert got == reference(rows, volume=True)
