@@ -8,6 +8,7 @@ current-state SQL (rating.tables.current_sql).
 from __future__ import annotations
 
 import re
+from datetime import UTC, datetime
 
 import pytest
 
@@ -301,3 +302,24 @@ def test_plans_with_different_cycle_days_are_read_whole(tmp_path):
     assert (report.records_new, report.records_changed, report.records_voided) == (0, 0, 0)
     assert current(job2)[rec] == (1, 2_000_000_000, 1_000_000)
     job2.close()
+
+
+def test_burstable_95th_percentile_through_the_store(store_env):
+    from tests.rating.test_calendar import BURST
+
+    add, make_job = store_env
+    start = ms("2026-11-01T00:00:00+00:00")
+    rows = []
+    for i in range(100):  # as in test_calendar: down 95 x 12 Mbit/s + 5 x 40 Mbit/s, up 100 x 15 000 001 bit/s
+        t = datetime.fromtimestamp((start + i * 300_000) / 1000, UTC).isoformat()
+        rows.append(("acme", t, "down", "default", 450_000_000 if i >= 5 else 1_500_000_000))
+        rows.append(("acme", t, "up", "default", 562_500_001))
+    add(rows[:100])
+    add(rows[100:])  # two collectors' parts
+    job = make_job(BURST, asg="subscriber_id,plan_id,from\nacme,transit,2026-01-01T00:00:00Z\n")
+    # closed until exactly the end of the 100th interval (watermark 120 s + extra lateness 60 s)
+    job.run(now_ms=start + 100 * 300_000 + 180_000)
+    t = job.engine.query(current_sql(columns="band, cycle_to_date, billable_quantity, amount_micros")).to_pylist()
+    # p95 of up 15 000 001 bit/s; 5 000 001 over the commit -> 6 Mbit/s * 2.00 + 100.00 commit charge.
+    assert t == [{"band": "p95", "cycle_to_date": 15_000_001, "billable_quantity": 6_000_000,
+                  "amount_micros": 112_000_000}]
