@@ -323,3 +323,18 @@ def test_burstable_95th_percentile_through_the_store(store_env):
     # p95 of up 15 000 001 bit/s; 5 000 001 over the commit -> 6 Mbit/s * 2.00 + 100.00 commit charge.
     assert t == [{"band": "p95", "cycle_to_date": 15_000_001, "billable_quantity": 6_000_000,
                   "amount_micros": 112_000_000}]
+
+
+def test_the_documented_query_runs_verbatim(store_env):
+    """The SQL in docs/rating.md, as written, on either store."""
+    from pathlib import Path
+
+    add, make_job = store_env
+    add([("alice", "2026-11-02T21:00:00+01:00", "down", "default", 3_000_000_000)])
+    job = make_job()
+    job.run(now_ms=NOW)
+    text = (Path(__file__).resolve().parents[2] / "docs" / "rating.md").read_text()
+    sql = text.split("```sql\n", 1)[1].split("```", 1)[0]
+    rows = job.engine.query(sql).to_pylist()
+    assert [(r["record_id"], r["version"], r["amount_micros"]) for r in rows] == [
+        (rid("2026-11-02T21:00:00+01:00", "down", "offpeak"), 1, 600_000)]
