@@ -51,6 +51,10 @@ def _s16(host: str) -> bytes:
     return addr.packed
 
 
+class SinkRefused(RuntimeError):
+    """The sink would not take a batch (memory bound reached)."""
+
+
 class Durability:
     """Flush the sink, then commit the delta state: the point after which records may be acknowledged."""
 
@@ -410,8 +414,14 @@ class _Connection:
         async with owner.durability.lock:  # never between a flush and its commit
             result = owner.usage.process(ev, self.name, self.exporter_ip, time.time_ns() // 1_000_000,
                                          session_name)
-            owner.sink.add("ipdr_records", result.ipdr_records)
-            owner.sink.add("usage", result.usage)
+            # usage first: if the sink refuses it (overload), the batch is undone and nothing is acknowledged, so
+            # the CMTS redelivers it; raw records refused after their usage was taken are only counted.
+            if owner.sink.add("usage", result.usage) is False:
+                owner.usage.undo_last()
+                owner.count_error(self.name, "sink_refused")
+                raise SinkRefused(f"sink refused {result.usage.num_rows} usage rows: closing to get a redelivery")
+            if owner.sink.add("ipdr_records", result.ipdr_records) is False:
+                owner.count_error(self.name, "sink_refused_raw")
         owner.stats.records += result.ipdr_records.num_rows
         owner.stats.usage_rows += result.usage.num_rows
         _metric_records(result.ipdr_records.num_rows)

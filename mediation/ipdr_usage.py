@@ -162,8 +162,29 @@ class _State:
         get = self.index.get
         return np.fromiter((get(k, -1) for k in keys.tolist()), dtype=np.int64, count=len(keys))
 
+    def checkpoint(self) -> tuple:
+        """Undo information for the changes that follow (see :meth:`rollback`)."""
+        self._undo: list[tuple[np.ndarray, np.ndarray]] = []
+        return (self.n, json.dumps(self.meta), self._undo)
+
+    def rollback(self, token: tuple) -> None:
+        """Undo every change since ``checkpoint()`` returned ``token`` (nothing else may have changed since)."""
+        n0, meta, undo = token
+        for rows, old in reversed(undo):
+            self.rows[rows] = old
+        for key in self.rows["key"][n0 : self.n].tolist():
+            self.index.pop(key, None)
+        self.rows[n0 : self.n] = np.zeros(self.n - n0, dtype=_STATE_DTYPE)
+        self.n = n0
+        self.meta = json.loads(meta)
+        undo.clear()
+
     def upsert(self, rows: np.ndarray, values: np.ndarray) -> None:
         """Write ``values`` (state dtype) at ``rows``; rows of -1 are new keys, appended."""
+        undo = getattr(self, "_undo", None)
+        if undo is not None:
+            existing = rows[rows >= 0]
+            undo.append((existing, self.rows[existing].copy()))
         new = rows < 0
         if new.any():
             k = int(new.sum())
@@ -176,7 +197,7 @@ class _State:
             rows[new] = idx
             self.n += k
         self.rows[rows] = values
-        self.dirty.append(rows)
+        self.dirty.append(rows[rows < self.n])
 
     # -- durability
     def _paths(self, gen: int) -> tuple[Path, Path]:
@@ -339,6 +360,7 @@ class IpdrUsage:
         address for the ``exporter`` columns. Records at or below the session's durable DSN watermark were already
         processed before a reconnect or restart and are dropped (counted as ``redelivered``).
         """
+        self._checkpoint = self.state.checkpoint()
         recs = ev.records
         n = len(recs)
         wm_key = self._wm_key(exporter, ev)
@@ -545,6 +567,13 @@ class IpdrUsage:
         self._count("usage_rows", len(billed))
         self._count("unattributed_rows", int(no_sub.sum()))
         return u
+
+    def undo_last(self) -> None:
+        """Undo the state changes of the last :meth:`process` call (its batches could not be handed over)."""
+        token = getattr(self, "_checkpoint", None)
+        if token is not None:
+            self.state.rollback(token)
+            self._checkpoint = None
 
     # -- durability -------------------------------------------------------------------------------------------
 

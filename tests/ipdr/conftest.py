@@ -16,9 +16,13 @@ class MemorySink:
         self.durable: dict[str, list[pa.RecordBatch]] = {}
         self.flushes = 0
         self.fail_next_flush = False
+        self.refuse_next_usage = False
         self._lock = threading.Lock()
 
     def add(self, table: str, batch: pa.RecordBatch) -> bool:
+        if table == "usage" and self.refuse_next_usage and batch.num_rows:
+            self.refuse_next_usage = False  # what the real Sink does past max_pending_rows
+            return False
         if batch.num_rows:
             with self._lock:
                 self.pending.setdefault(table, []).append(batch)

@@ -327,3 +327,22 @@ def test_dial_out_over_ipv6_loopback(sink, tmp_path):
     sim = run(scenario())
     assert sink.usage_by_subscriber() == sim.expected_usage(_subs(sim))
     assert {bytes(r["exporter"]) for r in sink.rows("usage")} == {bytes(15) + b"\x01"}
+
+
+def test_sink_refusal_undoes_the_batch_and_gets_it_redelivered(sink, tmp_path):
+    async def scenario():
+        sim = CmtsSimulator(12, ack_sequence_interval=8)
+        port = await sim.listen("127.0.0.1", 0)
+        coll = await _collector(sim, sink, tmp_path / "state", port)
+        await _interval(sim)
+        sim.reset_advanced()
+        sink.refuse_next_usage = True
+        await _interval(sim)
+        await _interval(sim)
+        await coll.stop()
+        await sim.close()
+        return sim, coll
+
+    sim, coll = run(scenario())
+    assert coll.stats.errors.get("sink_refused") == 1 and coll.stats.connections_opened >= 2
+    assert sink.usage_by_subscriber() == sim.expected_usage(_subs(sim))

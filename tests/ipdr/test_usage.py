@@ -182,3 +182,14 @@ def test_other_templates_are_stored_generically_as_json():
     assert fields["CpeMacAddr"] == "aa:bb:cc:dd:ee:ff" and fields["CpeIpv4Addr"] == "10.9.8.7"
     assert fields["CpeIpv6Addr"] == "2001:db8::9" and fields["CpeIpv4AddrList"] == ["10.0.0.1", "10.0.0.2"]
     assert fields["RecType"] == 3
+
+
+def test_undo_last_restores_the_state_exactly():
+    u = usage()
+    deltas(u, [rec(0, 100), rec(15, 300)])
+    before = (u.state.n, u.state.rows[: u.state.n].copy(), dict(u.state.index), str(u.state.meta))
+    deltas(u, [rec(30, 1000), rec(30, 77, sfid=99)], first_dsn=2)  # changes one row, adds one
+    u.undo_last()
+    assert (u.state.n, str(u.state.meta)) == (before[0], before[3]) and u.state.index == before[2]
+    assert (u.state.rows[: u.state.n] == before[1]).all()
+    assert deltas(u, [rec(30, 1000), rec(30, 77, sfid=99)], first_dsn=2)[0] == [700, 77]
