@@ -197,7 +197,7 @@ class _State:
             rows[new] = idx
             self.n += k
         self.rows[rows] = values
-        self.dirty.append(rows[rows < self.n])
+        self.dirty.append(rows)
 
     # -- durability
     def _paths(self, gen: int) -> tuple[Path, Path]:
@@ -247,7 +247,8 @@ class _State:
         if self.dir is None:
             self.dirty.clear()
             return
-        rows = self.rows[np.unique(np.concatenate(self.dirty))] if self.dirty else self.rows[:0]
+        idx = np.unique(np.concatenate(self.dirty)) if self.dirty else np.zeros(0, np.int64)
+        rows = self.rows[idx[idx < self.n]]  # rows past n were undone
         meta = json.dumps(self.meta, separators=(",", ":")).encode()
         body = meta + rows.tobytes()
         chunk = _CHUNK.pack(_MAGIC, len(meta), len(rows), zlib.crc32(body)) + body
