@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import csv
 import datetime as dt
+import hashlib
 import io
 import logging
 import os
@@ -133,15 +134,21 @@ class StaticBindings:
         self.path = Path(path)
         self.bindings = bindings
         self._mtime: float | None = None
+        self._applied: str | None = None  # sha256 of the content last applied
         self.reloads = 0
         self.errors = 0
 
     def reload(self, now_ms: int) -> tuple[int, int]:
-        """Apply the file now: returns (bindings opened, bindings ended). Raises :class:`StaticFileError`."""
+        """Apply the file now: returns (bindings opened, bindings ended). Raises :class:`StaticFileError`.
+
+        A file whose content has not changed since it was last applied costs only reading and hashing it."""
         try:
             self._mtime = self.path.stat().st_mtime
+            digest = hashlib.sha256(self.path.read_bytes()).hexdigest()
         except OSError:
-            self._mtime = None
+            self._mtime, digest = None, None
+        if digest is not None and digest == self._applied:
+            return 0, 0
         try:
             entries = parse_static_file(self.path)
         except StaticFileError:
@@ -168,6 +175,7 @@ class StaticBindings:
         gone = [bid for sid, bid in current.items() if sid not in wanted]
         ended = self.bindings.close_ids(gone, now_ms) if gone else 0
         self.bindings.commit()
+        self._applied = digest
         self.reloads += 1
         log.info("static bindings reloaded", extra={"file": str(self.path), "opened": opened, "ended": ended})
         return opened, ended
