@@ -328,3 +328,18 @@ def test_event_timestamp_from_a_clock_far_ahead_is_not_believed():
     h = Harness()
     h.send(attrs(1, t=T0 + 86400_000, Framed_IP_Address="100.64.0.1"), now=T0)
     assert who(h.b, "100.64.0.1", T0) == "alice" and h.acct._skewed == 1
+
+
+def test_listener_queue_is_bounded():
+    """A flood beyond radius.max_queue is dropped and counted before any work is done for it."""
+    from collector.radius_listener import RadiusServer
+
+    async def main():
+        server = RadiusServer(config(free_port(), "radius.max_queue=3"), Bindings(), lambda t, b: None)
+        for i in range(10):
+            server.received(b"x" * 20, ("127.0.0.1", 1000 + i), None)
+        return server
+
+    server = asyncio.run(main())
+    assert len(server.queue) == 3 and server.dropped == 7
+    assert server.accounting.counters[("queue", "dropped_queue_full")] == 7
