@@ -492,7 +492,7 @@ class IpdrUsage:
         if self.preexisting == "baseline" and fresh.any():
             # Flows created before collection from this CMTS began: their counters hold usage we never saw start.
             since = self._since(host_codes[order], host_names, t)
-            created_at = t - (sys_up[order] - created[order]) * 10 if has_up else t
+            created_at = t - ((sys_up[order] - created[order]) % (1 << 32)) * 10 if has_up else t  # sysUpTime wraps
             base = fresh & (created_at < since - REBOOT_TOLERANCE_CS * 10)
             d_o[base] = 0
             d_p[base] = 0
