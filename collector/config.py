@@ -421,6 +421,8 @@ class MediationConfig:
             raise ConfigError(key, "watermark_s/max_future_s/dedup_window_s", "non-negative numbers")
         if 86400 % self.interval_s:
             raise ConfigError(f"{key}.interval_s", self.interval_s, "a divisor of 86400 (intervals align to days)")
+        if len(self.classes) > 200:
+            raise ConfigError(f"{key}.classes", len(self.classes), "at most 200 class rules")
 
 
 @dataclass(frozen=True)

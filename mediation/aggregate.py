@@ -154,6 +154,12 @@ class UsageAggregator:
         self._closed_before: int | None = None
         self.late_parts = 0
 
+    def remap(self, column: str, mapping: np.ndarray) -> None:
+        """Replace ``column`` values v by ``mapping[v]`` in every held row (class indexes after a rules reload)."""
+        for chunks in [*self._open.values(), self._late]:
+            for ch in chunks:
+                ch[column] = mapping[ch[column]]
+
     def open_intervals(self) -> list[int]:
         return sorted(self._open)
 

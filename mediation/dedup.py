@@ -88,15 +88,19 @@ class Deduplicator:
 
     def __init__(self, window_ms: int, max_keys: int, roles: Sequence = ()) -> None:
         """``roles``: objects with ``prefix`` and ``role`` (e.g. ``ExporterRole``); longest prefix wins."""
+        self.configure(window_ms, max_keys, roles)
+        self._current = _Table(min(self.max_keys, INITIAL_KEYS))
+        self._previous: _Table | None = None
+        self._started_ms: int | None = None
+        self.evictions = 0
+
+    def configure(self, window_ms: int, max_keys: int, roles: Sequence = ()) -> None:
+        """(Re)configure window, size bound (from the next generation on) and exporter roles; keys are kept."""
         self.window_ms = window_ms
         self.max_keys = max(max_keys // 2, 1024)
         self._roles = sorted(((ipaddress.ip_network(r.prefix, strict=False), r.role) for r in roles),
                              key=lambda x: -x[0].prefixlen)
         self._role_cache: dict[bytes, int] = {}
-        self._current = _Table(min(self.max_keys, INITIAL_KEYS))
-        self._previous: _Table | None = None
-        self._started_ms: int | None = None
-        self.evictions = 0
 
     def role_of(self, exporter: bytes) -> int:
         """Role index (into ROLES) of an exporter address (16 bytes)."""

@@ -70,6 +70,7 @@ class Mediator:
         self.reconciliation_source = reconciliation_source or source
         self.interval_ms = int(mc.interval_s * 1000)
         self.classifier = Classifier(mc.classes, mc.default_class)
+        self._class_names = list(self.classifier.names)  # + classes retired by a reload while rows still use them
         self.dedup = Deduplicator(int(mc.dedup_window_s * 1000), mc.dedup_max_keys, mc.exporter_roles)
         self.aggregator = UsageAggregator(self.interval_ms, int(mc.watermark_s * 1000),
                                           int(mc.max_lateness_s * 1000) + 86400_000)
@@ -101,6 +102,30 @@ class Mediator:
                 self._exporter_roles.append(self.dedup.role_of(value))
             local[i] = idx
         return local[enc.indices.to_numpy(zero_copy_only=False)]
+
+    def reload(self, config) -> None:
+        """Apply a reloaded configuration (SIGHUP): class rules, validation limits, watermark, exporter roles and the
+        de-duplication window. ``interval_s`` cannot change under open intervals: that takes a restart."""
+        mc = getattr(config, "mediation", config)
+        if int(mc.interval_s * 1000) != self.interval_ms:
+            log.warning("mediation.interval_s changes take effect at the next restart")
+        old_names = self._class_names
+        self.classifier = Classifier(mc.classes, mc.default_class)
+        names = list(self.classifier.names)
+        names += [n for n in old_names if n not in names]  # rows already summed keep their class
+        remap = np.array([names.index(n) for n in old_names], dtype=np.uint8)
+        self.aggregator.remap("cls", remap)
+        self._class_names = names
+        self._limits = dict(max_future_ms=int(mc.max_future_s * 1000), max_lateness_ms=int(mc.max_lateness_s * 1000),
+                            max_duration_ms=int(mc.max_flow_duration_s * 1000),
+                            max_bytes_per_packet=mc.max_bytes_per_packet)
+        self.aggregator.watermark_ms = int(mc.watermark_s * 1000)
+        self.dedup.configure(int(mc.dedup_window_s * 1000), mc.dedup_max_keys, mc.exporter_roles)
+        self._exporter_roles = [self.dedup.role_of(e) for e in self._exporters]
+        self.config = mc
+        subs = getattr(config, "subscribers", None)
+        if subs is not None:
+            self._refresh_s = subs.refresh_interval_s
 
     def _maybe_refresh(self) -> None:
         now = time.monotonic()
@@ -279,7 +304,7 @@ class Mediator:
         strings = {
             "subscriber_id": self._arrow_names(names).take(pa.array(np.where(sub < 0, len(names) - 1, sub))),
             "direction": pa.array(DIRECTIONS, pa.string()).take(pa.array(rows["direction"])),
-            "traffic_class": pa.array(self.classifier.names.tolist(), pa.string()).take(pa.array(rows["cls"])),
+            "traffic_class": pa.array(self._class_names, pa.string()).take(pa.array(rows["cls"])),
             "source": pa.array([self.source] * len(sub), pa.string()),
         }
         arrays = [strings.get(name, batch.column(name)) for name in USAGE.column_names]

@@ -236,3 +236,18 @@ def test_many_parts_are_handled_in_chunks_with_the_same_result(monkeypatch):
     recon = pa.Table.from_batches(tables(outs, "reconciliation")).to_pylist()
     assert sum(r["bytes_in"] for r in recon) == 15749 and all(r["balanced"] for r in recon)
     assert len(m._chunks(np.array([0, 0, 0, 0]), np.array([INTERVAL * 2, 1, 1, 1]))) == 2
+
+
+def test_reload_changes_class_rules_and_keeps_rows_already_summed():
+    m = Mediator(config('mediation.classes=[{name="cdn", prefixes=["8.8.8.0/24"]}]'), subscribers())
+    m.process(flows([dict(src="100.64.0.1", dst="8.8.8.8", start=T0, end=T0 + 1, bytes=10, packets=1)]), T0 + S)
+    # SIGHUP: a new rule first, the cdn rule renamed; the open interval keeps "cdn" for what it already holds
+    m.reload(config('mediation.classes=[{name="dns", ports=[53]}, {name="cdn2", prefixes=["8.8.8.0/24"]}]',
+                    "mediation.max_flow_duration_s=60"))
+    m.process(flows([dict(src="100.64.0.1", dst="8.8.8.8", start=T0, end=T0 + 1, bytes=20, packets=1),
+                     dict(src="100.64.0.1", dst="9.9.9.9", start=T0, end=T0 + 1, bytes=30, packets=1, dst_port=53),
+                     dict(src="100.64.0.1", dst="9.9.9.9", start=T0, end=T0 + 120_000, bytes=40, packets=1)]),
+              T0 + 2 * S)
+    rows = m.close_all(T0 + 2 * S)["usage"].to_pylist()
+    assert {r["traffic_class"]: r["bytes"] for r in rows} == {"cdn": 10, "cdn2": 20, "dns": 30}
+    assert m.counters["rejected_too_long"] == 1
