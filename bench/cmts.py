@@ -139,15 +139,16 @@ class CmtsSimulator:
         total[0] += octets
         total[1] += packets
 
-    def generate_interval(self, seconds: float = 900.0, active_fraction: float = 1.0) -> int:
-        """Advance the clock by ``seconds``, grow the counters of a share of the flows, queue one Interim per flow
-        (unchanged ones suppressed if configured). Returns the number of records queued."""
+    def generate_interval(self, seconds: float = 900.0, active_fraction: float = 1.0, max_packets: int = 5000) -> int:
+        """Advance the clock by ``seconds``, grow the counters of a share of the flows (1..``max_packets`` packets of
+        64..1500 bytes each), queue one Interim per flow (unchanged ones suppressed if configured). Returns the
+        number of records queued."""
         self.clock += seconds
         queued = 0
         for i, modem in enumerate(self.modems):
             for sf in modem.flows:
                 if self.rng.random() < active_fraction:
-                    pkts = self.rng.randint(1, 5000)
+                    pkts = self.rng.randint(1, max_packets)
                     self._advance(modem, sf, pkts * self.rng.randint(64, 1500), pkts)
                 queued += self._report(i, modem, sf, rec_type=1)
         self._notify()
@@ -428,7 +429,9 @@ def _parse_args() -> argparse.Namespace:
     p.add_argument("--intervals", type=int, default=0, help="stop after this many intervals (0: run forever)")
     p.add_argument("--reboot-every", type=int, default=0, help="reboot the CMTS every N intervals")
     p.add_argument("--disconnect-every", type=int, default=0, help="drop the collector every N intervals")
-    p.add_argument("--wrap-fraction", type=float, default=0.0)
+    p.add_argument("--wrap-fraction", type=float, default=0.0, help="share of flows whose counters start near 2^64")
+    p.add_argument("--active-fraction", type=float, default=1.0, help="share of flows with traffic per interval")
+    p.add_argument("--max-packets", type=int, default=5000, help="most packets a flow passes per interval")
     p.add_argument("--host-name", default="cmts1.example.net")
     return p.parse_args()
 
@@ -446,7 +449,7 @@ async def _main(args: argparse.Namespace) -> None:
     while not args.intervals or n < args.intervals:
         await asyncio.sleep(args.interval)
         n += 1
-        queued = sim.generate_interval(args.interval)
+        queued = sim.generate_interval(args.interval, args.active_fraction, args.max_packets)
         log.info("interval %d: %d records queued, %d unacknowledged", n, queued, sim.unacked)
         if args.reboot_every and n % args.reboot_every == 0:
             sim.reboot()
