@@ -219,7 +219,7 @@ class IpdrCollector:
         if reason is not None:
             self.stats.connections_rejected[reason] = self.stats.connections_rejected.get(reason, 0) + 1
             _metric_error(host, f"connection_{reason}")
-            log.warning("ipdr: connection from %s refused: %s", host, reason)
+            log.warning("ipdr: connection from %s refused: %s", host, reason, extra={"client": host})
             writer.transport.abort()
             return
         exporter = next((e for e in self.config.exporters if split_endpoint(e.address)[0] == host), None)

@@ -67,6 +67,9 @@ def setup(level: str = "info", fmt: str = "logfmt", stream: Any = None) -> None:
         if getattr(old, "_flowmed", False):
             root.removeHandler(old)
     handler._flowmed = True  # type: ignore[attr-defined]
+    from collector.logflood import FloodFilter
+
+    handler.addFilter(FloodFilter())  # per-peer warnings bounded, however many peers (spoofed) there are
     root.addHandler(handler)
     set_level(level)
 

@@ -225,3 +225,48 @@ def test_sink_pending_rows_limit_comes_from_the_config(tmp_path) -> None:
         assert sink.max_pending_rows == 1234
     finally:
         sink.close()
+
+
+# --- the log under a flood ------------------------------------------------------------------------------------------
+
+def test_log_lines_per_peer_and_new_peers_are_bounded() -> None:
+    import logging
+
+    from collector.logflood import FloodFilter
+
+    now = [0.0]
+    f = FloodFilter(interval_s=60, max_new_keys=100, clock=lambda: now[0])
+
+    def rec(client: str) -> logging.LogRecord:
+        r = logging.LogRecord("mediation.radius", logging.WARNING, "", 0, "dropped %s", ("x",), None)
+        r.client = client
+        return r
+
+    passed = sum(f.filter(rec(f"10.{i // 65536}.{i // 256 % 256}.{i % 256}")) for i in range(5000))
+    assert passed == 100  # 5,000 spoofed sources: 100 lines, not 5,000
+    assert sum(f.filter(rec("10.0.0.1")) for _ in range(1000)) == 0  # repeats of a known peer within the minute
+    now[0] = 61.0
+    r = rec("10.0.0.1")
+    assert f.filter(r) and r.suppressed_repeats == 1000 and r.suppressed_other_peers == 4900
+    info = logging.LogRecord("x", logging.INFO, "", 0, "status", None, None)
+    assert all(f.filter(info) for _ in range(10))  # only peer-naming warnings are limited
+
+
+def test_radius_flood_from_unknown_addresses_does_not_flood_the_log() -> None:
+    import io
+
+    from collector import logging as flog
+
+    buf = io.StringIO()
+    flog.setup("info", "logfmt", buf)
+    try:
+        acct = RadiusAccounting(_radius_config().radius, Bindings(), 300_000)
+        acct.handle([(b"\x04" + bytes(30), (f"10.8.{i // 256}.{i % 256}", 1)) for i in range(3000)], T0)
+        malformed = [(b"\x04\x01\x00", ("127.0.0.1", 1))] * 500
+        acct.handle([(_start(i, "x"), ("127.0.0.1", 1)) for i in range(50)] + malformed, T0)
+    finally:
+        flog.setup("info", "logfmt")
+    lines = buf.getvalue().splitlines()
+    assert acct.counters[("unknown", "unknown_client")] == 3000  # every request still counted
+    assert acct.counters[("nas1", "short")] == 500
+    assert len(lines) <= 100 + 5  # 100 new peers per minute, one line for the 500 malformed repeats
