@@ -359,10 +359,21 @@ class RadiusAccounting:
             raise RadiusError("too_many_sessions", f"{sessions} sessions open (radius.max_sessions)")
         session_time = p.integer(ATTRIBUTES["Acct-Session-Time"])
         session_start = t - session_time * 1000 if session_time is not None and status != START else t
-        if not self.bindings.session_bindings(uid):
+        held = self.bindings.session_bindings(uid)
+        if not held:
             # a Start, or an Interim/Stop whose Start we never saw: bind from the session's start
             for net in networks:
                 self.bindings.open(sub, net, session_start, source="radius", session_id=uid, nas=nas)
+        elif networks and status == INTERIM:
+            # the session's addresses changed (a new delegated prefix, say): end the old ones, bind the new from now
+            reported = {parse_network(net): net for net in networks}
+            current = {(hi, lo, plen): bid for bid, _, hi, lo, plen in held}
+            gone = [bid for key, bid in current.items() if key not in reported]
+            if gone:
+                self.bindings.close_ids(gone, t)
+            for key, net in reported.items():
+                if key not in current:
+                    self.bindings.open(sub, net, t, source="radius", session_id=uid, nas=nas)
         usage = None
         gw = p.get(ATTRIBUTES["Acct-Input-Gigawords"]) is not None or p.get(ATTRIBUTES["Acct-Output-Gigawords"]) \
             is not None

@@ -343,3 +343,14 @@ def test_listener_queue_is_bounded():
     server = asyncio.run(main())
     assert len(server.queue) == 3 and server.dropped == 7
     assert server.accounting.counters[("queue", "dropped_queue_full")] == 7
+
+
+def test_interim_with_new_addresses_rebinds_the_session():
+    h = Harness()
+    h.send(attrs(1, t=T0, Framed_IP_Address="100.64.0.1", Delegated_IPv6_Prefix="2001:db8:100::/56"))
+    h.send(attrs(3, t=T0 + 600_000, Framed_IP_Address="100.64.0.1", Delegated_IPv6_Prefix="2001:db8:200::/56"))
+    h.send(attrs(3, t=T0 + 900_000))  # an Interim without address attributes changes nothing
+    assert [who(h.b, "2001:db8:100::1", t) for t in (T0 + 599_999, T0 + 600_000)] == ["alice", ""]
+    assert [who(h.b, "2001:db8:200::1", t) for t in (T0 + 599_999, T0 + 600_000)] == ["", "alice"]
+    assert who(h.b, "100.64.0.1", T0 + 900_000) == "alice"
+    assert h.b.conn.execute("SELECT count(*) FROM bindings").fetchone()[0] == 3
