@@ -196,6 +196,8 @@ class RadiusAccounting:
         self._recent: OrderedDict[tuple, bytes] = OrderedDict()
         self.counters: dict[tuple[str, str], int] = {}
         self.expired = 0
+        self.span_clamped = 0
+        """Reports whose usage spanned more than the session timeout (a NAS clock far off): spread over that much."""
         self._skewed = 0
         """Requests whose Event-Timestamp was too far ahead (the receive time was used instead)."""
         self._new_sessions = 0
@@ -439,6 +441,16 @@ class RadiusAccounting:
 
     def _usage_rows(self, sub: str, uid: str, nas: str, since_ms: int, until_ms: int, d_in: int, d_out: int
                     ) -> dict[str, np.ndarray]:
+        # One row pair per interval between two reports: a NAS whose clock was wrong (a Start stamped 1970 by a
+        # NAS without NTP) would otherwise make millions of rows from one request (6 GB, found by fuzzing). No real
+        # gap between reports exceeds the session timeout (else the session was closed): the counters' delta is
+        # spread over at most that long before this report (counted in span_clamped, logged).
+        max_span = int((self.config.session_timeout_s or 7 * 86400) * 1000)
+        if until_ms - since_ms > max_span:
+            self.span_clamped += 1
+            log.warning("RADIUS report spans %d s since the previous one (NAS clock?): its usage is put in the last "
+                        "%d s", (until_ms - since_ms) // 1000, max_span // 1000, extra={"client": nas})
+            since_ms = until_ms - max_span
         start = np.array([min(since_ms, until_ms)], dtype=np.int64)
         end = np.array([until_ms], dtype=np.int64)
         rec, istart, _, overlap, duration = split_intervals(start, end, self.interval_ms)

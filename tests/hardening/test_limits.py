@@ -270,3 +270,23 @@ def test_radius_flood_from_unknown_addresses_does_not_flood_the_log() -> None:
     assert acct.counters[("unknown", "unknown_client")] == 3000  # every request still counted
     assert acct.counters[("nas1", "short")] == 500
     assert len(lines) <= 100 + 5  # 100 new peers per minute, one line for the 500 malformed repeats
+
+
+def test_radius_report_after_a_wrong_nas_clock_makes_bounded_usage() -> None:
+    """A Start stamped in 1970 (a NAS without NTP) and an Interim stamped now: the delta is spread over at most
+    radius.session_timeout_s before the Interim (not 56 years of 5-minute rows), every byte kept."""
+    acct = RadiusAccounting(_radius_config("radius.session_timeout_s=86400").radius, Bindings(), 300_000)
+    a = ATTRIBUTES
+
+    def req(ident: int, status: int, t_s: int, octets: int = 0) -> bytes:
+        return accounting_request(ident, [(a["Acct-Status-Type"], struct.pack("!I", status)),
+                                          (a["User-Name"], b"bob"), (a["Acct-Session-Id"], b"clock"),
+                                          (a["Framed-IP-Address"], bytes([100, 64, 9, 9])),
+                                          (a["Event-Timestamp"], struct.pack("!I", t_s)),
+                                          (a["Acct-Output-Octets"], struct.pack("!I", octets))], SECRET)
+
+    acct.handle([(req(1, 1, 100_000), ("127.0.0.1", 1))], T0)
+    res = acct.handle([(req(2, 3, T0 // 1000, 123_456_789), ("127.0.0.1", 1))], T0)
+    assert len(res.responses) == 1 and acct.span_clamped == 1
+    assert res.usage.num_rows <= 2 * (86400 // 300 + 1)
+    assert pa.compute.sum(res.usage.column("bytes")).as_py() == 123_456_789
