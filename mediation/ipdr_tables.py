@@ -61,7 +61,8 @@ IPDR_RECORDS = table(
         Column("delta_reason", "string", "How the delta was derived: first, delta, wrap, wrap32, reboot, reset, "
                "stale, duplicate, baseline, not_samis.", low_cardinality=True),
         Column("subscriber_id", "string", "Subscriber owning the CM MAC when billed (empty: unknown)."),
-        Column("usage_row_id", "u64", "row_id of the usage row this record produced (0: none)."),
+        Column("usage_row_id", "u64", "row_id of the usage row this record produced in its own interval (0: none); "
+               "the parts of its delta in earlier intervals have ids derived from it."),
     ),
     time_column="time_received",
     order_by=("exporter", "session_id", "dsn", "rec_creation_time", "cm_mac"),

@@ -9,8 +9,9 @@ apart). Per record, in ``RecCreationTime`` order:
   record replayed): delta 0, state unchanged. A Stop leaves a tombstone, so a replayed record of a deleted flow is
   stale too (tombstones are forgotten after ``tombstone_retention_s``).
 * ``duplicate``: same instance and same RecCreationTime as the record before it: delta 0.
-* ``first``: no previous record: the delta is the whole counter, unless the flow was created before flowmed began
-  collecting from that CMTS (``preexisting="baseline"``: the record only sets the baseline, delta 0, ``baseline``).
+* ``first``: no previous record: the delta is the whole counter (since the flow's creation), unless the flow was
+  created before flowmed began collecting from that CMTS (``preexisting="baseline"``: the record only sets the
+  baseline, delta 0, ``baseline``).
 * ``delta``: counter grew: current - previous.
 * ``reboot``: CmtsSysUpTime does not agree with the time elapsed since the previous record (it went back or jumped):
   the CMTS restarted, counters restarted: delta = current.
@@ -21,6 +22,10 @@ apart). Per record, in ``RecCreationTime`` order:
   time is a new instance. Instances not seen for ``tombstone_retention_s`` (tombstones, and flows that vanished
   without a Stop, as in a CMTS reboot) are forgotten when the journal is compacted.
 * Missing interims (suppressed, lost) need nothing: the next delta covers the gap.
+
+Usage rows: a delta covers the period since the previous record (or since the flow's creation, or the CMTS's boot
+after a reboot); it is spread over the usage intervals of that period in proportion to time (integer parts that sum
+exactly to the delta), so time-of-day rating sees traffic where it happened, as far as the SAMIS interval tells.
 
 Exactly once: the caller writes the usage rows, makes them durable (``Sink.flush()``), then :meth:`IpdrUsage.commit`
 appends the changed state (SF baselines and per-session DSN watermarks) to a journal and fsyncs it, and only then
@@ -333,7 +338,7 @@ class IpdrUsage:
 
     def __init__(self, state_dir: str | os.PathLike | None = None, subscribers: CmSubscribers | None = None, *,
                  interval_s: int = 300, preexisting: str = "baseline", tombstone_retention_s: float = 7 * 86400,
-                 compact_rows: int = 1_000_000, address_lookup=None) -> None:
+                 compact_rows: int = 1_000_000, address_lookup=None, max_span_s: float = 86400.0) -> None:
         self.state = _State(Path(state_dir) if state_dir is not None else None)
         self.subscribers = subscribers or CmSubscribers(None)
         self.interval_ms = int(interval_s * 1000)
@@ -341,6 +346,7 @@ class IpdrUsage:
         self.tombstone_retention_ms = int(tombstone_retention_s * 1000)
         self.compact_rows = compact_rows
         self.address_lookup = address_lookup
+        self.max_span_ms = int(max_span_s * 1000)
         self.counters: dict[str, int] = {}
 
     def _count(self, name: str, n: int) -> None:
@@ -489,10 +495,15 @@ class IpdrUsage:
         fresh = ~has_prev
         reason = np.where(duplicate, R_DUPLICATE, np.where(reboot, R_REBOOT, np.where(reset, R_RESET, np.where(
             wrap32, R_WRAP32, np.where(wrapped, R_WRAP, np.where(fresh, R_FIRST, R_DELTA)))))).astype(np.int8)
+        # When the flow was created (from sysUpTime, which wraps at 2^32 hundredths): where a first delta starts.
+        created_at = t - ((sys_up[order] - created[order]) % (1 << 32)) * 10 if has_up else t
+        # The period a delta covers: since the previous record, or since the flow (or the rebooted CMTS) started.
+        span = np.where(cont, prev_time, np.where(reboot, t - sys_up[order] * 10 if has_up else t, created_at))
+        out_span = np.asarray(rec_time, dtype=np.int64).copy()
+        out_span[order] = span
         if self.preexisting == "baseline" and fresh.any():
             # Flows created before collection from this CMTS began: their counters hold usage we never saw start.
             since = self._since(host_codes[order], host_names, t)
-            created_at = t - ((sys_up[order] - created[order]) % (1 << 32)) * 10 if has_up else t  # sysUpTime wraps
             base = fresh & (created_at < since - REBOOT_TOLERANCE_CS * 10)
             d_o[base] = 0
             d_p[base] = 0
@@ -516,7 +527,7 @@ class IpdrUsage:
         for name, mask in (("stale", stale), ("duplicate", duplicate), ("reboot", reboot), ("wrap", wrapped),
                            ("first", fresh), ("baseline", reason == R_BASELINE)):
             self._count(name, int(mask.sum()))
-        return self._usage(out, mac, exporter_ip, keys)
+        return self._usage(out, mac, exporter_ip, keys, out_span)
 
     def _since(self, codes: np.ndarray, names: list[str], t: np.ndarray) -> np.ndarray:
         """When collection from each CMTS host began (its first record's time), per record."""
@@ -529,8 +540,8 @@ class IpdrUsage:
             values.append(since[h])
         return np.array(values, dtype=np.int64)[codes]
 
-    def _usage(self, out: dict[str, np.ndarray], mac: np.ndarray, exporter_ip: bytes,
-               keys: np.ndarray) -> dict[str, np.ndarray]:
+    def _usage(self, out: dict[str, np.ndarray], mac: np.ndarray, exporter_ip: bytes, keys: np.ndarray,
+               span_start: np.ndarray) -> dict[str, np.ndarray]:
         billed = np.flatnonzero((out["delta_octets"] > 0) | (out["delta_packets"] > 0))
         rec_time = out["rec_creation_time"][billed]
         names = list(self.subscribers.names)
@@ -551,21 +562,25 @@ class IpdrUsage:
         dir_code = np.where(direction == 1, 0, np.where(direction == 2, 1, 2)).astype(np.int8)
         no_sub = sub_idx == unknown
         dir_code[no_sub] = 2
-        start = (rec_time - 1) // self.interval_ms * self.interval_ms
         row_id = hash_columns(keys[billed], rec_time, out["rec_type"][billed].astype(np.int64), seed=0x1BD8)
         out["usage_row_id"][billed] = row_id
-        u = _empty(USAGE, len(billed))
-        u["interval_start"], u["interval_end"] = start, start + self.interval_ms
-        u["subscriber_id"] = _Coded(sub_idx, names)
-        u["direction"] = _Coded(dir_code, ["down", "up", "unattributed"])
+        piece, iv_start, octets, packets, last = _split(span_start[billed], rec_time, out["delta_octets"][billed],
+                                                        out["delta_packets"][billed], self.interval_ms,
+                                                        self.max_span_ms)
+        # The part in the record's own interval keeps the record's row id; earlier parts get ids derived from it.
+        ids = np.where(last, row_id[piece], hash_columns(row_id[piece], iv_start, seed=0x5EED))
+        u = _empty(USAGE, len(piece))
+        u["interval_start"], u["interval_end"] = iv_start, iv_start + self.interval_ms
+        u["subscriber_id"] = _Coded(sub_idx[piece], names)
+        u["direction"] = _Coded(dir_code[piece], ["down", "up", "unattributed"])
         u["traffic_class"] = _Const("all")
-        u["bytes"], u["packets"] = out["delta_octets"][billed], out["delta_packets"][billed]
-        u["flows"][:] = 1
+        u["bytes"], u["packets"] = octets, packets
+        u["flows"] = last.astype(np.uint64)  # a record counts in one interval only
         u["source"] = _Const("ipdr")
         u["exporter"][:] = exporter_ip
-        u["created"] = rec_time  # deterministic, so a re-derived row is identical (see module docstring)
-        u["row_id"] = row_id
-        self._count("usage_rows", len(billed))
+        u["created"] = rec_time[piece]  # deterministic, so a re-derived row is identical (see module docstring)
+        u["row_id"] = ids
+        self._count("usage_rows", len(piece))
         self._count("unattributed_rows", int(no_sub.sum()))
         return u
 
@@ -613,6 +628,45 @@ _SAMIS_COLUMNS = {
     "service_sla_delay_pkts": "ServiceSlaDelayPkts", "service_time_created": "ServiceTimeCreated",
     "service_time_active": "ServiceTimeActive",
 }
+
+
+def _split(start: np.ndarray, end: np.ndarray, octets: np.ndarray, packets: np.ndarray, interval_ms: int,
+           max_span_ms: int) -> tuple[np.ndarray, ...]:
+    """Spread each delta over the usage intervals its period ``(start, end]`` covers, in proportion to time.
+
+    Returns ``(record index, interval start, octets, packets, is_last_part)`` per part. Integer and exact: the part
+    totals are differences of ``floor(total * covered_fraction)``, so the parts of a record sum to its delta. A
+    period longer than ``max_span_ms`` (a collector outage) is spread over its last ``max_span_ms``; deltas above
+    2^53 (beyond float precision) stay whole in the record's interval.
+    """
+    n = len(end)
+    end = np.asarray(end, dtype=np.int64)
+    start = np.clip(np.asarray(start, dtype=np.int64), end - max_span_ms, end)
+    big = (octets > np.uint64(2**53)) | (packets > np.uint64(2**53))
+    start = np.where(big, end, start)
+    last_iv = (end - 1) // interval_ms
+    first_iv = np.where(start < end, start // interval_ms, last_iv)
+    k = last_iv - first_iv + 1
+    piece = np.repeat(np.arange(n), k)
+    offset = np.arange(len(piece)) - np.repeat(np.cumsum(k) - k, k)
+    iv = first_iv[piece] + offset
+    is_last = iv == last_iv[piece]
+    dur = np.maximum(end - start, 1)[piece]
+    covered = np.minimum(end[piece], (iv + 1) * interval_ms) - start[piece]
+    frac = covered / dur
+
+    def parts(total: np.ndarray) -> np.ndarray:
+        t = total[piece]
+        cum = np.where(is_last, t, np.floor(t.astype(np.float64) * frac).astype(np.uint64))
+        cum = np.minimum(cum, t)
+        prev = np.zeros(len(piece), dtype=np.uint64)
+        prev[1:] = cum[:-1]
+        prev[offset == 0] = 0
+        return cum - prev
+
+    o, p = parts(octets), parts(packets)
+    keep = (o > 0) | (p > 0) | is_last  # no empty parts (a period that only grazes an interval)
+    return piece[keep], iv[keep] * interval_ms, o[keep], p[keep], is_last[keep]
 
 
 REASONS = ["stale", "first", "delta", "wrap", "wrap32", "reboot", "duplicate", "baseline", "reset"]

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import numpy as np
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from decoders.ipdr.samis import SAMIS_TYPE_1
 from mediation.ipdr_usage import CmSubscribers, IpdrUsage
@@ -81,16 +83,27 @@ def test_dsn_watermark_drops_redelivered_records():
     assert res.ipdr_records.num_rows == 1 and u.counters["redelivered"] == 1
 
 
-def test_usage_rows_per_subscriber_and_direction():
+def test_usage_rows_per_subscriber_and_direction_spread_over_intervals():
     u = usage(interval_s=300)
-    res = u.process(make_event([rec(0, 100), rec(15, 300), rec(15, 40, sfid=9, direction=2),
-                                rec(15, 77, mac=0xABC)]), "cmts1", EXPORTER_IP, T0)
+    just_created = 500_000 - 10  # sysUpTime at T0 is 500_000: flows created 0.1 s before the first record
+    res = u.process(make_event([rec(0, 100, created=just_created), rec(15, 300, created=just_created),
+                                rec(15, 40, sfid=9, direction=2, created=just_created + 6001 * 10),
+                                rec(15, 77, mac=0xABC, created=just_created + 6000 * 15)]), "cmts1", EXPORTER_IP, T0)
     rows = res.usage.to_pylist()
-    got = sorted((r["subscriber_id"], r["direction"], r["bytes"]) for r in rows)
-    assert got == [("", "unattributed", 77), ("alice", "down", 100), ("alice", "down", 200), ("alice", "up", 40)]
-    end = T0 + 15 * 60_000
-    assert {r["interval_end"].timestamp() * 1000 for r in rows if r["bytes"] == 200} == {end}
+    totals: dict = {}
+    for r in rows:
+        key = (r["subscriber_id"], r["direction"])
+        totals[key] = totals.get(key, 0) + r["bytes"]
+    assert totals == {("alice", "down"): 300, ("alice", "up"): 40, ("", "unattributed"): 77}
+    # the 0 -> 15 min delta of 200 octets is spread over the three 5-minute intervals it covers, exactly
+    ms = lambda r: int(r["interval_start"].timestamp() * 1000)  # noqa: E731
+    parts = sorted((ms(r), r["bytes"], r["flows"]) for r in rows
+                   if r["subscriber_id"] == "alice" and r["direction"] == "down" and ms(r) >= T0)
+    assert parts == [(T0, 66, 0), (T0 + 300_000, 67, 0), (T0 + 600_000, 67, 1)]
+    # a flow created 5 minutes before its first record: its counter goes to that last interval
+    assert [(ms(r), r["bytes"]) for r in rows if r["direction"] == "up"] == [(T0 + 600_000, 40)]
     assert all(r["source"] == "ipdr" and r["traffic_class"] == "all" for r in rows)
+    assert len({r["row_id"] for r in rows}) == len(rows)
 
 
 def test_preexisting_flows_only_set_a_baseline():
@@ -151,8 +164,10 @@ def test_unmapped_cm_mac_attributed_through_address_bindings(tmp_path):
     rows = [rec(0, 100), {**rec(0, 300, mac=0xBEEF), "CmIpv4Addr": "10.0.0.9"},
             {**rec(0, 50, mac=0xCAFE), "CmIpv4Addr": "10.0.0.10"}]
     res = u.process(make_event(rows), "cmts1", EXPORTER_IP, T0)
-    got = sorted((r["subscriber_id"], r["direction"], r["bytes"]) for r in res.usage.to_pylist())
-    assert got == [("", "unattributed", 50), ("alice", "down", 100), ("carol", "down", 300)]
+    got: dict = {}
+    for r in res.usage.to_pylist():
+        got[(r["subscriber_id"], r["direction"])] = got.get((r["subscriber_id"], r["direction"]), 0) + r["bytes"]
+    assert got == {("", "unattributed"): 50, ("alice", "down"): 100, ("carol", "down"): 300}
     assert res.ipdr_records.column("subscriber_id").to_pylist() == ["alice", "carol", ""]
     bindings.close()
 
@@ -193,3 +208,21 @@ def test_undo_last_restores_the_state_exactly():
     assert (u.state.n, str(u.state.meta)) == (before[0], before[3]) and u.state.index == before[2]
     assert (u.state.rows[: u.state.n] == before[1]).all()
     assert deltas(u, [rec(30, 1000), rec(30, 77, sfid=99)], first_dsn=2)[0] == [700, 77]
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(st.tuples(st.integers(0, 10**7), st.integers(1, 10**7), st.integers(0, 2**64 - 1),
+                          st.integers(0, 2**40)), min_size=1, max_size=20))
+def test_split_parts_sum_exactly_and_stay_in_the_period(spans):
+    from mediation.ipdr_usage import _split
+
+    start = np.array([T0 + a for a, _, _, _ in spans], dtype=np.int64)
+    end = start + np.array([d for _, d, _, _ in spans], dtype=np.int64)
+    octets = np.array([o for _, _, o, _ in spans], dtype=np.uint64)
+    packets = np.array([p for _, _, _, p in spans], dtype=np.uint64)
+    piece, iv, o, p, last = _split(start, end, octets, packets, 300_000, 86_400_000)
+    for i in range(len(spans)):
+        mine = piece == i
+        assert int(o[mine].sum(dtype=object)) == int(octets[i]) and int(p[mine].sum(dtype=object)) == int(packets[i])
+        assert last[mine].sum() == 1 and iv[mine & last][0] == (end[i] - 1) // 300_000 * 300_000
+        assert (iv[mine] + 300_000 > max(start[i], end[i] - 86_400_000)).all() and (iv[mine] < end[i]).all()
