@@ -5,9 +5,10 @@
 One round: two SAMIS documents (SAMIS-TYPE-1 and SAMIS-TYPE-2 sessions of the CMTS simulator, 25,000 cable modems,
 two service flows each: 50,000 records, ~13 MB of IPDR/SP DATA messages) fed to the sans-I/O collector connection
 (framing, DATA headers, columnar compact-XDR decode), then to :class:`mediation.ipdr_usage.IpdrUsage` (SF instance
-keys, delta rules, durable-state update, subscriber lookup by CM MAC) producing the ``ipdr_records`` and ``usage``
-Arrow batches. The state already holds the previous interval (every record is a real delta). Not included: socket
-reads, the Sink's writer thread and the journal fsync (once per ACK, not per record).
+keys, delta rules, durable-state update, subscriber lookup by CM MAC, spreading each 15-minute delta over the 3-4
+5-minute usage intervals it covers) producing the ``ipdr_records`` and ``usage`` Arrow batches. The state already
+holds the previous interval (every record is a real delta). Not included: socket reads, the Sink's writer thread and
+the journal fsync (once per ACK, not per record).
 
 ``--benchmark-timer=time.process_time`` measures CPU time of this process (per core), not wall time, which the
 shared 2-core machines here inflate by other jobs. With ``--benchmark-disable`` (the suite default) it runs once on
@@ -71,7 +72,8 @@ def test_samis_records_per_second(benchmark, request):
 
     records, usage_rows = benchmark.pedantic(_run, setup=setup, rounds=5 if _enabled(request) else 1,
                                              iterations=1)
-    assert records == expected // 2 and usage_rows == expected // 2
+    # every record is billed; a 15-minute delta is spread over the 3 or 4 five-minute usage intervals it touches
+    assert records == expected // 2 and 3 * records <= usage_rows <= 4 * records
     benchmark.extra_info["records_per_round"] = records
     benchmark.extra_info["bytes_per_round"] = sum(len(d) for d in documents)
     if benchmark.stats is not None and benchmark.stats.stats.mean:
