@@ -144,9 +144,12 @@ class Pipeline:
         tables: dict[str, Any] = {"flows": flows} if n else {}
         if self.mediator is not None and n:
             try:
+                from collector.bounded import mediate_bounded
                 from mediation.nat import without_nat_only
 
-                tables.update(self.mediator.process(without_nat_only(flows), received))
+                # in slices of bounded interval parts: long records cannot make one call use gigabytes
+                tables.update(mediate_bounded(self.mediator, without_nat_only(flows), received,
+                                              self.config.mediation.interval_s * 1000))
             except Exception as exc:  # a mediation bug must not stop the raw flows from being stored
                 m.pipeline_errors.labels("mediation").inc()
                 log("error", "mediation failed on a batch", flows=n, error=repr(exc))

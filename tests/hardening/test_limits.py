@@ -290,3 +290,37 @@ def test_radius_report_after_a_wrong_nas_clock_makes_bounded_usage() -> None:
     assert len(res.responses) == 1 and acct.span_clamped == 1
     assert res.usage.num_rows <= 2 * (86400 // 300 + 1)
     assert pa.compute.sum(res.usage.column("bytes")).as_py() == 123_456_789
+
+
+# --- mediation work per batch ---------------------------------------------------------------------------------------
+
+def test_long_records_are_mediated_in_bounded_slices_with_the_same_totals(tmp_path) -> None:
+    """Day-long records split into 288 parts each: the batch goes to the mediator in slices of at most max_parts
+    parts, and usage + rejects carry exactly the bytes one call would."""
+    import time
+
+    import numpy as np
+
+    from bench.flowgen import flows_batch
+    from collector.bounded import mediate_bounded, parts_per_record, slices_by_parts
+    from collector.server import make_mediator
+
+    now = int(time.time() * 1000)
+    b = flows_batch(3000, t0_ms=now - 90_000_000, span_ms=1000)
+    cols = {n: b.column(n) for n in b.schema.names}
+    for name, value in (("flow_start", now - 86_000_000), ("flow_end", now - 1000)):
+        cols[name] = pa.array(np.full(3000, value, dtype=np.int64)).cast(b.schema.field(name).type)
+    batch = pa.RecordBatch.from_arrays([cols[n] for n in b.schema.names], schema=b.schema)
+    slices = slices_by_parts(batch, 300_000, max_parts=50_000)
+    assert len(slices) > 10 and sum(s.num_rows for s in slices) == 3000
+    per_record = int(parts_per_record(np.array([now - 86_000_000]), np.array([now - 1000]), 300_000)[0])
+    assert per_record >= 287 and all(s.num_rows * per_record <= 50_000 for s in slices)
+
+    def total(out: dict) -> dict:
+        return {k: pa.compute.sum(v.column("bytes")).as_py() for k, v in out.items()
+                if k in ("usage", "rejects") and v is not None and v.num_rows}
+
+    sliced = total(mediate_bounded(make_mediator(load(None, [f"store.path={tmp_path / 'a'}"])), batch, now, 300_000,
+                                   max_parts=50_000))
+    whole = total(make_mediator(load(None, [f"store.path={tmp_path / 'b'}"])).process(batch, now))
+    assert sliced == whole and sliced
