@@ -330,6 +330,7 @@ class RadiusAccounting:
         status = p.integer(ATTRIBUTES["Acct-Status-Type"])
         if status is None:
             raise RadiusError("no_status_type", "Accounting-Request without Acct-Status-Type")
+        self.bindings._begin()  # everything of the batch in one transaction: atomic, and one fsync
         event = p.integer(ATTRIBUTES["Event-Timestamp"])
         delay = p.integer(ATTRIBUTES["Acct-Delay-Time"]) or 0
         t = event * 1000 if event else now_ms - delay * 1000
