@@ -44,6 +44,7 @@ class ServiceFlow:
     packets: int = 0
     class_name: str = ""
     reported: tuple[int, int] | None = None  # counters in the last record sent (for suppression)
+    unreported: list[int] = field(default_factory=lambda: [0, 0])  # growth since the last record
 
 
 @dataclass
@@ -65,6 +66,7 @@ class _Queued:
     record: bytes
     sent: bool = False
     ever_sent: bool = False
+    growth: tuple[int, int, int, int] = (0, 0, 0, 0)  # (mac, direction, octets, packets) this record reports
 
 
 @dataclass
@@ -138,6 +140,8 @@ class CmtsSimulator:
         total = self.advanced.setdefault((modem.mac, sf.direction), [0, 0])
         total[0] += octets
         total[1] += packets
+        sf.unreported[0] += octets
+        sf.unreported[1] += packets
 
     def generate_interval(self, seconds: float = 900.0, active_fraction: float = 1.0, max_packets: int = 5000) -> int:
         """Advance the clock by ``seconds``, grow the counters of a share of the flows (1..``max_packets`` packets of
@@ -181,11 +185,21 @@ class CmtsSimulator:
 
     def reboot(self, downtime_s: float = 120.0) -> None:
         """The CMTS restarts: new boot time, sysUpTime from 0, every service flow re-created with zero counters.
-        Unacknowledged records are lost with the CMTS's memory (counted as dropped in the next SESSION_START)."""
+        Unacknowledged records are lost with the CMTS's memory; what never-sent ones reported leaves ``advanced``
+        (records already sent but not acknowledged may or may not have reached a collector: for an exact account,
+        reboot once :meth:`wait_acked` returned)."""
         self.clock += downtime_s
         self.boot_time = int(self.clock)
         self.config_id += 1
         for q in self.sessions.values():
+            for item in q.queue:  # never sent: what those records reported is lost, no collector can bill it
+                if item.ever_sent:  # on the wire: a collector may have it (ambiguous: reboot after the ACKs)
+                    continue
+                mac, direction, octets, packets = item.growth
+                total = self.advanced.get((mac, direction))
+                if total is not None:
+                    total[0] -= octets
+                    total[1] -= packets
             q.queue.clear()
         self.next_sfid = 1000  # SFIDs are reused after a reboot: only the creation time tells them apart
         for modem in self.modems:
@@ -201,7 +215,9 @@ class CmtsSimulator:
         values = self._record_values(modem, sf, rec_type)
         record = b"".join(encode_value(t, values[name]) for name, t in SESSION_TYPES[session_id][1])
         q = self.sessions[session_id]
-        q.queue.append(_Queued(q.next_dsn, 1, record))
+        growth = (modem.mac, sf.direction, sf.unreported[0], sf.unreported[1])
+        sf.unreported = [0, 0]
+        q.queue.append(_Queued(q.next_dsn, 1, record, growth=growth))
         q.next_dsn += 1
         self.records_generated += 1
         return 1
@@ -452,6 +468,8 @@ async def _main(args: argparse.Namespace) -> None:
         queued = sim.generate_interval(args.interval, args.active_fraction, args.max_packets)
         log.info("interval %d: %d records queued, %d unacknowledged", n, queued, sim.unacked)
         if args.reboot_every and n % args.reboot_every == 0:
+            with contextlib.suppress(TimeoutError):  # reboot after the collector has the interval, if it can
+                await sim.wait_acked(timeout=args.interval)
             sim.reboot()
         if args.disconnect_every and n % args.disconnect_every == 0:
             sim.drop_connections()
