@@ -428,7 +428,7 @@ class _Connection:
 
     def _violation(self, v: ProtocolViolation) -> None:
         self.owner.count_error(self.name, v.reason)
-        log.warning("ipdr: %s: %s: %s", self.name, v.reason, v.detail)
+        log.warning("ipdr: %s: %s: %s", self.name, v.reason, v.detail, extra={"client": self.name})
         if v.fatal:
             with contextlib.suppress(Exception):
                 self.writer.write(m.encode(m.Error(0, int(time.time()), v.error_code, v.detail[:200])))

@@ -240,3 +240,32 @@ def test_tls_to_clickhouse_is_used_and_verified(tmp_path: Path, clickhouse_facto
     with pytest.raises(Exception):  # noqa: B017 - any failure: plain native protocol cannot talk to a TLS port
         select_one(secure=False)
     assert os.path.exists(cert)
+
+
+def test_daemon_flow_allowlist_refuses_other_exporters_before_decoding(tmp_path: Path) -> None:
+    """`flowmed run` with listen.allow: v9 from 127.0.0.1 (not allowed) is counted as refused and never stored;
+    with 127.0.0.0/8 allowed the same traffic is stored."""
+    from tests.collector.daemon import stored_flows
+
+    def run(allow: str, sub: str, wanted: str) -> tuple[str, int]:
+        daemon = Daemon(tmp_path / sub, f"listen.allow={allow}", "mediation.enabled=false", flush_interval_s=0.5)
+        try:
+            daemon.wait_message("READY=1")
+            traffic = V9Traffic()
+            traffic.send(daemon.port, 10)
+            traffic.close()
+            deadline = time.monotonic() + 30
+            metrics = ""
+            while time.monotonic() < deadline and wanted not in metrics:
+                metrics = daemon.get("/metrics")
+                time.sleep(0.1)
+        finally:
+            assert daemon.stop() == 0
+        return metrics, stored_flows(daemon.store) if (daemon.store / "flows").exists() else 0
+
+    refused = 'flowmed_datagrams_refused_total{exporter="127.0.0.1",reason="not_allowed"} 10.0'
+    metrics, stored = run('["192.0.2.0/24", "2001:db8::/32"]', "denied", refused)
+    assert refused in metrics and stored == 0
+    received = 'flowmed_records_received_total{exporter="127.0.0.1",version="9"} 300.0'
+    metrics, stored = run('["127.0.0.0/8"]', "allowed", received)
+    assert received in metrics and "flowmed_datagrams_refused_total{" not in metrics and stored == 300
