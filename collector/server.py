@@ -603,6 +603,8 @@ class Server:
                     static.reload(now_ms())
                 except ValueError as exc:
                     log("error", "static bindings file refused; keeping the previous bindings", error=str(exc))
+        if p.compliance is not None:
+            p.compliance.reload(new)
         if new.listen.udp != old.listen.udp or new.metrics.listen != old.metrics.listen:
             log("warning", "listen addresses changed: they take effect at the next restart")
         self.metrics.config_reloads.labels("ok").inc()

@@ -56,6 +56,11 @@ class ComplianceStage:
             "nat_events", "nat_observed", "nat_other", "records", "records_attributed",
             "records_attributed_destination", "records_unattributed")}
 
+    def reload(self, config) -> None:
+        """Apply a reloaded configuration (SIGHUP): the natEvent dialect and nat_from_flows take effect at once."""
+        self.dialect = config.compliance.nat_event_codes
+        self.nat_from_flows = config.compliance.nat_from_flows
+
     # --- per batch ---------------------------------------------------------------------------------------------------
     def process(self, flows: pa.RecordBatch, now_ms: int) -> dict[str, pa.RecordBatch]:
         """The compliance tables of one ``flows`` batch (a table is absent when it has no rows)."""

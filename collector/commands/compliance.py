@@ -140,7 +140,12 @@ def trace_command(address, port, at, window_s, subscriber, from_, to, fmt, targe
     finally:
         engine.close()
     if address is not None and fmt == "table":
-        sys.stdout.write(verdict(answer).line() + "\n\n")
+        v = verdict(answer)
+        sys.stdout.write(v.line() + "\n")
+        if port is None and v.nat.split(" ")[0] in ("session", "block", "flow"):
+            sys.stdout.write("note: this address is behind NAT and shared: the holder depends on the port; give "
+                             "--port for an answer\n")
+        sys.stdout.write("\n")
     sys.stdout.write(render(answer, fmt))
 
 

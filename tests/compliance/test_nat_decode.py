@@ -144,3 +144,18 @@ def test_v9_rfc_codes_and_ipv6_translation():
     assert (e["scope"], e["action"], _text(e["public_addr"]), e["public_port_start"], e["protocol"]) == (
         "session", START, "2001:db8::64", 61000, 17)
     assert "ip_detail_records" not in out
+
+
+def test_reload_switches_the_dialect():
+    ex = IpfixExporter(4)
+    tmpl = template(311, "observationTimeMilliseconds", "natEvent", "sourceIPv4Address", "postNATSourceIPv4Address")
+    rec = {"observationTimeMilliseconds": scenario.T0, "natEvent": 12, "sourceIPv4Address": "100.64.1.1",
+           "postNATSourceIPv4Address": "203.0.113.50"}
+    flows = FLOWS.to_arrow(FlowDecoder().decode([(ex.datagram(ex.templates(tmpl), ex.data(tmpl, [rec]),
+                                                              export_ms=scenario.T0), "192.0.2.4", scenario.T0)]).flows)
+    stage = ComplianceStage(load(None), Bindings(None))
+    (e,) = stage.process(flows, scenario.T0)["nat_events"].to_pylist()
+    assert (e["scope"], e["action"]) == ("other", OTHER)  # RFC 8158: ports exhausted
+    stage.reload(load(None, ["compliance.nat_event_codes=draft"]))
+    (e,) = stage.process(flows, scenario.T0)["nat_events"].to_pylist()
+    assert (e["scope"], e["action"]) == ("address", START)  # draft: address binding create

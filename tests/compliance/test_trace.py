@@ -111,6 +111,11 @@ def test_trace_command(built):
     assert js.returncode == 0, js.stderr
     rows = [json.loads(line) for line in js.stdout.splitlines()]
     assert [r["evidence"] for r in rows] == ["binding", "flow"] and rows[1]["bytes"] == 5000
+    shared = subprocess.run([sys.executable, "-m", "collector.cli", "trace", "--address", "203.0.113.7", "--at",
+                             "2026-03-02T14:16:40Z", "--set", f"store.path={cfg.store.path}"],
+                            capture_output=True, text=True, timeout=120)
+    assert shared.returncode == 0, shared.stderr
+    assert "behind NAT and shared: the holder depends on the port" in shared.stdout
     bad = subprocess.run([sys.executable, "-m", "collector.cli", "trace", "--address", "203.0.113.7"],
                          capture_output=True, text=True, timeout=60)
     assert bad.returncode == 2 and "--at" in bad.stderr
