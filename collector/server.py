@@ -592,6 +592,11 @@ class Server:
         p = self.pipeline
         p.config = new
         p.decoder.set_sampling(sampling_policy(new))
+        if (new.listen.allow, new.listen.exporter_rate_limit, new.listen.exporter_rate_burst) != \
+                (old.listen.allow, old.listen.exporter_rate_limit, old.listen.exporter_rate_burst):
+            p.admission = make_admission(new)  # exporter allowlist and rate limit take effect at once
+            log("info", "exporter allowlist and rate limit reloaded", allow=new.listen.allow,
+                exporter_rate_limit=new.listen.exporter_rate_limit)
         if p.mediator is not None:
             if hasattr(p.mediator, "reload"):
                 p.mediator.reload(new)

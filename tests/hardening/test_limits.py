@@ -324,3 +324,21 @@ def test_long_records_are_mediated_in_bounded_slices_with_the_same_totals(tmp_pa
                                    max_parts=50_000))
     whole = total(make_mediator(load(None, [f"store.path={tmp_path / 'b'}"])).process(batch, now))
     assert sliced == whole and sliced
+
+
+def test_allowlist_and_rate_limit_follow_a_reload(tmp_path) -> None:
+    """SIGHUP (Server.reload): a changed listen.allow / exporter_rate_limit applies to the next batch."""
+    from collector.server import Server
+
+    conf = tmp_path / "collector.toml"
+    conf.write_text(f'[store]\npath = "{tmp_path}"\n[mediation]\nenabled = false\n')
+    cfg = load(str(conf))
+    server = Server(cfg, str(conf), registry=CollectorRegistry(), sink=ListSink(), mediator=None)
+    server.pipeline = Pipeline(cfg, server.metrics, ListSink())
+    assert server.pipeline.admission is None
+    conf.write_text(conf.read_text() + '[listen]\nallow = ["192.0.2.0/24"]\n')
+    assert server.reload()
+    assert server.pipeline.process([(d, "203.0.113.1", T0) for d in _v5(2)]) == 0
+    assert server.pipeline.process([(d, "192.0.2.1", T0) for d in _v5(2)]) == 20
+    conf.write_text(conf.read_text().replace('allow = ["192.0.2.0/24"]', "allow = []"))
+    assert server.reload() and server.pipeline.admission is None
