@@ -160,6 +160,11 @@ class Metrics:
         self.usage_bytes = Counter("flowmed_usage_bytes",
                                    "Flow bytes by mediation result: attributed, unattributed, rejected, duplicate.",
                                    ["result"], registry=r)
+        self.compliance_records = Counter("flowmed_compliance_records",
+                                          "IP detail records written, by attribution status.", ["status"], registry=r)
+        self.nat_events = Counter("flowmed_nat_events", "NAT log rows written, by kind: event (natEvent records), "
+                                  "other (events naming no mapping), observed (translations seen in flows).",
+                                  ["kind"], registry=r)
         self.radius_requests = Counter("flowmed_radius_requests", "RADIUS accounting requests per client and result.",
                                        ["client", "result"], registry=r)
         self.ipdr_sessions = Gauge("flowmed_ipdr_sessions", "IPDR/SP sessions open.", registry=r,

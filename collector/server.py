@@ -233,6 +233,18 @@ class Pipeline:
                 if delta > 0:
                     m.usage_bytes.labels(result).inc(delta)
                 self._usage_seen[result] = value
+        compliance = getattr(self.compliance, "counters", None)
+        if isinstance(compliance, dict):  # cumulative counters of the compliance stage -> Prometheus counters
+            for metric, key, label_value in (
+                    *((m.compliance_records, f"records_{s}", s) for s in
+                      ("attributed", "attributed_destination", "unattributed")),
+                    (m.nat_events, "nat_events", "event"), (m.nat_events, "nat_other", "other"),
+                    (m.nat_events, "nat_observed", "observed")):
+                value = int(compliance.get(key, 0))
+                delta = value - self._usage_seen.get(key, 0)
+                if delta > 0:
+                    metric.labels(label_value).inc(delta)
+                self._usage_seen[key] = value
         static = getattr(self.mediator, "static", None)
         if static is not None and now - self._static_checked >= self.config.subscribers.static_check_interval_s * 1000:
             self._static_checked = now

@@ -34,9 +34,15 @@ def test_daemon_writes_compliance_tables(tmp_path):
             for payload, _, _ in scenario.datagrams():
                 s.sendto(payload, ("127.0.0.1", daemon.port))
         time.sleep(3)
+        metrics = daemon.get("/metrics")
         assert daemon.stop() == 0, daemon.log_text()
     finally:
         daemon.kill()
+    for line in ('flowmed_compliance_records_total{status="attributed"} 1.0',
+                 'flowmed_compliance_records_total{status="unattributed"} 7.0',
+                 'flowmed_nat_events_total{kind="event"} 10.0', 'flowmed_nat_events_total{kind="other"} 1.0',
+                 'flowmed_nat_events_total{kind="observed"} 6.0'):
+        assert line in metrics, metrics
     frank = trace(daemon.store, "--address", "198.51.100.50", "--at", "2026-03-02T14:05:05Z")
     assert frank.returncode == 0, frank.stderr
     assert frank.stdout.startswith("holder: frank; inside address 198.51.100.50; NAT: none; binding: static")
