@@ -471,8 +471,10 @@ async def _main(args: argparse.Namespace) -> None:
             with contextlib.suppress(TimeoutError):  # reboot after the collector has the interval, if it can
                 await sim.wait_acked(timeout=args.interval)
             sim.reboot()
+            log.info("interval %d: CMTS rebooted", n)
         if args.disconnect_every and n % args.disconnect_every == 0:
             sim.drop_connections()
+            log.info("interval %d: collector connections dropped", n)
     with contextlib.suppress(TimeoutError):
         await sim.wait_acked(timeout=args.interval * 4)
     await sim.close()

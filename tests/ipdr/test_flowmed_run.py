@@ -1,5 +1,5 @@
-"""``flowmed run`` with [ipdr] enabled collects from ``python -m bench.cmts`` (both real processes, loopback TCP):
-what the simulated CMTS advanced is in the store after SIGTERM."""
+"""``flowmed run`` with [ipdr] enabled collects from ``python -m bench.cmts`` (both real processes, loopback TCP),
+through a dropped connection and a CMTS reboot: what the simulated CMTS advanced is in the store after SIGTERM."""
 
 from __future__ import annotations
 
@@ -17,17 +17,20 @@ from tests.fixtures.peers import free_port
 def test_flowmed_run_collects_from_the_simulated_cmts(tmp_path):
     port = free_port(socket.SOCK_STREAM)
     sim = subprocess.Popen([sys.executable, "-m", "bench.cmts", "--listen", f"127.0.0.1:{port}", "--modems", "12",
-                            "--interval", "2", "--intervals", "3"], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            "--interval", "1.5", "--intervals", "6", "--reboot-every", "4", "--disconnect-every",
+                            "3"], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                            text=True, cwd=tmp_path)
     time.sleep(0.5)
     run = subprocess.Popen(["flowmed", "run", "--set", f"store.path={tmp_path / 'data'}",
                             "--set", f'listen.udp=["127.0.0.1:{free_port()}"]', "--set", "metrics.enabled=false",
                             "--set", "ipdr.enabled=true", "--set", "ipdr.preexisting=count",
-                            "--set", f'ipdr.exporters=[{{address="127.0.0.1:{port}", name="sim"}}]'],
+                            "--set", f'ipdr.exporters=[{{address="127.0.0.1:{port}", name="sim"}}]',
+                            "--set", "ipdr.reconnect_max_s=0.5"],
                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=tmp_path)
     try:
         out, err = sim.communicate(timeout=60)
         assert sim.returncode == 0, err
+        assert "CMTS rebooted" in err and "collector connections dropped" in err
     finally:
         run.send_signal(signal.SIGTERM)
         run_err = run.communicate(timeout=60)[1]
