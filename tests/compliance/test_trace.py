@@ -119,3 +119,10 @@ def test_trace_command(built):
     bad = subprocess.run([sys.executable, "-m", "collector.cli", "trace", "--address", "203.0.113.7"],
                          capture_output=True, text=True, timeout=60)
     assert bad.returncode == 2 and "--at" in bad.stderr
+
+
+def test_hostile_subscriber_ids_are_quoted(built):
+    cfg, _ = built
+    with QueryEngine.for_config(cfg, "store") as engine:
+        for sub in ("o'brien", "x\\' OR 1=1 --", "alice' UNION ALL SELECT 1 --"):
+            assert run_trace(engine, subscriber=sub, from_ms=scenario.T0, to_ms=scenario.T0 + 3600_000).num_rows == 0
