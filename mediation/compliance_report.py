@@ -135,6 +135,54 @@ def report_rows(result: pa.Table, directory: dict[str, dict[str, str]]) -> list[
     return rows
 
 
+def nat_sql(rows: list[dict[str, object]], from_ms: int, to_ms: int, lookback_s: int, source) -> str | None:
+    """For report rows without a public side (flows exported by a router inside the NAT), the NAT session and port
+    block starts/ends of their inside addresses over the period (plus the lookback before it), or None when every
+    row has its public side already."""
+    from mediation.trace import address_literal, filtered
+
+    inside = sorted({str(r["source_ip"]) for r in rows if not r["public_ip"] and r["source_ip"]})
+    if not inside:
+        return None
+    where = (f"private_addr IN ({', '.join(address_literal(a) for a in inside)}) "
+             "AND scope IN ('session', 'block') AND action IN (1, 2)")
+    return ("SELECT IPv6NumToString(private_addr) AS inside, private_port, toUInt32(toDateTime(time, 'UTC')) AS t, "
+            "action, IPv6NumToString(public_addr) AS public, public_port_start, public_port_end, scope "
+            f"FROM {filtered(source, 'nat_events', from_ms - lookback_s * 1000, to_ms, where)} ORDER BY t")
+
+
+def fill_public_side(rows: list[dict[str, object]], events: pa.Table) -> int:
+    """Fill ``public_ip``/``public_port`` of rows without them from the NAT log (``events`` from :func:`nat_sql`):
+    the latest session start of the same inside address and port, else port block start of the inside address, at
+    or before the record's start (a start outranks an end in the same second) and not ended since. A port block
+    gives its range (``first-last``) as the port: PBA logging does not name the port. Returns the rows filled."""
+    by_inside: dict[str, list[dict]] = {}
+    for e in events.to_pylist():
+        by_inside.setdefault(_address(e["inside"]), []).append(e)
+    filled = 0
+    for r in rows:
+        if r["public_ip"] or r["source_ip"] not in by_inside:
+            continue
+        start = _seconds(r["start_date"], r["start_time"])
+        for scope, port in (("session", r["source_port"]), ("block", 0)):
+            found = [e for e in by_inside[r["source_ip"]] if e["scope"] == scope and e["t"] <= start
+                     and (scope == "block" or e["private_port"] == port)]
+            if not found:
+                continue
+            last = max(found, key=lambda e: (e["t"], e["action"] == 1))
+            if last["action"] == 1:
+                r["public_ip"] = _address(last["public"])
+                first, end = last["public_port_start"], last["public_port_end"]
+                r["public_port"] = first if first == end else f"{first}-{end}"
+                filled += 1
+            break
+    return filled
+
+
+def _seconds(date: object, time_of_day: object) -> int:
+    return int(dt.datetime.strptime(f"{date} {time_of_day}", "%Y-%m-%d %H:%M:%S").replace(tzinfo=dt.UTC).timestamp())
+
+
 def to_csv(rows: list[dict[str, object]], fields: list[str]) -> str:
     """CSV with a header line of ``fields``."""
     out = io.StringIO()

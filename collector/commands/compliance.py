@@ -171,7 +171,9 @@ def ipdr_report_command(from_, to, address, port, subscriber, fmt, layout, outpu
         ReportError,
         ReportQuery,
         check_fields,
+        fill_public_side,
         load_directory,
+        nat_sql,
         report_rows,
         report_sql,
         to_csv,
@@ -199,11 +201,15 @@ def ipdr_report_command(from_, to, address, port, subscriber, fmt, layout, outpu
         raise click.ClickException(f"cannot open the {target} query target: {exc}") from None
     try:
         result = engine.query(report_sql(q, engine.source), text_addresses=False)
+        rows = report_rows(result, directory)
+        # records from routers inside the NAT carry no public side: take it from the NAT log
+        extra = nat_sql(rows, q.from_ms, q.to_ms, config.compliance.nat_lookback_s, engine.source)
+        if extra is not None:
+            fill_public_side(rows, engine.query(extra, text_addresses=False))
     except QueryError as exc:
         raise click.ClickException(str(exc)) from None
     finally:
         engine.close()
-    rows = report_rows(result, directory)
     if fmt == "xlsx":
         to_xlsx(rows, fields, output)
         click.echo(f"{len(rows)} records written to {output}", err=True)

@@ -144,3 +144,30 @@ def read_xlsx(path: Path) -> list[list[str]]:
         width = len(GENERIC_FIELDS)
         rows.append([cells.get(i, "") for i in range(width)])
     return rows
+
+
+def test_public_side_of_inside_router_records_from_the_nat_log(built):  # noqa: F811
+    """Records from a router inside the NAT carry no post-NAT fields: the report takes the public address and port
+    from the NAT session (exact port) or port block (its range) that held the inside address then."""
+    from mediation.compliance_report import fill_public_side, nat_sql
+    from mediation.query import QueryEngine
+
+    cfg, _ = built
+
+    def row(ip: str, port: int, hhmmss: str) -> dict:
+        return {"source_ip": ip, "source_port": port, "public_ip": "", "public_port": "", "start_date": "2026-03-02",
+                "start_time": hhmmss}
+
+    rows = [row("100.64.0.1", 5000, "14:01:15"),  # alice's session 5000 -> 203.0.113.7:40112
+            row("100.64.0.1", 5001, "14:01:15"),  # another port of alice: no session, no block
+            row("100.64.0.3", 3400, "14:05:00"),  # carol's block
+            row("100.64.0.3", 3400, "14:17:00"),  # after carol's block was released (14:16:40)
+            row("100.64.0.2", 4444, "14:18:20"),  # bob's block since 14:18:20 (the allocation second)
+            row("100.64.0.1", 5000, "14:11:00")]  # alice's session deleted at 14:10:00
+    with QueryEngine.for_config(cfg, "store") as engine:
+        sql = nat_sql(rows, 1_772_460_000_000, 1_772_463_600_000, 86400, engine.source)
+        assert fill_public_side(rows, engine.query(sql, text_addresses=False)) == 3
+    assert [(r["public_ip"], r["public_port"]) for r in rows] == [
+        ("203.0.113.7", 40112), ("", ""), ("203.0.113.8", "1024-1151"), ("", ""), ("203.0.113.8", "1024-1151"),
+        ("", "")]
+    assert nat_sql([{**rows[0], "public_ip": "203.0.113.7"}], 0, 1, 1, engine.source) is None

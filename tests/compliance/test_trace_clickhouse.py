@@ -61,3 +61,18 @@ def test_subscriber_trace_and_report_on_clickhouse(built):
         ("alice", "100.64.0.1", 5000, "14:01:10"), ("bob", "100.64.0.2", 6000, "14:15:50")]
     assert report[0]["allocation_start_time"] == "13:00:00" and report[0]["allocation_end_time"] == "14:30:00"
     assert report[1]["allocation_end_date"] == ""  # bob's session is still open
+
+
+def test_public_side_from_the_nat_log_on_clickhouse(built):
+    from mediation.compliance_report import fill_public_side, nat_sql
+
+    cfg, _, _ = built
+    rows = [{"source_ip": "100.64.0.3", "source_port": 3400, "public_ip": "", "public_port": "",
+             "start_date": "2026-03-02", "start_time": "14:05:00"},
+            {"source_ip": "100.64.0.1", "source_port": 5000, "public_ip": "", "public_port": "",
+             "start_date": "2026-03-02", "start_time": "14:01:15"}]
+    with QueryEngine.for_config(cfg, "clickhouse") as engine:
+        sql = nat_sql(rows, scenario.T0, scenario.T0 + 3600_000, 86400, engine.source)
+        assert fill_public_side(rows, engine.query(sql, text_addresses=False)) == 2
+    assert [(r["public_ip"], r["public_port"]) for r in rows] == [("203.0.113.8", "1024-1151"),
+                                                                  ("203.0.113.7", 40112)]
