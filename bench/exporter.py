@@ -92,6 +92,8 @@ IES: dict[int, tuple[str, int, str]] = {
     227: ("postNAPTSourceTransportPort", 2, "uint"),
     228: ("postNAPTDestinationTransportPort", 2, "uint"),
     230: ("natEvent", 1, "uint"),
+    231: ("initiatorOctets", 8, "uint"),
+    233: ("firewallEvent", 1, "uint"),
     281: ("postNATSourceIPv6Address", 16, "ipv6"),
     282: ("postNATDestinationIPv6Address", 16, "ipv6"),
     283: ("natPoolId", 4, "uint"),

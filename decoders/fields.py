@@ -171,7 +171,7 @@ _TABLE: tuple[IE, ...] = (
     IE(230, "natEvent", U, 1, "nat_event"),
     IE(231, "initiatorOctets", U, 8, "raw_bytes", 3),
     IE(232, "responderOctets", U, 8),
-    IE(233, "firewallEvent", U, 1),
+    IE(233, "firewallEvent", U, 1, "firewall_event"),
     IE(234, "ingressVRFID", U, 4),
     IE(235, "egressVRFID", U, 4),
     IE(236, "VRFname", "string", VARIABLE_LENGTH),

@@ -215,6 +215,8 @@ FLOWS = table(
         Column("port_range_step", "u16", "Step between the ports of a NAT port block (IE 363); 0 when none."),
         Column("port_range_ports", "u16", "Number of ports of a NAT port block (IE 364); 0 when none."),
         Column("nat_pool_id", "u32", "NAT pool (IE 283); 0 when none."),
+        Column("firewall_event", "u8", "Firewall event (IE 233; Cisco NSEL NF_F_FW_EVENT: 1 created, 2 deleted, "
+               "3 denied, 5 update); 0 when none."),
         Column("batch_id", "u64", "Id of the write batch; a replayed batch keeps its id, so it lands only once.",
                codec="T64, LZ4"),
     ),

@@ -26,7 +26,7 @@ import pyarrow as pa
 from mediation.bindings import Bindings, split_addresses
 from mediation.compliance_tables import ATTRIBUTION, IP_DETAIL_RECORDS, NAT_EVENTS
 from mediation.mediator import column
-from mediation.nat import OBSERVED, S_FLOW, SCOPES, classify, port_range
+from mediation.nat import END, OBSERVED, S_FLOW, S_SESSION, SCOPES, START, classify, port_range
 
 log = logging.getLogger(__name__)
 
@@ -53,7 +53,7 @@ class ComplianceStage:
         self._static_seq = 0
         self._binding_info: dict[int, tuple[str, str]] = {}
         self.counters: dict[str, int] = {k: 0 for k in (
-            "nat_events", "nat_observed", "nat_other", "records", "records_attributed",
+            "nat_events", "nat_nsel", "nat_observed", "nat_other", "records", "records_attributed",
             "records_attributed_destination", "records_unattributed")}
 
     def reload(self, config) -> None:
@@ -71,7 +71,7 @@ class ComplianceStage:
             "time_received", "flow_start", "flow_end", "exporter", "observation_domain", "src_addr", "dst_addr",
             "src_port", "dst_port", "protocol", "bytes", "packets", "post_nat_src_addr", "post_nat_src_port",
             "nat_event", "port_range_start", "port_range_end", "port_range_step", "port_range_ports",
-            "nat_pool_id")}
+            "nat_pool_id", "firewall_event")}
         nat = self._nat_events(c)
         if nat is not None:
             out["nat_events"] = nat
@@ -85,11 +85,21 @@ class ComplianceStage:
         has_range = (c["port_range_start"] > 0) | (c["port_range_end"] > 0) | (c["port_range_ports"] > 0)
         events = np.flatnonzero(code > 0)
         action, scope = classify(code[events], has_range[events], self.dialect)
+        # Cisco NSEL (ASA): no natEvent; firewallEvent 1 (flow created) / 2 (flow deleted) with the translation in
+        # IEs 225/227 (NF_F_XLATE_SRC_*) start and end a NAT session
+        fw = c["firewall_event"]
+        is_nat = translated(c["post_nat_src_addr"])
+        nsel = np.flatnonzero((code == 0) & ((fw == 1) | (fw == 2)) & is_nat)
+        if len(nsel):
+            events = np.concatenate([events, nsel])
+            action = np.concatenate([action, np.where(fw[nsel] == 1, START, END).astype(np.uint8)])
+            scope = np.concatenate([scope, np.full(len(nsel), S_SESSION, np.uint8)])
+            self.counters["nat_nsel"] += len(nsel)
         rows = events
         time_end = c["flow_start"][events]
         if self.nat_from_flows:
             traffic = (c["bytes"] > 0) | (c["packets"] > 0)
-            seen = np.flatnonzero((code == 0) & translated(c["post_nat_src_addr"]) & traffic)
+            seen = np.flatnonzero((code == 0) & (fw != 1) & (fw != 2) & is_nat & traffic)
             if len(seen):
                 rows = np.concatenate([events, seen])
                 action = np.concatenate([action, np.full(len(seen), OBSERVED, np.uint8)])
@@ -108,6 +118,7 @@ class ComplianceStage:
         cols = {
             "time": c["flow_start"][rows], "time_end": time_end, "exporter": c["exporter"][rows],
             "observation_domain": c["observation_domain"][rows], "nat_event": code[rows], "action": action,
+            "firewall_event": c["firewall_event"][rows],
             "protocol": np.where(block | address, 0, c["protocol"][rows]).astype(np.uint8),
             "private_addr": c["src_addr"][rows],
             "private_port": np.where(block | address, 0, c["src_port"][rows]).astype(np.uint16),

@@ -34,7 +34,9 @@ NAT_EVENTS = table(
         Column("time_end", "timestamp_ms", "End of the observation for action 3 (the flow's end); = time otherwise."),
         Column("exporter", "ip", "NAT device that logged it.", low_cardinality=True),
         Column("observation_domain", "u32", "IPFIX observation domain / v9 source id."),
-        Column("nat_event", "u8", "natEvent code as sent (IE 230); 0 for observed translations."),
+        Column("nat_event", "u8", "natEvent code as sent (IE 230); 0 for observed translations and NSEL events."),
+        Column("firewall_event", "u8", "Cisco NSEL firewallEvent (IE 233) when the event came that way: 1 flow "
+               "created (a session start), 2 flow deleted (its end); 0 otherwise."),
         Column("action", "u8", "0 other, 1 start, 2 end, 3 observed (see NAT_ACTIONS)."),
         Column("scope", "string", "session, block (port block), address (address binding, all ports), flow "
                "(observed) or other.", low_cardinality=True),

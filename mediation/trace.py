@@ -134,7 +134,9 @@ class AddressQuery:
             "'' AS subscriber_id, IPv6NumToString(private_addr) AS private_addr, private_port, "
             "IPv6NumToString(public_addr) AS public_addr, public_port_start, public_port_end, protocol, "
             "IPv6NumToString(dst_addr) AS dst_addr, dst_port, toUInt64(0) AS bytes, "
-            "IPv6NumToString(exporter) AS exporter, concat(scope, ' natEvent ', toString(nat_event)) AS detail")
+            "IPv6NumToString(exporter) AS exporter, concat(scope, ' ', transform(action, [1, 2, 3], ['start', 'end', "
+            "'observed'], 'other'), if(firewall_event > 0, ' firewallEvent ', ' natEvent '), "
+            "toString(if(firewall_event > 0, firewall_event, nat_event))) AS detail")
         end_rows = filtered(source, "nat_events", t_end, self.at_ms + self.lookback_s * 1000,
                             f"{mapping} AND action = 2")
         parts = [

@@ -55,21 +55,27 @@ def tidy(result: pa.Table) -> pa.Table:
     return pa.table(cols)
 
 
-def verdict(answer: pa.Table) -> Verdict:
-    """The holder named by an address trace answer (:class:`mediation.trace.AddressQuery`)."""
+def verdict(answer: pa.Table, at_ms: int | None = None, window_s: int = 60) -> Verdict:
+    """The holder named by an address trace answer (:class:`mediation.trace.AddressQuery` at ``at_ms``).
+
+    The NAT row's detail reads ``<scope> <start|end|observed> ...``: a start holds, an end means nobody held the
+    port, an observed translation holds until its flow ended plus the window (as the query decides).
+    """
     rows = answer.to_pylist()
     nat = next((r for r in rows if r["evidence"] == "nat"), None)
     binding = next((r for r in rows if r["evidence"] == "binding"), None)
     nat_text = ""
     if nat is not None:
         nat_text = f"{nat['detail']} at {nat['time_from']:%Y-%m-%d %H:%M:%S}Z by {nat['exporter']}"
-    if binding is None:
-        released = nat is not None and nat["detail"].split(" ")[0] in ("session", "block") and \
-            not any(r["evidence"] == "binding" for r in rows)
-        private = "" if released else (nat["private_addr"] if nat else "")
-        return Verdict("", private, 0, nat_text, "")
-    return Verdict(binding["subscriber_id"], binding["private_addr"], int(binding["private_port"]), nat_text,
-                   f"{binding['detail']} from {binding['time_from']:%Y-%m-%d %H:%M:%S}Z")
+    if binding is not None:
+        return Verdict(binding["subscriber_id"], binding["private_addr"], int(binding["private_port"]), nat_text,
+                       f"{binding['detail']} from {binding['time_from']:%Y-%m-%d %H:%M:%S}Z")
+    if nat is None:
+        return Verdict("", "", 0, "", "")
+    kind = (nat["detail"].split(" ") + [""])[1]
+    held = kind == "start" or (kind == "observed" and (
+        at_ms is None or nat["time_to"].timestamp() * 1000 + window_s * 1000 >= at_ms))
+    return Verdict("", nat["private_addr"] if held else "", int(nat["private_port"]) if held else 0, nat_text, "")
 
 
 def run_trace(engine, *, address: str | None = None, port: int | None = None, at_ms: int | None = None,
@@ -140,7 +146,7 @@ def trace_command(address, port, at, window_s, subscriber, from_, to, fmt, targe
     finally:
         engine.close()
     if address is not None and fmt == "table":
-        v = verdict(answer)
+        v = verdict(answer, parse_time(at), window_s)
         sys.stdout.write(v.line() + "\n")
         if port is None and v.nat.split(" ")[0] in ("session", "block", "flow"):
             sys.stdout.write("note: this address is behind NAT and shared: the holder depends on the port; give "

@@ -53,6 +53,6 @@ def test_daemon_writes_compliance_tables(tmp_path):
     rows = list(csv.DictReader(io.StringIO(nat.stdout)))
     assert [r["evidence"] for r in rows] == ["nat", "nat_end", "flow"]
     assert (rows[0]["private_addr"], rows[0]["private_port"], rows[0]["public_addr"], rows[0]["detail"]) == (
-        "100.64.0.1", "5000", "203.0.113.7", "session natEvent 4")
+        "100.64.0.1", "5000", "203.0.113.7", "session start natEvent 4")
     assert rows[1]["time_from"].startswith("2026-03-02 14:10:00")  # the delete
     assert (rows[2]["bytes"], rows[2]["subscriber_id"]) == ("1234", "")

@@ -159,3 +159,44 @@ def test_reload_switches_the_dialect():
     stage.reload(load(None, ["compliance.nat_event_codes=draft"]))
     (e,) = stage.process(flows, scenario.T0)["nat_events"].to_pylist()
     assert (e["scope"], e["action"]) == ("address", START)  # draft: address binding create
+
+
+def test_cisco_nsel_flow_created_and_deleted_are_a_session(tmp_path):
+    """ASA NSEL logs NAT through firewallEvent (IE 233) with the translation in IEs 225/227 and no natEvent: flow
+    created starts a session, flow deleted (which carries the counters) ends it; trace finds it."""
+    from collector.commands.compliance import run_trace, verdict
+    from mediation.compliance_tables import IP_DETAIL_RECORDS, NAT_EVENTS
+    from mediation.query import QueryEngine
+    from mediation.store import ParquetStore
+
+    ex = IpfixExporter(5)
+    tmpl = template(320, "observationTimeMilliseconds", "firewallEvent", "protocolIdentifier", "sourceIPv4Address",
+                    "sourceTransportPort", "postNATSourceIPv4Address", "postNAPTSourceTransportPort",
+                    "destinationIPv4Address", "destinationTransportPort", "initiatorOctets", "packetDeltaCount")
+    base = {"protocolIdentifier": 6, "sourceIPv4Address": "10.1.2.3", "sourceTransportPort": 51000,
+            "postNATSourceIPv4Address": "198.51.100.77", "postNAPTSourceTransportPort": 33000,
+            "destinationIPv4Address": "192.0.2.44", "destinationTransportPort": 443}
+    recs = [{**base, "observationTimeMilliseconds": scenario.T0, "firewallEvent": 1},
+            {**base, "observationTimeMilliseconds": scenario.T0 + 60_000, "firewallEvent": 2, "initiatorOctets": 5000,
+             "packetDeltaCount": 10}]
+    flows, out = decode([(ex.datagram(ex.templates(tmpl), ex.data(tmpl, recs), export_ms=scenario.T0 + 61_000),
+                          "192.0.2.5", scenario.T0 + 61_000)])
+    events = out["nat_events"].to_pylist()
+    assert [(e["action"], e["scope"], e["firewall_event"], e["nat_event"]) for e in events] == [
+        (START, "session", 1, 0), (END, "session", 2, 0)]  # no observed row for the deleted flow: it is the end
+    assert (_text(events[0]["public_addr"]), events[0]["public_port_start"], events[0]["private_port"]) == (
+        "198.51.100.77", 33000, 51000)
+    (rec,) = out["ip_detail_records"].to_pylist()
+    assert (rec["bytes"], _text(rec["nat_addr"]), rec["nat_port"]) == (5000, "198.51.100.77", 33000)
+    assert without_nat_only(flows).num_rows == 2  # NSEL events are not natEvent records: usage sees them as flows
+    store = ParquetStore(tmp_path, recover=False)
+    store.write(NAT_EVENTS, out["nat_events"], 1)
+    store.write(IP_DETAIL_RECORDS, out["ip_detail_records"], 2)
+    store.close()
+    with QueryEngine.for_store(tmp_path) as engine:
+        during = run_trace(engine, address="198.51.100.77", port=33000, at_ms=scenario.T0 + 30_000)
+        after = run_trace(engine, address="198.51.100.77", port=33000, at_ms=scenario.T0 + 90_000)
+    v = verdict(during, scenario.T0 + 30_000)
+    assert v.private_addr == "10.1.2.3" and v.nat.startswith("session start firewallEvent 1")
+    assert [r["evidence"] for r in during.to_pylist()] == ["nat", "nat_end", "flow"]
+    assert verdict(after, scenario.T0 + 90_000).private_addr == ""  # deleted at T0 + 60 s

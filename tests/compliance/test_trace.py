@@ -26,7 +26,7 @@ def built(tmp_path_factory):
 
 
 def check_probe(answer, probe: scenario.Probe) -> None:
-    v = verdict(answer)
+    v = verdict(answer, probe.at_ms)
     rows = answer.to_pylist()
     assert v.subscriber_id == probe.subscriber, (probe, rows)
     assert v.private_addr == probe.private, (probe, rows)
@@ -65,7 +65,7 @@ def test_mapping_end_is_reported(built):
     assert int(end[0]["time_from"].timestamp() * 1000) == scenario.T0 + 1000_000
     nat = [r for r in answer if r["evidence"] == "nat"][0]
     assert (nat["public_port_start"], nat["public_port_end"], nat["exporter"]) == (1024, 1151, scenario.NAT2)
-    assert nat["detail"] == "block natEvent 14"
+    assert nat["detail"] == "block start natEvent 14"
 
 
 def test_records_and_counters(built):
@@ -104,7 +104,7 @@ def test_trace_command(built):
                           "40112", "--at", "2026-03-02T14:16:40Z", "--set", f"store.path={cfg.store.path}"],
                          capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr
-    assert out.stdout.startswith("holder: bob; inside address 100.64.0.2:6000; NAT: session natEvent 4")
+    assert out.stdout.startswith("holder: bob; inside address 100.64.0.2:6000; NAT: session start natEvent 4")
     js = subprocess.run([sys.executable, "-m", "collector.cli", "trace", "--subscriber", "dave", "--from",
                          "2026-03-02T14:00:00Z", "--to", "2026-03-02T15:00:00Z", "--format", "json", "--set",
                          f"store.path={cfg.store.path}"], capture_output=True, text=True, timeout=120)
