@@ -100,6 +100,8 @@ class AddressQuery:
     window_s: int = 60
     lookback_s: int = 86400
     flows_limit: int = 100
+    protocol: int | None = None
+    """Only NAT sessions of this IP protocol (port blocks, protocol 0, cover every protocol)."""
 
     def sql(self, source) -> str:
         """The one SQL query; ``source(table, t0_ms, t1_ms)`` is :meth:`mediation.query.QueryEngine.source`."""
@@ -109,6 +111,8 @@ class AddressQuery:
         port_cond = "1" if self.port is None else \
             f"public_port_start <= {int(self.port)} AND public_port_end >= {int(self.port)}"
         mapping = f"public_addr = {a} AND {port_cond}"
+        if self.protocol is not None:
+            mapping += f" AND protocol IN (0, {int(self.protocol)})"
         nat_rows = filtered(source, "nat_events", self.at_ms - self.lookback_s * 1000, t_end,
                             f"{mapping} AND scope IN ('session', 'block', 'flow') AND action IN (1, 2, 3)")
         # the decisive NAT row: (hex(private_addr), private_port, action, time, time_end, rows) of the latest one

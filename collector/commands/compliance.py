@@ -80,12 +80,12 @@ def verdict(answer: pa.Table, at_ms: int | None = None, window_s: int = 60) -> V
 
 def run_trace(engine, *, address: str | None = None, port: int | None = None, at_ms: int | None = None,
               window_s: int = 60, lookback_s: int = 86400, subscriber: str | None = None, from_ms: int | None = None,
-              to_ms: int | None = None) -> pa.Table:
+              to_ms: int | None = None, protocol: int | None = None) -> pa.Table:
     """Run the one trace query on ``engine`` (a :class:`mediation.query.QueryEngine`); the tidy answer."""
     from mediation.trace import EVIDENCE, AddressQuery, SubscriberQuery
 
     if address is not None:
-        q = AddressQuery(address, int(at_ms), port, window_s, lookback_s)
+        q = AddressQuery(address, int(at_ms), port, window_s, lookback_s, protocol=protocol)
     else:
         q = SubscriberQuery(subscriber, int(from_ms), int(to_ms))
     answer = tidy(engine.query(q.sql(engine.source), text_addresses=False))
@@ -99,6 +99,8 @@ def run_trace(engine, *, address: str | None = None, port: int | None = None, at
 @click.command("trace")
 @click.option("--address", help="Public (or any) IPv4/IPv6 address to trace.")
 @click.option("--port", type=click.IntRange(0, 65535), help="Public port behind NAT (needed on shared addresses).")
+@click.option("--protocol", type=click.IntRange(0, 255), help="IP protocol of the session (6 TCP, 17 UDP): sessions "
+              "of other protocols on the same public port are ignored.")
 @click.option("--at", "at", help="Instant, ISO 8601 (UTC unless an offset is given) or epoch ms.")
 @click.option("--window", "window_s", type=click.IntRange(0, 86400), default=60, show_default=True,
               help="Seconds around --at for matching flows (and how long an observed translation holds).")
@@ -108,7 +110,7 @@ def run_trace(engine, *, address: str | None = None, port: int | None = None, at
 @click.option("--format", "fmt", type=click.Choice(["table", "csv", "json"]), default="table", show_default=True)
 @_TARGET
 @config_options
-def trace_command(address, port, at, window_s, subscriber, from_, to, fmt, target, config) -> None:
+def trace_command(address, port, protocol, at, window_s, subscriber, from_, to, fmt, target, config) -> None:
     """Who held an address (and, behind CGNAT, a public port) at an instant, with the evidence: the NAT session or
     port block, the RADIUS session or static binding, and the matching flows. Or, with --subscriber, a
     subscriber's bindings and connections over a period.
@@ -138,7 +140,7 @@ def trace_command(address, port, at, window_s, subscriber, from_, to, fmt, targe
     try:
         if address is not None:
             answer = run_trace(engine, address=address, port=port, at_ms=parse_time(at), window_s=window_s,
-                               lookback_s=config.compliance.nat_lookback_s)
+                               lookback_s=config.compliance.nat_lookback_s, protocol=protocol)
         else:
             answer = run_trace(engine, subscriber=subscriber, from_ms=parse_time(from_), to_ms=parse_time(to))
     except QueryError as exc:

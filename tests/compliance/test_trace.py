@@ -126,3 +126,13 @@ def test_hostile_subscriber_ids_are_quoted(built):
     with QueryEngine.for_config(cfg, "store") as engine:
         for sub in ("o'brien", "x\\' OR 1=1 --", "alice' UNION ALL SELECT 1 --"):
             assert run_trace(engine, subscriber=sub, from_ms=scenario.T0, to_ms=scenario.T0 + 3600_000).num_rows == 0
+
+
+def test_protocol_filter(built):
+    """alice's TCP session holds 203.0.113.7:40112 at T0 + 80 s; asked for UDP, no session names her."""
+    cfg, _ = built
+    with QueryEngine.for_config(cfg, "store") as engine:
+        tcp = run_trace(engine, address="203.0.113.7", port=40112, at_ms=scenario.T0 + 80_000, protocol=6)
+        udp = run_trace(engine, address="203.0.113.7", port=40112, at_ms=scenario.T0 + 80_000, protocol=17)
+    assert verdict(tcp, scenario.T0 + 80_000).subscriber_id == "alice"
+    assert [r["evidence"] for r in udp.to_pylist() if r["evidence"] == "nat"] == []
