@@ -104,11 +104,9 @@ class RadiusServer:
                 batch = [self.queue.popleft() for _ in range(min(len(self.queue), MAX_BATCH))]
                 now = int(time.time() * 1000)
                 try:
-                    result = await loop.run_in_executor(
-                        self._executor, self.accounting.handle, [(d, a) for d, a, _ in batch], now)
-                except Exception:  # a bug or a failing disk: nothing was answered, the NASes will retransmit
+                    result = await loop.run_in_executor(self._executor, self._handle_isolated, batch, now)
+                except Exception:  # a failing disk: nothing was answered, the NASes will retransmit
                     log.exception("RADIUS batch failed; not answered")
-                    await loop.run_in_executor(self._executor, self.bindings.rollback)
                     continue
                 protos = {id(a): p for _, a, p in batch}
                 for payload, addr in result.responses:
@@ -122,6 +120,45 @@ class RadiusServer:
                 if self.flush is None and result.journal_id:  # nobody can tell us when it is durable
                     await loop.run_in_executor(self._executor, self.accounting.confirm, result.journal_id)
                 self._report()
+
+    def _handle_isolated(self, batch: list, now: int) -> Any:
+        """``accounting.handle`` of the whole batch; if that raises, the batch is rolled back and each request is
+        handled on its own, so one request that trips a bug costs only itself its answer (counted as
+        ``internal_error``), not the other NASes' requests queued with it. Runs on the writer thread."""
+        acct = self.accounting
+        pairs = [(d, a) for d, a, _ in batch]
+        keys = {(a[0], d[1], bytes(d[4:20])) for d, a in pairs if len(d) >= 20}
+        fresh = {k for k in keys if k not in acct._recent}  # retransmission cache entries this call may add
+        counters = dict(acct.counters)
+        try:
+            return acct.handle(pairs, now)
+        except Exception:
+            self._undo(fresh, counters)
+            if len(pairs) == 1:
+                raise
+            log.exception("RADIUS batch failed; handling its %d requests one by one", len(pairs))
+        merged: Any = None
+        for pair in pairs:
+            fresh = {k for k in keys if k not in acct._recent}
+            counters = dict(acct.counters)
+            try:
+                one = acct.handle([pair], now)
+            except Exception:
+                self._undo(fresh, counters)
+                self._count("internal", "internal_error")
+                log.exception("RADIUS request failed; not answered", extra={"client": pair[1][0]})
+                continue
+            merged = one if merged is None else _merge_results(merged, one)
+        if merged is None:
+            raise RuntimeError("every request of the batch failed")
+        return merged
+
+    def _undo(self, fresh: set, counters: dict) -> None:
+        self.bindings.rollback()
+        for k in fresh:
+            self.accounting._recent.pop(k, None)
+        self.accounting.counters.clear()
+        self.accounting.counters.update(counters)
 
     async def _confirm_loop(self) -> None:
         loop = asyncio.get_running_loop()
@@ -203,3 +240,15 @@ async def start_radius(loop: asyncio.AbstractEventLoop, config: Config, bindings
     server = RadiusServer(config, bindings, emit, metrics, flush)
     await server.start(loop)
     return server
+
+
+def _merge_results(a: Any, b: Any) -> Any:
+    """Two RadiusResults of consecutive ``handle`` calls as one (answers, binding changes, usage, journal id)."""
+    a.responses = list(a.responses) + list(b.responses)
+    for name in ("bindings", "usage"):
+        x, y = getattr(a, name), getattr(b, name)
+        if y is not None and y.num_rows:
+            setattr(a, name, y if x is None or not x.num_rows else
+                    pa.Table.from_batches([x, y]).combine_chunks().to_batches()[0])
+    a.journal_id = max(a.journal_id or 0, b.journal_id or 0)
+    return a

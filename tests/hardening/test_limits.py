@@ -342,3 +342,46 @@ def test_allowlist_and_rate_limit_follow_a_reload(tmp_path) -> None:
     assert server.pipeline.process([(d, "192.0.2.1", T0) for d in _v5(2)]) == 20
     conf.write_text(conf.read_text().replace('allow = ["192.0.2.0/24"]', "allow = []"))
     assert server.reload() and server.pipeline.admission is None
+
+
+def test_one_radius_request_that_trips_a_bug_costs_only_itself() -> None:
+    """A request whose handling raises (a bug) must not cost the other requests of its batch their answers: the
+    batch is rolled back and handled request by request; the bad one is counted as internal_error."""
+    from collector.radius_listener import start_radius
+
+    async def main() -> tuple[dict, int, set]:
+        cfg = _radius_config()
+        bindings = Bindings()
+        server = await start_radius(asyncio.get_running_loop(), cfg, bindings, lambda t, b: None)
+        acct = server.accounting
+        real_apply = acct._apply
+
+        def apply(p, nas, now_ms, sessions):
+            if p.get(ATTRIBUTES["Acct-Session-Id"]) == b"poison":
+                raise ZeroDivisionError("a bug")
+            return real_apply(p, nas, now_ms, sessions)
+
+        acct._apply = apply
+        sent: list[bytes] = []
+
+        class Proto:
+            class transport:  # noqa: N801 - stands in for the datagram transport
+                @staticmethod
+                def sendto(payload, addr) -> None:
+                    sent.append(payload)
+
+        try:
+            for i, session in enumerate(["a", "b", "poison", "c", "d"]):
+                server.received(_start(i, session), ("127.0.0.1", 1), Proto)
+            deadline = asyncio.get_running_loop().time() + 10
+            while len(sent) < 4 and asyncio.get_running_loop().time() < deadline:
+                await asyncio.sleep(0.02)
+            await asyncio.sleep(0.1)
+            return dict(acct.counters), acct.open_sessions(), {r[1] for r in sent}
+        finally:
+            await server.stop()
+
+    counters, sessions, answered_ids = asyncio.run(main())
+    assert answered_ids == {0, 1, 3, 4}  # every request but the poisoned one (identifier 2) answered
+    assert sessions == 4
+    assert counters[("nas1", "ok")] == 4 and counters[("internal", "internal_error")] == 1
