@@ -218,3 +218,26 @@ def test_trace_on_clickhouse(request, clickhouse_server) -> None:  # noqa: F811
     print(f"\nclickhouse 18.16 trace ({n:,} records over {days} days): {report}")
     if _enabled(request):
         assert result["address_median_s"] < 5
+
+
+def test_compliance_stage_rate(benchmark, request) -> None:
+    """``ComplianceStage.process`` on a 200,000-record flows batch (50,000 sources, each bound to a subscriber):
+    attribution by source and destination and the ip_detail_records batch; records/s = rows / mean."""
+    from bench.flowgen import flows_batch
+    from collector.config import load
+    from mediation.bindings import Bindings, index_from_arrays
+    from mediation.compliance import ComplianceStage
+
+    rows = 200_000 if _enabled(request) else 5_000
+    batch = flows_batch(rows, sources=50_000)
+    src = np.unique(np.frombuffer(batch.column("src_addr").buffers()[1], dtype="S16", count=rows))
+    k = len(src)
+    index = index_from_arrays(np.arange(k, dtype=np.int32), src, np.full(k, 128), np.zeros(k, np.int64),
+                              np.full(k, 4_294_967_295_000))
+    stage = ComplianceStage(load(None), Bindings.from_index(index, [f"s{i}" for i in range(k)]))
+    out = benchmark.pedantic(stage.process, args=(batch, 0), rounds=5 if _enabled(request) else 1, iterations=1)
+    assert out["ip_detail_records"].num_rows == rows
+    assert set(out["ip_detail_records"].column("status").to_pylist()) == {"attributed"}
+    if benchmark.stats:
+        benchmark.extra_info["records_per_s"] = round(rows / benchmark.stats.stats.mean)
+        print(f"\ncompliance stage: {benchmark.extra_info['records_per_s']:,} records/s")
