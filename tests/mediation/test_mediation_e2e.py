@@ -123,6 +123,10 @@ def test_radclient_sessions_flows_store_query_and_reconcile(tmp_path):
               "--subscriber", "alice")
     assert cmp.returncode == 0, cmp.stderr
     assert "alice\tup\t1950\t1950\t0\t0.00" in cmp.stdout and "alice\tdown\t5000\t5000\t0\t0.00" in cmp.stdout
+    # bob has flow usage but no RADIUS counters: beyond any tolerance
+    cmp = cli(store, "compare-sources", "--from", iso(T0 - 3600_000), "--to", iso(T0 + 3600_000),
+              "--tolerance-pct", "5")
+    assert cmp.returncode == 1 and "bob\tdown\t700\t0\t700\t100.00" in cmp.stdout
 
     # a reconciliation row that does not balance makes the command fail
     sink = make_sink(cfg, metrics_mod.Metrics(CollectorRegistry()))
