@@ -28,7 +28,14 @@ class Verdict:
     binding: str
 
     def line(self) -> str:
-        who = self.subscriber_id or "nobody (no binding matched)"
+        if self.subscriber_id:
+            who = self.subscriber_id
+        elif (self.nat.split(" ") + [""])[1] == "end":
+            who = "nobody (the NAT mapping had ended)"
+        elif self.private_addr:
+            who = "unknown (no binding of the inside address)"
+        else:
+            who = "nobody (no NAT mapping or binding matched)"
         where = f"{self.private_addr}:{self.private_port}" if self.private_port else self.private_addr
         return f"holder: {who}; inside address {where or '-'}; NAT: {self.nat or 'none'}; binding: " \
                f"{self.binding or 'none'}"

@@ -111,6 +111,12 @@ def test_trace_command(built):
     assert js.returncode == 0, js.stderr
     rows = [json.loads(line) for line in js.stdout.splitlines()]
     assert [r["evidence"] for r in rows] == ["binding", "flow"] and rows[1]["bytes"] == 5000
+    ended = subprocess.run([sys.executable, "-m", "collector.cli", "trace", "--address", "203.0.113.7", "--port",
+                            "40112", "--at", "2026-03-02T14:11:40Z", "--set", f"store.path={cfg.store.path}"],
+                           capture_output=True, text=True, timeout=120)
+    assert ended.returncode == 0, ended.stderr
+    assert ended.stdout.startswith("holder: nobody (the NAT mapping had ended); inside address -; NAT: session end "
+                                   "natEvent 5 at 2026-03-02 14:10:00Z by 192.0.2.1")
     shared = subprocess.run([sys.executable, "-m", "collector.cli", "trace", "--address", "203.0.113.7", "--at",
                              "2026-03-02T14:16:40Z", "--set", f"store.path={cfg.store.path}"],
                             capture_output=True, text=True, timeout=120)
