@@ -363,6 +363,23 @@ def exporter_restart() -> Scenario:
     return s
 
 
+def sysuptime_wrap() -> Scenario:
+    """Exporters up for more than 49.7 days: the 32-bit millisecond sysUptime has wrapped, so the header's uptime is
+    small while flows that started before the wrap carry huge First/Last values (v9 and v5)."""
+    s = Scenario("sysuptime-wrap", sysuptime_wrap.__doc__ or "")
+    boot = T0 - ((1 << 32) + 2_000)  # header sysUptime at T0 is 2,000 ms after the wrap
+    v = _Sender(s, "192.0.2.110", V9Exporter(1, boot_ms=boot))
+    t = flow_template(256, octets_len=4)
+    v.send(T0, (t, _flows(3, 180)), templates=[t])  # flows started 2-60 s before T0: before the wrap
+    v.send(T0 + 60_000, (t, _flows(2, 181, export_ms=T0 + 60_000)))  # after it
+    v5 = V5Exporter(boot_ms=boot)
+    f5 = _flows(3, 182)
+    rows = [expected_row(f, None, exporter="192.0.2.111", domain=0, version=5, time_form="sysuptime",
+                         received_ms=T0 + RECEIVE_DELAY_MS) for f in f5]
+    s.add(v5.datagram(f5, export_ms=T0), "192.0.2.111", T0, rows)
+    return s
+
+
 def time_forms() -> Scenario:
     """One IPFIX template per flow time form (sysUptime, Seconds, Milliseconds, Microseconds, Nanoseconds,
     DeltaMicroseconds), and v9 with sysUptime and Milliseconds."""
@@ -454,6 +471,7 @@ SCENARIOS: dict[str, Callable[[], Scenario]] = {
     "data-before-template": data_before_template,
     "template-change-mid-stream": template_change_mid_stream,
     "exporter-restart": exporter_restart,
+    "sysuptime-wrap": sysuptime_wrap,
     "time-forms": time_forms,
     "nat": nat,
     "sequence-loss": sequence_loss,
