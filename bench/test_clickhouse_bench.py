@@ -115,34 +115,44 @@ def test_storage_bytes_per_row_modern_chdb(request, tmp_path: Path) -> None:
     import json
 
     import pyarrow.parquet as pq
-    from chdb import session
 
     from mediation.clickhouse_ddl import ServerCaps
+    from mediation.query import chdb_session, holding_chdb_session
 
     total = 2_000_000 if _enabled(request) else 20_000
-    s = session.Session(str(tmp_path / "chdb"))
+    db = "bench_chdb_storage"
 
     def run(sql: str) -> list[tuple]:
-        text = s.query(sql, "JSONCompact").bytes().decode()
+        # The process's shared chDB session: chDB has one data path per process (see mediation.query).
+        with chdb_session() as s:
+            text = s.query(sql, "JSONCompact").bytes().decode()
         return [tuple(r) for r in json.loads(text)["data"]] if text.strip() else []
 
-    (version,), = run("SELECT version()")
-    caps = ServerCaps.from_version(version)
-    SchemaManager(run, caps, "fm").ensure([FLOWS])
-    step = min(total, 200_000)
-    select = ", ".join(f"CAST(`{c.name}` AS IPv6)" if c.kind == "ip" else f"`{c.name}`" for c in FLOWS.columns)
-    for i in range(total // step):
-        path = tmp_path / f"part{i}.parquet"
-        pq.write_table(pa_table(flows_batch(step, t0_ms=T0_MS + i * 60_000, seed=i + 1, sources=50_000)), path)
-        run(f"INSERT INTO fm.flows SELECT {select} FROM file('{path}', Parquet)")
-    run("OPTIMIZE TABLE fm.flows FINAL")
-    (rows, on_disk, parts), = run("SELECT sum(rows), sum(bytes_on_disk), count() FROM system.parts "
-                                  "WHERE database = 'fm' AND table = 'flows' AND active")
-    rows, on_disk = int(rows), int(on_disk)
-    print(f"\n{rows} flow rows in {parts} part(s): {on_disk} bytes on disk, {on_disk / rows:.1f} bytes per row "
-          f"(chDB {version}, modern DDL)")
-    assert rows == total
-    s.close()
+    with holding_chdb_session():
+        run(f"DROP DATABASE IF EXISTS {db}")
+        run(f"DROP DATABASE IF EXISTS {db}_read")
+        try:
+            (version,), = run("SELECT version()")
+            caps = ServerCaps.from_version(version)
+            SchemaManager(run, caps, db).ensure([FLOWS])
+            step = min(total, 200_000)
+            select = ", ".join(f"CAST(`{c.name}` AS IPv6)" if c.kind == "ip" else f"`{c.name}`"
+                               for c in FLOWS.columns)
+            for i in range(total // step):
+                path = tmp_path / f"part{i}.parquet"
+                pq.write_table(pa_table(flows_batch(step, t0_ms=T0_MS + i * 60_000, seed=i + 1, sources=50_000)),
+                               path)
+                run(f"INSERT INTO {db}.flows SELECT {select} FROM file('{path}', Parquet)")
+            run(f"OPTIMIZE TABLE {db}.flows FINAL")
+            (rows, on_disk, parts), = run(f"SELECT sum(rows), sum(bytes_on_disk), count() FROM system.parts "
+                                          f"WHERE database = '{db}' AND table = 'flows' AND active")
+            rows, on_disk = int(rows), int(on_disk)
+            print(f"\n{rows} flow rows in {parts} part(s): {on_disk} bytes on disk, {on_disk / rows:.1f} bytes per "
+                  f"row (chDB {version}, modern DDL)")
+            assert rows == total
+        finally:
+            run(f"DROP DATABASE IF EXISTS {db}")
+            run(f"DROP DATABASE IF EXISTS {db}_read")
 
 
 def pa_table(batch):

@@ -100,6 +100,22 @@ def release_chdb_session() -> None:
             _session, _session_users = None, 0
 
 
+@contextlib.contextmanager
+def holding_chdb_session() -> Iterator[None]:
+    """Keep the shared chDB session open (as one more user) for the ``with`` block.
+
+    For code and tests that need chDB in-process but are not a :class:`ChdbBackend` (a private
+    ``chdb.session.Session(path)`` fails once any engine of the process has opened the shared one). Inside the block,
+    take the lock per statement with :func:`chdb_session`; use a database name of your own and drop it afterwards, as
+    the session (and its databases) outlives the block while other users hold it.
+    """
+    acquire_chdb_session()
+    try:
+        yield
+    finally:
+        release_chdb_session()
+
+
 # --- backends -------------------------------------------------------------------------------------------------------
 
 

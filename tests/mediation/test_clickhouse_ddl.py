@@ -19,6 +19,7 @@ from mediation.clickhouse_ddl import (
     create_table_sql,
     quote_ident,
 )
+from mediation.query import QueryEngine, chdb_session, holding_chdb_session
 
 pytestmark = pytest.mark.external
 
@@ -135,18 +136,31 @@ def test_retention_drops_only_whole_expired_partitions_on_18_16(legacy):
 
 # ---- modern, in chDB -------------------------------------------------------------------------------------------------
 @pytest.fixture
-def chdb_run(tmp_path):
-    from chdb import session
+def chdb_run():
+    """SQL in the process's shared chDB session (chDB has one data path per process: a private
+    ``Session(path)`` would fail whenever a query engine was opened earlier in the same process)."""
+    with holding_chdb_session():
 
-    s = session.Session(str(tmp_path / "chdb"))
+        def run(sql: str) -> list[tuple]:
+            with chdb_session() as s:
+                out = s.query(sql, "JSONCompact")
+            text = out.bytes().decode() if hasattr(out, "bytes") else str(out)
+            return [tuple(r) for r in json.loads(text)["data"]] if text.strip() else []
 
-    def run(sql: str) -> list[tuple]:
-        out = s.query(sql, "JSONCompact")
-        text = out.bytes().decode() if hasattr(out, "bytes") else str(out)
-        return [tuple(r) for r in json.loads(text)["data"]] if text.strip() else []
+        run("DROP DATABASE IF EXISTS fm")
+        run("DROP DATABASE IF EXISTS fm_read")
+        yield run
+        run("DROP DATABASE IF EXISTS fm")
+        run("DROP DATABASE IF EXISTS fm_read")
 
-    yield run
-    s.close()
+
+def test_chdb_ddl_coexists_with_a_query_engine(tmp_path, chdb_run):
+    """A query engine open in the same process (shared in-memory session) does not break the DDL tests."""
+    with QueryEngine.for_store(tmp_path / "store") as engine:
+        assert engine.query("SELECT count() AS n FROM flows").column("n").to_pylist() == [0]
+        (version,), = chdb_run("SELECT version()")
+        SchemaManager(chdb_run, ServerCaps.from_version(version), "fm").ensure([load_tables()["flows"]])
+        assert chdb_run("SELECT count() FROM fm.flows") == [(0,)]
 
 
 def test_modern_ddl_in_chdb(chdb_run):
