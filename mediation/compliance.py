@@ -52,6 +52,7 @@ class ComplianceStage:
         self.mirror_static = mirror_static
         self._static_seq = 0
         self._binding_info: dict[int, tuple[str, str]] = {}
+        self._names: pa.Array | None = None
         self.counters: dict[str, int] = {k: 0 for k in (
             "nat_events", "nat_nsel", "nat_observed", "nat_other", "records", "records_attributed",
             "records_attributed_destination", "records_unattributed")}
@@ -160,13 +161,18 @@ class ComplianceStage:
             "time_received": c["time_received"][rows],
         })
         strings = {
-            "subscriber_id": pa.array(names.tolist(), pa.string()).take(pa.array(np.where(sub < 0, len(names) - 1,
-                                                                                           sub))),
+            "subscriber_id": self._arrow_names(names).take(pa.array(np.where(sub < 0, len(names) - 1, sub))),
             "binding_source": source, "session_id": session,
             "status": pa.array(ATTRIBUTION, pa.string()).take(pa.array(status)),
         }
         arrays = [strings.get(name, batch.column(name)) for name in IP_DETAIL_RECORDS.column_names]
         return pa.RecordBatch.from_arrays(arrays, schema=IP_DETAIL_RECORDS.arrow_schema)
+
+    def _arrow_names(self, names: np.ndarray) -> pa.Array:
+        """Subscriber names as an Arrow array, rebuilt only when new subscribers appeared (names only grow)."""
+        if self._names is None or len(self._names) != len(names):
+            self._names = pa.array(names.tolist(), pa.string())
+        return self._names
 
     def _binding_arrays(self, bid: np.ndarray) -> tuple[pa.Array, pa.Array]:
         """Source and session id per record from its binding id: one SQLite query per batch for unseen ids."""
