@@ -1,4 +1,4 @@
-"""A one-minute soak in the suite: `python -m bench.soak`'s checks (exact totals for flows, RADIUS and IPDR; flat
+"""A 50-second soak in the suite: `python -m bench.soak`'s checks (exact totals for flows, RADIUS and IPDR; flat
 memory) against a real `flowmed run`, the simulated CMTS and the flow and RADIUS senders, all on loopback. Hours by
 hand: docs/hardening.md."""
 
@@ -13,10 +13,10 @@ from bench.soak import soak
 
 
 @pytest.mark.slow
-def test_one_minute_soak(tmp_path: Path) -> None:
-    report = soak(60.0, 150, tmp_path / "data", modems=30, cmts_interval_s=5.0, radius_rate=15.0, warmup_s=15.0,
+def test_short_soak(tmp_path: Path) -> None:
+    report = soak(50.0, 150, tmp_path / "data", modems=30, cmts_interval_s=5.0, radius_rate=15.0, warmup_s=15.0,
                   log_path=tmp_path / "flowmed.log")
     log = (tmp_path / "flowmed.log").read_text()[-3000:]
     assert report["ok"], json.dumps(report, indent=1, default=str) + "\n" + log
-    assert report["flows"]["sent"] == 60 * 150 // 3 * 3 * 30  # the senders kept the rate
-    assert report["radius"]["sent"] > 500 and report["ipdr"]["octets"] > 0
+    assert report["flows"]["sent"] == 50 * 150 // 3 * 3 * 30  # the senders kept the rate
+    assert report["radius"]["sent"] > 400 and report["ipdr"]["octets"] > 0
