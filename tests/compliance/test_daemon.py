@@ -56,3 +56,30 @@ def test_daemon_writes_compliance_tables(tmp_path):
         "100.64.0.1", "5000", "203.0.113.7", "session start natEvent 4")
     assert rows[1]["time_from"].startswith("2026-03-02 14:10:00")  # the delete
     assert (rows[2]["bytes"], rows[2]["subscriber_id"]) == ("1234", "")
+
+
+def test_two_workers_write_each_record_once(tmp_path):
+    """With two workers the static file belongs to worker 0 (its bindings are mirrored once) and whichever worker
+    the kernel hands the NAT device to writes the records, attributed through the shared bindings database."""
+    static = tmp_path / "static.csv"
+    static.write_text(scenario.STATIC_CSV)
+    daemon = Daemon(tmp_path / "d", "mediation.enabled=true", f"subscribers.static_file={static}",
+                    flush_interval_s=1.0, workers=2)
+    try:
+        daemon.wait_message("READY=1")
+        time.sleep(1.5)  # both workers up and the static bindings committed by worker 0
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+            for payload, _, _ in scenario.datagrams():
+                s.sendto(payload, ("127.0.0.1", daemon.port))
+        time.sleep(3)
+        assert daemon.stop() == 0, daemon.log_text()
+    finally:
+        daemon.kill()
+    out = subprocess.run([sys.executable, "-m", "collector.cli", "query", "--format", "csv", "--set",
+                          f"store.path={daemon.store}",
+                          "SELECT (SELECT count() FROM ip_detail_records) AS r, (SELECT count() FROM nat_events) AS n, "
+                          "(SELECT count() FROM bindings WHERE source = 'static') AS b, (SELECT any(subscriber_id) "
+                          "FROM ip_detail_records WHERE src_addr = toIPv6('198.51.100.50')) AS frank"],
+                         capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.splitlines()[1] == '8,16,1,"frank"'
