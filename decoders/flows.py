@@ -378,6 +378,7 @@ class FlowDecoder:
             if set_len < 4 or pos + set_len > end:
                 result.errors[(st.name, BadSetLength.reason)] += 1
                 exact = False
+                pos = end  # the rest of the datagram is this one error, not also a "truncated" tail
                 break
             entry = templates.get((version, domain, set_id))
             if entry is not None and entry.compiled.fast:
