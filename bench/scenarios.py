@@ -11,6 +11,7 @@ Run ``python -m bench.scenarios DIR`` to write every scenario as ``DIR/<name>.pc
 from __future__ import annotations
 
 import ipaddress
+import struct
 import sys
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
@@ -90,6 +91,10 @@ class Scenario:
     """Per datagram: its data cannot be decoded on arrival (template not seen yet); rows appear later."""
     expected_sequence_losses: int = 0
     """Datagrams (v9) or records (v5, IPFIX) a correct collector counts as lost over the whole scenario."""
+    expected_errors: dict[str, int] = field(default_factory=dict)
+    """Decode errors a correct collector counts per exporter (bad sets, bad datagrams)."""
+    tshark_check: bool = True
+    """False for deliberately malformed datagrams, which tshark flags rather than decodes."""
 
     @property
     def expected(self) -> list[dict[str, object]]:
@@ -438,6 +443,37 @@ def sequence_loss() -> Scenario:
     return s
 
 
+def malformed() -> Scenario:
+    """Bad input among good input: a set whose length runs past the datagram, a zero-length set and a template of 0
+    fields after good sets, a datagram of an unknown version, one of a single byte and one of random bytes. Each
+    bad piece is an error counted for its exporter; the good sets in the same datagrams still decode."""
+    s = Scenario("malformed", malformed.__doc__ or "", tshark_check=False)
+    x = _Sender(s, "192.0.2.120", IpfixExporter(1))
+    t = flow_template(256, time_form="milliseconds")
+    good = _flows(2, 190)
+    body = x.encoder.templates(t).payload + x.encoder.flows(t, good, T0).payload
+    body += struct.pack("!HH", 256, 400) + bytes(10)  # a set claiming 400 bytes where 14 remain
+    s.add(struct.pack("!HHIII", 10, 16 + len(body), T0 // 1000, 0, 1) + body, x.exporter, T0, x.rows(t, good, T0))
+    x.encoder.sequence = 2
+    more = _flows(1, 191, export_ms=T0 + 1000)
+    body = x.encoder.flows(t, more, T0 + 1000).payload + struct.pack("!HH", 300, 0)  # zero-length set
+    s.add(struct.pack("!HHIII", 10, 16 + len(body), T0 // 1000 + 1, 2, 1) + body, x.exporter, T0 + 1000,
+          x.rows(t, more, T0 + 1000))
+    v = _Sender(s, "192.0.2.121", V9Exporter(1, boot_ms=T0 - 3_600_000))
+    tv = flow_template(256, octets_len=4)
+    fv = _flows(2, 192)
+    empty_template = struct.pack("!HHHH", 0, 8, 257, 0)  # template 257 with no fields
+    sets = [v.encoder.templates(tv), v.encoder.flows(tv, fv, T0)]
+    payload = v.encoder.datagram(*sets, export_ms=T0) + empty_template
+    payload = payload[:2] + struct.pack("!H", 4) + payload[4:]  # header count: 3 records + the bad template
+    s.add(payload, v.exporter, T0, v.rows(tv, fv, T0))
+    s.add(struct.pack("!HH", 7, 0) + bytes(20), "192.0.2.122", T0)  # NetFlow v7: not supported
+    s.add(b"\x00", "192.0.2.122", T0 + 1)
+    s.add(bytes(np.random.default_rng(5).integers(0, 256, 300, dtype=np.uint8)), "192.0.2.122", T0 + 2)
+    s.expected_errors = {"192.0.2.120": 2, "192.0.2.121": 1, "192.0.2.122": 3}
+    return s
+
+
 def address_text(values: np.ndarray) -> list[str]:
     """flowmed ``S16`` addresses as text: IPv4-mapped ones as IPv4, the zero address as ""."""
     out = []
@@ -475,6 +511,7 @@ SCENARIOS: dict[str, Callable[[], Scenario]] = {
     "time-forms": time_forms,
     "nat": nat,
     "sequence-loss": sequence_loss,
+    "malformed": malformed,
 }
 """Every scenario by name."""
 
