@@ -17,8 +17,8 @@ The address query, for public address A, port P, instant T:
    plus the window.
 2. *Binding*: the private address (A itself when A has no NAT rows: not behind NAT, or IPv6 by prefix) is looked up
    in ``bindings`` at T: longest prefix, then latest start.
-3. *Flows*: ``ip_detail_records`` of that subscriber between T - window and T + window from that private address
-   (and port) or with that public address and port.
+3. *Flows*: ``ip_detail_records`` of that subscriber (or unattributed when written) between T - window and
+   T + window from that private address (and port) or with that public address and port.
 """
 
 from __future__ import annotations
@@ -133,7 +133,10 @@ class AddressQuery:
         subscriber = (f"(SELECT any(subscriber_id) FROM (SELECT subscriber_id FROM {bound} "
                       f"ORDER BY plen DESC, valid_from DESC LIMIT 1))")
         port_flow = "" if self.port is None else f" AND nat_port = {int(self.port)}"
-        flow_rows = filtered(source, "ip_detail_records", self.at_ms - w, t_end + w, f"subscriber_id = {subscriber}")
+        # the holder's records, and unattributed ones (written before a late RADIUS Start reached flowmed): both are
+        # key ranges of ip_detail_records
+        flow_rows = filtered(source, "ip_detail_records", self.at_ms - w, t_end + w,
+                             f"subscriber_id = {subscriber} OR subscriber_id = ''")
         nat_cols = (
             "'' AS subscriber_id, IPv6NumToString(private_addr) AS private_addr, private_port, "
             "IPv6NumToString(public_addr) AS public_addr, public_port_start, public_port_end, protocol, "

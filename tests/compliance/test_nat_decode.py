@@ -200,3 +200,43 @@ def test_cisco_nsel_flow_created_and_deleted_are_a_session(tmp_path):
     assert v.private_addr == "10.1.2.3" and v.nat.startswith("session start firewallEvent 1")
     assert [r["evidence"] for r in during.to_pylist()] == ["nat", "nat_end", "flow"]
     assert verdict(after, scenario.T0 + 90_000).private_addr == ""  # deleted at T0 + 60 s
+
+
+def test_flows_written_before_a_late_radius_start_are_evidence(tmp_path):
+    """A flow attributed to nobody when it was written (its RADIUS Start came later) is still shown by trace once
+    the binding is known."""
+    from collector.commands.compliance import run_trace, verdict
+    from mediation.bindings import Bindings as B
+    from mediation.compliance_tables import IP_DETAIL_RECORDS, NAT_EVENTS
+    from mediation.query import QueryEngine
+    from mediation.store import ParquetStore
+    from mediation.tables import BINDINGS
+
+    ex = IpfixExporter(6)
+    ev = template(330, "observationTimeMilliseconds", "natEvent", "protocolIdentifier", "sourceIPv4Address",
+                  "sourceTransportPort", "postNATSourceIPv4Address", "postNAPTSourceTransportPort")
+    fl = template(331, "flowStartMilliseconds", "flowEndMilliseconds", "protocolIdentifier", "sourceIPv4Address",
+                  "sourceTransportPort", "destinationIPv4Address", "destinationTransportPort", "octetDeltaCount",
+                  "packetDeltaCount")
+    t = scenario.T0
+    datagram = ex.datagram(ex.templates(ev, fl), ex.data(ev, [{
+        "observationTimeMilliseconds": t, "natEvent": 4, "protocolIdentifier": 17, "sourceIPv4Address": "100.64.5.5",
+        "sourceTransportPort": 1000, "postNATSourceIPv4Address": "203.0.113.99", "postNAPTSourceTransportPort": 5555}]),
+        ex.data(fl, [{"flowStartMilliseconds": t + 1000, "flowEndMilliseconds": t + 2000, "protocolIdentifier": 17,
+                      "sourceIPv4Address": "100.64.5.5", "sourceTransportPort": 1000,
+                      "destinationIPv4Address": "192.0.2.53", "destinationTransportPort": 53,
+                      "octetDeltaCount": 80, "packetDeltaCount": 1}]), export_ms=t + 3000)
+    _, out = decode([(datagram, "192.0.2.6", t + 3000)])  # no bindings yet: unattributed
+    assert out["ip_detail_records"].column("status").to_pylist() == ["unattributed"]
+    late = B(None)
+    late.open("zoe", "100.64.5.5", t - 60_000, source="radius", session_id="z1")
+    store = ParquetStore(tmp_path, recover=False)
+    store.write(NAT_EVENTS, out["nat_events"], 1)
+    store.write(IP_DETAIL_RECORDS, out["ip_detail_records"], 2)
+    store.write(BINDINGS, late.commit(), 3)
+    store.close()
+    with QueryEngine.for_store(tmp_path) as engine:
+        answer = run_trace(engine, address="203.0.113.99", port=5555, at_ms=t + 1500)
+    assert verdict(answer, t + 1500).subscriber_id == "zoe"
+    flows = [r for r in answer.to_pylist() if r["evidence"] == "flow"]
+    assert [(f["private_addr"], f["bytes"], f["detail"]) for f in flows] == [("100.64.5.5", 80, "unattributed")]
