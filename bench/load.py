@@ -8,6 +8,10 @@ templates go first and are refreshed every ``--template-every`` datagrams. Sendi
 UDP socket; pacing works in batches: each tick sends the datagrams due by then and sleeps until the next tick, so
 the achieved rate stays exact without a system call per datagram for timing.
 
+``--vary`` makes every pass over the pool carry new flows (other source ports and destination addresses, changed
+for the whole pool at once with numpy when the pool wraps), so a collector that de-duplicates records does not see
+the cycled pool as resent records: its whole pipeline works on every record, as with real traffic.
+
 ``--exporters N`` simulates N exporters round-robin, each with its own domain, sequence and (towards a 127.x target)
 source address 127.0.1.x, so that a collector's workers sharing the port with SO_REUSEPORT all get traffic.
 
@@ -24,6 +28,8 @@ import struct
 import sys
 import time
 from dataclasses import asdict, dataclass
+
+import numpy as np
 
 from bench.exporter import SEQUENCE_OFFSET, bulk_datagrams
 
@@ -84,19 +90,30 @@ class _Source:
 
 def run_load(*, version: int, target: tuple[str, int], rate: int, duration_s: float, records: int = 30,
              pool: int = 2000, template_every: int = 10_000, tick_s: float = 0.001, ipv6_flows: bool = False,
-             domain: int = 0, exporters: int = 1, seed: int = 0) -> LoadReport:
+             domain: int = 0, exporters: int = 1, seed: int = 0, vary: bool = False) -> LoadReport:
     """Send for ``duration_s`` at ``rate`` datagrams/s in all (0 = as fast as possible); see the module docstring.
 
     ``exporters`` > 1 round-robins the datagrams over that many simulated exporters, each with its own domain
     (``domain + i``; v5: engine id), sequence numbers and, towards a 127.x target, its own source address
     127.0.1.(i+1), so a collector with several workers (SO_REUSEPORT) sees several flows of traffic.
+
+    ``vary``: each pass over the pool changes the low byte of every record's source port and, every 256 passes, the
+    last byte of its IPv4 destination address (65,536 distinct passes), so no record repeats within a run.
     """
     if not 1 <= exporters <= 250:
         raise ValueError("exporters must be 1 to 250")
     now_ms = int(time.time()) * 1000
     data, template = bulk_datagrams(version, pool, records, export_ms=now_ms, ipv6=ipv6_flows, domain=domain,
                                     seed=seed)
-    buffers = [bytearray(d) for d in data]
+    if vary:
+        if ipv6_flows or len({len(d) for d in data}) != 1:
+            raise ValueError("vary needs IPv4 flows and datagrams of one length")
+        pool_array = np.frombuffer(b"".join(data), np.uint8).reshape(len(data), -1).copy()
+        sport, dst = _vary_columns(version, records)
+        base_sport, base_dst = pool_array[:, sport].copy(), pool_array[:, dst].copy()
+        buffers = list(pool_array)  # row views: the in-place changes below show through
+    else:
+        buffers = [bytearray(d) for d in data]
     seq_at = SEQUENCE_OFFSET[version]
     dom_struct, dom_at = _DOMAIN_FIELD[version]
     # what one datagram advances the sequence by: v9 counts datagrams, v5 and IPFIX count records
@@ -134,6 +151,10 @@ def run_load(*, version: int, target: tuple[str, int], rate: int, duration_s: fl
         # flat out: a batch of 64 between clock reads; paced: every data datagram due by now
         batch = 64 if rate <= 0 else min(int((now - start) * rate) + 1, total) - i
         for _ in range(batch):
+            if vary and i and i % n_pool == 0:
+                passes = i // n_pool
+                pool_array[:, sport] = base_sport + np.uint8(passes & 0xFF)
+                pool_array[:, dst] = base_dst + np.uint8((passes >> 8) & 0xFF)
             buf = buffers[i % n_pool]
             src = sources[i % n_src]
             _U32.pack_into(buf, seq_at, src.sequence & 0xFFFFFFFF)
@@ -158,6 +179,22 @@ def run_load(*, version: int, target: tuple[str, int], rate: int, duration_s: fl
     return LoadReport(version, f"{target[0]}:{target[1]}", rate, duration_s, sent, records_sent, elapsed, errors)
 
 
+def _vary_columns(version: int, records: int) -> tuple[np.ndarray, np.ndarray]:
+    """Byte offsets in a pool datagram of each record's source port low byte and IPv4 destination's last byte.
+
+    v5: 24-byte header, 48-byte records (dstaddr at 4, srcport at 32); v9 and IPFIX: the data set of
+    :func:`bench.exporter.flow_template` right after the header and set header (src 4, dst 4, ports 2 + 2, ...).
+    """
+    if version == 5:
+        start, size, dst_at, sport_at = 24, 48, 4, 32
+    else:
+        start = 20 + 4 if version == 9 else 16 + 4
+        size = 47 if version == 9 else 55  # times: v9 sysUptime (4 bytes each), IPFIX milliseconds (8 bytes each)
+        dst_at, sport_at = 4, 8
+    at = start + size * np.arange(records)
+    return at + sport_at + 1, at + dst_at + 3
+
+
 def main(argv: list[str] | None = None) -> int:
     """Command line entry point (``python -m bench.load``)."""
     p = argparse.ArgumentParser(prog="python -m bench.load", description=__doc__.split("\n\n")[0])
@@ -172,6 +209,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--domain", type=int, default=0, help="v9 source id / IPFIX observation domain (v5: engine id)")
     p.add_argument("--exporters", type=int, default=1,
                    help="simulated exporters, round-robin (own domain, sequence and 127.0.1.x source address)")
+    p.add_argument("--vary", action="store_true",
+                   help="new source ports / destination addresses on every pass over the pool (no repeated records)")
     p.add_argument("--json", action="store_true", help="print the report as one JSON object")
     args = p.parse_args(argv)
     if args.version == 5 and not 1 <= args.records <= 30:
@@ -179,7 +218,7 @@ def main(argv: list[str] | None = None) -> int:
     report = run_load(version=args.version, target=parse_target(args.target), rate=args.rate,
                       duration_s=args.duration, records=args.records, pool=args.pool,
                       template_every=args.template_every, ipv6_flows=args.ipv6_flows, domain=args.domain,
-                      exporters=args.exporters)
+                      exporters=args.exporters, vary=args.vary)
     if args.json:
         print(json.dumps(report.as_dict()))
     else:
