@@ -549,6 +549,38 @@ DOT_IPDR_FIELDS = ("user_id", "user_name", "source_ip", "source_port", "public_i
 
 
 @dataclass(frozen=True)
+class DeterministicNat:
+    inside: str
+    """Inside IPv4 prefix the rule maps, e.g. 100.64.0.0/22."""
+    outside: str
+    """Outside IPv4 prefix it maps to, e.g. 203.0.113.0/28."""
+    ports_per_host: int
+    """Ports of each inside host's block."""
+    first_port: int = 1024
+    """First port of the first block on each outside address."""
+
+    def validate(self, key: str) -> None:
+        nets = []
+        for name in ("inside", "outside"):
+            try:
+                net = ipaddress.ip_network(getattr(self, name), strict=False)
+            except ValueError:
+                raise ConfigError(f"{key}.{name}", getattr(self, name), "an IPv4 prefix") from None
+            if net.version != 4:
+                raise ConfigError(f"{key}.{name}", getattr(self, name), "an IPv4 prefix")
+            nets.append(net)
+        if not 0 < self.first_port < 65536:
+            raise ConfigError(f"{key}.first_port", self.first_port, "a port number")
+        if not 0 < self.ports_per_host <= 65536 - self.first_port:
+            raise ConfigError(f"{key}.ports_per_host", self.ports_per_host, "1 .. 65536 - first_port")
+        per_address = (65536 - self.first_port) // self.ports_per_host
+        if nets[0].num_addresses > nets[1].num_addresses * per_address:
+            raise ConfigError(f"{key}.inside", self.inside,
+                              f"at most {nets[1].num_addresses * per_address} hosts for {self.outside} with "
+                              f"{self.ports_per_host} ports each")
+
+
+@dataclass(frozen=True)
 class ComplianceConfig:
     enabled: bool = True
     """Write ip_detail_records (one compliance record per flow) and nat_events (CGNAT logging) with mediation."""
@@ -568,6 +600,10 @@ class ComplianceConfig:
     """Subscriber directory CSV (subscriber_id,name,address,phone,email) joined into reports at export time."""
     report_fields: list[str] = field(default_factory=lambda: list(DOT_IPDR_FIELDS))
     """Columns of `flowmed ipdr-report --format dot` in order (any of the generic report's column names)."""
+    deterministic: list[DeterministicNat] = field(default_factory=list)
+    """Deterministic NAT (RFC 7422) rules: inside host i of a rule uses outside address i // n, ports first_port +
+    (i % n) * ports_per_host onwards (n = (65536 - first_port) // ports_per_host); the trace computes the holder of
+    an outside address and port from them, as the NAT device does, without a log."""
 
     def validate(self, key: str) -> None:
         if self.retention_days < 0:

@@ -179,6 +179,20 @@ def fill_public_side(rows: list[dict[str, object]], events: pa.Table) -> int:
     return filled
 
 
+def fill_deterministic(rows: list[dict[str, object]], deterministic) -> int:
+    """Fill the public side of rows still without one from deterministic NAT rules
+    (:class:`mediation.deterministic.DeterministicNat`): the outside address and the host's port block."""
+    filled = 0
+    for r in rows:
+        if r["public_ip"] or not deterministic:
+            continue
+        m = deterministic.outside_of(str(r["source_ip"]))
+        if m is not None:
+            r["public_ip"], r["public_port"] = m.outside, f"{m.first_port}-{m.last_port}"
+            filled += 1
+    return filled
+
+
 def _seconds(date: object, time_of_day: object) -> int:
     return int(dt.datetime.strptime(f"{date} {time_of_day}", "%Y-%m-%d %H:%M:%S").replace(tzinfo=dt.UTC).timestamp())
 

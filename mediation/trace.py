@@ -102,6 +102,9 @@ class AddressQuery:
     flows_limit: int = 100
     protocol: int | None = None
     """Only NAT sessions of this IP protocol (port blocks, protocol 0, cover every protocol)."""
+    deterministic: object | None = None
+    """A :class:`mediation.deterministic.Mapping` when a deterministic NAT rule covers the address and port: the
+    holder is computed, not looked up in nat_events."""
 
     def sql(self, source) -> str:
         """The one SQL query; ``source(table, t0_ms, t1_ms)`` is :meth:`mediation.query.QueryEngine.source`."""
@@ -120,6 +123,10 @@ class AddressQuery:
             f"(SELECT tuple(argMax(hex(private_addr), k), argMax(private_port, k), argMax(action, k), "
             f"argMax(time, k), argMax(time_end, k), count()) FROM (SELECT private_addr, private_port, action, time, "
             f"time_end, {_RANK} AS k FROM {nat_rows}))")
+        det = self.deterministic
+        if det is not None:  # the rule is the log: a block start that always holds
+            holder = (f"(SELECT tuple(hex({address_literal(det.inside)}), toUInt16(0), toUInt8(1), "
+                      f"toDateTime(0, 'UTC'), toDateTime(0, 'UTC'), toUInt64(1)))")
         # who is behind (hex; h is the holder tuple): the NAT row's private address, A itself without NAT rows,
         # nobody after an end or a stale observed translation
         private = _elements(f"if(h.6 = 0, hex({a}), if(h.3 = 2 OR (h.3 = 3 AND h.5 < {_t(self.at_ms - w)}), '', "
@@ -176,6 +183,14 @@ class AddressQuery:
             f"WHERE (hex(src_addr) = x AND (xp = 0 OR src_port = xp)) OR (nat_addr = {a}{port_flow}) "
             f"ORDER BY flow_start LIMIT {int(self.flows_limit)})",
         ]
+        if det is not None:  # no NAT log to read: the mapping itself is the evidence, and it never ends
+            parts[0] = (
+                f"SELECT 'nat' AS evidence, toUInt32(0) AS time_from, toUInt32(0) AS time_to, '' AS subscriber_id, "
+                f"'::ffff:{det.inside}' AS private_addr, toUInt16(0) AS private_port, '::ffff:{det.outside}' AS "
+                f"public_addr, toUInt16({det.first_port}) AS public_port_start, toUInt16({det.last_port}) AS "
+                f"public_port_end, toUInt8(0) AS protocol, '' AS dst_addr, toUInt16(0) AS dst_port, toUInt64(0) AS "
+                f"bytes, '' AS exporter, 'block start deterministic NAT (RFC 7422)' AS detail")
+            del parts[1]
         return "\nUNION ALL\n".join(parts)
 
 

@@ -72,7 +72,9 @@ def verdict(answer: pa.Table, at_ms: int | None = None, window_s: int = 60) -> V
     nat = next((r for r in rows if r["evidence"] == "nat"), None)
     binding = next((r for r in rows if r["evidence"] == "binding"), None)
     nat_text = ""
-    if nat is not None:
+    if nat is not None and "deterministic" in nat["detail"]:
+        nat_text = f"{nat['detail']}: {nat['public_addr']} ports {nat['public_port_start']}-{nat['public_port_end']}"
+    elif nat is not None:
         nat_text = f"{nat['detail']} at {nat['time_from']:%Y-%m-%d %H:%M:%S}Z by {nat['exporter']}"
     if binding is not None:
         return Verdict(binding["subscriber_id"], binding["private_addr"], int(binding["private_port"]), nat_text,
@@ -87,12 +89,13 @@ def verdict(answer: pa.Table, at_ms: int | None = None, window_s: int = 60) -> V
 
 def run_trace(engine, *, address: str | None = None, port: int | None = None, at_ms: int | None = None,
               window_s: int = 60, lookback_s: int = 86400, subscriber: str | None = None, from_ms: int | None = None,
-              to_ms: int | None = None, protocol: int | None = None) -> pa.Table:
+              to_ms: int | None = None, protocol: int | None = None, deterministic=None) -> pa.Table:
     """Run the one trace query on ``engine`` (a :class:`mediation.query.QueryEngine`); the tidy answer."""
     from mediation.trace import EVIDENCE, AddressQuery, SubscriberQuery
 
     if address is not None:
-        q = AddressQuery(address, int(at_ms), port, window_s, lookback_s, protocol=protocol)
+        mapping = deterministic.inside_of(address, port) if deterministic and port is not None else None
+        q = AddressQuery(address, int(at_ms), port, window_s, lookback_s, protocol=protocol, deterministic=mapping)
     else:
         q = SubscriberQuery(subscriber, int(from_ms), int(to_ms))
     answer = tidy(engine.query(q.sql(engine.source), text_addresses=False))
@@ -127,6 +130,7 @@ def trace_command(address, port, protocol, at, window_s, subscriber, from_, to, 
       flowmed trace --address 203.0.113.7 --port 40112 --at 2026-03-02T14:03:22Z
       flowmed trace --subscriber alice --from 2026-03-02T00:00:00Z --to 2026-03-03T00:00:00Z
     """
+    from mediation.deterministic import DeterministicNat
     from mediation.query import QueryEngine, QueryError, render
 
     if (address is None) == (subscriber is None):
@@ -147,7 +151,8 @@ def trace_command(address, port, protocol, at, window_s, subscriber, from_, to, 
     try:
         if address is not None:
             answer = run_trace(engine, address=address, port=port, at_ms=parse_time(at), window_s=window_s,
-                               lookback_s=config.compliance.nat_lookback_s, protocol=protocol)
+                               lookback_s=config.compliance.nat_lookback_s, protocol=protocol,
+                               deterministic=DeterministicNat(config.compliance.deterministic))
         else:
             answer = run_trace(engine, subscriber=subscriber, from_ms=parse_time(from_), to_ms=parse_time(to))
     except QueryError as exc:
@@ -186,6 +191,7 @@ def ipdr_report_command(from_, to, address, port, subscriber, fmt, layout, outpu
         ReportError,
         ReportQuery,
         check_fields,
+        fill_deterministic,
         fill_public_side,
         load_directory,
         nat_sql,
@@ -194,6 +200,7 @@ def ipdr_report_command(from_, to, address, port, subscriber, fmt, layout, outpu
         to_csv,
         to_xlsx,
     )
+    from mediation.deterministic import DeterministicNat
     from mediation.query import QueryEngine, QueryError
 
     if (address is None) == (subscriber is None):
@@ -221,6 +228,7 @@ def ipdr_report_command(from_, to, address, port, subscriber, fmt, layout, outpu
         extra = nat_sql(rows, q.from_ms, q.to_ms, config.compliance.nat_lookback_s, engine.source)
         if extra is not None:
             fill_public_side(rows, engine.query(extra, text_addresses=False))
+        fill_deterministic(rows, DeterministicNat(config.compliance.deterministic))
     except QueryError as exc:
         raise click.ClickException(str(exc)) from None
     finally:
