@@ -1,3 +1,4 @@
+#!/usr/bin/env python3
 """Run one fuzz target under atheris (libFuzzer), coverage-guided.
 
     python fuzz/run.py TARGET [CORPUS_DIR ...] [libFuzzer flags]
@@ -13,6 +14,7 @@ test. See docs/hardening.md.
 
 from __future__ import annotations
 
+import os
 import sys
 from pathlib import Path
 
@@ -28,6 +30,9 @@ def main(argv: list[str]) -> None:
         print("targets:", " ".join(TARGETS))
         sys.exit(0 if argv else 2)
     name, rest = argv[0], argv[1:]
+    if name not in TARGETS and os.environ.get("FLOWMED_FUZZ_TARGET") in TARGETS:
+        # a child that libFuzzer started for -jobs/-workers: it passes only its own flags
+        name, rest = os.environ["FLOWMED_FUZZ_TARGET"], argv
     if name not in TARGETS:
         sys.exit(f"unknown target {name!r}; one of: {', '.join(TARGETS)}")
     import atheris
@@ -53,6 +58,7 @@ def main(argv: list[str]) -> None:
         if not corpus.is_dir() or not any(corpus.iterdir()):
             write_seeds(name, corpus)
         dirs = [str(corpus)]
+    os.environ["FLOWMED_FUZZ_TARGET"] = name  # for the children of -jobs/-workers (they re-run this script)
     target(b"")  # warm up lazy imports and caches outside the timed runs
     atheris.Setup([sys.argv[0], *flags, *dirs], target)
     atheris.Fuzz()
