@@ -91,6 +91,8 @@ class RadiusServer:
         if len(self.queue) >= self.config.radius.max_queue:
             self.dropped += 1
             self._count("queue", "dropped_queue_full")
+            # rate-limited per NAS by collector.logflood.FloodFilter
+            log.warning("RADIUS request dropped: radius.max_queue requests already waiting", extra={"client": addr[0]})
             return
         self.queue.append((data, addr, proto))
         self._wake.set()
