@@ -525,7 +525,9 @@ def soak(h: Harness, name: str, version: int, rate: int, duration: float) -> dic
     return {"duration_s": duration, "rate": rate, "sent": sent, "stored": stored, "kernel_drops": drops,
             "exit_status": rc, "rss_first_third_mib": round(first / 2**20, 1),
             "rss_last_third_mib": round(last / 2**20, 1), "rss_max_mib": round(max(v for _, v in samples) / 2**20, 1),
-            "rss_growth_mib": round((last - first) / 2**20, 1), "samples": len(samples)}
+            "rss_growth_mib": round((last - first) / 2**20, 1), "samples": len(samples),
+            "rss_mib_each_tenth": [round(samples[min(len(samples) - 1, len(samples) * k // 10)][1] / 2**20, 1)
+                                   for k in range(1, 11)]}
 
 
 def available(names: Sequence[str]) -> list[str]:
