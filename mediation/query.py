@@ -9,6 +9,9 @@
   and only complete files are visible because the store renames them into place. The hive partition columns are
   used by ``<table>_between(t0, t1)`` parameterised views that skip the other hour partitions, and
   :meth:`QueryEngine.source` gives a subquery whose glob names only the hours of a range (fastest; for lookups).
+  ReplacingMergeTree tables (usage, rated_usage, bindings, ...) are collapsed per sorting key to the highest version,
+  as ``FINAL`` does on a server (:func:`collapsed_select`), so rows re-sent in another batch count once; their
+  ``<table>_raw`` view shows the files as they are.
 * a server backend (``mediation.clickhouse_query.ClickHouseBackend``, read-only), chosen with ``target``.
 
 A backend implements :class:`QueryBackend`: ``name``, ``query(sql) -> pa.Table`` and ``close()``. The engine turns
@@ -100,6 +103,12 @@ def release_chdb_session() -> None:
             _session, _session_users = None, 0
 
 
+def chdb_session_users() -> int:
+    """How many users (engines, :func:`holding_chdb_session` blocks) hold the shared session now."""
+    with _session_lock:
+        return _session_users
+
+
 @contextlib.contextmanager
 def holding_chdb_session() -> Iterator[None]:
     """Keep the shared chDB session open (as one more user) for the ``with`` block.
@@ -154,6 +163,46 @@ def select_list(table: Table) -> str:
                      for c in table.columns)
 
 
+def replacing(table: Table) -> bool:
+    """Whether ``table`` is a ReplacingMergeTree on a server (its embedded views collapse duplicates)."""
+    return table.engine == "ReplacingMergeTree"
+
+
+def collapsed_select(table: Table, src: str, where: str | None = None) -> str:
+    """``SELECT`` of ``table``'s view columns from ``src`` (optionally filtered by ``where`` first).
+
+    For a ReplacingMergeTree table the rows are collapsed the way ``FINAL`` collapses them on a server: one row per
+    sorting key (``order_by``), the one with the highest ``version_column`` (any one of identical re-sent rows when
+    the table has no version column). A RADIUS usage journal replay or an IPDR crash-window re-send writes the same
+    rows again in a new batch; without this the embedded store would count them twice. It is a ``GROUP BY`` of the
+    key (filters on key columns are pushed below it), several times the cost of a plain scan on a full-table
+    aggregate; the ``<table>_raw`` view reads the files as they are.
+    """
+    filtered = f" WHERE {where}" if where else ""
+    if not replacing(table):
+        return f"SELECT {select_list(table)} FROM {src}{filtered}"
+    key = list(table.order_by)
+    version = table.version_column if table.version_column not in key else None
+    inner = [f"`{c}`" for c in key]
+    for c in table.columns:
+        if c.name in key:
+            continue
+        if c.name == version:
+            agg = f"max(`{c.name}`)"
+        elif version:
+            agg = f"argMax(`{c.name}`, `{version}`)"
+        else:
+            agg = f"any(`{c.name}`)"
+        # Aliased apart from the column names: an alias equal to a column would be seen inside other aggregates.
+        inner.append(f"{agg} AS `__{c.name}`")
+    outer = ", ".join(
+        (f"CAST({ref} AS IPv6) AS `{c.name}`" if c.kind == "ip" else f"{ref} AS `{c.name}`") if c.name not in key
+        else (f"CAST(`{c.name}` AS IPv6) AS `{c.name}`" if c.kind == "ip" else f"`{c.name}`")
+        for c in table.columns for ref in [f"`__{c.name}`"])
+    return (f"SELECT {outer} FROM (SELECT {', '.join(inner)} FROM {src}{filtered} "
+            f"GROUP BY {', '.join(f'`{c}`' for c in key)})")
+
+
 class ChdbBackend:
     """The embedded store through chDB (see the module docstring)."""
 
@@ -182,18 +231,24 @@ class ChdbBackend:
         return str(self.root / table / "date=*" / "hour=*" / "*.parquet")
 
     def view_sql(self, table: Table) -> list[str]:
-        """The statements that define ``table``'s views (plain, and ``<name>_between`` over a time range)."""
+        """The statements that define ``table``'s views: the plain one, ``<name>_between`` over a time range and, for
+        ReplacingMergeTree tables, ``<name>_raw`` (the files as they are, duplicates included)."""
         src = f"file({_sql_string(self.glob(table.name))}, Parquet, {_sql_string(structure(table))})"
         t = f"`{table.time_column}`"
         # Partition pruning: a file's hour partition (hive columns date/hour) must overlap [t0, t1).
         partition_hour = "toDateTime(date, 'UTC') + toIntervalHour(hour)"
-        return [
-            f"CREATE OR REPLACE VIEW {self.database}.`{table.name}` AS SELECT {select_list(table)} FROM {src}",
-            f"CREATE OR REPLACE VIEW {self.database}.`{table.name}_between` AS SELECT {select_list(table)} "
-            f"FROM {src} WHERE {partition_hour} >= toStartOfHour({{t0:DateTime64(3, 'UTC')}}) "
-            f"AND {partition_hour} < {{t1:DateTime64(3, 'UTC')}} "
-            f"AND {t} >= {{t0:DateTime64(3, 'UTC')}} AND {t} < {{t1:DateTime64(3, 'UTC')}}",
+        between = (f"{partition_hour} >= toStartOfHour({{t0:DateTime64(3, 'UTC')}}) "
+                   f"AND {partition_hour} < {{t1:DateTime64(3, 'UTC')}} "
+                   f"AND {t} >= {{t0:DateTime64(3, 'UTC')}} AND {t} < {{t1:DateTime64(3, 'UTC')}}")
+        statements = [
+            f"CREATE OR REPLACE VIEW {self.database}.`{table.name}` AS {collapsed_select(table, src)}",
+            f"CREATE OR REPLACE VIEW {self.database}.`{table.name}_between` AS "
+            f"{collapsed_select(table, src, between)}",
         ]
+        if replacing(table):
+            statements.append(f"CREATE OR REPLACE VIEW {self.database}.`{table.name}_raw` AS "
+                              f"SELECT {select_list(table)} FROM {src}")
+        return statements
 
     def source(self, table: str, t0_ms: int, t1_ms: int) -> str:
         """A FROM-clause subquery of ``table``'s rows with ``t0_ms <= time < t1_ms`` that reads only those hours.
@@ -215,9 +270,10 @@ class ChdbBackend:
             parts = f"date={_alternatives(sorted({f'{h:%Y-%m-%d}' for h in hours}))}/hour=*"
         glob = str(self.root / table / parts / "*.parquet")
         col = f"`{t.time_column}`"
-        return (f"(SELECT {select_list(t)} FROM file({_sql_string(glob)}, Parquet, {_sql_string(structure(t))}) "
-                f"WHERE {col} >= fromUnixTimestamp64Milli(toInt64({int(t0_ms)}), 'UTC') "
-                f"AND {col} < fromUnixTimestamp64Milli(toInt64({int(t1_ms)}), 'UTC'))")
+        where = (f"{col} >= fromUnixTimestamp64Milli(toInt64({int(t0_ms)}), 'UTC') "
+                 f"AND {col} < fromUnixTimestamp64Milli(toInt64({int(t1_ms)}), 'UTC')")
+        src = f"file({_sql_string(glob)}, Parquet, {_sql_string(structure(t))})"
+        return f"({collapsed_select(t, src, where)})"
 
     def _refresh_views(self) -> None:
         missing = [t for name, t in TABLES.items() if name not in self._views]

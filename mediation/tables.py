@@ -12,8 +12,10 @@ always ``GROUP BY`` the key and ``sum(bytes)``.
 
 A row is identified by ``row_id`` (a hash of its key, ``source``, ``exporter``, ``correction`` and ``created``), and
 the ClickHouse table is a ReplacingMergeTree over exactly those columns: a batch that is sent twice (spool replay,
-retried insert) collapses to one copy, while distinct parts never collapse. On a server, exact reads use
-``FINAL`` (or ``LIMIT 1 BY row_id``); the embedded store writes each batch id once.
+retried insert, RADIUS journal replay, IPDR crash-window re-send) collapses to one copy, while distinct parts never
+collapse. On a server, exact reads use ``FINAL`` (or ``LIMIT 1 BY row_id``); the embedded store writes each batch id
+once, and its ``usage`` view collapses rows re-sent in another batch by the same key (``usage_raw`` does not; see
+:func:`mediation.query.collapsed_select`).
 """
 
 from __future__ import annotations

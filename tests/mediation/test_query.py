@@ -244,3 +244,70 @@ def test_queries_survive_partitions_dropped_under_them(store: ParquetStore, engi
         stop.set()
         t.join()
     assert all(n % 2000 == 0 and n <= 5 * 2000 for n in counts), counts
+
+
+# ---- ReplacingMergeTree tables collapse re-sent rows on the embedded store, as FINAL does on a server ---------------
+
+
+def _usage_rows(n: int = 4) -> pa.RecordBatch:
+    usage = TABLES["usage"]
+    start = T0_MS - T0_MS % 300_000
+    return usage.to_arrow({
+        "interval_start": np.full(n, start, dtype=np.int64),
+        "interval_end": np.full(n, start + 300_000, dtype=np.int64),
+        "subscriber_id": np.array([f"sub-{i % 2}" for i in range(n)], dtype=object),
+        "direction": np.array(["up", "down"] * (n // 2), dtype=object),
+        "traffic_class": np.array(["all"] * n, dtype=object),
+        "bytes": np.arange(1, n + 1, dtype=np.uint64) * 1000,
+        "packets": np.ones(n, dtype=np.uint64),
+        "flows": np.ones(n, dtype=np.uint64),
+        "source": np.array(["radius"] * n, dtype=object),
+        "exporter": np.array([addr("192.0.2.1")] * n, dtype="S16"),
+        "correction": np.zeros(n, dtype=np.uint32),
+        "created": np.full(n, T0_MS, dtype=np.int64),
+        "row_id": np.arange(100, 100 + n, dtype=np.uint64),
+    })
+
+
+def test_usage_rows_written_twice_count_once(store: ParquetStore, engine: QueryEngine) -> None:
+    """A RADIUS journal replay / IPDR crash-window re-send writes the same rows (same row_id) in a second batch."""
+    usage = TABLES["usage"]
+    rows = _usage_rows()
+    store.write(usage, rows, 1)
+    store.write(usage, rows, 2)
+    assert engine.query("SELECT sum(bytes) AS b FROM usage").column("b").to_pylist() == [10_000]
+    assert engine.query("SELECT sum(bytes) AS b FROM usage_raw").column("b").to_pylist() == [20_000]
+    by_sub = engine.query("SELECT subscriber_id, sum(bytes) AS b FROM usage WHERE exporter = toIPv6('192.0.2.1') "
+                          "GROUP BY subscriber_id ORDER BY subscriber_id")
+    assert by_sub.to_pylist() == [{"subscriber_id": "sub-0", "b": 4000}, {"subscriber_id": "sub-1", "b": 6000}]
+    start = T0_MS - T0_MS % 300_000
+    ranged = engine.query(f"SELECT sum(bytes) AS b FROM {engine.source('usage', start, start + 300_000)}")
+    assert ranged.column("b").to_pylist() == [10_000]
+    between = engine.query(f"SELECT sum(bytes) AS b FROM usage_between(t0 = fromUnixTimestamp64Milli({start}), "
+                           f"t1 = fromUnixTimestamp64Milli({start + 300_000}))")
+    assert between.column("b").to_pylist() == [10_000]
+    # The columns, their order and types are those of the table (addresses as text).
+    whole = engine.query("SELECT * FROM usage ORDER BY row_id")
+    assert whole.column_names == usage.column_names and whole.num_rows == 4
+    assert whole.column("exporter").to_pylist() == ["192.0.2.1"] * 4
+
+
+def test_versioned_rows_keep_the_highest_version(store: ParquetStore, engine: QueryEngine) -> None:
+    """bindings (ReplacingMergeTree by version): a binding re-written with a higher version reads as that one."""
+    bindings = TABLES["bindings"]
+
+    def binding(version: int, valid_to: int) -> pa.RecordBatch:
+        return bindings.to_arrow({
+            "binding_id": np.array([7], dtype=np.uint64), "version": np.array([version], dtype=np.uint64),
+            "subscriber_id": np.array(["alice"], dtype=object), "network": np.array([addr("10.0.0.1")], dtype="S16"),
+            "prefix_len": np.array([128], dtype=np.uint8), "valid_from": np.array([T0_MS], dtype=np.int64),
+            "valid_to": np.array([valid_to], dtype=np.int64), "source": np.array(["radius"], dtype=object),
+            "session_id": np.array(["s1"], dtype=object), "nas": np.array([addr("192.0.2.9")], dtype="S16"),
+        })
+
+    store.write(bindings, binding(2, T0_MS + 5000), 1)
+    store.write(bindings, binding(1, T0_MS + 9999), 2)
+    store.write(bindings, binding(2, T0_MS + 5000), 3)
+    r = engine.query("SELECT version, toUnixTimestamp64Milli(valid_to) AS to_ms, network FROM bindings")
+    assert r.to_pylist() == [{"version": 2, "to_ms": T0_MS + 5000, "network": "10.0.0.1"}]
+    assert engine.query("SELECT count() AS n FROM bindings_raw").column("n").to_pylist() == [3]
