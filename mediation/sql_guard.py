@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import re
 
-from mediation.query import QueryError, chdb_session
+from mediation.query import QueryError, chdb_session, chdb_session_users
 
 ALLOWED_FIRST = ("SELECT", "WITH", "SHOW", "DESCRIBE", "DESC", "EXPLAIN", "EXISTS")
 
@@ -49,11 +49,16 @@ def check_read_only(sql: str) -> None:
         raise QueryError(f"flowmed query is read-only: {' '.join(found.group(0).split()).upper()} is not allowed")
 
 
-def seal_chdb_session() -> None:
+def seal_chdb_session() -> bool:
     """Put this process's chDB session into ``readonly = 2`` for good (it cannot be undone in the session).
 
     Only for processes that run nothing but read queries afterwards (the ``flowmed query`` command): the store's
-    views must exist already, as creating them is refused from now on.
+    views must exist already, as creating them is refused from now on. When another user holds the shared session
+    (the command run in-process by a test or an embedding program), the session is left as it is, since sealing it
+    would break that user; :func:`check_read_only` still applies. Returns whether the session was sealed.
     """
     with chdb_session() as s:
+        if chdb_session_users() > 1:
+            return False
         s.query("SET readonly = 2")
+    return True

@@ -29,10 +29,16 @@ def _job(config):
 
     try:
         job = RatingJob(config)
-        job.plans  # noqa: B018 - load and validate now, for a clear error
-        job.assignments  # noqa: B018
     except ConfigError as exc:
         raise click.ClickException(f"rating configuration error: {exc}") from None
+    try:
+        job.plans  # noqa: B018 - load and validate now, for a clear error
+        job.assignments  # noqa: B018
+    except BaseException as exc:
+        job.close()  # its query engine holds the process's chDB session
+        if isinstance(exc, ConfigError):
+            raise click.ClickException(f"rating configuration error: {exc}") from None
+        raise
     return job
 
 
