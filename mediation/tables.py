@@ -70,6 +70,8 @@ REJECTS = table(
         Column("rejected_at", "timestamp_ms", "When flowmed rejected it (UTC)."),
         Column("reject_id", "u64", "Deterministic record key (the same key de-duplication uses)."),
         *_FLOW_COLUMNS,
+        Column("batch_id", "u64", "Id of the write batch that stored the reject (not the batch of the flow); a "
+               "replayed batch keeps its id, so it lands only once.", codec="T64, LZ4"),
     ),
     time_column="time_received",
     order_by=("time_received", "exporter", "reason"),
@@ -96,6 +98,8 @@ RECONCILIATION = table(
                "subscriber-to-subscriber traffic)."),
         Column("balanced", "u8", "1 when this part balances (checked in code when it was written)."),
         Column("created", "timestamp_ms", "When the row was written (UTC)."),
+        Column("batch_id", "u64", "Id of the write batch; a replayed batch keeps its id, so it lands only once.",
+               codec="T64, LZ4"),
     ),
     time_column="interval_start",
     order_by=("interval_start", "exporter", "created"),

@@ -346,7 +346,7 @@ class RatingJob:
 
     def _write_visible(self, table: Table, data: pa.Table | pa.RecordBatch) -> None:
         """Write through every output and wait until the rows are readable (ClickHouse spool drained)."""
-        from mediation.outputs import conform
+        from mediation.outputs import conform, with_batch_id
 
         if isinstance(data, pa.Table):
             data = data.combine_chunks()
@@ -355,8 +355,8 @@ class RatingJob:
                 max_chunksize=data.num_rows)[0]
         else:
             batch = data
-        batch = conform(table, batch)
         batch_id = self.batch_ids.next()
+        batch = with_batch_id(table, conform(table, batch), batch_id)  # as the Sink does (rating_runs, rating_lease)
         for out in self.outputs:
             out.write(table, batch, batch_id)
         for out in self.outputs:
