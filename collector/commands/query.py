@@ -76,6 +76,10 @@ def schema_markdown(tables: dict[str, Table] | None = None) -> str:
         "t1='2026-03-02 15:00:00')` holding the rows with `t0 <= time < t1` (by the table's time column) that reads",
         "only the hour partitions of that range: use it for lookups in a long history.",
         "",
+        "A ReplacingMergeTree table reads on the embedded store as `FINAL` reads it on a server: one row per sorting",
+        "key, the one with the highest version column, so rows re-sent after a crash count once; its view `T_raw`",
+        "shows the stored files as they are (every version, re-sent rows included).",
+        "",
     ]
     for name in sorted(tables):
         t = tables[name]
