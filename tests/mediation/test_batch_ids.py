@@ -87,3 +87,20 @@ def test_older_tables_get_the_batch_id_column(clickhouse_server, db):
     assert report.added_columns == [f"{db}.reconciliation.batch_id UInt64", f"{db}.rejects.batch_id UInt64"]
     assert clickhouse_server.query(f"SELECT batch_id FROM {db}.reconciliation") == "0\n"
     client.disconnect()
+
+
+def test_store_files_written_before_batch_id_existed_still_read(tmp_path) -> None:
+    """Parquet files of reconciliation written by an older flowmed (no batch_id column) read with batch_id 0."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from mediation.query import QueryEngine
+
+    table = load_tables()["reconciliation"]
+    old = pa.Table.from_batches([rows(table, 3, 1)]).drop_columns(["batch_id"])
+    part = tmp_path / "reconciliation" / "date=2025-11-24" / "hour=16"
+    part.mkdir(parents=True)
+    pq.write_table(old, part / "00000000000000000001.parquet")
+    with QueryEngine.for_store(tmp_path) as engine:
+        got = engine.query("SELECT sum(bytes_in) AS b, max(batch_id) AS i, count() AS n FROM reconciliation")
+    assert got.to_pylist() == [{"b": 3 * 1000 + 3, "i": 0, "n": 3}]
