@@ -230,7 +230,16 @@ RADIUS_SECRET = b"fuzzsecret"
 _RADIUS: list = []
 
 
+_RADIUS_USES = [0]
+RADIUS_RESET_EVERY = 2000
+"""Inputs after which the shared accounting state starts afresh: its in-memory bindings history grows with every
+binding ever opened (by design; on disk in the daemon), which over a long run would read as a leak."""
+
+
 def _radius():
+    _RADIUS_USES[0] += 1
+    if _RADIUS_USES[0] % RADIUS_RESET_EVERY == 0:
+        _RADIUS.clear()
     if not _RADIUS:
         from collector.config import load
         from mediation.bindings import Bindings
