@@ -394,7 +394,7 @@ class RadiusAccounting:
             d_in = _delta(total_in, last_in, gw_seen)
             d_out = _delta(total_out, last_out, gw_seen)
             if d_in or d_out:
-                usage = self._usage_rows(sub, uid, nas, last_ms, t, d_in, d_out)
+                usage = self._usage_rows(sub, uid, nas, last_ms, t, d_in, d_out, (total_in, total_out))
         if status == STOP:
             self.bindings.close_session(uid, t)
             self.bindings.conn.execute("DELETE FROM radius_sessions WHERE unique_id=?", (uid,))
@@ -440,8 +440,8 @@ class RadiusAccounting:
                     nets.append(net)
         return nets
 
-    def _usage_rows(self, sub: str, uid: str, nas: str, since_ms: int, until_ms: int, d_in: int, d_out: int
-                    ) -> dict[str, np.ndarray]:
+    def _usage_rows(self, sub: str, uid: str, nas: str, since_ms: int, until_ms: int, d_in: int, d_out: int,
+                    totals: tuple[int, int] = (0, 0)) -> dict[str, np.ndarray]:
         # One row pair per interval between two reports: a NAS whose clock was wrong (a Start stamped 1970 by a
         # NAS without NTP) would otherwise make millions of rows from one request (6 GB, found by fuzzing). No real
         # gap between reports exceeds the session timeout (else the session was closed): the counters' delta is
@@ -463,8 +463,14 @@ class RadiusAccounting:
         interval = np.concatenate([istart, istart])
         direction = np.array(["up"] * k + ["down"] * k, dtype=object)
         created = np.full(2 * k, until_ms, dtype=np.int64)  # deterministic: the report's time
+        # The report's time has whole seconds (Event-Timestamp): two reports of a session in one second would share
+        # (session, interval, direction, created) and collapse as re-sends (FINAL, the embedded store's views). The
+        # previous report's time and this report's cumulative counters (``totals``) tell them apart; a re-sent row
+        # (journal replay) keeps its id.
         row_id = hash_columns(np.full(2 * k, string_hash(uid), dtype=np.uint64), interval,
-                              np.array([0] * k + [1] * k), created, seed=0x2866)
+                              np.array([0] * k + [1] * k), created, np.full(2 * k, since_ms, dtype=np.int64),
+                              np.full(2 * k, totals[0] & 0xFFFF_FFFF_FFFF_FFFF, dtype=np.uint64),
+                              np.full(2 * k, totals[1] & 0xFFFF_FFFF_FFFF_FFFF, dtype=np.uint64), seed=0x2866)
         u = {
             "interval_start": interval, "interval_end": interval + self.interval_ms,
             "subscriber_id": np.full(2 * k, sub, dtype=object), "direction": direction,

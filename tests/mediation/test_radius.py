@@ -354,3 +354,16 @@ def test_interim_with_new_addresses_rebinds_the_session():
     assert [who(h.b, "2001:db8:200::1", t) for t in (T0 + 599_999, T0 + 600_000)] == ["", "alice"]
     assert who(h.b, "100.64.0.1", T0 + 900_000) == "alice"
     assert h.b.conn.execute("SELECT count(*) FROM bindings").fetchone()[0] == 3
+
+
+def test_two_reports_in_one_second_are_two_parts_not_a_re_send():
+    """Event-Timestamp has whole seconds: two Interim-Updates of a session in the same second are distinct usage
+    parts (distinct row ids), so ReplacingMergeTree FINAL and the embedded store's usage view do not collapse them."""
+    h = Harness()
+    h.send(attrs(1, t=T0 + 60_000, Framed_IP_Address="100.64.0.1"))
+    h.send(attrs(3, t=T0 + 120_000, Acct_Input_Octets=1000, Acct_Output_Octets=10))
+    h.send(attrs(3, t=T0 + 120_000, Acct_Input_Octets=3000, Acct_Output_Octets=30))
+    h.send(attrs(3, t=T0 + 120_000, Acct_Input_Octets=5000, Acct_Output_Octets=50))  # the same deltas again
+    assert usage_totals(h.usage) == {("alice", T0, "up"): 5000, ("alice", T0, "down"): 50}
+    ids = np.concatenate([b.column("row_id").to_numpy() for b in h.usage])
+    assert len(ids) == 6 and len(set(ids.tolist())) == 6
