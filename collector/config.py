@@ -270,10 +270,27 @@ class SubscribersConfig:
     """How often a worker picks up binding changes made by the RADIUS listener or a file reload."""
     static_check_interval_s: float = 5.0
     """How often the static file's modification time is checked."""
+    memory_horizon_s: float = 0.0
+    """Bindings closed longer ago than this are dropped from the in-memory lookup index (hourly; they stay in
+    bindings_db, and lookups of older times, e.g. flowmed reprocess, read the database). 0: mediation.max_lateness_s
+    + mediation.max_flow_duration_s + one day, so live flows are always looked up in memory."""
+    max_memory_bindings: int = 5_000_000
+    """About the most bindings kept in the in-memory index (about 100 bytes each): past it the longest-closed are
+    dropped earlier than memory_horizon_s (logged, counted). Open bindings are always kept. 0: no bound."""
 
     def validate(self, key: str) -> None:
         _check_positive(key, refresh_interval_s=self.refresh_interval_s,
                         static_check_interval_s=self.static_check_interval_s)
+        if self.memory_horizon_s < 0:
+            raise ConfigError(f"{key}.memory_horizon_s", self.memory_horizon_s, "0 (automatic) or more")
+        if self.max_memory_bindings < 0:
+            raise ConfigError(f"{key}.max_memory_bindings", self.max_memory_bindings, "0 (no bound) or more")
+
+    def memory_horizon_ms(self, mediation: MediationConfig) -> int:
+        """The effective in-memory horizon of the bindings (see ``memory_horizon_s``)."""
+        if self.memory_horizon_s > 0:
+            return int(self.memory_horizon_s * 1000)
+        return int((mediation.max_lateness_s + mediation.max_flow_duration_s + 86400) * 1000)
 
 
 @dataclass(frozen=True)

@@ -52,6 +52,9 @@ class RadiusServer:
         self.config = config
         self.accounting = RadiusAccounting(config.radius, bindings, int(config.mediation.interval_s * 1000))
         self.bindings = bindings
+        if hasattr(bindings, "set_memory_limits"):  # the listener's index drops long-closed bindings too (hourly)
+            bindings.set_memory_limits(config.subscribers.memory_horizon_ms(config.mediation),
+                                       config.subscribers.max_memory_bindings)
         self.emit = emit
         self.metrics = metrics
         self.queue: deque[tuple[bytes, tuple, _Protocol]] = deque()
@@ -178,6 +181,8 @@ class RadiusServer:
                     continue
                 if changed is not None:
                     self.emit("bindings", changed)
+                if hasattr(self.bindings, "maybe_prune"):  # on the writer thread: never inside its transaction
+                    await loop.run_in_executor(self._executor, self.bindings.maybe_prune, int(time.time() * 1000))
 
     async def confirm(self) -> None:
         """Flush the outputs (off the event loop), then drop the usage they now hold from the journal."""

@@ -24,6 +24,18 @@ Lookup
 int64 per binding (dense network rank in the high bits, ``valid_from`` relative to the group's earliest start in the
 low bits), so one ``searchsorted`` finds the candidate and a vectorised check of network and ``valid_to`` confirms
 it. Changes since the last full build live in a small delta index; closing a binding updates ``valid_to`` in place.
+
+Memory horizon
+--------------
+The database keeps the whole history; the in-memory index does not have to. With :meth:`Bindings.set_memory_limits`
+(the Mediator sets it from ``subscribers.memory_horizon_s`` / ``subscribers.max_memory_bindings``) and
+:meth:`Bindings.maybe_prune` (the Mediator's tick), the periodic background rebuild leaves out bindings that were
+closed before the *cutoff* (now minus the horizon), so the index holds the open bindings and the recent history only.
+Lookups at times at or after the cutoff are answered from memory, exactly as before; lookups at older times (late
+records that passed a widened ``mediation.max_lateness_s``, ``flowmed reprocess``) are answered from the database:
+the bindings relevant to the older queries' time range are loaded into a temporary index (cached while the history
+does not change). A binding closed before the cutoff stays in memory when an earlier-started binding of the same
+network is still in it, so that dropping it cannot change which binding decides (see :data:`_KEEP_SQL`).
 """
 
 from __future__ import annotations
@@ -49,6 +61,21 @@ _U64 = np.uint64
 _ALL_ONES = 0xFFFFFFFFFFFFFFFF
 DELTA_REBUILD_ROWS = 65_536
 """Bindings opened since the last full build at which the base index is rebuilt."""
+PRUNE_INTERVAL_MS = 3_600_000
+"""How often (by the ``now_ms`` given to :meth:`Bindings.maybe_prune`) the cutoff advances and the index is rebuilt."""
+FALLBACK_BUCKET_MS = 86_400_000
+"""Time ranges of database lookups are widened to whole UTC days so that one loaded range serves many batches."""
+_NO_CUTOFF = -(1 << 62)
+
+# Rows a lookup at times >= :since needs: those still valid after it, and those that decide instead of an
+# earlier-started binding of the same network still valid after it (the newest start at or before t decides, see
+# BindingIndex._lookup_group). Rows starting after :until are never needed for times <= :until.
+_KEEP_SQL = (
+    "b.valid_from <= :until AND (b.valid_to > :since OR EXISTS (SELECT 1 FROM bindings y WHERE "
+    "y.net_hi = b.net_hi AND y.net_lo = b.net_lo AND y.prefix_len = b.prefix_len AND y.valid_to > :since "
+    "AND y.valid_from <= b.valid_from AND y.id <> b.id))")
+_ROW_SQL = ("SELECT b.id, b.subscriber_id, b.net_hi, b.net_lo, b.prefix_len, b.valid_from, b.valid_to, b.source, "
+            "b.session_id, b.nas, b.seq FROM bindings b")
 
 
 # --- addresses -----------------------------------------------------------------------------------------------------
@@ -333,6 +360,7 @@ CREATE INDEX IF NOT EXISTS bindings_seq ON bindings(seq);
 CREATE INDEX IF NOT EXISTS bindings_net ON bindings(net_hi, net_lo, prefix_len, valid_to);
 CREATE INDEX IF NOT EXISTS bindings_session ON bindings(session_id, valid_to);
 CREATE INDEX IF NOT EXISTS bindings_nas ON bindings(nas, valid_to);
+CREATE INDEX IF NOT EXISTS bindings_from ON bindings(valid_from);
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value INTEGER NOT NULL);
 """
 
@@ -367,7 +395,7 @@ class Bindings:
         self._lock = threading.Lock()
         self._names_lock = threading.Lock()
         self._rebuilding: threading.Thread | None = None
-        self._rebuilt: tuple[BindingIndex, int] | None = None
+        self._rebuilt: tuple[BindingIndex, int, int] | None = None  # (index, complete up to seq, cutoff)
         self._names: list[str] = []
         self._name_hashes: list[int] = []
         self._name_index: dict[str, int] = {}
@@ -377,6 +405,17 @@ class Bindings:
         self._base = BindingIndex(*(np.empty(0) for _ in range(7)))
         self._delta_rows: dict[int, tuple] = {}
         self._delta = self._base
+        # memory horizon (see the module docstring): the index is complete for lookups at times >= _cutoff
+        self._horizon_ms: int | None = None
+        self._max_memory = 0
+        self._cutoff = _NO_CUTOFF
+        self._pending_cutoff = _NO_CUTOFF  # the cutoff the next rebuild applies
+        self._next_prune_ms: int | None = None
+        self._fallback_lock = threading.Lock()
+        self._read_conn: sqlite3.Connection | None = None
+        self._fallback: tuple[int, int, int, BindingIndex] | None = None  # (since, until, seq, index)
+        self.counters: dict[str, int] = {"pruned_rebuilds": 0, "memory_bound_hits": 0, "fallback_lookups": 0,
+                                         "fallback_loads": 0}
         self._load_all()
 
     @classmethod
@@ -423,7 +462,45 @@ class Bindings:
         return self._arrays
 
     def __len__(self) -> int:
+        """Bindings held in the in-memory index (not the history on disk)."""
         return len(self._base) + len(self._delta_rows)
+
+    # --- memory horizon ---
+    def set_memory_limits(self, horizon_ms: int | None, max_bindings: int = 0) -> None:
+        """Keep in memory only bindings open or closed less than ``horizon_ms`` before the ``now_ms`` of
+        :meth:`maybe_prune` (None: everything), and at most ``max_bindings`` (0: no bound; open bindings are never
+        dropped, so the bound can be exceeded by them: counted in ``counters['memory_bound_hits']``)."""
+        self._horizon_ms = None if horizon_ms is None else int(horizon_ms)
+        self._max_memory = int(max_bindings)
+
+    @property
+    def cutoff_ms(self) -> int:
+        """Lookups at times before this are answered from the database (very negative: none are)."""
+        return self._cutoff
+
+    def maybe_prune(self, now_ms: int) -> bool:
+        """Advance the cutoff to ``now_ms`` minus the horizon and start a background rebuild without the bindings
+        closed before it, at most every :data:`PRUNE_INTERVAL_MS` (call from a periodic tick, not per batch).
+        Returns whether a rebuild was started."""
+        if self._horizon_ms is None and not self._max_memory:
+            return False
+        if self._next_prune_ms is not None and now_ms < self._next_prune_ms:
+            return False
+        self._next_prune_ms = now_ms + PRUNE_INTERVAL_MS
+        return self.prune(now_ms)
+
+    def prune(self, now_ms: int) -> bool:
+        """Rebuild the index now (in the background for a file database) leaving out what :meth:`maybe_prune`
+        leaves out."""
+        if self._in_tx and self.path == ":memory:":  # the rebuild would read the unfinished transaction: later
+            self._next_prune_ms = None
+            return False
+        target = self._cutoff if self._horizon_ms is None else max(self._cutoff, int(now_ms) - self._horizon_ms)
+        self._pending_cutoff = target
+        self._fallback = None  # a loaded range of old history is not kept past the hour either
+        self.counters["pruned_rebuilds"] += 1
+        self._start_rebuild()
+        return True
 
     # --- writing ---
     def _begin(self) -> None:
@@ -538,16 +615,39 @@ class Bindings:
             f"seq FROM bindings WHERE {where} ORDER BY id", args).fetchall()
 
     def _load_all(self) -> None:
-        rows = self._fetch("1", ())
-        self._last_seq = max((r[10] for r in rows), default=0)
-        self._rebuild(rows)
+        self._last_seq = self.conn.execute("SELECT coalesce(max(seq), 0) FROM bindings").fetchone()[0]
+        rows, cutoff = self._kept_rows(self.conn, max(self._pending_cutoff, self._cutoff))
+        self._rebuild(rows, cutoff)
 
-    def _rebuild(self, rows: list[tuple]) -> None:
+    def _rebuild(self, rows: list[tuple], cutoff: int) -> None:
         index = self._index_of(rows)
         with self._lock:
             self._base = index
+            self._cutoff = cutoff
             self._delta_rows = {}
             self._delta = BindingIndex(*(np.empty(0) for _ in range(7)))
+
+    def _kept_rows(self, conn: sqlite3.Connection, cutoff: int) -> tuple[list[tuple], int]:
+        """The rows the in-memory index needs for lookups at times >= ``cutoff`` (raised, when more than
+        ``max_bindings`` would be kept, to drop the longest-closed bindings) and the cutoff used."""
+        def fetch(since: int) -> list[tuple]:
+            if since <= _NO_CUTOFF:
+                return conn.execute(f"{_ROW_SQL} ORDER BY b.id").fetchall()
+            return conn.execute(f"{_ROW_SQL} WHERE {_KEEP_SQL} ORDER BY b.id",
+                                {"since": since, "until": OPEN_END_MS}).fetchall()
+
+        rows = fetch(cutoff)
+        if self._max_memory and len(rows) > self._max_memory:
+            self.counters["memory_bound_hits"] += 1
+            closed = np.sort(np.fromiter((r[6] for r in rows if r[6] < OPEN_END_MS), dtype=np.int64))
+            excess = len(rows) - self._max_memory
+            if len(closed):
+                cutoff = max(cutoff, int(closed[min(excess, len(closed)) - 1]))
+                rows = fetch(cutoff)
+            log.warning("bindings: %d would be kept in memory, more than subscribers.max_memory_bindings = %d; "
+                        "lookups before %d ms now read the database (%d kept)", excess + self._max_memory,
+                        self._max_memory, cutoff, len(rows))
+        return rows, cutoff
 
     def _index_of(self, rows: list[tuple]) -> BindingIndex:
         n = len(rows)
@@ -565,23 +665,23 @@ class Bindings:
         event loop); :meth:`_swap_rebuilt` installs it and re-applies what changed since the snapshot."""
         if self.path == ":memory:":  # no second connection can see an in-memory database
             self._load_all()
+            self._fallback = None
             return
         if self._rebuilding is not None:
             return
+        target = max(self._pending_cutoff, self._cutoff)  # a cutoff raised by the bound does not go back
 
         def work() -> None:
             try:
                 conn = sqlite3.connect(self.path, isolation_level=None)
                 try:
                     conn.execute("BEGIN")  # one snapshot: the rows and the sequence they are complete up to
-                    rows = conn.execute(
-                        "SELECT id, subscriber_id, net_hi, net_lo, prefix_len, valid_from, valid_to, source, "
-                        "session_id, nas, seq FROM bindings ORDER BY id").fetchall()
+                    rows, cutoff = self._kept_rows(conn, target)
                     seq = conn.execute("SELECT coalesce(max(seq), 0) FROM bindings").fetchone()[0]
                     conn.execute("COMMIT")
                 finally:
                     conn.close()
-                self._rebuilt = (self._index_of(rows), seq)
+                self._rebuilt = (self._index_of(rows), seq, cutoff)
             except Exception:
                 log.exception("rebuilding the binding index failed; the delta index stays in use")
             finally:
@@ -594,9 +694,10 @@ class Bindings:
         rebuilt, self._rebuilt = self._rebuilt, None
         if rebuilt is None:
             return
-        index, seq = rebuilt
+        index, seq, cutoff = rebuilt
         with self._lock:
             self._base = index
+            self._cutoff = cutoff
             self._delta_rows = {}
             self._delta = BindingIndex(*(np.empty(0) for _ in range(7)))
         # everything newer than the snapshot again, onto the new base (applying a change twice is harmless)
@@ -624,7 +725,7 @@ class Bindings:
             new = [r for r, b in zip(rows, in_base, strict=True) if not b]
             for r in new:
                 self._delta_rows[r[0]] = r
-        if len(self._delta_rows) > DELTA_REBUILD_ROWS:
+        if len(self._delta_rows) > DELTA_REBUILD_ROWS:  # (the rebuild applies the cutoff and the bound too)
             self._start_rebuild()
         if new and self._delta_rows:
             d = sorted(self._delta_rows.values())
@@ -683,9 +784,70 @@ class Bindings:
 
     def lookup_split(self, hi: np.ndarray, lo: np.ndarray, t: np.ndarray, ids: bool = True
                      ) -> tuple[np.ndarray, np.ndarray | None]:
-        """:meth:`lookup` on addresses already split into uint64 halves (binding ids only with ``ids``)."""
+        """:meth:`lookup` on addresses already split into uint64 halves (binding ids only with ``ids``).
+
+        Times before :attr:`cutoff_ms` are looked up in the database (see the module docstring)."""
         with self._lock:
-            base, delta = self._base, self._delta
+            base, delta, cutoff = self._base, self._delta, self._cutoff
+        if cutoff > _NO_CUTOFF and len(t):
+            old = np.flatnonzero(t < cutoff)
+            if len(old):
+                return self._lookup_with_fallback(base, delta, hi, lo, t, old, ids)
+        return self._lookup_memory(base, delta, hi, lo, t, ids)
+
+    def _lookup_with_fallback(self, base: BindingIndex, delta: BindingIndex, hi: np.ndarray, lo: np.ndarray,
+                              t: np.ndarray, old: np.ndarray, ids: bool) -> tuple[np.ndarray, np.ndarray | None]:
+        """Memory (``base`` and ``delta``, complete for the recent times) for the recent times, the database for
+        the ``old`` positions."""
+        sub, bid = self._lookup_memory(base, delta, hi, lo, t, True)
+        self.counters["fallback_lookups"] += len(old)
+        index = self._fallback_index(int(t[old].min()), int(t[old].max()))
+        osub, orow, _ = index.lookup(hi[old], lo[old], t[old])
+        sub = sub.copy()
+        sub[old] = osub
+        bid = bid.copy()
+        bid[old] = np.where(orow >= 0, index.ids[np.maximum(orow, 0)] if len(index) else -1, -1)
+        return sub, (bid if ids else None)
+
+    def _fallback_index(self, t0: int, t1: int) -> BindingIndex:
+        """An index of the database rows needed for lookups in ``[t0, t1]`` (whole days), cached until a change
+        could alter its answers."""
+        since = t0 - t0 % FALLBACK_BUCKET_MS
+        until = t1 - t1 % FALLBACK_BUCKET_MS + FALLBACK_BUCKET_MS - 1
+        with self._fallback_lock:
+            conn = self._reader()
+            cached = self._fallback
+            if cached is not None and cached[0] <= since and cached[1] >= until:
+                c_since, c_until, c_seq, c_index = cached
+                changed = conn.execute("SELECT id, valid_to FROM bindings WHERE seq > ? AND valid_from <= ?",
+                                       (c_seq, c_until)).fetchall()
+                if changed:  # a new binding in the range, or one closed within it: reload
+                    rows = c_index.rows_of_ids(np.array([r[0] for r in changed], dtype=np.int64))
+                    vt = np.array([r[1] for r in changed], dtype=np.int64)
+                    if (rows < 0).any() or (vt <= c_until).any():
+                        cached = None
+                if cached is not None:
+                    return c_index
+            seq = conn.execute("SELECT coalesce(max(seq), 0) FROM bindings").fetchone()[0]
+            rows = conn.execute(f"{_ROW_SQL} WHERE {_KEEP_SQL} ORDER BY b.id",
+                                {"since": since, "until": until}).fetchall()
+            index = self._index_of(rows)
+            self._fallback = (since, until, seq, index)
+            self.counters["fallback_loads"] += 1
+            return index
+
+    def _reader(self) -> sqlite3.Connection:
+        """A read connection of its own (the writer's connection may be inside a transaction of another thread)."""
+        if self.path == ":memory:":
+            return self.conn
+        if self._read_conn is None:
+            self._read_conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
+            self._read_conn.execute("PRAGMA busy_timeout=10000")
+        return self._read_conn
+
+    @staticmethod
+    def _lookup_memory(base: BindingIndex, delta: BindingIndex, hi: np.ndarray, lo: np.ndarray, t: np.ndarray,
+                       ids: bool) -> tuple[np.ndarray, np.ndarray | None]:
         if not len(delta) and not ids:  # the hot path: subscribers only
             return base.lookup(hi, lo, t, rows=False)[0], None
         sub, row, plen = base.lookup(hi, lo, t)
@@ -705,6 +867,8 @@ class Bindings:
         """Close the database (rolls back an unfinished transaction)."""
         self.rollback()
         self.conn.close()
+        if self._read_conn is not None:
+            self._read_conn.close()
 
 
 def index_from_arrays(sub: np.ndarray, addresses: np.ndarray, prefix_len: np.ndarray, valid_from: np.ndarray,

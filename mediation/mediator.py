@@ -85,6 +85,7 @@ class Mediator:
             refresh_interval_s = subs.refresh_interval_s if subs is not None else 1.0
         self._refresh_s = refresh_interval_s
         self._last_refresh = 0.0
+        self._set_binding_limits(config)
         self.counters: dict[str, int] = {k: 0 for k in (
             "records_in", "bytes_in", "records_rejected", "bytes_rejected", "records_duplicate", "bytes_duplicate",
             "bytes_attributed", "bytes_unattributed", "usage_rows", "correction_rows", "late_parts",
@@ -126,6 +127,14 @@ class Mediator:
         subs = getattr(config, "subscribers", None)
         if subs is not None:
             self._refresh_s = subs.refresh_interval_s
+        self._set_binding_limits(config)
+
+    def _set_binding_limits(self, config) -> None:
+        """Bound the bindings' in-memory index (``subscribers.memory_horizon_s``, ``max_memory_bindings``); only
+        with a whole Config (a bare MediationConfig leaves the index unbounded, as before)."""
+        subs = getattr(config, "subscribers", None)
+        if subs is not None and hasattr(self.bindings, "set_memory_limits"):
+            self.bindings.set_memory_limits(subs.memory_horizon_ms(self.config), subs.max_memory_bindings)
 
     def _maybe_refresh(self) -> None:
         now = time.monotonic()
@@ -246,8 +255,11 @@ class Mediator:
         usage_b[ok] = np.add.reduceat(pbytes * sides, first)
 
     def tick(self, now_ms: int) -> dict[str, pa.RecordBatch]:
-        """Close the intervals whose watermark has passed when no flows arrive (call about once a second)."""
+        """Close the intervals whose watermark has passed when no flows arrive (call about once a second); drops
+        long-closed bindings from the in-memory index (hourly, in the background)."""
         self._maybe_refresh()
+        if hasattr(self.bindings, "maybe_prune"):
+            self.bindings.maybe_prune(now_ms)
         return self._emit(now_ms, force=False, rejects=None)
 
     def close_all(self, now_ms: int) -> dict[str, pa.RecordBatch]:
