@@ -56,8 +56,8 @@ def decode(config: Config, pcap: str, fmt: str, ports: tuple[int, ...]) -> None:
     Datagrams are decoded in the daemon's batch size with the capture time as the receive time. Decode errors per
     exporter and reason are summarised on stderr.
     """
-    from collector.pcapread import PcapError, read_udp
     from collector.server import make_decoder
+    from decoders.pcap import PcapError, read_udp
 
     decoder = make_decoder(config)
     batch_size = config.listen.batch_datagrams
@@ -65,9 +65,7 @@ def decode(config: Config, pcap: str, fmt: str, ports: tuple[int, ...]) -> None:
     errors: dict[tuple[str, str], int] = {}
     batch: list[tuple[bytes, str, int]] = []
     try:
-        for pkt in read_udp(pcap):
-            if ports and pkt.dport not in ports:
-                continue
+        for pkt in read_udp(pcap, ports or None):
             batch.append((pkt.payload, pkt.src, pkt.ts_ms))
             if len(batch) >= batch_size:
                 writer.write(_decode_batch(decoder, batch, errors))
