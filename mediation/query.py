@@ -25,6 +25,7 @@ serialised with a ``USE`` of that database. Other code that needs chDB in-proces
 from __future__ import annotations
 
 import contextlib
+import io
 import ipaddress
 import itertools
 import json
@@ -37,6 +38,7 @@ from typing import Protocol
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.csv as pacsv
+import pyarrow.parquet as pq
 
 from decoders.schema import TABLES, Table
 from mediation.outputs import TABLE_MODULES, load_tables  # noqa: F401  (re-exported: callers import them from here)
@@ -285,7 +287,9 @@ class ChdbBackend:
                     s.query(stmt)
                 self._views.add(table.name)
 
-    def query(self, sql: str) -> pa.Table:
+    def query(self, sql: str, *, exact_types: bool = False) -> pa.Table:
+        """Run ``sql``. chDB's Arrow output gives DateTime (seconds) as plain uint32; ``exact_types`` asks for
+        Parquet output instead, which keeps them timestamps (slower for big results, so only for display)."""
         if self._closed:
             raise QueryError("query engine is closed")
         self._refresh_views()
@@ -293,6 +297,9 @@ class ChdbBackend:
             try:
                 with chdb_session() as s:
                     s.query(f"USE {self.database}")
+                    if exact_types:
+                        data = s.query(sql, "Parquet").bytes()
+                        return pq.read_table(io.BytesIO(data)) if data else pa.table({})
                     result = s.query(sql, "ArrowTable")
                 return result if isinstance(result, pa.Table) else pa.table({})
             except Exception as exc:  # chDB raises chdb._exceptions.ChdbError (not chdb.ChdbError) or RuntimeError
@@ -369,9 +376,13 @@ class QueryEngine:
         return (f"(SELECT * FROM `{table}` WHERE {col} >= toDateTime({t0_ms // 1000}, 'UTC') "
                 f"AND {col} < toDateTime({-(-t1_ms // 1000)}, 'UTC'))")
 
-    def query(self, sql: str, *, text_addresses: bool = True) -> pa.Table:
-        """Run ``sql``; with ``text_addresses``, 16-byte binary columns come back as address text."""
-        result = self.backend.query(sql)
+    def query(self, sql: str, *, text_addresses: bool = True, exact_types: bool = False) -> pa.Table:
+        """Run ``sql``; with ``text_addresses``, 16-byte binary columns come back as address text; with
+        ``exact_types`` (for display), DateTime results are timestamps on every backend."""
+        if exact_types and isinstance(self.backend, ChdbBackend):
+            result = self.backend.query(sql, exact_types=True)
+        else:
+            result = self.backend.query(sql)
         return format_addresses(result) if text_addresses else result
 
     def close(self) -> None:

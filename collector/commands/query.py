@@ -50,7 +50,7 @@ def query_command(sql: str, fmt: str, target: str, config) -> None:
         check_read_only(sql)
         if engine.target == "store":
             seal_chdb_session()  # this process runs nothing else: DDL, DROP, ALTER, INSERT refused by chDB itself
-        result = engine.query(sql)
+        result = engine.query(sql, exact_types=True)
     except QueryError as exc:
         raise click.ClickException(str(exc)) from None
     finally:

@@ -6,6 +6,7 @@ import json
 import os
 import subprocess
 import sys
+from datetime import UTC, datetime
 from pathlib import Path
 
 import numpy as np
@@ -42,6 +43,17 @@ def test_query_table_csv_json(tmp_path: Path) -> None:
     r = runner.invoke(main, ["query", "--set", f"store.path={root}", "--target", "store", "--format", "csv",
                              "SELECT count() AS n FROM flows WHERE src_addr = toIPv6('192.0.2.1')"])
     assert r.output == '"n"\n2\n'
+
+
+def test_query_prints_datetime_results_as_times_not_epoch_seconds(tmp_path: Path) -> None:
+    # chDB's Arrow output turns DateTime (seconds) into uint32; the CLI must still print a time.
+    root = _store(tmp_path)
+    sql = "SELECT toStartOfHour(time_received) AS h, count() AS n FROM flows GROUP BY h"
+    r = CliRunner().invoke(main, ["query", "--set", f"store.path={root}", "--format", "json", sql])
+    assert r.exit_code == 0, r.output
+    hour = (T0_MS // 3_600_000) * 3600
+    expected = datetime.fromtimestamp(hour, UTC).strftime("%Y-%m-%dT%H:%M:%S.000Z")
+    assert [json.loads(x) for x in r.output.splitlines()] == [{"h": expected, "n": 3}]
 
 
 def test_query_error_is_a_message_not_a_traceback(tmp_path: Path) -> None:
