@@ -206,6 +206,23 @@ def _wait_udp_bound(port: int, proc: subprocess.Popen, timeout: float = 60.0) ->
         time.sleep(0.1)
 
 
+def _wait_ready(notify: socket.socket, proc: subprocess.Popen, timeout: float = 120.0) -> None:
+    """Until ``proc`` sends ``READY=1`` to ``notify`` (sd_notify protocol); the socket is closed afterwards."""
+    deadline = time.monotonic() + timeout
+    notify.settimeout(0.5)
+    try:
+        while True:
+            try:
+                if b"READY=1" in notify.recv(4096).split(b"\n"):
+                    return
+            except TimeoutError:
+                pass
+            if proc.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError(f"flowmed did not report READY=1 (exit {proc.poll()})")
+    finally:
+        notify.close()
+
+
 def _wait_http(url: str, proc: subprocess.Popen, timeout: float = 120.0) -> None:
     deadline = time.monotonic() + timeout
     while True:
@@ -290,12 +307,21 @@ class Harness:
         store = d / "data"
         sets = [f'listen.udp=["127.0.0.1:{udp}"]', f"store.path={store}", f"metrics.listen=127.0.0.1:{metrics}",
                 f"subscribers.static_file={self.bindings}", "service.shutdown_timeout_s=110", *extra]
-        env = {**os.environ, "PYTHONPATH": str(ROOT)}
+        # READY=1 on our own notify socket: flowmed (the supervisor, with workers) says it once every worker reads
+        # (a short path: a Unix socket's path is limited to 107 bytes)
+        notify_path = Path(tempfile.gettempdir()) / f"flowmed-harness-{os.getpid()}-{self.runs}.sock"
+        notify = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+        notify.bind(str(notify_path))
+        env = {**os.environ, "PYTHONPATH": str(ROOT), "NOTIFY_SOCKET": str(notify_path)}
         env.pop("PROMETHEUS_MULTIPROC_DIR", None)
         log = open(d / "flowmed.log", "wb")
         proc = subprocess.Popen([sys.executable, "-m", "collector.cli", "run"] + [a for s in sets
                                 for a in ("--set", s)], stdout=log, stderr=subprocess.STDOUT, env=env)
         try:
+            try:
+                _wait_ready(notify, proc)
+            finally:
+                notify_path.unlink(missing_ok=True)
             _wait_http(f"http://127.0.0.1:{metrics}/metrics", proc)
             _wait_udp_bound(udp, proc)
         except RuntimeError:
