@@ -297,7 +297,7 @@ def make_mediator(config: Config, worker: int | None = None) -> Any:
     if callable(for_config):
         return for_config(config, worker=worker)
     bindings = Bindings(config.data_path(config.subscribers.bindings_db))
-    mediator = Mediator(config, bindings)
+    mediator = Mediator(config, bindings, worker=worker)
     mediator.static = None  # type: ignore[attr-defined]
     if config.subscribers.static_file and worker in (None, 0):
         from mediation.static_bindings import StaticBindings

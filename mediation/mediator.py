@@ -57,8 +57,10 @@ class Mediator:
     """Flow mediation for one worker; see the module docstring."""
 
     def __init__(self, config, bindings: Bindings, *, source: str = "flow", reconciliation_source: str | None = None,
-                 refresh_interval_s: float | None = None) -> None:
-        """``config``: the whole :class:`collector.config.Config` or just its ``MediationConfig``.
+                 refresh_interval_s: float | None = None, worker: int | None = None) -> None:
+        """``config``: the whole :class:`collector.config.Config` or just its ``MediationConfig``. ``worker``: this
+        process's worker index (several workers), part of the usage row ids: two workers that both saw an exporter
+        (SO_REUSEPORT spreads an exporter's source ports) write distinct parts, not re-sends of one row.
 
         ``source`` goes into usage rows, ``reconciliation_source`` (default: the same) into reconciliation rows
         (``flowmed reprocess`` uses 'reprocess' so re-processed rejects balance apart from the first pass)."""
@@ -67,6 +69,7 @@ class Mediator:
         self.config = mc
         self.bindings = bindings
         self.source = source
+        self.worker = worker
         self.reconciliation_source = reconciliation_source or source
         self.interval_ms = int(mc.interval_s * 1000)
         self.classifier = Classifier(mc.classes, mc.default_class)
@@ -303,8 +306,11 @@ class Mediator:
         sub = rows["sub"].astype(np.int64)  # -1 -> the extra last entry: ''
         exporter = self._exporter_array()[rows["exporter"]]
         created = np.full(len(sub), now_ms, dtype=np.int64)
-        row_id = hash_columns(hashes[sub], rows["interval_start"], rows["direction"], rows["cls"], exporter,
-                              rows["correction"], created, seed=0xF10)
+        parts = [hashes[sub], rows["interval_start"], rows["direction"], rows["cls"], exporter, rows["correction"],
+                 created]
+        if self.worker is not None:
+            parts.append(np.full(len(sub), self.worker, dtype=np.uint64))
+        row_id = hash_columns(*parts, seed=0xF10)
         self.counters["usage_rows"] += len(sub)
         self.counters["correction_rows"] += int((rows["correction"] > 0).sum())
         batch = USAGE.to_arrow({
