@@ -101,6 +101,18 @@ def test_usage_is_exact_per_subscriber_interval_and_direction():
     assert m.counters["unbalanced_batches"] == 0
 
 
+def test_two_workers_parts_of_one_key_have_distinct_row_ids():
+    """SO_REUSEPORT can spread one exporter over workers: each writes a part of the same key at the same time; the
+    parts must not share a row id, or FINAL (and the embedded store's usage view) would keep only one of them."""
+    ids = []
+    for worker in (0, 1):
+        usage = pa.Table.from_batches(tables(run_scenario(Mediator(config(), subscribers(), worker=worker)), "usage"))
+        ids.append(set(usage.column("row_id").to_pylist()))
+    assert ids[0] and ids[0].isdisjoint(ids[1])
+    single = pa.Table.from_batches(tables(run_scenario(Mediator(config(), subscribers())), "usage"))
+    assert usage_totals([b for b in single.to_batches()]) == EXPECTED
+
+
 def test_reconciliation_balances_exactly():
     m = Mediator(config(), subscribers())
     recon = pa.Table.from_batches(tables(run_scenario(m), "reconciliation")).to_pylist()
