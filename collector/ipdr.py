@@ -488,6 +488,9 @@ def address_lookup(config: Config) -> Callable[[Any, Any], Any] | None:
         from mediation.bindings import Bindings
 
         bindings = Bindings(config.data_path(config.subscribers.bindings_db))
+        # Bounded like the Mediator's index: only recent history in memory, older times read from the database.
+        bindings.set_memory_limits(config.subscribers.memory_horizon_ms(config.mediation),
+                                   config.subscribers.max_memory_bindings)
     except Exception as exc:  # the IPDR path works without address bindings
         log.warning("ipdr: subscriber bindings unavailable (%s): CM MAC file only", exc)
         return None
@@ -497,6 +500,7 @@ def address_lookup(config: Config) -> Callable[[Any, Any], Any] | None:
         now = time.monotonic()
         if now - last[0] >= config.subscribers.refresh_interval_s:
             bindings.refresh()
+            bindings.maybe_prune(int(time.time() * 1000))
             last[0] = now
         idx, _ = bindings.lookup(np.asarray(addresses, dtype="S16"), np.asarray(times, dtype=np.int64))
         names = bindings.subscriber_names
