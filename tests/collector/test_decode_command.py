@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import io
 import json
+import traceback
 from pathlib import Path
 
 import pytest
@@ -40,7 +41,10 @@ def _capture(path: Path) -> int:
 
 def _decode(pcap: Path, *args: str) -> tuple[int, str, str]:
     result = CliRunner().invoke(main, ["decode", str(pcap), *args])
-    return result.exit_code, result.stdout, result.stderr
+    err = result.stderr
+    if result.exc_info and not isinstance(result.exception, SystemExit):  # show an unexpected exception's traceback
+        err += "".join(traceback.format_exception(*result.exc_info))
+    return result.exit_code, result.stdout, err
 
 
 @pytest.mark.external
@@ -54,8 +58,8 @@ def test_decode_csv_and_json_agree_with_tshark(tmp_path: Path) -> None:
     rows = list(csv.DictReader(io.StringIO(out)))
     assert len(rows) == n
     assert "exporter=192.0.2.66 reason=unknown_version count=1" in err
-    code, out_json, _ = _decode(pcap, "--format", "json")
-    assert code == 0
+    code, out_json, err = _decode(pcap, "--format", "json")
+    assert code == 0, err
     assert [json.loads(line) for line in out_json.splitlines()] == [
         {k: (int(v) if v.isdigit() else v) for k, v in r.items()} for r in rows]
     assert {r["exporter"] for r in rows} == {"192.0.2.5", "192.0.2.9", "2001:db8::10"}
@@ -73,8 +77,8 @@ def test_decode_csv_and_json_agree_with_tshark(tmp_path: Path) -> None:
 def test_decode_port_filter_and_bad_file(tmp_path: Path) -> None:
     pcap = tmp_path / "mixed.pcap"
     _capture(pcap)
-    code, out, _ = _decode(pcap, "--port", "4739")
-    assert code == 0
+    code, out, err = _decode(pcap, "--port", "4739")
+    assert code == 0, err
     assert {r["version"] for r in csv.DictReader(io.StringIO(out))} == {"10"}
     junk = tmp_path / "junk.pcap"
     junk.write_bytes(b"this is not a capture file at all")
