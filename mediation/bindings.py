@@ -387,7 +387,8 @@ class Bindings:
         if path is not None:
             Path(path).parent.mkdir(parents=True, exist_ok=True)
         self.path = str(path) if path is not None else ":memory:"
-        self.conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
+        # The busy timeout must cover the first statement too: another worker may be loading a large static file.
+        self.conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False, timeout=60)
         self.conn.execute("PRAGMA journal_mode=WAL")
         self.conn.execute("PRAGMA synchronous=FULL")
         self.conn.execute("PRAGMA busy_timeout=10000")
@@ -673,7 +674,7 @@ class Bindings:
 
         def work() -> None:
             try:
-                conn = sqlite3.connect(self.path, isolation_level=None)
+                conn = sqlite3.connect(self.path, isolation_level=None, timeout=60)
                 try:
                     conn.execute("BEGIN")  # one snapshot: the rows and the sequence they are complete up to
                     rows, cutoff = self._kept_rows(conn, target)
@@ -841,7 +842,7 @@ class Bindings:
         if self.path == ":memory:":
             return self.conn
         if self._read_conn is None:
-            self._read_conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
+            self._read_conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False, timeout=60)
             self._read_conn.execute("PRAGMA busy_timeout=10000")
         return self._read_conn
 
