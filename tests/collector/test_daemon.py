@@ -289,11 +289,9 @@ def test_ipv4_and_ipv6_endpoints_in_one_daemon(tmp_path: Path) -> None:
     import socket
 
     from mediation.query import QueryEngine
-    from tests.collector.test_listener import _ipv6_loopback
-    from tests.fixtures.peers import free_port
+    from tests.fixtures.peers import free_port, require_ipv6_loopback
 
-    if not _ipv6_loopback():
-        pytest.skip("no IPv6 loopback on this machine")
+    require_ipv6_loopback()
     port4, port6 = free_port(), free_port()
     d = Daemon(tmp_path, f'listen.udp=["127.0.0.1:{port4}", "[::1]:{port6}"]')
     v4 = V9Traffic(seed=1)

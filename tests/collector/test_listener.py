@@ -11,16 +11,7 @@ import pytest
 import uvloop
 
 from collector.listener import UdpListener, read_proc_drops
-from tests.fixtures.peers import free_port
-
-
-def _ipv6_loopback() -> bool:
-    try:
-        with socket.socket(socket.AF_INET6, socket.SOCK_DGRAM) as s:
-            s.bind(("::1", 0))
-        return True
-    except OSError:
-        return False
+from tests.fixtures.peers import free_port, require_ipv6_loopback
 
 
 async def _receive(endpoint: str, family: int, payloads: list[bytes], max_per_event: int) -> tuple[list, int, list]:
@@ -45,8 +36,8 @@ async def _receive(endpoint: str, family: int, payloads: list[bytes], max_per_ev
 
 @pytest.mark.parametrize("family", [socket.AF_INET, socket.AF_INET6])
 def test_listener_receives_and_hands_over_datagrams(family: int) -> None:
-    if family == socket.AF_INET6 and not _ipv6_loopback():
-        pytest.skip("no IPv6 loopback on this machine")
+    if family == socket.AF_INET6:
+        require_ipv6_loopback()
     port = free_port()
     endpoint = f"127.0.0.1:{port}" if family == socket.AF_INET else f"[::1]:{port}"
     payloads = [bytes([i % 256]) * (10 + i) for i in range(300)]
@@ -82,8 +73,7 @@ def test_bind_reports_granted_buffer_and_drops_are_readable() -> None:
 
 
 def test_v4_and_v6_any_can_share_a_port() -> None:
-    if not _ipv6_loopback():
-        pytest.skip("no IPv6 on this machine")
+    require_ipv6_loopback()
     port = free_port()
     a = UdpListener(f"0.0.0.0:{port}", [])
     b = UdpListener(f"[::]:{port}", [])
