@@ -254,8 +254,9 @@ def _lenient_string(r: Reader) -> str:
 
 
 @dataclass(frozen=True, slots=True)
-class FlowStop(Message):
-    MSG_ID: ClassVar[int] = MsgId.FLOW_STOP
+class _ReasonMessage(Message):
+    """FLOW_STOP and SESSION_STOP share one body: a reason code and a reason text."""
+
     session_id: int = 0
     reason_code: int = 0
     reason_info: str = ""
@@ -266,6 +267,11 @@ class FlowStop(Message):
     @classmethod
     def parse(cls, r: Reader, session_id: int) -> Message:
         return cls(session_id, r.u16(), _lenient_string(r))
+
+
+@dataclass(frozen=True, slots=True)
+class FlowStop(_ReasonMessage):
+    MSG_ID: ClassVar[int] = MsgId.FLOW_STOP
 
 
 @dataclass(frozen=True, slots=True)
@@ -293,18 +299,8 @@ class SessionStart(Message):
 
 
 @dataclass(frozen=True, slots=True)
-class SessionStop(Message):
+class SessionStop(_ReasonMessage):
     MSG_ID: ClassVar[int] = MsgId.SESSION_STOP
-    session_id: int = 0
-    reason_code: int = 0
-    reason_info: str = ""
-
-    def body(self) -> bytes:
-        return struct.pack(">H", self.reason_code) + _str(self.reason_info)
-
-    @classmethod
-    def parse(cls, r: Reader, session_id: int) -> Message:
-        return cls(session_id, r.u16(), _lenient_string(r))
 
 
 @dataclass(frozen=True, slots=True)
