@@ -43,9 +43,11 @@ from __future__ import annotations
 import ipaddress
 import logging
 import os
+import random
 import socket
 import sqlite3
 import threading
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -374,6 +376,31 @@ def _u64(s: int) -> int:
     return s + (1 << 64) if s < 0 else s
 
 
+_INIT_RETRY_S = 60.0
+
+
+def _initialise(conn: sqlite3.Connection) -> None:
+    """Switch the database to WAL and create the schema, retrying while another process holds the lock.
+
+    Workers start together on a fresh file. Two connections that both read the header and then both ask for
+    the exclusive lock that the switch to WAL needs deadlock, and SQLite answers one of them "database is
+    locked" at once, without waiting out the busy timeout; so the whole step is retried.
+    """
+    deadline = time.monotonic() + _INIT_RETRY_S
+    while True:
+        try:
+            if conn.execute("PRAGMA journal_mode").fetchone()[0].lower() != "wal":
+                conn.execute("PRAGMA journal_mode=WAL")
+            conn.execute("PRAGMA synchronous=FULL")
+            conn.execute("PRAGMA busy_timeout=10000")
+            conn.executescript(_SCHEMA)
+            return
+        except sqlite3.OperationalError as exc:
+            if "locked" not in str(exc) or time.monotonic() > deadline:
+                raise
+            time.sleep(0.05 + random.random() * 0.1)
+
+
 class Bindings:
     """The binding history: durable in SQLite, indexed in memory for vectorised lookup.
 
@@ -389,10 +416,7 @@ class Bindings:
         self.path = str(path) if path is not None else ":memory:"
         # The busy timeout must cover the first statement too: another worker may be loading a large static file.
         self.conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False, timeout=60)
-        self.conn.execute("PRAGMA journal_mode=WAL")
-        self.conn.execute("PRAGMA synchronous=FULL")
-        self.conn.execute("PRAGMA busy_timeout=10000")
-        self.conn.executescript(_SCHEMA)
+        _initialise(self.conn)
         self._lock = threading.Lock()
         self._names_lock = threading.Lock()
         self._rebuilding: threading.Thread | None = None

@@ -246,3 +246,31 @@ def test_ipv4_prefix_found_after_an_ipv6_only_group():
     b.open("v6-host", "2001:db8::5", 0)
     b.commit()
     assert names(b, ["10.0.0.1", "2001:db8::5", "10.0.0.9"], [0, 0, 0]) == ["v4-pool", "v6-host", ""]
+
+
+
+def _open_bindings(path: str, start, results) -> None:
+    start.wait()
+    try:
+        Bindings(path)
+        results.put("ok")
+    except Exception as exc:  # reported to the parent, which asserts on it
+        results.put(repr(exc))
+
+
+def test_processes_opening_a_fresh_database_together_all_succeed(tmp_path) -> None:
+    """Workers start together: two switching a new file to WAL at once deadlock and one got 'database is locked'."""
+    import multiprocessing
+
+    ctx = multiprocessing.get_context("fork")
+    for attempt in range(40):
+        start, results = ctx.Event(), ctx.Queue()
+        path = str(tmp_path / f"bindings-{attempt}.db")
+        procs = [ctx.Process(target=_open_bindings, args=(path, start, results)) for _ in range(4)]
+        for proc in procs:
+            proc.start()
+        start.set()
+        outcomes = [results.get(timeout=120) for _ in procs]
+        for proc in procs:
+            proc.join()
+        assert outcomes == ["ok"] * 4, f"attempt {attempt}: {outcomes}"
