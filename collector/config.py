@@ -462,6 +462,8 @@ class RatingConfig:
     """Where usage is read from and current rated records are compared against (auto: as flowmed query)."""
     slice_subscribers: int = 20_000
     """A run rates this many subscribers at a time (by hash), which bounds its memory."""
+    metrics_listen: str = ""
+    """Where `flowmed rate --follow` serves Prometheus /metrics and /status (host:port; empty: not served)."""
 
     def validate(self, key: str) -> None:
         _check_positive(key, schedule_interval_s=self.schedule_interval_s, lease_ttl_s=self.lease_ttl_s,
@@ -472,6 +474,8 @@ class RatingConfig:
             raise ConfigError(f"{key}.lookback_cycles", self.lookback_cycles, "an integer >= 0")
         if self.source not in ("flow", "radius", "ipdr"):
             raise ConfigError(f"{key}.source", self.source, "flow, radius or ipdr")
+        if self.metrics_listen:
+            _check_endpoint(f"{key}.metrics_listen", self.metrics_listen)
 
 
 @dataclass(frozen=True)

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import signal
 import sys
+import threading
 import time
 from datetime import UTC, datetime
 
@@ -55,32 +57,63 @@ def _run(job, *args, **kwargs):
 
 
 @click.command("rate")
-@click.option("--follow", is_flag=True, help="Keep running: one rating run every rating.schedule_interval_s.")
+@click.option("--follow", is_flag=True, help="Keep running: one rating run every rating.schedule_interval_s "
+              "(SIGTERM or SIGINT stop it between runs; /metrics on rating.metrics_listen).")
 @config_options
 def rate_command(follow: bool, config) -> None:
     """Rate closed usage intervals into rated_usage (only what changed is written; one job at a time)."""
-    from rating.lease import LeaseHeld
     from rating.rerate import format_report
 
     job = _job(config)
     try:
-        while True:
-            try:
-                report = _run(job) if not follow else job.run()
-                click.echo("\n".join(format_report(report)))
-            except LeaseHeld as exc:  # --follow: another host is rating now; try again next time
-                click.echo(f"skipped: {exc}", err=True)
-            except Exception as exc:  # --follow keeps going through a failed run (store down, bad plans file)
-                if not follow:
-                    raise
-                click.echo(f"rating run failed: {exc}", err=True)
-            if not follow:
-                break
-            time.sleep(config.rating.schedule_interval_s)
+        if not follow:
+            click.echo("\n".join(format_report(_run(job))))
+        else:
+            _follow(job, config)
     except KeyboardInterrupt:
         pass
     finally:
         job.close()
+
+
+def _follow(job, config) -> None:
+    """``flowmed rate --follow``: a run every ``rating.schedule_interval_s`` until SIGTERM / SIGINT, counted in
+    metrics; a failed run (store down, bad plans file) is logged and the next one tried."""
+    from collector import status as status_mod
+    from rating.lease import LeaseHeld
+    from rating.metrics import RatingMetrics
+    from rating.rerate import format_report
+
+    stop = threading.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda *_: stop.set())  # finish the run in progress (its writes are idempotent anyway)
+    metrics = RatingMetrics()
+    http = None
+    if config.rating.metrics_listen:
+        try:
+            http = status_mod.HttpServer(config.rating.metrics_listen, metrics.registry, metrics.status)
+        except OSError as exc:
+            raise click.ClickException(f"cannot serve metrics on {config.rating.metrics_listen}: {exc}") from None
+        http.start()
+        click.echo(f"metrics on http://{http.address}/metrics", err=True)
+    try:
+        while not stop.is_set():
+            started = time.monotonic()
+            try:
+                report = job.run()
+            except LeaseHeld as exc:  # another host is rating now; try again next time
+                metrics.failed("rate", time.monotonic() - started, "skipped")
+                click.echo(f"skipped: {exc}", err=True)
+            except Exception as exc:
+                metrics.failed("rate", time.monotonic() - started)
+                click.echo(f"rating run failed: {exc}", err=True)
+            else:
+                metrics.succeeded(report, time.monotonic() - started, time.time())
+                click.echo("\n".join(format_report(report)))
+            stop.wait(config.rating.schedule_interval_s)
+    finally:
+        if http is not None:
+            http.close()
 
 
 @click.command("rerate")

@@ -65,3 +65,24 @@ def test_unit_is_notify_hardened_and_reloadable() -> None:
     assert int(service["WatchdogSec"]) > 0
     # systemd must wait longer than flowmed's own bounded flush (service.shutdown_timeout_s, 30 s by default)
     assert int(service["TimeoutStopSec"]) > 30
+
+
+@pytest.mark.external
+def test_rating_unit_verifies_and_shares_the_collectors_user(tmp_path: Path) -> None:
+    """packaging/flowmed-rating.service (``flowmed rate --follow``): verified like the collector's unit; it runs as
+    the collector's dynamic user, so both can write the one state directory."""
+    analyze = require_tool("systemd-analyze")
+    unit = UNIT.with_name("flowmed-rating.service")
+    flowmed = shutil.which("flowmed") or str(Path(sys.executable).with_name("flowmed"))
+    copy = tmp_path / "flowmed-rating.service"
+    copy.write_text(unit.read_text().replace("/opt/flowmed/bin/flowmed", flowmed))
+    result = subprocess.run([analyze, "verify", str(copy)], capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "flowmed-rating.service" not in result.stderr, result.stderr
+    parser = configparser.ConfigParser(strict=False, interpolation=None)
+    parser.optionxform = str  # type: ignore[assignment,method-assign]
+    parser.read_string(unit.read_text())
+    service = parser["Service"]
+    assert service["ExecStart"].split()[1:3] == ["rate", "--follow"]
+    assert "rating.metrics_listen=" in service["ExecStart"]
+    assert service["DynamicUser"] == "yes" and service["User"] == "flowmed" and service["StateDirectory"] == "flowmed"
