@@ -142,7 +142,11 @@ class Pipeline:
         self.account(result, received)
         n = flows.num_rows
         tables: dict[str, Any] = {"flows": flows} if n else {}
+        attribution = None  # the Mediator's subscriber lookups, reused by the compliance stage
         if self.mediator is not None and n:
+            share = self.compliance is not None and hasattr(self.mediator, "take_attribution")
+            if hasattr(self.mediator, "take_attribution"):
+                self.mediator.keep_attribution = share
             try:
                 from collector.bounded import mediate_bounded
                 from mediation.nat import without_nat_only
@@ -150,12 +154,15 @@ class Pipeline:
                 # in slices of bounded interval parts: long records cannot make one call use gigabytes
                 tables.update(mediate_bounded(self.mediator, without_nat_only(flows), received,
                                               self.config.mediation.interval_s * 1000))
+                attribution = self.mediator.take_attribution() if share else None
             except Exception as exc:  # a mediation bug must not stop the raw flows from being stored
+                if share:
+                    self.mediator.take_attribution()  # a partial one: compliance looks everything up itself
                 m.pipeline_errors.labels("mediation").inc()
                 log("error", "mediation failed on a batch", flows=n, error=repr(exc))
         if self.compliance is not None and n:
             try:
-                tables.update(self.compliance.process(flows, received))
+                tables.update(self.compliance.process(flows, received, attribution))
             except Exception as exc:  # a compliance bug must not stop the raw flows and usage from being stored
                 m.pipeline_errors.labels("compliance").inc()
                 log("error", "compliance stage failed on a batch", flows=n, error=repr(exc))

@@ -8,7 +8,10 @@ batch:
   translation it shows (action ``observed``, with ``compliance.nat_from_flows``);
 * every record with traffic becomes one ``ip_detail_records`` row, attributed at its start time through the same
   subscriber bindings the Mediator uses (longest prefix: IPv4 addresses and IPv6 prefixes; RADIUS or static), first
-  by source address, else by destination; no match keeps the record as ``unattributed``.
+  by source address, else by destination; no match keeps the record as ``unattributed``. In the daemon the Mediator
+  has already looked these addresses up at the same times: the Pipeline passes its answers
+  (:class:`mediation.mediator.Attribution`) and the stage looks up only the records the Mediator did not (rejected
+  and duplicate records); alone (tools, tests) it looks every record up itself.
 
 Static bindings live only in the bindings database; so that ``flowmed trace`` finds them as it finds RADIUS
 sessions (in the ``bindings`` table of the store or server), the stage that owns the static file (the single process
@@ -25,7 +28,7 @@ import pyarrow as pa
 
 from mediation.bindings import Bindings, split_addresses
 from mediation.compliance_tables import ATTRIBUTION, IP_DETAIL_RECORDS, NAT_EVENTS
-from mediation.mediator import column
+from mediation.mediator import Attribution, column
 from mediation.nat import END, OBSERVED, S_FLOW, S_SESSION, SCOPES, START, classify, port_range
 
 log = logging.getLogger(__name__)
@@ -35,10 +38,81 @@ _MAPPED_ZERO = b"\0" * 10 + b"\xff\xff" + b"\0" * 4
 """0.0.0.0 as an IPv4-mapped address: what an IPv4 post-NAT field holds when the record was not translated."""
 
 
+_MAPPED_ZERO_LO = np.frombuffer(_MAPPED_ZERO[8:], dtype="<u8")[0]
+
+
 def translated(addresses: np.ndarray) -> np.ndarray:
-    """True where a post-NAT address is set (neither all zero nor 0.0.0.0)."""
-    return (addresses != _ZERO16) & (addresses != _MAPPED_ZERO)
+    """True where a post-NAT address (``S16``) is set (neither all zero nor 0.0.0.0)."""
+    halves = np.ascontiguousarray(addresses).view("<u8").reshape(-1, 2)  # integer compares, not bytes compares
+    hi, lo = halves[:, 0], halves[:, 1]
+    return (hi != 0) | ((lo != 0) & (lo != _MAPPED_ZERO_LO))
+
+
 _BINDING_CACHE_MAX = 1_000_000
+_COPIED = ("flow_start", "flow_end", "protocol", "src_addr", "src_port", "dst_addr", "dst_port", "exporter", "bytes",
+           "packets", "time_received")
+"""ip_detail_records columns that are the flows column of the same name (same Arrow type), taken as they are."""
+
+
+class BindingStrings:
+    """Binding id -> source and session id, as Arrow string arrays indexed by a slot: per batch one ``searchsorted``
+    and two Arrow ``take`` (no Python object per record or per binding); ids not seen before are read from the
+    bindings database, one query per 900 ids. A binding's source and session id never change, so entries stay
+    valid; the cache is emptied when it holds more than ``max_entries``."""
+
+    def __init__(self, bindings: Bindings, max_entries: int = _BINDING_CACHE_MAX) -> None:
+        self.bindings = bindings
+        self.max_entries = max_entries
+        self._clear()
+
+    def _clear(self) -> None:
+        self._ids = np.zeros(0, dtype=np.int64)  # sorted
+        self._slots = np.zeros(0, dtype=np.int64)  # of each id, its position in the string arrays
+        self._source = pa.array([""], pa.string())  # slot 0: no binding (or an id the database does not have)
+        self._session = pa.array([""], pa.string())
+
+    def __len__(self) -> int:
+        return len(self._ids)
+
+    def _find(self, bid: np.ndarray) -> np.ndarray:
+        """Slot of each id (0 where not cached or negative)."""
+        if not len(self._ids):
+            return np.zeros(len(bid), dtype=np.int64)
+        pos = np.minimum(np.searchsorted(self._ids, bid), len(self._ids) - 1)
+        return np.where(self._ids[pos] == bid, self._slots[pos], 0)
+
+    def columns(self, bid: np.ndarray) -> tuple[pa.Array, pa.Array]:
+        """Source and session id (Arrow strings, '' for -1) of each binding id in ``bid`` (int64)."""
+        slot = self._find(bid)
+        missing = np.unique(bid[(slot == 0) & (bid >= 0)])
+        if len(missing):
+            if len(self._ids) + len(missing) > self.max_entries:
+                self._clear()
+            if self._add(missing):
+                slot = self._find(bid)
+        take = pa.array(slot)
+        return self._source.take(take), self._session.take(take)
+
+    def _add(self, ids: np.ndarray) -> int:
+        """Read ``ids`` from the database into the cache; returns how many it had."""
+        rows: list[tuple[int, str, str]] = []
+        wanted = ids.tolist()
+        for start in range(0, len(wanted), 900):  # SQLite's bound-variable limit
+            part = wanted[start:start + 900]
+            marks = ",".join("?" * len(part))
+            rows += self.bindings.conn.execute(f"SELECT id, source, session_id FROM bindings WHERE id IN ({marks})",
+                                      part).fetchall()
+        if not rows:
+            return 0
+        new_ids = np.fromiter((r[0] for r in rows), dtype=np.int64, count=len(rows))
+        first_slot = len(self._source)
+        self._source = pa.concat_arrays([self._source, pa.array([r[1] for r in rows], pa.string())])
+        self._session = pa.concat_arrays([self._session, pa.array([r[2] for r in rows], pa.string())])
+        ids_all = np.concatenate([self._ids, new_ids])
+        slots_all = np.concatenate([self._slots, np.arange(first_slot, first_slot + len(rows), dtype=np.int64)])
+        order = np.argsort(ids_all, kind="stable")
+        self._ids, self._slots = ids_all[order], slots_all[order]
+        return len(rows)
 
 
 class ComplianceStage:
@@ -51,11 +125,12 @@ class ComplianceStage:
         self.bindings = bindings
         self.mirror_static = mirror_static
         self._static_seq = 0
-        self._binding_info: dict[int, tuple[str, str]] = {}
+        self._binding_strings = BindingStrings(bindings)
         self._names: pa.Array | None = None
         self.counters: dict[str, int] = {k: 0 for k in (
             "nat_events", "nat_nsel", "nat_observed", "nat_other", "records", "records_attributed",
-            "records_attributed_destination", "records_unattributed")}
+            "records_attributed_destination", "records_unattributed", "records_looked_up")}
+        """``records_looked_up``: records the stage looked up in the bindings itself (not given by the Mediator)."""
 
     def reload(self, config) -> None:
         """Apply a reloaded configuration (SIGHUP): the natEvent dialect and nat_from_flows take effect at once."""
@@ -63,8 +138,13 @@ class ComplianceStage:
         self.nat_from_flows = config.compliance.nat_from_flows
 
     # --- per batch ---------------------------------------------------------------------------------------------------
-    def process(self, flows: pa.RecordBatch, now_ms: int) -> dict[str, pa.RecordBatch]:
-        """The compliance tables of one ``flows`` batch (a table is absent when it has no rows)."""
+    def process(self, flows: pa.RecordBatch, now_ms: int, attribution: Attribution | None = None
+                ) -> dict[str, pa.RecordBatch]:
+        """The compliance tables of one ``flows`` batch (a table is absent when it has no rows).
+
+        ``attribution``: the Mediator's lookups for this same batch (``Mediator.take_attribution``); its answers are
+        used instead of looking the addresses up again. Without it (or when it does not match the batch's records
+        with traffic) every record is looked up here; the rows are the same either way."""
         out: dict[str, pa.RecordBatch] = {}
         if flows.num_rows == 0:
             return out
@@ -78,7 +158,7 @@ class ComplianceStage:
             out["nat_events"] = nat
         traffic = np.flatnonzero((c["bytes"] > 0) | (c["packets"] > 0))
         if len(traffic):
-            out["ip_detail_records"] = self._records(c, traffic)
+            out["ip_detail_records"] = self._records(flows, c, traffic, attribution)
         return out
 
     def _nat_events(self, c: dict[str, np.ndarray]) -> pa.RecordBatch | None:
@@ -135,62 +215,73 @@ class ComplianceStage:
         arrays = [names if n == "scope" else batch.column(n) for n in NAT_EVENTS.column_names]
         return pa.RecordBatch.from_arrays(arrays, schema=NAT_EVENTS.arrow_schema)
 
-    def _records(self, c: dict[str, np.ndarray], rows: np.ndarray) -> pa.RecordBatch:
+    def _attribute(self, c: dict[str, np.ndarray], rows: np.ndarray, t: np.ndarray,
+                   attribution: Attribution | None) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+        """Subscriber index and binding id (-1: none) of the source and destination address of records ``rows`` at
+        times ``t``: the Mediator's answers where ``attribution`` has them, looked up here otherwise."""
+        if attribution is not None and len(attribution) == len(rows) and np.array_equal(attribution.start, t):
+            ssub, sbid = attribution.src_sub.copy(), attribution.src_bid.copy()
+            dsub, dbid = attribution.dst_sub.copy(), attribution.dst_bid.copy()
+            todo = np.flatnonzero(~attribution.known)
+            if not len(todo):
+                return ssub, sbid, dsub, dbid
+        else:
+            if attribution is not None:  # not this batch's records: a caller's bug, but the rows must stay right
+                log.warning("compliance: attribution of %d records ignored for a batch of %d", len(attribution),
+                            len(rows))
+            todo = None
+        picked = rows if todo is None else rows[todo]
+        tt = t if todo is None else t[todo]
+        self.counters["records_looked_up"] += len(picked)
+        shi, slo = split_addresses(c["src_addr"][picked])
+        dhi, dlo = split_addresses(c["dst_addr"][picked])
+        s_sub, s_bid = self.bindings.lookup_split(shi, slo, tt)
+        d_sub, d_bid = self.bindings.lookup_split(dhi, dlo, tt)
+        if todo is None:
+            return s_sub, s_bid, d_sub, d_bid
+        ssub[todo], sbid[todo], dsub[todo], dbid[todo] = s_sub, s_bid, d_sub, d_bid
+        return ssub, sbid, dsub, dbid
+
+    def _records(self, flows: pa.RecordBatch, c: dict[str, np.ndarray], rows: np.ndarray,
+                 attribution: Attribution | None = None) -> pa.RecordBatch:
         t = c["flow_start"][rows].astype(np.int64)
-        shi, slo = split_addresses(c["src_addr"][rows])
-        dhi, dlo = split_addresses(c["dst_addr"][rows])
-        ssub, sbid = self.bindings.lookup_split(shi, slo, t)
-        dsub, dbid = self.bindings.lookup_split(dhi, dlo, t)
-        status = np.where(ssub >= 0, 0, np.where(dsub >= 0, 1, 2)).astype(np.int64)
-        sub = np.where(ssub >= 0, ssub, dsub)
-        bid = np.where(ssub >= 0, sbid, np.where(dsub >= 0, dbid, -1)).astype(np.int64)
+        ssub, sbid, dsub, dbid = self._attribute(c, rows, t, attribution)
+        src = ssub >= 0
+        dst = ~src & (dsub >= 0)
+        status = np.where(src, 0, np.where(dst, 1, 2)).astype(np.int8)
+        sub = np.where(src, ssub, np.where(dst, dsub, -1))
+        bid = np.where(src, sbid, np.where(dst, dbid, -1)).astype(np.int64)
         names, _ = self.bindings.subscriber_arrays()
-        source, session = self._binding_arrays(bid)
+        source, session = self._binding_strings.columns(bid)
         n = len(rows)
         self.counters["records"] += n
-        for i, name in enumerate(ATTRIBUTION):
-            self.counters[f"records_{name}"] += int((status == i).sum())
-        is_nat = translated(c["post_nat_src_addr"][rows])
-        batch = IP_DETAIL_RECORDS.to_arrow({
-            "flow_start": t, "flow_end": c["flow_end"][rows], "protocol": c["protocol"][rows],
-            "src_addr": c["src_addr"][rows], "src_port": c["src_port"][rows],
-            "nat_addr": np.where(is_nat, c["post_nat_src_addr"][rows], _ZERO16).astype("S16"),
-            "nat_port": np.where(is_nat, c["post_nat_src_port"][rows], 0).astype(np.uint16),
-            "dst_addr": c["dst_addr"][rows], "dst_port": c["dst_port"][rows], "exporter": c["exporter"][rows],
-            "bytes": c["bytes"][rows], "packets": c["packets"][rows], "binding_id": np.maximum(bid, 0),
-            "time_received": c["time_received"][rows],
-        })
-        strings = {
+        for i, count in enumerate(np.bincount(status, minlength=len(ATTRIBUTION)).tolist()):
+            self.counters[f"records_{ATTRIBUTION[i]}"] += count
+        post = np.ascontiguousarray(c["post_nat_src_addr"][rows])
+        is_nat = translated(post)
+        nat_addr = np.where(is_nat[:, None], post.view(np.uint8).reshape(n, 16), 0).astype(np.uint8)
+        # the flows columns as they are (Arrow, no copy) when every record has traffic, else taken by row
+        take = None if n == flows.num_rows else pa.array(rows)
+        arrays: dict[str, pa.Array] = {
+            name: flows.column(name) if take is None else flows.column(name).take(take) for name in _COPIED}
+        arrays.update({
+            "nat_addr": pa.FixedSizeBinaryArray.from_buffers(pa.binary(16), n, [None, pa.py_buffer(nat_addr)]),
+            "nat_port": pa.array(np.where(is_nat, c["post_nat_src_port"][rows], 0).astype(np.uint16)),
+            "binding_id": pa.array(np.maximum(bid, 0).astype(np.uint64)),
+            "batch_id": pa.array(np.zeros(n, dtype=np.uint64)),
             "subscriber_id": self._arrow_names(names).take(pa.array(np.where(sub < 0, len(names) - 1, sub))),
             "binding_source": source, "session_id": session,
             "status": pa.array(ATTRIBUTION, pa.string()).take(pa.array(status)),
-        }
-        arrays = [strings.get(name, batch.column(name)) for name in IP_DETAIL_RECORDS.column_names]
-        return pa.RecordBatch.from_arrays(arrays, schema=IP_DETAIL_RECORDS.arrow_schema)
+        })
+        schema = IP_DETAIL_RECORDS.arrow_schema
+        return pa.RecordBatch.from_arrays([arrays[f.name].cast(f.type) if arrays[f.name].type != f.type
+                                           else arrays[f.name] for f in schema], schema=schema)
 
     def _arrow_names(self, names: np.ndarray) -> pa.Array:
         """Subscriber names as an Arrow array, rebuilt only when new subscribers appeared (names only grow)."""
         if self._names is None or len(self._names) != len(names):
             self._names = pa.array(names.tolist(), pa.string())
         return self._names
-
-    def _binding_arrays(self, bid: np.ndarray) -> tuple[pa.Array, pa.Array]:
-        """Source and session id per record from its binding id: one SQLite query per batch for unseen ids."""
-        uniq, inverse = np.unique(bid, return_inverse=True)
-        missing = [int(b) for b in uniq if b >= 0 and int(b) not in self._binding_info]
-        if missing:
-            if len(self._binding_info) > _BINDING_CACHE_MAX:
-                self._binding_info.clear()
-            for start in range(0, len(missing), 900):  # SQLite's bound-variable limit
-                part = missing[start:start + 900]
-                marks = ",".join("?" * len(part))
-                for b, src, sid in self.bindings.conn.execute(
-                        f"SELECT id, source, session_id FROM bindings WHERE id IN ({marks})", part).fetchall():
-                    self._binding_info[int(b)] = (src, sid)
-        info = [self._binding_info.get(int(b), ("", "")) if b >= 0 else ("", "") for b in uniq]
-        take = pa.array(inverse.astype(np.int64))
-        return (pa.array([i[0] for i in info], pa.string()).take(take),
-                pa.array([i[1] for i in info], pa.string()).take(take))
 
     # --- once a second -----------------------------------------------------------------------------------------------
     def tick(self, now_ms: int) -> dict[str, pa.RecordBatch]:

@@ -9,6 +9,11 @@ part's start time, the source address and the destination address. A subscriber 
 row, one on the destination side a ``down`` row (traffic between two subscribers counts for both), and a part
 with neither is ``unattributed`` (subscriber_id ''), kept and counted like the rest.
 
+Attribution for the compliance stage: with :attr:`Mediator.keep_attribution` the first part of each record (which
+starts at the record's ``flow_start``) is looked up with binding ids, and :meth:`Mediator.take_attribution` hands
+these answers (an :class:`Attribution`) to ``ComplianceStage.process``, which would otherwise look up the same
+addresses at the same time again.
+
 Multi-worker: every usage and reconciliation row carries its exporter and rows are additive, so N workers (the
 kernel keeps each exporter on one worker) produce partial rows that sum to what one worker produces; readers
 ``GROUP BY``. Interval closing depends only on ``now_ms`` and the watermark, so it is the same in every worker.
@@ -18,6 +23,7 @@ from __future__ import annotations
 
 import logging
 import time
+from dataclasses import dataclass
 
 import numpy as np
 import pyarrow as pa
@@ -39,6 +45,37 @@ _DIRECTION_NAMES = np.array(DIRECTIONS, dtype=object)
 MAX_PARTS = 2_000_000
 """Record parts handled at once: bounds memory when an exporter sends many long flows (a day-long flow is 288)."""
 _REASON_NAMES = np.array(("",) + REASONS, dtype=object)
+
+
+@dataclass(frozen=True)
+class Attribution:
+    """Who held each record's source and destination address at the record's ``flow_start``, as the Mediator
+    looked them up: one entry per record *with traffic* (bytes > 0 or packets > 0) of the batches mediated, in
+    batch order, i.e. one per ``ip_detail_records`` row the compliance stage writes for the same batch. Counting
+    only records with traffic keeps the entries aligned when records without traffic (pure NAT events) were left
+    out of the Mediator's batch.
+
+    ``known`` is False where the Mediator did not look the record up (rejected or duplicate records): the compliance
+    stage looks those up itself. Subscriber indexes and binding ids are -1 where no binding matched."""
+
+    start: np.ndarray
+    """int64 ``flow_start`` of each record (the lookup time; lets a consumer check the entries are its records)."""
+    known: np.ndarray
+    src_sub: np.ndarray
+    src_bid: np.ndarray
+    dst_sub: np.ndarray
+    dst_bid: np.ndarray
+
+    def __len__(self) -> int:
+        return len(self.start)
+
+    @classmethod
+    def concat(cls, parts: list[Attribution]) -> Attribution:
+        """The attribution of consecutive batches as one."""
+        if len(parts) == 1:
+            return parts[0]
+        return cls(*(np.concatenate([getattr(p, f) for p in parts]) for f in
+                     ("start", "known", "src_sub", "src_bid", "dst_sub", "dst_bid")))
 
 
 def column(batch: pa.RecordBatch, name: str) -> np.ndarray:
@@ -89,6 +126,10 @@ class Mediator:
         self._refresh_s = refresh_interval_s
         self._last_refresh = 0.0
         self._set_binding_limits(config)
+        self.keep_attribution = False
+        """Record each batch's :class:`Attribution` for :meth:`take_attribution` (the Pipeline sets this when the
+        compliance stage runs); off, the Mediator looks addresses up without binding ids."""
+        self._attributions: list[Attribution] = []
         self.counters: dict[str, int] = {k: 0 for k in (
             "records_in", "bytes_in", "records_rejected", "bytes_rejected", "records_duplicate", "bytes_duplicate",
             "bytes_attributed", "bytes_unattributed", "usage_rows", "correction_rows", "late_parts",
@@ -172,8 +213,13 @@ class Mediator:
         attributed_b = np.zeros(n, dtype=np.uint64)
         unattributed_b = np.zeros(n, dtype=np.uint64)
         usage_b = np.zeros(n, dtype=np.uint64)
+        found = self._new_attribution(n) if self.keep_attribution else None
         for chunk in self._chunks(cols["flow_start"][ok], cols["flow_end"][ok]):
-            self._correlate(cols, exporter, nbytes, ok[chunk], now_ms, attributed_b, unattributed_b, usage_b)
+            self._correlate(cols, exporter, nbytes, ok[chunk], now_ms, attributed_b, unattributed_b, usage_b, found)
+        if found is not None:
+            traffic = np.flatnonzero((cols["bytes"] > 0) | (cols["packets"] > 0))
+            self._attributions.append(Attribution(start=cols["flow_start"][traffic].astype(np.int64),
+                                                  **{k: v[traffic] for k, v in found.items()}))
 
         # the balance of this batch, checked in code
         zero = np.zeros(n, dtype=np.uint64)
@@ -203,6 +249,18 @@ class Mediator:
             rejects = self._rejects(flows, bad, reason[bad], keys[bad], now_ms)
         return self._emit(now_ms, force=False, rejects=rejects)
 
+    @staticmethod
+    def _new_attribution(n: int) -> dict[str, np.ndarray]:
+        return {"known": np.zeros(n, dtype=bool), "src_sub": np.full(n, -1, dtype=np.int32),
+                "src_bid": np.full(n, -1, dtype=np.int64), "dst_sub": np.full(n, -1, dtype=np.int32),
+                "dst_bid": np.full(n, -1, dtype=np.int64)}
+
+    def take_attribution(self) -> Attribution | None:
+        """The :class:`Attribution` of the batches processed since the last call (None when there were none), in
+        the order they were processed; forgets them."""
+        parts, self._attributions = self._attributions, []
+        return Attribution.concat(parts) if parts else None
+
     def _chunks(self, start: np.ndarray, end: np.ndarray) -> list[np.ndarray]:
         """Index ranges of the records such that each range splits into at most MAX_PARTS parts."""
         first = start // self.interval_ms
@@ -215,9 +273,11 @@ class Mediator:
         return [np.arange(a, b) for a, b in zip(bounds[:-1], bounds[1:], strict=True) if b > a]
 
     def _correlate(self, cols: dict[str, np.ndarray], exporter: np.ndarray, nbytes: np.ndarray, ok: np.ndarray,
-                   now_ms: int, attributed_b: np.ndarray, unattributed_b: np.ndarray, usage_b: np.ndarray) -> None:
+                   now_ms: int, attributed_b: np.ndarray, unattributed_b: np.ndarray, usage_b: np.ndarray,
+                   found: dict[str, np.ndarray] | None = None) -> None:
         """Split records ``ok`` at interval boundaries, look up both addresses at each part's start, classify and
-        aggregate; add each record's attributed / unattributed / usage bytes into the given arrays."""
+        aggregate; add each record's attributed / unattributed / usage bytes into the given arrays, and with
+        ``found`` (per-record attribution arrays) its first part's answers with binding ids."""
         if not len(ok):
             return
         rec, istart, pstart, overlap, duration = split_intervals(cols["flow_start"][ok], cols["flow_end"][ok],
@@ -229,8 +289,15 @@ class Mediator:
         pflows = share(np.ones(len(ok), dtype=np.uint64))
         src_hi, src_lo = split_addresses(cols["src_addr"][r])
         dst_hi, dst_lo = split_addresses(cols["dst_addr"][r])
-        src_sub, _ = self.bindings.lookup_split(src_hi, src_lo, pstart, ids=False)
-        dst_sub, _ = self.bindings.lookup_split(dst_hi, dst_lo, pstart, ids=False)
+        # parts of a record are contiguous: its first part starts at the record's flow_start
+        first = np.flatnonzero(np.concatenate(([True], rec[1:] != rec[:-1])))
+        if found is None:
+            src_sub, _ = self.bindings.lookup_split(src_hi, src_lo, pstart, ids=False)
+            dst_sub, _ = self.bindings.lookup_split(dst_hi, dst_lo, pstart, ids=False)
+        else:
+            found["known"][ok] = True
+            src_sub = self._lookup_first_with_ids(src_hi, src_lo, pstart, first, found, ok, "src")
+            dst_sub = self._lookup_first_with_ids(dst_hi, dst_lo, pstart, first, found, ok, "dst")
         up = np.flatnonzero(src_sub >= 0)
         down = np.flatnonzero(dst_sub >= 0)
         none = np.flatnonzero((src_sub < 0) & (dst_sub < 0))
@@ -251,11 +318,28 @@ class Mediator:
         # per record (its parts are contiguous): bytes with a subscriber, without, and written to usage
         attributed = (src_sub >= 0) | (dst_sub >= 0)
         pzero = np.zeros(len(r), dtype=np.uint64)
-        first = np.flatnonzero(np.concatenate(([True], rec[1:] != rec[:-1])))
         attributed_b[ok] = np.add.reduceat(np.where(attributed, pbytes, pzero), first)
         unattributed_b[ok] = np.add.reduceat(np.where(attributed, pzero, pbytes), first)
         sides = (src_sub >= 0).astype(np.uint64) + (dst_sub >= 0).astype(np.uint64) + (~attributed).astype(np.uint64)
         usage_b[ok] = np.add.reduceat(pbytes * sides, first)
+
+    def _lookup_first_with_ids(self, hi: np.ndarray, lo: np.ndarray, pstart: np.ndarray, first: np.ndarray,
+                               found: dict[str, np.ndarray], ok: np.ndarray, side: str) -> np.ndarray:
+        """Subscriber of every part; each record's first part (``first``) looked up with binding ids, stored into
+        ``found`` for records ``ok``, the later parts of split records without."""
+        if len(first) == len(hi):  # the common case: no record was split
+            sub, bid = self.bindings.lookup_split(hi, lo, pstart, ids=True)
+            found[f"{side}_sub"][ok], found[f"{side}_bid"][ok] = sub, bid
+            return sub
+        fsub, fbid = self.bindings.lookup_split(hi[first], lo[first], pstart[first], ids=True)
+        found[f"{side}_sub"][ok], found[f"{side}_bid"][ok] = fsub, fbid
+        later = np.ones(len(hi), dtype=bool)
+        later[first] = False
+        later = np.flatnonzero(later)
+        lsub, _ = self.bindings.lookup_split(hi[later], lo[later], pstart[later], ids=False)
+        sub = np.empty(len(hi), dtype=np.result_type(fsub, lsub))
+        sub[first], sub[later] = fsub, lsub
+        return sub
 
     def tick(self, now_ms: int) -> dict[str, pa.RecordBatch]:
         """Close the intervals whose watermark has passed when no flows arrive (call about once a second); drops

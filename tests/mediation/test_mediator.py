@@ -263,3 +263,63 @@ def test_reload_changes_class_rules_and_keeps_rows_already_summed():
     rows = m.close_all(T0 + 2 * S)["usage"].to_pylist()
     assert {r["traffic_class"]: r["bytes"] for r in rows} == {"cdn": 10, "cdn2": 20, "dns": 30}
     assert m.counters["rejected_too_long"] == 1
+
+
+def test_attribution_is_each_records_lookup_at_its_start():
+    """With ``keep_attribution`` the Mediator keeps, per record with traffic, both addresses' subscriber and binding
+    id at ``flow_start`` (the compliance stage's lookups); rejected and duplicate records are marked unknown. The
+    usage is the same as without it, also with split records and chunks."""
+    b = subscribers()
+    batch = first_batch()  # a record over three intervals, one towards dave's address after it moved, a duplicate
+    plain = Mediator(config(), b)
+    keeping = Mediator(config(), b)
+    keeping.keep_attribution = True
+    assert keeping.take_attribution() is None
+    outs = [keeping.process(batch, T0 + 355 * S), keeping.close_all(T0 + 400 * S)]
+    ref = [plain.process(batch, T0 + 355 * S), plain.close_all(T0 + 400 * S)]
+    assert tables(outs, "usage")[0].equals(tables(ref, "usage")[0])
+    got = keeping.take_attribution()
+    assert keeping.take_attribution() is None  # taken once
+    start = batch.column("flow_start").cast(pa.int64()).to_numpy()
+    assert got.start.tolist() == start.tolist()
+    src_sub, src_bid = b.lookup(np.array(batch.column("src_addr").to_pylist(), dtype="S16"), start)
+    dst_sub, dst_bid = b.lookup(np.array(batch.column("dst_addr").to_pylist(), dtype="S16"), start)
+    assert got.known.tolist() == [True] * 7 + [False]
+    assert got.src_sub[:7].tolist() == src_sub[:7].tolist() and got.src_bid[:7].tolist() == src_bid[:7].tolist()
+    assert got.dst_sub[:7].tolist() == dst_sub[:7].tolist() and got.dst_bid[:7].tolist() == dst_bid[:7].tolist()
+    assert (got.src_sub[7], got.src_bid[7], got.dst_bid[7]) == (-1, -1, -1)
+    assert (got.dst_bid[:7] >= 0).sum() == 3 and (got.src_bid[:7] >= 0).sum() == 4
+    # two calls (the Pipeline's slices of one batch): one attribution in call order
+    sliced = Mediator(config(), b)
+    sliced.keep_attribution = True
+    sliced.process(batch.slice(0, 3), T0 + 355 * S)
+    sliced.process(batch.slice(3), T0 + 355 * S)
+    again = sliced.take_attribution()
+    assert len(again) == 8 and again.known.tolist() == got.known.tolist()
+    assert again.src_bid.tolist() == got.src_bid.tolist() and again.dst_sub.tolist() == got.dst_sub.tolist()
+    # the same batch again: all duplicates, nothing looked up
+    sliced.process(batch, T0 + 356 * S)
+    assert not sliced.take_attribution().known.any()
+
+
+def test_attribution_counts_only_records_with_traffic(monkeypatch):
+    """Entries are per record with traffic, so they stay aligned with the compliance stage's records when records
+    without traffic (pure NAT events) are left out of the Mediator's batch; chunks of parts give the same."""
+    import mediation.mediator as mediator_mod
+
+    monkeypatch.setattr(mediator_mod, "MAX_PARTS", 3)
+    m = Mediator(config(), subscribers())
+    m.keep_attribution = True
+    batch = flows([
+        dict(src="100.64.0.1", dst="8.8.8.8", start=T0 + 10 * S, end=T0 + 40 * S, bytes=0, packets=0),
+        dict(src="2001:4860::8888", dst="2001:db8:e:1::5", start=T0 - 100 * S, end=T0 + 350 * S, bytes=4500,
+             packets=45),
+        dict(src="100.64.0.2", dst="8.8.8.8", start=T0 + 10 * S, end=T0 + 40 * S, bytes=0, packets=3),
+        dict(src="100.64.0.3", dst="1.1.1.1", start=T0 + 180 * S, end=T0 + 181 * S, bytes=600, packets=6),
+    ])
+    m.process(batch, T0 + 355 * S)
+    got = m.take_attribution()
+    assert len(got) == 3 and got.known.tolist() == [True, False, True]  # bytes 0, packets 3: rejected
+    names = m.bindings.subscriber_names
+    assert names[got.dst_sub[0]] == "erin" and got.src_sub[0] == -1
+    assert names[got.src_sub[2]] == "dave"  # at T0 + 180 s the address is dave's
