@@ -140,94 +140,175 @@ def format_network(hi: int, lo: int, plen: int) -> str:
 # --- the immutable index ---------------------------------------------------------------------------------------------
 
 _FIB = _U64(0x9E3779B97F4A7C15)
-_COUNT_BITS = 20
-_COUNT_MASK = (1 << _COUNT_BITS) - 1
+_NEVER = np.iinfo(np.int64).min
 DENSE_MAX_SLOTS = 1 << 25
 """Key spans up to this many slots (and at most 8 per network) use a direct array instead of a hash table."""
+_SLOT = np.dtype([("valid_from", "<i8"), ("valid_to", "<i8"), ("sub", "<i4"), ("pos", "<i4")])
+_EMPTY_SLOT = (_NEVER, _NEVER, -1, -1)  # starts before any time (no stepping back), valid at none: no match
+PROBE_WINDOW = 8
+"""Hash table slots read at once per query whose home slot holds another network."""
+FULL_PASS_SHARE = 0.5
+"""In :meth:`BindingIndex.lookup`, a prefix length is probed with every query, rather than with the unanswered ones
+gathered out, while at least this share of the queries is unanswered (gathering and scattering cost about as much
+as probing)."""
 
 
-class _KeyMap:
-    """Map from uint64 network keys to (first position, count) of their bindings, probed vectorised.
+class _NetworkTable:
+    """Per network of one prefix length, its newest binding: start, end, subscriber and position in the group, in
+    one 24-byte slot, so that the common lookup (the newest binding decides) reads one slot per query.
 
-    Dense when the keys span a small range (an ISP's IPv4 pools): one array indexed by ``key - base``. Otherwise an
-    open-addressing hash table (Fibonacci hashing, linear probing, load <= 0.5) of 16-byte slots.
+    Dense when the keys span a small range (an ISP's IPv4 pools keyed by network number: consecutive /24s are
+    consecutive keys): slot ``key - base``, the last slot empty for keys out of range. Otherwise an open-addressing
+    hash table (Fibonacci hashing, linear probing, load <= 0.5) of one or two uint64 key words compared in full;
+    empty slots hold a key word no network has, so a probe stops on a matching or an empty slot (whose record
+    matches nothing) without a separate occupancy test; keys outside the range of the networks' first key words
+    go to an extra empty slot at the end without probing.
     """
 
-    def __init__(self, keys: np.ndarray, first: np.ndarray, count: np.ndarray) -> None:
-        values = (first.astype(np.int64) << _COUNT_BITS) | np.minimum(count, _COUNT_MASK)
-        self.dense: np.ndarray | None = None
-        self.base = _U64(keys.min()) if len(keys) else _U64(0)
-        span = int(keys.max()) - int(keys.min()) + 1 if len(keys) else 0
-        if 0 < span <= min(DENSE_MAX_SLOTS, max(8 * len(keys), 1 << 16)):
-            self.dense = np.zeros(span + 1, dtype=np.int64)  # the last slot stays empty: out-of-range keys land there
-            self.dense[(keys - self.base).astype(np.int64)] = values
+    def __init__(self, keys: tuple[np.ndarray, ...], records: np.ndarray) -> None:
+        n = len(records)
+        ka = keys[0]
+        self.dense = False
+        self.base = _U64(ka.min()) if n else _U64(0)
+        span = int(ka.max()) - int(ka.min()) + 1 if n else 0
+        if len(keys) == 1 and 0 < span <= min(DENSE_MAX_SLOTS, max(8 * n, 1 << 16)):
+            self.dense = True
+            self.span = _U64(span)
+            self.slots = np.empty(span + 1, dtype=_SLOT)
+            self.slots[:] = _EMPTY_SLOT
+            self.slot_of = (ka - self.base).astype(np.int64)  # each network's slot
+            self.slots[self.slot_of] = records
             return
-        bits = max(int(len(keys) * 2).bit_length(), 4)
+        bits = max((2 * n).bit_length(), 4)
         self.shift = _U64(64 - bits)
         self.mask = _U64((1 << bits) - 1)
-        self.slots = np.zeros(1 << bits, dtype=[("k", "<u8"), ("v", "<i8")])  # v == 0: empty slot
-        todo = np.arange(len(keys))
+        # an empty slot's first key word: one no network has (a gap in the sorted words, or above the largest)
+        words = np.unique(ka)
+        gap = np.flatnonzero(np.diff(words) > 1)
+        self.empty_key = _U64(0) if words[0] > 0 else _U64(words[gap[0]] + _U64(1)) if len(gap) \
+            else _U64(words[-1] + _U64(1))
+        claim = np.full(1 << bits, -1, dtype=np.int64)
         pos = self._home(keys)
+        todo = np.arange(n)
         while len(todo):
             p = pos[todo]
-            empty = self.slots["v"][p] == 0
-            # claim empty slots; when two keys race for one slot, exactly one write survives
-            self.slots["v"][p[empty]] = -1 - todo[empty]
+            free = claim[p] < 0
+            claim[p[free]] = todo[free]  # when two keys race for one free slot, exactly one write survives
             won = np.zeros(len(todo), dtype=bool)
-            won[empty] = self.slots["v"][p[empty]] == -1 - todo[empty]
-            wp, wi = p[won], todo[won]
-            self.slots["k"][wp], self.slots["v"][wp] = keys[wi], values[wi]
+            won[free] = claim[p[free]] == todo[free]
             todo = todo[~won]
             pos[todo] = (pos[todo] + _U64(1)) & self.mask
+        self.slot_of = pos.astype(np.int64)
+        # keys outside the networks' range of first words go straight to the extra empty slot at the end (no
+        # probing: most misses, e.g. the remote side of a flow)
+        self.low, self.width, self.size = _U64(words[0]), _U64(words[-1] - words[0]), _U64(1 << bits)
+        self._steps = np.arange(1, PROBE_WINDOW + 1, dtype=_U64)
+        # the key words in the slot: a probe reads one record
+        self.key_fields = ("ka", "kb")[:len(keys)]
+        self.slots = np.empty((1 << bits) + 1, dtype=np.dtype(_SLOT.descr + [(f, "<u8") for f in self.key_fields]))
+        self.slots[:] = _EMPTY_SLOT + (self.empty_key,) * len(keys)
+        for name in _SLOT.names:
+            self.slots[name][self.slot_of] = records[name]
+        for name, k in zip(self.key_fields, keys, strict=True):
+            self.slots[name][self.slot_of] = k
+        self.key_words = [np.ascontiguousarray(self.slots[name]) for name in self.key_fields]  # for probing on
 
-    def _home(self, keys: np.ndarray) -> np.ndarray:
+    def _home(self, keys: tuple[np.ndarray, ...]) -> np.ndarray:
         with np.errstate(over="ignore"):
-            return (keys * _FIB) >> self.shift
+            mixed = keys[0] if len(keys) == 1 else keys[0] ^ mix64(keys[1])
+            return (mixed * _FIB) >> self.shift
 
-    def get(self, keys: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """(first, count) per key; count 0 where absent."""
-        if self.dense is not None:
-            off = keys - self.base  # wraps around for keys below base: out of range either way
-            np.minimum(off, _U64(len(self.dense) - 1), out=off)
-            v = self.dense.take(off.view(np.int64))
-        else:
-            pos = self._home(keys)
-            slot = self.slots[pos]
-            v = np.where(slot["k"] == keys, slot["v"], 0)
-            todo = np.flatnonzero((v == 0) & (slot["v"] != 0))  # collided with another key: probe on
-            while len(todo):
-                pos[todo] = (pos[todo] + _U64(1)) & self.mask
-                slot = self.slots[pos[todo]]
-                hit = slot["k"] == keys[todo]
-                v[todo[hit]] = slot["v"][hit]
-                todo = todo[~hit & (slot["v"] != 0)]
-        return v >> _COUNT_BITS, v & _COUNT_MASK
+    def get(self, keys: tuple[np.ndarray, ...]) -> np.ndarray:
+        """The slot record of each key (an empty slot's where absent). Dense tables may overwrite ``keys``."""
+        if self.dense:
+            off = np.subtract(keys[0], self.base, out=keys[0])  # wraps around below base: out of range either way
+            np.minimum(off, self.span, out=off)
+            return self.slots.take(off.view(np.int64))
+        out = (keys[0] - self.low) > self.width  # (below low wraps around: above width)
+        pos = np.minimum(self._home(keys) + out * self.size, self.size)  # out of range: the last slot (branch-free)
+        found = self.slots.take(pos.view(np.int64))
+        other = found["ka"] != keys[0]
+        if len(keys) > 1:
+            other |= found["kb"] != keys[1]
+        todo = np.flatnonzero(other)
+        todo = todo[found["ka"][todo] != self.empty_key]  # another network's slot: probe on (an empty one: absent)
+        while len(todo):  # the next PROBE_WINDOW slots at once: few rounds of numpy calls for the rare long probes
+            window = ((pos[todo][:, None] + self._steps) & self.mask).view(np.int64)
+            first = self.key_words[0].take(window)
+            stop = first == keys[0][todo][:, None]
+            if len(keys) > 1:
+                stop &= self.key_words[1].take(window) == keys[1][todo][:, None]
+            stop |= first == self.empty_key
+            at = stop.argmax(axis=1)
+            done = np.flatnonzero(stop.any(axis=1))
+            pos[todo[done]] = window[done, at[done]]
+            np.put(found, todo[done], self.slots.take(pos[todo[done]].view(np.int64)))
+            more = np.flatnonzero(~stop.any(axis=1))
+            pos[todo[more]] = window[more, -1]
+            todo = todo[more]
+        return found
 
 
 @dataclass
 class _Group:
+    """The bindings of one prefix length, sorted by (network, valid_from), and a table of each network's newest."""
+
     prefix_len: int
+    mode: str  # "hi" (prefix <= 64: key = high half), "lo" (all networks share the high half ``const_hi``: key =
+    # low half) or "hash" (key = both halves); "hi" and "lo" keys are shifted right past the host bits
+    shift: np.uint64
     mask_hi: np.uint64
     mask_lo: np.uint64
-    mode: str  # "hi" (prefix <= 64), "lo" (all networks share the high half) or "hash"
     const_hi: np.uint64
-    rows: np.ndarray  # rows of the index, sorted by (network key, valid_from); the arrays below in that order
-    valid_from: np.ndarray
-    valid_to: np.ndarray
-    sub: np.ndarray
-    hi: np.ndarray
-    lo: np.ndarray
-    keymap: _KeyMap | None = None
-    v6_only: bool = False
+    rows: np.ndarray = None  # rows of the index, sorted by (network key, valid_from); the arrays below in that order
+    rows_or_none: np.ndarray = None  # ``rows`` and -1
+    valid_from: np.ndarray = None
+    valid_to: np.ndarray = None
+    sub: np.ndarray = None
+    has_prev: np.ndarray = None  # the position before holds an earlier-started binding of the same network
+    table_slot: np.ndarray = None  # slot of the network in ``table`` where this is its newest binding, else -1
+    table: _NetworkTable | None = None
+    v6_only: bool = False  # no network with a zero high half: IPv4-mapped queries (high half 0) cannot match
+    v4_only: bool = False  # "lo" mode with a zero high half: only IPv4-mapped queries can match
 
-    def key(self, hi: np.ndarray, lo: np.ndarray) -> np.ndarray:
+    def keys(self, hi: np.ndarray, lo: np.ndarray) -> tuple[np.ndarray, ...]:
         if self.mode == "hi":
-            return hi & self.mask_hi
+            return (hi >> self.shift,) if self.prefix_len else (np.zeros(len(hi), dtype=_U64),)
         if self.mode == "lo":
-            return lo & self.mask_lo
-        with np.errstate(over="ignore"):
-            # exactness does not depend on this hash: every candidate's network is compared in full
-            return mix64((hi & self.mask_hi) ^ mix64(lo & self.mask_lo))
+            return (lo >> self.shift,)
+        return hi & self.mask_hi, lo & self.mask_lo
+
+    def find(self, hi: np.ndarray, lo: np.ndarray, t: np.ndarray, check_hi: bool, positions: bool = False
+             ) -> tuple[np.ndarray, np.ndarray | None]:
+        """Per query, the subscriber (or -1) and, with ``positions``, the group position (or -1) of the binding of
+        its network at ``t``: the one that started last at or before ``t``, if ``t`` is before its end.
+        ``check_hi``: compare the high half too ("lo" mode keys leave it out)."""
+        slot = self.table.get(self.keys(hi, lo))
+        valid_to, sub, pos = slot["valid_to"], slot["sub"], slot["pos"]
+        late = slot["valid_from"] > t
+        if late.any():  # the newest binding started after t: an earlier one of the network may decide
+            self._step_back(np.flatnonzero(late), t, valid_to, sub, pos)
+        ok = t < valid_to
+        if check_hi:
+            ok &= hi == self.const_hi
+        # -1 where not found, without np.where: a data-dependent choice per element costs ~4 ns (mispredicted
+        # branches); OR with 0 / -1 costs a tenth of that
+        miss = ok.view(np.int8) - np.int8(1)
+        return sub | miss, (pos | miss if positions else None)
+
+    def _step_back(self, late: np.ndarray, t: np.ndarray, valid_to: np.ndarray, sub: np.ndarray,
+                   pos: np.ndarray) -> None:
+        """Replace, in place, the slots of the ``late`` queries by the binding of the network that started last at
+        or before their time (no match if none did)."""
+        p = pos[late].astype(np.int64)
+        valid_to[late] = _NEVER
+        while len(late):
+            earlier = self.has_prev[p]
+            late, p = late[earlier], p[earlier] - 1
+            done = self.valid_from[p] <= t[late]
+            at, pd = late[done], p[done]
+            valid_to[at], sub[at], pos[at] = self.valid_to[pd], self.sub[pd], pd
+            late, p = late[~done], p[~done]
 
 
 class BindingIndex:
@@ -249,7 +330,11 @@ class BindingIndex:
         for p in sorted(np.unique(self.plen).tolist(), reverse=True):
             self._row_group[self.plen == p] = len(self.groups)
             self.groups.append(self._build_group(int(p), np.flatnonzero(self.plen == p)))
+        # an all-IPv4 batch (every high half 0) never matches the groups that only IPv6 queries can match
+        self._v4_groups = [g for g in self.groups if not g.v6_only and not (g.mode == "lo" and g.const_hi != 0)]
         self._id_order = np.argsort(self.ids, kind="stable")
+        self.ids_or_none = np.append(self.ids, -1)  # take(row) of a lookup: binding id, -1 where none
+        self.valid_from_or_never = np.append(self.valid_from, _NEVER)
 
     def __len__(self) -> int:
         return len(self.ids)
@@ -258,78 +343,94 @@ class BindingIndex:
         mhi, mlo = (_U64(m) for m in _masks(plen))
         hi, lo = self.hi[rows], self.lo[rows]
         if plen <= 64:
-            mode, const_hi = "hi", _U64(0)
+            mode, shift, const_hi = "hi", _U64(64 - plen if plen else 0), _U64(0)
         elif np.all(hi == hi[0]):
-            mode, const_hi = "lo", hi[0]
+            mode, shift, const_hi = "lo", _U64(128 - plen), hi[0]
         else:
-            mode, const_hi = "hash", _U64(0)
-        probe = _Group(plen, mhi, mlo, mode, const_hi, rows, *(np.empty(0),) * 5)
-        keys = probe.key(hi, lo)
-        order = np.lexsort((self.valid_from[rows], keys))
-        keys, rows = keys[order], rows[order]
+            mode, shift, const_hi = "hash", _U64(0), _U64(0)
+        g = _Group(plen, mode, shift, mhi, mlo, const_hi)
+        keys = g.keys(hi, lo)
+        order = np.lexsort((self.valid_from[rows], *reversed(keys)))
+        keys, rows = tuple(k[order] for k in keys), rows[order]
         self._row_gpos[rows] = np.arange(len(rows))
-        group = _Group(plen, mhi, mlo, mode, const_hi, rows, self.valid_from[rows], self.valid_to[rows],
-                       self.sub[rows], self.hi[rows], self.lo[rows])
-        starts = np.flatnonzero(np.concatenate(([True], keys[1:] != keys[:-1])))
-        counts = np.diff(np.append(starts, len(keys)))
-        group.keymap = _KeyMap(keys[starts], starts, counts)
-        group.v6_only = bool(np.all(group.hi != 0))
-        return group
+        g.rows, g.valid_from, g.valid_to, g.sub = rows, self.valid_from[rows], self.valid_to[rows], self.sub[rows]
+        g.rows_or_none = np.append(rows, -1)  # position -1 (not found): row -1
+        same = np.ones(len(rows) - 1, dtype=bool)
+        for k in keys:
+            same &= k[1:] == k[:-1]
+        g.has_prev = np.concatenate(([False], same))
+        newest = np.flatnonzero(np.concatenate((~same, [True])))
+        records = np.empty(len(newest), dtype=_SLOT)
+        records["valid_from"], records["valid_to"] = g.valid_from[newest], g.valid_to[newest]
+        records["sub"], records["pos"] = g.sub[newest], newest
+        g.table = _NetworkTable(tuple(k[newest] for k in keys), records)
+        g.table_slot = np.full(len(rows), -1, dtype=np.int64)
+        g.table_slot[newest] = g.table.slot_of
+        g.v6_only = bool(np.all(hi != 0))
+        g.v4_only = mode == "lo" and const_hi == 0
+        return g
 
     def set_valid_to(self, rows: np.ndarray, valid_to: np.ndarray) -> None:
         """End bindings in place (closing never moves a binding in the index)."""
+        rows = np.asarray(rows, dtype=np.int64)
+        valid_to = np.broadcast_to(np.asarray(valid_to, dtype=np.int64), rows.shape)
         self.valid_to[rows] = valid_to
         for gi, g in enumerate(self.groups):
             mine = self._row_group[rows] == gi
-            g.valid_to[self._row_gpos[rows[mine]]] = np.asarray(valid_to)[mine] if np.ndim(valid_to) else valid_to
+            if not mine.any():
+                continue
+            gpos, vt = self._row_gpos[rows[mine]], valid_to[mine]
+            g.valid_to[gpos] = vt
+            slot = g.table_slot[gpos]
+            newest = slot >= 0
+            g.table.slots["valid_to"][slot[newest]] = vt[newest]
 
     def lookup(self, hi: np.ndarray, lo: np.ndarray, t: np.ndarray, rows: bool = True
                ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """Per query address at time ``t``: subscriber index (or -1), binding row (or -1; all -1 unless ``rows``)
-        and prefix length (or -1)."""
+        """Per query address at time ``t``: subscriber index (or -1), binding row (or -1) and prefix length (or -1);
+        row and prefix length are all -1 unless ``rows``."""
         n = len(hi)
+        t = np.asarray(t, dtype=np.int64)
         sub = np.full(n, -1, dtype=np.int32)
         row = np.full(n, -1, dtype=np.int64)
         plen = np.full(n, -1, dtype=np.int16)
-        t = np.asarray(t, dtype=np.int64)
-        for g in self.groups:
-            if g.v6_only:  # no IPv4-mapped network in this group: IPv4 queries (high half 0) cannot match
-                todo = np.flatnonzero((plen < 0) & (hi != 0))
-            else:
-                todo = None if g is self.groups[0] else np.flatnonzero(plen < 0)
-            if todo is not None and len(todo) == 0:
-                if g.v6_only and (plen < 0).any():
-                    continue  # only IPv4 queries are left: the next (IPv4-holding) groups still apply
-                break
-            qhi, qlo, qt = (hi, lo, t) if todo is None else (hi[todo], lo[todo], t[todo])
-            gpos = self._lookup_group(g, qhi, qlo, qt)
-            hit = gpos >= 0
-            where = hit if todo is None else todo[hit]
-            found = gpos[hit]
-            sub[where] = g.sub[found]
+        v4 = n > 0 and not hi.any()  # all IPv4-mapped: groups only IPv6 can match are left out, no high-half check
+        for i, g in enumerate(self._v4_groups if v4 else self.groups):
+            check_hi = g.mode == "lo" and not (v4 and g.v4_only)
+            todo = None  # None: probe every query
+            if i:
+                left = sub < 0
+                if not v4 and g.v6_only:
+                    left &= hi != 0
+                elif not v4 and g.v4_only:
+                    left &= hi == 0
+                unanswered = np.count_nonzero(left)
+                if not unanswered:
+                    continue
+                if unanswered < FULL_PASS_SHARE * n:
+                    todo = np.flatnonzero(left)
+                    check_hi &= not g.v4_only  # the queries left have a zero high half, as the networks
+            if todo is not None:
+                gsub, gpos = g.find(hi[todo], lo[todo], t[todo], check_hi, rows)
+                sub[todo] = gsub
+                if rows:
+                    row[todo] = g.rows_or_none.take(gpos)
+                    plen[todo] = (gsub >= 0) * np.int16(g.prefix_len + 1) - np.int16(1)
+                continue
+            gsub, gpos = g.find(hi, lo, t, check_hi, rows)
+            if not i:
+                sub = gsub
+                if rows:
+                    row = g.rows_or_none.take(gpos)
+                    plen = (gsub >= 0) * np.int16(g.prefix_len + 1) - np.int16(1)
+                continue
+            # keep what a longer prefix found, take this group's answer elsewhere (-1 + answer + 1; branch-free)
+            unanswered = sub < 0
             if rows:
-                row[where] = g.rows[found]
-            plen[where] = g.prefix_len
+                row += (g.rows_or_none.take(gpos) + 1) * unanswered
+                plen += (unanswered & (gsub >= 0)) * np.int16(g.prefix_len + 1)
+            sub += (gsub + 1) * unanswered
         return sub, row, plen
-
-    @staticmethod
-    def _lookup_group(g: _Group, hi: np.ndarray, lo: np.ndarray, t: np.ndarray) -> np.ndarray:
-        first, count = g.keymap.get(g.key(hi, lo))
-        # the binding of this network that started last at or before t: step back from the newest
-        pos = first + count - 1
-        np.maximum(pos, 0, out=pos)
-        vf = g.valid_from[pos]
-        back = np.flatnonzero((vf > t) & (count > 1))
-        while len(back):
-            pos[back] -= 1
-            vf[back] = g.valid_from[pos[back]]
-            back = back[(pos[back] > first[back]) & (vf[back] > t[back])]
-        ok = (count > 0) & (vf <= t) & (t < g.valid_to[pos])
-        if g.mode == "lo":  # the key is the whole low half; the high half is the same for the whole group
-            ok &= (hi & g.mask_hi) == g.const_hi
-        elif g.mode == "hash":
-            ok &= (g.hi[pos] == (hi & g.mask_hi)) & (g.lo[pos] == (lo & g.mask_lo))
-        return np.where(ok, pos, -1)
 
     def rows_of_ids(self, ids: np.ndarray) -> np.ndarray:
         """Rows holding binding ``ids`` (-1 where absent)."""
@@ -814,10 +915,8 @@ class Bindings:
         Times before :attr:`cutoff_ms` are looked up in the database (see the module docstring)."""
         with self._lock:
             base, delta, cutoff = self._base, self._delta, self._cutoff
-        if cutoff > _NO_CUTOFF and len(t):
-            old = np.flatnonzero(t < cutoff)
-            if len(old):
-                return self._lookup_with_fallback(base, delta, hi, lo, t, old, ids)
+        if cutoff > _NO_CUTOFF and len(t) and t.min() < cutoff:
+            return self._lookup_with_fallback(base, delta, hi, lo, t, np.flatnonzero(t < cutoff), ids)
         return self._lookup_memory(base, delta, hi, lo, t, ids)
 
     def _lookup_with_fallback(self, base: BindingIndex, delta: BindingIndex, hi: np.ndarray, lo: np.ndarray,
@@ -831,7 +930,7 @@ class Bindings:
         sub = sub.copy()
         sub[old] = osub
         bid = bid.copy()
-        bid[old] = np.where(orow >= 0, index.ids[np.maximum(orow, 0)] if len(index) else -1, -1)
+        bid[old] = index.ids_or_none.take(orow)
         return sub, (bid if ids else None)
 
     def _fallback_index(self, t0: int, t1: int) -> BindingIndex:
@@ -873,19 +972,29 @@ class Bindings:
     @staticmethod
     def _lookup_memory(base: BindingIndex, delta: BindingIndex, hi: np.ndarray, lo: np.ndarray, t: np.ndarray,
                        ids: bool) -> tuple[np.ndarray, np.ndarray | None]:
-        if not len(delta) and not ids:  # the hot path: subscribers only
-            return base.lookup(hi, lo, t, rows=False)[0], None
-        sub, row, plen = base.lookup(hi, lo, t)
-        bid = np.where(row >= 0, base.ids[np.maximum(row, 0)] if len(base) else -1, -1)
-        if len(delta):
-            dsub, drow, dplen = delta.lookup(hi, lo, t)
-            dfrom = delta.valid_from[np.maximum(drow, 0)]
-            bfrom = base.valid_from[np.maximum(row, 0)] if len(base) else dfrom
-            better = (drow >= 0) & ((dplen > plen) | ((dplen == plen) & (dfrom >= bfrom)))
-            sub = np.where(better, dsub, sub).astype(np.int32)
-            bid = np.where(better, delta.ids[np.maximum(drow, 0)], bid)
-        if not ids:
-            return sub, None
+        if not len(delta):
+            if not ids:  # the hot path: subscribers only
+                return base.lookup(hi, lo, t, rows=False)[0], None
+            sub, row, _ = base.lookup(hi, lo, t)
+            return sub, base.ids_or_none.take(row)
+        # the delta (bindings opened since the last rebuild) is small and few queries hit it: base rows and prefix
+        # lengths are only needed for those
+        dsub, drow, dplen = delta.lookup(hi, lo, t)
+        hit = np.flatnonzero(drow >= 0)
+        if ids:
+            sub, row, plen = base.lookup(hi, lo, t)
+            bid = base.ids_or_none.take(row)
+            brow, bplen = row[hit], plen[hit]
+        else:
+            sub, bid = base.lookup(hi, lo, t, rows=False)[0], None
+            _, brow, bplen = base.lookup(hi[hit], lo[hit], t[hit])
+        if len(hit):
+            # the delta's binding decides where its prefix is longer, or as long and started no earlier
+            dp, dfrom, bfrom = dplen[hit], delta.valid_from[drow[hit]], base.valid_from_or_never.take(brow)
+            win = hit[(dp > bplen) | ((dp == bplen) & (dfrom >= bfrom))]
+            sub[win] = dsub[win]
+            if ids:
+                bid[win] = delta.ids[drow[win]]
         return sub, bid
 
     def close(self) -> None:
