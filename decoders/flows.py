@@ -48,11 +48,13 @@ from decoders.sampling import SamplerTable, SamplingPolicy, rate_from_columns, r
 from decoders.schema import FLOWS
 from decoders.sequence import SequenceTracker
 from decoders.templated import Withdrawal
-from decoders.templates import Compiled, Template, compile_template, walk_sets, walk_variable
+from decoders.templates import Compiled, FixedView, Template, compile_template, walk_sets, walk_variable
 
 __all__ = ["DecodeResult", "DecoderLimits", "FlowDecoder", "SamplingPolicy"]
 
 STATE_VERSION = 1
+FAST_MIN_RUN = 4
+"""Consecutive single-set datagrams of known fixed-length templates taken as a block; fewer go one by one."""
 _SET = struct.Struct(">HH")
 _COLUMNS = [c for c in FLOWS.columns if c.name != "batch_id"]
 
@@ -139,17 +141,45 @@ def _addr16(name: str) -> bytes:
     return addr.packed
 
 
+@dataclass(slots=True)
+class _Scanned:
+    """A batch whose headers were parsed at once (:func:`decoders.templated.scan_single_sets`)."""
+
+    sets: templated.SingleSets
+    received: tuple
+    """received_ms per datagram, as given."""
+    received_ms: np.ndarray
+    codes: np.ndarray
+    """Exporter per datagram, an index into ``names``."""
+    names: list[str]
+    keys: np.ndarray
+    """Template key per datagram: exporter index << 50 | IPFIX << 48 | domain << 16 | set id (uint64)."""
+
+
+class _Block:
+    """Data sets of single-set datagrams decoded without a Python step each: where their records are in the batch
+    buffer (:attr:`decoders.templated.SingleSets.buf`), how many records each holds, and their contexts."""
+
+    __slots__ = ("offsets", "counts", "ctx")
+
+    def __init__(self, offsets: np.ndarray, counts: np.ndarray, ctx: np.ndarray) -> None:
+        self.offsets = offsets
+        self.counts = counts
+        self.ctx = ctx
+
+
 class _Group:
     """Data sets of one batch that share a compiled template."""
 
-    __slots__ = ("compiled", "chunks", "counts", "ctx", "starts")
+    __slots__ = ("compiled", "chunks", "counts", "ctx", "starts", "blocks")
 
     def __init__(self, compiled: Compiled | None) -> None:
         self.compiled = compiled
-        self.chunks: list = []
-        self.counts: list[int] = []  # variable-length templates: 0 until walk_sets() has run
-        self.ctx: list[int] = []
+        self.chunks: list = []  # bytes-like sets, or a _Block of many (fixed-length templates only)
+        self.counts: list[int] = []  # per chunk; variable-length templates: 0 until walk_sets() has run
+        self.ctx: list[int] = []  # per chunk (a _Block: its first datagram's)
         self.starts: np.ndarray | None = None  # variable-length templates: segment offsets per record
+        self.blocks = False
 
 
 class _Batch:
@@ -159,24 +189,52 @@ class _Batch:
         self.result = DecodeResult(flows={})
         self.groups: dict[Compiled, _Group] = {}  # compiled templates hash by identity
         self.v5 = _Group(None)
-        # One context per datagram (or replayed held set): (domain slot, received_ms, export_ms, uptime_ms, v5 rate)
+        # One context per datagram (or replayed held set): (domain slot, received_ms, export_ms, uptime_ms, v5 rate).
+        # Contexts made one at a time are in ``contexts``; a block of datagrams adds an array to ``ctx_parts``
+        # (after the contexts made before it), and ``ctx_base`` counts the contexts in ``ctx_parts``.
         self.contexts: list[tuple[int, int, int, int, int]] = []
+        self.ctx_parts: list[np.ndarray] = []
+        self.ctx_base = 0
         self.domains: dict[tuple[str, int, int], int] = {}  # (exporter, version, domain) -> slot
         self.domain_info: list[tuple[_Exporter, int, int]] = []
         # Sequence observations, in datagram order, made once variable-length sets are counted:
-        # (tracker, key, seq, records known, exact, [(group, set index)] of variable-length sets or None)
+        # (tracker, key, seq, records known, exact, [(group, set index)] of variable-length sets or None),
+        # or for a block of datagrams (None, keys, key index per datagram, seqs, counts).
         self.sequence: list[tuple] = []
         self.var_sets: list[tuple[_Group, int]] = []  # variable-length sets of the datagram being parsed
+        self.buf = b""  # the batch's datagrams joined, when blocks refer to it
 
     def context(self, st: _Exporter, version: int, domain: int, received_ms: int, export_ms: int,
                 uptime_ms: int, v5_rate: int = 0) -> int:
+        self.contexts.append((self.slot(st, version, domain), received_ms, export_ms, uptime_ms, v5_rate))
+        return self.ctx_base + len(self.contexts) - 1
+
+    def slot(self, st: _Exporter, version: int, domain: int) -> int:
         key = (st.name, version, domain)
         slot = self.domains.get(key)
         if slot is None:
             slot = self.domains[key] = len(self.domain_info)
             self.domain_info.append((st, version, domain))
-        self.contexts.append((slot, received_ms, export_ms, uptime_ms, v5_rate))
-        return len(self.contexts) - 1
+        return slot
+
+    def context_row(self, ctx: int) -> tuple[int, int, int, int, int]:
+        """A context made by :meth:`context` (the datagram being parsed)."""
+        return self.contexts[ctx - self.ctx_base]
+
+    def context_block(self, rows: np.ndarray) -> int:
+        """Add the contexts of a block of datagrams, shape (k, 5); returns the index of the first."""
+        if self.contexts:
+            self.ctx_parts.append(np.asarray(self.contexts, dtype=np.int64).reshape(len(self.contexts), 5))
+            self.ctx_base += len(self.contexts)
+            self.contexts = []
+        first = self.ctx_base
+        self.ctx_parts.append(rows)
+        self.ctx_base += len(rows)
+        return first
+
+    def context_array(self) -> np.ndarray:
+        parts = [*self.ctx_parts, np.asarray(self.contexts, dtype=np.int64).reshape(len(self.contexts), 5)]
+        return parts[-1] if len(parts) == 1 else np.concatenate(parts)
 
     def group(self, compiled: Compiled) -> _Group:
         g = self.groups.get(compiled)
@@ -195,26 +253,36 @@ class FlowDecoder:
         self.pending = PendingStore(self.limits.pending_max_bytes, self.limits.pending_max_age_ms)
         self.sequences = SequenceTracker()
         self.records_sequences = SequenceTracker(window=65536, max_jump=1 << 22)
+        self._joiner = templated.Joiner()
 
     # ----------------------------------------------------------------------------------------------- public API
     def decode(self, datagrams: Iterable[tuple[bytes, str, int]]) -> DecodeResult:
         """Decode a batch of ``(payload, exporter, received_ms)``; never raises for bad input."""
+        items = datagrams if isinstance(datagrams, list | tuple) else list(datagrams)
         batch = _Batch()
-        errors = batch.result.errors
         latest = None
-        for payload, exporter, received_ms in datagrams:
-            if latest is None or received_ms > latest:
-                latest = received_ms
-            try:
-                self._datagram(batch, payload, exporter, received_ms)
-            except DecodeError as e:
-                errors[(exporter, e.reason)] += 1
-            except Exception:  # a bug must not take the listener down; counted, and tests assert it never occurs
-                errors[(exporter, "internal_error")] += 1
+        scanned = self._scan(items) if len(items) >= FAST_MIN_RUN else None
+        if scanned is None:
+            for payload, exporter, received_ms in items:
+                if latest is None or received_ms > latest:
+                    latest = received_ms
+                self._one(batch, payload, exporter, received_ms)
+        else:
+            latest = max(scanned.received)
+            self._decode_scanned(batch, items, scanned)
         if latest is not None:
             self._drop_held(batch.result, self.pending.expire(latest), "pending_expired")
         self._finish(batch)
         return batch.result
+
+    def _one(self, batch: _Batch, payload: bytes, exporter: str, received_ms: int) -> None:
+        """Decode one datagram on its own (every shape: the reference path); errors are counted, never raised."""
+        try:
+            self._datagram(batch, payload, exporter, received_ms)
+        except DecodeError as e:
+            batch.result.errors[(exporter, e.reason)] += 1
+        except Exception:  # a bug must not take the listener down; counted, and tests assert it never occurs
+            batch.result.errors[(exporter, "internal_error")] += 1
 
     def templates_known(self) -> dict[str, int]:
         """Templates (incl. options templates) currently known, per exporter."""
@@ -291,6 +359,144 @@ class FlowDecoder:
         except (ValueError, KeyError, TypeError, AttributeError, binascii.Error) as e:
             raise StateError(f"unreadable decoder state: {e}") from e
 
+    # ------------------------------------------------------------------------------ per batch: single-set datagrams
+    # Most data datagrams are a header and one data set of a known fixed-length template. Their headers are parsed
+    # for the whole batch at once (templated.scan_single_sets); consecutive ones are then taken as a block: one
+    # template lookup per (exporter, domain, template), one array of contexts, one sequence check per key, and
+    # their records stay in the joined batch buffer until their group is decoded. Every other datagram goes through
+    # _one() at its place in the batch, so templates learned mid-batch and the order of everything are as if each
+    # datagram had been decoded on its own (tests/decoders/test_fast_path.py compares both ways).
+    def _scan(self, items: Sequence[tuple[bytes, str, int]]) -> _Scanned | None:
+        """Headers of the whole batch; None when no datagram is a single data set (or the input is odd)."""
+        try:
+            payloads, exporters, received = zip(*items, strict=True)
+            sets = templated.scan_single_sets(payloads, self._joiner)
+            if not sets.single.any():
+                return None
+            n = len(items)
+            first = exporters[0]
+            if exporters.count(first) == n:
+                codes = np.zeros(n, dtype=np.int64)
+                names = [first]
+            else:
+                index: dict[str, int] = {}
+                codes = np.fromiter((index.setdefault(e, len(index)) for e in exporters), dtype=np.int64, count=n)
+                names = list(index)
+                if len(names) >= 1 << 13:
+                    return None  # the exporter index would not fit the template key; per datagram instead
+            u64 = np.uint64
+            keys = ((codes.astype(u64) << u64(50)) | ((sets.version == 10).astype(u64) << u64(48))
+                    | (sets.domain.astype(u64) << u64(16)) | sets.set_id.astype(u64))
+            return _Scanned(sets, received, np.array(received, dtype=np.int64), codes, names, keys)
+        except Exception:  # e.g. items that are not (bytes, str, int): the per-datagram path counts what is wrong
+            return None
+
+    def _decode_scanned(self, batch: _Batch, items: Sequence[tuple[bytes, str, int]], sc: _Scanned) -> None:
+        batch.buf = sc.sets.buf
+        n, pos = len(items), 0
+        for s in [*np.flatnonzero(~sc.sets.single).tolist(), n]:
+            if s > pos:
+                self._run(batch, items, sc, pos, s)
+            if s < n:
+                self._one(batch, *items[s])
+            pos = s + 1
+
+    def _run(self, batch: _Batch, items: Sequence[tuple[bytes, str, int]], sc: _Scanned, a: int, b: int) -> None:
+        """Single-set datagrams ``a:b``: no template changes among them, so one lookup per template key holds."""
+        if b - a < FAST_MIN_RUN:
+            for i in range(a, b):
+                self._one(batch, *items[i])
+            return
+        keys = sc.keys[a:b]
+        if (keys == keys[0]).all():
+            uniq, inv = keys[:1], np.zeros(b - a, dtype=np.int64)
+        else:
+            uniq, inv = np.unique(keys, return_inverse=True)
+        compiled: list[Compiled | None] = []
+        for key in uniq.tolist():
+            st = self.exporters.get(sc.names[key >> 50])
+            entry = None if st is None else \
+                st.templates.get((10 if key >> 48 & 1 else 9, key >> 16 & 0xFFFFFFFF, key & 0xFFFF))
+            compiled.append(entry.compiled if entry is not None and entry.compiled.fast else None)
+        reclen = np.array([c.reclen if c is not None else 0 for c in compiled], dtype=np.int64)[inv]
+        nrec = sc.sets.body_len[a:b] // np.maximum(reclen, 1) * (reclen > 0)
+        pos = a
+        for j in [*(np.flatnonzero(nrec == 0) + a).tolist(), b]:
+            if j - pos >= FAST_MIN_RUN:
+                self._block(batch, items, sc, pos, j, inv[pos - a:j - a], compiled, nrec[pos - a:j - a])
+            else:
+                for i in range(pos, j):
+                    self._one(batch, *items[i])
+            if j < b:
+                self._one(batch, *items[j])  # no fast template: held, or an options or variable-length template
+            pos = j + 1
+
+    def _block(self, batch: _Batch, items: Sequence[tuple[bytes, str, int]], sc: _Scanned, a: int, b: int,
+               inv: np.ndarray, compiled: list[Compiled | None], nrec: np.ndarray) -> None:
+        """Datagrams ``a:b``, each one data set of a fixed-length flow template (``compiled[inv]``)."""
+        try:
+            k = b - a
+            sets = sc.sets
+            present, first = np.unique(inv, return_index=True)
+            order = np.argsort(first)
+            first_of = dict(zip(present[order].tolist(), first[order].tolist(), strict=True))  # in order of appearance
+            ukey_slot = np.zeros(len(compiled), dtype=np.int64)
+            ukey_group = np.zeros(len(compiled), dtype=np.int64)
+            ukey_seq = np.zeros(len(compiled), dtype=np.int64)
+            per_key = np.bincount(inv, minlength=len(compiled))
+            groups: list[Compiled] = []
+            seq_keys: list[tuple[str, int, int]] = []
+            counted: list[tuple[tuple[str, int], int]] = []
+            states: dict[int, _Exporter] = {}
+            for u, i in first_of.items():
+                key = int(sc.keys[a + i])
+                code, version, domain = key >> 50, 10 if key >> 48 & 1 else 9, key >> 16 & 0xFFFFFFFF
+                st = states[code] = self.exporters[sc.names[code]]
+                ukey_slot[u] = batch.slot(st, version, domain)
+                c = compiled[u]
+                if c not in groups:
+                    groups.append(c)
+                ukey_group[u] = groups.index(c)
+                if (st.name, version, domain) not in seq_keys:
+                    seq_keys.append((st.name, version, domain))
+                ukey_seq[u] = seq_keys.index((st.name, version, domain))
+                counted.append(((st.name, version), int(per_key[u])))
+            rows = np.empty((k, 5), dtype=np.int64)
+            rows[:, 0] = ukey_slot[inv]
+            rows[:, 1] = sc.received_ms[a:b]
+            rows[:, 2] = sets.export_ms[a:b]
+            rows[:, 3] = sets.uptime_ms[a:b]
+            rows[:, 4] = 0
+            version = sets.version[a:b]
+            seq_counts = np.where(version == 9, 1, nrec)
+            offsets = sets.body_start[a:b]
+            if len(states) == 1:
+                last = {next(iter(states)): b - 1}
+            else:
+                codes = sc.codes[a:b]
+                last = {code: b - 1 - int(np.argmax(codes[::-1] == code)) for code in states}
+        except Exception:  # a bug: decode these datagrams one by one instead (nothing above changed any state)
+            for i in range(a, b):
+                self._one(batch, *items[i])
+            return
+        # From here on: state changes only.
+        datagrams = batch.result.datagrams
+        for key, count in counted:
+            datagrams[key] += count
+        for code, i in last.items():
+            states[code].last_seen_ms = sc.received[i]
+        first_ctx = batch.context_block(rows)
+        ctx = np.arange(first_ctx, first_ctx + k, dtype=np.int64)
+        for gi, c in enumerate(groups):
+            sel = slice(None) if len(groups) == 1 else np.flatnonzero(ukey_group[inv] == gi)
+            g = batch.group(c)
+            piece = _Block(offsets[sel], nrec[sel], ctx[sel])
+            g.chunks.append(piece)
+            g.counts.append(int(piece.counts.sum()))
+            g.ctx.append(int(piece.ctx[0]))
+            g.blocks = True
+        batch.sequence.append((None, seq_keys, ukey_seq[inv], sets.seq[a:b], seq_counts))
+
     # ------------------------------------------------------------------------------------------ per datagram
     def _exporter_state(self, name: str, result: DecodeResult | None) -> _Exporter | None:
         st = self.exporters.get(name)
@@ -335,19 +541,60 @@ class FlowDecoder:
         g.ctx.append(ctx)
         batch.sequence.append((self.records_sequences, (st.name, 5, h.domain), h.sequence, h.count, True, None))
 
-    @staticmethod
-    def _observe_sequences(batch: _Batch) -> None:
+    def _observe_sequences(self, batch: _Batch) -> None:
         """Sequence accounting of the batch, in datagram order, now that every set's record count is known."""
         result = batch.result
-        for tracker, key, seq, count, exact, var_sets in batch.sequence:
-            if var_sets:
-                count += sum(g.counts[i] for g, i in var_sets)
-            resets = tracker.resets
-            lost = tracker.observe(key, seq, count, exact=exact)
+        if not any(entry[0] is None for entry in batch.sequence):
+            for tracker, key, seq, count, exact, var_sets in batch.sequence:
+                if var_sets:
+                    count += sum(g.counts[i] for g, i in var_sets)
+                resets = tracker.resets
+                lost = tracker.observe(key, seq, count, exact=exact)
+                if lost:
+                    result.sequence_lost[key[0]] += lost
+                if tracker.resets != resets:
+                    result.sequence_resets[key[0]] += tracker.resets - resets
+            return
+        # With blocks: one stream of observations per key, each in datagram order (keys are independent of each
+        # other, unless a tracker would evict keys: then everything goes in datagram order, one at a time).
+        index: dict[tuple, int] = {}
+        ids, seqs, counts, exacts = [], [], [], []
+        for entry in batch.sequence:
+            if entry[0] is None:
+                _, keys, kid, seq, count = entry
+                local = np.array([index.setdefault(key, len(index)) for key in keys], dtype=np.int64)
+                ids.append(local[kid])
+                seqs.append(seq)
+                counts.append(count)
+                exacts.append(np.ones(len(kid), dtype=bool))
+            else:
+                _, key, seq, count, exact, var_sets = entry
+                if var_sets:
+                    count += sum(g.counts[i] for g, i in var_sets)
+                ids.append(np.array([index.setdefault(key, len(index))], dtype=np.int64))
+                seqs.append(np.array([seq], dtype=np.int64))
+                counts.append(np.array([count], dtype=np.int64))
+                exacts.append(np.array([exact], dtype=bool))
+        keys = list(index)
+        trackers = [self.sequences if key[1] == 9 else self.records_sequences for key in keys]
+        kid, seq, count, exact = (np.concatenate(x) for x in (ids, seqs, counts, exacts))
+        for tracker in {id(t): t for t in trackers}.values():
+            new = sum(1 for key, t in zip(keys, trackers, strict=True) if t is tracker and key not in tracker.states)
+            if new and len(tracker.states) + new > tracker.max_keys:
+                runs = [(i, i + 1) for i in range(len(kid))]  # evictions depend on the order: keep it
+                break
+        else:
+            order = np.argsort(kid, kind="stable")
+            kid, seq, count, exact = kid[order], seq[order], count[order], exact[order]
+            bounds = np.flatnonzero(np.diff(kid)) + 1
+            runs = list(zip([0, *bounds.tolist()], [*bounds.tolist(), len(kid)], strict=True))
+        for lo, hi in runs:
+            key = keys[int(kid[lo])]
+            lost, resets = trackers[int(kid[lo])].observe_many(key, seq[lo:hi], count[lo:hi], exact[lo:hi])
             if lost:
                 result.sequence_lost[key[0]] += lost
-            if tracker.resets != resets:
-                result.sequence_resets[key[0]] += tracker.resets - resets
+            if resets:
+                result.sequence_resets[key[0]] += resets
 
     def _templated(self, batch: _Batch, st: _Exporter, payload: bytes, version: int, received_ms: int) -> None:
         result = batch.result
@@ -439,7 +686,7 @@ class FlowDecoder:
             elif isinstance(item, Withdrawal):
                 self._withdraw(st, version, domain, item)
             else:
-                self._learn(batch, st, version, domain, item, batch.contexts[ctx][1])
+                self._learn(batch, st, version, domain, item, batch.context_row(ctx)[1])
         return 0
 
     def _data(self, batch: _Batch, st: _Exporter, compiled: Compiled, ctx: int, version: int, domain: int,
@@ -505,7 +752,7 @@ class FlowDecoder:
               body: bytes) -> None:
         if not body:
             raise EmptySet("data set with no record", offset=None)
-        _, received_ms, export_ms, uptime_ms, _ = batch.contexts[ctx]
+        _, received_ms, export_ms, uptime_ms, _ = batch.context_row(ctx)
         held = HeldSet((st.name, version, domain, template_id), bytes(body), received_ms, export_ms, uptime_ms)
         batch.result.pending_held[st.name] += 1
         dropped = self.pending.add(held)
@@ -565,7 +812,7 @@ class FlowDecoder:
     # ------------------------------------------------------------------------------------------ per group
     def _finish(self, batch: _Batch) -> None:
         result = batch.result
-        ctx = np.asarray(batch.contexts, dtype=np.int64).reshape(len(batch.contexts), 5)
+        ctx = batch.context_array()
         for g in batch.groups.values():
             if not g.compiled.fixed:
                 try:
@@ -583,16 +830,21 @@ class FlowDecoder:
             for g in groups:
                 n = sum(g.counts)
                 try:
-                    parts.append((n, self._decode_group(g, ctx, dom, n, result)))
+                    parts.append((n, self._decode_group(g, ctx, dom, n, result, batch.buf)))
                 except Exception:  # a bug: count it and lose this group only; tests assert it never happens
                     result.errors[(batch.domain_info[int(ctx[g.ctx[0], 0])][0].name, "internal_error")] += 1
         result.n_flows = total = sum(n for n, _ in parts)
         out: dict[str, np.ndarray] = {}
+        owners: set[int] = set()
         for c in _COLUMNS:
             dtype = c.numpy_dtype
             arrays = [_column(cols.get(c.name), n, dtype) for n, cols in parts]
-            out[c.name] = arrays[0] if len(arrays) == 1 else np.concatenate(arrays) if arrays else \
+            column = arrays[0] if len(arrays) == 1 else np.concatenate(arrays) if arrays else \
                 np.zeros(total, dtype=dtype)
+            if id(column) in owners:  # one decoded array for two columns (e.g. no end time): each its own
+                column = column.copy()
+            owners.add(id(column))
+            out[c.name] = column
         result.flows = out
 
     @staticmethod
@@ -608,11 +860,14 @@ class FlowDecoder:
             name = batch.domain_info[int(ctx[g.ctx[i], 0])][0].name
             batch.result.errors[(name, BadRecord.reason if broken[i] else EmptySet.reason)] += 1
 
-    def _decode_group(self, g: _Group, ctx: np.ndarray, dom: _DomainTables, n: int,
-                      result: DecodeResult) -> dict[str, np.ndarray]:
+    def _decode_group(self, g: _Group, ctx: np.ndarray, dom: _DomainTables, n: int, result: DecodeResult,
+                      batch_buf: bytes) -> dict[str, np.ndarray]:
         """The ``flows`` columns of one group (arrays, or 0-d scalars for values shared by every record)."""
-        counts = np.asarray(g.counts, dtype=np.int64)
-        per_set = ctx[np.asarray(g.ctx, dtype=np.int64)]  # datagram values, one row per data set
+        if g.blocks:
+            counts, set_ctx, records = _block_records(g, batch_buf)
+        else:
+            counts, set_ctx, records = np.asarray(g.counts, dtype=np.int64), np.asarray(g.ctx, dtype=np.int64), None
+        per_set = ctx[set_ctx]  # datagram values, one row per data set
 
         def expand(values: np.ndarray) -> np.ndarray:
             """Per-set values to per-record values: a 0-d scalar when they are all equal (the common case)."""
@@ -621,13 +876,13 @@ class FlowDecoder:
         set_slot = per_set[:, 0]
         slot = expand(set_slot)
         received, export_ms, uptime = expand(per_set[:, 1]), expand(per_set[:, 2]), expand(per_set[:, 3])
-        buf = b"".join(g.chunks)
         if g.compiled is None:  # NetFlow v5
-            cols = netflow5.decode_records(buf, n, export_ms, uptime)
+            cols = netflow5.decode_records(b"".join(g.chunks), n, export_ms, uptime)
             announced = expand(per_set[:, 4].astype(np.uint64))
         else:
             compiled = g.compiled
-            view = templated.make_view(compiled, buf, n, g.starts)
+            view = FixedView(records) if records is not None else \
+                templated.make_view(compiled, b"".join(g.chunks), n, g.starts)
             cols = templated.flow_columns(compiled, view)
             init = dom.init_ms[slot]
             cols["flow_start"] = templated.time_column(view, compiled, compiled.start_ie, export_ms, uptime, init)
@@ -691,6 +946,44 @@ class FlowDecoder:
         if in_record is not None:
             announced = np.where(in_record > 0, in_record, announced)
         return announced
+
+
+def _block_records(g: _Group, buf: bytes) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Records per set, context per set and the records of a fixed-length group with blocks.
+
+    The records of blocks are still in the batch buffer, behind their datagram's headers. When every set has
+    the same number of records and the sets are evenly spaced (datagrams of one length: the usual case), the
+    records are a strided 2-D view of the buffer (no copy); otherwise they are gathered with one fancy index.
+    Sets parsed one by one (``g.chunks`` that are not blocks) are appended to the buffer first.
+    """
+    offsets, counts, ctxs, extra = [], [], [], []
+    end = len(buf)
+    for chunk, count, c in zip(g.chunks, g.counts, g.ctx, strict=True):
+        if isinstance(chunk, _Block):
+            offsets.append(chunk.offsets)
+            counts.append(chunk.counts)
+            ctxs.append(chunk.ctx)
+        else:
+            offsets.append(np.array([end], dtype=np.int64))
+            counts.append(np.array([count], dtype=np.int64))
+            ctxs.append(np.array([c], dtype=np.int64))
+            extra.append(chunk)
+            end += len(chunk)
+    offset, count, ctx = (x[0] if len(x) == 1 else np.concatenate(x) for x in (offsets, counts, ctxs))
+    source = b"".join([buf, *extra]) if extra else buf
+    compiled = g.compiled
+    reclen = compiled.reclen
+    first = int(count[0])
+    step = int(offset[1] - offset[0]) if len(offset) > 1 else first * reclen
+    if step >= first * reclen and (count == first).all() and (np.diff(offset) == step).all():
+        records = np.ndarray((len(offset), first), dtype=compiled.dtype, buffer=source, offset=int(offset[0]),
+                             strides=(step, reclen))
+    else:
+        before = np.cumsum(count) - count
+        at = np.repeat(offset - before * reclen, count) + np.arange(int(count.sum()), dtype=np.int64) * reclen
+        windows = np.ndarray((len(source) - reclen + 1,), dtype=compiled.dtype, buffer=source, strides=(1,))
+        records = windows[at]
+    return count, ctx, records
 
 
 def _column(values: np.ndarray | None, n: int, dtype: np.dtype) -> np.ndarray:

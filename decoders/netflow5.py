@@ -58,8 +58,8 @@ def uptime_to_ms(values: np.ndarray, export_ms: np.ndarray, uptime_ms: np.ndarra
     The age ``uptime - value`` is taken modulo 2**32 and read as signed, so a counter wrap between the flow and
     the export is harmless and a time slightly after the header's uptime (seen from some exporters) stays close.
     """
-    age = (np.asarray(uptime_ms).astype(np.uint32) - values.astype(np.uint32)).view(np.int32)
-    return export_ms - age.astype(np.int64)
+    age = np.subtract(np.asarray(uptime_ms).astype(np.uint32), values, dtype=np.uint32, casting="unsafe")
+    return np.subtract(export_ms, age.view(np.int32), dtype=np.int64)
 
 
 def decode_records(buf: bytes, n: int, export_ms: np.ndarray, uptime_ms: np.ndarray) -> dict[str, np.ndarray]:

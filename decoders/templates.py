@@ -284,20 +284,59 @@ def _combine(b: np.ndarray) -> np.ndarray:
     return out
 
 
+CHUNK_BYTES = 256 * 1024
+"""Records are decoded field by field in chunks of about this many bytes, so that each chunk stays in cache while
+every field is read from it (reading each field over the whole batch streams the batch from memory once per
+field)."""
+
+
+def _native(dtype: np.dtype) -> np.dtype:
+    """The native-byte-order version of a (possibly sub-array) field dtype."""
+    if dtype.subdtype is not None:
+        return dtype
+    return dtype.newbyteorder("=") if dtype.kind in "ui" else dtype
+
+
+def decode_fields(records: np.ndarray) -> dict[str, np.ndarray]:
+    """Every field of structured ``records`` (1-D, or 2-D: see :class:`FixedView`) as a flat, contiguous,
+    native-byte-order array of ``records.size`` rows (sub-array fields keep their trailing shape)."""
+    n = records.size
+    names = records.dtype.names
+    out = {name: np.empty(records.shape + records.dtype[name].shape, dtype=_native(records.dtype[name].base))
+           for name in names}
+    step = max(1, CHUNK_BYTES // max(1, records.strides[0]))
+    for lo in range(0, len(records), step):
+        part = records[lo:lo + step]
+        for name in names:
+            out[name][lo:lo + step] = part[name]
+    return {name: a.reshape(n, *a.shape[records.ndim:]) for name, a in out.items()}
+
+
 class FixedView:
-    """Fields of fixed-length records decoded with one ``np.frombuffer``."""
+    """Fields of fixed-length records decoded with one ``np.frombuffer`` (1-D ``records``), or read in place from
+    the datagrams (2-D ``records``: sets x records per set, a strided view of evenly spaced datagrams).
+
+    Every field is decoded at first use, in one cache-friendly pass (:func:`decode_fields`); values come back
+    native, contiguous and writable.
+    """
 
     def __init__(self, records: np.ndarray) -> None:
         self.records = records
-        self.n = len(records)
+        self.n = records.size
+        self._fields: dict[str, np.ndarray] | None = None
+
+    def _field(self, ref: FieldRef) -> np.ndarray:
+        if self._fields is None:
+            self._fields = decode_fields(self.records)
+        return self._fields[ref.name]
 
     def uint(self, ref: FieldRef) -> np.ndarray:
-        a = self.records[ref.name]
+        a = self._field(ref)
         return _combine(a) if a.ndim == 2 else a
 
     def raw(self, ref: FieldRef) -> np.ndarray:
         """16-byte values (IPv6) as ``S16``."""
-        return self.records[ref.name]
+        return self._field(ref)
 
 
 class VariableView:
