@@ -20,6 +20,7 @@ or worker 0) mirrors their changes to the ``bindings`` table on :meth:`tick`.
 
 from __future__ import annotations
 
+import itertools
 import logging
 from typing import Any
 
@@ -55,10 +56,12 @@ _COPIED = ("flow_start", "flow_end", "protocol", "src_addr", "src_port", "dst_ad
 
 
 class BindingStrings:
-    """Binding id -> source and session id, as Arrow string arrays indexed by a slot: per batch one ``searchsorted``
-    and two Arrow ``take`` (no Python object per record or per binding); ids not seen before are read from the
-    bindings database, one query per 900 ids. A binding's source and session id never change, so entries stay
-    valid; the cache is emptied when it holds more than ``max_entries``."""
+    """Binding id -> source and session id as Arrow strings, per batch without a Python object per record or per
+    binding: an id maps to a slot (a dense table indexed by id while the cached ids are dense enough, as SQLite's
+    sequential ids are; a sorted search otherwise), the slot to its session id (an Arrow string array) and source
+    (a code into the few source names). Ids not seen before are read from the bindings database, one query per 900
+    ids. A binding's source and session id never change, so entries stay valid; the cache is emptied when it would
+    hold more than ``max_entries``."""
 
     def __init__(self, bindings: Bindings, max_entries: int = _BINDING_CACHE_MAX) -> None:
         self.bindings = bindings
@@ -67,15 +70,23 @@ class BindingStrings:
 
     def _clear(self) -> None:
         self._ids = np.zeros(0, dtype=np.int64)  # sorted
-        self._slots = np.zeros(0, dtype=np.int64)  # of each id, its position in the string arrays
-        self._source = pa.array([""], pa.string())  # slot 0: no binding (or an id the database does not have)
-        self._session = pa.array([""], pa.string())
+        self._slots = np.zeros(0, dtype=np.int64)  # of each id, its slot
+        self._dense: np.ndarray | None = None  # slot by id - _base (0: not cached)
+        self._base = 0
+        self._session = pa.array([""], pa.string())  # by slot; slot 0: no binding (or an id the database lacks)
+        self._source_code = np.zeros(1, dtype=np.int32)  # by slot: index into _source_names
+        self._source_names: list[str] = [""]
+        self._source_array = pa.array(self._source_names, pa.string())
 
     def __len__(self) -> int:
         return len(self._ids)
 
     def _find(self, bid: np.ndarray) -> np.ndarray:
         """Slot of each id (0 where not cached or negative)."""
+        if self._dense is not None:
+            rel = bid - self._base
+            inside = (rel >= 0) & (rel < len(self._dense))
+            return np.where(inside, self._dense[np.where(inside, rel, 0)], 0)
         if not len(self._ids):
             return np.zeros(len(bid), dtype=np.int64)
         pos = np.minimum(np.searchsorted(self._ids, bid), len(self._ids) - 1)
@@ -90,29 +101,71 @@ class BindingStrings:
                 self._clear()
             if self._add(missing):
                 slot = self._find(bid)
-        take = pa.array(slot)
-        return self._source.take(take), self._session.take(take)
+        source = self._source_array.take(pa.array(self._source_code[slot]))
+        return source, self._session.take(pa.array(slot))
 
     def _add(self, ids: np.ndarray) -> int:
-        """Read ``ids`` from the database into the cache; returns how many it had."""
+        """Read ``ids`` (sorted, unique) from the database into the cache; returns how many it had. Ids close
+        together are read as one primary-key range, with the ids between them (a daemon that starts with 100,000
+        static bindings fills the cache in one query, not in one per 900 ids for each batch)."""
         rows: list[tuple[int, str, str]] = []
-        wanted = ids.tolist()
-        for start in range(0, len(wanted), 900):  # SQLite's bound-variable limit
-            part = wanted[start:start + 900]
-            marks = ",".join("?" * len(part))
-            rows += self.bindings.conn.execute(f"SELECT id, source, session_id FROM bindings WHERE id IN ({marks})",
-                                      part).fetchall()
+        lo, hi = int(ids[0]), int(ids[-1])
+        span = hi - lo + 1
+        if len(ids) > 900 and span <= 4 * len(ids) and len(self._ids) + span <= self.max_entries:
+            rows = self.bindings.conn.execute("SELECT id, source, session_id FROM bindings WHERE id BETWEEN ? AND ?",
+                                              (lo, hi)).fetchall()
+        else:
+            wanted = ids.tolist()
+            for start in range(0, len(wanted), 900):  # SQLite's bound-variable limit
+                part = wanted[start:start + 900]
+                marks = ",".join("?" * len(part))
+                rows += self.bindings.conn.execute(
+                    f"SELECT id, source, session_id FROM bindings WHERE id IN ({marks})", part).fetchall()
         if not rows:
             return 0
         new_ids = np.fromiter((r[0] for r in rows), dtype=np.int64, count=len(rows))
-        first_slot = len(self._source)
-        self._source = pa.concat_arrays([self._source, pa.array([r[1] for r in rows], pa.string())])
+        fresh = self._find(new_ids) == 0  # a range also holds ids already cached
+        if not fresh.all():
+            rows = list(itertools.compress(rows, fresh.tolist()))
+            new_ids = new_ids[fresh]
+            if not rows:
+                return 0
+        new_slots = np.arange(len(self._session), len(self._session) + len(rows), dtype=np.int64)
+        names = self._source_names
+        codes = {name: i for i, name in enumerate(names)}
+        for r in rows:  # per new binding only (a few names: radius, static)
+            if r[1] not in codes:
+                codes[r[1]] = len(names)
+                names.append(r[1])
+        self._source_array = pa.array(names, pa.string())
+        self._source_code = np.concatenate([self._source_code, np.fromiter((codes[r[1]] for r in rows),
+                                                                           dtype=np.int32, count=len(rows))])
         self._session = pa.concat_arrays([self._session, pa.array([r[2] for r in rows], pa.string())])
         ids_all = np.concatenate([self._ids, new_ids])
-        slots_all = np.concatenate([self._slots, np.arange(first_slot, first_slot + len(rows), dtype=np.int64)])
+        slots_all = np.concatenate([self._slots, new_slots])
         order = np.argsort(ids_all, kind="stable")
         self._ids, self._slots = ids_all[order], slots_all[order]
+        self._update_dense(new_ids, new_slots)
         return len(rows)
+
+    def _update_dense(self, new_ids: np.ndarray, new_slots: np.ndarray) -> None:
+        """Keep the dense table while the cached ids span at most 4 entries per id (+ 64 Ki): new ids above the
+        table grow it (doubling), ids below it rebuild it."""
+        lo, hi = int(self._ids[0]), int(self._ids[-1])
+        if hi - lo + 1 > 4 * len(self._ids) + 65536:
+            self._dense = None
+            return
+        dense = self._dense
+        if dense is None or lo < self._base:
+            self._base = lo
+            self._dense = np.zeros(2 * (hi - lo + 1), dtype=np.int32)
+            self._dense[self._ids - lo] = self._slots
+            return
+        if hi - self._base >= len(dense):
+            grown = np.zeros(2 * (hi - self._base + 1), dtype=np.int32)
+            grown[:len(dense)] = dense
+            self._dense = dense = grown
+        dense[new_ids - self._base] = new_slots
 
 
 class ComplianceStage:

@@ -216,3 +216,53 @@ def test_translated_addresses():
     expected = [(a != b"\0" * 16) and (a != a16("0.0.0.0")) for a in [a16(v) for v in values]]
     assert translated(addresses).tolist() == expected == [False, False, True, True, True, True, False]
     assert translated(addresses[2:5][::2]).tolist() == [True, True]  # not contiguous
+
+
+def test_binding_strings_dense_and_sparse_ids():
+    """Ids dense (a table by id), below the table (rebuilt), far apart (sorted search), and a cache that fills up:
+    every answer is the database's."""
+    import sqlite3
+
+    conn = sqlite3.connect(":memory:")
+    conn.execute("CREATE TABLE bindings (id INTEGER PRIMARY KEY, source TEXT, session_id TEXT)")
+    r = np.random.default_rng(5)
+    ids = np.unique(np.concatenate([r.integers(1000, 3000, 800), r.integers(1, 1000, 50),
+                                    r.integers(10**9, 2 * 10**9, 20)]))
+    conn.executemany("INSERT INTO bindings VALUES (?, ?, ?)",
+                     [(int(i), ("radius", "static", "other")[int(i) % 3], f"x{i}") for i in ids])
+    cache = BindingStrings(types.SimpleNamespace(conn=conn), max_entries=700)
+    batches = [r.choice(ids[(ids >= 2000) & (ids < 3000)], 300), r.choice(ids[ids < 3000], 400),
+               r.choice(ids, 500), np.concatenate([r.choice(ids, 200), [-1, 5_000_000]]), r.choice(ids, 900)]
+    for bid in batches:
+        bid = bid.astype(np.int64)
+        source, session = cache.columns(bid)
+        known = set(ids.tolist())
+        assert session.to_pylist() == [f"x{i}" if i in known else "" for i in bid.tolist()]
+        assert source.to_pylist() == [("radius", "static", "other")[i % 3] if i in known else ""
+                                      for i in bid.tolist()]
+        assert len(cache) <= 900
+
+
+def test_binding_strings_read_close_ids_as_one_range():
+    """Many missing ids close together are read as one id range (the ids between them too), once."""
+    import sqlite3
+
+    conn = sqlite3.connect(":memory:")
+    conn.execute("CREATE TABLE bindings (id INTEGER PRIMARY KEY, source TEXT, session_id TEXT)")
+    conn.executemany("INSERT INTO bindings VALUES (?, ?, ?)", [(i, "static", f"k{i}") for i in range(1, 3001)])
+    statements: list[str] = []
+    conn.set_trace_callback(statements.append)
+    cache = BindingStrings(types.SimpleNamespace(conn=conn), max_entries=10_000)
+    bid = np.arange(1000, 3000, 2, dtype=np.int64)  # 1,000 ids over 2,000
+    assert cache.columns(bid)[1].to_pylist() == [f"k{i}" for i in bid.tolist()]
+    assert len(statements) == 1 and "BETWEEN" in statements[0] and len(cache) == 1999
+    bid = np.arange(1, 3001, dtype=np.int64)  # 1,000 missing (1-999, 3000): the range again, cached ids kept
+    assert cache.columns(bid)[1].to_pylist() == [f"k{i}" for i in range(1, 3001)]
+    assert len(cache) == 3000 and len(statements) == 2 and "BETWEEN" in statements[-1]
+    conn.execute("INSERT INTO bindings VALUES (5000, 'radius', 'r5000')")
+    assert cache.columns(np.array([5000, 7], dtype=np.int64))[1].to_pylist() == ["r5000", "k7"]
+    assert len(statements) == 4 and " IN " in statements[-1]  # few ids: by id
+    assert cache.columns(bid)[0].to_pylist() == ["static"] * 3000
+    small = BindingStrings(types.SimpleNamespace(conn=conn), max_entries=1500)  # the range would not fit
+    assert small.columns(np.arange(1000, 3000, 2, dtype=np.int64))[1].to_pylist()[:2] == ["k1000", "k1002"]
+    assert len(small) == 1000

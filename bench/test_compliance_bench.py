@@ -1,0 +1,69 @@
+"""The daemon's mediation and compliance stages together, as ``collector.server.Pipeline`` runs them with
+``[compliance] enabled``: a ``flows`` batch of 60,000 records (2,000 datagrams x 30) whose sources are among
+100,000 static subscribers (bindings in SQLite, as the daemon loads a static file), each batch new records.
+
+    python -m pytest bench/test_compliance_bench.py --benchmark-enable -s
+
+``shared``: the Mediator keeps its lookups (``keep_attribution``) and the compliance stage takes them, as the
+Pipeline does; ``separate``: the compliance stage looks every record up again (the stage alone, as before).
+records/s = rows / mean of Mediator.process + ComplianceStage.process.
+"""
+
+from __future__ import annotations
+
+import itertools
+
+import pytest
+
+from bench.flowgen import T0_MS, flows_batch
+from collector.config import load
+from mediation.bindings import Bindings, parse_network
+from mediation.compliance import ComplianceStage
+from mediation.mediator import Mediator
+
+SUBSCRIBERS = 100_000
+
+
+def _enabled(request: pytest.FixtureRequest) -> bool:
+    opt = request.config.getoption
+    return bool(opt("benchmark_enable", default=False)) or not opt("benchmark_disable", default=True)
+
+
+@pytest.fixture(scope="module")
+def static_bindings(tmp_path_factory) -> Bindings:
+    b = Bindings(str(tmp_path_factory.mktemp("bindings") / "bindings.db"))
+    entries = [(f"sub{i:06d}", parse_network(f"10.{i >> 16}.{(i >> 8) & 255}.{i & 255}"), T0_MS - 86400_000,
+                2**62) for i in range(SUBSCRIBERS)]
+    b.open_many(entries, session_ids=[f"static:{i}" for i in range(SUBSCRIBERS)])
+    b.commit()
+    b.refresh()
+    return b
+
+
+@pytest.mark.parametrize("mode", ["shared", "separate"])
+def test_mediation_and_compliance_rate(benchmark, request, static_bindings, mode) -> None:
+    rows = 60_000 if _enabled(request) else 3_000
+    rounds = 8 if _enabled(request) else 1
+    cfg = load(None, ["compliance.enabled=true"])
+    mediator = Mediator(cfg, static_bindings, refresh_interval_s=3600)
+    stage = ComplianceStage(cfg, static_bindings)
+    shared = mode == "shared"
+    mediator.keep_attribution = shared
+    # a warm-up batch fills the binding string cache as a running daemon has it
+    batches = [flows_batch(rows, t0_ms=T0_MS + i * 60_000, seed=i, sources=SUBSCRIBERS) for i in range(rounds + 1)]
+    counter = itertools.count()
+
+    def one() -> int:
+        i = next(counter)
+        flows, now = batches[i], T0_MS + (i + 1) * 60_000
+        out = mediator.process(flows, now)
+        out.update(stage.process(flows, now, mediator.take_attribution() if shared else None))
+        return out["ip_detail_records"].num_rows
+
+    one()
+    assert benchmark.pedantic(one, rounds=rounds, iterations=1) == rows
+    skipped = mediator.counters["records_rejected"] + mediator.counters["records_duplicate"]  # not mediated
+    assert stage.counters["records_looked_up"] == (skipped if shared else (rounds + 1) * rows)
+    if benchmark.stats:
+        benchmark.extra_info["records_per_s"] = round(rows / benchmark.stats.stats.mean)
+        print(f"\nmediation + compliance ({mode}): {benchmark.extra_info['records_per_s']:,} records/s")
