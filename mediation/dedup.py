@@ -27,40 +27,87 @@ from mediation.hashing import hash_columns
 
 ROLES = ("primary", "shared", "secondary")
 INITIAL_KEYS = 1 << 16
-"""A generation starts this small and doubles as it fills (a big, mostly empty table costs cache misses)."""
+"""The first generation starts this small and grows as it fills; later ones start at the size the previous one
+needed (so a daemon in steady state never re-hashes a generation), bounded by ``max_keys``."""
+
+_WAYS = 8
+"""Slots per bucket: 8 uint64 keys, one 64-byte cache line, probed with one row gather."""
+_WAYS_SHIFT = 3
+_CHUNK = 65536
+"""Keys per probe pass: the cache lines one pass touches (512 KiB) stay in L2 for its later rounds."""
 
 
 class _Table:
-    """A fixed-size open-addressing set of non-zero uint64 keys."""
+    """A fixed-size open-addressing set of non-zero uint64 keys, in buckets of 8 slots (one 64-byte cache line).
+
+    A key's home is slot ``key & mask`` (keys are hashes, so the low bits are uniform). It goes there when that slot
+    is free, else into any free slot of the home's bucket, else (the bucket is full) into the next bucket,
+    cyclically. Nothing is ever deleted, which gives two rules for finding a key: if its home slot is empty it is
+    absent; if it is not in a bucket that still has a free slot, it is absent too. So one gather of the home slots
+    settles most keys (all but about the load factor, at most 1/2), and one gather of their buckets' rows nearly all
+    of the rest (about 5 % of the buckets are full at a load of 1/2). Each round is a fixed number of numpy passes
+    over the keys still open; there is no Python loop per key.
+    """
 
     def __init__(self, capacity: int) -> None:
         size = 1 << max(int(capacity * 2 - 1).bit_length(), 10)  # load factor <= 0.5
         self.slots = np.zeros(size, dtype=np.uint64)
-        self.mask = np.uint64(size - 1)
+        self._rows = self.slots.reshape(-1, _WAYS)
+        self.mask = size - 1
+        self._bmask = len(self._rows) - 1
         self.count = 0
         self.capacity = capacity
 
+    def _home(self, keys: np.ndarray) -> np.ndarray:
+        return keys.view(np.int64) & self.mask  # int64 (intp): numpy gathers fastest with it
+
     def insert(self, keys: np.ndarray) -> np.ndarray:
         """Insert distinct non-zero keys; returns True where a key was already present."""
-        present = np.zeros(len(keys), dtype=bool)
-        todo = np.arange(len(keys))
-        pos = keys & self.mask
-        while len(todo):
-            k = keys[todo]
-            p = pos[todo]
-            cur = self.slots[p]
-            hit = cur == k
-            present[todo[hit]] = True
-            empty = cur == 0
-            # claim empty slots; when two keys race for one slot, exactly one write survives
-            self.slots[p[empty]] = k[empty]
-            won = empty.copy()
-            won[empty] = self.slots[p[empty]] == k[empty]
-            self.count += int(won.sum())
-            retry = ~(hit | won)
-            todo = todo[retry]
-            pos[todo] = (p[retry] + np.uint64(1)) & self.mask
+        keys = np.ascontiguousarray(keys, dtype=np.uint64)
+        present = np.empty(len(keys), dtype=bool)
+        for lo in range(0, len(keys), _CHUNK):
+            present[lo:lo + _CHUNK] = self._insert_chunk(keys[lo:lo + _CHUNK])
         return present
+
+    def _insert_chunk(self, keys: np.ndarray) -> np.ndarray:
+        home = self._home(keys)
+        cur = self.slots.take(home)
+        present = cur == keys
+        claim = np.flatnonzero(cur == 0)
+        won = self._claim(home[claim], keys[claim])
+        open_ = ~present
+        open_[claim[won]] = False
+        todo = np.flatnonzero(open_)
+        if len(todo):  # home slot taken by another key (or by a key of this batch that won the race for it)
+            self._insert_in_buckets(keys, todo, home[todo] >> _WAYS_SHIFT, present)
+        return present
+
+    def _claim(self, pos: np.ndarray, keys: np.ndarray) -> np.ndarray:
+        """Write keys into free slots; when two keys race for one slot exactly one write survives (True there)."""
+        self.slots[pos] = keys
+        won = self.slots.take(pos) == keys
+        self.count += int(np.count_nonzero(won))
+        return won
+
+    def _insert_in_buckets(self, keys: np.ndarray, todo: np.ndarray, bucket: np.ndarray, present: np.ndarray) -> None:
+        k = keys[todo]
+        while len(todo):
+            rows = self._rows.take(bucket, axis=0)
+            # a row of 8 bools is one uint64: non-zero when a slot matched; ``free`` has byte i set when slot i is
+            hit = (rows == k[:, None]).view(np.uint64).ravel() != 0
+            free = (rows == 0).view(np.uint64).ravel()
+            present[todo[hit]] = True
+            claim = np.flatnonzero(~hit & (free != 0))
+            f = free[claim]
+            first = np.bitwise_count((f & (~f + np.uint64(1))) - np.uint64(1)) >> np.uint8(3)  # lowest free slot
+            won = self._claim((bucket[claim] << _WAYS_SHIFT) + first, k[claim])
+            open_ = ~hit
+            open_[claim[won]] = False
+            rest = np.flatnonzero(open_)
+            # a loser retries its bucket (now with one more key in it); a key whose bucket is full moves on
+            bucket = (bucket[rest] + (free[rest] == 0)) & self._bmask
+            k = k[rest]
+            todo = todo[rest]
 
     def grown(self, capacity: int) -> _Table:
         """A larger table holding the same keys."""
@@ -70,16 +117,27 @@ class _Table:
         return bigger
 
     def contains(self, keys: np.ndarray) -> np.ndarray:
-        found = np.zeros(len(keys), dtype=bool)
-        todo = np.arange(len(keys))
-        pos = keys & self.mask
+        """True where a key is in the table."""
+        keys = np.ascontiguousarray(keys, dtype=np.uint64)
+        found = np.empty(len(keys), dtype=bool)
+        for lo in range(0, len(keys), _CHUNK):
+            found[lo:lo + _CHUNK] = self._contains_chunk(keys[lo:lo + _CHUNK])
+        return found
+
+    def _contains_chunk(self, keys: np.ndarray) -> np.ndarray:
+        home = self._home(keys)
+        cur = self.slots.take(home)
+        found = cur == keys
+        todo = np.flatnonzero((cur != 0) & ~found)  # home slot held by another key: look in the bucket
+        bucket = home[todo] >> _WAYS_SHIFT
         while len(todo):
-            cur = self.slots[pos[todo]]
-            hit = cur == keys[todo]
+            rows = self._rows.take(bucket, axis=0)
+            hit = (rows == keys[todo][:, None]).view(np.uint64).ravel() != 0
             found[todo[hit]] = True
-            go_on = ~hit & (cur != 0)
+            full = (rows == 0).view(np.uint64).ravel() == 0
+            go_on = np.flatnonzero(full & ~hit)  # no free slot: the key may have overflowed into the next bucket
             todo = todo[go_on]
-            pos[todo] = (pos[todo] + np.uint64(1)) & self.mask
+            bucket = (bucket[go_on] + 1) & self._bmask
         return found
 
 
@@ -135,22 +193,26 @@ class Deduplicator:
         """True for records that are duplicates (of an earlier record, of one in the same batch, or by role)."""
         self._rotate(now_ms, len(keys))
         dup = exporter_role == ROLES.index("secondary")
-        idx = np.flatnonzero(~dup)
-        k = keys[idx]
-        # within the batch: keep the first occurrence of each key
-        order = np.argsort(k, kind="stable")
-        ks = k[order]
-        repeat = np.zeros(len(ks), dtype=bool)
-        repeat[1:] = ks[1:] == ks[:-1]
-        in_batch = np.zeros(len(k), dtype=bool)
-        in_batch[order[repeat]] = True
-        first = ~in_batch
-        seen = np.zeros(len(k), dtype=bool)
-        if self._previous is not None:
-            seen[first] = self._previous.contains(k[first])
-        fresh = first & ~seen
-        seen[fresh] = self._current.insert(k[fresh])
-        dup[idx] = in_batch | seen
+        idx = np.flatnonzero(~dup) if dup.any() else None  # None: every record (no secondary exporter in the batch)
+        k = np.ascontiguousarray(keys if idx is None else keys[idx], dtype=np.uint64)
+        seen = _later_occurrences(k)  # within the batch, the first occurrence of each key is not a duplicate
+        first = None if seen is None else np.flatnonzero(~seen)
+        if seen is None:
+            seen = np.zeros(len(k), dtype=bool)
+        kf = k if first is None else k[first]
+        seen_f = self._previous.contains(kf) if self._previous is not None else np.zeros(len(kf), dtype=bool)
+        fresh = np.flatnonzero(~seen_f)
+        if len(fresh) == len(kf):
+            seen_f = self._current.insert(kf)
+        else:
+            seen_f[fresh] = self._current.insert(kf[fresh])
+        if first is None:
+            seen = seen_f
+        else:
+            seen[first] = seen_f
+        if idx is None:
+            return seen
+        dup[idx] = seen
         return dup
 
     def _rotate(self, now_ms: int, incoming: int) -> None:
@@ -164,6 +226,25 @@ class Deduplicator:
         if now_ms - self._started_ms >= self.window_ms or full:
             if full and now_ms - self._started_ms < self.window_ms:
                 self.evictions += self._previous.count if self._previous is not None else 0
+            # the next generation starts at the size this one needed, so a steady stream never re-hashes its keys
+            # (the size only decides memory and when a generation grows: which keys it holds depends on max_keys)
+            needed_before = self._current.count + self._current.count // 2
             self._previous = self._current
-            self._current = _Table(min(max(self.max_keys, incoming), max(INITIAL_KEYS, 2 * incoming)))
+            self._current = _Table(min(max(self.max_keys, incoming),
+                                       max(INITIAL_KEYS, 2 * incoming, needed_before)))
             self._started_ms = now_ms
+
+
+def _later_occurrences(keys: np.ndarray) -> np.ndarray | None:
+    """True for every occurrence of a key but its first one in ``keys``; None when all keys are distinct."""
+    if len(keys) < 2:
+        return None
+    ordered = np.sort(keys)  # values only: a fast SIMD sort; most batches have no repeat at all
+    if not (ordered[1:] == ordered[:-1]).any():
+        return None
+    order = np.argsort(keys)
+    ordered = keys[order]
+    starts = np.flatnonzero(np.concatenate(([True], ordered[1:] != ordered[:-1])))
+    later = np.ones(len(keys), dtype=bool)
+    later[np.minimum.reduceat(order, starts)] = False  # the smallest index of each run of equal keys
+    return later

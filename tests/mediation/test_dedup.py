@@ -1,0 +1,150 @@
+"""De-duplication against a plain Python model: the bucketed hash table and the two-generation window.
+
+Keys are drawn from a small pool whose values share their low bits, so in the small tables used here most keys
+have the same home slot or bucket: races for one slot within a batch, full buckets and overflow chains (wrapping
+around the end of the table) are the common case, not the exception.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from mediation.dedup import ROLES, Deduplicator, _Table
+
+SECONDARY = ROLES.index("secondary")
+
+
+def _pool(low_bits: int, size: int, seed: int) -> np.ndarray:
+    """``size`` distinct non-zero keys whose low bits take only ``2**low_bits`` values."""
+    rng = np.random.default_rng(seed)
+    high = rng.choice(1 << 40, size, replace=False).astype(np.uint64) + np.uint64(1)
+    low = rng.integers(0, 1 << low_bits, size).astype(np.uint64)
+    return (high << np.uint64(20)) | low
+
+
+def _batch_of_distinct(data: st.DataObject, pool: np.ndarray, max_size: int) -> np.ndarray:
+    picks = data.draw(st.lists(st.integers(0, len(pool) - 1), max_size=max_size, unique=True))
+    return pool[np.array(picks, dtype=np.int64)]
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(data=st.data(), low_bits=st.sampled_from([0, 3, 6, 11]), seed=st.integers(0, 2**32 - 1))
+def test_table_is_a_set(data, low_bits, seed):
+    """``insert`` reports exactly the keys already held, ``contains`` exactly the keys held, ``count`` the size."""
+    pool = _pool(low_bits, 1400, seed)
+    t = _Table(700)  # 2,048 slots in 256 buckets
+    model: set[int] = set()
+    for _ in range(data.draw(st.integers(1, 6))):
+        batch = _batch_of_distinct(data, pool, 700 - len(model))
+        assert t.insert(batch).tolist() == [int(k) in model for k in batch]
+        model.update(int(k) for k in batch)
+        assert t.count == len(model)
+        probe = pool[data.draw(st.lists(st.integers(0, len(pool) - 1), max_size=300))]
+        assert t.contains(probe).tolist() == [int(k) in model for k in probe]
+    assert sorted(int(k) for k in t.slots[t.slots != 0]) == sorted(model)
+
+
+def test_table_full_buckets_overflow_and_wrap_around():
+    """Every key in the last bucket: they fill it, overflow into bucket 0 and on, and are all found again."""
+    t = _Table(700)
+    last = len(t.slots) // 8 - 1
+    keys = (np.arange(1, 301, dtype=np.uint64) << np.uint64(20)) | np.uint64(last * 8 + 5)
+    assert not t.insert(keys[:150]).any()  # 150 keys racing for one home slot, then for the free slots of one bucket
+    got = t.insert(keys)
+    assert got[:150].all() and not got[150:].any() and t.count == 300
+    assert t.slots[:8].all() and t.slots[-8:].all()  # the last bucket is full and the overflow wrapped to the first
+    assert t.contains(keys).all()
+    assert not t.contains(keys + np.uint64(1 << 19)).any()
+
+
+def test_table_grown_keeps_every_key():
+    rng = np.random.default_rng(5)
+    keys = np.unique(rng.integers(1, 1 << 63, 3000, dtype=np.int64).astype(np.uint64))
+    t = _Table(4000)
+    t.insert(keys)
+    bigger = t.grown(100_000)
+    assert bigger.count == len(keys) and bigger.contains(keys).all() and len(bigger.slots) == 1 << 18
+
+
+class _Model:
+    """The de-duplication rules with Python sets: two generations, rotated on the window or when one is full."""
+
+    def __init__(self, window_ms: int, max_keys: int) -> None:
+        self.window_ms, self.max_keys = window_ms, max(max_keys // 2, 1024)
+        self.current: set[int] = set()
+        self.previous: set[int] | None = None
+        self.limit = self.max_keys
+        self.started: int | None = None
+        self.evictions = 0
+
+    def duplicates(self, keys: list[int], roles: list[int], now_ms: int) -> list[bool]:
+        if self.started is None:
+            self.started = now_ms
+        expired = now_ms - self.started >= self.window_ms
+        full = len(self.current) + len(keys) > self.limit
+        if expired or full:
+            if full and not expired:
+                self.evictions += len(self.previous) if self.previous is not None else 0
+            self.previous, self.current, self.started = self.current, set(), now_ms
+            self.limit = max(self.max_keys, len(keys))
+        out, batch = [], set()
+        for key, role in zip(keys, roles, strict=True):
+            if role == SECONDARY:
+                out.append(True)
+            elif key in batch:
+                out.append(True)
+            else:
+                batch.add(key)
+                if self.previous is not None and key in self.previous:
+                    out.append(True)  # remembered, but not refreshed into the current generation
+                else:
+                    out.append(key in self.current)
+                    self.current.add(key)
+        return out
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(data=st.data(), low_bits=st.sampled_from([0, 4, 11]), seed=st.integers(0, 2**32 - 1),
+       window_ms=st.sampled_from([50, 1000, 10**9]))
+def test_deduplicator_matches_the_model(data, low_bits, seed, window_ms):
+    """Random batches with repeats within and across batches, secondary exporters, time steps; a generation holds
+    1,024 keys, so both rotations (window and full, with evictions) happen."""
+    pool = _pool(low_bits, 3000, seed)
+    d = Deduplicator(window_ms, 2048)
+    model = _Model(window_ms, 2048)
+    now = 0
+    for _ in range(data.draw(st.integers(1, 12))):
+        n = data.draw(st.integers(0, 600))
+        keys = pool[np.array(data.draw(st.lists(st.integers(0, len(pool) - 1), min_size=n, max_size=n)),
+                             dtype=np.int64)]
+        roles = np.array(data.draw(st.lists(st.sampled_from([0, 0, 0, 1, SECONDARY]), min_size=n, max_size=n)),
+                         dtype=np.int8)
+        now += data.draw(st.sampled_from([0, 1, 30, 400]))
+        got = d.duplicates(keys, roles, now)
+        assert got.dtype == bool and len(got) == n
+        assert got.tolist() == model.duplicates([int(k) for k in keys], roles.tolist(), now)
+        assert d.evictions == model.evictions
+
+
+def test_first_occurrence_in_a_batch_is_the_one_kept():
+    d = Deduplicator(1000, 10_000)
+    keys = np.array([7, 9, 7, 7, 9, 3], dtype=np.uint64)
+    roles = np.array([SECONDARY, 0, 0, 0, 0, 0], dtype=np.int8)
+    # the secondary copy of 7 does not count as its first occurrence: the next one does
+    assert d.duplicates(keys, roles, 0).tolist() == [True, False, False, True, True, False]
+    assert d.duplicates(keys[::-1].copy(), roles, 1).tolist() == [True, True, True, True, True, True]
+
+
+def test_steady_state_generations_do_not_regrow():
+    """A new generation starts at the size the previous one needed: no re-hashing once the stream is steady."""
+    d = Deduplicator(window_ms=100, max_keys=1 << 20)  # generations of up to 524,288 keys
+    rng = np.random.default_rng(2)
+    role = np.zeros(20_000, dtype=np.int8)
+    for now in range(0, 400, 10):  # 10 batches of 20,000 keys per window: 200,000 keys a generation
+        d.duplicates(rng.integers(1, 1 << 63, 20_000, dtype=np.int64).astype(np.uint64), role, now)
+        if now == 200:
+            table = d._current
+    assert d._current is not table and d._current.capacity == table.capacity >= 200_000
+    assert d._current.capacity <= d.max_keys and d.evictions == 0
