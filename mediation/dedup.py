@@ -33,7 +33,7 @@ needed (so a daemon in steady state never re-hashes a generation), bounded by ``
 _WAYS = 8
 """Slots per bucket: 8 uint64 keys, one 64-byte cache line, probed with one row gather."""
 _WAYS_SHIFT = 3
-_CHUNK = 65536
+_CHUNK = 8192
 """Keys per probe pass: the cache lines one pass touches (512 KiB) stay in L2 for its later rounds."""
 
 
