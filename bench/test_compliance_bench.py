@@ -25,16 +25,18 @@ SUBSCRIBERS = 100_000
 
 
 def _enabled(request: pytest.FixtureRequest) -> bool:
+    """False under --benchmark-disable (the suite's default): run once, on little data."""
     opt = request.config.getoption
     return bool(opt("benchmark_enable", default=False)) or not opt("benchmark_disable", default=True)
 
 
 @pytest.fixture(scope="module")
-def static_bindings(tmp_path_factory) -> Bindings:
+def static_bindings(tmp_path_factory, request) -> Bindings:
+    n = SUBSCRIBERS if _enabled(request) else 5_000
     b = Bindings(str(tmp_path_factory.mktemp("bindings") / "bindings.db"))
     entries = [(f"sub{i:06d}", parse_network(f"10.{i >> 16}.{(i >> 8) & 255}.{i & 255}"), T0_MS - 86400_000,
-                2**62) for i in range(SUBSCRIBERS)]
-    b.open_many(entries, session_ids=[f"static:{i}" for i in range(SUBSCRIBERS)])
+                2**62) for i in range(n)]
+    b.open_many(entries, session_ids=[f"static:{i}" for i in range(n)])
     b.commit()
     b.refresh()
     return b
@@ -50,7 +52,8 @@ def test_mediation_and_compliance_rate(benchmark, request, static_bindings, mode
     shared = mode == "shared"
     mediator.keep_attribution = shared
     # a warm-up batch fills the binding string cache as a running daemon has it
-    batches = [flows_batch(rows, t0_ms=T0_MS + i * 60_000, seed=i, sources=SUBSCRIBERS) for i in range(rounds + 1)]
+    subscribers = len(static_bindings.subscriber_names)
+    batches = [flows_batch(rows, t0_ms=T0_MS + i * 60_000, seed=i, sources=subscribers) for i in range(rounds + 1)]
     counter = itertools.count()
 
     def one() -> int:
