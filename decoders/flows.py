@@ -146,7 +146,7 @@ class _Scanned:
     """A batch whose headers were parsed at once (:func:`decoders.templated.scan_single_sets`)."""
 
     sets: templated.SingleSets
-    received: tuple
+    received: list
     """received_ms per datagram, as given."""
     received_ms: np.ndarray
     codes: np.ndarray
@@ -369,7 +369,11 @@ class FlowDecoder:
     def _scan(self, items: Sequence[tuple[bytes, str, int]]) -> _Scanned | None:
         """Headers of the whole batch; None when no datagram is a single data set (or the input is odd)."""
         try:
-            payloads, exporters, received = zip(*items, strict=True)
+            if not any(len(p) > 1 and p[0] == 0 and p[1] in (9, 10) for p in
+                       (items[0][0], items[len(items) // 2][0], items[-1][0])):
+                return None  # no v9/IPFIX in sight (a v5 batch, say): not worth joining the datagrams
+            # (three lists, not zip(*items): that makes an iterator object per datagram for the GC to count)
+            payloads, exporters, received = [i[0] for i in items], [i[1] for i in items], [i[2] for i in items]
             sets = templated.scan_single_sets(payloads, self._joiner)
             if not sets.single.any():
                 return None
@@ -444,8 +448,8 @@ class FlowDecoder:
             ukey_group = np.zeros(len(compiled), dtype=np.int64)
             ukey_seq = np.zeros(len(compiled), dtype=np.int64)
             per_key = np.bincount(inv, minlength=len(compiled))
-            groups: list[Compiled] = []
-            seq_keys: list[tuple[str, int, int]] = []
+            groups: dict[Compiled, int] = {}  # in order of first appearance -> index
+            seq_keys: dict[tuple[str, int, int], int] = {}
             counted: list[tuple[tuple[str, int], int]] = []
             states: dict[int, _Exporter] = {}
             for u, i in first_of.items():
@@ -453,13 +457,8 @@ class FlowDecoder:
                 code, version, domain = key >> 50, 10 if key >> 48 & 1 else 9, key >> 16 & 0xFFFFFFFF
                 st = states[code] = self.exporters[sc.names[code]]
                 ukey_slot[u] = batch.slot(st, version, domain)
-                c = compiled[u]
-                if c not in groups:
-                    groups.append(c)
-                ukey_group[u] = groups.index(c)
-                if (st.name, version, domain) not in seq_keys:
-                    seq_keys.append((st.name, version, domain))
-                ukey_seq[u] = seq_keys.index((st.name, version, domain))
+                ukey_group[u] = groups.setdefault(compiled[u], len(groups))
+                ukey_seq[u] = seq_keys.setdefault((st.name, version, domain), len(seq_keys))
                 counted.append(((st.name, version), int(per_key[u])))
             rows = np.empty((k, 5), dtype=np.int64)
             rows[:, 0] = ukey_slot[inv]
@@ -474,8 +473,16 @@ class FlowDecoder:
                 last = {next(iter(states)): b - 1}
             else:
                 codes = sc.codes[a:b]
-                last = {code: b - 1 - int(np.argmax(codes[::-1] == code)) for code in states}
-        except Exception:  # a bug: decode these datagrams one by one instead (nothing above changed any state)
+                present_codes, from_end = np.unique(codes[::-1], return_index=True)
+                last = dict(zip(present_codes.tolist(), (b - 1 - from_end).tolist(), strict=True))
+            if len(groups) == 1:
+                sels: list = [slice(None)]
+            else:  # the datagrams of each group, in order
+                gidx = ukey_group[inv]
+                by_group = np.argsort(gidx, kind="stable")
+                bounds = np.searchsorted(gidx[by_group], np.arange(len(groups) + 1)).tolist()
+                sels = [by_group[bounds[i]:bounds[i + 1]] for i in range(len(groups))]
+        except Exception:  # a bug: decode these datagrams one by one instead (only unused domain slots were added)
             for i in range(a, b):
                 self._one(batch, *items[i])
             return
@@ -487,15 +494,14 @@ class FlowDecoder:
             states[code].last_seen_ms = sc.received[i]
         first_ctx = batch.context_block(rows)
         ctx = np.arange(first_ctx, first_ctx + k, dtype=np.int64)
-        for gi, c in enumerate(groups):
-            sel = slice(None) if len(groups) == 1 else np.flatnonzero(ukey_group[inv] == gi)
+        for c, sel in zip(groups, sels, strict=True):
             g = batch.group(c)
             piece = _Block(offsets[sel], nrec[sel], ctx[sel])
             g.chunks.append(piece)
             g.counts.append(int(piece.counts.sum()))
             g.ctx.append(int(piece.ctx[0]))
             g.blocks = True
-        batch.sequence.append((None, seq_keys, ukey_seq[inv], sets.seq[a:b], seq_counts))
+        batch.sequence.append((None, list(seq_keys), ukey_seq[inv], sets.seq[a:b], seq_counts))
 
     # ------------------------------------------------------------------------------------------ per datagram
     def _exporter_state(self, name: str, result: DecodeResult | None) -> _Exporter | None:
