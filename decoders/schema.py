@@ -106,15 +106,7 @@ class Table:
 
     def empty_columns(self, n: int = 0) -> dict[str, np.ndarray]:
         """Zero-filled numpy columns for ``n`` rows (strings are empty)."""
-        out: dict[str, np.ndarray] = {}
-        for c in self.columns:
-            if c.kind == "string":
-                arr = np.empty(n, dtype=object)
-                arr[:] = ""
-                out[c.name] = arr
-            else:
-                out[c.name] = np.zeros(n, dtype=c.numpy_dtype)
-        return out
+        return {c.name: _empty_column(c, n) for c in self.columns}
 
     def to_arrow(self, columns: dict[str, np.ndarray]) -> pa.RecordBatch:
         """Build a RecordBatch from numpy columns; missing columns are zero-filled, unknown ones are an error."""
@@ -129,15 +121,25 @@ class Table:
         for c in self.columns:
             values = columns.get(c.name)
             if values is None:
-                values = self.empty_columns(n)[c.name]
+                values = _empty_column(c, n)
             arrays.append(_to_arrow_array(values, c))
         return pa.RecordBatch.from_arrays(arrays, schema=self.arrow_schema)
 
 
+def _empty_column(column: Column, n: int) -> np.ndarray:
+    """``n`` zeros (strings: empty) of a column's numpy dtype."""
+    if column.kind == "string":
+        arr = np.empty(n, dtype=object)
+        arr[:] = ""
+        return arr
+    return np.zeros(n, dtype=column.numpy_dtype)
+
+
 def _to_arrow_array(values: np.ndarray, column: Column) -> pa.Array:
+    # Fixed-width columns share the numpy memory (no copy), like pa.array does for integers.
     if column.kind == "ip":
         data = np.ascontiguousarray(values, dtype="S16")
-        return pa.FixedSizeBinaryArray.from_buffers(pa.binary(16), len(data), [None, pa.py_buffer(data.tobytes())])
+        return pa.FixedSizeBinaryArray.from_buffers(pa.binary(16), len(data), [None, pa.py_buffer(data)])
     if column.kind == "timestamp_ms":
         return pa.array(np.asarray(values, dtype="int64"), type=pa.int64()).cast(column.arrow_type)
     if column.kind == "string":
@@ -161,11 +163,13 @@ def table(*args, **kwargs) -> Table:
 def ipv4_mapped(addresses: np.ndarray) -> np.ndarray:
     """IPv4 addresses (uint32, host order) as IPv4-mapped IPv6 ``S16`` values, vectorised."""
     n = len(addresses)
-    out = np.zeros((n, 16), dtype=np.uint8)
-    out[:, 10] = 0xFF
-    out[:, 11] = 0xFF
-    out[:, 12:16] = np.asarray(addresses, dtype=">u4").reshape(n, 1).view(np.uint8).reshape(n, 4)
+    out = np.zeros((n, 4), dtype=np.uint32)  # words 2 and 3 set to the bytes ff ff and the address, big-endian
+    out[:, 2] = _MAPPED_WORD
+    out[:, 3] = np.asarray(addresses).astype(">u4").view(np.uint32)
     return out.view("S16").reshape(n)
+
+
+_MAPPED_WORD = np.frombuffer(b"\0\0\xff\xff", dtype=np.uint32)[0]
 
 
 FLOWS = table(
