@@ -9,11 +9,19 @@ round time; ``extra_info`` carries the record count. flowmed decodes the batch i
 does); ``netflow`` is called per datagram through its packet classes (``V5ExportPacket``, ``V9ExportPacket``,
 ``IPFIXExportPacket``), not ``parse_packet()``, which misreads datagrams that happen to be valid UTF-8.
 
+Two further flowmed-only groups measure what the daemon meets beside the ratios: ``decode vN varied`` (datagrams of
+5 to 30 records in random order, so their records are gathered rather than read in place, and received times that
+advance over the batch as the listener stamps them) and ``decode+arrow vN`` (the 13-field batch decoded and turned
+into the Arrow batch the pipeline hands on, ``FLOWS.to_arrow``).
+
 With ``--benchmark-disable`` (the default in the test suite) each benchmark runs once on a few datagrams, as a plain
 test of the same code.
 """
 
 from __future__ import annotations
+
+import random
+import struct
 
 import pytest
 
@@ -96,5 +104,68 @@ def test_decode_rate_ipv6(benchmark, version: int) -> None:
     benchmark.group = f"decode v{version} ipv6"
     benchmark.extra_info.update(records=n * RECORDS, datagrams=n, version=version, impl="flowmed",
                                 template="13 fields ipv6")
+    decoded = benchmark.pedantic(run, rounds=50, warmup_rounds=1) if _enabled(benchmark) else benchmark(run)
+    assert decoded == n * RECORDS
+
+
+def _varied(version: int, n: int) -> tuple[list[bytes], bytes | None, int]:
+    """``n`` datagrams of 5 to 30 records, shuffled, sequence numbers renumbered in the new order."""
+    parts: list[tuple[bytes, int]] = []
+    template = None
+    for k in (5, 10, 15, 20, 25, 30):
+        datagrams, template = bulk_datagrams(version, max(1, n // 6), k, export_ms=T0, seed=k)
+        parts += [(d, k) for d in datagrams]
+    random.Random(version).shuffle(parts)
+    out, seq = [], 1 if version == 9 else 0  # v9 counts the template datagram, IPFIX counts data records
+    for d, k in parts:
+        b = bytearray(d)
+        struct.pack_into(">I", b, 12 if version == 9 else 8, seq)
+        seq += 1 if version == 9 else k
+        out.append(bytes(b))
+    return out, template, sum(k for _, k in parts)
+
+
+@pytest.mark.parametrize("version", [9, 10])
+def test_decode_rate_varied(benchmark, version: int) -> None:
+    """flowmed only: datagrams of different lengths, received over 50 ms (20 per ms), as a listener batch is."""
+    from decoders.flows import FlowDecoder
+
+    datagrams, template, expected = _varied(version, 2000 if _enabled(benchmark) else 12)
+    decoder = FlowDecoder()
+    decoder.decode([(template, EXPORTER, T0)])
+    items = [(d, EXPORTER, T0 + i // 20) for i, d in enumerate(datagrams)]
+
+    def run() -> int:
+        result = decoder.decode(items)
+        assert not result.errors and not result.sequence_lost
+        return result.n_flows
+
+    benchmark.group = f"decode v{version} varied"
+    benchmark.extra_info.update(records=expected, datagrams=len(datagrams), version=version, impl="flowmed",
+                                template="13 fields, 5-30 records per datagram")
+    decoded = benchmark.pedantic(run, rounds=50, warmup_rounds=1) if _enabled(benchmark) else benchmark(run)
+    assert decoded == expected
+
+
+@pytest.mark.parametrize("version", [9, 10])
+def test_decode_to_arrow_rate(benchmark, version: int) -> None:
+    """flowmed only: decode and build the ``flows`` Arrow batch, the pipeline's step per batch of datagrams."""
+    from decoders.flows import FlowDecoder
+    from decoders.schema import FLOWS
+
+    n = 2000 if _enabled(benchmark) else 5
+    datagrams, template = bulk_datagrams(version, n, RECORDS, export_ms=T0, seed=version)
+    decoder = FlowDecoder()
+    decoder.decode([(template, EXPORTER, T0)])
+    items = [(d, EXPORTER, T0) for d in datagrams]
+
+    def run() -> int:
+        result = decoder.decode(items)
+        assert not result.errors
+        return FLOWS.to_arrow(result.flows).num_rows
+
+    benchmark.group = f"decode+arrow v{version}"
+    benchmark.extra_info.update(records=n * RECORDS, datagrams=n, version=version, impl="flowmed",
+                                template="13 fields")
     decoded = benchmark.pedantic(run, rounds=50, warmup_rounds=1) if _enabled(benchmark) else benchmark(run)
     assert decoded == n * RECORDS

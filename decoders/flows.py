@@ -987,8 +987,9 @@ def _block_records(g: _Group, buf: bytes) -> tuple[np.ndarray, np.ndarray, np.nd
     else:
         before = np.cumsum(count) - count
         at = np.repeat(offset - before * reclen, count) + np.arange(int(count.sum()), dtype=np.int64) * reclen
-        windows = np.ndarray((len(source) - reclen + 1,), dtype=compiled.dtype, buffer=source, strides=(1,))
-        records = windows[at]
+        # gathered as opaque bytes (a structured dtype would be copied field by field), then read as records
+        windows = np.ndarray((len(source) - reclen + 1,), dtype=f"V{reclen}", buffer=source, strides=(1,))
+        records = windows[at].view(compiled.dtype)
     return count, ctx, records
 
 

@@ -357,9 +357,10 @@ class VariableView:
         records = self._segments.get(seg)
         if records is None:
             dtype = self.compiled.seg_dtypes[seg]
-            windows = np.lib.stride_tricks.sliding_window_view(self.buf, dtype.itemsize)
-            rows = np.ascontiguousarray(windows[self.starts[:, seg]])
-            records = self._segments[seg] = rows.view(dtype).reshape(self.n)
+            size = dtype.itemsize
+            # every position of the buffer as an opaque record of the segment's size: one row copy per record
+            windows = np.ndarray((len(self.buf) - size + 1,), dtype=f"V{size}", buffer=self.buf, strides=(1,))
+            records = self._segments[seg] = windows[self.starts[:, seg]].view(dtype).reshape(self.n)
         return records
 
     def uint(self, ref: FieldRef) -> np.ndarray:
