@@ -12,7 +12,15 @@ unknown), up to 2 minutes long (an active timeout of 2 minutes), so about one in
 boundary. Flows per second = records per round / mean round time; every round checks that the bytes came out
 (attributed + unattributed = bytes in), so a broken pipeline cannot look fast.
 
-With ``--benchmark-disable`` (the suite's default) each benchmark runs once on 10,000 bindings and 5,000 flows.
+The per-batch benchmarks below follow the daemon instead: batches of 30,000 records (1,000 v9 datagrams of 30, what
+one 50 ms batch holds at 20,000 datagrams/s) one after another into the same open intervals, 100,000 subscribers,
+4 exporters: aggregation (``UsageAggregator.add`` of 64 batches, then the interval's rows), reconciliation
+(``Reconciler.add``), record keys (``hash_columns`` over the de-duplication key columns) and
+``Mediator.process`` through ``collector.bounded.mediate_bounded`` and ``mediation.nat.without_nat_only``, as the
+server calls it. Their ``extra_info`` holds ``ns_per_record`` (mean round time / records).
+
+With ``--benchmark-disable`` (the suite's default) each benchmark runs once on 10,000 bindings and 5,000 flows
+(per-batch benchmarks: 4 batches of 2,000 records).
 """
 
 from __future__ import annotations
@@ -21,11 +29,15 @@ import numpy as np
 import pyarrow as pa
 import pytest
 
+from collector.bounded import mediate_bounded
 from collector.config import load
 from decoders.schema import FLOWS, ipv4_mapped
 from mediation.aggregate import Allocation, UsageAggregator, split_intervals
 from mediation.bindings import Bindings, index_from_arrays, join_addresses, split_addresses
+from mediation.hashing import hash_columns
 from mediation.mediator import Mediator
+from mediation.nat import without_nat_only
+from mediation.reconcile import Reconciler
 
 NOW = 1_764_000_000_000 + 4 * 60_000
 DAY = 86_400_000
@@ -166,6 +178,119 @@ def test_mediator_interval_close(benchmark, data):
         benchmark.extra_info["usage_rows"] = out["usage"].num_rows
 
     benchmark.pedantic(run, setup=setup, rounds=1 if benchmark.disabled else 5)
+
+
+def _per_batch_sizes(benchmark) -> tuple[int, int]:
+    """(batches, records per batch) of the per-batch benchmarks."""
+    return (4, 2_000) if benchmark.disabled else (64, 30_000)
+
+
+def _ns_per_record(benchmark, records: int) -> None:
+    if not benchmark.disabled:
+        benchmark.extra_info["ns_per_record"] = round(benchmark.stats.stats.mean / records * 1e9, 1)
+
+
+def _usage_parts(n: int, subscribers: int, seed: int) -> dict[str, np.ndarray]:
+    """One batch of usage parts as the Mediator hands them to the aggregator: one interval, 4 exporters, 90 %
+    attributed (up or down), 2 classes."""
+    rng = np.random.default_rng(seed)
+    direction = rng.choice(np.array([0, 1, 2], np.uint8), n, p=[0.45, 0.45, 0.1])
+    return {"interval_start": np.full(n, NOW // INTERVAL * INTERVAL, np.int64),
+            "sub": np.where(direction == 2, -1, rng.integers(0, subscribers, n)).astype(np.int32),
+            "direction": direction, "cls": (rng.random(n) < 0.3).astype(np.uint8),
+            "exporter": rng.integers(0, 4, n).astype(np.int32),
+            "bytes": rng.integers(40, 10_000_000, n).astype(np.uint64),
+            "packets": rng.integers(1, 10_000, n).astype(np.uint64), "flows": np.ones(n, np.uint64)}
+
+
+def test_aggregation_per_batch(benchmark):
+    """``UsageAggregator.add`` of consecutive batches into one open interval, then the interval's rows (its share
+    of the close): the aggregation cost per record of the daemon."""
+    nb, n = _per_batch_sizes(benchmark)
+    batches = [_usage_parts(n, 100_000, seed) for seed in range(nb)]
+    total = sum(int(b["bytes"].sum()) for b in batches)
+
+    def run() -> None:
+        agg = UsageAggregator(INTERVAL, 60_000)
+        for b in batches:
+            agg.add(b, NOW)
+        rows = agg.emit(NOW, force=True)
+        assert int(rows["bytes"].sum()) == total and int(rows["flows"].sum()) == nb * n
+
+    benchmark.pedantic(run, rounds=1 if benchmark.disabled else 5)
+    _ns_per_record(benchmark, nb * n)
+
+
+def test_reconciliation_per_batch(benchmark):
+    """``Reconciler.add`` of consecutive batches (the nine per-record counters the Mediator passes); half the
+    batches from one exporter, half from four."""
+    nb, n = _per_batch_sizes(benchmark)
+    rng = np.random.default_rng(4)
+    batches = []
+    for i in range(nb):
+        nbytes = rng.integers(40, 10_000_000, n).astype(np.uint64)
+        rejected = rng.random(n) < 0.01
+        zero = np.zeros(n, np.uint64)
+        per_record = {"records_in": np.ones(n, np.uint64), "bytes_in": nbytes,
+                      "bytes_rejected": np.where(rejected, nbytes, zero), "bytes_duplicate": zero,
+                      "records_rejected": rejected.astype(np.uint64), "records_duplicate": zero,
+                      "bytes_attributed": np.where(rejected, zero, nbytes), "bytes_unattributed": zero,
+                      "bytes_usage": np.where(rejected, zero, nbytes)}
+        exporter = np.zeros(n, np.int32) if i % 2 else rng.integers(0, 4, n).astype(np.int32)
+        batches.append((np.full(n, NOW + i * 50, np.int64), exporter, per_record))
+
+    def run() -> None:
+        r = Reconciler(INTERVAL)
+        for received, exporter, per_record in batches:
+            assert r.add(received, exporter, per_record, {}, np.zeros(0, np.int64))
+        assert sum(int(row[2][0]) for row in r.emit(NOW, force=True)) == nb * n
+
+    benchmark.pedantic(run, rounds=1 if benchmark.disabled else 5)
+    _ns_per_record(benchmark, nb * n)
+
+
+def test_record_keys_per_batch(benchmark, data):
+    """``hash_columns`` over the de-duplication key columns of a batch (exporter, domain, addresses, ports,
+    protocol, times, counters): the record keys' cost per record."""
+    _, batch = data
+    n = min(batch.num_rows, 30_000 if not benchmark.disabled else 2_000)
+    b = batch.slice(0, n)
+    cols = [b.column(c).to_numpy(zero_copy_only=False) for c in (
+        "exporter", "observation_domain", "src_addr", "dst_addr", "src_port", "dst_port", "protocol")]
+    cols += [b.column(c).view(pa.int64()).to_numpy() for c in ("flow_start", "flow_end")]
+    cols += [b.column(c).to_numpy() for c in ("bytes", "packets")]
+    cols = [c.astype("S16") if c.dtype == object else c for c in cols]
+
+    def run() -> None:
+        for _ in range(10):
+            assert len(hash_columns(*cols, seed=1)) == n
+
+    benchmark.pedantic(run, rounds=1 if benchmark.disabled else 10)
+    _ns_per_record(benchmark, 10 * n)
+
+
+def test_mediator_per_batch(benchmark, data):
+    """``Mediator.process`` of consecutive batches as the server calls it (``mediate_bounded`` of
+    ``without_nat_only``), one mediator for all batches, 50 ms apart; then the interval close."""
+    bindings, batch = data
+    nb, n = _per_batch_sizes(benchmark)
+    nb = min(nb, batch.num_rows // n)
+    cfg = load(None, ['mediation.classes=[{name="cdn", prefixes=["1.0.0.0/8", "2a00:1450::/32"]}]'])
+    slices = [batch.slice(i * n, n) for i in range(nb)]
+    total = sum(int(pa.compute.sum(s.column("bytes")).as_py()) for s in slices)
+
+    def setup():
+        return (Mediator(cfg, bindings, refresh_interval_s=1e9),), {}
+
+    def run(m: Mediator) -> None:
+        for i, s in enumerate(slices):
+            mediate_bounded(m, without_nat_only(s), NOW + 50 * i, INTERVAL)
+        m.close_all(NOW + 50 * nb)
+        c = m.counters
+        assert c["bytes_attributed"] + c["bytes_unattributed"] + c["bytes_rejected"] + c["bytes_duplicate"] == total
+
+    benchmark.pedantic(run, setup=setup, rounds=1 if benchmark.disabled else 3)
+    _ns_per_record(benchmark, nb * n)
 
 
 def test_radius_accounting_throughput(benchmark, tmp_path):

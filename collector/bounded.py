@@ -31,6 +31,11 @@ def slices_by_parts(batch: pa.RecordBatch, interval_ms: int, max_parts: int = MA
         return [batch]
     s = batch.column(start).cast(pa.int64()).to_numpy(zero_copy_only=False)
     e = batch.column(end).cast(pa.int64()).to_numpy(zero_copy_only=False)
+    # the usual case, short records: a record of duration d makes at most (d - 1) // interval + 2 parts, and no
+    # record lasts longer than the batch's span (Python ints: no int64 overflow on absurd times)
+    longest = max(int(e.max()) - int(s.min()), 1)
+    if batch.num_rows * ((longest - 1) // interval_ms + 2) <= max_parts:
+        return [batch]
     # records outside the validation bounds (negative or absurd durations) count as one part: the mediator
     # rejects them before splitting
     parts = np.clip(parts_per_record(s, e, interval_ms), 1, max_parts)

@@ -29,6 +29,12 @@ def split_intervals(start: np.ndarray, end: np.ndarray, interval_ms: int
     """
     start = np.asarray(start, dtype=np.int64)
     end = np.maximum(np.asarray(end, dtype=np.int64), start)
+    if len(start) and isinstance(interval_ms, int | np.integer):
+        lo = int(start.min()) // interval_ms
+        if lo == (max(int(end.max()) - 1, int(start.max()))) // interval_ms:  # all in one interval: no division
+            duration = np.maximum(end - start, 1)
+            return np.arange(len(start)), np.full(len(start), lo * interval_ms, dtype=np.int64), start, duration, \
+                duration
     first = start // interval_ms
     last = np.maximum(end - 1, start) // interval_ms
     nparts = last - first + 1
@@ -76,9 +82,9 @@ class Allocation:
     def __call__(self, values: np.ndarray) -> np.ndarray:
         """The parts of ``values`` (one per record), uint64; they add up exactly per record."""
         values = np.asarray(values, dtype=np.uint64)
+        if self.trivial:  # record is arange(n): a plain copy, no gather
+            return values.copy()
         out = values[self.record]
-        if self.trivial:
-            return out
         counts, first = self.counts, self.first
         v = values[self.split_record]
         q, r = np.divmod(v, self.d)  # per record: value = q * d + r
@@ -140,15 +146,131 @@ def group_sum(keys: list[np.ndarray], values: list[np.ndarray]) -> tuple[list[np
     return [k[firsts] for k in keys], [np.add.reduceat(v[order], starts) for v in values]
 
 
+_DIMS = ("exporter", "cls", "direction", "sub")
+"""The key columns of one interval's dense sums, major to minor: the order :func:`group_sum` emits rows in (it packs
+``KEY_COLUMNS`` with the first one in the lowest bits), so the dense sums come out already in that order."""
+DENSE_MAX_SLOTS = 1 << 22
+"""Slots of one interval's dense sums at most (25 bytes each: about 100 MB); beyond, the interval keeps its rows."""
+
+
+class _DenseSums:
+    """One interval's sums in flat arrays indexed by a mixed-radix number over :data:`_DIMS` (a slot per possible
+    key in the ranges seen so far): adding a batch is ``np.add.at`` per value column, with no sort.
+
+    Sums are uint64 modulo 2**64 like ``np.add.reduceat`` (exact below 2**64: addition is associative)."""
+
+    def __init__(self, lo: list[int], size: list[int], dtypes: dict[str, np.dtype]) -> None:
+        self.lo, self.size, self.dtypes = lo, size, dtypes
+        slots = int(np.prod(size))
+        self.sums = np.zeros((len(VALUE_COLUMNS), slots), dtype=np.uint64)
+        self.present = np.zeros(slots, dtype=bool)
+
+    @staticmethod
+    def usable(parts: dict[str, np.ndarray]) -> bool:
+        """Whether ``parts`` can go into dense sums: integer keys that fit int64 and uint64 values."""
+        return (all(parts[c].dtype.kind in "iu" and parts[c].dtype != np.uint64 for c in KEY_COLUMNS)
+                and all(parts[c].dtype == np.uint64 for c in VALUE_COLUMNS))
+
+    @staticmethod
+    def layout(current: _DenseSums | None, bounds: list[tuple[int, int]]) -> tuple[list[int], list[int]] | None:
+        """``(lo, size)`` per dimension covering ``current``'s ranges and ``bounds`` (min, max per dimension) with
+        some room to grow; None when that takes more than :data:`DENSE_MAX_SLOTS` slots."""
+        lo, size = [], []
+        for i, (dim, (bmin, bmax)) in enumerate(zip(_DIMS, bounds, strict=True)):
+            if current is not None and current.lo[i] <= bmin and bmax < current.lo[i] + current.size[i]:
+                lo.append(current.lo[i])
+                size.append(current.size[i])
+                continue
+            low = min(bmin, -1 if dim == "sub" else 0)  # -1: unattributed; other dimensions are indexes from 0
+            high = bmax
+            if current is not None:
+                low, high = min(low, current.lo[i]), max(high, current.lo[i] + current.size[i] - 1)
+            n = high - low + 1
+            lo.append(low)
+            size.append(n + n // 8)  # room for new subscribers / exporters: few re-layouts
+        slots = 1
+        for n in size:
+            slots *= n
+        return (lo, size) if slots <= DENSE_MAX_SLOTS else None
+
+    def index(self, parts: dict[str, np.ndarray]) -> np.ndarray:
+        """The slot of each part (int64)."""
+        idx = None
+        for dim, lo, size in zip(_DIMS, self.lo, self.size, strict=True):
+            k = parts[dim]
+            if idx is None:
+                idx = k.astype(np.int64)
+            else:
+                if size > 1:
+                    idx *= size
+                idx += k
+            if lo:
+                idx -= lo
+        return idx
+
+    def keys(self, slots: np.ndarray) -> dict[str, np.ndarray]:
+        """The key columns (as int64) of ``slots``."""
+        out = {}
+        rest = slots
+        for dim, lo, size in reversed(list(zip(_DIMS, self.lo, self.size, strict=True))):
+            rest, digit = np.divmod(rest, size)
+            out[dim] = digit + lo
+        return out
+
+    def add(self, parts: dict[str, np.ndarray]) -> None:
+        idx = self.index(parts)
+        for i, c in enumerate(VALUE_COLUMNS):
+            # (the view: ufunc.at's fast path wants numpy's own dtype instance; an unpickled array has another)
+            np.add.at(self.sums[i], idx, parts[c].view(np.uint64))
+        self.present[idx] = True
+        for c in KEY_COLUMNS:
+            if parts[c].dtype != self.dtypes[c]:  # what np.concatenate of the parts would give
+                self.dtypes[c] = np.result_type(self.dtypes[c], parts[c].dtype)
+
+    def relayout(self, lo: list[int], size: list[int]) -> _DenseSums:
+        """These sums in a new (larger) layout."""
+        new = _DenseSums(lo, size, self.dtypes)
+        slots = np.flatnonzero(self.present)
+        target = new.index(self.keys(slots))
+        new.sums[:, target] = self.sums[:, slots]
+        new.present[target] = True
+        return new
+
+    def rows(self, interval_start: int) -> dict[str, np.ndarray]:
+        """The rows (KEY_COLUMNS + VALUE_COLUMNS), in :func:`group_sum`'s order."""
+        slots = np.flatnonzero(self.present)
+        keys = self.keys(slots)
+        keys["interval_start"] = np.full(len(slots), interval_start)
+        out = {c: keys[c].astype(self.dtypes[c]) for c in KEY_COLUMNS}
+        for i, c in enumerate(VALUE_COLUMNS):
+            out[c] = self.sums[i][slots]
+        return out
+
+
+class _Interval:
+    """An open interval: dense sums (the usual case) and/or rows summed per batch (keys too spread out for dense
+    sums, or rows remapped after a rules reload)."""
+
+    __slots__ = ("dense", "chunks", "sparse")
+
+    def __init__(self) -> None:
+        self.dense: _DenseSums | None = None
+        self.chunks: list[dict[str, np.ndarray]] = []
+        self.sparse = False  # the dense sums outgrew DENSE_MAX_SLOTS: rows from now on
+
+
 class UsageAggregator:
-    """Open intervals and their partial sums; see the module docstring."""
+    """Open intervals and their partial sums; see the module docstring.
+
+    Each open interval sums its parts in dense arrays over the key ranges seen (:class:`_DenseSums`) while those
+    take at most :data:`DENSE_MAX_SLOTS` slots, else as rows summed per batch (:func:`group_sum`) and re-summed
+    every 64 batches; either way the rows emitted are the same, in the same order."""
 
     def __init__(self, interval_ms: int, watermark_ms: int, correction_memory_ms: int = 8 * 86400_000) -> None:
         self.interval_ms = interval_ms
         self.watermark_ms = watermark_ms
         self.correction_memory_ms = correction_memory_ms
-        self._open: dict[int, list[dict[str, np.ndarray]]] = {}
-        self._open_rows: dict[int, int] = {}
+        self._open: dict[int, _Interval] = {}
         self._late: list[dict[str, np.ndarray]] = []
         self._corrections: dict[int, int] = {}
         self._closed_before: int | None = None
@@ -156,7 +278,11 @@ class UsageAggregator:
 
     def remap(self, column: str, mapping: np.ndarray) -> None:
         """Replace ``column`` values v by ``mapping[v]`` in every held row (class indexes after a rules reload)."""
-        for chunks in [*self._open.values(), self._late]:
+        for start, iv in self._open.items():
+            if iv.dense is not None:  # dense sums are laid out by the old values: back to rows
+                iv.chunks.append(iv.dense.rows(start))
+                iv.dense = None
+        for chunks in [*(iv.chunks for iv in self._open.values()), self._late]:
             for ch in chunks:
                 ch[column] = mapping[ch[column]]
 
@@ -170,21 +296,47 @@ class UsageAggregator:
         """Add parts (columns KEY_COLUMNS + VALUE_COLUMNS)."""
         if not len(parts["bytes"]):
             return
-        keys, values = group_sum([parts[c] for c in KEY_COLUMNS], [parts[c] for c in VALUE_COLUMNS])
-        rows = dict(zip(KEY_COLUMNS + VALUE_COLUMNS, keys + values, strict=True))
-        istart = rows["interval_start"]
-        pending = np.isin(istart, np.fromiter(self._open, dtype=np.int64, count=len(self._open)))
-        late = ~pending & self._is_closed(istart, now_ms)
-        if late.any():
-            self._late.append({c: v[late] for c, v in rows.items()})
-            self.late_parts += int(late.sum())
-        keep = ~late
-        for start in np.unique(istart[keep]).tolist():
-            sel = keep & (istart == start)
-            self._open.setdefault(start, []).append({c: v[sel] for c, v in rows.items()})
-            self._open_rows[start] = self._open_rows.get(start, 0) + int(sel.sum())
-            if len(self._open[start]) > 64:  # keep memory proportional to distinct keys, not to batches
-                self._open[start] = [self._reduce(self._open[start])]
+        istart = parts["interval_start"]
+        first, last = int(istart.min()), int(istart.max())
+        if first == last:  # the usual case: one interval per batch
+            groups = [(first, parts)]
+        else:
+            groups = [(start, {c: v[istart == start] for c, v in parts.items()})
+                      for start in np.unique(istart).tolist()]
+        late = []
+        for start, rows in groups:
+            iv = self._open.get(start)
+            if iv is None and self._is_closed(start, now_ms):
+                late.append(rows)
+                continue
+            if iv is None:
+                iv = self._open[start] = _Interval()
+            self._add_open(iv, rows)
+        if late:  # summed per call: late_parts counts distinct keys per call, as always
+            rows = late[0] if len(late) == 1 else {c: np.concatenate([r[c] for r in late]) for c in late[0]}
+            keys, values = group_sum([rows[c] for c in KEY_COLUMNS], [rows[c] for c in VALUE_COLUMNS])
+            self._late.append(dict(zip(KEY_COLUMNS + VALUE_COLUMNS, keys + values, strict=True)))
+            self.late_parts += len(values[0])
+
+    def _add_open(self, iv: _Interval, rows: dict[str, np.ndarray]) -> None:
+        if not iv.sparse and _DenseSums.usable(rows):
+            bounds = [(int(rows[d].min()), int(rows[d].max())) for d in _DIMS]
+            layout = _DenseSums.layout(iv.dense, bounds)
+            if layout is not None:
+                if iv.dense is None:
+                    iv.dense = _DenseSums(*layout, {c: rows[c].dtype for c in KEY_COLUMNS})
+                elif layout != (iv.dense.lo, iv.dense.size):
+                    iv.dense = iv.dense.relayout(*layout)
+                iv.dense.add(rows)
+                return
+        if iv.dense is not None:  # too spread out (or not integers): rows from now on
+            iv.chunks.append(iv.dense.rows(int(rows["interval_start"][0])))
+            iv.dense = None
+        iv.sparse = True
+        keys, values = group_sum([rows[c] for c in KEY_COLUMNS], [rows[c] for c in VALUE_COLUMNS])
+        iv.chunks.append(dict(zip(KEY_COLUMNS + VALUE_COLUMNS, keys + values, strict=True)))
+        if len(iv.chunks) > 64:  # keep memory proportional to distinct keys, not to batches
+            iv.chunks = [self._reduce(iv.chunks)]
 
     @staticmethod
     def _reduce(chunks: list[dict[str, np.ndarray]]) -> dict[str, np.ndarray]:
@@ -192,14 +344,19 @@ class UsageAggregator:
         keys, values = group_sum([cat[c] for c in KEY_COLUMNS], [cat[c] for c in VALUE_COLUMNS])
         return dict(zip(KEY_COLUMNS + VALUE_COLUMNS, keys + values, strict=True))
 
+    def _rows(self, start: int, iv: _Interval) -> dict[str, np.ndarray]:
+        if iv.dense is not None and not iv.chunks:
+            return iv.dense.rows(start)  # unique keys, already in group_sum's order
+        chunks = iv.chunks + ([iv.dense.rows(start)] if iv.dense is not None else [])
+        return self._reduce(chunks)
+
     def emit(self, now_ms: int, force: bool = False) -> dict[str, np.ndarray] | None:
         """Rows of the intervals that close now (all with ``force``) and the corrections gathered since the last
         call; columns KEY_COLUMNS + VALUE_COLUMNS + ``correction``. None when there is nothing."""
         out: list[dict[str, np.ndarray]] = []
         for start in sorted(self._open):
             if force or self._is_closed(np.int64(start), now_ms):
-                rows = self._reduce(self._open.pop(start))
-                self._open_rows.pop(start, None)
+                rows = self._rows(start, self._open.pop(start))
                 n = self._corrections.get(start)
                 self._corrections[start] = 0 if n is None else n + 1
                 rows["correction"] = np.full(len(rows["bytes"]), self._corrections[start], dtype=np.uint32)

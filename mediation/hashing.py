@@ -62,6 +62,28 @@ def _mix_inplace(h: np.ndarray, tmp: np.ndarray) -> None:
     np.bitwise_xor(h, tmp, out=h)
 
 
+def _words(values: np.ndarray) -> list[np.ndarray]:
+    """The uint64 words of :func:`as_u64_columns` without copies where numpy can cast on the fly: integer columns
+    as they are (``_xor_into`` casts them like ``astype(int64).view(uint64)``: sign-extended) and ``S16``
+    addresses as strided views of their two words."""
+    values = np.asarray(values)
+    if values.dtype.kind in "iub" and values.dtype.itemsize <= 8:
+        return [values]
+    if values.dtype.kind == "S" and values.dtype.itemsize % 8 == 0 and values.flags.c_contiguous:
+        words = values.view("<u8").reshape(len(values), -1)
+        return [words[:, i] for i in range(words.shape[1])]
+    return as_u64_columns(values)
+
+
+def _xor_into(h: np.ndarray, word: np.ndarray) -> None:
+    """``h ^= word`` with ``word`` cast to uint64 as C casts (a signed value sign-extends: the same bits as
+    ``word.astype(np.int64).view(np.uint64)``; bool is 0 or 1)."""
+    if word.dtype == np.uint64:
+        np.bitwise_xor(h, word, out=h)
+    else:
+        np.bitwise_xor(h, word, out=h, dtype=np.uint64, casting="unsafe")
+
+
 def hash_columns(*columns: np.ndarray, seed: int = 0) -> np.ndarray:
     """One uint64 hash per row over the given columns (each a numpy array of equal length)."""
     n = len(columns[0]) if columns else 0
@@ -69,8 +91,8 @@ def hash_columns(*columns: np.ndarray, seed: int = 0) -> np.ndarray:
     tmp = np.empty(n, dtype=np.uint64)
     with np.errstate(over="ignore"):
         for col in columns:
-            for word in as_u64_columns(col):
-                np.bitwise_xor(h, word, out=h)
+            for word in _words(col):
+                _xor_into(h, word)
                 _mix_inplace(h, tmp)
                 np.add(h, _GOLDEN, out=h)
         _mix_inplace(h, tmp)

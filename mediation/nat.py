@@ -91,6 +91,9 @@ def without_nat_only(flows):
     the Mediator would otherwise reject them as zero_counters. The batch itself when there are none."""
     import pyarrow.compute as pc
 
+    nat_event = flows.column("nat_event")
+    if nat_event.null_count == 0 and not nat_event.to_numpy(zero_copy_only=False).any():
+        return flows  # the usual case, a batch with no natEvent at all: one pass over one column
     nat_only = pc.and_(pc.greater(flows.column("nat_event"), 0),
                        pc.and_(pc.equal(flows.column("bytes"), 0), pc.equal(flows.column("packets"), 0)))
     if not pc.any(nat_only).as_py():

@@ -55,7 +55,12 @@ class Reconciler:
         records_rejected, records_duplicate (one value per record); ``per_part`` holds bytes_attributed,
         bytes_unattributed, bytes_usage per usage part, ``part_record`` the record of each part. Returns whether
         the batch balanced."""
-        interval = (np.asarray(time_received, dtype=np.int64) // self.interval_ms) * self.interval_ms
+        received = np.asarray(time_received, dtype=np.int64)
+        first = int(received.min()) // self.interval_ms if len(received) else 0
+        if len(received) and int(received.max()) // self.interval_ms == first:  # the usual case: no division
+            interval = np.broadcast_to(np.int64(first * self.interval_ms), received.shape)
+        else:
+            interval = (received // self.interval_ms) * self.interval_ms
         exporter = np.asarray(exporter, dtype=np.int64)
         ok = True
         batch = self._dense(interval, exporter, per_record, per_part, part_record)
@@ -75,22 +80,66 @@ class Reconciler:
 
     def _dense(self, interval: np.ndarray, exporter: np.ndarray, per_record: dict, per_part: dict,
                part_record: np.ndarray) -> dict[tuple[int, int], np.ndarray] | None:
-        """Sums by bincount over a small dense key (the usual case: a few intervals and exporters per batch)."""
+        """Sums over a small dense key (the usual case: a few intervals and exporters per batch, often one)."""
         if not len(interval):
             return {}
-        i0 = int(interval.min())
-        n_exp = int(exporter.max()) + 1
-        key = (interval - i0) // self.interval_ms * n_exp + exporter
-        nkeys = int(key.max()) + 1
+        i0, i1 = int(interval.min()), int(interval.max())
+        e0, e1 = int(exporter.min()), int(exporter.max())
+        n_exp = e1 + 1
+        if i0 == i1 and e0 == e1:  # one key: plain column sums
+            key = None
+            nkeys = e1 + 1
+        else:
+            key = (interval - i0) // self.interval_ms * n_exp + exporter
+            nkeys = int(key.max()) + 1
         if nkeys > 4096:
             return None
-        sums = np.zeros((nkeys, len(FIELDS)), dtype=object)
-        for values, k in ((per_record, key), (per_part, key[part_record])):
+        sums = self._dense_sums(key, nkeys, per_record, per_part, part_record)
+        if key is None:
+            present = [nkeys - 1]
+        else:
+            present = np.flatnonzero(np.bincount(key, minlength=nkeys)).tolist()
+        return {(i0 + k // n_exp * self.interval_ms, k % n_exp): sums[k].copy() for k in present}
+
+    @staticmethod
+    def _dense_sums(key: np.ndarray | None, nkeys: int, per_record: dict, per_part: dict,
+                    part_record: np.ndarray) -> np.ndarray:
+        """Exact per-key sums (nkeys x FIELDS, uint64); ``key`` None: every record has key ``nkeys - 1``.
+
+        uint64 sums are exact while no field can reach 2**64 (checked from each column's maximum); otherwise the
+        sums go through Python integers, and a sum that does not fit uint64 raises OverflowError as it always did.
+        """
+        columns = []
+        bound = [0] * len(FIELDS)
+        for values, per_part_values in ((per_record, False), (per_part, True)):
             for name, v in values.items():
-                sums[:, FIELDS.index(name)] += exact_bincount(k, np.asarray(v, dtype=np.uint64), nkeys)
-        present = np.flatnonzero(np.bincount(key, minlength=nkeys))
-        return {(i0 + int(k) // n_exp * self.interval_ms, int(k) % n_exp): np.array(sums[k], dtype=np.uint64)
-                for k in present}
+                v = np.asarray(v, dtype=np.uint64)
+                if not len(v):
+                    continue
+                top = int(v.max())
+                col = FIELDS.index(name)
+                bound[col] += top * len(v)
+                columns.append((col, v, top, per_part_values))
+        exact_u64 = max(bound) < 1 << 64
+        sums = np.zeros((nkeys, len(FIELDS)), dtype=np.uint64 if exact_u64 else object)
+        k_part = None
+        for col, v, top, per_part_values in columns:
+            if key is None:
+                total = v.sum(dtype=np.uint64) if exact_u64 else sum(int(x) for x in exact_bincount(
+                    np.zeros(len(v), dtype=np.int64), v, 1))
+                sums[nkeys - 1, col] += total
+                continue
+            if per_part_values and k_part is None:
+                k_part = key[part_record]
+            k = k_part if per_part_values else key
+            if exact_u64 and top * len(v) < 1 << 53:  # float64 bincount is exact below 2**53
+                sums[:, col] += np.bincount(k, weights=v, minlength=nkeys).astype(np.uint64)
+            else:
+                part = exact_bincount(k, v, nkeys)
+                sums[:, col] += part.astype(np.uint64) if exact_u64 else part
+        if not exact_u64:
+            sums = np.array(sums.tolist(), dtype=np.uint64)  # OverflowError beyond 2**64, as always
+        return sums
 
     def _sorted(self, interval: np.ndarray, exporter: np.ndarray, per_record: dict, per_part: dict,
                 part_record: np.ndarray) -> dict[tuple[int, int], np.ndarray]:

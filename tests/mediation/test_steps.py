@@ -122,3 +122,92 @@ def test_hashes_are_stable_across_processes():
     b = hash_columns(np.array([1, 2], np.int64), s16(["10.0.0.1", "10.0.0.1"]))
     assert (a == b).all() and a[0] != a[1]
     assert hash_columns(np.array([1]), seed=1)[0] != hash_columns(np.array([1]), seed=2)[0]
+
+
+KNOWN_HASH = 18048613024197940672  # hash_columns([1] int64, [-1] int32, seed=0xF10) since it was written
+
+
+def _reference_hash(*columns, seed=0):
+    """hash_columns as first written: every column as uint64 words (copies), mixed word after word."""
+    from mediation.hashing import _GOLDEN, as_u64_columns, mix64
+
+    h = np.full(len(columns[0]), np.uint64(seed) ^ _GOLDEN, dtype=np.uint64)
+    with np.errstate(over="ignore"):
+        for col in columns:
+            for word in as_u64_columns(col):
+                h = mix64(h ^ word) + _GOLDEN
+        return mix64(h)
+
+
+def test_hash_values_do_not_change_with_the_cast_free_path():
+    """Dedup keys, reject ids and usage row ids are stored: every dtype hashes to what it always did (signed
+    values sign-extend, addresses as their two words whether contiguous, strided or unaligned)."""
+    rng = np.random.default_rng(3)
+    n = 257
+    columns = [rng.random(n) < 0.5]
+    for dt in (np.int8, np.int16, np.int32, np.int64, np.uint8, np.uint16, np.uint32, np.uint64):
+        info = np.iinfo(dt)
+        col = rng.integers(info.min, info.max, n, dtype=dt, endpoint=True)
+        col[:2] = info.min, info.max
+        columns.append(col)
+    raw = rng.bytes(16 * (2 * n) + 3)
+    s16 = np.frombuffer(raw, dtype="S16", count=2 * n)
+    columns += [s16[:n], s16[::2], np.frombuffer(raw, dtype="S16", count=n, offset=3),  # contiguous, strided, unaligned
+                np.array([b"ab", b"abcdefghi", b""] * 86, dtype="S9")[:n], np.array(["x", "yy"] * 129, object)[:n]]
+    for col in columns:
+        assert (hash_columns(col, seed=7) == _reference_hash(col, seed=7)).all(), col.dtype
+    assert (hash_columns(*columns) == _reference_hash(*columns)).all()
+    # a known value, so a change of the mixing itself shows too
+    assert int(hash_columns(np.array([1], np.int64), np.array([-1], np.int32), seed=0xF10)[0]) == KNOWN_HASH
+
+
+def _reconcile(records, parts=None, part_record=None, recv=None, exporter=None):
+    n = len(records["bytes_in"])
+    r = Reconciler(300_000)
+    ok = r.add(np.full(n, 17) if recv is None else recv, np.zeros(n, np.int64) if exporter is None else exporter,
+               records, parts or {}, np.zeros(0, np.int64) if part_record is None else part_record)
+    return ok, r.emit(0, force=True)
+
+
+def test_reconciler_exact_beyond_float_precision_one_key_and_several():
+    """Sums above 2**53 are exact on the one-key path and the several-key path; a sum beyond 2**64 raises as it
+    always did (it cannot be stored), never wraps."""
+    big = np.array([2**62 + 1, 2**62 + 3, 5], dtype=np.uint64)
+    rec = {"records_in": np.ones(3, np.uint64), "bytes_in": big, "bytes_unattributed": big}
+    ok, rows = _reconcile(rec)
+    assert ok and len(rows) == 1 and int(rows[0][2][FIELDS.index("bytes_in")]) == 2**63 + 9
+    recv = np.array([17, 300_017, 300_018])
+    ok, rows = _reconcile(rec, recv=recv, exporter=np.array([2, 2, 2]))
+    assert ok and [(x[0], x[1], int(x[2][FIELDS.index("bytes_in")])) for x in rows] == [
+        (0, 2, 2**62 + 1), (300_000, 2, 2**62 + 8)]
+    # one value per part on top of the per-record ones: both add into the same field
+    ok, rows = _reconcile({"records_in": np.ones(2, np.uint64), "bytes_in": big[:2]},
+                          {"bytes_attributed": big[:2]}, np.array([0, 1]))
+    assert ok and int(rows[0][2][FIELDS.index("bytes_attributed")]) == 2**63 + 4
+    huge = np.array([2**63, 2**63], dtype=np.uint64)
+    with pytest.raises(OverflowError):
+        _reconcile({"records_in": np.ones(2, np.uint64), "bytes_in": huge, "bytes_unattributed": huge})
+    huge3 = np.array([2**63, 2**63, 1], dtype=np.uint64)
+    with pytest.raises(OverflowError):  # several keys: the first key's sum does not fit
+        _reconcile({"records_in": np.ones(3, np.uint64), "bytes_in": huge3, "bytes_unattributed": huge3},
+                   recv=np.array([0, 0, 300_000]))
+
+
+def test_reconciler_one_key_path_matches_the_general_one():
+    """A batch with one receive interval and one exporter (column sums) gives what the bincount path gives for the
+    same records in a batch that has two keys."""
+    rng = np.random.default_rng(9)
+    n = 500
+    nbytes = rng.integers(0, 10**12, n).astype(np.uint64)
+    rejected = rng.random(n) < 0.2
+    rec = {"records_in": np.ones(n, np.uint64), "bytes_in": nbytes,
+           "bytes_rejected": np.where(rejected, nbytes, 0).astype(np.uint64),
+           "bytes_attributed": np.where(rejected, 0, nbytes).astype(np.uint64)}
+    ok, one = _reconcile(rec, recv=np.full(n, 300_017), exporter=np.full(n, 3))
+    assert ok and len(one) == 1 and one[0][:2] == (300_000, 3) and one[0][2].dtype == np.uint64
+    other = {k: v[:1] for k, v in rec.items()}
+    ok, two = _reconcile({k: np.concatenate([v, other[k]]) for k, v in rec.items()},
+                         recv=np.concatenate([np.full(n, 300_017), [17]]), exporter=np.full(n + 1, 3))
+    assert ok and [x[:2] for x in two] == [(0, 3), (300_000, 3)]
+    assert two[1][2].tolist() == one[0][2].tolist()
+    assert one[0][2].tolist() == [sum(int(x) for x in rec[f]) if f in rec else 0 for f in FIELDS]
