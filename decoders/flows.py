@@ -870,9 +870,9 @@ class FlowDecoder:
                       batch_buf: bytes) -> dict[str, np.ndarray]:
         """The ``flows`` columns of one group (arrays, or 0-d scalars for values shared by every record)."""
         if g.blocks:
-            counts, set_ctx, records = _block_records(g, batch_buf)
+            counts, set_ctx, block_view = _block_records(g, batch_buf)
         else:
-            counts, set_ctx, records = np.asarray(g.counts, dtype=np.int64), np.asarray(g.ctx, dtype=np.int64), None
+            counts, set_ctx, block_view = np.asarray(g.counts, dtype=np.int64), np.asarray(g.ctx, dtype=np.int64), None
         per_set = ctx[set_ctx]  # datagram values, one row per data set
 
         def expand(values: np.ndarray) -> np.ndarray:
@@ -887,7 +887,7 @@ class FlowDecoder:
             announced = expand(per_set[:, 4].astype(np.uint64))
         else:
             compiled = g.compiled
-            view = FixedView(records) if records is not None else \
+            view = block_view if block_view is not None else \
                 templated.make_view(compiled, b"".join(g.chunks), n, g.starts)
             cols = templated.flow_columns(compiled, view)
             init = dom.init_ms[slot]
@@ -954,12 +954,12 @@ class FlowDecoder:
         return announced
 
 
-def _block_records(g: _Group, buf: bytes) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Records per set, context per set and the records of a fixed-length group with blocks.
+def _block_records(g: _Group, buf: bytes) -> tuple[np.ndarray, np.ndarray, FixedView]:
+    """Records per set, context per set and a view of the records of a fixed-length group with blocks.
 
     The records of blocks are still in the batch buffer, behind their datagram's headers. When every set has
     the same number of records and the sets are evenly spaced (datagrams of one length: the usual case), the
-    records are a strided 2-D view of the buffer (no copy); otherwise they are gathered with one fancy index.
+    records are a strided 2-D view of the buffer (no copy); otherwise they are gathered as they are decoded.
     Sets parsed one by one (``g.chunks`` that are not blocks) are appended to the buffer first.
     """
     offsets, counts, ctxs, extra = [], [], [], []
@@ -987,10 +987,10 @@ def _block_records(g: _Group, buf: bytes) -> tuple[np.ndarray, np.ndarray, np.nd
     else:
         before = np.cumsum(count) - count
         at = np.repeat(offset - before * reclen, count) + np.arange(int(count.sum()), dtype=np.int64) * reclen
-        # gathered as opaque bytes (a structured dtype would be copied field by field), then read as records
+        # gathered as opaque bytes (a structured dtype would be copied field by field), chunk by chunk as read
         windows = np.ndarray((len(source) - reclen + 1,), dtype=f"V{reclen}", buffer=source, strides=(1,))
-        records = windows[at].view(compiled.dtype)
-    return count, ctx, records
+        return count, ctx, FixedView(windows, at, compiled.dtype)
+    return count, ctx, FixedView(records)
 
 
 def _column(values: np.ndarray | None, n: int, dtype: np.dtype) -> np.ndarray:

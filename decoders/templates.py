@@ -297,37 +297,46 @@ def _native(dtype: np.dtype) -> np.dtype:
     return dtype.newbyteorder("=") if dtype.kind in "ui" else dtype
 
 
-def decode_fields(records: np.ndarray) -> dict[str, np.ndarray]:
+def decode_fields(records: np.ndarray, at: np.ndarray | None = None,
+                  dtype: np.dtype | None = None) -> dict[str, np.ndarray]:
     """Every field of structured ``records`` (1-D, or 2-D: see :class:`FixedView`) as a flat, contiguous,
-    native-byte-order array of ``records.size`` rows (sub-array fields keep their trailing shape)."""
-    n = records.size
-    names = records.dtype.names
-    out = {name: np.empty(records.shape + records.dtype[name].shape, dtype=_native(records.dtype[name].base))
-           for name in names}
-    step = max(1, CHUNK_BYTES // max(1, records.strides[0]))
-    for lo in range(0, len(records), step):
-        part = records[lo:lo + step]
+    native-byte-order array of ``records.size`` rows (sub-array fields keep their trailing shape).
+
+    With ``at``, ``records`` holds opaque records (a ``V`` dtype) and the rows ``at`` of it are read, as ``dtype``:
+    gathered a chunk at a time, so the gathered bytes never leave the cache.
+    """
+    dtype = records.dtype if dtype is None else dtype
+    shape = records.shape if at is None else at.shape
+    names = dtype.names
+    out = {name: np.empty(shape + dtype[name].shape, dtype=_native(dtype[name].base)) for name in names}
+    step = max(1, CHUNK_BYTES // max(1, records.strides[0] if at is None else dtype.itemsize))
+    for lo in range(0, shape[0], step):
+        part = records[lo:lo + step] if at is None else records[at[lo:lo + step]].view(dtype)
         for name in names:
             out[name][lo:lo + step] = part[name]
-    return {name: a.reshape(n, *a.shape[records.ndim:]) for name, a in out.items()}
+    n = int(np.prod(shape))
+    return {name: a.reshape(n, *a.shape[len(shape):]) for name, a in out.items()}
 
 
 class FixedView:
-    """Fields of fixed-length records decoded with one ``np.frombuffer`` (1-D ``records``), or read in place from
-    the datagrams (2-D ``records``: sets x records per set, a strided view of evenly spaced datagrams).
+    """Fields of fixed-length records decoded with one ``np.frombuffer`` (1-D ``records``), read in place from the
+    datagrams (2-D ``records``: sets x records per set, a strided view of evenly spaced datagrams), or gathered
+    from the datagrams (``records`` every position of the buffer as an opaque record, ``at`` the record offsets).
 
     Every field is decoded at first use, in one cache-friendly pass (:func:`decode_fields`); values come back
     native, contiguous and writable.
     """
 
-    def __init__(self, records: np.ndarray) -> None:
+    def __init__(self, records: np.ndarray, at: np.ndarray | None = None, dtype: np.dtype | None = None) -> None:
         self.records = records
-        self.n = records.size
+        self.at = at
+        self.dtype = dtype
+        self.n = records.size if at is None else len(at)
         self._fields: dict[str, np.ndarray] | None = None
 
     def _field(self, ref: FieldRef) -> np.ndarray:
         if self._fields is None:
-            self._fields = decode_fields(self.records)
+            self._fields = decode_fields(self.records, self.at, self.dtype)
         return self._fields[ref.name]
 
     def uint(self, ref: FieldRef) -> np.ndarray:
