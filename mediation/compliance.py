@@ -34,12 +34,10 @@ from mediation.nat import END, OBSERVED, S_FLOW, S_SESSION, SCOPES, START, class
 
 log = logging.getLogger(__name__)
 
-_ZERO16 = b"\0" * 16
 _MAPPED_ZERO = b"\0" * 10 + b"\xff\xff" + b"\0" * 4
 """0.0.0.0 as an IPv4-mapped address: what an IPv4 post-NAT field holds when the record was not translated."""
-
-
 _MAPPED_ZERO_LO = np.frombuffer(_MAPPED_ZERO[8:], dtype="<u8")[0]
+"""Its low half as a little-endian uint64 (its high half is zero)."""
 
 
 def translated(addresses: np.ndarray) -> np.ndarray:
