@@ -7,7 +7,9 @@
 * :class:`UsageAggregator` sums parts per key (interval, subscriber, direction, class, exporter). An interval stays
   open until ``now >= interval_end + watermark``; then its rows are emitted with ``correction = 0``. Parts for an
   interval that was already emitted are summed per call and emitted as correction rows (``correction = 1, 2, ...``),
-  never dropped: readers sum all rows of a key.
+  never dropped: readers sum all rows of a key. An open interval's sums live in dense arrays indexed by the key
+  (``np.add.at`` per batch, no sort) while the key ranges take at most :data:`DENSE_MAX_SLOTS` slots (the usual
+  case: subscriber indexes are dense, exporters and classes few); beyond that, as rows summed per batch.
 """
 
 from __future__ import annotations
