@@ -33,6 +33,7 @@ needed (so a daemon in steady state never re-hashes a generation), bounded by ``
 _WAYS = 8
 """Slots per bucket: 8 uint64 keys, one 64-byte cache line, probed with one row gather."""
 _WAYS_SHIFT = 3
+_BYTE_INDEX = np.uint64(0x0001020304050607)
 _CHUNK = 8192
 """Keys per probe pass: the cache lines one pass touches (512 KiB) stay in L2 for its later rounds."""
 
@@ -99,7 +100,9 @@ class _Table:
             present[todo[hit]] = True
             claim = np.flatnonzero(~hit & (free != 0))
             f = free[claim]
-            first = np.bitwise_count((f & (~f + np.uint64(1))) - np.uint64(1)) >> np.uint8(3)  # lowest free slot
+            # lowest free slot: isolate the lowest set bit (byte j: 2**(8j)); the multiply moves byte j of 0x0001..07
+            # (the value j) to the top byte
+            first = (((f & (~f + np.uint64(1))) * _BYTE_INDEX) >> np.uint64(56)).view(np.int64)
             won = self._claim((bucket[claim] << _WAYS_SHIFT) + first, k[claim])
             open_ = ~hit
             open_[claim[won]] = False
