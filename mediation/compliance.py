@@ -272,11 +272,11 @@ class ComplianceStage:
         """Subscriber index and binding id (-1: none) of the source and destination address of records ``rows`` at
         times ``t``: the Mediator's answers where ``attribution`` has them, looked up here otherwise."""
         if attribution is not None and len(attribution) == len(rows) and np.array_equal(attribution.start, t):
-            ssub, sbid = attribution.src_sub.copy(), attribution.src_bid.copy()
-            dsub, dbid = attribution.dst_sub.copy(), attribution.dst_bid.copy()
-            todo = np.flatnonzero(~attribution.known)
+            a = attribution
+            todo = np.flatnonzero(~a.known)
             if not len(todo):
-                return ssub, sbid, dsub, dbid
+                return a.src_sub, a.src_bid, a.dst_sub, a.dst_bid
+            ssub, sbid, dsub, dbid = a.src_sub.copy(), a.src_bid.copy(), a.dst_sub.copy(), a.dst_bid.copy()
         else:
             if attribution is not None:  # not this batch's records: a caller's bug, but the rows must stay right
                 log.warning("compliance: attribution of %d records ignored for a batch of %d", len(attribution),

@@ -213,13 +213,11 @@ class Mediator:
         attributed_b = np.zeros(n, dtype=np.uint64)
         unattributed_b = np.zeros(n, dtype=np.uint64)
         usage_b = np.zeros(n, dtype=np.uint64)
-        found = self._new_attribution(n) if self.keep_attribution else None
+        found: list[tuple[np.ndarray, ...]] | None = [] if self.keep_attribution else None
         for chunk in self._chunks(cols["flow_start"][ok], cols["flow_end"][ok]):
             self._correlate(cols, exporter, nbytes, ok[chunk], now_ms, attributed_b, unattributed_b, usage_b, found)
         if found is not None:
-            traffic = np.flatnonzero((cols["bytes"] > 0) | (cols["packets"] > 0))
-            self._attributions.append(Attribution(start=cols["flow_start"][traffic].astype(np.int64),
-                                                  **{k: v[traffic] for k, v in found.items()}))
+            self._attributions.append(self._attribution(cols, ok, found))
 
         # the balance of this batch, checked in code
         zero = np.zeros(n, dtype=np.uint64)
@@ -250,10 +248,30 @@ class Mediator:
         return self._emit(now_ms, force=False, rejects=rejects)
 
     @staticmethod
-    def _new_attribution(n: int) -> dict[str, np.ndarray]:
-        return {"known": np.zeros(n, dtype=bool), "src_sub": np.full(n, -1, dtype=np.int32),
-                "src_bid": np.full(n, -1, dtype=np.int64), "dst_sub": np.full(n, -1, dtype=np.int32),
-                "dst_bid": np.full(n, -1, dtype=np.int64)}
+    def _attribution(cols: dict[str, np.ndarray], ok: np.ndarray, found: list[tuple[np.ndarray, ...]]
+                     ) -> Attribution:
+        """The :class:`Attribution` of one batch from the lookups of records ``ok`` (``found``: per chunk of
+        ``ok``, src_sub, src_bid, dst_sub, dst_bid). Copies only where records were not mediated or had no
+        traffic."""
+        n = len(cols["flow_start"])
+        dtypes = (np.int32, np.int64, np.int32, np.int64)
+        values = [np.concatenate(v) if len(found) > 1 else v[0] for v in zip(*found, strict=True)] if found else \
+            [np.zeros(0, dtype=d) for d in dtypes]
+        if len(ok) == n:  # every record was mediated: the lookups are in record order already
+            known = np.ones(n, dtype=bool)
+        else:
+            known = np.zeros(n, dtype=bool)
+            known[ok] = True
+            full = [np.full(n, -1, dtype=d) for d in dtypes]
+            for f, v in zip(full, values, strict=True):
+                f[ok] = v
+            values = full
+        start = np.asarray(cols["flow_start"], dtype=np.int64)
+        traffic = (cols["bytes"] > 0) | (cols["packets"] > 0)
+        if not traffic.all():
+            rows = np.flatnonzero(traffic)
+            start, known, values = start[rows], known[rows], [v[rows] for v in values]
+        return Attribution(start, known, *values)
 
     def take_attribution(self) -> Attribution | None:
         """The :class:`Attribution` of the batches processed since the last call (None when there were none), in
@@ -274,10 +292,11 @@ class Mediator:
 
     def _correlate(self, cols: dict[str, np.ndarray], exporter: np.ndarray, nbytes: np.ndarray, ok: np.ndarray,
                    now_ms: int, attributed_b: np.ndarray, unattributed_b: np.ndarray, usage_b: np.ndarray,
-                   found: dict[str, np.ndarray] | None = None) -> None:
+                   found: list[tuple[np.ndarray, ...]] | None = None) -> None:
         """Split records ``ok`` at interval boundaries, look up both addresses at each part's start, classify and
         aggregate; add each record's attributed / unattributed / usage bytes into the given arrays, and with
-        ``found`` (per-record attribution arrays) its first part's answers with binding ids."""
+        to ``found`` the first parts' answers with binding ids (src_sub, src_bid, dst_sub, dst_bid of records
+        ``ok``)."""
         if not len(ok):
             return
         rec, istart, pstart, overlap, duration = split_intervals(cols["flow_start"][ok], cols["flow_end"][ok],
@@ -295,9 +314,9 @@ class Mediator:
             src_sub, _ = self.bindings.lookup_split(src_hi, src_lo, pstart, ids=False)
             dst_sub, _ = self.bindings.lookup_split(dst_hi, dst_lo, pstart, ids=False)
         else:
-            found["known"][ok] = True
-            src_sub = self._lookup_first_with_ids(src_hi, src_lo, pstart, first, found, ok, "src")
-            dst_sub = self._lookup_first_with_ids(dst_hi, dst_lo, pstart, first, found, ok, "dst")
+            src_sub, first_src_sub, first_src_bid = self._lookup_first_with_ids(src_hi, src_lo, pstart, first)
+            dst_sub, first_dst_sub, first_dst_bid = self._lookup_first_with_ids(dst_hi, dst_lo, pstart, first)
+            found.append((first_src_sub, first_src_bid, first_dst_sub, first_dst_bid))
         up = np.flatnonzero(src_sub >= 0)
         down = np.flatnonzero(dst_sub >= 0)
         none = np.flatnonzero((src_sub < 0) & (dst_sub < 0))
@@ -323,23 +342,21 @@ class Mediator:
         sides = (src_sub >= 0).astype(np.uint64) + (dst_sub >= 0).astype(np.uint64) + (~attributed).astype(np.uint64)
         usage_b[ok] = np.add.reduceat(pbytes * sides, first)
 
-    def _lookup_first_with_ids(self, hi: np.ndarray, lo: np.ndarray, pstart: np.ndarray, first: np.ndarray,
-                               found: dict[str, np.ndarray], ok: np.ndarray, side: str) -> np.ndarray:
-        """Subscriber of every part; each record's first part (``first``) looked up with binding ids, stored into
-        ``found`` for records ``ok``, the later parts of split records without."""
+    def _lookup_first_with_ids(self, hi: np.ndarray, lo: np.ndarray, pstart: np.ndarray, first: np.ndarray
+                               ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Subscriber of every part, and subscriber and binding id of each record's first part (``first``): the
+        first parts looked up with binding ids, the later parts of split records without."""
         if len(first) == len(hi):  # the common case: no record was split
             sub, bid = self.bindings.lookup_split(hi, lo, pstart, ids=True)
-            found[f"{side}_sub"][ok], found[f"{side}_bid"][ok] = sub, bid
-            return sub
+            return sub, sub, bid
         fsub, fbid = self.bindings.lookup_split(hi[first], lo[first], pstart[first], ids=True)
-        found[f"{side}_sub"][ok], found[f"{side}_bid"][ok] = fsub, fbid
         later = np.ones(len(hi), dtype=bool)
         later[first] = False
         later = np.flatnonzero(later)
         lsub, _ = self.bindings.lookup_split(hi[later], lo[later], pstart[later], ids=False)
         sub = np.empty(len(hi), dtype=np.result_type(fsub, lsub))
         sub[first], sub[later] = fsub, lsub
-        return sub
+        return sub, fsub, fbid
 
     def tick(self, now_ms: int) -> dict[str, pa.RecordBatch]:
         """Close the intervals whose watermark has passed when no flows arrive (call about once a second); drops
