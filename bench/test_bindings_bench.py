@@ -14,6 +14,8 @@ Two sets of bindings:
   attributed; destinations in 192.0.0.0/8, none attributed).
 * ``history``: the 1,000,000 bindings of ``bench/test_mediation_bench.py`` (30 days of CGNAT IPv4 /32 history and
   IPv6 /56 delegations; 80 % IPv4 and 20 % IPv6 flows, 90 % with a subscriber on one side).
+* ``history`` with ``delta``: the same and 20,000 RADIUS sessions opened on pool addresses in the last hour, in the
+  delta index (the bindings opened since the last rebuild of the base index; up to ``DELTA_REBUILD_ROWS`` of them).
 
 Every round checks the answers against the expected subscribers, so a broken lookup cannot look fast.
 
@@ -28,10 +30,11 @@ import pytest
 
 from bench.test_mediation_bench import NOW, build_bindings, build_flows
 from decoders.schema import ipv4_mapped
-from mediation.bindings import Bindings, index_from_arrays, split_addresses
+from mediation.bindings import BindingIndex, Bindings, index_from_arrays, split_addresses
 from mediation.tables import OPEN_END_MS
 
 BATCH = 61_440
+SESSIONS = 20_000
 
 
 def _disabled(request) -> bool:
@@ -83,7 +86,22 @@ def history(request):
     src = split_addresses(batch.column("src_addr").to_numpy(zero_copy_only=False).astype("S16"))
     dst = split_addresses(batch.column("dst_addr").to_numpy(zero_copy_only=False).astype("S16"))
     t = batch.column("flow_start").view(pa.int64()).to_numpy()
-    return bindings, src, dst, t, [_open_holder(bindings, *side) for side in (src, dst)]
+    want = [_open_holder(bindings, *side) for side in (src, dst)]
+    # the same history with recent sessions in the delta index: built on a second copy
+    with_delta, _, _ = build_bindings(subscribers, n_bindings)
+    sessions = np.random.default_rng(4).choice(pool4, SESSIONS // (10 if disabled else 1), replace=False)
+    k = len(sessions)
+    _, lo = split_addresses(ipv4_mapped(sessions.astype(np.uint32)))
+    delta_sub = np.arange(k, dtype=np.int32) % subscribers
+    with_delta._delta = BindingIndex(np.arange(k) + 2 * n_bindings, delta_sub, np.zeros(k, np.uint64), lo,
+                                     np.full(k, 128), np.full(k, NOW - 3_600_000), np.full(k, OPEN_END_MS))
+    order = np.argsort(lo)
+    want_delta = []
+    for (_, qlo), w in zip((src, dst), want, strict=True):
+        pos = np.minimum(np.searchsorted(lo[order], qlo), k - 1)
+        hit = (lo[order][pos] == qlo) & (t >= NOW - 3_600_000)
+        want_delta.append(np.where(hit, delta_sub[order][pos], w))
+    return {False: (bindings, want), True: (with_delta, want_delta)}, src, dst, t
 
 
 def _open_holder(bindings: Bindings, hi: np.ndarray, lo: np.ndarray) -> np.ndarray:
@@ -118,17 +136,22 @@ def test_lookup_harness_bindings(benchmark, harness):
     benchmark.extra_info["records"] = len(t)
 
 
+@pytest.mark.parametrize("delta", [False, True], ids=["base", "delta"])
 @pytest.mark.parametrize("ids", [False, True], ids=["subscribers", "with-ids"])
-def test_lookup_history(benchmark, history, ids):
-    """Source and destination of a batch against 1,000,000 bindings over 30 days (IPv4 /32s and IPv6 /56s)."""
-    bindings, src, dst, t, want = history
-    index = bindings._base
+def test_lookup_history(benchmark, history, ids, delta):
+    """Source and destination of a batch against 1,000,000 bindings over 30 days (IPv4 /32s and IPv6 /56s), and
+    with 20,000 recent sessions in the delta index."""
+    variants, src, dst, t = history
+    bindings, want = variants[delta]
+    index, recent = bindings._base, bindings._delta
+    sub_of_id = np.full(int(max(index.ids.max(), recent.ids.max(initial=0))) + 1, -1, dtype=np.int32)
+    sub_of_id[index.ids], sub_of_id[recent.ids] = index.sub, recent.sub  # binding ids -> subscribers
 
     def run() -> None:
         (ssub, sbid), (dsub, dbid) = _both_sides(bindings, src, dst, t, ids)
         assert np.array_equal(ssub, want[0]) and np.array_equal(dsub, want[1])
-        if ids:  # ids are row numbers here: the binding's subscriber is the one found
-            assert np.array_equal(np.where(sbid >= 0, index.sub[np.maximum(sbid, 0)], -1), want[0])
+        if ids:  # the binding found is the subscriber's
+            assert np.array_equal(np.where(sbid >= 0, sub_of_id[np.maximum(sbid, 0)], -1), want[0])
             assert ((dbid >= 0) == (dsub >= 0)).all()
 
     benchmark(run)

@@ -142,11 +142,12 @@ def format_network(hi: int, lo: int, plen: int) -> str:
 _FIB = _U64(0x9E3779B97F4A7C15)
 _NEVER = np.iinfo(np.int64).min
 DENSE_MAX_SLOTS = 1 << 25
-"""Key spans up to this many slots (and at most 8 per network) use a direct array instead of a hash table."""
+"""Key spans up to this many slots (and at most 3 per network, or 65,536) use a direct array instead of a hash
+table."""
 _SLOT = np.dtype([("valid_from", "<i8"), ("valid_to", "<i8"), ("sub", "<i4"), ("pos", "<i4")])
 _EMPTY_SLOT = (_NEVER, _NEVER, -1, -1)  # starts before any time (no stepping back), valid at none: no match
 PROBE_WINDOW = 8
-"""Hash table slots read at once per query whose home slot holds another network."""
+"""Hash table slots read at once per query in the last rounds of probing (when few queries are left)."""
 FULL_PASS_SHARE = 0.5
 """In :meth:`BindingIndex.lookup`, a prefix length is probed with every query, rather than with the unanswered ones
 gathered out, while at least this share of the queries is unanswered (gathering and scattering cost about as much
@@ -159,19 +160,20 @@ class _NetworkTable:
 
     Dense when the keys span a small range (an ISP's IPv4 pools keyed by network number: consecutive /24s are
     consecutive keys): slot ``key - base``, the last slot empty for keys out of range. Otherwise an open-addressing
-    hash table (Fibonacci hashing, linear probing, load <= 0.5) of one or two uint64 key words compared in full;
-    empty slots hold a key word no network has, so a probe stops on a matching or an empty slot (whose record
-    matches nothing) without a separate occupancy test; keys outside the range of the networks' first key words
-    go to an extra empty slot at the end without probing.
+    hash table (Fibonacci hashing, linear probing, load <= 0.5) whose slots also hold the one or two uint64 key
+    words, compared in full; empty slots hold a key word no network has, so a probe stops on a matching or an empty
+    slot (whose record matches nothing) without a separate occupancy test; keys outside the range of the networks'
+    first key words go to an extra empty slot at the end without probing (most misses: the remote side of flows).
+    Memory per network: dense at most 72 bytes, hashed 64 to 128 (one key word) or 80 to 160 (two).
     """
 
     def __init__(self, keys: tuple[np.ndarray, ...], records: np.ndarray) -> None:
         n = len(records)
         ka = keys[0]
         self.dense = False
-        self.base = _U64(ka.min()) if n else _U64(0)
-        span = int(ka.max()) - int(ka.min()) + 1 if n else 0
-        if len(keys) == 1 and 0 < span <= min(DENSE_MAX_SLOTS, max(8 * n, 1 << 16)):
+        self.base = _U64(ka.min())
+        span = int(ka.max()) - int(ka.min()) + 1
+        if len(keys) == 1 and span <= min(DENSE_MAX_SLOTS, max(3 * n, 1 << 16)):
             self.dense = True
             self.span = _U64(span)
             self.slots = np.empty(span + 1, dtype=_SLOT)
@@ -199,11 +201,8 @@ class _NetworkTable:
             todo = todo[~won]
             pos[todo] = (pos[todo] + _U64(1)) & self.mask
         self.slot_of = pos.astype(np.int64)
-        # keys outside the networks' range of first words go straight to the extra empty slot at the end (no
-        # probing: most misses, e.g. the remote side of a flow)
         self.low, self.width, self.size = _U64(words[0]), _U64(words[-1] - words[0]), _U64(1 << bits)
         self._steps = np.arange(1, PROBE_WINDOW + 1, dtype=_U64)
-        # the key words in the slot: a probe reads one record
         self.key_fields = ("ka", "kb")[:len(keys)]
         self.slots = np.empty((1 << bits) + 1, dtype=np.dtype(_SLOT.descr + [(f, "<u8") for f in self.key_fields]))
         self.slots[:] = _EMPTY_SLOT + (self.empty_key,) * len(keys)
@@ -211,7 +210,7 @@ class _NetworkTable:
             self.slots[name][self.slot_of] = records[name]
         for name, k in zip(self.key_fields, keys, strict=True):
             self.slots[name][self.slot_of] = k
-        self.key_words = [np.ascontiguousarray(self.slots[name]) for name in self.key_fields]  # for probing on
+        self.key_words = [np.ascontiguousarray(self.slots[name]) for name in self.key_fields]  # to probe on
 
     def _home(self, keys: tuple[np.ndarray, ...]) -> np.ndarray:
         with np.errstate(over="ignore"):
@@ -230,22 +229,30 @@ class _NetworkTable:
         other = found["ka"] != keys[0]
         if len(keys) > 1:
             other |= found["kb"] != keys[1]
-        todo = np.flatnonzero(other)
-        todo = todo[found["ka"][todo] != self.empty_key]  # another network's slot: probe on (an empty one: absent)
-        while len(todo):  # the next PROBE_WINDOW slots at once: few rounds of numpy calls for the rare long probes
+        moved = np.flatnonzero(other)
+        moved = moved[found["ka"][moved] != self.empty_key]  # another network's slot: probe on (an empty one: absent)
+        if not len(moved):
+            return found
+        todo = moved
+        while len(todo) > 16 * PROBE_WINDOW:  # one slot at a time while many queries are left
+            pos[todo] = (pos[todo] + _U64(1)) & self.mask
+            p = pos[todo].view(np.int64)
+            first = self.key_words[0].take(p)
+            on = first != keys[0][todo]
+            if len(keys) > 1:
+                on |= self.key_words[1].take(p) != keys[1][todo]
+            todo = todo[on & (first != self.empty_key)]
+        while len(todo):  # then the next PROBE_WINDOW slots at once: few rounds for the rare long probes
             window = ((pos[todo][:, None] + self._steps) & self.mask).view(np.int64)
             first = self.key_words[0].take(window)
             stop = first == keys[0][todo][:, None]
             if len(keys) > 1:
                 stop &= self.key_words[1].take(window) == keys[1][todo][:, None]
             stop |= first == self.empty_key
-            at = stop.argmax(axis=1)
-            done = np.flatnonzero(stop.any(axis=1))
-            pos[todo[done]] = window[done, at[done]]
-            np.put(found, todo[done], self.slots.take(pos[todo[done]].view(np.int64)))
-            more = np.flatnonzero(~stop.any(axis=1))
-            pos[todo[more]] = window[more, -1]
-            todo = todo[more]
+            done = stop.any(axis=1)
+            pos[todo] = np.where(done, window[np.arange(len(todo)), stop.argmax(axis=1)], window[:, -1])
+            todo = todo[~done]
+        np.put(found, moved, self.slots.take(pos[moved].view(np.int64)))  # (put and take: [] on records is slow)
         return found
 
 
@@ -261,7 +268,6 @@ class _Group:
     mask_lo: np.uint64
     const_hi: np.uint64
     rows: np.ndarray = None  # rows of the index, sorted by (network key, valid_from); the arrays below in that order
-    rows_or_none: np.ndarray = None  # ``rows`` and -1
     valid_from: np.ndarray = None
     valid_to: np.ndarray = None
     sub: np.ndarray = None
@@ -278,11 +284,11 @@ class _Group:
             return (lo >> self.shift,)
         return hi & self.mask_hi, lo & self.mask_lo
 
-    def find(self, hi: np.ndarray, lo: np.ndarray, t: np.ndarray, check_hi: bool, positions: bool = False
+    def find(self, hi: np.ndarray, lo: np.ndarray, t: np.ndarray, check_hi: bool, rows: bool = False
              ) -> tuple[np.ndarray, np.ndarray | None]:
-        """Per query, the subscriber (or -1) and, with ``positions``, the group position (or -1) of the binding of
-        its network at ``t``: the one that started last at or before ``t``, if ``t`` is before its end.
-        ``check_hi``: compare the high half too ("lo" mode keys leave it out)."""
+        """Per query, the subscriber (or -1) and, with ``rows``, the index row (or -1) of the binding of its network
+        at ``t``: the one that started last at or before ``t``, if ``t`` is before its end. ``check_hi``: compare
+        the high half too ("lo" mode keys leave it out)."""
         slot = self.table.get(self.keys(hi, lo))
         valid_to, sub, pos = slot["valid_to"], slot["sub"], slot["pos"]
         late = slot["valid_from"] > t
@@ -294,7 +300,7 @@ class _Group:
         # -1 where not found, without np.where: a data-dependent choice per element costs ~4 ns (mispredicted
         # branches); OR with 0 / -1 costs a tenth of that
         miss = ok.view(np.int8) - np.int8(1)
-        return sub | miss, (pos | miss if positions else None)
+        return sub | miss, (self.rows.take(pos | miss) | miss if rows else None)  # (-1 takes the last row)
 
     def _step_back(self, late: np.ndarray, t: np.ndarray, valid_to: np.ndarray, sub: np.ndarray,
                    pos: np.ndarray) -> None:
@@ -333,8 +339,6 @@ class BindingIndex:
         # an all-IPv4 batch (every high half 0) never matches the groups that only IPv6 queries can match
         self._v4_groups = [g for g in self.groups if not g.v6_only and not (g.mode == "lo" and g.const_hi != 0)]
         self._id_order = np.argsort(self.ids, kind="stable")
-        self.ids_or_none = np.append(self.ids, -1)  # take(row) of a lookup: binding id, -1 where none
-        self.valid_from_or_never = np.append(self.valid_from, _NEVER)
 
     def __len__(self) -> int:
         return len(self.ids)
@@ -354,7 +358,6 @@ class BindingIndex:
         keys, rows = tuple(k[order] for k in keys), rows[order]
         self._row_gpos[rows] = np.arange(len(rows))
         g.rows, g.valid_from, g.valid_to, g.sub = rows, self.valid_from[rows], self.valid_to[rows], self.sub[rows]
-        g.rows_or_none = np.append(rows, -1)  # position -1 (not found): row -1
         same = np.ones(len(rows) - 1, dtype=bool)
         for k in keys:
             same &= k[1:] == k[:-1]
@@ -364,7 +367,7 @@ class BindingIndex:
         records["valid_from"], records["valid_to"] = g.valid_from[newest], g.valid_to[newest]
         records["sub"], records["pos"] = g.sub[newest], newest
         g.table = _NetworkTable(tuple(k[newest] for k in keys), records)
-        g.table_slot = np.full(len(rows), -1, dtype=np.int64)
+        g.table_slot = np.full(len(rows), -1, dtype=np.int32)
         g.table_slot[newest] = g.table.slot_of
         g.v6_only = bool(np.all(hi != 0))
         g.v4_only = mode == "lo" and const_hi == 0
@@ -394,7 +397,9 @@ class BindingIndex:
         sub = np.full(n, -1, dtype=np.int32)
         row = np.full(n, -1, dtype=np.int64)
         plen = np.full(n, -1, dtype=np.int16)
-        v4 = n > 0 and not hi.any()  # all IPv4-mapped: groups only IPv6 can match are left out, no high-half check
+        if not n:
+            return sub, row, plen
+        v4 = not hi.any()  # all IPv4-mapped: groups only IPv6 can match are left out, no high-half check
         for i, g in enumerate(self._v4_groups if v4 else self.groups):
             check_hi = g.mode == "lo" and not (v4 and g.v4_only)
             todo = None  # None: probe every query
@@ -411,26 +416,32 @@ class BindingIndex:
                     todo = np.flatnonzero(left)
                     check_hi &= not g.v4_only  # the queries left have a zero high half, as the networks
             if todo is not None:
-                gsub, gpos = g.find(hi[todo], lo[todo], t[todo], check_hi, rows)
+                gsub, grow = g.find(hi[todo], lo[todo], t[todo], check_hi, rows)
                 sub[todo] = gsub
                 if rows:
-                    row[todo] = g.rows_or_none.take(gpos)
+                    row[todo] = grow
                     plen[todo] = (gsub >= 0) * np.int16(g.prefix_len + 1) - np.int16(1)
                 continue
-            gsub, gpos = g.find(hi, lo, t, check_hi, rows)
+            gsub, grow = g.find(hi, lo, t, check_hi, rows)
             if not i:
                 sub = gsub
                 if rows:
-                    row = g.rows_or_none.take(gpos)
+                    row = grow.astype(np.int64)
                     plen = (gsub >= 0) * np.int16(g.prefix_len + 1) - np.int16(1)
                 continue
             # keep what a longer prefix found, take this group's answer elsewhere (-1 + answer + 1; branch-free)
             unanswered = sub < 0
             if rows:
-                row += (g.rows_or_none.take(gpos) + 1) * unanswered
+                row += (grow + 1) * unanswered
                 plen += (unanswered & (gsub >= 0)) * np.int16(g.prefix_len + 1)
             sub += (gsub + 1) * unanswered
         return sub, row, plen
+
+    def ids_of_rows(self, rows: np.ndarray) -> np.ndarray:
+        """Binding ids of lookup ``rows`` (-1 where -1)."""
+        if not len(self.ids):
+            return np.full(len(rows), -1, dtype=np.int64)
+        return self.ids.take(rows) | (rows >> 63)  # row -1 takes the last id, then ORs in all ones (branch-free)
 
     def rows_of_ids(self, ids: np.ndarray) -> np.ndarray:
         """Rows holding binding ``ids`` (-1 where absent)."""
@@ -930,7 +941,7 @@ class Bindings:
         sub = sub.copy()
         sub[old] = osub
         bid = bid.copy()
-        bid[old] = index.ids_or_none.take(orow)
+        bid[old] = index.ids_of_rows(orow)
         return sub, (bid if ids else None)
 
     def _fallback_index(self, t0: int, t1: int) -> BindingIndex:
@@ -976,21 +987,22 @@ class Bindings:
             if not ids:  # the hot path: subscribers only
                 return base.lookup(hi, lo, t, rows=False)[0], None
             sub, row, _ = base.lookup(hi, lo, t)
-            return sub, base.ids_or_none.take(row)
+            return sub, base.ids_of_rows(row)
         # the delta (bindings opened since the last rebuild) is small and few queries hit it: base rows and prefix
         # lengths are only needed for those
         dsub, drow, dplen = delta.lookup(hi, lo, t)
         hit = np.flatnonzero(drow >= 0)
         if ids:
             sub, row, plen = base.lookup(hi, lo, t)
-            bid = base.ids_or_none.take(row)
+            bid = base.ids_of_rows(row)
             brow, bplen = row[hit], plen[hit]
         else:
             sub, bid = base.lookup(hi, lo, t, rows=False)[0], None
             _, brow, bplen = base.lookup(hi[hit], lo[hit], t[hit])
         if len(hit):
             # the delta's binding decides where its prefix is longer, or as long and started no earlier
-            dp, dfrom, bfrom = dplen[hit], delta.valid_from[drow[hit]], base.valid_from_or_never.take(brow)
+            dp, dfrom = dplen[hit], delta.valid_from[drow[hit]]
+            bfrom = base.valid_from[np.maximum(brow, 0)] if len(base) else dfrom  # (no row: bplen -1 decides)
             win = hit[(dp > bplen) | ((dp == bplen) & (dfrom >= bfrom))]
             sub[win] = dsub[win]
             if ids:

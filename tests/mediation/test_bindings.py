@@ -274,3 +274,109 @@ def test_processes_opening_a_fresh_database_together_all_succeed(tmp_path) -> No
         for proc in procs:
             proc.join()
         assert outcomes == ["ok"] * 4, f"attempt {attempt}: {outcomes}"
+
+
+def _u64(rng: np.random.Generator) -> int:
+    return int(rng.integers(0, 1 << 32)) << 32 | int(rng.integers(0, 1 << 32))
+
+
+def _random_history(rng: np.random.Generator, n_networks: int = 120) -> tuple[list[tuple[int, int, int, int, int]],
+                                                                               list[int]]:
+    """Bindings (network as a 128-bit int, prefix length, valid_from, valid_to, subscriber) over nested IPv4 and
+    IPv6 networks of many prefix lengths, 1 to 3 per network in time order (some closed, some with gaps); and
+    query addresses inside and outside them."""
+    v4 = 0xFFFF << 32
+    nets = []
+    for _ in range(n_networks):
+        kind = rng.integers(0, 6)
+        if kind == 0:  # IPv4 /32, /25, /24, /16 in 10.0/16 (nested): dense tables
+            plen = int(rng.choice([128, 121, 120, 112]))
+            value = v4 | 0x0A00_0000 | int(rng.integers(0, 1 << 16))
+        elif kind == 1:  # IPv4 hosts spread over the whole space: a hash table keyed by the low half
+            plen, value = 128, v4 | int(rng.integers(0, 1 << 32))
+        elif kind == 2:  # IPv6 /56 and /64 in 2001:db8::/40: keyed by the high half
+            plen = int(rng.choice([56, 64]))
+            value = (0x2001_0DB8_0000_0000 | int(rng.integers(0, 1 << 24))) << 64
+        elif kind == 3:  # IPv6 hosts in different /64s: a hash table of both halves
+            plen = 128
+            value = ((0x2001_0DB8_0000_0000 | int(rng.integers(0, 4))) << 64) | _u64(rng)
+        elif kind == 4:  # IPv6 /80 and /96 in one /64: keyed by the low half, the high half checked
+            plen = int(rng.choice([80, 96]))
+            value = (0x2001_0DB8_0000_0001 << 64) | _u64(rng)
+        else:  # short prefixes: /8 of IPv4, ::/0
+            plen, value = int(rng.choice([104, 0])), v4 | 0x0A00_0000
+        nets.append((value >> (128 - plen) << (128 - plen) if plen else 0, plen))
+    rows = []
+    for net, plen in nets:
+        t = int(rng.integers(0, 50))
+        for _ in range(int(rng.integers(1, 4))):
+            end = t + int(rng.integers(1, 60)) if rng.random() < 0.6 else OPEN_END_MS
+            rows.append((net, plen, t, end, len(rows) % 17))
+            if end == OPEN_END_MS:
+                break
+            t = end + int(rng.integers(0, 3))  # back to back or after a gap
+    queries = []
+    for _ in range(600):
+        net, plen = nets[int(rng.integers(0, len(nets)))]
+        host = _u64(rng) << 64 | _u64(rng)
+        inside = net | (host & ((1 << (128 - plen)) - 1))
+        outside = (v4 | int(rng.integers(0, 1 << 32))) if rng.random() < 0.5 else int(rng.integers(1, 1 << 62)) << 66
+        twin = inside ^ (int(rng.integers(1, 1 << 16)) << 64)  # the same low half under another high half
+        queries.append(int(rng.choice([inside, outside, twin], p=[0.7, 0.15, 0.15])))
+    return rows, queries
+
+
+def _brute_force(rows: list[tuple[int, int, int, int, int]], value: int, t: int) -> tuple[int, int, int]:
+    """(subscriber, row, prefix length) of the longest prefix whose newest binding started at or before t is valid
+    at t (a later row wins a tie), or (-1, -1, -1)."""
+    newest: dict[int, tuple[int, int]] = {}
+    for i, (net, plen, vf, _, _) in enumerate(rows):
+        if vf <= t and (value >> (128 - plen) if plen else 0) == (net >> (128 - plen) if plen else 0):
+            if plen not in newest or vf >= rows[newest[plen][1]][2]:
+                newest[plen] = (vf, i)
+    for plen in sorted(newest, reverse=True):
+        i = newest[plen][1]
+        if t < rows[i][3]:
+            return rows[i][4], i, plen
+    return -1, -1, -1
+
+
+@pytest.mark.parametrize("seed", range(4))
+@pytest.mark.parametrize("tuning", ["default", "all-hashed", "always-gather", "never-gather", "probe-by-one"])
+def test_index_matches_brute_force_on_nested_mixed_history(monkeypatch, seed, tuning):
+    """Every table kind (dense, hashed by one or two halves, high-half check), stepping back to earlier bindings,
+    each way of combining prefix lengths, and IPv4-only, IPv6-only and mixed batches give the reference answers."""
+    if tuning == "all-hashed":
+        monkeypatch.setattr(bindings_mod, "DENSE_MAX_SLOTS", 0)
+    elif tuning == "always-gather":
+        monkeypatch.setattr(bindings_mod, "FULL_PASS_SHARE", 2.0)
+    elif tuning == "never-gather":
+        monkeypatch.setattr(bindings_mod, "FULL_PASS_SHARE", 0.0)
+    elif tuning == "probe-by-one":
+        monkeypatch.setattr(bindings_mod, "PROBE_WINDOW", 1)
+    rng = np.random.default_rng(seed)
+    rows, queries = _random_history(rng)
+    nets = np.array([r[0] for r in rows], dtype=object)
+    index = bindings_mod.BindingIndex(
+        np.arange(len(rows)) * 10, np.array([r[4] for r in rows]), np.array([int(v >> 64) for v in nets], np.uint64),
+        np.array([int(v & ((1 << 64) - 1)) for v in nets], np.uint64), np.array([r[1] for r in rows]),
+        np.array([r[2] for r in rows]), np.array([r[3] for r in rows]))
+    times = rng.integers(-2, 200, len(queries))
+    want = np.array([_brute_force(rows, q, int(t)) for q, t in zip(queries, times, strict=True)])
+    hi = np.array([q >> 64 for q in queries], dtype=np.uint64)
+    lo = np.array([q & ((1 << 64) - 1) for q in queries], dtype=np.uint64)
+    sub, row, plen = index.lookup(hi, lo, times)
+    assert sub.tolist() == want[:, 0].tolist()
+    assert row.tolist() == want[:, 1].tolist() and plen.tolist() == want[:, 2].tolist()
+    assert index.ids_of_rows(row).tolist() == np.where(want[:, 1] >= 0, want[:, 1] * 10, -1).tolist()
+    assert index.lookup(hi, lo, times, rows=False)[0].tolist() == want[:, 0].tolist()
+    for part in (hi == 0, hi != 0):  # the IPv4-only fast path and an IPv6-only batch
+        assert index.lookup(hi[part], lo[part], times[part])[0].tolist() == want[part, 0].tolist()
+    # closing bindings in place (the newest of a network or an earlier one) changes the answers as in the reference
+    closed = rng.choice(len(rows), len(rows) // 3, replace=False)
+    ends = np.array([max(rows[i][2], int(rng.integers(0, 120))) for i in closed])
+    index.set_valid_to(closed, ends)
+    for i, end in zip(closed, ends, strict=True):
+        rows[i] = rows[i][:3] + (int(end),) + rows[i][4:]
+    want = [_brute_force(rows, q, int(t))[0] for q, t in zip(queries, times, strict=True)]
+    assert index.lookup(hi, lo, times, rows=False)[0].tolist() == want
