@@ -274,3 +274,31 @@ def test_ipv4_address_bytes_in_place() -> None:
     assert [r[12:].tobytes() for r in raw] == [ip4(a) for a in ("10.0.0.0", "10.0.0.1", "10.0.0.2", "10.0.0.3",
                                                                 "10.0.1.0")]
     assert list(f["raw_bytes"][:5]) == [0, 1, 2, 3, 0]
+
+
+def test_joiner_reuses_its_buffer_but_never_overwrites_a_view_still_held() -> None:
+    from decoders.templated import Joiner
+
+    j = Joiner(keep_bytes=64)
+    first = j.join([b"ab", b"cd"], 4)
+    held = first  # a view of the batch still alive: the next batch must not write over it
+    second = j.join([b"xy"], 2)
+    assert bytes(held) == b"abcd" and bytes(second) == b"xy"
+    del first, held
+    third = j.join([b"12", b"345"], 5)
+    assert bytes(third) == b"12345"
+    big = j.join([b"z" * 100], 100)  # beyond keep_bytes: a buffer of its own, not kept
+    assert isinstance(big, bytes) and big == b"z" * 100
+
+
+def test_flows_to_arrow_shares_memory_and_fills_only_missing_columns() -> None:
+    from decoders.schema import FLOWS
+
+    res = FlowDecoder().decode(_uniform(6, 3))
+    batch = FLOWS.to_arrow(res.flows)
+    assert batch.schema == FLOWS.arrow_schema and batch.num_rows == 18
+    assert batch.column("batch_id").to_pylist() == [0] * 18  # not produced by the decoder: zeros
+    src = batch.column("src_addr")
+    assert src.buffers()[1].address == res.flows["src_addr"].ctypes.data  # no copy of the addresses
+    assert src.buffers()[1].to_pybytes()[:18 * 16] == res.flows["src_addr"].tobytes()
+    assert batch.column("flow_start").cast("int64").to_pylist() == res.flows["flow_start"].tolist()
