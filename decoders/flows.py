@@ -564,26 +564,30 @@ class FlowDecoder:
         # With blocks: one stream of observations per key, each in datagram order (keys are independent of each
         # other, unless a tracker would evict keys: then everything goes in datagram order, one at a time).
         index: dict[tuple, int] = {}
-        ids, seqs, counts, exacts = [], [], [], []
+        ids: list[int] = []
+        seqs: list[int] = []
+        counts: list[int] = []
+        exacts: list[bool] = []
         for entry in batch.sequence:
             if entry[0] is None:
                 _, keys, kid, seq, count = entry
                 local = np.array([index.setdefault(key, len(index)) for key in keys], dtype=np.int64)
-                ids.append(local[kid])
-                seqs.append(seq)
-                counts.append(count)
-                exacts.append(np.ones(len(kid), dtype=bool))
+                ids += local[kid].tolist()
+                seqs += seq.tolist()
+                counts += count.tolist()
+                exacts += [True] * len(kid)
             else:
                 _, key, seq, count, exact, var_sets = entry
                 if var_sets:
                     count += sum(g.counts[i] for g, i in var_sets)
-                ids.append(np.array([index.setdefault(key, len(index))], dtype=np.int64))
-                seqs.append(np.array([seq], dtype=np.int64))
-                counts.append(np.array([count], dtype=np.int64))
-                exacts.append(np.array([exact], dtype=bool))
+                ids.append(index.setdefault(key, len(index)))
+                seqs.append(seq)
+                counts.append(count)
+                exacts.append(exact)
         keys = list(index)
         trackers = [self.sequences if key[1] == 9 else self.records_sequences for key in keys]
-        kid, seq, count, exact = (np.concatenate(x) for x in (ids, seqs, counts, exacts))
+        kid, seq, count = (np.array(x, dtype=np.int64) for x in (ids, seqs, counts))
+        exact = np.array(exacts, dtype=bool)
         for tracker in {id(t): t for t in trackers}.values():
             new = sum(1 for key, t in zip(keys, trackers, strict=True) if t is tracker and key not in tracker.states)
             if new and len(tracker.states) + new > tracker.max_keys:
