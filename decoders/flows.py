@@ -564,30 +564,26 @@ class FlowDecoder:
         # With blocks: one stream of observations per key, each in datagram order (keys are independent of each
         # other, unless a tracker would evict keys: then everything goes in datagram order, one at a time).
         index: dict[tuple, int] = {}
-        ids: list[int] = []
-        seqs: list[int] = []
-        counts: list[int] = []
-        exacts: list[bool] = []
+        parts: list[tuple[np.ndarray, ...]] = []  # (key id, seq, count, exact) arrays: a block, or a run of singles
+        singles: list[tuple[int, int, int, bool]] = []
         for entry in batch.sequence:
             if entry[0] is None:
+                if singles:
+                    parts.append(_columns_of(singles))
+                    singles = []
                 _, keys, kid, seq, count = entry
                 local = np.array([index.setdefault(key, len(index)) for key in keys], dtype=np.int64)
-                ids += local[kid].tolist()
-                seqs += seq.tolist()
-                counts += count.tolist()
-                exacts += [True] * len(kid)
+                parts.append((local[kid], seq, count, np.ones(len(kid), dtype=bool)))
             else:
                 _, key, seq, count, exact, var_sets = entry
                 if var_sets:
                     count += sum(g.counts[i] for g, i in var_sets)
-                ids.append(index.setdefault(key, len(index)))
-                seqs.append(seq)
-                counts.append(count)
-                exacts.append(exact)
+                singles.append((index.setdefault(key, len(index)), seq, count, exact))
+        if singles:
+            parts.append(_columns_of(singles))
         keys = list(index)
         trackers = [self.sequences if key[1] == 9 else self.records_sequences for key in keys]
-        kid, seq, count = (np.array(x, dtype=np.int64) for x in (ids, seqs, counts))
-        exact = np.array(exacts, dtype=bool)
+        kid, seq, count, exact = parts[0] if len(parts) == 1 else (np.concatenate(x) for x in zip(*parts, strict=True))
         for tracker in {id(t): t for t in trackers}.values():
             new = sum(1 for key, t in zip(keys, trackers, strict=True) if t is tracker and key not in tracker.states)
             if new and len(tracker.states) + new > tracker.max_keys:
@@ -956,6 +952,13 @@ class FlowDecoder:
         if in_record is not None:
             announced = np.where(in_record > 0, in_record, announced)
         return announced
+
+
+def _columns_of(observations: list[tuple[int, int, int, bool]]) -> tuple[np.ndarray, ...]:
+    """Sequence observations (key id, seq, count, exact) as four arrays."""
+    kid, seq, count, exact = zip(*observations, strict=True)
+    return (np.array(kid, dtype=np.int64), np.array(seq, dtype=np.int64), np.array(count, dtype=np.int64),
+            np.array(exact, dtype=bool))
 
 
 def _block_records(g: _Group, buf: bytes) -> tuple[np.ndarray, np.ndarray, FixedView]:
