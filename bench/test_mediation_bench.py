@@ -191,11 +191,13 @@ def _ns_per_record(benchmark, records: int) -> None:
 
 
 def _usage_parts(n: int, subscribers: int, seed: int) -> dict[str, np.ndarray]:
-    """One batch of usage parts as the Mediator hands them to the aggregator: one interval, 4 exporters, 90 %
-    attributed (up or down), 2 classes."""
+    """One batch of usage parts as the Mediator hands them to the aggregator: 4 exporters, 90 % attributed (up or
+    down), 2 classes; one interval, or two (every other batch: 30 % of the parts in the interval before, as after
+    a boundary when flows of the last minutes arrive)."""
     rng = np.random.default_rng(seed)
     direction = rng.choice(np.array([0, 1, 2], np.uint8), n, p=[0.45, 0.45, 0.1])
-    return {"interval_start": np.full(n, NOW // INTERVAL * INTERVAL, np.int64),
+    interval = NOW // INTERVAL * INTERVAL - INTERVAL * (seed % 2 * (rng.random(n) < 0.3))
+    return {"interval_start": interval.astype(np.int64),
             "sub": np.where(direction == 2, -1, rng.integers(0, subscribers, n)).astype(np.int32),
             "direction": direction, "cls": (rng.random(n) < 0.3).astype(np.uint8),
             "exporter": rng.integers(0, 4, n).astype(np.int32),
@@ -204,7 +206,7 @@ def _usage_parts(n: int, subscribers: int, seed: int) -> dict[str, np.ndarray]:
 
 
 def test_aggregation_per_batch(benchmark):
-    """``UsageAggregator.add`` of consecutive batches into one open interval, then the interval's rows (its share
+    """``UsageAggregator.add`` of consecutive batches into the open intervals, then the intervals' rows (their share
     of the close): the aggregation cost per record of the daemon."""
     nb, n = _per_batch_sizes(benchmark)
     batches = [_usage_parts(n, 100_000, seed) for seed in range(nb)]
