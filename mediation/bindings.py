@@ -151,6 +151,10 @@ _SLOT = np.dtype([("valid_from", "<i8"), ("valid_to", "<i8"), ("sub", "<i4"), ("
 _EMPTY_SLOT = (_NEVER, _NEVER, -1, -1)  # starts before any time (no stepping back), valid at none: no match
 PROBE_WINDOW = 8
 """Hash table slots read at once per query in the last rounds of probing (when few queries are left)."""
+MERGE_MAX_BITS = 4
+MERGE_MAX_GROWTH = 4
+"""Prefix lengths keyed alike are merged into one table when the longest is at most MERGE_MAX_BITS longer than the
+others and the table needs at most MERGE_MAX_GROWTH slots per network (see BindingIndex._merge)."""
 FULL_PASS_SHARE = 0.5
 """In :meth:`BindingIndex.lookup`, a prefix length is probed with every query, rather than with the unanswered ones
 gathered out, while at least this share of the queries is unanswered (gathering and scattering cost about as much
@@ -280,6 +284,10 @@ class _Group:
     has_prev: np.ndarray = None  # the position before holds an earlier-started binding of the same network
     table_slot: np.ndarray = None  # slot of the network in ``table`` where this is its newest binding, else -1
     table: _NetworkTable | None = None
+    # a merged group (see BindingIndex._merge): the prefix length of each position, and how many consecutive slots
+    # from ``table_slot`` hold each network (a shorter prefix fills the slots of every longer one inside it)
+    plens: np.ndarray | None = None
+    table_span: np.ndarray | None = None
     v6_only: bool = False  # no network with a zero high half: IPv4-mapped queries (high half 0) cannot match
     v4_only: bool = False  # "lo" mode with a zero high half: only IPv4-mapped queries can match
 
@@ -290,11 +298,11 @@ class _Group:
             return (lo >> self.shift,)
         return hi & self.mask_hi, lo & self.mask_lo
 
-    def find(self, hi: np.ndarray, lo: np.ndarray, t: np.ndarray, check_hi: bool, attach: np.ndarray | None = None
+    def find(self, hi: np.ndarray, lo: np.ndarray, t: np.ndarray, check_hi: bool, positions: bool = False
              ) -> tuple[np.ndarray, np.ndarray | None]:
-        """Per query, the subscriber (or -1) and the ``attach`` value (``rows`` or ``ids``; or -1) of the binding
-        of its network at ``t``: the one that started last at or before ``t``, if ``t`` is before its end.
-        ``check_hi``: compare the high half too ("lo" mode keys leave it out)."""
+        """Per query, the subscriber (or -1) and, with ``positions``, the position (or -1) of the binding of its
+        network at ``t``: the one that started last at or before ``t``, if ``t`` is before its end. ``check_hi``:
+        compare the high half too ("lo" mode keys leave it out)."""
         slot = self.table.get(self.keys(hi, lo))
         valid_to, sub, pos = slot["valid_to"], slot["sub"], slot["pos"]
         late = slot["valid_from"] > t
@@ -306,7 +314,7 @@ class _Group:
         # -1 where not found, without np.where: a data-dependent choice per element costs ~4 ns (mispredicted
         # branches); OR with 0 / -1 costs a tenth of that
         miss = ok.view(np.int8) - np.int8(1)
-        return sub | miss, (None if attach is None else attach.take(pos | miss) | miss)  # (-1 takes the last one)
+        return sub | miss, (pos | miss if positions else None)
 
     def _step_back(self, late: np.ndarray, t: np.ndarray, valid_to: np.ndarray, sub: np.ndarray,
                    pos: np.ndarray) -> None:
@@ -340,8 +348,11 @@ class BindingIndex:
         self._row_group = np.zeros(len(self.ids), dtype=np.int16)
         self._row_gpos = np.zeros(len(self.ids), dtype=np.int64)
         for p in sorted(np.unique(self.plen).tolist(), reverse=True):
-            self._row_group[self.plen == p] = len(self.groups)
             self.groups.append(self._build_group(int(p), np.flatnonzero(self.plen == p)))
+        self.groups = self._merge_groups(self.groups)
+        for gi, g in enumerate(self.groups):
+            self._row_group[g.rows] = gi
+            self._row_gpos[g.rows] = np.arange(len(g.rows))
         # an all-IPv4 batch (every high half 0) never matches the groups that only IPv6 queries can match
         self._v4_groups = [g for g in self.groups if not g.v6_only and not (g.mode == "lo" and g.const_hi != 0)]
         self._id_order = np.argsort(self.ids, kind="stable")
@@ -362,7 +373,6 @@ class BindingIndex:
         keys = g.keys(hi, lo)
         order = np.lexsort((self.valid_from[rows], *reversed(keys)))
         keys, rows = tuple(k[order] for k in keys), rows[order]
-        self._row_gpos[rows] = np.arange(len(rows))
         g.rows, g.valid_from, g.valid_to, g.sub = rows, self.valid_from[rows], self.valid_to[rows], self.sub[rows]
         g.ids = self.ids[rows]  # binding ids straight from a position (one memory access less than via rows)
         same = np.ones(len(rows) - 1, dtype=bool)
@@ -393,7 +403,73 @@ class BindingIndex:
             g.valid_to[gpos] = vt
             slot = g.table_slot[gpos]
             newest = slot >= 0
-            g.table.slots["valid_to"][slot[newest]] = vt[newest]
+            slot, vt = slot[newest], vt[newest]
+            if g.table_span is not None:  # a merged group: every slot of the network
+                span = g.table_span[gpos[newest]]
+                slot = np.repeat(slot, span) + np.arange(span.sum()) - np.repeat(np.cumsum(span) - span, span)
+                vt = np.repeat(vt, span)
+            g.table.slots["valid_to"][slot] = vt
+
+    @staticmethod
+    def _mergeable(a: _Group, b: _Group) -> bool:
+        return (a.mode == b.mode and a.mode in ("hi", "lo") and a.const_hi == b.const_hi and a.v6_only == b.v6_only
+                and b.prefix_len > 0 and a.prefix_len - b.prefix_len <= MERGE_MAX_BITS)
+
+    def _merge_groups(self, groups: list[_Group]) -> list[_Group]:
+        """Runs of prefix lengths keyed alike (e.g. IPv4 /25s and /24s) merged into one group where that is exact."""
+        out: list[_Group] = []
+        i = 0
+        while i < len(groups):
+            j = i + 1
+            while j < len(groups) and self._mergeable(groups[i], groups[j]):
+                j += 1
+            merged = self._merge(groups[i:j]) if j - i > 1 else None
+            out.append(merged or groups[i])
+            i = j if merged else i + 1
+        return out
+
+    def _merge(self, run: list[_Group]) -> _Group | None:
+        """One group, keyed at the longest prefix length of ``run``, whose table holds each network of a shorter
+        length in the slots of every longer network inside it: one probe instead of one per length. Exact only when
+        no network of the run lies inside a shorter one of the run (each slot then belongs to one network, the
+        longest match among the run's); None otherwise, or when the table would be too large or not dense."""
+        top = run[0]
+        nets, offset = [], 0
+        for g in run:
+            newest = np.flatnonzero(g.table_slot >= 0)
+            keys = g.keys(self.hi[g.rows[newest]], self.lo[g.rows[newest]])[0]
+            nets.append((keys, newest + offset, top.prefix_len - g.prefix_len))
+            offset += len(g.rows)
+        for a, (ka, _, bits_a) in enumerate(nets):
+            for kb, _, bits_b in nets[a + 1:]:
+                if np.isin(ka >> _U64(bits_b - bits_a), kb).any():
+                    return None  # a longer network inside a shorter one: lengths must be probed in turn
+        count = sum(len(k) for k, _, _ in nets)
+        slots = sum(len(k) << bits for k, _, bits in nets)
+        if slots > MERGE_MAX_GROWTH * count:
+            return None
+        keys = np.concatenate([np.repeat(k << _U64(bits), 1 << bits) + np.tile(np.arange(1 << bits, dtype=_U64),
+                                                                                  len(k)) for k, _, bits in nets])
+        span = int(keys.max()) - int(keys.min()) + 1
+        if span > min(DENSE_MAX_SLOTS, max(3 * len(keys), DENSE_FLOOR_SLOTS)):
+            return None  # (dense: a network's slots are consecutive, for set_valid_to)
+        pos = np.concatenate([np.repeat(p, 1 << bits) for _, p, bits in nets])
+        m = _Group(top.prefix_len, top.mode, top.shift, top.mask_hi, top.mask_lo, top.const_hi)
+        m.rows, m.ids, m.valid_from, m.valid_to, m.sub, m.has_prev = (
+            np.concatenate([getattr(g, name) for g in run])
+            for name in ("rows", "ids", "valid_from", "valid_to", "sub", "has_prev"))
+        m.plens = np.concatenate([np.full(len(g.rows), g.prefix_len, dtype=np.int16) for g in run])
+        records = np.empty(len(keys), dtype=_SLOT)
+        records["valid_from"], records["valid_to"] = m.valid_from[pos], m.valid_to[pos]
+        records["sub"], records["pos"] = m.sub[pos], pos
+        m.table = _NetworkTable((keys,), records)
+        m.table_slot = np.full(len(m.rows), -1, dtype=np.int32)
+        m.table_span = np.ones(len(m.rows), dtype=np.int32)
+        for k, p, bits in nets:
+            m.table_slot[p] = (k << _U64(bits)) - m.table.base
+            m.table_span[p] = 1 << bits
+        m.v6_only, m.v4_only = top.v6_only, top.v4_only
+        return m
 
     def lookup(self, hi: np.ndarray, lo: np.ndarray, t: np.ndarray, rows: bool = True
                ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -434,30 +510,34 @@ class BindingIndex:
                 if unanswered < FULL_PASS_SHARE * n:
                     todo = np.flatnonzero(left)
                     check_hi &= not g.v4_only  # the queries left have a zero high half, as the networks
-            values = None if attach is None else g.rows if with_plen else g.ids
+            gsub, gpos = g.find(hi if todo is None else hi[todo], lo if todo is None else lo[todo],
+                                t if todo is None else t[todo], check_hi, rows)
+            grow = gplen = None
+            if rows:
+                none = gpos >> 31  # -1 where not found, else 0: position -1 takes the last value, then ORs in -1
+                grow = (g.rows if with_plen else g.ids).take(gpos) | none
+                if with_plen:
+                    gplen = (g.plens.take(gpos) | none if g.plens is not None else
+                             (gsub >= 0) * np.int16(g.prefix_len + 1) - np.int16(1)).astype(np.int16)
             if todo is not None:
-                gsub, grow = g.find(hi[todo], lo[todo], t[todo], check_hi, values)
                 sub[todo] = gsub
                 if rows:
                     row[todo] = grow
                 if with_plen:
-                    plen[todo] = (gsub >= 0) * np.int16(g.prefix_len + 1) - np.int16(1)
-                continue
-            gsub, grow = g.find(hi, lo, t, check_hi, values)
-            if not i:
+                    plen[todo] = gplen
+            elif not i:
                 sub = gsub
                 if rows:
                     row = grow
                 if with_plen:
-                    plen = (gsub >= 0) * np.int16(g.prefix_len + 1) - np.int16(1)
-                continue
-            # keep what a longer prefix found, take this group's answer elsewhere (-1 + answer + 1; branch-free)
-            unanswered = sub < 0
-            if rows:
-                row += (grow + 1) * unanswered
-            if with_plen:
-                plen += (unanswered & (gsub >= 0)) * np.int16(g.prefix_len + 1)
-            sub += (gsub + 1) * unanswered
+                    plen = gplen
+            else:  # keep what a longer prefix found, take this group's answer elsewhere (-1 + answer + 1; no branch)
+                unanswered = sub < 0
+                if rows:
+                    row += (grow + 1) * unanswered
+                if with_plen:
+                    plen += (gplen + np.int16(1)) * unanswered
+                sub += (gsub + 1) * unanswered
         return sub, row, plen
 
     def rows_of_ids(self, ids: np.ndarray) -> np.ndarray:

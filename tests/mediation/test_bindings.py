@@ -289,9 +289,9 @@ def _random_history(rng: np.random.Generator, n_networks: int = 120) -> tuple[li
     nets = []
     for _ in range(n_networks):
         kind = rng.integers(0, 6)
-        if kind == 0:  # IPv4 /32, /25, /24, /16 in 10.0/16 (nested): dense tables
-            plen = int(rng.choice([128, 121, 120, 112]))
-            value = v4 | 0x0A00_0000 | int(rng.integers(0, 1 << 16))
+        if kind == 0:  # IPv4 /32, /26, /25, /24, /16 in 10.0.0/20 (nested): dense tables, some lengths mergeable
+            plen = int(rng.choice([128, 122, 121, 120, 112]))
+            value = v4 | 0x0A00_0000 | int(rng.integers(0, 1 << 12))
         elif kind == 1:  # IPv4 hosts spread over the whole space: a hash table keyed by the low half
             plen, value = 128, v4 | int(rng.integers(0, 1 << 32))
         elif kind == 2:  # IPv6 /56 and /64 in 2001:db8::/40: keyed by the high half
@@ -382,3 +382,55 @@ def test_index_matches_brute_force_on_nested_mixed_history(monkeypatch, seed, tu
         rows[i] = rows[i][:3] + (int(end),) + rows[i][4:]
     want = [_brute_force(rows, q, int(t))[0] for q, t in zip(queries, times, strict=True)]
     assert index.lookup(hi, lo, times, rows=False)[0].tolist() == want
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_prefix_lengths_merged_into_one_table_answer_as_apart(seed):
+    """IPv4 /23s, /24s and /25s (and IPv6 /60s to /62s) none of which lies inside another are merged into one table
+    keyed at the longest length (4 slots for a /60 among /62s); answers, rows, prefix lengths and closes in place
+    are those of the reference."""
+    rng = np.random.default_rng(seed)
+    v4 = 0xFFFF << 32
+    nets = []
+    for block in rng.choice(1 << 15, 200, replace=False):  # distinct /23s of 10.0.0.0/8
+        base = v4 | 0x0A00_0000 | int(block) << 9
+        plen = int(rng.choice([119, 120, 121]))
+        for part in sorted(set(rng.integers(0, 1 << (plen - 119), 3).tolist())):
+            nets.append((base | part << (128 - plen), plen))
+    for block in rng.choice(1 << 12, 100, replace=False):  # distinct /60s of 2001:db8::/48
+        base = (0x2001_0DB8_0000_0000 | int(block) << 4) << 64
+        plen = int(rng.choice([60, 61, 62]))
+        for part in sorted(set(rng.integers(0, 1 << (plen - 60), 3).tolist())):
+            nets.append((base | part << (128 - plen), plen))
+    rows = []
+    for net, plen in nets:
+        t = int(rng.integers(0, 50))
+        for _ in range(int(rng.integers(1, 4))):
+            end = t + int(rng.integers(1, 60)) if rng.random() < 0.6 else OPEN_END_MS
+            rows.append((net, plen, t, end, len(rows) % 23))
+            if end == OPEN_END_MS:
+                break
+            t = end + int(rng.integers(0, 3))
+    index = bindings_mod.BindingIndex(
+        np.arange(len(rows)), np.array([r[4] for r in rows]), np.array([r[0] >> 64 for r in rows], np.uint64),
+        np.array([r[0] & ((1 << 64) - 1) for r in rows], np.uint64), np.array([r[1] for r in rows]),
+        np.array([r[2] for r in rows]), np.array([r[3] for r in rows]))
+    merged = [g for g in index.groups if g.plens is not None]
+    assert sorted(sorted(set(g.plens.tolist())) for g in merged) == [[60, 61, 62], [119, 120, 121]]
+    queries = [int(nets[int(rng.integers(0, len(nets)))][0]) | (_u64(rng) & 0x1FF if rng.random() < 0.5 else
+                                                                 (_u64(rng) & 0xF) << 64) for _ in range(1500)]
+    hi = np.array([q >> 64 for q in queries], dtype=np.uint64)
+    lo = np.array([q & ((1 << 64) - 1) for q in queries], dtype=np.uint64)
+    times = rng.integers(-2, 200, len(queries))
+    for _ in range(2):
+        want = np.array([_brute_force(rows, q, int(t)) for q, t in zip(queries, times, strict=True)])
+        sub, row, plen = index.lookup(hi, lo, times)
+        assert sub.tolist() == want[:, 0].tolist() and row.tolist() == want[:, 1].tolist()
+        assert plen.tolist() == want[:, 2].tolist()
+        assert index.lookup_ids(hi, lo, times)[1].tolist() == want[:, 1].tolist()  # ids are the rows here
+        # then close a third of the bindings in place (shorter networks fill several slots of the table)
+        closed = rng.choice(len(rows), len(rows) // 3, replace=False)
+        ends = np.array([max(rows[i][2], int(rng.integers(0, 120))) for i in closed])
+        index.set_valid_to(closed, ends)
+        for i, end in zip(closed, ends, strict=True):
+            rows[i] = rows[i][:3] + (int(end),) + rows[i][4:]
