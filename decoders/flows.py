@@ -2,6 +2,12 @@
 
 Theory of operation. :meth:`FlowDecoder.decode` takes a batch of datagrams and works in two passes:
 
+0. **Per batch**, first: the headers and first set headers of all datagrams are parsed at once with numpy
+   (:func:`decoders.templated.scan_single_sets`). Runs of datagrams that are exactly one data set of a known
+   fixed-length flow template (almost all data datagrams) are taken as blocks, with no Python step per datagram:
+   their records stay in the joined batch buffer and join their template's group, their sequence numbers are
+   checked per key with numpy. Every other datagram takes pass 1 at its place in the batch, so the result is
+   exactly that of decoding the datagrams one by one.
 1. **Per datagram** (a Python loop over datagrams and their sets, never over records): parse the header, learn or
    withdraw templates, apply options data (sampling rates, system init time), hold data sets whose template is
    unknown (:mod:`decoders.pending`), note the sequence number, and append each data set's bytes to the *group*
