@@ -50,9 +50,15 @@ class _Table:
     over the keys still open; there is no Python loop per key.
     """
 
-    def __init__(self, capacity: int) -> None:
+    def __init__(self, capacity: int, recycle: np.ndarray | None = None) -> None:
+        """``recycle``: the slots of a retired table, reused (zeroed) when they have the right size."""
         size = 1 << max(int(capacity * 2 - 1).bit_length(), 10)  # load factor <= 0.5
-        self.slots = np.zeros(size, dtype=np.uint64)
+        if recycle is not None and len(recycle) == size:
+            # one memset instead of faulting in fresh pages under the first batches (costly in VMs)
+            recycle.fill(0)
+            self.slots = recycle
+        else:
+            self.slots = np.zeros(size, dtype=np.uint64)
         self._rows = self.slots.reshape(-1, _WAYS)
         self.mask = size - 1
         self._bmask = len(self._rows) - 1
@@ -234,9 +240,9 @@ class Deduplicator:
             # the next generation starts at the size this one needed, so a steady stream never re-hashes its keys
             # (the size only decides memory and when a generation grows: which keys it holds depends on max_keys)
             needed_before = self._current.count + self._current.count // 2
-            self._previous = self._current
-            self._current = _Table(min(max(self.max_keys, incoming),
-                                       max(INITIAL_KEYS, 2 * incoming, needed_before)))
+            retired, self._previous = self._previous, self._current
+            self._current = _Table(min(max(self.max_keys, incoming), max(INITIAL_KEYS, 2 * incoming, needed_before)),
+                                   recycle=retired.slots if retired is not None else None)
             self._started_ms = now_ms
 
 

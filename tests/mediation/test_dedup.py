@@ -138,13 +138,18 @@ def test_first_occurrence_in_a_batch_is_the_one_kept():
 
 
 def test_steady_state_generations_do_not_regrow():
-    """A new generation starts at the size the previous one needed: no re-hashing once the stream is steady."""
+    """A new generation starts at the size the previous one needed (no re-hashing once the stream is steady), in
+    the zeroed slots of the generation it retires."""
     d = Deduplicator(window_ms=100, max_keys=1 << 20)  # generations of up to 524,288 keys
     rng = np.random.default_rng(2)
     role = np.zeros(20_000, dtype=np.int8)
-    for now in range(0, 400, 10):  # 10 batches of 20,000 keys per window: 200,000 keys a generation
-        d.duplicates(rng.integers(1, 1 << 63, 20_000, dtype=np.int64).astype(np.uint64), role, now)
+    for now in range(0, 410, 10):  # 10 batches of 20,000 keys per window: 200,000 keys a generation
+        keys = rng.integers(1, 1 << 63, 20_000, dtype=np.int64).astype(np.uint64)
+        assert not d.duplicates(keys, role, now).any()
         if now == 200:
             table = d._current
-    assert d._current is not table and d._current.capacity == table.capacity >= 200_000
-    assert d._current.capacity <= d.max_keys and d.evictions == 0
+        if now == 300:
+            assert d._current.capacity == table.capacity >= 200_000 and d._current.capacity <= d.max_keys
+    # rotated at 400: the generation of 200 is retired and its slots hold the new one
+    assert d._current.slots is table.slots and d._current.count == 20_000
+    assert d._current.contains(keys).all() and not d._previous.contains(keys).any() and d.evictions == 0
