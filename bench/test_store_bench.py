@@ -17,7 +17,10 @@ import itertools
 import time
 from pathlib import Path
 
+import numpy as np
+import pyarrow as pa
 import pyarrow.compute as pc
+import pyarrow.parquet as pq
 import pytest
 
 from bench.flowgen import T0_MS, flows_batch
@@ -48,6 +51,59 @@ def test_store_write_rate(benchmark, request, tmp_path: Path) -> None:
     benchmark.extra_info["rows"] = n
     benchmark.extra_info["bytes_per_row"] = round(_disk_bytes(store) / (n * len(files)), 2)
     assert sum(1 for _ in files) == next(ids) - 1
+
+
+def load_like_batch(n: int, *, t0_ms: int = T0_MS) -> pa.RecordBatch:
+    """``n`` flow rows as the daemon stores them under ``python -m bench.load --version 9 --vary``: the load tool's
+    pool (2,000 datagrams of 30 records) decoded by ``FlowDecoder``, repeated with the tool's per-pass changes (low
+    byte of the source port; every 256 passes the last byte of the destination), received in 2,048-datagram decode
+    batches 100 ms apart. Values repeat as in a pool of 60,000 flows: dictionaries fit, unlike ``flows_batch``."""
+    from bench.exporter import bulk_datagrams
+    from decoders.flows import FlowDecoder
+
+    data, template = bulk_datagrams(9, 2000, 30, export_ms=t0_ms)
+    decoder = FlowDecoder()
+    decoder.decode([(template, "127.0.0.1", t0_ms)])
+    pool = decoder.decode([(d, "127.0.0.1", t0_ms) for d in data]).flows
+    size = len(pool["src_port"])
+    idx = np.arange(n) % size
+    passes = np.arange(n) // size
+    cols = {k: v[idx] for k, v in pool.items()}
+    cols["src_port"] = (cols["src_port"] & 0xFF00) | ((cols["src_port"] + passes) & 0xFF).astype(np.uint16)
+    dst = cols["dst_addr"].view(np.uint8).reshape(n, 16)
+    dst[:, 15] += (passes >> 8).astype(np.uint8)
+    cols["time_received"] = t0_ms + (np.arange(n) // (2048 * 30)) * 100
+    return FLOWS.to_arrow(cols)
+
+
+LAYOUTS = {"default": {}, "dictionary": {"byte_stream_split": False}, "lz4": {"compression": "lz4"}}
+
+
+@pytest.mark.parametrize("layout", LAYOUTS)
+@pytest.mark.parametrize("data", ["load-vary", "flowgen"])
+def test_store_write_cpu_per_row(benchmark, request, tmp_path: Path, data: str, layout: str) -> None:
+    """CPU per row of writing one 500,000-row flows batch (the sink-writer thread's work per flush) with the
+    store's default layout, the dictionary layout (``store.byte_stream_split = false``, as before) and lz4.
+    ``extra_info``: ``cpu_us_per_row`` (process CPU, all threads; median of the rounds) and ``bytes_per_row``."""
+    n = 500_000 if _enabled(request) else 3000
+    batch = load_like_batch(n) if data == "load-vary" else flows_batch(n, span_ms=60_000, sources=50_000)
+    store = ParquetStore(tmp_path, compact_after_s=0, **LAYOUTS[layout])
+    ids = itertools.count(1)
+    cpu: list[float] = []
+
+    def one() -> None:
+        c0 = time.process_time()
+        store.write(FLOWS, batch, next(ids))
+        cpu.append(time.process_time() - c0)
+
+    benchmark.group = f"store write {data}"
+    benchmark.pedantic(one, rounds=9 if _enabled(request) else 1, iterations=1,
+                       warmup_rounds=1 if _enabled(request) else 0)
+    files = store.files("flows")
+    assert len(files) == next(ids) - 1
+    assert pq.read_table(files[-1]).num_rows == n
+    benchmark.extra_info.update(rows=n, cpu_us_per_row=round(sorted(cpu)[len(cpu) // 2] / n * 1e6, 4),
+                                bytes_per_row=round(_disk_bytes(store) / (n * len(files)), 2))
 
 
 def test_sink_to_store_rate(benchmark, request, tmp_path: Path) -> None:
@@ -110,9 +166,6 @@ def test_query_address_in_one_hour(benchmark, big_store: ParquetStore, view: str
 @pytest.fixture(scope="module")
 def long_store(request, tmp_path_factory) -> ParquetStore:
     """2,000 hourly partitions (83 days) of 5,000 flows each: 10 million rows in 2,000 files (as after compaction)."""
-    import pyarrow as pa
-    import pyarrow.parquet as pq
-
     from mediation.store import file_name, partition_of
 
     hours, per = (2000, 5000) if _enabled(request) else (30, 100)

@@ -293,7 +293,7 @@ class ChdbBackend:
         if self._closed:
             raise QueryError("query engine is closed")
         self._refresh_views()
-        for attempt in range(3):
+        for attempt in range(10):  # a retry only follows a file vanishing under the query (housekeeping)
             try:
                 with chdb_session() as s:
                     s.query(f"USE {self.database}")
@@ -306,7 +306,7 @@ class ChdbBackend:
                 text = str(exc)
                 # A file listed by the glob was compacted or dropped before it was read: the next try sees the
                 # directory as it is now.
-                if attempt < 2 and ("FILE_DOESNT_EXIST" in text or "CANNOT_OPEN_FILE" in text):
+                if attempt < 9 and ("FILE_DOESNT_EXIST" in text or "CANNOT_OPEN_FILE" in text):
                     self.retried += 1
                     continue
                 raise QueryError(text) from None
