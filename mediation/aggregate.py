@@ -37,19 +37,8 @@ def split_intervals(start: np.ndarray, end: np.ndarray, interval_ms: int
             duration = np.maximum(end - start, 1)
             return np.arange(len(start)), np.full(len(start), lo * interval_ms, dtype=np.int64), start, duration, \
                 duration
-    last_ms = np.maximum(end - 1, start)
-    if len(start) and isinstance(interval_ms, int | np.integer) and \
-            int(last_ms.max()) // interval_ms - int(start.min()) // interval_ms <= 4:
-        # a few boundaries in the batch (the usual case): count the ones at or before each time, no division
-        lo = int(start.min()) // interval_ms
-        first = np.full(len(start), lo, dtype=np.int64)
-        last = first.copy()
-        for k in range(lo + 1, int(last_ms.max()) // interval_ms + 1):
-            first += start >= k * interval_ms
-            last += last_ms >= k * interval_ms
-    else:
-        first = start // interval_ms
-        last = last_ms // interval_ms
+    first = start // interval_ms
+    last = np.maximum(end - 1, start) // interval_ms
     nparts = last - first + 1
     if np.all(nparts == 1):  # the common case: no copies
         record = np.arange(len(start))
