@@ -1,0 +1,103 @@
+"""De-duplication cost per record key at steady state, in the daemon's batch size.
+
+    taskset -c 0 python -m pytest bench/test_dedup_bench.py --benchmark-enable \\
+        --benchmark-columns=median,mean,min,stddev,rounds
+
+A batch is 61,440 keys (2,048 datagrams of 30 records, the daemon's batch); a generation holds up to 8,000,000 keys
+(``dedup_max_keys`` = 16,000,000, the default), a 128 MiB table. ``insert``: fresh keys into a generation already
+half full (every round adds a batch, so the rounds cover the second half of its filling); ``contains``: a full
+generation asked for a batch of which 5 % are present (the previous generation's check); ``duplicates``: the whole
+``Deduplicator.duplicates`` once a previous generation is full and the current one is at its steady size, with 5 %
+of each batch resent from the batch before. ns per key = median round time / 61,440 (``extra_info``).
+
+With ``--benchmark-disable`` (the suite's default) each benchmark runs once on 2,048-key batches and tables of
+32,768 keys, and still checks its answers.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from mediation.dedup import Deduplicator, _Table
+
+
+@pytest.fixture(scope="module")
+def sizes(request):
+    opt = request.config.getoption
+    disabled = opt("benchmark_disable", True) and not opt("benchmark_enable", False)
+    return (2048, 32_768) if disabled else (61_440, 8_000_000)  # batch, keys per generation
+
+
+def _keys(rng: np.random.Generator, n: int) -> np.ndarray:
+    return rng.integers(1, 1 << 63, n, dtype=np.int64).astype(np.uint64)
+
+
+def _ns_per_key(benchmark, batch: int) -> None:
+    if benchmark.stats is not None and not benchmark.disabled:
+        benchmark.extra_info["ns_per_key"] = round(benchmark.stats.stats.median / batch * 1e9, 1)
+
+
+def test_table_insert(benchmark, sizes):
+    batch, keys = sizes
+    rng = np.random.default_rng(1)
+    table = _Table(keys)
+    table.insert(_keys(rng, keys // 2))
+    rounds = (keys - table.count) // batch - 1
+
+    def setup():
+        return (_keys(rng, batch),), {}
+
+    def run(k: np.ndarray) -> None:
+        before = table.count
+        assert not table.insert(k).any() and table.count == before + len(k)
+
+    benchmark.pedantic(run, setup=setup, rounds=1 if benchmark.disabled else rounds)
+    _ns_per_key(benchmark, batch)
+
+
+def test_table_contains(benchmark, sizes):
+    batch, keys = sizes
+    rng = np.random.default_rng(2)
+    table = _Table(keys)
+    held = _keys(rng, keys)
+    table.insert(held)
+    present = batch // 20
+
+    def setup():
+        k = _keys(rng, batch)
+        k[:present] = held[rng.integers(0, len(held), present)]
+        return (k,), {}
+
+    def run(k: np.ndarray) -> None:
+        found = table.contains(k)
+        assert found[:present].all() and found[present:].sum() <= 2  # random 63-bit keys: a repeat is unlikely
+
+    benchmark.pedantic(run, setup=setup, rounds=1 if benchmark.disabled else 40)
+    _ns_per_key(benchmark, batch)
+
+
+def test_deduplicator_duplicates(benchmark, sizes):
+    batch, keys = sizes
+    rng = np.random.default_rng(3)
+    d = Deduplicator(window_ms=10**12, max_keys=2 * keys)
+    role = np.zeros(batch, dtype=np.int8)
+    now = 0
+    while d._previous is None or d._current.count < keys // 2:  # a full previous generation, the current half full
+        d.duplicates(_keys(rng, batch), role, now)
+        now += 1
+    last = [_keys(rng, batch)]
+    d.duplicates(last[0], role, now)
+
+    def setup():
+        k = _keys(rng, batch)
+        k[: batch // 20] = last[0][: batch // 20]
+        last[0] = k
+        return (k,), {}
+
+    def run(k: np.ndarray) -> None:
+        dup = d.duplicates(k, role, now)
+        assert dup[: batch // 20].all() and dup[batch // 20:].sum() <= 2
+
+    benchmark.pedantic(run, setup=setup, rounds=1 if benchmark.disabled else 60)
+    _ns_per_key(benchmark, batch)
