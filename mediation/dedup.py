@@ -100,7 +100,7 @@ class _Table:
         k = keys[todo]
         while len(todo):
             rows = self._rows.take(bucket, axis=0)
-            # a row of 8 bools is one uint64: non-zero when a slot matched; ``free`` has byte i set when slot i is
+            # a row of 8 bools is one uint64: non-zero when a slot matched; ``free`` has byte i = 1 when slot i is empty
             hit = (rows == k[:, None]).view(np.uint64).ravel() != 0
             free = (rows == 0).view(np.uint64).ravel()
             present[todo[hit]] = True
