@@ -30,7 +30,8 @@ DEAD_PID = 99_999_999  # above Linux's pid_max: never a live process
 # A second table, to show retention and compaction are generic (registered once per test session).
 EVENTS = TABLES.get("test_store_events") or table(
     "test_store_events", "Test-only table.",
-    (Column("at", "timestamp_ms", "When."), Column("n", "u64", "Value."), Column("who", "string", "Who.")),
+    (Column("at", "timestamp_ms", "When."), Column("n", "u64", "Value."), Column("who", "string", "Who."),
+     Column("batch_id", "u64", "Write batch (an append-only table has one: tests/mediation/test_batch_ids.py).")),
     time_column="at", order_by=("at",))
 
 
@@ -327,7 +328,7 @@ def test_compaction_keeps_files_of_an_older_schema(tmp_path: Path) -> None:
     assert store.stats.quarantined == 0
     (merged,) = store.files("test_store_events")
     t = pq.read_table(merged)
-    assert t.column_names == ["at", "n", "who"]
+    assert t.column_names == ["at", "n", "who", "batch_id"]
     assert sorted(zip(t.column("n").to_pylist(), t.column("who").to_pylist(), strict=True)) == [
         (1, ""), (1, "a"), (2, ""), (2, "b")]
 

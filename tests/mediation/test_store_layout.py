@@ -23,7 +23,8 @@ from mediation.store import HOUR_MS, ParquetStore, parquet_options
 
 EVENTS = TABLES.get("test_store_events") or table(
     "test_store_events", "Test-only table.",
-    (Column("at", "timestamp_ms", "When."), Column("n", "u64", "Value."), Column("who", "string", "Who.")),
+    (Column("at", "timestamp_ms", "When."), Column("n", "u64", "Value."), Column("who", "string", "Who."),
+     Column("batch_id", "u64", "Write batch (an append-only table has one: tests/mediation/test_batch_ids.py).")),
     time_column="at", order_by=("at",))
 
 
