@@ -220,27 +220,34 @@ class Mediator:
             self._attributions.append(self._attribution(cols, ok, found))
 
         # the balance of this batch, checked in code
-        zero = np.zeros(n, dtype=np.uint64)
+        # (a field left out counts as zero: the usual batch has no rejects and no duplicates)
+        all_valid, any_dup = bool(valid.all()), bool(dup.any())
         per_record = {"records_in": np.ones(n, dtype=np.uint64), "bytes_in": nbytes,
-                      "bytes_rejected": np.where(valid, zero, nbytes), "bytes_duplicate": np.where(dup, nbytes, zero),
-                      "records_rejected": (~valid).astype(np.uint64), "records_duplicate": dup.astype(np.uint64),
                       "bytes_attributed": attributed_b, "bytes_unattributed": unattributed_b,
                       "bytes_usage": usage_b}
+        zero = np.zeros(n, dtype=np.uint64)
+        if not all_valid:
+            per_record["bytes_rejected"] = np.where(valid, zero, nbytes)
+            per_record["records_rejected"] = (~valid).astype(np.uint64)
+        if any_dup:
+            per_record["bytes_duplicate"] = np.where(dup, nbytes, zero)
+            per_record["records_duplicate"] = dup.astype(np.uint64)
         balanced = self.reconciler.add(cols["time_received"], exporter, per_record, {}, np.zeros(0, np.int64))
-        per_part = {"bytes_attributed": attributed_b, "bytes_unattributed": unattributed_b}
 
         c = self.counters
         c["records_in"] += n
         c["bytes_in"] += int(nbytes.sum())
-        c["records_rejected"] += int((~valid).sum())
-        c["bytes_rejected"] += int(per_record["bytes_rejected"].sum())
-        c["records_duplicate"] += int(dup.sum())
-        c["bytes_duplicate"] += int(per_record["bytes_duplicate"].sum())
-        c["bytes_attributed"] += int(per_part["bytes_attributed"].sum())
-        c["bytes_unattributed"] += int(per_part["bytes_unattributed"].sum())
+        if not all_valid:
+            c["records_rejected"] += int((~valid).sum())
+            c["bytes_rejected"] += int(per_record["bytes_rejected"].sum())
+        if any_dup:
+            c["records_duplicate"] += int(dup.sum())
+            c["bytes_duplicate"] += int(per_record["bytes_duplicate"].sum())
+        c["bytes_attributed"] += int(attributed_b.sum())
+        c["bytes_unattributed"] += int(unattributed_b.sum())
         c["unbalanced_batches"] += 0 if balanced else 1
         rejects = None
-        if not valid.all():
+        if not all_valid:
             bad = np.flatnonzero(~valid)
             for code, count in zip(*np.unique(reason[bad], return_counts=True), strict=True):
                 c[f"rejected_{REASONS[code - 1]}"] += int(count)
