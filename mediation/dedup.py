@@ -18,6 +18,7 @@ when those routers' datagrams reach the same worker (always with ``workers = 1``
 from __future__ import annotations
 
 import ipaddress
+import secrets
 from collections.abc import Sequence
 
 import numpy as np
@@ -36,18 +37,20 @@ _WAYS_SHIFT = 3
 _BYTE_INDEX = np.uint64(0x0001020304050607)
 _CHUNK = 8192
 """Keys per probe pass: the cache lines one pass touches (512 KiB) stay in L2 for its later rounds."""
+_SEED = np.uint64(secrets.randbits(64) | 1)
+"""Odd multiplier of the home slots (:meth:`_Table._home`), secret and random per process."""
 
 
 class _Table:
     """A fixed-size open-addressing set of non-zero uint64 keys, in buckets of 8 slots (one 64-byte cache line).
 
-    A key's home is slot ``key & mask`` (keys are hashes, so the low bits are uniform). It goes there when that slot
-    is free, else into any free slot of the home's bucket, else (the bucket is full) into the next bucket,
-    cyclically. Nothing is ever deleted, which gives two rules for finding a key: if its home slot is empty it is
-    absent; if it is not in a bucket that still has a free slot, it is absent too. So one gather of the home slots
-    settles most keys (all but about the load factor, at most 1/2), and one gather of their buckets' rows nearly all
-    of the rest (about 5 % of the buckets are full at a load of 1/2). Each round is a fixed number of numpy passes
-    over the keys still open; there is no Python loop per key.
+    A key's home slot is the top bits of the key times a secret odd number of this process (:meth:`_home`). It goes
+    there when that slot is free, else into any free slot of the home's bucket, else (the bucket is full) into the
+    next bucket, cyclically. Nothing is ever deleted, which gives two rules for finding a key: if its home slot is
+    empty it is absent; if it is not in a bucket that still has a free slot, it is absent too. So one gather of the
+    home slots settles most keys (all but about the load factor, at most 1/2), and one gather of their buckets' rows
+    nearly all of the rest (about 5 % of the buckets are full at a load of 1/2). Each round is a fixed number of
+    numpy passes over the keys still open; there is no Python loop per key.
     """
 
     def __init__(self, capacity: int, recycle: np.ndarray | None = None) -> None:
@@ -61,12 +64,18 @@ class _Table:
             self.slots = np.zeros(size, dtype=np.uint64)
         self._rows = self.slots.reshape(-1, _WAYS)
         self.mask = size - 1
+        self._seed = _SEED
+        self._shift = np.uint64(64 - (size.bit_length() - 1))
         self._bmask = len(self._rows) - 1
         self.count = 0
         self.capacity = capacity
 
     def _home(self, keys: np.ndarray) -> np.ndarray:
-        return keys.view(np.int64) & self.mask  # int64 (intp): numpy gathers fastest with it
+        # The top bits of key * (secret odd number): record keys are an unseeded hash of what the exporter sends,
+        # so homes taken from the key's own bits could be aimed at one bucket by crafted records.
+        home = keys * self._seed
+        home >>= self._shift
+        return home.view(np.int64)  # int64 (intp): numpy gathers fastest with it
 
     def insert(self, keys: np.ndarray) -> np.ndarray:
         """Insert distinct non-zero keys; returns True where a key was already present."""

@@ -1,27 +1,40 @@
 """De-duplication against a plain Python model: the bucketed hash table and the two-generation window.
 
-Keys are drawn from a small pool whose values share their low bits, so in the small tables used here most keys
-have the same home slot or bucket: races for one slot within a batch, full buckets and overflow chains (wrapping
-around the end of the table) are the common case, not the exception.
+The tables' secret multiplier is set to 1 here, so that a key's home slot is its top bits. Keys are drawn from a
+small pool whose values share their top bits, so in the small tables used here most keys have the same home slot or
+bucket: races for one slot within a batch, full buckets and overflow chains (wrapping around the end of the table)
+are the common case, not the exception.
 """
 
 from __future__ import annotations
 
+import subprocess
+import sys
+
 import numpy as np
+import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+import mediation.dedup
 from mediation.dedup import ROLES, Deduplicator, _Table
 
 SECONDARY = ROLES.index("secondary")
+HOME_SHIFT = 53
+"""Home slot = key >> 53 in the 2,048-slot tables of ``_Table(700)`` (with the multiplier 1)."""
+
+
+@pytest.fixture(autouse=True)
+def _known_multiplier(monkeypatch):
+    monkeypatch.setattr(mediation.dedup, "_SEED", np.uint64(1))
 
 
 def _pool(low_bits: int, size: int, seed: int) -> np.ndarray:
-    """``size`` distinct non-zero keys whose low bits take only ``2**low_bits`` values."""
+    """``size`` distinct non-zero keys whose home slots take only ``2**low_bits`` values."""
     rng = np.random.default_rng(seed)
-    high = rng.choice(1 << 40, size, replace=False).astype(np.uint64) + np.uint64(1)
-    low = rng.integers(0, 1 << low_bits, size).astype(np.uint64)
-    return (high << np.uint64(20)) | low
+    rest = rng.choice(1 << 40, size, replace=False).astype(np.uint64) + np.uint64(1)
+    home = rng.integers(0, 1 << low_bits, size).astype(np.uint64)
+    return (home << np.uint64(HOME_SHIFT)) | rest
 
 
 def _batch_of_distinct(data: st.DataObject, pool: np.ndarray, max_size: int) -> np.ndarray:
@@ -50,13 +63,14 @@ def test_table_full_buckets_overflow_and_wrap_around():
     """Every key in the last bucket: they fill it, overflow into bucket 0 and on, and are all found again."""
     t = _Table(700)
     last = len(t.slots) // 8 - 1
-    keys = (np.arange(1, 301, dtype=np.uint64) << np.uint64(20)) | np.uint64(last * 8 + 5)
+    assert int(t._shift) == HOME_SHIFT
+    keys = np.arange(1, 301, dtype=np.uint64) | (np.uint64(last * 8 + 5) << np.uint64(HOME_SHIFT))
     assert not t.insert(keys[:150]).any()  # 150 keys racing for one home slot, then for the free slots of one bucket
     got = t.insert(keys)
     assert got[:150].all() and not got[150:].any() and t.count == 300
     assert t.slots[:8].all() and t.slots[-8:].all()  # the last bucket is full and the overflow wrapped to the first
     assert t.contains(keys).all()
-    assert not t.contains(keys + np.uint64(1 << 19)).any()
+    assert not t.contains(keys + np.uint64(1 << 30)).any()
 
 
 def test_table_grown_keeps_every_key():
@@ -153,3 +167,25 @@ def test_steady_state_generations_do_not_regrow():
     # rotated at 400: the generation of 200 is retired and its slots hold the new one
     assert d._current.slots is table.slots and d._current.count == 20_000
     assert d._current.contains(keys).all() and not d._previous.contains(keys).any() and d.evictions == 0
+
+
+def test_crafted_keys_do_not_share_a_home_under_the_secret_multiplier(monkeypatch):
+    """Keys that agree in every low bit (or every top bit) would all have one home with a plain mask (or shift); the
+    process's secret odd multiplier spreads them over the buckets, so crafted records cannot build long chains."""
+    monkeypatch.undo()
+    assert int(mediation.dedup._SEED) & 1 and int(mediation.dedup._SEED) != 1
+    t = _Table(1 << 16)
+    buckets = len(t.slots) // 8
+    same_low = (np.arange(1, 4001, dtype=np.uint64) << np.uint64(32)) | np.uint64(0x1234)
+    same_top = np.arange(1, 4001, dtype=np.uint64) | (np.uint64(0x1234) << np.uint64(48))
+    for keys in (same_low, same_top):
+        homes = np.unique(t._home(keys) >> 3)
+        assert len(homes) > 0.8 * min(buckets, len(keys))
+        assert not t.insert(keys).any() and t.contains(keys).all()
+
+
+def test_the_multiplier_differs_between_processes():
+    code = "import mediation.dedup as d; print(int(d._SEED))"
+    seeds = {subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+             for _ in range(2)}
+    assert len(seeds) == 2
