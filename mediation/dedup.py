@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import ipaddress
 import secrets
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import numpy as np
 
@@ -39,6 +39,15 @@ _CHUNK = 8192
 """Keys per probe pass: the cache lines one pass touches (512 KiB) stay in L2 for its later rounds."""
 _SEED = np.uint64(secrets.randbits(64) | 1)
 """Odd multiplier of the home slots (:meth:`_Table._home`), secret and random per process."""
+
+
+def _by_chunk(keys: np.ndarray, step: Callable[[np.ndarray], np.ndarray]) -> np.ndarray:
+    """``step`` over ``keys`` in chunks of :data:`_CHUNK`; its boolean answers joined."""
+    keys = np.ascontiguousarray(keys, dtype=np.uint64)
+    out = np.empty(len(keys), dtype=bool)
+    for lo in range(0, len(keys), _CHUNK):
+        out[lo:lo + _CHUNK] = step(keys[lo:lo + _CHUNK])
+    return out
 
 
 class _Table:
@@ -79,11 +88,7 @@ class _Table:
 
     def insert(self, keys: np.ndarray) -> np.ndarray:
         """Insert distinct non-zero keys; returns True where a key was already present."""
-        keys = np.ascontiguousarray(keys, dtype=np.uint64)
-        present = np.empty(len(keys), dtype=bool)
-        for lo in range(0, len(keys), _CHUNK):
-            present[lo:lo + _CHUNK] = self._insert_chunk(keys[lo:lo + _CHUNK])
-        return present
+        return _by_chunk(keys, self._insert_chunk)
 
     def _insert_chunk(self, keys: np.ndarray) -> np.ndarray:
         home = self._home(keys)
@@ -136,11 +141,7 @@ class _Table:
 
     def contains(self, keys: np.ndarray) -> np.ndarray:
         """True where a key is in the table."""
-        keys = np.ascontiguousarray(keys, dtype=np.uint64)
-        found = np.empty(len(keys), dtype=bool)
-        for lo in range(0, len(keys), _CHUNK):
-            found[lo:lo + _CHUNK] = self._contains_chunk(keys[lo:lo + _CHUNK])
-        return found
+        return _by_chunk(keys, self._contains_chunk)
 
     def _contains_chunk(self, keys: np.ndarray) -> np.ndarray:
         home = self._home(keys)
