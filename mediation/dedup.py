@@ -132,13 +132,6 @@ class _Table:
             k = k[rest]
             todo = todo[rest]
 
-    def grown(self, capacity: int) -> _Table:
-        """A larger table holding the same keys."""
-        bigger = _Table(capacity)
-        keys = self.slots[self.slots != 0]
-        bigger.insert(keys)
-        return bigger
-
     def contains(self, keys: np.ndarray) -> np.ndarray:
         """True where a key is in the table."""
         return _by_chunk(keys, self._contains_chunk)
@@ -160,14 +153,67 @@ class _Table:
         return found
 
 
+class _Generation:
+    """The keys of one window generation: one table, or, while the first generation grows, several.
+
+    Growing by re-hashing would stall the event loop (0.4 s for 2 M keys into a fresh 8 M-key table, longer than the
+    socket buffer covers at high rates), so a generation that grows keeps its tables read-only and inserts into a
+    new, larger one. Later generations start at the size the last one reached and stay one table.
+    """
+
+    def __init__(self, capacity: int, recycle: np.ndarray | None = None) -> None:
+        self.tables = [_Table(capacity, recycle)]
+
+    @property
+    def count(self) -> int:
+        return sum(t.count for t in self.tables)
+
+    @property
+    def capacity(self) -> int:
+        """Keys it can hold: those of the full tables, plus what the newest one can take."""
+        return sum(t.count for t in self.tables[:-1]) + self.tables[-1].capacity
+
+    @property
+    def slots(self) -> np.ndarray:
+        """The largest table's slots (recycled by the generation after next)."""
+        return self.tables[-1].slots
+
+    def grow(self, capacity: int) -> None:
+        """Make room for ``capacity`` keys in all, without moving the keys held."""
+        self.tables.append(_Table(max(capacity - self.count, 1024)))
+
+    def insert(self, keys: np.ndarray) -> np.ndarray:
+        """Insert distinct non-zero keys; returns True where a key was already present."""
+        if len(self.tables) == 1:
+            return self.tables[0].insert(keys)
+        present = self._in(self.tables[:-1], keys)
+        fresh = np.flatnonzero(~present)
+        present[fresh] = self.tables[-1].insert(keys[fresh])
+        return present
+
+    def contains(self, keys: np.ndarray) -> np.ndarray:
+        """True where a key is in the generation."""
+        return self._in(self.tables, keys)
+
+    @staticmethod
+    def _in(tables: list[_Table], keys: np.ndarray) -> np.ndarray:
+        found = tables[-1].contains(keys)  # the largest table holds most keys: ask it first
+        for table in reversed(tables[:-1]):
+            rest = np.flatnonzero(~found)
+            if not len(rest):
+                break
+            found[rest] = table.contains(keys[rest])
+        return found
+
+
 class Deduplicator:
     """Marks duplicate records (vectorised); see the module docstring."""
 
     def __init__(self, window_ms: int, max_keys: int, roles: Sequence = ()) -> None:
         """``roles``: objects with ``prefix`` and ``role`` (e.g. ``ExporterRole``); longest prefix wins."""
         self.configure(window_ms, max_keys, roles)
-        self._current = _Table(min(self.max_keys, INITIAL_KEYS))
-        self._previous: _Table | None = None
+        self._current = _Generation(min(self.max_keys, INITIAL_KEYS))
+        self._previous: _Generation | None = None
         self._started_ms: int | None = None
         self.evictions = 0
 
@@ -239,9 +285,8 @@ class Deduplicator:
             self._started_ms = now_ms
         needed = self._current.count + incoming
         if now_ms - self._started_ms < self.window_ms and self._current.capacity < needed <= self.max_keys:
-            # small and cache-friendly first; growing fourfold re-hashes about a third of the keys a generation
-            # ends with (doubling: all of them)
-            self._current = self._current.grown(min(self.max_keys, 4 * needed))
+            # small and cache-friendly first, growing fourfold (a few tables at most; see _Generation)
+            self._current.grow(min(self.max_keys, 4 * needed))
             return
         full = needed > self._current.capacity
         if now_ms - self._started_ms >= self.window_ms or full:
@@ -251,8 +296,9 @@ class Deduplicator:
             # (the size only decides memory and when a generation grows: which keys it holds depends on max_keys)
             needed_before = self._current.count + self._current.count // 2
             retired, self._previous = self._previous, self._current
-            self._current = _Table(min(max(self.max_keys, incoming), max(INITIAL_KEYS, 2 * incoming, needed_before)),
-                                   recycle=retired.slots if retired is not None else None)
+            self._current = _Generation(
+                min(max(self.max_keys, incoming), max(INITIAL_KEYS, 2 * incoming, needed_before)),
+                recycle=retired.slots if retired is not None else None)
             self._started_ms = now_ms
 
 
