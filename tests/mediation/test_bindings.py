@@ -280,6 +280,21 @@ def _u64(rng: np.random.Generator) -> int:
     return int(rng.integers(0, 1 << 32)) << 32 | int(rng.integers(0, 1 << 32))
 
 
+
+def _histories(rng, nets, subscribers: int) -> list[tuple[int, int, int, int, int]]:
+    """One to three bindings per network, back to back or after a gap, the last one possibly open:
+    (network, prefix length, valid_from, valid_to, subscriber)."""
+    rows = []
+    for net, plen in nets:
+        t = int(rng.integers(0, 50))
+        for _ in range(int(rng.integers(1, 4))):
+            end = t + int(rng.integers(1, 60)) if rng.random() < 0.6 else OPEN_END_MS
+            rows.append((net, plen, t, end, len(rows) % subscribers))
+            if end == OPEN_END_MS:
+                break
+            t = end + int(rng.integers(0, 3))
+    return rows
+
 def _random_history(rng: np.random.Generator, n_networks: int = 120) -> tuple[list[tuple[int, int, int, int, int]],
                                                                                list[int]]:
     """Bindings (network as a 128-bit int, prefix length, valid_from, valid_to, subscriber) over nested IPv4 and
@@ -306,15 +321,7 @@ def _random_history(rng: np.random.Generator, n_networks: int = 120) -> tuple[li
         else:  # short prefixes: /8 of IPv4, ::/0
             plen, value = int(rng.choice([104, 0])), v4 | 0x0A00_0000
         nets.append((value >> (128 - plen) << (128 - plen) if plen else 0, plen))
-    rows = []
-    for net, plen in nets:
-        t = int(rng.integers(0, 50))
-        for _ in range(int(rng.integers(1, 4))):
-            end = t + int(rng.integers(1, 60)) if rng.random() < 0.6 else OPEN_END_MS
-            rows.append((net, plen, t, end, len(rows) % 17))
-            if end == OPEN_END_MS:
-                break
-            t = end + int(rng.integers(0, 3))  # back to back or after a gap
+    rows = _histories(rng, nets, subscribers=17)
     queries = []
     for _ in range(600):
         net, plen = nets[int(rng.integers(0, len(nets)))]
@@ -402,15 +409,7 @@ def test_prefix_lengths_merged_into_one_table_answer_as_apart(seed):
         plen = int(rng.choice([60, 61, 62]))
         for part in sorted(set(rng.integers(0, 1 << (plen - 60), 3).tolist())):
             nets.append((base | part << (128 - plen), plen))
-    rows = []
-    for net, plen in nets:
-        t = int(rng.integers(0, 50))
-        for _ in range(int(rng.integers(1, 4))):
-            end = t + int(rng.integers(1, 60)) if rng.random() < 0.6 else OPEN_END_MS
-            rows.append((net, plen, t, end, len(rows) % 23))
-            if end == OPEN_END_MS:
-                break
-            t = end + int(rng.integers(0, 3))
+    rows = _histories(rng, nets, subscribers=23)
     index = bindings_mod.BindingIndex(
         np.arange(len(rows)), np.array([r[4] for r in rows]), np.array([r[0] >> 64 for r in rows], np.uint64),
         np.array([r[0] & ((1 << 64) - 1) for r in rows], np.uint64), np.array([r[1] for r in rows]),
