@@ -315,19 +315,16 @@ def _check_tree(root: Node, *, allow_external: bool, file_databases: frozenset[s
         if kind != "Function":
             continue
         name = node.name
-        if parent is not None and parent.kind == "TableExpression":
+        table_function = parent is not None and parent.kind == "TableExpression"
+        if table_function:
             used.append(name)
-            if name in SAFE_TABLE_FUNCTIONS or name in views:
-                continue
-            if name in EXTERNAL_TABLE_FUNCTIONS:
-                if allow_external:
-                    continue
-                raise QueryError(f"table function {name}() reads files, URLs or other servers: flowmed query "
-                                 "allows it only with --allow-external")
+        # Checked wherever the name appears (deny when in doubt: no ordinary function shares these names).
+        if name in EXTERNAL_TABLE_FUNCTIONS or name in EXTERNAL_FUNCTIONS:
+            if not allow_external:
+                raise QueryError(f"{'table function' if table_function else 'function'} {name}() reads files, URLs, "
+                                 "other servers or databases: flowmed query allows it only with --allow-external")
+        elif table_function and name not in SAFE_TABLE_FUNCTIONS and name not in views:
             raise _refuse(f"table function {name}()")
-        if name in EXTERNAL_FUNCTIONS and not allow_external:
-            raise QueryError(f"function {name}() reads files or other databases: flowmed query allows it only with "
-                             "--allow-external")
     return tuple(used)
 
 

@@ -94,6 +94,8 @@ REFUSED = [
     ("DESCRIBE TABLE url('http://127.0.0.1:9/', CSV)", "--allow-external"),
     ("WITH (SELECT count() FROM file('/etc/passwd')) AS n SELECT n", "--allow-external"),
     ("SELECT joinGet('default.`t`', 'x', 1)", "--allow-external"),
+    ("SELECT 'root' IN file('/etc/passwd')", "--allow-external"),
+    ("SELECT 1 GLOBAL IN url('http://127.0.0.1:9/', CSV)", "--allow-external"),
     ("SELECT * FROM executable('x.sh', TSV, 'a UInt8')", "executable"),
     # chDB's default database is an overlay of the file system
     ("SELECT * FROM default.`/etc/passwd`", "default database"),
