@@ -31,7 +31,8 @@ _CH_MODERN = {
                    "when [store] is enabled, else the server).")
 @click.option("--allow-external", is_flag=True,
               help="Also allow what reads outside flowmed's tables with the permissions of this command (files, "
-                   "URLs, other servers): the table functions file(), url(), remote(), s3(), ... and file().")
+                   "URLs, other servers): the table functions file(), url(), remote(), s3(), ... and the function "
+                   "file().")
 @config_options
 def query_command(sql: str, fmt: str, target: str, allow_external: bool, config) -> None:
     """Run one read-only ClickHouse SQL statement over flowmed's tables (flows, usage, ...) and print the result.
@@ -43,7 +44,7 @@ def query_command(sql: str, fmt: str, target: str, allow_external: bool, config)
 
     Example: flowmed query "SELECT src_addr, sum(bytes) FROM flows GROUP BY src_addr ORDER BY 2 DESC LIMIT 10"
     """
-    from mediation.query import QueryEngine, QueryError, render
+    from mediation.query import ChdbBackend, QueryEngine, QueryError, render
 
     try:
         # On a server, readonly = 1 refuses table functions too (the server's own guard under ours).
@@ -54,9 +55,10 @@ def query_command(sql: str, fmt: str, target: str, allow_external: bool, config)
         from mediation.sql_guard import classify, seal_chdb_session
 
         statement = classify(sql, allow_external=allow_external, target=engine.target)
-        if engine.target == "store":
-            root = engine.backend.root
-            if not engine.backend.holds_data():
+        backend = engine.backend
+        if isinstance(backend, ChdbBackend):
+            root = backend.root
+            if not backend.holds_data():
                 raise click.ClickException(
                     f"the store at {root} holds no data{'' if root.exists() else ' (the directory does not exist)'}"
                     ": point --config or --set store.path=... at the store the daemon writes")
