@@ -10,8 +10,10 @@ SQL that reads the same on every backend (embedded chDB, 18.16, modern): compare
 ``IPv6NumToString(addr)``. For ``clickhouse-client`` users on 18.16, ``<database>_read`` holds a view per table with
 addresses already as text and ReplacingMergeTree tables read ``FINAL`` (see :mod:`mediation.clickhouse_ddl`).
 
-Read-only: every query carries ``readonly = 2`` (no writes, no DDL; settings may still be changed, which the
-driver needs), unless the user's profile is read-only already (then it is left as the server set it).
+Read-only: every query carries ``readonly = 2`` (no writes, no DDL; settings may still be changed), or the
+``readonly`` level given to the backend, unless the user's profile is read-only already (then it is left as the
+server set it). ``flowmed query`` asks for ``readonly = 1`` unless run with ``--allow-external``: on 18.16 that
+also refuses every table function (``url()``, ``remote()``, ``file()``, even ``numbers()``) and every setting.
 """
 
 from __future__ import annotations
@@ -37,23 +39,26 @@ class ClickHouseBackend:
 
     name = "clickhouse"
 
-    def __init__(self, config: ClickHouseConfig, *, timeout_s: float = 300.0) -> None:
+    def __init__(self, config: ClickHouseConfig, *, timeout_s: float = 300.0, readonly: int = 2) -> None:
+        if readonly not in (1, 2):
+            raise ValueError(f"readonly must be 1 or 2, not {readonly!r}")
         self.config = config
         self.timeout_s = timeout_s
+        self.readonly = readonly
         self._client = None
         self._settings: dict[str, Any] | None = None
 
     @classmethod
-    def from_config(cls, config) -> ClickHouseBackend:
+    def from_config(cls, config, *, readonly: int = 2) -> ClickHouseBackend:
         """The backend for a whole flowmed :class:`collector.config.Config` (its ``[output.clickhouse]``)."""
-        return cls(config.output.clickhouse)
+        return cls(config.output.clickhouse, readonly=readonly)
 
     def _connect(self):
         if self._client is None:
             client = connect(self.config, timeout_s=self.timeout_s)
             (value,), = client.execute("SELECT value FROM system.settings WHERE name = 'readonly'",
                                        settings={"use_numpy": False})
-            self._settings = {} if str(value) not in ("0", "") else {"readonly": 2}
+            self._settings = {} if str(value) not in ("0", "") else {"readonly": self.readonly}
             self._client = client
         return self._client
 

@@ -29,6 +29,7 @@ import io
 import ipaddress
 import itertools
 import json
+import re
 import threading
 from collections.abc import Iterator
 from datetime import UTC, datetime
@@ -229,6 +230,11 @@ class ChdbBackend:
             release_chdb_session()
             raise
 
+    def holds_data(self) -> bool:
+        """Whether the store has at least one complete file of a registered table (an empty or missing directory is
+        most often a wrong ``store.path``, which would otherwise answer every query with nothing)."""
+        return any(next((self.root / name).glob("date=*/hour=*/*.parquet"), None) is not None for name in TABLES)
+
     def glob(self, table: str) -> str:
         return str(self.root / table / "date=*" / "hour=*" / "*.parquet")
 
@@ -309,8 +315,13 @@ class ChdbBackend:
                 if attempt < 9 and ("FILE_DOESNT_EXIST" in text or "CANNOT_OPEN_FILE" in text):
                     self.retried += 1
                     continue
-                raise QueryError(text) from None
+                raise QueryError(self._public(text)) from None
         raise AssertionError("unreachable")
+
+    def _public(self, message: str) -> str:
+        """An error message without this engine's private database name (``Maybe you meant flowmed_1.flows?``)."""
+        message = re.sub(rf"`?\b{self.database}\b`?\.", "", message)
+        return re.sub(rf"\b{self.database}\b", "the store", message)
 
     def close(self) -> None:
         if self._closed:
@@ -337,11 +348,13 @@ class QueryEngine:
         return cls(ChdbBackend(store_path))
 
     @classmethod
-    def for_config(cls, config, target: str = "auto") -> QueryEngine:
+    def for_config(cls, config, target: str = "auto", *, server_readonly: int = 2) -> QueryEngine:
         """The engine for ``target``: ``store`` (embedded), ``clickhouse`` (server) or ``auto``.
 
         ``auto`` is the embedded store when ``[store] enabled``, else the ClickHouse server when
-        ``[output.clickhouse] enabled``, else the embedded store.
+        ``[output.clickhouse] enabled``, else the embedded store. ``server_readonly`` is the ``readonly`` level a
+        server gets with every query (``1`` also refuses table functions on it; see
+        :mod:`mediation.clickhouse_query`).
         """
         if target == "auto":
             if not config.store.enabled and config.output.clickhouse.enabled:
@@ -354,7 +367,7 @@ class QueryEngine:
         if target == "clickhouse":
             from mediation.clickhouse_query import ClickHouseBackend
 
-            return cls(ClickHouseBackend.from_config(config))
+            return cls(ClickHouseBackend.from_config(config, readonly=server_readonly))
         raise ValueError(f"unknown query target {target!r}: expected auto, store or clickhouse")
 
     @property
@@ -412,22 +425,41 @@ def address_strings(column: pa.ChunkedArray | pa.Array) -> pa.Array:
     return pc.take(texts, pc.index_in(column, value_set=uniques))
 
 
+def _is_address(t: pa.DataType) -> bool:
+    return pa.types.is_fixed_size_binary(t) and t.byte_width == 16
+
+
 def format_addresses(table: pa.Table) -> pa.Table:
-    """``table`` with every ``fixed_size_binary(16)`` column (IPv6 / FixedString(16) addresses) as text."""
+    """``table`` with every ``fixed_size_binary(16)`` column (IPv6 / FixedString(16) addresses) as text, also
+    inside arrays (``groupArray(src_addr)``)."""
     for i, f in enumerate(table.schema):
-        if pa.types.is_fixed_size_binary(f.type) and f.type.byte_width == 16:
+        if _is_address(f.type):
             table = table.set_column(i, pa.field(f.name, pa.string(), f.nullable), address_strings(table.column(i)))
+        elif pa.types.is_list(f.type) and _is_address(f.type.value_type):
+            lists = table.column(i).combine_chunks()
+            lengths = pc.fill_null(pc.list_value_length(lists), 0).cast(pa.int32())
+            offsets = pa.concat_arrays([pa.array([0], pa.int32()), pc.cumulative_sum(lengths)])
+            texts = pa.ListArray.from_arrays(offsets, address_strings(pc.list_flatten(lists)), mask=lists.is_null())
+            table = table.set_column(i, pa.field(f.name, texts.type, f.nullable), texts)
     return table
 
 
+def _is_nested(t: pa.DataType) -> bool:
+    return pa.types.is_list(t) or pa.types.is_large_list(t) or pa.types.is_fixed_size_list(t) \
+        or pa.types.is_struct(t) or pa.types.is_map(t)
+
+
 def _cell(value: object) -> object:
-    """A value for text output: timestamps as ``YYYY-MM-DD HH:MM:SS.mmm`` UTC, bytes as hex."""
+    """A value for text output: timestamps as ``YYYY-MM-DD HH:MM:SS.mmm`` UTC, bytes as hex, arrays, tuples and
+    maps as JSON."""
     if isinstance(value, datetime):
         return value.strftime("%Y-%m-%d %H:%M:%S.") + f"{value.microsecond // 1000:03d}"
     if isinstance(value, bytes):
         return value.hex()
     if value is None:
         return "NULL"
+    if isinstance(value, list | tuple | dict):
+        return json.dumps(_json_value(value), ensure_ascii=False)
     return value
 
 
@@ -462,13 +494,18 @@ def _json_value(value: object) -> object:
         return value.strftime("%Y-%m-%dT%H:%M:%S.") + f"{value.microsecond // 1000:03d}Z"
     if isinstance(value, bytes):
         return value.hex()
-    if isinstance(value, dict | list | str | int | float | bool) or value is None:
+    if isinstance(value, list | tuple):  # arrays; maps come as lists of (key, value) tuples
+        return [_json_value(v) for v in value]
+    if isinstance(value, dict):  # tuples with names
+        return {str(k): _json_value(v) for k, v in value.items()}
+    if isinstance(value, str | int | float | bool) or value is None:
         return value
     return str(value)  # Decimal, date, ...
 
 
 def _textual(table: pa.Table) -> pa.Table:
-    """Timestamps as UTC text with milliseconds and binary as hex, for CSV."""
+    """Timestamps as UTC text with milliseconds, binary as hex, and arrays, tuples and maps as JSON, for CSV (which
+    has no nested values)."""
     for i, f in enumerate(table.schema):
         if pa.types.is_timestamp(f.type):
             col = pc.strftime(table.column(i).cast(pa.timestamp("ms", tz="UTC")), format="%Y-%m-%d %H:%M:%S",
@@ -478,4 +515,8 @@ def _textual(table: pa.Table) -> pa.Table:
         elif pa.types.is_binary(f.type) or pa.types.is_fixed_size_binary(f.type):
             hexes = pa.array([None if v is None else v.hex() for v in table.column(i).to_pylist()], pa.string())
             table = table.set_column(i, pa.field(f.name, pa.string()), hexes)
+        elif _is_nested(f.type):
+            texts = pa.array([None if v is None else json.dumps(_json_value(v), ensure_ascii=False)
+                              for v in table.column(i).to_pylist()], pa.string())
+            table = table.set_column(i, pa.field(f.name, pa.string()), texts)
     return table

@@ -25,32 +25,48 @@ _CH_MODERN = {
 @click.command("query")
 @click.argument("sql")
 @click.option("--format", "fmt", type=click.Choice(["table", "csv", "json"]), default="table", show_default=True,
-              help="Output: aligned text, CSV with a header, or one JSON object per line.")
+              help="Output: aligned text, CSV with a header, or one JSON object per line (arrays as JSON).")
 @click.option("--target", type=click.Choice(["auto", "store", "clickhouse"]), default="auto", show_default=True,
               help="Where to run it: the embedded Parquet store (chDB), the ClickHouse server, or auto (the store "
                    "when [store] is enabled, else the server).")
+@click.option("--allow-external", is_flag=True,
+              help="Also allow what reads outside flowmed's tables with the permissions of this command (files, "
+                   "URLs, other servers): the table functions file(), url(), remote(), s3(), ... and the function "
+                   "file().")
 @config_options
-def query_command(sql: str, fmt: str, target: str, config) -> None:
-    """Run ClickHouse SQL over flowmed's tables (flows, usage, ...) and print the result.
+def query_command(sql: str, fmt: str, target: str, allow_external: bool, config) -> None:
+    """Run one read-only ClickHouse SQL statement over flowmed's tables (flows, usage, ...) and print the result.
 
     Addresses print as text (192.0.2.1, 2001:db8::1) and compare with toIPv6('192.0.2.1'); times are UTC.
     On the embedded store, T_between(t0='...', t1='...') reads only that time range of table T (faster lookups).
+    One SELECT, WITH, SHOW, DESCRIBE, EXISTS or EXPLAIN statement, without INTO OUTFILE, FORMAT (use --format)
+    or SETTINGS; table functions that read files, URLs or other servers need --allow-external.
 
     Example: flowmed query "SELECT src_addr, sum(bytes) FROM flows GROUP BY src_addr ORDER BY 2 DESC LIMIT 10"
     """
-    from mediation.query import QueryEngine, QueryError, render
+    from mediation.query import ChdbBackend, QueryEngine, QueryError, render
 
     try:
-        engine = QueryEngine.for_config(config, target)
+        # On a server, readonly = 1 refuses table functions too (the server's own guard under ours).
+        engine = QueryEngine.for_config(config, target, server_readonly=2 if allow_external else 1)
     except Exception as exc:  # cannot open chDB / reach the server: a clear message, exit status 1
         raise click.ClickException(f"cannot open the {target} query target: {exc}") from None
     try:
-        from mediation.sql_guard import check_read_only, seal_chdb_session
+        from mediation.sql_guard import classify, seal_chdb_session
 
-        check_read_only(sql)
-        if engine.target == "store":
+        statement = classify(sql, allow_external=allow_external, target=engine.target)
+        backend = engine.backend
+        if isinstance(backend, ChdbBackend):
+            root = backend.root
+            if not backend.holds_data():
+                raise click.ClickException(
+                    f"the store at {root} holds no data{'' if root.exists() else ' (the directory does not exist)'}"
+                    ": point --config or --set store.path=... at the store the daemon writes")
             seal_chdb_session()  # this process runs nothing else: DDL, DROP, ALTER, INSERT refused by chDB itself
-        result = engine.query(sql, exact_types=True)
+            # What runs is what was classified: the statement as ClickHouse's parser read and formatted it.
+            result = engine.query(statement.canonical, exact_types=True)
+        else:
+            result = engine.query(sql, exact_types=True)  # the server's own dialect (18.16 lacks newer syntax)
     except QueryError as exc:
         raise click.ClickException(str(exc)) from None
     finally:

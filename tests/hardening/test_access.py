@@ -3,8 +3,9 @@
 Tested elsewhere (not repeated): the IPDR allowlist (tests/ipdr/test_collector.py::
 test_exporter_initiated_connection_and_allowlist), RADIUS clients as the allowlist with radclient
 (tests/mediation/test_radius.py::test_radclient_from_an_unknown_client_gets_no_answer), `check-config` redaction
-(tests/collector/test_config.py::test_check_config_redacts_secrets), the server query backend's readonly = 2
-(tests/mediation/test_query.py), the flow allowlist and rate limit in the pipeline (test_limits.py here).
+(tests/collector/test_config.py::test_check_config_redacts_secrets), the server's own readonly under `flowmed
+query` (tests/mediation/test_query_server.py), the guard's full corpus of bypass attempts and --allow-external
+(tests/mediation/test_query_guard.py), the flow allowlist and rate limit in the pipeline (test_limits.py here).
 """
 
 from __future__ import annotations
@@ -58,6 +59,8 @@ def test_defaults_expose_nothing_beyond_the_collection_ports() -> None:
     "TRUNCATE TABLE usage",
     "/* SELECT */ DROP DATABASE x",
     "",
+    "SELECT $$'$$ AS x INTO OUTFILE 'x.csv'",
+    "SELECT $$'$$; INSERT INTO FUNCTION file('x.csv', 'CSV', 'x UInt8') VALUES (1) -- '",
 ])
 def test_sql_guard_refuses_writes(sql: str) -> None:
     with pytest.raises(QueryError, match="read-only|one statement"):
@@ -143,11 +146,13 @@ def test_flowmed_query_command_refuses_file_writes(tmp_path: Path) -> None:
     target = tmp_path / "written.csv"
 
     def run(sql: str) -> subprocess.CompletedProcess:
-        return subprocess.run([sys.executable, "-m", "collector.cli", "query", "--set", f"store.path={store}",
-                               "--format", "csv", sql], cwd=tmp_path, capture_output=True, text=True, timeout=120)
+        return subprocess.run([str(Path(sys.executable).with_name("flowmed")), "query", "--set",
+                               f"store.path={store}", "--format", "csv", sql], cwd=tmp_path, capture_output=True,
+                              text=True, timeout=120)
 
     for sql in (f"INSERT INTO FUNCTION file('{target}', 'CSV') SELECT 1",
                 f"SELECT count() FROM flows INTO OUTFILE '{target}'",
+                f"SELECT $$'$$ AS x INTO OUTFILE '{target}'",
                 "DROP TABLE flows"):
         proc = run(sql)
         assert proc.returncode != 0 and "read-only" in proc.stderr, (sql, proc.stderr)
