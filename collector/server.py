@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import contextlib
+import errno
 import logging
 import os
 import signal
@@ -30,9 +31,10 @@ from collector import status as status_mod
 from collector.admission import admit, make_admission
 from collector.config import Config
 from collector.configtree import ConfigError
-from collector.listener import Datagram, UdpListener
+from collector.listener import Datagram, ListenError, UdpListener
 from collector.logging import RateLimiter, log, set_level
 from collector.logging import setup as setup_logging
+from collector.storelock import StoreLock
 from collector.systemd import Notifier, watchdog_interval_s
 from decoders.schema import FLOWS
 
@@ -400,6 +402,7 @@ class Server:
         self._dropped_seen: dict[tuple[str, str], int] = {}
         self._last_status_line = time.monotonic()
         self.ipdr: Any = None
+        self.store_lock = StoreLock(config.store.path)
 
     # --- lifecycle -------------------------------------------------------------------------------------------------
 
@@ -414,10 +417,13 @@ class Server:
         try:
             self.startup()
             await self.start_side_listeners()
-        except (OSError, ValueError) as exc:  # address in use, unwritable store, broken static bindings file
+        except (OSError, ValueError) as exc:  # address in use, store in use or unwritable, broken static bindings file
             log("error", "cannot start", error=str(exc))
             self.close_listeners()
             await self.stop_side_listeners()
+            if self.http is not None:
+                self.http.close()
+            self.store_lock.release()
             return 1
         self.notifier.notify("READY=1", f"STATUS=receiving on {', '.join(lst.address for lst in self.listeners)}",
                              *([f"FLOWMED_WORKER={self.worker}"] if self.worker is not None else []))
@@ -425,8 +431,10 @@ class Server:
         return await self.shutdown()
 
     def startup(self) -> None:
-        """Bind, load state, open outputs, start reading (READY=1 follows once RADIUS/IPDR are up too)."""
+        """Lock the store, bind, load state, open outputs, start reading (READY=1 follows once RADIUS/IPDR are up)."""
         cfg = self.config
+        if self.worker is None:  # a worker runs under its supervisor, which holds the lock
+            self.store_lock.acquire()
         for i, endpoint in enumerate(cfg.listen.udp):
             lst = UdpListener(endpoint, self.pending, self._on_data, cfg.listen.rcvbuf_bytes,
                               max_per_event=cfg.listen.batch_datagrams)
@@ -479,7 +487,12 @@ class Server:
         if getattr(self.config, "ipdr", None) is not None and self.config.ipdr.enabled:
             from collector.ipdr import start_ipdr
 
-            self.ipdr = await start_ipdr(asyncio.get_running_loop(), self.config, sink)
+            try:
+                self.ipdr = await start_ipdr(asyncio.get_running_loop(), self.config, sink)
+            except OSError as exc:
+                if self.config.ipdr.listen and exc.errno in (errno.EADDRINUSE, errno.EADDRNOTAVAIL):
+                    raise ListenError("IPDR/SP", self.config.ipdr.listen, exc) from None
+                raise
             log("info", "ipdr collector started", exporters=len(self.config.ipdr.exporters),
                 listen=self.config.ipdr.listen or "off")
 
@@ -672,6 +685,7 @@ class Server:
                for name, st in getattr(p.sink, "stats", {}).items()},
             seconds=round(time.monotonic() - t0, 3))
         self.notifier.close()
+        self.store_lock.release()
         return 0
 
     def _final_flush(self) -> None:
