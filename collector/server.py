@@ -242,6 +242,7 @@ class Pipeline:
                 if delta > 0:
                     m.usage_bytes.labels(result).inc(delta)
                 self._usage_seen[result] = value
+            self._count_rejects(counters)
         compliance = getattr(self.compliance, "counters", None)
         if isinstance(compliance, dict):  # cumulative counters of the compliance stage -> Prometheus counters
             for metric, key, label_value in (
@@ -259,6 +260,40 @@ class Pipeline:
             self._static_checked = now
             static.maybe_reload(now)
         m.pending_bytes.set(self.decoder.pending_bytes())
+
+
+    def _count_rejects(self, counters: dict[str, int]) -> None:
+        """The Mediator's ``rejected_<reason>`` counters into ``flowmed_rejects_total``, with a warning per reason at
+        most once a minute while records keep being rejected for it (how many, and what usually causes it)."""
+        for reason, total in self.rejects().items():
+            key = f"rejected_{reason}"
+            delta = total - self._usage_seen.get(key, 0)
+            if delta > 0:
+                self.metrics.rejects.labels(reason).inc(delta)
+                self.errors_log.log("warning", "flow records rejected by mediation", key=("rejects", reason),
+                                    count=delta, reason=reason, hint=REJECT_HINTS.get(reason, ""))
+            self._usage_seen[key] = total
+
+    def rejects(self) -> dict[str, int]:
+        """Records the Mediator rejected so far, per reason (the reasons with at least one)."""
+        counters = getattr(self.mediator, "counters", None)
+        if not isinstance(counters, dict):
+            return {}
+        return {k.removeprefix("rejected_"): int(v) for k, v in counters.items()
+                if k.startswith("rejected_") and int(v) > 0}
+
+
+REJECT_HINTS = {
+    "future": "flow end later than its receive time plus mediation.max_future_s: the exporter's clock is ahead",
+    "too_old": "flow end earlier than its receive time minus mediation.max_lateness_s: a replayed old capture, or "
+               "an exporter clock far behind",
+    "impossible_timestamp": "flow times before 2000 or after 2100: an exporter clock at zero or a broken template",
+    "end_before_start": "flow end before its start: the exporter's times are broken",
+    "too_long": "flow longer than mediation.max_flow_duration_s",
+    "zero_counters": "records with no bytes or no packets",
+    "absurd_counters": "more bytes per packet than mediation.max_bytes_per_packet, or fewer bytes than packets",
+}
+"""What usually causes each mediation reject reason (in the rate-limited warning)."""
 
 
 def _items(result: Any, name: str) -> list[tuple[Any, int]]:
@@ -813,6 +848,7 @@ class Server:
             "exporters": p.board.to_list() if p else [],
             "outputs": outputs,
             "spool": spool,
+            "rejects": p.rejects() if p else {},
         }
         if self.worker is not None:
             run_dir = os.environ.get("FLOWMED_RUN_DIR")

@@ -105,6 +105,11 @@ def merge(snapshots: list[dict[str, Any]]) -> dict[str, Any]:
     out["workers"] = [s.get("worker") for s in snapshots]
     for k in ("datagrams", "flows", "rows_flushed"):
         out[k] = sum(s.get(k, 0) for s in snapshots)
+    rejects: dict[str, int] = {}
+    for snap in snapshots:
+        for reason, count in (snap.get("rejects") or {}).items():
+            rejects[reason] = rejects.get(reason, 0) + count
+    out["rejects"] = rejects
     spools = [s.get("spool") or {} for s in snapshots]
     out["spool"] = {k: sum(sp.get(k, 0) for sp in spools) for k in ("bytes", "batches", "rows", "dropped_rows")}
     out["spool"]["oldest_age_s"] = max((sp.get("oldest_age_s", 0.0) for sp in spools), default=0.0)
@@ -360,7 +365,14 @@ def render(status: dict[str, Any]) -> str:
     now = int(time.time() * 1000)
     lines = [f"flowmed {status.get('version', '?')}  pid {status.get('pid', '?')}  up {status.get('uptime_s', 0):.0f}s"
              f"  workers {status.get('worker_count', 1)}",
-             f"datagrams {status.get('datagrams', 0)}  flows {status.get('flows', 0)}", "", "listeners:"]
+             f"datagrams {status.get('datagrams', 0)}  flows {status.get('flows', 0)}"
+             f"  rejected by mediation {sum((status.get('rejects') or {}).values())}"]
+    rejects = status.get("rejects") or {}
+    if rejects:  # a record rejected is usage not billed: say why, loudly
+        lines.append("rejected: " + ", ".join(f"{reason} {count}" for reason, count in
+                                              sorted(rejects.items(), key=lambda kv: -kv[1]))
+                     + "  (rows in the rejects table; flowmed_rejects_total)")
+    lines += ["", "listeners:"]
     for li in status.get("listeners", []):
         worker = f"worker {li['worker']:<3}" if li.get("worker") is not None else ""
         lines.append(f"  {li['address']:<24} {worker}rcvbuf {li.get('rcvbuf_bytes', 0):>10}"
