@@ -170,7 +170,7 @@ class HttpServer:
         self._wake_r.setblocking(False)
         self._selector.register(self._wake_r, selectors.EVENT_READ)
         self._reading: OrderedDict[socket.socket, _Request] = OrderedDict()  # oldest first
-        self._answering = 0  # handed to the responders, not yet closed
+        self._answering: set[socket.socket] = set()  # handed to the responders, not yet closed
         self._lock = threading.Lock()
         self._closing = False
         self._pool = concurrent.futures.ThreadPoolExecutor(responders, thread_name_prefix="flowmed-http-respond")
@@ -180,13 +180,18 @@ class HttpServer:
         self.thread.start()
 
     def close(self) -> None:
-        """Stop accepting, drop connections still sending their request, let answers in progress finish."""
+        """Stop accepting and drop every connection (answers in progress are cut: the process is stopping)."""
         self._closing = True
         with contextlib.suppress(OSError):
             self._wake_w.send(b"x")
         if self.thread.is_alive():
             self.thread.join(5.0)
-        self._pool.shutdown(wait=False, cancel_futures=True)
+        self._pool.shutdown(wait=False)  # answers still queued see _closing and just close their connection
+        with self._lock:
+            answering = list(self._answering)
+        for conn in answering:  # a client reading slowly must not hold the process's exit for response_timeout_s
+            with contextlib.suppress(OSError):
+                conn.shutdown(socket.SHUT_RDWR)
         for conn in list(self._reading):
             conn.close()
         self._reading.clear()
@@ -198,24 +203,32 @@ class HttpServer:
     def open_connections(self) -> int:
         """Connections held now: reading their request or being answered."""
         with self._lock:
-            return len(self._reading) + self._answering
+            return len(self._reading) + len(self._answering)
 
     # --- the selector thread ---------------------------------------------------------------------------------------
 
     def _serve(self) -> None:
         while not self._closing:
-            now = time.monotonic()
-            oldest = next(iter(self._reading.values()), None)
-            timeout = 1.0 if oldest is None else min(1.0, max(0.0, oldest.deadline - now))
-            for key, _ in self._selector.select(timeout):
-                if key.fileobj is self.sock:
-                    self._accept()
-                elif key.fileobj is self._wake_r:
-                    with contextlib.suppress(OSError):
-                        self._wake_r.recv(64)
-                else:
-                    self._read(key.fileobj)  # type: ignore[arg-type]
-            self._expire(time.monotonic())
+            try:
+                self._serve_once()
+            except Exception as exc:  # a bug: keep the endpoint up (slowly: this must not spin)
+                log("error", "metrics endpoint failed", error=repr(exc))
+                time.sleep(1.0)
+
+    def _serve_once(self) -> None:
+        """Wait for sockets (at most a second, or until the next request deadline) and handle them."""
+        now = time.monotonic()
+        oldest = next(iter(self._reading.values()), None)
+        timeout = 1.0 if oldest is None else min(1.0, max(0.0, oldest.deadline - now))
+        for key, _ in self._selector.select(timeout):
+            if key.fileobj is self.sock:
+                self._accept()
+            elif key.fileobj is self._wake_r:
+                with contextlib.suppress(OSError):
+                    self._wake_r.recv(64)
+            else:
+                self._read(key.fileobj)  # type: ignore[arg-type]
+        self._expire(time.monotonic())
 
     def _accept(self) -> None:
         for _ in range(64):  # a burst is taken in slices: expiry and reads go on meanwhile
@@ -257,7 +270,7 @@ class HttpServer:
         self._selector.unregister(conn)
         del self._reading[conn]
         with self._lock:
-            self._answering += 1
+            self._answering.add(conn)
         try:
             self._pool.submit(self._answer, conn, req.data if end >= 0 else b"")
         except RuntimeError:  # closing
@@ -282,6 +295,8 @@ class HttpServer:
 
     def _answer(self, conn: socket.socket, request: bytes) -> None:
         try:
+            if self._closing:
+                return
             code, ctype, body, head_only = self._route(request)
             head = (f"HTTP/1.1 {code} {_REASONS[code]}\r\nContent-Type: {ctype}\r\nContent-Length: {len(body)}\r\n"
                     "Connection: close\r\n\r\n").encode()
@@ -292,9 +307,9 @@ class HttpServer:
             self._answered(conn)
 
     def _answered(self, conn: socket.socket) -> None:
-        conn.close()
         with self._lock:
-            self._answering -= 1
+            self._answering.discard(conn)
+        conn.close()
 
     def _send(self, conn: socket.socket, data: bytes) -> None:
         """Write ``data`` within response_timeout_s in all (a client reading a byte at a time is dropped)."""
