@@ -29,7 +29,7 @@ def _metric_sum(exposition: str, name: str) -> float:
 
 
 def test_a_softflowd_ipfix_replay_of_a_recent_capture_is_stored_and_mediated(tmp_path: Path) -> None:
-    capture_start = time.time() - 600  # a capture made ten minutes ago
+    capture_start = float(int(time.time()) - 600)  # a capture made ten minutes ago
     truth = write_traffic(tmp_path / "t.pcap", ipv6=True, t0=capture_start)
     d = Daemon(tmp_path / "flowmed", "mediation.enabled=true")
     try:
@@ -65,13 +65,14 @@ def test_a_softflowd_ipfix_replay_of_a_recent_capture_is_stored_and_mediated(tmp
     assert usage_bytes == sum(f.bytes for f in truth.values())  # every byte mediated (unattributed: no bindings)
 
     # the capture's own times (softflowd tracks both directions as one flow from the first packet of the
-    # conversation to its last), within the millisecond softflowd loses truncating its init time and each uptime
+    # conversation to its last), within the 2 ms softflowd loses truncating its init time and each uptime to the
+    # millisecond (tshark's decode of the same datagrams, below, is matched exactly)
     ours = {(r["src"].removeprefix("::ffff:"), r["dst"].removeprefix("::ffff:"), r["src_port"], r["dst_port"],
              r["protocol"]): (r["fs"], r["fe"]) for r in flows}
     assert set(ours) == set(truth)
     for key, f in truth.items():
         start, end = ours[key]
-        assert abs(start - f.start_ms) <= 1 and abs(end - f.end_ms) <= 1, (key, ours[key], f)
+        assert abs(start - f.start_ms) <= 2 and abs(end - f.end_ms) <= 2, (key, ours[key], f)
 
     # tshark reads the same datagrams as systemInitTime + uptime without the wrap: the same instants modulo 2**32
     theirs = [tshark_row(r) for r in tshark_records(tshark_messages(export.capture, [export.port]))]
