@@ -7,6 +7,7 @@ expected. ``--set a.b=c`` overrides are applied to the raw TOML tree before buil
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import math
 import tomllib
 import types
@@ -62,7 +63,11 @@ def build(cls: type[T], data: Any, key: str = "") -> T:
     unknown = sorted(set(data) - set(fields))
     if unknown:
         where = f"{key}.{unknown[0]}" if key else unknown[0]
-        raise ConfigError(where, data[unknown[0]], f"one of the known keys: {', '.join(sorted(fields))}")
+        expected = f"one of the known keys: {', '.join(sorted(fields))}"
+        close = difflib.get_close_matches(str(unknown[0]).lower(), sorted(fields), n=1, cutoff=0.6)
+        if close:
+            expected += f" (did you mean {f'{key}.{close[0]}' if key else close[0]}?)"
+        raise ConfigError(where, data[unknown[0]], expected)
     kwargs = {}
     for name, value in data.items():
         kwargs[name] = _convert(hints[name], value, f"{key}.{name}" if key else name)

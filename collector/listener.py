@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import os
 import socket
 import time
@@ -27,6 +28,27 @@ SO_RCVBUFFORCE = getattr(socket, "SO_RCVBUFFORCE", 33)  # Linux; Python does not
 Datagram = tuple[bytes, str, int]
 
 
+class ListenError(OSError):
+    """A socket flowmed needs could not be bound: names the address and what it was for (flows, RADIUS, ...)."""
+
+    def __init__(self, purpose: str, address: str, cause: OSError) -> None:
+        if cause.errno is None and isinstance(cause.__cause__, OSError):  # uvloop wraps the system's error
+            cause = cause.__cause__
+        super().__init__(cause.errno, cause.strerror)
+        self.purpose, self.address = purpose, address
+        reason = os.strerror(cause.errno) if cause.errno else str(cause)  # asyncio adds its own wording
+        if cause.errno == errno.EADDRINUSE:
+            reason += " (another process listens there: a second flowmed, or another collector)"
+        elif cause.errno == errno.EADDRNOTAVAIL:
+            reason += " (not an address of this host)"
+        elif cause.errno == errno.EACCES:
+            reason += " (a port below 1024 needs root or CAP_NET_BIND_SERVICE)"
+        self.message = f"cannot listen for {purpose} on {address}: {reason}"
+
+    def __str__(self) -> str:
+        return self.message
+
+
 class UdpListener:
     """One UDP endpoint (``"0.0.0.0:2055"`` or ``"[::]:4739"``).
 
@@ -36,8 +58,11 @@ class UdpListener:
     """
 
     def __init__(self, endpoint: str, out: list[Datagram], on_data: Callable[[], None] | None = None,
-                 rcvbuf_bytes: int = 32 * 1024 * 1024, reuse_port: bool = False, max_per_event: int = 2048) -> None:
+                 rcvbuf_bytes: int = 32 * 1024 * 1024, reuse_port: bool = False, max_per_event: int = 2048,
+                 purpose: str = "flows (NetFlow/IPFIX)") -> None:
         self.endpoint = endpoint
+        self.purpose = purpose
+        """What the socket is for, in the error when it cannot be bound."""
         self.host, self.port = split_endpoint(endpoint)
         self.family = socket.AF_INET6 if ":" in self.host else socket.AF_INET
         self.out = out
@@ -55,7 +80,7 @@ class UdpListener:
         self._drops_seen = 0
 
     def bind(self) -> socket.socket:
-        """Create, size and bind the socket (raises OSError when the address is taken or not local)."""
+        """Create, size and bind the socket (raises :class:`ListenError` when the address is taken or not local)."""
         sock = socket.socket(self.family, socket.SOCK_DGRAM)
         try:
             if self.family == socket.AF_INET6:
@@ -72,9 +97,9 @@ class UdpListener:
             self.rcvbuf_granted = sock.getsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF) // 2
             sock.setblocking(False)
             sock.bind((self.host, self.port))
-        except OSError:
+        except OSError as exc:
             sock.close()
-            raise
+            raise ListenError(self.purpose, self.endpoint, exc) from None
         self.port = sock.getsockname()[1]
         self.inode = os.fstat(sock.fileno()).st_ino
         self.sock = sock

@@ -160,6 +160,9 @@ class Metrics:
         self.usage_bytes = Counter("flowmed_usage_bytes",
                                    "Flow bytes by mediation result: attributed, unattributed, rejected, duplicate.",
                                    ["result"], registry=r)
+        self.rejects = Counter("flowmed_rejects", "Flow records mediation rejected, per reason (future, too_old, "
+                               "impossible_timestamp, ...; the records are kept in the rejects table).", ["reason"],
+                               registry=r)
         self.compliance_records = Counter("flowmed_compliance_records",
                                           "IP detail records written, by attribution status.", ["status"], registry=r)
         self.nat_events = Counter("flowmed_nat_events", "NAT log rows written, by kind: event (natEvent records), "

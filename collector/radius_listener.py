@@ -24,6 +24,7 @@ from typing import Any
 import pyarrow as pa
 
 from collector.config import Config, split_endpoint
+from collector.listener import ListenError
 from mediation.bindings import Bindings
 from mediation.radius import RadiusAccounting
 
@@ -79,7 +80,10 @@ class RadiusServer:
     async def start(self, loop: asyncio.AbstractEventLoop) -> None:
         for endpoint in self.config.radius.listen:
             host, port = split_endpoint(endpoint)
-            transport, _ = await loop.create_datagram_endpoint(lambda: _Protocol(self), local_addr=(host, port))
+            try:
+                transport, _ = await loop.create_datagram_endpoint(lambda: _Protocol(self), local_addr=(host, port))
+            except OSError as exc:
+                raise ListenError("RADIUS accounting", endpoint, exc) from None
             self.transports.append(transport)  # type: ignore[arg-type]
         # usage journaled before a crash and never confirmed: hand it over again
         for jid, batch in await loop.run_in_executor(self._executor, self.accounting.journaled):

@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import contextlib
+import errno
 import logging
 import os
 import signal
@@ -30,9 +31,10 @@ from collector import status as status_mod
 from collector.admission import admit, make_admission
 from collector.config import Config
 from collector.configtree import ConfigError
-from collector.listener import Datagram, UdpListener
+from collector.listener import Datagram, ListenError, UdpListener
 from collector.logging import RateLimiter, log, set_level
 from collector.logging import setup as setup_logging
+from collector.storelock import StoreLock
 from collector.systemd import Notifier, watchdog_interval_s
 from decoders.schema import FLOWS
 
@@ -240,6 +242,7 @@ class Pipeline:
                 if delta > 0:
                     m.usage_bytes.labels(result).inc(delta)
                 self._usage_seen[result] = value
+            self._count_rejects(counters)
         compliance = getattr(self.compliance, "counters", None)
         if isinstance(compliance, dict):  # cumulative counters of the compliance stage -> Prometheus counters
             for metric, key, label_value in (
@@ -257,6 +260,40 @@ class Pipeline:
             self._static_checked = now
             static.maybe_reload(now)
         m.pending_bytes.set(self.decoder.pending_bytes())
+
+
+    def _count_rejects(self, counters: dict[str, int]) -> None:
+        """The Mediator's ``rejected_<reason>`` counters into ``flowmed_rejects_total``, with a warning per reason at
+        most once a minute while records keep being rejected for it (how many, and what usually causes it)."""
+        for reason, total in self.rejects().items():
+            key = f"rejected_{reason}"
+            delta = total - self._usage_seen.get(key, 0)
+            if delta > 0:
+                self.metrics.rejects.labels(reason).inc(delta)
+                self.errors_log.log("warning", "flow records rejected by mediation", key=("rejects", reason),
+                                    count=delta, reason=reason, hint=REJECT_HINTS.get(reason, ""))
+            self._usage_seen[key] = total
+
+    def rejects(self) -> dict[str, int]:
+        """Records the Mediator rejected so far, per reason (the reasons with at least one)."""
+        counters = getattr(self.mediator, "counters", None)
+        if not isinstance(counters, dict):
+            return {}
+        return {k.removeprefix("rejected_"): int(v) for k, v in counters.items()
+                if k.startswith("rejected_") and int(v) > 0}
+
+
+REJECT_HINTS = {
+    "future": "flow end later than its receive time plus mediation.max_future_s: the exporter's clock is ahead",
+    "too_old": "flow end earlier than its receive time minus mediation.max_lateness_s: a replayed old capture, or "
+               "an exporter clock far behind",
+    "impossible_timestamp": "flow times before 2000 or after 2100: an exporter clock at zero or a broken template",
+    "end_before_start": "flow end before its start: the exporter's times are broken",
+    "too_long": "flow longer than mediation.max_flow_duration_s",
+    "zero_counters": "records with no bytes or no packets",
+    "absurd_counters": "more bytes per packet than mediation.max_bytes_per_packet, or fewer bytes than packets",
+}
+"""What usually causes each mediation reject reason (in the rate-limited warning)."""
 
 
 def _items(result: Any, name: str) -> list[tuple[Any, int]]:
@@ -400,6 +437,7 @@ class Server:
         self._dropped_seen: dict[tuple[str, str], int] = {}
         self._last_status_line = time.monotonic()
         self.ipdr: Any = None
+        self.store_lock = StoreLock(config.store.path)
 
     # --- lifecycle -------------------------------------------------------------------------------------------------
 
@@ -414,10 +452,13 @@ class Server:
         try:
             self.startup()
             await self.start_side_listeners()
-        except (OSError, ValueError) as exc:  # address in use, unwritable store, broken static bindings file
+        except (OSError, ValueError) as exc:  # address in use, store in use or unwritable, broken static bindings file
             log("error", "cannot start", error=str(exc))
             self.close_listeners()
             await self.stop_side_listeners()
+            if self.http is not None:
+                self.http.close()
+            self.store_lock.release()
             return 1
         self.notifier.notify("READY=1", f"STATUS=receiving on {', '.join(lst.address for lst in self.listeners)}",
                              *([f"FLOWMED_WORKER={self.worker}"] if self.worker is not None else []))
@@ -425,8 +466,10 @@ class Server:
         return await self.shutdown()
 
     def startup(self) -> None:
-        """Bind, load state, open outputs, start reading (READY=1 follows once RADIUS/IPDR are up too)."""
+        """Lock the store, bind, load state, open outputs, start reading (READY=1 follows once RADIUS/IPDR are up)."""
         cfg = self.config
+        if self.worker is None:  # a worker runs under its supervisor, which holds the lock
+            self.store_lock.acquire()
         for i, endpoint in enumerate(cfg.listen.udp):
             lst = UdpListener(endpoint, self.pending, self._on_data, cfg.listen.rcvbuf_bytes,
                               max_per_event=cfg.listen.batch_datagrams)
@@ -479,7 +522,12 @@ class Server:
         if getattr(self.config, "ipdr", None) is not None and self.config.ipdr.enabled:
             from collector.ipdr import start_ipdr
 
-            self.ipdr = await start_ipdr(asyncio.get_running_loop(), self.config, sink)
+            try:
+                self.ipdr = await start_ipdr(asyncio.get_running_loop(), self.config, sink)
+            except OSError as exc:
+                if self.config.ipdr.listen and exc.errno in (errno.EADDRINUSE, errno.EADDRNOTAVAIL):
+                    raise ListenError("IPDR/SP", self.config.ipdr.listen, exc) from None
+                raise
             log("info", "ipdr collector started", exporters=len(self.config.ipdr.exporters),
                 listen=self.config.ipdr.listen or "off")
 
@@ -672,6 +720,7 @@ class Server:
                for name, st in getattr(p.sink, "stats", {}).items()},
             seconds=round(time.monotonic() - t0, 3))
         self.notifier.close()
+        self.store_lock.release()
         return 0
 
     def _final_flush(self) -> None:
@@ -799,6 +848,7 @@ class Server:
             "exporters": p.board.to_list() if p else [],
             "outputs": outputs,
             "spool": spool,
+            "rejects": p.rejects() if p else {},
         }
         if self.worker is not None:
             run_dir = os.environ.get("FLOWMED_RUN_DIR")

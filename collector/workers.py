@@ -36,6 +36,7 @@ from collector.listener import UdpListener
 from collector.logging import log, set_level
 from collector.logging import setup as setup_logging
 from collector.server import STATUS_LINE_INTERVAL_S, count_kernel_drops, status_line
+from collector.storelock import StoreLock
 from collector.systemd import Notifier, watchdog_interval_s
 
 HANG_TIMEOUT_S = 30.0
@@ -77,11 +78,24 @@ class Supervisor:
         self.signals: list[int] = []
         self.all_ready_sent = False
         self.start_failed = False
+        self.store_lock = StoreLock(config.store.path)
 
     def run(self) -> int:
         """Start the workers and supervise them until SIGTERM/SIGINT; returns the exit status."""
         cfg = self.config
         setup_logging(cfg.log.level, cfg.log.format)
+        try:  # before anything in the store is touched: a second daemon must not wipe the first one's run dir
+            self.store_lock.acquire()
+        except OSError as exc:
+            log("error", "cannot start", error=str(exc))
+            return 1
+        try:
+            return self._run()
+        finally:
+            self.store_lock.release()
+
+    def _run(self) -> int:
+        cfg = self.config
         prom_dir = self.run_dir / "prometheus"
         shutil.rmtree(self.run_dir, ignore_errors=True)  # stale metrics of earlier runs must not be merged in
         prom_dir.mkdir(parents=True)
@@ -115,7 +129,7 @@ class Supervisor:
             try:
                 http = status_mod.HttpServer(cfg.metrics.listen, registry, self.status)
             except OSError as exc:
-                log("error", "cannot serve metrics", listen=cfg.metrics.listen, error=str(exc))
+                log("error", "cannot start", error=str(exc))
                 self._close_sockets()
                 return 1
             http.start()

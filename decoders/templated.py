@@ -290,10 +290,30 @@ def time_column(view: FixedView | VariableView, compiled: Compiled, ie: int | No
     v64 = v.astype(np.int64)
     if ies.SYSTEM_INIT_TIME in compiled.refs:
         init_ms = view.uint(compiled.refs[ies.SYSTEM_INIT_TIME]).astype(np.int64)
-    ipfix = np.where(init_ms >= 0, init_ms + v64, export_ms)
+    ipfix = np.where(init_ms >= 0, _uptime_near_export(init_ms, v64, export_ms), export_ms)
     if np.ndim(uptime_ms) == 0:  # all IPFIX
         return ipfix
     return np.where(uptime_ms >= 0, uptime_to_ms(v, export_ms, uptime_ms), ipfix)
+
+
+SANE_INIT_MS = (946_684_800_000, 86_400_000)
+"""A systemInitTimeMilliseconds after 2000-01-01 and at most a day after the export time is a real clock reading."""
+
+
+def _uptime_near_export(init_ms: np.ndarray, uptime: np.ndarray, export_ms: np.ndarray) -> np.ndarray:
+    """``init + uptime`` for the 32-bit sysUpTime fields, taken modulo 2**32 to the time nearest the export time.
+
+    The counter wraps every 49.7 days, so after that ``init + value`` lies a multiple of 2**32 ms in the past; and
+    softflowd replaying a capture sets its init time to the wall clock and writes ``packet time - init`` (negative
+    for the capture's older packets) as an unsigned 32-bit value, which ``init + value`` put 2**32 ms ahead: every
+    record of a replay was rejected as ``future``. As the v9 header's sysUptime does, the export time settles the
+    wrap (times within 24.8 days of it are exact). A garbage init time (zero, or after the export) is left alone:
+    its records stay visibly wrong instead of being moved near the export time.
+    """
+    plain = init_ms + uptime
+    wrapped = export_ms + ((plain - export_ms + (1 << 31)) % (1 << 32)) - (1 << 31)
+    sane = (init_ms >= SANE_INIT_MS[0]) & (init_ms <= export_ms + SANE_INIT_MS[1])
+    return np.where(sane, wrapped, plain)
 
 
 def flow_columns(compiled: Compiled, view: FixedView | VariableView) -> dict[str, np.ndarray]:

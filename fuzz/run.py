@@ -6,10 +6,10 @@
     python fuzz/run.py --list
 
 The corpus defaults to ``fuzz/corpus/TARGET`` (created and seeded from :mod:`fuzz.seeds` when empty; it is
-not committed). A crash (an exception escaping the target, a hang over ``-timeout`` seconds, memory over
-``-rss_limit_mb``) stops the run with exit status 1 and saves the input as ``crash-*``/``timeout-*``/``oom-*``
-(``-artifact_prefix`` chooses where); copy it to ``tests/hardening/crashers/TARGET/`` to keep it as a regression
-test. See docs/hardening.md.
+not committed); ``fuzz/dicts/TARGET.dict``, when present, is passed as ``-dict``. A crash (an exception escaping
+the target, a hang over ``-timeout`` seconds, memory over ``-rss_limit_mb``) stops the run with exit status 1 and
+saves the input as ``crash-*``/``timeout-*``/``oom-*`` (``-artifact_prefix`` chooses where); copy it to
+``tests/hardening/crashers/TARGET/`` to keep it as a regression test. See docs/hardening.md.
 """
 
 from __future__ import annotations
@@ -58,6 +58,9 @@ def main(argv: list[str]) -> None:
         if not corpus.is_dir() or not any(corpus.iterdir()):
             write_seeds(name, corpus)
         dirs = [str(corpus)]
+    dictionary = ROOT / "fuzz" / "dicts" / f"{name}.dict"
+    if dictionary.is_file() and not any(f.startswith("-dict=") for f in flags):
+        flags.append(f"-dict={dictionary}")  # tokens of the format: the fuzzer combines them instead of guessing them
     os.environ["FLOWMED_FUZZ_TARGET"] = name  # for the children of -jobs/-workers (they re-run this script)
     target(b"")  # warm up lazy imports and caches outside the timed runs
     atheris.Setup([sys.argv[0], *flags, *dirs], target)

@@ -146,8 +146,10 @@ def _plans_seeds() -> list[bytes]:
         start = text.find("```toml\n[[plan]]")
         if start >= 0:
             out.append(text[start + 8: text.index("```", start + 8)].encode())
-    out.append(b'[[plan]]\nid = "p"\nversion = 1\nactive_from = "2026-01-01T00:00:00Z"\ncurrency = "EUR"\n'
-               b'timezone = "UTC"\n[[plan.rate]]\nname = "all"\ndirection = "total"\nprice = "1.00"\n')
+    # zone names one erased part away from a directory of the zone database ("Etc", "America/Argentina")
+    for tz in (b"UTC", b"Etc/UTC", b"America/Argentina/Salta"):
+        out.append(b'[[plan]]\nid = "p"\nversion = 1\nactive_from = "2026-01-01T00:00:00Z"\ncurrency = "EUR"\n'
+                   b'timezone = "' + tz + b'"\n[[plan.rate]]\nname = "all"\ndirection = "total"\nprice = "1.00"\n')
     return out
 
 

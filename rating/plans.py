@@ -314,7 +314,8 @@ def _plan(raw: Any, key: str) -> Plan:
     tz = _get(raw, key, "timezone", str, what="an IANA timezone such as Europe/Berlin")
     try:
         ZoneInfo(tz)
-    except (ZoneInfoNotFoundError, ValueError):
+    # OSError: a key naming a directory of the zone database ("Europe") or longer than a file name can be
+    except (ZoneInfoNotFoundError, ValueError, OSError):
         raise ConfigError(f"{key}.timezone", tz, "an IANA timezone such as Europe/Berlin") from None
     cycle_day = _int(raw, key, "cycle_day", 1, minimum=1)
     if cycle_day > 28:

@@ -13,6 +13,13 @@ from collector.config import DEFAULT_CONFIG_FILE, load
 from collector.configtree import ConfigError
 
 
+class ConfigUsageError(click.ClickException):
+    """A configuration error: exit status 2 like a usage error, but without click's usage banner (the command line
+    was fine; the settings were not)."""
+
+    exit_code = 2
+
+
 def config_options(func: Callable[..., Any]) -> Callable[..., Any]:
     """Add ``--config``/``--set`` and pass the loaded, validated :class:`Config` as ``config``.
 
@@ -31,7 +38,7 @@ def config_options(func: Callable[..., Any]) -> Callable[..., Any]:
         try:
             config = load(config_path, overrides)
         except ConfigError as exc:
-            raise click.UsageError(f"configuration error: {exc}") from None
+            raise ConfigUsageError(f"configuration error: {exc}") from None
         # The daemon re-reads the same file and overrides on SIGHUP and passes them to its workers.
         ctx = click.get_current_context()
         ctx.meta["flowmed.config_path"] = config_path

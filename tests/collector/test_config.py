@@ -114,3 +114,35 @@ def test_config_error_is_a_value_error_with_fields() -> None:
         config_mod.load(None, ["metrics.listen=localhost"])
     assert (err.value.key, err.value.value) == ("metrics.listen", "localhost")
     assert "address and port" in err.value.expected
+
+
+@pytest.mark.parametrize(("override", "suggestion"), [
+    ("store.pth=x", "did you mean store.path?"),
+    ("store.Path=x", "did you mean store.path?"),
+    ("stor.path=x", "did you mean store?"),
+    ("mediaton.enabled=false", "did you mean mediation?"),
+    ("radius.clients=[{address='10.0.0.1', secert='s'}]", "did you mean radius.clients[0].secret?"),
+])
+def test_a_mistyped_key_or_section_gets_a_suggestion(tmp_path: Path, override: str, suggestion: str) -> None:
+    code, out = _check("--set", override, cwd=tmp_path)
+    assert code == 2 and suggestion in out, out
+
+
+def test_no_suggestion_for_a_key_like_no_other(tmp_path: Path) -> None:
+    code, out = _check("--set", "listen.colour=blue", cwd=tmp_path)
+    assert code == 2 and "did you mean" not in out, out
+
+
+def test_a_config_error_is_printed_without_the_usage_banner(tmp_path: Path) -> None:
+    """The command line was right, the settings were not: click's 'Usage: ... Try --help' would mislead."""
+    import subprocess
+    import sys
+
+    conf = tmp_path / "flowmed.toml"
+    conf.write_text("[store]\npth = 'x'\n")
+    flowmed = Path(sys.executable).with_name("flowmed")
+    for args in (["check-config", "--config", str(conf)], ["run", "--set", "stor.path=x"]):
+        out = subprocess.run([str(flowmed), *args], capture_output=True, text=True, cwd=tmp_path, timeout=60)
+        assert out.returncode == 2
+        assert out.stderr.startswith("Error: configuration error: "), out.stderr
+        assert "Usage:" not in out.stderr and "--help" not in out.stderr, out.stderr
