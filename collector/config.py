@@ -526,8 +526,8 @@ class IpdrConfig:
     state_dir: str = "state/ipdr"
     """Service-flow counter baselines and DSN watermarks (relative to store.path): what makes restarts exactly-once."""
     preexisting: Literal["baseline", "count"] = "baseline"
-    """Flows created before collection from a CMTS began: baseline (their first record only sets the baseline) or
-    count (bill their whole counter once)."""
+    """Flows created before flowmed's first session with a CMTS (its first FLOW_START, remembered in state_dir across
+    restarts): baseline (their first record only sets the baseline) or count (bill their whole counter once)."""
     keepalive_s: int = 60
     """keepAliveInterval we advertise: the longest silence accepted from a CMTS (it is dropped after 2x this)."""
     ack_time_fraction: float = 0.5

@@ -16,6 +16,10 @@ Keepalive both ways: a KEEP_ALIVE is sent when nothing was sent for half the CMT
 silent for twice our advertised interval is declared dead (ERROR 0, close). Dial-out connections reconnect with
 exponential backoff; every CMTS has its own task, so one failing never stalls another.
 
+Pre-existing flows: the first time a connection to an exporter starts a flow (FLOW_START), its connect time is
+recorded as flowmed's first session with that exporter (:meth:`mediation.ipdr_usage.IpdrUsage.session_started`,
+durable at once): service flows created before it only set a baseline.
+
 Bad input is scoped as the session layer says: a session-level violation sends ERROR + FLOW_STOP for that session
 only; a framing violation closes that connection only; everything is counted (``stats`` and
 ``flowmed_decode_errors{exporter, reason}``).
@@ -107,15 +111,18 @@ class IpdrCollector:
         sink: the daemon's :class:`mediation.sink.Sink` (``add``/``flush``).
         usage: the delta state and table builder.
         clock: monotonic clock (seconds), injectable for tests.
+        wall_clock: wall clock (epoch seconds): connect times (the first session with an exporter) and the time
+            records were received; injectable so tests can run a simulated CMTS's 15-minute intervals at once.
     """
 
     def __init__(self, config: IpdrConfig, sink: Any, usage: IpdrUsage,
-                 clock: Callable[[], float] = time.monotonic) -> None:
+                 clock: Callable[[], float] = time.monotonic, wall_clock: Callable[[], float] = time.time) -> None:
         self.config = config
         self.sink = sink
         self.usage = usage
         self.durability = Durability(sink, usage)
         self.clock = clock
+        self.wall_clock = wall_clock
         self.stats = IpdrStats()
         self.connections: set[_Connection] = set()
         self._tasks: set[asyncio.Task] = set()
@@ -272,6 +279,8 @@ class _Connection:
                                         ipv6_bare=ipv6_bare)
         now = owner.clock()
         self.last_rx = self.last_tx = now
+        self.opened_wall_ms = int(owner.wall_clock() * 1000)
+        self.first_session_noted = False
         self.last_data: dict[int, float] = {}
         self.request_id = 0
         self.useful = False
@@ -397,6 +406,9 @@ class _Connection:
                 continue
             s = self.conn.sessions.get(block.session_id)
             if s is not None and s.state in (SessState.IDLE, SessState.CLOSED):
+                if not self.first_session_noted:  # flows created before the first one ever are pre-existing
+                    self.owner.usage.session_started(self.name, self.opened_wall_ms)
+                    self.first_session_noted = True
                 self.send(m.FlowStart(block.session_id))
                 log.info("ipdr: %s: FLOW_START session %d (%s)", self.name, block.session_id, block.name)
 
@@ -412,7 +424,7 @@ class _Connection:
         self.useful = True
         session_name = self.conn.sessions[ev.session_id].name
         async with owner.durability.lock:  # never between a flush and its commit
-            result = owner.usage.process(ev, self.name, self.exporter_ip, time.time_ns() // 1_000_000,
+            result = owner.usage.process(ev, self.name, self.exporter_ip, int(owner.wall_clock() * 1000),
                                          session_name)
             # usage first: if the sink refuses it (overload), the batch is undone and nothing is acknowledged, so
             # the CMTS redelivers it; raw records refused after their usage was taken are only counted.
