@@ -319,9 +319,10 @@ class CmtsSimulator:
         self._server = await asyncio.start_server(self._serve, host, port)
         return self._server.sockets[0].getsockname()[1]
 
-    async def connect(self, host: str, port: int) -> None:
-        """Dial out to a collector that listens (exporter-initiated connection)."""
-        reader, writer = await asyncio.open_connection(host, port)
+    async def connect(self, host: str, port: int, local_host: str | None = None) -> None:
+        """Dial out to a collector that listens (exporter-initiated connection), from ``local_host`` if given."""
+        reader, writer = await asyncio.open_connection(host, port,
+                                                       local_addr=(local_host, 0) if local_host else None)
         asyncio.get_running_loop().create_task(self._serve(reader, writer, initiator=True))
 
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter,

@@ -16,6 +16,12 @@ Keepalive both ways: a KEEP_ALIVE is sent when nothing was sent for half the CMT
 silent for twice our advertised interval is declared dead (ERROR 0, close). Dial-out connections reconnect with
 exponential backoff; every CMTS has its own task, so one failing never stalls another.
 
+Connection slots: an accepted connection must complete the CONNECT handshake within ``connect_timeout_s`` of the
+accept (bytes trickling in do not extend it), and one source address holds at most
+``max_connections_per_address`` accepted connections, so peers that connect and drip cannot keep a CMTS out.
+After the handshake only complete messages count as signs of life for the keepalive timeout. Refusals and handshake
+timeouts are counted in ``flowmed_ipdr_connections_refused{reason}``.
+
 Pre-existing flows: the first time a connection to an exporter starts a flow (FLOW_START), its connect time is
 recorded as flowmed's first session with that exporter (:meth:`mediation.ipdr_usage.IpdrUsage.session_started`,
 durable at once): service flows created before it only set a baseline.
@@ -223,9 +229,11 @@ class IpdrCollector:
             reason = "not_allowed"
         elif len(self.connections) >= self.config.max_connections:
             reason = "max_connections"
+        elif sum(1 for c in self.connections if not c.initiator and c.host == host) >= \
+                self.config.max_connections_per_address:
+            reason = "max_per_address"
         if reason is not None:
-            self.stats.connections_rejected[reason] = self.stats.connections_rejected.get(reason, 0) + 1
-            _metric_error(host, f"connection_{reason}")
+            self.count_refused(host, reason)
             log.warning("ipdr: connection from %s refused: %s", host, reason, extra={"client": host})
             writer.transport.abort()
             return
@@ -247,6 +255,15 @@ class IpdrCollector:
     def count_error(self, exporter: str, reason: str) -> None:
         self.stats.errors[reason] = self.stats.errors.get(reason, 0) + 1
         _metric_error(exporter, reason)
+
+    def count_refused(self, host: str, reason: str) -> None:
+        """A connection refused at accept, or closed for not completing the handshake in time."""
+        self.stats.connections_rejected[reason] = self.stats.connections_rejected.get(reason, 0) + 1
+        _metric_error(host, f"connection_{reason}")
+        with contextlib.suppress(Exception):
+            from collector import metrics
+
+            metrics.current().ipdr_connections_refused.labels(reason).inc()
 
 
 def _metric_error(exporter: str, reason: str) -> None:
@@ -272,13 +289,13 @@ class _Connection:
         cfg = owner.config
         self.owner, self.cfg = owner, cfg
         self.reader, self.writer = reader, writer
-        self.name, self.initiator = name, initiator
+        self.name, self.initiator, self.host = name, initiator, host
         self.exporter_ip = _s16(host)
         self.conn = CollectorConnection(max_message_size=cfg.max_message_size, max_sessions=cfg.max_sessions,
                                         max_templates=cfg.max_templates, max_template_fields=cfg.max_template_fields,
                                         ipv6_bare=ipv6_bare)
         now = owner.clock()
-        self.last_rx = self.last_tx = now
+        self.opened = self.last_rx = self.last_tx = now  # the handshake deadline counts from here, not from bytes
         self.opened_wall_ms = int(owner.wall_clock() * 1000)
         self.first_session_noted = False
         self.last_data: dict[int, float] = {}
@@ -345,8 +362,10 @@ class _Connection:
                 log.info("ipdr: %s: closed by the exporter", self.name)
                 return
             if data:
-                self.last_rx = now
+                frames = self.conn.frames_received
                 events = self.conn.receive_data(data, now)
+                if self.conn.frames_received != frames:  # a complete message, not a byte dribbled in
+                    self.last_rx = now
                 await self._handle(events, now)
                 if self.conn.state is ConnState.CLOSED:
                     return
@@ -464,9 +483,11 @@ class _Connection:
             peer_ka = self.conn.peer_keepalive_s or self.cfg.keepalive_s
             if now - self.last_tx >= max(0.5, peer_ka / 2):
                 self.send(m.KeepAlive())
-        elif now - self.last_rx > self.cfg.connect_timeout_s:
+        elif now - self.opened > self.cfg.connect_timeout_s:
             self.owner.count_error(self.name, "connect_timeout")
-            log.warning("ipdr: %s: no CONNECT handshake within %.0fs", self.name, self.cfg.connect_timeout_s)
+            self.owner.count_refused(self.host, "handshake_timeout")
+            log.warning("ipdr: %s: no CONNECT handshake within %.0fs", self.name, self.cfg.connect_timeout_s,
+                        extra={"client": self.host})
             self.closing = True
             return
         if now - self.last_rx > 2 * self.cfg.keepalive_s:
