@@ -5,7 +5,7 @@ collector connections: service flows with cumulative counters, the per-session D
 acknowledged (re-sent, flagged duplicate, after a reconnect). It records what it advanced (``advanced``: octets and
 packets per (CM MAC, direction)) so tests can check the collector billed exactly that.
 
-The modems present at construction registered 1 to 12 hours earlier (their flows pre-exist any collector);
+The modems present at construction registered 10 to 60 minutes earlier (their flows pre-exist any collector);
 :meth:`CmtsSimulator.add_modem` registers one now. Time is simulated: :meth:`CmtsSimulator.generate_interval` moves
 the CMTS clock (:attr:`CmtsSimulator.clock`) by a whole reporting interval at once, so 15-minute SAMIS intervals
 take no real time (a collector under test can be given the same clock).
@@ -122,8 +122,8 @@ class CmtsSimulator:
     def _modem(self, i: int, wrap_fraction: float, age_cs: int | None = None) -> Modem:
         mac = 0x00_10_95_00_00_00 | i
         modem = Modem(mac, f"10.{(i >> 16) & 255}.{(i >> 8) & 255}.{i & 255}", f"2001:db8::{i:x}")
-        if age_cs is None:  # registered 1 to 12 hours ago
-            age_cs = self.rng.randint(3600 * 100, 12 * 3600 * 100)
+        if age_cs is None:  # registered 10 to 60 minutes ago
+            age_cs = self.rng.randint(600 * 100, 3600 * 100)
         for direction in (1, 2):
             sf = self._new_flow(direction)
             sf.created = (sf.created - age_cs) % 2**32

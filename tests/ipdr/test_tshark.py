@@ -214,6 +214,6 @@ def test_tshark_confirms_the_pre_existing_rule_on_fifteen_minute_intervals(tmp_p
             assert row["delta_reason"] == "first" and row["delta_octets"] == int(msg["ipdr.octets_passed"]), key
         reasons.append((row["delta_reason"], created > up))
     # the new modems' flows (2 each) were counted, one of them created "after" its record's sysUpTime; the 3
-    # modems of session 1 that registered hours earlier only set a baseline
+    # modems of session 1 that registered before flowmed connected only set a baseline
     assert sorted(reasons) == [("baseline", False)] * 6 + [("first", False)] * 2 + [("first", True)] * 2
     os.unlink(pcap)
