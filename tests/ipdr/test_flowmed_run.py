@@ -11,8 +11,12 @@ import sys
 import time
 from pathlib import Path
 
+import pytest
+
 from mediation.query import QueryEngine
 from tests.fixtures.peers import free_port
+
+pytestmark = pytest.mark.slow  # two real processes and six simulated intervals: ~15 s
 
 
 def test_flowmed_run_collects_from_the_simulated_cmts(tmp_path):
