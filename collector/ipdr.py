@@ -257,9 +257,11 @@ class IpdrCollector:
         _metric_error(exporter, reason)
 
     def count_refused(self, host: str, reason: str) -> None:
-        """A connection refused at accept, or closed for not completing the handshake in time."""
+        """A connection refused at accept (also counted as ``flowmed_decode_errors{reason="ipdr_connection_*"}``),
+        or closed for not completing the handshake in time (``handshake_timeout``; ``ipdr_connect_timeout`` there)."""
         self.stats.connections_rejected[reason] = self.stats.connections_rejected.get(reason, 0) + 1
-        _metric_error(host, f"connection_{reason}")
+        if reason != "handshake_timeout":
+            _metric_error(host, f"connection_{reason}")
         with contextlib.suppress(Exception):
             from collector import metrics
 
