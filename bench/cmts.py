@@ -5,9 +5,15 @@ collector connections: service flows with cumulative counters, the per-session D
 acknowledged (re-sent, flagged duplicate, after a reconnect). It records what it advanced (``advanced``: octets and
 packets per (CM MAC, direction)) so tests can check the collector billed exactly that.
 
+The modems present at construction registered 10 to 60 minutes earlier (their flows pre-exist any collector);
+:meth:`CmtsSimulator.add_modem` registers one now. Time is simulated: :meth:`CmtsSimulator.generate_interval` moves
+the CMTS clock (:attr:`CmtsSimulator.clock`) by a whole reporting interval at once, so 15-minute SAMIS intervals
+take no real time (a collector under test can be given the same clock).
+
 Faults on demand: :meth:`CmtsSimulator.reboot` (new boot time, sysUpTime and counters restart),
 :meth:`CmtsSimulator.recreate_flow` (Stop record, then the SFID reused by a new flow), counters started near 2^64
-(wrap), suppressed interims (unchanged counters not re-sent), :meth:`CmtsSimulator.drop_connections`, and
+(wrap), suppressed interims (unchanged counters not re-sent), a flow created a fraction of a second after the
+sysUpTime of its first record (``add_modem(created_ahead_cs=...)``), :meth:`CmtsSimulator.drop_connections`, and
 :meth:`CmtsSimulator.inject` to write arbitrary bytes (malformed messages) to the collector.
 
 Modems alternate between the two sessions: even modems are reported in session 1 (SAMIS-TYPE-1), odd ones in
@@ -113,11 +119,14 @@ class CmtsSimulator:
 
     # -- the simulated CMTS ----------------------------------------------------------------------------------
 
-    def _modem(self, i: int, wrap_fraction: float) -> Modem:
+    def _modem(self, i: int, wrap_fraction: float, age_cs: int | None = None) -> Modem:
         mac = 0x00_10_95_00_00_00 | i
         modem = Modem(mac, f"10.{(i >> 16) & 255}.{(i >> 8) & 255}.{i & 255}", f"2001:db8::{i:x}")
+        if age_cs is None:  # registered 10 to 60 minutes ago
+            age_cs = self.rng.randint(600 * 100, 3600 * 100)
         for direction in (1, 2):
             sf = self._new_flow(direction)
+            sf.created = (sf.created - age_cs) % 2**32
             if self.rng.random() < wrap_fraction:
                 sf.octets = 2**64 - self.rng.randint(1, 10**6)
                 sf.packets = 2**64 - self.rng.randint(1, 1000)
@@ -129,6 +138,26 @@ class CmtsSimulator:
             sfid, self.next_sfid = self.next_sfid, self.next_sfid + 1
         name = "Gold_Down" if direction == 1 else "Gold_Up"
         return ServiceFlow(sfid, direction, self.sys_up_time(), class_name=name)
+
+    def add_modem(self, age_s: float = 0.0, created_ahead_cs: int = 0, report_now: bool = False) -> Modem:
+        """A cable modem registers (its two flows are created at the current clock); returns it.
+
+        ``age_s``: it registered that long ago instead, and was never reported (as a CMTS that suppresses flows
+        that never passed traffic). ``created_ahead_cs``: the flows' ServiceTimeCreated is that many hundredths of a
+        second past the current sysUpTime, as a CMTS reports a flow created during its report run against the
+        sysUpTime it sampled when the run began. ``report_now``: the flows pass some traffic and are reported at
+        once (before the clock moves on).
+        """
+        i = len(self.modems)
+        modem = self._modem(i, 0.0, age_cs=int(age_s * 100) - created_ahead_cs)
+        self.modems.append(modem)
+        if report_now:
+            for sf in modem.flows:
+                pkts = self.rng.randint(1, 100)
+                self._advance(modem, sf, pkts * self.rng.randint(64, 1500), pkts)
+                self._report(i, modem, sf, rec_type=1)
+        self._notify()
+        return modem
 
     def sys_up_time(self) -> int:
         """sysUpTime in hundredths of a second, wrapping at 2^32 like the MIB object."""
@@ -255,6 +284,11 @@ class CmtsSimulator:
         return b"".join(out)
 
     @property
+    def collecting(self) -> bool:
+        """A collector has started every session (FLOW_START) and acknowledged its templates."""
+        return any(c.acked_templates & c.flows == set(SESSION_TYPES) for c in self._conns)
+
+    @property
     def unacked(self) -> int:
         return sum(len(q.queue) for q in self.sessions.values())
 
@@ -285,9 +319,10 @@ class CmtsSimulator:
         self._server = await asyncio.start_server(self._serve, host, port)
         return self._server.sockets[0].getsockname()[1]
 
-    async def connect(self, host: str, port: int) -> None:
-        """Dial out to a collector that listens (exporter-initiated connection)."""
-        reader, writer = await asyncio.open_connection(host, port)
+    async def connect(self, host: str, port: int, local_host: str | None = None) -> None:
+        """Dial out to a collector that listens (exporter-initiated connection), from ``local_host`` if given."""
+        reader, writer = await asyncio.open_connection(host, port,
+                                                       local_addr=(local_host, 0) if local_host else None)
         asyncio.get_running_loop().create_task(self._serve(reader, writer, initiator=True))
 
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter,

@@ -526,20 +526,25 @@ class IpdrConfig:
     state_dir: str = "state/ipdr"
     """Service-flow counter baselines and DSN watermarks (relative to store.path): what makes restarts exactly-once."""
     preexisting: Literal["baseline", "count"] = "baseline"
-    """Flows created before collection from a CMTS began: baseline (their first record only sets the baseline) or
-    count (bill their whole counter once)."""
+    """Flows created before flowmed's first session with a CMTS (its first FLOW_START, remembered in state_dir across
+    restarts): baseline (their first record only sets the baseline) or count (bill their whole counter once)."""
     keepalive_s: int = 60
-    """keepAliveInterval we advertise: the longest silence accepted from a CMTS (it is dropped after 2x this)."""
+    """keepAliveInterval we advertise: the longest silence accepted from a CMTS (dropped after 2x this without a
+    complete message)."""
     ack_time_fraction: float = 0.5
     """DATA_ACK is sent at this fraction of the session's ackTimeInterval (or at ackSequenceInterval records)."""
     idle_ack_s: float = 1.0
     """Acknowledge everything received once a session has been quiet this long (lets ad-hoc sessions finish)."""
     max_connections: int = 64
     """CMTS connections at once (dialled plus accepted); further accepted connections are closed and counted."""
+    max_connections_per_address: int = 4
+    """Accepted connections at once from one source address (a CMTS opens one), so one host cannot take every
+    slot; further ones are closed and counted."""
     max_sessions: int = 32
     """Sessions per connection."""
     max_message_size: int = 4 * 1024 * 1024
-    """Largest IPDR/SP message accepted; a longer one closes the connection (counted)."""
+    """Largest IPDR/SP message accepted; a longer one closes the connection (counted). Before the CONNECT handshake
+    completes the limit is 64 KiB."""
     max_templates: int = 64
     """Templates per session."""
     max_template_fields: int = 512
@@ -549,7 +554,8 @@ class IpdrConfig:
     reconnect_max_s: float = 60.0
     """...up to this."""
     connect_timeout_s: float = 10.0
-    """TCP connect plus CONNECT_RESPONSE must complete within this."""
+    """TCP connect plus the CONNECT handshake must complete within this, counted from the connect or accept (bytes
+    trickling in do not extend it)."""
     vendor_id: str = "flowmed"
     """vendorId sent in CONNECT."""
 
@@ -563,6 +569,7 @@ class IpdrConfig:
                 raise ConfigError(f"{key}.allow[{i}]", p, "an IP address or prefix") from None
         _check_positive(key, keepalive_s=self.keepalive_s, ack_time_fraction=self.ack_time_fraction,
                         idle_ack_s=self.idle_ack_s, max_connections=self.max_connections,
+                        max_connections_per_address=self.max_connections_per_address,
                         max_sessions=self.max_sessions, max_message_size=self.max_message_size,
                         max_templates=self.max_templates, max_template_fields=self.max_template_fields,
                         reconnect_min_s=self.reconnect_min_s, reconnect_max_s=self.reconnect_max_s,

@@ -16,6 +16,16 @@ Keepalive both ways: a KEEP_ALIVE is sent when nothing was sent for half the CMT
 silent for twice our advertised interval is declared dead (ERROR 0, close). Dial-out connections reconnect with
 exponential backoff; every CMTS has its own task, so one failing never stalls another.
 
+Connection slots: an accepted connection must complete the CONNECT handshake within ``connect_timeout_s`` of the
+accept (bytes trickling in do not extend it), and one source address holds at most
+``max_connections_per_address`` accepted connections, so peers that connect and drip cannot keep a CMTS out.
+After the handshake only complete messages count as signs of life for the keepalive timeout. Refusals and handshake
+timeouts are counted in ``flowmed_ipdr_connections_refused{reason}``.
+
+Pre-existing flows: the first time a connection to an exporter starts a flow (FLOW_START), its connect time is
+recorded as flowmed's first session with that exporter (:meth:`mediation.ipdr_usage.IpdrUsage.session_started`,
+durable at once): service flows created before it only set a baseline.
+
 Bad input is scoped as the session layer says: a session-level violation sends ERROR + FLOW_STOP for that session
 only; a framing violation closes that connection only; everything is counted (``stats`` and
 ``flowmed_decode_errors{exporter, reason}``).
@@ -107,15 +117,18 @@ class IpdrCollector:
         sink: the daemon's :class:`mediation.sink.Sink` (``add``/``flush``).
         usage: the delta state and table builder.
         clock: monotonic clock (seconds), injectable for tests.
+        wall_clock: wall clock (epoch seconds): connect times (the first session with an exporter) and the time
+            records were received; injectable so tests can run a simulated CMTS's 15-minute intervals at once.
     """
 
     def __init__(self, config: IpdrConfig, sink: Any, usage: IpdrUsage,
-                 clock: Callable[[], float] = time.monotonic) -> None:
+                 clock: Callable[[], float] = time.monotonic, wall_clock: Callable[[], float] = time.time) -> None:
         self.config = config
         self.sink = sink
         self.usage = usage
         self.durability = Durability(sink, usage)
         self.clock = clock
+        self.wall_clock = wall_clock
         self.stats = IpdrStats()
         self.connections: set[_Connection] = set()
         self._tasks: set[asyncio.Task] = set()
@@ -216,9 +229,11 @@ class IpdrCollector:
             reason = "not_allowed"
         elif len(self.connections) >= self.config.max_connections:
             reason = "max_connections"
+        elif sum(1 for c in self.connections if not c.initiator and c.host == host) >= \
+                self.config.max_connections_per_address:
+            reason = "max_per_address"
         if reason is not None:
-            self.stats.connections_rejected[reason] = self.stats.connections_rejected.get(reason, 0) + 1
-            _metric_error(host, f"connection_{reason}")
+            self.count_refused(host, reason)
             log.warning("ipdr: connection from %s refused: %s", host, reason, extra={"client": host})
             writer.transport.abort()
             return
@@ -240,6 +255,17 @@ class IpdrCollector:
     def count_error(self, exporter: str, reason: str) -> None:
         self.stats.errors[reason] = self.stats.errors.get(reason, 0) + 1
         _metric_error(exporter, reason)
+
+    def count_refused(self, host: str, reason: str) -> None:
+        """A connection refused at accept (also counted as ``flowmed_decode_errors{reason="ipdr_connection_*"}``),
+        or closed for not completing the handshake in time (``handshake_timeout``; ``ipdr_connect_timeout`` there)."""
+        self.stats.connections_rejected[reason] = self.stats.connections_rejected.get(reason, 0) + 1
+        if reason != "handshake_timeout":
+            _metric_error(host, f"connection_{reason}")
+        with contextlib.suppress(Exception):
+            from collector import metrics
+
+            metrics.current().ipdr_connections_refused.labels(reason).inc()
 
 
 def _metric_error(exporter: str, reason: str) -> None:
@@ -265,13 +291,15 @@ class _Connection:
         cfg = owner.config
         self.owner, self.cfg = owner, cfg
         self.reader, self.writer = reader, writer
-        self.name, self.initiator = name, initiator
+        self.name, self.initiator, self.host = name, initiator, host
         self.exporter_ip = _s16(host)
         self.conn = CollectorConnection(max_message_size=cfg.max_message_size, max_sessions=cfg.max_sessions,
                                         max_templates=cfg.max_templates, max_template_fields=cfg.max_template_fields,
                                         ipv6_bare=ipv6_bare)
         now = owner.clock()
-        self.last_rx = self.last_tx = now
+        self.opened = self.last_rx = self.last_tx = now  # the handshake deadline counts from here, not from bytes
+        self.opened_wall_ms = int(owner.wall_clock() * 1000)
+        self.first_session_noted = False
         self.last_data: dict[int, float] = {}
         self.request_id = 0
         self.useful = False
@@ -336,8 +364,10 @@ class _Connection:
                 log.info("ipdr: %s: closed by the exporter", self.name)
                 return
             if data:
-                self.last_rx = now
+                frames = self.conn.frames_received
                 events = self.conn.receive_data(data, now)
+                if self.conn.frames_received != frames:  # a complete message, not a byte dribbled in
+                    self.last_rx = now
                 await self._handle(events, now)
                 if self.conn.state is ConnState.CLOSED:
                     return
@@ -397,6 +427,9 @@ class _Connection:
                 continue
             s = self.conn.sessions.get(block.session_id)
             if s is not None and s.state in (SessState.IDLE, SessState.CLOSED):
+                if not self.first_session_noted:  # flows created before the first one ever are pre-existing
+                    self.owner.usage.session_started(self.name, self.opened_wall_ms)
+                    self.first_session_noted = True
                 self.send(m.FlowStart(block.session_id))
                 log.info("ipdr: %s: FLOW_START session %d (%s)", self.name, block.session_id, block.name)
 
@@ -412,7 +445,7 @@ class _Connection:
         self.useful = True
         session_name = self.conn.sessions[ev.session_id].name
         async with owner.durability.lock:  # never between a flush and its commit
-            result = owner.usage.process(ev, self.name, self.exporter_ip, time.time_ns() // 1_000_000,
+            result = owner.usage.process(ev, self.name, self.exporter_ip, int(owner.wall_clock() * 1000),
                                          session_name)
             # usage first: if the sink refuses it (overload), the batch is undone and nothing is acknowledged, so
             # the CMTS redelivers it; raw records refused after their usage was taken are only counted.
@@ -452,9 +485,11 @@ class _Connection:
             peer_ka = self.conn.peer_keepalive_s or self.cfg.keepalive_s
             if now - self.last_tx >= max(0.5, peer_ka / 2):
                 self.send(m.KeepAlive())
-        elif now - self.last_rx > self.cfg.connect_timeout_s:
+        elif now - self.opened > self.cfg.connect_timeout_s:
             self.owner.count_error(self.name, "connect_timeout")
-            log.warning("ipdr: %s: no CONNECT handshake within %.0fs", self.name, self.cfg.connect_timeout_s)
+            self.owner.count_refused(self.host, "handshake_timeout")
+            log.warning("ipdr: %s: no CONNECT handshake within %.0fs", self.name, self.cfg.connect_timeout_s,
+                        extra={"client": self.host})
             self.closing = True
             return
         if now - self.last_rx > 2 * self.cfg.keepalive_s:

@@ -173,6 +173,10 @@ class Metrics:
         self.ipdr_sessions = Gauge("flowmed_ipdr_sessions", "IPDR/SP sessions open.", registry=r,
                                    multiprocess_mode="livesum")
         self.ipdr_records = Counter("flowmed_ipdr_records", "IPDR records received.", registry=r)
+        self.ipdr_connections_refused = Counter(
+            "flowmed_ipdr_connections_refused", "IPDR/SP connections refused at accept (not_allowed, max_connections, "
+            "max_per_address, stopping) or closed because the CONNECT handshake did not complete in time "
+            "(handshake_timeout).", ["reason"], registry=r)
         self.rating_runs = Counter("flowmed_rating_runs", "Rating runs by result.", ["result"], registry=r)
         self.rating_lag_seconds = Gauge("flowmed_rating_lag_seconds", "Age of the oldest closed, unrated usage.",
                                         registry=r, multiprocess_mode="livemax")

@@ -10,8 +10,12 @@ apart). Per record, in ``RecCreationTime`` order:
   stale too (tombstones are forgotten after ``tombstone_retention_s``).
 * ``duplicate``: same instance and same RecCreationTime as the record before it: delta 0.
 * ``first``: no previous record: the delta is the whole counter (since the flow's creation), unless the flow was
-  created before flowmed began collecting from that CMTS (``preexisting="baseline"``: the record only sets the
-  baseline, delta 0, ``baseline``).
+  created before flowmed's first session with that CMTS (``preexisting="baseline"``: the record only sets the
+  baseline, delta 0, ``baseline``). "Before" is judged against when flowmed first started a flow (FLOW_START) on a
+  connection to that exporter (:meth:`IpdrUsage.session_started`, kept in ``first_sessions.json`` from then on,
+  across restarts), never against the first record's time: a CMTS reports every 5 to 60 minutes, and flows created
+  during the first interval are new. A creation time up to ``CREATED_AHEAD_CS`` after the record's own sysUpTime
+  (clock granularity) is taken as "just now", not as 497 days ago through the 2^32 wrap.
 * ``delta``: counter grew: current - previous.
 * ``reboot``: CmtsSysUpTime does not agree with the time elapsed since the previous record (it went back or jumped):
   the CMTS restarted, counters restarted: delta = current.
@@ -66,6 +70,9 @@ _STATE_DTYPE = np.dtype([("key", "<u8"), ("octets", "<u8"), ("packets", "<u8"), 
 _MAGIC = b"IPDJ"
 _CHUNK = struct.Struct("<4sIII")  # magic, json length, rows, crc32 of json + rows
 REBOOT_TOLERANCE_CS = 6000  # 60 s of sysUpTime drift before calling it a reboot
+PREEXISTING_TOLERANCE_MS = 60_000  # flows created this little before the first session still count (clock skew)
+CREATED_AHEAD_CS = 6000  # ServiceTimeCreated this far past the record's sysUpTime is "now", not a 2^32 wrap
+FIRST_SESSIONS = "first_sessions.json"
 U32 = np.uint64(2**32)
 
 
@@ -152,6 +159,8 @@ class _State:
         self.n = 0
         self.index: dict[int, int] = {}
         self.meta: dict = {"since_ms": {}, "watermarks": {}}
+        self.first_sessions: dict[str, int] = {}
+        """Exporter name -> when flowmed first started a session with it (ms); durable on its own file."""
         self.gen = 0
         self.dirty: list[np.ndarray] = []
         self.journal_rows = 0
@@ -210,6 +219,12 @@ class _State:
         return self.dir / f"snapshot-{gen}.npz", self.dir / f"journal-{gen}.bin"
 
     def _load(self) -> None:
+        first = self.dir / FIRST_SESSIONS  # type: ignore[operator]
+        if first.exists():
+            try:
+                self.first_sessions = {str(k): int(v) for k, v in json.loads(first.read_text()).items()}
+            except (ValueError, AttributeError) as exc:  # written atomically, so only a hand edit gets here
+                raise ValueError(f"ipdr state: {first} is not a JSON object of exporter -> ms: {exc}") from None
         snaps = sorted(self.dir.glob("snapshot-*.npz"), key=lambda p: int(p.stem.split("-")[1]))  # type: ignore
         if snaps:
             self.gen = int(snaps[-1].stem.split("-")[1])
@@ -240,12 +255,35 @@ class _State:
         if self.readonly:
             return
         for old in self.dir.glob("*"):  # leftovers of an interrupted compaction
-            if old.name not in (f"snapshot-{self.gen}.npz", f"journal-{self.gen}.bin"):
+            if old.name not in (f"snapshot-{self.gen}.npz", f"journal-{self.gen}.bin", FIRST_SESSIONS):
                 old.unlink(missing_ok=True)
 
     def _put(self, rows: np.ndarray) -> None:
         if len(rows):
             self.upsert(self.lookup(rows["key"]), np.array(rows))
+
+    def record_first_session(self, exporter: str, ms: int) -> int:
+        """Keep ``ms`` as the first session with ``exporter`` unless one is known; durable before returning (its
+        own small file, replaced atomically: unlike the journal it must not wait for a flush, and must not carry
+        the uncommitted baselines with it). Returns the first session's time."""
+        known = self.first_sessions.get(exporter)
+        if known is not None:
+            return known
+        self.first_sessions[exporter] = int(ms)
+        if self.dir is not None and not self.readonly:
+            path = self.dir / FIRST_SESSIONS
+            tmp = path.with_suffix(".tmp")
+            with open(tmp, "w") as f:
+                json.dump(self.first_sessions, f, sort_keys=True)
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(tmp, path)
+            fd = os.open(self.dir, os.O_RDONLY)
+            try:
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+        return int(ms)
 
     def commit(self) -> None:
         """Append the changed rows and the metadata to the journal and fsync it."""
@@ -308,7 +346,7 @@ class _State:
         last = int(live["rec_time"].max()) if self.n else 0
         return {"generation": self.gen, "instances": int(self.n), "stopped": int((live["stopped"] == 1).sum()),
                 "journal_rows": self.journal_rows, "last_record_ms": last, "since_ms": self.meta["since_ms"],
-                "watermarks": self.meta["watermarks"]}
+                "first_sessions": self.first_sessions, "watermarks": self.meta["watermarks"]}
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -331,7 +369,8 @@ class IpdrUsage:
         subscribers: CM MAC -> subscriber map.
         interval_s: usage interval (the mediation's), aligned to the epoch; a delta goes to the interval that holds
             the record's creation time (the end of the period it covers).
-        preexisting: ``"baseline"`` (flows created before collection began only set a baseline) or ``"count"``.
+        preexisting: ``"baseline"`` (flows created before flowmed's first session with the CMTS only set a
+            baseline) or ``"count"``.
         address_lookup: optional ``(addresses S16, times ms) -> subscriber ids`` (object array, '' unknown) used
             for records whose CM MAC is not in the static map (the address bindings, by CmIpv4Addr).
     """
@@ -352,6 +391,11 @@ class IpdrUsage:
     def _count(self, name: str, n: int) -> None:
         if n:
             self.counters[name] = self.counters.get(name, 0) + int(n)
+
+    def session_started(self, exporter: str, now_ms: int) -> int:
+        """flowmed starts a session (FLOW_START) with ``exporter`` at ``now_ms`` (wall clock). Only the first time
+        counts, durable at once and kept across restarts: flows created before it are pre-existing. Returns it."""
+        return self.state.record_first_session(exporter, now_ms)
 
     # -- watermarks -------------------------------------------------------------------------------------------
 
@@ -400,7 +444,7 @@ class IpdrUsage:
         usage = _empty(USAGE, 0)
         if m and kind:
             _fill_samis(out, cols)
-            usage = self._deltas(out, cols, exporter_ip)
+            usage = self._deltas(out, cols, exporter_ip, exporter, now_ms)
         elif m:
             types = {f.name.lower(): f.type_id for f in recs.template.fields}
             out["fields"] = _fields_json(cols, m, {CANONICAL.get(k, k).lower(): v for k, v in types.items()})
@@ -416,7 +460,8 @@ class IpdrUsage:
 
     # -- deltas -----------------------------------------------------------------------------------------------
 
-    def _deltas(self, out: dict[str, np.ndarray], cols: dict, exporter_ip: bytes) -> dict[str, np.ndarray]:
+    def _deltas(self, out: dict[str, np.ndarray], cols: dict, exporter_ip: bytes, exporter: str,
+                now_ms: int) -> dict[str, np.ndarray]:
         n = len(out["dsn"])
         if not all(c in cols for c in ("CmMacAddr", "ServiceIdentifier", "ServiceDirection",
                                        "ServiceOctetsPassed")):
@@ -495,16 +540,19 @@ class IpdrUsage:
         fresh = ~has_prev
         reason = np.where(duplicate, R_DUPLICATE, np.where(reboot, R_REBOOT, np.where(reset, R_RESET, np.where(
             wrap32, R_WRAP32, np.where(wrapped, R_WRAP, np.where(fresh, R_FIRST, R_DELTA)))))).astype(np.int8)
-        # When the flow was created (from sysUpTime, which wraps at 2^32 hundredths): where a first delta starts.
-        created_at = t - ((sys_up[order] - created[order]) % (1 << 32)) * 10 if has_up else t
+        # When the flow was created (from sysUpTime, which wraps at 2^32 hundredths): where a first delta starts. A
+        # creation a little after the record's own sysUpTime (clock granularity) is now, not 497 days ago.
+        age_cs = (sys_up[order] - created[order]) % (1 << 32)
+        age_cs[age_cs > (1 << 32) - CREATED_AHEAD_CS] = 0
+        created_at = t - age_cs * 10 if has_up else t
         # The period a delta covers: since the previous record, or since the flow (or the rebooted CMTS) started.
         span = np.where(cont, prev_time, np.where(reboot, t - sys_up[order] * 10 if has_up else t, created_at))
         out_span = np.asarray(rec_time, dtype=np.int64).copy()
         out_span[order] = span
         if self.preexisting == "baseline" and fresh.any():
-            # Flows created before collection from this CMTS began: their counters hold usage we never saw start.
-            since = self._since(host_codes[order], host_names, t)
-            base = fresh & (created_at < since - REBOOT_TOLERANCE_CS * 10)
+            # Flows created before flowmed's first session with this CMTS: their counters hold usage from before.
+            since = self._since(host_codes[order], host_names, t, exporter, now_ms)
+            base = fresh & (created_at < since - PREEXISTING_TOLERANCE_MS)
             d_o[base] = 0
             d_p[base] = 0
             reason[base] = R_BASELINE
@@ -529,14 +577,24 @@ class IpdrUsage:
             self._count(name, int(mask.sum()))
         return self._usage(out, mac, exporter_ip, keys, out_span)
 
-    def _since(self, codes: np.ndarray, names: list[str], t: np.ndarray) -> np.ndarray:
-        """When collection from each CMTS host began (its first record's time), per record."""
+    def _since(self, codes: np.ndarray, names: list[str], t: np.ndarray, exporter: str, now_ms: int) -> np.ndarray:
+        """When collection from each CMTS host began, per record: fixed when the host is first seen, to the first
+        session with the exporter delivering it (the processing time if no session was ever recorded, as when this
+        class is used without the collector).
+
+        A host name that first appears on an exporter that already delivered other host names (a CMTS renamed, a new
+        CMTS behind an IPDR proxy) starts at its first record instead: every flow of a renamed CMTS looks new under
+        its new name, and counting their whole counters again would bill their history twice."""
         since = self.state.meta["since_ms"]
+        owner = self.state.meta.setdefault("since_exporter", {})
+        had_hosts = exporter in owner.values()
+        first = self.session_started(exporter, now_ms)
         values = []
         for i, h in enumerate(names):
             if h not in since:
                 mine = t[codes == i]
-                since[h] = int(mine.min()) if len(mine) else 0
+                since[h] = int(mine.min()) if had_hosts and len(mine) else first
+                owner[h] = exporter
             values.append(since[h])
         return np.array(values, dtype=np.int64)[codes]
 

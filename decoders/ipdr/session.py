@@ -45,6 +45,9 @@ class SessState(Enum):
 
 
 SEND, RECV = "send", "recv"
+HANDSHAKE_MAX_MESSAGE_SIZE = 64 * 1024
+"""Largest message accepted before CONNECT/CONNECT_RESPONSE completes (a CONNECT is a few dozen bytes): a peer that
+has not shown it speaks IPDR/SP cannot make the collector buffer megabytes."""
 
 # Connection-level transitions: (state, direction, message type) -> new state.
 CONN_TRANSITIONS: dict[tuple[ConnState, str, type[m.Message]], ConnState] = {
@@ -165,7 +168,8 @@ class CollectorConnection:
     """One IPDR/SP connection, collector role.
 
     Args:
-        max_message_size: largest message accepted; a longer one closes the connection.
+        max_message_size: largest message accepted once connected (before, at most ``HANDSHAKE_MAX_MESSAGE_SIZE``);
+            a longer one closes the connection.
         max_sessions: sessions tracked at once; further sessions get FLOW_STOP (counted).
         max_templates: templates per session.
         max_template_fields: fields per template.
@@ -176,7 +180,10 @@ class CollectorConnection:
                  max_templates: int = 64, max_template_fields: int = 512, ipv6_bare: bool = False) -> None:
         self.state = ConnState.IDLE
         self.sessions: dict[int, SessionInfo] = {}
-        self.framer = m.Framer(max_message_size)
+        self.max_message_size = max_message_size
+        self.framer = m.Framer(min(max_message_size, HANDSHAKE_MAX_MESSAGE_SIZE))  # raised once connected
+        self.frames_received = 0
+        """Complete messages received (whatever they were): a byte here and there is not a sign of life."""
         self.max_sessions = max_sessions
         self.max_templates = max_templates
         self.max_template_fields = max_template_fields
@@ -234,6 +241,7 @@ class CollectorConnection:
         except FramingError:
             frames = []
         frames_error = self.framer.error  # the messages before a break are still handled
+        self.frames_received += len(frames)
         events: list[object] = []
         buf = bytes(self.framer.buf[: frames[-1][3]]) if frames else b""
         run: list[tuple[int, int, int, int]] = []  # consecutive DATA frames of one session
@@ -325,6 +333,8 @@ class CollectorConnection:
             raise StateError(f"{kind.__name__} ({direction}) in connection state {self.state.name}")
         self._apply_connection(direction, msg)
         self.state = CONN_TRANSITIONS[key3]
+        if self.state is ConnState.CONNECTED:
+            self.framer.max_message_size = self.max_message_size
 
     def _apply_connection(self, direction: str, msg: m.Message) -> None:
         if direction == RECV and isinstance(msg, m.Connect | m.ConnectResponse):

@@ -346,3 +346,70 @@ def test_sink_refusal_undoes_the_batch_and_gets_it_redelivered(sink, tmp_path):
     sim, coll = run(scenario())
     assert coll.stats.errors.get("sink_refused") == 1 and coll.stats.connections_opened >= 2
     assert sink.usage_by_subscriber() == sim.expected_usage(_subs(sim))
+
+
+def _expected(sim: CmtsSimulator, subs: dict[int, str], only=None, without=()) -> dict[tuple[str, str], int]:
+    """What the simulator advanced since its last reset, for the given modems (all but ``without`` by default)."""
+    out: dict[tuple[str, str], int] = {}
+    for (who, direction), octets in sim.expected_usage(subs).items():
+        if (only is None or who in only) and who not in without:
+            out[(who, direction)] = out.get((who, direction), 0) + octets
+    return out
+
+
+def _add(total: dict, part: dict) -> None:
+    for k, v in part.items():
+        total[k] = total.get(k, 0) + v
+
+
+def test_fifteen_minute_intervals_pre_existing_means_before_the_first_session_even_across_restarts(sink, tmp_path):
+    """A CMTS reporting every 15 minutes (simulated time, the collector on the CMTS's clock): flows created after
+    flowmed's first session are billed from their creation, also when first reported after a collector restart;
+    flows created before it (even one first reported after the restart) only set a baseline."""
+    sim = CmtsSimulator(6, ack_sequence_interval=8)
+    subs = {0x00_10_95_00_00_00 | i: f"sub{i}" for i in range(20)}  # the modems to come too
+    expected: dict[tuple[str, str], int] = {}
+
+    async def start(port: int) -> IpdrCollector:
+        usage = IpdrUsage(tmp_path / "state", CmSubscribers.from_dict(subs))  # preexisting = "baseline"
+        coll = IpdrCollector(_config(port), sink, usage, wall_clock=lambda: sim.clock)
+        await coll.start()
+        await sim.wait_for(lambda: sim.collecting, timeout=20)  # flowmed's first session with this CMTS: now
+        return coll
+
+    async def scenario():
+        port = await sim.listen("127.0.0.1", 0)
+        coll = await start(port)
+        sim.clock += 120
+        new = sim.add_modem()  # registers 2 minutes into the first 15-minute interval
+        await coll.stop()  # a restart before any record arrived: only the first session's time is on disk
+        sim.clock += 300
+        coll = await start(port)
+        sim.generate_interval(480)
+        await sim.wait_acked(timeout=20)
+        _add(expected, _expected(sim, subs, only={subs[new.mac]}))  # the others pre-existed: baseline
+        sim.reset_advanced()
+        sim.clock += 60
+        after = sim.add_modem()  # created after the first session, first reported after the restart below
+        await coll.stop()
+        sim.clock += 600  # the collector is down for 10 minutes
+        old = sim.add_modem(age_s=7200)  # existed before the first session, never reported so far
+        coll = await start(port)
+        ahead = sim.add_modem(created_ahead_cs=40, report_now=True)  # ServiceTimeCreated 0.4 s past sysUpTime
+        sim.generate_interval(240)
+        await sim.wait_acked(timeout=20)
+        _add(expected, _expected(sim, subs, without={subs[old.mac]}))
+        sim.reset_advanced()
+        sim.generate_interval(900)
+        await sim.wait_acked(timeout=20)
+        _add(expected, _expected(sim, subs))
+        await coll.stop()
+        await sim.close()
+        return new, after, old, ahead
+
+    new, after, old, ahead = run(scenario())
+    assert sink.usage_by_subscriber() == expected
+    firsts = {r["cm_mac"]: r["delta_reason"] for r in sink.rows("ipdr_records")
+              if r["delta_reason"] in ("first", "baseline")}
+    assert {firsts[x.mac_text] for x in (new, after, ahead)} == {"first"}
+    assert firsts[old.mac_text] == "baseline" and firsts[sim.modems[0].mac_text] == "baseline"

@@ -149,3 +149,71 @@ def test_tshark_agrees_with_the_collector(tmp_path):
         last[int(ack["ipdr.session_id"])] = int(ack["ipdr.sequence_num"])
     assert last == {sid: q.next_dsn - 1 for sid, q in sim.sessions.items()}
     os.unlink(pcap)
+
+
+def _epoch_ms(text: str) -> int:
+    """tshark's absolute time text (TZ=UTC), e.g. ``Jan  1, 2027 00:15:00.000000000 UTC``, as epoch ms."""
+    from datetime import UTC, datetime
+
+    stamp, _, frac = text.removesuffix(" UTC").partition(".")
+    dt = datetime.strptime(" ".join(stamp.split()), "%b %d, %Y %H:%M:%S").replace(tzinfo=UTC)
+    return int(dt.timestamp()) * 1000 + int((frac or "0")[:3].ljust(3, "0"))
+
+
+def test_tshark_confirms_the_pre_existing_rule_on_fifteen_minute_intervals(tmp_path, monkeypatch):
+    """Flows created after flowmed's first session are billed whole from their first record, older ones only set a
+    baseline: judged here from what tshark decodes on the wire (RecCreationTime, CmtsSysUpTime, ServiceTimeCreated,
+    octets), against the rows the collector stored."""
+    tshark = require_tool("tshark")
+    monkeypatch.setenv("TZ", "UTC")
+    port = free_port(socket.SOCK_STREAM)
+    pcap = tmp_path / "ipdr.pcapng"
+    from tests.ipdr.conftest import MemorySink
+
+    sink = MemorySink()
+
+    async def scenario():
+        sim = CmtsSimulator(6, ack_sequence_interval=8)
+        await sim.listen("127.0.0.1", port)
+        usage = IpdrUsage(tmp_path / "state")  # preexisting = "baseline"
+        coll = IpdrCollector(IpdrConfig(enabled=True, exporters=[IpdrExporter(f"127.0.0.1:{port}", "cmts")],
+                                        idle_ack_s=0.1), sink, usage, wall_clock=lambda: sim.clock)
+        await coll.start()
+        await sim.wait_for(lambda: sim.collecting, timeout=20)
+        sim.clock += 120
+        sim.add_modem()  # index 6: session 1 (SAMIS-TYPE-1, which tshark decodes field by field)
+        sim.add_modem()  # index 7: session 2
+        sim.add_modem(created_ahead_cs=40, report_now=True)  # index 8: ServiceTimeCreated past sysUpTime
+        for seconds in (780, 900):  # two 15-minute intervals, in simulated time
+            sim.generate_interval(seconds)
+            await sim.wait_acked(timeout=20)
+        await coll.stop()
+        await sim.close()
+        return usage.state.first_sessions["cmts"]
+
+    with capture_loopback(tshark, port, pcap):
+        first_session = asyncio.run(asyncio.wait_for(scenario(), 60))
+    records = [msg for msg in map(_flat, _ipdr_messages(tshark, pcap, port))
+               if int(msg["ipdr.message_id"]) == m.MsgId.DATA and msg["ipdr.session_id"] == "1"]
+    stored = {r["dsn"]: r for r in sink.rows("ipdr_records") if r["session_id"] == 1}
+    seen: set[tuple] = set()
+    reasons = []
+    for msg in sorted(records, key=lambda x: int(x["ipdr.sequence_num"])):
+        key = (msg["ipdr.cm_mac_address"], msg["ipdr.service_identifier"], msg["ipdr.service_direction"],
+               msg["ipdr.service_time_created"])
+        if key in seen:
+            continue
+        seen.add(key)
+        up, created = int(msg["ipdr.cmts_uptime"]), int(msg["ipdr.service_time_created"])
+        age_cs = max(0, up - created)  # no wrap: the simulated CMTS has been up for a day
+        created_ms = _epoch_ms(msg["ipdr.rec_creation_time"]) - age_cs * 10
+        row = stored[int(msg["ipdr.sequence_num"])]
+        if created_ms < first_session - 60_000:
+            assert row["delta_reason"] == "baseline" and row["delta_octets"] == 0, key
+        else:
+            assert row["delta_reason"] == "first" and row["delta_octets"] == int(msg["ipdr.octets_passed"]), key
+        reasons.append((row["delta_reason"], created > up))
+    # the new modems' flows (2 each) were counted, one of them created "after" its record's sysUpTime; the 3
+    # modems of session 1 that registered before flowmed connected only set a baseline
+    assert sorted(reasons) == [("baseline", False)] * 6 + [("first", False)] * 2 + [("first", True)] * 2
+    os.unlink(pcap)

@@ -114,6 +114,70 @@ def test_preexisting_flows_only_set_a_baseline():
     assert deltas(u, [rec(15, 10**9 + 42)], first_dsn=2)[0] == [42]
 
 
+def up(t_min: float) -> int:
+    """The CMTS's sysUpTime (1/100 s) at ``t_min`` minutes after T0, as ``rec`` reports it."""
+    return 500_000 + int(t_min * 6000)
+
+
+def test_pre_existing_means_before_the_first_session_whatever_the_interval():
+    u = IpdrUsage(None, CmSubscribers.from_dict({MAC: "alice"}), preexisting="baseline")
+    u.session_started("cmts1", T0)  # flowmed connects; the CMTS reports every 15 minutes
+    u.session_started("cmts1", T0 + 60_000)  # later sessions change nothing
+    rows = [rec(15, 5000, created=up(2)),  # created 2 minutes into the first interval: new
+            rec(15, 10**9, sfid=8, created=up(-10)),  # created 10 minutes before flowmed connected
+            rec(15, 700, mac=0xABC, created=up(-0.5))]  # 30 s before: within the clock-skew tolerance
+    res = u.process(make_event(rows), "cmts1", EXPORTER_IP, T0 + 15 * 60_000)
+    assert res.ipdr_records.column("delta_octets").to_pylist() == [5000, 0, 700]
+    assert res.ipdr_records.column("delta_reason").to_pylist() == ["first", "baseline", "first"]
+    # the new flow's counter covers 2 -> 15 minutes: spread from its creation, not over the whole day
+    alice = [r for r in res.usage.to_pylist() if r["subscriber_id"] == "alice"]
+    assert [int(r["interval_start"].timestamp() * 1000) for r in alice] == [T0, T0 + 300_000, T0 + 600_000]
+    assert sum(r["bytes"] for r in alice) == 5000
+
+
+def test_creation_a_fraction_of_a_second_after_the_records_sysuptime_is_now():
+    u = IpdrUsage(None, preexisting="baseline", interval_s=300)
+    u.session_started("cmts1", T0 - 3_600_000)
+    # ServiceTimeCreated 0.3 s past the record's own CmtsSysUpTime: not 497 days ago through the 2^32 wrap
+    d, r = deltas(u, [rec(0, 900, created=up(0) + 30), rec(0, 400, sfid=8, created=up(0) + 100)])
+    assert d == [900, 400] and r == ["first", "first"]
+    res = u.process(make_event([rec(0, 50, sfid=9, created=up(0) + 30)], first_dsn=2), "cmts1", EXPORTER_IP, T0)
+    assert [int(x["interval_start"].timestamp() * 1000) for x in res.usage.to_pylist()] == [T0 - 300_000]
+    # a genuinely old creation value still reads as old: sysUpTime wrapped since, the flow is 5 minutes old
+    u = IpdrUsage(None, preexisting="baseline")
+    u.session_started("cmts1", T0 - 600_000)
+    d, r = deltas(u, [rec(0, 10, up_cs=20_000, created=2**32 - 10_000)])
+    assert d == [10] and r == ["first"]
+
+
+def test_first_session_is_kept_across_restarts(tmp_path):
+    u = IpdrUsage(tmp_path, preexisting="baseline")
+    assert u.session_started("cmts1", T0) == T0
+    u.close()  # a restart before any record was committed
+    u = IpdrUsage(tmp_path, preexisting="baseline")
+    assert u.session_started("cmts1", T0 + 30 * 60_000) == T0  # the restart's own connect does not count
+    # a flow created 20 minutes after the first session, first reported after the restart: new
+    d, r = deltas(u, [rec(45, 800, created=up(20)), rec(45, 10**9, sfid=8, created=up(-60))])
+    assert d == [800, 0] and r == ["first", "baseline"]
+    u.commit()
+    u.state.compact(T0)
+    u.close()
+    u = IpdrUsage(tmp_path, preexisting="baseline")  # compaction keeps it too
+    assert u.state.summary()["first_sessions"] == {"cmts1": T0}
+    # a long-lived flow first reported after the restarts is still pre-existing, not new
+    d, r = deltas(u, [rec(60, 10**9, sfid=10, created=up(-50))], first_dsn=2)
+    assert d == [0] and r == ["baseline"]
+
+
+def test_a_renamed_cmts_does_not_bill_its_flows_history_again():
+    u = IpdrUsage(None, preexisting="baseline")
+    u.session_started("cmts1", T0)
+    assert deltas(u, [rec(15, 5000, created=up(2))]) == ([5000], ["first"])
+    # The CMTS is renamed: every flow looks new under the new name, but was billed under the old one.
+    renamed = [{**rec(30, 9000, created=up(2)), "CmtsHostName": "cmts1-renamed"}]
+    assert deltas(u, renamed, first_dsn=1) == ([0], ["baseline"])
+
+
 def test_fields_are_matched_by_name_not_position():
     shuffled = tuple(reversed(SAMIS_TYPE_1))
     a, b = usage(), usage()
