@@ -640,7 +640,7 @@ class ComplianceConfig:
     directory_file: str = ""
     """Subscriber directory CSV (subscriber_id,name,address,phone,email) joined into reports at export time."""
     report_fields: list[str] = field(default_factory=lambda: list(DOT_IPDR_FIELDS))
-    """Columns of `flowmed ipdr-report --format dot` in order (any of the generic report's column names)."""
+    """Columns of `flowmed ipdr-report --layout dot` in order (any of the generic report's column names)."""
     deterministic: list[DeterministicNat] = field(default_factory=list)
     """Deterministic NAT (RFC 7422) rules: inside host i of a rule uses outside address i // n, ports first_port +
     (i % n) * ports_per_host onwards (n = (65536 - first_port) // ports_per_host); the trace computes the holder of

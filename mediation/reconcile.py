@@ -26,6 +26,20 @@ def balance_holds(row: dict) -> bool:
                                     + int(row["bytes_rejected"]) + int(row["bytes_duplicate"]))
 
 
+def net_totals(received: dict, reprocessed: dict) -> dict:
+    """Where the received records and bytes are after re-processing: ``received`` (first-pass sums) with the
+    re-processed rejects (``reprocessed``, sums of the 'reprocess' rows) moved out of rejected into where they went
+    the second time. Records in stay those received: a re-processed reject was received once. Balances when both
+    inputs do; a negative figure means rows were re-processed that were not rejected in the range."""
+    net = {f: int(received[f]) + int(reprocessed[f]) for f in FIELDS}
+    net["records_in"], net["bytes_in"] = int(received["records_in"]), int(received["bytes_in"])
+    net["records_rejected"] = (int(received["records_rejected"])
+                               - (int(reprocessed["records_in"]) - int(reprocessed["records_rejected"])))
+    net["bytes_rejected"] = (int(received["bytes_rejected"])
+                             - (int(reprocessed["bytes_in"]) - int(reprocessed["bytes_rejected"])))
+    return net
+
+
 def exact_bincount(key: np.ndarray, values: np.ndarray, nkeys: int) -> np.ndarray:
     """Exact per-key sums of uint64 ``values`` (object array of Python ints): float64 bincounts are exact while
     every sum stays below 2**53, so large values are summed in 22-bit slices."""

@@ -6,11 +6,13 @@
   traffic class and band: records, bytes, billable quantity, allowance quantity, amount (micro-units, and as exact
   decimal text);
 * ``bill-run-2026-11-totals.{csv,parquet}``: per subscriber and currency: records, bytes, amount;
-* ``bill-run-2026-11-control.{csv,parquet}``: per currency: the record count, total bytes and total amount over the
-  lines, the number of subscribers, and whether the cycle was complete, so a BSS can check what it loaded.
+* ``bill-run-2026-11-control.{csv,parquet}``: per currency and plan calendar (time zone, cycle day): the record
+  count, total bytes and total amount over the lines, the number of subscribers, that calendar's cycle start and
+  end, and whether the cycle was complete there, so a BSS can check what it loaded. The lines carry the calendar
+  of their plan too.
 
-The export refuses a cycle whose intervals are not all closed (the cycle end, in every plan calendar, is after the
-rating job's ``closed_until``) unless forced; a forced export says so in its control record.
+The export refuses a cycle whose intervals are not all closed (the cycle end, in some plan calendar, is after the
+rating job's ``closed_until``) unless forced; a forced export says so in its control rows.
 """
 
 from __future__ import annotations
@@ -68,21 +70,34 @@ def decimal_text(micros: list[int]) -> pa.Array:
     return pa.array([str(Decimal(m).scaleb(-6).quantize(Decimal("0.000001"))) for m in micros], pa.string())
 
 
+def calendars(plans: PlanBook) -> dict[str, tuple[str, int]]:
+    """Plan id -> its calendar (IANA time zone, cycle day); every version of a plan shares them."""
+    return {pid: (v[0].timezone, v[0].cycle_day) for pid, v in plans.plans.items() if v}
+
+
 def cycle_span(plans: PlanBook, cycle: str) -> tuple[int, int]:
-    """Earliest start and latest end of ``cycle`` over every plan calendar."""
+    """Earliest start and latest end of ``cycle`` over every plan calendar (the range to read, not a cycle)."""
     cycle_label_to_month(cycle)
-    calendars = {(v[0].timezone, v[0].cycle_day) for v in plans.plans.values()} or {("UTC", 1)}
-    spans = [cycle_bounds(tz, day, cycle) for tz, day in calendars]
+    spans = [cycle_bounds(tz, day, cycle) for tz, day in set(calendars(plans).values()) or {("UTC", 1)}]
     return min(s for s, _ in spans), max(e for _, e in spans)
 
 
 def bill_run(query, plans: PlanBook, cycle: str, closed_until_ms: int, *, force: bool = False) -> BillRun:
-    """Build the export of ``cycle`` from the current rated records (``query(sql) -> pa.Table``)."""
+    """Build the export of ``cycle`` from the current rated records (``query(sql) -> pa.Table``).
+
+    A cycle label means a different span of time in each plan calendar (``2026-11`` of a Berlin plan starts an hour
+    before that of a UTC plan), so the control has one row per currency *and calendar*, each with that calendar's
+    own cycle bounds and completeness: no row mixes two calendars.
+    """
     start, end = cycle_span(plans, cycle)
-    complete = end <= closed_until_ms
-    if not complete and not force:
-        raise CycleOpen(f"cycle {cycle} is not closed: it ends at {iso(end)} but intervals are closed only until "
-                        f"{iso(closed_until_ms)} (use --force for a provisional export)")
+    plan_calendar = calendars(plans)
+    bounds = {cal: cycle_bounds(cal[0], cal[1], cycle) for cal in set(plan_calendar.values())}
+    still_open = sorted((e, tz, day) for (tz, day), (_, e) in bounds.items() if e > closed_until_ms)
+    complete = not still_open
+    if still_open and not force:
+        e, tz, day = still_open[-1]
+        raise CycleOpen(f"cycle {cycle} is not closed: in {tz} (cycle day {day}) it ends at {iso(e)} but intervals "
+                        f"are closed only until {iso(closed_until_ms)} (use --force for a provisional export)")
     sums = ("count() AS records, sum(bytes) AS bytes, sum(billable_quantity) AS billable_quantity, "
             "sum(allowance_quantity) AS allowance_quantity, sum(amount_micros) AS amount_micros")
     inner = f"interval_start >= {sql_time(start)} AND interval_start < {sql_time(end)}"
@@ -94,6 +109,10 @@ def bill_run(query, plans: PlanBook, cycle: str, closed_until_ms: int, *, force:
                           **{k: pa.array([], pa.int64()) for k in ("records", "bytes", "billable_quantity",
                                                                     "allowance_quantity", "amount_micros")}})
     lines = lines.append_column("amount", decimal_text(lines["amount_micros"].to_pylist()))
+    # A plan no longer in the plans file has no known calendar: timezone "" and cycle day 0.
+    cal = [plan_calendar.get(pid, ("", 0)) for pid in lines["plan_id"].to_pylist()]
+    lines = lines.append_column("timezone", pa.array([c[0] for c in cal], pa.string()))
+    lines = lines.append_column("cycle_day", pa.array([c[1] for c in cal], pa.int32()))
     g = lines.group_by(["subscriber_id", "currency"]).aggregate(
         [("records", "sum"), ("bytes", "sum"), ("amount_micros", "sum")])
     totals = pa.table({"subscriber_id": g["subscriber_id"], "currency": g["currency"],
@@ -101,15 +120,21 @@ def bill_run(query, plans: PlanBook, cycle: str, closed_until_ms: int, *, force:
                        "amount_micros": g["amount_micros_sum"]}).sort_by([("subscriber_id", "ascending"),
                                                                            ("currency", "ascending")])
     totals = totals.append_column("amount", decimal_text(totals["amount_micros"].to_pylist()))
-    c = totals.group_by(["currency"]).aggregate([("records", "sum"), ("bytes", "sum"), ("amount_micros", "sum"),
-                                                 ("subscriber_id", "count_distinct")])
+    c = lines.group_by(["currency", "timezone", "cycle_day"]).aggregate(
+        [("records", "sum"), ("bytes", "sum"), ("amount_micros", "sum"), ("subscriber_id", "count_distinct")]
+    ).sort_by([("currency", "ascending"), ("timezone", "ascending"), ("cycle_day", "ascending")])
     n = c.num_rows
+    spans = [bounds.get((tz, day)) for tz, day in zip(c["timezone"].to_pylist(), c["cycle_day"].to_pylist(),
+                                                        strict=True)]
     control = pa.table({
-        "cycle": pa.array([cycle] * n), "currency": c["currency"], "record_count": c["records_sum"],
+        "cycle": pa.array([cycle] * n), "currency": c["currency"], "timezone": c["timezone"],
+        "cycle_day": c["cycle_day"], "record_count": c["records_sum"],
         "total_bytes": c["bytes_sum"], "total_amount_micros": c["amount_micros_sum"],
         "total_amount": decimal_text(c["amount_micros_sum"].to_pylist()),
-        "subscribers": c["subscriber_id_count_distinct"], "cycle_start": pa.array([iso(start)] * n),
-        "cycle_end": pa.array([iso(end)] * n), "complete": pa.array([complete] * n),
+        "subscribers": c["subscriber_id_count_distinct"],
+        "cycle_start": pa.array([iso(sp[0]) if sp else "" for sp in spans], pa.string()),
+        "cycle_end": pa.array([iso(sp[1]) if sp else "" for sp in spans], pa.string()),
+        "complete": pa.array([sp[1] <= closed_until_ms if sp else complete for sp in spans], pa.bool_()),
         "generated_at": pa.array([iso(int(time.time() * 1000))] * n),
     })
     return BillRun(cycle, lines, totals, control)

@@ -100,6 +100,32 @@ def explain_record(plan: Plan, rec: dict, seg: tuple[int, int], cyc: tuple[int, 
     return lines, int(micros)
 
 
+def explain_burstable(plan: Plan, rec: dict, seg: tuple[int, int], cyc: tuple[int, int]) -> tuple[list[str], int]:
+    """Lines explaining a burstable record (percentile, excess, price, commit charge as charged: prorated by the
+    segment's share of the cycle) and its amount in micro-units, in decimal arithmetic."""
+    burst = plan.burst
+    assert burst is not None
+    part, whole = _share(plan, seg, cyc)
+    mode = ROUNDING[plan.money_rounding]
+    excess = rec["billable_quantity"]
+    # price per Mbit/s times excess bit/s / 10^6, in micro-units: excess * price
+    excess_micros = int((Decimal(excess) * burst.price_per_mbps).quantize(Decimal(1), rounding=mode))
+    commit_full = int((burst.commit_charge * 1_000_000).quantize(Decimal(1), rounding=mode))
+    commit = commit_full * part // whole
+    lines = [f"burstable: {rec['direction']} {burst.percentile}th percentile {_n(rec['cycle_to_date'])} bit/s, "
+             f"commit {_n(burst.commit_bps)} bit/s, billed excess {_n(excess)} bit/s (rounded up to "
+             f"{_n(burst.increment_bps)} bit/s) at {burst.price_per_mbps} {plan.currency} per Mbit/s = "
+             f"{_money(excess_micros, plan.currency)}"]
+    if part != whole:
+        lines.append(f"    commit charge {_money(commit, plan.currency)} (prorated: {_hours(part)} of the cycle's "
+                     f"{_hours(whole)}, full {_money(commit_full, plan.currency)})")
+    else:
+        lines.append(f"    commit charge {_money(commit, plan.currency)}")
+    lines.append(f"    amount {_money(excess_micros + commit, plan.currency)} ({_n(excess_micros + commit)} "
+                 f"micro-{plan.currency})")
+    return lines, excess_micros + commit
+
+
 def explain(job, subscriber: str, cycle: str) -> list[str]:
     """The explanation of ``subscriber``'s ``cycle`` (uses the job's engine, plans, assignments and calendar)."""
     plans, asg = job.plans, job.assignments
@@ -145,11 +171,10 @@ def explain(job, subscriber: str, cycle: str) -> list[str]:
                        f"{_local(seg[1], plan.timezone)}: adds {_money(r['amount_micros'], plan.currency)}")
             pre = r["amount_micros"]
         elif r["rate_card"] == "burstable":
-            out.append(f"burstable: {r['direction']} {plan.burst.percentile}th percentile {_n(r['cycle_to_date'])} "
-                       f"bit/s, commit {_n(plan.burst.commit_bps)} bit/s, billed excess {_n(r['billable_quantity'])} "
-                       f"bit/s at {plan.burst.price_per_mbps} {plan.currency} per Mbit/s, plus commit charge "
-                       f"{plan.burst.commit_charge}: {_money(r['amount_micros'], plan.currency)}")
-            pre = r["amount_micros"]
+            lines, pre = explain_burstable(plan, r, seg, cyc)
+            out.extend(lines)
+            if pre != r["amount_micros"]:
+                out.append(f"    charged {_n(r['amount_micros'])} micro-{plan.currency} instead")
         else:
             r["_card_total"] = card_totals[(r["plan_id"], r["plan_version"], r["rate_card"], r["cycle"])]
             lines, pre = explain_record(plan, r, seg, cyc)

@@ -35,7 +35,7 @@ from rating.assignments import AssignmentFile, Assignments
 from rating.engine import EVENT_BUCKET_MS, EVENT_SCHEMA, RECORD_SCHEMA, idle_minimum_records, prepare_usage, rate
 from rating.lease import StoreLease
 from rating.plans import PlanBook, load_plans
-from rating.timebase import cycle_bounds, cycles
+from rating.timebase import Instant, cycle_bounds, cycle_labels, cycle_window, cycles, resolve
 
 log = logging.getLogger(__name__)
 
@@ -74,6 +74,8 @@ class RunReport:
     unrated_bytes: int = 0
     per_subscriber: dict[tuple[str, str], tuple[int, int]] = field(default_factory=dict)
     """(subscriber, currency) -> (amount before, amount after) in micro-units, for subscribers whose total changed."""
+    cycles: dict[str, list[str]] = field(default_factory=dict)
+    """Per plan calendar (``"Europe/Berlin (cycle day 1)"``), the labels of the cycles this run rated."""
 
     @property
     def amount_delta(self) -> int:
@@ -96,7 +98,7 @@ class RatingJob:
         self._own_outputs = outputs is None
         self.outputs = outputs if outputs is not None else build_rating_outputs(config)
         self._plans = plans
-        self._cutoffs: dict[tuple[str, int], int] = {}
+        self._windows: dict[tuple[str, int], tuple[int, int]] = {}
         self._plans_injected = plans is not None
         self._plans_stamp: tuple[int, int] | None = None
         self._assignments = assignments
@@ -145,40 +147,50 @@ class RatingJob:
 
     def period_for_rate(self, closed_until: int) -> tuple[int, int]:
         """From the start of the cycle ``lookback_cycles`` before the current one (earliest over plan calendars)."""
-        starts = []
+        windows = {}
         for tz, day in self._calendars():
             _, _, idx, labels = cycles(tz, day, np.array([max(closed_until - 1, 0)]))
             y, m = map(int, labels[int(idx[0])].split("-"))
             m -= self.config.rating.lookback_cycles
             while m < 1:
                 y, m = y - 1, m + 12
-            starts.append(cycle_bounds(tz, day, f"{y:04d}-{m:02d}")[0])
-        return self._set_cutoffs(min(starts) if starts else closed_until), closed_until
+            windows[(tz, day)] = (cycle_bounds(tz, day, f"{y:04d}-{m:02d}")[0], closed_until)
+        return self._set_windows(windows, (closed_until, closed_until))
 
-    def period_for_range(self, from_ms: int, to_ms: int, closed_until: int) -> tuple[int, int]:
-        """The whole cycles (of every plan calendar) overlapping [from, to), up to closed_until."""
-        hi = to_ms
-        for tz, day in self._calendars():
-            _, ce, _, _ = cycles(tz, day, np.array([max(to_ms - 1, from_ms)]))
-            hi = max(hi, int(ce[0]))
-        return self._set_cutoffs(from_ms), min(hi, closed_until)
+    def period_for_range(self, from_: Instant, to: Instant, closed_until: int) -> tuple[int, int]:
+        """The whole cycles overlapping [from, to), in each plan calendar on its own, up to closed_until.
 
-    def _set_cutoffs(self, start: int) -> int:
-        """Per plan calendar, the start of its cycle holding ``start``; returns the earliest (where reading starts).
-
-        With several calendars (cycle days or timezones) no instant starts a cycle in all of them, so usage is read
-        from the earliest cutoff and, per calendar, only cycles starting at or after its own cutoff are rated and
-        compared (:meth:`_complete`): those are read whole. The others are left as they are.
+        A :class:`~rating.timebase.WallTime` bound is read in each calendar's time zone (``--to 2026-11-01`` is the
+        local midnight starting November 1 there, so a Berlin plan's November is not touched); UTC ms are the same
+        instant everywhere. Raises ValueError when ``to`` is not after ``from`` in some calendar.
         """
-        self._cutoffs = {}
-        for tz, day in self._calendars():
-            cs, _, _, _ = cycles(tz, day, np.array([start]))
-            self._cutoffs[(tz, day)] = int(cs[0])
-        return min(self._cutoffs.values(), default=start)
+        windows = {}
+        for tz, day in self._calendars() or {("UTC", 1)}:
+            lo, hi = resolve(from_, tz), resolve(to, tz)
+            if hi <= lo:
+                raise ValueError(f"--to ({iso(hi)} in {tz}) must be after --from ({iso(lo)})")
+            windows[(tz, day)] = cycle_window(tz, day, lo, hi)
+        start, end = self._set_windows(windows, (0, 0))
+        return start, min(end, closed_until)
+
+    def _set_windows(self, windows: dict[tuple[str, int], tuple[int, int]], default: tuple[int, int]
+                     ) -> tuple[int, int]:
+        """Remember, per plan calendar, the cycles a run rates: those starting in ``[lo, hi)``; returns the period
+        to read (earliest ``lo``, latest ``hi``).
+
+        With several calendars (cycle days or time zones) no instant starts a cycle in all of them, so usage is read
+        from the earliest start to the latest end and, per calendar, only its own cycles are rated and compared
+        (:meth:`_complete`): those are read whole. The cycles of other calendars that the read range cuts are left
+        as they are.
+        """
+        self._windows = dict(windows)
+        if not windows:
+            return default
+        return min(lo for lo, _ in windows.values()), max(hi for _, hi in windows.values())
 
     def _complete(self, t: pa.Table) -> pa.Table:
-        """Rows of records (or events) whose cycle, in their plan's calendar, was read whole in this run."""
-        if t.num_rows == 0 or len(set(self._cutoffs.values())) <= 1:
+        """Rows of records (or events) whose cycle, in their plan's calendar, is one this run rates (read whole)."""
+        if t.num_rows == 0 or len(set(self._windows.values())) <= 1:
             return t
         plan_ids = t["plan_id"].to_pylist()
         labels = t["cycle"].to_pylist()
@@ -193,7 +205,8 @@ class RatingJob:
                 else:
                     cal = (versions[0].timezone, versions[0].cycle_day)
                     start = cycle_bounds(cal[0], cal[1], label)[0]
-                    keep_pair[k] = start >= self._cutoffs.get(cal, start)
+                    lo, hi = self._windows.get(cal, (start, start + 1))
+                    keep_pair[k] = lo <= start < hi
             keep.append(keep_pair[k])
         return t.filter(pa.array(keep, pa.bool_()))
 
@@ -246,19 +259,23 @@ class RatingJob:
 
     # --- the run ----------------------------------------------------------------------------------------------------
 
-    def run(self, kind: str = "rate", *, from_ms: int | None = None, to_ms: int | None = None,
+    def run(self, kind: str = "rate", *, from_: Instant | None = None, to: Instant | None = None,
             subscriber: str | None = None, now_ms: int | None = None) -> RunReport:
-        """One run under the lease: ``rate`` (current and lookback cycles) or ``rerate`` (cycles over from/to)."""
+        """One run under the lease: ``rate`` (current and lookback cycles) or ``rerate`` (the cycles overlapping
+        [from_, to) in each plan calendar; a :class:`~rating.timebase.WallTime` bound is read in each plan's time
+        zone, UTC ms are an instant)."""
         now = int(self.clock() * 1000) if now_ms is None else now_ms
         closed = self.closed_until(now)
         if kind == "rerate":
-            if from_ms is None or to_ms is None or to_ms <= from_ms:
-                raise ValueError("rerate needs --from before --to")
-            period = self.period_for_range(from_ms, to_ms, closed)
+            if from_ is None or to is None:
+                raise ValueError("rerate needs --from and --to")
+            period = self.period_for_range(from_, to, closed)
         else:
             period = self.period_for_rate(closed)
         run_id = f"{kind}-{iso(now).replace(':', '').replace('-', '')}-{self.lease.owner.rsplit(':', 1)[-1]}"
         report = RunReport(run_id, kind, period[0], period[1], closed)
+        report.cycles = {f"{tz} (cycle day {day})": cycle_labels(tz, day, lo, min(hi, period[1]))
+                         for (tz, day), (lo, hi) in sorted(self._windows.items())}
         self.lease.acquire()
         try:
             if period[1] > period[0]:

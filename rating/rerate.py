@@ -11,12 +11,14 @@ from __future__ import annotations
 from decimal import Decimal
 
 from rating.job import RatingJob, RunReport, iso
+from rating.timebase import Instant
 
 
-def rerate(job: RatingJob, from_ms: int, to_ms: int, subscriber: str | None = None,
+def rerate(job: RatingJob, from_: Instant, to: Instant, subscriber: str | None = None,
            now_ms: int | None = None) -> RunReport:
-    """Re-rate the cycles overlapping ``[from_ms, to_ms)`` under the lease; see :meth:`RatingJob.run`."""
-    return job.run("rerate", from_ms=from_ms, to_ms=to_ms, subscriber=subscriber, now_ms=now_ms)
+    """Re-rate the cycles overlapping ``[from_, to)`` (each plan calendar on its own) under the lease; see
+    :meth:`RatingJob.run`."""
+    return job.run("rerate", from_=from_, to=to, subscriber=subscriber, now_ms=now_ms)
 
 
 def _money(micros: int) -> str:
@@ -25,8 +27,10 @@ def _money(micros: int) -> str:
 
 def format_report(report: RunReport) -> list[str]:
     """Human-readable summary: the period, record counts and the difference per subscriber and currency."""
-    lines = [f"{report.kind} {report.run_id}: cycles from {iso(report.period_from)} to {iso(report.period_to)} "
+    lines = [f"{report.kind} {report.run_id}: usage from {iso(report.period_from)} to {iso(report.period_to)} "
              f"(closed until {iso(report.closed_until)})",
+             *(f"  {calendar}: cycles {', '.join(labels) if labels else 'none'}"
+               for calendar, labels in report.cycles.items()),
              f"usage keys {report.usage_rows}; records new {report.records_new}, changed {report.records_changed}, "
              f"voided {report.records_voided}, unchanged {report.records_unchanged}; events {report.events_written}"]
     if report.unrated_bytes:

@@ -8,6 +8,7 @@ row. This is what makes bands and cycles correct across daylight-saving changes 
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from functools import lru_cache
 from zoneinfo import ZoneInfo
@@ -87,3 +88,58 @@ def cycles(tz: str, cycle_day: int, ms: np.ndarray) -> tuple[np.ndarray, np.ndar
     bounds = np.array(starts, dtype=np.int64)
     idx = np.searchsorted(bounds, ms, side="right") - 1
     return bounds[idx], bounds[idx + 1], idx, labels[:-1]
+
+
+@dataclass(frozen=True)
+class WallTime:
+    """A date or time written without a UTC offset (``2026-11-01``): that wall-clock time in *each plan's own*
+    time zone, so ``2026-10-01 .. 2026-11-01`` is October in every plan calendar. Resolved like a cycle start
+    (zoneinfo, ``fold = 0``: a time in a DST gap or overlap means the offset in force before the change)."""
+
+    value: datetime
+    """Naive local date and time."""
+
+    def in_zone(self, tz: str) -> int:
+        """UTC ms of this wall-clock time in ``tz``."""
+        return int(self.value.replace(tzinfo=ZoneInfo(tz)).timestamp() * 1000)
+
+    def __str__(self) -> str:
+        return self.value.isoformat(timespec="seconds") + " local"
+
+
+Instant = int | WallTime
+"""A period bound: UTC ms (an absolute instant) or a :class:`WallTime` read in each plan's time zone."""
+
+
+def parse_instant(text: str) -> Instant:
+    """``2026-11-01`` or ``2026-11-01T06:00`` (no offset) -> :class:`WallTime`; ``2026-11-01T00:00:00Z`` or with an
+    offset -> UTC ms. Raises ValueError for anything else."""
+    try:
+        dt = datetime.fromisoformat(text.strip().replace("Z", "+00:00"))
+    except ValueError:
+        raise ValueError(f"{text!r}: expected a date or time such as 2026-11-01 (in each plan's time zone) or "
+                         "2026-11-01T00:00:00+01:00 (an instant)") from None
+    if dt.tzinfo is None:
+        return WallTime(dt)
+    return int(dt.timestamp() * 1000)
+
+
+def resolve(t: Instant, tz: str) -> int:
+    """UTC ms of a period bound in time zone ``tz`` (an absolute instant is the same in every zone)."""
+    return t.in_zone(tz) if isinstance(t, WallTime) else int(t)
+
+
+def cycle_window(tz: str, cycle_day: int, start: int, end: int) -> tuple[int, int]:
+    """[start of the first, end of the last) of the cycles overlapping [start, end) in one plan calendar."""
+    s, _, _, _ = cycles(tz, cycle_day, np.array([start], dtype=np.int64))
+    _, e, _, _ = cycles(tz, cycle_day, np.array([max(end - 1, start)], dtype=np.int64))
+    return int(s[0]), int(e[0])
+
+
+def cycle_labels(tz: str, cycle_day: int, start: int, end: int) -> list[str]:
+    """Labels of the cycles of one plan calendar that start in [start, end)."""
+    if end <= start:
+        return []
+    first, _, idx, labels = cycles(tz, cycle_day, np.array([start, end - 1], dtype=np.int64))
+    out = labels[int(idx[0]):int(idx[1]) + 1]
+    return out if int(first[0]) == start else out[1:]

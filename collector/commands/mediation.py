@@ -72,9 +72,12 @@ def reconcile_command(t_from: str, t_to: str, target: str, exporter: str | None,
     """Print the byte balance per receive interval and exporter; exit 1 where it does not hold.
 
     bytes_in = attributed + unattributed + rejected + duplicate. Re-processed rejects (source 'reprocess') are
-    shown apart: they balance on their own.
+    rows of their own: the records they count were already counted when they were received (and rejected). So the
+    totals are three lines: ``total received`` (what came in, first pass only), ``total reprocess`` (the rejects
+    run again) and ``total net`` (where the received bytes are now: re-processed rejects move from rejected to
+    where they went the second time). The last two are printed only when there are re-processed rows.
     """
-    from mediation.reconcile import balance_holds
+    from mediation.reconcile import balance_holds, net_totals
 
     start, end = parse_time(t_from), parse_time(t_to)
     where = f"interval_start >= {_sql_time(start)} AND interval_start < {_sql_time(end)}"
@@ -90,20 +93,29 @@ def reconcile_command(t_from: str, t_to: str, target: str, exporter: str | None,
     bad = 0
     header = ("interval_start", "exporter", "source", *RECON_FIELDS, "ok")
     click.echo("\t".join(header))
-    totals = dict.fromkeys(RECON_FIELDS, 0)
+    received = dict.fromkeys(RECON_FIELDS, 0)
+    reprocessed = dict.fromkeys(RECON_FIELDS, 0)
     for row, s in zip(rows, starts, strict=True):
         ok = balance_holds(row) and int(row["balanced"]) == 1
         bad += 0 if ok else 1
+        totals = reprocessed if row["source"] == "reprocess" else received
         for f in RECON_FIELDS:
             totals[f] += int(row[f])
         click.echo("\t".join([_iso(s), str(row["exporter"]), row["source"], *(str(int(row[f])) for f in RECON_FIELDS),
                               "yes" if ok else "NO"]))
-    click.echo("\t".join(["total", "", "", *(str(totals[f]) for f in RECON_FIELDS),
-                          "yes" if balance_holds(totals) and not bad else "NO"]))
+    lines = [("received", received)]
+    if any(reprocessed.values()):
+        lines += [("reprocess", reprocessed), ("net", net_totals(received, reprocessed))]
+    unbalanced_totals = 0
+    for name, totals in lines:
+        ok = balance_holds(totals) and min(totals.values()) >= 0
+        unbalanced_totals += 0 if ok else 1
+        click.echo("\t".join(["total", "", name, *(str(totals[f]) for f in RECON_FIELDS),
+                              "yes" if ok and not bad else "NO"]))
     if not rows:
         click.echo("no reconciliation rows in that range", err=True)
-    if bad or not balance_holds(totals):
-        click.echo(f"{bad} interval/exporter rows do not balance", err=True)
+    if bad or unbalanced_totals:
+        click.echo(f"{bad} interval/exporter rows and {unbalanced_totals} totals do not balance", err=True)
         sys.exit(1)
 
 
@@ -155,7 +167,8 @@ def _q(text: str) -> str:
 @click.command("reprocess")
 @range_options
 @click.option("--reason", "reasons", multiple=True, help="Only rejects with this reason (repeatable).")
-@click.option("--dry-run", is_flag=True, help="Show what would be re-processed; write nothing.")
+@click.option("--dry-run", is_flag=True, help="Mediate the rejects in memory and say how many would pass now "
+              "(and why the others would be rejected again); write nothing.")
 @config_options
 def reprocess_command(t_from: str, t_to: str, target: str, reasons: tuple[str, ...], dry_run: bool,
                       config: Config) -> None:
@@ -168,6 +181,7 @@ def reprocess_command(t_from: str, t_to: str, target: str, reasons: tuple[str, .
     from decoders.schema import FLOWS
     from mediation.bindings import Bindings
     from mediation.mediator import Mediator
+    from mediation.validate import REASONS
 
     start, end = parse_time(t_from), parse_time(t_to)
     where = f"time_received >= {_sql_time(start)} AND time_received < {_sql_time(end)}"
@@ -177,8 +191,11 @@ def reprocess_command(t_from: str, t_to: str, target: str, reasons: tuple[str, .
     with _engine(config, target) as engine:
         table = engine.query(f"SELECT reject_id, reason, {cols} FROM rejects WHERE {where}", text_addresses=False)
     done_path = config.data_path("state/reprocessed.sqlite")
-    done_path.parent.mkdir(parents=True, exist_ok=True)
-    done = sqlite3.connect(done_path)
+    if dry_run and not done_path.exists():
+        done = sqlite3.connect(":memory:")  # a dry run creates no file
+    else:
+        done_path.parent.mkdir(parents=True, exist_ok=True)
+        done = sqlite3.connect(done_path)
     done.execute("CREATE TABLE IF NOT EXISTS done (reject_id INTEGER PRIMARY KEY)")
     ids = np.asarray(table.column("reject_id").to_numpy(), dtype=np.uint64) if table.num_rows else np.zeros(0, "u8")
     seen = {r[0] for r in done.execute("SELECT reject_id FROM done")}
@@ -189,18 +206,29 @@ def reprocess_command(t_from: str, t_to: str, target: str, reasons: tuple[str, .
     once[first] = True
     todo = np.flatnonzero(fresh & once)
     click.echo(f"{table.num_rows} rejects in range, {len(todo)} not re-processed before")
-    if dry_run or not len(todo):
+    if not len(todo):
         return
     flows = table.take(pa.array(todo)).select([c.name for c in FLOWS.columns if c.name != "batch_id"])
     arrays = {c.name: flows.column(c.name).combine_chunks() for c in FLOWS.columns if c.name != "batch_id"}
     arrays["batch_id"] = pa.array(np.zeros(len(todo), dtype=np.uint64))
     batch = pa.RecordBatch.from_arrays([arrays[c.name].cast(c.arrow_type) for c in FLOWS.columns],
                                        schema=FLOWS.arrow_schema)
+    # A dry run mediates the same records the same way (limits, bindings, de-duplication), in memory only.
     bindings = Bindings(config.data_path(config.subscribers.bindings_db))
     mediator = Mediator(config, bindings, reconciliation_source="reprocess")
     now = int(time.time() * 1000)
     out = mediator.process(batch, now)
     closing = mediator.close_all(now)
+    c = mediator.counters
+    accepted = batch.num_rows - c["records_rejected"]
+    detail = (f"{c['bytes_attributed']} bytes attributed, {c['bytes_unattributed']} unattributed, "
+              f"{c['records_duplicate']} duplicates")
+    why = ", ".join(f"{c[f'rejected_{r}']} {r}" for r in REASONS if c[f"rejected_{r}"])
+    why = f" ({why})" if why else ""
+    if dry_run:
+        click.echo(f"dry run, nothing written: {accepted} of {batch.num_rows} would pass now ({detail}), "
+                   f"{c['records_rejected']} would be rejected again{why}")
+        return
     for name in ("usage", "reconciliation"):
         parts = [b for b in (out.get(name), closing.get(name)) if b is not None and b.num_rows]
         out[name] = pa.concat_batches(parts) if len(parts) > 1 else (parts[0] if parts else None)
@@ -215,14 +243,11 @@ def reprocess_command(t_from: str, t_to: str, target: str, reasons: tuple[str, .
         if b is not None and b.num_rows:
             sink.add(name, b)
     sink.close()
-    accepted = batch.num_rows - mediator.counters["records_rejected"]
     ok_ids = signed[todo]
     done.executemany("INSERT OR IGNORE INTO done(reject_id) VALUES (?)", [(int(i),) for i in ok_ids])
     done.commit()
-    c = mediator.counters
-    click.echo(f"re-processed {batch.num_rows}: {accepted} accepted ({c['bytes_attributed']} bytes attributed, "
-               f"{c['bytes_unattributed']} unattributed, {c['records_duplicate']} duplicates), "
-               f"{c['records_rejected']} rejected again")
+    click.echo(f"re-processed {batch.num_rows}: {accepted} accepted ({detail}), {c['records_rejected']} "
+               f"rejected again{why}")
 
 
 @click.group("bindings")

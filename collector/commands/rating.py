@@ -6,7 +6,6 @@ import signal
 import sys
 import threading
 import time
-from datetime import UTC, datetime
 
 import click
 
@@ -14,16 +13,14 @@ from collector.commands.common import config_options
 from collector.configtree import ConfigError
 
 
-def _instant(value: str) -> int:
-    """``2026-11-01``, ``2026-11-01T00:00:00Z`` or with an offset -> UTC ms (a bare date or time means UTC)."""
+def _instant(value: str, option: str):
+    """A ``--from``/``--to`` value: a date or time without offset (each plan's own time zone) or an instant."""
+    from rating.timebase import parse_instant
+
     try:
-        dt = datetime.fromisoformat(value.replace("Z", "+00:00"))
-    except ValueError:
-        raise click.BadParameter(f"{value!r}: expected a date or time such as 2026-11-01 or "
-                                 "2026-11-01T00:00:00+01:00") from None
-    if dt.tzinfo is None:
-        dt = dt.replace(tzinfo=UTC)
-    return int(dt.timestamp() * 1000)
+        return parse_instant(value)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc), param_hint=option) from None
 
 
 def _job(config):
@@ -116,35 +113,48 @@ def _follow(job, config) -> None:
             http.close()
 
 
+PERIOD_HELP = ("A date or time without offset (2026-11-01, 2026-11-01T06:00) is read in each plan's own time zone; "
+               "with an offset or Z (2026-11-01T00:00:00+01:00) it is that instant.")
+
+
 @click.command("rerate")
-@click.option("--from", "from_", required=True, help="Start of the period (date or time; whole cycles are redone).")
-@click.option("--to", "to", required=True, help="End of the period (exclusive).")
+@click.option("--from", "from_", required=True,
+              help="Start of the period (inclusive). " + PERIOD_HELP)
+@click.option("--to", "to", required=True,
+              help="End of the period (exclusive): --from 2026-10-01 --to 2026-11-01 is exactly October in every "
+              "plan's time zone. " + PERIOD_HELP)
 @click.option("--subscriber", default=None, help="Only this subscriber.")
 @config_options
 def rerate_command(from_: str, to: str, subscriber: str | None, config) -> None:
-    """Re-rate a period after a plan or assignment correction; prints the difference per subscriber."""
+    """Re-rate a period after a plan or assignment correction; prints the difference per subscriber.
+
+    Every billing cycle that overlaps [--from, --to) in a plan's own calendar is re-rated whole (allowances and
+    tiers are cycle-wide); the cycles re-rated are listed per plan calendar.
+    """
     from rating.rerate import format_report
 
-    start, end = _instant(from_), _instant(to)
-    if end <= start:
-        raise click.BadParameter("--to must be after --from")
+    start, end = _instant(from_, "--from"), _instant(to, "--to")
     job = _job(config)
     try:
-        report = _run(job, "rerate", from_ms=start, to_ms=end, subscriber=subscriber)
+        report = _run(job, "rerate", from_=start, to=end, subscriber=subscriber)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc), param_hint="--to") from None
     finally:
         job.close()
     click.echo("\n".join(format_report(report)))
 
 
 @click.command("bill-run")
-@click.option("--cycle", required=True, help="Billing cycle YYYY-MM (the month the cycle starts in).")
+@click.option("--cycle", required=True, help="Billing cycle YYYY-MM (the month the cycle starts in, in each plan's own "
+              "calendar: time zone and cycle day).")
 @click.option("--format", "fmt", type=click.Choice(["csv", "parquet"]), default="csv", show_default=True)
 @click.option("--output", "output", type=click.Path(file_okay=False), default=".", show_default=True,
               help="Directory for the lines, totals and control files.")
 @click.option("--force", is_flag=True, help="Export even though the cycle has intervals not closed yet.")
 @config_options
 def bill_run_command(cycle: str, fmt: str, output: str, force: bool, config) -> None:
-    """Export a cycle's rated usage: per-subscriber lines and totals plus a control record."""
+    """Export a cycle's rated usage: per-subscriber lines and totals plus control rows (one per currency and plan
+    calendar, each with that calendar's own cycle bounds)."""
     from mediation.query import QueryError
     from rating.billrun import CycleOpen, bill_run
 
@@ -162,8 +172,10 @@ def bill_run_command(cycle: str, fmt: str, output: str, force: bool, config) -> 
     for path in run.write(output, fmt):
         click.echo(str(path))
     for row in run.control.to_pylist():
-        click.echo(f"control {row['cycle']} {row['currency']}: {row['record_count']} records, {row['total_bytes']} "
-                   f"bytes, {row['total_amount']} {row['currency']}, {row['subscribers']} subscribers"
+        click.echo(f"control {row['cycle']} {row['currency']} {row['timezone'] or '(plan unknown)'} "
+                   f"(cycle day {row['cycle_day']}, {row['cycle_start']} .. {row['cycle_end']}): "
+                   f"{row['record_count']} records, {row['total_bytes']} bytes, {row['total_amount']} "
+                   f"{row['currency']}, {row['subscribers']} subscribers"
                    + ("" if row["complete"] else " (PROVISIONAL: cycle not closed)"))
 
 

@@ -128,7 +128,7 @@ def test_runs_are_idempotent_late_usage_makes_new_versions_and_rerate_reports_th
     # A plan correction (version 2, same activation): upload at 0.5000/GB. Re-rate November.
     corrected = HOME_PLAN.replace('price = "0.3333"', 'price = "0.5000"').replace("version = 1", "version = 2")
     job2 = make_job(HOME_PLAN + corrected)
-    rr = job2.run("rerate", from_ms=ms("2026-11-01T00:00:00+01:00"), to_ms=ms("2026-11-09T00:00:00+01:00"),
+    rr = job2.run("rerate", from_=ms("2026-11-01T00:00:00+01:00"), to=ms("2026-11-09T00:00:00+01:00"),
                   subscriber="alice", now_ms=NOW)
     # C: 0.334 GB * 0.50 = 0.167 EUR; every record now names plan version 2, so each gets a new version.
     assert rr.per_subscriber == {("alice", "EUR"): (3_732_322, 3_732_322 - 111_322 + 167_000)}
@@ -251,14 +251,14 @@ def test_records_that_go_away_are_voided(store_env):
     # The assignment was wrong: alice has no plan in November. Re-rating withdraws her record (a void version)
     # and reports her usage as unrated.
     fixed = make_job(asg="subscriber_id,plan_id,from\nalice,home,2026-12-01T00:00:00+01:00\n")
-    r = fixed.run("rerate", from_ms=ms("2026-11-01T00:00:00+01:00"), to_ms=ms("2026-11-10T00:00:00+01:00"),
+    r = fixed.run("rerate", from_=ms("2026-11-01T00:00:00+01:00"), to=ms("2026-11-10T00:00:00+01:00"),
                   now_ms=NOW)
     assert (r.records_voided, r.records_new, r.unrated_bytes) == (1, 0, 3_000_000_000)
     assert r.per_subscriber == {("alice", "EUR"): (600_000, 0)}
     assert current(fixed) == {}
     stored = "rated_usage_raw" if fixed.engine.target == "store" else "rated_usage"  # every version, as stored
     assert fixed.engine.query(f"SELECT count() AS n FROM {stored}").column("n")[0].as_py() == 2
-    again = fixed.run("rerate", from_ms=ms("2026-11-01T00:00:00+01:00"), to_ms=ms("2026-11-10T00:00:00+01:00"),
+    again = fixed.run("rerate", from_=ms("2026-11-01T00:00:00+01:00"), to=ms("2026-11-10T00:00:00+01:00"),
                       now_ms=NOW)
     assert (again.records_voided, again.records_new, again.events_written) == (0, 0, 0)
 
