@@ -267,9 +267,25 @@ class Supervisor:
         self.metrics.config_reloads.labels("ok").inc()
         log("info", "configuration reloaded", config=self.config_path or "(defaults)", workers=len(self.workers))
 
+    def _await_starting(self, deadline: float) -> None:
+        """Let workers that are still starting (a restart) report READY before they get SIGTERM, until ``deadline``.
+
+        A worker signalled before it has installed its handlers dies at once, with the datagrams waiting in its socket
+        unread; once ready it drains its socket, flushes and exits 0 like the others.
+        """
+        def starting() -> bool:
+            return any(w.proc is not None and w.proc.poll() is None and not w.ready for w in self.workers)
+
+        while starting() and time.monotonic() < deadline:
+            readable, _, _ = select.select([self.inbox], [], [], 0.1)
+            if readable:
+                self._read_inbox()
+
     def _stop(self, sig: int) -> int:
         log("info", "stopping", signal=signal.Signals(sig).name, workers=len(self.workers))
         self.notifier.notify("STOPPING=1", "STATUS=flushing")
+        if not self.start_failed:
+            self._await_starting(time.monotonic() + self.config.service.shutdown_timeout_s / 2)
         for w in self.workers:
             if w.proc is not None and w.proc.poll() is None:
                 w.proc.send_signal(signal.SIGTERM)

@@ -179,3 +179,17 @@ def test_supervisor_counts_kernel_drops_of_the_workers_sockets(tmp_path: Path) -
     finally:
         traffic.close()
         d.kill()
+
+
+@pytest.mark.external
+def test_stop_while_a_restarted_worker_is_starting_waits_for_it(tmp_path: Path) -> None:
+    """SIGTERM right after a worker was restarted: the new worker gets to start, then stops cleanly (status 0)."""
+    d = Daemon(tmp_path, workers=2)
+    d.wait_message("READY=1")
+    victim = json.loads(d.get("/status"))["worker_pids"][1]
+    os.kill(victim, signal.SIGKILL)
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline and json.loads(d.get("/status"))["worker_pids"][1] in (None, victim):
+        time.sleep(0.02)
+    assert d.stop() == 0, d.log_text()  # the new worker is still importing: no SIGTERM before it is ready
+    assert d.log_text().count('msg="worker stopped"') == 2, d.log_text()
