@@ -884,8 +884,9 @@ class Bindings:
         return self._close_where("session_id=?", (session_id,), valid_to)
 
     def close_nas(self, nas: str, valid_to: int) -> int:
-        """End every open RADIUS binding reported by ``nas`` (Accounting-On/Off); returns how many."""
-        return self._close_where("nas=? AND source='radius'", (nas,), valid_to)
+        """End every RADIUS binding reported by ``nas`` that started at or before ``valid_to`` and holds past it
+        (Accounting-On/Off: the NAS's sessions of before its restart); returns how many."""
+        return self._close_where("nas=? AND source='radius' AND valid_from<=?", (nas, valid_to), valid_to)
 
     def close_ids(self, ids: list[int], valid_to: int) -> int:
         """End the given bindings at ``valid_to`` (static file entries that disappeared)."""
@@ -894,11 +895,12 @@ class Bindings:
             n += self._close_where("id=?", (i,), valid_to)
         return n
 
-    def session_bindings(self, session_id: str) -> list[tuple[int, str, int, int, int]]:
-        """Open bindings of a session: (id, subscriber, hi, lo, prefix length)."""
-        return [(r[0], r[1], _u64(r[2]), _u64(r[3]), r[4]) for r in self.conn.execute(
-            "SELECT id, subscriber_id, net_hi, net_lo, prefix_len FROM bindings WHERE session_id=? AND valid_to>=?",
-            (session_id, OPEN_END_MS)).fetchall()]
+    def session_history(self, session_id: str) -> list[tuple[int, tuple[int, int, int], int, int]]:
+        """Every binding of a session, open or ended: (id, (hi, lo, prefix length), valid_from, valid_to), in order
+        of start."""
+        return [(r[0], (_u64(r[1]), _u64(r[2]), r[3]), r[4], r[5]) for r in self.conn.execute(
+            "SELECT id, net_hi, net_lo, prefix_len, valid_from, valid_to FROM bindings WHERE session_id=? "
+            "ORDER BY valid_from, id", (session_id,)).fetchall()]
 
     def commit(self) -> pa.RecordBatch:
         """Make the current transaction durable (fsync), apply it to the index, return the changed bindings as a
