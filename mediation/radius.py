@@ -224,6 +224,7 @@ class RadiusAccounting:
         """Reports whose usage spanned more than the session timeout (a NAS clock far off): spread over that much."""
         self._skewed = 0
         """Requests whose Event-Timestamp was too far ahead (the receive time was used instead)."""
+        self._batch_keys: list[tuple] = []  # added to the duplicate window by the batch being handled
         self._new_sessions = 0
 
     def _count(self, client: str, result: str) -> None:
@@ -247,7 +248,20 @@ class RadiusAccounting:
         return self.bindings.conn.execute("SELECT count(*) FROM radius_sessions").fetchone()[0]
 
     def handle(self, datagrams: Sequence[tuple[bytes, tuple]], now_ms: int) -> RadiusResult:
-        """Process datagrams ``(payload, (host, port, ...))`` received at ``now_ms``; commit; return the answers."""
+        """Process datagrams ``(payload, (host, port, ...))`` received at ``now_ms``; commit; return the answers.
+
+        Raises when the database fails (a full disk): then nothing of the batch is applied, remembered as answered
+        or answered, and the NASes retransmit."""
+        self._batch_keys: list[tuple] = []
+        try:
+            return self._handle(datagrams, now_ms)
+        except BaseException:
+            self.bindings.rollback()
+            for key in self._batch_keys:
+                self._recent.pop(key, None)
+            raise
+
+    def _handle(self, datagrams: Sequence[tuple[bytes, tuple]], now_ms: int) -> RadiusResult:
         result = RadiusResult()
         answers: list[tuple[bytes, object]] = []
         usage: list[dict[str, np.ndarray]] = []
@@ -316,6 +330,7 @@ class RadiusAccounting:
     def _remember(self, key: tuple, response: bytes) -> None:
         """Add an answered request to the duplicate window, in memory and (in the batch's transaction) on disk."""
         self._recent[key] = response
+        self._batch_keys.append(key)
         self.bindings._begin()
         self.bindings.conn.execute("INSERT OR REPLACE INTO radius_recent(client, identifier, authenticator, response) "
                                    "VALUES (?,?,?,?)", (*key, response))
@@ -334,9 +349,13 @@ class RadiusAccounting:
             "SELECT unique_id FROM radius_sessions WHERE last_ms < ?", (now_ms - int(timeout * 1000),)).fetchall()]
         if not stale:
             return None
-        for uid in stale:
-            self.bindings.close_session(uid, now_ms)
-            self.bindings.conn.execute("DELETE FROM radius_sessions WHERE unique_id=?", (uid,))
+        try:
+            for uid in stale:
+                self.bindings.close_session(uid, now_ms)
+                self.bindings.conn.execute("DELETE FROM radius_sessions WHERE unique_id=?", (uid,))
+        except Exception:
+            self.bindings.rollback()
+            raise
         self.expired += len(stale)
         log.info("RADIUS sessions without news closed", extra={"sessions": len(stale)})
         changed = self.bindings.commit()
@@ -355,7 +374,11 @@ class RadiusAccounting:
     def confirm(self, upto_id: int) -> None:
         """The outputs hold every usage batch up to journal entry ``upto_id``: drop them from the journal."""
         self.bindings._begin()
-        self.bindings.conn.execute("DELETE FROM radius_usage_journal WHERE id<=?", (upto_id,))
+        try:
+            self.bindings.conn.execute("DELETE FROM radius_usage_journal WHERE id<=?", (upto_id,))
+        except Exception:
+            self.bindings.rollback()
+            raise
         self.bindings.commit()
 
     # --- one request ---

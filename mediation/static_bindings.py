@@ -171,9 +171,13 @@ class StaticBindings:
                 continue
             todo.append((e.subscriber_id, e.parsed, start, e.valid_to))
             keys.append(key)
-        opened = self.bindings.open_many(todo, source="static", session_ids=keys)
-        gone = [bid for sid, bid in current.items() if sid not in wanted]
-        ended = self.bindings.close_ids(gone, now_ms) if gone else 0
+        try:
+            opened = self.bindings.open_many(todo, source="static", session_ids=keys)
+            gone = [bid for sid, bid in current.items() if sid not in wanted]
+            ended = self.bindings.close_ids(gone, now_ms) if gone else 0
+        except Exception:  # (a full disk): nothing half-applied is left for the next writer to commit
+            self.bindings.rollback()
+            raise
         self.bindings.commit()
         self._applied = digest
         self.reloads += 1
