@@ -81,6 +81,10 @@ class RadiusServer:
             host, port = split_endpoint(endpoint)
             transport, _ = await loop.create_datagram_endpoint(lambda: _Protocol(self), local_addr=(host, port))
             self.transports.append(transport)  # type: ignore[arg-type]
+        # bindings an older database had overlapping, ended by the one-time separation: to the outputs' table too
+        separated = await loop.run_in_executor(self._executor, self.bindings.separation_to_publish)
+        if separated is not None:
+            self.emit("bindings", separated)
         # usage journaled before a crash and never confirmed: hand it over again
         for jid, batch in await loop.run_in_executor(self._executor, self.accounting.journaled):
             self.emit("usage", batch)

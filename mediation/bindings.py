@@ -859,14 +859,33 @@ class Bindings:
             if self.conn.execute("SELECT value FROM meta WHERE key='separated'").fetchone() is not None:
                 n = 0  # another process did it meanwhile
             else:
-                n = self._separate("1", self._next_seq())
-                self.conn.execute("INSERT OR REPLACE INTO meta(key, value) VALUES('separated', 1)")
+                seq = self._next_seq()
+                n = self._separate("1", seq)
+                # the pass's sequence number (0: nothing changed), for separation_to_publish()
+                self.conn.execute("INSERT OR REPLACE INTO meta(key, value) VALUES('separated', ?)", (seq if n else 0,))
             self.conn.execute("COMMIT")
         finally:
             self.rollback()  # (after a failed COMMIT; a no-op after a good one)
         if n:
             log.warning("bindings: %d bindings lasted past the start of a later binding of their network and were "
                         "ended there (lookups already treated them so)", n)
+
+    def separation_to_publish(self) -> pa.RecordBatch | None:
+        """The bindings that the one-time separation of an older database changed and that no writer has handed to
+        the outputs yet (None: nothing to hand over), as a ``bindings`` batch; marked as handed over (the RADIUS
+        listener emits them at its start, so that the outputs' table, read by ``flowmed trace``, ends them too)."""
+        row = self.conn.execute("SELECT value FROM meta WHERE key='separated'").fetchone()
+        if row is None or not row[0]:
+            return None
+        self._begin()
+        try:
+            rows = self._fetch("seq=?", (row[0],))
+            self.conn.execute("UPDATE meta SET value=0 WHERE key='separated'")
+        except Exception:
+            self.rollback()
+            raise
+        self.commit()
+        return self._to_batch(rows) if rows else None
 
     def _close_where(self, where: str, args: tuple, valid_to: int) -> int:
         self._begin()

@@ -260,3 +260,8 @@ def test_overlapping_rows_of_an_older_database_are_separated_once(tmp_path):
         [("bob", 200, 300), ("alice", 100, 200)]
     sub, _ = again.lookup(s16(["10.0.1.30"] * 3), np.array([150, 250, 350]))
     assert [again.subscriber_names[i] if i >= 0 else "" for i in sub] == ["alice", "bob", ""]
+    # the changed binding, once, for the outputs' bindings table (the RADIUS listener emits it at its start)
+    batch = Bindings(path).separation_to_publish()
+    assert batch is not None and batch.column("subscriber_id").to_pylist() == ["alice"]
+    assert batch.column("valid_to").cast(pa.int64()).to_pylist() == [200]
+    assert again.separation_to_publish() is None and Bindings(path).separation_to_publish() is None

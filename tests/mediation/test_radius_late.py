@@ -182,3 +182,29 @@ def test_radclient_late_interim_mediation_and_trace_agree(tmp_path, session_time
     with QueryEngine.for_config(cfg, "store") as engine:
         traced = [verdict(run_trace(engine, address=ADDR, at_ms=t), t).subscriber_id for t in times]
     assert mediation == traced == list(offsets.values())
+
+
+def test_the_listener_hands_bindings_separated_in_an_older_database_to_the_outputs(tmp_path):
+    """A database written by the previous code holds alice's re-opened binding beside bob's: opening it ends alice's
+    at bob's start, and the listener emits that version, so the outputs' table (flowmed trace) agrees."""
+    from mediation.bindings import parse_network
+
+    db = tmp_path / "b.sqlite"
+    b = Bindings(db)
+    b.conn.execute("DELETE FROM meta WHERE key='separated'")
+    hi, lo, plen = parse_network(ADDR)
+    for i, (sub, vf, vt) in enumerate([("alice", T0, T0 + H), ("bob", T0 + H, T0 + 2 * H), ("alice", T0, OPEN_END_MS)]):
+        b.conn.execute("INSERT INTO bindings(subscriber_id, net_hi, net_lo, prefix_len, valid_from, valid_to, source, "
+                       "seq) VALUES (?, ?, ?, ?, ?, ?, 'radius', ?)", (sub, hi, lo, plen, vf, vt, 10 + i))
+    b.close()
+    emitted = []
+
+    async def main() -> None:
+        server = await start_radius(asyncio.get_running_loop(), config(free_port()), Bindings(db),
+                                    lambda t, batch: emitted.append((t, batch)))
+        await server.stop()
+
+    asyncio.run(main())
+    (table, batch), = emitted
+    assert table == "bindings" and batch.column("binding_id").to_pylist() == [1, 3]
+    assert [v - T0 for v in batch.column("valid_to").cast("int64").to_pylist()] == [0, H]  # both end at bob's start
