@@ -95,6 +95,11 @@ def history(request):
     delta_sub = np.arange(k, dtype=np.int32) % subscribers
     with_delta._delta = BindingIndex(np.arange(k) + 2 * n_bindings, delta_sub, np.zeros(k, np.uint64), lo,
                                      np.full(k, 128), np.full(k, NOW - 3_600_000), np.full(k, OPEN_END_MS))
+    # as Bindings.open does: the base's bindings of those addresses that hold at the new start end there
+    base = with_delta._base
+    held = np.flatnonzero((base.plen == 128) & (base.hi == 0) & np.isin(base.lo, lo) &
+                          (base.valid_from <= NOW - 3_600_000) & (base.valid_to > NOW - 3_600_000))
+    base.set_valid_to(held, NOW - 3_600_000)
     order = np.argsort(lo)
     want_delta = []
     for (_, qlo), w in zip((src, dst), want, strict=True):

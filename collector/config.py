@@ -361,6 +361,10 @@ class RadiusConfig:
     """A session with no Interim-Update or Stop for this long is closed (its bindings end then) and forgotten, so
     sessions whose Stop was lost do not pile up; 0 keeps them until Stop or Accounting-On/Off. Keep it well above
     the NASes' interim interval."""
+    max_event_age_s: float = 172_800.0
+    """A request whose time (Event-Timestamp, else the receive time minus Acct-Delay-Time) is older than this is
+    acknowledged but not applied, and counted (result too_old): a captured request re-sent later cannot bind an
+    address in the past. Raise it if a NAS sends an older backlog after an outage; 0 accepts any age."""
 
     def validate(self, key: str) -> None:
         for i, ep in enumerate(self.listen):
@@ -369,6 +373,8 @@ class RadiusConfig:
             raise ConfigError(f"{key}.subscriber_attribute", self.subscriber_attribute,
                               "one of " + ", ".join(RADIUS_ID_ATTRIBUTES))
         _check_positive(key, max_queue=self.max_queue, max_sessions=self.max_sessions)
+        if self.max_event_age_s < 0:
+            raise ConfigError(f"{key}.max_event_age_s", self.max_event_age_s, "0 (any age) or a number of seconds")
 
 
 @dataclass(frozen=True)

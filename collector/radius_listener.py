@@ -85,6 +85,10 @@ class RadiusServer:
             except OSError as exc:
                 raise ListenError("RADIUS accounting", endpoint, exc) from None
             self.transports.append(transport)  # type: ignore[arg-type]
+        # bindings an older database had overlapping, ended by the one-time separation: to the outputs' table too
+        separated = await loop.run_in_executor(self._executor, self.bindings.separation_to_publish)
+        if separated is not None:
+            self.emit("bindings", separated)
         # usage journaled before a crash and never confirmed: hand it over again
         for jid, batch in await loop.run_in_executor(self._executor, self.accounting.journaled):
             self.emit("usage", batch)
@@ -186,7 +190,10 @@ class RadiusServer:
                 if changed is not None:
                     self.emit("bindings", changed)
                 if hasattr(self.bindings, "maybe_prune"):  # on the writer thread: never inside its transaction
-                    await loop.run_in_executor(self._executor, self.bindings.maybe_prune, int(time.time() * 1000))
+                    try:
+                        await loop.run_in_executor(self._executor, self.bindings.maybe_prune, int(time.time() * 1000))
+                    except Exception:
+                        log.exception("rebuilding the RADIUS listener's binding index failed")
 
     async def confirm(self) -> None:
         """Flush the outputs (off the event loop), then drop the usage they now hold from the journal."""
@@ -199,7 +206,11 @@ class RadiusServer:
         except Exception:
             log.exception("flush before confirming RADIUS usage failed; it stays journaled")
             return
-        await loop.run_in_executor(self._executor, self.accounting.confirm, upto)
+        try:
+            await loop.run_in_executor(self._executor, self.accounting.confirm, upto)
+        except Exception:  # a full or failing disk: the usage stays journaled, confirmed next time
+            log.exception("dropping confirmed RADIUS usage from the journal failed; retried later")
+            return
         self._confirmed_journal = upto
 
     def _count(self, client: str, result: str) -> None:

@@ -7,8 +7,14 @@ A binding says that ``subscriber_id`` held an address or prefix over the half-op
 Rules
 -----
 * Longest prefix wins; among bindings of the same network, the one that started last (at or before the time).
-* Opening a binding on a network closes, at the new start, every binding of that same network still open then (an
-  address handed to a new subscriber ends the old holder's binding even when its Stop was lost).
+* The bindings of one network never overlap: opening a binding ends, at its start, every binding of that network
+  that holds then (an address handed to a new subscriber ends the old holder's binding even when its Stop was lost),
+  and a binding never lasts past the start of a later-starting binding of its network (a late report of an older
+  session cannot take the address back from a newer one). Of two bindings starting at the same instant the one
+  opened last wins (the other is left empty). So the stored intervals *are* the answers: who held an address at an
+  instant is the binding whose ``[valid_from, valid_to)`` holds the instant, whether asked of this index, of the
+  SQLite table or of the ``bindings`` table in the outputs (``flowmed trace``), and the answer does not depend on
+  when the index was rebuilt.
 * History is never deleted: a removed binding gets ``valid_to`` set, so flows are attributed to whoever held the
   address at the flow's time, also when they arrive late.
 
@@ -28,7 +34,9 @@ earlier bindings). Prefix lengths are probed longest first, only for the queries
 alike whose networks do not nest (IPv4 /25s and /24s) share one table, and a batch of IPv4 addresses only visits
 the tables that hold IPv4 networks. No ``np.where`` on the hot path: a data-dependent choice per element costs
 about ten times the branch-free arithmetic used instead. Changes since the last full build live in a small delta
-index; closing a binding updates ``valid_to`` in place.
+index; closing (or extending) a binding updates ``valid_to`` in place. A lookup asks both and takes the longer
+prefix: as the bindings of a network never overlap, at most one of them holds a binding of the query's network
+valid at its time, so the answer does not depend on which rows the last rebuild put where.
 
 Memory horizon
 --------------
@@ -39,8 +47,7 @@ closed before the *cutoff* (now minus the horizon), so the index holds the open 
 Lookups at times at or after the cutoff are answered from memory, exactly as before; lookups at older times (late
 records that passed a widened ``mediation.max_lateness_s``, ``flowmed reprocess``) are answered from the database:
 the bindings relevant to the older queries' time range are loaded into a temporary index (cached while the history
-does not change). A binding closed before the cutoff stays in memory when an earlier-started binding of the same
-network is still in it, so that dropping it cannot change which binding decides (see :data:`_KEEP_SQL`).
+does not change).
 """
 
 from __future__ import annotations
@@ -74,13 +81,13 @@ FALLBACK_BUCKET_MS = 86_400_000
 """Time ranges of database lookups are widened to whole UTC days so that one loaded range serves many batches."""
 _NO_CUTOFF = -(1 << 62)
 
-# Rows a lookup at times >= :since needs: those still valid after it, and those that decide instead of an
-# earlier-started binding of the same network still valid after it (the newest start at or before t decides, see
-# BindingIndex._lookup_group). Rows starting after :until are never needed for times <= :until.
-_KEEP_SQL = (
-    "b.valid_from <= :until AND (b.valid_to > :since OR EXISTS (SELECT 1 FROM bindings y WHERE "
-    "y.net_hi = b.net_hi AND y.net_lo = b.net_lo AND y.prefix_len = b.prefix_len AND y.valid_to > :since "
-    "AND y.valid_from <= b.valid_from AND y.id <> b.id))")
+# Rows a lookup at times >= :since needs: those still valid after it (the bindings of a network never overlap, so
+# the binding that decides at t is valid at t). Rows starting after :until are never needed for times <= :until.
+_KEEP_SQL = "b.valid_from <= :until AND b.valid_to > :since"
+_CAPPED_END = ("min(?, coalesce((SELECT min(valid_from) FROM bindings WHERE net_hi=? AND net_lo=? AND prefix_len=? "
+               "AND valid_from>?), 9223372036854775807))")
+"""SQL for the end of a binding being inserted: its requested end, or the start of the next binding of its network
+if that is earlier (parameters: valid_to, net_hi, net_lo, prefix_len, valid_from)."""
 _ROW_SQL = ("SELECT b.id, b.subscriber_id, b.net_hi, b.net_lo, b.prefix_len, b.valid_from, b.valid_to, b.source, "
             "b.session_id, b.nas, b.seq FROM bindings b")
 
@@ -577,6 +584,7 @@ CREATE INDEX IF NOT EXISTS bindings_net ON bindings(net_hi, net_lo, prefix_len, 
 CREATE INDEX IF NOT EXISTS bindings_session ON bindings(session_id, valid_to);
 CREATE INDEX IF NOT EXISTS bindings_nas ON bindings(nas, valid_to);
 CREATE INDEX IF NOT EXISTS bindings_from ON bindings(valid_from);
+CREATE INDEX IF NOT EXISTS bindings_net_from ON bindings(net_hi, net_lo, prefix_len, valid_from);
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value INTEGER NOT NULL);
 """
 
@@ -638,7 +646,6 @@ class Bindings:
         self._names: list[str] = []
         self._name_hashes: list[int] = []
         self._name_index: dict[str, int] = {}
-        self._in_tx = False
         self._tx_seqs: set[int] = set()  # sequence numbers allocated in the current transaction
         self._last_seq = 0
         self._base = BindingIndex(*(np.empty(0) for _ in range(7)))
@@ -655,6 +662,7 @@ class Bindings:
         self._fallback: tuple[int, int, int, BindingIndex] | None = None  # (since, until, seq, index)
         self.counters: dict[str, int] = {"pruned_rebuilds": 0, "memory_bound_hits": 0, "fallback_lookups": 0,
                                          "fallback_loads": 0}
+        self._separate_overlaps()
         self._load_all()
 
     @classmethod
@@ -731,7 +739,7 @@ class Bindings:
     def prune(self, now_ms: int) -> bool:
         """Rebuild the index now (in the background for a file database) leaving out what :meth:`maybe_prune`
         leaves out."""
-        if self._in_tx and self.path == ":memory:":  # the rebuild would read the unfinished transaction: later
+        if self.in_transaction and self.path == ":memory:":  # the rebuild would read the unfinished transaction: later
             self._next_prune_ms = None
             return False
         target = self._cutoff if self._horizon_ms is None else max(self._cutoff, int(now_ms) - self._horizon_ms)
@@ -742,10 +750,17 @@ class Bindings:
         return True
 
     # --- writing ---
+    @property
+    def in_transaction(self) -> bool:
+        """A write transaction is open. SQLite's own state, not a flag of ours: SQLite ends a transaction by itself
+        when a statement or the COMMIT fails with SQLITE_FULL or an I/O error."""
+        return self.conn.in_transaction
+
     def _begin(self) -> None:
-        if not self._in_tx:
+        if not self.conn.in_transaction:
+            if self._tx_seqs:  # SQLite rolled back what these belonged to (a statement failed): they are void
+                self._tx_seqs.clear()
             self.conn.execute("BEGIN IMMEDIATE")
-            self._in_tx = True
 
     def _next_seq(self) -> int:
         row = self.conn.execute("SELECT value FROM meta WHERE key='seq'").fetchone()
@@ -756,22 +771,21 @@ class Bindings:
 
     def open(self, subscriber_id: str, network: str | tuple[int, int, int], valid_from: int,
              valid_to: int = OPEN_END_MS, source: str = "static", session_id: str = "", nas: str = "") -> int:
-        """Add a binding (in the current transaction) and close other open bindings of the same network at
-        ``valid_from``. Returns the binding id."""
+        """Add a binding (in the current transaction): bindings of the same network that hold at ``valid_from``
+        end there, and the new one ends at the latest at the start of the next binding of the network (see the
+        module docstring). Returns the binding id. Raises ValueError when ``valid_to <= valid_from``."""
         hi, lo, plen = parse_network(network) if isinstance(network, str) else network
+        if valid_to <= valid_from:
+            raise ValueError(f"empty binding interval [{valid_from}, {valid_to})")
         self._begin()
         seq = self._next_seq()
-        cur = self.conn.execute(
-            "SELECT id FROM bindings WHERE net_hi=? AND net_lo=? AND prefix_len=? AND valid_to>? AND valid_from<=?",
-            (_s64(hi), _s64(lo), plen, valid_from, valid_from))
-        stale = [r[0] for r in cur.fetchall()]
-        if stale:
-            self.conn.executemany("UPDATE bindings SET valid_to=?, seq=? WHERE id=?",
-                                  [(valid_from, seq, i) for i in stale])
+        net = (_s64(hi), _s64(lo), plen)
+        self.conn.execute("UPDATE bindings SET valid_to=?, seq=? WHERE net_hi=? AND net_lo=? AND prefix_len=? "
+                          "AND valid_to>? AND valid_from<=?", (valid_from, seq, *net, valid_from, valid_from))
         cur = self.conn.execute(
             "INSERT INTO bindings(subscriber_id, net_hi, net_lo, prefix_len, valid_from, valid_to, source, "
-            "session_id, nas, seq) VALUES (?,?,?,?,?,?,?,?,?,?)",
-            (subscriber_id, _s64(hi), _s64(lo), plen, valid_from, valid_to, source, session_id, nas, seq))
+            f"session_id, nas, seq) VALUES (?,?,?,?,?,{_CAPPED_END},?,?,?,?)",
+            (subscriber_id, *net, valid_from, valid_to, *net, valid_from, source, session_id, nas, seq))
         return int(cur.lastrowid)
 
     def open_many(self, entries: list[tuple[str, tuple[int, int, int], int, int]], source: str = "static",
@@ -780,6 +794,8 @@ class Bindings:
         sequence number, batched statements: a static file of 100,000 lines)."""
         if not entries:
             return 0
+        if any(vt <= vf for _, _, vf, vt in entries):
+            raise ValueError("an entry with an empty binding interval")
         self._begin()
         seq = self._next_seq()
         self.conn.executemany(
@@ -789,10 +805,87 @@ class Bindings:
         sessions = session_ids or [""] * len(entries)
         self.conn.executemany(
             "INSERT INTO bindings(subscriber_id, net_hi, net_lo, prefix_len, valid_from, valid_to, source, "
-            "session_id, nas, seq) VALUES (?,?,?,?,?,?,?,?,'',?)",
-            [(sub, _s64(n[0]), _s64(n[1]), n[2], vf, vt, source, sid, seq)
+            f"session_id, nas, seq) VALUES (?,?,?,?,?,{_CAPPED_END},?,?,'',?)",
+            [(sub, _s64(n[0]), _s64(n[1]), n[2], vf, vt, _s64(n[0]), _s64(n[1]), n[2], vf, source, sid, seq)
              for (sub, n, vf, vt), sid in zip(entries, sessions, strict=True)])
+        # entries of one network in one call did not see each other above: separate them now
+        seen: set[tuple[int, int, int]] = set()
+        repeated = {n for _, n, _, _ in entries if n in seen or seen.add(n)}
+        for hi, lo, plen in repeated:
+            self._separate(f"net_hi={_s64(hi)} AND net_lo={_s64(lo)} AND prefix_len={int(plen)}", seq)
         return len(entries)
+
+    def end(self, binding_id: int, valid_to: int) -> int:
+        """Set a binding's end to ``valid_to``, earlier or later than now, but never before its start nor past the
+        start of the next binding of its network (a late report may extend its session's interval, never into a
+        newer session's). Returns the end now stored (-1: no such binding)."""
+        self._begin()  # read and write in one transaction
+        row = self.conn.execute("SELECT valid_from, valid_to, net_hi, net_lo, prefix_len FROM bindings WHERE id=?",
+                                (binding_id,)).fetchone()
+        if row is None:
+            return -1
+        vf, vt, hi, lo, plen = row
+        nxt = self.conn.execute(
+            "SELECT min(valid_from) FROM bindings WHERE net_hi=? AND net_lo=? AND prefix_len=? AND "
+            "(valid_from>? OR (valid_from=? AND id>?))", (hi, lo, plen, vf, vf, binding_id)).fetchone()[0]
+        new = max(vf, min(valid_to, nxt if nxt is not None else OPEN_END_MS))
+        if new != vt:
+            self.conn.execute("UPDATE bindings SET valid_to=?, seq=? WHERE id=?", (new, self._next_seq(), binding_id))
+        return new
+
+    def next_start(self, network: tuple[int, int, int], after: int) -> int | None:
+        """The earliest start of a binding of ``network`` (hi, lo, prefix length) after ``after``, or None."""
+        hi, lo, plen = network
+        return self.conn.execute("SELECT min(valid_from) FROM bindings WHERE net_hi=? AND net_lo=? AND prefix_len=? "
+                                 "AND valid_from>?", (_s64(hi), _s64(lo), plen, after)).fetchone()[0]
+
+    def _separate(self, where: str, seq: int) -> int:
+        """End every binding (of the networks selected by ``where``) at the start of the next binding of its
+        network, where it lasted longer; returns how many changed."""
+        changed = self.conn.execute(
+            "SELECT id, nxt FROM (SELECT id, valid_to, lead(valid_from) OVER (PARTITION BY net_hi, net_lo, prefix_len "
+            f"ORDER BY valid_from, id) AS nxt FROM bindings WHERE {where}) WHERE nxt < valid_to").fetchall()
+        self.conn.executemany("UPDATE bindings SET valid_to=?, seq=? WHERE id=?", [(n, seq, i) for i, n in changed])
+        return len(changed)
+
+    def _separate_overlaps(self) -> None:
+        """Once per database: end bindings written before the rule that bindings of a network never overlap at the
+        next start of their network (lookups already answered so: the binding that started last decides), so that
+        the stored table gives the answers the index gives."""
+        if self.conn.execute("SELECT value FROM meta WHERE key='separated'").fetchone() is not None:
+            return
+        self._begin()
+        try:
+            if self.conn.execute("SELECT value FROM meta WHERE key='separated'").fetchone() is not None:
+                n = 0  # another process did it meanwhile
+            else:
+                seq = self._next_seq()
+                n = self._separate("1", seq)
+                # the pass's sequence number (0: nothing changed), for separation_to_publish()
+                self.conn.execute("INSERT OR REPLACE INTO meta(key, value) VALUES('separated', ?)", (seq if n else 0,))
+            self.conn.execute("COMMIT")
+        finally:
+            self.rollback()  # (after a failed COMMIT; a no-op after a good one)
+        if n:
+            log.warning("bindings: %d bindings lasted past the start of a later binding of their network and were "
+                        "ended there (lookups already treated them so)", n)
+
+    def separation_to_publish(self) -> pa.RecordBatch | None:
+        """The bindings that the one-time separation of an older database changed and that no writer has handed to
+        the outputs yet (None: nothing to hand over), as a ``bindings`` batch; marked as handed over (the RADIUS
+        listener emits them at its start, so that the outputs' table, read by ``flowmed trace``, ends them too)."""
+        row = self.conn.execute("SELECT value FROM meta WHERE key='separated'").fetchone()
+        if row is None or not row[0]:
+            return None
+        self._begin()
+        try:
+            rows = self._fetch("seq=?", (row[0],))
+            self.conn.execute("UPDATE meta SET value=0 WHERE key='separated'")
+        except Exception:
+            self.rollback()
+            raise
+        self.commit()
+        return self._to_batch(rows) if rows else None
 
     def _close_where(self, where: str, args: tuple, valid_to: int) -> int:
         self._begin()
@@ -810,8 +903,9 @@ class Bindings:
         return self._close_where("session_id=?", (session_id,), valid_to)
 
     def close_nas(self, nas: str, valid_to: int) -> int:
-        """End every open RADIUS binding reported by ``nas`` (Accounting-On/Off); returns how many."""
-        return self._close_where("nas=? AND source='radius'", (nas,), valid_to)
+        """End every RADIUS binding reported by ``nas`` that started at or before ``valid_to`` and holds past it
+        (Accounting-On/Off: the NAS's sessions of before its restart); returns how many."""
+        return self._close_where("nas=? AND source='radius' AND valid_from<=?", (nas, valid_to), valid_to)
 
     def close_ids(self, ids: list[int], valid_to: int) -> int:
         """End the given bindings at ``valid_to`` (static file entries that disappeared)."""
@@ -820,32 +914,41 @@ class Bindings:
             n += self._close_where("id=?", (i,), valid_to)
         return n
 
-    def session_bindings(self, session_id: str) -> list[tuple[int, str, int, int, int]]:
-        """Open bindings of a session: (id, subscriber, hi, lo, prefix length)."""
-        return [(r[0], r[1], _u64(r[2]), _u64(r[3]), r[4]) for r in self.conn.execute(
-            "SELECT id, subscriber_id, net_hi, net_lo, prefix_len FROM bindings WHERE session_id=? AND valid_to>=?",
-            (session_id, OPEN_END_MS)).fetchall()]
+    def session_history(self, session_id: str) -> list[tuple[int, tuple[int, int, int], int, int]]:
+        """Every binding of a session, open or ended: (id, (hi, lo, prefix length), valid_from, valid_to), in order
+        of start."""
+        return [(r[0], (_u64(r[1]), _u64(r[2]), r[3]), r[4], r[5]) for r in self.conn.execute(
+            "SELECT id, net_hi, net_lo, prefix_len, valid_from, valid_to FROM bindings WHERE session_id=? "
+            "ORDER BY valid_from, id", (session_id,)).fetchall()]
 
     def commit(self) -> pa.RecordBatch:
         """Make the current transaction durable (fsync), apply it to the index, return the changed bindings as a
-        ``bindings`` table batch (for the outputs)."""
-        if self._in_tx:
-            self.conn.execute("COMMIT")
-            self._in_tx = False
+        ``bindings`` table batch (for the outputs).
+
+        A COMMIT that fails (disk full, I/O error) leaves no transaction open: what SQLite did not roll back by
+        itself is rolled back here, then the error is raised; nothing of the transaction is applied or returned.
+        """
         mine, self._tx_seqs = self._tx_seqs, set()
-        if self._rebuilt is not None:
-            self._swap_rebuilt()
-        # everything since our last look, ours and other processes' (sequence numbers are allocated in commit order)
-        rows = self._fetch("seq>?", (self._last_seq,))
-        self._apply(rows)
-        return self._to_batch([r for r in rows if r[10] in mine])
+        if self.conn.in_transaction:
+            try:
+                self.conn.execute("COMMIT")
+            except sqlite3.Error:
+                self.rollback()
+                raise
+        elif mine:  # SQLite rolled the transaction back by itself (a statement failed with SQLITE_FULL)
+            raise sqlite3.OperationalError("the bindings transaction was rolled back by SQLite")
+        # the changes of this transaction, read by their sequence numbers (not from what the index picks up below:
+        # installing a rebuilt index may already have applied them)
+        batch = self._to_batch(self._fetch("seq BETWEEN ? AND ?", (min(mine), max(mine)))) if mine else \
+            self._to_batch([])
+        self.refresh()
+        return batch
 
     def rollback(self) -> None:
-        """Drop the current transaction."""
-        if self._in_tx:
-            self.conn.execute("ROLLBACK")
-            self._in_tx = False
+        """Drop the current transaction (nothing to do when SQLite already rolled it back)."""
         self._tx_seqs.clear()
+        if self.conn.in_transaction:
+            self.conn.execute("ROLLBACK")
 
     # --- reading ---
     def _fetch(self, where: str, args: tuple) -> list[tuple]:
@@ -1058,10 +1161,11 @@ class Bindings:
                 c_since, c_until, c_seq, c_index = cached
                 changed = conn.execute("SELECT id, valid_to FROM bindings WHERE seq > ? AND valid_from <= ?",
                                        (c_seq, c_until)).fetchall()
-                if changed:  # a new binding in the range, or one closed within it: reload
+                if changed:  # a new binding in the range, or one whose end moved within it (closed, extended): reload
                     rows = c_index.rows_of_ids(np.array([r[0] for r in changed], dtype=np.int64))
                     vt = np.array([r[1] for r in changed], dtype=np.int64)
-                    if (rows < 0).any() or (vt <= c_until).any():
+                    old = c_index.valid_to[np.maximum(rows, 0)] if len(c_index) else vt
+                    if (rows < 0).any() or (np.minimum(old, c_until + 1) != np.minimum(vt, c_until + 1)).any():
                         cached = None
                 if cached is not None:
                     return c_index
@@ -1094,12 +1198,11 @@ class Bindings:
         dsub, drow, dplen = delta.lookup(hi, lo, t)
         hit = np.flatnonzero(drow >= 0)
         sub, bid = base.lookup_ids(hi, lo, t) if ids else (base.lookup(hi, lo, t, rows=False)[0], None)
-        _, brow, bplen = base.lookup(hi[hit], lo[hit], t[hit])
+        _, _, bplen = base.lookup(hi[hit], lo[hit], t[hit])
         if len(hit):
-            # the delta's binding decides where its prefix is longer, or as long and started no earlier
-            dp, dfrom = dplen[hit], delta.valid_from[drow[hit]]
-            bfrom = base.valid_from[np.maximum(brow, 0)] if len(base) else dfrom  # (no row: bplen -1 decides)
-            win = hit[(dp > bplen) | ((dp == bplen) & (dfrom >= bfrom))]
+            # the longer prefix decides (equal lengths would be one network with a valid binding in both, which
+            # cannot be: the bindings of a network never overlap, and a row lives in one of the two)
+            win = hit[dplen[hit] > bplen]
             sub[win] = dsub[win]
             if ids:
                 bid[win] = delta.ids[drow[win]]

@@ -11,7 +11,16 @@
   (from the subscriber) are ``up``, output octets ``down``.
 * :meth:`RadiusAccounting.handle` processes a batch of datagrams in one SQLite transaction and returns the
   Accounting-Responses only after it committed (fsync): a NAS gets its answer once the binding is durable. A
-  retransmitted request (same client, identifier and authenticator) is answered again without being re-applied.
+  retransmitted request (same client, identifier and authenticator) is answered again without being re-applied;
+  the last :data:`DUPLICATE_WINDOW` answered requests are remembered in the database (in the same transaction), so
+  a request captured and re-sent after a restart is not applied again either. A request whose time
+  (Event-Timestamp, else the receive time minus Acct-Delay-Time) is older than ``radius.max_event_age_s`` is
+  acknowledged but not applied (``too_old``).
+* Late reports: an Interim-Update or Stop may extend or end its own session's binding, never past the start of a
+  newer binding of that address, and never opens it again once a newer session holds the address (a Stop that
+  arrives after the next session's Start only shortens the old binding). A report older than one already applied
+  to its session changes neither the session's counters nor its addresses; one for a session that already ended
+  (Stop, expiry, Accounting-On/Off) at or after its time makes no usage (it was counted, or is a replay).
 * The usage rows are journaled in the same transaction; the listener drops them from the journal
   (:meth:`RadiusAccounting.confirm`) once the outputs have them durable, and re-emits what is left after a crash.
   So acknowledged usage is never lost; a crash between the outputs' write and the confirmation re-sends rows with
@@ -37,7 +46,7 @@ import pyarrow as pa
 from mediation.aggregate import allocate, split_intervals
 from mediation.bindings import Bindings, join_addresses, parse_network
 from mediation.hashing import hash_columns, string_hash
-from mediation.tables import USAGE
+from mediation.tables import OPEN_END_MS, USAGE
 
 log = logging.getLogger(__name__)
 
@@ -54,9 +63,13 @@ ATTRIBUTES = {
 }
 MAX_CLOCK_AHEAD_MS = 300_000
 """An Event-Timestamp further ahead of our clock than this is not believed (the receive time is used, counted)."""
-ANSWERED_ERRORS = {"no_subscriber_id"}
+ANSWERED_ERRORS = {"no_subscriber_id", "too_old"}
 """Refusals that are still acknowledged: retransmitting would not help, and an unanswered request can hold up the
 NAS's accounting queue. Everything else is not answered (malformed, bad secret, unknown client, over a limit)."""
+
+DUPLICATE_WINDOW = 65536
+"""Answered requests remembered (in memory and in the database) to answer their retransmissions and replays
+without applying them again."""
 
 _SESSIONS_SCHEMA = """
 CREATE TABLE IF NOT EXISTS radius_sessions (
@@ -70,6 +83,14 @@ CREATE TABLE IF NOT EXISTS radius_sessions (
 );
 CREATE INDEX IF NOT EXISTS radius_sessions_nas ON radius_sessions(nas);
 CREATE TABLE IF NOT EXISTS radius_usage_journal (id INTEGER PRIMARY KEY, payload BLOB NOT NULL);
+CREATE TABLE IF NOT EXISTS radius_recent (
+    n INTEGER PRIMARY KEY,
+    client TEXT NOT NULL,
+    identifier INTEGER NOT NULL,
+    authenticator BLOB NOT NULL,
+    response BLOB NOT NULL
+);
+CREATE UNIQUE INDEX IF NOT EXISTS radius_recent_key ON radius_recent(authenticator, client, identifier);
 """
 
 
@@ -193,13 +214,17 @@ class RadiusAccounting:
                                        c.name or c.address) for c in config.clients),
                               key=lambda c: -c.network.prefixlen)
         bindings.conn.executescript(_SESSIONS_SCHEMA)
-        self._recent: OrderedDict[tuple, bytes] = OrderedDict()
+        # the duplicate window survives restarts: a captured request re-sent later is answered, not re-applied
+        self._recent: OrderedDict[tuple, bytes] = OrderedDict(
+            ((client, ident, bytes(auth)), bytes(resp)) for client, ident, auth, resp in bindings.conn.execute(
+                "SELECT client, identifier, authenticator, response FROM radius_recent ORDER BY n").fetchall())
         self.counters: dict[tuple[str, str], int] = {}
         self.expired = 0
         self.span_clamped = 0
         """Reports whose usage spanned more than the session timeout (a NAS clock far off): spread over that much."""
         self._skewed = 0
         """Requests whose Event-Timestamp was too far ahead (the receive time was used instead)."""
+        self._batch_keys: list[tuple] = []  # added to the duplicate window by the batch being handled
         self._new_sessions = 0
 
     def _count(self, client: str, result: str) -> None:
@@ -223,7 +248,20 @@ class RadiusAccounting:
         return self.bindings.conn.execute("SELECT count(*) FROM radius_sessions").fetchone()[0]
 
     def handle(self, datagrams: Sequence[tuple[bytes, tuple]], now_ms: int) -> RadiusResult:
-        """Process datagrams ``(payload, (host, port, ...))`` received at ``now_ms``; commit; return the answers."""
+        """Process datagrams ``(payload, (host, port, ...))`` received at ``now_ms``; commit; return the answers.
+
+        Raises when the database fails (a full disk): then nothing of the batch is applied, remembered as answered
+        or answered, and the NASes retransmit."""
+        self._batch_keys: list[tuple] = []
+        try:
+            return self._handle(datagrams, now_ms)
+        except BaseException:
+            self.bindings.rollback()
+            for key in self._batch_keys:
+                self._recent.pop(key, None)
+            raise
+
+    def _handle(self, datagrams: Sequence[tuple[bytes, tuple]], now_ms: int) -> RadiusResult:
         result = RadiusResult()
         answers: list[tuple[bytes, object]] = []
         usage: list[dict[str, np.ndarray]] = []
@@ -271,9 +309,7 @@ class RadiusAccounting:
             if rows is not None:
                 usage.append(rows)
             response = accounting_response(packet, client.secret)
-            self._recent[key] = response
-            if len(self._recent) > 65536:
-                self._recent.popitem(last=False)
+            self._remember(key, response)
             answers.append((response, addr))
             if result_label:
                 self._count(client.name, result_label)
@@ -291,6 +327,18 @@ class RadiusAccounting:
         result.bindings = changed if changed.num_rows else None
         return result
 
+    def _remember(self, key: tuple, response: bytes) -> None:
+        """Add an answered request to the duplicate window, in memory and (in the batch's transaction) on disk."""
+        self._recent[key] = response
+        self._batch_keys.append(key)
+        self.bindings._begin()
+        self.bindings.conn.execute("INSERT OR REPLACE INTO radius_recent(client, identifier, authenticator, response) "
+                                   "VALUES (?,?,?,?)", (*key, response))
+        if len(self._recent) > DUPLICATE_WINDOW:
+            self._recent.popitem(last=False)
+            self.bindings.conn.execute(
+                "DELETE FROM radius_recent WHERE n <= (SELECT max(n) FROM radius_recent) - ?", (DUPLICATE_WINDOW,))
+
     def expire(self, now_ms: int) -> pa.RecordBatch | None:
         """Close sessions silent for longer than ``radius.session_timeout_s`` (their Stop was lost) at ``now_ms``;
         returns the changed bindings (or None)."""
@@ -301,9 +349,13 @@ class RadiusAccounting:
             "SELECT unique_id FROM radius_sessions WHERE last_ms < ?", (now_ms - int(timeout * 1000),)).fetchall()]
         if not stale:
             return None
-        for uid in stale:
-            self.bindings.close_session(uid, now_ms)
-            self.bindings.conn.execute("DELETE FROM radius_sessions WHERE unique_id=?", (uid,))
+        try:
+            for uid in stale:
+                self.bindings.close_session(uid, now_ms)
+                self.bindings.conn.execute("DELETE FROM radius_sessions WHERE unique_id=?", (uid,))
+        except Exception:
+            self.bindings.rollback()
+            raise
         self.expired += len(stale)
         log.info("RADIUS sessions without news closed", extra={"sessions": len(stale)})
         changed = self.bindings.commit()
@@ -322,7 +374,11 @@ class RadiusAccounting:
     def confirm(self, upto_id: int) -> None:
         """The outputs hold every usage batch up to journal entry ``upto_id``: drop them from the journal."""
         self.bindings._begin()
-        self.bindings.conn.execute("DELETE FROM radius_usage_journal WHERE id<=?", (upto_id,))
+        try:
+            self.bindings.conn.execute("DELETE FROM radius_usage_journal WHERE id<=?", (upto_id,))
+        except Exception:
+            self.bindings.rollback()
+            raise
         self.bindings.commit()
 
     # --- one request ---
@@ -337,9 +393,13 @@ class RadiusAccounting:
         if event and t > now_ms + MAX_CLOCK_AHEAD_MS:  # a NAS clock far ahead would bind the future
             self._skewed += 1
             t = now_ms - delay * 1000
+        max_age_ms = int(self.config.max_event_age_s * 1000)
+        if max_age_ms and t < now_ms - max_age_ms:  # a replay, or a NAS clock far behind
+            raise RadiusError("too_old", f"event time {(now_ms - t) // 1000} s ago, more than radius.max_event_age_s")
         if status in (ACCOUNTING_ON, ACCOUNTING_OFF):
+            # the sessions of before the NAS's restart: not those that reported after it (a late On/Off)
             n = self.bindings.close_nas(nas, t)
-            self.bindings.conn.execute("DELETE FROM radius_sessions WHERE nas=?", (nas,))
+            self.bindings.conn.execute("DELETE FROM radius_sessions WHERE nas=? AND last_ms<=?", (nas, t))
             log.info("RADIUS Accounting-%s: bindings of the NAS closed", "On" if status == ACCOUNTING_ON else "Off",
                      extra={"nas": nas, "closed": n})
             return None
@@ -362,21 +422,16 @@ class RadiusAccounting:
             raise RadiusError("too_many_sessions", f"{sessions} sessions open (radius.max_sessions)")
         session_time = p.integer(ATTRIBUTES["Acct-Session-Time"])
         session_start = t - session_time * 1000 if session_time is not None and status != START else t
-        held = self.bindings.session_bindings(uid)
-        if not held:
-            # a Start, or an Interim/Stop whose Start we never saw: bind from the session's start
-            for net in networks:
-                self.bindings.open(sub, net, session_start, source="radius", session_id=uid, nas=nas)
-        elif networks and status == INTERIM:
-            # the session's addresses changed (a new delegated prefix, say): end the old ones, bind the new from now
-            reported = {parse_network(net): net for net in networks}
-            current = {(hi, lo, plen): bid for bid, _, hi, lo, plen in held}
-            gone = [bid for key, bid in current.items() if key not in reported]
-            if gone:
-                self.bindings.close_ids(gone, t)
-            for key, net in reported.items():
-                if key not in current:
-                    self.bindings.open(sub, net, t, source="radius", session_id=uid, nas=nas)
+        late = row is not None and status != START and t < row[2]  # older than a report already applied
+        history = self.bindings.session_history(uid)
+        stale = False
+        if history:
+            last_end = max(h[3] for h in history)
+            # a Start of a session that held an address after it: re-sent or replayed; an Interim or Stop of a
+            # session that ended (Stop, expiry, Accounting-On/Off) at or after its time: late or replayed, its usage
+            # counted with the report that ended the session (or never: the counters are gone)
+            stale = t < last_end if status == START else row is None and t <= last_end < OPEN_END_MS
+        self._bind(status, uid, sub, nas, networks, t, session_start, late, history)
         usage = None
         gw = p.get(ATTRIBUTES["Acct-Input-Gigawords"]) is not None or p.get(ATTRIBUTES["Acct-Output-Gigawords"]) \
             is not None
@@ -384,6 +439,10 @@ class RadiusAccounting:
             (p.integer(ATTRIBUTES["Acct-Input-Octets"]) or 0)
         total_out = ((p.integer(ATTRIBUTES["Acct-Output-Gigawords"]) or 0) << 32) + \
             (p.integer(ATTRIBUTES["Acct-Output-Octets"]) or 0)
+        if late or stale:
+            if status == STOP:
+                self.bindings.conn.execute("DELETE FROM radius_sessions WHERE unique_id=?", (uid,))
+            return None
         if status == START:
             last_in, last_out, last_ms, gw_seen = total_in, total_out, t, gw
         elif row is None:  # Interim or Stop without a Start we saw: the counters count from the session start
@@ -396,7 +455,6 @@ class RadiusAccounting:
             if d_in or d_out:
                 usage = self._usage_rows(sub, uid, nas, last_ms, t, d_in, d_out, (total_in, total_out))
         if status == STOP:
-            self.bindings.close_session(uid, t)
             self.bindings.conn.execute("DELETE FROM radius_sessions WHERE unique_id=?", (uid,))
         else:
             if row is None:
@@ -406,6 +464,49 @@ class RadiusAccounting:
                 "gigawords) VALUES (?,?,?,?,?,?,?)", (uid, sub, nas, total_in, total_out, max(t, last_ms),
                                                      int(gw_seen)))
         return usage
+
+    def _bind(self, status: int, uid: str, sub: str, nas: str, networks: list[str], t: int, session_start: int,
+              late: bool, history: list[tuple[int, tuple[int, int, int], int, int]]) -> None:
+        """The binding changes of a Start, Interim-Update or Stop of session ``uid`` at ``t`` reporting
+        ``networks``; ``late``: an Interim or Stop older than a report already applied; ``history``: every binding
+        of the session so far (:meth:`Bindings.session_history`)."""
+        latest = {net: (bid, vf, vt) for bid, net, vf, vt in history}  # (in order of start: the latest wins)
+        reported = {parse_network(net): net for net in networks}
+        if status == START:
+            for key, net in reported.items():
+                r = latest.get(key)
+                # bound already (a re-sent or replayed Start): nothing; a session id used again after the session's
+                # binding ended (a NAS restarted): a new binding
+                if r is None or r[2] <= t:
+                    self.bindings.open(sub, net, t, source="radius", session_id=uid, nas=nas)
+            return
+        if status == INTERIM and reported and not late:
+            # the session's addresses changed (a new delegated prefix, say): end the ones no longer reported
+            gone = [r[0] for key, r in latest.items() if r[2] >= OPEN_END_MS and key not in reported]
+            if gone:
+                self.bindings.close_ids(gone, t)
+        for key, net in reported.items():
+            r = latest.get(key)
+            if r is None:
+                # a Start we never saw: bound from the session's start (an address new to the session: from now);
+                # ends at the latest where a newer binding of the address starts (Bindings.open)
+                start = t if history else session_start
+                end = t if status == STOP else OPEN_END_MS
+                if end > start:
+                    self.bindings.open(sub, net, start, end, source="radius", session_id=uid, nas=nas)
+            elif r[2] >= OPEN_END_MS:
+                continue  # held: an Interim keeps it, a Stop ends it below
+            elif t <= r[2]:
+                if status == STOP:  # a delayed Stop (the address went to a newer session meanwhile): shorten
+                    self.bindings.end(r[0], t)
+            elif status == STOP or late or self.bindings.next_start(key, r[1]) is not None:
+                # reported held after the binding ended: extend it up to t, but never into a newer binding's time
+                # (Bindings.end); a superseded session never gets its address back
+                self.bindings.end(r[0], t)
+            else:  # the address came back to the session (nobody held it since): bound again from now
+                self.bindings.open(sub, net, t, source="radius", session_id=uid, nas=nas)
+        if status == STOP:
+            self.bindings.close_session(uid, t)
 
     def _subscriber(self, p: Packet) -> str:
         v = p.get(self.id_attribute)

@@ -1,22 +1,10 @@
 """Static subscriber bindings from a CSV or TOML file, reloaded when the file changes (or on SIGHUP).
 
-CSV (header required; ``valid_from``/``valid_to`` optional, ISO 8601 UTC or empty)::
-
-    subscriber_id,network,valid_from,valid_to
-    alice,192.0.2.7,,
-    bob,2001:db8:100::/56,2026-01-01T00:00:00Z,
-
-TOML::
-
-    [[binding]]
-    subscriber_id = "alice"
-    networks = ["192.0.2.7", "2001:db8:200::/56"]
-    valid_from = 2026-01-01T00:00:00Z   # optional; absent = since always
-    valid_to = 2027-01-01T00:00:00Z     # optional; absent = open
-
-Each entry (subscriber, network, validity) is one binding with ``source='static'``. On reload, new entries are
-opened and entries that disappeared from the file are ended at the reload time (history is kept, so late flows of
-the past are still attributed). A file that fails to parse is refused as a whole and the bindings stay as they were.
+The file format is documented in docs/mediation.md ("The static bindings file"; its examples are parsed by
+tests/mediation/test_bindings_docs.py). Each entry (subscriber, network, validity) is one binding with
+``source='static'``. On reload, new entries are opened and entries that disappeared from the file are ended at the
+reload time (history is kept, so late flows of the past are still attributed). A file that fails to parse is refused
+as a whole and the bindings stay as they were.
 """
 
 from __future__ import annotations
@@ -171,9 +159,13 @@ class StaticBindings:
                 continue
             todo.append((e.subscriber_id, e.parsed, start, e.valid_to))
             keys.append(key)
-        opened = self.bindings.open_many(todo, source="static", session_ids=keys)
-        gone = [bid for sid, bid in current.items() if sid not in wanted]
-        ended = self.bindings.close_ids(gone, now_ms) if gone else 0
+        try:
+            opened = self.bindings.open_many(todo, source="static", session_ids=keys)
+            gone = [bid for sid, bid in current.items() if sid not in wanted]
+            ended = self.bindings.close_ids(gone, now_ms) if gone else 0
+        except Exception:  # (a full disk): nothing half-applied is left for the next writer to commit
+            self.bindings.rollback()
+            raise
         self.bindings.commit()
         self._applied = digest
         self.reloads += 1

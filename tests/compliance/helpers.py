@@ -26,6 +26,7 @@ def scenario_config(tmp: Path, *extra: str) -> Config:
     return load(None, [f"store.path={tmp / 'data'}", "mediation.enabled=true", "radius.enabled=true",
                        f'radius.listen=["127.0.0.1:{port}"]',
                        'radius.clients=[{address="127.0.0.1", secret="testing123"}]',
+                       "radius.max_event_age_s=0",  # (the scenario's sessions are on a fixed day in the past)
                        f"subscribers.static_file={tmp / 'static.csv'}", "subscribers.refresh_interval_s=0.001",
                        f"compliance.directory_file={tmp / 'directory.csv'}", "compliance.nat_event_codes=rfc8158",
                        *extra])

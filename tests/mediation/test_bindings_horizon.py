@@ -158,18 +158,20 @@ def _names(b: Bindings, sub: np.ndarray) -> list[str]:
     return [b.subscriber_names[i] if i >= 0 else "" for i in sub]
 
 
-def test_a_closed_binding_that_still_decides_stays_in_memory():
-    """An explicitly ended binding started after a still-open one of the same network (a static entry loaded
-    later with an older start) decides after its end that the network has no holder (the newest start decides);
-    dropping it from memory would hand the address to the older binding."""
+def test_a_binding_loaded_later_with_an_older_start_ends_where_the_newer_starts():
+    """A static entry loaded later with an older start than an existing binding of its network ends at that
+    binding's start (the newest start decides): the stored intervals are the answers, so dropping every binding
+    that ended before the cutoff from memory changes no answer."""
     b, full = Bindings(), Bindings()
     for x in (b, full):
         x.open("x", "10.0.0.1", 50, 60)
-        x.open("y", "10.0.0.1", 10)  # starts before x: does not end it
+        x.open("y", "10.0.0.1", 10)  # starts before x: ends where x starts
         x.commit()
+    assert b.conn.execute("SELECT subscriber_id, valid_from, valid_to FROM bindings ORDER BY id").fetchall() == \
+        [("x", 50, 60), ("y", 10, 50)]
     b.set_memory_limits(0, 0)
     b.prune(70)
-    assert len(b) == 2  # x is kept although it ended before the cutoff
+    assert len(b) == 0  # both ended before the cutoff: on disk only
     t = np.array([100, 55, 20, 5], dtype=np.int64)
     a = s16(["10.0.0.1"] * 4)
     assert list(b.lookup(a, t)[1]) == list(full.lookup(a, t)[1]) == [-1, 1, 2, -1]

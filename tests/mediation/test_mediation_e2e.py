@@ -64,7 +64,8 @@ def test_radclient_sessions_flows_store_query_and_reconcile(tmp_path):
     port = free_port()
     cfg = load(None, [f"store.path={store}", "mediation.watermark_s=60", "radius.enabled=true",
                       f'radius.listen=["127.0.0.1:{port}"]',
-                      'radius.clients=[{address="127.0.0.1", secret="testing123"}]'])
+                      'radius.clients=[{address="127.0.0.1", secret="testing123"}]',
+                      "radius.max_event_age_s=0"])  # (the sessions of a fixed day in the past)
     db = cfg.data_path(cfg.subscribers.bindings_db)
     sink = make_sink(cfg, metrics_mod.Metrics(CollectorRegistry()))
     t = T0 // 1000

@@ -189,7 +189,7 @@ async def radclient(port: int, secret: str, text: str, timeout: int = 2) -> tupl
 def test_radclient_sessions_are_durable_before_the_answer(tmp_path):
     require_tool("radclient")
     port = free_port()
-    cfg = config(port)
+    cfg = config(port, "radius.max_event_age_s=0")  # (sessions of a fixed day in the past)
     db = tmp_path / "bindings.sqlite"
     emitted = []
 
@@ -270,7 +270,7 @@ class FakeSink:
 
 def test_usage_is_journaled_until_the_outputs_have_it(tmp_path):
     db = tmp_path / "b.sqlite"
-    cfg = config(free_port())
+    cfg = config(free_port(), "radius.max_event_age_s=0")
     interim = accounting_request(1, attrs(3, t=T0 + 300_000, Acct_Session_Time=300,
                                           Framed_IP_Address="100.64.0.1", Acct_Input_Octets=777), SECRET)
 
