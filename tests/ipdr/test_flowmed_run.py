@@ -11,6 +11,7 @@ import sys
 import time
 
 from mediation.query import QueryEngine
+from tests.fixtures.cli import flowmed_command
 from tests.fixtures.peers import free_port
 
 
@@ -21,7 +22,7 @@ def test_flowmed_run_collects_from_the_simulated_cmts(tmp_path):
                             "3"], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                            text=True, cwd=tmp_path)
     time.sleep(0.5)
-    run = subprocess.Popen(["flowmed", "run", "--set", f"store.path={tmp_path / 'data'}",
+    run = subprocess.Popen([flowmed_command(), "run", "--set", f"store.path={tmp_path / 'data'}",
                             "--set", f'listen.udp=["127.0.0.1:{free_port()}"]', "--set", "metrics.enabled=false",
                             "--set", "ipdr.enabled=true", "--set", "ipdr.preexisting=count",
                             "--set", f'ipdr.exporters=[{{address="127.0.0.1:{port}", name="sim"}}]',
