@@ -379,7 +379,8 @@ def make_sink(config: Config, metrics: metrics_mod.Metrics, worker: int | None =
 
     return Sink(outputs, config.store.flush_rows, config.store.flush_interval_s,
                 config.store.max_pending_rows, id_generator=BatchIdGenerator(worker or 0), on_write=on_write,
-                on_error=on_error, journal=journal, on_replay=on_replay)
+                on_error=on_error, journal=journal, on_replay=on_replay,
+                unjournaled=() if config.output.clickhouse.flows else ("flows",))
 
 
 def state_path(config: Config, worker: int | None) -> Path:

@@ -91,6 +91,7 @@ class Sink:
         on_write: WriteCallback | None = None,
         on_error: ErrorCallback | None = None,
         journal: HandoffJournal | None = None,
+        unjournaled: Collection[str] = (),
         on_replay: ReplayCallback | None = None,
     ) -> None:
         self.outputs = list(outputs)
@@ -106,6 +107,8 @@ class Sink:
         self.on_error = on_error
         self.journal = journal
         """Where each batch is recorded before any output gets it (None: outputs are written without a record)."""
+        self.unjournaled = frozenset(unjournaled)
+        """Tables only one output takes (ClickHouse with ``flows = false``): nothing to keep in step, no record."""
         self.on_replay = on_replay
         self.step_hook: StepHook | None = None
         """Test hook (fault injection): called at each step of every handoff, e.g. to SIGKILL the process there."""
@@ -272,7 +275,7 @@ class Sink:
     def _write(self, job: _Job) -> None:
         batch = with_batch_id(job.table, concat(job.table, job.batches), job.batch_id)
         recorded = job.replay  # a replayed batch is recorded already
-        if self.journal is not None and not job.replay:
+        if self.journal is not None and not job.replay and job.table.name not in self.unjournaled:
             try:
                 self.journal.record(job.table.name, job.batch_id, batch)
                 recorded = True

@@ -56,6 +56,16 @@ def test_batch_is_recorded_before_any_output_and_forgotten_after_all(tmp_path: P
     assert sink.replays == 0 and sink.journal_errors == 0
 
 
+def test_a_table_only_one_output_takes_is_not_recorded(tmp_path: Path) -> None:
+    """ClickHouse with ``flows = false``: only the store takes flows, so recording them would only cost a write."""
+    journal = HandoffJournal(tmp_path / "handoff")
+    a = JournalChecker("a", journal)
+    sink = Sink([a, Recorder("b")], flush_rows=10, journal=journal, unjournaled=("flows",))
+    sink.add("flows", flow_batch(0, rows=10))
+    sink.close()
+    assert a.recorded_at_write == [False] and sink.journal_errors == 0
+
+
 def test_start_replays_a_recorded_batch_into_the_outputs_that_lack_it(tmp_path: Path) -> None:
     """As after a SIGKILL between the two outputs: ``a`` has the batch, ``b`` does not, the record is there."""
     journal = HandoffJournal(tmp_path / "handoff")
