@@ -62,8 +62,22 @@ def _wait_until(predicate, timeout: float = 90.0, what: str = "condition") -> No
     raise AssertionError(f"timed out waiting for {what}")
 
 
+def _metrics_show(daemon: Daemon, **expected: float) -> None:
+    """Wait until every metric ``name`` (summed over its labels) has the value given (gauges follow once a tick)."""
+    def shown() -> bool:
+        text = daemon.get("/metrics")
+        return all(_metric(text, name) == value for name, value in expected.items())
+    _wait_until(shown, what=f"the metrics to show {expected}")
+
+
 def _store_rows(store: Path) -> int:
     return sum(pq.read_metadata(f).num_rows for f in store.rglob("*.parquet") if "quarantine" not in f.parts)
+
+
+def _rows_flushed(daemon: Daemon) -> int:
+    """``rows_flushed`` of ``/status`` (every table; compared with the store's files once the two agree, since a
+    batch may land between reading one and the other)."""
+    return int(json.loads(daemon.get("/status"))["rows_flushed"])
 
 
 def _ch(daemon: Daemon) -> dict:
@@ -85,12 +99,11 @@ def test_health_through_an_outage_in_metrics_and_status(clickhouse_factory, tmp_
         daemon.wait_message("READY=1")
         sent = traffic.send(daemon.port, 20)
         _wait_until(lambda: _ch(daemon)["rows_inserted_by_table"].get("flows") == sent, what="the first inserts")
-        metrics = daemon.get("/metrics")
-        assert _metric(metrics, "flowmed_clickhouse_connected") == 1
-        assert _metric(metrics, "flowmed_clickhouse_inserted_rows_total", 'table="flows"') == sent
-        assert _metric(metrics, "flowmed_clickhouse_insert_duration_seconds_count") >= 1
-        status = json.loads(daemon.get("/status"))
-        assert status["rows_flushed"] == _store_rows(daemon.store)  # every table the store holds
+        _metrics_show(daemon, flowmed_clickhouse_connected=1)
+        _wait_until(lambda: _metric(daemon.get("/metrics"), "flowmed_clickhouse_inserted_rows_total",
+                                    'table="flows"') == sent, what="the inserted rows in the metrics")
+        assert _metric(daemon.get("/metrics"), "flowmed_clickhouse_insert_duration_seconds_count") >= 1
+        _wait_until(lambda: _rows_flushed(daemon) == _store_rows(daemon.store), what="rows_flushed == the store's rows")
         assert _ch(daemon)["state"] == "connected" and _ch(daemon)["last_insert_ms"] > 0
 
         # The server goes away: connected drops, errors are counted by code, the backlog grows and ages.
@@ -103,11 +116,13 @@ def test_health_through_an_outage_in_metrics_and_status(clickhouse_factory, tmp_
         assert ch["backlog_age_s"] > 0 and ch["disconnected_for_s"] > 0
         assert ch["rows_inserted_by_table"]["flows"] == sent  # spooled is not inserted
         assert 0 < ch["retry_in_s"] <= RECONNECT_MAX_S  # attempts keep coming: no long wait once it is back
-        metrics = daemon.get("/metrics")
-        assert _metric(metrics, "flowmed_clickhouse_connected") == 0
-        assert _metric(metrics, "flowmed_clickhouse_errors_total") >= 3
-        assert _metric(metrics, "flowmed_clickhouse_backlog_rows") >= more
-        assert _metric(metrics, "flowmed_spool_oldest_age_seconds") > 0
+        def outage_in_metrics() -> bool:
+            m = daemon.get("/metrics")
+            return (_metric(m, "flowmed_clickhouse_connected") == 0
+                    and _metric(m, "flowmed_clickhouse_errors_total") >= 3
+                    and _metric(m, "flowmed_clickhouse_backlog_rows") >= more
+                    and _metric(m, "flowmed_spool_oldest_age_seconds") > 0)
+        _wait_until(outage_in_metrics, what="the outage in the metrics")
         listen = f"metrics.listen=127.0.0.1:{daemon.metrics_port}"
         shown = subprocess.run([flowmed_command(), "status", "--set", listen], capture_output=True, text=True,
                                timeout=60)
@@ -121,11 +136,14 @@ def test_health_through_an_outage_in_metrics_and_status(clickhouse_factory, tmp_
         assert ch["rows_inserted_by_table"]["flows"] == sent + more
         assert ch["retry_in_s"] == 0 and ch["disconnected_for_s"] == 0
         assert int(server.query(f"SELECT count() FROM {db}.flows")) == sent + more
-        metrics = daemon.get("/metrics")
-        assert _metric(metrics, "flowmed_clickhouse_connected") == 1
-        assert _metric(metrics, "flowmed_clickhouse_inserted_rows_total", 'table="flows"') == sent + more
-        assert _metric(metrics, "flowmed_clickhouse_backlog_rows") == 0
-        assert json.loads(daemon.get("/status"))["rows_flushed"] == _store_rows(daemon.store)
+        _metrics_show(daemon, flowmed_clickhouse_connected=1, flowmed_clickhouse_backlog_rows=0)
+        _wait_until(lambda: _metric(daemon.get("/metrics"), "flowmed_clickhouse_inserted_rows_total",
+                                    'table="flows"') == sent + more, what="the inserted rows in the metrics")
+        _wait_until(lambda: _rows_flushed(daemon) == _store_rows(daemon.store), what="rows_flushed == the store's rows")
+        # An outage with nothing to send shows too (the idle sender checks its connection).
+        server.stop()
+        _wait_until(lambda: not _ch(daemon)["connected"], what="an idle outage to show")
+        _metrics_show(daemon, flowmed_clickhouse_connected=0)
         assert daemon.stop() == 0
     finally:
         traffic.close()
