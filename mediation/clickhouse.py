@@ -21,7 +21,8 @@ the server acknowledged per table, insert latency (the INSERT, not the spool wri
 error code, whether a connection is up (an idle sender pings the server every :data:`IDLE_PING_S`), the backlog
 (spooled rows and the age of the oldest) and the next retry. While the server is unreachable the sender tries again
 at least every :data:`RECONNECT_MAX_S`, so a backlog starts draining within seconds of the server's return; only a
-server that answers with an error (it refuses the insert) is backed off up to ``max_backoff_s``. An outage is logged
+server that answers with an error (it refuses the insert) or times an insert out is backed off up to
+``max_backoff_s``. An outage is logged
 when it starts, then once a minute, and when it ends.
 """
 
@@ -38,7 +39,7 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 from clickhouse_driver.errors import Error as DriverError
-from clickhouse_driver.errors import ServerException
+from clickhouse_driver.errors import ServerException, SocketTimeoutError
 
 from collector.config import ClickHouseConfig, SpoolConfig
 from decoders.schema import TABLES, Table
@@ -397,18 +398,20 @@ class ClickHouseOutput:
             self._client.execute("SELECT 1", settings={"use_numpy": False})
             self._recovered()
 
-    def backoff_after(self, exc: BaseException | None, backoff: float) -> float:
-        """The wait before the next attempt after ``exc``, the previous wait being ``backoff``: doubling from 0.5 s,
-        up to :data:`RECONNECT_MAX_S` when the server could not be reached (nothing gained by waiting longer) and
-        up to ``max_backoff_s`` when it answered with an error."""
-        cap = self.max_backoff_s if isinstance(exc, ServerException) else min(self.max_backoff_s, RECONNECT_MAX_S)
+    def backoff_after(self, what: str, exc: BaseException | None, backoff: float) -> float:
+        """The wait before the next attempt after ``exc`` in stage ``what`` (``connect``, ``insert``), the previous
+        wait being ``backoff``: doubling from 0.5 s, up to ``max_backoff_s`` when the server is there but refuses
+        (it answered with an error) or is too slow (an insert timed out: retrying fast would add to its load), and
+        up to :data:`RECONNECT_MAX_S` when it could not be reached (a connection attempt costs it nothing)."""
+        busy = isinstance(exc, ServerException) or (what == "insert" and isinstance(exc, SocketTimeoutError))
+        cap = self.max_backoff_s if busy else min(self.max_backoff_s, RECONNECT_MAX_S)
         return min(cap, max(0.5, backoff * 2))
 
     def _failed(self, what: str, exc: Exception | None, backoff: float, *, counted: bool = False) -> float:
         if exc is not None and not counted:
             self._count_error(what, exc)
         self._disconnect()
-        self.retry_in_s = self.backoff_after(exc, backoff)
+        self.retry_in_s = self.backoff_after(what, exc, backoff)
         return self.retry_in_s
 
     def _count_error(self, what: str, exc: BaseException, context: str = "") -> None:

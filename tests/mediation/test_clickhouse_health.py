@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pyarrow.parquet as pq
 import pytest
-from clickhouse_driver.errors import NetworkError, ServerException
+from clickhouse_driver.errors import NetworkError, ServerException, SocketTimeoutError
 
 from collector.config import ClickHouseConfig, SpoolConfig
 from mediation.clickhouse import RECONNECT_MAX_S, ClickHouseOutput, error_code
@@ -21,8 +21,8 @@ from tests.fixtures.cli import flowmed_command
 
 def test_retry_wait_stays_short_while_the_server_is_unreachable(tmp_path: Path) -> None:
     """Network errors (refused, reset, timed out) never push the next attempt further than RECONNECT_MAX_S, however
-    long the outage: the backlog drains as soon as the server is back. A server that answers with an error is
-    backed off up to max_backoff_s."""
+    long the outage: the backlog drains as soon as the server is back. A server that answers with an error or
+    times an insert out is backed off up to max_backoff_s."""
     out = ClickHouseOutput(ClickHouseConfig(enabled=True, port=1), SpoolConfig(), tmp_path / "spool", start=False,
                            max_backoff_s=30.0)
     for exc in (ConnectionRefusedError(111, "Connection refused"), NetworkError("Connection reset by peer"),
@@ -33,11 +33,13 @@ def test_retry_wait_stays_short_while_the_server_is_unreachable(tmp_path: Path) 
             waits.append(backoff)
         assert max(waits) <= RECONNECT_MAX_S, (exc, waits)
         assert out.retry_in_s == waits[-1]
-    backoff = 0.0
-    for _ in range(20):
-        backoff = out._failed("insert", ServerException("Code: 164. DB::Exception: readonly", code=164), backoff)
-    assert backoff == 30.0
-    assert out.stats["connect_errors"] == 60 and out.stats["insert_errors"] == 20
+    for exc in (ServerException("Code: 164. DB::Exception: readonly", code=164), SocketTimeoutError("timed out")):
+        backoff = 0.0
+        for _ in range(20):
+            backoff = out._failed("insert", exc, backoff)
+        assert backoff == 30.0, exc
+    assert out.backoff_after("connect", SocketTimeoutError("timed out"), 30.0) <= RECONNECT_MAX_S
+    assert out.stats["connect_errors"] == 60 and out.stats["insert_errors"] == 40
     assert out.errors_by_code[("connect", "ConnectionRefusedError")] == 20
     assert out.errors_by_code[("connect", "210")] == 20  # the driver's NETWORK_ERROR code
     assert out.errors_by_code[("insert", "164")] == 20
