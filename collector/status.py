@@ -202,7 +202,8 @@ def render(status: dict[str, Any]) -> str:
     lines += ["", f"outputs: (rows flushed to the store {status.get('rows_flushed', 0)})"]
     for o in status.get("outputs", []):
         extra = f"  replayed {o['replayed_rows']} rows after a crash" if o.get("replayed_rows") else ""
-        lines.append(f"  {o['name']:<12} {o.get('state', '?'):<12} rows {o.get('rows', 0):>12}"
+        what = "spooled" if "rows_inserted" in o else "rows"  # ClickHouse: rows handed to its spool
+        lines.append(f"  {o['name']:<12} {o.get('state', '?'):<12} {what} {o.get('rows', 0):>12}"
                      f"  batches {o.get('batches', 0):>8}  errors {o.get('errors', 0)}{extra}")
         if "rows_inserted" in o:  # the ClickHouse output: the server's side
             codes = ", ".join(f"{k} x{n}" for k, n in o.get("errors_by_code", {}).items()) or "none"
