@@ -817,7 +817,7 @@ class Server:
                      "replayed_rows": getattr(stats, "replayed_rows", 0)}
             if name == "clickhouse":  # the server's side: what it acknowledged, the connection and the backlog
                 st = o.status()
-                entry["state"] = "connected" if st["connected"] else "disconnected"
+                entry["state"] = "connected" if st["connected"] else "spooling"
                 entry["last_error"] = st["last_error"] or entry["last_error"]
                 entry.update({
                     "connected": st["connected"], "rows_inserted": st.get("rows_inserted", 0),

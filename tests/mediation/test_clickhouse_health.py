@@ -114,7 +114,7 @@ def test_health_through_an_outage_in_metrics_and_status(clickhouse_factory, tmp_
         _wait_until(lambda: not _ch(daemon)["connected"] and _ch(daemon)["backlog_rows"] >= more
                     and _ch(daemon)["connect_errors"] >= 3, what="the outage to show")
         ch = _ch(daemon)
-        assert ch["state"] == "disconnected" and ch["errors_by_code"] and ch["last_error"]
+        assert ch["state"] == "spooling" and ch["errors_by_code"] and ch["last_error"]
         assert ch["backlog_age_s"] > 0 and ch["disconnected_for_s"] > 0
         assert ch["rows_inserted_by_table"]["flows"] == sent  # spooled is not inserted
         assert 0 < ch["retry_in_s"] <= RECONNECT_MAX_S  # attempts keep coming: no long wait once it is back
