@@ -156,6 +156,28 @@ class Metrics:
                                            ["output"], registry=r)
         self.spool_dropped_rows = Counter("flowmed_spool_dropped_rows", "Rows dropped because the spool was full.",
                                           registry=r)
+        self.output_replayed_rows = Counter("flowmed_output_replayed_rows",
+                                            "Rows the sink's handoff journal gave an output at start because a crash "
+                                            "had cut their handoff (the output lacked them), per output.", ["output"],
+                                            registry=r)
+        # The ClickHouse server's side of its output (output_rows counts what was spooled for it).
+        self.clickhouse_connected = Gauge("flowmed_clickhouse_connected",
+                                          "1 while the ClickHouse output has a working connection, else 0.",
+                                          registry=r, multiprocess_mode="livemin")
+        self.clickhouse_inserted_rows = Counter("flowmed_clickhouse_inserted_rows",
+                                                "Rows the ClickHouse server acknowledged, per table.", ["table"],
+                                                registry=r)
+        self.clickhouse_errors = Counter("flowmed_clickhouse_errors",
+                                         "Failed ClickHouse connects and inserts, per stage (connect, insert) and "
+                                         "code (ClickHouse error code, else the client's error class).",
+                                         ["stage", "code"], registry=r)
+        self.clickhouse_insert_seconds = Histogram("flowmed_clickhouse_insert_duration_seconds",
+                                                   "Time from sending an INSERT to the server's acknowledgement.",
+                                                   buckets=LATENCY_BUCKETS, registry=r)
+        self.clickhouse_backlog_rows = Gauge("flowmed_clickhouse_backlog_rows",
+                                             "Rows spooled for ClickHouse and not yet inserted (the age of the "
+                                             "oldest is flowmed_spool_oldest_age_seconds).", registry=r,
+                                             multiprocess_mode="livesum")
         # Mediation, RADIUS, IPDR and rating (their modules report through these).
         self.usage_bytes = Counter("flowmed_usage_bytes",
                                    "Flow bytes by mediation result: attributed, unattributed, rejected, duplicate.",

@@ -79,12 +79,18 @@ def spool_summary(sink: Any) -> dict[str, Any]:
         out["batches"] += int(st.get("spool_batches", 0))
         out["rows"] += int(st.get("spool_rows", 0))
         out["dropped_rows"] += int(st.get("dropped_rows", 0))
-        spool = getattr(o, "spool", None)
-        if spool is not None and out["batches"]:
-            created = [e.created for e in spool.entries() if e.created]
-            if created:
-                out["oldest_age_s"] = max(out["oldest_age_s"], time.time() - min(created))
+        out["oldest_age_s"] = max(out["oldest_age_s"], float(st.get("spool_oldest_age_s", 0.0)))
     return out
+
+
+def rows_flushed(sink: Any) -> int:
+    """Rows this process made durable in the store (written, or replayed from the handoff journal): what
+    ``/status`` reports as ``rows_flushed``. Without a store, the rows handed durably to the first output."""
+    stats = dict(getattr(sink, "stats", {}))
+    if not stats:
+        return 0
+    st = stats.get("store") or next(iter(stats.values()))
+    return int(st.rows + st.replayed_rows)
 
 
 def count_kernel_drops(lst: UdpListener, m: metrics_mod.Metrics) -> None:
@@ -355,8 +361,11 @@ def make_sink(config: Config, metrics: metrics_mod.Metrics, worker: int | None =
     """The Sink with every output the config enables: the Parquet store and/or the ClickHouse server.
 
     With several workers each has its own ClickHouse spool directory (a spool belongs to one process) and only
-    worker 0 does the store's housekeeping (recovery, compaction, retention).
+    worker 0 does the store's housekeeping (recovery, compaction, retention). With both outputs the sink records
+    each batch in a handoff journal (``<store.path>/handoff``, per worker like the spool) before either gets it,
+    so a crash between the two is repaired at the next start (:mod:`mediation.handoff`).
     """
+    from mediation.handoff import HandoffJournal
     from mediation.outputs import BatchIdGenerator
     from mediation.sink import Sink
 
@@ -365,6 +374,11 @@ def make_sink(config: Config, metrics: metrics_mod.Metrics, worker: int | None =
         from mediation.outputs import load_tables
 
         load_tables()
+    journal = None
+    if config.store.enabled and config.output.clickhouse.enabled:
+        handoff = config.data_path("handoff")
+        journal = HandoffJournal(handoff if worker is None else handoff / f"worker{worker}",
+                                 fsync=config.spool.fsync == "always")
     if config.store.enabled:
         from mediation.store import ParquetStore
 
@@ -378,7 +392,16 @@ def make_sink(config: Config, metrics: metrics_mod.Metrics, worker: int | None =
         from mediation.store import RETENTION_SETTINGS
 
         retention = {name: int(get(config)) for name, get in RETENTION_SETTINGS.items() if name != "flows"}
-        outputs.append(ClickHouseOutput(config.output.clickhouse, config.spool, spool, retention_days=retention))
+
+        def on_insert(table: str, rows: int, seconds: float) -> None:
+            metrics.clickhouse_inserted_rows.labels(table).inc(rows)
+            metrics.clickhouse_insert_seconds.observe(seconds)
+
+        def on_ch_error(stage: str, code: str) -> None:
+            metrics.clickhouse_errors.labels(stage, code).inc()
+
+        outputs.append(ClickHouseOutput(config.output.clickhouse, config.spool, spool, retention_days=retention,
+                                        journal=journal, on_insert=on_insert, on_error=on_ch_error))
 
     def on_write(output: str, table: str, rows: int, seconds: float) -> None:
         metrics.output_batches.labels(output, table).inc()
@@ -388,9 +411,13 @@ def make_sink(config: Config, metrics: metrics_mod.Metrics, worker: int | None =
     def on_error(output: str, table: str, exc: BaseException) -> None:
         metrics.output_errors.labels(output).inc()
 
+    def on_replay(output: str, table: str, rows: int) -> None:
+        metrics.output_replayed_rows.labels(output).inc(rows)
+
     return Sink(outputs, config.store.flush_rows, config.store.flush_interval_s,
                 config.store.max_pending_rows, id_generator=BatchIdGenerator(worker or 0), on_write=on_write,
-                on_error=on_error)
+                on_error=on_error, journal=journal, on_replay=on_replay,
+                unjournaled=() if config.output.clickhouse.flows else ("flows",))
 
 
 def state_path(config: Config, worker: int | None) -> Path:
@@ -627,6 +654,11 @@ class Server:
         spool = spool_summary(sink)
         m.spool_bytes.set(spool.get("bytes", 0))
         m.spool_oldest_age.set(spool.get("oldest_age_s", 0.0))
+        for o in getattr(sink, "outputs", []):
+            if getattr(o, "name", "") == "clickhouse":
+                st = o.status()
+                m.clickhouse_connected.set(1 if st["connected"] else 0)
+                m.clickhouse_backlog_rows.set(st["spool_rows"])
         dropped = spool.get("dropped_rows", 0)
         if dropped > self._dropped_seen.get(("spool", ""), 0):
             m.spool_dropped_rows.inc(dropped - self._dropped_seen.get(("spool", ""), 0))
@@ -830,18 +862,27 @@ class Server:
             stats = getattr(sink, "stats", {}).get(name)
             entry = {"name": name, "state": "ok", "rows": getattr(stats, "rows", 0),
                      "batches": getattr(stats, "batches", 0), "errors": getattr(stats, "errors", 0),
-                     "dropped_rows": getattr(stats, "dropped_rows", 0), "last_error": getattr(stats, "last_error", "")}
-            status = getattr(o, "status", None)
-            if callable(status):  # the ClickHouse output: connection and spool
-                st = status()
-                entry["state"] = "connected" if st.get("connected") else "spooling"
-                entry["last_error"] = st.get("last_error") or entry["last_error"]
+                     "dropped_rows": getattr(stats, "dropped_rows", 0), "last_error": getattr(stats, "last_error", ""),
+                     "replayed_rows": getattr(stats, "replayed_rows", 0)}
+            if name == "clickhouse":  # the server's side: what it acknowledged, the connection and the backlog
+                st = o.status()
+                entry["state"] = "connected" if st["connected"] else "spooling"
+                entry["last_error"] = st["last_error"] or entry["last_error"]
+                entry.update({
+                    "connected": st["connected"], "rows_inserted": st.get("rows_inserted", 0),
+                    "rows_inserted_by_table": st["rows_inserted_by_table"],
+                    "insert_errors": st.get("insert_errors", 0), "connect_errors": st.get("connect_errors", 0),
+                    "errors_by_code": st["errors_by_code"], "last_insert_ms": st["last_insert_ms"],
+                    "last_insert_seconds": st["last_insert_seconds"], "retry_in_s": st["retry_in_s"],
+                    "disconnected_for_s": st["disconnected_for_s"], "backlog_rows": st["spool_rows"],
+                    "backlog_batches": st["spool_batches"], "backlog_age_s": st["spool_oldest_age_s"],
+                    "already_stored": st.get("already_stored", 0)})
             outputs.append(entry)
         spool = spool_summary(sink)
         self.snapshot = {
             "version": metrics_mod.version(), "pid": os.getpid(), "worker": self.worker,
             "worker_count": self.config.service.workers, "uptime_s": time.time() - self.started,
-            "datagrams": p.datagrams if p else 0, "flows": p.flows if p else 0, "rows_flushed": self.rows_flushed,
+            "datagrams": p.datagrams if p else 0, "flows": p.flows if p else 0, "rows_flushed": rows_flushed(sink),
             "listeners": [{"address": lst.address, "worker": self.worker, "rcvbuf_bytes": lst.rcvbuf_granted,
                            "datagrams": lst.datagrams,
                            "kernel_drops": lst.kernel_drops() or 0} for lst in self.listeners],

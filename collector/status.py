@@ -401,11 +401,23 @@ def render(status: dict[str, Any]) -> str:
                      f" {e['errors']:>8} {e['sequence_lost']:>9} {e['templates']:>5}")
     if not status.get("exporters"):
         lines.append("  (none yet)")
-    lines += ["", "outputs:"]
+    lines += ["", f"outputs: (rows flushed to the store {status.get('rows_flushed', 0)})"]
     for o in status.get("outputs", []):
-        extra = f"  last error: {o['last_error']}" if o.get("last_error") else ""
-        lines.append(f"  {o['name']:<12} {o.get('state', '?'):<10} rows {o.get('rows', 0):>12}"
+        extra = f"  replayed {o['replayed_rows']} rows after a crash" if o.get("replayed_rows") else ""
+        what = "spooled" if "rows_inserted" in o else "rows"  # ClickHouse: rows handed to its spool
+        lines.append(f"  {o['name']:<12} {o.get('state', '?'):<12} {what} {o.get('rows', 0):>12}"
                      f"  batches {o.get('batches', 0):>8}  errors {o.get('errors', 0)}{extra}")
+        if "rows_inserted" in o:  # the ClickHouse output: the server's side
+            codes = ", ".join(f"{k} x{n}" for k, n in o.get("errors_by_code", {}).items()) or "none"
+            down = f", disconnected for {o['disconnected_for_s']:.0f}s" if o.get("disconnected_for_s") else ""
+            retry = f", next try in {o['retry_in_s']:.1f}s" if o.get("retry_in_s") else ""
+            lines.append(f"  {'':<12} inserted {o['rows_inserted']} rows (last {_ago(o.get('last_insert_ms', 0), now)}"
+                         f", {o.get('last_insert_seconds', 0.0):.3f}s); backlog {o.get('backlog_rows', 0)} rows in "
+                         f"{o.get('backlog_batches', 0)} batches, oldest {o.get('backlog_age_s', 0.0):.0f}s{down}"
+                         f"{retry}")
+            lines.append(f"  {'':<12} errors by stage:code: {codes}")
+        if o.get("last_error"):
+            lines.append(f"  {'':<12} last error: {o['last_error']}")
     spool = status.get("spool") or {}
     lines += ["", f"spool: {spool.get('bytes', 0)} bytes, {spool.get('batches', 0)} batches, oldest "
                   f"{spool.get('oldest_age_s', 0):.0f}s"]

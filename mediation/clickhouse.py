@@ -12,7 +12,18 @@ connection, or any batch found in the spool at start), the sender counts ``WHERE
 time range: all rows there means it landed (skip), none means insert, a part means the rest of a failed insert
 landed: those rows are deleted (``ALTER TABLE ... DELETE``, waited for) and the batch inserted again. Tables without
 a ``batch_id`` column rely on ReplacingMergeTree ids (rated usage) or, where the server has it, on
-``insert_deduplication_token`` with ``non_replicated_deduplication_window``.
+``insert_deduplication_token`` with ``non_replicated_deduplication_window``. A batch the sink's handoff journal
+replays after a crash (:meth:`ClickHouseOutput.replay`) is skipped while still spooled and otherwise checked the
+same way, since it may have been delivered before the crash.
+
+Health (``status()``, the ``flowmed_clickhouse_*`` metrics through the ``on_insert``/``on_error`` callbacks): rows
+the server acknowledged per table, insert latency (the INSERT, not the spool write), failed connects and inserts by
+error code, whether a connection is up (an idle sender pings the server every :data:`IDLE_PING_S`), the backlog
+(spooled rows and the age of the oldest) and the next retry. While the server is unreachable the sender tries again
+at least every :data:`RECONNECT_MAX_S`, so a backlog starts draining within seconds of the server's return; only a
+server that answers with an error (it refuses the insert) or times an insert out is backed off up to
+``max_backoff_s``. An outage is logged
+when it starts, then once a minute, and when it ends.
 """
 
 from __future__ import annotations
@@ -21,16 +32,19 @@ import logging
 import threading
 import time
 from collections import Counter
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pyarrow as pa
+from clickhouse_driver.errors import Error as DriverError
+from clickhouse_driver.errors import ServerException, SocketTimeoutError
 
 from collector.config import ClickHouseConfig, SpoolConfig
 from decoders.schema import TABLES, Table
 from mediation.clickhouse_ddl import Executor, SchemaManager, ServerCaps, quote_ident
+from mediation.handoff import HandoffJournal
 from mediation.spool import Spool, SpoolCorrupt, SpoolEntry
 
 log = logging.getLogger(__name__)
@@ -39,6 +53,27 @@ log = logging.getLogger(__name__)
 # MAX_DATA_ERRORS attempts such a batch is set aside in spool/corrupt/ instead of blocking every later batch.
 DATA_ERROR_CODES = {6, 27, 32, 33, 38, 41, 53, 69, 70, 72, 117, 128, 131}
 MAX_DATA_ERRORS = 5
+
+RECONNECT_MAX_S = 2.0
+"""Longest wait between two attempts while the server is unreachable (connecting costs it nothing): the backlog
+starts draining within this long of its return. A server that answers with an error is backed off longer."""
+IDLE_PING_S = 5.0
+"""How often an idle sender checks its connection, so that ``connected`` turns false in an outage without traffic."""
+OUTAGE_LOG_S = 60.0
+"""While the server stays unreachable, one log line per this long instead of one per attempt."""
+
+InsertCallback = Callable[[str, int, float], None]
+"""``(table_name, rows, seconds)`` after the server acknowledged an insert."""
+ErrorCallback = Callable[[str, str], None]
+"""``(stage, code)`` after a failed connect or insert (see :func:`error_code`)."""
+
+
+def error_code(exc: BaseException) -> str:
+    """A bounded label for an error: the ClickHouse error code (server errors, and the driver's own such as 209
+    socket timeout and 210 network error), else the exception's class name."""
+    if isinstance(exc, DriverError) and exc.code is not None:
+        return str(exc.code)
+    return type(exc).__name__
 
 
 class _QuietGenericColumnWarning(logging.Filter):
@@ -187,8 +222,9 @@ class ClickHouseOutput:
 
     def __init__(self, config: ClickHouseConfig, spool_config: SpoolConfig, spool_dir: str | Path, *,
                  tables: Iterable[Table] | None = None, retention_interval_s: float = 3600.0,
-                 max_backoff_s: float = 30.0, start: bool = True, retention_days: dict[str, int] | None = None
-                 ) -> None:
+                 max_backoff_s: float = 30.0, start: bool = True, retention_days: dict[str, int] | None = None,
+                 journal: HandoffJournal | None = None, on_insert: InsertCallback | None = None,
+                 on_error: ErrorCallback | None = None) -> None:
         self.config = config
         self.retention_days = dict(retention_days or {})
         """Retention of tables other than flows (days; e.g. the compliance tables), beside flows_retention_days."""
@@ -196,8 +232,27 @@ class ClickHouseOutput:
         self.spool = Spool(spool_dir, spool_config.max_bytes, spool_config.full_policy, spool_config.fsync)
         self.retention_interval_s = retention_interval_s
         self.max_backoff_s = max_backoff_s
+        self.journal = journal
+        """The sink's handoff journal: a batch recorded there is linked into the spool instead of written again."""
+        self.on_insert = on_insert
+        self.on_error = on_error
         self.stats: Counter[str] = Counter()
         self.last_error: str = ""
+        self.rows_inserted_by_table: Counter[str] = Counter()
+        """Rows the server acknowledged, per table."""
+        self.errors_by_code: Counter[tuple[str, str]] = Counter()
+        """Failed attempts by (stage, code): stage ``connect`` or ``insert``, code from :func:`error_code`."""
+        self.last_insert_s = 0.0
+        """Wall-clock time of the last acknowledged insert (0: none yet)."""
+        self.last_insert_seconds = 0.0
+        """How long that insert took."""
+        self.retry_in_s = 0.0
+        """The wait before the next attempt after a failure (0 while things work)."""
+        self.outage_since = 0.0
+        """Wall-clock time of the first failure of the current outage (0: no outage)."""
+        self._outage_attempts = 0
+        self._outage_logged = 0.0
+        self._replayed: set[int] = set()  # batch ids replayed from the journal: checked on the server first
         self.caps: ServerCaps | None = None
         self.schema: SchemaManager | None = None
         self._client = None
@@ -224,18 +279,21 @@ class ClickHouseOutput:
             raise ValueError(f"table {table.name}: batch has unknown columns {sorted(unknown)}")
         if batch.num_rows == 0:
             return
+        source = self.journal.path(table.name, batch_id, batch.num_rows) if self.journal is not None else None
         try:
-            self.spool.append(table.name, batch_id, batch)
+            self.spool.append(table.name, batch_id, batch, link_from=source)
         except OSError as exc:
             # The disk refused (full, read-only): try the server directly before giving the rows up.
             log.error("clickhouse: cannot spool batch %d of %s (%s); inserting directly", batch_id, table.name, exc)
             try:
+                t0 = time.perf_counter()
                 with self._lock:
                     self._ensure_connected()
-                    self._insert_group(table, [batch_id], [batch], check_first=True)
-                self.stats["rows_inserted"] += batch.num_rows
-                self.stats["batches_inserted"] += 1
+                    inserted, _ = self._insert_group(table, [batch_id], [batch], check_first=True)
+                if inserted:
+                    self._inserted(table.name, batch.num_rows, 1, time.perf_counter() - t0)
             except Exception as exc2:  # noqa: BLE001 - any failure here loses the batch: count it
+                self._count_error("insert", exc2, f"direct insert of {table.name} batch {batch_id}")
                 self._disconnect()
                 if table.name != "flows":
                     # Usage and other money rows are not given up: the Sink retries an OSError until the disk
@@ -243,6 +301,17 @@ class ClickHouseOutput:
                     raise exc from exc2
                 self.spool.count_dropped(table.name, batch.num_rows, "write_error",
                                          f"batch {batch_id}: spool write failed ({exc}) and insert failed ({exc2})")
+
+    def replay(self, table: Table, batch: pa.RecordBatch, batch_id: int) -> bool:
+        """A batch from the sink's handoff journal after a crash: skipped while the spool still holds it, else
+        spooled to be checked on the server before it is inserted (it may have been delivered before the crash)."""
+        if table.name == "flows" and not self.config.flows:
+            return False
+        if any(e.batch_id == batch_id and e.table == table.name for e in self.spool.entries()):
+            return False
+        self._replayed.add(batch_id)  # before the entry exists: the sender must never see it unmarked
+        self.write(table, batch, batch_id)
+        return True
 
     def flush(self) -> None:
         """Nothing to do: every written batch is already durable in the spool."""
@@ -271,14 +340,25 @@ class ClickHouseOutput:
                         self.spool.rows)
 
     def status(self) -> dict[str, Any]:
-        """Counters for metrics and ``flowmed status``."""
-        return {**self.stats, "spool_batches": len(self.spool), "spool_rows": self.spool.rows,
-                "spool_bytes": self.spool.size_bytes, "dropped_rows": sum(self.spool.dropped_rows.values()),
-                "connected": self._client is not None, "last_error": self.last_error}
+        """Counters and health for metrics and ``flowmed status`` (see the module docstring)."""
+        entries = self.spool.entries()
+        created = [e.created for e in entries if e.created]
+        now = time.time()
+        return {**self.stats, "spool_batches": len(entries), "spool_rows": sum(e.rows for e in entries),
+                "spool_bytes": sum(e.size for e in entries),
+                "spool_oldest_age_s": now - min(created) if created else 0.0,
+                "dropped_rows": sum(self.spool.dropped_rows.values()),
+                "connected": self._client is not None, "last_error": self.last_error,
+                "rows_inserted_by_table": dict(self.rows_inserted_by_table),
+                "errors_by_code": {f"{stage}:{code}": n for (stage, code), n in sorted(self.errors_by_code.items())},
+                "last_insert_ms": int(self.last_insert_s * 1000), "last_insert_seconds": self.last_insert_seconds,
+                "retry_in_s": self.retry_in_s,
+                "disconnected_for_s": now - self.outage_since if self.outage_since else 0.0}
 
     # ---- sender thread -----------------------------------------------------------------------------------------
     def _run(self) -> None:
         backoff = 0.0
+        last_check = time.monotonic()
         while not self._stop.is_set():
             if backoff:
                 self._stop.wait(backoff)
@@ -292,24 +372,79 @@ class ClickHouseOutput:
                 backoff = self._failed("connect", exc, backoff)
                 continue
             if not self.spool.wait_for_entries(timeout=1.0):
+                if time.monotonic() - last_check >= IDLE_PING_S:
+                    last_check = time.monotonic()
+                    try:
+                        with self._lock:
+                            self._ping()
+                    except Exception as exc:  # noqa: BLE001 - the connection broke while idle
+                        backoff = self._failed("connect", exc, backoff)
                 continue
+            last_check = time.monotonic()
             group = self._next_group()
             if not group:
                 continue
-            if self._deliver(group):
+            failure = self._deliver(group)
+            if failure is None:
                 backoff = 0.0
             else:
                 for entry in group:
                     self.spool.release(entry)
-                backoff = self._failed("insert", None, backoff)
+                backoff = self._failed("insert", failure, backoff, counted=True)
 
-    def _failed(self, what: str, exc: Exception | None, backoff: float) -> float:
-        if exc is not None:
-            self.last_error = f"{what}: {exc.__class__.__name__}: {_first_line(exc)}"
-            self.stats[f"{what}_errors"] += 1
-            log.warning("clickhouse: %s failed: %s", what, self.last_error)
+    def _ping(self) -> None:
+        """A trivial query on the open connection (raises when it is broken). Caller holds the lock."""
+        if self._client is not None:
+            self._client.execute("SELECT 1", settings={"use_numpy": False})
+            self._recovered()
+
+    def backoff_after(self, what: str, exc: BaseException | None, backoff: float) -> float:
+        """The wait before the next attempt after ``exc`` in stage ``what`` (``connect``, ``insert``), the previous
+        wait being ``backoff``: doubling from 0.5 s, up to ``max_backoff_s`` when the server is there but refuses
+        (it answered with an error) or is too slow (an insert timed out: retrying fast would add to its load), and
+        up to :data:`RECONNECT_MAX_S` when it could not be reached (a connection attempt costs it nothing)."""
+        busy = isinstance(exc, ServerException) or (what == "insert" and isinstance(exc, SocketTimeoutError))
+        cap = self.max_backoff_s if busy else min(self.max_backoff_s, RECONNECT_MAX_S)
+        return min(cap, max(0.5, backoff * 2))
+
+    def _failed(self, what: str, exc: Exception | None, backoff: float, *, counted: bool = False) -> float:
+        if exc is not None and not counted:
+            self._count_error(what, exc)
         self._disconnect()
-        return min(self.max_backoff_s, max(0.5, backoff * 2))
+        self.retry_in_s = self.backoff_after(what, exc, backoff)
+        return self.retry_in_s
+
+    def _count_error(self, what: str, exc: BaseException, context: str = "") -> None:
+        """Record a failed connect or insert: counters, last error, callback; logged once per outage minute."""
+        self.last_error = f"{context or what}: {exc.__class__.__name__}: {_first_line(exc)}"
+        self.stats[f"{what}_errors"] += 1
+        code = error_code(exc)
+        self.errors_by_code[(what, code)] += 1
+        if self.on_error is not None:
+            self.on_error(what, code)
+        now = time.time()
+        self._outage_attempts += 1
+        if not self.outage_since:
+            self.outage_since = self._outage_logged = now
+            log.warning("clickhouse: %s", self.last_error)
+        elif now - self._outage_logged >= OUTAGE_LOG_S:
+            self._outage_logged = now
+            log.warning("clickhouse: still failing after %.0f s (%d attempts): %s", now - self.outage_since,
+                        self._outage_attempts, self.last_error)
+
+    def _recovered(self) -> None:
+        if self.outage_since:
+            log.info("clickhouse: delivering again after %.0f s (%d failed attempts)", time.time() - self.outage_since,
+                     self._outage_attempts)
+        self.outage_since, self._outage_attempts, self.retry_in_s = 0.0, 0, 0.0
+
+    def _inserted(self, table: str, rows: int, batches: int, seconds: float) -> None:
+        self.stats["rows_inserted"] += rows
+        self.stats["batches_inserted"] += batches
+        self.rows_inserted_by_table[table] += rows
+        self.last_insert_s, self.last_insert_seconds = time.time(), seconds
+        if self.on_insert is not None:
+            self.on_insert(table, rows, seconds)
 
     def _table(self, name: str) -> Table | None:
         return self.tables.get(name) or load_tables().get(name)
@@ -346,13 +481,14 @@ class ClickHouseOutput:
                 return []
         return self.spool.head(self.config.batch_rows, coalesce=not single)
 
-    def _deliver(self, group: list[SpoolEntry]) -> bool:
-        """Insert ``group`` (batches of one table) and remove it from the spool; False to retry later."""
+    def _deliver(self, group: list[SpoolEntry]) -> Exception | None:
+        """Insert ``group`` (batches of one table) and remove it from the spool; the error to retry after, or None
+        when done."""
         table = self._table(group[0].table)
         if table is None:
             for entry in group:
                 self.spool.quarantine(entry, f"table {entry.table} is unknown to this flowmed version")
-            return True
+            return None
         entries: list[SpoolEntry] = []
         batches: list[pa.RecordBatch] = []
         for entry in group:
@@ -368,8 +504,9 @@ class ClickHouseOutput:
             batches.append(batch)
             entries.append(entry)
         if not entries:
-            return True
-        check = any(e.seq in self._uncertain for e in entries)
+            return None
+        check = any(e.seq in self._uncertain or e.batch_id in self._replayed for e in entries)
+        t0 = time.perf_counter()
         try:
             with self._lock:
                 self._ensure_connected()
@@ -378,28 +515,28 @@ class ClickHouseOutput:
         except Exception as exc:  # noqa: BLE001 - classify, keep the batches, back off
             self._uncertain.update(e.seq for e in entries)  # they may have landed (or partly): check next time
             ids = f"{entries[0].batch_id}" + (f"..{entries[-1].batch_id}" if len(entries) > 1 else "")
-            self.last_error = f"insert {table.name} batch {ids}: {exc.__class__.__name__}: {_first_line(exc)}"
-            self.stats["insert_errors"] += 1
-            log.warning("clickhouse: %s", self.last_error)
-            if getattr(exc, "code", None) in DATA_ERROR_CODES:
+            self._count_error("insert", exc, f"insert {table.name} batch {ids}")
+            if isinstance(exc, DriverError) and exc.code in DATA_ERROR_CODES:
                 first = entries[0].seq
                 self._data_errors[first] += 1  # the next attempt takes this batch alone
                 if self._data_errors[first] >= MAX_DATA_ERRORS and len(entries) == 1:
                     self.spool.quarantine(entries[0], f"server refuses the data: {_first_line(exc)}")
                     self._data_errors.pop(first, None)
-                    return True
-            return False
+                    return None
+            return exc
+        self._recovered()
         self.stats["inserted"] += len(inserted)
         self.stats["already_stored"] += len(stored)
         self.stats["inserts"] += 1 if inserted else 0
-        for i in inserted:
-            self.stats["rows_inserted"] += entries[i].rows
-            self.stats["batches_inserted"] += 1
+        if inserted:
+            self._inserted(table.name, sum(entries[i].rows for i in inserted), len(inserted),
+                           time.perf_counter() - t0)
         for entry in entries:
             self._uncertain.discard(entry.seq)
+            self._replayed.discard(entry.batch_id)
             self._data_errors.pop(entry.seq, None)
             self.spool.remove(entry)
-        return True
+        return None
 
     # ---- server side ------------------------------------------------------------------------------------------
     def _ensure_connected(self) -> None:

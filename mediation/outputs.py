@@ -2,7 +2,8 @@
 
 An output receives whole batches from the :class:`mediation.sink.Sink` writer thread (never from the event loop):
 ``write(table, batch, batch_id)`` returns once the batch is durable (written and fsynced, or spooled) and raises only
-for bugs or a failing disk; ``flush()`` makes anything it buffers durable; ``close()`` releases it.
+for bugs or a failing disk; ``replay(...)`` gives it a batch again after a crash (:mod:`mediation.handoff`);
+``flush()`` makes anything it buffers durable; ``close()`` releases it.
 
 The ``batch_id`` is decided once, when the sink cuts the batch, and travels with it through retries, the spool and
 replay, so an output can make a repeated write of the same batch idempotent (the Parquet store names its files after
@@ -54,6 +55,11 @@ class Output(Protocol):
     def write(self, table: Table, batch: pa.RecordBatch, batch_id: int) -> None:
         """Make ``batch`` of ``table`` durable; writing the same ``batch_id`` again must not duplicate rows."""
 
+    def replay(self, table: Table, batch: pa.RecordBatch, batch_id: int) -> bool:
+        """Give ``batch`` again after a crash (from the sink's handoff journal): the output may hold it already, in
+        full or in part. Take what is missing, never a second copy; True when the output lacked (some of) it or
+        cannot tell yet, False when it held it already."""
+
     def flush(self) -> None:
         """Make everything accepted so far durable."""
 
@@ -81,26 +87,10 @@ class OutputStats:
     """Text of the most recent error, for the status page."""
     rows_by_table: dict[str, int] = field(default_factory=dict)
     """Rows written per table."""
-
-
-def build_outputs(config, worker: int = 0) -> list[Output]:
-    """Every output ``config`` enables: the embedded Parquet store (``[store]``) and the ClickHouse server
-    (``[output.clickhouse]``). Worker 0 is the store's housekeeper (recovery, compaction, retention); with several
-    workers each ClickHouse output gets its own spool directory ``<spool.path>/worker<N>``.
-    """
-    outputs: list[Output] = []
-    if config.store.enabled:
-        from mediation.store import ParquetStore
-
-        outputs.append(ParquetStore.for_config(config, housekeeper=worker == 0))
-    if config.output.clickhouse.enabled:
-        from mediation.clickhouse import ClickHouseOutput
-
-        spool_dir = config.data_path(config.spool.path)
-        if config.service.workers > 1:
-            spool_dir = spool_dir / f"worker{worker}"
-        outputs.append(ClickHouseOutput(config.output.clickhouse, config.spool, spool_dir))
-    return outputs
+    replayed_batches: int = 0
+    """Batches of the handoff journal replayed at start that this output lacked (a crash cut their handoff)."""
+    replayed_rows: int = 0
+    """Rows of those batches."""
 
 
 # --- batch ids ------------------------------------------------------------------------------------------------------

@@ -162,10 +162,14 @@ class Spool:
             self._cond.notify_all()
 
     # ---- write ----------------------------------------------------------------------------------------------------
-    def append(self, table: str, batch_id: int, batch: pa.RecordBatch) -> SpoolEntry | None:
+    def append(self, table: str, batch_id: int, batch: pa.RecordBatch, *,
+               link_from: Path | None = None) -> SpoolEntry | None:
         """Spool ``batch`` durably; returns its entry, or None when the full policy dropped it (counted, logged).
 
-        Raises ``OSError`` when the disk refuses the write (disk full, read-only): the caller decides what to do.
+        ``link_from``: a durable file of exactly this batch in the spool's format (:func:`write_ipc`; the sink's
+        handoff journal) to hard-link instead of writing the batch again; when the link fails (another file system)
+        the batch is written. Raises ``OSError`` when the disk refuses the write (disk full, read-only): the caller
+        decides what to do.
         """
         with self._cond:
             seq = self._next_seq
@@ -173,7 +177,8 @@ class Spool:
         final = self.dir / f"{seq:016d}.{table}.{batch_id}.{batch.num_rows}.arrow"
         tmp = final.with_name(final.name + ".tmp")
         try:
-            self._write(tmp, table, batch_id, batch)
+            if not self._link(link_from, tmp):
+                self._write(tmp, table, batch_id, batch)
         except BaseException:
             tmp.unlink(missing_ok=True)
             raise
@@ -195,14 +200,19 @@ class Spool:
         return entry
 
     def _write(self, tmp: Path, table: str, batch_id: int, batch: pa.RecordBatch) -> None:
-        schema = batch.schema.with_metadata({**(batch.schema.metadata or {}), b"flowmed.table": table.encode(),
-                                             b"flowmed.batch_id": str(batch_id).encode()})
-        with open(tmp, "wb") as f:
-            with ipc.new_file(f, schema, options=_OPTIONS) as writer:
-                writer.write_batch(batch.replace_schema_metadata(schema.metadata))
-            f.flush()
-            if self.fsync:
-                os.fsync(f.fileno())
+        write_ipc(tmp, table, batch_id, batch, fsync=self.fsync)
+
+    @staticmethod
+    def _link(source: Path | None, tmp: Path) -> bool:
+        """Hard-link ``source`` as ``tmp``; False (nothing done) when there is no source or it cannot be linked."""
+        if source is None:
+            return False
+        try:
+            os.link(source, tmp)
+        except OSError as exc:  # another file system, or the source is gone: write the batch instead
+            log.debug("spool: cannot link %s (%s); writing the batch", source, exc)
+            return False
+        return True
 
     def _make_room(self, size: int, table: str, rows: int, batch_id: int) -> bool:
         deadline = None if self.block_timeout_s is None else time.monotonic() + self.block_timeout_s
@@ -244,16 +254,7 @@ class Spool:
     # ---- read and remove ------------------------------------------------------------------------------------------
     def read(self, entry: SpoolEntry) -> pa.RecordBatch:
         """The batch of ``entry``; raises :class:`SpoolCorrupt` when the file cannot be read back."""
-        try:
-            reader = ipc.open_file(pa.BufferReader(entry.path.read_bytes()))
-            table = reader.read_all()
-        except (OSError, pa.ArrowException) as exc:
-            raise SpoolCorrupt(f"{entry.path.name}: {exc}") from exc
-        if table.num_rows != entry.rows:
-            raise SpoolCorrupt(f"{entry.path.name}: {table.num_rows} rows, expected {entry.rows}")
-        table = table.combine_chunks()
-        batches = table.to_batches()
-        return batches[0] if batches else pa.RecordBatch.from_pylist([], schema=table.schema)
+        return read_ipc(entry.path, entry.rows)
 
     def remove(self, entry: SpoolEntry) -> None:
         """``entry`` was delivered: delete it."""
@@ -281,6 +282,34 @@ class Spool:
             log.error("spool: cannot move %s aside (%s); deleting it", path.name, exc)
             path.unlink(missing_ok=True)
         log.error("spool: %s moved to %s: %s", path.name, target, reason)
+
+
+def write_ipc(path: Path, table: str, batch_id: int, batch: pa.RecordBatch, *, fsync: bool) -> None:
+    """Write ``batch`` to ``path`` as an LZ4-compressed Arrow IPC file naming its table and batch id in the schema
+    metadata (the format of spool files and of the sink's handoff journal); fsynced when ``fsync``."""
+    schema = batch.schema.with_metadata({**(batch.schema.metadata or {}), b"flowmed.table": table.encode(),
+                                         b"flowmed.batch_id": str(batch_id).encode()})
+    with open(path, "wb") as f:
+        with ipc.new_file(f, schema, options=_OPTIONS) as writer:
+            writer.write_batch(batch.replace_schema_metadata(schema.metadata))
+        f.flush()
+        if fsync:
+            os.fsync(f.fileno())
+
+
+def read_ipc(path: Path, rows: int) -> pa.RecordBatch:
+    """The batch of a file written by :func:`write_ipc`; raises :class:`SpoolCorrupt` when it cannot be read back
+    or does not hold ``rows`` rows."""
+    try:
+        reader = ipc.open_file(pa.BufferReader(path.read_bytes()))
+        table = reader.read_all()
+    except (OSError, pa.ArrowException) as exc:
+        raise SpoolCorrupt(f"{path.name}: {exc}") from exc
+    if table.num_rows != rows:
+        raise SpoolCorrupt(f"{path.name}: {table.num_rows} rows, expected {rows}")
+    table = table.combine_chunks()
+    batches = table.to_batches()
+    return batches[0] if batches else pa.RecordBatch.from_pylist([], schema=table.schema)
 
 
 def _fsync_dir(directory: Path) -> None:

@@ -27,6 +27,7 @@ number of processes) glob ``*.parquet`` and so only ever see complete files:
   partitions changed since the last maintenance checkpoint are examined (all of them on the first start).
 * A merged file lists the batch ids it holds in its footer (``flowmed.batch_ids``), so writing a batch id again after
   its file was compacted is recognised and skipped: a write is idempotent per batch id for the life of the data.
+  :meth:`ParquetStore.replay` (the sink's handoff journal after a crash) writes only the hour files a batch lacks.
 * Column layout (:func:`parquet_options`, the same for writes and compaction): fixed-width columns (times, counters,
   addresses) are BYTE_STREAM_SPLIT-encoded without a dictionary, strings dictionary-encoded, min/max statistics kept
   only for the columns queries filter on (times, addresses, strings). Encoding flow rows is the collector's largest
@@ -342,15 +343,23 @@ class ParquetStore:
 
     def write(self, table: Table, batch: pa.RecordBatch, batch_id: int) -> None:
         """Write ``batch`` durably, one file per hour partition it spans, named after ``batch_id``."""
+        self._write_hours(table, batch, batch_id, only_missing=False)
+
+    def replay(self, table: Table, batch: pa.RecordBatch, batch_id: int) -> bool:
+        """Write the hour files of ``batch`` that are not stored yet (a crash may have cut its write between two
+        hours, or before any); True when one was missing. A file with the batch's name is complete (it is renamed
+        into place whole), so it is kept as it is."""
+        return self._write_hours(table, batch, batch_id, only_missing=True)
+
+    def _write_hours(self, table: Table, batch: pa.RecordBatch, batch_id: int, *, only_missing: bool) -> bool:
         if batch.num_rows == 0:
-            return
+            return False
         batch = conform(table, batch)
         ts = batch.column(table.time_column).cast(pa.int64()).to_numpy()
         hours = ts // HOUR_MS
         lo, hi = int(hours.min()), int(hours.max())
         if lo == hi:
-            self._write_file(table, lo, pa.Table.from_batches([batch]), batch_id)
-            return
+            return self._write_file(table, lo, pa.Table.from_batches([batch]), batch_id, only_missing)
         # Several hours (a batch straddling the hour, late records): sort once by hour and slice.
         order = np.argsort(hours, kind="stable")
         sorted_hours = hours[order]
@@ -358,18 +367,25 @@ class ParquetStore:
         bounds = np.flatnonzero(np.diff(sorted_hours)) + 1
         starts = np.concatenate(([0], bounds))
         ends = np.concatenate((bounds, [len(order)]))
+        wrote = False
         for s, e in zip(starts, ends, strict=True):
-            self._write_file(table, int(sorted_hours[s]), ordered.slice(int(s), int(e - s)), batch_id)
+            wrote |= self._write_file(table, int(sorted_hours[s]), ordered.slice(int(s), int(e - s)), batch_id,
+                                      only_missing)
+        return wrote
 
-    def _write_file(self, table: Table, hour: int, data: pa.Table, batch_id: int) -> None:
+    def _write_file(self, table: Table, hour: int, data: pa.Table, batch_id: int, only_missing: bool = False
+                    ) -> bool:
+        """Write one hour's file of a batch; False when it was there already (merged, or ``only_missing``)."""
         pdir = self.table_dir(table.name) / partition_of(hour)
         makedirs_durable(pdir)
         final = pdir / file_name(batch_id)
-        if not final.exists() and self._merged_into(pdir, batch_id):
-            # A replay of a batch whose file was already compacted: its rows are in the merged file.
+        exists = final.exists()
+        if (not exists and self._merged_into(pdir, batch_id)) or (exists and only_missing):
+            # A replay of a batch whose file was already written (or compacted): its rows are there.
             self.stats.duplicate_writes += 1
-            log.info("store: batch %d is already stored in %s (merged); not written again", batch_id, pdir)
-            return
+            log.info("store: batch %d is already stored in %s%s; not written again", batch_id, pdir,
+                     "" if exists else " (merged)")
+            return False
         tmp = pdir / tmp_name(final.name)
         try:
             with open(tmp, "wb") as f:
@@ -384,6 +400,7 @@ class ParquetStore:
             os.replace(tmp, final)
             fsync_dir(pdir)
         self.stats.files_written += 1
+        return True
 
     def _merged_into(self, pdir: Path, batch_id: int) -> bool:
         """Whether a merged file of ``pdir`` holds ``batch_id`` (its footer lists the batch ids it holds)."""

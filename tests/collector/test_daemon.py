@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 
 from tests.collector.daemon import Daemon, V9Traffic, stored_flows
+from tests.fixtures.cli import flowmed_command
 from tests.fixtures.peers import require_tool
 
 
@@ -126,7 +127,7 @@ def test_metrics_pass_promtool_and_status_reports_the_exporter(tmp_path: Path) -
         assert 'flowmed_decode_errors_total{exporter="127.0.0.1",reason="unknown_version"} 1.0' in exposition
         assert "flowmed_build_info{" in exposition
         # flowmed status reads the same daemon
-        out = subprocess.run(["flowmed", "status", "--set", f"metrics.listen=127.0.0.1:{d.metrics_port}"],
+        out = subprocess.run([flowmed_command(), "status", "--set", f"metrics.listen=127.0.0.1:{d.metrics_port}"],
                              capture_output=True, text=True, cwd=tmp_path)
         assert out.returncode == 0, out.stderr
         assert "127.0.0.1" in out.stdout and str(sent) in out.stdout
@@ -159,7 +160,8 @@ def test_listen_address_in_use_fails_clearly(tmp_path: Path) -> None:
 
 @pytest.mark.parametrize("bad", ["listen.udp=[\"nonsense\"]", "service.workers=0"])
 def test_run_refuses_an_invalid_config_with_status_2(tmp_path: Path, bad: str) -> None:
-    out = subprocess.run(["flowmed", "run", "--set", bad], capture_output=True, text=True, cwd=tmp_path, timeout=60)
+    out = subprocess.run([flowmed_command(), "run", "--set", bad], capture_output=True, text=True, cwd=tmp_path,
+                         timeout=60)
     assert out.returncode == 2
     assert bad.split("=")[0] in out.stderr
 

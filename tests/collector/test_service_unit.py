@@ -4,13 +4,12 @@ from __future__ import annotations
 
 import configparser
 import re
-import shutil
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
+from tests.fixtures.cli import flowmed_command
 from tests.fixtures.peers import require_tool
 
 UNIT = Path(__file__).resolve().parents[2] / "packaging" / "flowmed.service"
@@ -28,7 +27,7 @@ def test_systemd_analyze_verify(tmp_path: Path) -> None:
     """Verified as shipped, except ExecStart's binary: the unit names /opt/flowmed/bin/flowmed (the production
     virtualenv), which does not exist on a test machine, so the copy verified points at this Python's flowmed."""
     analyze = require_tool("systemd-analyze")
-    flowmed = shutil.which("flowmed") or str(Path(sys.executable).with_name("flowmed"))
+    flowmed = flowmed_command()
     assert Path(flowmed).exists()
     text = UNIT.read_text()
     assert "ExecStart=/opt/flowmed/bin/flowmed run --config /etc/flowmed/collector.toml " \
@@ -45,7 +44,7 @@ def test_systemd_security_exposure_is_low(tmp_path: Path) -> None:
     """``systemd-analyze security`` rates the unit's exposure from 0 (locked down) to 10; flowmed stays below 2."""
     analyze = require_tool("systemd-analyze")
     copy = tmp_path / "flowmed.service"
-    flowmed = shutil.which("flowmed") or str(Path(sys.executable).with_name("flowmed"))
+    flowmed = flowmed_command()
     copy.write_text(UNIT.read_text().replace("/opt/flowmed/bin/flowmed", flowmed))
     result = subprocess.run([analyze, "security", "--offline=yes", str(copy)], capture_output=True, text=True,
                             timeout=60)
@@ -73,7 +72,7 @@ def test_rating_unit_verifies_and_shares_the_collectors_user(tmp_path: Path) -> 
     the collector's dynamic user, so both can write the one state directory."""
     analyze = require_tool("systemd-analyze")
     unit = UNIT.with_name("flowmed-rating.service")
-    flowmed = shutil.which("flowmed") or str(Path(sys.executable).with_name("flowmed"))
+    flowmed = flowmed_command()
     copy = tmp_path / "flowmed-rating.service"
     copy.write_text(unit.read_text().replace("/opt/flowmed/bin/flowmed", flowmed))
     result = subprocess.run([analyze, "verify", str(copy)], capture_output=True, text=True, timeout=60)

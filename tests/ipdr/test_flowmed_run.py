@@ -9,11 +9,11 @@ import socket
 import subprocess
 import sys
 import time
-from pathlib import Path
 
 import pytest
 
 from mediation.query import QueryEngine
+from tests.fixtures.cli import flowmed_command
 from tests.fixtures.peers import free_port
 
 pytestmark = pytest.mark.slow  # two real processes and six simulated intervals: ~15 s
@@ -26,8 +26,7 @@ def test_flowmed_run_collects_from_the_simulated_cmts(tmp_path):
                             "3"], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                            text=True, cwd=tmp_path)
     time.sleep(0.5)
-    flowmed = str(Path(sys.executable).with_name("flowmed"))
-    run = subprocess.Popen([flowmed, "run", "--set", f"store.path={tmp_path / 'data'}",
+    run = subprocess.Popen([flowmed_command(), "run", "--set", f"store.path={tmp_path / 'data'}",
                             "--set", f'listen.udp=["127.0.0.1:{free_port()}"]', "--set", "metrics.enabled=false",
                             "--set", "ipdr.enabled=true", "--set", "ipdr.preexisting=count",
                             "--set", f'ipdr.exporters=[{{address="127.0.0.1:{port}", name="sim"}}]',

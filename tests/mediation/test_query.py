@@ -223,13 +223,21 @@ def test_views_cover_tables_registered_later(engine: QueryEngine) -> None:
 
 
 def test_queries_survive_partitions_dropped_under_them(store: ParquetStore, engine: QueryEngine) -> None:
-    """Retention (or compaction) removing files a query has already listed: the engine runs it again."""
+    """Retention (or compaction) removing files a query has already listed: the engine runs it again.
+
+    The churn is paced so that at most ``steps_per_query`` hours are written and dropped while one query runs: each
+    drop can fail at most one attempt, and the engine makes ten, so the outcome never depends on how the threads
+    happen to be scheduled (unpaced, a busy machine let the churn fail all ten attempts of one query)."""
+    steps_per_query = 3  # (one more may be under way when a query starts): fewer than the engine's ten attempts
+    budget = threading.Semaphore(0)
     stop = threading.Event()
     store.set_retention("flows", 1)
 
     def churn() -> None:
         i = 0
         while not stop.is_set() and i < 400:
+            if not budget.acquire(timeout=0.05):
+                continue
             i += 1
             store.write(FLOWS, flows_batch(2000, t0_ms=T0_MS + i * 3_600_000, span_ms=1000), i)
             store.apply_retention(now=(T0_MS + i * 3_600_000) / 1000 + 86_400 - 3 * 3600)
@@ -239,6 +247,10 @@ def test_queries_survive_partitions_dropped_under_them(store: ParquetStore, engi
     counts = []
     try:
         for _ in range(40):
+            while budget.acquire(blocking=False):  # steps left over from the last query do not carry over
+                pass
+            for _ in range(steps_per_query):
+                budget.release()
             counts.append(engine.query("SELECT count() AS n FROM flows").column("n")[0].as_py())
     finally:
         stop.set()
