@@ -45,7 +45,7 @@ class Set(bytes):
 
     records: int
 
-    def __new__(cls, data: bytes, records: int) -> "Set":
+    def __new__(cls, data: bytes, records: int) -> Set:
         out = super().__new__(cls, data)
         out.records = records
         return out
