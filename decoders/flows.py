@@ -309,9 +309,10 @@ class _Batch:
         self.sequence: list[tuple] = []
         self.var_sets: list[tuple[_Group, int]] = []  # variable-length sets of the datagram being parsed
         self.other_records = 0  # template records in the v9 datagram being parsed (negative: not checkable)
-        # v9 datagrams whose header record count is checked once variable-length sets are counted:
-        # (exporter, header count, records known, [(group, set index)] of variable-length sets)
-        self.v9_counts: list[tuple[str, int, int, list[tuple[_Group, int]]]] = []
+        self.options_records = 0  # options data records in the v9 datagram being parsed
+        # v9 datagrams whose header record count is checked once variable-length sets are counted: (exporter,
+        # header count, every record known, flow records known, [(group, set index)] of variable-length sets)
+        self.v9_counts: list[tuple[str, int, int, int, list[tuple[_Group, int]]]] = []
         self.buf = b""  # the batch's datagrams joined, when blocks refer to it
 
     def context(self, st: _Exporter, version: int, domain: int, received_ms: int, export_ms: int,
@@ -919,6 +920,7 @@ class FlowDecoder:
         templates, groups = st.templates, batch.groups
         batch.var_sets = var_sets = []
         batch.other_records = 0  # template records and errors in sets, for the v9 record count
+        batch.options_records = 0
         clean = True
         while end - pos >= 4:
             set_id, set_len = _SET.unpack_from(payload, pos)
@@ -959,7 +961,8 @@ class FlowDecoder:
             clean = False
         if version == 9:
             if clean and batch.other_records >= 0:  # else the datagram already counts an error
-                batch.v9_counts.append((st.name, count, records + batch.other_records, var_sets))
+                batch.v9_counts.append((st.name, count, records + batch.other_records,
+                                        records - batch.options_records, var_sets))
             batch.sequence.append((self.sequences, (st.name, 9, domain), seq, 1, True, None))
         else:
             batch.sequence.append((self.records_sequences, (st.name, 10, domain), seq, records, exact,
@@ -1029,6 +1032,7 @@ class FlowDecoder:
             starts = np.asarray(offsets, dtype=np.int64).reshape(n, len(compiled.segments))
         if compiled.options:
             self._options(batch, st, compiled, domain, chunk, n, starts)
+            batch.options_records += n
             return n
         g = batch.group(compiled)
         g.chunks.append(chunk)
@@ -1137,8 +1141,9 @@ class FlowDecoder:
                 except Exception:  # a bug: count it and lose this group only; tests assert it never happens
                     result.errors[(batch.domain_info[int(ctx[g.ctx[0], 0])][0].name, "internal_error")] += 1
                     g.counts = [0] * len(g.counts)
-        for name, count, known, var_sets in batch.v9_counts:
-            if known + sum(g.counts[i] for g, i in var_sets) != count:
+        for name, count, every, flows, var_sets in batch.v9_counts:
+            var = sum(g.counts[i] for g, i in var_sets)
+            if count not in (every + var, flows + var):  # RFC 3954 counts every record; softflowd only flows
                 result.errors[(name, "record_count_mismatch")] += 1
         self._observe_sequences(batch)
         groups = [g for g in batch.groups.values() if sum(g.counts)]

@@ -170,3 +170,16 @@ def test_v9_record_count_disagreeing_with_the_content_is_counted_and_the_records
                       (v9(data_set(257, var, [{82: b"x"}] * 2), seq=11, count=5), EXP, T0_MS),
                       (v9(data_set(300, fields, recs), seq=12, count=9), EXP, T0_MS)])
     assert res.errors == {(EXP, "record_count_mismatch"): 1} and res.n_flows == 4
+
+
+def test_a_v9_count_of_flow_records_only_is_accepted_as_softflowd_sends_it() -> None:
+    """softflowd's header counts the flow records only (not templates, options templates or options data)."""
+    from tests.decoders.packets import options_template_set
+
+    fields = [(8, 4), (1, 4)]
+    recs = [{8: ip4("10.0.0.1"), 1: i} for i in range(3)]
+    parts = (template_set({256: fields}, ipfix=False), options_template_set(300, [(1, 4)], [(34, 4)], ipfix=False),
+             data_set(300, [(1, 4), (34, 4)], [{34: 10}]), data_set(256, fields, recs))
+    res = FlowDecoder().decode([(v9(*parts, count=3), EXP, T0_MS), (v9(*parts, seq=1), EXP, T0_MS),
+                                (v9(*parts, seq=2, count=4), EXP, T0_MS)])
+    assert res.errors == {(EXP, "record_count_mismatch"): 1} and res.n_flows == 9
