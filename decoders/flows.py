@@ -547,14 +547,11 @@ class FlowDecoder:
         scanned = None
         if rec.count <= self.limits.max_template_fields and rec.template_id >= 256 and rec.version in (9, 10):
             scanned = templated._scan_specs(rec.spec, 0, len(rec.spec), rec.count, rec.ipfix)
-        if st is None or scanned is None or scanned[0] != len(rec.spec):
+        if st is None or scanned != len(rec.spec):
             self._mark(key)
             return False
-        lengths = scanned[1]
-        variable = int(np.count_nonzero(lengths == ies.VARIABLE_LENGTH))
-        raw = RawTemplate(rec.template_id, rec.spec, rec.count, rec.scope, rec.options, rec.ipfix, variable,
-                          int(np.count_nonzero(lengths == 0)))
-        ok = self._admit(st, key[2:], raw, rec.last_seen_ms, None)
+        raw = RawTemplate(rec.template_id, rec.spec, rec.count, rec.scope, rec.options, rec.ipfix)
+        ok = raw.problem() is None and self._admit(st, key[2:], raw, rec.last_seen_ms, None)
         if mark or not ok:
             self._mark(key)
         return ok
@@ -601,26 +598,33 @@ class FlowDecoder:
                 self._dirty = set()
 
     # ----------------------------------------------------------------------------------- template budget
+    def _refusal(self, st: _Exporter, entry: _TemplateEntry | None, cost: int) -> str | None:
+        """The limit a template costing ``cost`` (replacing ``entry``) would break, or None."""
+        lim = self.limits
+        if entry is None and len(st.templates) >= lim.max_templates_per_exporter:
+            return "max_templates_per_exporter"
+        after = st.template_bytes - (entry.cost if entry is not None else 0) + cost
+        if after > lim.template_max_bytes_per_exporter:
+            return "template_max_bytes_per_exporter"
+        if self._pooled - max(0, st.template_bytes - self._reserve) + max(0, after - self._reserve) > self._pool:
+            return "template_max_bytes"
+        return None
+
     def _admit(self, st: _Exporter, key: tuple[int, int, int], raw: RawTemplate, now_ms: int,
                result: DecodeResult | None) -> bool:
         """Keep a new or changed template if the count limit and the memory budgets allow; else refuse it (and
         forget the template it would have replaced: data must not be decoded with fields its exporter dropped).
 
-        Costs a dictionary lookup and arithmetic: nothing is compiled or parsed per field here.
+        First against a lower bound of its cost known from its header (every field fixed-length): a template
+        that cannot fit is refused with nothing looked at but its header. Nothing is compiled here.
         """
         entry = st.templates.get(key)
-        lim = self.limits
-        refused = None
-        if entry is None and len(st.templates) >= lim.max_templates_per_exporter:
-            refused = "max_templates_per_exporter"
-        else:
-            cost = template_cost(raw.count, raw.variable, len(raw.spec))
-            after = st.template_bytes - (entry.cost if entry is not None else 0) + cost
-            pooled = self._pooled - max(0, st.template_bytes - self._reserve) + max(0, after - self._reserve)
-            if after > lim.template_max_bytes_per_exporter:
-                refused = "template_max_bytes_per_exporter"
-            elif pooled > self._pool:
-                refused = "template_max_bytes"
+        refused = self._refusal(st, entry, template_cost(raw.count, 0, len(raw.spec)))
+        if refused is None:
+            variable = raw.variable
+            cost = template_cost(raw.count, variable, len(raw.spec))
+            if variable:
+                refused = self._refusal(st, entry, cost)
         if refused is not None:
             if result is not None:
                 result.limit_hits[(st.name, refused)] += 1
@@ -1086,14 +1090,22 @@ class FlowDecoder:
                now_ms: int) -> None:
         key = (version, domain, raw.template_id)
         entry = st.templates.get(key)
-        if raw.zero:
-            batch.result.errors[(st.name, "zero_length_field")] += 1
+        errors = batch.result.errors
         if entry is not None and entry.same(raw):
+            if entry.zero:
+                errors[(st.name, "zero_length_field")] += 1
             entry.last_seen_ms = now_ms
             timeout = self.limits.template_timeout_ms
             if timeout and now_ms - entry.saved_seen_ms > timeout // 4:  # saved again before it could time out
                 self._mark(("t", st.name, *key))
         elif self._admit(st, key, raw, now_ms, batch.result):
+            problem = raw.problem()
+            if problem is not None:  # checked once admitted: a refused template costs no more than its header
+                self._drop_template(st, key)
+                errors[(st.name, problem.reason)] += 1
+                return
+            if raw.zero:
+                errors[(st.name, "zero_length_field")] += 1
             batch.result.templates_learned[st.name] += 1
         else:
             return

@@ -3,12 +3,16 @@
 from __future__ import annotations
 
 import gc
+import struct
 import tracemalloc
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from decoders import fields as ies
 from decoders import state as saved
+from decoders import templated
 from decoders import templates as T
 from decoders.flows import DecoderLimits, FlowDecoder
 from decoders.templates import template_cost
@@ -183,3 +187,33 @@ def test_a_v9_count_of_flow_records_only_is_accepted_as_softflowd_sends_it() -> 
     res = FlowDecoder().decode([(v9(*parts, count=3), EXP, T0_MS), (v9(*parts, seq=1), EXP, T0_MS),
                                 (v9(*parts, seq=2, count=4), EXP, T0_MS)])
     assert res.errors == {(EXP, "record_count_mismatch"): 1} and res.n_flows == 9
+
+
+@settings(max_examples=400, deadline=None)
+@given(st.lists(st.tuples(st.integers(0, 65535), st.integers(0, 65535), st.integers(0, 2**32 - 1)), min_size=1,
+                max_size=20), st.integers(1, 20), st.integers(0, 200))
+def test_field_specifiers_are_skipped_as_a_walk_one_by_one_would(specs, count, cut) -> None:
+    """_scan_specs and spec_lengths (no Python loop) find where IPFIX specifiers end and their lengths exactly as
+    walking them one by one does."""
+    body = b"xx" + b"".join(struct.pack(">HHI", ie, n, pen) if ie & 0x8000 else struct.pack(">HH", ie, n)
+                            for ie, n, pen in specs)
+    end = max(2, len(body) - cut)
+    pos, lengths, want = 2, [], None
+    for _ in range(count):
+        if end - pos < 4:
+            break
+        ie, n = struct.unpack_from(">HH", body, pos)
+        pos += 4
+        if ie & 0x8000:
+            if end - pos < 4:
+                break
+            pos += 4
+        lengths.append(n)
+    else:
+        want = (pos, lengths)
+    got = templated._scan_specs(body, 2, end, count, True)
+    if want is None:
+        assert got is None
+    else:
+        assert got == want[0]
+        assert templated.spec_lengths(body[2:got], True).tolist() == want[1]
