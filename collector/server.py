@@ -634,9 +634,11 @@ class Server:
         self.process_pending()
         p = self.pipeline
         timeout = self.config.service.shutdown_timeout_s
+        try:  # first: templates are worth keeping even if the flush below gets stuck; but a third of the time at most
+            await asyncio.wait_for(self.save_state_final(), max(0.1, timeout / 3 - (time.monotonic() - t0)))
+        except TimeoutError:
+            log("error", "template state not saved at stop: its writer is stuck", timeout_s=round(timeout / 3, 1))
         try:
-            # first: templates are worth keeping even if the flush below gets stuck
-            await asyncio.wait_for(self.save_state_final(), max(0.1, timeout - (time.monotonic() - t0)))
             await asyncio.wait_for(self.stop_side_listeners(), max(0.1, timeout - (time.monotonic() - t0)))
             await asyncio.wait_for(self._loop.run_in_executor(None, self._final_flush),
                                    max(0.1, timeout - (time.monotonic() - t0)))
@@ -755,12 +757,12 @@ class Server:
                 error=repr(exc))
 
     def save_state(self) -> None:
-        """Start saving what changed in the template state (written on the state writer's thread); skipped while
-        the previous save is still being written (its changes are then saved by the next one)."""
-        self._last_state_save = time.monotonic()
+        """Start saving what changed in the template state (written on the state writer's thread); while the
+        previous save is still being written, nothing (the changes wait for the next tick's try)."""
         writer = self.state_writer
         if self.pipeline is None or writer is None or writer.busy:
-            return
+            return  # tried again at the next tick
+        self._last_state_save = time.monotonic()
         try:
             changes = self.pipeline.decoder.state_changes()
         except Exception as exc:  # a bug; state saving is housekeeping
