@@ -38,6 +38,9 @@ from collector.systemd import Notifier, watchdog_interval_s
 from decoders.schema import FLOWS
 
 TICK_S = 1.0
+LEGACY_STATE_MAX_BYTES = 64 * 1024 * 1024
+"""A JSON state file of the format before the log is loaded only up to this size: one written under a template
+flood could hold hundreds of MB (a minute to load), more than any budget keeps."""
 STATUS_LINE_INTERVAL_S = 10.0
 
 
@@ -730,12 +733,17 @@ class Server:
         writer = self.state_writer = StateWriter(own, legacy_own)
         others = [p for p in sorted(main.parent.glob(main.name + "*"))
                   if p != own and not p.name.endswith((".tmp", ".held"))]
+        legacy = []
         if legacy_main is not None:
-            others += [p for p in sorted(main.parent.glob(legacy_main.name + "*"))
-                       if p != legacy_own and not p.name.endswith(".tmp")]
+            legacy = [p for p in sorted(main.parent.glob(legacy_main.name + "*"))
+                      if p != legacy_own and not p.name.endswith(".tmp")]
             if legacy_own is not None and legacy_own.is_file():
-                others.append(legacy_own)
-        for path in others:
+                legacy.append(legacy_own)  # last: its own templates win
+        for path in [*others, *legacy]:
+            if path in legacy and path.stat().st_size > LEGACY_STATE_MAX_BYTES:
+                log("warning", "old template state too large to load; templates will be learned again",
+                    path=str(path), bytes=path.stat().st_size)
+                continue
             self._load_file(decoder, path, path.read_bytes, mark=True)
         try:
             own_log, held = writer.load()

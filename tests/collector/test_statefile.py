@@ -126,3 +126,60 @@ def test_saving_runs_on_the_writers_thread(tmp_path: Path, monkeypatch) -> None:
     fut.result(10)
     assert not writer.busy and threads[0].startswith("flowmed-state")
     writer.close()
+
+
+class _Sink:
+    outputs: list = []
+
+    def add(self, table, batch) -> bool:
+        return True
+
+    def maybe_flush(self, now=None) -> None:
+        pass
+
+    def flush(self) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
+
+
+def test_the_daemon_loads_every_state_file_and_saves_them_in_its_own_log(tmp_path: Path) -> None:
+    """Server glue: the JSON file of the format before, another worker's log and the own log are loaded (budgets
+    apply), saved at stop into the own log, and the JSON file goes once that is written."""
+    import asyncio
+    import json
+
+    import uvloop
+    from prometheus_client import CollectorRegistry
+
+    from collector import config as config_mod
+    from collector.server import Server
+    from tests.fixtures.peers import free_port
+
+    import time
+
+    now = int(time.time() * 1000)  # (exporters idle for a week are forgotten at the first tick)
+    state = tmp_path / "state"
+    state.mkdir()
+    old = {"version": 1, "pending": [], "exporters": {"192.0.2.1": {
+        "templates": [[9, 0, now, [256, [[8, 4, 0], [1, 4, 0]], 0, False]]], "samplers": [], "init_ms": [],
+        "last_seen_ms": now}}}
+    (state / "templates.json").write_text(json.dumps(old))
+    other = FlowDecoder()
+    other.decode([(_templates(2), "192.0.2.2", now)])
+    (state / "templates.bin.worker3").write_bytes(other.save_state())
+    sets = [f'listen.udp=["127.0.0.1:{free_port()}"]', f"store.path={tmp_path}", "metrics.enabled=false"]
+    server = Server(config_mod.load(None, sets), registry=CollectorRegistry(), sink=_Sink(), mediator=None)
+
+    async def run() -> None:
+        task = asyncio.ensure_future(server.serve())
+        while server.pipeline is None:
+            await asyncio.sleep(0.01)
+        assert server.pipeline.decoder.templates_known() == {"192.0.2.1": 1, "192.0.2.2": 2}
+        server.request_stop()
+        assert await task == 0
+
+    uvloop.run(run())
+    assert _reload(state / "templates.bin").templates_known() == {"192.0.2.1": 1, "192.0.2.2": 2}
+    assert not (state / "templates.json").exists() and (state / "templates.bin.worker3").exists()
