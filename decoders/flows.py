@@ -464,7 +464,7 @@ class FlowDecoder:
 
         Costs one step per changed key (plus one per exporter): it collects references to the changed templates
         (entries are never modified in place, so another thread may encode them) and copies of the small
-        per-exporter tables. :meth:`StateChanges.encode` makes the records, on the writer's thread.
+        per-exporter tables. :meth:`StateChanges.records` makes the records, on the writer's thread.
         """
         exporters = self.exporters
         slack = self.limits.exporter_idle_ms // 8  # last seen is saved coarsely: it only matters for idle expiry
