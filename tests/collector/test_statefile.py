@@ -149,6 +149,7 @@ def test_the_daemon_loads_every_state_file_and_saves_them_in_its_own_log(tmp_pat
     apply), saved at stop into the own log, and the JSON file goes once that is written."""
     import asyncio
     import json
+    import time
 
     import uvloop
     from prometheus_client import CollectorRegistry
@@ -156,8 +157,6 @@ def test_the_daemon_loads_every_state_file_and_saves_them_in_its_own_log(tmp_pat
     from collector import config as config_mod
     from collector.server import Server
     from tests.fixtures.peers import free_port
-
-    import time
 
     now = int(time.time() * 1000)  # (exporters idle for a week are forgotten at the first tick)
     state = tmp_path / "state"
