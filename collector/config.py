@@ -91,14 +91,27 @@ class DecoderConfig:
     """Data sets waiting longer than this for their template are dropped (and counted)."""
     template_timeout_s: float = 0.0
     """Forget templates not refreshed for this long (0 = keep until withdrawn or replaced)."""
-    state_file: str = "state/templates.json"
-    """Templates and sampling options saved here (relative to store.path) so a restart loses no data."""
+    template_max_bytes_per_exporter: int = 4 * 1024 * 1024
+    """Memory the templates of one exporter may cost, estimated from each template's header and field list before
+    anything is compiled (a typical 20-field template about 13 KiB, the costliest 512-field one about 60 KiB);
+    a template beyond it is refused and counted (limit template_max_bytes_per_exporter)."""
+    template_max_bytes: int = 256 * 1024 * 1024
+    """Memory the templates of all exporters may cost together. Half of it is set aside in equal shares for every
+    possible exporter (template_max_bytes / 2 / max_exporters each; 32 KiB by default), so exporters flooding
+    templates cannot starve one that starts later; beyond, a template is refused and counted."""
+    state_file: str = "state/templates.bin"
+    """Templates and sampling options saved here (relative to store.path) so a restart loses no data; data held
+    for a template in the same name + ".held". A state file of the JSON format before (templates.json) is read."""
+    state_save_interval_s: float = 60.0
+    """Changed templates are saved this often (appended to the state file by a thread of its own)."""
 
     def validate(self, key: str) -> None:
         _check_positive(key, max_exporters=self.max_exporters,
                         max_templates_per_exporter=self.max_templates_per_exporter,
                         max_template_fields=self.max_template_fields, pending_max_bytes=self.pending_max_bytes,
-                        pending_max_age_s=self.pending_max_age_s)
+                        pending_max_age_s=self.pending_max_age_s,
+                        template_max_bytes_per_exporter=self.template_max_bytes_per_exporter,
+                        template_max_bytes=self.template_max_bytes, state_save_interval_s=self.state_save_interval_s)
 
 
 @dataclass(frozen=True)

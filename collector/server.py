@@ -34,30 +34,16 @@ from collector.configtree import ConfigError
 from collector.listener import Datagram, ListenError, UdpListener
 from collector.logging import RateLimiter, log, set_level
 from collector.logging import setup as setup_logging
+from collector.statefile import StateWriter
 from collector.storelock import StoreLock
 from collector.systemd import Notifier, watchdog_interval_s
 from decoders.schema import FLOWS
 
 TICK_S = 1.0
-STATE_SAVE_INTERVAL_S = 60.0
+LEGACY_STATE_MAX_BYTES = 64 * 1024 * 1024
+"""A JSON state file of the format before the log is loaded only up to this size: one written under a template
+flood could hold hundreds of MB (a minute to load), more than any budget keeps."""
 STATUS_LINE_INTERVAL_S = 10.0
-
-
-def write_atomic(path: Path, data: bytes) -> None:
-    """Write ``data`` to ``path`` via a temporary file, fsync and rename: a crash leaves the old or the new file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    with open(tmp, "wb") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-    with contextlib.suppress(OSError):
-        dfd = os.open(path.parent, os.O_RDONLY)
-        try:
-            os.fsync(dfd)
-        finally:
-            os.close(dfd)
 
 
 def status_line(snapshot: dict[str, Any]) -> str:
@@ -316,6 +302,8 @@ def make_decoder(config: Config) -> Any:
     d = config.decoder
     limits = DecoderLimits(max_exporters=d.max_exporters, max_templates_per_exporter=d.max_templates_per_exporter,
                            max_template_fields=d.max_template_fields, pending_max_bytes=d.pending_max_bytes,
+                           template_max_bytes_per_exporter=d.template_max_bytes_per_exporter,
+                           template_max_bytes=d.template_max_bytes,
                            pending_max_age_ms=int(d.pending_max_age_s * 1000),
                            template_timeout_ms=int(d.template_timeout_s * 1000))
     return FlowDecoder(limits, sampling_policy(config))
@@ -459,6 +447,7 @@ class Server:
         self._batch_scheduled = False
         self._loop: asyncio.AbstractEventLoop | None = None
         self._last_state_save = time.monotonic()
+        self.state_writer: StateWriter | None = None
         self.rows_flushed = 0
         self.radius: Any = None
         self._dropped_seen: dict[tuple[str, str], int] = {}
@@ -615,7 +604,7 @@ class Server:
         except Exception as exc:
             m.pipeline_errors.labels("sink").inc()
             log("error", "sink flush failed", error=repr(exc))
-        if time.monotonic() - self._last_state_save >= STATE_SAVE_INTERVAL_S:
+        if time.monotonic() - self._last_state_save >= self.config.decoder.state_save_interval_s:
             self.save_state()
         for lst in self.listeners:
             if m.socket_drops is not None:  # else the supervisor counts them
@@ -726,9 +715,12 @@ class Server:
         if self._batch_timer is not None:
             self._batch_timer.cancel()
         self.process_pending()
-        self.save_state()  # first: templates are worth keeping even if the flush below gets stuck
         p = self.pipeline
         timeout = self.config.service.shutdown_timeout_s
+        try:  # first: templates are worth keeping even if the flush below gets stuck; but a third of the time at most
+            await asyncio.wait_for(self.save_state_final(), max(0.1, timeout / 3 - (time.monotonic() - t0)))
+        except TimeoutError:
+            log("error", "template state not saved at stop: its writer is stuck", timeout_s=round(timeout / 3, 1))
         try:
             await asyncio.wait_for(self.stop_side_listeners(), max(0.1, timeout - (time.monotonic() - t0)))
             await asyncio.wait_for(self._loop.run_in_executor(None, self._final_flush),
@@ -806,32 +798,90 @@ class Server:
     # --- state and status ------------------------------------------------------------------------------------------
 
     def _load_state(self, decoder: Any) -> None:
-        """Load saved templates: every other state file first (a changed worker count loses nothing), own last."""
+        """Load saved templates: every other state file first (a changed worker count loses nothing), own last.
+
+        Loading is bounded whatever the files hold: every record is checked against the decoder's limits and
+        template budgets, nothing is compiled, and the own log is at most about twice the live state (the writer
+        compacts it). Files of the JSON format before the log are loaded too and saved again in the log.
+        """
         own = state_path(self.config, self.worker)
         main = state_path(self.config, None)
-        others = [p for p in sorted(main.parent.glob(main.name + "*")) if p != own and not p.name.endswith(".tmp")]
-        for path in [*others, own]:
-            if not path.is_file():
+        legacy_main = main.with_suffix(".json") if main.suffix != ".json" else None
+        legacy_own = None
+        if legacy_main is not None:
+            legacy_own = legacy_main if self.worker is None else \
+                legacy_main.with_name(f"{legacy_main.name}.worker{self.worker}")
+        writer = self.state_writer = StateWriter(own, legacy_own)
+        others = [p for p in sorted(main.parent.glob(main.name + "*"))
+                  if p != own and not p.name.endswith((".tmp", ".held"))]
+        legacy = []
+        if legacy_main is not None:
+            legacy = [p for p in sorted(main.parent.glob(legacy_main.name + "*"))
+                      if p != legacy_own and not p.name.endswith(".tmp")]
+            if legacy_own is not None and legacy_own.is_file():
+                legacy.append(legacy_own)  # last: its own templates win
+        for path in [*others, *legacy]:
+            if path in legacy and path.stat().st_size > LEGACY_STATE_MAX_BYTES:
+                log("warning", "old template state too large to load; templates will be learned again",
+                    path=str(path), bytes=path.stat().st_size)
                 continue
-            try:
-                decoder.load_state(path.read_bytes())
-                log("info" if path == own else "debug", "template state loaded", path=str(path))
-            except Exception as exc:  # a damaged state file costs the templates, never the start
-                log("warning", "template state not loaded; templates will be learned again", path=str(path),
-                    error=repr(exc))
+            self._load_file(decoder, path, path.read_bytes, mark=True)
+        try:
+            own_log, held = writer.load()
+        except OSError as exc:
+            own_log = held = None
+            log("warning", "template state not loaded; templates will be learned again", path=str(own),
+                error=repr(exc))
+        if own_log is not None:
+            self._load_file(decoder, own, lambda: own_log, mark=False)
+        if held is not None:
+            self._load_file(decoder, writer.held_path, lambda: held, mark=False)
+
+    def _load_file(self, decoder: Any, path: Path, read: Any, *, mark: bool) -> None:
+        try:
+            refused = decoder.load_state(read(), mark=mark)
+            log("info" if not mark else "debug", "template state loaded", path=str(path), refused=refused)
+        except Exception as exc:  # a damaged state file costs the templates, never the start
+            log("warning", "template state not loaded; templates will be learned again", path=str(path),
+                error=repr(exc))
 
     def save_state(self) -> None:
-        """Save templates and sampling options atomically."""
+        """Start saving what changed in the template state (written on the state writer's thread); while the
+        previous save is still being written, nothing (the changes wait for the next tick's try)."""
+        writer = self.state_writer
+        if self.pipeline is None or writer is None or writer.busy:
+            return  # tried again at the next tick
         self._last_state_save = time.monotonic()
-        if self.pipeline is None:
-            return
-        path = state_path(self.config, self.worker)
         try:
-            write_atomic(path, self.pipeline.decoder.save_state())
+            changes = self.pipeline.decoder.state_changes()
+        except Exception as exc:  # a bug; state saving is housekeeping
+            log("error", "template state not saved", error=repr(exc))
+            return
+        writer.submit(changes).add_done_callback(self._state_saved)
+
+    def _state_saved(self, fut: concurrent.futures.Future) -> None:
+        """(The writer's thread.) Count the save."""
+        exc = fut.exception()
+        if exc is None:
             self.metrics.state_saves.labels("ok").inc()
-        except Exception as exc:
+        else:
             self.metrics.state_saves.labels("failed").inc()
-            log("error", "template state not saved", path=str(path), error=repr(exc))
+            assert self.state_writer is not None
+            log("error", "template state not saved", path=str(self.state_writer.path), error=repr(exc))
+
+    async def save_state_final(self) -> None:
+        """At stop: wait for the save being written, then save what changed since (bounded by the changes)."""
+        writer = self.state_writer
+        if writer is None or self.pipeline is None:
+            return
+        if writer._future is not None:
+            with contextlib.suppress(Exception):  # counted by _state_saved
+                await asyncio.wrap_future(writer._future)
+        self.save_state()
+        if writer._future is not None:
+            with contextlib.suppress(Exception):
+                await asyncio.wrap_future(writer._future)
+        writer.close()
 
     def fresh_status(self) -> dict[str, Any]:
         """For the HTTP thread: a snapshot built on the event loop now (the last published one if the loop is busy)."""

@@ -8,6 +8,10 @@ from __future__ import annotations
 
 import os
 import socket
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from collector.config import Config
 
 
 class Notifier:
@@ -53,3 +57,51 @@ def watchdog_interval_s() -> float | None:
     except ValueError:
         return None
     return value / 1e6 / 2 if value > 0 else None
+
+
+# --- the memory the configuration allows (packaging/flowmed.service sets MemoryMax= from it) -----------------------
+
+BASELINE_BYTES = 256 * 1024 * 1024
+"""One process's own memory: interpreter, numpy, pyarrow, the batch joiner, metrics and status (measured: about
+126 MiB idle with the default configuration, 135 MiB at the peak of tests/hardening/test_template_flood.py)."""
+DEDUP_KEY_BYTES = 16
+"""Per de-duplication key (``mediation.dedup_max_keys``, over both generations)."""
+BINDING_BYTES = 100
+"""Per subscriber binding in the in-memory index (``subscribers.max_memory_bindings``)."""
+TASKS_PER_PROCESS_FIXED = 48
+"""Threads of one process whatever the host: its own (event loop, HTTP, sink writer, ClickHouse sender, store
+maintenance, bindings rebuild, RADIUS, state writer, allocator) and asyncio's executor (at most 32)."""
+
+
+def memory_budget(config: Config) -> dict[str, int]:
+    """Bytes each bounded part of one receiving process may hold with ``config`` ,
+    and ``"total"``: every process together (``service.workers``, plus the supervisor when there are several).
+
+    The parts: ``decoder.template_max_bytes``; ``decoder.pending_max_bytes``; ``store.max_pending_rows`` raw flow
+    rows (their numpy width); the de-duplication keys and the bindings index when mediation is on; the receive
+    buffers (``listen.rcvbuf_bytes`` per endpoint: socket memory is charged to the service's cgroup); the baseline.
+    """
+    from decoders.schema import FLOWS
+
+    c = config
+    mediation = c.mediation.enabled
+    row = sum(col.numpy_dtype.itemsize for col in FLOWS.columns)
+    parts = {
+        "templates": c.decoder.template_max_bytes,
+        "pending": c.decoder.pending_max_bytes,
+        "sink_rows": c.store.max_pending_rows * row,
+        "dedup": c.mediation.dedup_max_keys * DEDUP_KEY_BYTES if mediation else 0,
+        "bindings": c.subscribers.max_memory_bindings * BINDING_BYTES if mediation else 0,
+        "receive_buffers": c.listen.rcvbuf_bytes * len(c.listen.udp),
+        "baseline": BASELINE_BYTES,
+    }
+    workers = c.service.workers
+    parts["total"] = sum(parts.values()) * workers + (BASELINE_BYTES if workers > 1 else 0)
+    return parts
+
+
+def tasks_budget(workers: int, cores: int) -> int:
+    """Threads the service may run: per process the fixed ones, and Arrow's and OpenBLAS's pools (a thread per core
+    each) and Arrow's I/O pool (8); the supervisor's when there are several workers."""
+    per_process = TASKS_PER_PROCESS_FIXED + 2 * cores + 8
+    return per_process * workers + (TASKS_PER_PROCESS_FIXED if workers > 1 else 0)

@@ -90,6 +90,12 @@ REASONS: dict[str, str] = {
     "pending_overflow": "Data held for a missing template was dropped to stay within the pending byte bound.",
     "missing_init_time": "IPFIX records with sysUptime times (IEs 21/22) but no systemInitTimeMilliseconds (IE 160) "
                          "from options data: decoded, with the export time as their times.",
+    "zero_length_field": "A template (counted each time it is received) with a field of length 0: legal on the wire "
+                         "and kept, but such a field carries no value (a broken exporter, or a crafted template).",
+    "record_count_mismatch": "A NetFlow v9 datagram whose header record count is neither the number of records it "
+                             "holds (templates, options and data: RFC 3954) nor that of its flow records (what "
+                             "softflowd counts); checked when every set in it was readable, and its records are "
+                             "decoded all the same.",
     "internal_error": "A decoder bug (never expected; the datagram or group is lost, the decoder goes on).",
 }
 """Every ``reason`` label :class:`decoders.flows.FlowDecoder` counts in ``DecodeResult.errors``, documented."""

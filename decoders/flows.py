@@ -38,6 +38,7 @@ import numpy as np
 
 from decoders import fields as ies
 from decoders import netflow5, templated
+from decoders import state as saved
 from decoders.errors import (
     BadRecord,
     BadSetLength,
@@ -53,12 +54,24 @@ from decoders.pending import HeldSet, PendingStore
 from decoders.sampling import SamplerTable, SamplingPolicy, rate_from_columns, rate_from_values, resolve
 from decoders.schema import FLOWS
 from decoders.sequence import SequenceTracker
-from decoders.templated import Withdrawal
-from decoders.templates import Compiled, FixedView, Template, compile_template, walk_sets, walk_variable
+from decoders.templated import RawTemplate, Withdrawal
+from decoders.templates import (
+    Compiled,
+    FixedView,
+    Template,
+    compile_spec,
+    spec_of,
+    template_cost,
+    walk_sets,
+    walk_variable,
+)
 
-__all__ = ["DecodeResult", "DecoderLimits", "FlowDecoder", "SamplingPolicy"]
+__all__ = ["DecodeResult", "DecoderLimits", "FlowDecoder", "SamplingPolicy", "StateChanges"]
 
 STATE_VERSION = 1
+"""The JSON state format of flowmed before :mod:`decoders.state` (still read)."""
+DIRTY_MAX = 1 << 18
+"""Changed state keys remembered between saves; beyond, the next save rewrites the whole state."""
 FAST_MIN_RUN = 4
 """Consecutive single-set datagrams of known fixed-length templates taken as a block; fewer go one by one."""
 _SET = struct.Struct(">HH")
@@ -73,6 +86,11 @@ class DecoderLimits:
     """Exporters tracked at once; datagrams from further ones are counted (``limit_hits``) and dropped."""
     max_templates_per_exporter: int = 1024
     """Templates per exporter, over all its domains; further templates are refused and counted."""
+    template_max_bytes_per_exporter: int = 4 << 20
+    """Memory the templates of one exporter may cost (:func:`decoders.templates.template_cost`, known from the
+    template's header and field specifiers before anything is compiled); a template beyond it is refused."""
+    template_max_bytes: int = 256 << 20
+    """Memory the templates of all exporters together may cost; a template beyond it is refused."""
     max_template_fields: int = 512
     """A template with more fields is refused (``template_too_many_fields``)."""
     pending_max_bytes: int = 8 * 1024 * 1024
@@ -115,17 +133,52 @@ class DecodeResult:
     """exporter -> held data sets dropped (too old or over the byte bound); also in ``errors``."""
 
 
-@dataclass(slots=True)
 class _TemplateEntry:
-    template: Template
-    compiled: Compiled
-    last_seen_ms: int
+    """A template an exporter sent: its wire field specifiers, compiled at its first data set (not before: a
+    template that never gets data costs no compiling, and loading saved state compiles nothing).
+
+    Never changed once made, but for ``last_seen_ms`` and the compiled form: the state writer reads entries from
+    another thread.
+    """
+
+    __slots__ = ("spec", "count", "scope", "options", "ipfix", "zero", "cost", "last_seen_ms", "saved_seen_ms",
+                 "_compiled")
+
+    def __init__(self, raw: RawTemplate, cost: int, last_seen_ms: int) -> None:
+        self.spec = raw.spec
+        self.count = raw.count
+        self.scope = raw.scope
+        self.options = raw.options
+        self.ipfix = raw.ipfix
+        self.zero = raw.zero
+        self.cost = cost
+        self.last_seen_ms = last_seen_ms
+        self.saved_seen_ms = last_seen_ms
+        self._compiled: Compiled | None = None
+
+    @property
+    def compiled(self) -> Compiled:
+        c = self._compiled
+        if c is None:
+            c = self._compiled = compile_spec(self.spec, ipfix=self.ipfix, options=self.options,
+                                              v9_scope=self.scope if self.options and not self.ipfix else 0)
+        return c
+
+    def same(self, raw: RawTemplate) -> bool:
+        """Whether ``raw`` is a refresh of this template (same fields, scope and kind)."""
+        return raw.spec == self.spec and raw.scope == self.scope and raw.options == self.options
+
+    def record(self, exporter: str, key: tuple[int, int, int]) -> bytes:
+        """This template as a state record (see :mod:`decoders.state`)."""
+        return saved.template_record(exporter, *key, options=self.options, ipfix=self.ipfix, scope=self.scope,
+                                     count=self.count, last_seen_ms=self.last_seen_ms, spec=self.spec)
 
 
 class _Exporter:
     """Everything known about one exporter address."""
 
-    __slots__ = ("name", "addr16", "templates", "samplers", "init_ms", "policy", "last_seen_ms")
+    __slots__ = ("name", "addr16", "templates", "samplers", "init_ms", "policy", "last_seen_ms", "template_bytes",
+                 "saved_seen_ms")
 
     def __init__(self, name: str, policy: tuple[int, bool], max_samplers: int) -> None:
         self.name = name
@@ -135,6 +188,53 @@ class _Exporter:
         self.init_ms: dict[int, int] = {}  # IPFIX systemInitTimeMilliseconds per domain (from options data)
         self.policy = policy
         self.last_seen_ms = 0
+        self.template_bytes = 0
+        """What its templates cost (:func:`decoders.templates.template_cost`), within the template budgets."""
+        self.saved_seen_ms = 0
+
+
+def _exporter_meta(st: _Exporter) -> tuple[int, dict[int, int], dict]:
+    """An exporter's saved values (copies: the writer's thread encodes them later)."""
+    return st.last_seen_ms, dict(st.init_ms), dict(st.samplers.rates)
+
+
+def _held_record(h: HeldSet) -> bytes:
+    return saved.held_record(*h.key, h.received_ms, h.export_ms, h.uptime_ms, h.body)
+
+
+@dataclass
+class StateChanges:
+    """What :meth:`FlowDecoder.state_changes` collected; :meth:`records` encodes it on any thread."""
+
+    items: list[tuple[saved.Key, object]]
+    """Changed keys: a template entry, an exporter's saved values, or None when the key is gone."""
+    full: list | None
+    """Instead of ``items``, the whole state (exporter, saved values, templates): the save rewrites everything."""
+    held: list[HeldSet] | None
+    """Every data set held for a template, when they changed since the last save (else None)."""
+
+    def records(self) -> list[tuple[saved.Key, bytes | None]]:
+        """(key, record), or (key, None) for a key deleted; see :mod:`decoders.state`."""
+        out: list[tuple[saved.Key, bytes | None]] = []
+        if self.full is not None:
+            for name, meta, templates in self.full:
+                out.append((("e", name), saved.exporter_record(name, *meta)))
+                out += [(("t", name, *k), e.record(name, k)) for k, e in templates.items()]
+            return out
+        for key, value in self.items:
+            if value is None:
+                out.append((key, None))
+            elif isinstance(value, _TemplateEntry):
+                out.append((key, value.record(key[1], key[2:])))
+            else:
+                out.append((key, saved.exporter_record(key[1], *value)))  # type: ignore[misc]
+        return out
+
+    def held_file(self) -> bytes | None:
+        """The held data sets as a whole state file, when they changed."""
+        if self.held is None:
+            return None
+        return saved.MAGIC + b"".join(_held_record(h) for h in self.held)
 
 
 def _addr16(name: str) -> bytes:
@@ -208,6 +308,11 @@ class _Batch:
         # or for a block of datagrams (None, keys, key index per datagram, seqs, counts).
         self.sequence: list[tuple] = []
         self.var_sets: list[tuple[_Group, int]] = []  # variable-length sets of the datagram being parsed
+        self.other_records = 0  # template records in the v9 datagram being parsed (negative: not checkable)
+        self.options_records = 0  # options data records in the v9 datagram being parsed
+        # v9 datagrams whose header record count is checked once variable-length sets are counted: (exporter,
+        # header count, every record known, flow records known, [(group, set index)] of variable-length sets)
+        self.v9_counts: list[tuple[str, int, int, int, list[tuple[_Group, int]]]] = []
         self.buf = b""  # the batch's datagrams joined, when blocks refer to it
 
     def context(self, st: _Exporter, version: int, domain: int, received_ms: int, export_ms: int,
@@ -260,6 +365,20 @@ class FlowDecoder:
         self.sequences = SequenceTracker()
         self.records_sequences = SequenceTracker(window=65536, max_jump=1 << 22)
         self._joiner = templated.Joiner()
+        self.template_bytes = 0
+        """What the templates of all exporters cost together (:func:`decoders.templates.template_cost`)."""
+        # Each exporter's first ``_reserve`` bytes of templates come out of a share set aside for every possible
+        # exporter (half the total budget); only what it holds beyond comes out of the shared pool (the other
+        # half). Exporters flooding templates can fill the pool, never a newcomer's share: the total stays within
+        # template_max_bytes either way.
+        lim = self.limits
+        self._reserve = lim.template_max_bytes // (2 * max(1, lim.max_exporters))
+        self._pool = lim.template_max_bytes - self._reserve * lim.max_exporters
+        self._pooled = 0
+        # State keys changed since state_changes() last ran (what the next incremental save writes).
+        self._dirty: set[saved.Key] = set()
+        self._resync = False
+        self._held_version = 0
 
     # ----------------------------------------------------------------------------------------------- public API
     def decode(self, datagrams: Iterable[tuple[bytes, str, int]]) -> DecodeResult:
@@ -298,6 +417,10 @@ class FlowDecoder:
         """Bytes held for missing templates (payload plus bookkeeping)."""
         return self.pending.bytes
 
+    def template_memory(self) -> int:
+        """What the templates of all exporters cost (within ``template_max_bytes``)."""
+        return self.template_bytes
+
     def expire(self, now_ms: int) -> Counter:
         """Drop stale held data, templates (``template_timeout_ms``) and idle exporters.
 
@@ -311,7 +434,7 @@ class FlowDecoder:
         for name, st in list(self.exporters.items()):
             if timeout > 0:
                 for key in [k for k, e in st.templates.items() if e.last_seen_ms < now_ms - timeout]:
-                    del st.templates[key]
+                    self._drop_template(st, key)
                     out[(name, "template_expired")] += 1
             if st.last_seen_ms < now_ms - self.limits.exporter_idle_ms:
                 self._forget(name)
@@ -324,46 +447,208 @@ class FlowDecoder:
         for name, st in self.exporters.items():
             st.policy = sampling.for_exporter(name)
 
+    # ------------------------------------------------------------------------------------------- saved state
     def save_state(self) -> bytes:
-        """Templates, sampling rates, system init times and data held for a template, as JSON bytes."""
-        state = {"version": STATE_VERSION, "pending": [
-            [*h.key, h.received_ms, h.export_ms, h.uptime_ms, base64.b64encode(h.body).decode()]
-            for h in self.pending.held()], "exporters": {
-            name: {
-                "templates": [[v, d, e.last_seen_ms, e.template.to_json()] for (v, d, _), e in st.templates.items()],
-                "samplers": st.samplers.to_json(),
-                "init_ms": [[d, ms] for d, ms in st.init_ms.items()],
-                "last_seen_ms": st.last_seen_ms,
-            } for name, st in self.exporters.items()}}
-        return json.dumps(state, separators=(",", ":")).encode()
+        """Everything worth keeping over a restart, as one state file (:mod:`decoders.state`): templates,
+        sampling rates, system init times and data held for a template. For tools and tests; the daemon saves
+        incrementally (:meth:`state_changes`)."""
+        parts = [saved.MAGIC]
+        for name, st in self.exporters.items():
+            parts.append(saved.exporter_record(name, st.last_seen_ms, st.init_ms, st.samplers.rates))
+            parts += [e.record(name, key) for key, e in st.templates.items()]
+        parts += [_held_record(h) for h in self.pending.held()]
+        return b"".join(parts)
 
-    def load_state(self, data: bytes) -> None:
-        """Restore what :meth:`save_state` wrote (limits still apply); raises StateError if unreadable."""
+    def state_changes(self) -> StateChanges:
+        """What changed since the last call, for an incremental save; cheap enough for the event loop.
+
+        Costs one step per changed key (plus one per exporter): it collects references to the changed templates
+        (entries are never modified in place, so another thread may encode them) and copies of the small
+        per-exporter tables. :meth:`StateChanges.records` makes the records, on the writer's thread.
+        """
+        exporters = self.exporters
+        slack = self.limits.exporter_idle_ms // 8  # last seen is saved coarsely: it only matters for idle expiry
+        for name, st in exporters.items():
+            if st.last_seen_ms - st.saved_seen_ms > slack:
+                self._mark(("e", name))
+        full: list | None = None
+        items: list[tuple[saved.Key, object]] = []
+        if self._resync:
+            full = [(name, _exporter_meta(st), dict(st.templates)) for name, st in exporters.items()]
+            for st in exporters.values():
+                st.saved_seen_ms = st.last_seen_ms
+                for e in st.templates.values():
+                    e.saved_seen_ms = e.last_seen_ms
+        else:
+            for key in self._dirty:
+                st = exporters.get(key[1])
+                if key[0] == "t":
+                    e = None if st is None else st.templates.get(key[2:])
+                    if e is not None:
+                        e.saved_seen_ms = e.last_seen_ms
+                    items.append((key, e))
+                else:
+                    if st is not None:
+                        st.saved_seen_ms = st.last_seen_ms
+                    items.append((key, None if st is None else _exporter_meta(st)))
+        self._dirty = set()
+        self._resync = False
+        held = None
+        if self.pending.version != self._held_version:
+            self._held_version = self.pending.version
+            held = self.pending.held()
+        return StateChanges(items, full, held)
+
+    def load_state(self, data: bytes, *, mark: bool = False) -> int:
+        """Restore a state file (:meth:`save_state`, or a log of :meth:`state_changes`; the JSON of flowmed
+        before it is read too). Every limit and budget applies, as to templates received.
+
+        Loading compiles nothing (templates are compiled at their first data) and parses no field, so it costs
+        a few microseconds per record. ``mark``: the loaded state is to be saved again by the next incremental
+        save (it came from another file); templates refused are always marked, so the saved state forgets them.
+        Returns the templates refused; raises :class:`StateError` when ``data`` is not decoder state.
+        """
+        if data[:1] == b"{":
+            return self._load_json(data)
+        refused = 0
+        for kind, payload, _ in saved.records(data)[0]:
+            item = saved.decode(kind, payload)
+            if isinstance(item, saved.TemplateRecord):
+                refused += not self._load_template(item, mark)
+            elif isinstance(item, saved.ExporterRecord):
+                st = self._exporter_state(item.exporter, None)
+                if st is None:
+                    continue
+                st.last_seen_ms = max(st.last_seen_ms, item.last_seen_ms)
+                if not mark:
+                    st.saved_seen_ms = st.last_seen_ms
+                for (d, k), rate in item.rates.items():
+                    st.samplers.set(d, k, rate)
+                for d, ms in item.init_ms.items():
+                    if d in st.init_ms or len(st.init_ms) < self.limits.max_samplers_per_exporter:
+                        st.init_ms[d] = ms
+                if mark:
+                    self._mark(("e", item.exporter))
+            elif isinstance(item, saved.HeldRecord):
+                if item.exporter in self.exporters:
+                    self.pending.add(HeldSet((item.exporter, item.version, item.domain, item.template_id),
+                                             item.body, item.received_ms, item.export_ms, item.uptime_ms))
+            elif item[0] == "t":
+                st = self.exporters.get(item[1])
+                if st is not None:
+                    self._drop_template(st, item[2:])
+            elif item[1] in self.exporters:
+                self._forget(item[1])
+        return refused
+
+    def _load_template(self, rec: saved.TemplateRecord, mark: bool) -> bool:
+        key = ("t", rec.exporter, rec.version, rec.domain, rec.template_id)
+        st = self._exporter_state(rec.exporter, None)
+        scanned = None
+        if rec.count <= self.limits.max_template_fields and rec.template_id >= 256 and rec.version in (9, 10):
+            scanned = templated._scan_specs(rec.spec, 0, len(rec.spec), rec.count, rec.ipfix)
+        if st is None or scanned != len(rec.spec):
+            self._mark(key)
+            return False
+        raw = RawTemplate(rec.template_id, rec.spec, rec.count, rec.scope, rec.options, rec.ipfix)
+        ok = raw.problem() is None and self._admit(st, key[2:], raw, rec.last_seen_ms, None)
+        if mark or not ok:
+            self._mark(key)
+        return ok
+
+    def _load_json(self, data: bytes) -> int:
+        """The JSON state of flowmed before the binary format (everything loaded is saved again, in the new one)."""
         try:
             state = json.loads(data)
             if state.get("version") != STATE_VERSION:
                 raise StateError(f"unsupported decoder state version {state.get('version')!r}")
-            for name, saved in state["exporters"].items():
-                st = self._exporter_state(str(name), None)
-                if st is None:
-                    break
-                st.last_seen_ms = max(st.last_seen_ms, int(saved.get("last_seen_ms", 0)))
-                for v, d, seen, tj in saved["templates"]:
+            buf = [saved.MAGIC]
+            for name, s in state["exporters"].items():
+                rates = {}
+                for d, k, r in s["samplers"]:
+                    rates[(int(d), (int(k[0]), int(k[1])) if k else None)] = int(r)
+                buf.append(saved.exporter_record(str(name), int(s.get("last_seen_ms", 0)),
+                                                 {int(d): int(ms) for d, ms in s["init_ms"]}, rates))
+                for v, d, seen, tj in s["templates"]:
                     t = Template.from_json(tj)
-                    if len(st.templates) < self.limits.max_templates_per_exporter \
-                            and len(t.fields) <= self.limits.max_template_fields:
-                        st.templates[(int(v), int(d), t.template_id)] = _TemplateEntry(t, compile_template(t), seen)
-                st.samplers.load_json(saved["samplers"])
-                for d, ms in saved["init_ms"]:
-                    st.init_ms[int(d)] = int(ms)
+                    v9_scope = sum(1 for f in t.fields if f.enterprise < 0)
+                    ipfix = int(v) == 10
+                    if v9_scope and ipfix:
+                        raise StateError("v9 scope fields in an IPFIX template")
+                    buf.append(saved.template_record(
+                        str(name), int(v), int(d), t.template_id, options=t.options, ipfix=ipfix,
+                        scope=t.scope_count if ipfix else v9_scope, count=len(t.fields), last_seen_ms=int(seen),
+                        spec=spec_of(t.fields, ipfix=ipfix)))
             for exporter, v, d, tid, received, export, uptime, body in state.get("pending", []):
-                if str(exporter) in self.exporters:
-                    self.pending.add(HeldSet((str(exporter), int(v), int(d), int(tid)), base64.b64decode(body),
-                                             int(received), int(export), int(uptime)))
+                buf.append(saved.held_record(str(exporter), int(v), int(d), int(tid), int(received), int(export),
+                                             int(uptime), base64.b64decode(body)))
         except StateError:
             raise
-        except (ValueError, KeyError, TypeError, AttributeError, binascii.Error) as e:
+        except (ValueError, KeyError, TypeError, AttributeError, binascii.Error, struct.error) as e:
             raise StateError(f"unreadable decoder state: {e}") from e
+        return self.load_state(b"".join(buf), mark=True)
+
+    def _mark(self, key: saved.Key) -> None:
+        """``key`` changed: the next incremental save writes it. Bounded: past ``DIRTY_MAX`` keys (templates
+        churned over many ids and domains), the next save rewrites the whole state instead."""
+        if not self._resync:
+            self._dirty.add(key)
+            if len(self._dirty) > DIRTY_MAX:
+                self._resync = True
+                self._dirty = set()
+
+    # ----------------------------------------------------------------------------------- template budget
+    def _refusal(self, st: _Exporter, entry: _TemplateEntry | None, cost: int) -> str | None:
+        """The limit a template costing ``cost`` (replacing ``entry``) would break, or None."""
+        lim = self.limits
+        if entry is None and len(st.templates) >= lim.max_templates_per_exporter:
+            return "max_templates_per_exporter"
+        after = st.template_bytes - (entry.cost if entry is not None else 0) + cost
+        if after > lim.template_max_bytes_per_exporter:
+            return "template_max_bytes_per_exporter"
+        if self._pooled - max(0, st.template_bytes - self._reserve) + max(0, after - self._reserve) > self._pool:
+            return "template_max_bytes"
+        return None
+
+    def _admit(self, st: _Exporter, key: tuple[int, int, int], raw: RawTemplate, now_ms: int,
+               result: DecodeResult | None) -> bool:
+        """Keep a new or changed template if the count limit and the memory budgets allow; else refuse it (and
+        forget the template it would have replaced: data must not be decoded with fields its exporter dropped).
+
+        First against a lower bound of its cost known from its header (every field fixed-length): a template
+        that cannot fit is refused with nothing looked at but its header. Nothing is compiled here.
+        """
+        entry = st.templates.get(key)
+        refused = self._refusal(st, entry, template_cost(raw.count, 0, len(raw.spec)))
+        if refused is None:
+            variable = raw.variable
+            cost = template_cost(raw.count, variable, len(raw.spec))
+            if variable:
+                refused = self._refusal(st, entry, cost)
+        if refused is not None:
+            if result is not None:
+                result.limit_hits[(st.name, refused)] += 1
+            if entry is not None and refused != "max_templates_per_exporter":
+                self._drop_template(st, key)
+            return False
+        if entry is not None:
+            self._charge(st, -entry.cost)
+        st.templates[key] = _TemplateEntry(raw, cost, now_ms)
+        self._charge(st, cost)
+        self._mark(("t", st.name, *key))
+        return True
+
+    def _charge(self, st: _Exporter, delta: int) -> None:
+        before = max(0, st.template_bytes - self._reserve)
+        st.template_bytes += delta
+        self.template_bytes += delta
+        self._pooled += max(0, st.template_bytes - self._reserve) - before
+
+    def _drop_template(self, st: _Exporter, key: tuple[int, int, int]) -> None:
+        entry = st.templates.pop(key, None)
+        if entry is not None:
+            self._charge(st, -entry.cost)
+            self._mark(("t", st.name, *key))
 
     # ------------------------------------------------------------------------------ per batch: single-set datagrams
     # Most data datagrams are a header and one data set of a known fixed-length template. Their headers are parsed
@@ -488,11 +773,17 @@ class FlowDecoder:
                 by_group = np.argsort(gidx, kind="stable")
                 bounds = np.searchsorted(gidx[by_group], np.arange(len(groups) + 1)).tolist()
                 sels = [by_group[bounds[i]:bounds[i + 1]] for i in range(len(groups))]
+            # v9 header record counts that disagree with the one data set (IPFIX has no such count)
+            miscounted = (version == 9) & (sets.count[a:b] != nrec)
+            miscounts = Counter(sc.codes[a:b][miscounted].tolist()) if miscounted.any() else None
         except Exception:  # a bug: decode these datagrams one by one instead (only unused domain slots were added)
             for i in range(a, b):
                 self._one(batch, *items[i])
             return
         # From here on: state changes only.
+        if miscounts:
+            for code, n in miscounts.items():
+                batch.result.errors[(sc.names[code], "record_count_mismatch")] += n
         datagrams = batch.result.datagrams
         for key, count in counted:
             datagrams[key] += count
@@ -614,7 +905,7 @@ class FlowDecoder:
         if version == 9:
             if end < 20:
                 raise Truncated(f"v9 header needs 20 bytes, got {end}", offset=0)
-            _, _, uptime, secs, seq, domain = templated.V9_HEADER.unpack_from(payload)
+            _, count, uptime, secs, seq, domain = templated.V9_HEADER.unpack_from(payload)
             pos = 20
         else:
             if end < 16:
@@ -632,11 +923,14 @@ class FlowDecoder:
         records, exact = 0, True
         templates, groups = st.templates, batch.groups
         batch.var_sets = var_sets = []
+        batch.other_records = 0  # template records and errors in sets, for the v9 record count
+        batch.options_records = 0
+        clean = True
         while end - pos >= 4:
             set_id, set_len = _SET.unpack_from(payload, pos)
             if set_len < 4 or pos + set_len > end:
                 result.errors[(st.name, BadSetLength.reason)] += 1
-                exact = False
+                exact = clean = False
                 pos = end  # the rest of the datagram is this one error, not also a "truncated" tail
                 break
             entry = templates.get((version, domain, set_id))
@@ -657,17 +951,22 @@ class FlowDecoder:
             try:
                 n = self._set(batch, st, ctx, version, domain, set_id, payload, view, pos + 4, pos + set_len)
                 if n < 0:
-                    exact = False
+                    exact = clean = False
                 else:
                     records += n
             except DecodeError as e:
                 result.errors[(st.name, e.reason)] += 1
+                clean = False
                 if isinstance(e, BadRecord):
                     exact = False
             pos += set_len
         if pos < end and any(view[pos:end]):
             result.errors[(st.name, Truncated.reason)] += 1
+            clean = False
         if version == 9:
+            if clean and batch.other_records >= 0:  # else the datagram already counts an error
+                batch.v9_counts.append((st.name, count, records + batch.other_records,
+                                        records - batch.options_records, var_sets))
             batch.sequence.append((self.sequences, (st.name, 9, domain), seq, 1, True, None))
         else:
             batch.sequence.append((self.records_sequences, (st.name, 10, domain), seq, records, exact,
@@ -695,9 +994,12 @@ class FlowDecoder:
                                                  max_fields=self.limits.max_template_fields):
             if isinstance(item, DecodeError):
                 batch.result.errors[(st.name, item.reason)] += 1
+                batch.other_records = -1 << 30  # no record count check for this datagram
             elif isinstance(item, Withdrawal):
+                batch.other_records += 1
                 self._withdraw(st, version, domain, item)
             else:
+                batch.other_records += 1
                 self._learn(batch, st, version, domain, item, batch.context_row(ctx)[1])
         return 0
 
@@ -734,6 +1036,7 @@ class FlowDecoder:
             starts = np.asarray(offsets, dtype=np.int64).reshape(n, len(compiled.segments))
         if compiled.options:
             self._options(batch, st, compiled, domain, chunk, n, starts)
+            batch.options_records += n
             return n
         g = batch.group(compiled)
         g.chunks.append(chunk)
@@ -754,10 +1057,14 @@ class FlowDecoder:
                     key = (ies.SELECTOR_ID, values[ies.SELECTOR_ID])
                 else:
                     key = None
+                if st.samplers.rates.get((domain, key)) != rate:
+                    self._mark(("e", st.name))
                 if not st.samplers.set(domain, key, rate):
                     batch.result.limit_hits[(st.name, "max_samplers_per_exporter")] += 1
             init = values.get(ies.SYSTEM_INIT_TIME)
             if init and (domain in st.init_ms or len(st.init_ms) < self.limits.max_samplers_per_exporter):
+                if st.init_ms.get(domain) != init:
+                    self._mark(("e", st.name))
                 st.init_ms[domain] = init
 
     def _hold(self, batch: _Batch, st: _Exporter, ctx: int, version: int, domain: int, template_id: int,
@@ -779,20 +1086,30 @@ class FlowDecoder:
             result.errors[(h.key[0], reason)] += 1
             result.pending_dropped[h.key[0]] += 1
 
-    def _learn(self, batch: _Batch, st: _Exporter, version: int, domain: int, template: Template,
+    def _learn(self, batch: _Batch, st: _Exporter, version: int, domain: int, raw: RawTemplate,
                now_ms: int) -> None:
-        key = (version, domain, template.template_id)
+        key = (version, domain, raw.template_id)
         entry = st.templates.get(key)
-        if entry is not None and entry.template == template:
+        errors = batch.result.errors
+        if entry is not None and entry.same(raw):
+            if entry.zero:
+                errors[(st.name, "zero_length_field")] += 1
             entry.last_seen_ms = now_ms
-        else:
-            if entry is None and len(st.templates) >= self.limits.max_templates_per_exporter:
-                batch.result.limit_hits[(st.name, "max_templates_per_exporter")] += 1
+            timeout = self.limits.template_timeout_ms
+            if timeout and now_ms - entry.saved_seen_ms > timeout // 4:  # saved again before it could time out
+                self._mark(("t", st.name, *key))
+        elif self._admit(st, key, raw, now_ms, batch.result):
+            problem = raw.problem()
+            if problem is not None:  # checked once admitted: a refused template costs no more than its header
+                self._drop_template(st, key)
+                errors[(st.name, problem.reason)] += 1
                 return
-            compiled = compile_template(template)
-            st.templates[key] = _TemplateEntry(template, compiled, now_ms)
+            if raw.zero:
+                errors[(st.name, "zero_length_field")] += 1
             batch.result.templates_learned[st.name] += 1
-        held_key = (st.name, version, domain, template.template_id)
+        else:
+            return
+        held_key = (st.name, version, domain, raw.template_id)
         if self.pending.has(held_key):
             compiled = st.templates[key].compiled
             current, batch.var_sets = batch.var_sets, []  # replayed sets are not the current datagram's records
@@ -806,16 +1123,20 @@ class FlowDecoder:
                     batch.result.errors[(st.name, e.reason)] += 1
             batch.var_sets = current
 
-    @staticmethod
-    def _withdraw(st: _Exporter, version: int, domain: int, w: Withdrawal) -> None:
+    def _withdraw(self, st: _Exporter, version: int, domain: int, w: Withdrawal) -> None:
         if w.all:
             for key in [k for k, e in st.templates.items()
-                        if k[0] == version and k[1] == domain and e.template.options == w.options]:
-                del st.templates[key]
+                        if k[0] == version and k[1] == domain and e.options == w.options]:
+                self._drop_template(st, key)
         else:
-            st.templates.pop((version, domain, w.template_id), None)
+            self._drop_template(st, (version, domain, w.template_id))
 
     def _forget(self, name: str) -> None:
+        st = self.exporters.get(name)
+        if st is not None:
+            for key in list(st.templates):
+                self._drop_template(st, key)
+            self._mark(("e", name))
         self.exporters.pop(name, None)
         self.pending.forget(name)
         self.sequences.forget(name)
@@ -832,6 +1153,10 @@ class FlowDecoder:
                 except Exception:  # a bug: count it and lose this group only; tests assert it never happens
                     result.errors[(batch.domain_info[int(ctx[g.ctx[0], 0])][0].name, "internal_error")] += 1
                     g.counts = [0] * len(g.counts)
+        for name, count, every, flows, var_sets in batch.v9_counts:
+            var = sum(g.counts[i] for g, i in var_sets)
+            if count not in (every + var, flows + var):  # RFC 3954 counts every record; softflowd only flows
+                result.errors[(name, "record_count_mismatch")] += 1
         self._observe_sequences(batch)
         groups = [g for g in batch.groups.values() if sum(g.counts)]
         if batch.v5.counts:

@@ -43,6 +43,8 @@ class PendingStore:
         self._by_key: dict[TemplateKey, list[int]] = {}
         self._next = 0
         self.bytes = 0
+        self.version = 0
+        """Changes with every set held, taken or dropped (the state writer saves held data when it changed)."""
 
     def __len__(self) -> int:
         return len(self._items)
@@ -56,6 +58,7 @@ class PendingStore:
         if held.size > self.max_bytes:
             return [held]
         self._next += 1
+        self.version += 1
         self._items[self._next] = held
         self._by_key.setdefault(held.key, []).append(self._next)
         self.bytes += held.size
@@ -71,6 +74,7 @@ class PendingStore:
             return []
         out = [self._items.pop(i) for i in ids]
         self.bytes -= sum(h.size for h in out)
+        self.version += 1
         return out
 
     def has(self, key: TemplateKey) -> bool:
@@ -96,6 +100,7 @@ class PendingStore:
 
     def _pop_oldest(self) -> HeldSet:
         i, held = self._items.popitem(last=False)
+        self.version += 1
         ids = self._by_key[held.key]
         ids.remove(i)
         if not ids:

@@ -8,6 +8,7 @@ This module is pure parsing; state (template cache, pending data, sampling, sequ
 from __future__ import annotations
 
 import io
+import re
 import struct
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
@@ -18,7 +19,7 @@ from decoders import fields as ies
 from decoders.errors import DecodeError, TemplateError, TooManyFields, Truncated
 from decoders.netflow5 import uptime_to_ms
 from decoders.schema import ipv4_mapped
-from decoders.templates import V9_SCOPE, Compiled, Field, FixedView, Template, VariableView
+from decoders.templates import Compiled, FixedView, Template, VariableView, fields_of
 
 V9_HEADER = struct.Struct(">HHIIII")  # version, count, sysUptime, unix_secs, package_sequence, source_id
 IPFIX_HEADER = struct.Struct(">HHIII")  # version, length, export time, sequence, observation domain
@@ -34,9 +35,9 @@ NTP_EPOCH_OFFSET = 2_208_988_800  # seconds from 1900-01-01 to 1970-01-01
 
 
 # The first 24 bytes of a datagram read both ways: header and first set header (v9: 20 + 4, IPFIX: 16 + 4).
-_V9_PREFIX = np.dtype({"names": ["version", "uptime", "secs", "seq", "domain", "set_id", "set_len"],
-                       "formats": [">u2", ">u4", ">u4", ">u4", ">u4", ">u2", ">u2"],
-                       "offsets": [0, 4, 8, 12, 16, 20, 22], "itemsize": 24})
+_V9_PREFIX = np.dtype({"names": ["version", "count", "uptime", "secs", "seq", "domain", "set_id", "set_len"],
+                       "formats": [">u2", ">u2", ">u4", ">u4", ">u4", ">u4", ">u2", ">u2"],
+                       "offsets": [0, 2, 4, 8, 12, 16, 20, 22], "itemsize": 24})
 _IPFIX_PREFIX = np.dtype({"names": ["length", "secs", "seq", "domain", "set_id", "set_len"],
                           "formats": [">u2", ">u4", ">u4", ">u4", ">u2", ">u2"],
                           "offsets": [2, 4, 8, 12, 16, 18], "itemsize": 24})
@@ -65,6 +66,8 @@ class SingleSets:
     """Offset of the set's first record in ``buf``."""
     body_len: np.ndarray
     """Bytes of records (and padding) in the set."""
+    count: np.ndarray
+    """v9 header record count; 0 for IPFIX."""
 
 
 class Joiner:
@@ -102,7 +105,7 @@ def scan_single_sets(payloads: Sequence[bytes], joiner: Joiner | None = None) ->
     cand = None if every else np.flatnonzero(lens >= 24)  # shorter: never a header and a set with a record
     if not every and not len(cand):
         zero = np.zeros(n, dtype=np.int64)
-        return SingleSets(buf, np.zeros(n, dtype=bool), zero, zero, zero, zero, zero, zero, zero, zero)
+        return SingleSets(buf, np.zeros(n, dtype=bool), zero, zero, zero, zero, zero, zero, zero, zero, zero)
     heads = np.ndarray((len(buf) - 23,), dtype="V24", buffer=buf, strides=(1,))[starts if every else starts[cand]]
     length = lens if every else lens[cand]
     h9, hx = heads.view(_V9_PREFIX), heads.view(_IPFIX_PREFIX)
@@ -116,12 +119,12 @@ def scan_single_sets(payloads: Sequence[bytes], joiner: Joiner | None = None) ->
         p9, px = _v9_parts(h9, length), _ipfix_parts(hx, length)
         parts = [np.where(is9, a, b) for a, b in zip(p9, px, strict=True)]
         parts[0] &= (version == 9) | (version == 10)
-    single, domain, set_id, seq, export_ms, uptime_ms, head = parts
+    single, domain, set_id, seq, export_ms, uptime_ms, count, head = parts
     if every:
         return SingleSets(buf, single, version, domain, set_id, seq, export_ms, uptime_ms, starts + head,
-                          length - head)
-    out = [np.zeros(n, dtype=bool)] + [np.zeros(n, dtype=np.int64) for _ in range(8)]
-    values = (single, version, domain, set_id, seq, export_ms, uptime_ms, starts[cand] + head, length - head)
+                          length - head, count)
+    out = [np.zeros(n, dtype=bool)] + [np.zeros(n, dtype=np.int64) for _ in range(9)]
+    values = (single, version, domain, set_id, seq, export_ms, uptime_ms, starts[cand] + head, length - head, count)
     for full, v in zip(out, values, strict=True):
         full[cand] = v
     return SingleSets(buf, *out)
@@ -130,13 +133,14 @@ def scan_single_sets(payloads: Sequence[bytes], joiner: Joiner | None = None) ->
 def _v9_parts(h: np.ndarray, length: np.ndarray) -> list:
     single = (h["version"] == 9) & (h["set_id"] >= 256) & (h["set_len"] == length - 20)
     return [single, h["domain"].astype(np.int64), h["set_id"].astype(np.int64), h["seq"].astype(np.int64),
-            h["secs"].astype(np.int64) * 1000, h["uptime"].astype(np.int64), 24]
+            h["secs"].astype(np.int64) * 1000, h["uptime"].astype(np.int64), h["count"].astype(np.int64), 24]
 
 
 def _ipfix_parts(h: np.ndarray, length: np.ndarray) -> list:
     single = (h["length"] == length) & (h["set_id"] >= 256) & (h["set_len"] == length - 16)
     return [single, h["domain"].astype(np.int64), h["set_id"].astype(np.int64), h["seq"].astype(np.int64),
-            h["secs"].astype(np.int64) * 1000, np.full(len(h), -1, dtype=np.int64), 20]
+            h["secs"].astype(np.int64) * 1000, np.full(len(h), -1, dtype=np.int64), np.zeros(len(h), dtype=np.int64),
+            20]
 
 
 @dataclass(frozen=True, slots=True)
@@ -155,12 +159,106 @@ def _padding(body: bytes | memoryview, pos: int, end: int) -> bool:
     return not any(body[pos:end])
 
 
+class RawTemplate:
+    """A template or options template record as received: its header checked, its field specifiers kept as wire
+    bytes, nothing per field made.
+
+    The decoder first decides whether it is a refresh of a template it knows (compare :attr:`spec`) or can fit its
+    memory budget at all (its cost with no variable-length field is a lower bound: ``count`` and ``len(spec)``);
+    only a template it may keep is looked at further (:meth:`problem`, :attr:`variable`: numpy over the lengths),
+    and only one that gets data is compiled.
+    """
+
+    __slots__ = ("template_id", "spec", "count", "scope", "options", "ipfix", "_lengths")
+
+    def __init__(self, template_id: int, spec: bytes, count: int, scope: int, options: bool, ipfix: bool) -> None:
+        self.template_id = template_id
+        self.spec = spec
+        """Field specifiers as on the wire (IPFIX: enterprise fields with their PEN; v9 options: scope first)."""
+        self.count = count
+        self.scope = scope
+        """Scope fields (options templates)."""
+        self.options = options
+        self.ipfix = ipfix
+        self._lengths: np.ndarray | None = None  # read from ``spec`` when needed
+
+    def lengths(self) -> np.ndarray:
+        if self._lengths is None:
+            self._lengths = spec_lengths(self.spec, self.ipfix)
+        return self._lengths
+
+    @property
+    def variable(self) -> int:
+        """Fields of variable length (65535)."""
+        return int(np.count_nonzero(self.lengths() == ies.VARIABLE_LENGTH))
+
+    @property
+    def zero(self) -> int:
+        """Fields of length 0 (legal on the wire, but they carry nothing: counted as ``zero_length_field``)."""
+        return int(np.count_nonzero(self.lengths() == 0))
+
+    def problem(self) -> TemplateError | None:
+        """Why the template cannot be used (every field of length 0), or None."""
+        lengths = self.lengths()
+        if not lengths.any():
+            return TemplateError(f"template {self.template_id} has zero record length")
+        return None
+
+    def template(self) -> Template:
+        """The template with its fields parsed (tests, tools; the decoder keeps :attr:`spec`)."""
+        v9_scope = self.scope if self.options and not self.ipfix else 0
+        return Template(self.template_id, fields_of(self.spec, ipfix=self.ipfix, v9_scope=v9_scope), self.scope,
+                        self.options)
+
+
+_SPECS: dict[int, re.Pattern[bytes]] = {}
+"""Per field count: a field is a word whose high bit is clear, or one whose high bit is set and the PEN after it."""
+
+
+def _scan_specs(body: bytes, pos: int, end: int, count: int, ipfix: bool) -> int | None:
+    """Where ``count`` field specifiers starting at ``pos`` end; None if they pass ``end``.
+
+    Every specifier is 4 bytes, or 8 for an IPFIX enterprise field (high bit of the element id), so each starts at a
+    multiple of 4: when no such word has its high bit set (one C-speed ``isascii`` over every fourth byte) they
+    are all 4 bytes; otherwise one regular expression match over those bytes counts the fields (C speed too).
+    """
+    plain = 4 * count
+    if end - pos < plain:
+        return None
+    if not ipfix or body[pos:pos + plain:4].isascii():
+        return pos + plain
+    pattern = _SPECS.get(count)
+    if pattern is None:
+        pattern = _SPECS[count] = re.compile(rb"(?:[\x00-\x7f]|[\x80-\xff][\x00-\xff]){%d}" % count)
+    match = pattern.match(body[pos:min(end, pos + 8 * count):4])
+    if match is None or pos + 4 * match.end() > end:
+        return None
+    return pos + 4 * match.end()
+
+
+def spec_lengths(spec: bytes, ipfix: bool) -> np.ndarray:
+    """The field lengths of wire field specifiers (see :func:`_scan_specs`)."""
+    if not ipfix or spec[::4].isascii():
+        return np.frombuffer(spec, dtype=">u2")[1::2]
+    # Word w starts a field unless the word before it starts an enterprise field (then w is its PEN): within a run
+    # of words with the high bit set, starts alternate from the run's first word, so w is a start exactly when the
+    # run of such words just before it is of even length.
+    high = np.frombuffer(spec[::4], dtype=np.uint8) >> 7
+    index = np.arange(len(high))
+    run = index - np.maximum.accumulate(np.where(high == 0, index, -1))  # high words ending here (0 if not high)
+    starts = np.flatnonzero(np.concatenate(([0], run[:-1])) % 2 == 0)
+    return np.frombuffer(spec, dtype=">u2")[2 * starts + 1]
+
+
 def parse_template_set(body: bytes, pos: int, end: int, *, ipfix: bool, options: bool,
-                       max_fields: int) -> Iterator[Template | Withdrawal | DecodeError]:
-    """Template or options template records of one set ``body[pos:end]``, in order."""
+                       max_fields: int) -> Iterator[RawTemplate | Withdrawal | DecodeError]:
+    """Template or options template records of one set ``body[pos:end]`` (``body`` is bytes), in order.
+
+    Per record: its header is unpacked and its specifiers skipped (see :func:`_scan_specs`); nothing else.
+    """
     min_record = 6 if options and not ipfix else 4
     while end - pos >= min_record:
-        if _padding(body, pos, end):
+        if not any(body[pos:pos + 4]) and _padding(body, pos, end):  # a template id is never 0: look further
             return
         start = pos
         if ipfix:
@@ -179,25 +277,6 @@ def parse_template_set(body: bytes, pos: int, end: int, *, ipfix: bool, options:
                     return
                 scope = U16.unpack_from(body, pos)[0]
                 pos += 2
-            if count > max_fields:
-                yield TooManyFields(f"template {tid} announces {count} fields (limit {max_fields})", offset=start)
-                return  # its length is unknown (enterprise bits): the rest of the set cannot be found
-            flds = []
-            for _ in range(count):
-                if end - pos < 4:
-                    yield Truncated(f"template {tid} cut short", offset=start)
-                    return
-                ie, length = U16X2.unpack_from(body, pos)
-                pos += 4
-                enterprise = 0
-                if ie & 0x8000:
-                    if end - pos < 4:
-                        yield Truncated(f"template {tid} cut short", offset=start)
-                        return
-                    enterprise = U32.unpack_from(body, pos)[0]
-                    ie &= 0x7FFF
-                    pos += 4
-                flds.append(Field(ie, length, enterprise))
         elif options:
             tid, scope_len, option_len = U16X3.unpack_from(body, pos)
             pos += 6
@@ -207,36 +286,26 @@ def parse_template_set(body: bytes, pos: int, end: int, *, ipfix: bool, options:
                 return
             count = (scope_len + option_len) // 4
             scope = scope_len // 4
-            if count > max_fields:
-                yield TooManyFields(f"template {tid} announces {count} fields (limit {max_fields})", offset=start)
-                return
-            if end - pos < 4 * count:
-                yield Truncated(f"options template {tid} cut short", offset=start)
-                return
-            flds = [Field(*U16X2.unpack_from(body, pos + 4 * i), V9_SCOPE if i < scope else 0) for i in range(count)]
-            pos += 4 * count
         else:
             tid, count = U16X2.unpack_from(body, pos)
             pos += 4
             scope = 0
-            if count > max_fields:
-                yield TooManyFields(f"template {tid} announces {count} fields (limit {max_fields})", offset=start)
-                return
-            if end - pos < 4 * count:
-                yield Truncated(f"template {tid} cut short", offset=start)
-                return
-            flds = [Field(*U16X2.unpack_from(body, pos + 4 * i)) for i in range(count)]
-            pos += 4 * count
+        if count > max_fields:
+            yield TooManyFields(f"template {tid} announces {count} fields (limit {max_fields})", offset=start)
+            return  # (IPFIX) its length is unknown without walking it: the rest of the set is not looked at
+        scanned = _scan_specs(body, pos, end, count, ipfix)
+        if scanned is None:
+            yield Truncated(f"{'options template' if options else 'template'} {tid} cut short", offset=start)
+            return
+        spec_start, pos = pos, scanned
         if tid < 256:
             yield TemplateError(f"template id {tid} is reserved (must be >= 256)", offset=start)
         elif count == 0:
             yield TemplateError(f"template {tid} has no field", offset=start)
         elif ipfix and options and not 0 < scope <= count:
             yield TemplateError(f"options template {tid}: scope count {scope} of {count} fields", offset=start)
-        elif sum(f.length for f in flds if not f.variable) + sum(f.variable for f in flds) == 0:
-            yield TemplateError(f"template {tid} has zero record length", offset=start)
         else:
-            yield Template(tid, tuple(flds), scope, options)
+            yield RawTemplate(tid, body[spec_start:pos], count, scope, options, ipfix)
 
 
 def make_view(compiled: Compiled, buf: bytes, n: int, starts: np.ndarray | None) -> FixedView | VariableView:

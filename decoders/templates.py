@@ -14,7 +14,8 @@ the same for both.
 
 from __future__ import annotations
 
-import functools
+import struct
+import weakref
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -70,9 +71,12 @@ class FieldRef:
 
 @dataclass(eq=False)
 class Compiled:
-    """A template compiled for columnar decoding. Identity matters: data sets are grouped by compiled template."""
+    """A template compiled for columnar decoding. Identity matters: data sets are grouped by compiled template.
 
-    fields: tuple[Field, ...]
+    It keeps no field list: only what decoding reads (dtypes, segment lengths, the fields of columns), so that its
+    memory does not grow with the fields a template carries but flowmed ignores (see :func:`template_cost`).
+    """
+
     options: bool
     fixed: bool
     reclen: int
@@ -109,11 +113,97 @@ def _dtype_of(length: int, kind: str) -> str | tuple[str, tuple[int]]:
 
 
 def compile_template(template: Template) -> Compiled:
-    """Compile (cached: identical field lists share one :class:`Compiled`)."""
-    return _compile(template.fields, template.options)
+    """Compile (cached while in use: identical field lists share one :class:`Compiled`)."""
+    v9_scope = sum(1 for f in template.fields if f.enterprise == V9_SCOPE)
+    ipfix = any(f.enterprise > 0 for f in template.fields)  # else v9-style: element ids may use all 16 bits
+    return compile_spec(spec_of(template.fields, ipfix=ipfix), ipfix=ipfix, options=template.options,
+                        v9_scope=v9_scope)
 
 
-@functools.lru_cache(maxsize=4096)
+_SPEC = struct.Struct(">HH")
+_PEN = struct.Struct(">I")
+_CACHE: weakref.WeakValueDictionary[tuple[bytes, bool, bool, int], Compiled] = weakref.WeakValueDictionary()
+"""Compiled templates in use, by (field specifiers, IPFIX, options, v9 scope fields). Weak: a compiled form lives
+exactly as long as a template of some exporter (or a batch) uses it, so nothing outside the template budget keeps
+compiled templates alive (a bounded LRU cache of them was up to 4,096 templates no exporter had any more)."""
+
+
+def spec_of(fields: tuple[Field, ...], *, ipfix: bool) -> bytes:
+    """The field specifiers of a template as on the wire (IPFIX: enterprise fields with their PEN)."""
+    out = []
+    for f in fields:
+        if ipfix and f.enterprise > 0:
+            out.append(_SPEC.pack(f.ie | 0x8000, f.length) + _PEN.pack(f.enterprise))
+        else:
+            out.append(_SPEC.pack(f.ie, f.length))
+    return b"".join(out)
+
+
+def fields_of(spec: bytes, *, ipfix: bool, v9_scope: int = 0) -> tuple[Field, ...]:
+    """The fields of wire field specifiers (the inverse of :func:`spec_of`); v9 options scope fields are marked
+    with enterprise :data:`V9_SCOPE`. ``spec`` was checked when the template was parsed."""
+    out: list[Field] = []
+    pos, end = 0, len(spec)
+    while pos + 4 <= end:
+        ie, length = _SPEC.unpack_from(spec, pos)
+        pos += 4
+        if ipfix and ie & 0x8000:
+            out.append(Field(ie & 0x7FFF, length, _PEN.unpack_from(spec, pos)[0]))
+            pos += 4
+        else:
+            out.append(Field(ie, length, V9_SCOPE if len(out) < v9_scope else 0))
+    return tuple(out)
+
+
+def compile_spec(spec: bytes, *, ipfix: bool, options: bool, v9_scope: int = 0) -> Compiled:
+    """Compile a template from its wire field specifiers; identical templates in use share one :class:`Compiled`."""
+    key = (spec, ipfix, options, v9_scope)
+    compiled = _CACHE.get(key)
+    if compiled is None:
+        compiled = _CACHE[key] = _compile(fields_of(spec, ipfix=ipfix, v9_scope=v9_scope), options)
+    return compiled
+
+
+# What a template costs in memory, from what its header and field specifiers say (before anything is compiled).
+# Measured with tracemalloc (tests/decoders/test_budget.py checks that the estimate covers what is really kept, for
+# the shapes that cost most per field); the parts:
+ENTRY_BYTES = 1024
+"""The decoder's entry for a template, its key, the saved-state writer's record header and dictionary slots."""
+SPEC_COPIES = 2
+"""Copies of the field specifiers kept: the decoder's entry and the template state writer's record."""
+COMPILED_BYTES = 2048
+"""A compiled template reading nothing: the object, its segment plan and empty dictionaries."""
+READ_FIELD_BYTES = 512
+"""Per field read (structured dtype field, column and element references): at most :data:`MAX_READ_FIELDS`."""
+SEGMENT_BYTES = 32
+"""Per variable-length field: its segment's offset and dtype slot."""
+SEGMENT_DTYPE_BYTES = 256
+"""Per variable-length field, up to :data:`MAX_READ_FIELDS`: the structured dtype of the segment after it."""
+
+
+def _max_read_fields() -> int:
+    columns = {ie.column for ie in ies.REGISTRY.values() if ie.column}
+    ipv6 = {ie.column for ie in ies.REGISTRY.values() if ie.column and ie.kind == "ipv6"}
+    return len(columns) + len(ipv6) + len(ies.OPTIONS_IES | set(ies.START_TIME_IES) | set(ies.END_TIME_IES))
+
+
+MAX_READ_FIELDS = _max_read_fields()
+"""The most fields :func:`_compile` can read from one template: a winner per column, an IPv6 alternate per address
+column, and the options and time elements."""
+
+
+def template_cost(count: int, variable: int, spec_len: int) -> int:
+    """Bytes of memory a template of ``count`` fields (``variable`` of them variable-length, ``spec_len`` bytes of
+    field specifiers) costs once learned and compiled: an upper bound, known before any field is parsed further.
+
+    Fields flowmed does not read cost only their specifier bytes, so a 512-field template of unknown elements is
+    about as cheap as its 2 KiB on the wire; the fields read are bounded by the column plan.
+    """
+    return (ENTRY_BYTES + SPEC_COPIES * (33 + spec_len) + COMPILED_BYTES
+            + READ_FIELD_BYTES * min(count, MAX_READ_FIELDS)
+            + SEGMENT_BYTES * variable + SEGMENT_DTYPE_BYTES * min(variable, MAX_READ_FIELDS))
+
+
 def _compile(fields: tuple[Field, ...], options: bool) -> Compiled:
     fixed = not any(f.variable for f in fields)
     winners: dict[str, tuple[int, int, str]] = {}  # column -> (rank, index, kind)
@@ -166,7 +256,7 @@ def _compile(fields: tuple[Field, ...], options: bool) -> Compiled:
         np.dtype({"names": n, "formats": fm, "offsets": o, "itemsize": length}) if n or fixed else None
         for (n, fm, o), length in zip(layout, segments, strict=True))
     dtype = seg_dtypes[0] if fixed else None
-    compiled = Compiled(tuple(fields), options, fixed, reclen, dtype, tuple(segments), fast=fixed and not options)
+    compiled = Compiled(options, fixed, reclen, dtype, tuple(segments), fast=fixed and not options)
     compiled.seg_dtypes = seg_dtypes
     compiled.columns = {col: (refs_by_index[i], kind) for col, (_, i, kind) in winners.items()}
     compiled.alternates = {col: refs_by_index[i] for col, (_, i, _) in alternates.items()}
@@ -381,4 +471,4 @@ class VariableView:
 
 
 __all__ = ["BadRecord", "Compiled", "Field", "FieldRef", "FixedView", "Template", "VariableView",
-           "compile_template", "walk_variable", "V9_SCOPE"]
+           "compile_spec", "compile_template", "fields_of", "spec_of", "template_cost", "walk_variable", "V9_SCOPE"]

@@ -21,7 +21,8 @@ from collector import config as config_mod
 from collector import logging as flog
 from collector import status as status_mod
 from collector.metrics import OTHER, ExporterLabels, Metrics
-from collector.server import Server, write_atomic
+from collector.server import Server
+from collector.statefile import write_atomic
 from collector.systemd import Notifier, watchdog_interval_s
 from tests.collector.daemon import V9Traffic
 from tests.fixtures.peers import free_port, require_tool

@@ -40,6 +40,17 @@ def v5(records: list[dict], *, uptime: int = 3_600_000, export_ms: int = T0_MS, 
     return head + body
 
 
+class Set(bytes):
+    """A set's bytes, knowing how many records it holds (for the v9 header count)."""
+
+    records: int
+
+    def __new__(cls, data: bytes, records: int) -> Set:
+        out = super().__new__(cls, data)
+        out.records = records
+        return out
+
+
 def field_specs(fields: list[tuple], *, ipfix: bool) -> bytes:
     """(ie, length) or (ie, length, enterprise) tuples as template field specifiers."""
     out = b""
@@ -56,7 +67,7 @@ def field_specs(fields: list[tuple], *, ipfix: bool) -> bytes:
 
 def template_set(templates: dict[int, list[tuple]], *, ipfix: bool) -> bytes:
     body = b"".join(struct.pack(">HH", tid, len(f)) + field_specs(f, ipfix=ipfix) for tid, f in templates.items())
-    return struct.pack(">HH", 2 if ipfix else 0, 4 + len(body)) + body
+    return Set(struct.pack(">HH", 2 if ipfix else 0, 4 + len(body)) + body, len(templates))
 
 
 def options_template_set(tid: int, scope: list[tuple], options: list[tuple], *, ipfix: bool) -> bytes:
@@ -64,10 +75,10 @@ def options_template_set(tid: int, scope: list[tuple], options: list[tuple], *, 
         body = struct.pack(">HHH", tid, len(scope) + len(options), len(scope))
         body += field_specs(scope + options, ipfix=True)
         body += bytes(-(4 + len(body)) % 4)
-        return struct.pack(">HH", 3, 4 + len(body)) + body
+        return Set(struct.pack(">HH", 3, 4 + len(body)) + body, 1)
     body = struct.pack(">HHH", tid, 4 * len(scope), 4 * len(options)) + field_specs(scope + options, ipfix=False)
     body += bytes(-(4 + len(body)) % 4)
-    return struct.pack(">HH", 1, 4 + len(body)) + body
+    return Set(struct.pack(">HH", 1, 4 + len(body)) + body, 1)
 
 
 def encode_record(fields: list[tuple], values: dict) -> bytes:
@@ -88,11 +99,15 @@ def encode_record(fields: list[tuple], values: dict) -> bytes:
 
 def data_set(tid: int, fields: list[tuple], records: list[dict], *, pad: int = 0) -> bytes:
     body = b"".join(encode_record(fields, r) for r in records) + bytes(pad)
-    return struct.pack(">HH", tid, 4 + len(body)) + body
+    return Set(struct.pack(">HH", tid, 4 + len(body)) + body, len(records))
 
 
-def v9(*sets: bytes, uptime: int = 3_600_000, export_ms: int = T0_MS, seq: int = 0, domain: int = 0) -> bytes:
-    return struct.pack(">HHIIII", 9, len(sets), uptime, export_ms // 1000, seq, domain) + b"".join(sets)
+def v9(*sets: bytes, uptime: int = 3_600_000, export_ms: int = T0_MS, seq: int = 0, domain: int = 0,
+       count: int | None = None) -> bytes:
+    """A v9 datagram; its header counts the records of the sets (a set of raw bytes counts as one)."""
+    if count is None:
+        count = sum(getattr(s, "records", 1) for s in sets)
+    return struct.pack(">HHIIII", 9, count, uptime, export_ms // 1000, seq, domain) + b"".join(sets)
 
 
 def ipfix(*sets: bytes, export_ms: int = T0_MS, seq: int = 0, domain: int = 0, length: int | None = None) -> bytes:

@@ -69,3 +69,77 @@ def test_data_held_for_a_template_survives_a_restart():
     assert after.pending_bytes() == before.pending_bytes() > 0
     res = after.decode([(v9(template_set({256: fields}, ipfix=False), domain=3, seq=1), EXP, T0_MS)])
     assert res.flows["raw_bytes"].tolist() == [7] and res.flows["time_received"].tolist() == [T0_MS - 10]
+
+
+# --- issue 14: the saved state is incremental, compact, bounded when loaded ---------------------------------------
+
+def _templates(n: int, *, first: int = 256, extra: int = 0) -> bytes:
+    return v9(template_set({first + i: [(8, 4), (1, 4), (1000 + i + extra, 2)] for i in range(n)}, ipfix=False))
+
+
+def _log(dec: FlowDecoder) -> list[tuple]:
+    """An incremental save of ``dec`` as the keys it sets (True) or deletes (False)."""
+    return sorted((key, record is not None) for key, record in dec.state_changes().records())
+
+
+def test_state_changes_hold_only_what_changed():
+    dec = FlowDecoder()
+    dec.decode([(_templates(10), EXP, T0_MS)])
+    first = _log(dec)
+    assert sum(1 for key, _ in first if key[0] == "t") == 10
+    dec.decode([(_templates(10), EXP, T0_MS + 1000)])  # refreshed, unchanged
+    assert _log(dec) == []
+    dec.decode([(_templates(1, first=260, extra=50), EXP, T0_MS + 2000),  # one changed
+                (ipfix(b"\x00\x02\x00\x08\x01\x00\x00\x00"), EXP, T0_MS)])  # an IPFIX withdrawal of nothing known
+    assert _log(dec) == [(("t", EXP, 9, 0, 260), True)]
+    dec.expire(T0_MS + 8 * 86_400_000)  # the exporter idles out
+    changes = _log(dec)
+    assert (("e", EXP), False) in changes and sum(1 for key, alive in changes if key[0] == "t" and not alive) == 10
+
+
+def test_a_log_of_changes_replays_and_a_torn_tail_costs_only_itself():
+    from decoders import state as saved
+
+    dec = FlowDecoder()
+    dec.decode([(_templates(5), EXP, T0_MS)])
+    log = dec.save_state()
+    dec.decode([(_templates(1, first=258, extra=9), EXP, T0_MS), (_templates(1, first=300), EXP, T0_MS)])
+    dec.decode([(ipfix(data_set(256, FIELDS, [])), EXP, T0_MS)])
+    appended = b"".join(r if r is not None else saved.delete_record(k) for k, r in dec.state_changes().records())
+    again = FlowDecoder()
+    again.load_state(log + appended + appended[:7])  # a crash while appending the next record
+    assert again.save_state() == dec.save_state()
+    mirror = saved.StateMirror()
+    assert mirror.load(log + appended + appended[:7]) == len(log) + len(appended)
+    assert FlowDecoder().load_state(mirror.snapshot()) == 0
+
+
+def test_loading_applies_the_budget_and_compiles_nothing(monkeypatch):
+    from decoders import templates as T
+    from decoders.templates import template_cost
+
+    big = FlowDecoder()
+    big.decode([(_templates(50), EXP, T0_MS)])
+    calls = []
+    monkeypatch.setattr(T, "_compile", lambda *a: calls.append(a))
+    cost = template_cost(3, 0, 12)
+    small = FlowDecoder(DecoderLimits(template_max_bytes_per_exporter=20 * cost))
+    assert small.load_state(big.save_state()) == 30
+    assert small.templates_known() == {EXP: 20} and small.template_memory() == 20 * cost and calls == []
+    # the refused ones are deleted from the saved state by the next save
+    assert sum(1 for key, alive in _log(small) if key[0] == "t" and not alive) == 30
+
+
+def test_the_json_state_of_the_previous_format_loads_and_is_saved_again():
+    import json
+
+    fields = [[8, 4, 0], [1, 4, 0]]
+    state = {"version": 1, "pending": [], "exporters": {EXP: {
+        "templates": [[9, 7, T0_MS, [256, fields, 0, False]], [9, 7, T0_MS, [300, [[1, 4, -1], [48, 1, 0]], 1, True]]],
+        "samplers": [[7, [48, 1], 10]], "init_ms": [], "last_seen_ms": T0_MS}}}
+    dec = FlowDecoder()
+    assert dec.load_state(json.dumps(state).encode()) == 0
+    assert dec.templates_known() == {EXP: 2}
+    res = dec.decode([(v9(data_set(256, [(8, 4), (1, 4)], [{8: ip4("10.0.0.1"), 1: 3}]), domain=7), EXP, T0_MS)])
+    assert res.n_flows == 1 and res.flows["raw_bytes"].tolist() == [3]
+    assert {key for key, alive in _log(dec) if alive} == {("e", EXP), ("t", EXP, 9, 7, 256), ("t", EXP, 9, 7, 300)}
