@@ -47,6 +47,12 @@ def translated(addresses: np.ndarray) -> np.ndarray:
     return (hi != 0) | ((lo != 0) & (lo != _MAPPED_ZERO_LO))
 
 
+def _msec(ms: np.ndarray) -> np.ndarray:
+    """Milliseconds within the second (0-999) of UTC millisecond times: the ``*_msec`` columns that keep the order
+    of events within a second on servers that store whole seconds."""
+    return (np.asarray(ms, dtype=np.int64) % 1000).astype(np.uint16)
+
+
 _BINDING_CACHE_MAX = 1_000_000
 _COPIED = ("flow_start", "flow_end", "protocol", "src_addr", "src_port", "dst_addr", "dst_port", "exporter", "bytes",
            "packets", "time_received")
@@ -248,8 +254,10 @@ class ComplianceStage:
         address = scope == SCOPES.index("address")
         self.counters["nat_events"] += len(events)
         self.counters["nat_other"] += int((action[: len(events)] == 0).sum())
+        time = c["flow_start"][rows]
         cols = {
-            "time": c["flow_start"][rows], "time_end": time_end, "exporter": c["exporter"][rows],
+            "time": time, "time_end": time_end, "time_msec": _msec(time), "time_end_msec": _msec(time_end),
+            "exporter": c["exporter"][rows],
             "observation_domain": c["observation_domain"][rows], "nat_event": code[rows], "action": action,
             "firewall_event": c["firewall_event"][rows],
             "protocol": np.where(block | address, 0, c["protocol"][rows]).astype(np.uint8),
@@ -318,6 +326,7 @@ class ComplianceStage:
         arrays: dict[str, pa.Array] = {
             name: flows.column(name) if take is None else flows.column(name).take(take) for name in _COPIED}
         arrays.update({
+            "flow_start_msec": pa.array(_msec(t)), "flow_end_msec": pa.array(_msec(c["flow_end"][rows])),
             "nat_addr": pa.FixedSizeBinaryArray.from_buffers(pa.binary(16), n, [None, pa.py_buffer(nat_addr)]),
             "nat_port": pa.array(np.where(is_nat, c["post_nat_src_port"][rows], 0).astype(np.uint16)),
             "binding_id": pa.array(np.maximum(bid, 0).astype(np.uint64)),

@@ -18,7 +18,8 @@ from pathlib import Path
 
 import pyarrow as pa
 
-from mediation.trace import address_literal
+from decoders.addresses import optional_address_text
+from mediation.trace import address_literal, filtered, ms, port_covered
 
 GENERIC_FIELDS = (
     "user_id", "user_name", "source_ip", "source_port", "public_ip", "public_port", "destination_ip",
@@ -72,34 +73,46 @@ class ReportQuery:
     limit: int = 1_000_000
 
 
-def report_sql(q: ReportQuery, source) -> str:
-    """The one SQL query of a report; ``source`` is :meth:`mediation.query.QueryEngine.source`."""
+def report_sql(q: ReportQuery, source, lookback_s: int = 86400) -> str:
+    """The one SQL query of a report; ``source`` is :meth:`mediation.query.QueryEngine.source`.
+
+    For an address, the records with it (and the port) as their inside or public side, and the records without a
+    public side (flows from a router inside the NAT) from an inside address that the NAT log shows holding it (and
+    the port) during the period or ``lookback_s`` before it: :func:`fill_public_side` then decides, record by
+    record, which of those held it at the record's start (:func:`keep_for_address`)."""
     if q.subscriber_id is not None:
         s = "'" + q.subscriber_id.replace("\\", "\\\\").replace("'", "\\'") + "'"
         where = f"subscriber_id = {s}"
     elif q.address is not None:
         a = address_literal(q.address)
+        mapping = f"public_addr = {a}"
         if q.port is None:
             where = f"(src_addr = {a} OR nat_addr = {a})"
         else:
             where = f"((src_addr = {a} AND src_port = {int(q.port)}) OR (nat_addr = {a} AND nat_port = {int(q.port)}))"
+            mapping += f" AND {port_covered(q.port)}"
+        holders = filtered(source, "nat_events", q.from_ms - lookback_s * 1000, q.to_ms,
+                           f"{mapping} AND scope IN ('session', 'block') AND action = 1")
+        where = (f"({where} OR (nat_addr = {address_literal('::')} "
+                 f"AND hex(src_addr) IN (SELECT hex(private_addr) FROM {holders})))")
     else:
         raise ReportError("a report needs an address or a subscriber")
     return (
         "SELECT subscriber_id, IPv6NumToString(src_addr) AS source_ip, src_port, IPv6NumToString(nat_addr) AS "
         "public_ip, nat_port, IPv6NumToString(dst_addr) AS destination_ip, dst_port, "
-        "toUInt32(toDateTime(flow_start, 'UTC')) AS start_s, toUInt32(toDateTime(flow_end, 'UTC')) AS end_s, protocol, "
+        f"{ms('flow_start')} AS start_ms, {ms('flow_end')} AS end_ms, protocol, "
         "bytes, packets, IPv6NumToString(exporter) AS exporter_ip, status, binding_source, session_id, "
         "allocation_start_s, allocation_end_s "
         f"FROM (SELECT * FROM {source('ip_detail_records', q.from_ms, q.to_ms)} WHERE {where} "
+        f"AND {ms('flow_start')} >= {int(q.from_ms)} AND {ms('flow_start')} < {int(q.to_ms)} "
         f"ORDER BY flow_start LIMIT {int(q.limit)}) AS r "
         "ANY LEFT JOIN (SELECT binding_id, toUInt32(toDateTime(argMax(valid_from, version), 'UTC')) AS "
         "allocation_start_s, toUInt32(toDateTime(argMax(valid_to, version), 'UTC')) AS allocation_end_s "
-        "FROM bindings GROUP BY binding_id) AS b USING binding_id ORDER BY start_s, source_ip, src_port")
+        "FROM bindings GROUP BY binding_id) AS b USING binding_id ORDER BY start_ms, source_ip, src_port")
 
 
 def _address(text: str) -> str:
-    return text[7:] if text.startswith("::ffff:") and "." in text else ("" if text == "::" else text)
+    return optional_address_text(text)
 
 
 def _date_time(seconds: int | None) -> tuple[str, str]:
@@ -110,11 +123,12 @@ def _date_time(seconds: int | None) -> tuple[str, str]:
 
 
 def report_rows(result: pa.Table, directory: dict[str, dict[str, str]]) -> list[dict[str, object]]:
-    """Rows of the generic layout (every field of :data:`GENERIC_FIELDS`) from the report query's result."""
+    """Rows of the generic layout (every field of :data:`GENERIC_FIELDS`) from the report query's result, plus the
+    private fields ``_start_ms`` and ``_protocol`` (for :func:`fill_public_side`; never written out)."""
     rows = []
     for r in result.to_pylist():
-        sd, st = _date_time(r["start_s"])
-        ed, et = _date_time(r["end_s"])
+        sd, st = _date_time(r["start_ms"] // 1000)
+        ed, et = _date_time(r["end_ms"] // 1000)
         attributed = bool(r["subscriber_id"])
         asd, ast = _date_time(r["allocation_start_s"]) if attributed else ("", "")
         aed, aet = _date_time(r["allocation_end_s"]) if attributed else ("", "")
@@ -131,6 +145,8 @@ def report_rows(result: pa.Table, directory: dict[str, dict[str, str]]) -> list[
             "allocation_start_date": asd, "allocation_start_time": ast, "allocation_end_date": aed,
             "allocation_end_time": aet,
             **{f"customer_{k}": who.get(k, "") for k in DIRECTORY_FIELDS},
+            "_start_ms": int(r["start_ms"]), "_protocol": int(r["protocol"]),
+            "_ports": (int(r["nat_port"]), int(r["nat_port"]), 1) if public else None,
         })
     return rows
 
@@ -139,23 +155,22 @@ def nat_sql(rows: list[dict[str, object]], from_ms: int, to_ms: int, lookback_s:
     """For report rows without a public side (flows exported by a router inside the NAT), the NAT session and port
     block starts/ends of their inside addresses over the period (plus the lookback before it), or None when every
     row has its public side already."""
-    from mediation.trace import address_literal, filtered
-
     inside = sorted({str(r["source_ip"]) for r in rows if not r["public_ip"] and r["source_ip"]})
     if not inside:
         return None
     where = (f"private_addr IN ({', '.join(address_literal(a) for a in inside)}) "
              "AND scope IN ('session', 'block') AND action IN (1, 2)")
-    return ("SELECT IPv6NumToString(private_addr) AS inside, private_port, toUInt32(toDateTime(time, 'UTC')) AS t, "
-            "action, IPv6NumToString(public_addr) AS public, public_port_start, public_port_end, scope "
+    return (f"SELECT IPv6NumToString(private_addr) AS inside, private_port, {ms('time')} AS t, action, protocol, "
+            "IPv6NumToString(public_addr) AS public, public_port_start, public_port_end, port_step, scope "
             f"FROM {filtered(source, 'nat_events', from_ms - lookback_s * 1000, to_ms, where)} ORDER BY t")
 
 
 def fill_public_side(rows: list[dict[str, object]], events: pa.Table) -> int:
     """Fill ``public_ip``/``public_port`` of rows without them from the NAT log (``events`` from :func:`nat_sql`):
-    the latest session start of the same inside address and port, else port block start of the inside address, at
-    or before the record's start (a start outranks an end in the same second) and not ended since. A port block
-    gives its range (``first-last``) as the port: PBA logging does not name the port. Returns the rows filled."""
+    the latest session start of the same inside address, port and protocol, else port block start of the inside
+    address, at or before the record's start (milliseconds; a start outranks an end at the same millisecond) and not
+    ended since. A port block gives its range as the port (``1024-1151``, ``2001-2063 step 2``): PBA logging does
+    not name the port. Returns the rows filled."""
     by_inside: dict[str, list[dict]] = {}
     for e in events.to_pylist():
         by_inside.setdefault(_address(e["inside"]), []).append(e)
@@ -163,20 +178,37 @@ def fill_public_side(rows: list[dict[str, object]], events: pa.Table) -> int:
     for r in rows:
         if r["public_ip"] or r["source_ip"] not in by_inside:
             continue
-        start = _seconds(r["start_date"], r["start_time"])
-        for scope, port in (("session", r["source_port"]), ("block", 0)):
+        start = int(r["_start_ms"])
+        for scope in ("session", "block"):
             found = [e for e in by_inside[r["source_ip"]] if e["scope"] == scope and e["t"] <= start
-                     and (scope == "block" or e["private_port"] == port)]
+                     and (scope == "block" or (e["private_port"] == r["source_port"]
+                                               and e["protocol"] in (0, r["_protocol"])))]
             if not found:
                 continue
             last = max(found, key=lambda e: (e["t"], e["action"] == 1))
             if last["action"] == 1:
+                first, end, step = last["public_port_start"], last["public_port_end"], max(last["port_step"], 1)
                 r["public_ip"] = _address(last["public"])
-                first, end = last["public_port_start"], last["public_port_end"]
-                r["public_port"] = first if first == end else f"{first}-{end}"
+                r["public_port"] = first if first == end else f"{first}-{end}" + (f" step {step}" if step > 1 else "")
+                r["_ports"] = (first, end, step)
                 filled += 1
             break
     return filled
+
+
+def keep_for_address(rows: list[dict[str, object]], address: str, port: int | None) -> list[dict[str, object]]:
+    """The rows of an address report: those with ``address`` (and ``port``) as their inside side, or as their public
+    side (as recorded, or as filled from the NAT log: a port block covers the ports of its range and step)."""
+    want = optional_address_text(address)
+
+    def covers(ports: tuple[int, int, int] | None) -> bool:
+        if ports is None:
+            return False
+        first, last, step = ports
+        return port is None or (first <= port <= last and (port - first) % step == 0)
+
+    return [r for r in rows if (r["source_ip"] == want and (port is None or r["source_port"] == port))
+            or (r["public_ip"] == want and covers(r["_ports"]))]
 
 
 def fill_deterministic(rows: list[dict[str, object]], deterministic) -> int:
@@ -189,12 +221,9 @@ def fill_deterministic(rows: list[dict[str, object]], deterministic) -> int:
         m = deterministic.outside_of(str(r["source_ip"]))
         if m is not None:
             r["public_ip"], r["public_port"] = m.outside, f"{m.first_port}-{m.last_port}"
+            r["_ports"] = (m.first_port, m.last_port, 1)
             filled += 1
     return filled
-
-
-def _seconds(date: object, time_of_day: object) -> int:
-    return int(dt.datetime.strptime(f"{date} {time_of_day}", "%Y-%m-%d %H:%M:%S").replace(tzinfo=dt.UTC).timestamp())
 
 
 def to_csv(rows: list[dict[str, object]], fields: list[str]) -> str:

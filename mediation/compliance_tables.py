@@ -32,6 +32,9 @@ NAT_EVENTS = table(
         Column("time", "timestamp_ms", "Event time (observationTimeMilliseconds or the record's flow time, UTC).",
                codec="DoubleDelta, LZ4"),
         Column("time_end", "timestamp_ms", "End of the observation for action 3 (the flow's end); = time otherwise."),
+        Column("time_msec", "u16", "Milliseconds of time within its second (0-999): lookups order the events of one "
+               "second by them on servers that keep whole seconds (ClickHouse 18.16 DateTime)."),
+        Column("time_end_msec", "u16", "Milliseconds of time_end within its second (0-999)."),
         Column("exporter", "ip", "NAT device that logged it.", low_cardinality=True),
         Column("observation_domain", "u32", "IPFIX observation domain / v9 source id."),
         Column("nat_event", "u8", "natEvent code as sent (IE 230); 0 for observed translations and NSEL events."),
@@ -70,6 +73,9 @@ IP_DETAIL_RECORDS = table(
     (
         Column("flow_start", "timestamp_ms", "First packet (UTC).", codec="DoubleDelta, LZ4"),
         Column("flow_end", "timestamp_ms", "Last packet (UTC)."),
+        Column("flow_start_msec", "u16", "Milliseconds of flow_start within its second (0-999), kept on servers that "
+               "store whole seconds (ClickHouse 18.16 DateTime)."),
+        Column("flow_end_msec", "u16", "Milliseconds of flow_end within its second (0-999)."),
         Column("protocol", "u8", "IP protocol number."),
         Column("src_addr", "ip", "Source address as seen inside (the subscriber's private address).",
                codec="ZSTD(1)"),

@@ -835,13 +835,9 @@ def _addr_list(raw: bytes | None, width: int) -> list[str] | str:
 
 
 def _addr_text(raw: bytes) -> str:
-    import ipaddress
+    from decoders.addresses import address_text
 
-    if len(raw) == 4:
-        return str(ipaddress.IPv4Address(raw))
-    raw = raw.ljust(16, b"\0")
-    addr = ipaddress.IPv6Address(raw)
-    return str(addr.ipv4_mapped or addr)
+    return address_text(raw)
 
 
 def _arrow(values, column, n: int) -> pa.Array:

@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import contextlib
 import io
-import ipaddress
 import itertools
 import json
 import re
@@ -41,6 +40,7 @@ import pyarrow.compute as pc
 import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 
+from decoders.addresses import address_text
 from decoders.schema import TABLES, Table
 from mediation.outputs import TABLE_MODULES, load_tables  # noqa: F401  (re-exported: callers import them from here)
 
@@ -411,17 +411,13 @@ class QueryEngine:
 # --- result formatting ----------------------------------------------------------------------------------------------
 
 
-def _address_text(value: bytes) -> str:
-    addr = ipaddress.IPv6Address(value)
-    return str(addr.ipv4_mapped) if addr.ipv4_mapped is not None else str(addr)
-
-
 def address_strings(column: pa.ChunkedArray | pa.Array) -> pa.Array:
-    """16-byte addresses as text, formatting each distinct value once (a result has few distinct addresses)."""
+    """16-byte addresses as text (:func:`decoders.addresses.address_text`), formatting each distinct value once (a
+    result has few distinct addresses)."""
     if isinstance(column, pa.ChunkedArray):
         column = column.combine_chunks()
     uniques = pc.unique(column).drop_null()
-    texts = pa.array([_address_text(v) for v in uniques.to_pylist()], type=pa.string())
+    texts = pa.array([address_text(v) for v in uniques.to_pylist()], type=pa.string())
     return pc.take(texts, pc.index_in(column, value_set=uniques))
 
 

@@ -12,79 +12,188 @@ import pyarrow as pa
 
 from collector.commands.common import config_options
 from collector.commands.mediation import parse_time
+from decoders.addresses import network_text, optional_address_text
 
 _TARGET = click.option("--target", type=click.Choice(["auto", "store", "clickhouse"]), default="auto",
                        show_default=True, help="The embedded store, the ClickHouse server, or auto.")
 
+_EARLIEST_MS = 100_000_000_000
+"""Epoch milliseconds below this (1973-03-03) are refused as times: such a number is epoch seconds (a 2026 instant
+is about 1.77e9 s, 1.77e12 ms), which read as milliseconds would name a moment in January 1970."""
 
-@dataclass
-class Verdict:
-    """What a trace answer says: who held it (or nobody), through what."""
+
+def instant(text: str, option: str) -> int:
+    """``--at``/``--from``/``--to`` as UTC milliseconds (ISO 8601 or epoch ms); epoch seconds are refused with a
+    clear error instead of being read as milliseconds."""
+    ms = parse_time(text)
+    if text.strip().isdigit() and ms < _EARLIEST_MS:
+        raise click.BadParameter(f"{text.strip()} looks like epoch seconds; flowmed reads a number as epoch "
+                                 f"milliseconds: give {ms * 1000} or an ISO 8601 time", param_hint=option)
+    return ms
+
+
+def _when(t) -> str:
+    """A time of the answer (timestamp, UTC) as text with milliseconds."""
+    return t.strftime("%Y-%m-%d %H:%M:%S.") + f"{t.microsecond // 1000:03d}Z"
+
+
+def _where(addr: str, port: int) -> str:
+    return f"{addr}:{port}" if port and addr else (addr or "-")
+
+
+@dataclass(frozen=True)
+class Holder:
+    """One inside address that held the asked address and port at the instant (one per protocol at most)."""
 
     subscriber_id: str
     private_addr: str
     private_port: int
+    protocol: int
+    """IP protocol of the NAT row that holds (0: a port block or no NAT)."""
     nat: str
+    """The NAT evidence as text ('' without NAT)."""
     binding: str
+    """The binding of the inside address as text ('' when none)."""
+
+
+@dataclass(frozen=True)
+class Verdict:
+    """What a trace answer says: who held it (``state`` 'held'), nobody (the mapping had 'ended', or 'none' matched),
+    or several inside addresses in different protocols ('ambiguous': give ``--protocol``)."""
+
+    state: str
+    holders: tuple[Holder, ...] = ()
+    nat: str = ""
+    """The NAT evidence when nobody holds (the end that released the port), else the first holder's."""
+
+    @property
+    def subscriber_id(self) -> str:
+        """The holder's subscriber id; '' for nobody, an unknown subscriber or an ambiguous answer."""
+        return self.holders[0].subscriber_id if self.state == "held" else ""
+
+    @property
+    def private_addr(self) -> str:
+        return self.holders[0].private_addr if self.state == "held" else ""
+
+    @property
+    def private_port(self) -> int:
+        return self.holders[0].private_port if self.state == "held" else 0
+
+    @property
+    def binding(self) -> str:
+        return self.holders[0].binding if self.state == "held" else ""
 
     def line(self) -> str:
-        if self.subscriber_id:
-            who = self.subscriber_id
-        elif (self.nat.split(" ") + [""])[1] == "end":
-            who = "nobody (the NAT mapping had ended)"
-        elif self.private_addr:
-            who = "unknown (no binding of the inside address)"
-        else:
-            who = "nobody (no NAT mapping or binding matched)"
-        where = f"{self.private_addr}:{self.private_port}" if self.private_port else self.private_addr
-        return f"holder: {who}; inside address {where or '-'}; NAT: {self.nat or 'none'}; binding: " \
-               f"{self.binding or 'none'}"
-
-
-def _addr(text: str) -> str:
-    if not text:
-        return ""
-    a = ipaddress.IPv6Address(text)
-    return str(a.ipv4_mapped) if a.ipv4_mapped is not None else ("" if a.packed == bytes(16) else str(a))
+        """The verdict as one line of text (what the table output prints first, and the CSV/JSON verdict row's
+        detail)."""
+        if self.state == "ambiguous":
+            each = "; ".join(f"protocol {h.protocol}: {h.subscriber_id or 'unknown'}, inside address "
+                             f"{_where(h.private_addr, h.private_port)}, NAT: {h.nat}, binding: {h.binding or 'none'}"
+                             for h in self.holders)
+            return ("holder: ambiguous (the port was held in several protocols by different inside addresses; give "
+                    f"--protocol); {each}")
+        if self.state == "held":
+            h = self.holders[0]
+            who = h.subscriber_id or "unknown (no binding of the inside address)"
+            return (f"holder: {who}; inside address {_where(h.private_addr, h.private_port)}; NAT: {h.nat or 'none'}; "
+                    f"binding: {h.binding or 'none'}")
+        who = "nobody (the NAT mapping had ended)" if self.state == "ended" else \
+            "nobody (no NAT mapping or binding matched)"
+        return f"holder: {who}; inside address -; NAT: {self.nat or 'none'}; binding: none"
 
 
 def tidy(result: pa.Table) -> pa.Table:
-    """Addresses of a trace answer as plain text (IPv4 without ``::ffff:``, zero as empty)."""
+    """A trace answer for people: addresses as :mod:`decoders.addresses` prints them everywhere (IPv4 without
+    ``::ffff:``, the zero address as empty), times as UTC timestamps with milliseconds, a binding's network as
+    ``10.1.0.0/24`` (a host as its address) also in its detail."""
     cols = {}
     for name in result.column_names:
         col = result.column(name)
         if name in ("private_addr", "public_addr", "dst_addr", "exporter"):
-            col = pa.array([_addr(v) for v in col.to_pylist()], pa.string())
-        elif name in ("time_from", "time_to"):  # UInt32 seconds on every backend
+            col = pa.array([optional_address_text(v) for v in col.to_pylist()], pa.string())
+        elif name in ("time_from", "time_to"):  # UInt64 milliseconds on every backend
             col = pa.array(col.to_numpy(zero_copy_only=False).astype("int64"), pa.int64()).cast(
-                pa.timestamp("s", tz="UTC"))
+                pa.timestamp("ms", tz="UTC"))
+        elif name == "network":
+            col = pa.array([_network(v) for v in col.to_pylist()], pa.string())
         cols[name] = col
+    if "network" in cols and "detail" in cols:  # "radius session a1" -> "radius 100.64.0.1 session a1"
+        cols["detail"] = pa.array([f"{d.split(' ', 1)[0]} {n} {d.split(' ', 1)[1]}" if n and " " in d else d
+                                   for d, n in zip(cols["detail"].to_pylist(), cols["network"].to_pylist(),
+                                                   strict=True)], pa.string())
     return pa.table(cols)
+
+
+def _network(text: str | None) -> str:
+    if not text:
+        return ""
+    addr, _, plen = text.partition("/")
+    return network_text(addr, int(plen or 128))
 
 
 def verdict(answer: pa.Table, at_ms: int | None = None, window_s: int = 60) -> Verdict:
     """The holder named by an address trace answer (:class:`mediation.trace.AddressQuery` at ``at_ms``).
 
-    The NAT row's detail reads ``<scope> <start|end|observed> ...``: a start holds, an end means nobody held the
-    port, an observed translation holds until its flow ended plus the window (as the query decides).
+    A NAT row's detail reads ``<scope> <start|end|observed> ...``: a start holds, an end means nobody held the port,
+    an observed translation holds (only where no start or end was logged) until its flow ended plus the window, as
+    the query decides. Each holding row is matched with the binding of its inside address and port. Holders with
+    different inside addresses (sessions of several protocols on one public port) that do not all name the same
+    subscriber make the answer ambiguous.
     """
     rows = answer.to_pylist()
-    nat = next((r for r in rows if r["evidence"] == "nat"), None)
-    binding = next((r for r in rows if r["evidence"] == "binding"), None)
-    nat_text = ""
-    if nat is not None and "deterministic" in nat["detail"]:
-        nat_text = f"{nat['detail']}: {nat['public_addr']} ports {nat['public_port_start']}-{nat['public_port_end']}"
-    elif nat is not None:
-        nat_text = f"{nat['detail']} at {nat['time_from']:%Y-%m-%d %H:%M:%S}Z by {nat['exporter']}"
-    if binding is not None:
-        return Verdict(binding["subscriber_id"], binding["private_addr"], int(binding["private_port"]), nat_text,
-                       f"{binding['detail']} from {binding['time_from']:%Y-%m-%d %H:%M:%S}Z")
-    if nat is None:
-        return Verdict("", "", 0, "", "")
-    kind = (nat["detail"].split(" ") + [""])[1]
-    held = kind == "start" or (kind == "observed" and (
-        at_ms is None or nat["time_to"].timestamp() * 1000 + window_s * 1000 >= at_ms))
-    return Verdict("", nat["private_addr"] if held else "", int(nat["private_port"]) if held else 0, nat_text, "")
+    nats = [r for r in rows if r["evidence"] == "nat"]
+    bindings = {(r["private_addr"], int(r["private_port"])): r for r in rows if r["evidence"] == "binding"}
+
+    def kind(r: dict) -> str:
+        return "start" if "deterministic" in r["detail"] else (r["detail"].split(" ") + [""])[1]
+
+    def nat_text(r: dict) -> str:
+        if "deterministic" in r["detail"]:
+            return f"{r['detail']}: {r['public_addr']} ports {r['public_port_start']}-{r['public_port_end']}"
+        return f"{r['detail']} at {_when(r['time_from'])} by {r['exporter']}"
+
+    def binding_text(r: dict | None) -> str:
+        return "" if r is None else f"{r['detail']} from {_when(r['time_from'])}"
+
+    if not nats:  # not behind NAT: the address itself is the inside address
+        b = next(iter(bindings.values()), None)
+        if b is None:
+            return Verdict("none")
+        return Verdict("held", (Holder(b["subscriber_id"], b["private_addr"], int(b["private_port"]), 0, "",
+                                       binding_text(b)),))
+    logged = any(kind(r) in ("start", "end") for r in nats)
+    held = [r for r in nats if kind(r) == "start" or (kind(r) == "observed" and not logged and (
+        at_ms is None or r["time_to"].timestamp() * 1000 + window_s * 1000 >= at_ms))]
+    if not held:
+        ended = [r for r in nats if kind(r) == "end"]
+        return Verdict("ended" if ended else "none", (), nat_text((ended or nats)[0]))
+    holders = []
+    for r in held:
+        b = bindings.get((r["private_addr"], int(r["private_port"])))
+        holders.append(Holder(b["subscriber_id"] if b else "", r["private_addr"], int(r["private_port"]),
+                              int(r["protocol"]), nat_text(r), binding_text(b)))
+    subscribers = {h.subscriber_id for h in holders}
+    if len({h.private_addr for h in holders}) > 1 and (len(subscribers) > 1 or "" in subscribers):
+        return Verdict("ambiguous", tuple(holders), holders[0].nat)
+    return Verdict("held", tuple(holders), holders[0].nat)
+
+
+def verdict_row(v: Verdict, address: str, port: int | None, at_ms: int) -> dict[str, object]:
+    """The verdict as an answer row (evidence 'verdict', first in CSV and JSON answers): the holder (empty unless
+    exactly one), its inside address and port, the asked address and port, the instant, the verdict line."""
+    h = v.holders[0] if v.state == "held" else None
+    return {"evidence": "verdict", "time_from": at_ms, "time_to": at_ms, "subscriber_id": v.subscriber_id,
+            "private_addr": h.private_addr if h else "", "private_port": h.private_port if h else 0,
+            "public_addr": optional_address_text(address), "public_port_start": port or 0,
+            "public_port_end": port or 0, "protocol": h.protocol if h else 0, "dst_addr": "", "dst_port": 0,
+            "bytes": 0, "exporter": "", "detail": v.line(), "network": ""}
+
+
+def with_verdict(answer: pa.Table, row: dict[str, object]) -> pa.Table:
+    """``answer`` with the verdict row first (same columns and types)."""
+    arrays = [pa.array([row[f.name]], pa.int64()).cast(f.type) if pa.types.is_timestamp(f.type)
+              else pa.array([row[f.name]]).cast(f.type) for f in answer.schema]
+    return pa.concat_tables([pa.Table.from_arrays(arrays, schema=answer.schema), answer])
 
 
 def run_trace(engine, *, address: str | None = None, port: int | None = None, at_ms: int | None = None,
@@ -110,8 +219,10 @@ def run_trace(engine, *, address: str | None = None, port: int | None = None, at
 @click.option("--address", help="Public (or any) IPv4/IPv6 address to trace.")
 @click.option("--port", type=click.IntRange(0, 65535), help="Public port behind NAT (needed on shared addresses).")
 @click.option("--protocol", type=click.IntRange(0, 255), help="IP protocol of the session (6 TCP, 17 UDP): sessions "
-              "of other protocols on the same public port are ignored.")
-@click.option("--at", "at", help="Instant, ISO 8601 (UTC unless an offset is given) or epoch ms.")
+              "of other protocols on the same public port are ignored. Without it each protocol is decided on its "
+              "own, and sessions of several protocols by different subscribers make the answer ambiguous.")
+@click.option("--at", "at", help="Instant, ISO 8601 (UTC unless an offset is given, milliseconds kept) or epoch "
+              "milliseconds (epoch seconds are refused).")
 @click.option("--window", "window_s", type=click.IntRange(0, 86400), default=60, show_default=True,
               help="Seconds around --at for matching flows (and how long an observed translation holds).")
 @click.option("--subscriber", help="Subscriber id: list its bindings and connections between --from and --to.")
@@ -142,35 +253,42 @@ def trace_command(address, port, protocol, at, window_s, subscriber, from_, to, 
             ipaddress.ip_address(address)
         except ValueError:
             raise click.BadParameter(f"{address!r} is not an IP address", param_hint="--address") from None
+        at_ms = instant(at, "--at")
     elif from_ is None or to is None:
         raise click.UsageError("--subscriber needs --from and --to")
+    else:
+        from_ms, to_ms = instant(from_, "--from"), instant(to, "--to")
     try:
         engine = QueryEngine.for_config(config, target)
     except Exception as exc:
         raise click.ClickException(f"cannot open the {target} query target: {exc}") from None
     try:
         if address is not None:
-            answer = run_trace(engine, address=address, port=port, at_ms=parse_time(at), window_s=window_s,
+            answer = run_trace(engine, address=address, port=port, at_ms=at_ms, window_s=window_s,
                                lookback_s=config.compliance.nat_lookback_s, protocol=protocol,
                                deterministic=DeterministicNat(config.compliance.deterministic))
         else:
-            answer = run_trace(engine, subscriber=subscriber, from_ms=parse_time(from_), to_ms=parse_time(to))
+            answer = run_trace(engine, subscriber=subscriber, from_ms=from_ms, to_ms=to_ms)
     except QueryError as exc:
         raise click.ClickException(str(exc)) from None
     finally:
         engine.close()
-    if address is not None and fmt == "table":
-        v = verdict(answer, parse_time(at), window_s)
-        sys.stdout.write(v.line() + "\n")
-        if port is None and v.nat.split(" ")[0] in ("session", "block", "flow"):
-            sys.stdout.write("note: this address is behind NAT and shared: the holder depends on the port; give "
-                             "--port for an answer\n")
-        sys.stdout.write("\n")
+    if address is not None:
+        v = verdict(answer, at_ms, window_s)
+        if fmt == "table":
+            sys.stdout.write(v.line() + "\n")
+            if port is None and v.nat.split(" ")[0] in ("session", "block", "flow"):
+                sys.stdout.write("note: this address is behind NAT and shared: the holder depends on the port; give "
+                                 "--port for an answer\n")
+            sys.stdout.write("\n")
+        else:  # CSV and JSON carry the verdict as their first row
+            answer = with_verdict(answer, verdict_row(v, address, port, at_ms))
     sys.stdout.write(render(answer, fmt))
 
 
 @click.command("ipdr-report")
-@click.option("--from", "from_", required=True, help="Start, ISO 8601 (UTC unless an offset is given) or epoch ms.")
+@click.option("--from", "from_", required=True, help="Start, ISO 8601 (UTC unless an offset is given) or epoch "
+              "milliseconds.")
 @click.option("--to", "to", required=True, help="End (exclusive).")
 @click.option("--address", help="Address (source or public NAT address) to report.")
 @click.option("--port", type=click.IntRange(0, 65535), help="Port with --address (source or public NAT port).")
@@ -193,6 +311,7 @@ def ipdr_report_command(from_, to, address, port, subscriber, fmt, layout, outpu
         check_fields,
         fill_deterministic,
         fill_public_side,
+        keep_for_address,
         load_directory,
         nat_sql,
         report_rows,
@@ -216,19 +335,22 @@ def ipdr_report_command(from_, to, address, port, subscriber, fmt, layout, outpu
             ipaddress.ip_address(address)
     except (ReportError, ValueError) as exc:
         raise click.ClickException(str(exc)) from None
-    q = ReportQuery(parse_time(from_), parse_time(to), address, port, subscriber)
+    q = ReportQuery(instant(from_, "--from"), instant(to, "--to"), address, port, subscriber)
     try:
         engine = QueryEngine.for_config(config, target)
     except Exception as exc:
         raise click.ClickException(f"cannot open the {target} query target: {exc}") from None
     try:
-        result = engine.query(report_sql(q, engine.source), text_addresses=False)
+        lookback_s = config.compliance.nat_lookback_s
+        result = engine.query(report_sql(q, engine.source, lookback_s), text_addresses=False)
         rows = report_rows(result, directory)
         # records from routers inside the NAT carry no public side: take it from the NAT log
-        extra = nat_sql(rows, q.from_ms, q.to_ms, config.compliance.nat_lookback_s, engine.source)
+        extra = nat_sql(rows, q.from_ms, q.to_ms, lookback_s, engine.source)
         if extra is not None:
             fill_public_side(rows, engine.query(extra, text_addresses=False))
         fill_deterministic(rows, DeterministicNat(config.compliance.deterministic))
+        if address is not None:  # inside records whose filled public side is another address or port go
+            rows = keep_for_address(rows, address, port)
     except QueryError as exc:
         raise click.ClickException(str(exc)) from None
     finally:

@@ -118,16 +118,12 @@ class _RowWriter:
 
 
 def _column_text(kind: str, values: np.ndarray | None, n: int) -> list[Any]:
-    import ipaddress
+    from decoders.addresses import address_text
 
     if values is None:
         return [""] * n
     if kind == "ip":
-        out = []
-        for raw in np.asarray(values, dtype="S16").tolist():
-            addr = ipaddress.IPv6Address(raw.ljust(16, b"\0"))
-            out.append(str(addr.ipv4_mapped) if addr.ipv4_mapped is not None else str(addr))
-        return out
+        return [address_text(raw) for raw in np.asarray(values, dtype="S16").tolist()]
     if kind == "timestamp_ms":
         return [str(t) + "Z" for t in np.asarray(values, dtype="int64").astype("datetime64[ms]")]
     return np.asarray(values).tolist()

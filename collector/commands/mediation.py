@@ -261,6 +261,7 @@ def bindings_group() -> None:
 @config_options
 def bindings_lookup(address: str, at: str | None, config: Config) -> None:
     """Who held ADDRESS at a time (longest prefix, half-open validity)."""
+    from decoders.addresses import network_text
     from mediation.bindings import Bindings, join_addresses, parse_network
 
     t = parse_time(at) if at else int(time.time() * 1000)
@@ -270,10 +271,11 @@ def bindings_lookup(address: str, at: str | None, config: Config) -> None:
     if sub[0] < 0:
         click.echo(f"{address} at {_iso(t)}: no binding")
         sys.exit(1)
-    row = b.conn.execute("SELECT subscriber_id, prefix_len, valid_from, valid_to, source, session_id, nas FROM "
-                         "bindings WHERE id=?", (int(bid[0]),)).fetchone()
-    click.echo(f"{address} at {_iso(t)}: {row[0]} (binding {bid[0]}, /{row[1]}, from {_iso(row[2])} to "
-               f"{_iso(row[3])}, {row[4]} {row[5]} {row[6]})")
+    row = b.conn.execute("SELECT subscriber_id, net_hi, net_lo, prefix_len, valid_from, valid_to, source, session_id, "
+                         "nas FROM bindings WHERE id=?", (int(bid[0]),)).fetchone()
+    net = network_text((row[1] % (1 << 64)) << 64 | row[2] % (1 << 64), row[3])
+    click.echo(f"{address} at {_iso(t)}: {row[0]} (binding {bid[0]}, {net}, from {_iso(row[4])} to "
+               f"{_iso(row[5])}, {row[6]} {row[7]} {row[8]})")
 
 
 @bindings_group.command("list")
@@ -283,7 +285,8 @@ def bindings_lookup(address: str, at: str | None, config: Config) -> None:
 @config_options
 def bindings_list(subscriber: str | None, only_open: bool, limit: int, config: Config) -> None:
     """List bindings from the durable store."""
-    from mediation.bindings import Bindings, format_network
+    from decoders.addresses import network_text
+    from mediation.bindings import Bindings
     from mediation.tables import OPEN_END_MS
 
     b = Bindings(config.data_path(config.subscribers.bindings_db))
@@ -298,7 +301,7 @@ def bindings_list(subscriber: str | None, only_open: bool, limit: int, config: C
                           f"FROM bindings WHERE {' AND '.join(where)} ORDER BY id LIMIT ?", (*args, limit)).fetchall()
     click.echo("id\tsubscriber_id\tnetwork\tvalid_from\tvalid_to\tsource\tnas")
     for r in rows:
-        net = format_network(r[2] % (1 << 64), r[3] % (1 << 64), r[4])
+        net = network_text((r[2] % (1 << 64)) << 64 | r[3] % (1 << 64), r[4])
         end = "open" if r[6] >= OPEN_END_MS else _iso(r[6])
         click.echo(f"{r[0]}\t{r[1]}\t{net}\t{_iso(r[5])}\t{end}\t{r[7]}\t{r[8]}")
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 from pathlib import Path
+from types import ModuleType
 
 from prometheus_client import CollectorRegistry
 
@@ -19,9 +20,11 @@ from tests.fixtures.peers import free_port, require_tool
 from tests.mediation.test_radius import radclient
 
 
-def scenario_config(tmp: Path, *extra: str) -> Config:
-    (tmp / "static.csv").write_text(scenario.STATIC_CSV)
-    (tmp / "directory.csv").write_text(scenario.DIRECTORY_CSV)
+def scenario_config(tmp: Path, *extra: str, scen: ModuleType = scenario) -> Config:
+    """A configuration for ``scen`` (a scenario module: RADIUS sessions, static and directory files, datagrams) with
+    its outputs under ``tmp``."""
+    (tmp / "static.csv").write_text(scen.STATIC_CSV)
+    (tmp / "directory.csv").write_text(scen.DIRECTORY_CSV)
     port = free_port()
     return load(None, [f"store.path={tmp / 'data'}", "mediation.enabled=true", "radius.enabled=true",
                        f'radius.listen=["127.0.0.1:{port}"]',
@@ -32,8 +35,8 @@ def scenario_config(tmp: Path, *extra: str) -> Config:
                        *extra])
 
 
-def build(cfg: Config) -> Pipeline:
-    """Run the scenario into ``cfg``'s outputs; returns the pipeline (its sink closed)."""
+def build(cfg: Config, scen: ModuleType = scenario) -> Pipeline:
+    """Run the scenario ``scen`` into ``cfg``'s outputs; returns the pipeline (its sink closed)."""
     require_tool("radclient")
     metrics = metrics_mod.Metrics(CollectorRegistry())
     sink = make_sink(cfg, metrics)
@@ -42,7 +45,7 @@ def build(cfg: Config) -> Pipeline:
     async def sessions() -> None:
         server = await start_radius(asyncio.get_running_loop(), cfg, None, sink.add)
         try:
-            for text in scenario.radius_requests():
+            for text in scen.radius_requests():
                 code, out = await radclient(port, "testing123", text + "\n")
                 assert code == 0 and "Received Accounting-Response" in out, out
         finally:
@@ -53,9 +56,9 @@ def build(cfg: Config) -> Pipeline:
     pipeline = Pipeline(cfg, metrics, sink, mediator)
     pipeline.compliance = make_compliance(cfg, mediator)
     mediator.bindings.refresh()
-    for name, batch in pipeline.compliance.tick(scenario.T0).items():  # the static file's bindings
+    for name, batch in pipeline.compliance.tick(scen.T0).items():  # the static file's bindings
         sink.add(name, batch)
-    for datagram in scenario.datagrams():
+    for datagram in scen.datagrams():
         pipeline.process([datagram])
     sink.flush()
     for output in sink.outputs:  # the ClickHouse output delivers from its spool: wait until the server has it all

@@ -50,7 +50,8 @@ def test_daemon_writes_compliance_tables(tmp_path):
     nat = trace(daemon.store, "--address", "203.0.113.7", "--port", "40112", "--at", "2026-03-02T14:01:20Z",
                 "--format", "csv")
     assert nat.returncode == 0, nat.stderr
-    rows = list(csv.DictReader(io.StringIO(nat.stdout)))
+    verdict, *rows = list(csv.DictReader(io.StringIO(nat.stdout)))
+    assert (verdict["evidence"], verdict["private_addr"], verdict["private_port"]) == ("verdict", "100.64.0.1", "5000")
     assert [r["evidence"] for r in rows] == ["nat", "nat_end", "flow"]
     assert (rows[0]["private_addr"], rows[0]["private_port"], rows[0]["public_addr"], rows[0]["detail"]) == (
         "100.64.0.1", "5000", "203.0.113.7", "session start natEvent 4")

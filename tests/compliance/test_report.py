@@ -155,8 +155,9 @@ def test_public_side_of_inside_router_records_from_the_nat_log(built):  # noqa: 
     cfg, _ = built
 
     def row(ip: str, port: int, hhmmss: str) -> dict:
-        return {"source_ip": ip, "source_port": port, "public_ip": "", "public_port": "", "start_date": "2026-03-02",
-                "start_time": hhmmss}
+        h, m, s = (int(x) for x in hhmmss.split(":"))
+        return {"source_ip": ip, "source_port": port, "public_ip": "", "public_port": "",
+                "_start_ms": 1_772_409_600_000 + (h * 3600 + m * 60 + s) * 1000, "_protocol": 6}
 
     rows = [row("100.64.0.1", 5000, "14:01:15"),  # alice's session 5000 -> 203.0.113.7:40112
             row("100.64.0.1", 5001, "14:01:15"),  # another port of alice: no session, no block

@@ -116,7 +116,7 @@ def test_trace_command(built):
                            capture_output=True, text=True, timeout=120)
     assert ended.returncode == 0, ended.stderr
     assert ended.stdout.startswith("holder: nobody (the NAT mapping had ended); inside address -; NAT: session end "
-                                   "natEvent 5 at 2026-03-02 14:10:00Z by 192.0.2.1")
+                                   "natEvent 5 at 2026-03-02 14:10:00.000Z by 192.0.2.1")
     shared = subprocess.run([sys.executable, "-m", "collector.cli", "trace", "--address", "203.0.113.7", "--at",
                              "2026-03-02T14:16:40Z", "--set", f"store.path={cfg.store.path}"],
                             capture_output=True, text=True, timeout=120)

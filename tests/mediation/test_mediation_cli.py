@@ -18,7 +18,7 @@ def test_bindings_load_lookup_and_list(tmp_path):
     r = run(tmp_path, "bindings", "load", str(f))
     assert r.exit_code == 0 and "2 bindings opened, 0 ended" in r.output
     r = run(tmp_path, "bindings", "lookup", "192.0.2.7", "--at", "2026-03-01T00:00:00Z")
-    assert r.exit_code == 0 and ": alice (binding 1, /128" in r.output
+    assert r.exit_code == 0 and ": alice (binding 1, 192.0.2.7, from" in r.output  # the host, not "/128"
     r = run(tmp_path, "bindings", "lookup", "192.0.2.7", "--at", "2025-12-31T23:59:59Z")
     assert r.exit_code == 1 and "no binding" in r.output
     r = run(tmp_path, "bindings", "lookup", "2001:db8:100:ff::1", "--at", "1767225600000")
