@@ -110,7 +110,7 @@ class RadiusClient:
         self.counter = 0
 
     def request(self, status: int, session: str, octets_in: int = 0, octets_out: int = 0) -> None:
-        from mediation.radius import ATTRIBUTES, accounting_request
+        from mediation.subscribers.radius import ATTRIBUTES, accounting_request
 
         a = ATTRIBUTES
         n = int(session.rsplit("-", 1)[1])
@@ -247,7 +247,7 @@ def soak(duration_s: float, rate: int, store: Path, *, modems: int = 40, cmts_in
 
 def _check(store: Path, m: dict, rc: int, loads: dict, radius: RadiusClient, cmts_out: str,
            rss: list[tuple[float, int]], warmup_s: float | None, slack_mib: float, duration_s: float) -> dict:
-    from mediation.query import QueryEngine
+    from storage.query import QueryEngine
 
     checks: dict[str, bool] = {"exit_status_0": rc == 0}
     sent = sum(r.records for r in loads.values())

@@ -30,7 +30,7 @@ import pytest
 
 from bench.test_mediation_bench import NOW, build_bindings, build_flows
 from decoders.schema import ipv4_mapped
-from mediation.bindings import BindingIndex, Bindings, index_from_arrays, split_addresses
+from mediation.subscribers.bindings import BindingIndex, Bindings, index_from_arrays, split_addresses
 from mediation.tables import OPEN_END_MS
 
 BATCH = 61_440

@@ -24,8 +24,8 @@ import pytest
 from bench.flowgen import T0_MS, flows_batch
 from collector.config import ClickHouseConfig, SpoolConfig
 from decoders.schema import FLOWS
-from mediation.clickhouse import ClickHouseOutput, arrow_to_columns, connect, executor, server_caps
-from mediation.clickhouse_ddl import SchemaManager
+from storage.clickhouse.ddl import SchemaManager
+from storage.clickhouse.output import ClickHouseOutput, arrow_to_columns, connect, executor, server_caps
 from tests.fixtures.clickhouse import _clickhouse_root, _clickhouse_servers, clickhouse_server  # noqa: F401
 
 pytestmark = pytest.mark.external
@@ -116,14 +116,14 @@ def test_storage_bytes_per_row_modern_chdb(request, tmp_path: Path) -> None:
 
     import pyarrow.parquet as pq
 
-    from mediation.clickhouse_ddl import ServerCaps
-    from mediation.query import chdb_session, holding_chdb_session
+    from storage.clickhouse.ddl import ServerCaps
+    from storage.query import chdb_session, holding_chdb_session
 
     total = 2_000_000 if _enabled(request) else 20_000
     db = "bench_chdb_storage"
 
     def run(sql: str) -> list[tuple]:
-        # The process's shared chDB session: chDB has one data path per process (see mediation.query).
+        # The process's shared chDB session: chDB has one data path per process (see storage.query).
         with chdb_session() as s:
             text = s.query(sql, "JSONCompact").bytes().decode()
         return [tuple(r) for r in json.loads(text)["data"]] if text.strip() else []

@@ -17,9 +17,9 @@ import pytest
 
 from bench.flowgen import T0_MS, flows_batch
 from collector.config import load
-from mediation.bindings import Bindings, parse_network
-from mediation.compliance import ComplianceStage
+from mediation.compliance.stage import ComplianceStage
 from mediation.mediator import Mediator
+from mediation.subscribers.bindings import Bindings, parse_network
 
 SUBSCRIBERS = 100_000
 

@@ -44,7 +44,7 @@ def _datagrams(benchmark, version: int, impl: str, wide: bool) -> tuple[list[byt
 
 
 def _flowmed(datagrams: list[bytes], template: bytes | None):
-    from decoders.flows import FlowDecoder
+    from decoders.netflow.decoder import FlowDecoder
 
     decoder = FlowDecoder()
     if template is not None:
@@ -128,7 +128,7 @@ def _varied(version: int, n: int) -> tuple[list[bytes], bytes | None, int]:
 @pytest.mark.parametrize("version", [9, 10])
 def test_decode_rate_varied(benchmark, version: int) -> None:
     """flowmed only: datagrams of different lengths, received over 50 ms (20 per ms), as a listener batch is."""
-    from decoders.flows import FlowDecoder
+    from decoders.netflow.decoder import FlowDecoder
 
     datagrams, template, expected = _varied(version, 2000 if _enabled(benchmark) else 12)
     decoder = FlowDecoder()
@@ -150,7 +150,7 @@ def test_decode_rate_varied(benchmark, version: int) -> None:
 @pytest.mark.parametrize("version", [9, 10])
 def test_decode_to_arrow_rate(benchmark, version: int) -> None:
     """flowmed only: decode and build the ``flows`` Arrow batch, the pipeline's step per batch of datagrams."""
-    from decoders.flows import FlowDecoder
+    from decoders.netflow.decoder import FlowDecoder
     from decoders.schema import FLOWS
 
     n = 2000 if _enabled(benchmark) else 5

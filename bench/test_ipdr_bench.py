@@ -4,7 +4,7 @@
 
 One round: two SAMIS documents (SAMIS-TYPE-1 and SAMIS-TYPE-2 sessions of the CMTS simulator, 25,000 cable modems,
 two service flows each: 50,000 records, ~13 MB of IPDR/SP DATA messages) fed to the sans-I/O collector connection
-(framing, DATA headers, columnar compact-XDR decode), then to :class:`mediation.ipdr_usage.IpdrUsage` (SF instance
+(framing, DATA headers, columnar compact-XDR decode), then to :class:`mediation.ipdr.usage.IpdrUsage` (SF instance
 keys, delta rules, durable-state update, subscriber lookup by CM MAC, spreading each 15-minute delta over the 3-4
 5-minute usage intervals it covers) producing the ``ipdr_records`` and ``usage`` Arrow batches. The state already
 holds the previous interval (every record is a real delta). Not included: socket reads, the Sink's writer thread and
@@ -22,7 +22,7 @@ import pytest
 from bench.cmts import CmtsSimulator
 from decoders.ipdr import messages as m
 from decoders.ipdr.session import CollectorConnection, RecordsReceived
-from mediation.ipdr_usage import CmSubscribers, IpdrUsage
+from mediation.ipdr.usage import CmSubscribers, IpdrUsage
 
 EXPORTER_IP = bytes(10) + b"\xff\xff" + bytes([192, 0, 2, 1])
 

@@ -16,7 +16,8 @@ The per-batch benchmarks below follow the daemon instead: batches of 30,000 reco
 one 50 ms batch holds at 20,000 datagrams/s) one after another into the same open intervals, 100,000 subscribers,
 4 exporters: aggregation (``UsageAggregator.add`` of 64 batches, then the interval's rows), reconciliation
 (``Reconciler.add``), record keys (``hash_columns`` over the de-duplication key columns) and
-``Mediator.process`` through ``collector.bounded.mediate_bounded`` and ``mediation.nat.without_nat_only``, as the
+``Mediator.process`` through ``mediation.bounded.mediate_bounded`` and ``mediation.compliance.nat.without_nat_only``,
+as the
 server calls it. Their ``extra_info`` holds ``ns_per_record`` (mean round time / records).
 
 With ``--benchmark-disable`` (the suite's default) each benchmark runs once on 10,000 bindings and 5,000 flows
@@ -29,15 +30,15 @@ import numpy as np
 import pyarrow as pa
 import pytest
 
-from collector.bounded import mediate_bounded
 from collector.config import load
 from decoders.schema import FLOWS, ipv4_mapped
 from mediation.aggregate import Allocation, UsageAggregator, split_intervals
-from mediation.bindings import Bindings, index_from_arrays, join_addresses, split_addresses
+from mediation.bounded import mediate_bounded
+from mediation.compliance.nat import without_nat_only
 from mediation.hashing import hash_columns
 from mediation.mediator import Mediator
-from mediation.nat import without_nat_only
 from mediation.reconcile import Reconciler
+from mediation.subscribers.bindings import Bindings, index_from_arrays, join_addresses, split_addresses
 
 NOW = 1_764_000_000_000 + 4 * 60_000
 DAY = 86_400_000
@@ -300,7 +301,7 @@ def test_radius_accounting_throughput(benchmark, tmp_path):
     fsync per batch, as the listener does), with counter deltas becoming usage rows; 20,000 open sessions."""
     import struct
 
-    from mediation.radius import ATTRIBUTES, RadiusAccounting, accounting_request
+    from mediation.subscribers.radius import ATTRIBUTES, RadiusAccounting, accounting_request
 
     n_sessions = 200 if benchmark.disabled else 20_000
     cfg = load(None, ["radius.enabled=true", 'radius.clients=[{address="127.0.0.1", secret="s"}]'])

@@ -92,9 +92,9 @@ def test_rating_job_end_to_end(benchmark, request, tmp_path):
     """The whole job over the embedded store: SQL GROUP BY of the usage (chDB over Parquet), rating, reading the
     current state, the diff and the Parquet write; then a second run that finds nothing to write."""
     from collector.config import load
-    from mediation.store import ParquetStore
     from mediation.tables import USAGE
     from rating.job import RatingJob
+    from storage.store import ParquetStore
 
     subscribers = 10_000 if _enabled(request) else 200
     config = load(None, [f"store.path={tmp_path}", "mediation.watermark_s=0", "rating.extra_lateness_s=0"])

@@ -25,9 +25,9 @@ import pytest
 
 from bench.flowgen import T0_MS, flows_batch
 from decoders.schema import FLOWS
-from mediation.query import QueryEngine
-from mediation.sink import Sink
-from mediation.store import HOUR_MS, ParquetStore
+from storage.query import QueryEngine
+from storage.sink import Sink
+from storage.store import HOUR_MS, ParquetStore
 
 
 def _enabled(request: pytest.FixtureRequest) -> bool:
@@ -59,7 +59,7 @@ def load_like_batch(n: int, *, t0_ms: int = T0_MS) -> pa.RecordBatch:
     byte of the source port; every 256 passes the last byte of the destination), received in 2,048-datagram decode
     batches 100 ms apart. Values repeat as in a pool of 60,000 flows: dictionaries fit, unlike ``flows_batch``."""
     from bench.exporter import bulk_datagrams
-    from decoders.flows import FlowDecoder
+    from decoders.netflow.decoder import FlowDecoder
 
     data, template = bulk_datagrams(9, 2000, 30, export_ms=t0_ms)
     decoder = FlowDecoder()
@@ -166,7 +166,7 @@ def test_query_address_in_one_hour(benchmark, big_store: ParquetStore, view: str
 @pytest.fixture(scope="module")
 def long_store(request, tmp_path_factory) -> ParquetStore:
     """2,000 hourly partitions (83 days) of 5,000 flows each: 10 million rows in 2,000 files (as after compaction)."""
-    from mediation.store import file_name, partition_of
+    from storage.store import file_name, partition_of
 
     hours, per = (2000, 5000) if _enabled(request) else (30, 100)
     store = ParquetStore(tmp_path_factory.mktemp("long"), compact_after_s=0)

@@ -15,8 +15,8 @@ With ``--benchmark-disable`` (the suite's default) each runs once, as a plain te
 from __future__ import annotations
 
 from bench.exporter import Field, IpfixExporter, template
-from decoders.flows import DecoderLimits, FlowDecoder
-from decoders.templates import template_cost
+from decoders.netflow.decoder import DecoderLimits, FlowDecoder
+from decoders.netflow.templates import template_cost
 
 T0 = 1_764_000_000_000
 EXPORTER = "192.0.2.1"

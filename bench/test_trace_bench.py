@@ -29,13 +29,13 @@ import pytest
 from collector.commands.compliance import run_trace, verdict
 from collector.config import ClickHouseConfig
 from decoders.schema import ipv4_mapped
-from mediation.clickhouse import arrow_to_columns, connect, executor, server_caps
-from mediation.clickhouse_ddl import SchemaManager
-from mediation.clickhouse_query import ClickHouseBackend
-from mediation.compliance_tables import IP_DETAIL_RECORDS, NAT_EVENTS
-from mediation.query import QueryEngine
-from mediation.store import ParquetStore
+from mediation.compliance.tables import IP_DETAIL_RECORDS, NAT_EVENTS
 from mediation.tables import BINDINGS
+from storage.clickhouse.ddl import SchemaManager
+from storage.clickhouse.output import arrow_to_columns, connect, executor, server_caps
+from storage.clickhouse.query import ClickHouseBackend
+from storage.query import QueryEngine
+from storage.store import ParquetStore
 from tests.fixtures.clickhouse import _clickhouse_root, _clickhouse_servers, clickhouse_server  # noqa: F401
 
 pytestmark = pytest.mark.external
@@ -225,8 +225,8 @@ def test_compliance_stage_rate(benchmark, request) -> None:
     attribution by source and destination and the ip_detail_records batch; records/s = rows / mean."""
     from bench.flowgen import flows_batch
     from collector.config import load
-    from mediation.bindings import Bindings, index_from_arrays
-    from mediation.compliance import ComplianceStage
+    from mediation.compliance.stage import ComplianceStage
+    from mediation.subscribers.bindings import Bindings, index_from_arrays
 
     rows = 200_000 if _enabled(request) else 5_000
     batch = flows_batch(rows, sources=50_000)

@@ -173,7 +173,7 @@ class StoreConfig:
     def validate(self, key: str) -> None:
         _check_positive(key, flush_interval_s=self.flush_interval_s, flush_rows=self.flush_rows,
                         max_pending_rows=self.max_pending_rows)
-        # the same ranges as mediation.store.LEVELS (not imported: the config module stays free of pyarrow)
+        # the same ranges as storage.store.LEVELS (not imported: the config module stays free of pyarrow)
         lo, hi = {"zstd": (-7, 22), "gzip": (1, 9), "brotli": (0, 11)}.get(self.compression, (None, None))
         if lo is not None and not lo <= self.compression_level <= hi:
             raise ConfigError(f"{key}.compression_level", self.compression_level,

@@ -3,7 +3,7 @@
 Each TCP connection runs one task around a sans-I/O :class:`decoders.ipdr.session.CollectorConnection`:
 CONNECT/CONNECT_RESPONSE, GET_SESSIONS, FLOW_START for the wanted sessions, FINAL_TEMPLATE_DATA_ACK per
 TEMPLATE_DATA, then DATA decoded column-wise into ``ipdr_records`` and ``usage`` batches
-(:class:`mediation.ipdr_usage.IpdrUsage`) handed to the Sink.
+(:class:`mediation.ipdr.usage.IpdrUsage`) handed to the Sink.
 
 Acknowledgement only after durability: when a session's ACK is due (``ackSequenceInterval`` records, a fraction of
 ``ackTimeInterval``, the stream idle for ``idle_ack_s``, or SESSION_STOP), the connection waits for
@@ -23,7 +23,7 @@ After the handshake only complete messages count as signs of life for the keepal
 timeouts are counted in ``flowmed_ipdr_connections_refused{reason}``.
 
 Pre-existing flows: the first time a connection to an exporter starts a flow (FLOW_START), its connect time is
-recorded as flowmed's first session with that exporter (:meth:`mediation.ipdr_usage.IpdrUsage.session_started`,
+recorded as flowmed's first session with that exporter (:meth:`mediation.ipdr.usage.IpdrUsage.session_started`,
 durable at once): service flows created before it only set a baseline.
 
 Bad input is scoped as the session layer says: a session-level violation sends ERROR + FLOW_STOP for that session
@@ -47,7 +47,7 @@ from typing import Any
 from collector.config import Config, IpdrConfig, IpdrExporter, split_endpoint
 from decoders.ipdr import messages as m
 from decoders.ipdr.session import CollectorConnection, ConnState, ProtocolViolation, RecordsReceived, SessState
-from mediation.ipdr_usage import CmSubscribers, IpdrUsage
+from mediation.ipdr.usage import CmSubscribers, IpdrUsage
 
 log = logging.getLogger("flowmed.ipdr")
 TICK_S = 0.25
@@ -114,7 +114,7 @@ class IpdrCollector:
 
     Args:
         config: the ``[ipdr]`` section.
-        sink: the daemon's :class:`mediation.sink.Sink` (``add``/``flush``).
+        sink: the daemon's :class:`storage.sink.Sink` (``add``/``flush``).
         usage: the delta state and table builder.
         clock: monotonic clock (seconds), injectable for tests.
         wall_clock: wall clock (epoch seconds): connect times (the first session with an exporter) and the time
@@ -520,7 +520,7 @@ def address_lookup(config: Config) -> Callable[[Any, Any], Any] | None:
     import numpy as np
 
     try:
-        from mediation.bindings import Bindings
+        from mediation.subscribers.bindings import Bindings
 
         bindings = Bindings(config.data_path(config.subscribers.bindings_db))
         # Bounded like the Mediator's index: only recent history in memory, older times read from the database.

@@ -1,4 +1,4 @@
-"""The RADIUS accounting listener (UDP 1813 by default): asyncio sockets around :mod:`mediation.radius`.
+"""The RADIUS accounting listener (UDP 1813 by default): asyncio sockets around :mod:`mediation.subscribers.radius`.
 
 Datagrams are queued (at most ``radius.max_queue``; beyond that they are dropped and counted, and the NAS
 retransmits) and handled in batches by one writer thread, so the event loop never waits for SQLite's fsync: each
@@ -25,8 +25,8 @@ import pyarrow as pa
 
 from collector.config import Config, split_endpoint
 from collector.listener import ListenError
-from mediation.bindings import Bindings
-from mediation.radius import RadiusAccounting
+from mediation.subscribers.bindings import Bindings
+from mediation.subscribers.radius import RadiusAccounting
 
 log = logging.getLogger(__name__)
 

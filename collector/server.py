@@ -113,7 +113,8 @@ class Pipeline:
         self._usage_seen: dict[str, int] = {}
         self._static_checked = 0
         self.compliance: Any = None
-        """mediation.compliance.ComplianceStage (nat_events, ip_detail_records), set by the Server when enabled."""
+        """mediation.compliance.stage.ComplianceStage (nat_events, ip_detail_records), set by the Server when
+        enabled."""
 
     def process(self, batch: list[Datagram]) -> int:
         """Decode ``batch``, mediate and hand the tables to the sink; returns the number of flows decoded."""
@@ -142,8 +143,8 @@ class Pipeline:
             if hasattr(self.mediator, "take_attribution"):
                 self.mediator.keep_attribution = share
             try:
-                from collector.bounded import mediate_bounded
-                from mediation.nat import without_nat_only
+                from mediation.bounded import mediate_bounded
+                from mediation.compliance.nat import without_nat_only
 
                 # in slices of bounded interval parts: long records cannot make one call use gigabytes
                 tables.update(mediate_bounded(self.mediator, without_nat_only(flows), received,
@@ -297,7 +298,7 @@ def _items(result: Any, name: str) -> list[tuple[Any, int]]:
 
 def make_decoder(config: Config) -> Any:
     """The flow decoder for ``config`` (limits from ``[decoder]``, policy from ``[sampling]``)."""
-    from decoders.flows import DecoderLimits, FlowDecoder
+    from decoders.netflow.decoder import DecoderLimits, FlowDecoder
 
     d = config.decoder
     limits = DecoderLimits(max_exporters=d.max_exporters, max_templates_per_exporter=d.max_templates_per_exporter,
@@ -328,7 +329,7 @@ def make_mediator(config: Config, worker: int | None = None) -> Any:
         return None
     try:
         from mediation import Mediator
-        from mediation.bindings import Bindings
+        from mediation.subscribers.bindings import Bindings
     except ImportError:
         return None
     for_config = getattr(Mediator, "for_config", None)
@@ -338,7 +339,7 @@ def make_mediator(config: Config, worker: int | None = None) -> Any:
     mediator = Mediator(config, bindings, worker=worker)
     mediator.static = None  # type: ignore[attr-defined]
     if config.subscribers.static_file and worker in (None, 0):
-        from mediation.static_bindings import StaticBindings
+        from mediation.subscribers.static import StaticBindings
 
         mediator.static = StaticBindings(config.subscribers.static_file, bindings)  # type: ignore[attr-defined]
         mediator.static.reload(now_ms())  # a broken file at start is a start failure, like a broken config
@@ -351,15 +352,15 @@ def make_sink(config: Config, metrics: metrics_mod.Metrics, worker: int | None =
     With several workers each has its own ClickHouse spool directory (a spool belongs to one process) and only
     worker 0 does the store's housekeeping (recovery, compaction, retention). With both outputs the sink records
     each batch in a handoff journal (``<store.path>/handoff``, per worker like the spool) before either gets it,
-    so a crash between the two is repaired at the next start (:mod:`mediation.handoff`).
+    so a crash between the two is repaired at the next start (:mod:`storage.handoff`).
     """
-    from mediation.handoff import HandoffJournal
-    from mediation.outputs import BatchIdGenerator
-    from mediation.sink import Sink
+    from storage.handoff import HandoffJournal
+    from storage.outputs import BatchIdGenerator
+    from storage.sink import Sink
 
     outputs: list[Any] = []
     with contextlib.suppress(ImportError):  # registers every table's retention setting (compliance.retention_days)
-        from mediation.outputs import load_tables
+        from storage.outputs import load_tables
 
         load_tables()
     journal = None
@@ -368,16 +369,16 @@ def make_sink(config: Config, metrics: metrics_mod.Metrics, worker: int | None =
         journal = HandoffJournal(handoff if worker is None else handoff / f"worker{worker}",
                                  fsync=config.spool.fsync == "always")
     if config.store.enabled:
-        from mediation.store import ParquetStore
+        from storage.store import ParquetStore
 
         outputs.append(ParquetStore.for_config(config, housekeeper=worker in (None, 0)))
     if config.output.clickhouse.enabled:
-        from mediation.clickhouse import ClickHouseOutput
+        from storage.clickhouse.output import ClickHouseOutput
 
         spool = config.data_path(config.spool.path)
         if worker is not None:
             spool = spool / f"worker{worker}"
-        from mediation.store import RETENTION_SETTINGS
+        from storage.store import RETENTION_SETTINGS
 
         retention = {name: int(get(config)) for name, get in RETENTION_SETTINGS.items() if name != "flows"}
 
@@ -504,7 +505,7 @@ class Server:
         mediator = make_mediator(cfg, self.worker) if self._mediator_arg == "auto" else self._mediator_arg
         self.pipeline = Pipeline(cfg, self.metrics, sink, mediator, decoder)
         if mediator is not None:
-            from mediation.compliance import make_compliance
+            from mediation.compliance.stage import make_compliance
 
             self.pipeline.compliance = make_compliance(cfg, mediator, self.worker)
         if self.worker is None and cfg.metrics.enabled:

@@ -1,6 +1,7 @@
 """Saving the decoder's template state off the event loop, incrementally, atomically.
 
-The event loop only asks the decoder what changed (:meth:`decoders.flows.FlowDecoder.state_changes`: references
+The event loop only asks the decoder what changed (:meth:`decoders.netflow.decoder.FlowDecoder.state_changes`:
+references
 to the changed templates, a step per change); :class:`StateWriter` encodes and writes on a thread of its own:
 
 * the template log (``decoder.state_file``, per worker ``.worker<i>``): records appended and fsynced, each with a
@@ -18,9 +19,9 @@ import os
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 
-from decoders import state as saved
 from decoders.errors import StateError
-from decoders.flows import StateChanges
+from decoders.netflow import saved_state as saved
+from decoders.netflow.decoder import StateChanges
 
 COMPACT_SLACK = 1 << 20
 """Bytes of superseded records a log may carry before it is rewritten (beyond as many as it has live)."""

@@ -1,8 +1,9 @@
 """Decode errors: each carries a stable ``reason`` (a metric label) and, where known, the byte offset.
 
-The decoders raise these internally; :class:`decoders.flows.FlowDecoder` catches them per set or per datagram and
+The decoders raise these internally; :class:`decoders.netflow.decoder.FlowDecoder` catches them per set or per
+datagram and
 counts them as ``errors[(exporter, reason)]``, so a malformed set costs only itself. A data set whose template is not
-known yet is *not* an error: it is held (see :mod:`decoders.pending`).
+known yet is *not* an error: it is held (see :mod:`decoders.netflow.pending`).
 """
 
 from __future__ import annotations
@@ -98,4 +99,5 @@ REASONS: dict[str, str] = {
                              "decoded all the same.",
     "internal_error": "A decoder bug (never expected; the datagram or group is lost, the decoder goes on).",
 }
-"""Every ``reason`` label :class:`decoders.flows.FlowDecoder` counts in ``DecodeResult.errors``, documented."""
+"""Every ``reason`` label :class:`decoders.netflow.decoder.FlowDecoder` counts in ``DecodeResult.errors``,
+documented."""

@@ -56,7 +56,7 @@ def read_udp(path: str | Path, ports: Iterable[int] | None = None) -> Iterator[U
 
 
 def datagrams(path: str | Path, ports: Iterable[int] | None = None) -> list[tuple[bytes, str, int]]:
-    """``(payload, source address, ts_ms)`` tuples, ready for :meth:`decoders.flows.FlowDecoder.decode`."""
+    """``(payload, source address, ts_ms)`` tuples, ready for :meth:`decoders.netflow.decoder.FlowDecoder.decode`."""
     return [(d.payload, d.src, d.ts_ms) for d in read_udp(path, ports)]
 
 

@@ -42,12 +42,12 @@ def main(argv: list[str]) -> None:
         # Import what the targets import lazily, inside the instrumentation.
         import collector.commands.core  # noqa: F401
         import collector.config  # noqa: F401
-        import decoders.flows  # noqa: F401
         import decoders.ipdr.messages  # noqa: F401
         import decoders.ipdr.session  # noqa: F401
         import decoders.ipdr.xdr  # noqa: F401
+        import decoders.netflow.decoder  # noqa: F401
         import fuzz.targets as targets
-        import mediation.radius  # noqa: F401
+        import mediation.subscribers.radius  # noqa: F401
         import rating.plans  # noqa: F401
         from fuzz.seeds import write_seeds
     target = targets.TARGETS[name]

@@ -104,7 +104,7 @@ def _xdr_seeds() -> list[bytes]:
 
 
 def _radius_seeds() -> list[bytes]:
-    from mediation.radius import ATTRIBUTES, accounting_request
+    from mediation.subscribers.radius import ATTRIBUTES, accounting_request
 
     def a(name: str, value: bytes | int | str) -> tuple[int, bytes]:
         if isinstance(value, int):

@@ -67,7 +67,7 @@ def _flows(data: bytes, version: int | None) -> None:
     ``version`` forces the version field of every datagram, so each target explores its own protocol.
     """
     from decoders.errors import REASONS
-    from decoders.flows import DecoderLimits, FlowDecoder
+    from decoders.netflow.decoder import DecoderLimits, FlowDecoder
 
     datagrams = split_datagrams(data)
     if version is not None:
@@ -92,7 +92,7 @@ def _flows(data: bytes, version: int | None) -> None:
 
 
 def netflow_v5(data: bytes) -> None:
-    """NetFlow v5 datagrams through :class:`decoders.flows.FlowDecoder`."""
+    """NetFlow v5 datagrams through :class:`decoders.netflow.decoder.FlowDecoder`."""
     _flows(data, 5)
 
 
@@ -242,8 +242,8 @@ def _radius():
         _RADIUS.clear()
     if not _RADIUS:
         from collector.config import load
-        from mediation.bindings import Bindings
-        from mediation.radius import RadiusAccounting
+        from mediation.subscribers.bindings import Bindings
+        from mediation.subscribers.radius import RadiusAccounting
 
         cfg = load(None, ["radius.enabled=true",
                           f'radius.clients=[{{address="127.0.0.0/8", secret="{RADIUS_SECRET.decode()}"}}]',
@@ -267,7 +267,7 @@ def radius(data: bytes) -> None:
     The accounting state (SQLite bindings, sessions) is shared across inputs like a long-running server's, so the
     fuzzer can build sessions up and tear them down; its bounds must hold.
     """
-    from mediation.radius import RadiusError, parse_packet
+    from mediation.subscribers.radius import RadiusError, parse_packet
 
     datagrams = split_datagrams(data, limit=8)
     for d in datagrams:

@@ -1,6 +1,6 @@
-"""Mediation: flows to subscriber usage, and the outputs (see docs/architecture.md).
+"""Mediation: flows to subscriber usage (see docs/architecture.md).
 
-``Mediator`` is imported lazily so that the output modules can be imported without the mediation pipeline.
+``Mediator`` is imported lazily: the wings (subscribers, compliance, IPDR) import without the mediation pipeline.
 """
 
 from __future__ import annotations

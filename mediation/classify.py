@@ -11,7 +11,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from mediation.bindings import BindingIndex, parse_network
+from mediation.subscribers.bindings import BindingIndex, parse_network
 from mediation.tables import OPEN_END_MS
 
 

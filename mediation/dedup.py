@@ -23,8 +23,8 @@ from collections.abc import Callable, Sequence
 
 import numpy as np
 
-from mediation.bindings import parse_network, split_addresses
 from mediation.hashing import hash_columns
+from mediation.subscribers.bindings import parse_network, split_addresses
 
 ROLES = ("primary", "shared", "secondary")
 INITIAL_KEYS = 1 << 16

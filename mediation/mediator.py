@@ -30,11 +30,11 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from mediation.aggregate import Allocation, UsageAggregator, split_intervals
-from mediation.bindings import Bindings, split_addresses
 from mediation.classify import Classifier
 from mediation.dedup import Deduplicator
 from mediation.hashing import hash_columns
 from mediation.reconcile import FIELDS, Reconciler
+from mediation.subscribers.bindings import Bindings, split_addresses
 from mediation.tables import DIRECTIONS, RECONCILIATION, REJECTS, USAGE
 from mediation.validate import REASONS, validate
 

@@ -15,7 +15,7 @@ the ClickHouse table is a ReplacingMergeTree over exactly those columns: a batch
 retried insert, RADIUS journal replay, IPDR crash-window re-send) collapses to one copy, while distinct parts never
 collapse. On a server, exact reads use ``FINAL`` (or ``LIMIT 1 BY row_id``); the embedded store writes each batch id
 once, and its ``usage`` view collapses rows re-sent in another batch by the same key (``usage_raw`` does not; see
-:func:`mediation.query.collapsed_select`).
+:func:`storage.query.collapsed_select`).
 """
 
 from __future__ import annotations
@@ -132,4 +132,4 @@ BINDINGS = table(
 __all__ = ["BINDINGS", "DIRECTIONS", "OPEN_END_MS", "RECONCILIATION", "REJECTS", "USAGE"]
 
 # IPDR's raw records are queried next to the usage they produced: register ipdr_records with the mediation tables.
-import mediation.ipdr_tables  # noqa: E402,F401  (after USAGE: it only needs decoders.schema)
+import mediation.ipdr.tables  # noqa: E402,F401  (after USAGE: it only needs decoders.schema)

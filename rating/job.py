@@ -6,7 +6,7 @@ One run (:meth:`RatingJob.run`):
 2. decides the period: whole billing cycles, from the start of the cycle ``lookback_cycles`` before the current one
    (``rate``) or the cycles overlapping ``--from/--to`` (``rerate``), up to ``closed_until`` = now minus
    ``mediation.watermark_s`` minus ``rating.extra_lateness_s`` (only closed intervals are rated);
-3. reads the usage of that period through :class:`mediation.query.QueryEngine`, summed per key over every collector
+3. reads the usage of that period through :class:`storage.query.QueryEngine`, summed per key over every collector
    host, worker and correction row (``GROUP BY``), for the billed ``source`` only;
 4. rates it (:func:`rating.engine.rate`, a pure function: the same usage always gives the same records);
 5. reads the current state of ``rated_usage`` for the same scope (newest version per record) and writes only the
@@ -87,8 +87,8 @@ class RatingJob:
 
     def __init__(self, config, *, engine=None, outputs=None, clock=time.time, owner: str | None = None,
                  plans: PlanBook | None = None, assignments: Assignments | None = None) -> None:
-        from mediation.outputs import BatchIdGenerator
-        from mediation.query import QueryEngine, load_tables
+        from storage.outputs import BatchIdGenerator
+        from storage.query import QueryEngine, load_tables
 
         load_tables()
         self.config = config
@@ -363,7 +363,7 @@ class RatingJob:
 
     def _write_visible(self, table: Table, data: pa.Table | pa.RecordBatch) -> None:
         """Write through every output and wait until the rows are readable (ClickHouse spool drained)."""
-        from mediation.outputs import conform, with_batch_id
+        from storage.outputs import conform, with_batch_id
 
         if isinstance(data, pa.Table):
             data = data.combine_chunks()
@@ -394,12 +394,12 @@ def build_rating_outputs(config) -> list:
     """The outputs of the rating job: the Parquet store (not its housekeeper) and ClickHouse with its own spool."""
     outputs: list = []
     if config.store.enabled:
-        from mediation.store import ParquetStore
+        from storage.store import ParquetStore
 
         outputs.append(ParquetStore.for_config(config, housekeeper=False))
     if config.output.clickhouse.enabled:
-        from mediation.clickhouse import ClickHouseOutput
-        from mediation.query import load_tables
+        from storage.clickhouse.output import ClickHouseOutput
+        from storage.query import load_tables
 
         outputs.append(ClickHouseOutput(config.output.clickhouse, config.spool,
                                         config.data_path(config.spool.path) / "rating",

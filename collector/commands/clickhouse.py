@@ -25,14 +25,14 @@ def clickhouse_group() -> None:
 @config_options
 def ddl_command(server_version: str | None, config) -> None:
     """Print the CREATE statements for every table and its read view (one per line block, ';'-terminated)."""
-    from mediation.clickhouse import connect, load_tables, server_caps
-    from mediation.clickhouse_ddl import (
+    from storage.clickhouse.ddl import (
         ServerCaps,
         create_distributed_sql,
         create_table_sql,
         quote_ident,
         read_view_sql,
     )
+    from storage.clickhouse.output import connect, load_tables, server_caps
 
     ch = config.output.clickhouse
     if server_version:
@@ -61,8 +61,8 @@ def ddl_command(server_version: str | None, config) -> None:
 
 
 def _manager(config):
-    from mediation.clickhouse import connect, executor, server_caps
-    from mediation.clickhouse_ddl import SchemaManager
+    from storage.clickhouse.ddl import SchemaManager
+    from storage.clickhouse.output import connect, executor, server_caps
 
     ch = config.output.clickhouse
     try:
@@ -86,7 +86,7 @@ def _manager(config):
 @config_options
 def migrate_command(config) -> None:
     """Create missing tables and columns now and print what was done; exit 3 when a column's type differs."""
-    from mediation.clickhouse import load_tables
+    from storage.clickhouse.output import load_tables
 
     client, hosts, manager = _manager(config)
     try:
@@ -104,7 +104,7 @@ def migrate_command(config) -> None:
 @config_options
 def retention_command(config) -> None:
     """Drop partitions older than the retention now (servers without TTL; with TTL the server does it)."""
-    from mediation.clickhouse import load_tables
+    from storage.clickhouse.output import load_tables
 
     client, hosts, manager = _manager(config)
     try:

@@ -132,7 +132,7 @@ def _network(text: str | None) -> str:
 
 
 def verdict(answer: pa.Table, at_ms: int | None = None, window_s: int = 60) -> Verdict:
-    """The holder named by an address trace answer (:class:`mediation.trace.AddressQuery` at ``at_ms``).
+    """The holder named by an address trace answer (:class:`mediation.compliance.trace.AddressQuery` at ``at_ms``).
 
     A NAT row's detail reads ``<scope> <start|end|observed> ...``: a start holds, an end means nobody held the port,
     an observed translation holds (only where no start or end was logged) until its flow ended plus the window, as
@@ -199,8 +199,8 @@ def with_verdict(answer: pa.Table, row: dict[str, object]) -> pa.Table:
 def run_trace(engine, *, address: str | None = None, port: int | None = None, at_ms: int | None = None,
               window_s: int = 60, lookback_s: int = 86400, subscriber: str | None = None, from_ms: int | None = None,
               to_ms: int | None = None, protocol: int | None = None, deterministic=None) -> pa.Table:
-    """Run the one trace query on ``engine`` (a :class:`mediation.query.QueryEngine`); the tidy answer."""
-    from mediation.trace import EVIDENCE, AddressQuery, SubscriberQuery
+    """Run the one trace query on ``engine`` (a :class:`storage.query.QueryEngine`); the tidy answer."""
+    from mediation.compliance.trace import EVIDENCE, AddressQuery, SubscriberQuery
 
     if address is not None:
         mapping = deterministic.inside_of(address, port) if deterministic and port is not None else None
@@ -241,8 +241,8 @@ def trace_command(address, port, protocol, at, window_s, subscriber, from_, to, 
       flowmed trace --address 203.0.113.7 --port 40112 --at 2026-03-02T14:03:22Z
       flowmed trace --subscriber alice --from 2026-03-02T00:00:00Z --to 2026-03-03T00:00:00Z
     """
-    from mediation.deterministic import DeterministicNat
-    from mediation.query import QueryEngine, QueryError, render
+    from mediation.compliance.deterministic import DeterministicNat
+    from storage.query import QueryEngine, QueryError, render
 
     if (address is None) == (subscriber is None):
         raise click.UsageError("give either --address (with --at) or --subscriber (with --from and --to)")
@@ -304,7 +304,8 @@ def trace_command(address, port, protocol, at, window_s, subscriber, from_, to, 
 def ipdr_report_command(from_, to, address, port, subscriber, fmt, layout, output, target, config) -> None:
     """Compliance records (IP detail records) of a period for an address or a subscriber, as CSV or XLSX, with the
     customer's name, address, phone and e-mail from compliance.directory_file."""
-    from mediation.compliance_report import (
+    from mediation.compliance.deterministic import DeterministicNat
+    from mediation.compliance.report import (
         GENERIC_FIELDS,
         ReportError,
         ReportQuery,
@@ -319,8 +320,7 @@ def ipdr_report_command(from_, to, address, port, subscriber, fmt, layout, outpu
         to_csv,
         to_xlsx,
     )
-    from mediation.deterministic import DeterministicNat
-    from mediation.query import QueryEngine, QueryError
+    from storage.query import QueryEngine, QueryError
 
     if (address is None) == (subscriber is None):
         raise click.UsageError("give either --address [--port] or --subscriber")

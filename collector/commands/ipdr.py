@@ -72,7 +72,7 @@ def sessions(config: Config, exporters: tuple[str, ...], timeout: float) -> None
 @config_options
 def state(config: Config) -> None:
     """Summarise the service-flow delta state (instances, tombstones, DSN watermarks), read-only."""
-    from mediation.ipdr_usage import _State
+    from mediation.ipdr.usage import _State
 
     path = config.data_path(config.ipdr.state_dir)
     click.echo(json.dumps({"path": str(path), **_State(path, readonly=True).summary()}, indent=2))

@@ -41,7 +41,7 @@ def _iso(ms: int) -> str:
 
 
 def _engine(config: Config, target: str):
-    from mediation.query import QueryEngine
+    from storage.query import QueryEngine
 
     return QueryEngine.for_config(config, target)
 
@@ -179,8 +179,8 @@ def reprocess_command(t_from: str, t_to: str, target: str, reasons: tuple[str, .
     state/reprocessed.sqlite), so running the command twice does not count anything twice.
     """
     from decoders.schema import FLOWS
-    from mediation.bindings import Bindings
     from mediation.mediator import Mediator
+    from mediation.subscribers.bindings import Bindings
     from mediation.validate import REASONS
 
     start, end = parse_time(t_from), parse_time(t_to)
@@ -262,7 +262,7 @@ def bindings_group() -> None:
 def bindings_lookup(address: str, at: str | None, config: Config) -> None:
     """Who held ADDRESS at a time (longest prefix, half-open validity)."""
     from decoders.addresses import network_text
-    from mediation.bindings import Bindings, join_addresses, parse_network
+    from mediation.subscribers.bindings import Bindings, join_addresses, parse_network
 
     t = parse_time(at) if at else int(time.time() * 1000)
     hi, lo, _ = parse_network(address)
@@ -286,7 +286,7 @@ def bindings_lookup(address: str, at: str | None, config: Config) -> None:
 def bindings_list(subscriber: str | None, only_open: bool, limit: int, config: Config) -> None:
     """List bindings from the durable store."""
     from decoders.addresses import network_text
-    from mediation.bindings import Bindings
+    from mediation.subscribers.bindings import Bindings
     from mediation.tables import OPEN_END_MS
 
     b = Bindings(config.data_path(config.subscribers.bindings_db))
@@ -311,8 +311,8 @@ def bindings_list(subscriber: str | None, only_open: bool, limit: int, config: C
 @config_options
 def bindings_load(path: str, config: Config) -> None:
     """Apply a static bindings file (CSV or TOML) now, as the daemon does on change or SIGHUP."""
-    from mediation.bindings import Bindings
-    from mediation.static_bindings import StaticBindings, StaticFileError
+    from mediation.subscribers.bindings import Bindings
+    from mediation.subscribers.static import StaticBindings, StaticFileError
 
     b = Bindings(config.data_path(config.subscribers.bindings_db))
     try:

@@ -44,7 +44,7 @@ def query_command(sql: str, fmt: str, target: str, allow_external: bool, config)
 
     Example: flowmed query "SELECT src_addr, sum(bytes) FROM flows GROUP BY src_addr ORDER BY 2 DESC LIMIT 10"
     """
-    from mediation.query import ChdbBackend, QueryEngine, QueryError, render
+    from storage.query import ChdbBackend, QueryEngine, QueryError, render
 
     try:
         # On a server, readonly = 1 refuses table functions too (the server's own guard under ours).
@@ -52,7 +52,7 @@ def query_command(sql: str, fmt: str, target: str, allow_external: bool, config)
     except Exception as exc:  # cannot open chDB / reach the server: a clear message, exit status 1
         raise click.ClickException(f"cannot open the {target} query target: {exc}") from None
     try:
-        from mediation.sql_guard import classify, seal_chdb_session
+        from storage.sql_guard import classify, seal_chdb_session
 
         statement = classify(sql, allow_external=allow_external, target=engine.target)
         backend = engine.backend
@@ -77,7 +77,7 @@ def query_command(sql: str, fmt: str, target: str, allow_external: bool, config)
 def schema_markdown(tables: dict[str, Table] | None = None) -> str:
     """Documentation of every registered table as Markdown (what ``docs/schema.md`` holds)."""
     if tables is None:
-        from mediation.query import load_tables
+        from storage.query import load_tables
 
         tables = load_tables()
     out = [
@@ -131,7 +131,7 @@ def schema_text(tables: dict[str, Table]) -> str:
 @click.option("--table", "only", multiple=True, help="Only this table (repeatable).")
 def schema_command(fmt: str, only: tuple[str, ...]) -> None:
     """Print the documentation of every table flowmed writes, from the schema in code."""
-    from mediation.query import load_tables
+    from storage.query import load_tables
 
     tables = load_tables()
     if only:

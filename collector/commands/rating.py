@@ -42,8 +42,8 @@ def _job(config):
 
 
 def _run(job, *args, **kwargs):
-    from mediation.query import QueryError
     from rating.lease import LeaseHeld
+    from storage.query import QueryError
 
     try:
         return job.run(*args, **kwargs)
@@ -155,8 +155,8 @@ def rerate_command(from_: str, to: str, subscriber: str | None, config) -> None:
 def bill_run_command(cycle: str, fmt: str, output: str, force: bool, config) -> None:
     """Export a cycle's rated usage: per-subscriber lines and totals plus control rows (one per currency and plan
     calendar, each with that calendar's own cycle bounds)."""
-    from mediation.query import QueryError
     from rating.billrun import CycleOpen, bill_run
+    from storage.query import QueryError
 
     job = _job(config)
     try:
@@ -185,8 +185,8 @@ def bill_run_command(cycle: str, fmt: str, output: str, force: bool, config) -> 
 @config_options
 def explain_command(subscriber: str, cycle: str, config) -> None:
     """Show how each amount of a subscriber's cycle was reached (usage, band, tier, allowance, rounding)."""
-    from mediation.query import QueryError
     from rating.explain import explain
+    from storage.query import QueryError
 
     job = _job(config)
     try:

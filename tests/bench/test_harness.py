@@ -21,7 +21,7 @@ def test_bindings_cover_the_generator_sources(tmp_path: Path) -> None:
 
 
 def test_vary_changes_every_pass_over_the_pool() -> None:
-    from decoders.flows import FlowDecoder
+    from decoders.netflow.decoder import FlowDecoder
 
     with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
         s.bind(("127.0.0.1", 0))

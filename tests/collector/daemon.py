@@ -135,7 +135,7 @@ class V9Traffic:
 
 def stored_flows(store: Path) -> int:
     """Rows of the ``flows`` table in the embedded store, counted with ``flowmed query``'s engine (chDB)."""
-    from mediation.query import QueryEngine
+    from storage.query import QueryEngine
 
     with QueryEngine.for_store(store) as engine:
         return int(engine.query("SELECT count() AS n FROM flows").column("n")[0].as_py())

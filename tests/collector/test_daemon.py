@@ -53,7 +53,7 @@ def test_ready_then_sigterm_flushes_everything_received(tmp_path: Path) -> None:
     stop = next(line for line in log.splitlines() if 'msg="flowmed stopped"' in line)
     assert f"flows={sent}" in stop and f"flows_written_store={sent}" in stop
     # the template state was saved at stop where the config says, and holds the exporter's template
-    from decoders.flows import FlowDecoder
+    from decoders.netflow.decoder import FlowDecoder
 
     again = FlowDecoder()
     again.load_state((d.store / "state" / "templates.bin").read_bytes())
@@ -294,7 +294,7 @@ def test_clickhouse_down_spools_and_status_shows_it(tmp_path: Path) -> None:
 def test_ipv4_and_ipv6_endpoints_in_one_daemon(tmp_path: Path) -> None:
     import socket
 
-    from mediation.query import QueryEngine
+    from storage.query import QueryEngine
     from tests.fixtures.peers import free_port, require_ipv6_loopback
 
     require_ipv6_loopback()

@@ -33,11 +33,11 @@ def test_logfmt_and_json_lines() -> None:
     flog.setup("info", "logfmt", buf)
     flog.log("info", "flowmed started", listeners=["0.0.0.0:2055", "[::]:2055"], workers=2, note='say "hi"')
     flog.log("debug", "not shown")
-    logging.getLogger("mediation.sink").warning("library line %d", 7, extra={"file": "/x y"})
+    logging.getLogger("storage.sink").warning("library line %d", 7, extra={"file": "/x y"})
     lines = buf.getvalue().splitlines()
     assert len(lines) == 2
     assert 'level=info msg="flowmed started" listeners=0.0.0.0:2055,[::]:2055 workers=2 note="say \\"hi\\""' in lines[0]
-    assert 'level=warning msg="library line 7" logger=mediation.sink file="/x y"' in lines[1]
+    assert 'level=warning msg="library line 7" logger=storage.sink file="/x y"' in lines[1]
     buf = io.StringIO()
     flog.setup("debug", "json", buf)
     flog.log("debug", "x", exporter="192.0.2.1")

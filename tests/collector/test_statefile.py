@@ -7,8 +7,8 @@ from pathlib import Path
 
 from collector import statefile
 from collector.statefile import StateWriter
-from decoders import state as saved
-from decoders.flows import FlowDecoder
+from decoders.netflow import saved_state as saved
+from decoders.netflow.decoder import FlowDecoder
 from tests.decoders.packets import T0_MS, data_set, ip4, template_set, v9
 
 EXP = "192.0.2.90"

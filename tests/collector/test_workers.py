@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from mediation.query import QueryEngine
+from storage.query import QueryEngine
 from tests.collector.daemon import Daemon, V9Traffic
 from tests.fixtures.peers import require_tool
 

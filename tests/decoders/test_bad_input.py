@@ -7,7 +7,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from decoders.errors import REASONS
-from decoders.flows import DecoderLimits, FlowDecoder
+from decoders.netflow.decoder import DecoderLimits, FlowDecoder
 from tests.decoders.packets import (
     T0_MS,
     V4_FIELDS,

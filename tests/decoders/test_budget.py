@@ -10,12 +10,12 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from decoders import fields as ies
-from decoders import state as saved
-from decoders import templated
-from decoders import templates as T
-from decoders.flows import DecoderLimits, FlowDecoder
-from decoders.templates import template_cost
+from decoders.netflow import fields as ies
+from decoders.netflow import saved_state as saved
+from decoders.netflow import templated
+from decoders.netflow import templates as T
+from decoders.netflow.decoder import DecoderLimits, FlowDecoder
+from decoders.netflow.templates import template_cost
 from tests.decoders.packets import T0_MS, data_set, ip4, ipfix, template_set, v9
 
 EXP = "192.0.2.80"

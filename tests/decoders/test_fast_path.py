@@ -16,8 +16,8 @@ import struct
 import numpy as np
 import pytest
 
-from decoders import flows
-from decoders.flows import DecoderLimits, FlowDecoder
+from decoders.netflow import decoder as flows
+from decoders.netflow.decoder import DecoderLimits, FlowDecoder
 from tests.decoders.packets import T0_MS, data_set, ip4, ipfix, options_template_set, template_set, v5, v9
 
 EXPORTERS = ["192.0.2.1", "192.0.2.2", "2001:db8::9"]
@@ -275,7 +275,7 @@ def test_ipv4_address_bytes_in_place() -> None:
 
 
 def test_joiner_reuses_its_buffer_but_never_overwrites_a_view_still_held() -> None:
-    from decoders.templated import Joiner
+    from decoders.netflow.templated import Joiner
 
     j = Joiner(keep_bytes=64)
     first = j.join([b"ab", b"cd"], 4)

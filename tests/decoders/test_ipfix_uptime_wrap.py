@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import pytest
 
-from decoders.flows import FlowDecoder
+from decoders.netflow.decoder import FlowDecoder
 from tests.decoders.packets import T0_MS, data_set, ip4, ipfix, options_template_set, template_set
 
 EXP = "192.0.2.30"

@@ -4,7 +4,7 @@ import ipaddress
 
 import numpy as np
 
-from decoders.flows import FlowDecoder, SamplingPolicy
+from decoders.netflow.decoder import FlowDecoder, SamplingPolicy
 from decoders.schema import FLOWS
 from tests.decoders.packets import T0_MS, mapped, v5
 

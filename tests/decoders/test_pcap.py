@@ -9,7 +9,7 @@ from scapy.layers.l2 import CookedLinux, CookedLinuxV2, Dot1Q, Ether, Loopback
 from scapy.packet import Raw
 from scapy.utils import PcapNgWriter, PcapWriter
 
-from decoders.flows import FlowDecoder
+from decoders.netflow.decoder import FlowDecoder
 from decoders.pcap import PcapError, datagrams, read_udp
 from tests.decoders.packets import T0_MS, v5
 from tests.fixtures.peers import require_tool

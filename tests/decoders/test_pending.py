@@ -1,6 +1,6 @@
 """Data before its template: held (bounded in bytes and age), replayed when the template arrives."""
 
-from decoders.flows import DecoderLimits, FlowDecoder
+from decoders.netflow.decoder import DecoderLimits, FlowDecoder
 from tests.decoders.packets import T0_MS, data_set, ip4, ipfix, template_set, v9
 
 EXP = "192.0.2.50"

@@ -4,7 +4,7 @@ import ipaddress
 
 import pytest
 
-from decoders.flows import FlowDecoder, SamplingPolicy
+from decoders.netflow.decoder import FlowDecoder, SamplingPolicy
 from decoders.sampling import rate_from_values
 from tests.decoders.packets import T0_MS, data_set, ip4, ipfix, options_template_set, template_set, v9
 

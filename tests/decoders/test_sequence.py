@@ -1,6 +1,6 @@
 """Sequence accounting: loss counted once, reordering tolerated, restarts detected, per protocol unit."""
 
-from decoders.flows import FlowDecoder
+from decoders.netflow.decoder import FlowDecoder
 from decoders.sequence import SequenceTracker
 from tests.decoders.packets import T0_MS, data_set, ip4, ipfix, template_set, v9
 

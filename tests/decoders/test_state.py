@@ -3,7 +3,7 @@
 import pytest
 
 from decoders.errors import StateError
-from decoders.flows import DecoderLimits, FlowDecoder
+from decoders.netflow.decoder import DecoderLimits, FlowDecoder
 from tests.decoders.packets import T0_MS, data_set, ip4, ipfix, options_template_set, template_set, v9
 
 EXP = "192.0.2.60"
@@ -98,7 +98,7 @@ def test_state_changes_hold_only_what_changed():
 
 
 def test_a_log_of_changes_replays_and_a_torn_tail_costs_only_itself():
-    from decoders import state as saved
+    from decoders.netflow import saved_state as saved
 
     dec = FlowDecoder()
     dec.decode([(_templates(5), EXP, T0_MS)])
@@ -115,8 +115,8 @@ def test_a_log_of_changes_replays_and_a_torn_tail_costs_only_itself():
 
 
 def test_loading_applies_the_budget_and_compiles_nothing(monkeypatch):
-    from decoders import templates as T
-    from decoders.templates import template_cost
+    from decoders.netflow import templates as T
+    from decoders.netflow.templates import template_cost
 
     big = FlowDecoder()
     big.decode([(_templates(50), EXP, T0_MS)])

@@ -5,7 +5,7 @@ import struct
 import numpy as np
 import pytest
 
-from decoders.flows import FlowDecoder
+from decoders.netflow.decoder import FlowDecoder
 from tests.decoders.packets import (
     T0_MS,
     V4_FIELDS,

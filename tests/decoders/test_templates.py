@@ -4,9 +4,9 @@ import numpy as np
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from decoders import templates as T
-from decoders.flows import FlowDecoder
-from decoders.templates import Field, Template, compile_template, walk_sets, walk_variable
+from decoders.netflow import templates as T
+from decoders.netflow.decoder import FlowDecoder
+from decoders.netflow.templates import Field, Template, compile_template, walk_sets, walk_variable
 from tests.decoders.packets import T0_MS, data_set, ipfix, options_template_set, template_set
 
 FIELD = st.builds(Field, st.sampled_from([1, 2, 8, 96, 999]), st.sampled_from([0, 1, 2, 3, 4, 16, 65535]))

@@ -2,10 +2,11 @@
 
 Tested elsewhere (not repeated): the IPDR allowlist (tests/ipdr/test_collector.py::
 test_exporter_initiated_connection_and_allowlist), RADIUS clients as the allowlist with radclient
-(tests/mediation/test_radius.py::test_radclient_from_an_unknown_client_gets_no_answer), `check-config` redaction
+(tests/mediation/subscribers/test_radius.py::test_radclient_from_an_unknown_client_gets_no_answer), `check-config`
+redaction
 (tests/collector/test_config.py::test_check_config_redacts_secrets), the server's own readonly under `flowmed
-query` (tests/mediation/test_query_server.py), the guard's full corpus of bypass attempts and --allow-external
-(tests/mediation/test_query_guard.py), the flow allowlist and rate limit in the pipeline (test_limits.py here).
+query` (tests/storage/test_query_server.py), the guard's full corpus of bypass attempts and --allow-external
+(tests/storage/test_query_guard.py), the flow allowlist and rate limit in the pipeline (test_limits.py here).
 """
 
 from __future__ import annotations
@@ -23,8 +24,8 @@ from pathlib import Path
 import pytest
 
 from collector.config import ClickHouseConfig, load
-from mediation.query import QueryError
-from mediation.sql_guard import check_read_only
+from storage.query import QueryError
+from storage.sql_guard import check_read_only
 from tests.collector.daemon import Daemon, V9Traffic
 from tests.fixtures.peers import free_port, require_tool
 
@@ -82,8 +83,8 @@ def test_sql_guard_lets_reads_through(sql: str) -> None:
 
 SEALED_PROBE = r"""
 import json, sys
-from mediation.query import QueryEngine
-from mediation.sql_guard import seal_chdb_session
+from storage.query import QueryEngine
+from storage.sql_guard import seal_chdb_session
 store, outside = sys.argv[1], sys.argv[2]
 engine = QueryEngine.for_store(store)
 seal_chdb_session()
@@ -216,7 +217,7 @@ def test_tls_to_clickhouse_is_used_and_verified(tmp_path: Path, clickhouse_facto
     """clickhouse-server 18.16 with a secure native port: secure + ca_file connect; a wrong CA or plain TCP to the
     TLS port fail (the certificate is verified, not just encrypted)."""
     require_tool("openssl")
-    from mediation.clickhouse import connect
+    from storage.clickhouse.output import connect
 
     cert, key = _self_signed(tmp_path, "server")
     wrong_ca, _ = _self_signed(tmp_path, "other")

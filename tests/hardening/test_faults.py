@@ -2,10 +2,10 @@
 rating run, corrupt files at start, an exporter whose clock is hours off.
 
 Tested elsewhere (not repeated): ClickHouse down, slow, refusing inserts, the writer SIGKILLed
-(tests/mediation/test_clickhouse_faults.py); SIGKILL during Parquet writes and during compaction
-(tests/mediation/test_store_kill.py); corrupt and stray files in the store and the spool at start, as units
-(tests/mediation/test_store.py::test_stray_tmp_and_corrupt_files_are_quarantined_at_start,
-tests/mediation/test_clickhouse_spool.py::test_leftover_tmp_is_removed_and_corrupt_files_are_set_aside); the daemon
+(tests/storage/test_clickhouse_faults.py); SIGKILL during Parquet writes and during compaction
+(tests/storage/test_store_kill.py); corrupt and stray files in the store and the spool at start, as units
+(tests/storage/test_store.py::test_stray_tmp_and_corrupt_files_are_quarantined_at_start,
+tests/storage/test_clickhouse_spool.py::test_leftover_tmp_is_removed_and_corrupt_files_are_set_aside); the daemon
 with both here.
 
 The full disk is a real one: a 2 MiB tmpfs mounted for the test (root needed; ENOSPC comes from the kernel), grown
@@ -31,11 +31,11 @@ import pytest
 from bench.flowgen import flows_batch
 from collector.config import ClickHouseConfig, SpoolConfig
 from decoders.schema import FLOWS
-from mediation.clickhouse import ClickHouseOutput
-from mediation.sink import Sink
-from mediation.spool import Spool
-from mediation.store import ParquetStore
 from mediation.tables import USAGE
+from storage.clickhouse.output import ClickHouseOutput
+from storage.clickhouse.spool import Spool
+from storage.sink import Sink
+from storage.store import ParquetStore
 from tests.fixtures.peers import free_port
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -197,7 +197,7 @@ def test_spool_on_a_full_disk_with_clickhouse_down_keeps_usage(small_disk: Small
 SPOOL_WRITER = textwrap.dedent("""
     import sys
     from bench.flowgen import flows_batch
-    from mediation.spool import Spool
+    from storage.clickhouse.spool import Spool
     spool = Spool(sys.argv[1], max_bytes=10**10)
     batch = flows_batch(20_000)
     i = 0
@@ -256,8 +256,8 @@ def _rating_store(path: Path, subscribers: int) -> None:
 
 
 def _rated(path: Path) -> dict[str, tuple[int, int, int]]:
-    from mediation.query import QueryEngine
     from rating.tables import current_sql
+    from storage.query import QueryEngine
 
     with QueryEngine.for_store(path) as engine:
         t = engine.query(current_sql(columns="record_id, version, bytes, amount_micros"))

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from decoders.flows import FlowDecoder
+from decoders.netflow.decoder import FlowDecoder
 from fuzz.seeds import SEEDS, write_seeds
 from fuzz.targets import EXPORTER, TARGETS, split_datagrams
 from tests.fixtures.peers import IN_CI

@@ -4,8 +4,8 @@ Limits tested elsewhere (not repeated here): templates per exporter and exporter
 (tests/decoders/test_state.py), data waiting for templates (tests/decoders/test_pending.py), fields per template
 (tests/decoders/test_bad_input.py), metric labels, the status board and the error log under 2,000 spoofed exporters
 (tests/collector/test_parts.py::test_hostile_exporters_are_bounded_everywhere), IPDR connections and allowlist
-(tests/ipdr/test_collector.py), the Sink's pending rows (tests/mediation/test_sink.py), the spool's size and full
-policies (tests/mediation/test_clickhouse_spool.py).
+(tests/ipdr/test_collector.py), the Sink's pending rows (tests/storage/test_sink.py), the spool's size and full
+policies (tests/storage/test_clickhouse_spool.py).
 """
 
 from __future__ import annotations
@@ -25,8 +25,8 @@ from collector.server import Pipeline, make_sink
 from decoders.ipdr import messages as m
 from decoders.ipdr.session import ProtocolViolation
 from fuzz.targets import ipdr_connection
-from mediation.bindings import Bindings
-from mediation.radius import ATTRIBUTES, RadiusAccounting, accounting_request
+from mediation.subscribers.bindings import Bindings
+from mediation.subscribers.radius import ATTRIBUTES, RadiusAccounting, accounting_request
 from tests.fixtures.peers import free_port
 
 T0 = 1_700_000_000_000
@@ -238,7 +238,7 @@ def test_log_lines_per_peer_and_new_peers_are_bounded() -> None:
     f = FloodFilter(interval_s=60, max_new_keys=100, clock=lambda: now[0])
 
     def rec(client: str) -> logging.LogRecord:
-        r = logging.LogRecord("mediation.radius", logging.WARNING, "", 0, "dropped %s", ("x",), None)
+        r = logging.LogRecord("mediation.subscribers.radius", logging.WARNING, "", 0, "dropped %s", ("x",), None)
         r.client = client
         return r
 
@@ -304,8 +304,8 @@ def test_long_records_are_mediated_in_bounded_slices_with_the_same_totals(tmp_pa
     import numpy as np
 
     from bench.flowgen import flows_batch
-    from collector.bounded import mediate_bounded, parts_per_record, slices_by_parts
     from collector.server import make_mediator
+    from mediation.bounded import mediate_bounded, parts_per_record, slices_by_parts
 
     now = int(time.time() * 1000)
     b = flows_batch(3000, t0_ms=now - 90_000_000, span_ms=1000)

@@ -20,8 +20,8 @@ from hypothesis import strategies as st
 from collector.config import Config, load
 from collector.configtree import ConfigError, build, to_dict
 from fuzz.targets import RADIUS_SECRET, sign_request
-from mediation.bindings import Bindings
-from mediation.radius import ATTRIBUTES, RadiusAccounting, RadiusError, accounting_request, parse_packet
+from mediation.subscribers.bindings import Bindings
+from mediation.subscribers.radius import ATTRIBUTES, RadiusAccounting, RadiusError, accounting_request, parse_packet
 from rating.plans import _PLAN_KEYS, parse_plans
 
 T0 = 1_700_000_000_000

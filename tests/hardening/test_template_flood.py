@@ -22,7 +22,7 @@ from pathlib import Path
 import pytest
 
 from bench.exporter import Field, IpfixExporter, template
-from decoders.flows import DecoderLimits, FlowDecoder
+from decoders.netflow.decoder import DecoderLimits, FlowDecoder
 from tests.collector.daemon import Daemon, V9Traffic, stored_flows
 
 SOURCES = 8

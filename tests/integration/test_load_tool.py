@@ -27,7 +27,7 @@ def _receiver(sock: socket.socket, out: list[tuple[bytes, str]], stop: threading
 
 @pytest.mark.parametrize("version,exporters", [(5, 1), (9, 1), (10, 1), (5, 3), (9, 3), (10, 2)])
 def test_load_sends_what_it_reports_and_flowmed_decodes_it(version: int, exporters: int) -> None:
-    from decoders.flows import FlowDecoder
+    from decoders.netflow.decoder import FlowDecoder
 
     sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4 << 20)

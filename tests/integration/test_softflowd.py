@@ -47,7 +47,7 @@ def _expected(truth: dict[tuple, TruthFlow], version: int) -> dict[tuple, TruthF
 
 
 def _flowmed_rows(export: Export) -> list[dict[str, object]]:
-    from decoders.flows import FlowDecoder
+    from decoders.netflow.decoder import FlowDecoder
     from decoders.pcap import datagrams
 
     items = datagrams(export.capture, [export.port])

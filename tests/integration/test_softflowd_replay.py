@@ -52,7 +52,7 @@ def test_a_softflowd_ipfix_replay_of_a_recent_capture_is_stored_and_mediated(tmp
         d.kill()
     assert "flow records rejected by mediation" not in d.log_text()
 
-    from mediation.query import QueryEngine
+    from storage.query import QueryEngine
 
     with QueryEngine.for_store(d.store) as engine:
         flows = engine.query("SELECT IPv6NumToString(src_addr) AS src, IPv6NumToString(dst_addr) AS dst, src_port, "

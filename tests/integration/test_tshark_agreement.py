@@ -154,7 +154,7 @@ def _total(results, name: str) -> Counter:
 
 @pytest.mark.parametrize("name", list(_SCENARIOS))
 def test_flowmed_decodes_the_scenario(name: str) -> None:
-    from decoders.flows import FlowDecoder
+    from decoders.netflow.decoder import FlowDecoder
 
     scenario = _SCENARIOS[name]
     rows, results = _decode_each(FlowDecoder(), scenario)
@@ -173,7 +173,7 @@ def test_flowmed_decodes_the_scenario(name: str) -> None:
 def test_flowmed_restart_mid_scenario_loses_nothing(name: str) -> None:
     """Save the decoder state after any datagram (nothing held), load it into a new decoder, and go on: the rows
     are the same as without the restart (templates and sampling rates survive)."""
-    from decoders.flows import FlowDecoder
+    from decoders.netflow.decoder import FlowDecoder
 
     scenario = _SCENARIOS[name]
     cuts = 0
@@ -191,7 +191,7 @@ def test_flowmed_restart_mid_scenario_loses_nothing(name: str) -> None:
 
 
 def test_flowmed_counts_held_and_replayed_data() -> None:
-    from decoders.flows import FlowDecoder
+    from decoders.netflow.decoder import FlowDecoder
 
     _, results = _decode_each(FlowDecoder(), _SCENARIOS["data-before-template"])
     assert _total(results, "pending_held") == Counter({"192.0.2.50": 2, "192.0.2.51": 1})
@@ -199,7 +199,7 @@ def test_flowmed_counts_held_and_replayed_data() -> None:
 
 
 def test_flowmed_counts_losses_per_exporter_despite_reordering() -> None:
-    from decoders.flows import FlowDecoder
+    from decoders.netflow.decoder import FlowDecoder
 
     _, results = _decode_each(FlowDecoder(), _SCENARIOS["sequence-loss"])
     assert _total(results, "sequence_lost") == Counter({"192.0.2.100": 1, "192.0.2.101": 4})
@@ -207,7 +207,7 @@ def test_flowmed_counts_losses_per_exporter_despite_reordering() -> None:
 
 def test_flowmed_detects_exporter_restarts() -> None:
     """A reboot (sequence back to 0, sysUptime back near 0) is a restart, not a loss and not reordering."""
-    from decoders.flows import FlowDecoder
+    from decoders.netflow.decoder import FlowDecoder
 
     _, results = _decode_each(FlowDecoder(), _SCENARIOS["exporter-restart"])
     assert _total(results, "sequence_lost") == Counter()
@@ -225,7 +225,7 @@ def test_bulk_datagrams_agree_with_tshark_and_flowmed(version: int, ipv6: bool, 
     """The benchmark and load datagrams (vectorised encoder) decode identically in tshark and flowmed."""
     from bench.exporter import WIDE_EXTRA, bulk_datagrams
     from bench.pcapwrite import Datagram
-    from decoders.flows import FlowDecoder
+    from decoders.netflow.decoder import FlowDecoder
 
     t0 = 1_764_000_000_000
     data, first = bulk_datagrams(version, 4, 30 if version == 5 else 25, export_ms=t0, ipv6=ipv6,

@@ -12,7 +12,7 @@ from bench.cmts import CmtsSimulator
 from collector.config import IpdrConfig, IpdrExporter
 from collector.ipdr import IpdrCollector
 from decoders.ipdr import messages as m
-from mediation.ipdr_usage import CmSubscribers, IpdrUsage
+from mediation.ipdr.usage import CmSubscribers, IpdrUsage
 
 
 def _subs(sim: CmtsSimulator) -> dict[int, str]:
@@ -81,7 +81,7 @@ def test_collector_restart_mid_document_is_exactly_once(sink, tmp_path):
         total = sim.generate_interval()
         await sim.wait_for(lambda: 0 < sim.unacked < total)
         # Crash between two syncs (holding the lock: no flush is half done). A crash *during* a sync, after the
-        # flush and before the journal commit, re-derives identical rows (same row_id): see mediation.ipdr_usage.
+        # flush and before the journal commit, re-derives identical rows (same row_id): see mediation.ipdr.usage.
         async with coll.durability.lock:
             coll._stopping = True
             for conn in list(coll.connections):

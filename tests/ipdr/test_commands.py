@@ -11,7 +11,7 @@ from click.testing import CliRunner
 
 from bench.cmts import CmtsSimulator
 from collector.cli import main
-from mediation.ipdr_usage import IpdrUsage
+from mediation.ipdr.usage import IpdrUsage
 from tests.fixtures.peers import free_port
 from tests.ipdr.helpers import EXPORTER_IP, make_event
 

@@ -10,7 +10,7 @@ from collector import metrics as metrics_mod
 from collector.config import load
 from collector.ipdr import start_ipdr
 from collector.server import make_sink
-from mediation.query import QueryEngine
+from storage.query import QueryEngine
 
 
 def test_store_and_query_usage_next_to_raw_records(tmp_path):

@@ -12,7 +12,7 @@ import time
 
 import pytest
 
-from mediation.query import QueryEngine
+from storage.query import QueryEngine
 from tests.fixtures.cli import flowmed_command
 from tests.fixtures.peers import free_port
 

@@ -8,7 +8,7 @@ from hypothesis import strategies as st
 
 from bench.cmts import CmtsSimulator
 from decoders.ipdr import messages as m
-from mediation.ipdr_usage import CmSubscribers, IpdrUsage
+from mediation.ipdr.usage import CmSubscribers, IpdrUsage
 from tests.ipdr.helpers import EXPORTER_IP, connected, records, start_flows
 
 ACTIONS = st.lists(st.sampled_from(["interval", "idle_interval", "recreate", "reboot", "redeliver"]),

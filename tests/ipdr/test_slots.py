@@ -15,7 +15,7 @@ from collector import metrics
 from collector.config import IpdrConfig
 from collector.ipdr import IpdrCollector
 from decoders.ipdr import messages as m
-from mediation.ipdr_usage import IpdrUsage
+from mediation.ipdr.usage import IpdrUsage
 
 CONNECT = m.encode(m.Connect(0x7F000001, 0, m.Capability.MULTISESSION, 60, "dripper"))
 SLOW_CONNECT = m.encode(m.Connect(0x7F000001, 0, m.Capability.MULTISESSION, 60, "d" * 2000))  # 200 s at 10 B/s

@@ -24,7 +24,7 @@ from bench.cmts import CmtsSimulator
 from collector.config import IpdrConfig, IpdrExporter
 from collector.ipdr import IpdrCollector
 from decoders.ipdr import messages as m
-from mediation.ipdr_usage import IpdrUsage
+from mediation.ipdr.usage import IpdrUsage
 from tests.fixtures.peers import free_port, require_tool
 
 pytestmark = pytest.mark.external

@@ -7,7 +7,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from decoders.ipdr.samis import SAMIS_TYPE_1
-from mediation.ipdr_usage import CmSubscribers, IpdrUsage
+from mediation.ipdr.usage import CmSubscribers, IpdrUsage
 from tests.ipdr.helpers import EXPORTER_IP, make_event
 
 T0 = 1_800_000_000_000  # ms
@@ -217,7 +217,7 @@ def test_cm_subscriber_file(tmp_path):
 def test_unmapped_cm_mac_attributed_through_address_bindings(tmp_path):
     from collector.config import load
     from collector.ipdr import address_lookup
-    from mediation.bindings import Bindings
+    from mediation.subscribers.bindings import Bindings
 
     config = load(None, [f"store.path={tmp_path}"])
     bindings = Bindings(config.data_path(config.subscribers.bindings_db))
@@ -278,7 +278,7 @@ def test_undo_last_restores_the_state_exactly():
 @given(st.lists(st.tuples(st.integers(0, 10**7), st.integers(1, 10**7), st.integers(0, 2**64 - 1),
                           st.integers(0, 2**40)), min_size=1, max_size=20))
 def test_split_parts_sum_exactly_and_stay_in_the_period(spans):
-    from mediation.ipdr_usage import _split
+    from mediation.ipdr.usage import _split
 
     start = np.array([T0 + a for a, _, _, _ in spans], dtype=np.int64)
     end = start + np.array([d for _, d, _, _ in spans], dtype=np.int64)

@@ -23,7 +23,7 @@ from prometheus_client import CollectorRegistry
 from collector import config as config_mod
 from collector.metrics import Metrics
 from collector.server import make_sink
-from tests.mediation.clickhouse_helpers import flow_batch
+from tests.storage.clickhouse_helpers import flow_batch
 
 HOUR_MS = 3_600_000
 

@@ -8,9 +8,9 @@ import pyarrow as pa
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from collector.bounded import parts_per_record, slices_by_parts
 from decoders.schema import FLOWS
-from mediation.nat import without_nat_only
+from mediation.bounded import parts_per_record, slices_by_parts
+from mediation.compliance.nat import without_nat_only
 
 IV = 300_000
 

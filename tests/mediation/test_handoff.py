@@ -17,14 +17,14 @@ import pytest
 
 from collector.config import ClickHouseConfig, SpoolConfig
 from decoders.schema import FLOWS
-from mediation.clickhouse import ClickHouseOutput
-from mediation.handoff import HandoffJournal
-from mediation.outputs import with_batch_id
-from mediation.sink import Sink
-from mediation.store import ParquetStore
-from tests.mediation.clickhouse_helpers import flow_batch
+from storage.clickhouse.output import ClickHouseOutput
+from storage.handoff import HandoffJournal
+from storage.outputs import with_batch_id
+from storage.sink import Sink
+from storage.store import ParquetStore
 from tests.mediation.handoff_writer import batch_b
-from tests.mediation.test_sink import Recorder
+from tests.storage.clickhouse_helpers import flow_batch
+from tests.storage.test_sink import Recorder
 
 ROOT = Path(__file__).resolve().parents[2]
 

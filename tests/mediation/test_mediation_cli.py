@@ -47,7 +47,7 @@ def _received_with_rejects(tmp_path):
     from collector.config import load
     from collector.server import make_sink
     from mediation import Mediator
-    from mediation.bindings import Bindings
+    from mediation.subscribers.bindings import Bindings
     from tests.mediation.mediation_helpers import T0, flows
 
     cfg = load(None, [f"store.path={tmp_path / 'data'}", "mediation.max_flow_duration_s=60"])

@@ -23,13 +23,13 @@ from collector.config import load
 from collector.radius_listener import start_radius
 from collector.server import make_sink
 from mediation import Mediator
-from mediation.bindings import Bindings
+from mediation.subscribers.bindings import Bindings
 from mediation.tables import RECONCILIATION
 from tests.collector.daemon import Daemon
 from tests.fixtures.peers import free_port, require_tool
 from tests.mediation.mediation_helpers import INTERVAL, T0, a16
+from tests.mediation.subscribers.test_radius import radclient
 from tests.mediation.test_mediator import EXPECTED, run_scenario
-from tests.mediation.test_radius import radclient
 
 pytestmark = [pytest.mark.external]
 

@@ -9,8 +9,8 @@ from hypothesis import strategies as st
 
 from collector.config import load
 from mediation import Mediator
-from mediation.bindings import Bindings
 from mediation.reconcile import FIELDS, balance_holds
+from mediation.subscribers.bindings import Bindings
 from mediation.validate import REASONS
 from tests.mediation.mediation_helpers import INTERVAL, MIN, T0, flows, usage_totals
 

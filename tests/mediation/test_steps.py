@@ -73,7 +73,7 @@ def test_classifier_first_match_and_ipv6():
     rules = [SimpleNamespace(name="own", prefixes=["2001:db8:f::/48", "203.0.113.0/24"], ports=[], protocols=[]),
              SimpleNamespace(name="web", prefixes=[], ports=[80, 443], protocols=[6])]
     c = Classifier(rules, "other")
-    from mediation.bindings import split_addresses
+    from mediation.subscribers.bindings import split_addresses
 
     hi, lo = split_addresses(s16(["2001:db8:f:1::1", "203.0.113.9", "8.8.8.8", "8.8.8.8", "2001:db8:e::1"]))
     got = c.classify(hi, lo, np.array([1, 443, 443, 443, 80], np.uint16), np.array([6, 6, 6, 17, 6], np.uint8))

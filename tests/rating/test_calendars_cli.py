@@ -18,10 +18,10 @@ from click.testing import CliRunner
 
 from collector.cli import main
 from collector.config import load
-from mediation.query import QueryEngine
-from mediation.store import ParquetStore
 from mediation.tables import USAGE
 from rating.tables import current_sql
+from storage.query import QueryEngine
+from storage.store import ParquetStore
 from tests.rating.helpers import ms
 from tests.rating.storeutil import usage_batch
 

@@ -9,8 +9,8 @@ from click.testing import CliRunner
 
 from collector.cli import main
 from collector.config import load
-from mediation.store import ParquetStore
 from mediation.tables import USAGE
+from storage.store import ParquetStore
 from tests.rating.helpers import HOME_PLAN
 from tests.rating.storeutil import usage_batch
 

@@ -13,8 +13,8 @@ from pathlib import Path
 import pytest
 
 from collector.config import load
-from mediation.store import ParquetStore
 from mediation.tables import USAGE
+from storage.store import ParquetStore
 from tests.fixtures.peers import free_port, require_tool
 from tests.rating.helpers import HOME_PLAN
 from tests.rating.storeutil import usage_batch

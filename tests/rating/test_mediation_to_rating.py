@@ -12,11 +12,11 @@ import pytest
 
 from collector.config import load
 from mediation import Mediator
-from mediation.bindings import Bindings
-from mediation.store import ParquetStore
+from mediation.subscribers.bindings import Bindings
 from mediation.tables import USAGE
 from rating.job import RatingJob
 from rating.tables import current_sql
+from storage.store import ParquetStore
 from tests.mediation.mediation_helpers import flows
 from tests.rating.helpers import HOME_PLAN, assignments, ms, plans
 

@@ -1,0 +1,474 @@
+"""Templates (RFC 3954 section 5.2, RFC 7011 section 3.4) and their compiled form.
+
+A template is compiled once (and shared by every exporter that sends the same field list) into either
+
+* a big-endian numpy structured dtype, when every field has a fixed length: a data set then decodes with one
+  ``np.frombuffer`` over the concatenated records of all the data sets that use it; or
+* a *segment plan*, when some fields are variable-length (length 65535 in the template): the records of all sets
+  of a batch are found together (:func:`walk_sets`: numpy over record positions, the k-th records of every set
+  at once), then each fixed segment is gathered once and read through its own structured dtype.
+
+Either way the decoder reads fields through a :class:`FixedView` or :class:`VariableView`, so the column plan is
+the same for both.
+"""
+
+from __future__ import annotations
+
+import struct
+import weakref
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from decoders.errors import BadRecord
+from decoders.netflow import fields as ies
+
+V9_SCOPE = -1
+"""``Field.enterprise`` of a v9 options scope field: its id is a scope type (RFC 3954 section 6.1), not an IE."""
+
+
+@dataclass(frozen=True, slots=True)
+class Field:
+    """One template field: element id, length (65535 = variable) and enterprise number (0 = IANA)."""
+
+    ie: int
+    length: int
+    enterprise: int = 0
+
+    @property
+    def variable(self) -> bool:
+        return self.length == ies.VARIABLE_LENGTH
+
+
+@dataclass(frozen=True, slots=True)
+class Template:
+    """A template or options template record as received."""
+
+    template_id: int
+    fields: tuple[Field, ...]
+    scope_count: int = 0
+    options: bool = False
+
+    def to_json(self) -> list:
+        return [self.template_id, [[f.ie, f.length, f.enterprise] for f in self.fields], self.scope_count,
+                self.options]
+
+    @classmethod
+    def from_json(cls, data: list) -> Template:
+        tid, flds, scope, options = data
+        return cls(int(tid), tuple(Field(int(i), int(n), int(e)) for i, n, e in flds), int(scope), bool(options))
+
+
+@dataclass(frozen=True, slots=True)
+class FieldRef:
+    """Where a field lives in a record: dtype field name (fixed), or segment + offset (variable), and length."""
+
+    name: str
+    seg: int
+    offset: int
+    length: int
+
+
+@dataclass(eq=False)
+class Compiled:
+    """A template compiled for columnar decoding. Identity matters: data sets are grouped by compiled template.
+
+    It keeps no field list: only what decoding reads (dtypes, segment lengths, the fields of columns), so that its
+    memory does not grow with the fields a template carries but flowmed ignores (see :func:`template_cost`).
+    """
+
+    options: bool
+    fixed: bool
+    reclen: int
+    """Record length (fixed), or the shortest possible record (variable: fixed bytes + one length byte per field)."""
+    dtype: np.dtype | None
+    segments: tuple[int, ...]
+    """Variable templates: fixed bytes before each variable field, and after the last one."""
+    columns: dict[str, tuple[FieldRef, str]] = field(default_factory=dict)
+    """``flows`` column -> (field, kind) for the winning element of each column."""
+    refs: dict[int, FieldRef] = field(default_factory=dict)
+    """First occurrence of each IANA element (times, sampling, options values)."""
+    fast: bool = False
+    """A fixed-length flow (not options) template: its data sets take the decoder's fast path."""
+    alternates: dict[str, FieldRef] = field(default_factory=dict)
+    """IPv4 address columns that also have an IPv6 element, used where the IPv4 value is 0.0.0.0."""
+    seg_dtypes: tuple[np.dtype | None, ...] = ()
+    """Per fixed segment, the structured dtype of the fields read from it (None: nothing read there)."""
+
+    @property
+    def start_ie(self) -> int | None:
+        return next((i for i in ies.START_TIME_IES if i in self.refs), None)
+
+    @property
+    def end_ie(self) -> int | None:
+        return next((i for i in ies.END_TIME_IES if i in self.refs), None)
+
+
+def _dtype_of(length: int, kind: str) -> str | tuple[str, tuple[int]]:
+    if length in (1, 2, 4, 8) and kind != "ipv6":
+        return f">u{length}"
+    if length == 16 and kind == "ipv6":
+        return "S16"
+    return ("u1", (length,))
+
+
+def compile_template(template: Template) -> Compiled:
+    """Compile (cached while in use: identical field lists share one :class:`Compiled`)."""
+    v9_scope = sum(1 for f in template.fields if f.enterprise == V9_SCOPE)
+    ipfix = any(f.enterprise > 0 for f in template.fields)  # else v9-style: element ids may use all 16 bits
+    return compile_spec(spec_of(template.fields, ipfix=ipfix), ipfix=ipfix, options=template.options,
+                        v9_scope=v9_scope)
+
+
+_SPEC = struct.Struct(">HH")
+_PEN = struct.Struct(">I")
+_CACHE: weakref.WeakValueDictionary[tuple[bytes, bool, bool, int], Compiled] = weakref.WeakValueDictionary()
+"""Compiled templates in use, by (field specifiers, IPFIX, options, v9 scope fields). Weak: a compiled form lives
+exactly as long as a template of some exporter (or a batch) uses it, so nothing outside the template budget keeps
+compiled templates alive (a bounded LRU cache of them was up to 4,096 templates no exporter had any more)."""
+
+
+def spec_of(fields: tuple[Field, ...], *, ipfix: bool) -> bytes:
+    """The field specifiers of a template as on the wire (IPFIX: enterprise fields with their PEN)."""
+    out = []
+    for f in fields:
+        if ipfix and f.enterprise > 0:
+            out.append(_SPEC.pack(f.ie | 0x8000, f.length) + _PEN.pack(f.enterprise))
+        else:
+            out.append(_SPEC.pack(f.ie, f.length))
+    return b"".join(out)
+
+
+def fields_of(spec: bytes, *, ipfix: bool, v9_scope: int = 0) -> tuple[Field, ...]:
+    """The fields of wire field specifiers (the inverse of :func:`spec_of`); v9 options scope fields are marked
+    with enterprise :data:`V9_SCOPE`. ``spec`` was checked when the template was parsed."""
+    out: list[Field] = []
+    pos, end = 0, len(spec)
+    while pos + 4 <= end:
+        ie, length = _SPEC.unpack_from(spec, pos)
+        pos += 4
+        if ipfix and ie & 0x8000:
+            out.append(Field(ie & 0x7FFF, length, _PEN.unpack_from(spec, pos)[0]))
+            pos += 4
+        else:
+            out.append(Field(ie, length, V9_SCOPE if len(out) < v9_scope else 0))
+    return tuple(out)
+
+
+def compile_spec(spec: bytes, *, ipfix: bool, options: bool, v9_scope: int = 0) -> Compiled:
+    """Compile a template from its wire field specifiers; identical templates in use share one :class:`Compiled`."""
+    key = (spec, ipfix, options, v9_scope)
+    compiled = _CACHE.get(key)
+    if compiled is None:
+        compiled = _CACHE[key] = _compile(fields_of(spec, ipfix=ipfix, v9_scope=v9_scope), options)
+    return compiled
+
+
+# What a template costs in memory, from what its header and field specifiers say (before anything is compiled).
+# Measured with tracemalloc (tests/decoders/test_budget.py checks that the estimate covers what is really kept, for
+# the shapes that cost most per field); the parts:
+ENTRY_BYTES = 1024
+"""The decoder's entry for a template, its key, the saved-state writer's record header and dictionary slots."""
+SPEC_COPIES = 2
+"""Copies of the field specifiers kept: the decoder's entry and the template state writer's record."""
+COMPILED_BYTES = 2048
+"""A compiled template reading nothing: the object, its segment plan and empty dictionaries."""
+READ_FIELD_BYTES = 512
+"""Per field read (structured dtype field, column and element references): at most :data:`MAX_READ_FIELDS`."""
+SEGMENT_BYTES = 32
+"""Per variable-length field: its segment's offset and dtype slot."""
+SEGMENT_DTYPE_BYTES = 256
+"""Per variable-length field, up to :data:`MAX_READ_FIELDS`: the structured dtype of the segment after it."""
+
+
+def _max_read_fields() -> int:
+    columns = {ie.column for ie in ies.REGISTRY.values() if ie.column}
+    ipv6 = {ie.column for ie in ies.REGISTRY.values() if ie.column and ie.kind == "ipv6"}
+    return len(columns) + len(ipv6) + len(ies.OPTIONS_IES | set(ies.START_TIME_IES) | set(ies.END_TIME_IES))
+
+
+MAX_READ_FIELDS = _max_read_fields()
+"""The most fields :func:`_compile` can read from one template: a winner per column, an IPv6 alternate per address
+column, and the options and time elements."""
+
+
+def template_cost(count: int, variable: int, spec_len: int) -> int:
+    """Bytes of memory a template of ``count`` fields (``variable`` of them variable-length, ``spec_len`` bytes of
+    field specifiers) costs once learned and compiled: an upper bound, known before any field is parsed further.
+
+    Fields flowmed does not read cost only their specifier bytes, so a 512-field template of unknown elements is
+    about as cheap as its 2 KiB on the wire; the fields read are bounded by the column plan.
+    """
+    return (ENTRY_BYTES + SPEC_COPIES * (33 + spec_len) + COMPILED_BYTES
+            + READ_FIELD_BYTES * min(count, MAX_READ_FIELDS)
+            + SEGMENT_BYTES * variable + SEGMENT_DTYPE_BYTES * min(variable, MAX_READ_FIELDS))
+
+
+def _compile(fields: tuple[Field, ...], options: bool) -> Compiled:
+    fixed = not any(f.variable for f in fields)
+    winners: dict[str, tuple[int, int, str]] = {}  # column -> (rank, index, kind)
+    v6: dict[str, tuple[int, int, str]] = {}  # column -> best IPv6 element
+    wanted: dict[int, str] = {}  # field index -> kind, for every field we read
+    first: dict[int, int] = {}  # ie -> field index
+    for i, f in enumerate(fields):
+        if f.enterprise != 0 or f.variable:
+            continue
+        first.setdefault(f.ie, i)
+        hit = ies.column_of(f.ie, 0, f.length)
+        if hit is not None:
+            column, rank, kind = hit
+            if column not in winners or rank < winners[column][0]:
+                winners[column] = (rank, i, kind)
+            if kind == "ipv6" and (column not in v6 or rank < v6[column][0]):
+                v6[column] = (rank, i, kind)
+    # A template with both an IPv4 and an IPv6 element for one column (nProbe-style dual-stack templates): the
+    # IPv6 one is read too, and used in the records where the IPv4 one is 0.0.0.0.
+    alternates = {col: v6[col] for col, (_, _, kind) in winners.items() if kind == "ipv4" and col in v6}
+    for ie_id, i in first.items():
+        known = ies.REGISTRY.get(ie_id)
+        if ie_id in ies.OPTIONS_IES or ie_id in ies.START_TIME_IES or ie_id in ies.END_TIME_IES:
+            if 1 <= fields[i].length <= 8:
+                wanted[i] = known.kind if known else "unsigned"
+    for _, i, kind in [*winners.values(), *alternates.values()]:
+        wanted[i] = kind
+
+    refs_by_index: dict[int, FieldRef] = {}
+    # Per fixed segment (the whole record when there is no variable-length field): dtype fields read from it.
+    layout: list[tuple[list, list, list]] = [([], [], [])]
+    seg, off, segments = 0, 0, []
+    for i, f in enumerate(fields):
+        if f.variable:
+            segments.append(off)
+            seg, off = seg + 1, 0
+            layout.append(([], [], []))
+            continue
+        if i in wanted:
+            refs_by_index[i] = FieldRef(f"f{i}", seg, off, f.length)
+            names, formats, offsets = layout[seg]
+            names.append(f"f{i}")
+            formats.append(_dtype_of(f.length, wanted[i]))
+            offsets.append(off)
+        off += f.length
+    segments.append(off)
+    nvar = len(segments) - 1
+    reclen = sum(segments) + nvar
+    seg_dtypes = tuple(
+        np.dtype({"names": n, "formats": fm, "offsets": o, "itemsize": length}) if n or fixed else None
+        for (n, fm, o), length in zip(layout, segments, strict=True))
+    dtype = seg_dtypes[0] if fixed else None
+    compiled = Compiled(options, fixed, reclen, dtype, tuple(segments), fast=fixed and not options)
+    compiled.seg_dtypes = seg_dtypes
+    compiled.columns = {col: (refs_by_index[i], kind) for col, (_, i, kind) in winners.items()}
+    compiled.alternates = {col: refs_by_index[i] for col, (_, i, _) in alternates.items()}
+    compiled.refs = {ie_id: refs_by_index[i] for ie_id, i in first.items() if i in refs_by_index}
+    return compiled
+
+
+def walk_variable(compiled: Compiled, body: bytes | memoryview, start: int, end: int,
+                  out: list[int]) -> tuple[int, bool]:
+    """Find the records of a variable-length data set in ``body[start:end]`` (RFC 7011 section 7).
+
+    Appends, per record, the offset of each fixed segment (``len(compiled.segments)`` values) to ``out``. Returns
+    (records found, whether the set ended inside a record). Trailing bytes shorter than the shortest record are
+    padding. This is the one per-record Python loop of the decoder; fixed-length templates never use it.
+    """
+    *before, last = compiled.segments
+    minlen = compiled.reclen
+    append = out.append
+    pos, n = start, 0
+    while end - pos >= minlen:
+        mark = len(out)
+        append(pos)
+        p = pos
+        for fixed in before:
+            p += fixed
+            if p >= end:
+                del out[mark:]
+                return n, True
+            length = body[p]
+            if length == 255:
+                if p + 3 > end:
+                    del out[mark:]
+                    return n, True
+                length = ((body[p + 1] << 8) | body[p + 2]) + 2
+            p += length + 1
+            append(p)
+        p += last
+        if p > end:
+            del out[mark:]
+            return n, True
+        n += 1
+        pos = p
+    return n, False
+
+
+VECTOR_MIN_SETS = 8
+"""Below this many sets still being walked, :func:`walk_sets` finishes them with :func:`walk_variable`."""
+
+
+def walk_sets(compiled: Compiled, buf: bytes, set_start: np.ndarray,
+              set_end: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Find the records of many variable-length data sets at once (all in ``buf``).
+
+    Records within a set are found one after the other, but the k-th records of all sets are found together with
+    numpy: the loop runs over record *positions* (about 30 in a typical datagram), not over records. When fewer
+    than ``VECTOR_MIN_SETS`` sets are left (one set of thousands of tiny records, say), the rest is walked by
+    :func:`walk_variable`.
+
+    Returns (records per set, segment offsets per record in set order with shape (records, segments), and whether
+    each set ended inside a record).
+    """
+    *before, last = compiled.segments
+    nseg = len(compiled.segments)
+    minlen = compiled.reclen
+    data = np.frombuffer(buf + b"\0\0\0", dtype=np.uint8)  # +3: reading a long length at the end stays in range
+    top = len(buf) - 1
+    pos = np.asarray(set_start, dtype=np.int64).copy()
+    end = np.asarray(set_end, dtype=np.int64)
+    counts = np.zeros(len(pos), dtype=np.int64)
+    broken = np.zeros(len(pos), dtype=bool)
+    blocks: list[tuple[np.ndarray, np.ndarray]] = []
+    active = np.nonzero(end - pos >= minlen)[0]
+    while len(active) >= VECTOR_MIN_SETS:
+        p, e = pos[active], end[active]
+        ok = np.ones(len(active), dtype=bool)
+        segs = [p]
+        for fixed in before:
+            p = p + fixed
+            ok &= p < e
+            at = np.minimum(p, top)
+            length = data[at].astype(np.int64)
+            long = length == 255
+            if long.any():
+                ok &= ~long | (p + 3 <= e)
+                length = np.where(long, ((data[at + 1].astype(np.int64) << 8) | data[at + 2]) + 2, length)
+            p = p + length + 1
+            segs.append(p)
+        p = p + last
+        ok &= p <= e
+        broken[active[~ok]] = True
+        good = active[ok]
+        blocks.append((good, np.stack(segs, axis=1)[ok]))
+        counts[good] += 1
+        pos[good] = p[ok]
+        active = good[end[good] - pos[good] >= minlen]
+    for i in active.tolist():  # the long tail, if any
+        offsets: list[int] = []
+        n, bad = walk_variable(compiled, buf, int(pos[i]), int(end[i]), offsets)
+        counts[i] += n
+        broken[i] |= bad
+        if n:
+            blocks.append((np.full(n, i, dtype=np.int64), np.asarray(offsets, dtype=np.int64).reshape(n, nseg)))
+    if not blocks:
+        return counts, np.zeros((0, nseg), dtype=np.int64), broken
+    owner = np.concatenate([b[0] for b in blocks])
+    starts = np.concatenate([b[1] for b in blocks])
+    return counts, starts[np.argsort(owner, kind="stable")], broken
+
+
+def _combine(b: np.ndarray) -> np.ndarray:
+    """Big-endian integers of odd length (3, 5, 6, 7 bytes) from an (n, L) uint8 matrix."""
+    out = np.zeros(len(b), dtype=np.uint64)
+    for k in range(b.shape[1]):
+        out = (out << np.uint64(8)) | b[:, k].astype(np.uint64)
+    return out
+
+
+CHUNK_BYTES = 256 * 1024
+"""Records are decoded field by field in chunks of about this many bytes, so that each chunk stays in cache while
+every field is read from it (reading each field over the whole batch streams the batch from memory once per
+field)."""
+
+
+def _native(dtype: np.dtype) -> np.dtype:
+    """The native-byte-order version of a (possibly sub-array) field dtype."""
+    if dtype.subdtype is not None:
+        return dtype
+    return dtype.newbyteorder("=") if dtype.kind in "ui" else dtype
+
+
+def decode_fields(records: np.ndarray, at: np.ndarray | None = None,
+                  dtype: np.dtype | None = None) -> dict[str, np.ndarray]:
+    """Every field of structured ``records`` (1-D, or 2-D: see :class:`FixedView`) as a flat, contiguous,
+    native-byte-order array of ``records.size`` rows (sub-array fields keep their trailing shape).
+
+    With ``at``, ``records`` holds opaque records (a ``V`` dtype) and the rows ``at`` of it are read, as ``dtype``:
+    gathered a chunk at a time, so the gathered bytes never leave the cache.
+    """
+    dtype = records.dtype if dtype is None else dtype
+    shape = records.shape if at is None else at.shape
+    names = dtype.names
+    out = {name: np.empty(shape + dtype[name].shape, dtype=_native(dtype[name].base)) for name in names}
+    step = max(1, CHUNK_BYTES // max(1, records.strides[0] if at is None else dtype.itemsize))
+    for lo in range(0, shape[0], step):
+        part = records[lo:lo + step] if at is None else records[at[lo:lo + step]].view(dtype)
+        for name in names:
+            out[name][lo:lo + step] = part[name]
+    n = int(np.prod(shape))
+    return {name: a.reshape(n, *a.shape[len(shape):]) for name, a in out.items()}
+
+
+class FixedView:
+    """Fields of fixed-length records decoded with one ``np.frombuffer`` (1-D ``records``), read in place from the
+    datagrams (2-D ``records``: sets x records per set, a strided view of evenly spaced datagrams), or gathered
+    from the datagrams (``records`` every position of the buffer as an opaque record, ``at`` the record offsets).
+
+    Every field is decoded at first use, in one cache-friendly pass (:func:`decode_fields`); values come back
+    native, contiguous and writable.
+    """
+
+    def __init__(self, records: np.ndarray, at: np.ndarray | None = None, dtype: np.dtype | None = None) -> None:
+        self.records = records
+        self.at = at
+        self.dtype = dtype
+        self.n = records.size if at is None else len(at)
+        self._fields: dict[str, np.ndarray] | None = None
+
+    def _field(self, ref: FieldRef) -> np.ndarray:
+        if self._fields is None:
+            self._fields = decode_fields(self.records, self.at, self.dtype)
+        return self._fields[ref.name]
+
+    def uint(self, ref: FieldRef) -> np.ndarray:
+        a = self._field(ref)
+        return _combine(a) if a.ndim == 2 else a
+
+    def raw(self, ref: FieldRef) -> np.ndarray:
+        """16-byte values (IPv6) as ``S16``."""
+        return self._field(ref)
+
+
+class VariableView:
+    """Fields of variable-length records: ``starts`` is (n, segments) absolute offsets into ``buf``.
+
+    Each fixed segment is gathered once for all records (``n`` row lookups in a sliding-window view of the buffer,
+    not ``n x length`` byte lookups) and then read through its structured dtype, like a fixed-length template.
+    """
+
+    def __init__(self, buf: np.ndarray, starts: np.ndarray, compiled: Compiled) -> None:
+        self.buf = buf
+        self.starts = starts
+        self.compiled = compiled
+        self.n = len(starts)
+        self._segments: dict[int, np.ndarray] = {}
+
+    def _segment(self, seg: int) -> np.ndarray:
+        records = self._segments.get(seg)
+        if records is None:
+            dtype = self.compiled.seg_dtypes[seg]
+            size = dtype.itemsize
+            # every position of the buffer as an opaque record of the segment's size: one row copy per record
+            windows = np.ndarray((len(self.buf) - size + 1,), dtype=f"V{size}", buffer=self.buf, strides=(1,))
+            records = self._segments[seg] = windows[self.starts[:, seg]].view(dtype).reshape(self.n)
+        return records
+
+    def uint(self, ref: FieldRef) -> np.ndarray:
+        a = self._segment(ref.seg)[ref.name]
+        return _combine(a) if a.ndim == 2 else a
+
+    def raw(self, ref: FieldRef) -> np.ndarray:
+        return self._segment(ref.seg)[ref.name]
+
+
+__all__ = ["BadRecord", "Compiled", "Field", "FieldRef", "FixedView", "Template", "VariableView",
+           "compile_spec", "compile_template", "fields_of", "spec_of", "template_cost", "walk_variable", "V9_SCOPE"]

@@ -1,0 +1,1 @@
+"""Subscribers: address parsing, the bindings index and store, the static bindings file and RADIUS accounting."""

@@ -1,0 +1,219 @@
+"""The ``Output`` protocol every sink destination implements, and small helpers shared by outputs.
+
+An output receives whole batches from the :class:`storage.sink.Sink` writer thread (never from the event loop):
+``write(table, batch, batch_id)`` returns once the batch is durable (written and fsynced, or spooled) and raises only
+for bugs or a failing disk; ``replay(...)`` gives it a batch again after a crash (:mod:`storage.handoff`);
+``flush()`` makes anything it buffers durable; ``close()`` releases it.
+
+The ``batch_id`` is decided once, when the sink cuts the batch, and travels with it through retries, the spool and
+replay, so an output can make a repeated write of the same batch idempotent (the Parquet store names its files after
+it; the ClickHouse output uses it as the insert deduplication token).
+"""
+
+from __future__ import annotations
+
+import importlib
+import os
+import threading
+import time
+from dataclasses import dataclass, field
+from typing import Protocol, runtime_checkable
+
+import numpy as np
+import pyarrow as pa
+
+from decoders.schema import TABLES, Table
+
+TABLE_MODULES = (
+    "decoders.schema",
+    "mediation.tables",
+    "mediation.ipdr.tables",
+    "rating.tables",
+    "mediation.compliance.tables",
+)
+"""Modules that register tables; :func:`load_tables` imports those that exist (add yours here)."""
+
+
+def load_tables() -> dict[str, Table]:
+    """Import every module of :data:`TABLE_MODULES` that exists, so that all tables are registered; the registry."""
+    for name in TABLE_MODULES:
+        try:
+            importlib.import_module(name)
+        except ModuleNotFoundError as exc:
+            if exc.name != name and not name.startswith(f"{exc.name}."):
+                raise
+    return TABLES
+
+
+@runtime_checkable
+class Output(Protocol):
+    """A destination for table batches (Parquet store, ClickHouse server, ...)."""
+
+    name: str
+    """Short stable name used in logs and as a metric label (``store``, ``clickhouse``)."""
+
+    def write(self, table: Table, batch: pa.RecordBatch, batch_id: int) -> None:
+        """Make ``batch`` of ``table`` durable; writing the same ``batch_id`` again must not duplicate rows."""
+
+    def replay(self, table: Table, batch: pa.RecordBatch, batch_id: int) -> bool:
+        """Give ``batch`` again after a crash (from the sink's handoff journal): the output may hold it already, in
+        full or in part. Take what is missing, never a second copy; True when the output lacked (some of) it or
+        cannot tell yet, False when it held it already."""
+
+    def flush(self) -> None:
+        """Make everything accepted so far durable."""
+
+    def close(self) -> None:
+        """Flush and release resources; the output is not used afterwards."""
+
+
+@dataclass
+class OutputStats:
+    """Counters of one output, read by the collector's metrics (plain attributes, updated by the writer thread)."""
+
+    rows: int = 0
+    """Rows written durably."""
+    batches: int = 0
+    """Batches written durably."""
+    errors: int = 0
+    """Failed write attempts (each retry that fails counts)."""
+    dropped_batches: int = 0
+    """Batches given up after the last retry failed."""
+    dropped_rows: int = 0
+    """Rows of the dropped batches."""
+    write_seconds: float = 0.0
+    """Total time spent in ``write`` (successful and failed)."""
+    last_error: str = ""
+    """Text of the most recent error, for the status page."""
+    rows_by_table: dict[str, int] = field(default_factory=dict)
+    """Rows written per table."""
+    replayed_batches: int = 0
+    """Batches of the handoff journal replayed at start that this output lacked (a crash cut their handoff)."""
+    replayed_rows: int = 0
+    """Rows of those batches."""
+
+
+# --- batch ids ------------------------------------------------------------------------------------------------------
+
+_EPOCH_MS = 1_577_836_800_000  # 2020-01-01T00:00:00Z: 42 bits of milliseconds from here last until the year 2159.
+_WORKER_BITS = 8
+_SEQ_BITS = 14
+
+
+class BatchIdGenerator:
+    """Unique, increasing u64 batch ids: 42 bits of milliseconds since 2020, 8 bits of worker, 14 bits of sequence.
+
+    Ids stay unique across restarts (the clock moves on) and across worker processes (the worker bits), and they sort
+    in time order, so files named after them list oldest first. If the wall clock steps back, ids continue from the
+    last one issued instead of repeating. A batch keeps its id for life: retries and replays reuse it, which is what
+    makes them idempotent.
+    """
+
+    def __init__(self, worker: int = 0, clock=time.time) -> None:
+        if not 0 <= worker < (1 << _WORKER_BITS):
+            raise ValueError(f"worker must be in 0..{(1 << _WORKER_BITS) - 1}")
+        self._worker = worker
+        self._clock = clock
+        self._last = 0
+        self._lock = threading.Lock()
+
+    def next(self) -> int:
+        """A new id, greater than every id this generator issued before."""
+        ms = int(self._clock() * 1000) - _EPOCH_MS
+        candidate = (max(ms, 0) << (_WORKER_BITS + _SEQ_BITS)) | (self._worker << _SEQ_BITS)
+        with self._lock:
+            if candidate <= self._last:
+                # Same millisecond (or the clock stepped back): bump the sequence; if it overflows into the worker
+                # bits, move on to the next millisecond, keeping our worker bits.
+                candidate = self._last + 1
+                if (candidate >> _SEQ_BITS) & ((1 << _WORKER_BITS) - 1) != self._worker:
+                    ms_part = (candidate >> (_WORKER_BITS + _SEQ_BITS)) + 1
+                    candidate = (ms_part << (_WORKER_BITS + _SEQ_BITS)) | (self._worker << _SEQ_BITS)
+            self._last = candidate
+        return candidate
+
+
+def batch_id_time_ms(batch_id: int) -> int:
+    """UTC milliseconds at which ``batch_id`` was issued."""
+    return (batch_id >> (_WORKER_BITS + _SEQ_BITS)) + _EPOCH_MS
+
+
+# --- batches --------------------------------------------------------------------------------------------------------
+
+
+def conform(table: Table, batch: pa.RecordBatch, *, evolve: bool = False) -> pa.RecordBatch:
+    """``batch`` with exactly ``table``'s columns, order and types (cast where safe); raises ValueError otherwise.
+
+    Costs nothing when the batch already has the table's schema (the normal case: producers use ``Table.to_arrow``).
+    With ``evolve`` (reading files written by an older or newer flowmed), columns the batch lacks are filled with
+    their zero values and columns the table no longer has are dropped, as the query views do.
+    """
+    schema = table.arrow_schema
+    if batch.schema.equals(schema, check_metadata=False):
+        if batch.schema.metadata != schema.metadata:
+            batch = batch.replace_schema_metadata(schema.metadata)
+        return batch
+    names = set(batch.schema.names)
+    missing = [n for n in schema.names if n not in names]
+    unknown = [n for n in batch.schema.names if n not in set(schema.names)]
+    if (missing or unknown) and not evolve:
+        raise ValueError(f"table {table.name}: batch has missing columns {missing} and unknown columns {unknown}")
+    defaults = table.to_arrow({c: table.empty_columns(batch.num_rows)[c] for c in missing}) if missing else None
+    arrays = []
+    for f in schema:
+        if f.name in missing:
+            assert defaults is not None
+            arrays.append(defaults.column(f.name))
+            continue
+        arr = batch.column(f.name)
+        if not arr.type.equals(f.type):
+            try:
+                arr = arr.cast(f.type)
+            except (pa.ArrowInvalid, pa.ArrowNotImplementedError) as exc:
+                raise ValueError(f"table {table.name}: column {f.name} is {arr.type}, expected {f.type}") from exc
+        arrays.append(arr)
+    return pa.RecordBatch.from_arrays(arrays, schema=schema)
+
+
+def with_batch_id(table: Table, batch: pa.RecordBatch, batch_id: int) -> pa.RecordBatch:
+    """``batch`` with its ``batch_id`` column (if the table has one) set to ``batch_id`` on every row."""
+    if "batch_id" not in table.column_names:
+        return batch
+    idx = batch.schema.get_field_index("batch_id")
+    values = pa.array(np.full(batch.num_rows, batch_id, dtype=np.uint64), type=batch.schema.field(idx).type)
+    return batch.set_column(idx, batch.schema.field(idx), values)
+
+
+def concat(table: Table, batches: list[pa.RecordBatch]) -> pa.RecordBatch:
+    """One RecordBatch from several of the same table (no copy for a single batch)."""
+    if len(batches) == 1:
+        return batches[0]
+    if not batches:
+        return pa.RecordBatch.from_pylist([], schema=table.arrow_schema)
+    return pa.concat_batches(batches)
+
+
+# --- durable files --------------------------------------------------------------------------------------------------
+
+
+def fsync_dir(path: str | os.PathLike) -> None:
+    """fsync a directory so that a rename or unlink in it survives power loss."""
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def makedirs_durable(path: str | os.PathLike) -> None:
+    """``os.makedirs(path, exist_ok=True)``, fsyncing the parent of every directory it creates."""
+    path = os.fspath(path)
+    if os.path.isdir(path):
+        return
+    parent = os.path.dirname(path.rstrip(os.sep)) or "."
+    makedirs_durable(parent)
+    try:
+        os.mkdir(path)
+    except FileExistsError:
+        return
+    fsync_dir(parent)
