@@ -37,6 +37,9 @@ def _query(store: Path, cwd: Path, sql: str) -> list[dict]:
 
 
 def _totals(store: Path, cwd: Path) -> tuple[int, int, int]:
+    """Flows, bytes and packets in the store; zeros before the daemon's first file (`query` refuses an empty store)."""
+    if not any(store.glob("flows/date=*/hour=*/*.parquet")):
+        return 0, 0, 0
     row = _query(store, cwd, TOTALS)[0]
     return int(row["flows"]), int(row["bytes"] or 0), int(row["packets"] or 0)
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import threading
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -20,6 +21,14 @@ from storage.store import ParquetStore
 NOTES = TABLES.get("test_sink_notes") or table(
     "test_sink_notes", "Test-only table without a batch_id column.",
     (Column("at", "timestamp_ms", "When."), Column("text", "string", "What.")), time_column="at", order_by=("at",))
+TABLES.pop("test_sink_notes")  # registered only while this module's tests run: others iterate every table
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _notes_table_registered() -> Iterator[None]:
+    TABLES["test_sink_notes"] = NOTES
+    yield
+    TABLES.pop("test_sink_notes", None)
 
 
 class Recorder:

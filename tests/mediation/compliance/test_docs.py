@@ -7,7 +7,7 @@ from pathlib import Path
 
 from mediation.compliance.docs import example_queries
 
-DOC = Path(__file__).resolve().parents[2] / "docs" / "compliance.md"
+DOC = Path(__file__).resolve().parents[3] / "docs" / "compliance.md"
 
 
 def test_documented_queries_are_the_ones_run():

@@ -12,7 +12,7 @@ from mediation.subscribers.static import StaticBindings, parse_static_file
 from mediation.tables import OPEN_END_MS
 from tests.mediation.mediation_helpers import s16
 
-DOC = Path(__file__).resolve().parents[2] / "docs" / "mediation.md"
+DOC = Path(__file__).resolve().parents[3] / "docs" / "mediation.md"
 JAN_2026, JAN_2027 = 1_767_225_600_000, 1_798_761_600_000
 
 

@@ -18,7 +18,7 @@ from mediation.tables import OPEN_END_MS
 from tests.collector.daemon import Daemon
 from tests.fixtures.peers import free_port, require_tool
 
-DOC = Path(__file__).resolve().parents[2] / "docs" / "radius.md"
+DOC = Path(__file__).resolve().parents[3] / "docs" / "radius.md"
 
 
 def block(marker: str) -> str:
