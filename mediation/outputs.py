@@ -29,6 +29,7 @@ TABLE_MODULES = (
     "mediation.ipdr_tables",
     "rating.tables",
     "mediation.compliance_tables",
+    "decoders.sflow.tables",
 )
 """Modules that register tables; :func:`load_tables` imports those that exist (add yours here)."""
 
