@@ -123,6 +123,8 @@ class Packet:
                 ext += struct.pack(">BBHI", nxt, 0, (self.fragment_offset << 3) & 0xFFF8, 7)
             elif h == 51:
                 ext += struct.pack(">BBH", nxt, 4, 0) + bytes(20)  # 24 bytes: (4 + 2) * 4
+            elif h == 43:
+                ext += struct.pack(">BBBB", nxt, 2, 0, 0) + bytes(20)  # 24 bytes: (2 + 1) * 8, type 0, no segments
             else:
                 ext += struct.pack(">BB", nxt, 1) + bytes(14)  # 16 bytes: (1 + 1) * 8
         first = chain[0]
@@ -481,7 +483,7 @@ def _ip_truth(p: Packet, n: int, ip0: int) -> tuple[dict[str, object], bool]:
             out["protocol"] = chain[i + 1]
             if h == 44 and p.fragment_offset:
                 return out, True
-            l4 += 8 if h == 44 else 24 if h == 51 else 16
+            l4 += 8 if h == 44 else 24 if h in (43, 51) else 16
     if p.protocol in (6, 17, 132, 136):
         if l4 + 4 <= n:
             out["src_port"], out["dst_port"] = p.src_port, p.dst_port
