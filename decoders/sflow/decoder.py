@@ -34,10 +34,15 @@ from decoders.sequence import SequenceTracker
 from decoders.sflow import kernel as k
 from decoders.sflow import wire as w
 from decoders.sflow.tables import INTERFACE_COUNTERS
+from decoders.templated import Joiner
 
 __all__ = ["SflowDecoder", "SflowLimits", "SflowResult"]
 
 MOD = 1 << 32
+SCRATCH_KEEP = 1 << 17
+"""Flow samples per batch whose working columns are kept between batches (about 36 MiB); larger batches get their
+own."""
+_PADDING = bytes(256)
 _FLOW_COLUMNS = [c for c in FLOWS.columns if c.name != "batch_id"]
 _COUNTER_COLUMNS = [c for c in INTERFACE_COUNTERS.columns if c.name != "batch_id"]
 
@@ -116,6 +121,10 @@ class SflowDecoder:
         self.exporters: dict[str, _Exporter] = {}
         self.datagram_sequences = SequenceTracker(window=65536, max_jump=1 << 22)
         self.sample_sequences = SequenceTracker(window=65536, max_jump=1 << 22)
+        # Reused from batch to batch: fresh multi-megabyte buffers cost a page fault per 4 KiB (templated.Joiner).
+        self._joiner = Joiner()
+        self._flat_f = np.zeros(0, dtype=np.int64)
+        self._flat_a = np.zeros(0, dtype=np.uint8)
 
     # ----------------------------------------------------------------------------------------------- public API
     def decode(self, datagrams: Iterable[tuple[bytes, str, int]]) -> SflowResult:
@@ -166,14 +175,18 @@ class SflowDecoder:
         payloads = [i[0] for i in items]
         names = [i[1] for i in items]
         received = np.array([i[2] for i in items], dtype=np.int64)
-        lengths = np.fromiter((len(p) for p in payloads), dtype=np.int64, count=n)
+        lengths = np.fromiter(map(len, payloads), dtype=np.int64, count=n)
         ends = np.cumsum(lengths)
         starts = ends - lengths
-        buf = np.frombuffer(b"".join([*payloads, bytes(k.PAD)]), dtype=np.uint8)
+        buf = np.frombuffer(self._joiner.join([*payloads, _PADDING[:k.PAD]], int(ends[-1]) + k.PAD), dtype=np.uint8)
 
         # exporters: an index per datagram; those over max_exporters are counted and not decoded
         index: dict[str, int] = {}
-        codes = np.fromiter((index.setdefault(e, len(index)) for e in names), dtype=np.int64, count=n)
+        if names.count(names[0]) == n:  # one exporter: the usual batch of a busy socket
+            index[names[0]] = 0
+            codes = np.zeros(n, dtype=np.int64)
+        else:
+            codes = np.fromiter((index.setdefault(e, len(index)) for e in names), dtype=np.int64, count=n)
         states: list[_Exporter | None] = [self._exporter(name, result) for name in index]
         admitted = np.array([st is not None for st in states], dtype=bool)[codes]
         if not admitted.all():
@@ -181,7 +194,7 @@ class SflowDecoder:
             ends = np.where(admitted, ends, 0)  # an empty datagram: walked as nothing, counted apart below
         lim = self.limits
         D = np.zeros((n, k.ND), dtype=np.int64)
-        AG = np.zeros((n, 16), dtype=np.uint8)
+        AG = np.zeros((1, n, 16), dtype=np.uint8)
         E = np.zeros((n, len(w.ERROR_REASONS)), dtype=np.int64)
         L = np.zeros((n, len(w.LIMITS)), dtype=np.int64)
         K = np.zeros((n, len(w.SKIPPED)), dtype=np.int64)
@@ -192,7 +205,9 @@ class SflowDecoder:
         other = ~(is_flow | is_counter)
         if other.any():
             np.add.at(K[:, w.K_SAMPLE], S[other, k.S_DG], 1)
-        F, FA = k.flow_samples(buf, S, np.flatnonzero(is_flow), lim.max_records_per_sample, E, L, K)
+        flow_rows = np.flatnonzero(is_flow)
+        F, FA = self._scratch(len(flow_rows))
+        k.flow_samples(buf, S, flow_rows, lim.max_records_per_sample, E, L, K, F, FA)
         C = k.counter_samples(buf, S, np.flatnonzero(is_counter), lim.max_records_per_sample, E, L, K)
         E[~admitted] = 0  # not decoded: neither errors nor anything else of theirs is counted
 
@@ -209,9 +224,11 @@ class SflowDecoder:
                 st.last_seen_ms = int(received[codes == code].max())
 
         fvalid = F[k.F_VALID] == 1
-        F, FA = F[:, fvalid], FA[:, fvalid]
+        if not fvalid.all():
+            F, FA = F[:, fvalid], FA[:, fvalid]
         cvalid = C[k.C_VALID] == 1
-        C = C[:, cvalid]
+        if not cvalid.all():
+            C = C[:, cvalid]
         fdg, cdg = F[k.F_DG], C[k.C_DG].astype(np.int64)
         fcode, ccode = codes[fdg], codes[cdg]
         for code, count in _count(fcode).items():
@@ -220,13 +237,26 @@ class SflowDecoder:
         for code, count in _count(ccode).items():
             result.samples[(exporter_names[code], "counter")] += count
 
-        agent16 = AG.view("S16").reshape(n)
+        agent16 = AG[0].view("S16").reshape(n)
         self._account(result, states, exporter_names, codes, D, agent16, F, C)
         result.flows, result.extras = self._flow_columns(F, FA, D, agent16, received, codes, states)
         result.n_flows = int(F.shape[1])
         result.interface_counters = self._counter_columns(C, D, agent16, received, codes, states)
         result.n_counters = int(C.shape[1])
         return result
+
+    def _scratch(self, n: int) -> tuple[np.ndarray, np.ndarray]:
+        """Zeroed flow columns for ``n`` samples, in memory kept between batches (up to SCRATCH_KEEP samples)."""
+        if n > SCRATCH_KEEP:
+            return np.zeros((k.NF, n), dtype=np.int64), np.zeros((k.NA, n, 16), dtype=np.uint8)
+        if len(self._flat_f) < k.NF * n:
+            self._flat_f = np.zeros(k.NF * max(n, 1024), dtype=np.int64)
+            self._flat_a = np.zeros(k.NA * 16 * max(n, 1024), dtype=np.uint8)
+        F = self._flat_f[:k.NF * n].reshape(k.NF, n)
+        FA = self._flat_a[:k.NA * 16 * n].reshape(k.NA, n, 16)
+        F.fill(0)
+        FA.fill(0)
+        return F, FA
 
     def _exporter(self, name: str, result: SflowResult) -> _Exporter | None:
         st = self.exporters.get(name)
@@ -268,7 +298,7 @@ class SflowDecoder:
         for c in _FLOW_COLUMNS:
             v = cols.get(c.name)
             flows[c.name] = np.zeros(m, dtype=c.numpy_dtype) if v is None else \
-                np.ascontiguousarray(v, dtype=c.numpy_dtype)
+                np.array(v, dtype=c.numpy_dtype)  # a copy: F and FA are reused by the next batch
         extras = {"agent": agent16[dg].copy()}
         for name, col, dtype in (("sample_sequence", k.F_SEQ, np.uint32), ("source_id_type", k.F_SRC_TYPE, np.uint32),
                                  ("source_id_index", k.F_SRC_INDEX, np.uint32), ("vlan", k.F_VLAN, np.uint16),
@@ -308,13 +338,14 @@ class SflowDecoder:
         if len(ok) == 0:
             return
         # datagrams, per (exporter, agent, sub-agent)
-        akey = _row_keys(codes[ok], agent16[ok], D[ok, k.D_SUB])
+        words = _agent_words(agent16[ok])
+        order, bounds = _groups(codes[ok], words[:, 0], words[:, 1], D[ok, k.D_SUB])
         agent_of = np.full(len(codes), -1, dtype=np.int64)
-        uniq, inv = np.unique(akey, return_inverse=True)
-        agent_of[ok] = inv
         agent_keys: list[tuple | None] = []
-        for u, first in zip(range(len(uniq)), _first_index(inv, len(uniq)), strict=True):
-            i = ok[first]
+        for j in range(len(bounds) - 1):
+            rows = ok[order[bounds[j]:bounds[j + 1]]]
+            agent_of[rows] = j
+            i = int(rows[0])
             st = states[codes[i]]
             key = (st.name, bytes(agent16[i]).ljust(16, b"\0"), int(D[i, k.D_SUB]))
             if key[1:] not in st.agents:
@@ -324,7 +355,6 @@ class SflowDecoder:
                     continue
                 st.agents.add(key[1:])
             agent_keys.append(key)
-            rows = ok[inv == u]
             lost, resets = self.datagram_sequences.observe_many(
                 key, D[rows, k.D_SEQ], np.ones(len(rows), dtype=np.int64), np.ones(len(rows), dtype=bool))
             if lost:
@@ -339,31 +369,44 @@ class SflowDecoder:
             if len(seq) == 0:
                 continue
             a = agent_of[dg]
-            skey = np.stack([a, stype, sindex], axis=1)
-            su, sinv = np.unique(skey, axis=0, return_inverse=True)
-            sinv = sinv.reshape(-1)
-            order = np.argsort(sinv, kind="stable")
-            bounds = np.searchsorted(sinv[order], np.arange(len(su) + 1))
-            for j in range(len(su)):
-                agent_key = agent_keys[int(su[j, 0])]
+            order, bounds = _groups(a, stype, sindex)
+            starts, ends = bounds[:-1], bounds[1:]
+            firsts = order[starts]
+            if pools is not None:  # growth of the cumulative counters inside each group, all groups at once
+                pool_sums = np.add.reduceat(_steps(pools[order], starts), starts).tolist()
+                drop_sums = np.add.reduceat(_steps(drops[order], starts), starts).tolist()
+            ordered = seq[order]
+            breaks = np.zeros(len(order), dtype=np.int64)
+            breaks[1:] = ordered[1:] != (ordered[:-1] + 1) % MOD
+            breaks[starts] = 0
+            in_order = (np.add.reduceat(breaks, starts) == 0).tolist()
+            seq_first, seq_last = ordered[starts].tolist(), ordered[ends - 1].tolist()
+            ones = np.ones(len(order), dtype=np.int64)
+            trues = np.ones(len(order), dtype=bool)
+            tracker = self.sample_sequences
+            for j, first in enumerate(firsts.tolist()):
+                agent_key = agent_keys[int(a[first])]
                 if agent_key is None:
                     continue
-                st = states[codes[int(dg[order[bounds[j]]])]]
-                key = (*agent_key, kind, int(su[j, 1]), int(su[j, 2]))
+                st = states[codes[int(dg[first])]]
+                key = (*agent_key, kind, int(stype[first]), int(sindex[first]))
                 source = st.sources.get(key[1:])
                 if source is None:
                     if len(st.sources) >= self.limits.max_sources_per_exporter:
                         result.limit_hits[(st.name, "max_sources_per_exporter")] += 1
                         continue
                     source = st.sources[key[1:]] = [-1, -1]
-                rows = order[bounds[j]:bounds[j + 1]]
-                lost, _ = self.sample_sequences.observe_many(
-                    key, seq[rows], np.ones(len(rows), dtype=np.int64), np.ones(len(rows), dtype=bool))
-                if lost:
-                    result.samples_lost[st.name] += lost
+                lo, hi = int(starts[j]), int(ends[j])
+                if not (in_order[j] and tracker.continue_run(key, seq_first[j], seq_last[j] + 1)):
+                    lost, _ = tracker.observe_many(key, ordered[lo:hi], ones[lo:hi], trues[lo:hi])
+                    if lost:
+                        result.samples_lost[st.name] += lost
                 if pools is not None:
-                    result.sample_pool[st.name] += _growth(source, 0, pools[rows])
-                    result.agent_drops[st.name] += _growth(source, 1, drops[rows])
+                    last = int(order[hi - 1])
+                    result.sample_pool[st.name] += _step(source, 0, int(pools[first]), int(pools[last])) + \
+                        pool_sums[j]
+                    result.agent_drops[st.name] += _step(source, 1, int(drops[first]), int(drops[last])) + \
+                        drop_sums[j]
 
     def _forget(self, name: str) -> None:
         self.exporters.pop(name, None)
@@ -371,16 +414,25 @@ class SflowDecoder:
         self.sample_sequences.forget(name)
 
 
-def _growth(source: list[int], slot: int, values: np.ndarray) -> int:
-    """How much a cumulative 32-bit counter grew over ``values`` (after ``source[slot]``, its last value); a step
-    backwards of more than half the range is a restart, where counting starts again from the new value."""
+def _steps(values: np.ndarray, starts: np.ndarray) -> np.ndarray:
+    """Per row (grouped), how much a cumulative 32-bit counter grew since the row before in its group (0 for a
+    group's first row); a step backwards of more than half the range is a restart, counted as 0."""
+    step = np.zeros(len(values), dtype=np.int64)
+    step[1:] = (values[1:] - values[:-1]) % MOD
+    step[starts] = 0
+    step[step >= MOD // 2] = 0
+    return step
+
+
+def _step(source: list[int], slot: int, first: int, last: int) -> int:
+    """Growth from the last value seen in an earlier batch (``source[slot]``, -1: none) to ``first``; remembers
+    ``last``."""
     prev = source[slot]
-    seq = values if prev < 0 else np.concatenate([[prev], values])
-    source[slot] = int(values[-1])
-    if len(seq) < 2:
+    source[slot] = last
+    if prev < 0:
         return 0
-    step = np.diff(seq) % MOD
-    return int(step[step < MOD // 2].sum())
+    step = (first - prev) % MOD
+    return step if step < MOD // 2 else 0
 
 
 def _empty_result() -> SflowResult:
@@ -389,23 +441,28 @@ def _empty_result() -> SflowResult:
 
 
 def _s16(a: np.ndarray) -> np.ndarray:
-    """(n, 16) uint8 addresses as an ``S16`` column."""
-    return np.ascontiguousarray(a).view("S16").reshape(len(a))
+    """(n, 16) uint8 addresses as an ``S16`` column (a copy)."""
+    return np.array(a, dtype=np.uint8).view("S16").reshape(len(a))
 
 
-def _row_keys(codes: np.ndarray, agent16: np.ndarray, sub: np.ndarray) -> np.ndarray:
-    """One opaque 32-byte key per row (exporter, agent, sub-agent) for np.unique."""
-    out = np.zeros((len(codes), 32), dtype=np.uint8)
-    out[:, :8] = codes.astype("<i8").view(np.uint8).reshape(-1, 8)
-    out[:, 8:24] = np.frombuffer(agent16.tobytes(), dtype=np.uint8).reshape(-1, 16)
-    out[:, 24:] = sub.astype("<i8").view(np.uint8).reshape(-1, 8)
-    return out.view("V32").reshape(len(codes))
+def _agent_words(agent16: np.ndarray) -> np.ndarray:
+    """16-byte addresses as two uint64 words each (an opaque key, for grouping)."""
+    return np.frombuffer(np.ascontiguousarray(agent16).tobytes(), dtype=np.uint64).reshape(len(agent16), 2)
 
 
-def _first_index(inv: np.ndarray, k_: int) -> list[int]:
-    first = np.full(k_, len(inv), dtype=np.int64)
-    np.minimum.at(first, inv, np.arange(len(inv)))
-    return first.tolist()
+def _groups(*cols: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Rows grouped by equal values of ``cols``: (row order, group bounds in it); rows keep their order inside a
+    group (the sequence accounting needs arrival order)."""
+    n = len(cols[0])
+    if all((c == c[0]).all() for c in cols):  # one group: the common case of one agent, or one data source
+        return np.arange(n), np.array([0, n])
+    order = np.lexsort(cols[::-1])
+    change = np.zeros(n, dtype=bool)
+    change[0] = True
+    for c in cols:
+        sc = c[order]
+        change[1:] |= sc[1:] != sc[:-1]
+    return order, np.append(np.flatnonzero(change), n)
 
 
 def _count(values: np.ndarray) -> dict[int, int]:
@@ -416,11 +473,13 @@ def _count(values: np.ndarray) -> dict[int, int]:
     return dict(zip(nz.tolist(), counts[nz].tolist(), strict=True))
 
 
-def _count_pairs(a: np.ndarray, b: np.ndarray) -> Counter:
+def _count_pairs(codes: np.ndarray, version: np.ndarray) -> Counter:
+    """(exporter code, version) -> datagrams; version is 0 or SFLOW_VERSION."""
+    known = version != 0
+    counts = np.bincount(codes * 2 + known, minlength=2)
     out: Counter = Counter()
-    pairs, counts = np.unique(np.stack([a, b], axis=1), axis=0, return_counts=True)
-    for (x, y), c in zip(pairs.tolist(), counts.tolist(), strict=True):
-        out[(x, y)] += c
+    for key in np.flatnonzero(counts).tolist():
+        out[(key >> 1, w.SFLOW_VERSION if key & 1 else 0)] += int(counts[key])
     return out
 
 
@@ -428,8 +487,11 @@ def _add_matrix(counter: Counter, names: list[str], codes: np.ndarray, M: np.nda
     """Per-datagram counts (n, len(labels)) summed per exporter into ``counter[(exporter, label)]``."""
     if not M.any():
         return
-    per = np.zeros((len(names), M.shape[1]), dtype=np.int64)
-    np.add.at(per, codes, M)
+    if len(names) == 1:
+        per = M.sum(axis=0, keepdims=True)
+    else:
+        per = np.zeros((len(names), M.shape[1]), dtype=np.int64)
+        np.add.at(per, codes, M)
     for code, j in zip(*np.nonzero(per), strict=True):
         counter[(names[int(code)], labels[int(j)])] += int(per[code, j])
 

@@ -85,26 +85,28 @@ def _u64(b, p):
     return (np.uint64(_u32(b, p)) << np.uint64(32)) | np.uint64(_u32(b, p + 4))
 
 
+# Addresses are written as out[a, i, 0:16] of a 3-D array, not into a view out[a, i]: a view made per sample
+# costs two atomic reference count updates, which were most of the time of the flow walk.
 @njit(cache=CACHE)
-def _put_v4(out, b, p):
+def _put_v4(out, a, i, b, p):
     for k in range(10):
-        out[k] = 0
-    out[10] = 0xFF
-    out[11] = 0xFF
+        out[a, i, k] = 0
+    out[a, i, 10] = 0xFF
+    out[a, i, 11] = 0xFF
     for k in range(4):
-        out[12 + k] = b[p + k]
+        out[a, i, 12 + k] = b[p + k]
 
 
 @njit(cache=CACHE)
-def _put_v6(out, b, p):
+def _put_v6(out, a, i, b, p):
     for k in range(16):
-        out[k] = b[p + k]
+        out[a, i, k] = b[p + k]
 
 
 @njit(cache=CACHE)
-def _address(b, p, end, out):
-    """An XDR ``address`` at ``p`` into ``out`` (16 bytes); returns the position after it, or -1 when it is cut
-    short or of an unknown type (``out`` untouched)."""
+def _address(b, p, end, out, a, i):
+    """An XDR ``address`` at ``p`` into ``out[a, i]`` (16 bytes); returns the position after it, or -1 when it is
+    cut short or of an unknown type (nothing written)."""
     if p + 4 > end:
         return -1
     t = _u32(b, p)
@@ -113,18 +115,19 @@ def _address(b, p, end, out):
     if t == 1:
         if p + 8 > end:
             return -1
-        _put_v4(out, b, p + 4)
+        _put_v4(out, a, i, b, p + 4)
         return p + 8
     if t == 2:
         if p + 20 > end:
             return -1
-        _put_v6(out, b, p + 4)
+        _put_v6(out, a, i, b, p + 4)
         return p + 20
     return -1
 
 
 @njit(cache=CACHE)
 def walk(b, starts, ends, max_samples, D, AG, E, L):
+    # (AG: (1, n, 16), the agent addresses)
     """Datagram headers and sample boundaries of a batch; returns the sample table (m, 4): datagram, format,
     data offset, data length. ``D``/``AG``/``E``/``L`` (per datagram) are filled in."""
     n = len(starts)
@@ -147,11 +150,11 @@ def walk(b, starts, ends, max_samples, D, AG, E, L):
         elif atype == 1:
             alen = 4
             if s + 12 <= e:
-                _put_v4(AG[i], b, s + 8)
+                _put_v4(AG, 0, i, b, s + 8)
         elif atype == 2:
             alen = 16
             if s + 24 <= e:
-                _put_v6(AG[i], b, s + 8)
+                _put_v6(AG, 0, i, b, s + 8)
         else:
             E[i, w.E_ADDRESS] += 1
             continue
@@ -254,9 +257,9 @@ def _raw_header(b, h, hend, F, FA, i):
         F[F_PROTO, i] = nh
         frag = _u16(b, p + 6) & 0x1FFF
         if p + 16 <= hend:
-            _put_v4(FA[A_SRC, i], b, p + 12)
+            _put_v4(FA, A_SRC, i, b, p + 12)
         if p + 20 <= hend:
-            _put_v4(FA[A_DST, i], b, p + 16)
+            _put_v4(FA, A_DST, i, b, p + 16)
         if ihl < 20 or frag != 0:
             return
         l4 = p + ihl
@@ -271,9 +274,9 @@ def _raw_header(b, h, hend, F, FA, i):
         nh = np.int64(b[p + 6])
         F[F_PROTO, i] = nh
         if p + 24 <= hend:
-            _put_v6(FA[A_SRC, i], b, p + 8)
+            _put_v6(FA, A_SRC, i, b, p + 8)
         if p + 40 <= hend:
-            _put_v6(FA[A_DST, i], b, p + 24)
+            _put_v6(FA, A_DST, i, b, p + 24)
         l4 = p + 40
         hops = 0
         while hops < 16:
@@ -317,11 +320,10 @@ def _raw_header(b, h, hend, F, FA, i):
 
 
 @njit(cache=CACHE)
-def flow_samples(b, S, rows, max_records, E, L, K):
-    """Flow samples ``S[rows]`` (compact or expanded) into flow columns (F: int64 (NF, n), FA: uint8 (NA, n, 16))."""
+def flow_samples(b, S, rows, max_records, E, L, K, F, FA):
+    """Flow samples ``S[rows]`` (compact or expanded) into flow columns ``F`` (int64 (NF, n)) and addresses ``FA``
+    (uint8 (NA, n, 16)), both zero on entry."""
     n = len(rows)
-    F = np.zeros((NF, n), dtype=np.int64)
-    FA = np.zeros((NA, n, 16), dtype=np.uint8)
     for i in range(n):
         r = rows[i]
         dg, fmt, off, ln = S[r, S_DG], S[r, S_FORMAT], S[r, S_OFF], S[r, S_LEN]
@@ -410,7 +412,7 @@ def flow_samples(b, S, rows, max_records, E, L, K):
                 F[F_SVLAN, i] = _u32(b, q)
                 F[F_DVLAN, i] = _u32(b, q + 8)
             elif rf == w.EXTENDED_ROUTER and not has & HAS_ROUTER:
-                a = _address(b, q, rend, FA[A_NEXT_HOP, i])
+                a = _address(b, q, rend, FA, A_NEXT_HOP, i)
                 if a < 0 or a + 8 > rend:
                     E[dg, w.E_RECORD] += 1
                     continue
@@ -431,14 +433,13 @@ def flow_samples(b, S, rows, max_records, E, L, K):
         F[F_VALID, i] = 1
         # What the raw header did not give, the sampled IPv4/IPv6 and Ethernet records do.
         _sampled_records(b, S, r, off, end, nrec, F, FA, i, fmt)
-    return F, FA
 
 
 
 @njit(cache=CACHE)
 def _gateway(b, q, rend, F, FA, i):
     """extended_gateway: next hop, own AS, source AS, source peer AS, destination AS path, communities, local pref."""
-    a = _address(b, q, rend, FA[A_GW_NEXT_HOP, i])
+    a = _address(b, q, rend, FA, A_GW_NEXT_HOP, i)
     if a < 0 or a + 16 > rend:
         return False
     own_as = _u32(b, a)
@@ -499,8 +500,8 @@ def _sampled_records(b, S, r, off, end, nrec, F, FA, i, fmt):
                 use_ip = False
                 F[F_IPVER, i] = 4
                 F[F_PROTO, i] = _u32(b, q + 4) & 0xFF
-                _put_v4(FA[A_SRC, i], b, q + 8)
-                _put_v4(FA[A_DST, i], b, q + 12)
+                _put_v4(FA, A_SRC, i, b, q + 8)
+                _put_v4(FA, A_DST, i, b, q + 12)
                 F[F_SPORT, i] = _u32(b, q + 16) & 0xFFFF
                 F[F_DPORT, i] = _u32(b, q + 20) & 0xFFFF
                 F[F_FLAGS, i] = _u32(b, q + 24) & 0xFF
@@ -514,8 +515,8 @@ def _sampled_records(b, S, r, off, end, nrec, F, FA, i, fmt):
                 use_ip = False
                 F[F_IPVER, i] = 6
                 F[F_PROTO, i] = _u32(b, q + 4) & 0xFF
-                _put_v6(FA[A_SRC, i], b, q + 8)
-                _put_v6(FA[A_DST, i], b, q + 24)
+                _put_v6(FA, A_SRC, i, b, q + 8)
+                _put_v6(FA, A_DST, i, b, q + 24)
                 F[F_SPORT, i] = _u32(b, q + 40) & 0xFFFF
                 F[F_DPORT, i] = _u32(b, q + 44) & 0xFFFF
                 F[F_FLAGS, i] = _u32(b, q + 48) & 0xFF

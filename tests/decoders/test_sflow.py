@@ -334,3 +334,13 @@ def test_empty_batch_and_garbage() -> None:
     assert res.n_flows == 0 and set(res.flows) == {c.name for c in FLOWS.columns} - {"batch_id"}
     res = dec.decode([(b"", EXPORTER, T0), (b"\0\0", EXPORTER, T0), (bytes(3), EXPORTER, T0)])
     assert res.errors == {(EXPORTER, "truncated"): 3} and res.datagrams == {(EXPORTER, 0): 3}
+
+
+def test_results_own_their_columns_across_batches() -> None:
+    """The decoder reuses its working memory: a result must not change when the next batch is decoded."""
+    dec = SflowDecoder()
+    first = dec.decode([(d, EXPORTER, T0) for d in bulk_datagrams(5, seed=1)])
+    kept = {name: col.copy() for name, col in [*first.flows.items(), *first.extras.items()]}
+    dec.decode([(d, EXPORTER, T0 + 1) for d in bulk_datagrams(5, seed=2, ipv6=True)])
+    for name, col in [*first.flows.items(), *first.extras.items()]:
+        assert np.array_equal(col, kept[name]), name
