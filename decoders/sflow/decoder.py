@@ -226,9 +226,9 @@ class SflowDecoder:
         fvalid = F[k.F_VALID] == 1
         if not fvalid.all():
             F, FA = F[:, fvalid], FA[:, fvalid]
-        cvalid = C[k.C_VALID] == 1
+        cvalid = C[k.C_VALID] != 0
         if not cvalid.all():
-            C = C[:, cvalid]
+            C = C[:, cvalid]  # decoded counter samples: their sequence numbers are accounted, ...
         fdg, cdg = F[k.F_DG], C[k.C_DG].astype(np.int64)
         fcode, ccode = codes[fdg], codes[cdg]
         for code, count in _count(fcode).items():
@@ -241,6 +241,9 @@ class SflowDecoder:
         self._account(result, states, exporter_names, codes, D, agent16, F, C)
         result.flows, result.extras = self._flow_columns(F, FA, D, agent16, received, codes, states)
         result.n_flows = int(F.shape[1])
+        with_rows = C[k.C_VALID] == 1  # ... those with interface counters make rows
+        if not with_rows.all():
+            C = C[:, with_rows]
         result.interface_counters = self._counter_columns(C, D, agent16, received, codes, states)
         result.n_counters = int(C.shape[1])
         return result

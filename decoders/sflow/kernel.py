@@ -529,7 +529,8 @@ def _sampled_records(b, S, r, off, end, nrec, F, FA, i, fmt):
 
 @njit(cache=CACHE)
 def counter_samples(b, S, rows, max_records, E, L, K):
-    """Counter samples ``S[rows]`` (compact or expanded) into counter columns (C: uint64 (NC, n))."""
+    """Counter samples ``S[rows]`` (compact or expanded) into counter columns (C: uint64 (NC, n)); ``C_VALID`` is 1
+    for a sample with interface counters, 2 for a well-formed one without, 0 for a broken one."""
     n = len(rows)
     C = np.zeros((NC, n), dtype=np.uint64)
     for i in range(n):
@@ -596,7 +597,7 @@ def counter_samples(b, S, rows, max_records, E, L, K):
             E[dg, w.E_SAMPLE] += 1
             continue
         C[C_RECORDS, i] = has
-        C[C_VALID, i] = 1
+        C[C_VALID, i] = 1 if has else 2  # 2: decoded, but no interface counters (host, processor, ...): no row
     return C
 
 

@@ -140,11 +140,13 @@ def test_unknown_samples_and_records_are_skipped_and_counted() -> None:
     agent = SflowAgent()
     odd_sample = struct.pack(">II", (4300 << 12) | 5, 8) + bytes(8)  # another enterprise's sample
     d = agent.datagram([FlowSample(TCP, unknown=[((9 << 12) | 1, b"x" * 12), (1004, b"")]), odd_sample,
-                        CounterSample(generic={"if_index": 3}, unknown=[(1001, bytes(40))])])
+                        CounterSample(generic={"if_index": 3}, unknown=[(1001, bytes(40))]),
+                        CounterSample(source_index=9, unknown=[(2003, bytes(68))])])  # host counters only
     res = SflowDecoder().decode([(d, EXPORTER, T0)])
     assert not res.errors
-    assert res.n_flows == 1 and res.n_counters == 1
-    assert res.skipped == {(EXPORTER, "sample"): 1, (EXPORTER, "flow_record"): 2, (EXPORTER, "counter_record"): 1}
+    assert res.n_flows == 1 and res.n_counters == 1  # no row for the sample without interface counters
+    assert res.samples == {(EXPORTER, "flow"): 1, (EXPORTER, "counter"): 2}
+    assert res.skipped == {(EXPORTER, "sample"): 1, (EXPORTER, "flow_record"): 2, (EXPORTER, "counter_record"): 2}
 
 
 def test_counter_samples_into_interface_counters() -> None:
