@@ -174,8 +174,9 @@ _MAPPED_WORD = np.frombuffer(b"\0\0\xff\xff", dtype=np.uint32)[0]
 
 FLOWS = table(
     "flows",
-    "Raw flow records as decoded from NetFlow v5, v9 and IPFIX, one row per flow record, counters upscaled by the "
-    "sampling rate (the raw counters and the rate are kept beside them).",
+    "Raw flow records as decoded from NetFlow v5, v9 and IPFIX, one row per flow record, and from sFlow v5, one row "
+    "per flow sample (a sampled packet: its frame length and 1 packet); counters upscaled by the sampling rate (the "
+    "raw counters and the rate are kept beside them).",
     (
         Column("time_received", "timestamp_ms", "When the collector received the datagram (UTC).",
                codec="DoubleDelta, LZ4"),
@@ -185,8 +186,8 @@ FLOWS = table(
                codec="DoubleDelta, LZ4"),
         Column("exporter", "ip", "Address the export datagram came from.", low_cardinality=True),
         Column("observation_domain", "u32", "v9 source id or IPFIX observation domain id (0 for v5: engine type/id "
-               "in the low 16 bits)."),
-        Column("version", "u8", "Export protocol: 5, 9 or 10 (IPFIX).", low_cardinality=True),
+               "in the low 16 bits; sFlow: the sub-agent id)."),
+        Column("version", "u8", "Export protocol: 5, 9, 10 (IPFIX) or 105 (sFlow v5).", low_cardinality=True),
         Column("src_addr", "ip", "Source address (IPv4-mapped for IPv4).", codec="ZSTD(1)"),
         Column("dst_addr", "ip", "Destination address (IPv4-mapped for IPv4).", codec="ZSTD(1)"),
         Column("src_port", "u16", "Source transport port."),

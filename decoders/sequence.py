@@ -119,6 +119,17 @@ class SequenceTracker:
                 lost += self.observe(key, seq_l[i], count_l[i], exact=exact_l[i])
         return lost, self.resets - resets
 
+    def continue_run(self, key: tuple, first: int, after: int) -> bool:
+        """Account at once a run of units ``first`` .. ``after`` (exclusive) already known to follow each other
+        exactly, when it continues where ``key`` left off with no gap open (what :meth:`observe` would do for each);
+        returns False, changing nothing, otherwise (then use :meth:`observe_many`)."""
+        st = self.states.get(key)
+        if st is None or st.gaps or st.expected != first % MOD:
+            return False
+        st.expected = after % MOD
+        st.behind = 0
+        return True
+
     def _age(self, st: _State) -> int:
         lost = 0
         for g in st.gaps:

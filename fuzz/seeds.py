@@ -126,6 +126,22 @@ def _radius_seeds() -> list[bytes]:
     return [join_datagrams(packets), join_datagrams(packets[:1]), join_datagrams(packets[1:3])]
 
 
+def _sflow_seeds() -> list[bytes]:
+    from bench.sflow import CounterSample, FlowSample, Gateway, Packet, SflowAgent, bulk_datagrams
+
+    agent = SflowAgent("2001:db8::a", 2)
+    every = agent.datagram([
+        FlowSample(Packet("2001:db8::1", "2001:db8::2", 6, 1, 2, tcp_flags=2, ipv6_ext=(0, 44), vlans=(5, 6),
+                          mpls=(16,)), expanded=True, sampled_ip=True, sampled_ethernet=True, switch=(5, 0, 6, 0),
+                   router=("2001:db8::fe", 48, 64),
+                   gateway=Gateway("192.0.2.1", 64500, 64501, 64502, ((2, (64510, 64511)),), (7,), 100),
+                   unknown=[(1004, bytes(8))]),
+        FlowSample(Packet("10.0.0.1", "10.0.0.2", 1, icmp_type=8), header_protocol=11, header_bytes=30),
+        CounterSample(generic={"if_index": 3, "in_octets": 1000}, ethernet={"dot3_fcs_errors": 1}, expanded=True)])
+    return [join_datagrams(bulk_datagrams(3, 3, counters_every=2)), join_datagrams([every]),
+            join_datagrams([every[:100], every])]
+
+
 def _config_seeds() -> list[bytes]:
     root = Path(__file__).resolve().parent.parent
     out = [b"", b'[listen]\nudp = ["127.0.0.1:2055"]\nallow = ["10.0.0.0/8"]\n',
@@ -158,6 +174,7 @@ SEEDS: dict[str, Callable[[], list[bytes]]] = {
     "netflow_v9": lambda: _flow_seeds(9),
     "ipfix": lambda: _flow_seeds(10),
     "flows_any": lambda: _flow_seeds(5)[:1] + _flow_seeds(9)[:1] + _flow_seeds(10)[:1],
+    "sflow": _sflow_seeds,
     "ipdr_messages": _ipdr_message_seeds,
     "ipdr_session": _ipdr_stream_seeds,
     "ipdr_xdr": _xdr_seeds,

@@ -30,6 +30,7 @@ TABLE_MODULES = (
     "mediation.ipdr.tables",
     "rating.tables",
     "mediation.compliance.tables",
+    "decoders.sflow.tables",
 )
 """Modules that register tables; :func:`load_tables` imports those that exist (add yours here)."""
 
