@@ -1,7 +1,7 @@
 """``SflowDecoder``: sFlow v5 datagrams in, ``flows`` and ``interface_counters`` columns and counters out (sans-I/O).
 
 Theory of operation. :meth:`SflowDecoder.decode` takes a batch of ``(payload, exporter, received_ms)`` like
-:meth:`decoders.flows.FlowDecoder.decode`:
+:meth:`decoders.netflow.decoder.FlowDecoder.decode`:
 
 1. The payloads are joined into one buffer and walked by the compiled kernels (:mod:`decoders.sflow.kernel`):
    datagram headers and sample boundaries, then all flow samples, then all counter samples, each into preallocated
@@ -27,7 +27,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from decoders.flows import DecodeResult
+from decoders.netflow.decoder import DecodeResult
 from decoders.sampling import SamplingPolicy, resolve
 from decoders.schema import FLOWS
 from decoders.sequence import SequenceTracker
@@ -69,7 +69,7 @@ class SflowLimits:
 
 @dataclass
 class SflowResult(DecodeResult):
-    """A :class:`decoders.flows.DecodeResult` (``flows`` columns and the same per-exporter counters, version
+    """A :class:`decoders.netflow.decoder.DecodeResult` (``flows`` columns and the same per-exporter counters, version
     ``SFLOW_VERSION``; ``sequence_lost`` counts datagrams) plus what only sFlow has."""
 
     extras: dict[str, np.ndarray] = field(default_factory=dict)
