@@ -28,13 +28,13 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from decoders.netflow.decoder import DecodeResult
+from decoders.netflow.templated import Joiner
 from decoders.sampling import SamplingPolicy, resolve
 from decoders.schema import FLOWS
 from decoders.sequence import SequenceTracker
 from decoders.sflow import kernel as k
 from decoders.sflow import wire as w
 from decoders.sflow.tables import INTERFACE_COUNTERS
-from decoders.templated import Joiner
 
 __all__ = ["SflowDecoder", "SflowLimits", "SflowResult"]
 
