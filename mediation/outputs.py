@@ -29,6 +29,7 @@ TABLE_MODULES = (
     "mediation.ipdr_tables",
     "rating.tables",
     "mediation.compliance_tables",
+    "mediation.exporter_stats",
 )
 """Modules that register tables; :func:`load_tables` imports those that exist (add yours here)."""
 
