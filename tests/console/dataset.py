@@ -4,7 +4,9 @@ Three exporters (IPFIX, NetFlow v9, v5) send two days of traffic of five subscri
 some unattributed traffic, records that mediation rejects, re-sent duplicates, a sequence gap, malformed datagrams
 and CGNAT translations; everything goes through ``collector.server.Pipeline`` (decoder -> Mediator -> compliance ->
 Sink -> Parquet store) with the receive clock set to the simulated time, the exporter history is recorded by
-``collector.exporter_stats`` once a simulated minute, and the rating job rates the usage against ``PLANS``.
+``collector.exporter_stats`` once a simulated minute, and the rating job rates the usage against ``PLANS``. One
+reconciliation part that does not balance (:data:`UNBALANCED`, as a buggy writer would leave it) is added, so the
+console has something to flag.
 """
 
 from __future__ import annotations
@@ -33,6 +35,8 @@ EXPORTERS = {"ipfix": "192.0.2.1", "v9": "192.0.2.2", "v5": "192.0.2.3"}
 SUBSCRIBERS = {"alice": "100.64.0.1", "bob": "100.64.0.2", "carol": "100.64.0.3", "dave": "100.64.0.4",
                "eve": "100.64.0.5"}
 WEB, CDN, DNS, SSH = "203.0.113.10", "198.51.100.20", "8.8.8.8", "203.0.113.11"
+UNBALANCED = (T0 + 36 * 3_600_000, "192.0.2.99", 10_000, 9_000)
+"""(interval start, exporter, bytes in, bytes attributed) of the reconciliation part that does not balance."""
 PUBLIC = "203.0.113.7"
 """alice's CGNAT public address: her upload flows carry it (and port 40000 + step % 1000) as the post-NAT source."""
 
@@ -204,11 +208,27 @@ def build(root: Path, hours: int = HOURS) -> Dataset:
         for name, closed in mediator.close_all(end + 3_600_000).items():
             if closed is not None and closed.num_rows:
                 sink.add(name, closed)
+    sink.add("reconciliation", _unbalanced())
     sink.flush()
     sink.close()
     _rate(cfg, end)
     alice_i = 100
     return Dataset(cfg, root, T0, end, (40000 + alice_i % 1000, T0 + (alice_i + 1) * STEP_MS - 100_000))
+
+
+def _unbalanced():
+    import numpy as np
+
+    from mediation.exporter_stats import address_bytes
+    from mediation.tables import RECONCILIATION
+
+    start, exporter, bytes_in, attributed = UNBALANCED
+    cols = {"interval_start": [start], "interval_end": [start + STEP_MS], "exporter": [address_bytes(exporter)],
+            "source": ["flow"], "records_in": [1], "bytes_in": [bytes_in], "bytes_attributed": [attributed],
+            "bytes_usage": [attributed], "balanced": [0], "created": [start + 2 * STEP_MS]}
+    return RECONCILIATION.to_arrow({k: np.array(v, dtype=object if k == "source" else
+                                                ("S16" if k == "exporter" else RECONCILIATION.column(k).numpy_dtype))
+                                    for k, v in cols.items()})
 
 
 def _rate(cfg: Config, end_ms: int) -> None:
