@@ -49,7 +49,7 @@ class ConsoleStore:
         """Where the data comes from, for the page footer."""
         backend = self.engine.backend
         if isinstance(backend, ChdbBackend):
-            return f"embedded store {backend.root}"
+            return f"embedded store {self.config.store.path}"  # as configured (the resolved path may be long)
         return f"ClickHouse server ({self.config.output.clickhouse.database})"
 
     def holds_data(self) -> bool:

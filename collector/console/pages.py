@@ -151,6 +151,7 @@ def _reason_chart(title: str, data, steps: list[int], q, chart_id: str) -> Chart
 def reconciliation(ctx: Context, params: dict[str, str]) -> dict:
     """Per receive interval: in = attributed + unattributed + rejected + duplicate, flagged when it does not hold."""
     w = ctx.window(params)
+    only_flagged = params.get("flagged") == "1"
     q = queries.reconciliation(ctx.store.source, w)
     data = ctx.run(q)
     rows, classes = [], []
@@ -166,6 +167,8 @@ def reconciliation(ctx: Context, params: dict[str, str]) -> dict:
             values[r["t"]] = r[name]
         if bad:
             bad_x.append(r["t"])
+        if only_flagged and not bad:
+            continue
         rows.append([time_cell(r["t"]), nbytes(r["bytes_in"]), nbytes(r["attributed"]), nbytes(r["unattributed"]),
                      nbytes(r["rejected"]), nbytes(r["duplicate"]), Cell(f"{diff:,}", str(diff), True),
                      number(r["records_in"]), number(r["parts"]),
@@ -179,7 +182,12 @@ def reconciliation(ctx: Context, params: dict[str, str]) -> dict:
         bytes_in = {r["t"]: r["bytes_in"] for r in data.to_pylist()}
         fig["data"].append({"type": "scatter", "mode": "markers", "name": "bytes in",
                             "x": [charts.label(t * 1000) for t in steps], "y": [bytes_in[t] for t in steps],
-                            "marker": {"color": "#111", "symbol": "line-ew-open", "size": 14, "line": {"width": 2}}})
+                            "marker": {"color": "#111", "symbol": "line-ew-open", "size": 8, "line": {"width": 1.5}}})
+        if bad_x:
+            top = max(bytes_in.values())
+            fig["data"].append({"type": "scatter", "mode": "markers", "name": "not balanced",
+                                "x": [charts.label(t * 1000) for t in bad_x], "y": [top * 1.05] * len(bad_x),
+                                "marker": {"color": "#c4453c", "symbol": "triangle-down", "size": 11}})
         half = ctx.config.mediation.interval_s * 500
         fig["layout"]["shapes"] = [{"type": "rect", "xref": "x", "yref": "paper", "x0": charts.label(t * 1000 - half),
                                     "x1": charts.label(t * 1000 + half), "y0": 0, "y1": 1, "layer": "below",
@@ -189,7 +197,8 @@ def reconciliation(ctx: Context, params: dict[str, str]) -> dict:
     table = TableView("Intervals", ["interval start (UTC)", "bytes in", "attributed", "unattributed", "rejected",
                                     "duplicate", "in − parts", "records in", "parts", "balance"],
                       rows, [q], row_classes=classes, id="table-reconciliation")
-    table.note = (f"{len(rows)} intervals, {flagged} flagged (in ≠ attributed + unattributed + rejected + duplicate, "
-                  "or a part written unbalanced)." if rows else "")
+    table.note = (f"{data.num_rows} intervals, {flagged} flagged (in ≠ attributed + unattributed + rejected + "
+                  "duplicate, or a part written unbalanced)" + ("; only the flagged ones are listed." if only_flagged
+                                                                else ".") if data.num_rows else "")
     return {"title": "Reconciliation", "window": w, "charts": [chart], "tables": [table], "flagged": flagged,
-            "empty": not rows}
+            "only_flagged": only_flagged, "empty": data.num_rows == 0}

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import signal
 import socket
+from collections.abc import Iterator
 from typing import Any
 
 from collector.config import split_endpoint
@@ -31,6 +34,33 @@ def bind(endpoint: str) -> socket.socket:
     return sock
 
 
+class _Plain(logging.Filter):
+    """Drop uvicorn's ANSI-coloured copy of its messages (our log lines are logfmt or JSON)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        record.__dict__.pop("color_message", None)
+        return True
+
+
+def _server_class() -> type:
+    import uvicorn
+
+    class Server(uvicorn.Server):
+        """uvicorn's server, stopping gracefully on SIGTERM/SIGINT and then exiting with status 0 (uvicorn would
+        raise the signal again after its shutdown, so the process would end "killed by SIGTERM")."""
+
+        @contextlib.contextmanager
+        def capture_signals(self) -> Iterator[None]:
+            previous = {sig: signal.signal(sig, self.handle_exit) for sig in (signal.SIGTERM, signal.SIGINT)}
+            try:
+                yield
+            finally:
+                for sig, handler in previous.items():
+                    signal.signal(sig, handler)
+
+    return Server
+
+
 def serve(config: Any, store: Any) -> None:
     """Serve the console for ``config`` over ``store`` until stopped (uvicorn handles SIGTERM and SIGINT)."""
     import uvicorn
@@ -38,8 +68,9 @@ def serve(config: Any, store: Any) -> None:
     from collector.console.app import make_app
 
     sock = bind(config.console.listen)
+    logging.getLogger("uvicorn.error").addFilter(_Plain())
     app = make_app(config, store)
-    server = uvicorn.Server(uvicorn.Config(app, loop="uvloop", http="h11", lifespan="off", access_log=False,
+    server = _server_class()(uvicorn.Config(app, loop="uvloop", http="h11", lifespan="off", access_log=False,
                                            log_config=None, log_level=config.log.level, server_header=False,
                                            timeout_keep_alive=5, limit_concurrency=64))
     host, port = split_endpoint(config.console.listen)

@@ -294,6 +294,7 @@ def subscriber_page(ctx: Context, params: dict[str, str]) -> dict:
     used = sum(r["bytes"] for r in usage.to_pylist())
     return {"title": f"Subscriber {sid}", "subscriber": sid, "cycle": cyc, "charts": charts_list,
             "tables": [sum_table, table], "general": general, "page": page, "pages": pages,
+            "pager": pager(page, pages),
             "records": len(records), "usage_bytes": used, "plan": plan,
             "totals": {cur: (amount, nb, money(amount, cur)) for cur, (amount, nb) in totals.items()},
             "cycle_local": _cycle_local(cyc), "prev_cycle": _shift(cyc.label, -1), "next_cycle": _shift(cyc.label, 1),
@@ -309,6 +310,17 @@ def _explain_lines(ctx: Context, cyc: Cycle, records: list[dict]) -> tuple[list[
     except Exception:
         return lines, {}
     return explain_by_record(lines, records, plans)
+
+
+def pager(page: int, pages: int, around: int = 4) -> list[int]:
+    """Page numbers to link: the first, the last and those around ``page``; 0 stands for a gap."""
+    keep = sorted({1, pages, *range(max(1, page - around), min(pages, page + around) + 1)})
+    out: list[int] = []
+    for n in keep:
+        if out and n > out[-1] + 1:
+            out.append(0)
+        out.append(n)
+    return out
 
 
 def _days(days: tuple[int, ...]) -> str:

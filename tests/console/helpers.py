@@ -23,15 +23,16 @@ FLOWMED = Path(sys.executable).with_name("flowmed")
 class ConsoleProcess:
     """``flowmed console --set store.path=... --set console.listen=127.0.0.1:PORT`` with its log in ``tmp``."""
 
-    def __init__(self, dataset: Dataset, tmp: Path, *sets: str) -> None:
+    def __init__(self, dataset: Dataset, tmp: Path, *sets: str, cwd: Path | None = None,
+                 store: str | None = None) -> None:
         self.port = free_port(socket.SOCK_STREAM)
         self.url = f"http://127.0.0.1:{self.port}"
         self.log = tmp / "console.log"
-        args = [str(FLOWMED), "console", "--set", f"store.path={dataset.config.store.path}",
+        args = [str(FLOWMED), "console", "--set", f"store.path={store or dataset.config.store.path}",
                 "--set", f"console.listen=127.0.0.1:{self.port}"]
         for s in sets:
             args += ["--set", s]
-        self.proc = subprocess.Popen(args, cwd=tmp, stdout=subprocess.DEVNULL, stderr=open(self.log, "wb"),
+        self.proc = subprocess.Popen(args, cwd=cwd or tmp, stdout=subprocess.DEVNULL, stderr=open(self.log, "wb"),
                                      env={k: v for k, v in os.environ.items() if k != "PROMETHEUS_MULTIPROC_DIR"})
 
     def wait_ready(self, timeout: float = 60.0) -> None:

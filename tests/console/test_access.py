@@ -95,8 +95,8 @@ def test_basic_authentication(empty_store):
 
 
 def test_reverse_proxy_mode_trusts_only_its_proxies(empty_store):
-    app = _app(empty_store, "console.listen=0.0.0.0:9109", "console.auth=proxy", 'console.trusted_proxies=["10.9.0.0/24"]',
-               "console.proxy_header=X-Remote-User")
+    app = _app(empty_store, "console.listen=0.0.0.0:9109", "console.auth=proxy",
+               'console.trusted_proxies=["10.9.0.0/24"]', "console.proxy_header=X-Remote-User")
     try:
         assert asgi_get(app, "/healthz", headers={"X-Remote-User": "ann"}, client=("10.9.0.7", 1))[0] == 200
         assert asgi_get(app, "/healthz", client=("10.9.0.7", 1))[0] == 401  # the proxy named nobody

@@ -96,7 +96,8 @@ class Page:
         traces = self.b.execute_script(
             "const el = document.getElementById(arguments[0]);"
             "if (!el || !el.data || !el.querySelector('.main-svg')) return null;"
-            "return el.data.map(t => ({name: t.name, x: Array.from(t.x || []), y: Array.from(t.y || []).map(Number)}));",
+            "return el.data.map(t => ({name: t.name, x: Array.from(t.x || []), "
+            "y: Array.from(t.y || []).map(Number)}));",
             chart_id)
         assert traces is not None, f"chart {chart_id} was not drawn"
         return traces
@@ -265,7 +266,8 @@ def test_compliance_page(browser, console, shots, sql, dataset):
     assert [r[0] for r in evidence][:2] == ["nat", "binding"]
     flows = [r for r in evidence if r[0] == "flow"]
     # the flows of the holder's inside address and port (or of the public address and port) around the instant
-    want = sql("SELECT count() AS n FROM ip_detail_records WHERE ((src_addr = toIPv6('100.64.0.1') AND src_port = 51000) "
+    want = sql("SELECT count() AS n FROM ip_detail_records WHERE "
+               "((src_addr = toIPv6('100.64.0.1') AND src_port = 51000) "
                f"OR (nat_addr = toIPv6('{PUBLIC}') AND nat_port = {port})) AND subscriber_id IN ('alice', '') AND "
                f"flow_start >= fromUnixTimestamp64Milli(toInt64({at_ms - 300_000}), 'UTC') "
                f"AND flow_start < fromUnixTimestamp64Milli(toInt64({at_ms // 1000 * 1000 + 301_000}), 'UTC')")[0]["n"]
@@ -296,10 +298,15 @@ def test_reconciliation_page(browser, console, shots, sql):
     assert flagged == [UNBALANCED[0]]  # only the part that does not balance
     [bad] = browser.find_elements("css selector", "#table-reconciliation tr.flagged")
     assert "NOT BALANCED" in bad.text and str(UNBALANCED[2] - UNBALANCED[3]) in bad.text.replace(",", "")
-    assert "1 interval do not balance" in page.text("balance-summary")
+    assert "1 interval does not balance" in page.text("balance-summary")
     traces = page.chart("chart-reconciliation")
-    assert sum(sum(t["y"]) for t in traces if t["name"] != "bytes in") == sum(
+    assert sum(sum(t["y"]) for t in traces if t["name"] not in ("bytes in", "not balanced")) == sum(
         w["a"] + w["u"] + w["r"] + w["d"] for w in want)
+    [mark] = [t for t in traces if t["name"] == "not balanced"]
+    assert mark["x"] == [time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(UNBALANCED[0] / 1000))]
+    browser.find_element("id", "only-flagged").click()
+    page.wait_charts()
+    assert [int(r[0]) * 1000 for r in page.table("table-reconciliation")] == [UNBALANCED[0]]
 
 
 def test_every_page_without_data_says_so(browser, console, shots):

@@ -123,6 +123,8 @@ def test_subscriber_downloads(app, engine):
 def test_explain_lines_belong_to_their_record(app):
     status, text = page(app, f"/subscriber?id=alice&cycle={CYCLE}")
     assert status == 200
+    pager = re.search(r'<nav class="pager" id="pager">(.*?)</nav>', text, re.S).group(1)
+    assert re.findall(r"page=(\d+)", pager) == ["1", "2", "3", "4", "5", "9"] and "of 9" in pager  # 1728 records
     text = re.search(r'<table id="table-records".*?</table>', text, re.S).group(0)
     rows = re.findall(r'<tr class="">(.*?)</tr>\s*<tr class="explain" id="[^"]+" hidden><td[^>]*><pre>(.*?)</pre>',
                       text, re.S)
