@@ -8,6 +8,8 @@ from __future__ import annotations
 
 from collections import defaultdict
 
+import pyarrow as pa
+
 from collector.console import charts, queries
 from collector.console.queries import DIMENSIONS, METRICS
 from collector.console.views import (
@@ -46,11 +48,25 @@ def traffic(ctx: Context, params: dict[str, str]) -> dict:
     n = ctx.config.console.top_n
     step = w.step_s(ctx.config.mediation.interval_s if dim.table == "usage" else 60)
     src = ctx.store.source
-    guard = ctx.guard(dim.table, w)
-    q_top = queries.traffic_top(src, by, metric, w, n)
-    q_series = queries.traffic_series(src, by, metric, w, step, n)
-    q_total = queries.traffic_total(src, by, metric, w, step)
-    top, series, total = ctx.run(q_top), ctx.run(q_series), ctx.run(q_total)
+    if dim.table == "usage":  # a few classes: everything in one read, the table summed from the series
+        q_series = queries.class_series(src, w, step)
+        series = ctx.run(q_series)
+        sums: dict[str, dict[str, int]] = {}
+        for r in series.to_pylist():
+            acc = sums.setdefault(r["key"], {m: 0 for m in METRICS})
+            for m in METRICS:
+                acc[m] += r[m]
+        ranked = sorted(sums.items(), key=lambda kv: (-kv[1][metric], kv[0]))
+        top = pa.table({"key": [k for k, _ in ranked], **{m: [v[m] for _, v in ranked] for m in METRICS}})
+        series = series.rename_columns(["t", "key", *METRICS]).select(["t", "key", metric]).rename_columns(
+            ["t", "key", "value"])
+        total, q_top, q_total, guard = None, q_series, None, None
+    else:
+        guard = ctx.guard(dim.table, w)
+        q_top = queries.traffic_top(src, by, metric, w, n)
+        q_series = queries.traffic_series(src, by, metric, w, step, n)
+        q_total = queries.traffic_total(src, by, metric, w, step)
+        top, series, total = ctx.run(q_top), ctx.run(q_series), ctx.run(q_total)
 
     names = {k: key_text(by, k) for k in column(top, "key")}
     per_key: dict[str, dict[int, int]] = {names[k]: {} for k in column(top, "key")}
@@ -59,27 +75,24 @@ def traffic(ctx: Context, params: dict[str, str]) -> dict:
         name = names.get(k, key_text(by, k))
         per_key.setdefault(name, {})[t] = v
         top_sum[t] += v
-    totals = dict(zip(column(total, "t"), column(total, "value"), strict=True))
+    totals = dict(top_sum) if total is None else dict(zip(column(total, "t"), column(total, "value"), strict=True))
     other = {t: v - top_sum.get(t, 0) for t, v in totals.items()}
     steps = charts.steps_between(w.t0_ms // 1000, -(-w.t1_ms // 1000), step)
     scale = _rate_scale(metric, step)
     chart = ChartView(
         f"{dim.title} by {metric} ({RATE_UNIT[metric]}, per {step} s step; top {n} and other)",
         charts.stacked_area("", RATE_UNIT[metric], steps, per_key, other=other, scale=scale) if totals else None,
-        [q_series, q_total, guard], id="chart-traffic")
+        [q for q in (q_series, q_total, guard) if q is not None], id="chart-traffic")
 
-    grand = {m: 0 for m in METRICS}
     rows = []
     all_total = sum(totals.values())
     for r in top.to_pylist():
         share = r[metric] / all_total * 100 if all_total else 0.0
         rows.append([text(names[r["key"]]), nbytes(r["bytes"]), number(r["packets"]), number(r["flows"]),
                      Cell(f"{share:.1f} %", f"{share:.3f}", True)])
-        for m in METRICS:
-            grand[m] += r[m]
     table = TableView(f"Top {n} {dim.title.lower()}", [dim.title[:-1] if dim.title.endswith("s") else dim.title,
                                                         "bytes", "packets", "flows", f"share of {metric}"],
-                      rows, [q_top], id="table-top")
+                      rows[:n], [q_top], id="table-top")
     if totals:
         table.note = f"All {dim.table} in the window: {all_total:,} {metric}."
     return {"title": "Traffic", "window": w, "charts": [chart], "tables": [table], "by": by, "metric": metric,

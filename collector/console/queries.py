@@ -107,6 +107,16 @@ def traffic_series(source: Source, by: str, metric: str, w: Window, step_s: int,
         "GROUP BY t, key\nORDER BY t, key")
 
 
+def class_series(source: Source, w: Window, step_s: int) -> Query:
+    """Per step and traffic class: bytes, packets and flows of flow usage (classes are few: no top list, one read)."""
+    dim = DIMENSIONS["traffic_class"]
+    return Query(
+        f"Traffic classes over time (per {step_s} s)",
+        f"SELECT {bucket(dim.time_column, step_s)} AS t, traffic_class AS key, sum(bytes) AS bytes, "
+        "sum(packets) AS packets, sum(flows) AS flows\n"
+        f"FROM {_rows(source, dim, w)}\nGROUP BY t, key\nORDER BY t, key")
+
+
 def traffic_total(source: Source, by: str, metric: str, w: Window, step_s: int) -> Query:
     """Per step, the metric over everything (the top values plus "other")."""
     dim = DIMENSIONS[by]
