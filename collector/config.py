@@ -685,8 +685,9 @@ class ConsoleConfig:
     """Addresses or prefixes of the reverse proxies (auth = "proxy"); requests from elsewhere are refused."""
     max_window_h: int = 168
     """Longest time window a page reads, in hours (a subscriber's page reads one billing cycle whatever this is)."""
-    max_rows: int = 50_000_000
-    """A page refuses a window holding more rows of flows than this (counted first) and asks for a shorter one."""
+    max_rows: int = 2_000_000
+    """The traffic page refuses a window holding more rows of flows than this (counted first) and asks for a shorter
+    one: a page reads about 2 million rows a second on 2 cores (docs/console.md)."""
     top_n: int = 10
     """Entries per top list on the traffic page (the rest is shown as "other")."""
 
