@@ -99,7 +99,12 @@ def trace(ctx: Context, params: dict[str, str]) -> dict:
 def _time(value) -> Cell:
     if value is None:
         return Cell("-")
-    return Cell(value.strftime("%Y-%m-%d %H:%M:%S"), str(int(value.timestamp())))
+    seconds = int(value.timestamp())
+    if seconds == 0:  # a static binding without a start
+        return Cell("always", "0")
+    if value.year >= 2106:  # an open binding (valid_to at the largest DateTime)
+        return Cell("open", str(seconds))
+    return Cell(value.strftime("%Y-%m-%d %H:%M:%S"), str(seconds))
 
 
 def _hostport(addr: str, port: int, port_end: int | None = None) -> str:
