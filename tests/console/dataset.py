@@ -159,9 +159,10 @@ def config_for(root: Path, *extra: str) -> Config:
                        "store.flush_rows=10000000", "store.flush_interval_s=100000", *extra])
 
 
-def build(root: Path, hours: int = HOURS) -> Dataset:
-    """Write the dataset under ``root`` (store in ``root/data``); returns its configuration and facts."""
-    cfg = config_for(root)
+def build(root: Path, hours: int = HOURS, *extra: str) -> Dataset:
+    """Write the dataset under ``root`` (store in ``root/data``; ``extra`` settings may add a ClickHouse output);
+    returns its configuration and facts."""
+    cfg = config_for(root, *extra)
     end = T0 + hours * 3_600_000
     metrics = metrics_mod.Metrics(CollectorRegistry())
     sink = make_sink(cfg, metrics)
@@ -210,6 +211,10 @@ def build(root: Path, hours: int = HOURS) -> Dataset:
                 sink.add(name, closed)
     sink.add("reconciliation", _unbalanced())
     sink.flush()
+    for output in sink.outputs:  # the ClickHouse output delivers from its spool: wait until the server has it all
+        drain = getattr(output, "drain", None)
+        if drain is not None:
+            assert drain(120), output.status()
     sink.close()
     _rate(cfg, end)
     alice_i = 100
