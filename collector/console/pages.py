@@ -49,17 +49,7 @@ def traffic(ctx: Context, params: dict[str, str]) -> dict:
     step = w.step_s(ctx.config.mediation.interval_s if dim.table == "usage" else 60)
     src = ctx.store.source
     if dim.table == "usage":  # a few classes: everything in one read, the table summed from the series
-        q_series = queries.class_series(src, w, step)
-        series = ctx.run(q_series)
-        sums: dict[str, dict[str, int]] = {}
-        for r in series.to_pylist():
-            acc = sums.setdefault(r["key"], {m: 0 for m in METRICS})
-            for m in METRICS:
-                acc[m] += r[m]
-        ranked = sorted(sums.items(), key=lambda kv: (-kv[1][metric], kv[0]))
-        top = pa.table({"key": [k for k, _ in ranked], **{m: [v[m] for _, v in ranked] for m in METRICS}})
-        series = series.rename_columns(["t", "key", *METRICS]).select(["t", "key", metric]).rename_columns(
-            ["t", "key", "value"])
+        top, series, q_series = _classes(ctx, w, step, metric)
         total, q_top, q_total, guard = None, q_series, None, None
     else:
         guard = ctx.guard(dim.table, w)
@@ -98,6 +88,21 @@ def traffic(ctx: Context, params: dict[str, str]) -> dict:
     return {"title": "Traffic", "window": w, "charts": [chart], "tables": [table], "by": by, "metric": metric,
             "dimensions": DIMENSIONS, "metrics": METRICS, "total": all_total,
             "empty": not totals}
+
+
+def _classes(ctx: Context, w, step: int, metric: str) -> tuple[pa.Table, pa.Table, queries.Query]:
+    """Traffic classes in one read: (every class with its totals, ranked by ``metric``; the series of ``metric``)."""
+    q = queries.class_series(ctx.store.source, w, step)
+    series = ctx.run(q)
+    sums: dict[str, dict[str, int]] = {}
+    for r in series.to_pylist():
+        acc = sums.setdefault(r["key"], {m: 0 for m in METRICS})
+        for m in METRICS:
+            acc[m] += r[m]
+    ranked = sorted(sums.items(), key=lambda kv: (-kv[1][metric], kv[0]))
+    top = pa.table({"key": [k for k, _ in ranked], **{m: [v[m] for _, v in ranked] for m in METRICS}})
+    values = series.select(["t", "key", metric]).rename_columns(["t", "key", "value"])
+    return top, values, q
 
 
 def exporters(ctx: Context, params: dict[str, str]) -> dict:

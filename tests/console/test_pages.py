@@ -149,3 +149,11 @@ def test_compliance_report_export(app, dataset):
     assert status == 200 and xlsx.startswith(b"PK")
     assert asgi_get(app, "/compliance/report.csv?report=1&from=2026-11-01T00:00&to=2026-11-20T00:00"
                     f"&r_address={PUBLIC}")[0] == 400  # longer than console.max_window_h
+
+
+def test_empty_windows_answer_for_every_grouping(app):
+    for by in DIMENSIONS:
+        status, text = page(app, f"/traffic?by={by}&from=2026-10-01T00:00&to=2026-10-01T03:00")
+        assert status == 200 and "No data in this window." in text, by
+    status, text = page(app, "/subscriber?id=nobody&cycle=2026-11")
+    assert status == 200 and "no plan assignment covers this cycle" in text
