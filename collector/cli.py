@@ -18,6 +18,7 @@ COMMAND_MODULES = (
     "collector.commands.ipdr",
     "collector.commands.compliance",
     "collector.commands.clickhouse",
+    "collector.commands.console",
 )
 
 

@@ -673,6 +673,74 @@ class ComplianceConfig:
             raise ConfigError(f"{key}.report_fields", self.report_fields, "at least one field")
 
 
+CONSOLE_HASH_SCHEMES = ("scrypt", "pbkdf2_sha256")
+"""Password hash schemes of ``console.users`` (``flowmed console --hash-password`` writes scrypt)."""
+
+
+@dataclass(frozen=True)
+class ConsoleUser:
+    name: str
+    """User name for HTTP basic authentication."""
+    password_hash: str
+    """The password's hash as `flowmed console --hash-password` prints it (scrypt$... or pbkdf2_sha256$...), never
+    the password itself."""
+
+    def validate(self, key: str) -> None:
+        if not self.name or ":" in self.name:
+            raise ConfigError(f"{key}.name", self.name, "a non-empty user name without ':'")
+        parts = self.password_hash.split("$")
+        if parts[0] not in CONSOLE_HASH_SCHEMES or len(parts) != {"scrypt": 6, "pbkdf2_sha256": 4}[parts[0]]:
+            raise ConfigError(f"{key}.password_hash", "<hidden>",
+                              "a hash printed by `flowmed console --hash-password` (scrypt$N$r$p$salt$hash)")
+
+
+@dataclass(frozen=True)
+class ConsoleConfig:
+    listen: str = "127.0.0.1:9109"
+    """Where `flowmed console` (the read-only web console) serves; an address other than loopback needs auth."""
+    target: Literal["auto", "store", "clickhouse"] = "auto"
+    """What the console reads: the embedded store, the ClickHouse server, or auto (as flowmed query)."""
+    auth: Literal["none", "basic", "proxy"] = "none"
+    """none (loopback only), basic (HTTP basic against users) or proxy (a reverse proxy authenticates and names the
+    user in proxy_header; only requests from trusted_proxies are accepted)."""
+    users: list[ConsoleUser] = field(default_factory=list)
+    """Users of auth = "basic"."""
+    proxy_header: str = "X-Forwarded-User"
+    """Header holding the authenticated user name (auth = "proxy")."""
+    trusted_proxies: list[str] = field(default_factory=lambda: ["127.0.0.1", "::1"])
+    """Addresses or prefixes of the reverse proxies (auth = "proxy"); requests from elsewhere are refused."""
+    max_window_h: int = 168
+    """Longest time window a page reads, in hours (a subscriber's page reads one billing cycle whatever this is)."""
+    max_rows: int = 2_000_000
+    """The traffic page refuses a window holding more rows of flows than this (counted first) and asks for a shorter
+    one: a page reads about 2 million rows a second on 2 cores (docs/console.md)."""
+    top_n: int = 10
+    """Entries per top list on the traffic page (the rest is shown as "other")."""
+
+    def validate(self, key: str) -> None:
+        _check_endpoint(f"{key}.listen", self.listen)
+        _check_positive(key, max_window_h=self.max_window_h, max_rows=self.max_rows, top_n=self.top_n)
+        if self.top_n > 100:
+            raise ConfigError(f"{key}.top_n", self.top_n, "at most 100")
+        host = split_endpoint(self.listen)[0]
+        if self.auth == "none" and not ipaddress.ip_address(host).is_loopback:
+            raise ConfigError(f"{key}.auth", self.auth, f"basic or proxy: {self.listen} is not a loopback address, "
+                              "and the console never serves other hosts without authentication")
+        if self.auth == "basic" and not self.users:
+            raise ConfigError(f"{key}.users", self.users, "at least one user with auth = \"basic\"")
+        if self.auth == "proxy":
+            if not self.trusted_proxies:
+                raise ConfigError(f"{key}.trusted_proxies", self.trusted_proxies,
+                                  "at least one proxy address with auth = \"proxy\"")
+            if not self.proxy_header.strip():
+                raise ConfigError(f"{key}.proxy_header", self.proxy_header, "a header name")
+        for i, p in enumerate(self.trusted_proxies):
+            try:
+                ipaddress.ip_network(p, strict=False)
+            except ValueError:
+                raise ConfigError(f"{key}.trusted_proxies[{i}]", p, "an IP address or prefix") from None
+
+
 @dataclass(frozen=True)
 class Config:
     """The whole of collector.toml."""
@@ -692,6 +760,7 @@ class Config:
     rating: RatingConfig = field(default_factory=RatingConfig)
     ipdr: IpdrConfig = field(default_factory=IpdrConfig)
     compliance: ComplianceConfig = field(default_factory=ComplianceConfig)
+    console: ConsoleConfig = field(default_factory=ConsoleConfig)
 
     def data_path(self, relative: str) -> Path:
         """A path from the config, resolved against store.path when relative."""

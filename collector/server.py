@@ -31,6 +31,7 @@ from collector import status as status_mod
 from collector.admission import admit, make_admission
 from collector.config import Config
 from collector.configtree import ConfigError
+from collector.exporter_stats import ExporterStatsRecorder
 from collector.listener import Datagram, ListenError, UdpListener
 from collector.logging import RateLimiter, log, set_level
 from collector.logging import setup as setup_logging
@@ -455,6 +456,7 @@ class Server:
         self._last_status_line = time.monotonic()
         self.ipdr: Any = None
         self.store_lock = StoreLock(config.store.path)
+        self.exporter_stats = ExporterStatsRecorder(worker)  # per-minute exporter history (exporter_stats table)
 
     # --- lifecycle -------------------------------------------------------------------------------------------------
 
@@ -600,6 +602,8 @@ class Server:
             except Exception as exc:
                 m.pipeline_errors.labels("compliance").inc()
                 log("error", "compliance tick failed", error=repr(exc))
+        for name, batch in self.exporter_stats.tick(now, p.board, m.decode_errors).items():
+            p.sink.add(name, batch)
         try:
             p.sink.maybe_flush()
         except Exception as exc:

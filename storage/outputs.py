@@ -31,6 +31,7 @@ TABLE_MODULES = (
     "rating.tables",
     "mediation.compliance.tables",
     "decoders.sflow.tables",
+    "mediation.exporter_stats",
 )
 """Modules that register tables; :func:`load_tables` imports those that exist (add yours here)."""
 
