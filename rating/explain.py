@@ -193,7 +193,13 @@ def explain(job, subscriber: str, cycle: str) -> list[str]:
         totals[r["currency"]] = totals.get(r["currency"], 0) + r["amount_micros"]
     for cur, amount in sorted(totals.items()):
         out.append(f"total {cycle}: {_money(amount, cur)} ({_n(amount)} micro-{cur}) over {len(recs)} records")
-    unrated = int(np.sum(result.events.column("bytes").to_numpy())) if result.events.num_rows else 0
+    # Events of two kinds: fair_usage marks the crossing of a threshold (its bytes were rated), unrated are not.
+    for event in result.events.to_pylist():
+        if event["kind"] == "fair_usage":
+            out.append(f"fair-usage threshold reached at {_n(event['bytes'])} bytes: later usage in the cycle is "
+                       "charged 0")
+    kinds = result.events.column("kind").to_numpy(zero_copy_only=False) if result.events.num_rows else []
+    unrated = int(np.sum(result.events.column("bytes").to_numpy()[kinds == "unrated"])) if len(kinds) else 0
     if unrated:
         out.append(f"unrated usage: {_n(unrated)} bytes (see rating_events)")
     return out

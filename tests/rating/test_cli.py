@@ -117,3 +117,37 @@ def test_bad_plans_file_is_a_clear_error(site):
     (root / "plans.toml").write_text(HOME_PLAN)
     r = CliRunner().invoke(main, ["bill-run", "--cycle", "2026-13", *opts])
     assert r.exit_code == 2 and "expected YYYY-MM" in r.output
+
+
+FAIR_USE_PLAN = """
+[[plan]]
+id = "fup"
+version = 1
+active_from = "2026-01-01T00:00:00Z"
+currency = "USD"
+timezone = "UTC"
+prorate = false
+fair_usage_bytes = 3000000000
+[[plan.rate]]
+name = "all"
+direction = "total"
+price = "1.00"
+"""
+
+
+def test_explain_names_the_fair_usage_threshold_and_counts_no_unrated_usage(tmp_path):
+    (tmp_path / "plans.toml").write_text(FAIR_USE_PLAN)
+    (tmp_path / "assignments.csv").write_text("subscriber_id,plan_id,from\ncarol,fup,2026-01-01T00:00:00Z\n")
+    cfg = tmp_path / "collector.toml"
+    cfg.write_text(f'[store]\npath = "{tmp_path}"\n[rating]\nlookback_cycles = 240\n')
+    store = ParquetStore.for_config(load(cfg), housekeeper=False)
+    store.write(USAGE, usage_batch([("carol", f"2026-10-0{d}T10:00:00+00:00", "down", "default", 1_000_000_000)
+                                    for d in range(2, 6)]), 1)
+    store.close()
+    runner = CliRunner()
+    assert runner.invoke(main, ["rate", "--config", str(cfg)]).exit_code == 0
+    r = runner.invoke(main, ["explain", "--subscriber", "carol", "--cycle", "2026-10", "--config", str(cfg)])
+    assert r.exit_code == 0, r.output
+    assert "fair-usage threshold reached at 3 000 000 000 bytes" in r.output
+    assert "unrated usage" not in r.output  # every byte was rated (the fourth GB at 0)
+    assert "total 2026-10: 3.000000 USD" in r.output
