@@ -17,19 +17,9 @@ from decoders.addresses import network_text, optional_address_text
 _TARGET = click.option("--target", type=click.Choice(["auto", "store", "clickhouse"]), default="auto",
                        show_default=True, help="The embedded store, the ClickHouse server, or auto.")
 
-_EARLIEST_MS = 100_000_000_000
-"""Epoch milliseconds below this (1973-03-03) are refused as times: such a number is epoch seconds (a 2026 instant
-is about 1.77e9 s, 1.77e12 ms), which read as milliseconds would name a moment in January 1970."""
-
-
 def instant(text: str, option: str) -> int:
-    """``--at``/``--from``/``--to`` as UTC milliseconds (ISO 8601 or epoch ms); epoch seconds are refused with a
-    clear error instead of being read as milliseconds."""
-    ms = parse_time(text)
-    if text.strip().isdigit() and ms < _EARLIEST_MS:
-        raise click.BadParameter(f"{text.strip()} looks like epoch seconds; flowmed reads a number as epoch "
-                                 f"milliseconds: give {ms * 1000} or an ISO 8601 time", param_hint=option)
-    return ms
+    """``--at``/``--from``/``--to`` as UTC milliseconds (ISO 8601 or epoch ms; epoch seconds are refused)."""
+    return parse_time(text, option)
 
 
 def _when(t) -> str:

@@ -18,10 +18,19 @@ RECON_FIELDS = ("records_in", "bytes_in", "bytes_attributed", "bytes_unattribute
                 "bytes_duplicate", "records_rejected", "records_duplicate", "bytes_usage")
 
 
-def parse_time(text: str) -> int:
-    """ISO 8601 (UTC unless an offset is given) or epoch milliseconds -> int64 ms."""
+EARLIEST_MS = 100_000_000_000
+"""Epoch milliseconds below this (1973-03-03) are refused as times: such a number is epoch seconds (a 2026 instant
+is about 1.77e9 s, 1.77e12 ms), which read as milliseconds would name a moment in January 1970."""
+
+
+def parse_time(text: str, option: str | None = None) -> int:
+    """ISO 8601 (UTC unless an offset is given) or epoch milliseconds -> int64 ms; epoch seconds are refused with a
+    clear error instead of being read as milliseconds."""
     text = text.strip()
     if text.isdigit():
+        if int(text) < EARLIEST_MS:
+            raise click.BadParameter(f"{text} looks like epoch seconds; flowmed reads a number as epoch milliseconds: "
+                                     f"give {int(text) * 1000} or an ISO 8601 time", param_hint=option)
         return int(text)
     try:
         t = dt.datetime.fromisoformat(text.replace("Z", "+00:00"))
@@ -264,7 +273,7 @@ def bindings_lookup(address: str, at: str | None, config: Config) -> None:
     from decoders.addresses import network_text
     from mediation.subscribers.bindings import Bindings, join_addresses, parse_network
 
-    t = parse_time(at) if at else int(time.time() * 1000)
+    t = parse_time(at, "--at") if at else int(time.time() * 1000)
     hi, lo, _ = parse_network(address)
     b = Bindings(config.data_path(config.subscribers.bindings_db))
     sub, bid = b.lookup(join_addresses(np.array([hi], np.uint64), np.array([lo], np.uint64)), np.array([t]))
@@ -273,9 +282,12 @@ def bindings_lookup(address: str, at: str | None, config: Config) -> None:
         sys.exit(1)
     row = b.conn.execute("SELECT subscriber_id, net_hi, net_lo, prefix_len, valid_from, valid_to, source, session_id, "
                          "nas FROM bindings WHERE id=?", (int(bid[0]),)).fetchone()
+    from mediation.tables import OPEN_END_MS
+
     net = network_text((row[1] % (1 << 64)) << 64 | row[2] % (1 << 64), row[3])
-    click.echo(f"{address} at {_iso(t)}: {row[0]} (binding {bid[0]}, {net}, from {_iso(row[4])} to "
-               f"{_iso(row[5])}, {row[6]} {row[7]} {row[8]})")
+    until = "open" if row[5] >= OPEN_END_MS else f"to {_iso(row[5])}"  # as `bindings list` prints it
+    click.echo(f"{address} at {_iso(t)}: {row[0]} (binding {bid[0]}, {net}, from {_iso(row[4])} {until}, "
+               f"{row[6]} {row[7]} {row[8]})")
 
 
 @bindings_group.command("list")

@@ -19,6 +19,11 @@ def test_bindings_load_lookup_and_list(tmp_path):
     assert r.exit_code == 0 and "2 bindings opened, 0 ended" in r.output
     r = run(tmp_path, "bindings", "lookup", "192.0.2.7", "--at", "2026-03-01T00:00:00Z")
     assert r.exit_code == 0 and ": alice (binding 1, 192.0.2.7, from" in r.output  # the host, not "/128"
+    assert "from 2026-01-01T00:00:00Z open, static" in r.output  # as `list` says, not the far-future end
+    r = run(tmp_path, "bindings", "lookup", "192.0.2.7", "--at", "1772486000")
+    assert r.exit_code == 2 and "looks like epoch seconds" in r.output and "1772486000000" in r.output
+    r = run(tmp_path, "reconcile", "--from", "1772486000", "--to", "1772489600000")
+    assert r.exit_code == 2 and "looks like epoch seconds" in r.output
     r = run(tmp_path, "bindings", "lookup", "192.0.2.7", "--at", "2025-12-31T23:59:59Z")
     assert r.exit_code == 1 and "no binding" in r.output
     r = run(tmp_path, "bindings", "lookup", "2001:db8:100:ff::1", "--at", "1767225600000")
