@@ -89,8 +89,8 @@ def _follow(job, config) -> None:
     if config.rating.metrics_listen:
         try:
             http = status_mod.HttpServer(config.rating.metrics_listen, metrics.registry, metrics.status)
-        except OSError as exc:
-            raise click.ClickException(f"cannot serve metrics on {config.rating.metrics_listen}: {exc}") from None
+        except OSError as exc:  # a ListenError: it names the address and what it was for
+            raise click.ClickException(str(exc)) from None
         http.start()
         click.echo(f"metrics on http://{http.address}/metrics", err=True)
     try:

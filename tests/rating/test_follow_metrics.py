@@ -90,3 +90,23 @@ def test_metrics_listen_is_validated(tmp_path: Path) -> None:
     cfg.write_text('[rating]\nmetrics_listen = "nowhere"\n')
     with pytest.raises(ConfigError, match="rating.metrics_listen"):
         load(cfg)
+
+
+def test_follow_on_a_taken_metrics_address_says_so_once(tmp_path: Path) -> None:
+    import socket
+
+    from click.testing import CliRunner
+
+    from collector.cli import main
+
+    (tmp_path / "plans.toml").write_text(HOME_PLAN)
+    (tmp_path / "assignments.csv").write_text("subscriber_id,plan_id,from\n")
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        address = f"127.0.0.1:{taken.getsockname()[1]}"
+        r = CliRunner().invoke(main, ["rate", "--follow", "--set", f"store.path={tmp_path}",
+                                      "--set", f"rating.metrics_listen={address}"])
+    assert r.exit_code == 1
+    assert f"cannot listen for metrics on {address}: Address already in use" in r.output
+    assert r.output.count(address) == 1, r.output  # one message, not the same cause wrapped twice
