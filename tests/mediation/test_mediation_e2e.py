@@ -154,8 +154,9 @@ def test_reprocess_rejects_after_raising_a_limit(tmp_path):
     out = m.process(flows([dict(src="100.64.0.1", dst="8.8.8.8", start=T0, end=T0 + 120_000, bytes=777, packets=7),
                            dict(src="100.64.0.1", dst="8.8.8.8", start=T0, end=T0 + 1000, bytes=5, packets=1)]),
                     T0 + 200_000)
-    for name, b in {**out, **m.close_all(T0 + 200_000)}.items():
-        sink.add(name, b)
+    for batches in (out, m.close_all(T0 + 200_000)):  # both: each may hold reconciliation rows
+        for name, b in batches.items():
+            sink.add(name, b)
     sink.close()
     assert usage_by_key(store) == {("alice", T0, "up"): 5}
     args = ("reprocess", "--from", iso(T0 - 3600_000), "--to", iso(T0 + 3600_000), "--set",
@@ -168,6 +169,11 @@ def test_reprocess_rejects_after_raising_a_limit(tmp_path):
     assert usage_by_key(store) == {("alice", T0, "up"): 782}
     rec = cli(store, "reconcile", "--from", iso(T0 - 3600_000), "--to", iso(T0 + 3600_000))
     assert rec.returncode == 0, rec.stdout
+    totals = {line.split("\t")[2]: line.split("\t")[3:9] for line in rec.stdout.splitlines()
+              if line.startswith("total")}
+    # records_in, bytes_in, attributed, unattributed, rejected, duplicate: the reject moved to attributed once
+    assert totals == {"received": ["2", "782", "5", "0", "777", "0"], "reprocess": ["1", "777", "777", "0", "0", "0"],
+                      "net": ["2", "782", "782", "0", "0", "0"]}
 
 
 @pytest.mark.slow
