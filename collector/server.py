@@ -389,7 +389,8 @@ def make_sink(config: Config, metrics: metrics_mod.Metrics, worker: int | None =
         metrics.output_errors.labels(output).inc()
 
     return Sink(outputs, config.store.flush_rows, config.store.flush_interval_s,
-                config.store.max_pending_rows, id_generator=BatchIdGenerator(worker or 0), on_write=on_write,
+                config.store.max_pending_rows,
+                id_generator=BatchIdGenerator(worker or 0, host=config.service.host_index), on_write=on_write,
                 on_error=on_error)
 
 
