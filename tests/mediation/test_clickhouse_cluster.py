@@ -106,7 +106,7 @@ def check_exact(cluster: ReplicatedCluster, db: str, ks: list[int], ids: list[in
     for s, shard in enumerate(cluster.nodes):
         per_replica = [node.query(f"SELECT batch_id, count() FROM {db}.flows_local GROUP BY batch_id "
                                   "ORDER BY batch_id") for node in shard]
-        assert per_replica[0] == per_replica[1], f"the replicas of shard {s + 1} differ"
+        assert all(r == per_replica[0] for r in per_replica), f"the replicas of shard {s + 1} differ"
         for line in per_replica[0].splitlines():
             batch_id, count = map(int, line.split())
             assert count == 1000 and batch_id not in seen, (batch_id, count, s)
@@ -398,3 +398,34 @@ def test_two_collector_hosts_rated_once_as_one_host(replicated_cluster, tmp_path
     assert "rating lease is held by" in loser, loser
     assert int(c.nodes[1][0].query("SELECT count() FROM two_hosts.rating_runs")) == int(runs) + 1
     assert rated(c, "two_hosts") == records
+
+
+# ---- adding a replica ----------------------------------------------------------------------------------------------
+def test_a_new_replica_is_added_with_migrate(replicated_cluster, db, tmp_path):
+    """A third replica for shard 1: remote_servers on every node, its macros, then ``flowmed clickhouse migrate``
+    (it checks every node and creates what the new one lacks, ON CLUSTER); the replica fetches the shard's data."""
+    c = replicated_cluster
+    out = output(c, db, tmp_path / "spool", tables=(FLOWS,))
+    for k in range(8):
+        out.write(FLOWS, flow_batch(k), ID0 + k)
+    assert out.drain(120), out.status()
+    out.close()
+    new = c.add_replica(0)
+    try:
+        wait_until(lambda: all(n.query(f"SELECT count() FROM system.clusters WHERE cluster = '{c.name}'").strip()
+                               == "5" for n in c.all_nodes if n is not new), what="remote_servers to be reloaded")
+        new.start()
+        c.wait_zookeeper(new)
+        args = [flowmed(), "clickhouse", "migrate"]
+        for setting in (f"output.clickhouse.hosts={json.dumps(hosts(c))}", f"output.clickhouse.database={db}",
+                        f"output.clickhouse.cluster={c.name}", "output.clickhouse.replicated=true"):
+            args += ["--set", setting]
+        done = subprocess.run(args, cwd=tmp_path, capture_output=True, text=True, timeout=300)
+        assert done.returncode == 0, done.stderr[-3000:]
+        assert f"created table {db}.flows_local" in done.stdout, done.stdout
+        assert new.query(f"SELECT engine FROM system.tables WHERE database = '{db}' AND name = 'flows_local'") \
+            == "ReplicatedMergeTree\n"
+        check_exact(c, db, list(range(8)), [ID0 + k for k in range(8)])  # the new replica holds shard 1's batches
+        assert new.query(f"SELECT count() FROM {db}_read.flows") == "8000\n"
+    finally:
+        c.remove_replica(new)
