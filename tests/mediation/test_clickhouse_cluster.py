@@ -166,6 +166,26 @@ def test_steady_stream_and_resent_batches(replicated_cluster, db, tmp_path):
     assert c.nodes[1][0].query(f"SELECT count() FROM {db}.usage FINAL") == "800\n"
 
 
+def test_retention_drops_expired_partitions_on_every_shard(replicated_cluster, db, tmp_path):
+    """18.16 has no TTL: flowmed drops whole expired day partitions, listed over the cluster, ON CLUSTER."""
+    c = replicated_cluster
+    out = output(c, db, tmp_path / "spool", tables=(FLOWS,))
+    for k in range(6):
+        out.write(FLOWS, flow_batch(k), ID0 + k)
+    assert out.drain(120), out.status()
+    out.close()
+    sync(c, db)
+    assert {n.query(f"SELECT count() > 0 FROM {db}.flows_local") for n in c.all_nodes} == {"1\n"}
+    cfg = ClickHouseConfig(enabled=True, hosts=hosts(c), database=db, cluster=c.name, replicated=True,
+                           flows_retention_days=30)  # the batches are of 2025-11-24: long expired
+    keeper = ClickHouseOutput(cfg, SpoolConfig(), tmp_path / "spool2", tables=[FLOWS], retention_interval_s=3600)
+    try:
+        wait_until(lambda: all(n.query(f"SELECT count() FROM {db}.flows_local") == "0\n" for n in c.all_nodes),
+                   what="the expired partitions to be dropped on every replica")
+    finally:
+        keeper.close()
+
+
 # ---- a replica lost mid-stream -------------------------------------------------------------------------------------
 def test_replica_killed_mid_stream_and_restarted(replicated_cluster, db, tmp_path):
     c = replicated_cluster
