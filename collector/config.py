@@ -173,7 +173,8 @@ class ClickHouseConfig:
     enabled: bool = False
     """Write to a ClickHouse server (in addition to, or instead of, the embedded store)."""
     hosts: list[str] = field(default_factory=lambda: ["127.0.0.1"])
-    """Server host names or addresses; tried in order."""
+    """Server host names or addresses, each optionally with its own port ("10.0.0.6:9001", "[2001:db8::6]:9001");
+    tried in order."""
     port: int = 9000
     """Native protocol port (9440 is usual with TLS)."""
     database: str = "flowmed"
@@ -225,6 +226,11 @@ class ClickHouseConfig:
             raise ConfigError(f"{key}.port", self.port, "a TCP port number")
         _check_positive(key, batch_rows=self.batch_rows, batch_interval_s=self.batch_interval_s,
                         insert_timeout_s=self.insert_timeout_s)
+        for host in self.hosts:
+            port = host.rpartition("]:")[2] if host.startswith("[") and "]:" in host else \
+                host.partition(":")[2] if host.count(":") == 1 else "9000"
+            if not (port.isdigit() and 0 < int(port) < 65536):
+                raise ConfigError(f"{key}.hosts", host, "a host, host:port or [IPv6]:port")
         if self.replicated and not self.cluster:
             raise ConfigError(f"{key}.replicated", self.replicated, "a cluster name in cluster as well")
         if not re.fullmatch(r"(/[A-Za-z0-9_.-]+)+", self.zookeeper_path):

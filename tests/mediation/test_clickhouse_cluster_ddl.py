@@ -156,9 +156,11 @@ def test_cluster_settings_are_validated():
     cfg = load(None, ["output.clickhouse.cluster=c1", "output.clickhouse.replicated=true",
                       "output.clickhouse.insert_quorum=2", "service.host_index=3"])
     assert cfg.output.clickhouse.replicated and cfg.service.host_index == 3
+    load(None, ['output.clickhouse.hosts=["ch1", "ch2:9001", "[2001:db8::1]:9002", "2001:db8::2"]'])
     for bad in (["output.clickhouse.replicated=true"],  # no cluster
                 ["output.clickhouse.cluster=c1", "output.clickhouse.zookeeper_path=clickhouse/x"],
-                ["service.host_index=64"]):
+                ["service.host_index=64"], ['output.clickhouse.hosts=["ch1:90x"]'],
+                ['output.clickhouse.hosts=["[2001:db8::1]:0"]']):
         with pytest.raises(ConfigError):
             load(None, bad)
     assert ClickHouseConfig().zookeeper_path == "/clickhouse/flowmed"
