@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import ipaddress
 import os
+import re
 import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -185,7 +186,8 @@ class ClickHouseConfig:
     enabled: bool = False
     """Write to a ClickHouse server (in addition to, or instead of, the embedded store)."""
     hosts: list[str] = field(default_factory=lambda: ["127.0.0.1"])
-    """Server host names or addresses; tried in order."""
+    """Server host names or addresses, each optionally with its own port ("10.0.0.6:9001", "[2001:db8::6]:9001");
+    tried in order."""
     port: int = 9000
     """Native protocol port (9440 is usual with TLS)."""
     database: str = "flowmed"
@@ -201,7 +203,16 @@ class ClickHouseConfig:
     ca_file: str = ""
     """CA bundle for TLS (empty: the system's)."""
     cluster: str = ""
-    """Cluster name: create local tables plus Distributed tables and write through them."""
+    """Cluster name (from the servers' remote_servers): <table>_local tables on every node plus Distributed tables
+    that flowmed writes and reads through (docs/cluster.md). Empty: one server."""
+    replicated: bool = False
+    """With a cluster: ReplicatedMergeTree tables ({shard}/{replica} macros) created ON CLUSTER, so a lost server
+    loses no data; the servers need ZooKeeper or ClickHouse Keeper."""
+    zookeeper_path: str = "/clickhouse/flowmed"
+    """With replicated: ZooKeeper/Keeper path prefix of the tables (<prefix>/tables/{shard}/<database>/<table>)."""
+    insert_quorum: int = 0
+    """With replicated: replicas that must hold a batch before it leaves the spool (0: one; 2: a server lost right
+    after an insert loses nothing, but a shard with a replica down takes no inserts until it is back)."""
     flows: bool = True
     """Write raw flows (the mediated tables are always written)."""
     flows_retention_days: int = 0
@@ -228,6 +239,17 @@ class ClickHouseConfig:
             raise ConfigError(f"{key}.port", self.port, "a TCP port number")
         _check_positive(key, batch_rows=self.batch_rows, batch_interval_s=self.batch_interval_s,
                         insert_timeout_s=self.insert_timeout_s)
+        for host in self.hosts:
+            port = host.rpartition("]:")[2] if host.startswith("[") and "]:" in host else \
+                host.partition(":")[2] if host.count(":") == 1 else "9000"
+            if not (port.isdigit() and 0 < int(port) < 65536):
+                raise ConfigError(f"{key}.hosts", host, "a host, host:port or [IPv6]:port")
+        if self.replicated and not self.cluster:
+            raise ConfigError(f"{key}.replicated", self.replicated, "a cluster name in cluster as well")
+        if not re.fullmatch(r"(/[A-Za-z0-9_.-]+)+", self.zookeeper_path):
+            raise ConfigError(f"{key}.zookeeper_path", self.zookeeper_path, "an absolute path such as /clickhouse/x")
+        if not 0 <= self.insert_quorum <= 16:
+            raise ConfigError(f"{key}.insert_quorum", self.insert_quorum, "0 to 16 replicas")
 
 
 @dataclass(frozen=True)
@@ -279,10 +301,15 @@ class ServiceConfig:
     """Worker processes sharing each UDP port with SO_REUSEPORT."""
     shutdown_timeout_s: float = 30.0
     """Longest time SIGTERM may take to flush before exit."""
+    host_index: int = 0
+    """This host's number (0-63) among the collector and rating hosts writing into one ClickHouse cluster: it goes
+    into every batch id, so batches of different hosts never share an id (give each host its own)."""
 
     def validate(self, key: str) -> None:
         if self.workers < 1:
             raise ConfigError(f"{key}.workers", self.workers, "an integer >= 1")
+        if not 0 <= self.host_index < 64:
+            raise ConfigError(f"{key}.host_index", self.host_index, "0 to 63")
 
 
 @dataclass(frozen=True)

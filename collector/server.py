@@ -405,7 +405,8 @@ def make_sink(config: Config, metrics: metrics_mod.Metrics, worker: int | None =
         metrics.output_replayed_rows.labels(output).inc(rows)
 
     return Sink(outputs, config.store.flush_rows, config.store.flush_interval_s,
-                config.store.max_pending_rows, id_generator=BatchIdGenerator(worker or 0), on_write=on_write,
+                config.store.max_pending_rows,
+                id_generator=BatchIdGenerator(worker or 0, host=config.service.host_index), on_write=on_write,
                 on_error=on_error, journal=journal, on_replay=on_replay,
                 unjournaled=() if config.output.clickhouse.flows else ("flows",))
 

@@ -104,9 +104,20 @@ class RatingJob:
         self._assignments = assignments
         self._assignment_file = None if assignments is not None else AssignmentFile(
             config.data_path(config.rating.assignments_file))
-        self.batch_ids = BatchIdGenerator(worker=255)  # 255: never a collector worker, so batch ids never collide
-        self.lease = StoreLease(self.engine.query, self._write_visible, owner=owner,
+        # 255: never a collector worker; the host bits keep the rating hosts of a cluster apart.
+        self.batch_ids = BatchIdGenerator(worker=255, host=config.service.host_index)
+        self.lease = StoreLease(self._lease_reader(), self._write_visible, owner=owner,
                                 ttl_s=config.rating.lease_ttl_s, clock=clock)
+
+    def _lease_reader(self):
+        """How the lease reads: on a replicated ClickHouse cluster the connected replica first catches up with
+        every lease row acknowledged anywhere (read-your-writes across rating hosts); elsewhere a plain query."""
+        from storage.clickhouse.query import ClickHouseBackend
+
+        backend = self.engine.backend
+        if isinstance(backend, ClickHouseBackend) and backend.replicated:
+            return lambda sql: backend.query(sql, sync=rt.RATING_LEASE.name)
+        return self.engine.query
 
     # --- inputs -----------------------------------------------------------------------------------------------------
 

@@ -100,21 +100,28 @@ class OutputStats:
 _EPOCH_MS = 1_577_836_800_000  # 2020-01-01T00:00:00Z: 42 bits of milliseconds from here last until the year 2159.
 _WORKER_BITS = 8
 _SEQ_BITS = 14
+_HOST_BITS = 6  # the top of the sequence field: 8 bits of counter (256 ids per millisecond) stay
+_COUNTER_BITS = _SEQ_BITS - _HOST_BITS
 
 
 class BatchIdGenerator:
-    """Unique, increasing u64 batch ids: 42 bits of milliseconds since 2020, 8 bits of worker, 14 bits of sequence.
+    """Unique, increasing u64 batch ids: 42 bits of milliseconds since 2020, 8 bits of worker, 6 bits of host and 8
+    bits of sequence.
 
-    Ids stay unique across restarts (the clock moves on) and across worker processes (the worker bits), and they sort
-    in time order, so files named after them list oldest first. If the wall clock steps back, ids continue from the
-    last one issued instead of repeating. A batch keeps its id for life: retries and replays reuse it, which is what
-    makes them idempotent.
+    Ids stay unique across restarts (the clock moves on), across worker processes (the worker bits) and across hosts
+    writing into one ClickHouse cluster (the host bits, ``service.host_index``), and they sort in time order, so files
+    named after them list oldest first. If the wall clock steps back, ids continue from the last one issued instead of
+    repeating. A batch keeps its id for life: retries and replays reuse it, which is what makes them idempotent.
     """
 
-    def __init__(self, worker: int = 0, clock=time.time) -> None:
+    def __init__(self, worker: int = 0, clock=time.time, *, host: int = 0) -> None:
         if not 0 <= worker < (1 << _WORKER_BITS):
             raise ValueError(f"worker must be in 0..{(1 << _WORKER_BITS) - 1}")
+        if not 0 <= host < (1 << _HOST_BITS):
+            raise ValueError(f"host must be in 0..{(1 << _HOST_BITS) - 1}")
         self._worker = worker
+        self._fixed = (worker << _SEQ_BITS) | (host << _COUNTER_BITS)
+        self._fixed_mask = ((1 << (_WORKER_BITS + _SEQ_BITS)) - 1) ^ ((1 << _COUNTER_BITS) - 1)
         self._clock = clock
         self._last = 0
         self._lock = threading.Lock()
@@ -122,15 +129,15 @@ class BatchIdGenerator:
     def next(self) -> int:
         """A new id, greater than every id this generator issued before."""
         ms = int(self._clock() * 1000) - _EPOCH_MS
-        candidate = (max(ms, 0) << (_WORKER_BITS + _SEQ_BITS)) | (self._worker << _SEQ_BITS)
+        candidate = (max(ms, 0) << (_WORKER_BITS + _SEQ_BITS)) | self._fixed
         with self._lock:
             if candidate <= self._last:
-                # Same millisecond (or the clock stepped back): bump the sequence; if it overflows into the worker
-                # bits, move on to the next millisecond, keeping our worker bits.
+                # Same millisecond (or the clock stepped back): bump the counter; if it overflows into the host or
+                # worker bits, move on to the next millisecond, keeping our worker and host bits.
                 candidate = self._last + 1
-                if (candidate >> _SEQ_BITS) & ((1 << _WORKER_BITS) - 1) != self._worker:
+                if candidate & self._fixed_mask != self._fixed:
                     ms_part = (candidate >> (_WORKER_BITS + _SEQ_BITS)) + 1
-                    candidate = (ms_part << (_WORKER_BITS + _SEQ_BITS)) | (self._worker << _SEQ_BITS)
+                    candidate = (ms_part << (_WORKER_BITS + _SEQ_BITS)) | self._fixed
             self._last = candidate
         return candidate
 

@@ -25,13 +25,7 @@ def clickhouse_group() -> None:
 @config_options
 def ddl_command(server_version: str | None, config) -> None:
     """Print the CREATE statements for every table and its read view (one per line block, ';'-terminated)."""
-    from storage.clickhouse.ddl import (
-        ServerCaps,
-        create_distributed_sql,
-        create_table_sql,
-        quote_ident,
-        read_view_sql,
-    )
+    from storage.clickhouse.ddl import ServerCaps, ddl_statements
     from storage.clickhouse.output import connect, load_tables, server_caps
 
     ch = config.output.clickhouse
@@ -44,25 +38,21 @@ def ddl_command(server_version: str | None, config) -> None:
             client.disconnect()
         except Exception as exc:  # noqa: BLE001 - unreachable: say so, suggest --server-version
             raise click.ClickException(f"cannot reach ClickHouse ({exc}); use --server-version") from None
-    retention = {"flows": ch.flows_retention_days}
-    db, read_db = ch.database, f"{ch.database}_read"
-    out = [f"-- flowmed DDL for ClickHouse {caps.version_text} ({'modern' if caps.modern else '18.16-compatible'})",
-           f"CREATE DATABASE IF NOT EXISTS {quote_ident(db)};",
-           f"CREATE DATABASE IF NOT EXISTS {quote_ident(read_db)};"]
-    if caps.low_cardinality:
-        out.append("SET allow_suspicious_low_cardinality_types = 1;")
-    for table in load_tables().values():
-        local = f"{table.name}_local" if ch.cluster else table.name
-        out.append(create_table_sql(table, caps, db, name=local, retention_days=retention.get(table.name, 0)) + ";")
-        if ch.cluster:
-            out.append(create_distributed_sql(table, caps, db, ch.cluster, local) + ";")
-        out.append(read_view_sql(table, caps, db, read_db) + ";")
+    where = ("" if not ch.cluster else
+             f", run once: ON CLUSTER {ch.cluster}" if ch.replicated else f", run on every node of {ch.cluster}")
+    out = [f"-- flowmed DDL for ClickHouse {caps.version_text} ({'modern' if caps.modern else '18.16-compatible'}"
+           f"{where})"]
+    out += [sql + ";" for sql in ddl_statements(load_tables().values(), caps, ch.database, cluster=ch.cluster,
+                                                replicated=ch.replicated, zookeeper_path=ch.zookeeper_path,
+                                                retention_days={"flows": ch.flows_retention_days})]
     click.echo("\n\n".join(out))
 
 
 def _manager(config):
+    """The schema manager for ``migrate`` and ``retention``: on a cluster it checks every node (a node that is down
+    is reported and left out)."""
     from storage.clickhouse.ddl import SchemaManager
-    from storage.clickhouse.output import connect, executor, server_caps
+    from storage.clickhouse.output import connect, ddl_timeout_s, executor, server_caps
 
     ch = config.output.clickhouse
     try:
@@ -78,7 +68,8 @@ def _manager(config):
             raise click.ClickException(f"cluster {ch.cluster!r} is not defined on the server")
         hosts = [connect(ch, host=str(h), port=int(p)) for h, p in rows]
     return client, hosts, SchemaManager(executor(client), caps, ch.database, cluster=ch.cluster,
-                                        host_executors=[executor(h) for h in hosts],
+                                        host_executors=[executor(h) for h in hosts], replicated=ch.replicated,
+                                        zookeeper_path=ch.zookeeper_path, ddl_timeout_s=ddl_timeout_s(ch),
                                         retention_days={"flows": ch.flows_retention_days})
 
 
@@ -96,6 +87,8 @@ def migrate_command(config) -> None:
             c.disconnect()
     for line in report.lines() or ["schema is up to date"]:
         click.echo(line)
+    for host in manager.unreachable:
+        click.echo(f"host unreachable, not checked: {host}", err=True)
     if report.type_mismatches:
         raise SystemExit(3)
 

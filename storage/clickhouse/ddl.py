@@ -20,12 +20,18 @@ embedded store. ``flowmed query`` against a server reads that database.
 Schema changes between flowmed versions are migrated: :meth:`SchemaManager.ensure` compares ``system.columns`` with
 the wanted columns, adds missing columns with ``ALTER TABLE ... ADD COLUMN`` and reports (never silently rewrites)
 columns whose type differs.
+
+On a cluster (:class:`SchemaManager`, docs/cluster.md) every table is ``<t>_local`` on each node plus a
+``Distributed`` table ``<t>``; with replication the local tables are ``ReplicatedMergeTree`` /
+``ReplicatedReplacingMergeTree`` (:class:`Replication`, the same statements on 18.16 with ZooKeeper and on modern
+servers with ClickHouse Keeper) and the DDL goes ``ON CLUSTER``.
 """
 
 from __future__ import annotations
 
 import logging
 import re
+import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 
@@ -121,13 +127,47 @@ def partition_expr(table: Table) -> str:
     return f"{fn}({quote_ident(table.time_column)})"
 
 
-def engine_sql(table: Table) -> str:
-    if table.engine == "MergeTree":
-        return "MergeTree"
-    if table.engine == "ReplacingMergeTree":
-        return f"ReplacingMergeTree({quote_ident(table.version_column)})" if table.version_column \
-            else "ReplacingMergeTree"
-    raise ValueError(f"table {table.name}: unsupported engine {table.engine!r}")
+EVERYWHERE = frozenset({"rating_lease"})
+"""Tables that a replicated cluster keeps whole on every node (one replicated table, no shards, no Distributed
+table): the rating lease, whose rows every rating host must read back from the node it is connected to."""
+
+
+@dataclass(frozen=True)
+class Replication:
+    """Replicated engines for a cluster: where the tables keep their metadata in ZooKeeper (or ClickHouse Keeper).
+
+    A sharded table ``<t>_local`` is ``Replicated*MergeTree('<path>/tables/{shard}/<db>/<t>_local', '{replica}')``:
+    the servers' ``{shard}`` and ``{replica}`` macros make one replica set per shard. A table kept on every node
+    (:data:`EVERYWHERE`) has one replica set over the whole cluster, ``'<path>/tables/all/<db>/<t>'`` with replica
+    name ``'{shard}-{replica}'`` (unique over the cluster).
+    """
+
+    zookeeper_path: str = "/clickhouse/flowmed"
+
+    def __post_init__(self) -> None:
+        if not re.fullmatch(r"(/[A-Za-z0-9_.-]+)+", self.zookeeper_path):
+            raise ValueError(f"not a safe ZooKeeper path: {self.zookeeper_path!r}")
+
+    def arguments(self, database: str, name: str, everywhere: bool = False) -> str:
+        """The engine's first two arguments: the table's ZooKeeper path and its replica name."""
+        quote_ident(database)
+        quote_ident(name)
+        if everywhere:
+            return f"'{self.zookeeper_path}/tables/all/{database}/{name}', '{{shard}}-{{replica}}'"
+        return f"'{self.zookeeper_path}/tables/{{shard}}/{database}/{name}', '{{replica}}'"
+
+
+def engine_sql(table: Table, replication: Replication | None = None, *, database: str = "", name: str = "",
+               everywhere: bool = False) -> str:
+    """The table engine: ``MergeTree`` / ``ReplacingMergeTree(version)``, or their ``Replicated`` variants with
+    ``replication`` (``database`` and ``name`` then give the ZooKeeper path)."""
+    if table.engine not in ("MergeTree", "ReplacingMergeTree"):
+        raise ValueError(f"table {table.name}: unsupported engine {table.engine!r}")
+    args = [replication.arguments(database, name or table.name, everywhere)] if replication else []
+    if table.engine == "ReplacingMergeTree" and table.version_column:
+        args.append(quote_ident(table.version_column))
+    engine = ("Replicated" if replication else "") + table.engine
+    return f"{engine}({', '.join(args)})" if args else engine
 
 
 def ttl_sql(table: Table, retention_days: int) -> str:
@@ -135,27 +175,40 @@ def ttl_sql(table: Table, retention_days: int) -> str:
 
 
 def create_table_sql(table: Table, caps: ServerCaps, database: str, *, name: str | None = None,
-                     retention_days: int = 0, on_cluster: str | None = None) -> str:
-    """``CREATE TABLE IF NOT EXISTS`` for ``table`` (optionally under another ``name``, e.g. ``flows_local``)."""
+                     retention_days: int = 0, on_cluster: str | None = None,
+                     replication: Replication | None = None, everywhere: bool = False) -> str:
+    """``CREATE TABLE IF NOT EXISTS`` for ``table`` (optionally under another ``name``, e.g. ``flows_local``);
+    ``replication`` makes it a Replicated engine (``everywhere``: one replica set over the whole cluster)."""
     cols = ",\n    ".join(column_sql(c, caps) for c in table.columns)
     cluster = f" ON CLUSTER {quote_ident(on_cluster)}" if on_cluster else ""
     order = ", ".join(quote_ident(c) for c in table.order_by)
+    engine = engine_sql(table, replication, database=database, name=name or table.name, everywhere=everywhere)
     sql = (f"CREATE TABLE IF NOT EXISTS {quote_ident(database)}.{quote_ident(name or table.name)}{cluster}\n"
-           f"(\n    {cols}\n)\nENGINE = {engine_sql(table)}\nPARTITION BY {partition_expr(table)}\n"
+           f"(\n    {cols}\n)\nENGINE = {engine}\nPARTITION BY {partition_expr(table)}\n"
            f"ORDER BY ({order})")
     settings = ["index_granularity = 8192"]
-    if caps.non_replicated_deduplication_window:
+    if replication is not None:
+        # A re-sent batch is dropped by the replicas' block de-duplication: by identical blocks (18.16) or by
+        # insert_deduplication_token (modern). Remember more blocks than the default 100, so a batch retried after
+        # a while, with other hosts inserting meanwhile, is still recognised (ZooKeeper keeps a hash per block).
+        settings.append(f"replicated_deduplication_window = {DEDUPLICATION_WINDOW}")
+    elif caps.non_replicated_deduplication_window:
         # Lets insert_deduplication_token drop a retried batch on non-replicated tables too.
-        settings.append("non_replicated_deduplication_window = 1000")
+        settings.append(f"non_replicated_deduplication_window = {DEDUPLICATION_WINDOW}")
     if retention_days > 0 and caps.ttl:
         sql += f"\nTTL {ttl_sql(table, retention_days)}"
         settings.append("ttl_only_drop_parts = 1")
     return sql + "\nSETTINGS " + ", ".join(settings)
 
 
+DEDUPLICATION_WINDOW = 1000
+"""Inserted blocks per table (per shard) whose hashes the server keeps to drop a re-sent one."""
+
+
 def sharding_key(table: Table) -> str:
-    """Distributed sharding key: a whole batch on one shard (so the batch_id check and cleanup stay on one
-    server), or rows with the same ReplacingMergeTree key on the same shard (so replacement works)."""
+    """Distributed sharding key: a whole batch on one shard (so the batch_id check stays on one shard, and a re-sent
+    batch reaches the same shard as one identical block, which its replicas drop as a duplicate), or rows with the
+    same ReplacingMergeTree key on the same shard (so replacement works; a re-sent batch splits the same way)."""
     if "batch_id" in table.column_names and table.engine == "MergeTree":
         return "intHash64(`batch_id`)"
     if table.engine == "ReplacingMergeTree":
@@ -173,15 +226,46 @@ def create_distributed_sql(table: Table, caps: ServerCaps, database: str, cluste
             f"{quote_ident(local_name)}, {sharding_key(table)})")
 
 
-def read_view_sql(table: Table, caps: ServerCaps, database: str, read_database: str) -> str:
+def read_view_sql(table: Table, caps: ServerCaps, database: str, read_database: str, *,
+                  on_cluster: str | None = None) -> str:
     """The read view: addresses as text on every generation, ReplacingMergeTree tables read FINAL."""
     exprs = []
     for c in table.columns:
         q = quote_ident(c.name)
         exprs.append(f"IPv6NumToString({q}) AS {q}" if c.kind == "ip" and not caps.ipv6 else q)
     final = " FINAL" if table.engine == "ReplacingMergeTree" else ""
-    return (f"CREATE VIEW {quote_ident(read_database)}.{quote_ident(table.name)} AS SELECT "
+    cluster = f" ON CLUSTER {quote_ident(on_cluster)}" if on_cluster else ""
+    return (f"CREATE VIEW {quote_ident(read_database)}.{quote_ident(table.name)}{cluster} AS SELECT "
             + ", ".join(exprs) + f" FROM {quote_ident(database)}.{quote_ident(table.name)}{final}")
+
+
+def ddl_statements(tables: Iterable[Table], caps: ServerCaps, database: str, *, cluster: str = "",
+                   replicated: bool = False, zookeeper_path: str = "/clickhouse/flowmed",
+                   retention_days: dict[str, int] | None = None) -> list[str]:
+    """Every statement that creates flowmed's schema (``flowmed clickhouse ddl``), without the ';'.
+
+    Without a cluster they run on the one server; a cluster without replication runs them on every node; a replicated
+    cluster runs them once (``ON CLUSTER``: the servers' distributed DDL queue applies them on every node, also on a
+    node that is down now, when it comes back).
+    """
+    retention = dict(retention_days or {})
+    replication = Replication(zookeeper_path) if replicated and cluster else None
+    on = cluster if replication else None
+    where = f" ON CLUSTER {quote_ident(cluster)}" if on else ""
+    read_db = f"{database}_read"
+    out = [f"CREATE DATABASE IF NOT EXISTS {quote_ident(database)}{where}",
+           f"CREATE DATABASE IF NOT EXISTS {quote_ident(read_db)}{where}"]
+    if caps.low_cardinality:
+        out.append("SET allow_suspicious_low_cardinality_types = 1")
+    for table in tables:
+        everywhere = replication is not None and table.name in EVERYWHERE
+        local = f"{table.name}_local" if cluster and not everywhere else table.name
+        out.append(create_table_sql(table, caps, database, name=local, retention_days=retention.get(table.name, 0),
+                                    on_cluster=on, replication=replication, everywhere=everywhere))
+        if cluster and not everywhere:
+            out.append(create_distributed_sql(table, caps, database, cluster, local, on_cluster=bool(on)))
+        out.append(read_view_sql(table, caps, database, read_db, on_cluster=on))
+    return out
 
 
 def _norm_view(sql: str) -> str:
@@ -212,17 +296,35 @@ class MigrationReport:
         return out
 
 
+class HostUnreachable(Exception):
+    """The server an :data:`Executor` talks to cannot be reached (refused, timed out, connection lost).
+
+    Executors raise it (instead of the driver's errors) so the schema check of a cluster can leave out a host that
+    is down, rather than stop every insert until that host is back.
+    """
+
+
 class SchemaManager:
     """Creates and migrates flowmed's tables on one server or a cluster, idempotently.
 
-    ``execute`` runs SQL on the server flowmed writes to. In cluster mode ``host_executors`` run SQL on every
-    shard/replica (``<t>_local`` tables and the ``Distributed`` tables are created on each, which needs no
-    ZooKeeper); with ``use_on_cluster`` the statements are sent once with ``ON CLUSTER`` instead (distributed DDL,
-    which needs ZooKeeper on the servers).
+    ``execute`` runs SQL on the server flowmed is connected to. Three ways to lay out a cluster:
+
+    * per host (``cluster`` without ZooKeeper): ``host_executors`` run SQL on every node; ``<t>_local`` and the
+      ``Distributed`` table ``<t>`` are created on each. A node that cannot be reached (:class:`HostUnreachable`)
+      is left out and logged; the next check (every reconnect) creates what it lacks once it is back;
+    * ``use_on_cluster`` (the servers have ZooKeeper): the same tables, the DDL sent once ``ON CLUSTER``;
+    * ``replicated``: ``Replicated*MergeTree`` local tables (:class:`Replication`) and, for :data:`EVERYWHERE`
+      tables, one replicated table on every node instead of a Distributed one; DDL ``ON CLUSTER``.
+
+    With ``ON CLUSTER`` the schema is checked on the connected server only (plus ``host_executors`` when given:
+    ``flowmed clickhouse migrate`` checks every node, e.g. after adding one): a node that is down neither stops the
+    check nor the inserts, and the servers' DDL queue brings it up to date when it comes back. A DDL statement waits
+    ``ddl_timeout_s`` for every node; past that (a node is down) the rest of the run only queues its statements.
     """
 
     def __init__(self, execute: Executor, caps: ServerCaps, database: str, *, cluster: str = "",
-                 host_executors: Sequence[Executor] = (), use_on_cluster: bool = False,
+                 host_executors: Sequence[Executor] = (), use_on_cluster: bool = False, replicated: bool = False,
+                 zookeeper_path: str = "/clickhouse/flowmed", ddl_timeout_s: float = 30.0,
                  retention_days: dict[str, int] | None = None, read_database: str | None = None) -> None:
         quote_ident(database)
         self.execute = execute
@@ -230,42 +332,87 @@ class SchemaManager:
         self.database = database
         self.read_database = read_database or f"{database}_read"
         quote_ident(self.read_database)
+        if cluster:
+            quote_ident(cluster)
+        if replicated and not cluster:
+            raise ValueError("replicated tables need a cluster")
         self.cluster = cluster
-        self.host_executors = list(host_executors) or [execute]
-        self.use_on_cluster = use_on_cluster
+        self.replication = Replication(zookeeper_path) if replicated else None
+        self.use_on_cluster = bool(cluster) and (use_on_cluster or replicated)
+        self.host_executors = list(host_executors)
+        self.ddl_timeout_s = ddl_timeout_s
         self.retention_days = dict(retention_days or {})
+        self.unreachable: list[str] = []
+        """Hosts left out of the last check because they could not be reached (down)."""
+        self._ddl_wait = ddl_timeout_s
+        self._ddl_wait_sent: int | None = None
 
     # ---- names -------------------------------------------------------------------------------------------------
+    def everywhere(self, table: Table) -> bool:
+        """Whether ``table`` is one replicated table on every node (no shards, no Distributed table)."""
+        return self.replication is not None and table.name in EVERYWHERE
+
     def storage_name(self, table: Table) -> str:
-        """The MergeTree table's name: ``<t>_local`` in cluster mode, else ``<t>``."""
-        return f"{table.name}_local" if self.cluster else table.name
+        """The MergeTree table's name: ``<t>_local`` for a sharded table of a cluster, else ``<t>``."""
+        return f"{table.name}_local" if self.cluster and not self.everywhere(table) else table.name
+
+    def _checkers(self) -> list[Executor]:
+        """Where the schema is compared: the connected server, plus the hosts given (ON CLUSTER layouts)."""
+        return [self.execute, *self.host_executors]
+
+    def _targets(self) -> list[Executor]:
+        """Where DDL runs without ON CLUSTER: every host of a per-host cluster, else the connected server."""
+        return self.host_executors if (self.cluster and self.host_executors) else [self.execute]
+
+    def _reachable(self, runners: Sequence[Executor], fn: Callable[[Executor], object]) -> None:
+        """``fn(run)`` for each runner; a host other than the connected one that is down is left out (logged)."""
+        for run in runners:
+            try:
+                fn(run)
+            except HostUnreachable as exc:
+                if run is self.execute:
+                    raise
+                self.unreachable.append(str(exc))
+                log.warning("clickhouse schema: host %s is unreachable; it is checked again at the next connect "
+                            "(inserts go on)", exc)
 
     # ---- create and migrate ------------------------------------------------------------------------------------
     def ensure(self, tables: Iterable[Table]) -> MigrationReport:
         """Create the database, every table and its read view; add missing columns. Safe to run at every start."""
         report = MigrationReport()
         tables = list(tables)
-        db = quote_ident(self.database)
+        self.unreachable = []
+        self._ddl_wait, self._ddl_wait_sent = self.ddl_timeout_s, None
         if self.caps.low_cardinality:
             # LowCardinality over IPv6 and small numbers is refused unless allowed (it pays off for exporters).
             for run in {id(r): r for r in [self.execute, *self.host_executors]}.values():
                 try:
                     run("SET allow_suspicious_low_cardinality_types = 1")
+                except HostUnreachable:
+                    pass  # reported by the check itself
                 except Exception as exc:  # noqa: BLE001 - a read-only user: only needed when DDL has work to do
                     log.debug("cannot SET allow_suspicious_low_cardinality_types: %s", exc)
         # Statements are only sent when there is something to do, so a user without DDL rights can write into a
         # schema that is already up to date.
-        if self.cluster and self.use_on_cluster:
-            if not self._database_exists(self.execute, self.database):
-                self.execute(f"CREATE DATABASE IF NOT EXISTS {db} ON CLUSTER {quote_ident(self.cluster)}")
-        else:
-            for run in self.host_executors:
-                if not self._database_exists(run, self.database):
-                    run(f"CREATE DATABASE IF NOT EXISTS {db}")
-        if not self._database_exists(self.execute, self.read_database):
-            self.execute(f"CREATE DATABASE IF NOT EXISTS {quote_ident(self.read_database)}")
+        for name in (self.database, self.read_database):
+            if self.use_on_cluster:
+                missing: list[bool] = []
+                self._reachable(self._checkers(),
+                                lambda run, n=name, m=missing: m.append(not self._database_exists(run, n)))
+                if any(missing):
+                    self._cluster_ddl(f"CREATE DATABASE IF NOT EXISTS {quote_ident(name)} "
+                                      f"ON CLUSTER {quote_ident(self.cluster)}",
+                                      lambda n=name: self._database_exists(self.execute, n))
+            else:
+                def create(run: Executor, n: str = name) -> None:
+                    if not self._database_exists(run, n):
+                        run(f"CREATE DATABASE IF NOT EXISTS {quote_ident(n)}")
+                self._reachable(self._targets(), create)
         for table in tables:
-            self._ensure_table(table, report)
+            if self.use_on_cluster:
+                self._ensure_table_on_cluster(table, report)
+            else:
+                self._reachable(self._targets(), lambda run, t=table: self._ensure_table(run, t, report))
         for line in report.lines():
             (log.warning if "MISMATCH" in line else log.info)("clickhouse schema: %s", line)
         return report
@@ -275,44 +422,114 @@ class SchemaManager:
         rows = run(f"SELECT count() FROM system.databases WHERE name = '{name}'")
         return bool(rows and rows[0][0])
 
-    def _storage_runners(self) -> list[Executor]:
-        return [self.execute] if (self.cluster and self.use_on_cluster) else self.host_executors
+    def _create_sql(self, table: Table, on_cluster: str | None) -> str:
+        return create_table_sql(table, self.caps, self.database, name=self.storage_name(table),
+                                retention_days=self.retention_days.get(table.name, 0), on_cluster=on_cluster,
+                                replication=self.replication, everywhere=self.everywhere(table))
 
-    def _ensure_table(self, table: Table, report: MigrationReport) -> None:
+    def _ensure_table(self, run: Executor, table: Table, report: MigrationReport) -> None:
+        """One host (single server, or a node of a per-host cluster): local table, Distributed table, read view."""
         local = self.storage_name(table)
-        retention = self.retention_days.get(table.name, 0)
-        on_cluster = self.cluster if (self.cluster and self.use_on_cluster) else None
-        for run in self._storage_runners():
-            if not self._exists(run, local):
-                run(create_table_sql(table, self.caps, self.database, name=local, retention_days=retention,
-                                     on_cluster=on_cluster))
-                report.created.append(f"{self.database}.{local}")
-            else:
-                self._migrate_columns(run, table, local, report, on_cluster)
-                self._migrate_ttl(run, table, local, retention, report, on_cluster)
+        if not self._exists(run, local):
+            run(self._create_sql(table, None))
+            report.created.append(f"{self.database}.{local}")
+        else:
+            self._migrate_columns(run, run, table, local, report)
+            self._migrate_ttl(run, run, table, local, self.retention_days.get(table.name, 0), report)
         if self.cluster:
-            for run in ([self.execute] if self.use_on_cluster else self.host_executors):
-                if self._exists(run, table.name):
-                    self._migrate_columns(run, table, table.name, report, on_cluster, with_codec=False)
-                else:
-                    run(create_distributed_sql(table, self.caps, self.database, self.cluster, local,
-                                               on_cluster=self.use_on_cluster))
-                    report.created.append(f"{self.database}.{table.name} (Distributed)")
+            if self._exists(run, table.name):
+                self._migrate_columns(run, run, table, table.name, report, with_codec=False)
+            else:
+                run(create_distributed_sql(table, self.caps, self.database, self.cluster, local))
+                report.created.append(f"{self.database}.{table.name} (Distributed)")
         # The read view has no data: it is recreated whenever its definition is not the wanted one.
         view = read_view_sql(table, self.caps, self.database, self.read_database)
-        rows = self.execute(f"SELECT create_table_query FROM system.tables WHERE database = '{self.read_database}' "
-                            f"AND name = '{table.name}'")
+        if not self._view_current(run, table, view):
+            run(f"DROP TABLE IF EXISTS {quote_ident(self.read_database)}.{quote_ident(table.name)}")
+            run(view)
+
+    def _ensure_table_on_cluster(self, table: Table, report: MigrationReport) -> None:
+        """Compare on the connected server (and the given hosts); DDL once, ON CLUSTER."""
+        local = self.storage_name(table)
+        cluster = self.cluster
+        names = [local] if local == table.name else [local, table.name]
+        missing: dict[str, bool] = dict.fromkeys(names, False)
+
+        def check(run: Executor) -> None:
+            for n in names:
+                missing[n] = missing[n] or not self._exists(run, n)
+
+        self._reachable(self._checkers(), check)
+        if missing[local]:
+            self._cluster_ddl(self._create_sql(table, cluster), lambda: self._exists(self.execute, local))
+            report.created.append(f"{self.database}.{local}")
+        else:
+            self._migrate_columns(self.execute, self._cluster_ddl, table, local, report, on_cluster=cluster)
+            self._migrate_ttl(self.execute, self._cluster_ddl, table, local, self.retention_days.get(table.name, 0),
+                              report, on_cluster=cluster)
+        if local != table.name:
+            if missing[table.name]:
+                self._cluster_ddl(create_distributed_sql(table, self.caps, self.database, cluster, local,
+                                                         on_cluster=True),
+                                  lambda: self._exists(self.execute, table.name))
+                report.created.append(f"{self.database}.{table.name} (Distributed)")
+            else:
+                self._migrate_columns(self.execute, self._cluster_ddl, table, table.name, report, on_cluster=cluster,
+                                      with_codec=False)
+        view = read_view_sql(table, self.caps, self.database, self.read_database)
+        stale: list[bool] = []
+        self._reachable(self._checkers(), lambda run: stale.append(not self._view_current(run, table, view)))
+        if any(stale):
+            target = f"{quote_ident(self.read_database)}.{quote_ident(table.name)}"
+            self._cluster_ddl(f"DROP TABLE IF EXISTS {target} ON CLUSTER {quote_ident(cluster)}")
+            self._cluster_ddl(read_view_sql(table, self.caps, self.database, self.read_database, on_cluster=cluster),
+                              lambda: self._view_current(self.execute, table, view))
+
+    def _view_current(self, run: Executor, table: Table, view: str) -> bool:
+        rows = run(f"SELECT create_table_query FROM system.tables WHERE database = '{self.read_database}' "
+                   f"AND name = '{table.name}'")
         select = view[view.index(" AS SELECT ") + 4:]
-        if not rows or not _norm_view(rows[0][0]).endswith(_norm_view(select)):
-            self.execute(f"DROP TABLE IF EXISTS {quote_ident(self.read_database)}.{quote_ident(table.name)}")
-            self.execute(view)
+        return bool(rows) and _norm_view(rows[0][0]).endswith(_norm_view(select))
+
+    def _cluster_ddl(self, sql: str, applied: Callable[[], bool] | None = None) -> list[tuple]:
+        """Run distributed DDL (``ON CLUSTER``). Waits up to ``ddl_timeout_s`` for every node; when a node does not
+        answer in time (it is down: ZooKeeper keeps the statement queued for it) later statements of this run are
+        only queued, and ``applied()`` is polled until the connected server has run it."""
+        wait = int(self._ddl_wait)
+        if wait != self._ddl_wait_sent:
+            self.execute(f"SET distributed_ddl_task_timeout = {wait}")
+            self._ddl_wait_sent = wait
+        complete = wait > 0
+        rows: list[tuple] = []
+        try:
+            rows = self.execute(sql)
+        except HostUnreachable:
+            raise
+        except Exception as exc:
+            if "distributed_ddl_task_timeout" not in str(exc):
+                raise
+            log.warning("clickhouse schema: not every node of cluster %s applied this within %d s (down?); the "
+                        "servers apply it when they are back: %s", self.cluster, wait, sql.splitlines()[0])
+            self._ddl_wait, complete = 0, False
+        for row in rows:
+            if len(row) >= 4 and str(row[2]) != "0":
+                log.error("clickhouse schema: %s:%s failed %s: %s", row[0], row[1], sql.splitlines()[0], row[3])
+        if not complete and applied is not None:
+            deadline = time.monotonic() + max(self.ddl_timeout_s, 5.0)
+            while not applied():
+                if time.monotonic() > deadline:
+                    raise RuntimeError(f"the connected server did not apply {sql.splitlines()[0]!r} within "
+                                       f"{self.ddl_timeout_s:.0f} s")
+                time.sleep(0.2)
+        return rows
 
     def _exists(self, run: Executor, name: str) -> bool:
         rows = run(f"SELECT count() FROM system.tables WHERE database = '{self.database}' AND name = '{name}'")
         return bool(rows and rows[0][0])
 
-    def _migrate_columns(self, run: Executor, table: Table, name: str, report: MigrationReport,
-                         on_cluster: str | None, with_codec: bool = True) -> None:
+    def _migrate_columns(self, run: Executor, ddl: Executor, table: Table, name: str, report: MigrationReport,
+                         on_cluster: str | None = None, with_codec: bool = True) -> None:
+        """Compare columns through ``run``; add the missing ones through ``ddl`` (``ON CLUSTER`` with one)."""
         rows = run(f"SELECT name, type FROM system.columns WHERE database = '{self.database}' AND table = '{name}'")
         have = {r[0]: r[1] for r in rows}
         cluster = f" ON CLUSTER {quote_ident(on_cluster)}" if on_cluster else ""
@@ -322,7 +539,7 @@ class SchemaManager:
             if c.name not in have:
                 spec = column_sql(c, self.caps) if with_codec else f"{quote_ident(c.name)} {want}"
                 after = f" AFTER {quote_ident(previous)}" if previous else ""
-                run(f"ALTER TABLE {quote_ident(self.database)}.{quote_ident(name)}{cluster} ADD COLUMN {spec}{after}")
+                ddl(f"ALTER TABLE {quote_ident(self.database)}.{quote_ident(name)}{cluster} ADD COLUMN {spec}{after}")
                 report.added_columns.append(f"{self.database}.{name}.{c.name} {want}")
             elif _norm_type(have[c.name]) != _norm_type(want):
                 report.type_mismatches.append(
@@ -331,8 +548,8 @@ class SchemaManager:
         for extra in sorted(set(have) - set(table.column_names)):
             report.extra_columns.append(f"{self.database}.{name}.{extra} {have[extra]}")
 
-    def _migrate_ttl(self, run: Executor, table: Table, name: str, retention: int, report: MigrationReport,
-                     on_cluster: str | None) -> None:
+    def _migrate_ttl(self, run: Executor, ddl: Executor, table: Table, name: str, retention: int,
+                     report: MigrationReport, on_cluster: str | None = None) -> None:
         if not self.caps.ttl:
             return
         rows = run(f"SELECT engine_full FROM system.tables WHERE database = '{self.database}' AND name = '{name}'")
@@ -341,10 +558,10 @@ class SchemaManager:
         cluster = f" ON CLUSTER {quote_ident(on_cluster)}" if on_cluster else ""
         target = f"{quote_ident(self.database)}.{quote_ident(name)}{cluster}"
         if retention > 0 and f"toIntervalDay({retention})" not in engine_full:
-            run(f"ALTER TABLE {target} MODIFY TTL {ttl_sql(table, retention)}")
+            ddl(f"ALTER TABLE {target} MODIFY TTL {ttl_sql(table, retention)}")
             report.ttl_changed.append(f"{self.database}.{name} -> {retention} days")
         elif retention <= 0 and has_ttl:
-            run(f"ALTER TABLE {target} REMOVE TTL")
+            ddl(f"ALTER TABLE {target} REMOVE TTL")
             report.ttl_changed.append(f"{self.database}.{name} -> kept forever")
 
     # ---- retention without TTL ---------------------------------------------------------------------------------
@@ -353,7 +570,8 @@ class SchemaManager:
 
         A partition is dropped only when its last day (or month) ends before ``now - retention``, so no row
         younger than the retention is ever removed. Returns the ``(table, partition)`` pairs dropped. On servers
-        with TTL this does nothing (the TTL drops parts itself).
+        with TTL this does nothing (the TTL drops parts itself). With ``ON CLUSTER`` the partitions are listed over
+        the whole cluster (``cluster()``; a shard that is down is skipped this time) and dropped once per cluster.
         """
         dropped: list[tuple[str, str]] = []
         if self.caps.ttl:
@@ -364,17 +582,31 @@ class SchemaManager:
                 continue
             cutoff = _cutoff_partition(now_ms - days * 86_400_000, table.partition)
             name = self.storage_name(table)
-            for run in self._storage_runners():
-                rows = run(f"SELECT DISTINCT partition FROM system.parts WHERE database = '{self.database}' "
-                           f"AND table = '{name}' AND active")
-                for (partition,) in rows:
-                    value = partition.strip("'")
-                    if value.isdigit() and int(value) < cutoff:
-                        run(f"ALTER TABLE {quote_ident(self.database)}.{quote_ident(name)} DROP PARTITION {value}")
-                        dropped.append((name, value))
-                        log.info("retention: dropped partition %s of %s.%s (older than %d days)",
-                                 value, self.database, name, days)
+            where = f"database = '{self.database}' AND table = '{name}' AND active"
+            if self.use_on_cluster:
+                partitions = self.execute(f"SELECT DISTINCT partition FROM cluster('{self.cluster}', system, parts) "
+                                          f"WHERE {where} SETTINGS skip_unavailable_shards = 1")
+                dropped.extend(self._drop_older(self._cluster_ddl, name, partitions, cutoff, days,
+                                                f" ON CLUSTER {quote_ident(self.cluster)}"))
+            else:
+                def per_host(run: Executor, name: str = name, where: str = where, cutoff: int = cutoff,
+                             days: int = days) -> None:
+                    partitions = run(f"SELECT DISTINCT partition FROM system.parts WHERE {where}")
+                    dropped.extend(self._drop_older(run, name, partitions, cutoff, days, ""))
+                self._reachable(self._targets(), per_host)
         return dropped
+
+    def _drop_older(self, ddl: Executor, name: str, partitions: list[tuple], cutoff: int, days: int,
+                    on_cluster: str) -> list[tuple[str, str]]:
+        out = []
+        for (partition,) in partitions:
+            value = str(partition).strip("'")
+            if value.isdigit() and int(value) < cutoff:
+                ddl(f"ALTER TABLE {quote_ident(self.database)}.{quote_ident(name)}{on_cluster} DROP PARTITION {value}")
+                out.append((name, value))
+                log.info("retention: dropped partition %s of %s.%s (older than %d days)", value, self.database, name,
+                         days)
+        return out
 
 
 def _cutoff_partition(cutoff_ms: int, partition: str) -> int:

@@ -44,7 +44,7 @@ from clickhouse_driver.errors import ServerException, SocketTimeoutError
 
 from collector.config import ClickHouseConfig, SpoolConfig
 from decoders.schema import TABLES, Table
-from storage.clickhouse.ddl import Executor, SchemaManager, ServerCaps, quote_ident
+from storage.clickhouse.ddl import Executor, HostUnreachable, SchemaManager, ServerCaps, quote_ident
 from storage.clickhouse.spool import Spool, SpoolCorrupt, SpoolEntry
 from storage.handoff import HandoffJournal
 
@@ -106,15 +106,30 @@ def load_tables() -> dict[str, Table]:
     return dict(TABLES)
 
 
+def host_port(entry: str, default_port: int) -> tuple[str, int]:
+    """``"10.0.0.5"``, ``"10.0.0.5:9001"``, ``"[2001:db8::5]:9001"`` or ``"2001:db8::5"`` -> (host, port)."""
+    if entry.startswith("["):
+        host, _, rest = entry[1:].partition("]")
+        return host, int(rest[1:]) if rest.startswith(":") else default_port
+    if entry.count(":") == 1:
+        host, _, port = entry.partition(":")
+        return host, int(port)
+    return entry, default_port
+
+
 def connect(config: ClickHouseConfig, *, host: str | None = None, port: int | None = None,
             timeout_s: float | None = None, settings: dict[str, Any] | None = None):
-    """A clickhouse-driver ``Client`` for ``config`` (numpy columns on; the other hosts as fail-over)."""
+    """A clickhouse-driver ``Client`` for ``config`` (numpy columns on; the other hosts as fail-over).
+
+    A host entry may carry its own port (``"10.0.0.6:9001"``, ``"[2001:db8::6]:9001"``); ``port`` is the default.
+    """
     from clickhouse_driver import Client
 
-    hosts = [host] if host else list(config.hosts)
+    default_port = port or config.port
+    hosts = [(host, default_port)] if host else [host_port(h, default_port) for h in config.hosts]
     timeout = timeout_s if timeout_s is not None else config.insert_timeout_s
     kwargs: dict[str, Any] = dict(
-        host=hosts[0], port=port or config.port, database="default", user=config.user, password=config.password(),
+        host=hosts[0][0], port=hosts[0][1], database="default", user=config.user, password=config.password(),
         secure=config.secure, connect_timeout=min(10.0, timeout), send_receive_timeout=timeout,
         sync_request_timeout=min(5.0, timeout), settings={"use_numpy": True, **(settings or {})},
         client_name="flowmed", tcp_keepalive=True,  # notice a server that vanished without closing
@@ -123,16 +138,27 @@ def connect(config: ClickHouseConfig, *, host: str | None = None, port: int | No
         kwargs["ca_certs"] = config.ca_file
     if len(hosts) > 1:
         # IPv6 literals in brackets: the driver parses each as a URL authority.
-        kwargs["alt_hosts"] = ",".join(f"[{h}]:{port or config.port}" if ":" in h else f"{h}:{port or config.port}"
-                                       for h in hosts[1:])
+        kwargs["alt_hosts"] = ",".join(f"[{h}]:{p}" if ":" in h else f"{h}:{p}" for h, p in hosts[1:])
     return Client(**kwargs)
 
 
+def ddl_timeout_s(config: ClickHouseConfig) -> float:
+    """How long an ON CLUSTER statement waits for every node: half the connection's timeout, so the server's answer
+    ("not finished on N hosts") arrives before the client gives up on the connection."""
+    return max(1.0, config.insert_timeout_s / 2)
+
+
 def executor(client) -> Executor:
-    """An :data:`Executor` over a clickhouse-driver client (rows as plain tuples)."""
+    """An :data:`Executor` over a clickhouse-driver client (rows as plain tuples); a server that cannot be reached
+    raises :class:`HostUnreachable`."""
+    from clickhouse_driver.errors import NetworkError, SocketTimeoutError
 
     def run(sql: str) -> list[tuple]:
-        rows = client.execute(sql, settings={"use_numpy": False})
+        try:
+            rows = client.execute(sql, settings={"use_numpy": False})
+        except (NetworkError, SocketTimeoutError, EOFError, OSError) as exc:
+            conn = client.connection
+            raise HostUnreachable(f"{conn.hosts[0][0]}:{conn.hosts[0][1]} ({_first_line(exc)})") from exc
         return [tuple(r) for r in rows] if rows else []
 
     return run
@@ -468,7 +494,9 @@ class ClickHouseOutput:
             return []
         first = entries[0]
         table = self._table(first.table)
-        single = not self._coalesces(table) or first.seq in self._data_errors
+        # Replicated: one batch per insert, so a re-sent batch is the same block (or carries the same token) and
+        # the replicas drop it as a duplicate, whatever else was spooled around it.
+        single = self.config.replicated or not self._coalesces(table) or first.seq in self._data_errors
         if not single and not self._urgent.is_set() and not self._stop.is_set():
             rows, can_grow = 0, True
             for e in entries:
@@ -546,25 +574,35 @@ class ClickHouseOutput:
         client = connect(self.config)
         caps = server_caps(client)
         hosts = []
-        use_on_cluster = False
+        use_on_cluster = self.config.replicated
         if self.config.cluster:
             rows = client.execute("SELECT host_address, port FROM system.clusters WHERE cluster = %(c)s",
                                   {"c": self.config.cluster}, settings={"use_numpy": False})
             if not len(rows):
                 raise RuntimeError(f"cluster {self.config.cluster!r} is not defined on the server (remote_servers)")
-            use_on_cluster = _has_zookeeper(client)
+            # Replicated: DDL ON CLUSTER and the schema checked on this server only, so a node that is down (or
+            # ZooKeeper being down, when nothing needs creating) does not stop the inserts.
+            use_on_cluster = use_on_cluster or _has_zookeeper(client)
             if not use_on_cluster:
                 hosts = [connect(self.config, host=str(h), port=int(p)) for h, p in rows]
         retention = {**self.retention_days, "flows": self.config.flows_retention_days}
         schema = SchemaManager(executor(client), caps, self.config.database, cluster=self.config.cluster,
                                host_executors=[executor(h) for h in hosts], use_on_cluster=use_on_cluster,
-                               retention_days=retention)
-        schema.ensure(self.tables.values())
+                               replicated=self.config.replicated, zookeeper_path=self.config.zookeeper_path,
+                               ddl_timeout_s=ddl_timeout_s(self.config), retention_days=retention)
+        try:
+            schema.ensure(self.tables.values())
+        except BaseException:
+            for c in (client, *hosts):
+                c.disconnect()
+            raise
         self._client, self._host_clients, self.caps, self.schema = client, hosts, caps, schema
         self.last_error = ""
-        log.info("clickhouse: connected to %s:%d (server %s, %s DDL%s)", self.config.hosts[0], self.config.port,
+        conn = client.connection
+        log.info("clickhouse: connected to %s:%s (server %s, %s DDL%s)", conn.host, conn.port,
                  caps.version_text, "modern" if caps.modern else "18.16-compatible",
-                 f", cluster {self.config.cluster}" if self.config.cluster else "")
+                 f", cluster {self.config.cluster}" + (" replicated" if self.config.replicated else "")
+                 if self.config.cluster else "")
 
     def _disconnect(self) -> None:
         for c in [self._client, *self._host_clients]:
@@ -608,7 +646,13 @@ class ClickHouseOutput:
                     stored.append(i)
                 elif count:
                     partial.append((batch_id, count))
-            if partial:
+            if partial and self.config.replicated:
+                # The parts that landed are in the replicas' de-duplication log: the same batch sent again adds
+                # exactly the missing ones (deleting first would make those re-sent parts count as duplicates).
+                log.warning("clickhouse: batches of %s landed in part (batch_id: rows) %s; sending them again",
+                            table.name, dict(partial))
+                self.stats["partial_repaired"] += len(partial)
+            elif partial:
                 self._delete_partial(table, partial)
             todo = [i for i in todo if i not in stored]
         elif check_first and not has_batch_id and table.engine != "ReplacingMergeTree" \
@@ -628,6 +672,8 @@ class ClickHouseOutput:
             settings["insert_deduplication_token"] = f"flowmed:{table.name}:{ids[todo[0]]}:{ids[todo[-1]]}:{len(todo)}"
         if self.config.cluster:
             settings["insert_distributed_sync"] = 1
+        if self.config.replicated and self.config.insert_quorum > 1:
+            settings["insert_quorum"] = self.config.insert_quorum
         names = ", ".join(quote_ident(c) for c in table.column_names)
         self._client.execute(f"INSERT INTO {target} ({names}) VALUES", columns, columnar=True, settings=settings)
         return todo, stored

@@ -5,6 +5,10 @@ same as in the embedded store. Results come back as a ``pyarrow.Table`` with the
 addresses as ``fixed_size_binary(16)`` on both server generations (``FixedString(16)`` on 18.16, ``IPv6`` on modern
 servers), which the engine shows as text; times as ``timestamp[ms, UTC]``.
 
+On a cluster the tables read are the ``Distributed`` ones, so a query sees every shard (one replica of each). A read
+that must see every insert acknowledged anywhere before it (the rating lease on a replicated cluster) passes
+``sync=<table>``: the connected replica catches up first (``SYSTEM SYNC REPLICA``).
+
 SQL that reads the same on every backend (embedded chDB, 18.16, modern): compare addresses with
 ``IPv6StringToNum('::ffff:192.0.2.1')`` (``toIPv6`` does not exist on 18.16), and render them in SQL with
 ``IPv6NumToString(addr)``. For ``clickhouse-client`` users on 18.16, ``<database>_read`` holds a view per table with
@@ -19,6 +23,7 @@ also refuses every table function (``url()``, ``remote()``, ``file()``, even ``n
 from __future__ import annotations
 
 import ipaddress
+import re
 from typing import Any
 
 import numpy as np
@@ -62,16 +67,39 @@ class ClickHouseBackend:
             self._client = client
         return self._client
 
-    def query(self, sql: str) -> pa.Table:
-        """Run one statement read-only in the flowmed database; raises ``QueryError`` on failure."""
+    @property
+    def replicated(self) -> bool:
+        """Whether the server is a node of a replicated cluster (``output.clickhouse.replicated``)."""
+        return bool(self.config.cluster) and self.config.replicated
+
+    def query(self, sql: str, *, sync: str | None = None) -> pa.Table:
+        """Run one statement read-only in the flowmed database; raises ``QueryError`` on failure.
+
+        ``sync`` names a replicated table that the connected replica first brings up to date (``SYSTEM SYNC
+        REPLICA``: it fetches every part whose insert was acknowledged anywhere before), so the read sees every
+        write acknowledged before it started, on whichever node: the rating lease needs that (read-your-writes
+        across hosts). It needs a user that may run ``SYSTEM`` statements; it waits while a part it needs is only on
+        a node that is down (then fails after the timeout).
+        """
         from clickhouse_driver.errors import Error as DriverError
 
         try:
             client = self._connect()
+            synced = None
+            if sync is not None:
+                if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", sync):
+                    raise ValueError(f"not a table name: {sync!r}")
+                client.execute(f"SYSTEM SYNC REPLICA `{self.config.database}`.`{sync}`",
+                               settings={"use_numpy": False})
+                synced = (client.connection.host, client.connection.port)
             client.execute(f"USE `{self.config.database}`", settings={"use_numpy": False})
             data, types = client.execute(sql, with_column_types=True, columnar=True,
                                          settings={**(self._settings or {}), "use_numpy": True,
                                                    "strings_as_bytes": True})  # addresses are not text
+            if synced is not None and synced != (client.connection.host, client.connection.port):
+                # The driver reconnected to another node between the sync and the read: that node may lag.
+                raise _query_error("the connection moved to another server between SYSTEM SYNC REPLICA and the "
+                                   "read; try again")
         except (DriverError, OSError, EOFError) as exc:
             self.close()
             raise _query_error(_message(exc)) from None
