@@ -5,13 +5,12 @@ from __future__ import annotations
 
 import configparser
 import re
-import shutil
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
+from tests.fixtures.cli import flowmed_command
 from tests.fixtures.peers import require_tool
 
 UNIT = Path(__file__).resolve().parents[2] / "packaging" / "flowmed-console.service"
@@ -19,7 +18,7 @@ UNIT = Path(__file__).resolve().parents[2] / "packaging" / "flowmed-console.serv
 
 def _copy(tmp_path: Path) -> Path:
     """The unit as shipped, pointing at this Python's flowmed instead of the production /opt/flowmed."""
-    flowmed = shutil.which("flowmed") or str(Path(sys.executable).with_name("flowmed"))
+    flowmed = flowmed_command()
     assert Path(flowmed).exists()
     copy = tmp_path / "flowmed-console.service"
     copy.write_text(UNIT.read_text().replace("/opt/flowmed/bin/flowmed", flowmed))
