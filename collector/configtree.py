@@ -14,15 +14,11 @@ import types
 import typing
 from typing import Any, TypeVar, get_args, get_origin
 
+from decoders.settings import ConfigError
+
+__all__ = ["ConfigError", "apply_overrides", "build", "parse_override", "to_dict"]
+
 T = TypeVar("T")
-
-
-class ConfigError(ValueError):
-    """A configuration problem, located by its dotted key."""
-
-    def __init__(self, key: str, value: Any, expected: str) -> None:
-        self.key, self.value, self.expected = key, value, expected
-        super().__init__(f"{key or '<root>'}: got {value!r}, expected {expected}")
 
 
 def parse_override(text: str) -> tuple[list[str], Any]:

@@ -22,7 +22,7 @@ from pathlib import Path
 
 import numpy as np
 
-from collector.configtree import ConfigError
+from decoders.settings import ConfigError
 from rating.plans import parse_instant
 
 FOREVER_MS = np.iinfo(np.int64).max

@@ -58,7 +58,7 @@ from pathlib import Path
 from typing import Any
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-from collector.configtree import ConfigError
+from decoders.settings import ConfigError
 
 UNITS = {"GB": 10**9, "GiB": 2**30, "MB": 10**6, "MiB": 2**20, "TB": 10**12, "TiB": 2**40}
 DIRECTIONS = ("up", "down", "total")
