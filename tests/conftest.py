@@ -16,3 +16,22 @@ os.environ["PYTHONPATH"] = os.pathsep.join(p for p in (str(ROOT), os.environ.get
 pytest_plugins = sorted(
     f"tests.fixtures.{p.stem}" for p in (Path(__file__).parent / "fixtures").glob("*.py") if p.stem != "__init__"
 )
+
+
+SLOW_S = 5.0
+"""A test that takes longer than this carries the ``slow`` marker (``scripts/test --quick`` leaves those out)."""
+_unmarked_slow: list[tuple[str, float]] = []
+
+
+def pytest_runtest_logreport(report) -> None:  # noqa: ANN001 (pytest's TestReport)
+    """Note tests that ran longer than :data:`SLOW_S` without the ``slow`` marker (listed at the end of the run)."""
+    if report.when == "call" and report.duration > SLOW_S and "slow" not in report.keywords:
+        _unmarked_slow.append((report.nodeid, report.duration))
+
+
+def pytest_terminal_summary(terminalreporter) -> None:  # noqa: ANN001 (pytest's TerminalReporter)
+    """List the unmarked slow tests, so the marker can be added (a listing, not a failure: timings vary)."""
+    if _unmarked_slow:
+        terminalreporter.section(f"tests over {SLOW_S:.0f} s without the slow marker")
+        for nodeid, duration in sorted(_unmarked_slow, key=lambda item: -item[1]):
+            terminalreporter.line(f"{duration:6.1f} s  {nodeid}")

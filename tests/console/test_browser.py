@@ -60,6 +60,17 @@ def sql(dataset):
         yield lambda text: engine.query(text).to_pylist()
 
 
+def click_and_wait_for(browser, element, url_part: str, timeout: float = 30.0) -> None:
+    """Click ``element`` and wait until the browser is on the new page (its URL contains ``url_part``): a click
+    returns before the navigation, and under load the old page is still the one that answers."""
+    element.click()
+    deadline = time.monotonic() + timeout
+    while url_part not in browser.current_url:
+        if time.monotonic() > deadline:
+            raise AssertionError(f"no navigation to a URL with {url_part!r}: still on {browser.current_url}")
+        time.sleep(0.05)
+
+
 class Page:
     """A page open in the browser: waits for its charts, checks the browser console, saves a screenshot."""
 
@@ -187,7 +198,7 @@ def test_traffic_page(browser, console, shots, sql, by):
 def test_traffic_tabs_are_links_that_keep_the_window(browser, console, shots):
     page = Page(browser, f"{console.url}/traffic?{WINDOW}", shots, "traffic")
     _check(page)
-    browser.find_element("link text", "Protocols").click()
+    click_and_wait_for(browser, browser.find_element("link text", "Protocols"), "by=protocol")
     page.wait_charts()
     assert "by=protocol" in browser.current_url and "from=2026-11-02T00:00" in browser.current_url
     # the SQL behind the chart is shown and copyable
@@ -257,7 +268,7 @@ def test_compliance_page(browser, console, shots, sql, dataset):
     window.send_keys("300")
     at = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(at_ms / 1000))
     browser.execute_script("arguments[0].value = arguments[1]", form.find_element(By.NAME, "at"), at)
-    form.find_element(By.CSS_SELECTOR, "button[type=submit]").click()
+    click_and_wait_for(browser, form.find_element(By.CSS_SELECTOR, "button[type=submit]"), "address=")
     page = Page(browser, browser.current_url, shots, "compliance")
     _check(page)
     assert page.text("verdict-holder") == "alice"
