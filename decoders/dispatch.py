@@ -42,15 +42,15 @@ class DispatchResult(DecodeResult):
     interface_counters: dict[str, np.ndarray] = field(default_factory=dict)
     """Columns of the ``interface_counters`` table (every column but ``batch_id``); empty when no sFlow came."""
     n_counters: int = 0
-    samples: Counter = field(default_factory=Counter)
+    samples: Counter[Any] = field(default_factory=Counter)
     """(exporter, "flow" | "counter") -> sFlow samples decoded."""
-    samples_lost: Counter = field(default_factory=Counter)
+    samples_lost: Counter[Any] = field(default_factory=Counter)
     """exporter -> sFlow samples missing by the sample sequence numbers of their data sources."""
-    sample_pool: Counter = field(default_factory=Counter)
+    sample_pool: Counter[Any] = field(default_factory=Counter)
     """exporter -> packets the sampled interfaces saw (growth of the sample pools)."""
-    agent_drops: Counter = field(default_factory=Counter)
+    agent_drops: Counter[Any] = field(default_factory=Counter)
     """exporter -> samples the sFlow agents could not send (growth of their drop counters)."""
-    skipped: Counter = field(default_factory=Counter)
+    skipped: Counter[Any] = field(default_factory=Counter)
     """(exporter, "sample" | "flow_record" | "counter_record") -> sFlow structures of formats not decoded."""
 
 
@@ -91,7 +91,7 @@ class DispatchDecoder:
         self.netflow.set_sampling(sampling)
         self.sflow.set_sampling(sampling)
 
-    def expire(self, now_ms: int) -> Counter:
+    def expire(self, now_ms: int) -> Counter[tuple[str, str]]:
         """Expiry of both decoders' stale state: ``Counter[(exporter, reason)]``."""
         return self.netflow.expire(now_ms) + self.sflow.expire(now_ms)
 
@@ -130,7 +130,7 @@ def _merge(netflow: DecodeResult | None, sflow: SflowResult | None) -> DispatchR
         flows = {name: np.concatenate((col, sflow.flows[name])) for name, col in netflow.flows.items()}
     out = DispatchResult(flows=flows, n_flows=sum(r.n_flows for r in parts))
     for name in _COUNTERS:
-        counter: Counter = getattr(out, name)
+        counter: Counter[Any] = getattr(out, name)
         for r in parts:
             counter.update(getattr(r, name))
     if sflow is not None:
