@@ -305,7 +305,8 @@ class Harness:
     def _flowmed(self, d: Path, name: str, extra: Sequence[str], count: Callable[[Path], int]) -> Collector:
         udp, metrics = free_port(), free_port(socket.SOCK_STREAM)
         store = d / "data"
-        sets = [f'listen.udp=["127.0.0.1:{udp}"]', f"store.path={store}", f"metrics.listen=127.0.0.1:{metrics}",
+        sets = [f'listen.udp=["127.0.0.1:{udp}"]', "listen.sflow=[]", f"store.path={store}",
+                f"metrics.listen=127.0.0.1:{metrics}",
                 f"subscribers.static_file={self.bindings}", "service.shutdown_timeout_s=110", *extra]
         # READY=1 on our own notify socket: flowmed (the supervisor, with workers) says it once every worker reads
         # (a short path: a Unix socket's path is limited to 107 bytes)
