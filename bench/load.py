@@ -35,6 +35,7 @@ import struct
 import sys
 import time
 from dataclasses import asdict, dataclass
+from typing import Any
 
 import numpy as np
 
@@ -161,16 +162,17 @@ def run_load(*, version: int, target: tuple[str, int], rate: int, duration_s: fl
         raise ValueError("exporters must be 1 to 250")
     now_ms = int(time.time()) * 1000
     sflow_pool = None
+    data: list[bytes] = []
+    template: bytes | None = None
     if version == SFLOW:
         if vary:
             raise ValueError("vary is for NetFlow/IPFIX (sFlow samples are timed at arrival)")
         sflow_pool = _SflowPool(sflow.bulk_datagrams(pool, records, seed=seed, ipv6=ipv6_flows))
-        data, template = [], None
     else:
         data, template = bulk_datagrams(version, pool, records, export_ms=now_ms, ipv6=ipv6_flows, domain=domain,
                                         seed=seed)
     if sflow_pool is not None:
-        buffers: list = sflow_pool.buffers
+        buffers: list[Any] = list(sflow_pool.buffers)
     elif vary:
         if ipv6_flows or len({len(d) for d in data}) != 1:
             raise ValueError("vary needs IPv4 flows and datagrams of one length")
