@@ -120,9 +120,11 @@ def test_sflow_through_the_daemon_into_the_store_with_mediation(tmp_path: Path) 
     assert usage["up"] > 0
 
 
-def test_a_capture_replayed_lands_as_decoded_offline(tmp_path: Path) -> None:
+@pytest.mark.parametrize("workers", [1, 2])
+def test_a_capture_replayed_lands_as_decoded_offline(tmp_path: Path, workers: int) -> None:
     """The sFlow capture the tshark/sfacctd cross-checks use (every record type, two agents, IPv4 and IPv6 agent
-    addresses), replayed to the daemon: the store holds what the decoder makes of the capture offline."""
+    addresses), replayed to the daemon (also under the supervisor, which binds the sFlow sockets for its workers):
+    the store holds what the decoder makes of the capture offline."""
     datagrams, _ = _scenario()
     capture = tmp_path / "sflow.pcap"
     write_pcap(capture, datagrams)
@@ -130,7 +132,8 @@ def test_a_capture_replayed_lands_as_decoded_offline(tmp_path: Path) -> None:
     offline = SflowDecoder().decode([(p, "127.0.0.1", 0) for p in payloads])
     assert offline.n_flows == 96 and offline.n_counters == 6 and not offline.errors
     port = free_port()
-    d = Daemon(tmp_path / "d", f'listen.sflow=["127.0.0.1:{port}"]', command=[flowmed_command(), "run"])
+    d = Daemon(tmp_path / "d", f'listen.sflow=["127.0.0.1:{port}"]', workers=workers,
+               command=[flowmed_command(), "run"])
     try:
         d.wait_message("READY=1")
         with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
