@@ -24,6 +24,10 @@ Collectors (``--collectors``, default all that are installed):
   CSV file every 2 s; it aggregates, so what it stored is measured as packets (the sum of its PACKETS column against
   the packets the generator sent).
 
+``--versions sflow`` offers sFlow v5 instead (:mod:`bench.load`'s sFlow mode: 7 flow samples per datagram, one
+agent; flowmed only): the samples' sources (100.64.0.0/18) are outside the bindings, so mediation looks every one up
+and finds nothing, and the load does not ``vary`` (sFlow samples are timed at arrival, so none repeats).
+
 Every run starts the collector fresh, offers ``--duration`` seconds of one version at one datagram rate with
 :func:`bench.load.run_load` (30 records per datagram, from this process, loopback only), waits until the socket's
 receive queue is empty, reads the kernel's drop counter of the collector's sockets (``/proc/net/udp``, ``drops``)
@@ -56,6 +60,8 @@ from pathlib import Path
 import numpy as np
 
 RECORDS = 30
+SFLOW_SAMPLES = 7
+"""Flow samples per sFlow datagram (``--versions sflow``): what a 1400-byte MTU holds, as agents send them."""
 LOSS_FREE = 0.001
 """Loss-free: less than 0.1 % of the records sent are missing from what the collector stored."""
 SUBSCRIBERS = 100_000
@@ -305,7 +311,8 @@ class Harness:
     def _flowmed(self, d: Path, name: str, extra: Sequence[str], count: Callable[[Path], int]) -> Collector:
         udp, metrics = free_port(), free_port(socket.SOCK_STREAM)
         store = d / "data"
-        sets = [f'listen.udp=["127.0.0.1:{udp}"]', f"store.path={store}", f"metrics.listen=127.0.0.1:{metrics}",
+        sets = [f'listen.udp=["127.0.0.1:{udp}"]', "listen.sflow=[]", f"store.path={store}",
+                f"metrics.listen=127.0.0.1:{metrics}",
                 f"subscribers.static_file={self.bindings}", "service.shutdown_timeout_s=110", *extra]
         # READY=1 on our own notify socket: flowmed (the supervisor, with workers) says it once every worker reads
         # (a short path: a Unix socket's path is limited to 107 bytes)
@@ -442,9 +449,23 @@ def packets_per_pool_datagram(version: int, pool: int, seed: int = 0) -> np.ndar
     return cols["packetDeltaCount"].astype(np.int64).reshape(pool, RECORDS).sum(axis=1)
 
 
+def records_per_datagram(version: int) -> int:
+    """Flow records (sFlow: flow samples) in each datagram the load sends."""
+    from bench.load import SFLOW
+
+    return SFLOW_SAMPLES if version == SFLOW else RECORDS
+
+
+def version_name(version: int) -> str:
+    """``v9``, ``IPFIX``, ``sFlow``."""
+    from bench.load import SFLOW
+
+    return {10: "IPFIX", SFLOW: "sFlow"}.get(version, f"v{version}")
+
+
 def run_once(h: Harness, name: str, version: int, rate: int, duration: float, pool: int = 2000) -> RunResult:
     """One collector, one version, one rate (see the module docstring)."""
-    from bench.load import run_load
+    from bench.load import SFLOW, run_load
 
     c = h.start(name)
     exporters = 8 if name.endswith("w2") else 1
@@ -453,7 +474,8 @@ def run_once(h: Harness, name: str, version: int, rate: int, duration: float, po
         drops0 = sum(dr for _, dr in udp_sockets(c.port))
         cpu0 = cpu_seconds(pids)
         report = run_load(version=version, target=("127.0.0.1", c.port), rate=rate, duration_s=duration,
-                          records=RECORDS, pool=pool, exporters=exporters, vary=True)
+                          records=records_per_datagram(version), pool=pool, exporters=exporters,
+                          vary=version != SFLOW)
         wait_drained(c.port)
         time.sleep(0.5)
         pids = process_tree(c.proc.pid)
@@ -499,7 +521,7 @@ def markdown(results: list[RunResult], header: str) -> str:
         m = median_row(runs)
         unit = " pkts" if name == "nfacctd" else ""
         note = f" ({m['bad_exit']} bad exits)" if m["bad_exit"] else ""
-        lines.append(f"| {name} | {'IPFIX' if version == 10 else f'v{version}'} | {rate:,} | {m['achieved']:,.0f} | "
+        lines.append(f"| {name} | {version_name(version)} | {rate:,} | {m['achieved']:,.0f} | "
                      f"{m['sent']:,.0f}{unit} | {m['stored']:,.0f} | {100 * m['loss']:.2f} % | "
                      f"{m['kernel_drops']:,.0f} | {m['cpu']:.2f} | {m['rss_mib']:.0f} | {m['n']}{note} |")
         if m["loss"] < LOSS_FREE:
@@ -511,8 +533,9 @@ def markdown(results: list[RunResult], header: str) -> str:
         cells = []
         for n in names:
             rate = best.get((n, v), 0)
-            cells.append(f"{n} {rate:,}/s ({rate * RECORDS / 1e6:.2f} M records/s)" if rate else f"{n} none")
-        lines.append(f"- {'IPFIX' if v == 10 else f'v{v}'}: " + "; ".join(cells))
+            cells.append(f"{n} {rate:,}/s ({rate * records_per_datagram(v) / 1e6:.2f} M records/s)" if rate
+                         else f"{n} none")
+        lines.append(f"- {version_name(v)}: " + "; ".join(cells))
     return "\n".join(lines) + "\n"
 
 
@@ -566,7 +589,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--collectors", default="flowmed,flowmed-w2,flowmed-ch,flowmed-compliance,nfcapd,nfacctd",
                    help="comma-separated: flowmed, flowmed-w2, flowmed-ch, flowmed-compliance, nfcapd, nfacctd "
                         "(missing tools are skipped)")
-    p.add_argument("--versions", default="9,10", help="9 and/or 10 (IPFIX)")
+    p.add_argument("--versions", default="9,10",
+                   help="9, 10 (IPFIX) and/or sflow (7 flow samples per datagram; flowmed and its variants only)")
     p.add_argument("--rates", default="25000,50000,65000,80000", help="offered datagrams/s (30 records each)")
     p.add_argument("--duration", type=float, default=10.0, help="seconds of load per run")
     p.add_argument("--repeat", type=int, default=3, help="runs per point (medians reported)")
@@ -579,7 +603,9 @@ def main(argv: list[str] | None = None) -> int:
     h = Harness(root)
     try:
         names = available(a.collectors.split(","))
-        versions = [int(v) for v in a.versions.split(",")]
+        from bench.load import SFLOW
+
+        versions = [SFLOW if v.strip().lower() == "sflow" else int(v) for v in a.versions.split(",")]
         cmdline = "python -m bench.harness " + " ".join(argv if argv is not None else sys.argv[1:])
         if a.soak:
             rows = [soak(h, names[0], versions[0], a.soak_rate, a.soak)]

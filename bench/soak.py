@@ -182,7 +182,8 @@ def soak(duration_s: float, rate: int, store: Path, *, modems: int = 40, cmts_in
     cmts = subprocess.Popen([sys.executable, "-m", "bench.cmts", "--listen", f"127.0.0.1:{cmts_port}", "--modems",
                              str(modems), "--interval", str(cmts_interval_s), "--intervals", str(intervals)],
                             stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, env=env)
-    sets = [f'listen.udp=["127.0.0.1:{udp}"]', f"store.path={store}", f"metrics.listen=127.0.0.1:{metrics_port}",
+    sets = [f'listen.udp=["127.0.0.1:{udp}"]', "listen.sflow=[]", f"store.path={store}",
+            f"metrics.listen=127.0.0.1:{metrics_port}",
             "store.flush_interval_s=1", "mediation.dedup_window_s=10", "mediation.watermark_s=5",
             "radius.enabled=true", f'radius.listen=["127.0.0.1:{radius_port}"]',
             f'radius.clients=[{{address="127.0.0.1", secret="{RADIUS_SECRET.decode()}", name="soak"}}]',

@@ -48,7 +48,10 @@ def _check_positive(key: str, **values: float) -> None:
 @dataclass(frozen=True)
 class ListenConfig:
     udp: list[str] = field(default_factory=lambda: ["0.0.0.0:2055", "0.0.0.0:4739"])
-    """UDP endpoints for NetFlow v5/v9 and IPFIX; every endpoint accepts every version."""
+    """UDP endpoints for NetFlow v5/v9 and IPFIX; every endpoint accepts every version (and sFlow too)."""
+    sflow: list[str] = field(default_factory=lambda: ["0.0.0.0:6343"])
+    """UDP endpoints for sFlow v5 (6343 is its registered port); empty: none. Every endpoint, these and udp, accepts
+    every protocol: a datagram is told sFlow or NetFlow/IPFIX by its first bytes."""
     rcvbuf_bytes: int = 32 * 1024 * 1024
     """Requested SO_RCVBUF; the kernel caps it at net.core.rmem_max (what was granted is logged)."""
     batch_datagrams: int = 2048
@@ -64,9 +67,22 @@ class ListenConfig:
     exporter_rate_burst: float = 0.0
     """Bucket size of exporter_rate_limit in datagrams (0: twice the rate)."""
 
+    def endpoints(self) -> list[str]:
+        """Every UDP endpoint to receive flows on: ``udp`` then ``sflow``, in order."""
+        return [*self.udp, *self.sflow]
+
+    def purpose(self, endpoint: str) -> str:
+        """What an endpoint of :meth:`endpoints` is for, as the error naming a taken address says it."""
+        return "flows (sFlow)" if endpoint in self.sflow else "flows (NetFlow/IPFIX)"
+
     def validate(self, key: str) -> None:
         for i, ep in enumerate(self.udp):
             _check_endpoint(f"{key}.udp[{i}]", ep)
+        for i, ep in enumerate(self.sflow):
+            _check_endpoint(f"{key}.sflow[{i}]", ep)
+        both = sorted(set(self.sflow) & set(self.udp))
+        if both:  # two sockets on one endpoint: the second bind would fail at start
+            raise ConfigError(f"{key}.sflow", both[0], "endpoints not also in listen.udp (each accepts every protocol)")
         for i, p in enumerate(self.allow):
             try:
                 ipaddress.ip_network(p, strict=False)

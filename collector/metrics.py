@@ -113,8 +113,23 @@ class Metrics:
                                   "Times a decoder bound (max_exporters, max_templates_per_exporter, ...) refused "
                                   "something, per exporter and limit.", ["exporter", "limit"], registry=r)
         self.sequence_lost = Counter("flowmed_sequence_lost",
-                                     "Export datagrams (v9) or records (v5, IPFIX) missing by sequence number.",
+                                     "Export datagrams (v9, sFlow) or records (v5, IPFIX) missing by sequence number.",
                                      ["exporter"], registry=r)
+        # sFlow v5: samples and their loss accounting (per exporter: agents and data sources are unbounded labels)
+        self.sflow_samples = Counter("flowmed_sflow_samples", "sFlow samples decoded, per exporter and kind (flow, "
+                                     "counter).", ["exporter", "kind"], registry=r)
+        self.sflow_samples_lost = Counter("flowmed_sflow_samples_lost",
+                                          "sFlow samples missing by the sample sequence numbers of their data sources.",
+                                          ["exporter"], registry=r)
+        self.sflow_sample_pool = Counter("flowmed_sflow_sample_pool_packets",
+                                         "Packets the sFlow-sampled interfaces saw (growth of the sample pools).",
+                                         ["exporter"], registry=r)
+        self.sflow_agent_drops = Counter("flowmed_sflow_agent_drops",
+                                         "Samples sFlow agents dropped themselves (growth of their drop counters).",
+                                         ["exporter"], registry=r)
+        self.sflow_skipped = Counter("flowmed_sflow_skipped",
+                                     "sFlow samples and records of formats not decoded (skipped by their length), per "
+                                     "exporter and structure.", ["exporter", "structure"], registry=r)
         self.templates = Gauge("flowmed_templates", "Templates known, per exporter.", ["exporter"], registry=r,
                                multiprocess_mode="livesum")
         self.exporters = Gauge("flowmed_exporters", "Exporters tracked by the decoder.", registry=r,

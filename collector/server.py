@@ -1,4 +1,5 @@
-"""The daemon: listeners → batches of datagrams → FlowDecoder → (Mediator) → Sink, plus its lifecycle.
+"""The daemon: listeners → batches of datagrams → DispatchDecoder (NetFlow/IPFIX and sFlow) → (Mediator) → Sink, plus
+its lifecycle.
 
 Shape (after uvicorn's ``Server``): :meth:`Server.startup` binds the listeners, loads template state, opens the
 outputs and only then says ``READY=1``; :meth:`Server.main_loop` ticks once a second (template expiry, state save,
@@ -39,6 +40,7 @@ from collector.statefile import StateWriter
 from collector.storelock import StoreLock
 from collector.systemd import Notifier, watchdog_interval_s
 from decoders.schema import FLOWS
+from decoders.sflow.tables import INTERFACE_COUNTERS
 
 TICK_S = 1.0
 LEGACY_STATE_MAX_BYTES = 64 * 1024 * 1024
@@ -138,6 +140,8 @@ class Pipeline:
         self.account(result, received)
         n = flows.num_rows
         tables: dict[str, Any] = {"flows": flows} if n else {}
+        if getattr(result, "n_counters", 0):  # sFlow counter samples (a decoder given by a test may have none)
+            tables["interface_counters"] = INTERFACE_COUNTERS.to_arrow(result.interface_counters)
         attribution = None  # the Mediator's subscriber lookups, reused by the compliance stage
         if self.mediator is not None and n:
             share = self.compliance is not None and hasattr(self.mediator, "take_attribution")
@@ -202,6 +206,20 @@ class Pipeline:
             m.limit_hits.labels(label(exporter), limit).inc(count)
             self.errors_log.log("warning", "decoder limit reached", key=(exporter, limit), count=count,
                                 exporter=exporter, limit=limit)
+        # sFlow loss accounting: samples missing by their data sources' sequence numbers, what the sampled
+        # interfaces saw (sample pools) and what the agents themselves dropped
+        for (exporter, kind), count in _items(result, "samples"):
+            m.sflow_samples.labels(label(exporter), kind).inc(count)
+        for exporter, count in _items(result, "samples_lost"):
+            m.sflow_samples_lost.labels(label(exporter)).inc(count)
+        for exporter, count in _items(result, "sample_pool"):
+            m.sflow_sample_pool.labels(label(exporter)).inc(count)
+        for exporter, count in _items(result, "agent_drops"):
+            m.sflow_agent_drops.labels(label(exporter)).inc(count)
+            self.errors_log.log("warning", "sFlow agent dropped samples (its sampling outran its export)",
+                                key=(exporter, "agent_drops"), count=count, exporter=exporter)
+        for (exporter, structure), count in _items(result, "skipped"):
+            m.sflow_skipped.labels(label(exporter), structure).inc(count)
 
     def sync_templates(self) -> dict[str, int]:
         """Templates known per exporter, copied onto the status board; returns them."""
@@ -298,8 +316,11 @@ def _items(result: Any, name: str) -> list[tuple[Any, int]]:
 
 
 def make_decoder(config: Config) -> Any:
-    """The flow decoder for ``config`` (limits from ``[decoder]``, policy from ``[sampling]``)."""
+    """The flow decoder for ``config``: NetFlow/IPFIX and sFlow, whatever endpoint they come to (limits from
+    ``[decoder]``, ``max_exporters`` bounding each protocol's exporters; policy from ``[sampling]``)."""
+    from decoders.dispatch import DispatchDecoder
     from decoders.netflow.decoder import DecoderLimits, FlowDecoder
+    from decoders.sflow.decoder import SflowDecoder, SflowLimits
 
     d = config.decoder
     limits = DecoderLimits(max_exporters=d.max_exporters, max_templates_per_exporter=d.max_templates_per_exporter,
@@ -308,7 +329,9 @@ def make_decoder(config: Config) -> Any:
                            template_max_bytes=d.template_max_bytes,
                            pending_max_age_ms=int(d.pending_max_age_s * 1000),
                            template_timeout_ms=int(d.template_timeout_s * 1000))
-    return FlowDecoder(limits, sampling_policy(config))
+    sampling = sampling_policy(config)
+    return DispatchDecoder(FlowDecoder(limits, sampling),
+                           SflowDecoder(SflowLimits(max_exporters=d.max_exporters), sampling))
 
 
 def sampling_policy(config: Config) -> Any:
@@ -421,7 +444,7 @@ class Server:
     """One receiving process: its listeners, pipeline, HTTP endpoint (unless a supervisor serves it) and lifecycle.
 
     ``worker`` is None for a single-process daemon, else this worker's index under the supervisor, which passes the
-    already-bound sockets in ``listen_fds`` (one per ``listen.udp`` endpoint, in order).
+    already-bound sockets in ``listen_fds`` (one per endpoint of ``listen.udp`` then ``listen.sflow``, in order).
     """
 
     def __init__(self, config: Config, config_path: str | None = None, overrides: tuple[str, ...] = (),
@@ -490,9 +513,9 @@ class Server:
         cfg = self.config
         if self.worker is None:  # a worker runs under its supervisor, which holds the lock
             self.store_lock.acquire()
-        for i, endpoint in enumerate(cfg.listen.udp):
+        for i, endpoint in enumerate(cfg.listen.endpoints()):
             lst = UdpListener(endpoint, self.pending, self._on_data, cfg.listen.rcvbuf_bytes,
-                              max_per_event=cfg.listen.batch_datagrams)
+                              max_per_event=cfg.listen.batch_datagrams, purpose=cfg.listen.purpose(endpoint))
             if self.listen_fds is not None:
                 lst.adopt(self.listen_fds[i])
             else:
@@ -503,6 +526,9 @@ class Server:
                 log("warning", "receive buffer smaller than requested; raise net.core.rmem_max",
                     listener=lst.address, requested=cfg.listen.rcvbuf_bytes, granted=lst.rcvbuf_granted)
         decoder = self._decoder_arg if self._decoder_arg is not None else make_decoder(cfg)
+        from decoders.sflow.kernel import warm_up
+
+        warm_up()  # compile (or load from NUMBA_CACHE_DIR) the sFlow kernels before READY, not at the first datagram
         self._load_state(decoder)
         sink = self._sink_arg if self._sink_arg is not None else make_sink(cfg, self.metrics, self.worker)
         mediator = make_mediator(cfg, self.worker) if self._mediator_arg == "auto" else self._mediator_arg
@@ -704,7 +730,7 @@ class Server:
                     log("error", "static bindings file refused; keeping the previous bindings", error=str(exc))
         if p.compliance is not None:
             p.compliance.reload(new)
-        if new.listen.udp != old.listen.udp or new.metrics.listen != old.metrics.listen:
+        if new.listen.endpoints() != old.listen.endpoints() or new.metrics.listen != old.metrics.listen:
             log("warning", "listen addresses changed: they take effect at the next restart")
         self.metrics.config_reloads.labels("ok").inc()
         log("info", "configuration reloaded", config=self.config_path or "(defaults)")

@@ -92,7 +92,7 @@ def memory_budget(config: Config) -> dict[str, int]:
         "sink_rows": c.store.max_pending_rows * row,
         "dedup": c.mediation.dedup_max_keys * DEDUP_KEY_BYTES if mediation else 0,
         "bindings": c.subscribers.max_memory_bindings * BINDING_BYTES if mediation else 0,
-        "receive_buffers": c.listen.rcvbuf_bytes * len(c.listen.udp),
+        "receive_buffers": c.listen.rcvbuf_bytes * len(c.listen.endpoints()),
         "baseline": BASELINE_BYTES,
     }
     workers = c.service.workers

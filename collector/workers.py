@@ -104,8 +104,9 @@ class Supervisor:
         try:
             for i in range(cfg.service.workers):
                 listeners = []
-                for endpoint in cfg.listen.udp:
-                    lst = UdpListener(endpoint, [], rcvbuf_bytes=cfg.listen.rcvbuf_bytes, reuse_port=True)
+                for endpoint in cfg.listen.endpoints():
+                    lst = UdpListener(endpoint, [], rcvbuf_bytes=cfg.listen.rcvbuf_bytes, reuse_port=True,
+                                      purpose=cfg.listen.purpose(endpoint))
                     lst.bind()
                     listeners.append(lst)
                 self.workers.append(Worker(i, listeners))
@@ -113,8 +114,8 @@ class Supervisor:
             log("error", "cannot start", error=str(exc))
             self._close_sockets()
             return 1
-        granted = self.workers[0].listeners[0].rcvbuf_granted if cfg.listen.udp else 0
-        if cfg.listen.udp and granted < cfg.listen.rcvbuf_bytes:
+        granted = self.workers[0].listeners[0].rcvbuf_granted if cfg.listen.endpoints() else 0
+        if cfg.listen.endpoints() and granted < cfg.listen.rcvbuf_bytes:
             log("warning", "receive buffer smaller than requested; raise net.core.rmem_max",
                 requested=cfg.listen.rcvbuf_bytes, granted=granted)
 
@@ -256,7 +257,8 @@ class Supervisor:
             log("error", "configuration reload refused; keeping the running configuration", error=str(exc),
                 key=exc.key)
             return
-        if new.service.workers != self.config.service.workers or new.listen.udp != self.config.listen.udp:
+        if (new.service.workers, new.listen.endpoints()) != \
+                (self.config.service.workers, self.config.listen.endpoints()):
             log("warning", "workers and listen addresses change at the next restart")
         self.config = new
         setup_logging(new.log.level, new.log.format)

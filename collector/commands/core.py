@@ -51,7 +51,8 @@ def run(config: Config, worker: int | None) -> None:
 @click.option("--port", "ports", type=int, multiple=True,
               help="Only datagrams to this UDP port (repeatable; default: every UDP datagram in the capture).")
 def decode(config: Config, pcap: str, fmt: str, ports: tuple[int, ...]) -> None:
-    """Decode the NetFlow/IPFIX datagrams in a capture offline, as the daemon would, one row per flow.
+    """Decode the NetFlow/IPFIX and sFlow datagrams in a capture offline, as the daemon would, one row per flow (per
+    flow sample for sFlow).
 
     Datagrams are decoded in the daemon's batch size with the capture time as the receive time. Decode errors per
     exporter and reason are summarised on stderr.

@@ -24,7 +24,8 @@ class Daemon:
     """
 
     def __init__(self, tmp: Path, *sets: str, config: Path | None = None, workers: int = 1,
-                 flush_interval_s: float = 600.0, env: dict[str, str] | None = None) -> None:
+                 flush_interval_s: float = 600.0, env: dict[str, str] | None = None,
+                 command: list[str] | None = None) -> None:
         self.tmp = tmp
         tmp.mkdir(parents=True, exist_ok=True)
         self.port = free_port()
@@ -35,10 +36,10 @@ class Daemon:
         self.notify.bind("\0" + name)
         self.notify.settimeout(0.2)
         self.messages: list[str] = []
-        args = [sys.executable, "-m", "collector.cli", "run"]
+        args = command or [sys.executable, "-m", "collector.cli", "run"]
         if config is not None:
             args += ["--config", str(config)]
-        for s in (f'listen.udp=["127.0.0.1:{self.port}"]', f"store.path={self.store}",
+        for s in (f'listen.udp=["127.0.0.1:{self.port}"]', "listen.sflow=[]", f"store.path={self.store}",
                   f"metrics.listen=127.0.0.1:{self.metrics_port}", f"store.flush_interval_s={flush_interval_s}",
                   f"service.workers={workers}", "service.shutdown_timeout_s=20", *sets):
             args += ["--set", s]

@@ -29,6 +29,8 @@ def _check(*args: str, cwd: Path) -> tuple[int, str]:
     ("listen.batch_datagrams=lots", "listen.batch_datagrams", "'lots'", "an integer"),
     ("listen.batch_datagrams=0", "listen.batch_datagrams", "0", "greater than 0"),
     ('listen.udp=["127.0.0.1:2055", "nowhere"]', "listen.udp[1]", "'nowhere'", "an address and port"),
+    ('listen.sflow=["127.0.0.1:6343", "6343"]', "listen.sflow[1]", "'6343'", "an address and port"),
+    ('listen.sflow=["0.0.0.0:2055"]', "listen.sflow", "'0.0.0.0:2055'", "endpoints not also in listen.udp"),
     ("log.level=loud", "log.level", "'loud'", "one of 'debug'"),
     ("service.workers=0", "service.workers", "0", "an integer >= 1"),
     ("store.flush_interval_s=true", "store.flush_interval_s", "True", "a number"),

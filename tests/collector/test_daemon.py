@@ -225,7 +225,8 @@ def test_shutdown_is_bounded_by_shutdown_timeout(tmp_path: Path) -> None:
     notify.settimeout(30)
     log = tmp_path / "log"
     proc = subprocess.Popen([sys.executable, "-c", SLOW_SINK_DAEMON, f'listen.udp=["127.0.0.1:{free_port()}"]',
-                             f"store.path={tmp_path}", "metrics.enabled=false", "service.shutdown_timeout_s=1"],
+                             "listen.sflow=[]", f"store.path={tmp_path}", "metrics.enabled=false",
+                             "service.shutdown_timeout_s=1"],
                             env=dict(os.environ, NOTIFY_SOCKET="@" + name), stderr=open(log, "wb"))
     try:
         assert b"READY=1" in notify.recv(4096)

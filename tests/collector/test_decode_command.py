@@ -84,3 +84,23 @@ def test_decode_port_filter_and_bad_file(tmp_path: Path) -> None:
     junk.write_bytes(b"this is not a capture file at all")
     code, _, err = _decode(junk)
     assert code == 1 and "not a pcap or pcapng file" in err
+
+
+def test_decode_an_sflow_capture_as_the_daemon_would(tmp_path: Path) -> None:
+    """sFlow datagrams in a capture (the one the tshark/sfacctd cross-checks use) decode through the same
+    dispatching decoder as the daemon's: one row per flow sample, as the sFlow decoder makes them."""
+    from decoders.sflow import SFLOW_VERSION
+    from decoders.sflow.decoder import SflowDecoder
+    from tests.decoders.test_sflow_peers import _scenario
+
+    datagrams, _ = _scenario()
+    pcap = tmp_path / "sflow.pcap"
+    write_pcap(pcap, datagrams)
+    want = SflowDecoder().decode([(d.payload, d.src, d.time_ms) for d in datagrams])
+    code, out, err = _decode(pcap, "--format", "json")
+    assert code == 0, err
+    rows = [json.loads(line) for line in out.splitlines()]
+    assert len(rows) == want.n_flows == 96
+    assert {r["version"] for r in rows} == {SFLOW_VERSION}
+    assert sum(r["bytes"] for r in rows) == int(want.flows["bytes"].sum())
+    assert [r["src_port"] for r in rows] == want.flows["src_port"].tolist()

@@ -154,7 +154,7 @@ class FakeSink:
 
 def _server(tmp_path, **listen) -> tuple[Server, FakeSink]:
     port = free_port()
-    sets = [f'listen.udp=["127.0.0.1:{port}"]', f"store.path={tmp_path}", "metrics.enabled=false",
+    sets = [f'listen.udp=["127.0.0.1:{port}"]', "listen.sflow=[]", f"store.path={tmp_path}", "metrics.enabled=false",
             *(f"listen.{k}={v}" for k, v in listen.items())]
     sink = FakeSink()
     server = Server(config_mod.load(None, sets), registry=CollectorRegistry(), sink=sink, mediator=None)

@@ -48,12 +48,13 @@ def test_the_store_lock_refuses_a_second_holder_and_is_released(tmp_path: Path) 
 @pytest.mark.slow
 @pytest.mark.parametrize(("purpose", "kind", "sets"), [
     ("flows (NetFlow/IPFIX)", socket.SOCK_DGRAM, lambda p: [f'listen.udp=["127.0.0.1:{p}"]']),
+    ("flows (sFlow)", socket.SOCK_DGRAM, lambda p: [f'listen.sflow=["127.0.0.1:{p}"]']),
     ("metrics", socket.SOCK_STREAM, lambda p: [f"metrics.listen=127.0.0.1:{p}"]),
     ("RADIUS accounting", socket.SOCK_DGRAM,
      lambda p: ["radius.enabled=true", f'radius.listen=["127.0.0.1:{p}"]', "radius.clients=[{address='127.0.0.1', "
                                                                             "secret='s'}]"]),
     ("IPDR/SP", socket.SOCK_STREAM, lambda p: ["ipdr.enabled=true", f"ipdr.listen=127.0.0.1:{p}"]),
-], ids=["flows", "metrics", "radius", "ipdr"])
+], ids=["flows", "sflow", "metrics", "radius", "ipdr"])
 def test_the_daemon_says_which_address_is_taken_and_for_what(tmp_path: Path, purpose: str, kind: int,
                                                              sets) -> None:
     blocker, port = _blocker(kind)

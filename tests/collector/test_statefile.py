@@ -168,7 +168,8 @@ def test_the_daemon_loads_every_state_file_and_saves_them_in_its_own_log(tmp_pat
     other = FlowDecoder()
     other.decode([(_templates(2), "192.0.2.2", now)])
     (state / "templates.bin.worker3").write_bytes(other.save_state())
-    sets = [f'listen.udp=["127.0.0.1:{free_port()}"]', f"store.path={tmp_path}", "metrics.enabled=false"]
+    sets = [f'listen.udp=["127.0.0.1:{free_port()}"]', "listen.sflow=[]", f"store.path={tmp_path}",
+            "metrics.enabled=false"]
     server = Server(config_mod.load(None, sets), registry=CollectorRegistry(), sink=_Sink(), mediator=None)
 
     async def run() -> None:

@@ -75,3 +75,38 @@ def test_load_command_line_reports_json() -> None:
 def test_parse_target() -> None:
     assert parse_target("127.0.0.1:2055") == ("127.0.0.1", 2055)
     assert parse_target("[::1]:4739") == ("::1", 4739)
+
+
+def test_sflow_load_is_gap_free_over_passes_of_the_pool() -> None:
+    """sFlow mode: three passes over a pool of 40 datagrams read as one agent's stream: no datagram or sample
+    sequence gaps, and the sample pools grow by exactly the sampling rate per sample after each source's first."""
+    from bench.load import SFLOW
+    from decoders.sflow.decoder import SflowDecoder
+
+    sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4 << 20)
+    sock.bind(("127.0.0.1", 0))
+    received: list[tuple[bytes, str]] = []
+    stop = threading.Event()
+    thread = threading.Thread(target=_receiver, args=(sock, received, stop), daemon=True)
+    thread.start()
+    try:
+        report = run_load(version=SFLOW, target=sock.getsockname(), rate=400, duration_s=0.3, records=5, pool=40,
+                          domain=3)
+        for _ in range(50):
+            if len(received) >= report.datagrams:
+                break
+            time.sleep(0.05)
+    finally:
+        stop.set()
+        thread.join()
+        sock.close()
+    assert report.send_errors == 0 and report.datagrams == 120 and report.records == 600
+    assert len(received) == report.datagrams
+    dec = SflowDecoder()
+    result = dec.decode([(d, src, 0) for d, src in received])
+    assert result.errors == Counter() and result.n_flows == 600
+    assert set(result.flows["observation_domain"].tolist()) == {3}  # the sub-agent id
+    assert result.sequence_resets == Counter() and result.samples_lost == Counter()
+    sources = len(set(result.extras["source_id_index"].tolist()))
+    assert result.sample_pool["127.0.0.1"] == 1000 * (600 - sources)

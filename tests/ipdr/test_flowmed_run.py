@@ -27,7 +27,8 @@ def test_flowmed_run_collects_from_the_simulated_cmts(tmp_path):
                            text=True, cwd=tmp_path)
     time.sleep(0.5)
     run = subprocess.Popen([flowmed_command(), "run", "--set", f"store.path={tmp_path / 'data'}",
-                            "--set", f'listen.udp=["127.0.0.1:{free_port()}"]', "--set", "metrics.enabled=false",
+                            "--set", f'listen.udp=["127.0.0.1:{free_port()}"]', "--set", "listen.sflow=[]",
+                            "--set", "metrics.enabled=false",
                             "--set", "ipdr.enabled=true", "--set", "ipdr.preexisting=count",
                             "--set", f'ipdr.exporters=[{{address="127.0.0.1:{port}", name="sim"}}]',
                             "--set", "ipdr.reconnect_max_s=0.5"],
