@@ -26,6 +26,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_l
 
 from collector.config import split_endpoint
 from collector.logging import log
+from decoders.sflow import SFLOW_VERSION
 
 MAX_CONNECTIONS = 64
 """Connections the metrics endpoint holds at most (Prometheus needs one per scrape, ``flowmed status`` one)."""
@@ -80,6 +81,10 @@ class StatusBoard:
 
     def to_list(self) -> list[dict[str, Any]]:
         return [e.to_dict() for e in self.exporters.values()]
+
+
+VERSION_NAMES = {5: "v5", 9: "v9", 10: "ipfix", SFLOW_VERSION: "sflow"}
+"""How ``flowmed status`` names the protocol of a ``version`` value (sFlow's 105 is the flows table's code for it)."""
 
 
 def merge(snapshots: list[dict[str, Any]]) -> dict[str, Any]:
@@ -396,7 +401,7 @@ def render(status: dict[str, Any]) -> str:
     lines.append(f"  {'address':<40} {'versions':<9} {'last seen':>10} {'records':>12} {'errors':>8}"
                  f" {'seq lost':>9} {'tmpl':>5}")
     for e in status.get("exporters", []):
-        versions = ",".join(str(v) for v in e["versions"])
+        versions = ",".join(VERSION_NAMES.get(v, str(v)) for v in e["versions"])
         lines.append(f"  {e['address']:<40} {versions:<9} {_ago(e['last_seen_ms'], now):>10} {e['records']:>12}"
                      f" {e['errors']:>8} {e['sequence_lost']:>9} {e['templates']:>5}")
     if not status.get("exporters"):

@@ -122,6 +122,14 @@ def test_status_merge_sums_exporters_over_workers() -> None:
     assert "10.0.0.1" in status_mod.render(merged)
 
 
+def test_status_names_each_protocol() -> None:
+    snapshot = {"exporters": [{"address": "10.0.0.1", "versions": [5, 9, 10, 105], "first_seen_ms": 5,
+                               "last_seen_ms": 9, "datagrams": 4, "records": 30, "errors": 0, "sequence_lost": 0,
+                               "templates": 2}], "listeners": [], "outputs": []}
+    (line,) = [x for x in status_mod.render(snapshot).splitlines() if "10.0.0.1" in x]
+    assert "v5,v9,ipfix,sflow" in line and "105" not in line
+
+
 def test_write_atomic_replaces_whole_files(tmp_path) -> None:
     target = tmp_path / "state" / "templates.json"
     write_atomic(target, b"one")
