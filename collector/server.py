@@ -503,6 +503,7 @@ class Server:
                 self.http.close()
             self.store_lock.release()
             return 1
+        self.log_started()
         self.notifier.notify("READY=1", f"STATUS=receiving on {', '.join(lst.address for lst in self.listeners)}",
                              *([f"FLOWMED_WORKER={self.worker}"] if self.worker is not None else []))
         await self.main_loop()
@@ -544,12 +545,17 @@ class Server:
         for lst in self.listeners:
             lst.start(self._loop)
         self.publish_status()
-        outputs = [getattr(o, "name", type(o).__name__) for o in getattr(sink, "outputs", [])]
+    def log_started(self) -> None:
+        """The one 'started' line, written once everything is bound (RADIUS and IPDR included): a start that fails
+        later must not have claimed to be up."""
+        cfg = self.config
+        assert self.pipeline is not None
+        outputs = [getattr(o, "name", type(o).__name__) for o in getattr(self.pipeline.sink, "outputs", [])]
         if self.worker is None:
             log("info", "flowmed started", version=metrics_mod.version(), pid=os.getpid(),
                 listeners=[lst.address for lst in self.listeners], outputs=outputs, workers=1,
                 rcvbuf_granted=min((lst.rcvbuf_granted for lst in self.listeners), default=0),
-                mediation=mediator is not None, metrics=self.http.address if self.http else "off",
+                mediation=self.pipeline.mediator is not None, metrics=self.http.address if self.http else "off",
                 store=cfg.store.path)
         else:
             log("info", "worker started", worker=self.worker, pid=os.getpid(),

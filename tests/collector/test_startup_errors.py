@@ -71,6 +71,7 @@ def test_the_daemon_says_which_address_is_taken_and_for_what(tmp_path: Path, pur
     assert 'msg="cannot start"' in log
     assert f"cannot listen for {purpose} on 127.0.0.1:{port}: Address already in use" in log, log
     assert "Traceback" not in log
+    assert "flowmed started" not in log, "a start that failed must not have claimed to be up"
 
 
 @pytest.mark.slow
