@@ -19,7 +19,7 @@ from dataclasses import dataclass
 import numpy as np
 import pyarrow as pa
 
-from decoders.ipdr.errors import TemplateError
+from decoders.ipdr.errors import IpdrTemplateError
 from decoders.ipdr.messages import TemplateBlock
 
 # typeId -> (name, fixed size in bytes or 0 for length-prefixed, numpy big-endian dtype for fixed types)
@@ -90,12 +90,12 @@ class CompiledTemplate:
 def compile_template(block: TemplateBlock, *, max_fields: int = 512, ipv6_bare: bool = False) -> CompiledTemplate:
     """Check a template block and prepare it for decoding.
 
-    Raises :class:`TemplateError` when it has more than ``max_fields`` fields or an *enabled* field of an unknown
+    Raises :class:`IpdrTemplateError` when it has more than ``max_fields`` fields or an *enabled* field of an unknown
     type (its size is unknown, so no record of the template could be decoded). Disabled fields are not on the
     wire, so their type does not matter.
     """
     if len(block.fields) > max_fields:
-        raise TemplateError(f"template {block.template_id}: {len(block.fields)} fields, limit {max_fields}")
+        raise IpdrTemplateError(f"template {block.template_id}: {len(block.fields)} fields, limit {max_fields}")
     fields = []
     seen: set[str] = set()
     for f in block.fields:
@@ -104,10 +104,10 @@ def compile_template(block: TemplateBlock, *, max_fields: int = 512, ipv6_bare: 
             continue
         type_id = f.type_id & TYPE_MASK
         if type_id not in TYPES:
-            raise TemplateError(f"template {block.template_id} ({block.type_name}): field {f.name!r} has unknown "
+            raise IpdrTemplateError(f"template {block.template_id} ({block.type_name}): field {f.name!r} has unknown "
                                 f"type 0x{f.type_id:x}", reason="unknown_field_type")
         if name in seen:
-            raise TemplateError(f"template {block.template_id}: field {name!r} twice")
+            raise IpdrTemplateError(f"template {block.template_id}: field {name!r} twice")
         seen.add(name)
         tname, size, dtype = TYPES[type_id]
         if type_id == 0x427 and ipv6_bare:

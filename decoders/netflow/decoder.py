@@ -43,7 +43,7 @@ from decoders.errors import (
     EmptySet,
     LengthMismatch,
     ReservedSetId,
-    StateError,
+    SavedStateError,
     Truncated,
     UnsupportedVersion,
 )
@@ -507,7 +507,7 @@ class FlowDecoder:
         Loading compiles nothing (templates are compiled at their first data) and parses no field, so it costs
         a few microseconds per record. ``mark``: the loaded state is to be saved again by the next incremental
         save (it came from another file); templates refused are always marked, so the saved state forgets them.
-        Returns the templates refused; raises :class:`StateError` when ``data`` is not decoder state.
+        Returns the templates refused; raises :class:`SavedStateError` when ``data`` is not decoder state.
         """
         if data[:1] == b"{":
             return self._load_json(data)
@@ -562,7 +562,7 @@ class FlowDecoder:
         try:
             state = json.loads(data)
             if state.get("version") != STATE_VERSION:
-                raise StateError(f"unsupported decoder state version {state.get('version')!r}")
+                raise SavedStateError(f"unsupported decoder state version {state.get('version')!r}")
             buf = [saved.MAGIC]
             for name, s in state["exporters"].items():
                 rates = {}
@@ -575,7 +575,7 @@ class FlowDecoder:
                     v9_scope = sum(1 for f in t.fields if f.enterprise < 0)
                     ipfix = int(v) == 10
                     if v9_scope and ipfix:
-                        raise StateError("v9 scope fields in an IPFIX template")
+                        raise SavedStateError("v9 scope fields in an IPFIX template")
                     buf.append(saved.template_record(
                         str(name), int(v), int(d), t.template_id, options=t.options, ipfix=ipfix,
                         scope=t.scope_count if ipfix else v9_scope, count=len(t.fields), last_seen_ms=int(seen),
@@ -583,10 +583,10 @@ class FlowDecoder:
             for exporter, v, d, tid, received, export, uptime, body in state.get("pending", []):
                 buf.append(saved.held_record(str(exporter), int(v), int(d), int(tid), int(received), int(export),
                                              int(uptime), base64.b64decode(body)))
-        except StateError:
+        except SavedStateError:
             raise
         except (ValueError, KeyError, TypeError, AttributeError, binascii.Error, struct.error) as e:
-            raise StateError(f"unreadable decoder state: {e}") from e
+            raise SavedStateError(f"unreadable decoder state: {e}") from e
         return self.load_state(b"".join(buf), mark=True)
 
     def _mark(self, key: saved.Key) -> None:

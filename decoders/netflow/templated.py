@@ -16,7 +16,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from decoders.errors import DecodeError, TemplateError, TooManyFields, Truncated
+from decoders.errors import BadTemplate, DecodeError, TooManyFields, Truncated
 from decoders.netflow import fields as ies
 from decoders.netflow.templates import Compiled, FixedView, Template, VariableView, fields_of
 from decoders.netflow.v5 import uptime_to_ms
@@ -198,11 +198,11 @@ class RawTemplate:
         """Fields of length 0 (legal on the wire, but they carry nothing: counted as ``zero_length_field``)."""
         return int(np.count_nonzero(self.lengths() == 0))
 
-    def problem(self) -> TemplateError | None:
+    def problem(self) -> BadTemplate | None:
         """Why the template cannot be used (every field of length 0), or None."""
         lengths = self.lengths()
         if not lengths.any():
-            return TemplateError(f"template {self.template_id} has zero record length")
+            return BadTemplate(f"template {self.template_id} has zero record length")
         return None
 
     def template(self) -> Template:
@@ -268,7 +268,7 @@ def parse_template_set(body: bytes, pos: int, end: int, *, ipfix: bool, options:
             pos += 4
             if count == 0:
                 if tid < 256 and tid != (IPFIX_OPTIONS_SET if options else IPFIX_TEMPLATE_SET):
-                    yield TemplateError(f"withdrawal of invalid template id {tid}", offset=start)
+                    yield BadTemplate(f"withdrawal of invalid template id {tid}", offset=start)
                 else:
                     yield Withdrawal(tid, options)
                 continue
@@ -282,7 +282,7 @@ def parse_template_set(body: bytes, pos: int, end: int, *, ipfix: bool, options:
             tid, scope_len, option_len = U16X3.unpack_from(body, pos)
             pos += 6
             if scope_len % 4 or option_len % 4 or scope_len + option_len == 0:
-                yield TemplateError(f"v9 options template {tid}: scope/option lengths {scope_len}/{option_len}",
+                yield BadTemplate(f"v9 options template {tid}: scope/option lengths {scope_len}/{option_len}",
                                     offset=start)
                 return
             count = (scope_len + option_len) // 4
@@ -300,11 +300,11 @@ def parse_template_set(body: bytes, pos: int, end: int, *, ipfix: bool, options:
             return
         spec_start, pos = pos, scanned
         if tid < 256:
-            yield TemplateError(f"template id {tid} is reserved (must be >= 256)", offset=start)
+            yield BadTemplate(f"template id {tid} is reserved (must be >= 256)", offset=start)
         elif count == 0:
-            yield TemplateError(f"template {tid} has no field", offset=start)
+            yield BadTemplate(f"template {tid} has no field", offset=start)
         elif ipfix and options and not 0 < scope <= count:
-            yield TemplateError(f"options template {tid}: scope count {scope} of {count} fields", offset=start)
+            yield BadTemplate(f"options template {tid}: scope count {scope} of {count} fields", offset=start)
         else:
             yield RawTemplate(tid, body[spec_start:pos], count, scope, options, ipfix)
 
