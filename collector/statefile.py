@@ -21,7 +21,7 @@ from pathlib import Path
 
 from decoders.errors import SavedStateError
 from decoders.netflow import saved_state as saved
-from decoders.netflow.decoder import StateChanges
+from decoders.netflow.persistence import StateChanges
 
 COMPACT_SLACK = 1 << 20
 """Bytes of superseded records a log may carry before it is rewritten (beyond as many as it has live)."""

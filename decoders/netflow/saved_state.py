@@ -43,8 +43,19 @@ OPTIONS, IPFIX = 1, 2
 MAX_RECORD = 1 << 24
 """A record longer than this is damage, not data (the longest real one is a held set of one datagram)."""
 
-Key = tuple
-"""``("t", exporter, version, domain, template id)`` or ``("e", exporter)``."""
+TemplateStateKey = tuple[str, str, int, int, int]
+"""``("t", exporter, version, domain, template id)``."""
+ExporterStateKey = tuple[str, str]
+"""``("e", exporter)``."""
+Key = TemplateStateKey | ExporterStateKey
+"""A key of the state: a template of an exporter, or an exporter's own values."""
+
+
+def template_key(key: Key) -> tuple[int, int, int]:
+    """The (version, domain, template id) of a template's state key."""
+    if len(key) != 5:
+        raise ValueError(f"not a template key: {key!r}")
+    return key[2], key[3], key[4]
 
 
 def frame(kind: int, payload: bytes) -> bytes:
@@ -90,7 +101,7 @@ def exporter_delete_record(exporter: str) -> bytes:
 
 def delete_record(key: Key) -> bytes:
     """The record deleting ``key``."""
-    return template_delete_record(*key[1:]) if key[0] == "t" else exporter_delete_record(key[1])
+    return template_delete_record(key[1], *template_key(key)) if key[0] == "t" else exporter_delete_record(key[1])
 
 
 def held_record(exporter: str, version: int, domain: int, template_id: int, received_ms: int, export_ms: int,
@@ -163,7 +174,8 @@ def decode(kind: int, payload: bytes) -> TemplateRecord | ExporterRecord | HeldR
             return TemplateRecord(name, version, domain, tid, bool(flags & OPTIONS), bool(flags & IPFIX), scope,
                                   count, seen, payload[at + _TEMPLATE.size:])
         if kind == TEMPLATE_DELETE:
-            return ("t", name, *_TEMPLATE_KEY.unpack_from(payload, at))
+            version, domain, tid = _TEMPLATE_KEY.unpack_from(payload, at)
+            return ("t", name, version, domain, tid)
         if kind == EXPORTER:
             seen, n_init, n_rates = _EXPORTER.unpack_from(payload, at)
             at += _EXPORTER.size

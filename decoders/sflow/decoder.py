@@ -27,8 +27,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from decoders.netflow.decoder import DecodeResult
 from decoders.netflow.templated import Joiner
+from decoders.result import DecodeResult
 from decoders.sampling import SamplingPolicy, resolve
 from decoders.schema import FLOWS
 from decoders.sequence import SequenceTracker
