@@ -104,13 +104,16 @@ class Reader:
         return self.buf[self._take(1)]
 
     def u16(self) -> int:
-        return struct.unpack_from(">H", self.buf, self._take(2))[0]
+        value: int = struct.unpack_from(">H", self.buf, self._take(2))[0]
+        return value
 
     def u32(self) -> int:
-        return struct.unpack_from(">I", self.buf, self._take(4))[0]
+        value: int = struct.unpack_from(">I", self.buf, self._take(4))[0]
+        return value
 
     def u64(self) -> int:
-        return struct.unpack_from(">Q", self.buf, self._take(8))[0]
+        value: int = struct.unpack_from(">Q", self.buf, self._take(8))[0]
+        return value
 
     def raw(self, n: int) -> bytes:
         p = self._take(n)
@@ -157,7 +160,7 @@ class Message:
     @classmethod
     def parse(cls, r: Reader, session_id: int) -> Message:
         r.done()
-        return cls()  # type: ignore[call-arg]
+        return cls()
 
     @property
     def sid(self) -> int:

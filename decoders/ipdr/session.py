@@ -196,6 +196,11 @@ class CollectorConnection:
 
     # -- sending ---------------------------------------------------------------------------------------------
 
+    @property
+    def closed(self) -> bool:
+        """Whether the connection is closed (DISCONNECT, or a fatal protocol violation)."""
+        return self.state is ConnState.CLOSED
+
     def send(self, msg: m.Message, now: float = 0.0) -> bytes:
         """Validate ``msg`` against the state tables, apply its transition and return its bytes.
 
@@ -257,7 +262,7 @@ class CollectorConnection:
                 run.append(frame)
                 continue
             events.extend(self._control(buf, frame))
-            if self.state is ConnState.CLOSED:
+            if self.closed:  # _control may have closed the connection
                 return events
         if run:
             events.extend(self._data_run(buf, run, now))
