@@ -22,6 +22,7 @@ from enum import Enum
 
 import numpy as np
 
+from decoders.ipdr import framing
 from decoders.ipdr import messages as m
 from decoders.ipdr.errors import FramingError, IpdrError, IpdrStateError, IpdrTemplateError, MalformedMessage
 from decoders.ipdr.xdr import CompiledTemplate, DecodedRecords, compile_template, decode_records
@@ -176,12 +177,12 @@ class CollectorConnection:
         ipv6_bare: this exporter sends ipV6Addr as a bare 16 bytes (2005 reference code) instead of length-prefixed.
     """
 
-    def __init__(self, *, max_message_size: int = m.DEFAULT_MAX_MESSAGE_SIZE, max_sessions: int = 32,
+    def __init__(self, *, max_message_size: int = framing.DEFAULT_MAX_MESSAGE_SIZE, max_sessions: int = 32,
                  max_templates: int = 64, max_template_fields: int = 512, ipv6_bare: bool = False) -> None:
         self.state = ConnState.IDLE
         self.sessions: dict[int, SessionInfo] = {}
         self.max_message_size = max_message_size
-        self.framer = m.Framer(min(max_message_size, HANDSHAKE_MAX_MESSAGE_SIZE))  # raised once connected
+        self.framer = framing.Framer(min(max_message_size, HANDSHAKE_MAX_MESSAGE_SIZE))  # raised once connected
         self.frames_received = 0
         """Complete messages received (whatever they were): a byte here and there is not a sign of life."""
         self.max_sessions = max_sessions

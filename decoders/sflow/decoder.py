@@ -15,6 +15,10 @@ Theory of operation. :meth:`SflowDecoder.decode` takes a batch of ``(payload, ex
 
 Errors are counted per (exporter, reason) and cost only the structure they are in (:data:`wire.REASONS`); ``decode``
 never raises for bad input. Every state an exporter can grow is bounded by :class:`SflowLimits`.
+
+A little over 500 lines on purpose: one decoder and the three numpy passes above (columns, counters, loss
+accounting) over the same per-batch arrays of the kernels; the accounting is the only part that could stand alone,
+and it is one method that reads the decoder's per-exporter state.
 """
 
 from __future__ import annotations

@@ -7,6 +7,10 @@ joined), one pass per level, and write into preallocated columns: no Python step
 Every read is checked against the end of the structure it belongs to before it is made (numba does not check
 bounds), and the joined buffer carries zero padding behind the last datagram as a second guard.
 
+Over 500 lines on purpose: the kernels are one compiled walk, level by level, calling each other's compiled
+helpers (address, header and record readers) and writing the column layout declared at the top; split over
+modules they would only scatter that layout and numba's per-module disk cache without making a part reusable.
+
 The functions compile on first use, which takes about 10 s of CPU (:func:`warm_up` does it ahead of traffic). The
 compiled code is cached on disk (numba's cache, checked against the source) in ``NUMBA_CACHE_DIR`` when that is set,
 else beside this module when its folder is writable; a read-only install without ``NUMBA_CACHE_DIR`` (a hardened
