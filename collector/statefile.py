@@ -19,9 +19,9 @@ import os
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 
-from decoders.errors import StateError
+from decoders.errors import SavedStateError
 from decoders.netflow import saved_state as saved
-from decoders.netflow.decoder import StateChanges
+from decoders.netflow.persistence import StateChanges
 
 COMPACT_SLACK = 1 << 20
 """Bytes of superseded records a log may carry before it is rewritten (beyond as many as it has live)."""
@@ -69,7 +69,7 @@ class StateWriter:
             log = self.path.read_bytes()
             try:
                 valid = self.mirror.load(log)
-            except StateError:
+            except SavedStateError:
                 self.mirror = saved.StateMirror()
                 valid = -1
             self.file_bytes = len(log)

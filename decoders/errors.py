@@ -59,13 +59,13 @@ class ReservedSetId(DecodeError):
     reason = "reserved_set_id"
 
 
-class TemplateError(DecodeError):
+class BadTemplate(DecodeError):
     """A template or options template record that cannot be used (bad id, no fields, truncated, no length)."""
 
     reason = "bad_template"
 
 
-class TooManyFields(TemplateError):
+class TooManyFields(BadTemplate):
     """A template with more fields than ``DecoderLimits.max_template_fields``."""
 
     reason = "template_too_many_fields"
@@ -77,15 +77,16 @@ class BadRecord(DecodeError):
     reason = "bad_record"
 
 
-class StateError(DecodeError):
-    """Saved decoder state (``load_state``) that cannot be read."""
+class SavedStateError(DecodeError):
+    """Saved NetFlow/IPFIX decoder state (``load_state``) that cannot be read (not the IPDR session state:
+    :class:`decoders.ipdr.errors.IpdrStateError`)."""
 
     reason = "bad_state"
 
 
 REASONS: dict[str, str] = {
     **{cls.reason: (cls.__doc__ or "").strip() for cls in (
-        Truncated, LengthMismatch, UnsupportedVersion, BadSetLength, EmptySet, ReservedSetId, TemplateError,
+        Truncated, LengthMismatch, UnsupportedVersion, BadSetLength, EmptySet, ReservedSetId, BadTemplate,
         TooManyFields, BadRecord)},
     "pending_expired": "Data held for a missing template was dropped: the template did not come in time.",
     "pending_overflow": "Data held for a missing template was dropped to stay within the pending byte bound.",

@@ -148,7 +148,7 @@ def _tsresol(options: bytes, endian: str) -> int:
             break
         if code == 9 and length >= 1:
             v = options[pos + 4]
-            return 2 ** (v & 0x7F) if v & 0x80 else 10 ** v
+            return int(2 ** (v & 0x7F) if v & 0x80 else 10 ** v)
         pos += 4 + length + (-length % 4)
     return 1_000_000
 

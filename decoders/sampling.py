@@ -19,6 +19,7 @@ from __future__ import annotations
 import ipaddress
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
+from typing import cast
 
 import numpy as np
 
@@ -53,7 +54,8 @@ class SamplingPolicy:
             return self.default_rate, False
         if isinstance(addr, ipaddress.IPv6Address) and addr.ipv4_mapped is not None:
             addr = addr.ipv4_mapped
-        for net, rate, override in self.rules:
+        rules = cast(tuple[tuple[Network, int, bool], ...], self.rules)  # parsed by __post_init__
+        for net, rate, override in rules:
             if addr.version == net.version and addr in net:
                 return rate, override
         return self.default_rate, False
@@ -132,17 +134,10 @@ class SamplerTable:
         table = np.array([self.rates.get((domain, (key_ie, int(u))), 0) for u in uniq], dtype=np.uint64)
         return table[inverse]
 
-    def to_json(self) -> list:
-        return [[d, list(k) if k else None, r] for (d, k), r in self.rates.items()]
-
-    def load_json(self, data: list) -> None:
-        for d, k, r in data:
-            self.set(int(d), (int(k[0]), int(k[1])) if k else None, int(r))
-
 
 def resolve(announced: np.ndarray, policy_rate: np.ndarray, override: np.ndarray) -> np.ndarray:
     """Final uint32 rate per record from announced (0 = none), configured rate and override flag."""
     rate = np.where(override | (announced == 0), policy_rate, announced)
-    if np.ndim(rate) == 0:
-        return np.uint32(min(max(int(rate), 1), 2**32 - 1))
+    if np.ndim(rate) == 0:  # one rate for every record: a 0-d array, broadcast where it is used
+        return np.asarray(min(max(int(rate), 1), 2**32 - 1), dtype=np.uint32)
     return np.clip(rate, 1, 2**32 - 1).astype(np.uint32)

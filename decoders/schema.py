@@ -151,9 +151,10 @@ TABLES: dict[str, Table] = {}
 """Every table flowmed knows, by name. Modules register theirs on import via :func:`table`."""
 
 
-def table(*args, **kwargs) -> Table:
+def table(name: str, doc: str, columns: tuple[Column, ...], time_column: str, order_by: tuple[str, ...],
+          partition: str = "day", engine: str = "MergeTree", version_column: str | None = None) -> Table:
     """Define and register a table (see :class:`Table`); redefining a name is an error."""
-    t = Table(*args, **kwargs)
+    t = Table(name, doc, columns, time_column, order_by, partition, engine, version_column)
     if t.name in TABLES and TABLES[t.name] != t:
         raise ValueError(f"table {t.name} defined twice")
     TABLES[t.name] = t

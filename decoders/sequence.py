@@ -20,6 +20,9 @@ import numpy as np
 
 MOD = 1 << 32
 
+SequenceKey = tuple[str | int | bytes, ...]
+"""The exporter first, then what numbers a stream: NetFlow (version, domain); sFlow the sub-agent or data source."""
+
 
 def _signed(v: int) -> int:
     v %= MOD
@@ -45,10 +48,10 @@ class SequenceTracker:
         self.max_jump = max_jump
         self.max_gaps = max_gaps
         self.max_keys = max_keys
-        self.states: dict[tuple, _State] = {}
+        self.states: dict[SequenceKey, _State] = {}
         self.resets = 0
 
-    def observe(self, key: tuple, seq: int, count: int, *, exact: bool = True) -> int:
+    def observe(self, key: SequenceKey, seq: int, count: int, *, exact: bool = True) -> int:
         """Account a datagram whose first unit is ``seq`` and which carries ``count`` units; returns units lost.
 
         ``exact=False`` when ``count`` is unknown (IPFIX data held for a missing template): the next datagram then
@@ -90,7 +93,8 @@ class SequenceTracker:
         st.expected = (seq + count) % MOD if exact else None
         return lost
 
-    def observe_many(self, key: tuple, seqs: np.ndarray, counts: np.ndarray, exact: np.ndarray) -> tuple[int, int]:
+    def observe_many(self, key: SequenceKey, seqs: np.ndarray, counts: np.ndarray,
+                     exact: np.ndarray) -> tuple[int, int]:
         """:meth:`observe` of several datagrams of one key, in order; returns (units lost, restarts detected).
 
         A stretch of datagrams each continuing exactly where the one before left off, met with nothing open (the
@@ -119,7 +123,7 @@ class SequenceTracker:
                 lost += self.observe(key, seq_l[i], count_l[i], exact=exact_l[i])
         return lost, self.resets - resets
 
-    def continue_run(self, key: tuple, first: int, after: int) -> bool:
+    def continue_run(self, key: SequenceKey, first: int, after: int) -> bool:
         """Account at once a run of units ``first`` .. ``after`` (exclusive) already known to follow each other
         exactly, when it continues where ``key`` left off with no gap open (what :meth:`observe` would do for each);
         returns False, changing nothing, otherwise (then use :meth:`observe_many`)."""

@@ -42,6 +42,7 @@ def main(argv: list[str]) -> None:
         # Import what the targets import lazily, inside the instrumentation.
         import collector.commands.core  # noqa: F401
         import collector.config  # noqa: F401
+        import decoders.ipdr.framing  # noqa: F401
         import decoders.ipdr.messages  # noqa: F401
         import decoders.ipdr.session  # noqa: F401
         import decoders.ipdr.xdr  # noqa: F401

@@ -156,10 +156,11 @@ def ipdr_messages(data: bytes) -> None:
     Only :class:`decoders.ipdr.errors.IpdrError` (Framing/Malformed) may come out; a decoded message re-encodes
     and decodes to an equal message (the codec is its own inverse on what it accepts).
     """
+    from decoders.ipdr import framing
     from decoders.ipdr import messages as m
     from decoders.ipdr.errors import FramingError, IpdrError
 
-    framer = m.Framer(max_message_size=1 << 16)
+    framer = framing.Framer(max_message_size=1 << 16)
     for chunk in split_datagrams(data):
         framer.feed(chunk)
         try:

@@ -29,13 +29,13 @@ class FramingError(IpdrError):
     reason = "framing"
 
 
-class TemplateError(IpdrError):
+class IpdrTemplateError(IpdrError):
     """A template that cannot be used (unknown enabled field type, too many fields or templates)."""
 
     reason = "bad_template"
 
 
-class StateError(IpdrError):
+class IpdrStateError(IpdrError):
     """A message that is not valid in the current connection or session state."""
 
     reason = "invalid_for_state"

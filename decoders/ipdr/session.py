@@ -22,8 +22,9 @@ from enum import Enum
 
 import numpy as np
 
+from decoders.ipdr import framing
 from decoders.ipdr import messages as m
-from decoders.ipdr.errors import FramingError, IpdrError, MalformedMessage, StateError, TemplateError
+from decoders.ipdr.errors import FramingError, IpdrError, IpdrStateError, IpdrTemplateError, MalformedMessage
 from decoders.ipdr.xdr import CompiledTemplate, DecodedRecords, compile_template, decode_records
 
 
@@ -176,12 +177,12 @@ class CollectorConnection:
         ipv6_bare: this exporter sends ipV6Addr as a bare 16 bytes (2005 reference code) instead of length-prefixed.
     """
 
-    def __init__(self, *, max_message_size: int = m.DEFAULT_MAX_MESSAGE_SIZE, max_sessions: int = 32,
+    def __init__(self, *, max_message_size: int = framing.DEFAULT_MAX_MESSAGE_SIZE, max_sessions: int = 32,
                  max_templates: int = 64, max_template_fields: int = 512, ipv6_bare: bool = False) -> None:
         self.state = ConnState.IDLE
         self.sessions: dict[int, SessionInfo] = {}
         self.max_message_size = max_message_size
-        self.framer = m.Framer(min(max_message_size, HANDSHAKE_MAX_MESSAGE_SIZE))  # raised once connected
+        self.framer = framing.Framer(min(max_message_size, HANDSHAKE_MAX_MESSAGE_SIZE))  # raised once connected
         self.frames_received = 0
         """Complete messages received (whatever they were): a byte here and there is not a sign of life."""
         self.max_sessions = max_sessions
@@ -196,10 +197,15 @@ class CollectorConnection:
 
     # -- sending ---------------------------------------------------------------------------------------------
 
+    @property
+    def closed(self) -> bool:
+        """Whether the connection is closed (DISCONNECT, or a fatal protocol violation)."""
+        return self.state is ConnState.CLOSED
+
     def send(self, msg: m.Message, now: float = 0.0) -> bytes:
         """Validate ``msg`` against the state tables, apply its transition and return its bytes.
 
-        Raises :class:`StateError` when the collector itself would break the protocol (a local bug).
+        Raises :class:`IpdrStateError` when the collector itself would break the protocol (a local bug).
         """
         self._transition(SEND, msg)
         if isinstance(msg, m.DataAck):
@@ -257,7 +263,7 @@ class CollectorConnection:
                 run.append(frame)
                 continue
             events.extend(self._control(buf, frame))
-            if self.state is ConnState.CLOSED:
+            if self.closed:  # _control may have closed the connection
                 return events
         if run:
             events.extend(self._data_run(buf, run, now))
@@ -293,12 +299,12 @@ class CollectorConnection:
             return [msg]  # not used by this collector: reported, no state change
         try:
             self._transition(RECV, msg)
-        except StateError as exc:
+        except IpdrStateError as exc:
             fatal = not isinstance(msg, SESSION_MESSAGES)
             scoped = None if fatal or msg.sid not in self.sessions else msg.sid
             return [self._violation(exc.reason, exc.detail, scoped, fatal=fatal,
                                     code=m.ErrorCode.INVALID_FOR_STATE)]
-        except TemplateError as exc:
+        except IpdrTemplateError as exc:
             return [self._violation(exc.reason, exc.detail, msg.sid)]
         return [msg]
 
@@ -306,17 +312,17 @@ class CollectorConnection:
         kind = type(msg)
         if isinstance(msg, SESSION_MESSAGES):
             if self.state is not ConnState.CONNECTED:
-                raise StateError(f"{kind.__name__} ({direction}) in connection state {self.state.name}")
+                raise IpdrStateError(f"{kind.__name__} ({direction}) in connection state {self.state.name}")
             s = self.sessions.get(msg.sid)
             if s is None:
                 if direction == SEND and kind is m.FlowStart and len(self.sessions) < self.max_sessions:
                     s = self.sessions[msg.sid] = SessionInfo(msg.sid)
                 else:
-                    raise StateError(f"{kind.__name__} ({direction}) for unknown session {msg.sid}",
+                    raise IpdrStateError(f"{kind.__name__} ({direction}) for unknown session {msg.sid}",
                                      session_id=msg.sid)
             key = (s.state, direction, kind)
             if key not in SESSION_TRANSITIONS:
-                raise StateError(f"{kind.__name__} ({direction}) in session {msg.sid} state {s.state.name}",
+                raise IpdrStateError(f"{kind.__name__} ({direction}) in session {msg.sid} state {s.state.name}",
                                  session_id=msg.sid)
             if not (s.state is SessState.CLOSED and direction == RECV):  # late arrivals change nothing
                 self._apply_session(s, direction, msg)
@@ -330,7 +336,7 @@ class CollectorConnection:
             return
         key3 = (self.state, direction, kind)
         if key3 not in CONN_TRANSITIONS:
-            raise StateError(f"{kind.__name__} ({direction}) in connection state {self.state.name}")
+            raise IpdrStateError(f"{kind.__name__} ({direction}) in connection state {self.state.name}")
         self._apply_connection(direction, msg)
         self.state = CONN_TRANSITIONS[key3]
         if self.state is ConnState.CONNECTED:
@@ -352,7 +358,7 @@ class CollectorConnection:
     def _apply_session(self, s: SessionInfo, direction: str, msg: m.Message) -> None:
         if direction == RECV and isinstance(msg, m.TemplateData):
             if len(msg.templates) > self.max_templates:
-                raise TemplateError(f"session {s.session_id}: {len(msg.templates)} templates, limit "
+                raise IpdrTemplateError(f"session {s.session_id}: {len(msg.templates)} templates, limit "
                                     f"{self.max_templates}", session_id=s.session_id)
             compiled = {t.template_id: compile_template(t, max_fields=self.max_template_fields,
                                                         ipv6_bare=self.ipv6_bare) for t in msg.templates}

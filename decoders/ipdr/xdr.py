@@ -15,11 +15,12 @@ from __future__ import annotations
 
 import ipaddress
 from dataclasses import dataclass
+from typing import cast
 
 import numpy as np
 import pyarrow as pa
 
-from decoders.ipdr.errors import TemplateError
+from decoders.ipdr.errors import IpdrTemplateError
 from decoders.ipdr.messages import TemplateBlock
 
 # typeId -> (name, fixed size in bytes or 0 for length-prefixed, numpy big-endian dtype for fixed types)
@@ -90,12 +91,12 @@ class CompiledTemplate:
 def compile_template(block: TemplateBlock, *, max_fields: int = 512, ipv6_bare: bool = False) -> CompiledTemplate:
     """Check a template block and prepare it for decoding.
 
-    Raises :class:`TemplateError` when it has more than ``max_fields`` fields or an *enabled* field of an unknown
+    Raises :class:`IpdrTemplateError` when it has more than ``max_fields`` fields or an *enabled* field of an unknown
     type (its size is unknown, so no record of the template could be decoded). Disabled fields are not on the
     wire, so their type does not matter.
     """
     if len(block.fields) > max_fields:
-        raise TemplateError(f"template {block.template_id}: {len(block.fields)} fields, limit {max_fields}")
+        raise IpdrTemplateError(f"template {block.template_id}: {len(block.fields)} fields, limit {max_fields}")
     fields = []
     seen: set[str] = set()
     for f in block.fields:
@@ -104,10 +105,10 @@ def compile_template(block: TemplateBlock, *, max_fields: int = 512, ipv6_bare: 
             continue
         type_id = f.type_id & TYPE_MASK
         if type_id not in TYPES:
-            raise TemplateError(f"template {block.template_id} ({block.type_name}): field {f.name!r} has unknown "
+            raise IpdrTemplateError(f"template {block.template_id} ({block.type_name}): field {f.name!r} has unknown "
                                 f"type 0x{f.type_id:x}", reason="unknown_field_type")
         if name in seen:
-            raise TemplateError(f"template {block.template_id}: field {name!r} twice")
+            raise IpdrTemplateError(f"template {block.template_id}: field {name!r} twice")
         seen.add(name)
         tname, size, dtype = TYPES[type_id]
         if type_id == 0x427 and ipv6_bare:
@@ -115,14 +116,14 @@ def compile_template(block: TemplateBlock, *, max_fields: int = 512, ipv6_bare: 
         fields.append(CompiledField(name, type_id, tname, size, dtype))
     segments: list[tuple[CompiledField, ...]] = []
     run: list[CompiledField] = []
-    for f in fields:
-        if f.size:
-            run.append(f)
+    for cf in fields:
+        if cf.size:
+            run.append(cf)
             continue
         if run:
             segments.append(tuple(run))
             run = []
-        segments.append((f,))
+        segments.append((cf,))
     if run:
         segments.append(tuple(run))
     return CompiledTemplate(block.template_id, block.type_name, block.schema_name, tuple(fields),
@@ -154,9 +155,8 @@ class DecodedRecords:
 
 def _gather(u8: np.ndarray, off: np.ndarray, size: int) -> np.ndarray:
     """``size`` bytes at each offset, as a contiguous (n, size) uint8 array."""
-    if size == 1:
-        return u8[off].reshape(-1, 1)
-    return u8[off[:, None] + np.arange(size, dtype=np.int64)]
+    out: np.ndarray = u8[off].reshape(-1, 1) if size == 1 else u8[off[:, None] + np.arange(size, dtype=np.int64)]
+    return out
 
 
 def _fixed(u8: np.ndarray, off: np.ndarray, size: int, dtype: str) -> np.ndarray:
@@ -252,7 +252,7 @@ def _convert_fixed(f: CompiledField, raw: np.ndarray) -> np.ndarray:
     t = f.type_id
     if t == IPV6_BARE:
         return np.ascontiguousarray(raw)
-    values = raw.astype(np.dtype(f.dtype).newbyteorder("="))  # type: ignore[arg-type]
+    values: np.ndarray = raw.astype(np.dtype(f.dtype).newbyteorder("="))
     if t == 0x122:  # dateTime: seconds -> ms
         return values.astype(np.int64) * 1000
     if t == 0x224:  # dateTimeMsec
@@ -266,7 +266,8 @@ def _convert_fixed(f: CompiledField, raw: np.ndarray) -> np.ndarray:
 
         return ipv4_mapped(values)
     if t == 0x29:
-        return values != 0
+        flags: np.ndarray = values != 0
+        return flags
     return values
 
 
@@ -302,7 +303,8 @@ def encode_value(type_id: int, value: object) -> bytes:
         raw = str(value).encode()
         return struct.pack(">I", len(raw)) + raw
     if t in (0x27, 0x527):
-        raw = bytes(value)  # type: ignore[arg-type]
+        # bytes, or a list of ints from a test exporter (bytes() raises for anything else)
+        raw = bytes(value) if isinstance(value, bytes | bytearray | memoryview) else bytes(cast(list[int], value))
         return struct.pack(">I", len(raw)) + raw
     if t in (0x427, 0x827):
         if value in (None, b"", ""):

@@ -25,7 +25,7 @@ import zlib
 from collections.abc import Iterator
 from dataclasses import dataclass
 
-from decoders.errors import StateError
+from decoders.errors import SavedStateError
 
 MAGIC = b"FMSTATE\x02"
 """First 8 bytes of a state file (the ``\\x02``: format 2; format 1 was JSON)."""
@@ -43,8 +43,19 @@ OPTIONS, IPFIX = 1, 2
 MAX_RECORD = 1 << 24
 """A record longer than this is damage, not data (the longest real one is a held set of one datagram)."""
 
-Key = tuple
-"""``("t", exporter, version, domain, template id)`` or ``("e", exporter)``."""
+TemplateStateKey = tuple[str, str, int, int, int]
+"""``("t", exporter, version, domain, template id)``."""
+ExporterStateKey = tuple[str, str]
+"""``("e", exporter)``."""
+Key = TemplateStateKey | ExporterStateKey
+"""A key of the state: a template of an exporter, or an exporter's own values."""
+
+
+def template_key(key: Key) -> tuple[int, int, int]:
+    """The (version, domain, template id) of a template's state key."""
+    if len(key) != 5:
+        raise ValueError(f"not a template key: {key!r}")
+    return key[2], key[3], key[4]
 
 
 def frame(kind: int, payload: bytes) -> bytes:
@@ -61,7 +72,7 @@ def _name(name: str) -> bytes:
 def _read_name(payload: bytes) -> tuple[str, int]:
     n = payload[0]
     if len(payload) < 1 + n:
-        raise StateError("state record cut short")
+        raise SavedStateError("state record cut short")
     return payload[1:1 + n].decode(), 1 + n
 
 
@@ -90,7 +101,7 @@ def exporter_delete_record(exporter: str) -> bytes:
 
 def delete_record(key: Key) -> bytes:
     """The record deleting ``key``."""
-    return template_delete_record(*key[1:]) if key[0] == "t" else exporter_delete_record(key[1])
+    return template_delete_record(key[1], *template_key(key)) if key[0] == "t" else exporter_delete_record(key[1])
 
 
 def held_record(exporter: str, version: int, domain: int, template_id: int, received_ms: int, export_ms: int,
@@ -137,10 +148,10 @@ def records(data: bytes) -> tuple[list[tuple[int, bytes, bytes]], int]:
     """The whole records of a state file, as (kind, payload, record bytes), and the length they fill.
 
     Reading stops at the first record cut short or failing its CRC (the tail a crash left); raises
-    :class:`StateError` when ``data`` is not a state file at all.
+    :class:`SavedStateError` when ``data`` is not a state file at all.
     """
     if data[:len(MAGIC)] != MAGIC:
-        raise StateError("not a flowmed state file")
+        raise SavedStateError("not a flowmed state file")
     out = []
     pos, end = len(MAGIC), len(data)
     view = memoryview(data)
@@ -155,7 +166,7 @@ def records(data: bytes) -> tuple[list[tuple[int, bytes, bytes]], int]:
 
 
 def decode(kind: int, payload: bytes) -> TemplateRecord | ExporterRecord | HeldRecord | Key:
-    """A record's content; a delete record decodes to the key it deletes. Raises StateError when malformed."""
+    """A record's content; a delete record decodes to the key it deletes. Raises SavedStateError when malformed."""
     try:
         name, at = _read_name(payload)
         if kind == TEMPLATE:
@@ -163,7 +174,8 @@ def decode(kind: int, payload: bytes) -> TemplateRecord | ExporterRecord | HeldR
             return TemplateRecord(name, version, domain, tid, bool(flags & OPTIONS), bool(flags & IPFIX), scope,
                                   count, seen, payload[at + _TEMPLATE.size:])
         if kind == TEMPLATE_DELETE:
-            return ("t", name, *_TEMPLATE_KEY.unpack_from(payload, at))
+            version, domain, tid = _TEMPLATE_KEY.unpack_from(payload, at)
+            return ("t", name, version, domain, tid)
         if kind == EXPORTER:
             seen, n_init, n_rates = _EXPORTER.unpack_from(payload, at)
             at += _EXPORTER.size
@@ -184,8 +196,8 @@ def decode(kind: int, payload: bytes) -> TemplateRecord | ExporterRecord | HeldR
             version, domain, tid, received, export, uptime = _HELD.unpack_from(payload, at)
             return HeldRecord(name, version, domain, tid, received, export, uptime, payload[at + _HELD.size:])
     except (struct.error, UnicodeDecodeError, IndexError) as e:
-        raise StateError(f"malformed state record: {e}") from e
-    raise StateError(f"unknown state record kind {kind}")
+        raise SavedStateError(f"malformed state record: {e}") from e
+    raise SavedStateError(f"unknown state record kind {kind}")
 
 
 def key_of(kind: int, payload: bytes) -> tuple[Key, bool]:
@@ -197,7 +209,7 @@ def key_of(kind: int, payload: bytes) -> tuple[Key, bool]:
         return ("t", item.exporter, item.version, item.domain, item.template_id), False
     if isinstance(item, ExporterRecord):
         return ("e", item.exporter), False
-    raise StateError("held data in a template log")
+    raise SavedStateError("held data in a template log")
 
 
 class StateMirror:

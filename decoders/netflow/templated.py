@@ -16,7 +16,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from decoders.errors import DecodeError, TemplateError, TooManyFields, Truncated
+from decoders.errors import BadTemplate, DecodeError, TooManyFields, Truncated
 from decoders.netflow import fields as ies
 from decoders.netflow.templates import Compiled, FixedView, Template, VariableView, fields_of
 from decoders.netflow.v5 import uptime_to_ms
@@ -103,7 +103,8 @@ def scan_single_sets(payloads: Sequence[bytes], joiner: Joiner | None = None) ->
     buf = b"".join(payloads) if joiner is None else joiner.join(payloads, int(lens.sum()))
     starts = np.cumsum(lens) - lens
     every = n > 0 and int(lens.min()) >= 24
-    cand = None if every else np.flatnonzero(lens >= 24)  # shorter: never a header and a set with a record
+    # datagrams that may be a header and a set with a record (shorter ones never are); unused when all may be
+    cand: np.ndarray = np.empty(0, dtype=np.int64) if every else np.flatnonzero(lens >= 24)
     if not every and not len(cand):
         zero = np.zeros(n, dtype=np.int64)
         return SingleSets(buf, np.zeros(n, dtype=bool), zero, zero, zero, zero, zero, zero, zero, zero, zero)
@@ -113,14 +114,14 @@ def scan_single_sets(payloads: Sequence[bytes], joiner: Joiner | None = None) ->
     version = h9["version"].astype(np.int64)
     is9 = version == 9
     if is9.all():  # one version in the batch (the usual case): no choosing per datagram
-        parts = _v9_parts(h9, length)
+        single, domain, set_id, seq, export_ms, uptime_ms, count, head = _v9_parts(h9, length)
     elif (version == 10).all():
-        parts = _ipfix_parts(hx, length)
+        single, domain, set_id, seq, export_ms, uptime_ms, count, head = _ipfix_parts(hx, length)
     else:
         p9, px = _v9_parts(h9, length), _ipfix_parts(hx, length)
-        parts = [np.where(is9, a, b) for a, b in zip(p9, px, strict=True)]
-        parts[0] &= (version == 9) | (version == 10)
-    single, domain, set_id, seq, export_ms, uptime_ms, count, head = parts
+        single, domain, set_id, seq, export_ms, uptime_ms, count, head = (
+            np.where(is9, a, b) for a, b in zip(p9, px, strict=True))
+        single &= (version == 9) | (version == 10)
     if every:
         return SingleSets(buf, single, version, domain, set_id, seq, export_ms, uptime_ms, starts + head,
                           length - head, count)
@@ -131,17 +132,21 @@ def scan_single_sets(payloads: Sequence[bytes], joiner: Joiner | None = None) ->
     return SingleSets(buf, *out)
 
 
-def _v9_parts(h: np.ndarray, length: np.ndarray) -> list:
+_Parts = tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray | int]
+"""Per datagram: single set, domain, set id, sequence, export ms, uptime ms, v9 count; and the header length."""
+
+
+def _v9_parts(h: np.ndarray, length: np.ndarray) -> _Parts:
     single = (h["version"] == 9) & (h["set_id"] >= 256) & (h["set_len"] == length - 20)
-    return [single, h["domain"].astype(np.int64), h["set_id"].astype(np.int64), h["seq"].astype(np.int64),
-            h["secs"].astype(np.int64) * 1000, h["uptime"].astype(np.int64), h["count"].astype(np.int64), 24]
+    return (single, h["domain"].astype(np.int64), h["set_id"].astype(np.int64), h["seq"].astype(np.int64),
+            h["secs"].astype(np.int64) * 1000, h["uptime"].astype(np.int64), h["count"].astype(np.int64), 24)
 
 
-def _ipfix_parts(h: np.ndarray, length: np.ndarray) -> list:
+def _ipfix_parts(h: np.ndarray, length: np.ndarray) -> _Parts:
     single = (h["length"] == length) & (h["set_id"] >= 256) & (h["set_len"] == length - 16)
-    return [single, h["domain"].astype(np.int64), h["set_id"].astype(np.int64), h["seq"].astype(np.int64),
+    return (single, h["domain"].astype(np.int64), h["set_id"].astype(np.int64), h["seq"].astype(np.int64),
             h["secs"].astype(np.int64) * 1000, np.full(len(h), -1, dtype=np.int64), np.zeros(len(h), dtype=np.int64),
-            20]
+            20)
 
 
 @dataclass(frozen=True, slots=True)
@@ -198,11 +203,11 @@ class RawTemplate:
         """Fields of length 0 (legal on the wire, but they carry nothing: counted as ``zero_length_field``)."""
         return int(np.count_nonzero(self.lengths() == 0))
 
-    def problem(self) -> TemplateError | None:
+    def problem(self) -> BadTemplate | None:
         """Why the template cannot be used (every field of length 0), or None."""
         lengths = self.lengths()
         if not lengths.any():
-            return TemplateError(f"template {self.template_id} has zero record length")
+            return BadTemplate(f"template {self.template_id} has zero record length")
         return None
 
     def template(self) -> Template:
@@ -216,7 +221,7 @@ _SPECS: dict[int, re.Pattern[bytes]] = {}
 """Per field count: a field is a word whose high bit is clear, or one whose high bit is set and the PEN after it."""
 
 
-def _scan_specs(body: bytes, pos: int, end: int, count: int, ipfix: bool) -> int | None:
+def scan_specs(body: bytes, pos: int, end: int, count: int, ipfix: bool) -> int | None:
     """Where ``count`` field specifiers starting at ``pos`` end; None if they pass ``end``.
 
     Every specifier is 4 bytes, or 8 for an IPFIX enterprise field (high bit of the element id), so each starts at a
@@ -238,7 +243,7 @@ def _scan_specs(body: bytes, pos: int, end: int, count: int, ipfix: bool) -> int
 
 
 def spec_lengths(spec: bytes, ipfix: bool) -> np.ndarray:
-    """The field lengths of wire field specifiers (see :func:`_scan_specs`)."""
+    """The field lengths of wire field specifiers (see :func:`scan_specs`)."""
     if not ipfix or spec[::4].isascii():
         return np.frombuffer(spec, dtype=">u2")[1::2]
     # Word w starts a field unless the word before it starts an enterprise field (then w is its PEN): within a run
@@ -255,7 +260,7 @@ def parse_template_set(body: bytes, pos: int, end: int, *, ipfix: bool, options:
                        max_fields: int) -> Iterator[RawTemplate | Withdrawal | DecodeError]:
     """Template or options template records of one set ``body[pos:end]`` (``body`` is bytes), in order.
 
-    Per record: its header is unpacked and its specifiers skipped (see :func:`_scan_specs`); nothing else.
+    Per record: its header is unpacked and its specifiers skipped (see :func:`scan_specs`); nothing else.
     """
     min_record = 6 if options and not ipfix else 4
     while end - pos >= min_record:
@@ -268,7 +273,7 @@ def parse_template_set(body: bytes, pos: int, end: int, *, ipfix: bool, options:
             pos += 4
             if count == 0:
                 if tid < 256 and tid != (IPFIX_OPTIONS_SET if options else IPFIX_TEMPLATE_SET):
-                    yield TemplateError(f"withdrawal of invalid template id {tid}", offset=start)
+                    yield BadTemplate(f"withdrawal of invalid template id {tid}", offset=start)
                 else:
                     yield Withdrawal(tid, options)
                 continue
@@ -282,7 +287,7 @@ def parse_template_set(body: bytes, pos: int, end: int, *, ipfix: bool, options:
             tid, scope_len, option_len = U16X3.unpack_from(body, pos)
             pos += 6
             if scope_len % 4 or option_len % 4 or scope_len + option_len == 0:
-                yield TemplateError(f"v9 options template {tid}: scope/option lengths {scope_len}/{option_len}",
+                yield BadTemplate(f"v9 options template {tid}: scope/option lengths {scope_len}/{option_len}",
                                     offset=start)
                 return
             count = (scope_len + option_len) // 4
@@ -294,17 +299,17 @@ def parse_template_set(body: bytes, pos: int, end: int, *, ipfix: bool, options:
         if count > max_fields:
             yield TooManyFields(f"template {tid} announces {count} fields (limit {max_fields})", offset=start)
             return  # (IPFIX) its length is unknown without walking it: the rest of the set is not looked at
-        scanned = _scan_specs(body, pos, end, count, ipfix)
+        scanned = scan_specs(body, pos, end, count, ipfix)
         if scanned is None:
             yield Truncated(f"{'options template' if options else 'template'} {tid} cut short", offset=start)
             return
         spec_start, pos = pos, scanned
         if tid < 256:
-            yield TemplateError(f"template id {tid} is reserved (must be >= 256)", offset=start)
+            yield BadTemplate(f"template id {tid} is reserved (must be >= 256)", offset=start)
         elif count == 0:
-            yield TemplateError(f"template {tid} has no field", offset=start)
+            yield BadTemplate(f"template {tid} has no field", offset=start)
         elif ipfix and options and not 0 < scope <= count:
-            yield TemplateError(f"options template {tid}: scope count {scope} of {count} fields", offset=start)
+            yield BadTemplate(f"options template {tid}: scope count {scope} of {count} fields", offset=start)
         else:
             yield RawTemplate(tid, body[spec_start:pos], count, scope, options, ipfix)
 
@@ -313,6 +318,8 @@ def make_view(compiled: Compiled, buf: bytes, n: int, starts: np.ndarray | None)
     """A field view over ``n`` concatenated records (``starts``: segment offsets of variable records)."""
     if compiled.fixed:
         return FixedView(np.frombuffer(buf, dtype=compiled.dtype, count=n))
+    if starts is None:
+        raise ValueError("variable-length records need their segment offsets")
     return VariableView(np.frombuffer(buf, dtype=np.uint8), starts, compiled)
 
 
@@ -383,7 +390,8 @@ def _uptime_near_export(init_ms: np.ndarray, uptime: np.ndarray, export_ms: np.n
     plain = init_ms + uptime
     wrapped = export_ms + ((plain - export_ms + (1 << 31)) % (1 << 32)) - (1 << 31)
     sane = (init_ms >= SANE_INIT_MS[0]) & (init_ms <= export_ms + SANE_INIT_MS[1])
-    return np.where(sane, wrapped, plain)
+    out: np.ndarray = np.where(sane, wrapped, plain)
+    return out
 
 
 def flow_columns(compiled: Compiled, view: FixedView | VariableView) -> dict[str, np.ndarray]:

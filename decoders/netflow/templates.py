@@ -16,7 +16,9 @@ from __future__ import annotations
 
 import struct
 import weakref
+from collections.abc import Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 
@@ -49,12 +51,14 @@ class Template:
     scope_count: int = 0
     options: bool = False
 
-    def to_json(self) -> list:
+    def to_json(self) -> list[object]:
+        """The template as JSON values (the state format of flowmed before :mod:`decoders.netflow.saved_state`)."""
         return [self.template_id, [[f.ie, f.length, f.enterprise] for f in self.fields], self.scope_count,
                 self.options]
 
     @classmethod
-    def from_json(cls, data: list) -> Template:
+    def from_json(cls, data: Sequence[Any]) -> Template:
+        """A template from :meth:`to_json` (parsed JSON: its values are checked by conversion)."""
         tid, flds, scope, options = data
         return cls(int(tid), tuple(Field(int(i), int(n), int(e)) for i, n, e in flds), int(scope), bool(options))
 
@@ -234,8 +238,9 @@ def _compile(fields: tuple[Field, ...], options: bool) -> Compiled:
 
     refs_by_index: dict[int, FieldRef] = {}
     # Per fixed segment (the whole record when there is no variable-length field): dtype fields read from it.
-    layout: list[tuple[list, list, list]] = [([], [], [])]
-    seg, off, segments = 0, 0, []
+    layout: list[tuple[list[str], list[str | tuple[str, tuple[int]]], list[int]]] = [([], [], [])]
+    seg, off = 0, 0
+    segments: list[int] = []
     for i, f in enumerate(fields):
         if f.variable:
             segments.append(off)
@@ -397,7 +402,7 @@ def decode_fields(records: np.ndarray, at: np.ndarray | None = None,
     """
     dtype = records.dtype if dtype is None else dtype
     shape = records.shape if at is None else at.shape
-    names = dtype.names
+    names = dtype.names or ()
     out = {name: np.empty(shape + dtype[name].shape, dtype=_native(dtype[name].base)) for name in names}
     step = max(1, CHUNK_BYTES // max(1, records.strides[0] if at is None else dtype.itemsize))
     for lo in range(0, shape[0], step):
@@ -456,6 +461,8 @@ class VariableView:
         records = self._segments.get(seg)
         if records is None:
             dtype = self.compiled.seg_dtypes[seg]
+            if dtype is None:  # a field reference always points into a segment that has fields read
+                raise ValueError(f"segment {seg} has no field read")
             size = dtype.itemsize
             # every position of the buffer as an opaque record of the segment's size: one row copy per record
             windows = np.ndarray((len(self.buf) - size + 1,), dtype=f"V{size}", buffer=self.buf, strides=(1,))

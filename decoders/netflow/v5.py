@@ -59,7 +59,8 @@ def uptime_to_ms(values: np.ndarray, export_ms: np.ndarray, uptime_ms: np.ndarra
     the export is harmless and a time slightly after the header's uptime (seen from some exporters) stays close.
     """
     age = np.subtract(np.asarray(uptime_ms).astype(np.uint32), values, dtype=np.uint32, casting="unsafe")
-    return np.subtract(export_ms, age.view(np.int32), dtype=np.int64)
+    out: np.ndarray = np.subtract(export_ms, age.view(np.int32), dtype=np.int64)
+    return out
 
 
 def decode_records(buf: bytes, n: int, export_ms: np.ndarray, uptime_ms: np.ndarray) -> dict[str, np.ndarray]:

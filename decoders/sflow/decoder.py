@@ -15,6 +15,10 @@ Theory of operation. :meth:`SflowDecoder.decode` takes a batch of ``(payload, ex
 
 Errors are counted per (exporter, reason) and cost only the structure they are in (:data:`wire.REASONS`); ``decode``
 never raises for bad input. Every state an exporter can grow is bounded by :class:`SflowLimits`.
+
+A little over 500 lines on purpose: one decoder and the three numpy passes above (columns, counters, loss
+accounting) over the same per-batch arrays of the kernels; the accounting is the only part that could stand alone,
+and it is one method that reads the decoder's per-exporter state.
 """
 
 from __future__ import annotations
@@ -22,13 +26,13 @@ from __future__ import annotations
 import ipaddress
 import struct
 from collections import Counter
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
 
-from decoders.netflow.decoder import DecodeResult
 from decoders.netflow.templated import Joiner
+from decoders.result import DecodeResult, ExporterReason
 from decoders.sampling import SamplingPolicy, resolve
 from decoders.schema import FLOWS
 from decoders.sequence import SequenceTracker
@@ -80,16 +84,22 @@ class SflowResult(DecodeResult):
     interface_counters: dict[str, np.ndarray] = field(default_factory=dict)
     """Columns of the ``interface_counters`` table (every column but ``batch_id``)."""
     n_counters: int = 0
-    samples: Counter = field(default_factory=Counter)
+    samples: Counter[ExporterReason] = field(default_factory=Counter)
     """(exporter, "flow" | "counter") -> samples decoded."""
-    samples_lost: Counter = field(default_factory=Counter)
+    samples_lost: Counter[str] = field(default_factory=Counter)
     """exporter -> samples missing by the sample sequence numbers of their data sources (flow and counter)."""
-    sample_pool: Counter = field(default_factory=Counter)
+    sample_pool: Counter[str] = field(default_factory=Counter)
     """exporter -> growth of the flow data sources' sample pools: packets the sampled interfaces saw."""
-    agent_drops: Counter = field(default_factory=Counter)
+    agent_drops: Counter[str] = field(default_factory=Counter)
     """exporter -> growth of the flow data sources' drop counters: samples the agent itself could not send."""
-    skipped: Counter = field(default_factory=Counter)
+    skipped: Counter[ExporterReason] = field(default_factory=Counter)
     """(exporter, "sample" | "flow_record" | "counter_record") -> structures of formats not decoded, skipped."""
+
+
+AgentKey = tuple[str, bytes, int]
+"""(exporter, agent address as 16 bytes, sub-agent id): a datagram sequence."""
+SourceKey = tuple[bytes, int, str, int, int]
+"""(agent, sub-agent, "flow" | "counter", source id type, source id index): a sample sequence of an exporter."""
 
 
 class _Exporter:
@@ -100,7 +110,7 @@ class _Exporter:
         self.addr16 = _addr16(name)
         self.policy = policy
         self.agents: set[tuple[bytes, int]] = set()
-        self.sources: dict[tuple, list[int]] = {}  # key -> [last sample pool, last drops] (-1: not yet seen)
+        self.sources: dict[SourceKey, list[int]] = {}  # -> [last sample pool, last drops] (-1: not yet seen)
         self.last_seen_ms = 0
 
 
@@ -145,9 +155,9 @@ class SflowDecoder:
         for name, st in self.exporters.items():
             st.policy = sampling.for_exporter(name)
 
-    def expire(self, now_ms: int) -> Counter:
+    def expire(self, now_ms: int) -> Counter[ExporterReason]:
         """Forget exporters idle for ``exporter_idle_ms``; returns ``Counter[(exporter, "exporter_expired")]``."""
-        out: Counter = Counter()
+        out: Counter[ExporterReason] = Counter()
         for name, st in list(self.exporters.items()):
             if st.last_seen_ms < now_ms - self.limits.exporter_idle_ms:
                 self._forget(name)
@@ -167,7 +177,7 @@ class SflowDecoder:
         return {name: len(st.agents) for name, st in self.exporters.items() if st.agents}
 
     # ------------------------------------------------------------------------------------------------- decoding
-    def _decode(self, items: list) -> SflowResult:
+    def _decode(self, items: Sequence[tuple[bytes, str, int]]) -> SflowResult:
         result = _empty_result()
         n = len(items)
         if n == 0:
@@ -271,7 +281,8 @@ class SflowDecoder:
         return st
 
     def _flow_columns(self, F: np.ndarray, FA: np.ndarray, D: np.ndarray, agent16: np.ndarray,
-                      received: np.ndarray, codes: np.ndarray, states: list) -> tuple[dict, dict]:
+                      received: np.ndarray, codes: np.ndarray,
+                      states: list[_Exporter | None]) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
         m = F.shape[1]
         dg = F[k.F_DG]
         addr = np.array([st.addr16 if st is not None else bytes(16) for st in states], dtype="S16")
@@ -313,7 +324,7 @@ class SflowDecoder:
         return flows, extras
 
     def _counter_columns(self, C: np.ndarray, D: np.ndarray, agent16: np.ndarray, received: np.ndarray,
-                         codes: np.ndarray, states: list) -> dict[str, np.ndarray]:
+                         codes: np.ndarray, states: list[_Exporter | None]) -> dict[str, np.ndarray]:
         m = C.shape[1]
         dg = C[k.C_DG].astype(np.int64)
         addr = np.array([st.addr16 if st is not None else bytes(16) for st in states], dtype="S16")
@@ -334,7 +345,8 @@ class SflowDecoder:
                 else np.zeros(m, dtype=c.numpy_dtype) for c in _COUNTER_COLUMNS}
 
     # ------------------------------------------------------------------------------------------ loss accounting
-    def _account(self, result: SflowResult, states: list, names: list[str], codes: np.ndarray, D: np.ndarray,
+    def _account(self, result: SflowResult, states: list[_Exporter | None], names: list[str], codes: np.ndarray,
+                 D: np.ndarray,
                  agent16: np.ndarray, F: np.ndarray, C: np.ndarray) -> None:
         """Sequence numbers (datagrams per agent, samples per data source), sample pools and drops, per key."""
         ok = np.flatnonzero(D[:, k.D_OK] == 1)
@@ -344,12 +356,15 @@ class SflowDecoder:
         words = _agent_words(agent16[ok])
         order, bounds = _groups(codes[ok], words[:, 0], words[:, 1], D[ok, k.D_SUB])
         agent_of = np.full(len(codes), -1, dtype=np.int64)
-        agent_keys: list[tuple | None] = []
+        agent_keys: list[AgentKey | None] = []
         for j in range(len(bounds) - 1):
             rows = ok[order[bounds[j]:bounds[j + 1]]]
             agent_of[rows] = j
             i = int(rows[0])
             st = states[codes[i]]
+            if st is None:  # not admitted (max_exporters): never walked, so never here
+                agent_keys.append(None)
+                continue
             key = (st.name, bytes(agent16[i]).ljust(16, b"\0"), int(D[i, k.D_SUB]))
             if key[1:] not in st.agents:
                 if len(st.agents) >= self.limits.max_agents_per_exporter:
@@ -375,7 +390,7 @@ class SflowDecoder:
             order, bounds = _groups(a, stype, sindex)
             starts, ends = bounds[:-1], bounds[1:]
             firsts = order[starts]
-            if pools is not None:  # growth of the cumulative counters inside each group, all groups at once
+            if pools is not None and drops is not None:  # growth of the cumulative counters of each group at once
                 pool_sums = np.add.reduceat(_steps(pools[order], starts), starts).tolist()
                 drop_sums = np.add.reduceat(_steps(drops[order], starts), starts).tolist()
             ordered = seq[order]
@@ -392,19 +407,21 @@ class SflowDecoder:
                 if agent_key is None:
                     continue
                 st = states[codes[int(dg[first])]]
-                key = (*agent_key, kind, int(stype[first]), int(sindex[first]))
-                source = st.sources.get(key[1:])
+                if st is None:
+                    continue
+                source_key = (*agent_key, kind, int(stype[first]), int(sindex[first]))
+                source = st.sources.get(source_key[1:])
                 if source is None:
                     if len(st.sources) >= self.limits.max_sources_per_exporter:
                         result.limit_hits[(st.name, "max_sources_per_exporter")] += 1
                         continue
-                    source = st.sources[key[1:]] = [-1, -1]
+                    source = st.sources[source_key[1:]] = [-1, -1]
                 lo, hi = int(starts[j]), int(ends[j])
-                if not (in_order[j] and tracker.continue_run(key, seq_first[j], seq_last[j] + 1)):
-                    lost, _ = tracker.observe_many(key, ordered[lo:hi], ones[lo:hi], trues[lo:hi])
+                if not (in_order[j] and tracker.continue_run(source_key, seq_first[j], seq_last[j] + 1)):
+                    lost, _ = tracker.observe_many(source_key, ordered[lo:hi], ones[lo:hi], trues[lo:hi])
                     if lost:
                         result.samples_lost[st.name] += lost
-                if pools is not None:
+                if pools is not None and drops is not None:
                     last = int(order[hi - 1])
                     result.sample_pool[st.name] += _step(source, 0, int(pools[first]), int(pools[last])) + \
                         pool_sums[j]
@@ -476,17 +493,18 @@ def _count(values: np.ndarray) -> dict[int, int]:
     return dict(zip(nz.tolist(), counts[nz].tolist(), strict=True))
 
 
-def _count_pairs(codes: np.ndarray, version: np.ndarray) -> Counter:
+def _count_pairs(codes: np.ndarray, version: np.ndarray) -> Counter[tuple[int, int]]:
     """(exporter code, version) -> datagrams; version is 0 or SFLOW_VERSION."""
     known = version != 0
     counts = np.bincount(codes * 2 + known, minlength=2)
-    out: Counter = Counter()
+    out: Counter[tuple[int, int]] = Counter()
     for key in np.flatnonzero(counts).tolist():
         out[(key >> 1, w.SFLOW_VERSION if key & 1 else 0)] += int(counts[key])
     return out
 
 
-def _add_matrix(counter: Counter, names: list[str], codes: np.ndarray, M: np.ndarray, labels: tuple) -> None:
+def _add_matrix(counter: Counter[ExporterReason], names: list[str], codes: np.ndarray, M: np.ndarray,
+                labels: tuple[str, ...]) -> None:
     """Per-datagram counts (n, len(labels)) summed per exporter into ``counter[(exporter, label)]``."""
     if not M.any():
         return

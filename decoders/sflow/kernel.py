@@ -7,6 +7,10 @@ joined), one pass per level, and write into preallocated columns: no Python step
 Every read is checked against the end of the structure it belongs to before it is made (numba does not check
 bounds), and the joined buffer carries zero padding behind the last datagram as a second guard.
 
+Over 500 lines on purpose: the kernels are one compiled walk, level by level, calling each other's compiled
+helpers (address, header and record readers) and writing the column layout declared at the top; split over
+modules they would only scatter that layout and numba's per-module disk cache without making a part reusable.
+
 The functions compile on first use, which takes about 10 s of CPU (:func:`warm_up` does it ahead of traffic). The
 compiled code is cached on disk (numba's cache, checked against the source) in ``NUMBA_CACHE_DIR`` when that is set,
 else beside this module when its folder is writable; a read-only install without ``NUMBA_CACHE_DIR`` (a hardened
@@ -67,28 +71,31 @@ _G_SIZES = np.array([n for _, n in GENERIC_FIELDS], dtype=np.int64)
 PAD = 64
 """Zero bytes behind the joined datagrams (a guard; every read is checked against its structure first)."""
 
+Int = int | np.int64
+"""Integers in the kernels: numba compiles Python ints and np.int64 alike (int64), mypy tells them apart."""
+
 _MAPPED = np.array([0] * 10 + [0xFF, 0xFF], dtype=np.uint8)
 
 
 @njit(cache=CACHE)
-def _u32(b, p):
+def _u32(b: np.ndarray, p: Int) -> Int:
     return (np.int64(b[p]) << 24) | (np.int64(b[p + 1]) << 16) | (np.int64(b[p + 2]) << 8) | np.int64(b[p + 3])
 
 
 @njit(cache=CACHE)
-def _u16(b, p):
+def _u16(b: np.ndarray, p: Int) -> Int:
     return (np.int64(b[p]) << 8) | np.int64(b[p + 1])
 
 
 @njit(cache=CACHE)
-def _u64(b, p):
+def _u64(b: np.ndarray, p: Int) -> np.uint64:
     return (np.uint64(_u32(b, p)) << np.uint64(32)) | np.uint64(_u32(b, p + 4))
 
 
 # Addresses are written as out[a, i, 0:16] of a 3-D array, not into a view out[a, i]: a view made per sample
 # costs two atomic reference count updates, which were most of the time of the flow walk.
 @njit(cache=CACHE)
-def _put_v4(out, a, i, b, p):
+def _put_v4(out: np.ndarray, a: Int, i: Int, b: np.ndarray, p: Int) -> None:
     for k in range(10):
         out[a, i, k] = 0
     out[a, i, 10] = 0xFF
@@ -98,13 +105,13 @@ def _put_v4(out, a, i, b, p):
 
 
 @njit(cache=CACHE)
-def _put_v6(out, a, i, b, p):
+def _put_v6(out: np.ndarray, a: Int, i: Int, b: np.ndarray, p: Int) -> None:
     for k in range(16):
         out[a, i, k] = b[p + k]
 
 
 @njit(cache=CACHE)
-def _address(b, p, end, out, a, i):
+def _address(b: np.ndarray, p: Int, end: Int, out: np.ndarray, a: Int, i: Int) -> Int:
     """An XDR ``address`` at ``p`` into ``out[a, i]`` (16 bytes); returns the position after it, or -1 when it is
     cut short or of an unknown type (nothing written)."""
     if p + 4 > end:
@@ -126,7 +133,8 @@ def _address(b, p, end, out, a, i):
 
 
 @njit(cache=CACHE)
-def walk(b, starts, ends, max_samples, D, AG, E, L):
+def walk(b: np.ndarray, starts: np.ndarray, ends: np.ndarray, max_samples: int, D: np.ndarray, AG: np.ndarray,
+         E: np.ndarray, L: np.ndarray) -> np.ndarray:
     # (AG: (1, n, 16), the agent addresses)
     """Datagram headers and sample boundaries of a batch; returns the sample table (m, 4): datagram, format,
     data offset, data length. ``D``/``AG``/``E``/``L`` (per datagram) are filled in."""
@@ -205,7 +213,7 @@ def walk(b, starts, ends, max_samples, D, AG, E, L):
 
 
 @njit(cache=CACHE)
-def _raw_header(b, h, hend, F, FA, i):
+def _raw_header(b: np.ndarray, h: Int, hend: Int, F: np.ndarray, FA: np.ndarray, i: Int) -> None:
     """Fields of a sampled packet header ``b[h:hend]`` (Ethernet, 802.1Q/QinQ, MPLS, IPv4, IPv6 + extension headers,
     TCP, UDP, SCTP, ICMP/ICMPv6). A header cut short anywhere leaves the fields it no longer holds at zero."""
     proto = F[F_PROTO, i]  # header_protocol, passed in
@@ -262,7 +270,7 @@ def _raw_header(b, h, hend, F, FA, i):
             _put_v4(FA, A_DST, i, b, p + 16)
         if ihl < 20 or frag != 0:
             return
-        l4 = p + ihl
+        l4: Int = p + ihl
     elif et == 0x86DD:
         if p + 1 > hend or (b[p] >> 4) != 6:
             return
@@ -320,7 +328,8 @@ def _raw_header(b, h, hend, F, FA, i):
 
 
 @njit(cache=CACHE)
-def flow_samples(b, S, rows, max_records, E, L, K, F, FA):
+def flow_samples(b: np.ndarray, S: np.ndarray, rows: np.ndarray, max_records: int, E: np.ndarray, L: np.ndarray,
+                 K: np.ndarray, F: np.ndarray, FA: np.ndarray) -> None:
     """Flow samples ``S[rows]`` (compact or expanded) into flow columns ``F`` (int64 (NF, n)) and addresses ``FA``
     (uint8 (NA, n, 16)), both zero on entry."""
     n = len(rows)
@@ -437,7 +446,7 @@ def flow_samples(b, S, rows, max_records, E, L, K, F, FA):
 
 
 @njit(cache=CACHE)
-def _gateway(b, q, rend, F, FA, i):
+def _gateway(b: np.ndarray, q: Int, rend: Int, F: np.ndarray, FA: np.ndarray, i: Int) -> bool:
     """extended_gateway: next hop, own AS, source AS, source peer AS, destination AS path, communities, local pref."""
     a = _address(b, q, rend, FA, A_GW_NEXT_HOP, i)
     if a < 0 or a + 16 > rend:
@@ -447,7 +456,8 @@ def _gateway(b, q, rend, F, FA, i):
     F[F_PEER_AS, i] = _u32(b, a + 8)
     nseg = _u32(b, a + 12)
     p = a + 16
-    first, last = np.int64(-1), np.int64(-1)
+    first: Int = np.int64(-1)
+    last: Int = np.int64(-1)
     for _ in range(nseg):
         if p + 8 > rend:
             return False
@@ -475,7 +485,8 @@ def _gateway(b, q, rend, F, FA, i):
 
 
 @njit(cache=CACHE)
-def _sampled_records(b, S, r, off, end, nrec, F, FA, i, fmt):
+def _sampled_records(b: np.ndarray, S: np.ndarray, r: Int, off: Int, end: Int, nrec: Int, F: np.ndarray,
+                     FA: np.ndarray, i: Int, fmt: Int) -> None:
     """Second look at a valid sample's records: sampled IPv4/IPv6 fill the L3/L4 fields when the raw header gave no
     IP packet, and the frame length comes from the sampled IP or Ethernet record when there is no raw header."""
     has = F[F_HAS, i]
@@ -485,7 +496,7 @@ def _sampled_records(b, S, r, off, end, nrec, F, FA, i, fmt):
     use_len = not has & HAS_HEADER
     p = off + (32 if fmt == w.FLOW_SAMPLE else 44)
     seen = 0
-    eth_len = np.int64(-1)
+    eth_len: Int = np.int64(-1)
     for _ in range(nrec):
         rf = _u32(b, p)
         rl = _u32(b, p + 4)
@@ -528,7 +539,8 @@ def _sampled_records(b, S, r, off, end, nrec, F, FA, i, fmt):
 
 
 @njit(cache=CACHE)
-def counter_samples(b, S, rows, max_records, E, L, K):
+def counter_samples(b: np.ndarray, S: np.ndarray, rows: np.ndarray, max_records: int, E: np.ndarray, L: np.ndarray,
+                    K: np.ndarray) -> np.ndarray:
     """Counter samples ``S[rows]`` (compact or expanded) into counter columns (C: uint64 (NC, n)); ``C_VALID`` is 1
     for a sample with interface counters, 2 for a well-formed one without, 0 for a broken one."""
     n = len(rows)

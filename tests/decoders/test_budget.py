@@ -193,7 +193,7 @@ def test_a_v9_count_of_flow_records_only_is_accepted_as_softflowd_sends_it() -> 
 @given(st.lists(st.tuples(st.integers(0, 65535), st.integers(0, 65535), st.integers(0, 2**32 - 1)), min_size=1,
                 max_size=20), st.integers(1, 20), st.integers(0, 200))
 def test_field_specifiers_are_skipped_as_a_walk_one_by_one_would(specs, count, cut) -> None:
-    """_scan_specs and spec_lengths (no Python loop) find where IPFIX specifiers end and their lengths exactly as
+    """scan_specs and spec_lengths (no Python loop) find where IPFIX specifiers end and their lengths exactly as
     walking them one by one does."""
     body = b"xx" + b"".join(struct.pack(">HHI", ie, n, pen) if ie & 0x8000 else struct.pack(">HH", ie, n)
                             for ie, n, pen in specs)
@@ -211,7 +211,7 @@ def test_field_specifiers_are_skipped_as_a_walk_one_by_one_would(specs, count, c
         lengths.append(n)
     else:
         want = (pos, lengths)
-    got = templated._scan_specs(body, 2, end, count, True)
+    got = templated.scan_specs(body, 2, end, count, True)
     if want is None:
         assert got is None
     else:

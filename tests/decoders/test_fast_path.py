@@ -16,7 +16,7 @@ import struct
 import numpy as np
 import pytest
 
-from decoders.netflow import decoder as flows
+from decoders.netflow import fast_path
 from decoders.netflow.decoder import DecoderLimits, FlowDecoder
 from tests.decoders.packets import T0_MS, data_set, ip4, ipfix, options_template_set, template_set, v5, v9
 
@@ -149,7 +149,7 @@ def _snapshot(dec: FlowDecoder) -> tuple:
     def tracker(t):
         return t.resets, {k: (s.expected, [list(g) for g in s.gaps], s.behind) for k, s in t.states.items()}
     last_seen = {name: st.last_seen_ms for name, st in dec.exporters.items()}
-    return dec.save_state(), tracker(dec.sequences), tracker(dec.records_sequences), last_seen
+    return dec.save_state(), tracker(dec.state.sequences), tracker(dec.state.records_sequences), last_seen
 
 
 def _same(a, b) -> None:
@@ -175,7 +175,7 @@ def _compare(batches, limits: DecoderLimits | None = None, monkeypatch=None, pre
     flows_seen = 0
     for batch in batches:
         a = fast.decode(batch)
-        monkeypatch.setattr(flows, "FAST_MIN_RUN", 1 << 30)
+        monkeypatch.setattr(fast_path, "FAST_MIN_RUN", 1 << 30)
         b = slow.decode(batch)
         monkeypatch.undo()
         _same(a, b)
@@ -200,7 +200,7 @@ def test_fast_path_equals_per_datagram_path_at_limits(monkeypatch) -> None:
 def test_sequence_key_eviction_keeps_datagram_order(monkeypatch) -> None:
     """A tracker full of keys: the batch's observations are made in datagram order, as one at a time would."""
     def small_trackers(dec: FlowDecoder) -> None:
-        for tracker in (dec.sequences, dec.records_sequences):
+        for tracker in (dec.state.sequences, dec.state.records_sequences):
             tracker.max_keys = 2
 
     _compare(traffic(7), monkeypatch=monkeypatch, prepare=small_trackers)
@@ -220,7 +220,7 @@ def test_block_of_evenly_spaced_datagrams_decodes_every_record(monkeypatch) -> N
     """Datagrams of one length: their records are read in place (a strided view); values as one at a time."""
     batch = _uniform(50, 30)
     a = FlowDecoder().decode(batch)
-    monkeypatch.setattr(flows, "FAST_MIN_RUN", 1 << 30)
+    monkeypatch.setattr(fast_path, "FAST_MIN_RUN", 1 << 30)
     b = FlowDecoder().decode(batch)
     _same(a, b)
     assert a.n_flows == 1500 and not a.errors and not a.sequence_lost

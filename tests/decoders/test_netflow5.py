@@ -4,7 +4,8 @@ import ipaddress
 
 import numpy as np
 
-from decoders.netflow.decoder import FlowDecoder, SamplingPolicy
+from decoders.netflow.decoder import FlowDecoder
+from decoders.sampling import SamplingPolicy
 from decoders.schema import FLOWS
 from tests.decoders.packets import T0_MS, mapped, v5
 

@@ -4,8 +4,8 @@ import ipaddress
 
 import pytest
 
-from decoders.netflow.decoder import FlowDecoder, SamplingPolicy
-from decoders.sampling import rate_from_values
+from decoders.netflow.decoder import FlowDecoder
+from decoders.sampling import SamplingPolicy, rate_from_values
 from tests.decoders.packets import T0_MS, data_set, ip4, ipfix, options_template_set, template_set, v9
 
 EXP = "192.0.2.30"

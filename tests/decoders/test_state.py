@@ -2,7 +2,7 @@
 
 import pytest
 
-from decoders.errors import StateError
+from decoders.errors import SavedStateError
 from decoders.netflow.decoder import DecoderLimits, FlowDecoder
 from tests.decoders.packets import T0_MS, data_set, ip4, ipfix, options_template_set, template_set, v9
 
@@ -34,7 +34,7 @@ def test_restart_loses_no_data():
 
 @pytest.mark.parametrize("junk", [b"", b"{", b"[]", b'{"version": 99}', b'{"version": 1, "exporters": {"x": 1}}'])
 def test_bad_state_is_an_error(junk):
-    with pytest.raises(StateError):
+    with pytest.raises(SavedStateError):
         FlowDecoder().load_state(junk)
 
 

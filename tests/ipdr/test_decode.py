@@ -11,7 +11,7 @@ from hypothesis import strategies as st
 
 from bench.cmts import CmtsSimulator
 from decoders.ipdr import messages as m
-from decoders.ipdr.errors import StateError, TemplateError
+from decoders.ipdr.errors import IpdrStateError, IpdrTemplateError
 from decoders.ipdr.session import SESSION_TRANSITIONS, CollectorConnection, SessionInfo, SessState
 from decoders.ipdr.xdr import TYPES, compile_template, decode_records, encode_value
 from tests.ipdr.helpers import connected, records, start_flows, violations
@@ -72,7 +72,7 @@ def test_disabled_fields_are_not_on_the_wire_and_unknown_types_only_matter_enabl
     fields = [("A", 0x22), ("Mystery", 0x999), ("B", 0x28)]
     t = _template(fields, {"Mystery": False})
     assert _decode(t, [struct.pack(">I", 1) + encode_value(0x28, "x")]).columns["B"].to_pylist() == ["x"]
-    with pytest.raises(TemplateError) as exc:
+    with pytest.raises(IpdrTemplateError) as exc:
         _template(fields)
     assert exc.value.reason == "unknown_field_type"
 
@@ -162,7 +162,7 @@ def test_transition_table_is_total_over_session_messages():
                         ok = True
                     else:
                         ok = not violations(conn.receive_data(m.encode(msg)))
-                except StateError:  # only a state error may come out of send()
+                except IpdrStateError:  # only a state error may come out of send()
                     ok = False
                 assert ok == (key in SESSION_TRANSITIONS), key
                 if ok:

@@ -9,6 +9,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from decoders.ipdr import framing
 from decoders.ipdr import messages as m
 from decoders.ipdr.errors import FramingError, MalformedMessage
 
@@ -84,7 +85,7 @@ STREAM = b"".join(m.encode(x) for x in ALL)
 
 
 def _frames(chunks):
-    framer = m.Framer()
+    framer = framing.Framer()
     out = []
     for chunk in chunks:
         framer.feed(chunk)
@@ -108,7 +109,7 @@ def test_framing_whole_bytewise_and_with_trailing_partial():
     (struct.pack(">BBBBI", 2, 0x20, 1, 0, 1 << 30), "bad_length"),
 ])
 def test_framing_errors(header, reason):
-    framer = m.Framer(max_message_size=1 << 20)
+    framer = framing.Framer(max_message_size=1 << 20)
     framer.feed(header)
     with pytest.raises(FramingError) as exc:
         framer.frames()
@@ -127,7 +128,7 @@ def test_random_bodies_decode_or_raise_malformed(body):
 
 
 def test_messages_before_a_framing_break_are_still_delivered():
-    framer = m.Framer()
+    framer = framing.Framer()
     framer.feed(m.encode(m.KeepAlive()) + m.encode(m.FlowStart(1)) + struct.pack(">BBBBI", 9, 0x40, 0, 0, 8))
     assert [f[0] for f in framer.frames()] == [m.MsgId.KEEP_ALIVE, m.MsgId.FLOW_START]
     assert framer.error is not None and framer.error.reason == "bad_version"

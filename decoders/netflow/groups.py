@@ -1,0 +1,309 @@
+"""Group decoding: the end of a ``decode`` call, from the groups of a :class:`Batch` to ``flows`` columns.
+
+Variable-length groups first find their records, all sets at once (:func:`decoders.netflow.templates.walk_sets`);
+then v9 header record counts are checked and sequence numbers accounted in datagram order (record counts are now
+known). Each group's record bytes are decoded with one ``np.frombuffer`` (fixed-length templates; a strided view
+or a gather for blocks of the fast path) or one gather per fixed segment (variable-length ones); times are
+computed, the sampling rate resolved, and the columns of all groups concatenated into the result.
+"""
+
+from __future__ import annotations
+
+from typing import cast
+
+import numpy as np
+
+from decoders.errors import BadRecord, EmptySet
+from decoders.netflow import fields as ies
+from decoders.netflow import templated
+from decoders.netflow import v5 as netflow5
+from decoders.netflow.batch import Batch, Block, DomainKey, Group, SingleObservation
+from decoders.netflow.state import DecoderState
+from decoders.netflow.templates import Compiled, FixedView, VariableView, walk_sets
+from decoders.result import DecodeResult
+from decoders.sampling import rate_from_columns, resolve
+from decoders.schema import FLOWS
+
+_COLUMNS = [c for c in FLOWS.columns if c.name != "batch_id"]
+
+
+class DomainTables:
+    """Per (exporter, version, domain) slot of a batch: values that are looked up per record by slot."""
+
+    def __init__(self, batch: Batch) -> None:
+        info = batch.domain_info
+        self.info = info
+        k = len(info)
+        self.addr = np.array([st.addr16 for st, _, _ in info], dtype="S16").reshape(k)
+        self.version = np.array([v for _, v, _ in info], dtype=np.uint8)
+        self.domain = np.array([d for _, _, d in info], dtype=np.uint32)
+        self.policy_rate = np.array([st.policy[0] for st, _, _ in info], dtype=np.uint64)
+        self.override = np.array([st.policy[1] for st, _, _ in info], dtype=bool)
+        self.domain_rate = np.array([st.samplers.domain_rate(d) if v != 5 else 0 for st, v, d in info],
+                                    dtype=np.uint64)
+        self.init_ms = np.array([st.init_ms.get(d, -1) if v == 10 else -1 for st, v, d in info], dtype=np.int64)
+
+
+def finish(state: DecoderState, batch: Batch) -> None:
+    """Decode every group of the batch into ``batch.result.flows``; account record counts and sequences."""
+    result = batch.result
+    ctx = batch.context_array()
+    for g in batch.groups.values():
+        if not cast(Compiled, g.compiled).fixed:
+            try:
+                _walk_group(g, ctx, batch)
+            except Exception:  # a bug: count it and lose this group only; tests assert it never happens
+                result.errors[(batch.domain_info[int(ctx[g.ctx[0], 0])][0].name, "internal_error")] += 1
+                g.counts = [0] * len(g.counts)
+    for name, count, every, flows, var_sets in batch.v9_counts:
+        var = sum(g.counts[i] for g, i in var_sets)
+        if count not in (every + var, flows + var):  # RFC 3954 counts every record; softflowd only flows
+            result.errors[(name, "record_count_mismatch")] += 1
+    observe_sequences(state, batch)
+    groups = [g for g in batch.groups.values() if sum(g.counts)]
+    if batch.v5.counts:
+        groups.append(batch.v5)
+    parts: list[tuple[int, dict[str, np.ndarray]]] = []
+    if groups:
+        dom = DomainTables(batch)
+        for g in groups:
+            n = sum(g.counts)
+            try:
+                parts.append((n, _decode_group(g, ctx, dom, n, result, batch.buf)))
+            except Exception:  # a bug: count it and lose this group only; tests assert it never happens
+                result.errors[(batch.domain_info[int(ctx[g.ctx[0], 0])][0].name, "internal_error")] += 1
+    result.n_flows = total = sum(n for n, _ in parts)
+    out: dict[str, np.ndarray] = {}
+    owners: set[int] = set()
+    for c in _COLUMNS:
+        dtype = c.numpy_dtype
+        arrays = [_column(cols.get(c.name), n, dtype) for n, cols in parts]
+        column = arrays[0] if len(arrays) == 1 else np.concatenate(arrays) if arrays else \
+            np.zeros(total, dtype=dtype)
+        if id(column) in owners:  # one decoded array for two columns (e.g. no end time): each its own
+            column = column.copy()
+        owners.add(id(column))
+        out[c.name] = column
+    result.flows = out
+
+
+def _walk_group(g: Group, ctx: np.ndarray, batch: Batch) -> None:
+    """Find the records of every variable-length set of a group at once; count broken sets."""
+    chunks = cast(list[bytes], g.chunks)  # variable-length sets are copied out of their datagrams
+    lengths = np.fromiter((len(c) for c in chunks), dtype=np.int64, count=len(chunks))
+    ends = np.cumsum(lengths)
+    buf = b"".join(chunks)
+    counts, g.starts, broken = walk_sets(cast(Compiled, g.compiled), buf, ends - lengths, ends)
+    g.chunks = [buf]
+    g.counts = counts.tolist()
+    for i in np.nonzero(broken | (counts == 0))[0]:
+        name = batch.domain_info[int(ctx[g.ctx[i], 0])][0].name
+        batch.result.errors[(name, BadRecord.reason if broken[i] else EmptySet.reason)] += 1
+
+
+def _columns_of(observations: list[tuple[int, int, int, bool]]) -> tuple[np.ndarray, ...]:
+    """Sequence observations (key id, seq, count, exact) as four arrays."""
+    kid, seq, count, exact = zip(*observations, strict=True)
+    return (np.array(kid, dtype=np.int64), np.array(seq, dtype=np.int64), np.array(count, dtype=np.int64),
+            np.array(exact, dtype=bool))
+
+
+def observe_sequences(state: DecoderState, batch: Batch) -> None:
+    """Sequence accounting of the batch, in datagram order, now that every set's record count is known."""
+    result = batch.result
+    if not any(entry[0] is None for entry in batch.sequence):
+        for tracker, key, seq, count, exact, var_sets in cast(list[SingleObservation], batch.sequence):
+            if var_sets:
+                count += sum(g.counts[i] for g, i in var_sets)
+            resets = tracker.resets
+            lost = tracker.observe(key, seq, count, exact=exact)
+            if lost:
+                result.sequence_lost[key[0]] += lost
+            if tracker.resets != resets:
+                result.sequence_resets[key[0]] += tracker.resets - resets
+        return
+    # With blocks: one stream of observations per key, each in datagram order (keys are independent of each
+    # other, unless a tracker would evict keys: then everything goes in datagram order, one at a time).
+    index: dict[DomainKey, int] = {}
+    parts: list[tuple[np.ndarray, ...]] = []  # (key id, seq, count, exact) arrays: a block, or a run of singles
+    singles: list[tuple[int, int, int, bool]] = []
+    for entry in batch.sequence:
+        if entry[0] is None:
+            if singles:
+                parts.append(_columns_of(singles))
+                singles = []
+            _, keys, kid, seqs, counts = entry
+            local = np.array([index.setdefault(key, len(index)) for key in keys], dtype=np.int64)
+            parts.append((local[kid], seqs, counts, np.ones(len(kid), dtype=bool)))
+        else:
+            _, key, seq, count, exact, var_sets = entry
+            if var_sets:
+                count += sum(g.counts[i] for g, i in var_sets)
+            singles.append((index.setdefault(key, len(index)), seq, count, exact))
+    if singles:
+        parts.append(_columns_of(singles))
+    all_keys = list(index)
+    trackers = [state.sequences if key[1] == 9 else state.records_sequences for key in all_keys]
+    kid, seqs, counts, exacts = parts[0] if len(parts) == 1 else \
+        (np.concatenate(x) for x in zip(*parts, strict=True))
+    for tracker in {id(t): t for t in trackers}.values():
+        new = sum(1 for key, t in zip(all_keys, trackers, strict=True) if t is tracker and key not in tracker.states)
+        if new and len(tracker.states) + new > tracker.max_keys:
+            runs = [(i, i + 1) for i in range(len(kid))]  # evictions depend on the order: keep it
+            break
+    else:
+        order = np.argsort(kid, kind="stable")
+        kid, seqs, counts, exacts = kid[order], seqs[order], counts[order], exacts[order]
+        bounds = np.flatnonzero(np.diff(kid)) + 1
+        runs = list(zip([0, *bounds.tolist()], [*bounds.tolist(), len(kid)], strict=True))
+    for lo, hi in runs:
+        key = all_keys[int(kid[lo])]
+        lost, resets = trackers[int(kid[lo])].observe_many(key, seqs[lo:hi], counts[lo:hi], exacts[lo:hi])
+        if lost:
+            result.sequence_lost[key[0]] += lost
+        if resets:
+            result.sequence_resets[key[0]] += resets
+
+
+def _decode_group(g: Group, ctx: np.ndarray, dom: DomainTables, n: int, result: DecodeResult,
+                  batch_buf: bytes | memoryview) -> dict[str, np.ndarray]:
+    """The ``flows`` columns of one group (arrays, or 0-d scalars for values shared by every record)."""
+    if g.blocks:
+        counts, set_ctx, block_view = _block_records(g, batch_buf)
+    else:
+        counts, set_ctx, block_view = np.asarray(g.counts, dtype=np.int64), np.asarray(g.ctx, dtype=np.int64), None
+    per_set = ctx[set_ctx]  # datagram values, one row per data set
+
+    def expand(values: np.ndarray) -> np.ndarray:
+        """Per-set values to per-record values: a 0-d scalar when they are all equal (the common case)."""
+        return cast(np.ndarray, values[0]) if (values == values[0]).all() else np.repeat(values, counts)
+
+    chunks = cast(list[bytes | memoryview], g.chunks)  # without blocks: record bytes only
+    set_slot = per_set[:, 0]
+    slot = expand(set_slot)
+    received, export_ms, uptime = expand(per_set[:, 1]), expand(per_set[:, 2]), expand(per_set[:, 3])
+    if g.compiled is None:  # NetFlow v5
+        cols = netflow5.decode_records(b"".join(chunks), n, export_ms, uptime)
+        announced = expand(per_set[:, 4].astype(np.uint64))
+    else:
+        compiled = g.compiled
+        view = block_view if block_view is not None else \
+            templated.make_view(compiled, b"".join(chunks), n, g.starts)
+        cols = templated.flow_columns(compiled, view)
+        init = dom.init_ms[slot]
+        cols["flow_start"] = templated.time_column(view, compiled, compiled.start_ie, export_ms, uptime, init)
+        if compiled.end_ie is None:
+            cols["flow_end"] = cols["flow_start"]
+        else:
+            cols["flow_end"] = templated.time_column(view, compiled, compiled.end_ie, export_ms, uptime, init)
+            if compiled.start_ie is None:
+                cols["flow_start"] = cols["flow_end"]
+        announced = _announced_rates(compiled, view, slot, dom, n)
+        if {compiled.start_ie, compiled.end_ie} & {21, 22} and ies.SYSTEM_INIT_TIME not in compiled.refs:
+            _count_missing_init_time(set_slot, counts, dom, result)
+    rate = resolve(announced, dom.policy_rate[slot], dom.override[slot])
+    raw_bytes = _column(cols.get("raw_bytes"), n, np.dtype(np.uint64))
+    raw_packets = _column(cols.get("raw_packets"), n, np.dtype(np.uint64))
+    cols.update(raw_bytes=raw_bytes, raw_packets=raw_packets, sampling_rate=rate, time_received=received,
+                exporter=dom.addr[slot], observation_domain=dom.domain[slot], version=dom.version[slot])
+    if np.ndim(rate) == 0 and rate == 1:
+        cols.update(bytes=raw_bytes.copy(), packets=raw_packets.copy())  # unsampled: no multiply
+    else:
+        cols.update(bytes=raw_bytes * rate, packets=raw_packets * rate)
+    per_slot = np.bincount(set_slot, weights=counts, minlength=len(dom.version))
+    for s in np.nonzero(per_slot)[0]:
+        st, version, _ = dom.info[s]
+        result.records[(st.name, version)] += int(per_slot[s])
+    return cols
+
+
+def _count_missing_init_time(set_slot: np.ndarray, counts: np.ndarray, dom: DomainTables,
+                             result: DecodeResult) -> None:
+    """IPFIX records with sysUptime times but no systemInitTimeMilliseconds known: their times are the export
+    time (the best guess left); counted per record so the operator can enable the exporter's options export."""
+    missing = (dom.version[set_slot] == 10) & (dom.init_ms[set_slot] < 0)
+    if missing.any():
+        per_slot = np.bincount(set_slot[missing], weights=counts[missing], minlength=len(dom.version))
+        for s in np.nonzero(per_slot)[0]:
+            result.errors[(dom.info[s][0].name, "missing_init_time")] += int(per_slot[s])
+
+
+def _announced_rates(compiled: Compiled, view: FixedView | VariableView, slot: np.ndarray, dom: DomainTables,
+                     n: int) -> np.ndarray:
+    """Per record: rate in the record, else its sampler's options rate, else the domain's; 0 = none.
+
+    ``slot`` is per record, or a 0-d scalar when every record comes from one (exporter, domain).
+    """
+    refs = compiled.refs
+    in_record = rate_from_columns(lambda ie: view.uint(refs[ie]) if ie in refs else None, n)
+    announced: np.ndarray = dom.domain_rate[slot]
+    key_ie = ies.SAMPLER_ID if ies.SAMPLER_ID in refs else ies.SELECTOR_ID if ies.SELECTOR_ID in refs else None
+    if key_ie is not None:
+        ids = view.uint(refs[key_ie]).astype(np.uint64)
+        if np.ndim(slot) == 0:
+            st, _, domain = dom.info[int(slot)]
+            keyed = st.samplers.keyed_rates(domain, key_ie, ids)
+        else:
+            keyed = np.zeros(n, dtype=np.uint64)
+            for s in np.unique(slot):
+                rows = slot == s
+                st, _, domain = dom.info[s]
+                keyed[rows] = st.samplers.keyed_rates(domain, key_ie, ids[rows])
+        announced = np.where(keyed > 0, keyed, announced)
+    if in_record is not None:
+        announced = np.where(in_record > 0, in_record, announced)
+    return announced
+
+
+def _block_records(g: Group, buf: bytes | memoryview) -> tuple[np.ndarray, np.ndarray, FixedView]:
+    """Records per set, context per set and a view of the records of a fixed-length group with blocks.
+
+    The records of blocks are still in the batch buffer, behind their datagram's headers. When every set has
+    the same number of records and the sets are evenly spaced (datagrams of one length: the usual case), the
+    records are a strided 2-D view of the buffer (no copy); otherwise they are gathered as they are decoded.
+    Sets parsed one by one (``g.chunks`` that are not blocks) are appended to the buffer first.
+    """
+    offsets: list[np.ndarray] = []
+    counts: list[np.ndarray] = []
+    ctxs: list[np.ndarray] = []
+    extra: list[bytes | memoryview] = []
+    end = len(buf)
+    for chunk, n, c in zip(g.chunks, g.counts, g.ctx, strict=True):
+        if isinstance(chunk, Block):
+            offsets.append(chunk.offsets)
+            counts.append(chunk.counts)
+            ctxs.append(chunk.ctx)
+        else:
+            offsets.append(np.array([end], dtype=np.int64))
+            counts.append(np.array([n], dtype=np.int64))
+            ctxs.append(np.array([c], dtype=np.int64))
+            extra.append(chunk)
+            end += len(chunk)
+    offset, count, ctx = (x[0] if len(x) == 1 else np.concatenate(x) for x in (offsets, counts, ctxs))
+    source = b"".join([buf, *extra]) if extra else buf
+    compiled = cast(Compiled, g.compiled)  # v5 records never come in blocks
+    reclen = compiled.reclen
+    first = int(count[0])
+    step = int(offset[1] - offset[0]) if len(offset) > 1 else first * reclen
+    if step >= first * reclen and (count == first).all() and (np.diff(offset) == step).all():
+        records = np.ndarray((len(offset), first), dtype=compiled.dtype, buffer=source, offset=int(offset[0]),
+                             strides=(step, reclen))
+    else:
+        before = np.cumsum(count) - count
+        at = np.repeat(offset - before * reclen, count) + np.arange(int(count.sum()), dtype=np.int64) * reclen
+        # gathered as opaque bytes (a structured dtype would be copied field by field), chunk by chunk as read
+        windows = np.ndarray((len(source) - reclen + 1,), dtype=f"V{reclen}", buffer=source, strides=(1,))
+        return count, ctx, FixedView(windows, at, compiled.dtype)
+    return count, ctx, FixedView(records)
+
+
+def _column(values: np.ndarray | None, n: int, dtype: np.dtype) -> np.ndarray:
+    """A native, contiguous column of ``n`` rows from decoded values, a 0-d scalar (broadcast) or None (zeros)."""
+    if values is None:
+        return np.zeros(n, dtype=dtype)
+    if np.ndim(values) == 0:
+        return np.full(n, values, dtype=dtype)
+    # Views of the datagram bytes are read-only: copy them, so callers own writable columns.
+    column: np.ndarray = values.astype(dtype, copy=values.dtype != dtype or not values.flags.c_contiguous
+                                       or not values.flags.writeable)
+    return column
