@@ -20,7 +20,9 @@ from typing import Any
 
 import numpy as np
 
-from decoders.netflow.decoder import DecodeResult, FlowDecoder, StateChanges
+from decoders.netflow.decoder import FlowDecoder
+from decoders.netflow.persistence import StateChanges
+from decoders.result import DecodeResult
 from decoders.sampling import SamplingPolicy
 from decoders.sflow import is_sflow
 from decoders.sflow.decoder import SflowDecoder, SflowResult
@@ -80,11 +82,6 @@ class DispatchDecoder:
     def exporters(self) -> dict[str, Any]:
         """Exporters either decoder tracks (one that sends both protocols is listed once)."""
         return {**self.sflow.exporters, **self.netflow.exporters}
-
-    @property
-    def pending(self) -> Any:
-        """Data sets the NetFlow decoder holds for a template (sFlow holds nothing back)."""
-        return self.netflow.pending
 
     def set_sampling(self, sampling: SamplingPolicy) -> None:
         """Replace the configured sampling policy of both decoders (SIGHUP)."""
