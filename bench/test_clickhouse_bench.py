@@ -22,10 +22,10 @@ from pathlib import Path
 import pytest
 
 from bench.flowgen import T0_MS, flows_batch
-from collector.config import ClickHouseConfig, SpoolConfig
 from decoders.schema import FLOWS
 from storage.clickhouse.ddl import SchemaManager
 from storage.clickhouse.output import ClickHouseOutput, arrow_to_columns, connect, executor, server_caps
+from storage.settings import ClickHouseConfig, SpoolConfig
 from tests.fixtures.clickhouse import _clickhouse_root, _clickhouse_servers, clickhouse_server  # noqa: F401
 
 pytestmark = pytest.mark.external

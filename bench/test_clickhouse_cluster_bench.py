@@ -21,9 +21,9 @@ from pathlib import Path
 import pytest
 
 from bench.flowgen import T0_MS, flows_batch
-from collector.config import ClickHouseConfig, SpoolConfig
 from decoders.schema import FLOWS
 from storage.clickhouse.output import ClickHouseOutput
+from storage.settings import ClickHouseConfig, SpoolConfig
 from tests.fixtures.clickhouse_cluster import replicated_cluster  # noqa: F401
 
 pytestmark = [pytest.mark.external, pytest.mark.slow]

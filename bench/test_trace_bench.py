@@ -27,7 +27,6 @@ import pyarrow as pa
 import pytest
 
 from collector.commands.compliance import run_trace, verdict
-from collector.config import ClickHouseConfig
 from decoders.schema import ipv4_mapped
 from mediation.compliance.tables import IP_DETAIL_RECORDS, NAT_EVENTS
 from mediation.tables import BINDINGS
@@ -35,6 +34,7 @@ from storage.clickhouse.ddl import SchemaManager
 from storage.clickhouse.output import arrow_to_columns, connect, executor, server_caps
 from storage.clickhouse.query import ClickHouseBackend
 from storage.query import QueryEngine
+from storage.settings import ClickHouseConfig
 from storage.store import ParquetStore
 from tests.fixtures.clickhouse import _clickhouse_root, _clickhouse_servers, clickhouse_server  # noqa: F401
 

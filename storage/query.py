@@ -43,6 +43,7 @@ import pyarrow.parquet as pq
 from decoders.addresses import address_text
 from decoders.schema import TABLES, Table
 from storage.outputs import TABLE_MODULES, load_tables  # noqa: F401  (re-exported: callers import them from here)
+from storage.settings import StorageSettings
 
 HOUR_MS = 3_600_000
 
@@ -348,7 +349,7 @@ class QueryEngine:
         return cls(ChdbBackend(store_path))
 
     @classmethod
-    def for_config(cls, config, target: str = "auto", *, server_readonly: int = 2) -> QueryEngine:
+    def for_config(cls, config: StorageSettings, target: str = "auto", *, server_readonly: int = 2) -> QueryEngine:
         """The engine for ``target``: ``store`` (embedded), ``clickhouse`` (server) or ``auto``.
 
         ``auto`` is the embedded store when ``[store] enabled``, else the ClickHouse server when

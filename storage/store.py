@@ -57,6 +57,7 @@ import pyarrow.parquet as pq
 
 from decoders.schema import Table
 from storage.outputs import conform, fsync_dir, load_tables, makedirs_durable
+from storage.settings import StorageSettings
 
 log = logging.getLogger(__name__)
 
@@ -280,9 +281,9 @@ class ParquetStore:
             self.recover()
 
     @classmethod
-    def for_config(cls, config, retention_days: Mapping[str, int] | None = None, *, housekeeper: bool = True,
-                   maintenance_interval_s: float = 60.0) -> ParquetStore:
-        """The store described by a :class:`collector.config.Config` (``[store]``).
+    def for_config(cls, config: StorageSettings, retention_days: Mapping[str, int] | None = None, *,
+                   housekeeper: bool = True, maintenance_interval_s: float = 60.0) -> ParquetStore:
+        """The store described by the configuration's ``[store]`` (any :class:`~storage.settings.StorageSettings`).
 
         Only one process may be the ``housekeeper`` (recovery at start, compaction, retention): with several
         workers that is worker 0; the others only write (their temporary names carry their pid, so recovery leaves

@@ -42,11 +42,11 @@ import pyarrow as pa
 from clickhouse_driver.errors import Error as DriverError
 from clickhouse_driver.errors import ServerException, SocketTimeoutError
 
-from collector.config import ClickHouseConfig, SpoolConfig
 from decoders.schema import TABLES, Table
 from storage.clickhouse.ddl import Executor, HostUnreachable, SchemaManager, ServerCaps, quote_ident
 from storage.clickhouse.spool import Spool, SpoolCorrupt, SpoolEntry
 from storage.handoff import HandoffJournal
+from storage.settings import ClickHouseConfig, SpoolConfig
 
 log = logging.getLogger(__name__)
 

@@ -29,8 +29,8 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 
-from collector.config import ClickHouseConfig
 from storage.clickhouse.output import connect
+from storage.settings import ClickHouseConfig, StorageSettings
 
 
 def _query_error(message: str) -> Exception:
@@ -54,8 +54,9 @@ class ClickHouseBackend:
         self._settings: dict[str, Any] | None = None
 
     @classmethod
-    def from_config(cls, config, *, readonly: int = 2) -> ClickHouseBackend:
-        """The backend for a whole flowmed :class:`collector.config.Config` (its ``[output.clickhouse]``)."""
+    def from_config(cls, config: StorageSettings, *, readonly: int = 2) -> ClickHouseBackend:
+        """The backend for a whole configuration (its ``[output.clickhouse]``; a
+        :class:`~storage.settings.StorageSettings`)."""
         return cls(config.output.clickhouse, readonly=readonly)
 
     def _connect(self):

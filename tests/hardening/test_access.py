@@ -23,8 +23,9 @@ from pathlib import Path
 
 import pytest
 
-from collector.config import ClickHouseConfig, load
+from collector.config import load
 from storage.query import QueryError
+from storage.settings import ClickHouseConfig
 from storage.sql_guard import check_read_only
 from tests.collector.daemon import Daemon, V9Traffic
 from tests.fixtures.peers import free_port, require_tool

@@ -29,11 +29,11 @@ import pyarrow.parquet as pq
 import pytest
 
 from bench.flowgen import flows_batch
-from collector.config import ClickHouseConfig, SpoolConfig
 from decoders.schema import FLOWS
 from mediation.tables import USAGE
 from storage.clickhouse.output import ClickHouseOutput
 from storage.clickhouse.spool import Spool
+from storage.settings import ClickHouseConfig, SpoolConfig
 from storage.sink import Sink
 from storage.store import ParquetStore
 from tests.fixtures.peers import free_port

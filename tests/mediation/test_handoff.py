@@ -15,11 +15,11 @@ import numpy as np
 import pyarrow.parquet as pq
 import pytest
 
-from collector.config import ClickHouseConfig, SpoolConfig
 from decoders.schema import FLOWS
 from storage.clickhouse.output import ClickHouseOutput
 from storage.handoff import HandoffJournal
 from storage.outputs import with_batch_id
+from storage.settings import ClickHouseConfig, SpoolConfig
 from storage.sink import Sink
 from storage.store import ParquetStore
 from tests.mediation.handoff_writer import batch_b

@@ -13,9 +13,9 @@ import os
 import sys
 import time
 
-from collector.config import ClickHouseConfig, SpoolConfig
 from decoders.schema import FLOWS
 from storage.clickhouse.output import ClickHouseOutput
+from storage.settings import ClickHouseConfig, SpoolConfig
 from tests.storage.clickhouse_helpers import flow_batch
 
 BATCH_ID_BASE = 50_000

@@ -22,11 +22,11 @@ import pyarrow as pa
 import pytest
 
 from bench.exporter import Flow, IpfixExporter, flow_template
-from collector.config import ClickHouseConfig, SpoolConfig
 from decoders.schema import FLOWS
 from mediation.tables import USAGE
 from storage.clickhouse.output import ClickHouseOutput, arrow_to_columns, connect
 from storage.clickhouse.spool import Spool
+from storage.settings import ClickHouseConfig, SpoolConfig
 from tests.collector.daemon import Daemon
 from tests.fixtures.clickhouse_cluster import ReplicatedCluster
 from tests.rating.helpers import HOME_PLAN

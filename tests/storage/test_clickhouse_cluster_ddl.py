@@ -13,7 +13,7 @@ import re
 
 import pytest
 
-from collector.config import ClickHouseConfig, load
+from collector.config import load
 from collector.configtree import ConfigError
 from storage.clickhouse.ddl import (
     EVERYWHERE,
@@ -28,6 +28,7 @@ from storage.clickhouse.ddl import (
 from storage.clickhouse.output import host_port, load_tables
 from storage.outputs import BatchIdGenerator, batch_id_time_ms
 from storage.query import chdb_session, holding_chdb_session
+from storage.settings import ClickHouseConfig
 
 
 def statements(caps: ServerCaps) -> list[str]:

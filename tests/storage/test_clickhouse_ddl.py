@@ -64,7 +64,7 @@ def test_caps_from_version():
 # ---- 18.16 -----------------------------------------------------------------------------------------------------------
 @pytest.fixture
 def legacy(clickhouse_server, request):
-    from collector.config import ClickHouseConfig
+    from storage.settings import ClickHouseConfig
 
     db = "ddl_" + re.sub(r"\W", "_", request.node.name)[-40:]
     client = connect(ClickHouseConfig(port=clickhouse_server.port))

@@ -17,9 +17,9 @@ from pathlib import Path
 
 import pytest
 
-from collector.config import ClickHouseConfig, SpoolConfig
 from decoders.schema import FLOWS
 from storage.clickhouse.output import ClickHouseOutput
+from storage.settings import ClickHouseConfig, SpoolConfig
 from tests.fixtures.clickhouse import FLOWMED_PASSWORD
 from tests.storage.clickhouse_helpers import duplicate_batches, flow_batch, server_totals, totals
 

@@ -10,11 +10,12 @@ import numpy as np
 import pyarrow as pa
 import pytest
 
-from collector.config import ClickHouseConfig, SpoolConfig, load
+from collector.config import load
 from decoders.schema import FLOWS
 from storage.clickhouse.ddl import LEGACY, MODERN
 from storage.clickhouse.output import ClickHouseOutput, arrow_to_columns, connect
 from storage.clickhouse.spool import Spool
+from storage.settings import ClickHouseConfig, SpoolConfig
 from tests.storage.clickhouse_helpers import duplicate_batches, flow_batch, server_totals, totals
 
 pytestmark = pytest.mark.external

@@ -9,9 +9,9 @@ from pathlib import Path
 
 import pytest
 
-from collector.config import ClickHouseConfig
 from storage.clickhouse.query import ClickHouseBackend
 from storage.query import QueryError
+from storage.settings import ClickHouseConfig
 
 pytestmark = pytest.mark.external
 

@@ -7,11 +7,12 @@ import re
 
 import pytest
 
-from collector.config import ClickHouseConfig, SpoolConfig, load
+from collector.config import load
 from mediation import Mediator
 from mediation.tables import RECONCILIATION, USAGE
 from storage.clickhouse.output import ClickHouseOutput
 from storage.query import QueryEngine
+from storage.settings import ClickHouseConfig, SpoolConfig
 from tests.mediation.test_mediator import EXPECTED, config, run_scenario, subscribers
 
 pytestmark = pytest.mark.external

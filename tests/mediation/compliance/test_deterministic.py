@@ -8,7 +8,7 @@ import pyarrow as pa
 import pytest
 
 from collector.commands.compliance import run_trace, verdict
-from collector.config import ClickHouseConfig, load
+from collector.config import load
 from collector.configtree import ConfigError
 from decoders.schema import ipv4_mapped
 from mediation.compliance.deterministic import DeterministicNat
@@ -20,6 +20,7 @@ from storage.clickhouse.ddl import SchemaManager
 from storage.clickhouse.output import arrow_to_columns, connect, executor, server_caps
 from storage.clickhouse.query import ClickHouseBackend
 from storage.query import QueryEngine
+from storage.settings import ClickHouseConfig
 from storage.store import ParquetStore
 from tests.mediation.compliance.scenario import T0
 
