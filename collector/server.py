@@ -371,50 +371,17 @@ def make_mediator(config: Config, worker: int | None = None) -> Any:
 
 
 def make_sink(config: Config, metrics: metrics_mod.Metrics, worker: int | None = None) -> Any:
-    """The Sink with every output the config enables: the Parquet store and/or the ClickHouse server.
+    """The Sink with every output the config enables (:func:`storage.factory.build_sink`), counted in ``metrics``.
 
-    With several workers each has its own ClickHouse spool directory (a spool belongs to one process) and only
-    worker 0 does the store's housekeeping (recovery, compaction, retention). With both outputs the sink records
-    each batch in a handoff journal (``<store.path>/handoff``, per worker like the spool) before either gets it,
-    so a crash between the two is repaired at the next start (:mod:`storage.handoff`).
+    With several workers each has its own ClickHouse spool and handoff journal and only worker 0 does the store's
+    housekeeping (recovery, compaction, retention).
     """
-    from storage.handoff import HandoffJournal
-    from storage.outputs import BatchIdGenerator
-    from storage.sink import Sink
+    from storage.factory import SinkHooks, build_sink
 
-    outputs: list[Any] = []
     with contextlib.suppress(ImportError):  # registers every table's retention setting (compliance.retention_days)
         from storage.outputs import load_tables
 
         load_tables()
-    journal = None
-    if config.store.enabled and config.output.clickhouse.enabled:
-        handoff = config.data_path("handoff")
-        journal = HandoffJournal(handoff if worker is None else handoff / f"worker{worker}",
-                                 fsync=config.spool.fsync == "always")
-    if config.store.enabled:
-        from storage.store import ParquetStore
-
-        outputs.append(ParquetStore.for_config(config, housekeeper=worker in (None, 0)))
-    if config.output.clickhouse.enabled:
-        from storage.clickhouse.output import ClickHouseOutput
-
-        spool = config.data_path(config.spool.path)
-        if worker is not None:
-            spool = spool / f"worker{worker}"
-        from storage.store import RETENTION_SETTINGS
-
-        retention = {name: int(get(config)) for name, get in RETENTION_SETTINGS.items() if name != "flows"}
-
-        def on_insert(table: str, rows: int, seconds: float) -> None:
-            metrics.clickhouse_inserted_rows.labels(table).inc(rows)
-            metrics.clickhouse_insert_seconds.observe(seconds)
-
-        def on_ch_error(stage: str, code: str) -> None:
-            metrics.clickhouse_errors.labels(stage, code).inc()
-
-        outputs.append(ClickHouseOutput(config.output.clickhouse, config.spool, spool, retention_days=retention,
-                                        journal=journal, on_insert=on_insert, on_error=on_ch_error))
 
     def on_write(output: str, table: str, rows: int, seconds: float) -> None:
         metrics.output_batches.labels(output, table).inc()
@@ -427,11 +394,16 @@ def make_sink(config: Config, metrics: metrics_mod.Metrics, worker: int | None =
     def on_replay(output: str, table: str, rows: int) -> None:
         metrics.output_replayed_rows.labels(output).inc(rows)
 
-    return Sink(outputs, config.store.flush_rows, config.store.flush_interval_s,
-                config.store.max_pending_rows,
-                id_generator=BatchIdGenerator(worker or 0, host=config.service.host_index), on_write=on_write,
-                on_error=on_error, journal=journal, on_replay=on_replay,
-                unjournaled=() if config.output.clickhouse.flows else ("flows",))
+    def on_insert(table: str, rows: int, seconds: float) -> None:
+        metrics.clickhouse_inserted_rows.labels(table).inc(rows)
+        metrics.clickhouse_insert_seconds.observe(seconds)
+
+    def on_insert_error(stage: str, code: str) -> None:
+        metrics.clickhouse_errors.labels(stage, code).inc()
+
+    hooks = SinkHooks(on_write=on_write, on_error=on_error, on_replay=on_replay, on_insert=on_insert,
+                      on_insert_error=on_insert_error)
+    return build_sink(config, worker=worker, host=config.service.host_index, hooks=hooks)
 
 
 def state_path(config: Config, worker: int | None) -> Path:

@@ -87,6 +87,7 @@ class RatingJob:
 
     def __init__(self, config, *, engine=None, outputs=None, clock=time.time, owner: str | None = None,
                  plans: PlanBook | None = None, assignments: Assignments | None = None) -> None:
+        from storage.factory import build_outputs
         from storage.outputs import BatchIdGenerator
         from storage.query import QueryEngine, load_tables
 
@@ -96,7 +97,8 @@ class RatingJob:
         self._own_engine = engine is None
         self.engine = engine if engine is not None else QueryEngine.for_config(config, config.rating.target)
         self._own_outputs = outputs is None
-        self.outputs = outputs if outputs is not None else build_rating_outputs(config)
+        # the rating job writes as one more process: its own ClickHouse spool, never the store's housekeeper
+        self.outputs = outputs if outputs is not None else build_outputs(config, process="rating", housekeeper=False)
         self._plans = plans
         self._windows: dict[tuple[str, int], tuple[int, int]] = {}
         self._plans_injected = plans is not None
@@ -399,23 +401,6 @@ class RatingJob:
                 out.close()
         if self._own_engine:
             self.engine.close()
-
-
-def build_rating_outputs(config) -> list:
-    """The outputs of the rating job: the Parquet store (not its housekeeper) and ClickHouse with its own spool."""
-    outputs: list = []
-    if config.store.enabled:
-        from storage.store import ParquetStore
-
-        outputs.append(ParquetStore.for_config(config, housekeeper=False))
-    if config.output.clickhouse.enabled:
-        from storage.clickhouse.output import ClickHouseOutput
-        from storage.query import load_tables
-
-        outputs.append(ClickHouseOutput(config.output.clickhouse, config.spool,
-                                        config.data_path(config.spool.path) / "rating",
-                                        tables=list(load_tables().values())))
-    return outputs
 
 
 # --- diffing --------------------------------------------------------------------------------------------------------
