@@ -39,6 +39,7 @@ from collector.logging import setup as setup_logging
 from collector.statefile import StateWriter
 from collector.storelock import StoreLock
 from collector.systemd import Notifier, watchdog_interval_s
+from collector.tables import load_tables  # every table and its retention setting registered
 from decoders.schema import FLOWS
 from decoders.sflow.tables import INTERFACE_COUNTERS
 
@@ -378,11 +379,6 @@ def make_sink(config: Config, metrics: metrics_mod.Metrics, worker: int | None =
     """
     from storage.factory import SinkHooks, build_sink
 
-    with contextlib.suppress(ImportError):  # registers every table's retention setting (compliance.retention_days)
-        from storage.outputs import load_tables
-
-        load_tables()
-
     def on_write(output: str, table: str, rows: int, seconds: float) -> None:
         metrics.output_batches.labels(output, table).inc()
         metrics.output_rows.labels(output, table).inc(rows)
@@ -403,7 +399,7 @@ def make_sink(config: Config, metrics: metrics_mod.Metrics, worker: int | None =
 
     hooks = SinkHooks(on_write=on_write, on_error=on_error, on_replay=on_replay, on_insert=on_insert,
                       on_insert_error=on_insert_error)
-    return build_sink(config, worker=worker, host=config.service.host_index, hooks=hooks)
+    return build_sink(config, worker=worker, host=config.service.host_index, tables=load_tables().values(), hooks=hooks)
 
 
 def state_path(config: Config, worker: int | None) -> Path:

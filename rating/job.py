@@ -29,6 +29,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
+import mediation.tables  # noqa: F401  (registers usage, which the job reads)
 from decoders.schema import Table
 from rating import tables as rt
 from rating.assignments import AssignmentFile, Assignments
@@ -89,9 +90,8 @@ class RatingJob:
                  plans: PlanBook | None = None, assignments: Assignments | None = None) -> None:
         from storage.factory import build_outputs
         from storage.outputs import BatchIdGenerator
-        from storage.query import QueryEngine, load_tables
+        from storage.query import QueryEngine
 
-        load_tables()
         self.config = config
         self.clock = clock
         self._own_engine = engine is None

@@ -12,7 +12,6 @@ it; the ClickHouse output uses it as the insert deduplication token).
 
 from __future__ import annotations
 
-import importlib
 import os
 import threading
 import time
@@ -22,29 +21,7 @@ from typing import Protocol, runtime_checkable
 import numpy as np
 import pyarrow as pa
 
-from decoders.schema import TABLES, Table
-
-TABLE_MODULES = (
-    "decoders.schema",
-    "mediation.tables",
-    "mediation.ipdr.tables",
-    "rating.tables",
-    "mediation.compliance.tables",
-    "decoders.sflow.tables",
-    "mediation.exporter_stats",
-)
-"""Modules that register tables; :func:`load_tables` imports those that exist (add yours here)."""
-
-
-def load_tables() -> dict[str, Table]:
-    """Import every module of :data:`TABLE_MODULES` that exists, so that all tables are registered; the registry."""
-    for name in TABLE_MODULES:
-        try:
-            importlib.import_module(name)
-        except ModuleNotFoundError as exc:
-            if exc.name != name and not name.startswith(f"{exc.name}."):
-                raise
-    return TABLES
+from decoders.schema import Table
 
 
 @runtime_checkable

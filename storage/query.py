@@ -42,7 +42,6 @@ import pyarrow.parquet as pq
 
 from decoders.addresses import address_text
 from decoders.schema import TABLES, Table
-from storage.outputs import TABLE_MODULES, load_tables  # noqa: F401  (re-exported: callers import them from here)
 from storage.settings import StorageSettings
 
 HOUR_MS = 3_600_000
@@ -345,7 +344,6 @@ class QueryEngine:
     @classmethod
     def for_store(cls, store_path: str | Path) -> QueryEngine:
         """An engine over the embedded Parquet store at ``store_path``."""
-        load_tables()
         return cls(ChdbBackend(store_path))
 
     @classmethod
@@ -362,7 +360,6 @@ class QueryEngine:
                 target = "clickhouse"
             else:
                 target = "store"
-        load_tables()
         if target == "store":
             return cls(ChdbBackend(config.store.path))
         if target == "clickhouse":

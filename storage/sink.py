@@ -37,7 +37,7 @@ import pyarrow as pa
 from decoders.schema import TABLES, Table
 from storage.clickhouse.spool import SpoolCorrupt
 from storage.handoff import HandoffJournal
-from storage.outputs import BatchIdGenerator, Output, OutputStats, concat, conform, load_tables, with_batch_id
+from storage.outputs import BatchIdGenerator, Output, OutputStats, concat, conform, with_batch_id
 
 log = logging.getLogger(__name__)
 
@@ -140,7 +140,7 @@ class Sink:
 
     def _queue_replays(self, journal: HandoffJournal) -> None:
         """Queue every batch the journal still holds (a crash cut its handoff) ahead of any new batch."""
-        tables = load_tables()
+        tables = TABLES
         rows = 0
         for entry in journal.entries():
             table = tables.get(entry.table)

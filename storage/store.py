@@ -55,8 +55,8 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from decoders.schema import Table
-from storage.outputs import conform, fsync_dir, load_tables, makedirs_durable
+from decoders.schema import TABLES, Table
+from storage.outputs import conform, fsync_dir, makedirs_durable
 from storage.settings import StorageSettings
 
 log = logging.getLogger(__name__)
@@ -539,7 +539,7 @@ class ParquetStore:
             return 0
         now = self.clock() if now is None else now
         merged = 0
-        for name, table in list(load_tables().items()):
+        for name, table in list(TABLES.items()):
             for _, pdir in self.partitions(name):
                 if self._stop.is_set():
                     return merged

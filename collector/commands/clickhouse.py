@@ -25,8 +25,9 @@ def clickhouse_group() -> None:
 @config_options
 def ddl_command(server_version: str | None, config) -> None:
     """Print the CREATE statements for every table and its read view (one per line block, ';'-terminated)."""
+    from collector.tables import load_tables
     from storage.clickhouse.ddl import ServerCaps, ddl_statements
-    from storage.clickhouse.output import connect, load_tables, server_caps
+    from storage.clickhouse.output import connect, server_caps
 
     ch = config.output.clickhouse
     if server_version:
@@ -77,7 +78,7 @@ def _manager(config):
 @config_options
 def migrate_command(config) -> None:
     """Create missing tables and columns now and print what was done; exit 3 when a column's type differs."""
-    from storage.clickhouse.output import load_tables
+    from collector.tables import load_tables
 
     client, hosts, manager = _manager(config)
     try:
@@ -97,7 +98,7 @@ def migrate_command(config) -> None:
 @config_options
 def retention_command(config) -> None:
     """Drop partitions older than the retention now (servers without TTL; with TTL the server does it)."""
-    from storage.clickhouse.output import load_tables
+    from collector.tables import load_tables
 
     client, hosts, manager = _manager(config)
     try:

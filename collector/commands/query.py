@@ -77,7 +77,7 @@ def query_command(sql: str, fmt: str, target: str, allow_external: bool, config)
 def schema_markdown(tables: dict[str, Table] | None = None) -> str:
     """Documentation of every registered table as Markdown (what ``docs/schema.md`` holds)."""
     if tables is None:
-        from storage.query import load_tables
+        from collector.tables import load_tables
 
         tables = load_tables()
     out = [
@@ -131,7 +131,7 @@ def schema_text(tables: dict[str, Table]) -> str:
 @click.option("--table", "only", multiple=True, help="Only this table (repeatable).")
 def schema_command(fmt: str, only: tuple[str, ...]) -> None:
     """Print the documentation of every table flowmed writes, from the schema in code."""
-    from storage.query import load_tables
+    from collector.tables import load_tables
 
     tables = load_tables()
     if only:

@@ -12,6 +12,7 @@ from typing import Any
 
 import pyarrow as pa
 
+import collector.tables  # noqa: F401  (the pages read every table: the composition root registers them)
 from storage.query import ChdbBackend, QueryEngine, QueryError
 
 StoreError = QueryError

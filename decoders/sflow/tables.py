@@ -1,7 +1,7 @@
 """The ``interface_counters`` table: sFlow counter samples (generic and Ethernet interface counters), one row each.
 
 Importing this module registers the table in :data:`decoders.schema.TABLES` (it is listed in
-``storage.outputs.TABLE_MODULES``, so outputs, the query engine and ``flowmed schema`` know it).
+``collector.tables``, so outputs, the query engine and ``flowmed schema`` know it).
 """
 
 from __future__ import annotations

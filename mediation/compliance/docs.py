@@ -30,12 +30,12 @@ def layout(sql: str) -> str:
 
 def example_queries() -> dict[str, str]:
     """``{"address": ..., "subscriber": ..., "report": ...}`` as run on a ClickHouse server."""
+    # the tables the queries read, registered
+    import mediation.compliance.tables  # noqa: F401
+    import mediation.tables  # noqa: F401
     from mediation.compliance.report import ReportQuery, report_sql
     from mediation.compliance.trace import AddressQuery, SubscriberQuery
-    from storage.outputs import load_tables
     from storage.query import QueryEngine
-
-    load_tables()
     e = QueryEngine(_ServerLike())
     return {
         "address": layout(AddressQuery("203.0.113.7", EXAMPLE_AT_MS, 40112).sql(e.source)),

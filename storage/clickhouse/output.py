@@ -98,14 +98,6 @@ logging.getLogger("clickhouse_driver.columns.service").addFilter(_QuietGenericCo
 logging.getLogger("clickhouse_driver.connection").addFilter(_NoDriverTracebacks())
 
 
-def load_tables() -> dict[str, Table]:
-    """Every registered table (importing every table-defining module flowmed has, as the query engine does)."""
-    from storage.outputs import load_tables as load_all
-
-    load_all()
-    return dict(TABLES)
-
-
 def host_port(entry: str, default_port: int) -> tuple[str, int]:
     """``"10.0.0.5"``, ``"10.0.0.5:9001"``, ``"[2001:db8::5]:9001"`` or ``"2001:db8::5"`` -> (host, port)."""
     if entry.startswith("["):
@@ -255,7 +247,7 @@ class ClickHouseOutput:
         self.config = config
         self.retention_days = dict(retention_days or {})
         """Retention of tables other than flows (days; e.g. the compliance tables), beside flows_retention_days."""
-        self.tables = {t.name: t for t in (tables if tables is not None else load_tables().values())}
+        self.tables = {t.name: t for t in (tables if tables is not None else TABLES.values())}
         self.spool = Spool(spool_dir, spool_config.max_bytes, spool_config.full_policy, spool_config.fsync)
         self.retention_interval_s = retention_interval_s
         self.max_backoff_s = max_backoff_s
@@ -474,7 +466,7 @@ class ClickHouseOutput:
             self.on_insert(table, rows, seconds)
 
     def _table(self, name: str) -> Table | None:
-        return self.tables.get(name) or load_tables().get(name)
+        return self.tables.get(name) or TABLES.get(name)
 
     @staticmethod
     def _coalesces(table: Table | None) -> bool:

@@ -13,6 +13,7 @@ from datetime import UTC, datetime
 import pytest
 
 from collector.config import load
+from collector.tables import load_tables
 from mediation.tables import USAGE
 from rating.billrun import CycleOpen, bill_run
 from rating.explain import explain
@@ -20,7 +21,6 @@ from rating.job import RatingJob
 from rating.lease import LeaseHeld
 from rating.tables import current_sql
 from storage.clickhouse.output import ClickHouseOutput
-from storage.query import load_tables
 from storage.store import ParquetStore
 from tests.rating.helpers import HOME_PLAN, assignments, ms, plans
 from tests.rating.storeutil import usage_batch

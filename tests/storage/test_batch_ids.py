@@ -9,10 +9,10 @@ import re
 import numpy as np
 import pytest
 
+from collector.tables import load_tables
 from storage.clickhouse.ddl import SchemaManager, create_table_sql
 from storage.clickhouse.output import ClickHouseOutput, connect, server_caps
 from storage.clickhouse.spool import Spool
-from storage.query import load_tables
 from storage.settings import ClickHouseConfig, SpoolConfig
 
 NOW_MS = 1_764_000_000_000

@@ -15,6 +15,7 @@ import pytest
 
 from collector.config import load
 from collector.configtree import ConfigError
+from collector.tables import load_tables
 from storage.clickhouse.ddl import (
     EVERYWHERE,
     LEGACY,
@@ -25,7 +26,7 @@ from storage.clickhouse.ddl import (
     ServerCaps,
     ddl_statements,
 )
-from storage.clickhouse.output import host_port, load_tables
+from storage.clickhouse.output import host_port
 from storage.outputs import BatchIdGenerator, batch_id_time_ms
 from storage.query import chdb_session, holding_chdb_session
 from storage.settings import ClickHouseConfig

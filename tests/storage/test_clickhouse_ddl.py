@@ -8,6 +8,7 @@ import time
 
 import pytest
 
+from collector.tables import load_tables
 from decoders.schema import Column, Table
 from storage.clickhouse.ddl import (
     LEGACY,
@@ -18,7 +19,7 @@ from storage.clickhouse.ddl import (
     create_table_sql,
     quote_ident,
 )
-from storage.clickhouse.output import connect, executor, load_tables, server_caps
+from storage.clickhouse.output import connect, executor, server_caps
 from storage.query import QueryEngine, chdb_session, holding_chdb_session
 
 pytestmark = pytest.mark.external

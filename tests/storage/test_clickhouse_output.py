@@ -105,7 +105,7 @@ def test_partly_stored_batch_is_repaired_not_duplicated(clickhouse_server, db, t
 
 
 def test_flows_disabled_and_mediated_tables_still_written(clickhouse_server, db, tmp_path):
-    from storage.clickhouse.output import load_tables
+    from collector.tables import load_tables
 
     tables = load_tables()
     out = make_output(clickhouse_server, db, tmp_path / "s", flows=False)
@@ -235,7 +235,7 @@ def test_driver_columns_read_back_by_chdb(caps, tmp_path):
 def test_usage_columns_with_low_cardinality_strings_read_back_by_chdb(caps, tmp_path):
     import chdb
 
-    from storage.clickhouse.output import load_tables
+    from collector.tables import load_tables
 
     usage = load_tables()["usage"]
     n = 500

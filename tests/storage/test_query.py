@@ -16,8 +16,9 @@ import pyarrow.compute as pc
 import pytest
 
 from bench.flowgen import T0_MS, addr, flows_batch
+from collector.tables import load_tables
 from decoders.schema import FLOWS, TABLES
-from storage.query import QueryEngine, QueryError, load_tables, render
+from storage.query import QueryEngine, QueryError, render
 from storage.store import ParquetStore
 
 

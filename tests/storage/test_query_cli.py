@@ -15,8 +15,8 @@ from click.testing import CliRunner
 from bench.flowgen import T0_MS, addr
 from collector.cli import main
 from collector.commands.query import schema_markdown
+from collector.tables import load_tables
 from decoders.schema import FLOWS
-from storage.query import load_tables
 from storage.store import ParquetStore
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -74,14 +74,14 @@ def test_schema_text_and_markdown() -> None:
 
 
 def test_committed_schema_doc_is_up_to_date() -> None:
-    # In a fresh process, as `flowmed schema` runs: exactly the tables of storage.outputs.TABLE_MODULES (this
+    # In a fresh process, as `flowmed schema` runs: exactly the tables collector.tables imports (this
     # process may hold more, registered by tests or by modules other tests imported).
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     out = subprocess.run([sys.executable, "-m", "collector.cli", "schema", "--format", "md"], capture_output=True,
                          text=True, env=env, cwd=ROOT, timeout=120, check=True).stdout
     committed = (ROOT / "docs" / "schema.md").read_text()
     assert committed == out, "docs/schema.md is stale: regenerate it with `flowmed schema --format md > " \
-                             "docs/schema.md` (and list your table module in storage.outputs.TABLE_MODULES)"
+                             "docs/schema.md` (and import your table module in collector/tables.py)"
     assert out == schema_markdown({n: t for n, t in load_tables().items() if n in _documented(out)})
 
 

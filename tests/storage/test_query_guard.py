@@ -15,9 +15,10 @@ import numpy as np
 import pytest
 
 from bench.flowgen import T0_MS, addr
+from collector.tables import load_tables
 from decoders.schema import FLOWS
 from storage import sql_guard
-from storage.query import QueryError, load_tables
+from storage.query import QueryError
 from storage.store import ParquetStore
 
 FLOWMED = Path(sys.executable).with_name("flowmed")
