@@ -22,26 +22,16 @@ from pathlib import Path
 from decoders.errors import SavedStateError
 from decoders.netflow import saved_state as saved
 from decoders.netflow.persistence import StateChanges
+from storage import durable
 
 COMPACT_SLACK = 1 << 20
 """Bytes of superseded records a log may carry before it is rewritten (beyond as many as it has live)."""
 
 
 def write_atomic(path: Path, data: bytes) -> None:
-    """Write ``data`` to ``path`` via a temporary file, fsync and rename: a crash leaves the old or the new file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    with open(tmp, "wb") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-    with contextlib.suppress(OSError):
-        dfd = os.open(path.parent, os.O_RDONLY)
-        try:
-            os.fsync(dfd)
-        finally:
-            os.close(dfd)
+    """Write ``data`` to ``path`` atomically (:func:`storage.durable.write_atomic`); the state is saved again soon,
+    so a directory that refuses fsync is no error."""
+    durable.write_atomic(path, data, dir_sync_errors=False)
 
 
 class StateWriter:

@@ -25,7 +25,7 @@ from pathlib import Path
 import pyarrow as pa
 
 from storage.clickhouse.spool import read_ipc, write_ipc
-from storage.outputs import fsync_dir, makedirs_durable
+from storage.durable import fsync_dir, makedirs_durable
 
 log = logging.getLogger(__name__)
 

@@ -12,7 +12,6 @@ it; the ClickHouse output uses it as the insert deduplication token).
 
 from __future__ import annotations
 
-import os
 import threading
 import time
 from dataclasses import dataclass, field
@@ -177,29 +176,3 @@ def concat(table: Table, batches: list[pa.RecordBatch]) -> pa.RecordBatch:
     if not batches:
         return pa.RecordBatch.from_pylist([], schema=table.arrow_schema)
     return pa.concat_batches(batches)
-
-
-# --- durable files --------------------------------------------------------------------------------------------------
-
-
-def fsync_dir(path: str | os.PathLike) -> None:
-    """fsync a directory so that a rename or unlink in it survives power loss."""
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def makedirs_durable(path: str | os.PathLike) -> None:
-    """``os.makedirs(path, exist_ok=True)``, fsyncing the parent of every directory it creates."""
-    path = os.fspath(path)
-    if os.path.isdir(path):
-        return
-    parent = os.path.dirname(path.rstrip(os.sep)) or "."
-    makedirs_durable(parent)
-    try:
-        os.mkdir(path)
-    except FileExistsError:
-        return
-    fsync_dir(parent)

@@ -42,28 +42,13 @@ import pyarrow.parquet as pq
 
 from decoders.addresses import address_text
 from decoders.schema import TABLES, Table
+from storage.clickhouse.types import parquet_type
+from storage.errors import QueryError
 from storage.settings import StorageSettings
 
 HOUR_MS = 3_600_000
 
 FORMATS = ("table", "csv", "json")
-
-_CH_TYPES = {
-    "timestamp_ms": "DateTime64(3, 'UTC')",
-    "ip": "FixedString(16)",
-    "u8": "UInt8",
-    "u16": "UInt16",
-    "u32": "UInt32",
-    "u64": "UInt64",
-    "i32": "Int32",
-    "i64": "Int64",
-    "string": "String",
-}
-
-
-class QueryError(Exception):
-    """A query failed (syntax, unknown column, server unreachable, ...); the message is the backend's."""
-
 
 # --- the process-wide chDB session ----------------------------------------------------------------------------------
 
@@ -157,7 +142,7 @@ def _sql_string(text: str) -> str:
 
 def structure(table: Table) -> str:
     """The ``file()`` structure argument of ``table``: its columns with ClickHouse types as stored in Parquet."""
-    return ", ".join(f"`{c.name}` {_CH_TYPES[c.kind]}" for c in table.columns)
+    return ", ".join(f"`{c.name}` {parquet_type(c.kind)}" for c in table.columns)
 
 
 def select_list(table: Table) -> str:

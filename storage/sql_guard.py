@@ -31,7 +31,8 @@ import re
 from dataclasses import dataclass, field
 
 from decoders.schema import TABLES
-from storage.query import QueryError, chdb_session, chdb_session_users, holding_chdb_session
+from storage.errors import QueryError
+from storage.query import chdb_session, chdb_session_users, holding_chdb_session
 
 MAX_SQL_CHARS = 100_000
 """Longest statement accepted (its hex form must fit ClickHouse's default ``max_query_size`` of 256 KiB)."""

@@ -56,7 +56,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from decoders.schema import TABLES, Table
-from storage.outputs import conform, fsync_dir, makedirs_durable
+from storage.durable import fsync_dir, makedirs_durable
+from storage.outputs import conform
 from storage.settings import StorageSettings
 
 log = logging.getLogger(__name__)

@@ -36,6 +36,7 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 
 from decoders.schema import Column, Table
+from storage.clickhouse.types import kind_type
 
 log = logging.getLogger(__name__)
 
@@ -95,18 +96,10 @@ class ServerCaps:
 LEGACY = ServerCaps.from_version("18.16.1")
 MODERN = ServerCaps.from_version("26.1")
 
-_SCALAR = {"u8": "UInt8", "u16": "UInt16", "u32": "UInt32", "u64": "UInt64", "i32": "Int32", "i64": "Int64",
-           "string": "String"}
-
 
 def column_type(column: Column, caps: ServerCaps) -> str:
     """The ClickHouse type of ``column`` on a server with ``caps`` (without codec)."""
-    if column.kind == "timestamp_ms":
-        base = "DateTime64(3, 'UTC')" if caps.datetime64 else "DateTime('UTC')"
-    elif column.kind == "ip":
-        base = "IPv6" if caps.ipv6 else "FixedString(16)"
-    else:
-        base = _SCALAR[column.kind]
+    base = kind_type(column.kind, datetime64=caps.datetime64, ipv6=caps.ipv6)
     if column.low_cardinality and caps.low_cardinality and column.kind != "timestamp_ms":
         return f"LowCardinality({base})"
     return base

@@ -30,13 +30,8 @@ import numpy as np
 import pyarrow as pa
 
 from storage.clickhouse.output import connect
+from storage.errors import QueryError
 from storage.settings import ClickHouseConfig, StorageSettings
-
-
-def _query_error(message: str) -> Exception:
-    from storage.query import QueryError
-
-    return QueryError(message)
 
 
 class ClickHouseBackend:
@@ -99,11 +94,11 @@ class ClickHouseBackend:
                                                    "strings_as_bytes": True})  # addresses are not text
             if synced is not None and synced != (client.connection.host, client.connection.port):
                 # The driver reconnected to another node between the sync and the read: that node may lag.
-                raise _query_error("the connection moved to another server between SYSTEM SYNC REPLICA and the "
-                                   "read; try again")
+                raise QueryError("the connection moved to another server between SYSTEM SYNC REPLICA and the "
+                                 "read; try again")
         except (DriverError, OSError, EOFError) as exc:
             self.close()
-            raise _query_error(_message(exc)) from None
+            raise QueryError(_message(exc)) from None
         return to_arrow(data, types)
 
     def close(self) -> None:

@@ -27,6 +27,8 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.ipc as ipc
 
+from storage.durable import fsync_dir
+
 log = logging.getLogger(__name__)
 
 _NAME = re.compile(r"^(\d{16})\.([A-Za-z_][A-Za-z0-9_]*)\.(\d+)\.(\d+)\.arrow$")
@@ -192,7 +194,7 @@ class Spool:
             return None
         os.replace(tmp, final)
         if self.fsync:
-            _fsync_dir(self.dir)
+            fsync_dir(self.dir)
         entry = SpoolEntry(seq, table, batch_id, batch.num_rows, final, size, time.time())
         with self._cond:
             self._entries[seq] = entry
@@ -310,11 +312,3 @@ def read_ipc(path: Path, rows: int) -> pa.RecordBatch:
     table = table.combine_chunks()
     batches = table.to_batches()
     return batches[0] if batches else pa.RecordBatch.from_pylist([], schema=table.schema)
-
-
-def _fsync_dir(directory: Path) -> None:
-    fd = os.open(directory, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
