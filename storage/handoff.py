@@ -49,7 +49,7 @@ class HandoffJournal:
     Used by one writer thread at a time (the sink's); ``path`` is also called by the outputs from that thread.
     """
 
-    def __init__(self, directory: str | os.PathLike, *, fsync: bool = True) -> None:
+    def __init__(self, directory: str | os.PathLike[str], *, fsync: bool = True) -> None:
         self.dir = Path(directory)
         self.fsync = fsync
         self.set_aside = 0

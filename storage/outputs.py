@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Protocol, runtime_checkable
 
@@ -90,7 +91,7 @@ class BatchIdGenerator:
     repeating. A batch keeps its id for life: retries and replays reuse it, which is what makes them idempotent.
     """
 
-    def __init__(self, worker: int = 0, clock=time.time, *, host: int = 0) -> None:
+    def __init__(self, worker: int = 0, clock: Callable[[], float] = time.time, *, host: int = 0) -> None:
         if not 0 <= worker < (1 << _WORKER_BITS):
             raise ValueError(f"worker must be in 0..{(1 << _WORKER_BITS) - 1}")
         if not 0 <= host < (1 << _HOST_BITS):

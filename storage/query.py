@@ -30,10 +30,10 @@ import itertools
 import json
 import re
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Protocol
+from typing import Any, Protocol
 
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -53,12 +53,12 @@ FORMATS = ("table", "csv", "json")
 # --- the process-wide chDB session ----------------------------------------------------------------------------------
 
 _session_lock = threading.RLock()
-_session = None
+_session: Any = None  # a chdb.session.Session (chDB ships no types)
 _session_users = 0
 
 
 @contextlib.contextmanager
-def chdb_session() -> Iterator[object]:
+def chdb_session() -> Iterator[Any]:
     """The process's shared in-memory chDB session, locked for the duration of the ``with`` block.
 
     chDB allows a single embedded server (one data path) per process; sharing one ``:memory:`` session lets several
@@ -77,7 +77,7 @@ def acquire_chdb_session() -> None:
         if _session is None:
             from chdb.session import Session  # imported lazily: loading chDB costs about a second
 
-            _session = Session(":memory:")
+            _session = Session(":memory:")  # type: ignore[no-untyped-call]
         _session_users += 1
 
 
@@ -365,7 +365,7 @@ class QueryEngine:
         otherwise the bounds are compared in whole seconds (floor and ceiling), which suits servers that keep
         ``DateTime`` (second) times.
         """
-        own = getattr(self.backend, "source", None)
+        own: Callable[[str, int, int], str] | None = getattr(self.backend, "source", None)
         if own is not None:
             return own(table, t0_ms, t1_ms)
         col = f"`{TABLES[table].time_column}`"
@@ -405,7 +405,7 @@ def address_strings(column: pa.ChunkedArray | pa.Array) -> pa.Array:
 
 
 def _is_address(t: pa.DataType) -> bool:
-    return pa.types.is_fixed_size_binary(t) and t.byte_width == 16
+    return bool(pa.types.is_fixed_size_binary(t) and t.byte_width == 16)
 
 
 def format_addresses(table: pa.Table) -> pa.Table:
@@ -424,8 +424,8 @@ def format_addresses(table: pa.Table) -> pa.Table:
 
 
 def _is_nested(t: pa.DataType) -> bool:
-    return pa.types.is_list(t) or pa.types.is_large_list(t) or pa.types.is_fixed_size_list(t) \
-        or pa.types.is_struct(t) or pa.types.is_map(t)
+    return bool(pa.types.is_list(t) or pa.types.is_large_list(t) or pa.types.is_fixed_size_list(t)
+                or pa.types.is_struct(t) or pa.types.is_map(t))
 
 
 def _cell(value: object) -> object:
@@ -447,7 +447,7 @@ def render(table: pa.Table, fmt: str = "table") -> str:
     if fmt == "csv":
         sink = pa.BufferOutputStream()
         pacsv.write_csv(_textual(table), sink)
-        return sink.getvalue().to_pybytes().decode()
+        return str(sink.getvalue().to_pybytes().decode())
     rows = table.to_pylist()
     if fmt == "json":
         return "".join(json.dumps({k: _json_value(v) for k, v in row.items()}) + "\n" for row in rows)

@@ -52,8 +52,9 @@ class StoreConfig:
         _check_positive(key, flush_interval_s=self.flush_interval_s, flush_rows=self.flush_rows,
                         max_pending_rows=self.max_pending_rows)
         # the same ranges as storage.store.LEVELS (not imported: the settings stay free of pyarrow)
-        lo, hi = {"zstd": (-7, 22), "gzip": (1, 9), "brotli": (0, 11)}.get(self.compression, (None, None))
-        if lo is not None and not lo <= self.compression_level <= hi:
+        levels = {"zstd": (-7, 22), "gzip": (1, 9), "brotli": (0, 11)}.get(self.compression)
+        if levels is not None and not levels[0] <= self.compression_level <= levels[1]:
+            lo, hi = levels
             raise ConfigError(f"{key}.compression_level", self.compression_level,
                               f"a {self.compression} level from {lo} to {hi}")
 

@@ -273,27 +273,29 @@ class Sink:
                     self.pending_rows -= job.rows
 
     def _write(self, job: _Job) -> None:
-        batch = with_batch_id(job.table, concat(job.table, job.batches), job.batch_id)
+        table = job.table
+        assert table is not None  # flush markers are handled by the writer loop
+        batch = with_batch_id(table, concat(table, job.batches), job.batch_id)
         recorded = job.replay  # a replayed batch is recorded already
-        if self.journal is not None and not job.replay and job.table.name not in self.unjournaled:
+        if self.journal is not None and not job.replay and table.name not in self.unjournaled:
             try:
-                self.journal.record(job.table.name, job.batch_id, batch)
+                self.journal.record(table.name, job.batch_id, batch)
                 recorded = True
             except OSError as exc:
                 # The disk refuses (full, read-only): the outputs still get the batch, each retrying on its own,
                 # but a crash before all of them have it can leave them apart. Said and counted.
                 self.journal_errors += 1
                 log.error("handoff: cannot record %s batch %d (%s); handing it to the outputs without a record",
-                          job.table.name, job.batch_id, exc)
+                          table.name, job.batch_id, exc)
         self._step("journaled", job.batch_id)
         for output in self.outputs:
-            self._write_one(output, job, batch)
+            self._write_one(output, job, table, batch)
             self._step(f"wrote:{self._name(output)}", job.batch_id)
         if self.journal is not None and recorded:
-            self.journal.remove(job.table.name, job.batch_id, batch.num_rows)
+            self.journal.remove(table.name, job.batch_id, batch.num_rows)
         self._step("done", job.batch_id)
 
-    def _write_one(self, output: Output, job: _Job, batch: pa.RecordBatch) -> None:
+    def _write_one(self, output: Output, job: _Job, table: Table, batch: pa.RecordBatch) -> None:
         """Give ``batch`` to ``output`` (``write``, or ``replay`` for a journal replay), with retries."""
         name = self._name(output)
         stats = self.stats[name]
@@ -301,35 +303,35 @@ class Sink:
             t0 = time.perf_counter()
             try:
                 if job.replay:
-                    took = output.replay(job.table, batch, job.batch_id)
+                    took = output.replay(table, batch, job.batch_id)
                 else:
-                    output.write(job.table, batch, job.batch_id)
+                    output.write(table, batch, job.batch_id)
             except Exception as exc:
                 dt = time.perf_counter() - t0
                 stats.write_seconds += dt
                 stats.errors += 1
                 stats.last_error = f"{type(exc).__name__}: {exc}"
                 if self.on_error:
-                    self.on_error(name, job.table.name, exc)
+                    self.on_error(name, table.name, exc)
                 if attempt < self.retries:
                     log.warning("sink: %s write of %s batch %d failed (attempt %d), retrying: %s", name,
-                                job.table.name, job.batch_id, attempt + 1, exc)
+                                table.name, job.batch_id, attempt + 1, exc)
                     time.sleep(self.retry_backoff_s * (2**attempt))
                     continue
-                if isinstance(exc, OSError) and job.table.name not in self.droppable:
+                if isinstance(exc, OSError) and table.name not in self.droppable:
                     # Money tables (usage, rated usage) are never given up for a disk or network error (disk
                     # full, read-only, a full spool with the server gone): retry until it heals. Batches behind
                     # this one wait, raw flows are refused at max_pending_rows meanwhile (counted), and flush(),
                     # which RADIUS waits on before dropping its journal, returns only once the rows are durable.
                     if attempt == self.retries or attempt % 20 == 0:
                         log.error("sink: %s cannot take %s batch %d (%d rows), retrying until it can: %s", name,
-                                  job.table.name, job.batch_id, job.rows, exc)
+                                  table.name, job.batch_id, job.rows, exc)
                     time.sleep(min(STALL_RETRY_S, self.retry_backoff_s * (2 ** min(attempt, 16))))
                     continue
                 stats.dropped_batches += 1
                 stats.dropped_rows += job.rows
                 log.error("sink: %s gave up on %s batch %d (%d rows) after %d attempts: %s", name,
-                          job.table.name, job.batch_id, job.rows, attempt + 1, exc)
+                          table.name, job.batch_id, job.rows, attempt + 1, exc)
                 return
             dt = time.perf_counter() - t0
             stats.write_seconds += dt
@@ -338,13 +340,13 @@ class Sink:
                     stats.replayed_batches += 1
                     stats.replayed_rows += job.rows
                     if self.on_replay:
-                        self.on_replay(name, job.table.name, job.rows)
-                log.warning("handoff: %s batch %d (%d rows) replayed into %s: %s", job.table.name, job.batch_id,
+                        self.on_replay(name, table.name, job.rows)
+                log.warning("handoff: %s batch %d (%d rows) replayed into %s: %s", table.name, job.batch_id,
                             job.rows, name, "it lacked (some of) it" if took else "it had it already")
                 return
             stats.rows += job.rows
             stats.batches += 1
-            stats.rows_by_table[job.table.name] = stats.rows_by_table.get(job.table.name, 0) + job.rows
+            stats.rows_by_table[table.name] = stats.rows_by_table.get(table.name, 0) + job.rows
             if self.on_write:
-                self.on_write(name, job.table.name, job.rows, dt)
+                self.on_write(name, table.name, job.rows, dt)
             return

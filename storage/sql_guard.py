@@ -28,6 +28,7 @@ where ``readonly`` does not apply, and lets ``INSERT INTO FUNCTION file(...)`` t
 from __future__ import annotations
 
 import re
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 
 from decoders.schema import TABLES
@@ -87,7 +88,7 @@ class Node:
         parts = self.label.split(" ")
         return parts[1] if len(parts) > 1 else ""
 
-    def walk(self, parent: Node | None = None):
+    def walk(self, parent: Node | None = None) -> Iterator[tuple[Node, Node | None]]:
         """Every ``(node, parent)`` pair of the subtree, this node first."""
         yield self, parent
         for child in self.children:
@@ -214,7 +215,7 @@ def canonical_form(sql: str) -> str:
                 raise QueryError(f"flowmed query is read-only: an empty statement is not allowed ({ALLOWED})") \
                     from None
             raise QueryError(f"cannot parse the statement: {message}") from None
-    canonical = result.bytes().decode("utf-8", "replace").rstrip("\n")
+    canonical: str = result.bytes().decode("utf-8", "replace").rstrip("\n")
     if not canonical or "\n" in canonical:
         raise QueryError("cannot classify the statement (flowmed query is read-only)")
     return canonical

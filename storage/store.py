@@ -45,7 +45,7 @@ import os
 import shutil
 import threading
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -143,7 +143,7 @@ def _writer_alive(tmp: str) -> bool:
     return True
 
 
-def check_parquet(path: str | os.PathLike) -> str | None:
+def check_parquet(path: str | os.PathLike[str]) -> str | None:
     """Why ``path`` is not a complete Parquet file, or None when its magic and footer are sound."""
     try:
         size = os.path.getsize(path)
@@ -245,7 +245,7 @@ class ParquetStore:
 
     def __init__(
         self,
-        path: str | os.PathLike,
+        path: str | os.PathLike[str],
         *,
         compact_after_s: float = 3600.0,
         compact_target_bytes: int = 256 * 1024 * 1024,
@@ -255,7 +255,7 @@ class ParquetStore:
         byte_stream_split: bool = True,
         row_group_rows: int = 1_000_000,
         recover: bool = True,
-        clock=time.time,
+        clock: Callable[[], float] = time.time,
     ) -> None:
         reason = check_compression(compression, compression_level)
         if reason:
@@ -315,7 +315,7 @@ class ParquetStore:
 
     def partitions(self, table: str) -> list[tuple[int, Path]]:
         """(hour number, directory) of every partition of ``table``, oldest first."""
-        out = []
+        out: list[tuple[int, Path]] = []
         tdir = self.table_dir(table)
         if not tdir.is_dir():
             return out
@@ -590,7 +590,7 @@ class ParquetStore:
         groups.append(current)
         return [g for g in groups if len(g) >= 2], settled
 
-    def _read_batches(self, table: Table, src: Path):
+    def _read_batches(self, table: Table, src: Path) -> Iterator[pa.RecordBatch]:
         """A source file's batches in the table's schema (a whole small file; about one row group at a time)."""
         pf = pq.ParquetFile(src)
         for b in pf.iter_batches(batch_size=self.row_group_rows):

@@ -29,18 +29,20 @@ servers with ClickHouse Keeper) and the DDL goes ``ON CLUSTER``.
 
 from __future__ import annotations
 
+import functools
 import logging
 import re
 import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 from decoders.schema import Column, Table
 from storage.clickhouse.types import kind_type
 
 log = logging.getLogger(__name__)
 
-Executor = Callable[[str], list[tuple]]
+Executor = Callable[[str], list[tuple[Any, ...]]]
 """Runs one SQL statement and returns its rows (tuples); raises on a server error."""
 
 _IDENT = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
@@ -390,12 +392,14 @@ class SchemaManager:
         for name in (self.database, self.read_database):
             if self.use_on_cluster:
                 missing: list[bool] = []
-                self._reachable(self._checkers(),
-                                lambda run, n=name, m=missing: m.append(not self._database_exists(run, n)))
+
+                def check(run: Executor, n: str = name, m: list[bool] = missing) -> None:
+                    m.append(not self._database_exists(run, n))
+                self._reachable(self._checkers(), check)
                 if any(missing):
                     self._cluster_ddl(f"CREATE DATABASE IF NOT EXISTS {quote_ident(name)} "
                                       f"ON CLUSTER {quote_ident(self.cluster)}",
-                                      lambda n=name: self._database_exists(self.execute, n))
+                                      functools.partial(self._database_exists, self.execute, name))
             else:
                 def create(run: Executor, n: str = name) -> None:
                     if not self._database_exists(run, n):
@@ -405,7 +409,9 @@ class SchemaManager:
             if self.use_on_cluster:
                 self._ensure_table_on_cluster(table, report)
             else:
-                self._reachable(self._targets(), lambda run, t=table: self._ensure_table(run, t, report))
+                def ensure(run: Executor, t: Table = table) -> None:
+                    self._ensure_table(run, t, report)
+                self._reachable(self._targets(), ensure)
         for line in report.lines():
             (log.warning if "MISMATCH" in line else log.info)("clickhouse schema: %s", line)
         return report
@@ -484,7 +490,7 @@ class SchemaManager:
         select = view[view.index(" AS SELECT ") + 4:]
         return bool(rows) and _norm_view(rows[0][0]).endswith(_norm_view(select))
 
-    def _cluster_ddl(self, sql: str, applied: Callable[[], bool] | None = None) -> list[tuple]:
+    def _cluster_ddl(self, sql: str, applied: Callable[[], bool] | None = None) -> list[tuple[Any, ...]]:
         """Run distributed DDL (``ON CLUSTER``). Waits up to ``ddl_timeout_s`` for every node; when a node does not
         answer in time (it is down: ZooKeeper keeps the statement queued for it) later statements of this run are
         only queued, and ``applied()`` is polled until the connected server has run it."""
@@ -493,7 +499,7 @@ class SchemaManager:
             self.execute(f"SET distributed_ddl_task_timeout = {wait}")
             self._ddl_wait_sent = wait
         complete = wait > 0
-        rows: list[tuple] = []
+        rows: list[tuple[Any, ...]] = []
         try:
             rows = self.execute(sql)
         except HostUnreachable:
@@ -589,7 +595,7 @@ class SchemaManager:
                 self._reachable(self._targets(), per_host)
         return dropped
 
-    def _drop_older(self, ddl: Executor, name: str, partitions: list[tuple], cutoff: int, days: int,
+    def _drop_older(self, ddl: Executor, name: str, partitions: list[tuple[Any, ...]], cutoff: int, days: int,
                     on_cluster: str) -> list[tuple[str, str]]:
         out = []
         for (partition,) in partitions:

@@ -110,7 +110,7 @@ def host_port(entry: str, default_port: int) -> tuple[str, int]:
 
 
 def connect(config: ClickHouseConfig, *, host: str | None = None, port: int | None = None,
-            timeout_s: float | None = None, settings: dict[str, Any] | None = None):
+            timeout_s: float | None = None, settings: dict[str, Any] | None = None) -> Any:
     """A clickhouse-driver ``Client`` for ``config`` (numpy columns on; the other hosts as fail-over).
 
     A host entry may carry its own port (``"10.0.0.6:9001"``, ``"[2001:db8::6]:9001"``); ``port`` is the default.
@@ -140,12 +140,12 @@ def ddl_timeout_s(config: ClickHouseConfig) -> float:
     return max(1.0, config.insert_timeout_s / 2)
 
 
-def executor(client) -> Executor:
+def executor(client: Any) -> Executor:
     """An :data:`Executor` over a clickhouse-driver client (rows as plain tuples); a server that cannot be reached
     raises :class:`HostUnreachable`."""
     from clickhouse_driver.errors import NetworkError, SocketTimeoutError
 
-    def run(sql: str) -> list[tuple]:
+    def run(sql: str) -> list[tuple[Any, ...]]:
         try:
             rows = client.execute(sql, settings={"use_numpy": False})
         except (NetworkError, SocketTimeoutError, EOFError, OSError) as exc:
@@ -156,13 +156,13 @@ def executor(client) -> Executor:
     return run
 
 
-def server_caps(client) -> ServerCaps:
+def server_caps(client: Any) -> ServerCaps:
     (version,), = client.execute("SELECT version()", settings={"use_numpy": False})
     return ServerCaps.from_version(str(version))
 
 
 # ---- Arrow -> driver columns ---------------------------------------------------------------------------------------
-def arrow_to_columns(table: Table, batch: pa.RecordBatch, caps: ServerCaps, batch_id: int | None = None) -> list:
+def arrow_to_columns(table: Table, batch: pa.RecordBatch, caps: ServerCaps, batch_id: int | None = None) -> list[Any]:
     """The column values clickhouse-driver wants for ``INSERT ... VALUES`` with ``columnar=True``, per type.
 
     Integers go as numpy views of the Arrow buffers, times as integers (seconds for ``DateTime``, milliseconds for
@@ -175,7 +175,7 @@ def arrow_to_columns(table: Table, batch: pa.RecordBatch, caps: ServerCaps, batc
     unknown = names - set(table.column_names)
     if unknown:
         raise ValueError(f"table {table.name}: batch has unknown columns {sorted(unknown)}")
-    out: list = []
+    out: list[Any] = []
     zeros = None
     for c in table.columns:
         if c.name == "batch_id" and batch_id is not None:
@@ -208,7 +208,8 @@ def _ts(ms: np.ndarray, caps: ServerCaps) -> np.ndarray:
     if caps.datetime64:
         return ms
     # DateTime is UInt32 seconds: out-of-range clocks are clamped instead of wrapping around.
-    return np.clip(ms // 1000, 0, 2**32 - 1).astype(np.uint32)
+    seconds: np.ndarray = np.clip(ms // 1000, 0, 2**32 - 1).astype(np.uint32)
+    return seconds
 
 
 def _time_bounds_sql(table: Table, batches: list[pa.RecordBatch], caps: ServerCaps) -> str:
@@ -275,7 +276,7 @@ class ClickHouseOutput:
         self.caps: ServerCaps | None = None
         self.schema: SchemaManager | None = None
         self._client = None
-        self._host_clients: list = []
+        self._host_clients: list[Any] = []
         self._lock = threading.Lock()  # one driver connection: the sender and a disk-full direct insert share it
         self._uncertain: set[int] = {e.seq for e in self.spool.entries()}  # found at start: outcome unknown
         self._data_errors: Counter[int] = Counter()
@@ -694,7 +695,7 @@ class ClickHouseOutput:
         self.stats["partial_repaired"] += len(partial)
 
 
-def _has_zookeeper(client) -> bool:
+def _has_zookeeper(client: Any) -> bool:
     try:
         client.execute("SELECT count() FROM system.zookeeper WHERE path = '/'", settings={"use_numpy": False})
         return True

@@ -54,7 +54,7 @@ class ClickHouseBackend:
         :class:`~storage.settings.StorageSettings`)."""
         return cls(config.output.clickhouse, readonly=readonly)
 
-    def _connect(self):
+    def _connect(self) -> Any:
         if self._client is None:
             client = connect(self.config, timeout_s=self.timeout_s)
             (value,), = client.execute("SELECT value FROM system.settings WHERE name = 'readonly'",
@@ -120,7 +120,7 @@ def _strip(t: str) -> str:
     return t
 
 
-def to_arrow(data: list, types: list[tuple[str, str]]) -> pa.Table:
+def to_arrow(data: list[Any], types: list[tuple[str, str]]) -> pa.Table:
     """Driver columns (numpy mode) as a pyarrow Table with the embedded backend's types."""
     arrays, names = [], []
     if not data and types:  # no rows: the driver returns no columns at all in columnar mode

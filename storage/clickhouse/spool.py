@@ -60,7 +60,7 @@ class SpoolEntry:
 class Spool:
     """A directory of spooled batches with a size bound; thread-safe."""
 
-    def __init__(self, directory: str | os.PathLike, max_bytes: int, full_policy: str = "drop_oldest",
+    def __init__(self, directory: str | os.PathLike[str], max_bytes: int, full_policy: str = "drop_oldest",
                  fsync: str = "always", *, block_timeout_s: float | None = None) -> None:
         if full_policy not in ("drop_oldest", "drop_newest", "block"):
             raise ValueError(f"unknown spool full_policy {full_policy!r}")
