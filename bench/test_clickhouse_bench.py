@@ -23,8 +23,10 @@ import pytest
 
 from bench.flowgen import T0_MS, flows_batch
 from decoders.schema import FLOWS
-from storage.clickhouse.ddl import SchemaManager
-from storage.clickhouse.output import ClickHouseOutput, arrow_to_columns, connect, executor, server_caps
+from storage.clickhouse.client import connect, executor, server_caps
+from storage.clickhouse.columns import arrow_to_columns
+from storage.clickhouse.output import ClickHouseOutput
+from storage.clickhouse.schema import SchemaManager
 from storage.settings import ClickHouseConfig, SpoolConfig
 from tests.fixtures.clickhouse import _clickhouse_root, _clickhouse_servers, clickhouse_server  # noqa: F401
 

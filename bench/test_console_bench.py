@@ -27,7 +27,7 @@ from collector.console.data import ConsoleStore
 from collector.console.views import Context
 from collector.tables import load_tables
 from decoders.schema import TABLES, ipv4_mapped
-from storage.store import HOUR_MS, file_name, partition_of
+from storage.layout import HOUR_MS, file_name, partition_of
 
 T0 = 1_793_577_600_000  # 2026-11-02T00:00:00Z
 HOURS = 168

@@ -25,9 +25,10 @@ import pytest
 
 from bench.flowgen import T0_MS, flows_batch
 from decoders.schema import FLOWS
+from storage.layout import HOUR_MS
 from storage.query import QueryEngine
 from storage.sink import Sink
-from storage.store import HOUR_MS, ParquetStore
+from storage.store import ParquetStore
 
 
 def _enabled(request: pytest.FixtureRequest) -> bool:
@@ -166,7 +167,7 @@ def test_query_address_in_one_hour(benchmark, big_store: ParquetStore, view: str
 @pytest.fixture(scope="module")
 def long_store(request, tmp_path_factory) -> ParquetStore:
     """2,000 hourly partitions (83 days) of 5,000 flows each: 10 million rows in 2,000 files (as after compaction)."""
-    from storage.store import file_name, partition_of
+    from storage.layout import file_name, partition_of
 
     hours, per = (2000, 5000) if _enabled(request) else (30, 100)
     store = ParquetStore(tmp_path_factory.mktemp("long"), compact_after_s=0)

@@ -30,9 +30,10 @@ from collector.commands.compliance import run_trace, verdict
 from decoders.schema import ipv4_mapped
 from mediation.compliance.tables import IP_DETAIL_RECORDS, NAT_EVENTS
 from mediation.tables import BINDINGS
-from storage.clickhouse.ddl import SchemaManager
-from storage.clickhouse.output import arrow_to_columns, connect, executor, server_caps
+from storage.clickhouse.client import connect, executor, server_caps
+from storage.clickhouse.columns import arrow_to_columns
 from storage.clickhouse.query import ClickHouseBackend
+from storage.clickhouse.schema import SchemaManager
 from storage.query import QueryEngine
 from storage.settings import ClickHouseConfig
 from storage.store import ParquetStore

@@ -51,7 +51,7 @@ class StoreConfig:
     def validate(self, key: str) -> None:
         _check_positive(key, flush_interval_s=self.flush_interval_s, flush_rows=self.flush_rows,
                         max_pending_rows=self.max_pending_rows)
-        # the same ranges as storage.store.LEVELS (not imported: the settings stay free of pyarrow)
+        # the same ranges as storage.layout.LEVELS (not imported: the settings stay free of pyarrow)
         levels = {"zstd": (-7, 22), "gzip": (1, 9), "brotli": (0, 11)}.get(self.compression)
         if levels is not None and not levels[0] <= self.compression_level <= levels[1]:
             lo, hi = levels

@@ -26,8 +26,8 @@ def clickhouse_group() -> None:
 def ddl_command(server_version: str | None, config) -> None:
     """Print the CREATE statements for every table and its read view (one per line block, ';'-terminated)."""
     from collector.tables import load_tables
+    from storage.clickhouse.client import connect, server_caps
     from storage.clickhouse.ddl import ServerCaps, ddl_statements
-    from storage.clickhouse.output import connect, server_caps
 
     ch = config.output.clickhouse
     if server_version:
@@ -52,8 +52,8 @@ def ddl_command(server_version: str | None, config) -> None:
 def _manager(config):
     """The schema manager for ``migrate`` and ``retention``: on a cluster it checks every node (a node that is down
     is reported and left out)."""
-    from storage.clickhouse.ddl import SchemaManager
-    from storage.clickhouse.output import connect, ddl_timeout_s, executor, server_caps
+    from storage.clickhouse.client import connect, ddl_timeout_s, executor, server_caps
+    from storage.clickhouse.schema import SchemaManager
 
     ch = config.output.clickhouse
     try:

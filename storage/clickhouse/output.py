@@ -25,6 +25,10 @@ at least every :data:`RECONNECT_MAX_S`, so a backlog starts draining within seco
 server that answers with an error (it refuses the insert) or times an insert out is backed off up to
 ``max_backoff_s``. An outage is logged
 when it starts, then once a minute, and when it ends.
+
+Over 500 lines on purpose: the sender loop, the exactly-once check and the repair of partial inserts share the
+spool, connection and backoff state of one class. The connection is :mod:`storage.clickhouse.client`, the column
+conversion :mod:`storage.clickhouse.columns`, the schema :mod:`storage.clickhouse.ddl`.
 """
 
 from __future__ import annotations
@@ -43,7 +47,18 @@ from clickhouse_driver.errors import Error as DriverError
 from clickhouse_driver.errors import ServerException, SocketTimeoutError
 
 from decoders.schema import TABLES, Table
-from storage.clickhouse.ddl import Executor, HostUnreachable, SchemaManager, ServerCaps, quote_ident
+from storage.clickhouse.client import (
+    connect,
+    ddl_timeout_s,
+    error_code,
+    executor,
+    first_line,
+    has_zookeeper,
+    server_caps,
+)
+from storage.clickhouse.columns import arrow_to_columns, time_bounds_sql
+from storage.clickhouse.ddl import ServerCaps, quote_ident
+from storage.clickhouse.schema import SchemaManager
 from storage.clickhouse.spool import Spool, SpoolCorrupt, SpoolEntry
 from storage.handoff import HandoffJournal
 from storage.settings import ClickHouseConfig, SpoolConfig
@@ -67,168 +82,6 @@ InsertCallback = Callable[[str, int, float], None]
 """``(table_name, rows, seconds)`` after the server acknowledged an insert."""
 ErrorCallback = Callable[[str, str], None]
 """``(stage, code)`` after a failed connect or insert (see :func:`error_code`)."""
-
-
-def error_code(exc: BaseException) -> str:
-    """A bounded label for an error: the ClickHouse error code (server errors, and the driver's own such as 209
-    socket timeout and 210 network error), else the exception's class name."""
-    if isinstance(exc, DriverError) and exc.code is not None:
-        return str(exc.code)
-    return type(exc).__name__
-
-
-class _QuietGenericColumnWarning(logging.Filter):
-    """clickhouse-driver warns on every insert that IPv6 has no numpy column; we pass it bytes on purpose."""
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        return "NumPy support is not implemented" not in record.getMessage()
-
-
-class _NoDriverTracebacks(logging.Filter):
-    """clickhouse-driver logs every failed connect with a traceback; flowmed logs the error itself, once per try,
-    so during an outage the log gets one line per retry instead of a stack trace."""
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        record.exc_info = None
-        record.exc_text = None
-        return record.levelno >= logging.ERROR
-
-
-logging.getLogger("clickhouse_driver.columns.service").addFilter(_QuietGenericColumnWarning())
-logging.getLogger("clickhouse_driver.connection").addFilter(_NoDriverTracebacks())
-
-
-def host_port(entry: str, default_port: int) -> tuple[str, int]:
-    """``"10.0.0.5"``, ``"10.0.0.5:9001"``, ``"[2001:db8::5]:9001"`` or ``"2001:db8::5"`` -> (host, port)."""
-    if entry.startswith("["):
-        host, _, rest = entry[1:].partition("]")
-        return host, int(rest[1:]) if rest.startswith(":") else default_port
-    if entry.count(":") == 1:
-        host, _, port = entry.partition(":")
-        return host, int(port)
-    return entry, default_port
-
-
-def connect(config: ClickHouseConfig, *, host: str | None = None, port: int | None = None,
-            timeout_s: float | None = None, settings: dict[str, Any] | None = None) -> Any:
-    """A clickhouse-driver ``Client`` for ``config`` (numpy columns on; the other hosts as fail-over).
-
-    A host entry may carry its own port (``"10.0.0.6:9001"``, ``"[2001:db8::6]:9001"``); ``port`` is the default.
-    """
-    from clickhouse_driver import Client
-
-    default_port = port or config.port
-    hosts = [(host, default_port)] if host else [host_port(h, default_port) for h in config.hosts]
-    timeout = timeout_s if timeout_s is not None else config.insert_timeout_s
-    kwargs: dict[str, Any] = dict(
-        host=hosts[0][0], port=hosts[0][1], database="default", user=config.user, password=config.password(),
-        secure=config.secure, connect_timeout=min(10.0, timeout), send_receive_timeout=timeout,
-        sync_request_timeout=min(5.0, timeout), settings={"use_numpy": True, **(settings or {})},
-        client_name="flowmed", tcp_keepalive=True,  # notice a server that vanished without closing
-    )
-    if config.ca_file:
-        kwargs["ca_certs"] = config.ca_file
-    if len(hosts) > 1:
-        # IPv6 literals in brackets: the driver parses each as a URL authority.
-        kwargs["alt_hosts"] = ",".join(f"[{h}]:{p}" if ":" in h else f"{h}:{p}" for h, p in hosts[1:])
-    return Client(**kwargs)
-
-
-def ddl_timeout_s(config: ClickHouseConfig) -> float:
-    """How long an ON CLUSTER statement waits for every node: half the connection's timeout, so the server's answer
-    ("not finished on N hosts") arrives before the client gives up on the connection."""
-    return max(1.0, config.insert_timeout_s / 2)
-
-
-def executor(client: Any) -> Executor:
-    """An :data:`Executor` over a clickhouse-driver client (rows as plain tuples); a server that cannot be reached
-    raises :class:`HostUnreachable`."""
-    from clickhouse_driver.errors import NetworkError, SocketTimeoutError
-
-    def run(sql: str) -> list[tuple[Any, ...]]:
-        try:
-            rows = client.execute(sql, settings={"use_numpy": False})
-        except (NetworkError, SocketTimeoutError, EOFError, OSError) as exc:
-            conn = client.connection
-            raise HostUnreachable(f"{conn.hosts[0][0]}:{conn.hosts[0][1]} ({_first_line(exc)})") from exc
-        return [tuple(r) for r in rows] if rows else []
-
-    return run
-
-
-def server_caps(client: Any) -> ServerCaps:
-    (version,), = client.execute("SELECT version()", settings={"use_numpy": False})
-    return ServerCaps.from_version(str(version))
-
-
-# ---- Arrow -> driver columns ---------------------------------------------------------------------------------------
-def arrow_to_columns(table: Table, batch: pa.RecordBatch, caps: ServerCaps, batch_id: int | None = None) -> list[Any]:
-    """The column values clickhouse-driver wants for ``INSERT ... VALUES`` with ``columnar=True``, per type.
-
-    Integers go as numpy views of the Arrow buffers, times as integers (seconds for ``DateTime``, milliseconds for
-    ``DateTime64(3)``: the driver writes integer arrays as they are), addresses as 16-byte values, strings as an
-    object array. Columns missing from an older spooled batch are zero-filled. ``batch_id`` overwrites the
-    ``batch_id`` column so the stored rows carry the id the dedup check looks for.
-    """
-    n = batch.num_rows
-    names = set(batch.schema.names)
-    unknown = names - set(table.column_names)
-    if unknown:
-        raise ValueError(f"table {table.name}: batch has unknown columns {sorted(unknown)}")
-    out: list[Any] = []
-    zeros = None
-    for c in table.columns:
-        if c.name == "batch_id" and batch_id is not None:
-            out.append(np.full(n, batch_id, dtype=np.uint64))
-            continue
-        if c.name not in names:
-            zeros = zeros if zeros is not None else table.empty_columns(n)
-            values = zeros[c.name]
-            out.append(_ts(values, caps) if c.kind == "timestamp_ms" else
-                       (values.tolist() if c.kind == "ip" and caps.ipv6 else values))
-            continue
-        arr = batch.column(c.name)
-        if isinstance(arr, pa.ChunkedArray):
-            arr = arr.combine_chunks()
-        if c.kind == "timestamp_ms":
-            out.append(_ts(arr.cast(pa.int64()).to_numpy(zero_copy_only=False), caps))
-        elif c.kind == "ip":
-            data = np.frombuffer(arr.buffers()[1], dtype="S16", count=len(arr), offset=arr.offset * 16)
-            # IPv6 has no numpy column in the driver: it takes a list of bytes (NULs it strips are padded back).
-            out.append(data.tolist() if caps.ipv6 else data)
-        elif c.kind == "string":
-            out.append(arr.to_numpy(zero_copy_only=False).astype(object))
-        else:
-            out.append(arr.to_numpy(zero_copy_only=False).astype(c.numpy_dtype, copy=False))
-    return out
-
-
-def _ts(ms: np.ndarray, caps: ServerCaps) -> np.ndarray:
-    ms = np.asarray(ms, dtype=np.int64)
-    if caps.datetime64:
-        return ms
-    # DateTime is UInt32 seconds: out-of-range clocks are clamped instead of wrapping around.
-    seconds: np.ndarray = np.clip(ms // 1000, 0, 2**32 - 1).astype(np.uint32)
-    return seconds
-
-
-def _time_bounds_sql(table: Table, batches: list[pa.RecordBatch], caps: ServerCaps) -> str:
-    """``AND time >= .. AND time <= ..`` around the batches (partition pruning for the dedup check)."""
-    lo = hi = None
-    for batch in batches:
-        if table.time_column not in batch.schema.names or batch.num_rows == 0:
-            return ""
-        ms = batch.column(table.time_column).cast(pa.int64()).to_numpy(zero_copy_only=False)
-        lo = int(ms.min()) if lo is None else min(lo, int(ms.min()))
-        hi = int(ms.max()) if hi is None else max(hi, int(ms.max()))
-    if lo is None or hi is None:
-        return ""
-    col = quote_ident(table.time_column)
-    if caps.datetime64:
-        return f" AND {col} >= fromUnixTimestamp64Milli(toInt64({lo}), 'UTC') " \
-               f"AND {col} <= fromUnixTimestamp64Milli(toInt64({hi}), 'UTC')"
-    lo_s, hi_s = (int(np.clip(v // 1000, 0, 2**32 - 1)) for v in (lo, hi))
-    return f" AND {col} >= toDateTime({lo_s}, 'UTC') AND {col} <= toDateTime({hi_s}, 'UTC')"
 
 
 class ClickHouseOutput:
@@ -436,7 +289,7 @@ class ClickHouseOutput:
 
     def _count_error(self, what: str, exc: BaseException, context: str = "") -> None:
         """Record a failed connect or insert: counters, last error, callback; logged once per outage minute."""
-        self.last_error = f"{context or what}: {exc.__class__.__name__}: {_first_line(exc)}"
+        self.last_error = f"{context or what}: {exc.__class__.__name__}: {first_line(exc)}"
         self.stats[f"{what}_errors"] += 1
         code = error_code(exc)
         self.errors_by_code[(what, code)] += 1
@@ -542,7 +395,7 @@ class ClickHouseOutput:
                 first = entries[0].seq
                 self._data_errors[first] += 1  # the next attempt takes this batch alone
                 if self._data_errors[first] >= MAX_DATA_ERRORS and len(entries) == 1:
-                    self.spool.quarantine(entries[0], f"server refuses the data: {_first_line(exc)}")
+                    self.spool.quarantine(entries[0], f"server refuses the data: {first_line(exc)}")
                     self._data_errors.pop(first, None)
                     return None
             return exc
@@ -575,7 +428,7 @@ class ClickHouseOutput:
                 raise RuntimeError(f"cluster {self.config.cluster!r} is not defined on the server (remote_servers)")
             # Replicated: DDL ON CLUSTER and the schema checked on this server only, so a node that is down (or
             # ZooKeeper being down, when nothing needs creating) does not stop the inserts.
-            use_on_cluster = use_on_cluster or _has_zookeeper(client)
+            use_on_cluster = use_on_cluster or has_zookeeper(client)
             if not use_on_cluster:
                 hosts = [connect(self.config, host=str(h), port=int(p)) for h, p in rows]
         retention = {**self.retention_days, "flows": self.config.flows_retention_days}
@@ -627,7 +480,7 @@ class ClickHouseOutput:
             id_list = ", ".join(str(int(i)) for i in ids)
             rows = self._client.execute(
                 f"SELECT batch_id, count() FROM {target} WHERE batch_id IN ({id_list})"
-                f"{_time_bounds_sql(table, batches, caps)} GROUP BY batch_id", settings={"use_numpy": False})
+                f"{time_bounds_sql(table, batches, caps)} GROUP BY batch_id", settings={"use_numpy": False})
             counts = {int(b): int(c) for b, c in rows}
             partial = []
             for i, (batch_id, batch) in enumerate(zip(ids, batches, strict=True)):
@@ -695,15 +548,3 @@ class ClickHouseOutput:
         self.stats["partial_repaired"] += len(partial)
 
 
-def _has_zookeeper(client: Any) -> bool:
-    try:
-        client.execute("SELECT count() FROM system.zookeeper WHERE path = '/'", settings={"use_numpy": False})
-        return True
-    except Exception:  # noqa: BLE001 - no ZooKeeper configured: distributed DDL is unavailable
-        return False
-
-
-def _first_line(exc: BaseException) -> str:
-    """The error without the server's stack trace, on one line (server errors read "Code: N. DB::Exception: ...")."""
-    text = " ".join(str(exc).split("Stack trace:")[0].split())
-    return text[:300] if text else exc.__class__.__name__

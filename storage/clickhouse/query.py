@@ -29,7 +29,7 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 
-from storage.clickhouse.output import connect
+from storage.clickhouse.client import connect
 from storage.errors import QueryError
 from storage.settings import ClickHouseConfig, StorageSettings
 

@@ -218,7 +218,7 @@ def test_tls_to_clickhouse_is_used_and_verified(tmp_path: Path, clickhouse_facto
     """clickhouse-server 18.16 with a secure native port: secure + ca_file connect; a wrong CA or plain TCP to the
     TLS port fail (the certificate is verified, not just encrypted)."""
     require_tool("openssl")
-    from storage.clickhouse.output import connect
+    from storage.clickhouse.client import connect
 
     cert, key = _self_signed(tmp_path, "server")
     wrong_ca, _ = _self_signed(tmp_path, "other")

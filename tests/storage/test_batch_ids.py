@@ -10,8 +10,10 @@ import numpy as np
 import pytest
 
 from collector.tables import load_tables
-from storage.clickhouse.ddl import SchemaManager, create_table_sql
-from storage.clickhouse.output import ClickHouseOutput, connect, server_caps
+from storage.clickhouse.client import connect, server_caps
+from storage.clickhouse.ddl import create_table_sql
+from storage.clickhouse.output import ClickHouseOutput
+from storage.clickhouse.schema import SchemaManager
 from storage.clickhouse.spool import Spool
 from storage.settings import ClickHouseConfig, SpoolConfig
 

@@ -24,7 +24,9 @@ import pytest
 from bench.exporter import Flow, IpfixExporter, flow_template
 from decoders.schema import FLOWS
 from mediation.tables import USAGE
-from storage.clickhouse.output import ClickHouseOutput, arrow_to_columns, connect
+from storage.clickhouse.client import connect
+from storage.clickhouse.columns import arrow_to_columns
+from storage.clickhouse.output import ClickHouseOutput
 from storage.clickhouse.spool import Spool
 from storage.settings import ClickHouseConfig, SpoolConfig
 from tests.collector.daemon import Daemon

@@ -16,17 +16,17 @@ import pytest
 from collector.config import load
 from collector.configtree import ConfigError
 from collector.tables import load_tables
+from storage.clickhouse.client import host_port
 from storage.clickhouse.ddl import (
     EVERYWHERE,
     LEGACY,
     MODERN,
     HostUnreachable,
     Replication,
-    SchemaManager,
     ServerCaps,
     ddl_statements,
 )
-from storage.clickhouse.output import host_port
+from storage.clickhouse.schema import SchemaManager
 from storage.outputs import BatchIdGenerator, batch_id_time_ms
 from storage.query import chdb_session, holding_chdb_session
 from storage.settings import ClickHouseConfig

@@ -10,16 +10,16 @@ import pytest
 
 from collector.tables import load_tables
 from decoders.schema import Column, Table
+from storage.clickhouse.client import connect, executor, server_caps
 from storage.clickhouse.ddl import (
     LEGACY,
     MODERN,
-    SchemaManager,
     ServerCaps,
     column_type,
     create_table_sql,
     quote_ident,
 )
-from storage.clickhouse.output import connect, executor, server_caps
+from storage.clickhouse.schema import SchemaManager
 from storage.query import QueryEngine, chdb_session, holding_chdb_session
 
 pytestmark = pytest.mark.external

@@ -13,7 +13,8 @@ import pyarrow.parquet as pq
 import pytest
 from clickhouse_driver.errors import NetworkError, ServerException, SocketTimeoutError
 
-from storage.clickhouse.output import RECONNECT_MAX_S, ClickHouseOutput, error_code
+from storage.clickhouse.client import error_code
+from storage.clickhouse.output import RECONNECT_MAX_S, ClickHouseOutput
 from storage.settings import ClickHouseConfig, SpoolConfig
 from tests.collector.daemon import Daemon, V9Traffic
 from tests.fixtures.cli import flowmed_command

@@ -12,8 +12,10 @@ import pytest
 
 from collector.config import load
 from decoders.schema import FLOWS
+from storage.clickhouse.client import connect
+from storage.clickhouse.columns import arrow_to_columns
 from storage.clickhouse.ddl import LEGACY, MODERN
-from storage.clickhouse.output import ClickHouseOutput, arrow_to_columns, connect
+from storage.clickhouse.output import ClickHouseOutput
 from storage.clickhouse.spool import Spool
 from storage.settings import ClickHouseConfig, SpoolConfig
 from tests.storage.clickhouse_helpers import duplicate_batches, flow_batch, server_totals, totals

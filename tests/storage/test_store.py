@@ -14,16 +14,8 @@ import pytest
 
 from bench.flowgen import T0_MS, flows_batch
 from decoders.schema import FLOWS, TABLES, Column, table
-from storage.store import (
-    HOUR_MS,
-    JOURNAL,
-    RETENTION_SETTINGS,
-    CompactionCrash,
-    ParquetStore,
-    check_parquet,
-    partition_of,
-    retention_setting,
-)
+from storage.layout import HOUR_MS, JOURNAL, check_parquet, partition_of
+from storage.store import RETENTION_SETTINGS, CompactionCrash, ParquetStore, retention_setting
 
 DEAD_PID = 99_999_999  # above Linux's pid_max: never a live process
 

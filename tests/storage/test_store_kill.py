@@ -14,7 +14,8 @@ from pathlib import Path
 import pyarrow.parquet as pq
 import pytest
 
-from storage.store import JOURNAL, ParquetStore
+from storage.layout import JOURNAL
+from storage.store import ParquetStore
 
 ROOT = Path(__file__).resolve().parents[2]
 

@@ -18,8 +18,9 @@ import pytest
 from bench.flowgen import T0_MS, addr, flows_batch
 from collector.configtree import ConfigError
 from decoders.schema import FLOWS, TABLES, Column, table
+from storage.layout import HOUR_MS, parquet_options
 from storage.query import QueryEngine
-from storage.store import HOUR_MS, ParquetStore, parquet_options
+from storage.store import ParquetStore
 
 EVENTS = TABLES.get("test_store_events") or table(
     "test_store_events", "Test-only table.",
