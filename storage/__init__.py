@@ -1,5 +1,8 @@
-"""Storage: tables to disk, ClickHouse and SQL (see docs/architecture.md).
+"""Storage: tables to disk, ClickHouse and SQL, the floor above :mod:`decoders` (see docs/architecture.md).
 
-The output protocol and the one factory of outputs, the batching sink and its handoff journal, batch ids, the embedded
-Parquet store, the query engine with its SQL guard, and :mod:`storage.clickhouse` (output, DDL, spool, queries).
+Its settings (:mod:`storage.settings`), the one factory of outputs and sinks (:mod:`storage.factory`), the output
+protocol and batch ids (:mod:`storage.outputs`), the batching sink and its handoff journal, durable writes
+(:mod:`storage.durable`), the embedded Parquet store and its layout, the query engine with its SQL guard and errors,
+and :mod:`storage.clickhouse` (output, client, columns, DDL, schema check, spool, queries, types). It imports
+nothing of mediation, rating or collector (``tests/storage/test_floor.py``).
 """
