@@ -272,6 +272,7 @@ class Pipeline:
             self._static_checked = now
             static.maybe_reload(now)
         m.pending_bytes.set(self.decoder.pending_bytes())
+        m.template_bytes.set(self.decoder.template_memory())
 
 
     def _count_rejects(self, counters: dict[str, int]) -> None:

@@ -14,6 +14,7 @@ state is within its bound and the daemon restarts from it and stops again cleanl
 
 from __future__ import annotations
 
+import re
 import socket
 import threading
 import time
@@ -133,6 +134,7 @@ def test_template_flood_keeps_the_watchdog_fed_memory_bounded_and_the_legitimate
         time.sleep(2.0)  # a last save and flush
         stopping_at = time.monotonic()
         rss, peak = _rss(d.proc.pid)
+        metrics = d.get("/metrics")
         assert d.stop() == 0, d.log_text()
     finally:
         recorder.stop.set()
@@ -153,6 +155,9 @@ def test_template_flood_keeps_the_watchdog_fed_memory_bounded_and_the_legitimate
     # the flood was refused by the byte budget (counted), the legitimate exporter's records were all stored
     assert flood_datagrams >= FLOOD_S * FLOOD_RATE / 2
     assert "template_max_bytes" in log, log[-3000:]
+    # what the templates cost is a gauge an operator can alert on: filled by the flood, within the budget
+    template_bytes = float(re.search(r"^flowmed_template_bytes (\S+)$", metrics, re.M).group(1))
+    assert BUDGET / 2 < template_bytes <= BUDGET, template_bytes
     assert stored_flows(d.store) == sent_flows
     # the saved state is bounded by the budget: it loads within it, compiling nothing
     state = (d.store / "state" / "templates.bin").read_bytes()
