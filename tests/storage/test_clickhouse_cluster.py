@@ -390,11 +390,18 @@ def test_two_collector_hosts_rated_once_as_one_host(replicated_cluster, tmp_path
         for d in daemons:
             d.kill()
     assert [spooled(d.store) for d in daemons] == [0, 0, 0]
-    for db in ("two_hosts", "one_host"):  # the usage in the cluster is what was sent, per subscriber
+    def usage(db: str) -> dict[tuple[str, str], int]:
         rows = node.query(f"SELECT subscriber_id, direction, sum(bytes) FROM {db}.usage FINAL "
                           "WHERE subscriber_id != '' GROUP BY subscriber_id, direction")
-        got = {(s, d): int(n) for s, d, n in (line.split("\t") for line in rows.splitlines())}
-        assert got == sent, db
+        return {(s, d): int(n) for s, d, n in (line.split("\t") for line in rows.splitlines())}
+
+    # the usage in the cluster is what was sent, per subscriber (once every replica read has fetched the parts:
+    # a Distributed read picks one replica of each shard, which may not have the newest part yet)
+    for db in ("two_hosts", "one_host"):
+        try:
+            wait_until(lambda db=db: usage(db) == sent, timeout=60, what=f"the usage in {db}")
+        except AssertionError:
+            assert usage(db) == sent, db
     a_ids = node.query("SELECT count() FROM two_hosts.flows WHERE bitAnd(bitShiftRight(batch_id, 8), 63) = 1")
     b_ids = node.query("SELECT count() FROM two_hosts.flows WHERE bitAnd(bitShiftRight(batch_id, 8), 63) = 2")
     assert int(a_ids) == int(b_ids) == n_flows // 2  # each host's batch ids carry its host_index
