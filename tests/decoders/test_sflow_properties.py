@@ -64,6 +64,7 @@ def flow_samples(draw) -> FlowSample:
                                         st.binary(max_size=12).map(lambda b: b + bytes(-len(b) % 4))), max_size=2)))
 
 
+@pytest.mark.slow
 @SETTINGS
 @given(st.lists(flow_samples(), min_size=1, max_size=6), st.none() | v4 | v6, u32)
 def test_round_trip(samples: list[FlowSample], agent_addr: str | None, sub: int) -> None:

@@ -14,6 +14,7 @@ import math
 import struct
 import typing
 
+import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -127,6 +128,7 @@ def _finite(node: typing.Any) -> bool:
     return not isinstance(node, float) or math.isfinite(node)
 
 
+@pytest.mark.slow
 @SETTINGS
 @given(config_trees())
 def test_config_builds_or_names_the_key(tree: dict) -> None:
