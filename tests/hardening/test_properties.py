@@ -162,6 +162,7 @@ def plan_trees(draw) -> dict:
     return {"plan": plans}
 
 
+@pytest.mark.slow
 @SETTINGS
 @given(plan_trees())
 def test_plans_parse_or_name_the_key(tree: dict) -> None:
