@@ -313,9 +313,11 @@ class Deduplicator:
     def keys(self, cols: dict[str, np.ndarray], exporter_role: np.ndarray) -> np.ndarray:
         """Record key per record (uint64, never 0)."""
         own = exporter_role == 0
-        zero_exp = np.zeros(len(own), dtype="S16")
-        exporter = np.where(own, cols["exporter"], zero_exp)
-        domain = np.where(own, cols["observation_domain"], 0)
+        if own.all():  # the usual batch (no shared-role exporter): the same words without two copies
+            exporter, domain = cols["exporter"], cols["observation_domain"]
+        else:
+            exporter = np.where(own, cols["exporter"], np.zeros(len(own), dtype="S16"))
+            domain = np.where(own, cols["observation_domain"], 0)
         k = hash_columns(exporter, domain, cols["src_addr"], cols["dst_addr"], cols["src_port"], cols["dst_port"],
                          cols["protocol"], cols["flow_start"], cols["flow_end"], cols["bytes"], cols["packets"])
         k[k == 0] = 1
