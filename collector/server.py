@@ -537,7 +537,9 @@ class Server:
         self.pipeline = Pipeline(cfg, self.metrics, sink, mediator, decoder)
         if mediator is not None:
             from mediation.compliance.stage import make_compliance
+            from mediation.dedup import warm_up as warm_up_mediation
 
+            warm_up_mediation()  # the record key and de-duplication kernels, before READY like the sFlow ones
             self.pipeline.compliance = make_compliance(cfg, mediator, self.worker)
         if self.worker is None and cfg.metrics.enabled:
             self.http = status_mod.HttpServer(cfg.metrics.listen, self.registry, self.fresh_status)
