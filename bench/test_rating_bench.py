@@ -88,6 +88,7 @@ def test_rating_rows_per_second_per_core(benchmark, request):
     assert totals["rows"] == subscribers * INTERVALS * 2
 
 
+@pytest.mark.slow
 def test_rating_job_end_to_end(benchmark, request, tmp_path):
     """The whole job over the embedded store: SQL GROUP BY of the usage (chDB over Parquet), rating, reading the
     current state, the diff and the Parquet write; then a second run that finds nothing to write."""

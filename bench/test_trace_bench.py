@@ -166,6 +166,7 @@ def timed(engine, probe_list, days) -> dict[str, float]:
             "subscriber_day_median_s": statistics.median(subscriber_s)}
 
 
+@pytest.mark.slow
 def test_trace_on_the_store(request, tmp_path_factory) -> None:
     n, days = sizes(request)
     root = Path(os.environ.get("FLOWMED_TRACE_STORE") or tmp_path_factory.mktemp("trace_store"))
@@ -188,6 +189,7 @@ def test_trace_on_the_store(request, tmp_path_factory) -> None:
         assert result["address_median_s"] < 5  # a wrong layout makes it minutes, not seconds
 
 
+@pytest.mark.slow
 def test_trace_on_clickhouse(request, clickhouse_server) -> None:  # noqa: F811
     n, days = sizes(request)
     cfg = ClickHouseConfig(port=clickhouse_server.port, database="bench_trace")

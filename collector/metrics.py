@@ -137,6 +137,9 @@ class Metrics:
         self.pending_bytes = Gauge("flowmed_pending_template_bytes",
                                    "Bytes of data sets held while waiting for their template.", registry=r,
                                    multiprocess_mode="livesum")
+        self.template_bytes = Gauge("flowmed_template_bytes",
+                                    "What the templates of all exporters cost in bytes (decoder.template_max_bytes "
+                                    "bounds it; docs/hardening.md).", registry=r, multiprocess_mode="livesum")
         self.decode_batches = Counter("flowmed_decode_batches", "Batches of datagrams decoded.", registry=r)
         self.batch_datagrams = Histogram("flowmed_decode_batch_datagrams", "Datagrams per decoded batch.",
                                          buckets=BATCH_BUCKETS, registry=r)

@@ -273,6 +273,7 @@ class Pipeline:
             self._static_checked = now
             static.maybe_reload(now)
         m.pending_bytes.set(self.decoder.pending_bytes())
+        m.template_bytes.set(self.decoder.template_memory())
 
 
     def _count_rejects(self, counters: dict[str, int]) -> None:
@@ -504,7 +505,9 @@ class Server:
         self.pipeline = Pipeline(cfg, self.metrics, sink, mediator, decoder)
         if mediator is not None:
             from mediation.compliance.stage import make_compliance
+            from mediation.dedup import warm_up as warm_up_mediation
 
+            warm_up_mediation()  # the record key and de-duplication kernels, before READY like the sFlow ones
             self.pipeline.compliance = make_compliance(cfg, mediator, self.worker)
         if self.worker is None and cfg.metrics.enabled:
             self.http = status_mod.HttpServer(cfg.metrics.listen, self.registry, self.fresh_status)

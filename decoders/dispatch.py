@@ -100,6 +100,10 @@ class DispatchDecoder:
         """Bytes held for missing templates (NetFlow v9/IPFIX only)."""
         return self.netflow.pending_bytes()
 
+    def template_memory(self) -> int:
+        """What the templates cost in bytes, against ``template_max_bytes`` (NetFlow v9/IPFIX only)."""
+        return self.netflow.template_memory()
+
     def agents_known(self) -> dict[str, int]:
         """sFlow (agent, sub-agent) pairs tracked, per exporter."""
         return self.sflow.agents_known()

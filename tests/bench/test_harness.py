@@ -5,6 +5,8 @@ from __future__ import annotations
 import socket
 from pathlib import Path
 
+import pytest
+
 from bench.harness import Harness, bindings_csv, markdown, run_once, udp_sockets
 from bench.load import run_load
 
@@ -40,6 +42,7 @@ def test_vary_changes_every_pass_over_the_pool() -> None:
     assert list(flows["bytes"][15:20]) == list(flows["bytes"][:5])  # only the port and destination change
 
 
+@pytest.mark.slow
 def test_flowmed_stores_what_was_sent(tmp_path: Path) -> None:
     h = Harness(tmp_path)
     try:

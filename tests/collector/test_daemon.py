@@ -170,6 +170,7 @@ def test_run_refuses_an_invalid_config_with_status_2(tmp_path: Path, bad: str) -
     assert bad.split("=")[0] in out.stderr
 
 
+@pytest.mark.slow
 def test_kernel_drops_are_counted_and_nothing_else_is_lost(tmp_path: Path) -> None:
     """With a tiny receive buffer and the daemon stopped (SIGSTOP), a burst overflows the socket: every datagram sent
     is either received or counted as a kernel drop."""
@@ -238,6 +239,7 @@ def test_shutdown_is_bounded_by_shutdown_timeout(tmp_path: Path) -> None:
     assert "shutdown timed out" in log.read_text()
 
 
+@pytest.mark.slow
 def test_templates_survive_a_restart(tmp_path: Path) -> None:
     """Data arriving after a restart, before the exporter re-sends its template, is decoded from the saved state."""
     traffic = V9Traffic(seed=21)

@@ -24,6 +24,7 @@ def _api(port: int, path: str, **params: str) -> dict:
         return json.loads(r.read())
 
 
+@pytest.mark.slow
 @pytest.mark.external
 def test_prometheus_scrapes_flowmed(tmp_path: Path) -> None:
     prometheus = require_tool("prometheus")

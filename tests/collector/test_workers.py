@@ -52,6 +52,7 @@ def _run(tmp: Path, workers: int, traffic: list[tuple[V9Traffic, list[bytes]]]) 
     return flows, usage, status
 
 
+@pytest.mark.slow
 def test_two_workers_store_the_same_flows_and_usage_as_one(tmp_path: Path) -> None:
     traffic = _traffic()
     try:
@@ -67,6 +68,7 @@ def test_two_workers_store_the_same_flows_and_usage_as_one(tmp_path: Path) -> No
     assert len(per_worker) == 2 and all(n > 0 for n in per_worker), per_worker  # both workers had traffic
 
 
+@pytest.mark.slow
 @pytest.mark.external
 def test_dead_worker_is_restarted_and_metrics_are_merged(tmp_path: Path) -> None:
     promtool = require_tool("promtool")
@@ -149,6 +151,7 @@ def test_a_worker_that_cannot_start_fails_the_service(tmp_path: Path) -> None:
     assert not any("READY=1" in m for m in d.messages)
 
 
+@pytest.mark.slow
 def test_supervisor_counts_kernel_drops_of_the_workers_sockets(tmp_path: Path) -> None:
     d = Daemon(tmp_path, "listen.rcvbuf_bytes=4096", workers=2)
     traffic = V9Traffic(seed=9)
@@ -181,6 +184,7 @@ def test_supervisor_counts_kernel_drops_of_the_workers_sockets(tmp_path: Path) -
         d.kill()
 
 
+@pytest.mark.slow
 @pytest.mark.external
 def test_stop_while_a_restarted_worker_is_starting_waits_for_it(tmp_path: Path) -> None:
     """SIGTERM right after a worker was restarted: the new worker gets to start, then stops cleanly (status 0)."""

@@ -91,6 +91,9 @@ class _Decoder:
     def pending_bytes(self):
         return 0
 
+    def template_memory(self):
+        return 0
+
 
 def test_the_daemons_tick_hands_the_rows_to_the_sink(tmp_path):
     """Server.on_tick passes the recorder's batches to the sink (the daemon's once-a-second tick)."""

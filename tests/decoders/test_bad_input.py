@@ -3,6 +3,7 @@
 import struct
 
 import numpy as np
+import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -174,6 +175,7 @@ def test_random_bodies_behind_valid_versions_never_raise(items):
     check_consistent(decode(*payloads), len(payloads))
 
 
+@pytest.mark.slow
 @settings(max_examples=500, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(st.lists(mutated(), min_size=1, max_size=6))
 def test_mutated_valid_datagrams_never_raise(payloads):

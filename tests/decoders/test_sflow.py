@@ -60,6 +60,7 @@ def test_is_sflow_tells_sflow_from_netflow_and_ipfix() -> None:
     assert not is_sflow(b"") and not is_sflow(b"\0")
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("expanded", [False, True])
 def test_flow_sample_with_every_record(expanded: bool) -> None:
     gw = Gateway("192.0.2.254", 64500, 64501, 64502, ((2, (64510, 64511)), (1, (64520, 64521))), (0xFDE80001, 7),

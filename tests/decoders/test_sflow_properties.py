@@ -64,6 +64,7 @@ def flow_samples(draw) -> FlowSample:
                                         st.binary(max_size=12).map(lambda b: b + bytes(-len(b) % 4))), max_size=2)))
 
 
+@pytest.mark.slow
 @SETTINGS
 @given(st.lists(flow_samples(), min_size=1, max_size=6), st.none() | v4 | v6, u32)
 def test_round_trip(samples: list[FlowSample], agent_addr: str | None, sub: int) -> None:
@@ -122,6 +123,7 @@ def test_random_bytes_are_counted_never_crash(datagrams: list[bytes]) -> None:
 @SETTINGS
 @given(st.lists(flow_samples(), min_size=1, max_size=4), st.lists(st.tuples(st.integers(0, 10_000), u8), max_size=6),
        st.integers(0, 10_000))
+@pytest.mark.slow
 def test_mutated_datagrams_are_counted_never_crash(samples, flips, cut) -> None:
     d = bytearray(SflowAgent().datagram([*samples, CounterSample(generic={"if_index": 1}, ethernet={})]))
     for pos, value in flips:

@@ -142,6 +142,7 @@ def test_query_on_the_store_cannot_write_or_drop(tmp_path: Path) -> None:
     assert list(outside.iterdir()) == []
 
 
+@pytest.mark.slow
 def test_flowmed_query_command_refuses_file_writes(tmp_path: Path) -> None:
     store = _store_with_flows(tmp_path)
     files_before = sorted(p for p in store.rglob("*"))
@@ -165,6 +166,7 @@ def test_flowmed_query_command_refuses_file_writes(tmp_path: Path) -> None:
 
 # --- secrets never logged ---------------------------------------------------------------------------------------
 
+@pytest.mark.slow
 @pytest.mark.external
 def test_secrets_never_reach_the_log_or_check_config(tmp_path: Path) -> None:
     """RADIUS secret (from the config) and ClickHouse password (from a file) through start, bad requests from
@@ -249,6 +251,7 @@ def test_tls_to_clickhouse_is_used_and_verified(tmp_path: Path, clickhouse_facto
     assert os.path.exists(cert)
 
 
+@pytest.mark.slow
 def test_daemon_flow_allowlist_refuses_other_exporters_before_decoding(tmp_path: Path) -> None:
     """`flowmed run` with listen.allow: v9 from 127.0.0.1 (not allowed) is counted as refused and never stored;
     with 127.0.0.0/8 allowed the same traffic is stored."""

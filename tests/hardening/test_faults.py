@@ -264,6 +264,7 @@ def _rated(path: Path) -> dict[str, tuple[int, int, int]]:
     return {r["record_id"]: (r["version"], r["bytes"], r["amount_micros"]) for r in t.to_pylist()}
 
 
+@pytest.mark.slow
 def test_rating_run_sigkilled_then_rerun_equals_a_clean_run(tmp_path: Path) -> None:
     import shutil
 
@@ -363,6 +364,7 @@ def test_exporter_clock_hours_off(tmp_path: Path, skew_h: int, sets: list[str], 
 
 # --- corrupt files at start: the daemon --------------------------------------------------------------------------
 
+@pytest.mark.slow
 @pytest.mark.external
 def test_daemon_starts_over_corrupt_store_and_spool_files(tmp_path: Path, clickhouse_server) -> None:
     """A truncated Parquet file and garbage in the store, a truncated batch in the spool: `flowmed run` starts

@@ -14,6 +14,7 @@ import math
 import struct
 import typing
 
+import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -127,6 +128,7 @@ def _finite(node: typing.Any) -> bool:
     return not isinstance(node, float) or math.isfinite(node)
 
 
+@pytest.mark.slow
 @SETTINGS
 @given(config_trees())
 def test_config_builds_or_names_the_key(tree: dict) -> None:
@@ -160,6 +162,7 @@ def plan_trees(draw) -> dict:
     return {"plan": plans}
 
 
+@pytest.mark.slow
 @SETTINGS
 @given(plan_trees())
 def test_plans_parse_or_name_the_key(tree: dict) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import numpy as np
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -169,6 +170,7 @@ _batch = st.lists(st.tuples(st.integers(0, 3), st.integers(-1, 40), st.integers(
 @settings(max_examples=200, deadline=None)
 @given(st.lists(st.tuples(_batch, st.integers(0, 6), st.sampled_from(["add", "emit", "remap"])), max_size=12),
        st.sampled_from([DENSE_MAX_SLOTS, 300, 40]))
+@pytest.mark.slow
 def test_dense_sums_give_the_rows_of_the_reference(steps, cap):
     """Batches over several intervals (open, closing and late), subscribers appearing and growing the layout,
     the layout outgrowing its cap (rows from then on), class remaps and watermark closing: same rows, same order."""

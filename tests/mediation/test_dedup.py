@@ -113,6 +113,7 @@ class _Model:
 @settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(data=st.data(), low_bits=st.sampled_from([0, 4, 11]), seed=st.integers(0, 2**32 - 1),
        window_ms=st.sampled_from([50, 1000, 10**9]))
+@pytest.mark.slow
 def test_deduplicator_matches_the_model(data, low_bits, seed, window_ms):
     """Random batches with repeats within and across batches, secondary exporters, time steps; a generation holds
     1,024 keys, so both rotations (window and full, with evictions) happen."""

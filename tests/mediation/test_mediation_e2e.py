@@ -58,6 +58,7 @@ def iso(ms: int) -> str:
     return dt.datetime.fromtimestamp(ms / 1000, dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
+@pytest.mark.slow
 def test_radclient_sessions_flows_store_query_and_reconcile(tmp_path):
     require_tool("radclient")
     store = tmp_path / "data"
@@ -141,6 +142,7 @@ def test_radclient_sessions_flows_store_query_and_reconcile(tmp_path):
     assert rec.returncode == 1 and "NO" in rec.stdout
 
 
+@pytest.mark.slow
 def test_reprocess_rejects_after_raising_a_limit(tmp_path):
     store = tmp_path / "data"
     cfg = load(None, [f"store.path={store}", "mediation.max_flow_duration_s=60"])

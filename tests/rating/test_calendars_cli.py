@@ -91,6 +91,7 @@ def current(root) -> dict[str, tuple[int, int, str]]:
     return {name: by_id[rid] for name, rid in RECORD.items()}
 
 
+@pytest.mark.slow
 def test_rerate_periods_are_read_in_each_plans_time_zone(site):
     root, opts = site
     flowmed("rate", *opts)

@@ -22,8 +22,10 @@ import pyarrow as pa
 import pytest
 
 from bench.exporter import Flow, IpfixExporter, flow_template
+from collector import config
 from decoders.schema import FLOWS
 from mediation.tables import USAGE
+from rating.job import RatingJob
 from storage.clickhouse.client import connect
 from storage.clickhouse.columns import arrow_to_columns
 from storage.clickhouse.output import ClickHouseOutput
@@ -390,11 +392,18 @@ def test_two_collector_hosts_rated_once_as_one_host(replicated_cluster, tmp_path
         for d in daemons:
             d.kill()
     assert [spooled(d.store) for d in daemons] == [0, 0, 0]
-    for db in ("two_hosts", "one_host"):  # the usage in the cluster is what was sent, per subscriber
+    def usage(db: str) -> dict[tuple[str, str], int]:
         rows = node.query(f"SELECT subscriber_id, direction, sum(bytes) FROM {db}.usage FINAL "
                           "WHERE subscriber_id != '' GROUP BY subscriber_id, direction")
-        got = {(s, d): int(n) for s, d, n in (line.split("\t") for line in rows.splitlines())}
-        assert got == sent, db
+        return {(s, d): int(n) for s, d, n in (line.split("\t") for line in rows.splitlines())}
+
+    # the usage in the cluster is what was sent, per subscriber (once every replica read has fetched the parts:
+    # a Distributed read picks one replica of each shard, which may not have the newest part yet)
+    for db in ("two_hosts", "one_host"):
+        try:
+            wait_until(lambda db=db: usage(db) == sent, timeout=60, what=f"the usage in {db}")
+        except AssertionError:
+            assert usage(db) == sent, db
     a_ids = node.query("SELECT count() FROM two_hosts.flows WHERE bitAnd(bitShiftRight(batch_id, 8), 63) = 1")
     b_ids = node.query("SELECT count() FROM two_hosts.flows WHERE bitAnd(bitShiftRight(batch_id, 8), 63) = 2")
     assert int(a_ids) == int(b_ids) == n_flows // 2  # each host's batch ids carry its host_index
@@ -411,14 +420,29 @@ def test_two_collector_hosts_rated_once_as_one_host(replicated_cluster, tmp_path
     records = rated(c, "two_hosts")
     assert len(records) == 2 * SUBSCRIBERS and records == rated(c, "one_host")
 
-    # Two rating hosts start a run at the same time (slow runs: a slice per subscriber): the lease lets one rate.
-    runs = c.nodes[0][0].query("SELECT count() FROM two_hosts.rating_runs")
-    procs = [rate(c, "two_hosts", site, i, "rating.slice_subscribers=1") for i in (4, 5)]
+    # Host 4 (a rating job in this process) holds the lease: host 5's run is refused, whatever the timing.
+    runs = int(c.nodes[0][0].query("SELECT count() FROM two_hosts.rating_runs"))
+    job = RatingJob(config.load(None, [*cluster_sets(c, "two_hosts", 4, 0), "store.enabled=false",
+                                       f"store.path={site}", "rating.target=clickhouse"]))
+    try:
+        job.lease.acquire()
+        refused = rate(c, "two_hosts", site, 5)
+        out, err = refused.communicate(timeout=300)
+        assert refused.returncode == 1, (out, err)
+        assert "rating lease is held by" in err and job.lease.owner in err, err
+    finally:
+        job.lease.release()
+        job.close()
+    # Released: two hosts start a run at the same time; each run that rates has the lease to itself.
+    procs = [rate(c, "two_hosts", site, i, "rating.slice_subscribers=1") for i in (5, 6)]
     results = [(p.wait(timeout=300), p.stdout.read(), p.stderr.read()) for p in procs]
-    assert sorted(rc for rc, _, _ in results) == [0, 1], results
-    loser = next(err for rc, _, err in results if rc)
-    assert "rating lease is held by" in loser, loser
-    assert int(c.nodes[1][0].query("SELECT count() FROM two_hosts.rating_runs")) == int(runs) + 1
+    assert sorted(rc for rc, _, _ in results) in ([0, 0], [0, 1]), results
+    assert all("rating lease is held by" in err for rc, _, err in results if rc), results
+    spans = c.nodes[1][0].query("SELECT toUInt64(started), toUInt64(finished) FROM two_hosts_read.rating_runs "
+                                "ORDER BY started, finished")
+    spans = [tuple(map(int, line.split("\t"))) for line in spans.splitlines()]
+    assert len(spans) == runs + sum(1 for rc, _, _ in results if rc == 0)
+    assert all(end <= start for (_, end), (start, _) in zip(spans, spans[1:], strict=False)), spans
     assert rated(c, "two_hosts") == records
 
 

@@ -69,6 +69,7 @@ def test_server_stopped_mid_stream_and_started_again(clickhouse_factory, db, tmp
     assert out.stats["connect_errors"] + out.stats["insert_errors"] >= 1
 
 
+@pytest.mark.slow
 def test_writer_sigkilled_mid_stream_then_restarted(clickhouse_factory, db, tmp_path):
     server = clickhouse_factory()
     spool, ack = tmp_path / "spool", tmp_path / "acks"
@@ -193,6 +194,7 @@ def test_slow_server_insert_outcome_unknown_lands_once(clickhouse_server, db, tm
         proxy.close()
 
 
+@pytest.mark.slow
 def test_server_refusing_inserts_then_accepting(clickhouse_factory, db, tmp_path, monkeypatch):
     server = clickhouse_factory()
     proxy = DelayProxy(server.port)

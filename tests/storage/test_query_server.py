@@ -62,6 +62,7 @@ def _run(server, db: str, sql: str, *extra: str) -> subprocess.CompletedProcess:
                           capture_output=True, text=True, timeout=120)
 
 
+@pytest.mark.slow
 def test_flowmed_query_on_a_server_is_readonly_1_unless_allow_external(clickhouse_server, db: str) -> None:
     ok = _run(clickhouse_server, db, "SELECT count() AS n FROM t")
     assert ok.returncode == 0 and ok.stdout.split() == ["n", "-", "2"], ok.stderr

@@ -75,6 +75,7 @@ def test_writer_sigkilled_mid_stream(tmp_path: Path) -> None:
     assert all(n <= 20_000 for n in per_batch.values())
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("delay", [0.05, 0.2, 0.4, 0.8])
 def test_compaction_sigkilled_at_any_moment(tmp_path: Path, delay: float) -> None:
     from bench.flowgen import flows_batch

@@ -99,6 +99,7 @@ def test_subscriber_trace(built):
     assert flows == [("100.64.0.2", 6000, "203.0.113.7", 40112, 4321), ("100.64.0.2", 4444, "203.0.113.8", 1100, 3000)]
 
 
+@pytest.mark.slow
 def test_trace_command(built):
     cfg, _ = built
     out = subprocess.run([sys.executable, "-m", "collector.cli", "trace", "--address", "203.0.113.7", "--port",

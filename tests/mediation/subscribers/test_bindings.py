@@ -258,6 +258,7 @@ def _open_bindings(path: str, start, results) -> None:
         results.put(repr(exc))
 
 
+@pytest.mark.slow
 def test_processes_opening_a_fresh_database_together_all_succeed(tmp_path) -> None:
     """Workers start together: two switching a new file to WAL at once deadlock and one got 'database is locked'."""
     import multiprocessing

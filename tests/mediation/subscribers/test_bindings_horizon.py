@@ -5,6 +5,7 @@ unpruned index does (which tests/mediation/subscribers/test_bindings.py checks a
 from __future__ import annotations
 
 import numpy as np
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -65,6 +66,7 @@ def _simulate(b: Bindings, days: int, per_day: int, seed: int = 1) -> tuple[np.n
     return np.concatenate(starts), np.concatenate(ends), np.concatenate(addrs), sizes
 
 
+@pytest.mark.slow
 def test_memory_stays_bounded_over_months_and_lookups_stay_exact(tmp_path):
     path = tmp_path / "bindings.sqlite"
     b = Bindings(path)
