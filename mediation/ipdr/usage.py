@@ -62,7 +62,6 @@ from decoders.ipdr.session import RecordsReceived
 from mediation.hashing import hash_columns, string_hash
 from mediation.ipdr.tables import IPDR_RECORDS
 from mediation.tables import USAGE
-from storage.durable import fsync_dir, write_atomic
 
 log = logging.getLogger(__name__)
 
@@ -272,7 +271,18 @@ class _State:
             return known
         self.first_sessions[exporter] = int(ms)
         if self.dir is not None and not self.readonly:
-            write_atomic(self.dir / FIRST_SESSIONS, json.dumps(self.first_sessions, sort_keys=True).encode())
+            path = self.dir / FIRST_SESSIONS
+            tmp = path.with_suffix(".tmp")
+            with open(tmp, "w") as f:
+                json.dump(self.first_sessions, f, sort_keys=True)
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(tmp, path)
+            fd = os.open(self.dir, os.O_RDONLY)
+            try:
+                os.fsync(fd)
+            finally:
+                os.close(fd)
         return int(ms)
 
     def commit(self) -> None:
@@ -309,7 +319,11 @@ class _State:
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, snap)
-        fsync_dir(self.dir)
+        fd = os.open(self.dir, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
         old_snap, old_journal = self._paths(self.gen)
         if self._journal is not None:
             self._journal.close()
