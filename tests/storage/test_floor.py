@@ -98,3 +98,24 @@ def test_the_circle_check_sees_a_circle() -> None:
     graph["storage.durable"] = {"storage.store"}
     (circle,) = _circles(graph)
     assert circle[0] == circle[-1] and set(circle) == {"storage.store", "storage.durable"}
+
+
+def _dynamic_imports(tree: ast.Module) -> list[str]:
+    """Imports by name in ``tree``: ``importlib`` used, or ``__import__`` called (module names in strings)."""
+    found = []
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import | ast.ImportFrom):
+            names = [a.name for a in node.names] if isinstance(node, ast.Import) else [node.module or ""]
+            found += [f"import {n} (line {node.lineno})" for n in names if n.split(".")[0] == "importlib"]
+        if isinstance(node, ast.Name) and node.id == "__import__":
+            found.append(f"__import__ (line {node.lineno})")
+    return found
+
+
+def test_no_module_is_imported_by_name() -> None:
+    """Tables and outputs come in by plain imports (the composition root, collector/tables.py, registers tables):
+    no list of module names that a misspelling would silently shorten."""
+    trees = [(p, ast.parse(p.read_text(), str(p))) for p in sorted(ROOT.rglob("*.py"))]
+    assert [(p.name, _dynamic_imports(t)) for p, t in trees if _dynamic_imports(t)] == []
+    assert _dynamic_imports(ast.parse("import importlib\nm = __import__('x')\n")) == [
+        "import importlib (line 1)", "__import__ (line 2)"]
