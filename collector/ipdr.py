@@ -44,9 +44,10 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from collector.config import Config, IpdrConfig, IpdrExporter, split_endpoint
+from collector.config import Config, split_endpoint
 from decoders.ipdr import messages as m
 from decoders.ipdr.session import CollectorConnection, ConnState, ProtocolViolation, RecordsReceived, SessState
+from mediation.ipdr.settings import IpdrConfig, IpdrExporter
 from mediation.ipdr.usage import CmSubscribers, IpdrUsage
 
 log = logging.getLogger("flowmed.ipdr")

@@ -205,7 +205,7 @@ class RadiusAccounting:
     """The accounting server's logic over a :class:`Bindings` store; see the module docstring."""
 
     def __init__(self, config, bindings: Bindings, interval_ms: int = 300_000) -> None:
-        """``config``: a :class:`collector.config.RadiusConfig`."""
+        """``config``: a :class:`mediation.subscribers.settings.RadiusConfig`."""
         self.config = config
         self.bindings = bindings
         self.interval_ms = interval_ms
