@@ -70,6 +70,7 @@ from mediation.ipdr.columns import (
 from mediation.ipdr.journal import STATE_DTYPE, StateJournal
 from mediation.ipdr.subscribers import CmSubscribers
 from mediation.ipdr.tables import IPDR_RECORDS
+from mediation.stage import Sections, Tables
 from mediation.tables import USAGE
 
 log = logging.getLogger(__name__)
@@ -78,6 +79,18 @@ REBOOT_TOLERANCE_CS = 6000  # 60 s of sysUpTime drift before calling it a reboot
 PREEXISTING_TOLERANCE_MS = 60_000  # flows created this little before the first session still count (clock skew)
 CREATED_AHEAD_CS = 6000  # ServiceTimeCreated this far past the record's sysUpTime is "now", not a 2^32 wrap
 U32 = np.uint64(2**32)
+
+
+@dataclass(frozen=True)
+class IpdrRecords:
+    """The input of :class:`IpdrUsage` as a stage: one :class:`RecordsReceived` of a session and its exporter."""
+
+    event: RecordsReceived
+    exporter: str
+    """The CMTS's name (config name or address), for the DSN watermark."""
+    exporter_ip: bytes
+    """Its S16 address, for the ``exporter`` columns."""
+    session_name: str = ""
 
 
 @dataclass
@@ -131,7 +144,14 @@ class IpdrUsage:
     def _wm_key(exporter: str, ev: RecordsReceived) -> str:
         return f"{exporter}|{ev.session_id}|{ev.exporter_boot_time}"
 
-    def process(self, ev: RecordsReceived, exporter: str, exporter_ip: bytes, now_ms: int,
+    def process(self, records: IpdrRecords, now: int, /) -> Tables:
+        """:meth:`mediate` as a :class:`mediation.stage.Stage`: the ``usage`` and ``ipdr_records`` batches (those
+        with rows)."""
+        result = self.mediate(records.event, records.exporter, records.exporter_ip, now, records.session_name)
+        return {name: batch for name, batch in (("usage", result.usage), ("ipdr_records", result.ipdr_records))
+                if batch.num_rows}
+
+    def mediate(self, ev: RecordsReceived, exporter: str, exporter_ip: bytes, now_ms: int,
                 session_name: str = "") -> UsageResult:
         """Turn one :class:`RecordsReceived` into table batches and update the (uncommitted) state.
 
@@ -371,7 +391,7 @@ class IpdrUsage:
         return u
 
     def undo_last(self) -> None:
-        """Undo the state changes of the last :meth:`process` call (its batches could not be handed over)."""
+        """Undo the state changes of the last :meth:`mediate` call (its batches could not be handed over)."""
         token = getattr(self, "_checkpoint", None)
         if token is not None:
             self.state.rollback(token)
@@ -387,15 +407,26 @@ class IpdrUsage:
             now_ms = int(time.time() * 1000) if now_ms is None else now_ms
             self.state.compact(now_ms - self.tombstone_retention_ms)
 
-    def reload(self) -> None:
+    def discard_uncommitted(self) -> None:
         """Drop uncommitted changes (after a failed flush): re-read the durable state."""
         if self.state.dir is None:
             return
         self.state.close()
         self.state = StateJournal(self.state.dir)
 
-    def close(self) -> None:
+    def tick(self, now: int, /) -> Tables:
+        """Picks up a changed CM MAC -> subscriber file (a malformed one is logged and the old map kept)."""
+        self.subscribers.reload()
+        return {}
+
+    def reload(self, settings: Sections, now: int, /) -> None:
+        """Nothing of ``[ipdr]`` changes while running (interval, state and file take a restart; the CM MAC file
+        itself is re-read by :meth:`tick` when it changes)."""
+
+    def close(self, now: int | None = None, /) -> Tables:
+        """Close the state files (what is not committed is not kept: its records were not acknowledged)."""
         self.state.close()
+        return {}
 
 
 def _split(start: np.ndarray, end: np.ndarray, octets: np.ndarray, packets: np.ndarray, interval_ms: int,
