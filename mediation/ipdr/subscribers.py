@@ -18,7 +18,7 @@ class CmSubscribers:
     """Static CM MAC -> subscriber map from a CSV file (``cm_mac,subscriber_id`` with a header), reloaded when
     the file changes. Lookup is vectorised (sorted MACs + searchsorted)."""
 
-    def __init__(self, path: str | os.PathLike | None = None) -> None:
+    def __init__(self, path: str | os.PathLike[str] | None = None) -> None:
         self.path = Path(path) if path else None
         self._mtime: float | None = None
         self.macs = np.zeros(0, np.uint64)

@@ -116,7 +116,7 @@ class IpdrUsage:
             for records whose CM MAC is not in the static map (the address bindings, by CmIpv4Addr).
     """
 
-    def __init__(self, state_dir: str | os.PathLike | None = None, subscribers: CmSubscribers | None = None, *,
+    def __init__(self, state_dir: str | os.PathLike[str] | None = None, subscribers: CmSubscribers | None = None, *,
                  interval_s: int = 300, preexisting: str = "baseline", tombstone_retention_s: float = 7 * 86400,
                  compact_rows: int = 1_000_000, address_lookup=None, max_span_s: float = 86400.0) -> None:
         self.state = StateJournal(Path(state_dir) if state_dir is not None else None)

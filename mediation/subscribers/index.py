@@ -18,7 +18,8 @@ valid at its time, so the answer does not depend on which rows the last rebuild 
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import cast
 
 import numpy as np
 
@@ -26,6 +27,8 @@ from mediation.hashing import mix64
 from mediation.subscribers.addresses import ALL_ONES, prefix_masks, split_addresses
 
 _U64 = np.uint64
+_UNUSED = np.zeros(0, dtype=np.int64)
+"""What a lookup holds for rows and prefix lengths it was not asked for (never read)."""
 
 
 _FIB = _U64(0x9E3779B97F4A7C15)
@@ -103,7 +106,7 @@ class _NetworkTable:
         slot = np.dtype(_SLOT.descr + [(f, "<u8") for f in self.key_fields])
         self.slots = np.repeat(np.array([_EMPTY_SLOT + (self.empty_key,) * len(keys)], dtype=slot), (1 << bits) + 1)
         full = np.empty(n, dtype=slot)
-        for name in _SLOT.names:
+        for name in _SLOT.names or ():
             full[name] = records[name]
         for name, k in zip(self.key_fields, keys, strict=True):
             full[name] = k
@@ -113,14 +116,14 @@ class _NetworkTable:
     def _home(self, keys: tuple[np.ndarray, ...]) -> np.ndarray:
         with np.errstate(over="ignore"):
             mixed = keys[0] if len(keys) == 1 else keys[0] ^ mix64(keys[1])
-            return (mixed * _FIB) >> self.shift
+            return cast(np.ndarray, (mixed * _FIB) >> self.shift)
 
     def get(self, keys: tuple[np.ndarray, ...]) -> np.ndarray:
         """The slot record of each key (an empty slot's where absent). Dense tables may overwrite ``keys``."""
         if self.dense:
             off = np.subtract(keys[0], self.base, out=keys[0])  # wraps around below base: out of range either way
             np.minimum(off, self.span, out=off)
-            return self.slots.take(off.view(np.int64))
+            return cast(np.ndarray, self.slots.take(off.view(np.int64)))
         out = (keys[0] - self.low) > self.width  # (below low wraps around: above width)
         pos = np.minimum(self._home(keys) + out * self.size, self.size)  # out of range: the last slot (branch-free)
         found = self.slots.take(pos.view(np.int64))
@@ -165,14 +168,17 @@ class _Group:
     mask_hi: np.uint64
     mask_lo: np.uint64
     const_hi: np.uint64
-    rows: np.ndarray = None  # rows of the index, sorted by (network key, valid_from); the arrays below in that order
-    ids: np.ndarray = None
-    valid_from: np.ndarray = None
-    valid_to: np.ndarray = None
-    sub: np.ndarray = None
-    has_prev: np.ndarray = None  # the position before holds an earlier-started binding of the same network
-    table_slot: np.ndarray = None  # slot of the network in ``table`` where this is its newest binding, else -1
-    table: _NetworkTable | None = None
+    # set by BindingIndex._build_group or _merge once the group is made:
+    rows: np.ndarray = field(init=False)  # rows of the index, sorted by (network key, valid_from); the arrays below
+    # in that order
+    ids: np.ndarray = field(init=False)
+    valid_from: np.ndarray = field(init=False)
+    valid_to: np.ndarray = field(init=False)
+    sub: np.ndarray = field(init=False)
+    has_prev: np.ndarray = field(init=False)  # the position before holds an earlier-started binding of its network
+    table_slot: np.ndarray = field(init=False)  # slot of the network in ``table`` where this is its newest binding,
+    # else -1
+    table: _NetworkTable = field(init=False)
     # a merged group (see BindingIndex._merge): the prefix length of each position, and how many consecutive slots
     # from ``table_slot`` hold each network (a shorter prefix fills the slots of every longer one inside it)
     plens: np.ndarray | None = None
@@ -376,9 +382,9 @@ class BindingIndex:
         """Subscribers, ``attach`` ("rows", "ids" or None: all -1) and, with rows, prefix lengths (else all -1)."""
         n = len(hi)
         t = np.asarray(t, dtype=np.int64)
-        sub = np.full(n, -1, dtype=np.int32)
-        row = np.full(n, -1, dtype=np.int64)
-        plen = np.full(n, -1, dtype=np.int16)
+        sub: np.ndarray = np.full(n, -1, dtype=np.int32)
+        row: np.ndarray = np.full(n, -1, dtype=np.int64)
+        plen: np.ndarray = np.full(n, -1, dtype=np.int16)
         if not n:
             return sub, row, plen
         rows = attach is not None  # (named so: row holds ids when attach == "ids")
@@ -401,8 +407,9 @@ class BindingIndex:
                     check_hi &= not g.v4_only  # the queries left have a zero high half, as the networks
             gsub, gpos = g.find(hi if todo is None else hi[todo], lo if todo is None else lo[todo],
                                 t if todo is None else t[todo], check_hi, rows)
-            grow = gplen = None
+            grow = gplen = _UNUSED
             if rows:
+                gpos = cast(np.ndarray, gpos)  # asked for with rows
                 none = gpos >> 31  # -1 where not found, else 0: position -1 takes the last value, then ORs in -1
                 grow = (g.rows if with_plen else g.ids).take(gpos) | none
                 if with_plen:
@@ -421,12 +428,12 @@ class BindingIndex:
                 if with_plen:
                     plen = gplen
             else:  # keep what a longer prefix found, take this group's answer elsewhere (-1 + answer + 1; no branch)
-                unanswered = sub < 0
+                missing = sub < 0
                 if rows:
-                    row += (grow + 1) * unanswered
+                    row += (grow + 1) * missing
                 if with_plen:
-                    plen += (gplen + np.int16(1)) * unanswered
-                sub += (gsub + 1) * unanswered
+                    plen += (gplen + np.int16(1)) * missing
+                sub += (gsub + 1) * missing
         return sub, row, plen
 
     def rows_of_ids(self, ids: np.ndarray) -> np.ndarray:

@@ -38,6 +38,7 @@ import logging
 from collections import OrderedDict
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from typing import Any, cast
 
 import numpy as np
 import pyarrow as pa
@@ -62,6 +63,7 @@ from mediation.subscribers.radius_packets import (
     parse_packet,
     request_authenticator_ok,
 )
+from mediation.subscribers.settings import RadiusConfig
 from mediation.tables import OPEN_END_MS, USAGE
 
 __all__ = [  # the packet names are imported from here by the listener and the tests too
@@ -69,6 +71,11 @@ __all__ = [  # the packet names are imported from here by the listener and the t
     "request_authenticator_ok"]
 
 log = logging.getLogger(__name__)
+
+RequestKey = tuple[str, int, bytes]
+"""A request as the duplicate window knows it: client, identifier, authenticator."""
+Address = tuple[Any, ...]
+"""A datagram's source address as the socket gives it ((host, port) or the IPv6 4-tuple)."""
 
 MAX_CLOCK_AHEAD_MS = 300_000
 """An Event-Timestamp further ahead of our clock than this is not believed (the receive time is used, counted)."""
@@ -125,7 +132,7 @@ class _Client:
 class RadiusAccounting:
     """The accounting server's logic over a :class:`Bindings` store; see the module docstring."""
 
-    def __init__(self, config, bindings: Bindings, interval_ms: int = 300_000) -> None:
+    def __init__(self, config: RadiusConfig, bindings: Bindings, interval_ms: int = 300_000) -> None:
         """``config``: a :class:`mediation.subscribers.settings.RadiusConfig`."""
         self.config = config
         self.bindings = bindings
@@ -136,7 +143,7 @@ class RadiusAccounting:
                               key=lambda c: -c.network.prefixlen)
         bindings.conn.executescript(_SESSIONS_SCHEMA)
         # the duplicate window survives restarts: a captured request re-sent later is answered, not re-applied
-        self._recent: OrderedDict[tuple, bytes] = OrderedDict(
+        self._recent: OrderedDict[RequestKey, bytes] = OrderedDict(
             ((client, ident, bytes(auth)), bytes(resp)) for client, ident, auth, resp in bindings.conn.execute(
                 "SELECT client, identifier, authenticator, response FROM radius_recent ORDER BY n").fetchall())
         self.counters: dict[tuple[str, str], int] = {}
@@ -145,7 +152,7 @@ class RadiusAccounting:
         """Reports whose usage spanned more than the session timeout (a NAS clock far off): spread over that much."""
         self._skewed = 0
         """Requests whose Event-Timestamp was too far ahead (the receive time was used instead)."""
-        self._batch_keys: list[tuple] = []  # added to the duplicate window by the batch being handled
+        self._batch_keys: list[RequestKey] = []  # added to the duplicate window by the batch being handled
         self._new_sessions = 0
 
     def _count(self, client: str, result: str) -> None:
@@ -166,14 +173,15 @@ class RadiusAccounting:
         return None
 
     def open_sessions(self) -> int:
-        return self.bindings.conn.execute("SELECT count(*) FROM radius_sessions").fetchone()[0]
+        count: int = self.bindings.conn.execute("SELECT count(*) FROM radius_sessions").fetchone()[0]
+        return count
 
-    def handle(self, datagrams: Sequence[tuple[bytes, tuple]], now_ms: int) -> RadiusResult:
+    def handle(self, datagrams: Sequence[tuple[bytes, Address]], now_ms: int) -> RadiusResult:
         """Process datagrams ``(payload, (host, port, ...))`` received at ``now_ms``; commit; return the answers.
 
         Raises when the database fails (a full disk): then nothing of the batch is applied, remembered as answered
         or answered, and the NASes retransmit."""
-        self._batch_keys: list[tuple] = []
+        self._batch_keys = []
         try:
             return self._handle(datagrams, now_ms)
         except BaseException:
@@ -182,7 +190,7 @@ class RadiusAccounting:
                 self._recent.pop(key, None)
             raise
 
-    def _handle(self, datagrams: Sequence[tuple[bytes, tuple]], now_ms: int) -> RadiusResult:
+    def _handle(self, datagrams: Sequence[tuple[bytes, Address]], now_ms: int) -> RadiusResult:
         result = RadiusResult()
         answers: list[tuple[bytes, object]] = []
         usage: list[dict[str, np.ndarray]] = []
@@ -241,14 +249,14 @@ class RadiusAccounting:
             self.bindings._begin()
             cur = self.bindings.conn.execute("INSERT INTO radius_usage_journal(payload) VALUES (?)",
                                              (_ipc(result.usage),))
-            result.journal_id = int(cur.lastrowid)
+            result.journal_id = int(cast(int, cur.lastrowid))
         # durable first, then the answers (a NAS that gets no answer retransmits)
         changed = self.bindings.commit()
         result.responses = answers
         result.bindings = changed if changed.num_rows else None
         return result
 
-    def _remember(self, key: tuple, response: bytes) -> None:
+    def _remember(self, key: RequestKey, response: bytes) -> None:
         """Add an answered request to the duplicate window, in memory and (in the batch's transaction) on disk."""
         self._recent[key] = response
         self._batch_keys.append(key)
@@ -509,7 +517,7 @@ def _ipc(batch: pa.RecordBatch) -> bytes:
     sink = pa.BufferOutputStream()
     with pa.ipc.new_stream(sink, batch.schema) as writer:
         writer.write_batch(batch)
-    return sink.getvalue().to_pybytes()
+    return cast(bytes, sink.getvalue().to_pybytes())
 
 
 def _delta(total: int, last: int, gigawords_seen: bool) -> int:

@@ -31,6 +31,7 @@ import sqlite3
 import threading
 import time
 from pathlib import Path
+from typing import Any, cast
 
 import numpy as np
 import pyarrow as pa
@@ -43,6 +44,8 @@ from mediation.tables import BINDINGS, OPEN_END_MS
 log = logging.getLogger(__name__)
 
 _U64 = np.uint64
+Row = tuple[Any, ...]
+"""A row of the bindings table as SQLite returns it (the columns of ``_ROW_SQL``)."""
 DELTA_REBUILD_ROWS = 65_536
 """Bindings opened since the last full build at which the base index is rebuilt."""
 PRUNE_INTERVAL_MS = 3_600_000
@@ -131,7 +134,7 @@ class Bindings:
     processes, :meth:`refresh`. Not thread-safe for writers; lookups may run while another thread commits.
     """
 
-    def __init__(self, path: str | os.PathLike | None = None) -> None:
+    def __init__(self, path: str | os.PathLike[str] | None = None) -> None:
         """Open (or create) the store at ``path``; ``None`` keeps it in memory (tests, benchmarks)."""
         if path is not None:
             Path(path).parent.mkdir(parents=True, exist_ok=True)
@@ -149,7 +152,7 @@ class Bindings:
         self._tx_seqs: set[int] = set()  # sequence numbers allocated in the current transaction
         self._last_seq = 0
         self._base = BindingIndex(*(np.empty(0) for _ in range(7)))
-        self._delta_rows: dict[int, tuple] = {}
+        self._delta_rows: dict[int, Row] = {}
         self._delta = self._base
         # memory horizon (see the module docstring): the index is complete for lookups at times >= _cutoff
         self._horizon_ms: int | None = None
@@ -286,7 +289,7 @@ class Bindings:
             "INSERT INTO bindings(subscriber_id, net_hi, net_lo, prefix_len, valid_from, valid_to, source, "
             f"session_id, nas, seq) VALUES (?,?,?,?,?,{_CAPPED_END},?,?,?,?)",
             (subscriber_id, *net, valid_from, valid_to, *net, valid_from, source, session_id, nas, seq))
-        return int(cur.lastrowid)
+        return int(cast(int, cur.lastrowid))
 
     def open_many(self, entries: list[tuple[str, tuple[int, int, int], int, int]], source: str = "static",
                   session_ids: list[str] | None = None) -> int:
@@ -310,7 +313,7 @@ class Bindings:
              for (sub, n, vf, vt), sid in zip(entries, sessions, strict=True)])
         # entries of one network in one call did not see each other above: separate them now
         seen: set[tuple[int, int, int]] = set()
-        repeated = {n for _, n, _, _ in entries if n in seen or seen.add(n)}
+        repeated = {n for _, n, _, _ in entries if n in seen or seen.add(n)}  # type: ignore[func-returns-value]
         for hi, lo, plen in repeated:
             self._separate(f"net_hi={_s64(hi)} AND net_lo={_s64(lo)} AND prefix_len={int(plen)}", seq)
         return len(entries)
@@ -328,7 +331,7 @@ class Bindings:
         nxt = self.conn.execute(
             "SELECT min(valid_from) FROM bindings WHERE net_hi=? AND net_lo=? AND prefix_len=? AND "
             "(valid_from>? OR (valid_from=? AND id>?))", (hi, lo, plen, vf, vf, binding_id)).fetchone()[0]
-        new = max(vf, min(valid_to, nxt if nxt is not None else OPEN_END_MS))
+        new: int = max(vf, min(valid_to, nxt if nxt is not None else OPEN_END_MS))
         if new != vt:
             self.conn.execute("UPDATE bindings SET valid_to=?, seq=? WHERE id=?", (new, self._next_seq(), binding_id))
         return new
@@ -336,8 +339,10 @@ class Bindings:
     def next_start(self, network: tuple[int, int, int], after: int) -> int | None:
         """The earliest start of a binding of ``network`` (hi, lo, prefix length) after ``after``, or None."""
         hi, lo, plen = network
-        return self.conn.execute("SELECT min(valid_from) FROM bindings WHERE net_hi=? AND net_lo=? AND prefix_len=? "
-                                 "AND valid_from>?", (_s64(hi), _s64(lo), plen, after)).fetchone()[0]
+        start: int | None = self.conn.execute(
+            "SELECT min(valid_from) FROM bindings WHERE net_hi=? AND net_lo=? AND prefix_len=? AND valid_from>?",
+            (_s64(hi), _s64(lo), plen, after)).fetchone()[0]
+        return start
 
     def _separate(self, where: str, seq: int) -> int:
         """End every binding (of the networks selected by ``where``) at the start of the next binding of its
@@ -387,7 +392,7 @@ class Bindings:
         self.commit()
         return self._to_batch(rows) if rows else None
 
-    def _close_where(self, where: str, args: tuple, valid_to: int) -> int:
+    def _close_where(self, where: str, args: tuple[Any, ...], valid_to: int) -> int:
         self._begin()
         ids = [r[0] for r in self.conn.execute(f"SELECT id FROM bindings WHERE {where} AND valid_to>?",
                                                (*args, valid_to)).fetchall()]
@@ -451,7 +456,7 @@ class Bindings:
             self.conn.execute("ROLLBACK")
 
     # --- reading ---
-    def _fetch(self, where: str, args: tuple) -> list[tuple]:
+    def _fetch(self, where: str, args: tuple[Any, ...]) -> list[Row]:
         return self.conn.execute(
             "SELECT id, subscriber_id, net_hi, net_lo, prefix_len, valid_from, valid_to, source, session_id, nas, "
             f"seq FROM bindings WHERE {where} ORDER BY id", args).fetchall()
@@ -461,7 +466,7 @@ class Bindings:
         rows, cutoff = self._kept_rows(self.conn, max(self._pending_cutoff, self._cutoff))
         self._rebuild(rows, cutoff)
 
-    def _rebuild(self, rows: list[tuple], cutoff: int) -> None:
+    def _rebuild(self, rows: list[Row], cutoff: int) -> None:
         index = self._index_of(rows)
         with self._lock:
             self._base = index
@@ -469,10 +474,10 @@ class Bindings:
             self._delta_rows = {}
             self._delta = BindingIndex(*(np.empty(0) for _ in range(7)))
 
-    def _kept_rows(self, conn: sqlite3.Connection, cutoff: int) -> tuple[list[tuple], int]:
+    def _kept_rows(self, conn: sqlite3.Connection, cutoff: int) -> tuple[list[Row], int]:
         """The rows the in-memory index needs for lookups at times >= ``cutoff`` (raised, when more than
         ``max_bindings`` would be kept, to drop the longest-closed bindings) and the cutoff used."""
-        def fetch(since: int) -> list[tuple]:
+        def fetch(since: int) -> list[Row]:
             if since <= _NO_CUTOFF:
                 return conn.execute(f"{_ROW_SQL} ORDER BY b.id").fetchall()
             return conn.execute(f"{_ROW_SQL} WHERE {_KEEP_SQL} ORDER BY b.id",
@@ -491,7 +496,7 @@ class Bindings:
                         self._max_memory, cutoff, len(rows))
         return rows, cutoff
 
-    def _index_of(self, rows: list[tuple]) -> BindingIndex:
+    def _index_of(self, rows: list[Row]) -> BindingIndex:
         n = len(rows)
         ids = np.fromiter((r[0] for r in rows), dtype=np.int64, count=n)
         sub = np.fromiter((self.subscriber_index(r[1]) for r in rows), dtype=np.int32, count=n)
@@ -554,7 +559,7 @@ class Bindings:
             self._apply(rows)
         return len(rows)
 
-    def _apply(self, rows: list[tuple]) -> None:
+    def _apply(self, rows: list[Row]) -> None:
         if not rows:
             return
         self._last_seq = max(self._last_seq, max(r[10] for r in rows))
@@ -581,7 +586,7 @@ class Bindings:
                 self._delta = delta
 
     @staticmethod
-    def _to_batch(rows: list[tuple]) -> pa.RecordBatch:
+    def _to_batch(rows: list[Row]) -> pa.RecordBatch:
         if not rows:
             return BINDINGS.to_arrow({})
         hi = np.array([_u64(r[2]) for r in rows], dtype=_U64)
@@ -615,7 +620,7 @@ class Bindings:
         """Subscriber index (or -1) and binding id (or -1) of each ``S16`` address at each time (int64 ms)."""
         hi, lo = split_addresses(addresses)
         sub, bid = self.lookup_split(hi, lo, np.asarray(times_ms, dtype=np.int64))
-        return sub, bid
+        return sub, cast(np.ndarray, bid)  # asked with ids
 
     def subscriber_ids(self, addresses: np.ndarray, times_ms: np.ndarray) -> np.ndarray:
         """Subscriber id (object array; '' where none) of each ``S16`` address at each time: the
@@ -645,7 +650,7 @@ class Bindings:
         osub, obid = index.lookup_ids(hi[old], lo[old], t[old])
         sub = sub.copy()
         sub[old] = osub
-        bid = bid.copy()
+        bid = cast(np.ndarray, bid).copy()  # asked with ids
         bid[old] = obid
         return sub, (bid if ids else None)
 
@@ -662,10 +667,10 @@ class Bindings:
                 changed = conn.execute("SELECT id, valid_to FROM bindings WHERE seq > ? AND valid_from <= ?",
                                        (c_seq, c_until)).fetchall()
                 if changed:  # a new binding in the range, or one whose end moved within it (closed, extended): reload
-                    rows = c_index.rows_of_ids(np.array([r[0] for r in changed], dtype=np.int64))
+                    found = c_index.rows_of_ids(np.array([r[0] for r in changed], dtype=np.int64))
                     vt = np.array([r[1] for r in changed], dtype=np.int64)
-                    old = c_index.valid_to[np.maximum(rows, 0)] if len(c_index) else vt
-                    if (rows < 0).any() or (np.minimum(old, c_until + 1) != np.minimum(vt, c_until + 1)).any():
+                    old = c_index.valid_to[np.maximum(found, 0)] if len(c_index) else vt
+                    if (found < 0).any() or (np.minimum(old, c_until + 1) != np.minimum(vt, c_until + 1)).any():
                         cached = None
                 if cached is not None:
                     return c_index
@@ -705,7 +710,7 @@ class Bindings:
             win = hit[dplen[hit] > bplen]
             sub[win] = dsub[win]
             if ids:
-                bid[win] = delta.ids[drow[win]]
+                cast(np.ndarray, bid)[win] = delta.ids[drow[win]]
         return sub, bid
 
     def close(self) -> None:
