@@ -6,11 +6,13 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import pyarrow as pa
 
 from decoders.ipdr.samis import format_macs, format_macs_bytes
+from decoders.schema import Column, Table
 from mediation.ipdr.tables import IPDR_RECORDS
 
 SAMIS_COLUMNS = {
@@ -43,12 +45,12 @@ class Coded:
     vocab: list[str]
 
 
-def empty_columns(table, n: int) -> dict:
+def empty_columns(table: Table, n: int) -> dict[str, Any]:
     """Zero numeric columns and empty-string constant columns for ``n`` rows."""
     return {c.name: (Const("") if c.kind == "string" else np.zeros(n, dtype=c.numpy_dtype)) for c in table.columns}
 
 
-def to_column(values, column) -> object:
+def to_column(values: Any, column: Column) -> Any:
     """A decoded column converted to the table column's representation (strings stay Arrow arrays)."""
     if column.kind == "string":
         return values if isinstance(values, pa.Array) else np.asarray(values, dtype=object)
@@ -59,7 +61,7 @@ def to_column(values, column) -> object:
     return np.asarray(values).astype(column.numpy_dtype, copy=False)
 
 
-def string_codes(values, n: int) -> tuple[np.ndarray, list[str]]:
+def string_codes(values: Any, n: int) -> tuple[np.ndarray, list[str]]:
     """(codes, distinct values) of a string column (Arrow array, constant or object array)."""
     if isinstance(values, Const):
         return np.zeros(n, dtype=np.int64), [values.value]
@@ -70,7 +72,7 @@ def string_codes(values, n: int) -> tuple[np.ndarray, list[str]]:
     return inv.astype(np.int64), uniq.tolist()
 
 
-def fill_samis(out: dict, cols: dict) -> None:
+def fill_samis(out: dict[str, Any], cols: dict[str, Any]) -> None:
     for name, field_name in SAMIS_COLUMNS.items():
         if field_name in cols:
             out[name] = to_column(cols[field_name], IPDR_RECORDS.column(name))
@@ -94,7 +96,7 @@ def channel_sets(arr: pa.Array) -> Coded:
     return Coded(enc.indices.to_numpy(zero_copy_only=False).astype(np.int64), texts)
 
 
-def fields_json(cols: dict, n: int, types: dict[str, int]) -> np.ndarray:
+def fields_json(cols: dict[str, Any], n: int, types: dict[str, int]) -> np.ndarray:
     """Every field of records of a non-SAMIS template as JSON text (a Python loop per record: these templates carry
     registration and CPE events, orders of magnitude fewer records than SAMIS).
 
@@ -137,7 +139,7 @@ def _addr_text(raw: bytes) -> str:
     return address_text(raw)
 
 
-def to_arrow(values, column, n: int) -> pa.Array:
+def to_arrow(values: Any, column: Column, n: int) -> pa.Array:
     if isinstance(values, Const):
         return pa.DictionaryArray.from_arrays(pa.array(np.zeros(n, np.int32)),
                                               pa.array([values.value], pa.string())).dictionary_decode()
@@ -156,7 +158,7 @@ def to_arrow(values, column, n: int) -> pa.Array:
     return pa.array(np.asarray(values, dtype=column.numpy_dtype), type=column.arrow_type)
 
 
-def to_batch(table, columns: dict, n: int) -> pa.RecordBatch:
+def to_batch(table: Table, columns: dict[str, Any], n: int) -> pa.RecordBatch:
     """A RecordBatch of ``table`` from numpy columns, Arrow arrays, constants and coded strings."""
     arrays = [to_arrow(columns[c.name], c, n) for c in table.columns]
     return pa.RecordBatch.from_arrays(arrays, schema=table.arrow_schema)

@@ -9,6 +9,7 @@ import os
 import struct
 import zlib
 from pathlib import Path
+from typing import Any, BinaryIO
 
 import numpy as np
 
@@ -34,13 +35,13 @@ class StateJournal:
         self.rows = np.zeros(1024, dtype=STATE_DTYPE)
         self.n = 0
         self.index: dict[int, int] = {}
-        self.meta: dict = {"since_ms": {}, "watermarks": {}}
+        self.meta: dict[str, Any] = {"since_ms": {}, "watermarks": {}}
         self.first_sessions: dict[str, int] = {}
         """Exporter name -> when flowmed first started a session with it (ms); durable on its own file."""
         self.gen = 0
         self.dirty: list[np.ndarray] = []
         self.journal_rows = 0
-        self._journal = None
+        self._journal: BinaryIO | None = None
         if directory is not None:
             if not readonly:
                 directory.mkdir(parents=True, exist_ok=True)
@@ -52,12 +53,12 @@ class StateJournal:
         get = self.index.get
         return np.fromiter((get(k, -1) for k in keys.tolist()), dtype=np.int64, count=len(keys))
 
-    def checkpoint(self) -> tuple:
+    def checkpoint(self) -> tuple[Any, ...]:
         """Undo information for the changes that follow (see :meth:`rollback`)."""
         self._undo: list[tuple[np.ndarray, np.ndarray]] = []
         return (self.n, json.dumps(self.meta), self._undo)
 
-    def rollback(self, token: tuple) -> None:
+    def rollback(self, token: tuple[Any, ...]) -> None:
         """Undo every change since ``checkpoint()`` returned ``token`` (nothing else may have changed since)."""
         n0, meta, undo = token
         for rows, old in reversed(undo):
@@ -95,7 +96,9 @@ class StateJournal:
         return self.dir / f"snapshot-{gen}.npz", self.dir / f"journal-{gen}.bin"
 
     def _load(self) -> None:
-        first = self.dir / FIRST_SESSIONS  # type: ignore[operator]
+        directory = self.dir
+        assert directory is not None  # only called with a directory
+        first = directory / FIRST_SESSIONS
         if first.exists():
             try:
                 self.first_sessions = {str(k): int(v) for k, v in json.loads(first.read_text()).items()}
@@ -130,7 +133,7 @@ class StateJournal:
         self.dirty.clear()
         if self.readonly:
             return
-        for old in self.dir.glob("*"):  # leftovers of an interrupted compaction
+        for old in directory.glob("*"):  # leftovers of an interrupted compaction
             if old.name not in (f"snapshot-{self.gen}.npz", f"journal-{self.gen}.bin", FIRST_SESSIONS):
                 old.unlink(missing_ok=True)
 
@@ -216,7 +219,7 @@ class StateJournal:
             self._journal.close()
             self._journal = None
 
-    def summary(self) -> dict:
+    def summary(self) -> dict[str, Any]:
         """What the state holds (for ``flowmed ipdr state``)."""
         live = self.rows[: self.n]
         last = int(live["rec_time"].max()) if self.n else 0

@@ -72,4 +72,5 @@ class CmSubscribers:
 
     def lookup(self, macs: np.ndarray) -> np.ndarray:
         """Subscriber id per MAC (object array; '' when unknown)."""
-        return self.names[self.lookup_index(macs)]
+        names: np.ndarray = self.names[self.lookup_index(macs)]
+        return names

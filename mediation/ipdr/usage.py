@@ -47,8 +47,10 @@ import logging
 import os
 import time
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pyarrow as pa
@@ -74,6 +76,9 @@ from mediation.stage import Sections, Tables
 from mediation.tables import USAGE
 
 log = logging.getLogger(__name__)
+
+AddressLookup = Callable[[np.ndarray, np.ndarray], np.ndarray]
+"""``(addresses S16, times ms) -> subscriber ids`` (object array, '' where unknown)."""
 
 REBOOT_TOLERANCE_CS = 6000  # 60 s of sysUpTime drift before calling it a reboot
 PREEXISTING_TOLERANCE_MS = 60_000  # flows created this little before the first session still count (clock skew)
@@ -118,8 +123,11 @@ class IpdrUsage:
 
     def __init__(self, state_dir: str | os.PathLike[str] | None = None, subscribers: CmSubscribers | None = None, *,
                  interval_s: int = 300, preexisting: str = "baseline", tombstone_retention_s: float = 7 * 86400,
-                 compact_rows: int = 1_000_000, address_lookup=None, max_span_s: float = 86400.0) -> None:
+                 compact_rows: int = 1_000_000,
+                 address_lookup: AddressLookup | None = None, max_span_s: float = 86400.0) -> None:
         self.state = StateJournal(Path(state_dir) if state_dir is not None else None)
+        self._checkpoint: tuple[Any, ...] | None = None
+        """The state before the last :meth:`mediate` call, for :meth:`undo_last`."""
         self.subscribers = subscribers or CmSubscribers(None)
         self.interval_ms = int(interval_s * 1000)
         self.preexisting = preexisting
@@ -208,8 +216,8 @@ class IpdrUsage:
 
     # -- deltas -----------------------------------------------------------------------------------------------
 
-    def _deltas(self, out: dict[str, np.ndarray], cols: dict, exporter_ip: bytes, exporter: str,
-                now_ms: int) -> dict[str, np.ndarray]:
+    def _deltas(self, out: dict[str, Any], cols: dict[str, Any], exporter_ip: bytes, exporter: str,
+                now_ms: int) -> dict[str, Any]:
         n = len(out["dsn"])
         if not all(c in cols for c in ("CmMacAddr", "ServiceIdentifier", "ServiceDirection",
                                        "ServiceOctetsPassed")):
@@ -344,10 +352,11 @@ class IpdrUsage:
                 since[h] = int(mine.min()) if had_hosts and len(mine) else first
                 owner[h] = exporter
             values.append(since[h])
-        return np.array(values, dtype=np.int64)[codes]
+        since_ms: np.ndarray = np.array(values, dtype=np.int64)[codes]
+        return since_ms
 
-    def _usage(self, out: dict[str, np.ndarray], mac: np.ndarray, exporter_ip: bytes, keys: np.ndarray,
-               span_start: np.ndarray) -> dict[str, np.ndarray]:
+    def _usage(self, out: dict[str, Any], mac: np.ndarray, exporter_ip: bytes, keys: np.ndarray,
+               span_start: np.ndarray) -> dict[str, Any]:
         billed = np.flatnonzero((out["delta_octets"] > 0) | (out["delta_packets"] > 0))
         rec_time = out["rec_creation_time"][billed]
         names = list(self.subscribers.names)
@@ -392,7 +401,7 @@ class IpdrUsage:
 
     def undo_last(self) -> None:
         """Undo the state changes of the last :meth:`mediate` call (its batches could not be handed over)."""
-        token = getattr(self, "_checkpoint", None)
+        token = self._checkpoint
         if token is not None:
             self.state.rollback(token)
             self._checkpoint = None
@@ -461,7 +470,8 @@ def _split(start: np.ndarray, end: np.ndarray, octets: np.ndarray, packets: np.n
         prev = np.zeros(len(piece), dtype=np.uint64)
         prev[1:] = cum[:-1]
         prev[offset == 0] = 0
-        return cum - prev
+        part: np.ndarray = cum - prev
+        return part
 
     o, p = parts(octets), parts(packets)
     keep = (o > 0) | (p > 0) | is_last  # no empty parts (a period that only grazes an interval)
