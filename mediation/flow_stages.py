@@ -17,17 +17,26 @@ decisions about flows are made here, not by the process:
 from __future__ import annotations
 
 import logging
+from typing import TYPE_CHECKING
 
 import pyarrow as pa
 
 from mediation import bounded
 from mediation.compliance.nat import without_nat_only
 from mediation.compliance.stage import ComplianceStage
+from mediation.ipdr.usage import IpdrRecords, IpdrUsage
 from mediation.mediator import Attribution, Mediator
 from mediation.stage import Sections, Stage, Tables
 from mediation.subscribers.static import StaticBindings
 
 log = logging.getLogger(__name__)
+
+if TYPE_CHECKING:
+    def _stages_implement_stage(m: Mediator, c: ComplianceStage, u: IpdrUsage) -> object:
+        """Never called: mypy checks here that the three stages implement :class:`Stage`."""
+        flows: list[Stage[pa.RecordBatch]] = [m, c]
+        records: Stage[IpdrRecords] = u
+        return flows, records
 
 NamedStages = list[tuple[str, Stage[pa.RecordBatch]]]
 """Stages in the order they run, each with the name its errors are counted under (``flowmed_pipeline_errors``)."""

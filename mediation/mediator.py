@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
+from typing import cast
 
 import numpy as np
 import pyarrow as pa
@@ -88,7 +89,7 @@ def column(batch: pa.RecordBatch, name: str) -> np.ndarray:
         return np.frombuffer(buf, dtype=f"S{width}", count=len(arr), offset=arr.offset * width)
     if pa.types.is_timestamp(arr.type):
         arr = arr.view(pa.int64())
-    return arr.to_numpy(zero_copy_only=False)
+    return cast(np.ndarray, arr.to_numpy(zero_copy_only=False))
 
 
 class Mediator:
@@ -150,7 +151,8 @@ class Mediator:
                 self._exporters.append(value)
                 self._exporter_roles.append(self.dedup.role_of(value))
             local[i] = idx
-        return local[enc.indices.to_numpy(zero_copy_only=False)]
+        indexes: np.ndarray = local[enc.indices.to_numpy(zero_copy_only=False)]
+        return indexes
 
     def reload(self, config: MediationConfig | Sections, now: int = 0, /) -> None:
         """Apply a reloaded configuration (SIGHUP): class rules, validation limits, watermark, exporter roles and the
@@ -361,7 +363,7 @@ class Mediator:
         first parts looked up with binding ids, the later parts of split records without."""
         if len(first) == len(hi):  # the common case: no record was split
             sub, bid = self.bindings.lookup_split(hi, lo, pstart, ids=True)
-            return sub, sub, bid
+            return sub, sub, cast(np.ndarray, bid)  # asked with ids
         fsub, fbid = self.bindings.lookup_split(hi[first], lo[first], pstart[first], ids=True)
         later = np.ones(len(hi), dtype=bool)
         later[first] = False
@@ -369,7 +371,7 @@ class Mediator:
         lsub, _ = self.bindings.lookup_split(hi[later], lo[later], pstart[later], ids=False)
         sub = np.empty(len(hi), dtype=np.result_type(fsub, lsub))
         sub[first], sub[later] = fsub, lsub
-        return sub, fsub, fbid
+        return sub, fsub, cast(np.ndarray, fbid)  # asked with ids
 
     def tick(self, now_ms: int, /) -> Tables:
         """Call about once a second: picks up binding changes made by other processes (every
@@ -452,7 +454,7 @@ class Mediator:
             cached = self._names_cache = (len(names), pa.array(names.tolist(), pa.string()))
         return cached[1]
 
-    def _reconciliation_batch(self, recon: list, now_ms: int) -> pa.RecordBatch:
+    def _reconciliation_batch(self, recon: list[tuple[int, int, np.ndarray, bool]], now_ms: int) -> pa.RecordBatch:
         exporters = self._exporter_array()
         cols: dict[str, np.ndarray] = {
             "interval_start": np.array([x[0] for x in recon], dtype=np.int64),

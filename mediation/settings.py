@@ -70,12 +70,12 @@ class ClassRule:
                 ipaddress.ip_network(p, strict=False)
             except ValueError:
                 raise ConfigError(f"{key}.prefixes[{i}]", p, "an IP prefix") from None
-        for i, p in enumerate(self.ports):
-            if not 0 <= p < 65536:
-                raise ConfigError(f"{key}.ports[{i}]", p, "a port number")
-        for i, p in enumerate(self.protocols):
-            if not 0 <= p < 256:
-                raise ConfigError(f"{key}.protocols[{i}]", p, "an IP protocol number")
+        for i, port in enumerate(self.ports):
+            if not 0 <= port < 65536:
+                raise ConfigError(f"{key}.ports[{i}]", port, "a port number")
+        for i, protocol in enumerate(self.protocols):
+            if not 0 <= protocol < 256:
+                raise ConfigError(f"{key}.protocols[{i}]", protocol, "an IP protocol number")
 
 
 @dataclass(frozen=True)
