@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import itertools
 import logging
+from typing import cast
 
 import numpy as np
 import pyarrow as pa
@@ -45,7 +46,8 @@ def translated(addresses: np.ndarray) -> np.ndarray:
     """True where a post-NAT address (``S16``) is set (neither all zero nor 0.0.0.0)."""
     halves = np.ascontiguousarray(addresses).view("<u8").reshape(-1, 2)  # integer compares, not bytes compares
     hi, lo = halves[:, 0], halves[:, 1]
-    return (hi != 0) | ((lo != 0) & (lo != _MAPPED_ZERO_LO))
+    is_set: np.ndarray = (hi != 0) | ((lo != 0) & (lo != _MAPPED_ZERO_LO))
+    return is_set
 
 
 def _msec(ms: np.ndarray) -> np.ndarray:
@@ -297,6 +299,7 @@ class ComplianceStage:
         dhi, dlo = split_addresses(c["dst_addr"][picked])
         s_sub, s_bid = self.bindings.lookup_split(shi, slo, tt)
         d_sub, d_bid = self.bindings.lookup_split(dhi, dlo, tt)
+        s_bid, d_bid = cast(np.ndarray, s_bid), cast(np.ndarray, d_bid)  # asked with ids
         if todo is None:
             return s_sub, s_bid, d_sub, d_bid
         ssub[todo], sbid[todo], dsub[todo], dbid[todo] = s_sub, s_bid, d_sub, d_bid
