@@ -48,7 +48,7 @@ def _run(conn: CollectorConnection, usage: IpdrUsage, documents: list[bytes]) ->
     for doc in documents:
         for ev in conn.receive_data(doc):
             if isinstance(ev, RecordsReceived):
-                result = usage.process(ev, "cmts1", EXPORTER_IP, 0)
+                result = usage.mediate(ev, "cmts1", EXPORTER_IP, 0)
                 records += result.ipdr_records.num_rows
                 usage_rows += result.usage.num_rows
     return records, usage_rows

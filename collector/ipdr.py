@@ -44,9 +44,10 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from collector.config import Config, IpdrConfig, IpdrExporter, split_endpoint
+from collector.config import Config, split_endpoint
 from decoders.ipdr import messages as m
 from decoders.ipdr.session import CollectorConnection, ConnState, ProtocolViolation, RecordsReceived, SessState
+from mediation.ipdr.settings import IpdrConfig, IpdrExporter
 from mediation.ipdr.usage import CmSubscribers, IpdrUsage
 
 log = logging.getLogger("flowmed.ipdr")
@@ -445,7 +446,7 @@ class _Connection:
         self.useful = True
         session_name = self.conn.sessions[ev.session_id].name
         async with owner.durability.lock:  # never between a flush and its commit
-            result = owner.usage.process(ev, self.name, self.exporter_ip, int(owner.wall_clock() * 1000),
+            result = owner.usage.mediate(ev, self.name, self.exporter_ip, int(owner.wall_clock() * 1000),
                                          session_name)
             # usage first: if the sink refuses it (overload), the batch is undone and nothing is acknowledged, so
             # the CMTS redelivers it; raw records refused after their usage was taken are only counted.

@@ -42,6 +42,11 @@ from collector.systemd import Notifier, watchdog_interval_s
 from collector.tables import load_tables  # every table and its retention setting registered
 from decoders.schema import FLOWS
 from decoders.sflow.tables import INTERFACE_COUNTERS
+from mediation.compliance.stage import ComplianceStage, make_compliance
+from mediation.flow_stages import NamedStages, flow_stages
+from mediation.mediator import Mediator
+from mediation.subscribers.bindings import Bindings
+from mediation.subscribers.static import StaticBindings
 
 TICK_S = 1.0
 LEGACY_STATE_MAX_BYTES = 64 * 1024 * 1024
@@ -96,17 +101,24 @@ def now_ms() -> int:
 
 
 class Pipeline:
-    """Decoder → optional Mediator → Sink for one process; :meth:`process` takes one batch of datagrams.
+    """Decoder → mediation stages → Sink for one process; :meth:`process` takes one batch of datagrams.
 
-    Kept apart from the socket handling so tools and tests can drive exactly the code the daemon runs.
+    The stages (:func:`mediation.flow_stages.flow_stages`: the Mediator, the compliance stage) run in order on each
+    batch's flows; what they decide about flows is theirs. Kept apart from the socket handling so tools and tests can
+    drive exactly the code the daemon runs.
     """
 
-    def __init__(self, config: Config, metrics: metrics_mod.Metrics, sink: Any, mediator: Any = None,
-                 decoder: Any = None) -> None:
+    def __init__(self, config: Config, metrics: metrics_mod.Metrics, sink: Any, mediator: Mediator | None = None,
+                 decoder: Any = None, *, compliance: ComplianceStage | None = None,
+                 static: StaticBindings | None = None) -> None:
         self.config = config
         self.metrics = metrics
         self.decoder = decoder if decoder is not None else make_decoder(config)
         self.mediator = mediator
+        self.compliance = compliance
+        """nat_events and ip_detail_records, when enabled (make_compliance)."""
+        self.stages: NamedStages = flow_stages(mediator, compliance, static=static,
+                                               static_check_interval_s=config.subscribers.static_check_interval_s)
         self.sink = sink
         self.board = status_mod.StatusBoard(config.decoder.max_exporters)
         self.errors_log = RateLimiter(60.0)
@@ -115,10 +127,6 @@ class Pipeline:
         self.datagrams = 0
         self.flows = 0
         self._usage_seen: dict[str, int] = {}
-        self._static_checked = 0
-        self.compliance: Any = None
-        """mediation.compliance.stage.ComplianceStage (nat_events, ip_detail_records), set by the Server when
-        enabled."""
 
     def process(self, batch: list[Datagram]) -> int:
         """Decode ``batch``, mediate and hand the tables to the sink; returns the number of flows decoded."""
@@ -143,30 +151,12 @@ class Pipeline:
         tables: dict[str, Any] = {"flows": flows} if n else {}
         if getattr(result, "n_counters", 0):  # sFlow counter samples (a decoder given by a test may have none)
             tables["interface_counters"] = INTERFACE_COUNTERS.to_arrow(result.interface_counters)
-        attribution = None  # the Mediator's subscriber lookups, reused by the compliance stage
-        if self.mediator is not None and n:
-            share = self.compliance is not None and hasattr(self.mediator, "take_attribution")
-            if hasattr(self.mediator, "take_attribution"):
-                self.mediator.keep_attribution = share
+        for name, stage in self.stages if n else ():
             try:
-                from mediation.bounded import mediate_bounded
-                from mediation.compliance.nat import without_nat_only
-
-                # in slices of bounded interval parts: long records cannot make one call use gigabytes
-                tables.update(mediate_bounded(self.mediator, without_nat_only(flows), received,
-                                              self.config.mediation.interval_s * 1000))
-                attribution = self.mediator.take_attribution() if share else None
-            except Exception as exc:  # a mediation bug must not stop the raw flows from being stored
-                if share:
-                    self.mediator.take_attribution()  # a partial one: compliance looks everything up itself
-                m.pipeline_errors.labels("mediation").inc()
-                log("error", "mediation failed on a batch", flows=n, error=repr(exc))
-        if self.compliance is not None and n:
-            try:
-                tables.update(self.compliance.process(flows, received, attribution))
-            except Exception as exc:  # a compliance bug must not stop the raw flows and usage from being stored
-                m.pipeline_errors.labels("compliance").inc()
-                log("error", "compliance stage failed on a batch", flows=n, error=repr(exc))
+                tables.update(stage.process(flows, received))
+            except Exception as exc:  # a stage's bug must not stop the raw flows and the other stages' tables
+                m.pipeline_errors.labels(name).inc()
+                log("error", f"{name} failed on a batch", flows=n, error=repr(exc))
         for name, table_batch in tables.items():
             if table_batch is not None and table_batch.num_rows:
                 try:
@@ -268,10 +258,6 @@ class Pipeline:
                 if delta > 0:
                     metric.labels(label_value).inc(delta)
                 self._usage_seen[key] = value
-        static = getattr(self.mediator, "static", None)
-        if static is not None and now - self._static_checked >= self.config.subscribers.static_check_interval_s * 1000:
-            self._static_checked = now
-            static.maybe_reload(now)
         m.pending_bytes.set(self.decoder.pending_bytes())
         m.template_bytes.set(self.decoder.template_memory())
 
@@ -344,32 +330,22 @@ def sampling_policy(config: Config) -> Any:
     return SamplingPolicy(s.default_rate, [(r.prefix, r.rate, r.override) for r in s.rules])
 
 
-def make_mediator(config: Config, worker: int | None = None) -> Any:
-    """The flow Mediator when ``[mediation] enabled`` and mediation is part of this build, else None.
-
-    Bindings are the durable store shared by every process (``subscribers.bindings_db``); the static bindings file,
-    if any, is applied by one process only (the single process, or worker 0) and picked up by the others through
-    ``Bindings.refresh``.
-    """
+def make_mediator(config: Config, worker: int | None = None) -> Mediator | None:
+    """The flow Mediator when ``[mediation] enabled``, else None. Its bindings are the durable store shared by every
+    process (``subscribers.bindings_db``)."""
     if not config.mediation.enabled:
         return None
-    try:
-        from mediation import Mediator
-        from mediation.subscribers.bindings import Bindings
-    except ImportError:
-        return None
-    for_config = getattr(Mediator, "for_config", None)
-    if callable(for_config):
-        return for_config(config, worker=worker)
-    bindings = Bindings(config.data_path(config.subscribers.bindings_db))
-    mediator = Mediator(config, bindings, worker=worker)
-    mediator.static = None  # type: ignore[attr-defined]
-    if config.subscribers.static_file and worker in (None, 0):
-        from mediation.subscribers.static import StaticBindings
+    return Mediator(config, Bindings(config.data_path(config.subscribers.bindings_db)), worker=worker)
 
-        mediator.static = StaticBindings(config.subscribers.static_file, bindings)  # type: ignore[attr-defined]
-        mediator.static.reload(now_ms())  # a broken file at start is a start failure, like a broken config
-    return mediator
+
+def make_static(config: Config, mediator: Mediator | None, worker: int | None = None) -> StaticBindings | None:
+    """The static bindings file, applied now, when there is one and mediation runs. One process only applies it
+    (the single process, or worker 0); the others pick its bindings up through ``Bindings.refresh``."""
+    if mediator is None or not config.subscribers.static_file or worker not in (None, 0):
+        return None
+    static = StaticBindings(config.subscribers.static_file, mediator.bindings)
+    static.reload(now_ms())  # a broken file at start is a start failure, like a broken config
+    return static
 
 
 def make_sink(config: Config, metrics: metrics_mod.Metrics, worker: int | None = None) -> Any:
@@ -502,13 +478,13 @@ class Server:
         self._load_state(decoder)
         sink = self._sink_arg if self._sink_arg is not None else make_sink(cfg, self.metrics, self.worker)
         mediator = make_mediator(cfg, self.worker) if self._mediator_arg == "auto" else self._mediator_arg
-        self.pipeline = Pipeline(cfg, self.metrics, sink, mediator, decoder)
+        static = make_static(cfg, mediator, self.worker) if self._mediator_arg == "auto" else None
+        self.pipeline = Pipeline(cfg, self.metrics, sink, mediator, decoder,
+                                 compliance=make_compliance(cfg, mediator, self.worker), static=static)
         if mediator is not None:
-            from mediation.compliance.stage import make_compliance
             from mediation.dedup import warm_up as warm_up_mediation
 
             warm_up_mediation()  # the record key and de-duplication kernels, before READY like the sFlow ones
-            self.pipeline.compliance = make_compliance(cfg, mediator, self.worker)
         if self.worker is None and cfg.metrics.enabled:
             self.http = status_mod.HttpServer(cfg.metrics.listen, self.registry, self.fresh_status)
             self.http.start()
@@ -590,22 +566,14 @@ class Server:
         p, m = self.pipeline, self.metrics
         now = now_ms()
         p.refresh_gauges(now)
-        tick = getattr(p.mediator, "tick", None)
-        if tick is not None:  # closes usage intervals when no flows arrive
+        for stage_name, stage in p.stages:  # closes usage intervals when no flows arrive, picks up bindings
             try:
-                for name, batch in (tick(now) or {}).items():
-                    if batch is not None and batch.num_rows:
+                for name, batch in stage.tick(now).items():
+                    if batch.num_rows:
                         p.sink.add(name, batch)
             except Exception as exc:
-                m.pipeline_errors.labels("mediation").inc()
-                log("error", "mediation tick failed", error=repr(exc))
-        if p.compliance is not None:  # static binding changes mirrored to the bindings table
-            try:
-                for name, batch in p.compliance.tick(now).items():
-                    p.sink.add(name, batch)
-            except Exception as exc:
-                m.pipeline_errors.labels("compliance").inc()
-                log("error", "compliance tick failed", error=repr(exc))
+                m.pipeline_errors.labels(stage_name).inc()
+                log("error", f"{stage_name} tick failed", error=repr(exc))
         for name, batch in self.exporter_stats.tick(now, p.board, m.decode_errors).items():
             p.sink.add(name, batch)
         try:
@@ -694,19 +662,9 @@ class Server:
             p.admission = make_admission(new)  # exporter allowlist and rate limit take effect at once
             log("info", "exporter allowlist and rate limit reloaded", allow=new.listen.allow,
                 exporter_rate_limit=new.listen.exporter_rate_limit)
-        if p.mediator is not None:
-            if hasattr(p.mediator, "reload"):
-                p.mediator.reload(new)
-            elif new.mediation != old.mediation:
-                log("warning", "mediation settings changed: they take effect at the next restart")
-            static = getattr(p.mediator, "static", None)
-            if static is not None:
-                try:
-                    static.reload(now_ms())
-                except ValueError as exc:
-                    log("error", "static bindings file refused; keeping the previous bindings", error=str(exc))
-        if p.compliance is not None:
-            p.compliance.reload(new)
+        now = now_ms()
+        for _, stage in p.stages:
+            stage.reload(new, now)
         if new.listen.endpoints() != old.listen.endpoints() or new.metrics.listen != old.metrics.listen:
             log("warning", "listen addresses changed: they take effect at the next restart")
         self.metrics.config_reloads.labels("ok").inc()
@@ -759,13 +717,13 @@ class Server:
     def _final_flush(self) -> None:
         p = self.pipeline
         assert p is not None
-        if p.mediator is not None and hasattr(p.mediator, "close_all"):
+        for stage_name, stage in p.stages:
             try:
-                for name, batch in (p.mediator.close_all(now_ms()) or {}).items():
-                    if batch is not None and batch.num_rows:
+                for name, batch in stage.close(now_ms()).items():
+                    if batch.num_rows:
                         p.sink.add(name, batch)
             except Exception as exc:
-                log("error", "mediation close failed", error=repr(exc))
+                log("error", f"{stage_name} close failed", error=repr(exc))
         before = getattr(p.sink, "pending_rows", 0)
         p.sink.flush()
         p.sink.close()

@@ -14,6 +14,8 @@
 
 from __future__ import annotations
 
+from typing import Any, cast
+
 import numpy as np
 
 KEY_COLUMNS = ("interval_start", "sub", "direction", "cls", "exporter")
@@ -108,7 +110,7 @@ class Allocation:
             rank = np.arange(len(ranked)) - np.repeat(np.cumsum(c) - c, c)
             part[ranked[rank < np.repeat(left[more], c)]] += np.uint64(1)
         out[self.idx] = part
-        return out
+        return cast(np.ndarray, out)
 
 
 def allocate(values: np.ndarray, record: np.ndarray, overlap: np.ndarray, duration: np.ndarray) -> np.ndarray:
@@ -197,7 +199,7 @@ class _DenseSums:
 
     def index(self, parts: dict[str, np.ndarray]) -> np.ndarray:
         """The slot of each part (int64)."""
-        idx = None
+        idx: np.ndarray | None = None
         for dim, lo, size in zip(_DIMS, self.lo, self.size, strict=True):
             k = parts[dim]
             if idx is None:
@@ -208,7 +210,7 @@ class _DenseSums:
                 idx += k
             if lo:
                 idx -= lo
-        return idx
+        return cast(np.ndarray, idx)  # _DIMS is not empty
 
     def keys(self, slots: np.ndarray) -> dict[str, np.ndarray]:
         """The key columns (as int64) of ``slots``."""
@@ -291,7 +293,8 @@ class UsageAggregator:
     def open_intervals(self) -> list[int]:
         return sorted(self._open)
 
-    def _is_closed(self, interval_start: np.ndarray, now_ms: int) -> np.ndarray:
+    def _is_closed(self, interval_start: Any, now_ms: int) -> Any:
+        """Whether intervals starting at ``interval_start`` (an int or an array) are closed at ``now_ms``."""
         return interval_start + self.interval_ms + self.watermark_ms <= now_ms
 
     def add(self, parts: dict[str, np.ndarray], now_ms: int) -> None:

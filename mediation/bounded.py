@@ -13,6 +13,8 @@ from __future__ import annotations
 import numpy as np
 import pyarrow as pa
 
+from mediation.stage import Stage, Tables
+
 MAX_PARTS = 2_000_000
 """Interval parts per Mediator.process call (about 100 MB of part columns)."""
 
@@ -21,7 +23,8 @@ def parts_per_record(start_ms: np.ndarray, end_ms: np.ndarray, interval_ms: int)
     """How many interval parts each record ``[start, end)`` becomes (at least 1)."""
     start = np.asarray(start_ms, dtype=np.int64)
     end = np.maximum(np.asarray(end_ms, dtype=np.int64), start)
-    return (np.maximum(end - 1, start) // interval_ms) - (start // interval_ms) + 1
+    parts: np.ndarray = (np.maximum(end - 1, start) // interval_ms) - (start // interval_ms) + 1
+    return parts
 
 
 def slices_by_parts(batch: pa.RecordBatch, interval_ms: int, max_parts: int = MAX_PARTS,
@@ -52,8 +55,8 @@ def slices_by_parts(batch: pa.RecordBatch, interval_ms: int, max_parts: int = MA
     return out
 
 
-def mediate_bounded(mediator, flows: pa.RecordBatch, received_ms: int, interval_ms: int,
-                    max_parts: int = MAX_PARTS) -> dict[str, pa.RecordBatch]:
+def mediate_bounded(mediator: Stage[pa.RecordBatch], flows: pa.RecordBatch, received_ms: int, interval_ms: int,
+                    max_parts: int = MAX_PARTS) -> Tables:
     """``mediator.process(flows, received_ms)`` slice by slice (:func:`slices_by_parts`), the outputs of the slices
     concatenated per table."""
     slices = slices_by_parts(flows, interval_ms, max_parts)

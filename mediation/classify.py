@@ -11,6 +11,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
+from mediation.settings import ClassRule
 from mediation.subscribers.bindings import BindingIndex, parse_network
 from mediation.tables import OPEN_END_MS
 
@@ -18,7 +19,7 @@ from mediation.tables import OPEN_END_MS
 class Classifier:
     """Compiled class rules: ``classify(...)`` returns a class index per record; ``names[index]`` is the class."""
 
-    def __init__(self, rules: Sequence, default_class: str = "default") -> None:
+    def __init__(self, rules: Sequence[ClassRule], default_class: str = "default") -> None:
         """``rules``: objects with ``name``, ``prefixes``, ``ports`` and ``protocols`` (e.g. ``ClassRule``)."""
         self.names = np.array([r.name for r in rules] + [default_class], dtype=object)
         self._rules = []
@@ -27,8 +28,10 @@ class Classifier:
             if r.prefixes:
                 nets = [parse_network(p) for p in r.prefixes]
                 n = len(nets)
-                prefixes = BindingIndex(np.arange(n), np.zeros(n), [x[0] for x in nets], [x[1] for x in nets],
-                                        [x[2] for x in nets], np.zeros(n), np.full(n, OPEN_END_MS))
+                prefixes = BindingIndex(np.arange(n), np.zeros(n), np.array([x[0] for x in nets], dtype=np.uint64),
+                                        np.array([x[1] for x in nets], dtype=np.uint64),
+                                        np.array([x[2] for x in nets], dtype=np.int16), np.zeros(n),
+                                        np.full(n, OPEN_END_MS))
             ports = np.array(sorted(set(r.ports)), dtype=np.uint16) if r.ports else None
             protocols = np.array(sorted(set(r.protocols)), dtype=np.uint8) if r.protocols else None
             self._rules.append((prefixes, ports, protocols))

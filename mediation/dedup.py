@@ -31,6 +31,7 @@ from numba.extending import intrinsic
 
 from mediation.hashing import CACHE, hash_columns
 from mediation.hashing import warm_up as warm_up_hashing
+from mediation.settings import ExporterRole
 from mediation.subscribers.bindings import parse_network, split_addresses
 
 ROLES = ("primary", "shared", "secondary")
@@ -276,7 +277,7 @@ class _Generation:
 class Deduplicator:
     """Marks duplicate records; see the module docstring."""
 
-    def __init__(self, window_ms: int, max_keys: int, roles: Sequence = ()) -> None:
+    def __init__(self, window_ms: int, max_keys: int, roles: Sequence[ExporterRole] = ()) -> None:
         """``roles``: objects with ``prefix`` and ``role`` (e.g. ``ExporterRole``); longest prefix wins."""
         self.configure(window_ms, max_keys, roles)
         self._current = _Generation(min(self.max_keys, INITIAL_KEYS))
@@ -284,7 +285,7 @@ class Deduplicator:
         self._started_ms: int | None = None
         self.evictions = 0
 
-    def configure(self, window_ms: int, max_keys: int, roles: Sequence = ()) -> None:
+    def configure(self, window_ms: int, max_keys: int, roles: Sequence[ExporterRole] = ()) -> None:
         """(Re)configure window, size bound (from the next generation on) and exporter roles; keys are kept."""
         self.window_ms = window_ms
         self.max_keys = max(max_keys // 2, 1024)
@@ -327,7 +328,7 @@ class Deduplicator:
         """True for records that are duplicates (of an earlier record, of one in the same batch, or by role)."""
         self._rotate(now_ms, len(keys))
         keys = _keys_arg(keys)
-        dup = np.asarray(exporter_role) == ROLES.index("secondary")  # by role: neither looked up nor remembered
+        dup: np.ndarray = np.asarray(exporter_role) == ROLES.index("secondary")  # by role: neither looked up nor remembered
         if self._previous is not None:
             self._previous.find_into(keys, dup)  # remembered, but not refreshed into the current generation
         self._current.insert_into(keys, dup)  # in order: a key's first occurrence in the batch is the one kept

@@ -11,6 +11,7 @@ per ``time`` and ``exporter``. Importing this module registers both tables and t
 from __future__ import annotations
 
 import ipaddress
+from typing import Any
 
 import numpy as np
 import pyarrow as pa
@@ -75,9 +76,9 @@ def address_bytes(text: str) -> bytes:
     return (ipaddress.IPv6Address(f"::ffff:{addr}") if addr.version == 4 else addr).packed
 
 
-def stats_batch(time_ms: int, period_ms: int, worker: int, rows: list[dict]) -> pa.RecordBatch:
+def stats_batch(time_ms: int, period_ms: int, worker: int, rows: list[dict[str, Any]]) -> pa.RecordBatch:
     """An ``exporter_stats`` batch from per-exporter rows (``exporter`` as text plus the counter columns)."""
-    cols = {
+    cols: dict[str, np.ndarray] = {
         "time": np.full(len(rows), time_ms, dtype=np.int64),
         "period_ms": np.full(len(rows), period_ms, dtype=np.uint32),
         "exporter": np.array([address_bytes(r["exporter"]) for r in rows], dtype="S16"),

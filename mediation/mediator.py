@@ -22,8 +22,8 @@ kernel keeps each exporter on one worker) produce partial rows that sum to what 
 from __future__ import annotations
 
 import logging
-import time
 from dataclasses import dataclass
+from typing import cast
 
 import numpy as np
 import pyarrow as pa
@@ -34,6 +34,8 @@ from mediation.classify import Classifier
 from mediation.dedup import Deduplicator
 from mediation.hashing import hash_columns
 from mediation.reconcile import FIELDS, Reconciler
+from mediation.settings import MediationConfig
+from mediation.stage import Sections, Tables
 from mediation.subscribers.bindings import Bindings, split_addresses
 from mediation.tables import DIRECTIONS, RECONCILIATION, REJECTS, USAGE
 from mediation.validate import REASONS, validate
@@ -87,22 +89,24 @@ def column(batch: pa.RecordBatch, name: str) -> np.ndarray:
         return np.frombuffer(buf, dtype=f"S{width}", count=len(arr), offset=arr.offset * width)
     if pa.types.is_timestamp(arr.type):
         arr = arr.view(pa.int64())
-    return arr.to_numpy(zero_copy_only=False)
+    return cast(np.ndarray, arr.to_numpy(zero_copy_only=False))
 
 
 class Mediator:
     """Flow mediation for one worker; see the module docstring."""
 
-    def __init__(self, config, bindings: Bindings, *, source: str = "flow", reconciliation_source: str | None = None,
-                 refresh_interval_s: float | None = None, worker: int | None = None) -> None:
-        """``config``: the whole :class:`collector.config.Config` or just its ``MediationConfig``. ``worker``: this
+    def __init__(self, config: MediationConfig | Sections, bindings: Bindings, *, source: str = "flow",
+                 reconciliation_source: str | None = None, refresh_interval_s: float | None = None,
+                 worker: int | None = None) -> None:
+        """``config``: the process's settings (:class:`mediation.stage.Sections`) or just a ``MediationConfig``
+        (then the bindings' in-memory index is not bounded). ``worker``: this
         process's worker index (several workers), part of the usage row ids: two workers that both saw an exporter
         (SO_REUSEPORT spreads an exporter's source ports) write distinct parts, not re-sends of one row.
 
         ``source`` goes into usage rows, ``reconciliation_source`` (default: the same) into reconciliation rows
         (``flowmed reprocess`` uses 'reprocess' so re-processed rejects balance apart from the first pass)."""
-        mc = getattr(config, "mediation", config)
-        subs = getattr(config, "subscribers", None)
+        mc = config if isinstance(config, MediationConfig) else config.mediation
+        subs = None if isinstance(config, MediationConfig) else config.subscribers
         self.config = mc
         self.bindings = bindings
         self.source = source
@@ -123,8 +127,9 @@ class Mediator:
         self._exporter_roles: list[int] = []
         if refresh_interval_s is None:
             refresh_interval_s = subs.refresh_interval_s if subs is not None else 1.0
-        self._refresh_s = refresh_interval_s
-        self._last_refresh = 0.0
+        self._refresh_ms = int(refresh_interval_s * 1000)
+        self._last_refresh: int | None = None
+        self._names_cache: tuple[int, pa.Array] | None = None
         self._set_binding_limits(config)
         self.keep_attribution = False
         """Record each batch's :class:`Attribution` for :meth:`take_attribution` (the Pipeline sets this when the
@@ -146,12 +151,14 @@ class Mediator:
                 self._exporters.append(value)
                 self._exporter_roles.append(self.dedup.role_of(value))
             local[i] = idx
-        return local[enc.indices.to_numpy(zero_copy_only=False)]
+        indexes: np.ndarray = local[enc.indices.to_numpy(zero_copy_only=False)]
+        return indexes
 
-    def reload(self, config) -> None:
+    def reload(self, config: MediationConfig | Sections, now: int = 0, /) -> None:
         """Apply a reloaded configuration (SIGHUP): class rules, validation limits, watermark, exporter roles and the
-        de-duplication window. ``interval_s`` cannot change under open intervals: that takes a restart."""
-        mc = getattr(config, "mediation", config)
+        de-duplication window. ``interval_s`` cannot change under open intervals: that takes a restart. (``now``:
+        as every stage is given it; nothing here depends on it.)"""
+        mc = config if isinstance(config, MediationConfig) else config.mediation
         if int(mc.interval_s * 1000) != self.interval_ms:
             log.warning("mediation.interval_s changes take effect at the next restart")
         old_names = self._class_names
@@ -168,28 +175,29 @@ class Mediator:
         self.dedup.configure(int(mc.dedup_window_s * 1000), mc.dedup_max_keys, mc.exporter_roles)
         self._exporter_roles = [self.dedup.role_of(e) for e in self._exporters]
         self.config = mc
-        subs = getattr(config, "subscribers", None)
-        if subs is not None:
-            self._refresh_s = subs.refresh_interval_s
+        if not isinstance(config, MediationConfig):
+            self._refresh_ms = int(config.subscribers.refresh_interval_s * 1000)
         self._set_binding_limits(config)
 
-    def _set_binding_limits(self, config) -> None:
+    def _set_binding_limits(self, config: MediationConfig | Sections) -> None:
         """Bound the bindings' in-memory index (``subscribers.memory_horizon_s``, ``max_memory_bindings``); only
-        with a whole Config (a bare MediationConfig leaves the index unbounded, as before)."""
-        subs = getattr(config, "subscribers", None)
-        if subs is not None and hasattr(self.bindings, "set_memory_limits"):
+        with the whole settings (a bare MediationConfig leaves the index unbounded, as before)."""
+        if not isinstance(config, MediationConfig):
+            subs = config.subscribers
             self.bindings.set_memory_limits(subs.memory_horizon_ms(self.config), subs.max_memory_bindings)
 
-    def _maybe_refresh(self) -> None:
-        now = time.monotonic()
-        if now - self._last_refresh >= self._refresh_s:
+    def _maybe_refresh(self, now: int) -> None:
+        """Pick up binding changes of other processes every ``refresh_interval_s`` (by ``now``; a clock that went
+        back refreshes at once rather than waiting for it to catch up)."""
+        last = self._last_refresh
+        if last is None or now - last >= self._refresh_ms or now < last:
             self._last_refresh = now
             self.bindings.refresh()
 
     # --- the pipeline ---
-    def process(self, flows: pa.RecordBatch, now_ms: int) -> dict[str, pa.RecordBatch]:
-        """Mediate one batch of the ``flows`` table; returns batches by table name."""
-        self._maybe_refresh()
+    def process(self, flows: pa.RecordBatch, now_ms: int, /) -> Tables:
+        """Mediate one batch of the ``flows`` table; returns batches by table name. Reads no clock and does no I/O
+        of its own: the bindings are as the last :meth:`tick` refreshed them."""
         n = flows.num_rows
         if n == 0:
             return self._emit(now_ms, force=False, rejects=None)
@@ -355,7 +363,7 @@ class Mediator:
         first parts looked up with binding ids, the later parts of split records without."""
         if len(first) == len(hi):  # the common case: no record was split
             sub, bid = self.bindings.lookup_split(hi, lo, pstart, ids=True)
-            return sub, sub, bid
+            return sub, sub, cast(np.ndarray, bid)  # asked with ids
         fsub, fbid = self.bindings.lookup_split(hi[first], lo[first], pstart[first], ids=True)
         later = np.ones(len(hi), dtype=bool)
         later[first] = False
@@ -363,19 +371,23 @@ class Mediator:
         lsub, _ = self.bindings.lookup_split(hi[later], lo[later], pstart[later], ids=False)
         sub = np.empty(len(hi), dtype=np.result_type(fsub, lsub))
         sub[first], sub[later] = fsub, lsub
-        return sub, fsub, fbid
+        return sub, fsub, cast(np.ndarray, fbid)  # asked with ids
 
-    def tick(self, now_ms: int) -> dict[str, pa.RecordBatch]:
-        """Close the intervals whose watermark has passed when no flows arrive (call about once a second); drops
-        long-closed bindings from the in-memory index (hourly, in the background)."""
-        self._maybe_refresh()
-        if hasattr(self.bindings, "maybe_prune"):
-            self.bindings.maybe_prune(now_ms)
+    def tick(self, now_ms: int, /) -> Tables:
+        """Call about once a second: picks up binding changes made by other processes (every
+        ``subscribers.refresh_interval_s``), closes the intervals whose watermark has passed when no flows arrive,
+        and drops long-closed bindings from the in-memory index (hourly, in the background)."""
+        self._maybe_refresh(now_ms)
+        self.bindings.maybe_prune(now_ms)
         return self._emit(now_ms, force=False, rejects=None)
 
-    def close_all(self, now_ms: int) -> dict[str, pa.RecordBatch]:
+    def close(self, now_ms: int, /) -> Tables:
         """Emit every open interval and every pending reconciliation row (shutdown)."""
         return self._emit(now_ms, force=True, rejects=None)
+
+    def close_all(self, now_ms: int) -> Tables:
+        """:meth:`close` (the name its tools and tests know)."""
+        return self.close(now_ms)
 
     # --- output batches ---
     def _rejects(self, flows: pa.RecordBatch, rows: np.ndarray, reason: np.ndarray, keys: np.ndarray,
@@ -437,12 +449,12 @@ class Mediator:
         return pa.RecordBatch.from_arrays(arrays, schema=USAGE.arrow_schema)
 
     def _arrow_names(self, names: np.ndarray) -> pa.Array:
-        cached = getattr(self, "_names_cache", None)
+        cached = self._names_cache
         if cached is None or cached[0] != len(names):
             cached = self._names_cache = (len(names), pa.array(names.tolist(), pa.string()))
         return cached[1]
 
-    def _reconciliation_batch(self, recon: list, now_ms: int) -> pa.RecordBatch:
+    def _reconciliation_batch(self, recon: list[tuple[int, int, np.ndarray, bool]], now_ms: int) -> pa.RecordBatch:
         exporters = self._exporter_array()
         cols: dict[str, np.ndarray] = {
             "interval_start": np.array([x[0] for x in recon], dtype=np.int64),

@@ -9,6 +9,8 @@ parts, so a reader sums them per interval and exporter (``flowmed reconcile``).
 from __future__ import annotations
 
 import logging
+from collections.abc import Mapping
+from typing import Any, cast
 
 import numpy as np
 
@@ -16,17 +18,20 @@ from mediation.aggregate import group_sum
 
 log = logging.getLogger(__name__)
 
+Columns = dict[str, np.ndarray]
+"""Arrays by field name."""
+
 FIELDS = ("records_in", "bytes_in", "bytes_attributed", "bytes_unattributed", "bytes_rejected", "bytes_duplicate",
           "records_rejected", "records_duplicate", "bytes_usage")
 
 
-def balance_holds(row: dict) -> bool:
+def balance_holds(row: Mapping[str, Any]) -> bool:
     """bytes_in == attributed + unattributed + rejected + duplicate (plain ints, e.g. summed rows)."""
     return int(row["bytes_in"]) == (int(row["bytes_attributed"]) + int(row["bytes_unattributed"])
                                     + int(row["bytes_rejected"]) + int(row["bytes_duplicate"]))
 
 
-def net_totals(received: dict, reprocessed: dict) -> dict:
+def net_totals(received: Mapping[str, Any], reprocessed: Mapping[str, Any]) -> dict[str, int]:
     """Where the received records and bytes are after re-processing: ``received`` (first-pass sums) with the
     re-processed rejects (``reprocessed``, sums of the 'reprocess' rows) moved out of rejected into where they went
     the second time. Records in stay those received: a re-processed reject was received once. Balances when both
@@ -92,7 +97,7 @@ class Reconciler:
             self.unbalanced_batches += 1
         return ok
 
-    def _dense(self, interval: np.ndarray, exporter: np.ndarray, per_record: dict, per_part: dict,
+    def _dense(self, interval: np.ndarray, exporter: np.ndarray, per_record: Columns, per_part: Columns,
                part_record: np.ndarray) -> dict[tuple[int, int], np.ndarray] | None:
         """Sums over a small dense key (the usual case: a few intervals and exporters per batch, often one)."""
         if not len(interval):
@@ -116,7 +121,7 @@ class Reconciler:
         return {(i0 + k // n_exp * self.interval_ms, k % n_exp): sums[k].copy() for k in present}
 
     @staticmethod
-    def _dense_sums(key: np.ndarray | None, nkeys: int, per_record: dict, per_part: dict,
+    def _dense_sums(key: np.ndarray | None, nkeys: int, per_record: Columns, per_part: Columns,
                     part_record: np.ndarray) -> np.ndarray:
         """Exact per-key sums (nkeys x FIELDS, uint64); ``key`` None: every record has key ``nkeys - 1``.
 
@@ -145,7 +150,7 @@ class Reconciler:
                 continue
             if per_part_values and k_part is None:
                 k_part = key[part_record]
-            k = k_part if per_part_values else key
+            k = cast(np.ndarray, k_part if per_part_values else key)  # key is set here
             if exact_u64 and top * len(v) < 1 << 53:  # float64 bincount is exact below 2**53
                 sums[:, col] += np.bincount(k, weights=v, minlength=nkeys).astype(np.uint64)
             else:
@@ -155,7 +160,7 @@ class Reconciler:
             sums = np.array(sums.tolist(), dtype=np.uint64)  # OverflowError beyond 2**64, as always
         return sums
 
-    def _sorted(self, interval: np.ndarray, exporter: np.ndarray, per_record: dict, per_part: dict,
+    def _sorted(self, interval: np.ndarray, exporter: np.ndarray, per_record: Columns, per_part: Columns,
                 part_record: np.ndarray) -> dict[tuple[int, int], np.ndarray]:
         keys_r, vals_r = group_sum([interval, exporter], [per_record[f].astype(np.uint64) for f in FIELDS
                                                           if f in per_record])

@@ -72,10 +72,10 @@ def sessions(config: Config, exporters: tuple[str, ...], timeout: float) -> None
 @config_options
 def state(config: Config) -> None:
     """Summarise the service-flow delta state (instances, tombstones, DSN watermarks), read-only."""
-    from mediation.ipdr.usage import _State
+    from mediation.ipdr.journal import StateJournal
 
     path = config.data_path(config.ipdr.state_dir)
-    click.echo(json.dumps({"path": str(path), **_State(path, readonly=True).summary()}, indent=2))
+    click.echo(json.dumps({"path": str(path), **StateJournal(path, readonly=True).summary()}, indent=2))
 
 
 COMMANDS = [ipdr]

@@ -10,7 +10,10 @@ the sequential assignment RFC 7422 section 2 describes; devices that interleave 
 from __future__ import annotations
 
 import ipaddress
+from collections.abc import Iterable
 from dataclasses import dataclass
+
+from mediation.compliance.settings import DeterministicNatRule
 
 
 @dataclass(frozen=True)
@@ -26,7 +29,7 @@ class Mapping:
 class DeterministicNat:
     """The configured rules (``compliance.deterministic``), looked up both ways."""
 
-    def __init__(self, rules) -> None:
+    def __init__(self, rules: Iterable[DeterministicNatRule]) -> None:
         self.rules = []
         for r in rules:
             inside = ipaddress.ip_network(r.inside, strict=False)

@@ -4,6 +4,7 @@ the document against it, so the documented queries are always the ones flowmed r
 from __future__ import annotations
 
 import re
+from typing import Any
 
 EXAMPLE_AT_MS = 1_772_460_202_000  # 2026-03-02T14:03:22Z
 EXAMPLE_DAY = (1_772_409_600_000, 1_772_496_000_000)  # 2026-03-02
@@ -14,7 +15,7 @@ class _ServerLike:
 
     name = "clickhouse"
 
-    def query(self, sql: str):  # pragma: no cover - never run
+    def query(self, sql: str) -> Any:  # pragma: no cover - never run
         raise NotImplementedError
 
     def close(self) -> None:

@@ -30,6 +30,7 @@ depend on the dialect, chosen by ``compliance.nat_event_codes``.
 from __future__ import annotations
 
 import numpy as np
+import pyarrow as pa
 
 OTHER, START, END, OBSERVED = 0, 1, 2, 3
 SCOPES = ("other", "session", "block", "address", "flow")
@@ -86,7 +87,7 @@ def port_range(start: np.ndarray, end: np.ndarray, step: np.ndarray, ports: np.n
     return start.astype(np.uint16), last.astype(np.uint16), step.astype(np.uint16)
 
 
-def without_nat_only(flows):
+def without_nat_only(flows: pa.RecordBatch) -> pa.RecordBatch:
     """``flows`` without the records that are pure NAT events (a natEvent and no traffic), which are not usage:
     the Mediator would otherwise reject them as zero_counters. The batch itself when there are none."""
     import pyarrow.compute as pc

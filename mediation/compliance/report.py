@@ -15,11 +15,13 @@ import io
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any, cast
 
 import pyarrow as pa
 
 from decoders.addresses import optional_address_text
-from mediation.compliance.trace import address_literal, filtered, ms, port_covered
+from mediation.compliance.deterministic import DeterministicNat
+from mediation.compliance.trace import Source, address_literal, filtered, ms, port_covered
 
 GENERIC_FIELDS = (
     "user_id", "user_name", "source_ip", "source_port", "public_ip", "public_port", "destination_ip",
@@ -73,7 +75,7 @@ class ReportQuery:
     limit: int = 1_000_000
 
 
-def report_sql(q: ReportQuery, source, lookback_s: int = 86400) -> str:
+def report_sql(q: ReportQuery, source: Source, lookback_s: int = 86400) -> str:
     """The one SQL query of a report; ``source`` is :meth:`storage.query.QueryEngine.source`.
 
     For an address, the records with it (and the port) as their inside or public side, and the records without a
@@ -151,7 +153,7 @@ def report_rows(result: pa.Table, directory: dict[str, dict[str, str]]) -> list[
     return rows
 
 
-def nat_sql(rows: list[dict[str, object]], from_ms: int, to_ms: int, lookback_s: int, source) -> str | None:
+def nat_sql(rows: list[dict[str, object]], from_ms: int, to_ms: int, lookback_s: int, source: Source) -> str | None:
     """For report rows without a public side (flows exported by a router inside the NAT), the NAT session and port
     block starts/ends of their inside addresses over the period (plus the lookback before it), or None when every
     row has its public side already."""
@@ -171,14 +173,14 @@ def fill_public_side(rows: list[dict[str, object]], events: pa.Table) -> int:
     address, at or before the record's start (milliseconds; a start outranks an end at the same millisecond) and not
     ended since. A port block gives its range as the port (``1024-1151``, ``2001-2063 step 2``): PBA logging does
     not name the port. Returns the rows filled."""
-    by_inside: dict[str, list[dict]] = {}
+    by_inside: dict[str, list[dict[str, Any]]] = {}
     for e in events.to_pylist():
         by_inside.setdefault(_address(e["inside"]), []).append(e)
     filled = 0
     for r in rows:
         if r["public_ip"] or r["source_ip"] not in by_inside:
             continue
-        start = int(r["_start_ms"])
+        start = int(cast(int, r["_start_ms"]))
         for scope in ("session", "block"):
             found = [e for e in by_inside[r["source_ip"]] if e["scope"] == scope and e["t"] <= start
                      and (scope == "block" or (e["private_port"] == r["source_port"]
@@ -208,10 +210,10 @@ def keep_for_address(rows: list[dict[str, object]], address: str, port: int | No
         return port is None or (first <= port <= last and (port - first) % step == 0)
 
     return [r for r in rows if (r["source_ip"] == want and (port is None or r["source_port"] == port))
-            or (r["public_ip"] == want and covers(r["_ports"]))]
+            or (r["public_ip"] == want and covers(cast("tuple[int, int, int] | None", r["_ports"])))]
 
 
-def fill_deterministic(rows: list[dict[str, object]], deterministic) -> int:
+def fill_deterministic(rows: list[dict[str, object]], deterministic: DeterministicNat) -> int:
     """Fill the public side of rows still without one from deterministic NAT rules
     (:class:`mediation.compliance.deterministic.DeterministicNat`): the outside address and the host's port block."""
     filled = 0

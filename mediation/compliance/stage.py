@@ -1,6 +1,6 @@
 """The compliance stage of the daemon: ``flows`` batches -> ``nat_events`` and ``ip_detail_records``.
 
-:class:`ComplianceStage` runs after decoding beside the Mediator (``collector.server.Pipeline``), vectorised per
+:class:`ComplianceStage` runs after decoding beside the Mediator (:mod:`mediation.flow_stages`), vectorised per
 batch:
 
 * every record with a natEvent becomes a ``nat_events`` row (:mod:`mediation.compliance.nat` reads the code in the
@@ -10,7 +10,7 @@ configured
 * every record with traffic becomes one ``ip_detail_records`` row, attributed at its start time through the same
   subscriber bindings the Mediator uses (longest prefix: IPv4 addresses and IPv6 prefixes; RADIUS or static), first
   by source address, else by destination; no match keeps the record as ``unattributed``. In the daemon the Mediator
-  has already looked these addresses up at the same times: the Pipeline passes its answers
+  has already looked these addresses up at the same times: :mod:`mediation.flow_stages` hands its answers over
   (:class:`mediation.mediator.Attribution`) and the stage looks up only the records the Mediator did not (rejected
   and duplicate records); alone (tools, tests) it looks every record up itself.
 
@@ -23,14 +23,15 @@ from __future__ import annotations
 
 import itertools
 import logging
-from typing import Any
+from typing import cast
 
 import numpy as np
 import pyarrow as pa
 
 from mediation.compliance.nat import END, OBSERVED, S_FLOW, S_SESSION, SCOPES, START, classify, port_range
 from mediation.compliance.tables import ATTRIBUTION, IP_DETAIL_RECORDS, NAT_EVENTS
-from mediation.mediator import Attribution, column
+from mediation.mediator import Attribution, Mediator, column
+from mediation.stage import Sections, Tables
 from mediation.subscribers.bindings import Bindings, split_addresses
 
 log = logging.getLogger(__name__)
@@ -45,7 +46,8 @@ def translated(addresses: np.ndarray) -> np.ndarray:
     """True where a post-NAT address (``S16``) is set (neither all zero nor 0.0.0.0)."""
     halves = np.ascontiguousarray(addresses).view("<u8").reshape(-1, 2)  # integer compares, not bytes compares
     hi, lo = halves[:, 0], halves[:, 1]
-    return (hi != 0) | ((lo != 0) & (lo != _MAPPED_ZERO_LO))
+    is_set: np.ndarray = (hi != 0) | ((lo != 0) & (lo != _MAPPED_ZERO_LO))
+    return is_set
 
 
 def _msec(ms: np.ndarray) -> np.ndarray:
@@ -176,7 +178,7 @@ class BindingStrings:
 class ComplianceStage:
     """``flows`` -> ``nat_events`` + ``ip_detail_records`` for one process (see the module docstring)."""
 
-    def __init__(self, config, bindings: Bindings, *, mirror_static: bool = False) -> None:
+    def __init__(self, config: Sections, bindings: Bindings, *, mirror_static: bool = False) -> None:
         cc = config.compliance
         self.dialect = cc.nat_event_codes
         self.nat_from_flows = cc.nat_from_flows
@@ -190,14 +192,13 @@ class ComplianceStage:
             "records_attributed_destination", "records_unattributed", "records_looked_up")}
         """``records_looked_up``: records the stage looked up in the bindings itself (not given by the Mediator)."""
 
-    def reload(self, config) -> None:
+    def reload(self, config: Sections, now: int = 0, /) -> None:
         """Apply a reloaded configuration (SIGHUP): the natEvent dialect and nat_from_flows take effect at once."""
         self.dialect = config.compliance.nat_event_codes
         self.nat_from_flows = config.compliance.nat_from_flows
 
     # --- per batch ---------------------------------------------------------------------------------------------------
-    def process(self, flows: pa.RecordBatch, now_ms: int, attribution: Attribution | None = None
-                ) -> dict[str, pa.RecordBatch]:
+    def process(self, flows: pa.RecordBatch, now_ms: int, attribution: Attribution | None = None, /) -> Tables:
         """The compliance tables of one ``flows`` batch (a table is absent when it has no rows).
 
         ``attribution``: the Mediator's lookups for this same batch (``Mediator.take_attribution``); its answers are
@@ -298,6 +299,7 @@ class ComplianceStage:
         dhi, dlo = split_addresses(c["dst_addr"][picked])
         s_sub, s_bid = self.bindings.lookup_split(shi, slo, tt)
         d_sub, d_bid = self.bindings.lookup_split(dhi, dlo, tt)
+        s_bid, d_bid = cast(np.ndarray, s_bid), cast(np.ndarray, d_bid)  # asked with ids
         if todo is None:
             return s_sub, s_bid, d_sub, d_bid
         ssub[todo], sbid[todo], dsub[todo], dbid[todo] = s_sub, s_bid, d_sub, d_bid
@@ -347,7 +349,7 @@ class ComplianceStage:
         return self._names
 
     # --- once a second -----------------------------------------------------------------------------------------------
-    def tick(self, now_ms: int) -> dict[str, pa.RecordBatch]:
+    def tick(self, now_ms: int, /) -> Tables:
         """Static binding changes since the last call as a ``bindings`` batch (only with ``mirror_static``)."""
         if not self.mirror_static:
             return {}
@@ -357,11 +359,16 @@ class ComplianceStage:
         self._static_seq = max(r[10] for r in rows)
         return {"bindings": Bindings._to_batch(rows)}
 
+    def close(self, now_ms: int, /) -> Tables:
+        """Nothing is held between batches: no tables."""
+        return {}
 
-def make_compliance(config, mediator: Any = None, worker: int | None = None) -> ComplianceStage | None:
+
+def make_compliance(config: Sections, mediator: Mediator | None = None, worker: int | None = None
+                    ) -> ComplianceStage | None:
     """The stage for the daemon when ``[compliance] enabled`` and mediation is on (it shares the Mediator's
     bindings), else None. The process that owns the static file mirrors static bindings to the ``bindings`` table."""
-    if not config.compliance.enabled or mediator is None or not hasattr(mediator, "bindings"):
+    if not config.compliance.enabled or mediator is None:
         return None
     owns_static = bool(config.subscribers.static_file) and worker in (None, 0)
     return ComplianceStage(config, mediator.bindings, mirror_static=owns_static)

@@ -27,7 +27,14 @@ The address query, for public address A, port P, instant T (milliseconds):
 from __future__ import annotations
 
 import ipaddress
+from collections.abc import Callable
 from dataclasses import dataclass
+
+from mediation.compliance.deterministic import Mapping
+
+Source = Callable[[str, int, int], str]
+"""``source(table, t0_ms, t1_ms)``: the FROM clause of a table over a time range
+(:meth:`storage.query.QueryEngine.source`)."""
 
 COLUMNS = ("evidence", "time_from", "time_to", "subscriber_id", "private_addr", "private_port", "public_addr",
            "public_port_start", "public_port_end", "protocol", "dst_addr", "dst_port", "bytes", "exporter", "detail",
@@ -89,7 +96,7 @@ def port_covered(port: int) -> str:
             f"AND ({p} - public_port_start) % greatest(port_step, 1) = 0")
 
 
-def filtered(source, table: str, t0_ms: int, t1_ms: int, where: str) -> str:
+def filtered(source: Source, table: str, t0_ms: int, t1_ms: int, where: str) -> str:
     """``source(table, t0, t1)`` with ``where`` added inside it: servers without predicate push-down (18.16) then use
     the primary key and partitions for it; chDB reads only the range's hour partitions."""
     s = source(table, t0_ms, t1_ms)
@@ -152,12 +159,12 @@ class AddressQuery:
     protocol: int | None = None
     """Only NAT sessions of this IP protocol (port blocks, protocol 0, cover every protocol). Without it each protocol
     is decided on its own and every protocol that holds the port is evidence (several holders: ambiguous)."""
-    deterministic: object | None = None
+    deterministic: Mapping | None = None
     """A :class:`mediation.compliance.deterministic.Mapping` when a deterministic NAT rule covers the address and
     port: the
     holder is computed, not looked up in nat_events."""
 
-    def sql(self, source) -> str:
+    def sql(self, source: Source) -> str:
         """The one SQL query; ``source(table, t0_ms, t1_ms)`` is :meth:`storage.query.QueryEngine.source`."""
         a = address_literal(self.address)
         at = int(self.at_ms)
@@ -261,7 +268,7 @@ class SubscriberQuery:
     to_ms: int
     limit: int = 100_000
 
-    def sql(self, source) -> str:
+    def sql(self, source: Source) -> str:
         """The one SQL query; ``source(table, t0_ms, t1_ms)`` is :meth:`storage.query.QueryEngine.source`."""
         s = "'" + self.subscriber_id.replace("\\", "\\\\").replace("'", "\\'") + "'"
         f, t = int(self.from_ms), int(self.to_ms)

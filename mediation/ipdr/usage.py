@@ -43,313 +43,59 @@ Hot path: everything is numpy on the batch except one dict lookup per record (``
 
 from __future__ import annotations
 
-import csv
-import json
 import logging
 import os
-import struct
 import time
 import uuid
-import zlib
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pyarrow as pa
 
-from decoders.ipdr.samis import CANONICAL, REC_STOP, format_macs, format_macs_bytes, parse_mac, samis_kind
+from decoders.ipdr.samis import CANONICAL, REC_STOP, samis_kind
 from decoders.ipdr.session import RecordsReceived
 from mediation.hashing import hash_columns, string_hash
+from mediation.ipdr.columns import (
+    Coded,
+    Const,
+    empty_columns,
+    fields_json,
+    fill_samis,
+    mac_column,
+    string_codes,
+    to_batch,
+    to_column,
+)
+from mediation.ipdr.journal import STATE_DTYPE, StateJournal
+from mediation.ipdr.subscribers import CmSubscribers
 from mediation.ipdr.tables import IPDR_RECORDS
+from mediation.stage import Sections, Tables
 from mediation.tables import USAGE
 
 log = logging.getLogger(__name__)
 
-_STATE_DTYPE = np.dtype([("key", "<u8"), ("octets", "<u8"), ("packets", "<u8"), ("rec_time", "<i8"),
-                         ("sys_up", "<i8"), ("stopped", "u1")])
-_MAGIC = b"IPDJ"
-_CHUNK = struct.Struct("<4sIII")  # magic, json length, rows, crc32 of json + rows
+AddressLookup = Callable[[np.ndarray, np.ndarray], np.ndarray]
+"""``(addresses S16, times ms) -> subscriber ids`` (object array, '' where unknown)."""
+
 REBOOT_TOLERANCE_CS = 6000  # 60 s of sysUpTime drift before calling it a reboot
 PREEXISTING_TOLERANCE_MS = 60_000  # flows created this little before the first session still count (clock skew)
 CREATED_AHEAD_CS = 6000  # ServiceTimeCreated this far past the record's sysUpTime is "now", not a 2^32 wrap
-FIRST_SESSIONS = "first_sessions.json"
 U32 = np.uint64(2**32)
 
 
-# ----------------------------------------------------------------------------------------------------------------
-# CM MAC -> subscriber
+@dataclass(frozen=True)
+class IpdrRecords:
+    """The input of :class:`IpdrUsage` as a stage: one :class:`RecordsReceived` of a session and its exporter."""
 
-
-class CmSubscribers:
-    """Static CM MAC -> subscriber map from a CSV file (``cm_mac,subscriber_id`` with a header), reloaded when
-    the file changes. Lookup is vectorised (sorted MACs + searchsorted)."""
-
-    def __init__(self, path: str | os.PathLike | None = None) -> None:
-        self.path = Path(path) if path else None
-        self._mtime: float | None = None
-        self.macs = np.zeros(0, np.uint64)
-        self.names = np.array([""], dtype=object)  # always ends with '' (the name of unknown MACs)
-        self.reload()
-
-    @classmethod
-    def from_dict(cls, mapping: dict[int, str]) -> CmSubscribers:
-        self = cls(None)
-        self._set(mapping)
-        return self
-
-    def _set(self, mapping: dict[int, str]) -> None:
-        macs = np.array(sorted(mapping), dtype=np.uint64)
-        self.macs = macs
-        self.names = np.array([mapping[int(x)] for x in macs] + [""], dtype=object)
-
-    def reload(self) -> bool:
-        """Re-read the file if it changed; a malformed file is refused (logged) and the old map kept."""
-        if self.path is None:
-            return False
-        try:
-            mtime = self.path.stat().st_mtime
-        except FileNotFoundError:
-            log.warning("ipdr: CM MAC file %s not found", self.path)
-            return False
-        if mtime == self._mtime:
-            return False
-        mapping: dict[int, str] = {}
-        try:
-            with open(self.path, newline="") as f:
-                for i, row in enumerate(csv.DictReader(f), start=2):
-                    try:
-                        mapping[parse_mac(row["cm_mac"])] = row["subscriber_id"].strip()
-                    except (KeyError, ValueError, AttributeError) as exc:
-                        raise ValueError(f"{self.path}:{i}: {exc}") from None
-        except ValueError as exc:
-            log.error("ipdr: CM MAC file refused, keeping the previous map: %s", exc)
-            return False
-        self._mtime = mtime
-        self._set(mapping)
-        log.info("ipdr: %d CM MAC bindings loaded from %s", len(mapping), self.path)
-        return True
-
-    def lookup_index(self, macs: np.ndarray) -> np.ndarray:
-        """Index into :attr:`names` per MAC (``len(macs)`` of the map, whose name is '', when unknown)."""
-        if not len(self.macs):
-            return np.zeros(len(macs), dtype=np.int64)
-        pos = np.minimum(np.searchsorted(self.macs, macs), len(self.macs) - 1)
-        return np.where(self.macs[pos] == macs, pos, len(self.macs))
-
-    def lookup(self, macs: np.ndarray) -> np.ndarray:
-        """Subscriber id per MAC (object array; '' when unknown)."""
-        return self.names[self.lookup_index(macs)]
-
-
-# ----------------------------------------------------------------------------------------------------------------
-# Persistent state: snapshot + journal
-
-
-class _State:
-    """SF instance baselines as growable numpy arrays indexed by a dict, plus small JSON metadata.
-
-    Durable as ``snapshot-<gen>.npz`` + ``journal-<gen>.bin`` (appended chunks of changed rows, each with a CRC;
-    a torn last chunk is ignored: it was never acknowledged to the CMTS, so its records come again).
-    """
-
-    def __init__(self, directory: Path | None, readonly: bool = False) -> None:
-        self.dir = directory
-        self.readonly = readonly  # inspection while the daemon runs: never truncate or delete its files
-        self.rows = np.zeros(1024, dtype=_STATE_DTYPE)
-        self.n = 0
-        self.index: dict[int, int] = {}
-        self.meta: dict = {"since_ms": {}, "watermarks": {}}
-        self.first_sessions: dict[str, int] = {}
-        """Exporter name -> when flowmed first started a session with it (ms); durable on its own file."""
-        self.gen = 0
-        self.dirty: list[np.ndarray] = []
-        self.journal_rows = 0
-        self._journal = None
-        if directory is not None:
-            if not readonly:
-                directory.mkdir(parents=True, exist_ok=True)
-            if directory.exists():
-                self._load()
-
-    # -- rows
-    def lookup(self, keys: np.ndarray) -> np.ndarray:
-        get = self.index.get
-        return np.fromiter((get(k, -1) for k in keys.tolist()), dtype=np.int64, count=len(keys))
-
-    def checkpoint(self) -> tuple:
-        """Undo information for the changes that follow (see :meth:`rollback`)."""
-        self._undo: list[tuple[np.ndarray, np.ndarray]] = []
-        return (self.n, json.dumps(self.meta), self._undo)
-
-    def rollback(self, token: tuple) -> None:
-        """Undo every change since ``checkpoint()`` returned ``token`` (nothing else may have changed since)."""
-        n0, meta, undo = token
-        for rows, old in reversed(undo):
-            self.rows[rows] = old
-        for key in self.rows["key"][n0 : self.n].tolist():
-            self.index.pop(key, None)
-        self.rows[n0 : self.n] = np.zeros(self.n - n0, dtype=_STATE_DTYPE)
-        self.n = n0
-        self.meta = json.loads(meta)
-        undo.clear()
-
-    def upsert(self, rows: np.ndarray, values: np.ndarray) -> None:
-        """Write ``values`` (state dtype) at ``rows``; rows of -1 are new keys, appended."""
-        undo = getattr(self, "_undo", None)
-        if undo is not None:
-            existing = rows[rows >= 0]
-            undo.append((existing, self.rows[existing].copy()))
-        new = rows < 0
-        if new.any():
-            k = int(new.sum())
-            while self.n + k > len(self.rows):
-                self.rows = np.concatenate([self.rows, np.zeros(len(self.rows), dtype=_STATE_DTYPE)])
-            idx = np.arange(self.n, self.n + k)
-            for key, i in zip(values["key"][new].tolist(), idx.tolist(), strict=True):
-                self.index[key] = i
-            rows = rows.copy()
-            rows[new] = idx
-            self.n += k
-        self.rows[rows] = values
-        self.dirty.append(rows)
-
-    # -- durability
-    def _paths(self, gen: int) -> tuple[Path, Path]:
-        assert self.dir is not None
-        return self.dir / f"snapshot-{gen}.npz", self.dir / f"journal-{gen}.bin"
-
-    def _load(self) -> None:
-        first = self.dir / FIRST_SESSIONS  # type: ignore[operator]
-        if first.exists():
-            try:
-                self.first_sessions = {str(k): int(v) for k, v in json.loads(first.read_text()).items()}
-            except (ValueError, AttributeError) as exc:  # written atomically, so only a hand edit gets here
-                raise ValueError(f"ipdr state: {first} is not a JSON object of exporter -> ms: {exc}") from None
-        snaps = sorted(self.dir.glob("snapshot-*.npz"), key=lambda p: int(p.stem.split("-")[1]))  # type: ignore
-        if snaps:
-            self.gen = int(snaps[-1].stem.split("-")[1])
-            with np.load(snaps[-1], allow_pickle=False) as z:
-                rows = z["rows"]
-                self.meta = json.loads(bytes(z["meta"]).decode())
-            self._put(rows)
-        journal = self._paths(self.gen)[1]
-        if journal.exists():
-            data = journal.read_bytes()
-            pos = 0
-            while pos + _CHUNK.size <= len(data):
-                magic, jlen, nrows, crc = _CHUNK.unpack_from(data, pos)
-                body_end = pos + _CHUNK.size + jlen + nrows * _STATE_DTYPE.itemsize
-                if magic != _MAGIC or body_end > len(data) or zlib.crc32(data[pos + _CHUNK.size:body_end]) != crc:
-                    log.warning("ipdr state: journal %s ends with a torn chunk at %d (ignored)", journal, pos)
-                    break
-                meta = json.loads(data[pos + _CHUNK.size:pos + _CHUNK.size + jlen])
-                rows = np.frombuffer(data, _STATE_DTYPE, nrows, pos + _CHUNK.size + jlen)
-                self.meta = meta
-                self._put(rows)
-                self.journal_rows += nrows
-                pos = body_end
-            if not self.readonly:
-                with open(journal, "r+b") as f:  # cut a torn tail so later appends stay readable
-                    f.truncate(pos)
-        self.dirty.clear()
-        if self.readonly:
-            return
-        for old in self.dir.glob("*"):  # leftovers of an interrupted compaction
-            if old.name not in (f"snapshot-{self.gen}.npz", f"journal-{self.gen}.bin", FIRST_SESSIONS):
-                old.unlink(missing_ok=True)
-
-    def _put(self, rows: np.ndarray) -> None:
-        if len(rows):
-            self.upsert(self.lookup(rows["key"]), np.array(rows))
-
-    def record_first_session(self, exporter: str, ms: int) -> int:
-        """Keep ``ms`` as the first session with ``exporter`` unless one is known; durable before returning (its
-        own small file, replaced atomically: unlike the journal it must not wait for a flush, and must not carry
-        the uncommitted baselines with it). Returns the first session's time."""
-        known = self.first_sessions.get(exporter)
-        if known is not None:
-            return known
-        self.first_sessions[exporter] = int(ms)
-        if self.dir is not None and not self.readonly:
-            path = self.dir / FIRST_SESSIONS
-            tmp = path.with_suffix(".tmp")
-            with open(tmp, "w") as f:
-                json.dump(self.first_sessions, f, sort_keys=True)
-                f.flush()
-                os.fsync(f.fileno())
-            os.replace(tmp, path)
-            fd = os.open(self.dir, os.O_RDONLY)
-            try:
-                os.fsync(fd)
-            finally:
-                os.close(fd)
-        return int(ms)
-
-    def commit(self) -> None:
-        """Append the changed rows and the metadata to the journal and fsync it."""
-        if self.dir is None:
-            self.dirty.clear()
-            return
-        idx = np.unique(np.concatenate(self.dirty)) if self.dirty else np.zeros(0, np.int64)
-        rows = self.rows[idx[idx < self.n]]  # rows past n were undone
-        meta = json.dumps(self.meta, separators=(",", ":")).encode()
-        body = meta + rows.tobytes()
-        chunk = _CHUNK.pack(_MAGIC, len(meta), len(rows), zlib.crc32(body)) + body
-        if self._journal is None:
-            self._journal = open(self._paths(self.gen)[1], "ab")  # noqa: SIM115 - kept open between commits
-        self._journal.write(chunk)
-        self._journal.flush()
-        os.fsync(self._journal.fileno())
-        self.journal_rows += len(rows)
-        self.dirty.clear()
-
-    def compact(self, drop_before_ms: int) -> None:
-        """Write a new snapshot without instances last seen before ``drop_before_ms`` (tombstones of stopped flows,
-        and flows that vanished without a Stop, e.g. in a CMTS reboot), start a new journal, remove the old files."""
-        if self.dir is None:
-            return
-        live = self.rows[: self.n]
-        keep = live["rec_time"] >= drop_before_ms
-        rows = np.ascontiguousarray(live[keep])
-        gen = self.gen + 1
-        snap, _ = self._paths(gen)
-        tmp = snap.with_suffix(".tmp")
-        with open(tmp, "wb") as f:
-            np.savez(f, rows=rows, meta=np.frombuffer(json.dumps(self.meta).encode(), dtype=np.uint8))
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, snap)
-        fd = os.open(self.dir, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-        old_snap, old_journal = self._paths(self.gen)
-        if self._journal is not None:
-            self._journal.close()
-            self._journal = None
-        self.gen, self.journal_rows = gen, 0
-        old_snap.unlink(missing_ok=True)
-        old_journal.unlink(missing_ok=True)
-        self.rows, self.n, self.index = np.zeros(max(1024, len(rows) * 2), dtype=_STATE_DTYPE), 0, {}
-        self._put(rows)
-        self.dirty.clear()
-
-    def close(self) -> None:
-        if self._journal is not None:
-            self._journal.close()
-            self._journal = None
-
-    def summary(self) -> dict:
-        """What the state holds (for ``flowmed ipdr state``)."""
-        live = self.rows[: self.n]
-        last = int(live["rec_time"].max()) if self.n else 0
-        return {"generation": self.gen, "instances": int(self.n), "stopped": int((live["stopped"] == 1).sum()),
-                "journal_rows": self.journal_rows, "last_record_ms": last, "since_ms": self.meta["since_ms"],
-                "first_sessions": self.first_sessions, "watermarks": self.meta["watermarks"]}
-
-
-# ----------------------------------------------------------------------------------------------------------------
+    event: RecordsReceived
+    exporter: str
+    """The CMTS's name (config name or address), for the DSN watermark."""
+    exporter_ip: bytes
+    """Its S16 address, for the ``exporter`` columns."""
+    session_name: str = ""
 
 
 @dataclass
@@ -375,10 +121,13 @@ class IpdrUsage:
             for records whose CM MAC is not in the static map (the address bindings, by CmIpv4Addr).
     """
 
-    def __init__(self, state_dir: str | os.PathLike | None = None, subscribers: CmSubscribers | None = None, *,
+    def __init__(self, state_dir: str | os.PathLike[str] | None = None, subscribers: CmSubscribers | None = None, *,
                  interval_s: int = 300, preexisting: str = "baseline", tombstone_retention_s: float = 7 * 86400,
-                 compact_rows: int = 1_000_000, address_lookup=None, max_span_s: float = 86400.0) -> None:
-        self.state = _State(Path(state_dir) if state_dir is not None else None)
+                 compact_rows: int = 1_000_000,
+                 address_lookup: AddressLookup | None = None, max_span_s: float = 86400.0) -> None:
+        self.state = StateJournal(Path(state_dir) if state_dir is not None else None)
+        self._checkpoint: tuple[Any, ...] | None = None
+        """The state before the last :meth:`mediate` call, for :meth:`undo_last`."""
         self.subscribers = subscribers or CmSubscribers(None)
         self.interval_ms = int(interval_s * 1000)
         self.preexisting = preexisting
@@ -403,7 +152,14 @@ class IpdrUsage:
     def _wm_key(exporter: str, ev: RecordsReceived) -> str:
         return f"{exporter}|{ev.session_id}|{ev.exporter_boot_time}"
 
-    def process(self, ev: RecordsReceived, exporter: str, exporter_ip: bytes, now_ms: int,
+    def process(self, records: IpdrRecords, now: int, /) -> Tables:
+        """:meth:`mediate` as a :class:`mediation.stage.Stage`: the ``usage`` and ``ipdr_records`` batches (those
+        with rows)."""
+        result = self.mediate(records.event, records.exporter, records.exporter_ip, now, records.session_name)
+        return {name: batch for name, batch in (("usage", result.usage), ("ipdr_records", result.ipdr_records))
+                if batch.num_rows}
+
+    def mediate(self, ev: RecordsReceived, exporter: str, exporter_ip: bytes, now_ms: int,
                 session_name: str = "") -> UsageResult:
         """Turn one :class:`RecordsReceived` into table batches and update the (uncommitted) state.
 
@@ -433,42 +189,42 @@ class IpdrUsage:
         m = int(keep.sum())
         dsn, dup = ev.dsn[keep], ev.duplicate[keep]
         kind = samis_kind(recs.template, session_name)
-        out = _empty(IPDR_RECORDS, m)
+        out = empty_columns(IPDR_RECORDS, m)
         out["time_received"][:] = now_ms
         out["exporter"][:] = exporter_ip
         out["session_id"][:] = ev.session_id
-        out["document_id"] = _Const(str(uuid.UUID(bytes=bytes(ev.document_id))))
+        out["document_id"] = Const(str(uuid.UUID(bytes=bytes(ev.document_id))))
         out["dsn"] = dsn.astype(np.uint64)
         out["duplicate"] = dup.astype(np.uint8)
-        out["template"] = _Const(recs.template.type_name)
-        usage = _empty(USAGE, 0)
+        out["template"] = Const(recs.template.type_name)
+        usage = empty_columns(USAGE, 0)
         if m and kind:
-            _fill_samis(out, cols)
+            fill_samis(out, cols)
             usage = self._deltas(out, cols, exporter_ip, exporter, now_ms)
         elif m:
             types = {f.name.lower(): f.type_id for f in recs.template.fields}
-            out["fields"] = _fields_json(cols, m, {CANONICAL.get(k, k).lower(): v for k, v in types.items()})
-            out["delta_reason"] = _Const("not_samis")
+            out["fields"] = fields_json(cols, m, {CANONICAL.get(k, k).lower(): v for k, v in types.items()})
+            out["delta_reason"] = Const("not_samis")
             for name, col in (("cmts_host", "CmtsHostName"), ("rec_creation_time", "RecCreationTime")):
                 if col in cols:
-                    out[name] = _column(cols[col], IPDR_RECORDS.column(name))
+                    out[name] = to_column(cols[col], IPDR_RECORDS.column(name))
             if "CmMacAddr" in cols:
-                out["cm_mac"] = _format_macs(cols["CmMacAddr"])
+                out["cm_mac"] = mac_column(cols["CmMacAddr"])
         self._count("records", m)
-        return UsageResult(_batch(IPDR_RECORDS, out, m), _batch(USAGE, usage, len(usage["bytes"])),
+        return UsageResult(to_batch(IPDR_RECORDS, out, m), to_batch(USAGE, usage, len(usage["bytes"])),
                            dict(self.counters))
 
     # -- deltas -----------------------------------------------------------------------------------------------
 
-    def _deltas(self, out: dict[str, np.ndarray], cols: dict, exporter_ip: bytes, exporter: str,
-                now_ms: int) -> dict[str, np.ndarray]:
+    def _deltas(self, out: dict[str, Any], cols: dict[str, Any], exporter_ip: bytes, exporter: str,
+                now_ms: int) -> dict[str, Any]:
         n = len(out["dsn"])
         if not all(c in cols for c in ("CmMacAddr", "ServiceIdentifier", "ServiceDirection",
                                        "ServiceOctetsPassed")):
-            out["delta_reason"] = _Const("not_samis")
+            out["delta_reason"] = Const("not_samis")
             self._count("missing_fields", n)
-            return _empty(USAGE, 0)
-        host_codes, host_names = _codes(out["cmts_host"], n)
+            return empty_columns(USAGE, 0)
+        host_codes, host_names = string_codes(out["cmts_host"], n)
         mac = np.asarray(cols["CmMacAddr"], dtype=np.uint64)
         sfid = out["service_identifier"].astype(np.uint64)
         direction = out["service_direction"]
@@ -561,7 +317,7 @@ class IpdrUsage:
         last = np.ones(len(order), dtype=bool)
         last[:-1] = k[1:] != k[:-1]
         lo = order[last]
-        values = np.zeros(len(lo), dtype=_STATE_DTYPE)
+        values = np.zeros(len(lo), dtype=STATE_DTYPE)
         values["key"], values["octets"], values["packets"] = keys[lo], octets[lo], packets[lo]
         values["rec_time"], values["sys_up"] = rec_time[lo], sys_up[lo]
         values["stopped"] = rec_type[lo] == REC_STOP
@@ -571,7 +327,7 @@ class IpdrUsage:
         out["delta_packets"][order] = d_p
         codes = np.full(n, R_STALE, dtype=np.int8)
         codes[order] = reason
-        out["delta_reason"] = _Coded(codes, REASONS)
+        out["delta_reason"] = Coded(codes, REASONS)
         for name, mask in (("stale", stale), ("duplicate", duplicate), ("reboot", reboot), ("wrap", wrapped),
                            ("first", fresh), ("baseline", reason == R_BASELINE)):
             self._count(name, int(mask.sum()))
@@ -596,10 +352,11 @@ class IpdrUsage:
                 since[h] = int(mine.min()) if had_hosts and len(mine) else first
                 owner[h] = exporter
             values.append(since[h])
-        return np.array(values, dtype=np.int64)[codes]
+        since_ms: np.ndarray = np.array(values, dtype=np.int64)[codes]
+        return since_ms
 
-    def _usage(self, out: dict[str, np.ndarray], mac: np.ndarray, exporter_ip: bytes, keys: np.ndarray,
-               span_start: np.ndarray) -> dict[str, np.ndarray]:
+    def _usage(self, out: dict[str, Any], mac: np.ndarray, exporter_ip: bytes, keys: np.ndarray,
+               span_start: np.ndarray) -> dict[str, Any]:
         billed = np.flatnonzero((out["delta_octets"] > 0) | (out["delta_packets"] > 0))
         rec_time = out["rec_creation_time"][billed]
         names = list(self.subscribers.names)
@@ -615,7 +372,7 @@ class IpdrUsage:
                 names.extend(extra.tolist())
         all_idx = np.full(len(out["dsn"]), unknown, dtype=np.int64)
         all_idx[billed] = sub_idx
-        out["subscriber_id"] = _Coded(all_idx, names)
+        out["subscriber_id"] = Coded(all_idx, names)
         direction = out["service_direction"][billed]
         dir_code = np.where(direction == 1, 0, np.where(direction == 2, 1, 2)).astype(np.int8)
         no_sub = sub_idx == unknown
@@ -627,14 +384,14 @@ class IpdrUsage:
                                                         self.max_span_ms)
         # The part in the record's own interval keeps the record's row id; earlier parts get ids derived from it.
         ids = np.where(last, row_id[piece], hash_columns(row_id[piece], iv_start, seed=0x5EED))
-        u = _empty(USAGE, len(piece))
+        u = empty_columns(USAGE, len(piece))
         u["interval_start"], u["interval_end"] = iv_start, iv_start + self.interval_ms
-        u["subscriber_id"] = _Coded(sub_idx[piece], names)
-        u["direction"] = _Coded(dir_code[piece], ["down", "up", "unattributed"])
-        u["traffic_class"] = _Const("all")
+        u["subscriber_id"] = Coded(sub_idx[piece], names)
+        u["direction"] = Coded(dir_code[piece], ["down", "up", "unattributed"])
+        u["traffic_class"] = Const("all")
         u["bytes"], u["packets"] = octets, packets
         u["flows"] = last.astype(np.uint64)  # a record counts in one interval only
-        u["source"] = _Const("ipdr")
+        u["source"] = Const("ipdr")
         u["exporter"][:] = exporter_ip
         u["created"] = rec_time[piece]  # deterministic, so a re-derived row is identical (see module docstring)
         u["row_id"] = ids
@@ -643,8 +400,8 @@ class IpdrUsage:
         return u
 
     def undo_last(self) -> None:
-        """Undo the state changes of the last :meth:`process` call (its batches could not be handed over)."""
-        token = getattr(self, "_checkpoint", None)
+        """Undo the state changes of the last :meth:`mediate` call (its batches could not be handed over)."""
+        token = self._checkpoint
         if token is not None:
             self.state.rollback(token)
             self._checkpoint = None
@@ -659,33 +416,26 @@ class IpdrUsage:
             now_ms = int(time.time() * 1000) if now_ms is None else now_ms
             self.state.compact(now_ms - self.tombstone_retention_ms)
 
-    def reload(self) -> None:
+    def discard_uncommitted(self) -> None:
         """Drop uncommitted changes (after a failed flush): re-read the durable state."""
         if self.state.dir is None:
             return
         self.state.close()
-        self.state = _State(self.state.dir)
+        self.state = StateJournal(self.state.dir)
 
-    def close(self) -> None:
+    def tick(self, now: int, /) -> Tables:
+        """Picks up a changed CM MAC -> subscriber file (a malformed one is logged and the old map kept)."""
+        self.subscribers.reload()
+        return {}
+
+    def reload(self, settings: Sections, now: int, /) -> None:
+        """Nothing of ``[ipdr]`` changes while running (interval, state and file take a restart; the CM MAC file
+        itself is re-read by :meth:`tick` when it changes)."""
+
+    def close(self, now: int | None = None, /) -> Tables:
+        """Close the state files (what is not committed is not kept: its records were not acknowledged)."""
         self.state.close()
-
-
-# ----------------------------------------------------------------------------------------------------------------
-# Column helpers
-
-_SAMIS_COLUMNS = {
-    "cmts_host": "CmtsHostName", "cmts_sys_up_time": "CmtsSysUpTime", "cmts_ipv4": "CmtsIpv4Addr",
-    "cmts_ipv6": "CmtsIpv6Addr", "md_if_name": "CmtsMdIfName", "md_if_index": "CmtsMdIfIndex",
-    "cm_ipv4": "CmIpv4Addr", "cm_ipv6": "CmIpv6Addr", "cm_ipv6_link_local": "CmIpv6LinkLocalAddr",
-    "cm_qos_version": "CmQosVersion", "cm_reg_status": "CmRegStatusValue", "cm_last_reg_time": "CmLastRegTime",
-    "rec_type": "RecType", "rec_creation_time": "RecCreationTime", "service_app_id": "ServiceAppId",
-    "service_ds_multicast": "ServiceDsMulticast", "service_identifier": "ServiceIdentifier",
-    "service_gate_id": "ServiceGateId", "service_class_name": "ServiceClassName",
-    "service_direction": "ServiceDirection", "service_octets_passed": "ServiceOctetsPassed",
-    "service_pkts_passed": "ServicePktsPassed", "service_sla_drop_pkts": "ServiceSlaDropPkts",
-    "service_sla_delay_pkts": "ServiceSlaDelayPkts", "service_time_created": "ServiceTimeCreated",
-    "service_time_active": "ServiceTimeActive",
-}
+        return {}
 
 
 def _split(start: np.ndarray, end: np.ndarray, octets: np.ndarray, packets: np.ndarray, interval_ms: int,
@@ -720,7 +470,8 @@ def _split(start: np.ndarray, end: np.ndarray, octets: np.ndarray, packets: np.n
         prev = np.zeros(len(piece), dtype=np.uint64)
         prev[1:] = cum[:-1]
         prev[offset == 0] = 0
-        return cum - prev
+        part: np.ndarray = cum - prev
+        return part
 
     o, p = parts(octets), parts(packets)
     keep = (o > 0) | (p > 0) | is_last  # no empty parts (a period that only grazes an interval)
@@ -729,137 +480,3 @@ def _split(start: np.ndarray, end: np.ndarray, octets: np.ndarray, packets: np.n
 
 REASONS = ["stale", "first", "delta", "wrap", "wrap32", "reboot", "duplicate", "baseline", "reset"]
 R_STALE, R_FIRST, R_DELTA, R_WRAP, R_WRAP32, R_REBOOT, R_DUPLICATE, R_BASELINE, R_RESET = range(len(REASONS))
-
-
-@dataclass(frozen=True, slots=True)
-class _Const:
-    """A string column with one value in every row (built as a dictionary array, not n Python strings)."""
-
-    value: str
-
-
-@dataclass(frozen=True, slots=True)
-class _Coded:
-    """A string column as small integer codes into a vocabulary."""
-
-    codes: np.ndarray
-    vocab: list[str]
-
-
-def _empty(table, n: int) -> dict:
-    """Zero numeric columns and empty-string constant columns for ``n`` rows."""
-    return {c.name: (_Const("") if c.kind == "string" else np.zeros(n, dtype=c.numpy_dtype)) for c in table.columns}
-
-
-def _column(values, column) -> object:
-    """A decoded column converted to the table column's representation (strings stay Arrow arrays)."""
-    if column.kind == "string":
-        return values if isinstance(values, pa.Array) else np.asarray(values, dtype=object)
-    if isinstance(values, pa.Array):
-        values = values.to_numpy(zero_copy_only=False)
-    if column.kind == "ip":
-        return np.asarray(values, dtype="S16")
-    return np.asarray(values).astype(column.numpy_dtype, copy=False)
-
-
-def _codes(values, n: int) -> tuple[np.ndarray, list[str]]:
-    """(codes, distinct values) of a string column (Arrow array, constant or object array)."""
-    if isinstance(values, _Const):
-        return np.zeros(n, dtype=np.int64), [values.value]
-    if isinstance(values, pa.Array):
-        enc = values.dictionary_encode()
-        return enc.indices.to_numpy(zero_copy_only=False).astype(np.int64), enc.dictionary.to_pylist()
-    uniq, inv = np.unique(np.asarray(values).astype(str), return_inverse=True)
-    return inv.astype(np.int64), uniq.tolist()
-
-
-def _fill_samis(out: dict, cols: dict) -> None:
-    for name, field_name in _SAMIS_COLUMNS.items():
-        if field_name in cols:
-            out[name] = _column(cols[field_name], IPDR_RECORDS.column(name))
-    if "CmMacAddr" in cols:
-        out["cm_mac"] = _format_macs(cols["CmMacAddr"])
-    if "ServiceFlowChSet" in cols:
-        out["service_flow_ch_set"] = _channel_sets(cols["ServiceFlowChSet"])
-
-
-def _format_macs(macs: np.ndarray) -> pa.Array:
-    """MACs as an Arrow string array, built from one vectorised byte buffer."""
-    text = format_macs_bytes(np.asarray(macs, dtype=np.uint64))
-    offsets = np.arange(0, 17 * (len(text) + 1), 17, dtype=np.int32)
-    return pa.Array.from_buffers(pa.string(), len(text), [None, pa.py_buffer(offsets), pa.py_buffer(text.tobytes())])
-
-
-def _channel_sets(arr: pa.Array) -> _Coded:
-    """hexBinary channel sets (one byte per channel) as '1,2,3' text; formatted once per distinct value."""
-    enc = arr.dictionary_encode()
-    texts = [",".join(str(b) for b in v) if v is not None else "" for v in enc.dictionary.to_pylist()]
-    return _Coded(enc.indices.to_numpy(zero_copy_only=False).astype(np.int64), texts)
-
-
-def _fields_json(cols: dict, n: int, types: dict[str, int]) -> np.ndarray:
-    """Every field of records of a non-SAMIS template as JSON text (a Python loop per record: these templates carry
-    registration and CPE events, orders of magnitude fewer records than SAMIS).
-
-    Addresses are text, MACs ``aa:bb:...``, binary hex; a hexBinary named ``...Ipv4AddrList`` / ``...Ipv6AddrList``
-    (how CMTSs send CPE address lists) becomes a list of addresses."""
-    lists = {}
-    for name, v in cols.items():
-        t = types.get(name.lower(), 0)
-        if t == 0x723:
-            lists[name] = format_macs(v).tolist()
-        elif isinstance(v, pa.Array):
-            values = v.to_pylist()
-            if name.lower().endswith(("ipv4addrlist", "ipv6addrlist")) and v.type == pa.binary():
-                width = 4 if name.lower().endswith("ipv4addrlist") else 16
-                lists[name] = [_addr_list(x, width) for x in values]
-            else:
-                lists[name] = [x.hex() if isinstance(x, bytes) else x for x in values]
-        elif v.dtype.kind == "S":
-            lists[name] = [_addr_text(x) if t != 0x527 else x.hex() for x in v.tolist()]
-        else:
-            lists[name] = v.tolist()
-    out = np.empty(n, dtype=object)
-    names = list(lists)
-    for i in range(n):
-        out[i] = json.dumps({k: lists[k][i] for k in names}, separators=(",", ":"))
-    return out
-
-
-def _addr_list(raw: bytes | None, width: int) -> list[str] | str:
-    if raw is None:
-        return []
-    if len(raw) % width:
-        return raw.hex()  # not packed addresses after all: keep the bytes
-    return [_addr_text(raw[i:i + width]) for i in range(0, len(raw), width)]
-
-
-def _addr_text(raw: bytes) -> str:
-    from decoders.addresses import address_text
-
-    return address_text(raw)
-
-
-def _arrow(values, column, n: int) -> pa.Array:
-    if isinstance(values, _Const):
-        return pa.DictionaryArray.from_arrays(pa.array(np.zeros(n, np.int32)),
-                                              pa.array([values.value], pa.string())).dictionary_decode()
-    if isinstance(values, _Coded):
-        return pa.DictionaryArray.from_arrays(pa.array(np.asarray(values.codes, np.int32)),
-                                              pa.array(values.vocab, pa.string())).dictionary_decode()
-    if isinstance(values, pa.Array):
-        return values if values.type == column.arrow_type else values.cast(column.arrow_type)
-    if column.kind == "ip":
-        data = np.ascontiguousarray(values, dtype="S16")
-        return pa.FixedSizeBinaryArray.from_buffers(pa.binary(16), len(data), [None, pa.py_buffer(data.tobytes())])
-    if column.kind == "timestamp_ms":
-        return pa.array(np.asarray(values, dtype="int64"), type=pa.int64()).cast(column.arrow_type)
-    if column.kind == "string":
-        return pa.array(values, type=pa.string())
-    return pa.array(np.asarray(values, dtype=column.numpy_dtype), type=column.arrow_type)
-
-
-def _batch(table, columns: dict, n: int) -> pa.RecordBatch:
-    """A RecordBatch of ``table`` from numpy columns, Arrow arrays, constants and coded strings."""
-    arrays = [_arrow(columns[c.name], c, n) for c in table.columns]
-    return pa.RecordBatch.from_arrays(arrays, schema=table.arrow_schema)

@@ -35,10 +35,10 @@ from __future__ import annotations
 import hashlib
 import ipaddress
 import logging
-import struct
 from collections import OrderedDict
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from typing import Any, cast
 
 import numpy as np
 import pyarrow as pa
@@ -46,21 +46,37 @@ import pyarrow as pa
 from mediation.aggregate import allocate, split_intervals
 from mediation.hashing import hash_columns, string_hash
 from mediation.subscribers.bindings import Bindings, join_addresses, parse_network
+from mediation.subscribers.radius_packets import (
+    ACCOUNTING_OFF,
+    ACCOUNTING_ON,
+    ACCOUNTING_REQUEST,
+    ATTRIBUTES,
+    INTERIM,
+    START,
+    STOP,
+    Packet,
+    RadiusError,
+    accounting_request,
+    accounting_response,
+    attribute_text,
+    ipv6_prefix,
+    parse_packet,
+    request_authenticator_ok,
+)
+from mediation.subscribers.settings import RadiusConfig
 from mediation.tables import OPEN_END_MS, USAGE
+
+__all__ = [  # the packet names are imported from here by the listener and the tests too
+    "ATTRIBUTES", "RadiusAccounting", "RadiusError", "RadiusResult", "accounting_request", "parse_packet",
+    "request_authenticator_ok"]
 
 log = logging.getLogger(__name__)
 
-ACCOUNTING_REQUEST, ACCOUNTING_RESPONSE = 4, 5
-START, STOP, INTERIM, ACCOUNTING_ON, ACCOUNTING_OFF = 1, 2, 3, 7, 8
+RequestKey = tuple[str, int, bytes]
+"""A request as the duplicate window knows it: client, identifier, authenticator."""
+Address = tuple[Any, ...]
+"""A datagram's source address as the socket gives it ((host, port) or the IPv6 4-tuple)."""
 
-ATTRIBUTES = {
-    "User-Name": 1, "NAS-IP-Address": 4, "NAS-Port": 5, "Framed-IP-Address": 8, "Class": 25,
-    "Called-Station-Id": 30, "Calling-Station-Id": 31, "NAS-Identifier": 32, "Acct-Status-Type": 40,
-    "Acct-Delay-Time": 41, "Acct-Input-Octets": 42, "Acct-Output-Octets": 43, "Acct-Session-Id": 44,
-    "Acct-Session-Time": 46, "Acct-Input-Gigawords": 52, "Acct-Output-Gigawords": 53, "Event-Timestamp": 55,
-    "NAS-Port-Id": 87, "NAS-IPv6-Address": 95, "Framed-IPv6-Prefix": 97, "Delegated-IPv6-Prefix": 123,
-    "Framed-IPv6-Address": 168,
-}
 MAX_CLOCK_AHEAD_MS = 300_000
 """An Event-Timestamp further ahead of our clock than this is not believed (the receive time is used, counted)."""
 ANSWERED_ERRORS = {"no_subscriber_id", "too_old"}
@@ -94,94 +110,6 @@ CREATE UNIQUE INDEX IF NOT EXISTS radius_recent_key ON radius_recent(authenticat
 """
 
 
-class RadiusError(ValueError):
-    """A malformed RADIUS packet; ``reason`` is a stable metric label."""
-
-    def __init__(self, reason: str, message: str) -> None:
-        super().__init__(message)
-        self.reason = reason
-
-
-@dataclass
-class Packet:
-    code: int
-    identifier: int
-    authenticator: bytes
-    attributes: list[tuple[int, bytes]]
-    raw: bytes
-
-    def get(self, attr: int) -> bytes | None:
-        for t, v in self.attributes:
-            if t == attr:
-                return v
-        return None
-
-    def all(self, attr: int) -> list[bytes]:
-        return [v for t, v in self.attributes if t == attr]
-
-    def integer(self, attr: int) -> int | None:
-        v = self.get(attr)
-        return int.from_bytes(v, "big") if v is not None and len(v) == 4 else None
-
-
-def parse_packet(data: bytes) -> Packet:
-    """Parse a RADIUS packet; raises :class:`RadiusError` for anything malformed."""
-    if len(data) < 20:
-        raise RadiusError("short", f"packet of {len(data)} bytes, less than the 20-byte header")
-    code, identifier, length = struct.unpack_from("!BBH", data)
-    if length < 20 or length > 4096 or length > len(data):
-        raise RadiusError("bad_length", f"length field {length} for a datagram of {len(data)} bytes")
-    attributes = []
-    pos = 20
-    while pos < length:
-        if pos + 2 > length:
-            raise RadiusError("bad_attribute", "truncated attribute header")
-        t, alen = data[pos], data[pos + 1]
-        if alen < 2 or pos + alen > length:
-            raise RadiusError("bad_attribute", f"attribute {t} with length {alen}")
-        attributes.append((t, data[pos + 2:pos + alen]))
-        pos += alen
-    return Packet(code, identifier, data[4:20], attributes, data[:length])
-
-
-def request_authenticator_ok(packet: Packet, secret: bytes) -> bool:
-    """RFC 2866 3: MD5(Code + Identifier + Length + 16 zero octets + Attributes + Secret) == Authenticator."""
-    raw = packet.raw
-    expected = hashlib.md5(raw[:4] + b"\0" * 16 + raw[20:] + secret).digest()
-    return expected == packet.authenticator
-
-
-def encode_attributes(attributes: Sequence[tuple[int, bytes]]) -> bytes:
-    return b"".join(struct.pack("!BB", t, len(v) + 2) + v for t, v in attributes)
-
-
-def accounting_response(request: Packet, secret: bytes) -> bytes:
-    """Accounting-Response to ``request``: MD5(Code + Identifier + Length + RequestAuth + Attributes + Secret)."""
-    header = struct.pack("!BBH", ACCOUNTING_RESPONSE, request.identifier, 20)
-    auth = hashlib.md5(header + request.authenticator + secret).digest()
-    return header + auth
-
-
-def accounting_request(identifier: int, attributes: Sequence[tuple[int, bytes]], secret: bytes) -> bytes:
-    """An Accounting-Request with a correct Request Authenticator (tests and tools)."""
-    body = encode_attributes(attributes)
-    header = struct.pack("!BBH", ACCOUNTING_REQUEST, identifier, 20 + len(body))
-    auth = hashlib.md5(header + b"\0" * 16 + body + secret).digest()
-    return header + auth + body
-
-
-def _prefix(value: bytes) -> str | None:
-    """Framed-IPv6-Prefix / Delegated-IPv6-Prefix value (reserved, length, prefix bytes) as text."""
-    if len(value) < 2 or value[1] > 128 or len(value) - 2 > 16:
-        return None
-    raw = value[2:] + b"\0" * (18 - len(value))
-    return f"{ipaddress.IPv6Address(raw)}/{value[1]}"
-
-
-def _text(value: bytes | None) -> str:
-    return value.decode("utf-8", "replace") if value is not None else ""
-
-
 @dataclass
 class RadiusResult:
     responses: list[tuple[bytes, object]] = field(default_factory=list)
@@ -204,8 +132,8 @@ class _Client:
 class RadiusAccounting:
     """The accounting server's logic over a :class:`Bindings` store; see the module docstring."""
 
-    def __init__(self, config, bindings: Bindings, interval_ms: int = 300_000) -> None:
-        """``config``: a :class:`collector.config.RadiusConfig`."""
+    def __init__(self, config: RadiusConfig, bindings: Bindings, interval_ms: int = 300_000) -> None:
+        """``config``: a :class:`mediation.subscribers.settings.RadiusConfig`."""
         self.config = config
         self.bindings = bindings
         self.interval_ms = interval_ms
@@ -215,7 +143,7 @@ class RadiusAccounting:
                               key=lambda c: -c.network.prefixlen)
         bindings.conn.executescript(_SESSIONS_SCHEMA)
         # the duplicate window survives restarts: a captured request re-sent later is answered, not re-applied
-        self._recent: OrderedDict[tuple, bytes] = OrderedDict(
+        self._recent: OrderedDict[RequestKey, bytes] = OrderedDict(
             ((client, ident, bytes(auth)), bytes(resp)) for client, ident, auth, resp in bindings.conn.execute(
                 "SELECT client, identifier, authenticator, response FROM radius_recent ORDER BY n").fetchall())
         self.counters: dict[tuple[str, str], int] = {}
@@ -224,7 +152,7 @@ class RadiusAccounting:
         """Reports whose usage spanned more than the session timeout (a NAS clock far off): spread over that much."""
         self._skewed = 0
         """Requests whose Event-Timestamp was too far ahead (the receive time was used instead)."""
-        self._batch_keys: list[tuple] = []  # added to the duplicate window by the batch being handled
+        self._batch_keys: list[RequestKey] = []  # added to the duplicate window by the batch being handled
         self._new_sessions = 0
 
     def _count(self, client: str, result: str) -> None:
@@ -245,14 +173,15 @@ class RadiusAccounting:
         return None
 
     def open_sessions(self) -> int:
-        return self.bindings.conn.execute("SELECT count(*) FROM radius_sessions").fetchone()[0]
+        count: int = self.bindings.conn.execute("SELECT count(*) FROM radius_sessions").fetchone()[0]
+        return count
 
-    def handle(self, datagrams: Sequence[tuple[bytes, tuple]], now_ms: int) -> RadiusResult:
+    def handle(self, datagrams: Sequence[tuple[bytes, Address]], now_ms: int) -> RadiusResult:
         """Process datagrams ``(payload, (host, port, ...))`` received at ``now_ms``; commit; return the answers.
 
         Raises when the database fails (a full disk): then nothing of the batch is applied, remembered as answered
         or answered, and the NASes retransmit."""
-        self._batch_keys: list[tuple] = []
+        self._batch_keys = []
         try:
             return self._handle(datagrams, now_ms)
         except BaseException:
@@ -261,7 +190,7 @@ class RadiusAccounting:
                 self._recent.pop(key, None)
             raise
 
-    def _handle(self, datagrams: Sequence[tuple[bytes, tuple]], now_ms: int) -> RadiusResult:
+    def _handle(self, datagrams: Sequence[tuple[bytes, Address]], now_ms: int) -> RadiusResult:
         result = RadiusResult()
         answers: list[tuple[bytes, object]] = []
         usage: list[dict[str, np.ndarray]] = []
@@ -320,14 +249,14 @@ class RadiusAccounting:
             self.bindings._begin()
             cur = self.bindings.conn.execute("INSERT INTO radius_usage_journal(payload) VALUES (?)",
                                              (_ipc(result.usage),))
-            result.journal_id = int(cur.lastrowid)
+            result.journal_id = int(cast(int, cur.lastrowid))
         # durable first, then the answers (a NAS that gets no answer retransmits)
         changed = self.bindings.commit()
         result.responses = answers
         result.bindings = changed if changed.num_rows else None
         return result
 
-    def _remember(self, key: tuple, response: bytes) -> None:
+    def _remember(self, key: RequestKey, response: bytes) -> None:
         """Add an answered request to the duplicate window, in memory and (in the batch's transaction) on disk."""
         self._recent[key] = response
         self._batch_keys.append(key)
@@ -517,12 +446,12 @@ class RadiusAccounting:
         if self.id_attribute == ATTRIBUTES["Class"]:
             text = v.decode("utf-8", "replace")
             return text if text.isprintable() else v.hex()
-        return _text(v)
+        return attribute_text(v)
 
     @staticmethod
     def _unique_id(p: Packet, nas: str) -> str:
-        parts = [nas, _text(p.get(ATTRIBUTES["Acct-Session-Id"])), _text(p.get(ATTRIBUTES["User-Name"])),
-                 str(p.integer(ATTRIBUTES["NAS-Port"]) or "")]
+        parts = [nas, attribute_text(p.get(ATTRIBUTES["Acct-Session-Id"])),
+                 attribute_text(p.get(ATTRIBUTES["User-Name"])), str(p.integer(ATTRIBUTES["NAS-Port"]) or "")]
         return hashlib.md5("\x1f".join(parts).encode()).hexdigest()
 
     @staticmethod
@@ -536,7 +465,7 @@ class RadiusAccounting:
                 nets.append(str(ipaddress.IPv6Address(v)))
         for attr in ("Framed-IPv6-Prefix", "Delegated-IPv6-Prefix"):
             for v in p.all(ATTRIBUTES[attr]):
-                net = _prefix(v)
+                net = ipv6_prefix(v)
                 if net:
                     nets.append(net)
         return nets
@@ -588,7 +517,7 @@ def _ipc(batch: pa.RecordBatch) -> bytes:
     sink = pa.BufferOutputStream()
     with pa.ipc.new_stream(sink, batch.schema) as writer:
         writer.write_batch(batch)
-    return sink.getvalue().to_pybytes()
+    return cast(bytes, sink.getvalue().to_pybytes())
 
 
 def _delta(total: int, last: int, gigawords_seen: bool) -> int:

@@ -76,7 +76,7 @@ def _entry(sub: object, network: object, vf: object, vt: object, where: str) -> 
     return StaticEntry(sub.strip(), str(network).strip(), start, end, parsed)
 
 
-def parse_static_file(path: str | os.PathLike) -> list[StaticEntry]:
+def parse_static_file(path: str | os.PathLike[str]) -> list[StaticEntry]:
     """Entries of a CSV (``.csv``) or TOML (``.toml``) bindings file; raises :class:`StaticFileError`."""
     p = Path(path)
     try:
@@ -118,7 +118,7 @@ def parse_static_file(path: str | os.PathLike) -> list[StaticEntry]:
 class StaticBindings:
     """Keeps the ``static`` bindings in :class:`Bindings` in line with a file."""
 
-    def __init__(self, path: str | os.PathLike, bindings: Bindings) -> None:
+    def __init__(self, path: str | os.PathLike[str], bindings: Bindings) -> None:
         self.path = Path(path)
         self.bindings = bindings
         self._mtime: float | None = None

@@ -22,7 +22,7 @@ from bench.exporter import Flow, IpfixExporter, V5Exporter, V9Exporter, template
 from collector import metrics as metrics_mod
 from collector.config import Config, load
 from collector.exporter_stats import ExporterStatsRecorder
-from collector.server import Pipeline, make_mediator, make_sink
+from collector.server import Pipeline, make_mediator, make_sink, make_static
 from mediation.compliance.stage import make_compliance
 
 T0 = 1_793_577_600_000  # 2026-11-02T00:00:00Z, a Monday
@@ -167,8 +167,8 @@ def build(root: Path, hours: int = HOURS, *extra: str) -> Dataset:
     metrics = metrics_mod.Metrics(CollectorRegistry())
     sink = make_sink(cfg, metrics)
     mediator = make_mediator(cfg)
-    pipeline = Pipeline(cfg, metrics, sink, mediator)
-    pipeline.compliance = make_compliance(cfg, mediator)
+    pipeline = Pipeline(cfg, metrics, sink, mediator, compliance=make_compliance(cfg, mediator),
+                        static=make_static(cfg, mediator))
     mediator.bindings.refresh()
     for name, batch in pipeline.compliance.tick(T0 - 3_600_000).items():  # the static file's bindings
         sink.add(name, batch)

@@ -47,7 +47,7 @@ def test_sessions_lists_what_the_cmts_offers():
 
 def test_state_summary(tmp_path):
     u = IpdrUsage(tmp_path / "data" / "state" / "ipdr", preexisting="count")
-    u.process(make_event([{"RecCreationTime": 1000, "ServiceOctetsPassed": 5}]), "cmts1", EXPORTER_IP, 0)
+    u.mediate(make_event([{"RecCreationTime": 1000, "ServiceOctetsPassed": 5}]), "cmts1", EXPORTER_IP, 0)
     u.commit()
     result = CliRunner().invoke(main, ["ipdr", "state", "--set", f"store.path={tmp_path / 'data'}"])
     assert result.exit_code == 0, result.output

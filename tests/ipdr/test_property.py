@@ -29,7 +29,7 @@ def test_usage_equals_counters_advanced(actions, seed, wrap):
     def deliver(docs: list[bytes]) -> None:
         for doc in docs:
             for ev in records(conn.receive_data(doc)):
-                for row in usage.process(ev, "cmts1", EXPORTER_IP, 0).usage.to_pylist():
+                for row in usage.mediate(ev, "cmts1", EXPORTER_IP, 0).usage.to_pylist():
                     key = (row["subscriber_id"], row["direction"])
                     billed[key] = billed.get(key, 0) + row["bytes"]
 

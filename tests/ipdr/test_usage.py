@@ -27,7 +27,7 @@ def usage(state=None, **kw) -> IpdrUsage:
 
 
 def deltas(u: IpdrUsage, rows: list[dict], first_dsn: int = 0, **kw) -> tuple[list[int], list[str]]:
-    res = u.process(make_event(rows, first_dsn=first_dsn, **kw), "cmts1", EXPORTER_IP, T0)
+    res = u.mediate(make_event(rows, first_dsn=first_dsn, **kw), "cmts1", EXPORTER_IP, T0)
     return res.ipdr_records.column("delta_octets").to_pylist(), res.ipdr_records.column("delta_reason").to_pylist()
 
 
@@ -79,14 +79,14 @@ def test_duplicates_and_replays_count_nothing():
 def test_dsn_watermark_drops_redelivered_records():
     u = usage()
     deltas(u, [rec(0, 100), rec(15, 300)])
-    res = u.process(make_event([rec(15, 300), rec(30, 600)], first_dsn=1), "cmts1", EXPORTER_IP, T0)
+    res = u.mediate(make_event([rec(15, 300), rec(30, 600)], first_dsn=1), "cmts1", EXPORTER_IP, T0)
     assert res.ipdr_records.num_rows == 1 and u.counters["redelivered"] == 1
 
 
 def test_usage_rows_per_subscriber_and_direction_spread_over_intervals():
     u = usage(interval_s=300)
     just_created = 500_000 - 10  # sysUpTime at T0 is 500_000: flows created 0.1 s before the first record
-    res = u.process(make_event([rec(0, 100, created=just_created), rec(15, 300, created=just_created),
+    res = u.mediate(make_event([rec(0, 100, created=just_created), rec(15, 300, created=just_created),
                                 rec(15, 40, sfid=9, direction=2, created=just_created + 6001 * 10),
                                 rec(15, 77, mac=0xABC, created=just_created + 6000 * 15)]), "cmts1", EXPORTER_IP, T0)
     rows = res.usage.to_pylist()
@@ -126,7 +126,7 @@ def test_pre_existing_means_before_the_first_session_whatever_the_interval():
     rows = [rec(15, 5000, created=up(2)),  # created 2 minutes into the first interval: new
             rec(15, 10**9, sfid=8, created=up(-10)),  # created 10 minutes before flowmed connected
             rec(15, 700, mac=0xABC, created=up(-0.5))]  # 30 s before: within the clock-skew tolerance
-    res = u.process(make_event(rows), "cmts1", EXPORTER_IP, T0 + 15 * 60_000)
+    res = u.mediate(make_event(rows), "cmts1", EXPORTER_IP, T0 + 15 * 60_000)
     assert res.ipdr_records.column("delta_octets").to_pylist() == [5000, 0, 700]
     assert res.ipdr_records.column("delta_reason").to_pylist() == ["first", "baseline", "first"]
     # the new flow's counter covers 2 -> 15 minutes: spread from its creation, not over the whole day
@@ -141,7 +141,7 @@ def test_creation_a_fraction_of_a_second_after_the_records_sysuptime_is_now():
     # ServiceTimeCreated 0.3 s past the record's own CmtsSysUpTime: not 497 days ago through the 2^32 wrap
     d, r = deltas(u, [rec(0, 900, created=up(0) + 30), rec(0, 400, sfid=8, created=up(0) + 100)])
     assert d == [900, 400] and r == ["first", "first"]
-    res = u.process(make_event([rec(0, 50, sfid=9, created=up(0) + 30)], first_dsn=2), "cmts1", EXPORTER_IP, T0)
+    res = u.mediate(make_event([rec(0, 50, sfid=9, created=up(0) + 30)], first_dsn=2), "cmts1", EXPORTER_IP, T0)
     assert [int(x["interval_start"].timestamp() * 1000) for x in res.usage.to_pylist()] == [T0 - 300_000]
     # a genuinely old creation value still reads as old: sysUpTime wrapped since, the flow is 5 minutes old
     u = IpdrUsage(None, preexisting="baseline")
@@ -227,7 +227,7 @@ def test_unmapped_cm_mac_attributed_through_address_bindings(tmp_path):
                   address_lookup=address_lookup(config))
     rows = [rec(0, 100), {**rec(0, 300, mac=0xBEEF), "CmIpv4Addr": "10.0.0.9"},
             {**rec(0, 50, mac=0xCAFE), "CmIpv4Addr": "10.0.0.10"}]
-    res = u.process(make_event(rows), "cmts1", EXPORTER_IP, T0)
+    res = u.mediate(make_event(rows), "cmts1", EXPORTER_IP, T0)
     got: dict = {}
     for r in res.usage.to_pylist():
         got[(r["subscriber_id"], r["direction"])] = got.get((r["subscriber_id"], r["direction"]), 0) + r["bytes"]
@@ -253,7 +253,7 @@ def test_other_templates_are_stored_generically_as_json():
                       "RecType": 3, "RecCreationTime": T0}], fields=cpe)
     ev.records.template = type(ev.records.template)(1, "DOCSIS-CPE-TYPE", "s", ev.records.template.fields,
                                                      ev.records.template.all_names, ev.records.template.segments)
-    res = usage().process(ev, "cmts1", EXPORTER_IP, T0)
+    res = usage().mediate(ev, "cmts1", EXPORTER_IP, T0)
     (row,) = res.ipdr_records.to_pylist()
     assert res.usage.num_rows == 0 and row["delta_reason"] == "not_samis" and row["template"] == "DOCSIS-CPE-TYPE"
     assert row["cm_mac"] == "00:10:95:00:00:01" and row["cmts_host"] == "c1"

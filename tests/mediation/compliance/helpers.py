@@ -13,7 +13,7 @@ from prometheus_client import CollectorRegistry
 from collector import metrics as metrics_mod
 from collector.config import Config, load
 from collector.radius_listener import start_radius
-from collector.server import Pipeline, make_mediator, make_sink
+from collector.server import Pipeline, make_mediator, make_sink, make_static
 from mediation.compliance.stage import make_compliance
 from tests.fixtures.peers import free_port, require_tool
 from tests.mediation.compliance import scenario
@@ -53,8 +53,8 @@ def build(cfg: Config, scen: ModuleType = scenario) -> Pipeline:
 
     asyncio.run(sessions())
     mediator = make_mediator(cfg)
-    pipeline = Pipeline(cfg, metrics, sink, mediator)
-    pipeline.compliance = make_compliance(cfg, mediator)
+    pipeline = Pipeline(cfg, metrics, sink, mediator, compliance=make_compliance(cfg, mediator),
+                        static=make_static(cfg, mediator))
     mediator.bindings.refresh()
     for name, batch in pipeline.compliance.tick(scen.T0).items():  # the static file's bindings
         sink.add(name, batch)

@@ -113,8 +113,8 @@ def run_both(tmp_path, monkeypatch, batches: int = 3, mediation_errors: int = 0,
     monkeypatch.setattr(server, "now_ms", lambda: now[0])
     decoder, sink = _Decoder(), _Sink()
     mediator = Mediator(cfg, b, refresh_interval_s=3600)
-    pipeline = server.Pipeline(cfg, metrics_mod.Metrics(CollectorRegistry()), sink, mediator, decoder)
-    pipeline.compliance = ComplianceStage(cfg, b)
+    pipeline = server.Pipeline(cfg, metrics_mod.Metrics(CollectorRegistry()), sink, mediator, decoder,
+                               compliance=ComplianceStage(cfg, b))
     ref_mediator = Mediator(cfg, b, refresh_interval_s=3600)
     ref_stage = ComplianceStage(cfg, b)
     ref: dict[str, list[pa.RecordBatch]] = {}

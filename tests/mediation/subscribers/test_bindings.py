@@ -9,6 +9,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import mediation.subscribers.bindings as bindings_mod
+import mediation.subscribers.index as index_mod
+import mediation.subscribers.store as store_mod
 from mediation.subscribers.bindings import Bindings, format_network, index_from_arrays, parse_network, split_addresses
 from mediation.tables import OPEN_END_MS
 from tests.mediation.mediation_helpers import s16
@@ -106,7 +108,7 @@ def test_commit_returns_the_changed_bindings_as_a_table_batch():
 
 
 def test_delta_is_merged_into_a_rebuilt_base(monkeypatch):
-    monkeypatch.setattr(bindings_mod, "DELTA_REBUILD_ROWS", 3)
+    monkeypatch.setattr(store_mod, "DELTA_REBUILD_ROWS", 3)
     b = Bindings()
     for i in range(10):
         b.open(f"s{i}", f"10.0.0.{i}", 0)
@@ -219,7 +221,7 @@ def test_subscriber_ids_for_other_components():
 
 
 def test_background_rebuild_keeps_changes_made_meanwhile(tmp_path, monkeypatch):
-    monkeypatch.setattr(bindings_mod, "DELTA_REBUILD_ROWS", 4)
+    monkeypatch.setattr(store_mod, "DELTA_REBUILD_ROWS", 4)
     writer = Bindings(tmp_path / "b.sqlite")
     reader = Bindings(tmp_path / "b.sqlite")
     for i in range(6):
@@ -355,13 +357,13 @@ def test_index_matches_brute_force_on_nested_mixed_history(monkeypatch, seed, tu
     """Every table kind (dense, hashed by one or two halves, high-half check), stepping back to earlier bindings,
     each way of combining prefix lengths, and IPv4-only, IPv6-only and mixed batches give the reference answers."""
     if tuning == "all-hashed":
-        monkeypatch.setattr(bindings_mod, "DENSE_MAX_SLOTS", 0)
+        monkeypatch.setattr(index_mod, "DENSE_MAX_SLOTS", 0)
     elif tuning == "always-gather":
-        monkeypatch.setattr(bindings_mod, "FULL_PASS_SHARE", 2.0)
+        monkeypatch.setattr(index_mod, "FULL_PASS_SHARE", 2.0)
     elif tuning == "never-gather":
-        monkeypatch.setattr(bindings_mod, "FULL_PASS_SHARE", 0.0)
+        monkeypatch.setattr(index_mod, "FULL_PASS_SHARE", 0.0)
     elif tuning == "probe-by-one":
-        monkeypatch.setattr(bindings_mod, "PROBE_WINDOW", 1)
+        monkeypatch.setattr(index_mod, "PROBE_WINDOW", 1)
     rng = np.random.default_rng(seed)
     rows, queries = _random_history(rng)
     nets = np.array([r[0] for r in rows], dtype=object)

@@ -19,7 +19,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-import mediation.subscribers.bindings as bindings_mod
+import mediation.subscribers.store as store_mod
 from mediation.subscribers.bindings import Bindings, parse_network
 from mediation.tables import OPEN_END_MS
 from tests.mediation.mediation_helpers import s16
@@ -205,7 +205,7 @@ def run_history(steps: list[tuple], with_end: bool) -> None:
 @pytest.mark.slow
 @pytest.mark.parametrize("with_end", [False, True], ids=["open-close", "with-end-moves"])
 def test_answers_are_a_function_of_the_history(monkeypatch, with_end):
-    monkeypatch.setattr(bindings_mod, "DELTA_REBUILD_ROWS", 3)  # rebuilds also start on their own, often
+    monkeypatch.setattr(store_mod, "DELTA_REBUILD_ROWS", 3)  # rebuilds also start on their own, often
 
     @settings(max_examples=120, deadline=None, suppress_health_check=[HealthCheck.too_slow])
     @given(st.lists(ops, min_size=1, max_size=30))

@@ -1,0 +1,458 @@
+"""The immutable, vectorised lookup index of subscriber bindings (see :mod:`mediation.subscribers.bindings` for
+the rules it answers by).
+
+Lookup
+------
+:class:`BindingIndex` keeps, per prefix length, the bindings sorted by ``(network, valid_from)`` and a table with one
+24-byte record per network: its newest binding's start, end, subscriber and position. A query reads its network's
+record (a direct array indexed by network number for IPv4 pools and other compact key ranges, else a hash table)
+and is answered by it unless its time is before that binding's start (then it steps back through the network's
+earlier bindings). Prefix lengths are probed longest first, only for the queries still unanswered; lengths keyed
+alike whose networks do not nest (IPv4 /25s and /24s) share one table, and a batch of IPv4 addresses only visits
+the tables that hold IPv4 networks. No ``np.where`` on the hot path: a data-dependent choice per element costs
+about ten times the branch-free arithmetic used instead. Changes since the last full build live in a small delta
+index; closing (or extending) a binding updates ``valid_to`` in place. A lookup asks both and takes the longer
+prefix: as the bindings of a network never overlap, at most one of them holds a binding of the query's network
+valid at its time, so the answer does not depend on which rows the last rebuild put where.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import cast
+
+import numpy as np
+
+from mediation.hashing import mix64
+from mediation.subscribers.addresses import ALL_ONES, prefix_masks, split_addresses
+
+_U64 = np.uint64
+_UNUSED = np.zeros(0, dtype=np.int64)
+"""What a lookup holds for rows and prefix lengths it was not asked for (never read)."""
+
+
+_FIB = _U64(0x9E3779B97F4A7C15)
+_NEVER = np.iinfo(np.int64).min
+DENSE_MAX_SLOTS = 1 << 25
+"""Key spans up to this many slots (and at most 3 per network, or DENSE_FLOOR_SLOTS) use a direct array instead of a
+hash table."""
+DENSE_FLOOR_SLOTS = 1 << 18
+"""Spans up to this many slots (6 MB) are direct arrays however few the networks: an IPv4 pool of up to a /14 keyed
+by address, e.g. the RADIUS sessions opened since the last rebuild in the delta index."""
+_SLOT = np.dtype([("valid_from", "<i8"), ("valid_to", "<i8"), ("sub", "<i4"), ("pos", "<i4")])
+_EMPTY_SLOT = (_NEVER, _NEVER, -1, -1)  # starts before any time (no stepping back), valid at none: no match
+PROBE_WINDOW = 8
+"""Hash table slots read at once per query in the last rounds of probing (when few queries are left)."""
+MERGE_MAX_BITS = 4
+MERGE_MAX_GROWTH = 4
+"""Prefix lengths keyed alike are merged into one table when the longest is at most MERGE_MAX_BITS longer than the
+others and the table needs at most MERGE_MAX_GROWTH slots per network (see BindingIndex._merge)."""
+FULL_PASS_SHARE = 0.5
+"""In :meth:`BindingIndex.lookup`, a prefix length is probed with every query, rather than with the unanswered ones
+gathered out, while at least this share of the queries is unanswered (gathering and scattering cost about as much
+as probing)."""
+
+
+class _NetworkTable:
+    """Per network of one prefix length, its newest binding: start, end, subscriber and position in the group, in
+    one 24-byte slot, so that the common lookup (the newest binding decides) reads one slot per query.
+
+    Dense when the keys span a small range (an ISP's IPv4 pools keyed by network number: consecutive /24s are
+    consecutive keys): slot ``key - base``, the last slot empty for keys out of range. Otherwise an open-addressing
+    hash table (Fibonacci hashing, linear probing, load <= 0.5) whose slots also hold the one or two uint64 key
+    words, compared in full; empty slots hold a key word no network has, so a probe stops on a matching or an empty
+    slot (whose record matches nothing) without a separate occupancy test; keys outside the range of the networks'
+    first key words go to an extra empty slot at the end without probing (most misses: the remote side of flows).
+    Memory per network: dense at most 72 bytes (or 6 MB per table), hashed 64 to 128 (one key word) or 80 to 160
+    (two).
+    """
+
+    def __init__(self, keys: tuple[np.ndarray, ...], records: np.ndarray) -> None:
+        n = len(records)
+        ka = keys[0]
+        self.dense = False
+        self.base = _U64(ka.min())
+        span = int(ka.max()) - int(ka.min()) + 1
+        if len(keys) == 1 and span <= min(DENSE_MAX_SLOTS, max(3 * n, DENSE_FLOOR_SLOTS)):
+            self.dense = True
+            self.span = _U64(span)
+            self.slots = np.repeat(np.array([_EMPTY_SLOT], dtype=_SLOT), span + 1)  # (10x faster than [:] = ...)
+            self.slot_of = (ka - self.base).astype(np.int64)  # each network's slot
+            np.put(self.slots, self.slot_of, records)  # (put and take: [] on records is slow)
+            return
+        bits = max((2 * n).bit_length(), 4)
+        self.shift = _U64(64 - bits)
+        self.mask = _U64((1 << bits) - 1)
+        # an empty slot's first key word: one no network has (a gap in the sorted words, or above the largest)
+        words = np.unique(ka)
+        gap = np.flatnonzero(np.diff(words) > 1)
+        self.empty_key = _U64(0) if words[0] > 0 else _U64(words[gap[0]] + _U64(1)) if len(gap) \
+            else _U64(words[-1] + _U64(1))
+        claim = np.full(1 << bits, -1, dtype=np.int64)
+        pos = self._home(keys)
+        todo = np.arange(n)
+        while len(todo):
+            p = pos[todo]
+            free = claim[p] < 0
+            claim[p[free]] = todo[free]  # when two keys race for one free slot, exactly one write survives
+            won = np.zeros(len(todo), dtype=bool)
+            won[free] = claim[p[free]] == todo[free]
+            todo = todo[~won]
+            pos[todo] = (pos[todo] + _U64(1)) & self.mask
+        self.slot_of = pos.astype(np.int64)
+        self.low, self.width, self.size = _U64(words[0]), _U64(words[-1] - words[0]), _U64(1 << bits)
+        self._steps = np.arange(1, PROBE_WINDOW + 1, dtype=_U64)
+        self.key_fields = ("ka", "kb")[:len(keys)]
+        slot = np.dtype(_SLOT.descr + [(f, "<u8") for f in self.key_fields])
+        self.slots = np.repeat(np.array([_EMPTY_SLOT + (self.empty_key,) * len(keys)], dtype=slot), (1 << bits) + 1)
+        full = np.empty(n, dtype=slot)
+        for name in _SLOT.names or ():
+            full[name] = records[name]
+        for name, k in zip(self.key_fields, keys, strict=True):
+            full[name] = k
+        np.put(self.slots, self.slot_of, full)
+        self.key_words = [np.ascontiguousarray(self.slots[name]) for name in self.key_fields]  # to probe on
+
+    def _home(self, keys: tuple[np.ndarray, ...]) -> np.ndarray:
+        with np.errstate(over="ignore"):
+            mixed = keys[0] if len(keys) == 1 else keys[0] ^ mix64(keys[1])
+            return cast(np.ndarray, (mixed * _FIB) >> self.shift)
+
+    def get(self, keys: tuple[np.ndarray, ...]) -> np.ndarray:
+        """The slot record of each key (an empty slot's where absent). Dense tables may overwrite ``keys``."""
+        if self.dense:
+            off = np.subtract(keys[0], self.base, out=keys[0])  # wraps around below base: out of range either way
+            np.minimum(off, self.span, out=off)
+            return cast(np.ndarray, self.slots.take(off.view(np.int64)))
+        out = (keys[0] - self.low) > self.width  # (below low wraps around: above width)
+        pos = np.minimum(self._home(keys) + out * self.size, self.size)  # out of range: the last slot (branch-free)
+        found = self.slots.take(pos.view(np.int64))
+        other = found["ka"] != keys[0]
+        if len(keys) > 1:
+            other |= found["kb"] != keys[1]
+        moved = np.flatnonzero(other)
+        moved = moved[found["ka"][moved] != self.empty_key]  # another network's slot: probe on (an empty one: absent)
+        if not len(moved):
+            return found
+        todo = moved
+        while len(todo) > 16 * PROBE_WINDOW:  # one slot at a time while many queries are left
+            pos[todo] = (pos[todo] + _U64(1)) & self.mask
+            p = pos[todo].view(np.int64)
+            first = self.key_words[0].take(p)
+            on = first != keys[0][todo]
+            if len(keys) > 1:
+                on |= self.key_words[1].take(p) != keys[1][todo]
+            todo = todo[on & (first != self.empty_key)]
+        while len(todo):  # then the next PROBE_WINDOW slots at once: few rounds for the rare long probes
+            window = ((pos[todo][:, None] + self._steps) & self.mask).view(np.int64)
+            first = self.key_words[0].take(window)
+            stop = first == keys[0][todo][:, None]
+            if len(keys) > 1:
+                stop &= self.key_words[1].take(window) == keys[1][todo][:, None]
+            stop |= first == self.empty_key
+            done = stop.any(axis=1)
+            pos[todo] = np.where(done, window[np.arange(len(todo)), stop.argmax(axis=1)], window[:, -1])
+            todo = todo[~done]
+        np.put(found, moved, self.slots.take(pos[moved].view(np.int64)))  # (put and take: [] on records is slow)
+        return found
+
+
+@dataclass
+class _Group:
+    """The bindings of one prefix length, sorted by (network, valid_from), and a table of each network's newest."""
+
+    prefix_len: int
+    mode: str  # "hi" (prefix <= 64: key = high half), "lo" (all networks share the high half ``const_hi``: key =
+    # low half) or "hash" (key = both halves); "hi" and "lo" keys are shifted right past the host bits
+    shift: np.uint64
+    mask_hi: np.uint64
+    mask_lo: np.uint64
+    const_hi: np.uint64
+    # set by BindingIndex._build_group or _merge once the group is made:
+    rows: np.ndarray = field(init=False)  # rows of the index, sorted by (network key, valid_from); the arrays below
+    # in that order
+    ids: np.ndarray = field(init=False)
+    valid_from: np.ndarray = field(init=False)
+    valid_to: np.ndarray = field(init=False)
+    sub: np.ndarray = field(init=False)
+    has_prev: np.ndarray = field(init=False)  # the position before holds an earlier-started binding of its network
+    table_slot: np.ndarray = field(init=False)  # slot of the network in ``table`` where this is its newest binding,
+    # else -1
+    table: _NetworkTable = field(init=False)
+    # a merged group (see BindingIndex._merge): the prefix length of each position, and how many consecutive slots
+    # from ``table_slot`` hold each network (a shorter prefix fills the slots of every longer one inside it)
+    plens: np.ndarray | None = None
+    table_span: np.ndarray | None = None
+    v6_only: bool = False  # no network with a zero high half: IPv4-mapped queries (high half 0) cannot match
+    v4_only: bool = False  # "lo" mode with a zero high half: only IPv4-mapped queries can match
+
+    def keys(self, hi: np.ndarray, lo: np.ndarray) -> tuple[np.ndarray, ...]:
+        if self.mode == "hi":
+            return (hi >> self.shift,) if self.prefix_len else (np.zeros(len(hi), dtype=_U64),)
+        if self.mode == "lo":
+            return (lo >> self.shift,)
+        return hi & self.mask_hi, lo & self.mask_lo
+
+    def find(self, hi: np.ndarray, lo: np.ndarray, t: np.ndarray, check_hi: bool, positions: bool = False
+             ) -> tuple[np.ndarray, np.ndarray | None]:
+        """Per query, the subscriber (or -1) and, with ``positions``, the position (or -1) of the binding of its
+        network at ``t``: the one that started last at or before ``t``, if ``t`` is before its end. ``check_hi``:
+        compare the high half too ("lo" mode keys leave it out)."""
+        slot = self.table.get(self.keys(hi, lo))
+        valid_to, sub, pos = slot["valid_to"], slot["sub"], slot["pos"]
+        late = slot["valid_from"] > t
+        if late.any():  # the newest binding started after t: an earlier one of the network may decide
+            self._step_back(np.flatnonzero(late), t, valid_to, sub, pos)
+        ok = t < valid_to
+        if check_hi:
+            ok &= hi == self.const_hi
+        # -1 where not found, without np.where: a data-dependent choice per element costs ~4 ns (mispredicted
+        # branches); OR with 0 / -1 costs a tenth of that
+        miss = ok.view(np.int8) - np.int8(1)
+        return sub | miss, (pos | miss if positions else None)
+
+    def _step_back(self, late: np.ndarray, t: np.ndarray, valid_to: np.ndarray, sub: np.ndarray,
+                   pos: np.ndarray) -> None:
+        """Replace, in place, the slots of the ``late`` queries by the binding of the network that started last at
+        or before their time (no match if none did)."""
+        p = pos[late].astype(np.int64)
+        valid_to[late] = _NEVER
+        while len(late):
+            earlier = self.has_prev[p]
+            late, p = late[earlier], p[earlier] - 1
+            done = self.valid_from[p] <= t[late]
+            at, pd = late[done], p[done]
+            valid_to[at], sub[at], pos[at] = self.valid_to[pd], self.sub[pd], pd
+            late, p = late[~done], p[~done]
+
+
+class BindingIndex:
+    """Immutable lookup structure over binding rows (arrays of equal length); ``valid_to`` may be updated in place
+    with :meth:`set_valid_to`."""
+
+    def __init__(self, ids: np.ndarray, sub: np.ndarray, hi: np.ndarray, lo: np.ndarray, plen: np.ndarray,
+                 valid_from: np.ndarray, valid_to: np.ndarray) -> None:
+        self.ids = np.asarray(ids, dtype=np.int64)
+        self.sub = np.asarray(sub, dtype=np.int32)
+        self.hi = np.asarray(hi, dtype=_U64)
+        self.lo = np.asarray(lo, dtype=_U64)
+        self.plen = np.asarray(plen, dtype=np.int16)
+        self.valid_from = np.asarray(valid_from, dtype=np.int64)
+        self.valid_to = np.array(valid_to, dtype=np.int64)  # a copy: updated in place on close
+        self.groups: list[_Group] = []
+        self._row_group = np.zeros(len(self.ids), dtype=np.int16)
+        self._row_gpos = np.zeros(len(self.ids), dtype=np.int64)
+        for p in sorted(np.unique(self.plen).tolist(), reverse=True):
+            self.groups.append(self._build_group(int(p), np.flatnonzero(self.plen == p)))
+        self.groups = self._merge_groups(self.groups)
+        for gi, g in enumerate(self.groups):
+            self._row_group[g.rows] = gi
+            self._row_gpos[g.rows] = np.arange(len(g.rows))
+        # an all-IPv4 batch (every high half 0) never matches the groups that only IPv6 queries can match
+        self._v4_groups = [g for g in self.groups if not g.v6_only and not (g.mode == "lo" and g.const_hi != 0)]
+        self._id_order = np.argsort(self.ids, kind="stable")
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    def _build_group(self, plen: int, rows: np.ndarray) -> _Group:
+        mhi, mlo = (_U64(m) for m in prefix_masks(plen))
+        hi, lo = self.hi[rows], self.lo[rows]
+        if plen <= 64:
+            mode, shift, const_hi = "hi", _U64(64 - plen if plen else 0), _U64(0)
+        elif np.all(hi == hi[0]):
+            mode, shift, const_hi = "lo", _U64(128 - plen), hi[0]
+        else:
+            mode, shift, const_hi = "hash", _U64(0), _U64(0)
+        g = _Group(plen, mode, shift, mhi, mlo, const_hi)
+        keys = g.keys(hi, lo)
+        order = np.lexsort((self.valid_from[rows], *reversed(keys)))
+        keys, rows = tuple(k[order] for k in keys), rows[order]
+        g.rows, g.valid_from, g.valid_to, g.sub = rows, self.valid_from[rows], self.valid_to[rows], self.sub[rows]
+        g.ids = self.ids[rows]  # binding ids straight from a position (one memory access less than via rows)
+        same = np.ones(len(rows) - 1, dtype=bool)
+        for k in keys:
+            same &= k[1:] == k[:-1]
+        g.has_prev = np.concatenate(([False], same))
+        newest = np.flatnonzero(np.concatenate((~same, [True])))
+        records = np.empty(len(newest), dtype=_SLOT)
+        records["valid_from"], records["valid_to"] = g.valid_from[newest], g.valid_to[newest]
+        records["sub"], records["pos"] = g.sub[newest], newest
+        g.table = _NetworkTable(tuple(k[newest] for k in keys), records)
+        g.table_slot = np.full(len(rows), -1, dtype=np.int32)
+        g.table_slot[newest] = g.table.slot_of
+        g.v6_only = bool(np.all(hi != 0))
+        g.v4_only = mode == "lo" and const_hi == 0
+        return g
+
+    def set_valid_to(self, rows: np.ndarray, valid_to: np.ndarray) -> None:
+        """End bindings in place (closing never moves a binding in the index)."""
+        rows = np.asarray(rows, dtype=np.int64)
+        valid_to = np.broadcast_to(np.asarray(valid_to, dtype=np.int64), rows.shape)
+        self.valid_to[rows] = valid_to
+        for gi, g in enumerate(self.groups):
+            mine = self._row_group[rows] == gi
+            if not mine.any():
+                continue
+            gpos, vt = self._row_gpos[rows[mine]], valid_to[mine]
+            g.valid_to[gpos] = vt
+            slot = g.table_slot[gpos]
+            newest = slot >= 0
+            slot, vt = slot[newest], vt[newest]
+            if g.table_span is not None:  # a merged group: every slot of the network
+                span = g.table_span[gpos[newest]]
+                slot = np.repeat(slot, span) + np.arange(span.sum()) - np.repeat(np.cumsum(span) - span, span)
+                vt = np.repeat(vt, span)
+            g.table.slots["valid_to"][slot] = vt
+
+    @staticmethod
+    def _mergeable(a: _Group, b: _Group) -> bool:
+        return (a.mode == b.mode and a.mode in ("hi", "lo") and a.const_hi == b.const_hi and a.v6_only == b.v6_only
+                and b.prefix_len > 0 and a.prefix_len - b.prefix_len <= MERGE_MAX_BITS)
+
+    def _merge_groups(self, groups: list[_Group]) -> list[_Group]:
+        """Runs of prefix lengths keyed alike (e.g. IPv4 /25s and /24s) merged into one group where that is exact."""
+        out: list[_Group] = []
+        i = 0
+        while i < len(groups):
+            j = i + 1
+            while j < len(groups) and self._mergeable(groups[i], groups[j]):
+                j += 1
+            merged = self._merge(groups[i:j]) if j - i > 1 else None
+            out.append(merged or groups[i])
+            i = j if merged else i + 1
+        return out
+
+    def _merge(self, run: list[_Group]) -> _Group | None:
+        """One group, keyed at the longest prefix length of ``run``, whose table holds each network of a shorter
+        length in the slots of every longer network inside it: one probe instead of one per length. Exact only when
+        no network of the run lies inside a shorter one of the run (each slot then belongs to one network, the
+        longest match among the run's); None otherwise, or when the table would be too large or not dense."""
+        top = run[0]
+        nets, offset = [], 0
+        for g in run:
+            newest = np.flatnonzero(g.table_slot >= 0)
+            keys = g.keys(self.hi[g.rows[newest]], self.lo[g.rows[newest]])[0]
+            nets.append((keys, newest + offset, top.prefix_len - g.prefix_len))
+            offset += len(g.rows)
+        for a, (ka, _, bits_a) in enumerate(nets):
+            for kb, _, bits_b in nets[a + 1:]:
+                if np.isin(ka >> _U64(bits_b - bits_a), kb).any():
+                    return None  # a longer network inside a shorter one: lengths must be probed in turn
+        count = sum(len(k) for k, _, _ in nets)
+        slots = sum(len(k) << bits for k, _, bits in nets)
+        if slots > MERGE_MAX_GROWTH * count:
+            return None
+        keys = np.concatenate([np.repeat(k << _U64(bits), 1 << bits) + np.tile(np.arange(1 << bits, dtype=_U64),
+                                                                                  len(k)) for k, _, bits in nets])
+        span = int(keys.max()) - int(keys.min()) + 1
+        if span > min(DENSE_MAX_SLOTS, max(3 * len(keys), DENSE_FLOOR_SLOTS)):
+            return None  # (dense: a network's slots are consecutive, for set_valid_to)
+        pos = np.concatenate([np.repeat(p, 1 << bits) for _, p, bits in nets])
+        m = _Group(top.prefix_len, top.mode, top.shift, top.mask_hi, top.mask_lo, top.const_hi)
+        m.rows, m.ids, m.valid_from, m.valid_to, m.sub, m.has_prev = (
+            np.concatenate([getattr(g, name) for g in run])
+            for name in ("rows", "ids", "valid_from", "valid_to", "sub", "has_prev"))
+        m.plens = np.concatenate([np.full(len(g.rows), g.prefix_len, dtype=np.int16) for g in run])
+        records = np.empty(len(keys), dtype=_SLOT)
+        records["valid_from"], records["valid_to"] = m.valid_from[pos], m.valid_to[pos]
+        records["sub"], records["pos"] = m.sub[pos], pos
+        m.table = _NetworkTable((keys,), records)
+        m.table_slot = np.full(len(m.rows), -1, dtype=np.int32)
+        m.table_span = np.ones(len(m.rows), dtype=np.int32)
+        for k, p, bits in nets:
+            m.table_slot[p] = (k << _U64(bits)) - m.table.base
+            m.table_span[p] = 1 << bits
+        m.v6_only, m.v4_only = top.v6_only, top.v4_only
+        return m
+
+    def lookup(self, hi: np.ndarray, lo: np.ndarray, t: np.ndarray, rows: bool = True
+               ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Per query address at time ``t``: subscriber index (or -1), binding row (or -1) and prefix length (or -1);
+        row and prefix length are all -1 unless ``rows``."""
+        return self._lookup(hi, lo, t, "rows" if rows else None)
+
+    def lookup_ids(self, hi: np.ndarray, lo: np.ndarray, t: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Per query address at time ``t``: subscriber index (or -1) and binding id (or -1)."""
+        sub, bid, _ = self._lookup(hi, lo, t, "ids")
+        return sub, bid
+
+    def _lookup(self, hi: np.ndarray, lo: np.ndarray, t: np.ndarray, attach: str | None
+                ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Subscribers, ``attach`` ("rows", "ids" or None: all -1) and, with rows, prefix lengths (else all -1)."""
+        n = len(hi)
+        t = np.asarray(t, dtype=np.int64)
+        sub: np.ndarray = np.full(n, -1, dtype=np.int32)
+        row: np.ndarray = np.full(n, -1, dtype=np.int64)
+        plen: np.ndarray = np.full(n, -1, dtype=np.int16)
+        if not n:
+            return sub, row, plen
+        rows = attach is not None  # (named so: row holds ids when attach == "ids")
+        with_plen = attach == "rows"
+        v4 = not hi.any()  # all IPv4-mapped: groups only IPv6 can match are left out, no high-half check
+        for i, g in enumerate(self._v4_groups if v4 else self.groups):
+            check_hi = g.mode == "lo" and not (v4 and g.v4_only)
+            todo = None  # None: probe every query
+            if i:
+                left = sub < 0
+                if not v4 and g.v6_only:
+                    left &= hi != 0
+                elif not v4 and g.v4_only:
+                    left &= hi == 0
+                unanswered = np.count_nonzero(left)
+                if not unanswered:
+                    continue
+                if unanswered < FULL_PASS_SHARE * n:
+                    todo = np.flatnonzero(left)
+                    check_hi &= not g.v4_only  # the queries left have a zero high half, as the networks
+            gsub, gpos = g.find(hi if todo is None else hi[todo], lo if todo is None else lo[todo],
+                                t if todo is None else t[todo], check_hi, rows)
+            grow = gplen = _UNUSED
+            if rows:
+                gpos = cast(np.ndarray, gpos)  # asked for with rows
+                none = gpos >> 31  # -1 where not found, else 0: position -1 takes the last value, then ORs in -1
+                grow = (g.rows if with_plen else g.ids).take(gpos) | none
+                if with_plen:
+                    gplen = (g.plens.take(gpos) | none if g.plens is not None else
+                             (gsub >= 0) * np.int16(g.prefix_len + 1) - np.int16(1)).astype(np.int16)
+            if todo is not None:
+                sub[todo] = gsub
+                if rows:
+                    row[todo] = grow
+                if with_plen:
+                    plen[todo] = gplen
+            elif not i:
+                sub = gsub
+                if rows:
+                    row = grow
+                if with_plen:
+                    plen = gplen
+            else:  # keep what a longer prefix found, take this group's answer elsewhere (-1 + answer + 1; no branch)
+                missing = sub < 0
+                if rows:
+                    row += (grow + 1) * missing
+                if with_plen:
+                    plen += (gplen + np.int16(1)) * missing
+                sub += (gsub + 1) * missing
+        return sub, row, plen
+
+    def rows_of_ids(self, ids: np.ndarray) -> np.ndarray:
+        """Rows holding binding ``ids`` (-1 where absent)."""
+        ids = np.asarray(ids, dtype=np.int64)
+        if not len(self.ids):
+            return np.full(len(ids), -1, dtype=np.int64)
+        pos = np.searchsorted(self.ids, ids, sorter=self._id_order)
+        pos = np.minimum(pos, len(self.ids) - 1)
+        rows = self._id_order[pos]
+        return np.where(self.ids[rows] == ids, rows, -1)
+
+
+def index_from_arrays(sub: np.ndarray, addresses: np.ndarray, prefix_len: np.ndarray, valid_from: np.ndarray,
+                      valid_to: np.ndarray) -> BindingIndex:
+    """A :class:`BindingIndex` straight from arrays (benchmarks and bulk loads); ids are row numbers."""
+    hi, lo = split_addresses(addresses)
+    plen = np.asarray(prefix_len, dtype=np.int16)
+    mask_hi = np.where(plen >= 64, _U64(ALL_ONES), (_U64(ALL_ONES) << (64 - np.minimum(plen, 64)).astype(_U64)))
+    mask_lo = np.where(plen >= 128, _U64(ALL_ONES),
+                       np.where(plen <= 64, _U64(0), _U64(ALL_ONES) << (128 - np.maximum(plen, 64)).astype(_U64)))
+    return BindingIndex(np.arange(len(sub)), sub, hi & mask_hi, lo & mask_lo, plen, valid_from, valid_to)
