@@ -328,7 +328,8 @@ class Deduplicator:
         """True for records that are duplicates (of an earlier record, of one in the same batch, or by role)."""
         self._rotate(now_ms, len(keys))
         keys = _keys_arg(keys)
-        dup: np.ndarray = np.asarray(exporter_role) == ROLES.index("secondary")  # by role: neither looked up nor remembered
+        # by role: neither looked up nor remembered
+        dup: np.ndarray = np.asarray(exporter_role) == ROLES.index("secondary")
         if self._previous is not None:
             self._previous.find_into(keys, dup)  # remembered, but not refreshed into the current generation
         self._current.insert_into(keys, dup)  # in order: a key's first occurrence in the batch is the one kept
