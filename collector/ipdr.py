@@ -44,6 +44,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from collector.bindings_db import open_bindings
 from collector.config import Config, split_endpoint
 from decoders.ipdr import messages as m
 from decoders.ipdr.session import CollectorConnection, ConnState, ProtocolViolation, RecordsReceived, SessState
@@ -521,9 +522,8 @@ def address_lookup(config: Config) -> Callable[[Any, Any], Any] | None:
     import numpy as np
 
     try:
-        from mediation.subscribers.bindings import Bindings
 
-        bindings = Bindings(config.data_path(config.subscribers.bindings_db))
+        bindings = open_bindings(config)
         # Bounded like the Mediator's index: only recent history in memory, older times read from the database.
         bindings.set_memory_limits(config.subscribers.memory_horizon_ms(config.mediation),
                                    config.subscribers.max_memory_bindings)

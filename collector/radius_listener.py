@@ -23,6 +23,7 @@ from typing import Any
 
 import pyarrow as pa
 
+from collector.bindings_db import open_bindings
 from collector.config import Config, split_endpoint
 from collector.listener import ListenError
 from mediation.subscribers.bindings import Bindings
@@ -258,7 +259,7 @@ async def start_radius(loop: asyncio.AbstractEventLoop, config: Config, bindings
     seconds, after which the RADIUS usage emitted before is dropped from the journal.
     """
     if bindings is None:
-        bindings = Bindings(config.data_path(config.subscribers.bindings_db))
+        bindings = open_bindings(config)
     server = RadiusServer(config, bindings, emit, metrics, flush)
     await server.start(loop)
     return server

@@ -30,6 +30,7 @@ from collector import config as config_mod
 from collector import metrics as metrics_mod
 from collector import status as status_mod
 from collector.admission import admit, make_admission
+from collector.bindings_db import open_bindings
 from collector.config import Config
 from collector.configtree import ConfigError
 from collector.exporter_stats import ExporterStatsRecorder
@@ -45,7 +46,6 @@ from decoders.sflow.tables import INTERFACE_COUNTERS
 from mediation.compliance.stage import ComplianceStage, make_compliance
 from mediation.flow_stages import NamedStages, flow_stages
 from mediation.mediator import Mediator
-from mediation.subscribers.bindings import Bindings
 from mediation.subscribers.static import StaticBindings
 
 TICK_S = 1.0
@@ -335,7 +335,7 @@ def make_mediator(config: Config, worker: int | None = None) -> Mediator | None:
     process (``subscribers.bindings_db``)."""
     if not config.mediation.enabled:
         return None
-    return Mediator(config, Bindings(config.data_path(config.subscribers.bindings_db)), worker=worker)
+    return Mediator(config, open_bindings(config), worker=worker)
 
 
 def make_static(config: Config, mediator: Mediator | None, worker: int | None = None) -> StaticBindings | None:

@@ -111,7 +111,8 @@ BINDINGS = table(
     "Subscriber bindings: which subscriber held an address or prefix over [valid_from, valid_to). A binding is "
     "re-written with a higher version when it ends (read with FINAL or argMax(valid_to, version)).",
     (
-        Column("binding_id", "u64", "Binding id (stable)."),
+        Column("binding_id", "u64", "Binding id (stable): service.host_index << 56 | the id in that host's bindings "
+               "database, so the collector hosts of a cluster never share one."),
         Column("version", "u64", "Change sequence; the highest version is current."),
         Column("subscriber_id", "string", "Subscriber."),
         Column("network", "ip", "Address or prefix (IPv4 mapped), host bits zero."),

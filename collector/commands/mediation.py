@@ -11,6 +11,7 @@ import click
 import numpy as np
 import pyarrow as pa
 
+from collector.bindings_db import open_bindings
 from collector.commands.common import config_options
 from collector.config import Config
 
@@ -189,7 +190,6 @@ def reprocess_command(t_from: str, t_to: str, target: str, reasons: tuple[str, .
     """
     from decoders.schema import FLOWS
     from mediation.mediator import Mediator
-    from mediation.subscribers.bindings import Bindings
     from mediation.validate import REASONS
 
     start, end = parse_time(t_from), parse_time(t_to)
@@ -223,7 +223,7 @@ def reprocess_command(t_from: str, t_to: str, target: str, reasons: tuple[str, .
     batch = pa.RecordBatch.from_arrays([arrays[c.name].cast(c.arrow_type) for c in FLOWS.columns],
                                        schema=FLOWS.arrow_schema)
     # A dry run mediates the same records the same way (limits, bindings, de-duplication), in memory only.
-    bindings = Bindings(config.data_path(config.subscribers.bindings_db))
+    bindings = open_bindings(config)
     mediator = Mediator(config, bindings, reconciliation_source="reprocess")
     now = int(time.time() * 1000)
     out = mediator.process(batch, now)
@@ -271,11 +271,11 @@ def bindings_group() -> None:
 def bindings_lookup(address: str, at: str | None, config: Config) -> None:
     """Who held ADDRESS at a time (longest prefix, half-open validity)."""
     from decoders.addresses import network_text
-    from mediation.subscribers.bindings import Bindings, join_addresses, parse_network
+    from mediation.subscribers.bindings import join_addresses, parse_network
 
     t = parse_time(at, "--at") if at else int(time.time() * 1000)
     hi, lo, _ = parse_network(address)
-    b = Bindings(config.data_path(config.subscribers.bindings_db))
+    b = open_bindings(config)
     sub, bid = b.lookup(join_addresses(np.array([hi], np.uint64), np.array([lo], np.uint64)), np.array([t]))
     if sub[0] < 0:
         click.echo(f"{address} at {_iso(t)}: no binding")
@@ -298,10 +298,9 @@ def bindings_lookup(address: str, at: str | None, config: Config) -> None:
 def bindings_list(subscriber: str | None, only_open: bool, limit: int, config: Config) -> None:
     """List bindings from the durable store."""
     from decoders.addresses import network_text
-    from mediation.subscribers.bindings import Bindings
     from mediation.tables import OPEN_END_MS
 
-    b = Bindings(config.data_path(config.subscribers.bindings_db))
+    b = open_bindings(config)
     where, args = ["1"], []
     if subscriber:
         where.append("subscriber_id=?")
@@ -323,10 +322,9 @@ def bindings_list(subscriber: str | None, only_open: bool, limit: int, config: C
 @config_options
 def bindings_load(path: str, config: Config) -> None:
     """Apply a static bindings file (CSV or TOML) now, as the daemon does on change or SIGHUP."""
-    from mediation.subscribers.bindings import Bindings
     from mediation.subscribers.static import StaticBindings, StaticFileError
 
-    b = Bindings(config.data_path(config.subscribers.bindings_db))
+    b = open_bindings(config)
     try:
         opened, ended = StaticBindings(path, b).reload(int(time.time() * 1000))
     except StaticFileError as exc:

@@ -332,7 +332,7 @@ class ComplianceStage:
             "flow_start_msec": pa.array(_msec(t)), "flow_end_msec": pa.array(_msec(c["flow_end"][rows])),
             "nat_addr": pa.FixedSizeBinaryArray.from_buffers(pa.binary(16), n, [None, pa.py_buffer(nat_addr)]),
             "nat_port": pa.array(np.where(is_nat, c["post_nat_src_port"][rows], 0).astype(np.uint16)),
-            "binding_id": pa.array(np.maximum(bid, 0).astype(np.uint64)),
+            "binding_id": pa.array(self.bindings.exported_ids(bid)),
             "batch_id": pa.array(np.zeros(n, dtype=np.uint64)),
             "subscriber_id": self._arrow_names(names).take(pa.array(np.where(sub < 0, len(names) - 1, sub))),
             "binding_source": source, "session_id": session,
@@ -357,7 +357,7 @@ class ComplianceStage:
         if not rows:
             return {}
         self._static_seq = max(r[10] for r in rows)
-        return {"bindings": Bindings._to_batch(rows)}
+        return {"bindings": self.bindings.to_batch(rows)}
 
     def close(self, now_ms: int, /) -> Tables:
         """Nothing is held between batches: no tables."""

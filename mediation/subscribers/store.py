@@ -126,6 +126,10 @@ def _initialise(conn: sqlite3.Connection) -> None:
             time.sleep(0.05 + random.random() * 0.1)
 
 
+HOST_SHIFT = 56
+"""``binding_id`` = host << 56 | the id in the host's database (SQLite row ids stay far below 2^56)."""
+
+
 class Bindings:
     """The binding history: durable in SQLite, indexed in memory for vectorised lookup.
 
@@ -134,11 +138,19 @@ class Bindings:
     processes, :meth:`refresh`. Not thread-safe for writers; lookups may run while another thread commits.
     """
 
-    def __init__(self, path: str | os.PathLike[str] | None = None) -> None:
-        """Open (or create) the store at ``path``; ``None`` keeps it in memory (tests, benchmarks)."""
+    def __init__(self, path: str | os.PathLike[str] | None = None, host: int = 0) -> None:
+        """Open (or create) the store at ``path``; ``None`` keeps it in memory (tests, benchmarks).
+
+        ``host`` (``service.host_index``, 0-63) goes into the top bits of every ``binding_id`` written to the tables
+        (:meth:`exported_ids`): each collector host numbers its bindings in its own database, and the hosts of a
+        cluster write into one ``bindings`` table, where a binding is the rows of its id.
+        """
         if path is not None:
             Path(path).parent.mkdir(parents=True, exist_ok=True)
         self.path = str(path) if path is not None else ":memory:"
+        if not 0 <= host < 64:
+            raise ValueError(f"host {host} is not 0 to 63")
+        self.id_base = host << HOST_SHIFT
         # The busy timeout must cover the first statement too: another worker may be loading a large static file.
         self.conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False, timeout=60)
         _initialise(self.conn)
@@ -390,7 +402,7 @@ class Bindings:
             self.rollback()
             raise
         self.commit()
-        return self._to_batch(rows) if rows else None
+        return self.to_batch(rows) if rows else None
 
     def _close_where(self, where: str, args: tuple[Any, ...], valid_to: int) -> int:
         self._begin()
@@ -444,8 +456,8 @@ class Bindings:
             raise sqlite3.OperationalError("the bindings transaction was rolled back by SQLite")
         # the changes of this transaction, read by their sequence numbers (not from what the index picks up below:
         # installing a rebuilt index may already have applied them)
-        batch = self._to_batch(self._fetch("seq BETWEEN ? AND ?", (min(mine), max(mine)))) if mine else \
-            self._to_batch([])
+        batch = self.to_batch(self._fetch("seq BETWEEN ? AND ?", (min(mine), max(mine)))) if mine else \
+            self.to_batch([])
         self.refresh()
         return batch
 
@@ -585,8 +597,13 @@ class Bindings:
             with self._lock:
                 self._delta = delta
 
-    @staticmethod
-    def _to_batch(rows: list[Row]) -> pa.RecordBatch:
+    def exported_ids(self, ids: np.ndarray) -> np.ndarray:
+        """The ``binding_id`` the tables carry for local ids (``-1``, no binding, is 0)."""
+        ids = np.asarray(ids, dtype=np.int64)
+        return np.where(ids >= 0, ids + self.id_base, 0).astype(np.uint64)
+
+    def to_batch(self, rows: list[Row]) -> pa.RecordBatch:
+        """``rows`` of the database as a ``bindings`` table batch."""
         if not rows:
             return BINDINGS.to_arrow({})
         hi = np.array([_u64(r[2]) for r in rows], dtype=_U64)
@@ -600,7 +617,7 @@ class Bindings:
                 except ValueError:
                     pass
         return BINDINGS.to_arrow({
-            "binding_id": np.array([r[0] for r in rows], dtype=np.uint64),
+            "binding_id": self.exported_ids(np.array([r[0] for r in rows], dtype=np.int64)),
             "version": np.array([r[10] for r in rows], dtype=np.uint64),
             "subscriber_id": np.array([r[1] for r in rows], dtype=object),
             "network": join_addresses(hi, lo),
@@ -614,7 +631,7 @@ class Bindings:
 
     def all_bindings(self) -> pa.RecordBatch:
         """Every binding as a ``bindings`` table batch (for ``flowmed bindings export``)."""
-        return self._to_batch(self._fetch("1", ()))
+        return self.to_batch(self._fetch("1", ()))
 
     def lookup(self, addresses: np.ndarray, times_ms: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Subscriber index (or -1) and binding id (or -1) of each ``S16`` address at each time (int64 ms)."""
