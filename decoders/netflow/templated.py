@@ -18,9 +18,9 @@ import numpy as np
 
 from decoders.errors import BadTemplate, DecodeError, TooManyFields, Truncated
 from decoders.netflow import fields as ies
-from decoders.netflow.templates import Compiled, FixedView, Template, VariableView, fields_of
+from decoders.netflow.kernel import Gathered
+from decoders.netflow.templates import Compiled, Template, fields_of
 from decoders.netflow.v5 import uptime_to_ms
-from decoders.schema import ipv4_mapped
 
 V9_HEADER = struct.Struct(">HHIIII")  # version, count, sysUptime, unix_secs, package_sequence, source_id
 IPFIX_HEADER = struct.Struct(">HHIII")  # version, length, export time, sequence, observation domain
@@ -314,18 +314,9 @@ def parse_template_set(body: bytes, pos: int, end: int, *, ipfix: bool, options:
             yield RawTemplate(tid, body[spec_start:pos], count, scope, options, ipfix)
 
 
-def make_view(compiled: Compiled, buf: bytes, n: int, starts: np.ndarray | None) -> FixedView | VariableView:
-    """A field view over ``n`` concatenated records (``starts``: segment offsets of variable records)."""
-    if compiled.fixed:
-        return FixedView(np.frombuffer(buf, dtype=compiled.dtype, count=n))
-    if starts is None:
-        raise ValueError("variable-length records need their segment offsets")
-    return VariableView(np.frombuffer(buf, dtype=np.uint8), starts, compiled)
-
-
-def options_values(compiled: Compiled, view: FixedView | VariableView) -> list[dict[int, int]]:
+def options_values(compiled: Compiled, view: Gathered) -> list[dict[int, int]]:
     """The sampling/system-init values of each options record (options data are few: a loop is fine here)."""
-    cols = {ie: view.uint(ref).astype(np.uint64) for ie, ref in compiled.refs.items() if ie in ies.OPTIONS_IES}
+    cols = {ie: view.uint(ref.name) for ie, ref in compiled.refs.items() if ie in ies.OPTIONS_IES}
     return [{ie: int(v[i]) for ie, v in cols.items()} for i in range(view.n)]
 
 
@@ -343,7 +334,7 @@ def _ntp_to_ms(v: np.ndarray, *, nanoseconds: bool) -> np.ndarray:
     return secs * 1000 + sub // (unit // 1000)
 
 
-def time_column(view: FixedView | VariableView, compiled: Compiled, ie: int | None, export_ms: np.ndarray,
+def time_column(view: Gathered, compiled: Compiled, ie: int | None, export_ms: np.ndarray,
                 uptime_ms: np.ndarray, init_ms: np.ndarray) -> np.ndarray:
     """flow_start/flow_end in UTC ms from whichever timestamp form the template carries.
 
@@ -352,7 +343,7 @@ def time_column(view: FixedView | VariableView, compiled: Compiled, ie: int | No
     """
     if ie is None:
         return export_ms.copy()
-    v = view.uint(compiled.refs[ie])
+    v = view.uint(compiled.refs[ie].name)
     if ie in (152, 153, 323):
         return v.astype(np.int64)
     if ie in (150, 151):
@@ -366,7 +357,7 @@ def time_column(view: FixedView | VariableView, compiled: Compiled, ie: int | No
         return uptime_to_ms(v, export_ms, uptime_ms)
     v64 = v.astype(np.int64)
     if ies.SYSTEM_INIT_TIME in compiled.refs:
-        init_ms = view.uint(compiled.refs[ies.SYSTEM_INIT_TIME]).astype(np.int64)
+        init_ms = view.uint(compiled.refs[ies.SYSTEM_INIT_TIME].name).astype(np.int64)
     ipfix = np.where(init_ms >= 0, _uptime_near_export(init_ms, v64, export_ms), export_ms)
     if np.ndim(uptime_ms) == 0:  # all IPFIX
         return ipfix
@@ -394,18 +385,9 @@ def _uptime_near_export(init_ms: np.ndarray, uptime: np.ndarray, export_ms: np.n
     return out
 
 
-def flow_columns(compiled: Compiled, view: FixedView | VariableView) -> dict[str, np.ndarray]:
-    """The ``flows`` columns a template carries (addresses as S16, integers as decoded, not yet cast)."""
+def flow_columns(compiled: Compiled, view: Gathered) -> dict[str, np.ndarray]:
+    """The ``flows`` columns a template carries (addresses as S16, IPv4 mapped; integers as uint64, not yet cast)."""
     out: dict[str, np.ndarray] = {}
     for column, (ref, kind) in compiled.columns.items():
-        if kind == "ipv4":
-            v4 = np.ascontiguousarray(view.uint(ref))
-            out[column] = ipv4_mapped(v4)
-            alternate = compiled.alternates.get(column)
-            if alternate is not None:
-                out[column] = np.where(v4 == 0, view.raw(alternate), out[column])
-        elif kind == "ipv6":
-            out[column] = view.raw(ref)
-        else:
-            out[column] = view.uint(ref)
+        out[column] = view.address(column) if kind in ("ipv4", "ipv6") else view.uint(ref.name)
     return out

@@ -1,0 +1,308 @@
+"""The compiled part of the NetFlow/IPFIX decoder (numba): the batch's datagram walk and the field gather.
+
+Two kernels do the per-datagram and per-record work of a ``decode`` call, over the batch buffer (all datagrams
+joined), with no Python step per datagram, set, record or field:
+
+* :func:`scan` walks every datagram's header and set headers (v5, v9, IPFIX) into a datagram table and a set
+  table, and says which datagrams are plain data (a clean header and nothing but data sets, each of which fits):
+  those are decoded in blocks (:mod:`decoders.netflow.fast_path`), every other one by the per-datagram parser;
+* :func:`gather_sets` and :func:`gather_records` read every field a template's columns need, big-endian, from the
+  records of many data sets in one pass (record by record, all fields of a record while it is in cache), into one
+  ``uint64`` row per integer field and one 16-byte row per address column (IPv4 mapped into IPv6 as the schema
+  stores it, with the IPv6 alternate of dual-stack templates where the IPv4 address is 0.0.0.0). The field plan
+  is compiled once per template (:func:`decoders.netflow.templates.compile_spec`; v5: :data:`decoders.netflow.v5`).
+
+Reads are not bounds-checked by numba: the set table only holds sets that lie inside their datagram, and plans only
+read inside a record (fixed templates) or inside the fixed segments :func:`decoders.netflow.templates.walk_sets`
+found (variable-length ones).
+
+The kernels compile on first use, a few seconds of CPU (:func:`warm_up` does it before traffic). Compiled code is
+cached on disk (numba's cache, checked against the source) in ``NUMBA_CACHE_DIR`` when that is set, else beside this
+module when its folder is writable; a read-only install without ``NUMBA_CACHE_DIR`` compiles at every start.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+from numba import njit
+
+
+def _cache_possible() -> bool:
+    if os.environ.get("NUMBA_CACHE_DIR"):
+        return True
+    folder = Path(__file__).parent / "__pycache__"
+    try:
+        folder.mkdir(exist_ok=True)
+    except OSError:
+        return False
+    return os.access(folder, os.W_OK)
+
+
+CACHE = _cache_possible()
+
+Int = int | np.int64
+"""Integers in the kernels: numba compiles Python ints and np.int64 alike (int64), mypy tells them apart."""
+
+# Datagram table columns (D, int64, one row per datagram).
+D_KIND, D_COUNT, D_UPTIME, D_EXPORT_MS, D_SEQ, D_DOMAIN, D_RATE, D_SET0, D_NSETS = range(9)
+ND = 9
+"""D_KIND: 5, 9 or 10 for a plain data datagram of that version, 0 for any other (decoded on its own). D_COUNT: the
+header's record count (v5, v9). D_UPTIME: sysUptime ms (-1 for IPFIX). D_RATE: v5 sampling interval. D_SET0 and
+D_NSETS: its rows in the set table (a v5 datagram has one, its records)."""
+# Set table columns (S, int64, one row per data set of a plain data datagram).
+S_ID, S_START, S_LEN = range(3)
+NS = 3
+"""S_ID: set id (0 for v5 records); S_START: offset of the set's first record in the buffer; S_LEN: its bytes."""
+V5_HEADER, V5_RECORD = 24, 48
+
+# Field plan columns (P, int64, one row per field read).
+P_SEG, P_OFF, P_LEN, P_KIND, P_OUT, P_ALT_SEG, P_ALT_OFF = range(7)
+NP = 7
+"""P_SEG and P_OFF: where the field is (fixed segment, offset in it; fixed templates: segment 0); P_OUT: its row in
+the integer (K_UINT) or address output; P_ALT_SEG (-1: none) and P_ALT_OFF: an IPv6 alternate of an IPv4 column."""
+K_UINT, K_IPV4, K_IPV6 = 0, 1, 2
+
+
+@njit(nogil=True, cache=CACHE)
+def _u16(b: np.ndarray, p: Int) -> Int:
+    return (np.int64(b[p]) << 8) | np.int64(b[p + 1])
+
+
+@njit(nogil=True, cache=CACHE)
+def _u32(b: np.ndarray, p: Int) -> Int:
+    return (np.int64(b[p]) << 24) | (np.int64(b[p + 1]) << 16) | (np.int64(b[p + 2]) << 8) | np.int64(b[p + 3])
+
+
+@njit(nogil=True, cache=CACHE)
+def _walk_sets(b: np.ndarray, pos: Int, end: Int, S: np.ndarray, ns: Int) -> Int:
+    """Data sets from ``pos`` to ``end`` into ``S`` from row ``ns`` (rows past its size are counted, not written);
+    returns the next free row, or -1 when the datagram is not plain data (a template or reserved set, a set length
+    that does not fit, a tail that is not zero padding, no set at all)."""
+    cap = S.shape[0]
+    first = ns
+    while end - pos >= 4:
+        sid = _u16(b, pos)
+        slen = _u16(b, pos + 2)
+        if slen < 4 or pos + slen > end or sid < 256:
+            return -1
+        if ns < cap:
+            S[ns, S_ID] = sid
+            S[ns, S_START] = pos + 4
+            S[ns, S_LEN] = slen - 4
+        ns += 1
+        pos += slen
+    for q in range(pos, end):
+        if b[q] != 0:
+            return -1
+    return -1 if ns == first else ns
+
+
+@njit(nogil=True, cache=CACHE)
+def scan(b: np.ndarray, starts: np.ndarray, lens: np.ndarray, D: np.ndarray, S: np.ndarray) -> Int:
+    """Headers and set headers of every datagram (``b[starts[d]:starts[d] + lens[d]]``) into ``D`` and ``S``.
+
+    Returns the set rows needed: when more than ``S`` holds, call again with a table that large.
+    """
+    ns: Int = 0
+    for d in range(starts.shape[0]):
+        p = starts[d]
+        n = lens[d]
+        D[d, D_KIND] = 0
+        D[d, D_SET0] = ns
+        D[d, D_NSETS] = 0
+        if n < 2 or b[p] != 0:
+            continue
+        version = np.int64(b[p + 1])
+        count: Int = 0
+        uptime: Int = -1
+        export_ms: Int = 0
+        seq: Int = 0
+        domain: Int = 0
+        rate: Int = 0
+        nxt: Int = -1
+        if version == 5:
+            if n < V5_HEADER:
+                continue
+            count = _u16(b, p + 2)
+            if count == 0 or n != V5_HEADER + V5_RECORD * count:
+                continue
+            uptime = _u32(b, p + 4)
+            export_ms = _u32(b, p + 8) * 1000 + _u32(b, p + 12) // 1_000_000
+            seq = _u32(b, p + 16)
+            domain = (np.int64(b[p + 20]) << 8) | np.int64(b[p + 21])
+            rate = _u16(b, p + 22) & 0x3FFF
+            if ns < S.shape[0]:
+                S[ns, S_ID] = 0
+                S[ns, S_START] = p + V5_HEADER
+                S[ns, S_LEN] = n - V5_HEADER
+            nxt = ns + 1
+        elif version == 9:
+            if n < 20:
+                continue
+            count = _u16(b, p + 2)
+            uptime = _u32(b, p + 4)
+            export_ms = _u32(b, p + 8) * 1000
+            seq = _u32(b, p + 12)
+            domain = _u32(b, p + 16)
+            nxt = _walk_sets(b, p + 20, p + n, S, ns)
+        elif version == 10:
+            if n < 16 or _u16(b, p + 2) != n:
+                continue
+            export_ms = _u32(b, p + 4) * 1000
+            seq = _u32(b, p + 8)
+            domain = _u32(b, p + 12)
+            nxt = _walk_sets(b, p + 16, p + n, S, ns)
+        else:
+            continue
+        if nxt < 0:
+            continue
+        D[d, D_KIND] = version
+        D[d, D_COUNT] = count
+        D[d, D_UPTIME] = uptime
+        D[d, D_EXPORT_MS] = export_ms
+        D[d, D_SEQ] = seq
+        D[d, D_DOMAIN] = domain
+        D[d, D_RATE] = rate
+        D[d, D_NSETS] = nxt - ns
+        ns = nxt
+    return ns
+
+
+@njit(nogil=True, cache=CACHE)
+def _field(b: np.ndarray, p: Int, alt: Int, plan: np.ndarray, f: Int, U: np.ndarray, A: np.ndarray, i: Int) -> None:
+    """Field ``f`` of the plan, at ``p`` (its IPv6 alternate at ``alt``), into row ``i`` of the outputs."""
+    kind = plan[f, P_KIND]
+    o = plan[f, P_OUT]
+    if kind == K_UINT:
+        v = np.uint64(0)
+        for k in range(plan[f, P_LEN]):
+            v = (v << np.uint64(8)) | np.uint64(b[p + k])
+        U[o, i] = v
+    elif kind == K_IPV6:
+        for k in range(16):
+            A[o, i, k] = b[p + k]
+    elif plan[f, P_ALT_SEG] >= 0 and (b[p] | b[p + 1] | b[p + 2] | b[p + 3]) == 0:
+        for k in range(16):
+            A[o, i, k] = b[alt + k]
+    else:
+        for k in range(10):
+            A[o, i, k] = 0
+        A[o, i, 10] = 0xFF
+        A[o, i, 11] = 0xFF
+        for k in range(4):
+            A[o, i, 12 + k] = b[p + k]
+
+
+@njit(nogil=True, cache=CACHE)
+def gather_sets(b: np.ndarray, offsets: np.ndarray, counts: np.ndarray, reclen: Int, plan: np.ndarray,
+                U: np.ndarray, A: np.ndarray) -> None:
+    """Fixed-length records: ``counts[s]`` records of ``reclen`` bytes from ``offsets[s]``, for every set ``s``."""
+    i = 0
+    for s in range(offsets.shape[0]):
+        base = offsets[s]
+        for _ in range(counts[s]):
+            for f in range(plan.shape[0]):
+                _field(b, base + plan[f, P_OFF], base + plan[f, P_ALT_OFF], plan, f, U, A, i)
+            base += reclen
+            i += 1
+
+
+@njit(nogil=True, cache=CACHE)
+def gather_records(b: np.ndarray, starts: np.ndarray, plan: np.ndarray, U: np.ndarray, A: np.ndarray) -> None:
+    """Variable-length records: ``starts[i, seg]`` is where fixed segment ``seg`` of record ``i`` begins."""
+    for i in range(starts.shape[0]):
+        for f in range(plan.shape[0]):
+            alt_seg = plan[f, P_ALT_SEG]
+            alt = starts[i, alt_seg] + plan[f, P_ALT_OFF] if alt_seg >= 0 else 0
+            _field(b, starts[i, plan[f, P_SEG]] + plan[f, P_OFF], alt, plan, f, U, A, i)
+
+
+class Plan:
+    """What a template's records are read for: the field plan of the kernels and where each value lands."""
+
+    __slots__ = ("array", "u_rows", "a_rows")
+
+    def __init__(self, array: np.ndarray, u_rows: dict[str, int], a_rows: dict[str, int]) -> None:
+        self.array = array
+        self.u_rows = u_rows
+        """Integer field (its name) -> row of :attr:`Gathered.U`."""
+        self.a_rows = a_rows
+        """Address column -> row of :attr:`Gathered.A`."""
+
+
+def make_plan(uints: list[tuple[str, int, int, int]],
+              addresses: list[tuple[str, int, int, str, tuple[int, int] | None]]) -> Plan:
+    """A plan from integer fields ``(name, segment, offset, length)`` and address columns ``(column, segment, offset,
+    kind, IPv6 alternate (segment, offset) or None)``."""
+    rows: list[list[int]] = []
+    u_rows: dict[str, int] = {}
+    for name, seg, off, length in uints:
+        if name not in u_rows:
+            u_rows[name] = len(u_rows)
+            rows.append([seg, off, length, K_UINT, u_rows[name], -1, 0])
+    a_rows: dict[str, int] = {}
+    for column, seg, off, kind, alt in addresses:
+        a_rows[column] = len(a_rows)
+        kind_code = K_IPV6 if kind == "ipv6" else K_IPV4
+        rows.append([seg, off, 16 if kind_code == K_IPV6 else 4, kind_code, a_rows[column],
+                     -1 if alt is None else alt[0], 0 if alt is None else alt[1]])
+    array = np.array(rows, dtype=np.int64).reshape(len(rows), NP)
+    return Plan(array, u_rows, a_rows)
+
+
+class Gathered:
+    """The fields of ``n`` records as a plan read them."""
+
+    __slots__ = ("plan", "U", "A", "n")
+
+    def __init__(self, plan: Plan, n: int) -> None:
+        self.plan = plan
+        self.n = n
+        self.U = np.empty((len(plan.u_rows), n), dtype=np.uint64)
+        self.A = np.empty((len(plan.a_rows), n, 16), dtype=np.uint8)
+
+    def uint(self, name: str) -> np.ndarray:
+        """An integer field (by its plan name), native ``uint64``, contiguous and writable."""
+        out: np.ndarray = self.U[self.plan.u_rows[name]]
+        return out
+
+    def address(self, column: str) -> np.ndarray:
+        """An address column as ``S16`` (IPv4 mapped), contiguous and writable."""
+        out: np.ndarray = self.A[self.plan.a_rows[column]].view("S16").reshape(self.n)
+        return out
+
+
+def as_bytes(buf: bytes | memoryview) -> np.ndarray:
+    """A buffer as the kernels read it (no copy)."""
+    return np.frombuffer(buf, dtype=np.uint8)
+
+
+def read_sets(plan: Plan, buf: bytes | memoryview, offsets: np.ndarray, counts: np.ndarray, reclen: int) -> Gathered:
+    """Every planned field of the fixed-length records of sets at ``offsets`` (``counts`` records each)."""
+    out = Gathered(plan, int(counts.sum()))
+    if out.n:
+        gather_sets(as_bytes(buf), offsets, counts, reclen, plan.array, out.U, out.A)
+    return out
+
+
+def read_records(plan: Plan, buf: bytes | memoryview, starts: np.ndarray) -> Gathered:
+    """Every planned field of variable-length records whose fixed segments start at ``starts`` (records x segments)."""
+    out = Gathered(plan, len(starts))
+    if out.n:
+        gather_records(as_bytes(buf), np.ascontiguousarray(starts, dtype=np.int64), plan.array, out.U, out.A)
+    return out
+
+
+def warm_up() -> None:
+    """Compile every kernel now (on tiny inputs), so the first real batch does not wait for it."""
+    D = np.zeros((1, ND), dtype=np.int64)
+    S = np.zeros((1, NS), dtype=np.int64)
+    one = np.zeros(1, dtype=np.int64)
+    scan(np.zeros(32, dtype=np.uint8), one, one, D, S)
+    plan = make_plan([("u", 0, 0, 2)], [("v4", 0, 0, "ipv4", (0, 0)), ("v6", 0, 0, "ipv6", None)])
+    buf = bytes(16)
+    read_sets(plan, buf, one, np.ones(1, dtype=np.int64), 16)
+    read_records(plan, buf, np.zeros((1, 1), dtype=np.int64))
