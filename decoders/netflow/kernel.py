@@ -6,7 +6,7 @@ joined), with no Python step per datagram, set, record or field:
 * :func:`scan` walks every datagram's header and set headers (v5, v9, IPFIX) into a datagram table and a set
   table, and says which datagrams are plain data (a clean header and nothing but data sets, each of which fits):
   those are decoded in blocks (:mod:`decoders.netflow.fast_path`), every other one by the per-datagram parser;
-* :func:`gather_sets` and :func:`gather_records` read every field a template's columns need, big-endian, from the
+* :func:`gather` reads every field a template's columns need, big-endian, from the
   records of many data sets in one pass (record by record, all fields of a record while it is in cache), into one
   ``uint64`` row per integer field and one 16-byte row per address column (IPv4 mapped into IPv6 as the schema
   stores it, with the IPv6 alternate of dual-stack templates where the IPv4 address is 0.0.0.0). The field plan
@@ -58,12 +58,14 @@ NS = 3
 """S_ID: set id (0 for v5 records); S_START: offset of the set's first record in the buffer; S_LEN: its bytes."""
 V5_HEADER, V5_RECORD = 24, 48
 
-# Field plan columns (P, int64, one row per field read).
-P_SEG, P_OFF, P_LEN, P_KIND, P_OUT, P_ALT_SEG, P_ALT_OFF = range(7)
-NP = 7
-"""P_SEG and P_OFF: where the field is (fixed segment, offset in it; fixed templates: segment 0); P_OUT: its row in
-the integer (K_UINT) or address output; P_ALT_SEG (-1: none) and P_ALT_OFF: an IPv6 alternate of an IPv4 column."""
-K_UINT, K_IPV4, K_IPV6 = 0, 1, 2
+# Field plans (uint64, one row per field read): integer fields (PU), IPv4 address columns (P4), IPv6 ones (P6).
+PU_SEG, PU_OFF, PU_LEN = range(3)
+P4_SEG, P4_OFF, P4_HAS_ALT, P4_ALT_SEG, P4_ALT_OFF = range(5)
+P6_SEG, P6_OFF = range(2)
+"""*_SEG and *_OFF: where the field is (fixed segment, offset in it; fixed-length templates: segment 0); P4_HAS_ALT:
+1 when an IPv6 alternate (P4_ALT_SEG, P4_ALT_OFF) is read where the IPv4 address is 0.0.0.0. Integer field ``f``
+fills row ``f`` of the integer output; address columns fill the address output in P4 then P6 order."""
+_U8, _U16, _U24 = np.uint64(8), np.uint64(16), np.uint64(24)
 
 
 @njit(nogil=True, cache=CACHE)
@@ -171,62 +173,72 @@ def scan(b: np.ndarray, starts: np.ndarray, lens: np.ndarray, D: np.ndarray, S: 
     return ns
 
 
+# One kernel for both kinds of records, every field read written out in its body (a call to a compiled helper per
+# field, with the arrays as arguments, costs reference count updates: it made the gather 6 times slower). Offsets
+# are unsigned: numba then makes no negative-index wraparound check, and LLVM merges the byte loads of a field.
 @njit(nogil=True, cache=CACHE)
-def _field(b: np.ndarray, p: Int, alt: Int, plan: np.ndarray, f: Int, U: np.ndarray, A: np.ndarray, i: Int) -> None:
-    """Field ``f`` of the plan, at ``p`` (its IPv6 alternate at ``alt``), into row ``i`` of the outputs."""
-    kind = plan[f, P_KIND]
-    o = plan[f, P_OUT]
-    if kind == K_UINT:
-        v = np.uint64(0)
-        for k in range(plan[f, P_LEN]):
-            v = (v << np.uint64(8)) | np.uint64(b[p + k])
-        U[o, i] = v
-    elif kind == K_IPV6:
-        for k in range(16):
-            A[o, i, k] = b[p + k]
-    elif plan[f, P_ALT_SEG] >= 0 and (b[p] | b[p + 1] | b[p + 2] | b[p + 3]) == 0:
-        for k in range(16):
-            A[o, i, k] = b[alt + k]
-    else:
-        for k in range(10):
-            A[o, i, k] = 0
-        A[o, i, 10] = 0xFF
-        A[o, i, 11] = 0xFF
-        for k in range(4):
-            A[o, i, 12 + k] = b[p + k]
+def gather(b: np.ndarray, offsets: np.ndarray, counts: np.ndarray, reclen: Int, starts: np.ndarray,
+           PU: np.ndarray, P4: np.ndarray, P6: np.ndarray, U: np.ndarray, A: np.ndarray) -> None:
+    """Every field of the plan (``PU``, ``P4``, ``P6``), record by record, into ``U`` (integers) and ``A``
+    (addresses, 16 bytes each).
 
-
-@njit(nogil=True, cache=CACHE)
-def gather_sets(b: np.ndarray, offsets: np.ndarray, counts: np.ndarray, reclen: Int, plan: np.ndarray,
-                U: np.ndarray, A: np.ndarray) -> None:
-    """Fixed-length records: ``counts[s]`` records of ``reclen`` bytes from ``offsets[s]``, for every set ``s``."""
+    Fixed-length records: ``counts[s]`` records of ``reclen`` bytes from ``offsets[s]``, for every set ``s``, and
+    ``starts`` empty. Variable-length records: ``starts[i, seg]`` is where fixed segment ``seg`` of record ``i``
+    begins (``offsets`` [0] and ``counts`` [records]).
+    """
+    variable = starts.shape[0] > 0
+    n4 = P4.shape[0]
+    step = np.uint64(reclen)
     i = 0
     for s in range(offsets.shape[0]):
-        base = offsets[s]
+        base = np.uint64(offsets[s])
         for _ in range(counts[s]):
-            for f in range(plan.shape[0]):
-                _field(b, base + plan[f, P_OFF], base + plan[f, P_ALT_OFF], plan, f, U, A, i)
-            base += reclen
+            for f in range(PU.shape[0]):
+                p = (np.uint64(starts[i, PU[f, PU_SEG]]) if variable else base) + PU[f, PU_OFF]
+                length = PU[f, PU_LEN]
+                if length == 4:
+                    v = (np.uint64(b[p]) << _U24) | (np.uint64(b[p + np.uint64(1)]) << _U16) \
+                        | (np.uint64(b[p + np.uint64(2)]) << _U8) | np.uint64(b[p + np.uint64(3)])
+                elif length == 2:
+                    v = (np.uint64(b[p]) << _U8) | np.uint64(b[p + np.uint64(1)])
+                elif length == 1:
+                    v = np.uint64(b[p])
+                else:
+                    v = np.uint64(0)
+                    for k in range(length):
+                        v = (v << _U8) | np.uint64(b[p + np.uint64(k)])
+                U[f, i] = v
+            for f in range(n4):
+                p = (np.uint64(starts[i, P4[f, P4_SEG]]) if variable else base) + P4[f, P4_OFF]
+                if P4[f, P4_HAS_ALT] and (b[p] | b[p + np.uint64(1)] | b[p + np.uint64(2)] | b[p + np.uint64(3)]) == 0:
+                    q = (np.uint64(starts[i, P4[f, P4_ALT_SEG]]) if variable else base) + P4[f, P4_ALT_OFF]
+                    for k in range(16):
+                        A[f, i, k] = b[q + np.uint64(k)]
+                else:
+                    for k in range(10):
+                        A[f, i, k] = 0
+                    A[f, i, 10] = 0xFF
+                    A[f, i, 11] = 0xFF
+                    for k in range(4):
+                        A[f, i, 12 + k] = b[p + np.uint64(k)]
+            for f in range(P6.shape[0]):
+                p = (np.uint64(starts[i, P6[f, P6_SEG]]) if variable else base) + P6[f, P6_OFF]
+                for k in range(16):
+                    A[n4 + f, i, k] = b[p + np.uint64(k)]
+            base += step
             i += 1
 
 
-@njit(nogil=True, cache=CACHE)
-def gather_records(b: np.ndarray, starts: np.ndarray, plan: np.ndarray, U: np.ndarray, A: np.ndarray) -> None:
-    """Variable-length records: ``starts[i, seg]`` is where fixed segment ``seg`` of record ``i`` begins."""
-    for i in range(starts.shape[0]):
-        for f in range(plan.shape[0]):
-            alt_seg = plan[f, P_ALT_SEG]
-            alt = starts[i, alt_seg] + plan[f, P_ALT_OFF] if alt_seg >= 0 else 0
-            _field(b, starts[i, plan[f, P_SEG]] + plan[f, P_OFF], alt, plan, f, U, A, i)
-
-
 class Plan:
-    """What a template's records are read for: the field plan of the kernels and where each value lands."""
+    """What a template's records are read for: the field plans of the kernel and where each value lands."""
 
-    __slots__ = ("array", "u_rows", "a_rows")
+    __slots__ = ("PU", "P4", "P6", "u_rows", "a_rows")
 
-    def __init__(self, array: np.ndarray, u_rows: dict[str, int], a_rows: dict[str, int]) -> None:
-        self.array = array
+    def __init__(self, PU: np.ndarray, P4: np.ndarray, P6: np.ndarray, u_rows: dict[str, int],
+                 a_rows: dict[str, int]) -> None:
+        self.PU = PU
+        self.P4 = P4
+        self.P6 = P6
         self.u_rows = u_rows
         """Integer field (its name) -> row of :attr:`Gathered.U`."""
         self.a_rows = a_rows
@@ -237,20 +249,21 @@ def make_plan(uints: list[tuple[str, int, int, int]],
               addresses: list[tuple[str, int, int, str, tuple[int, int] | None]]) -> Plan:
     """A plan from integer fields ``(name, segment, offset, length)`` and address columns ``(column, segment, offset,
     kind, IPv6 alternate (segment, offset) or None)``."""
-    rows: list[list[int]] = []
+    pu: list[list[int]] = []
     u_rows: dict[str, int] = {}
     for name, seg, off, length in uints:
         if name not in u_rows:
-            u_rows[name] = len(u_rows)
-            rows.append([seg, off, length, K_UINT, u_rows[name], -1, 0])
-    a_rows: dict[str, int] = {}
-    for column, seg, off, kind, alt in addresses:
-        a_rows[column] = len(a_rows)
-        kind_code = K_IPV6 if kind == "ipv6" else K_IPV4
-        rows.append([seg, off, 16 if kind_code == K_IPV6 else 4, kind_code, a_rows[column],
-                     -1 if alt is None else alt[0], 0 if alt is None else alt[1]])
-    array = np.array(rows, dtype=np.int64).reshape(len(rows), NP)
-    return Plan(array, u_rows, a_rows)
+            u_rows[name] = len(pu)
+            pu.append([seg, off, length])
+    p4 = [[seg, off, alt is not None, *(alt or (0, 0))] for _, seg, off, kind, alt in addresses if kind == "ipv4"]
+    p6 = [[seg, off] for _, seg, off, kind, _ in addresses if kind == "ipv6"]
+    ordered = [a for a in addresses if a[3] == "ipv4"] + [a for a in addresses if a[3] == "ipv6"]
+    a_rows = {column: row for row, (column, *_) in enumerate(ordered)}
+
+    def table(rows: list[list[int]], width: int) -> np.ndarray:
+        return np.array(rows, dtype=np.uint64).reshape(len(rows), width)
+
+    return Plan(table(pu, 3), table(p4, 5), table(p6, 2), u_rows, a_rows)
 
 
 class Gathered:
@@ -284,7 +297,7 @@ def read_sets(plan: Plan, buf: bytes | memoryview, offsets: np.ndarray, counts: 
     """Every planned field of the fixed-length records of sets at ``offsets`` (``counts`` records each)."""
     out = Gathered(plan, int(counts.sum()))
     if out.n:
-        gather_sets(as_bytes(buf), offsets, counts, reclen, plan.array, out.U, out.A)
+        gather(as_bytes(buf), offsets, counts, reclen, _NO_STARTS, plan.PU, plan.P4, plan.P6, out.U, out.A)
     return out
 
 
@@ -292,8 +305,13 @@ def read_records(plan: Plan, buf: bytes | memoryview, starts: np.ndarray) -> Gat
     """Every planned field of variable-length records whose fixed segments start at ``starts`` (records x segments)."""
     out = Gathered(plan, len(starts))
     if out.n:
-        gather_records(as_bytes(buf), np.ascontiguousarray(starts, dtype=np.int64), plan.array, out.U, out.A)
+        gather(as_bytes(buf), _ZERO, np.array([out.n], dtype=np.int64), 0, np.ascontiguousarray(starts, dtype=np.int64),
+               plan.PU, plan.P4, plan.P6, out.U, out.A)
     return out
+
+
+_NO_STARTS = np.zeros((0, 1), dtype=np.int64)
+_ZERO = np.zeros(1, dtype=np.int64)
 
 
 def warm_up() -> None:
