@@ -59,12 +59,13 @@ NS = 3
 V5_HEADER, V5_RECORD = 24, 48
 
 # Field plans (uint64, one row per field read): integer fields (PU), IPv4 address columns (P4), IPv6 ones (P6).
-PU_SEG, PU_OFF, PU_LEN = range(3)
+PU_SEG, PU_OFF, PU_LEN, PU_WIDTH, PU_ROW = range(5)
 P4_SEG, P4_OFF, P4_HAS_ALT, P4_ALT_SEG, P4_ALT_OFF = range(5)
 P6_SEG, P6_OFF = range(2)
 """*_SEG and *_OFF: where the field is (fixed segment, offset in it; fixed-length templates: segment 0); P4_HAS_ALT:
-1 when an IPv6 alternate (P4_ALT_SEG, P4_ALT_OFF) is read where the IPv4 address is 0.0.0.0. Integer field ``f``
-fills row ``f`` of the integer output; address columns fill the address output in P4 then P6 order."""
+1 when an IPv6 alternate (P4_ALT_SEG, P4_ALT_OFF) is read where the IPv4 address is 0.0.0.0. An integer field
+fills row PU_ROW of the output of its column's width (PU_WIDTH: 1, 2, 4 or 8 bytes, cast as numpy casts: the
+low bytes); address columns fill the address output in P4 then P6 order."""
 _U8, _U16, _U24 = np.uint64(8), np.uint64(16), np.uint64(24)
 
 
@@ -178,9 +179,10 @@ def scan(b: np.ndarray, starts: np.ndarray, lens: np.ndarray, D: np.ndarray, S: 
 # are unsigned: numba then makes no negative-index wraparound check, and LLVM merges the byte loads of a field.
 @njit(nogil=True, cache=CACHE)
 def gather(b: np.ndarray, offsets: np.ndarray, counts: np.ndarray, reclen: Int, starts: np.ndarray,
-           PU: np.ndarray, P4: np.ndarray, P6: np.ndarray, U: np.ndarray, A: np.ndarray) -> None:
-    """Every field of the plan (``PU``, ``P4``, ``P6``), record by record, into ``U`` (integers) and ``A``
-    (addresses, 16 bytes each).
+           PU: np.ndarray, P4: np.ndarray, P6: np.ndarray, U1: np.ndarray, U2: np.ndarray, U4: np.ndarray,
+           U8: np.ndarray, A: np.ndarray) -> None:
+    """Every field of the plan (``PU``, ``P4``, ``P6``), record by record, into ``U1``..``U8`` (integers by width)
+    and ``A`` (addresses, 16 bytes each).
 
     Fixed-length records: ``counts[s]`` records of ``reclen`` bytes from ``offsets[s]``, for every set ``s``, and
     ``starts`` empty. Variable-length records: ``starts[i, seg]`` is where fixed segment ``seg`` of record ``i``
@@ -207,7 +209,16 @@ def gather(b: np.ndarray, offsets: np.ndarray, counts: np.ndarray, reclen: Int, 
                     v = np.uint64(0)
                     for k in range(length):
                         v = (v << _U8) | np.uint64(b[p + np.uint64(k)])
-                U[f, i] = v
+                width = PU[f, PU_WIDTH]
+                row = PU[f, PU_ROW]
+                if width == 8:
+                    U8[row, i] = v
+                elif width == 4:
+                    U4[row, i] = np.uint32(v & np.uint64(0xFFFFFFFF))
+                elif width == 2:
+                    U2[row, i] = np.uint16(v & np.uint64(0xFFFF))
+                else:
+                    U1[row, i] = np.uint8(v & np.uint64(0xFF))
             for f in range(n4):
                 p = (np.uint64(starts[i, P4[f, P4_SEG]]) if variable else base) + P4[f, P4_OFF]
                 if P4[f, P4_HAS_ALT] and (b[p] | b[p + np.uint64(1)] | b[p + np.uint64(2)] | b[p + np.uint64(3)]) == 0:
@@ -232,29 +243,33 @@ def gather(b: np.ndarray, offsets: np.ndarray, counts: np.ndarray, reclen: Int, 
 class Plan:
     """What a template's records are read for: the field plans of the kernel and where each value lands."""
 
-    __slots__ = ("PU", "P4", "P6", "u_rows", "a_rows")
+    __slots__ = ("PU", "P4", "P6", "u_rows", "a_rows", "rows_per_width")
 
-    def __init__(self, PU: np.ndarray, P4: np.ndarray, P6: np.ndarray, u_rows: dict[str, int],
-                 a_rows: dict[str, int]) -> None:
+    def __init__(self, PU: np.ndarray, P4: np.ndarray, P6: np.ndarray, u_rows: dict[str, tuple[int, int]],
+                 a_rows: dict[str, int], rows_per_width: tuple[int, ...]) -> None:
         self.PU = PU
         self.P4 = P4
         self.P6 = P6
         self.u_rows = u_rows
-        """Integer field (its name) -> row of :attr:`Gathered.U`."""
+        """Integer field (its name) -> (width, row of the output of that width)."""
+        self.rows_per_width = rows_per_width
+        """Output rows of each width of :data:`WIDTHS`."""
         self.a_rows = a_rows
         """Address column -> row of :attr:`Gathered.A`."""
 
 
-def make_plan(uints: list[tuple[str, int, int, int]],
+def make_plan(uints: list[tuple[str, int, int, int, int]],
               addresses: list[tuple[str, int, int, str, tuple[int, int] | None]]) -> Plan:
-    """A plan from integer fields ``(name, segment, offset, length)`` and address columns ``(column, segment, offset,
-    kind, IPv6 alternate (segment, offset) or None)``."""
+    """A plan from integer fields ``(name, segment, offset, length, width of the output)`` and address columns
+    ``(column, segment, offset, kind, IPv6 alternate (segment, offset) or None)``."""
     pu: list[list[int]] = []
-    u_rows: dict[str, int] = {}
-    for name, seg, off, length in uints:
+    u_rows: dict[str, tuple[int, int]] = {}
+    per_width = dict.fromkeys(WIDTHS, 0)
+    for name, seg, off, length, width in uints:
         if name not in u_rows:
-            u_rows[name] = len(pu)
-            pu.append([seg, off, length])
+            u_rows[name] = (width, per_width[width])
+            pu.append([seg, off, length, width, per_width[width]])
+            per_width[width] += 1
     p4 = [[seg, off, alt is not None, *(alt or (0, 0))] for _, seg, off, kind, alt in addresses if kind == "ipv4"]
     p6 = [[seg, off] for _, seg, off, kind, _ in addresses if kind == "ipv6"]
     ordered = [a for a in addresses if a[3] == "ipv4"] + [a for a in addresses if a[3] == "ipv6"]
@@ -263,7 +278,11 @@ def make_plan(uints: list[tuple[str, int, int, int]],
     def table(rows: list[list[int]], width: int) -> np.ndarray:
         return np.array(rows, dtype=np.uint64).reshape(len(rows), width)
 
-    return Plan(table(pu, 3), table(p4, 5), table(p6, 2), u_rows, a_rows)
+    return Plan(table(pu, 5), table(p4, 5), table(p6, 2), u_rows, a_rows, tuple(per_width.values()))
+
+
+WIDTHS = (1, 2, 4, 8)
+_WIDTH_DTYPES = {1: np.uint8, 2: np.uint16, 4: np.uint32, 8: np.uint64}
 
 
 class Gathered:
@@ -274,12 +293,13 @@ class Gathered:
     def __init__(self, plan: Plan, n: int) -> None:
         self.plan = plan
         self.n = n
-        self.U = np.empty((len(plan.u_rows), n), dtype=np.uint64)
+        self.U = {w: np.empty((k, n), dtype=_WIDTH_DTYPES[w]) for w, k in zip(WIDTHS, plan.rows_per_width, strict=True)}
         self.A = np.empty((len(plan.a_rows), n, 16), dtype=np.uint8)
 
     def uint(self, name: str) -> np.ndarray:
-        """An integer field (by its plan name), native ``uint64``, contiguous and writable."""
-        out: np.ndarray = self.U[self.plan.u_rows[name]]
+        """An integer field (by its plan name), native unsigned of its width, contiguous and writable."""
+        width, row = self.plan.u_rows[name]
+        out: np.ndarray = self.U[width][row]
         return out
 
     def address(self, column: str) -> np.ndarray:
@@ -297,7 +317,7 @@ def read_sets(plan: Plan, buf: bytes | memoryview, offsets: np.ndarray, counts: 
     """Every planned field of the fixed-length records of sets at ``offsets`` (``counts`` records each)."""
     out = Gathered(plan, int(counts.sum()))
     if out.n:
-        gather(as_bytes(buf), offsets, counts, reclen, _NO_STARTS, plan.PU, plan.P4, plan.P6, out.U, out.A)
+        _gather(out, buf, offsets, counts, reclen, _NO_STARTS)
     return out
 
 
@@ -305,9 +325,14 @@ def read_records(plan: Plan, buf: bytes | memoryview, starts: np.ndarray) -> Gat
     """Every planned field of variable-length records whose fixed segments start at ``starts`` (records x segments)."""
     out = Gathered(plan, len(starts))
     if out.n:
-        gather(as_bytes(buf), _ZERO, np.array([out.n], dtype=np.int64), 0, np.ascontiguousarray(starts, dtype=np.int64),
-               plan.PU, plan.P4, plan.P6, out.U, out.A)
+        _gather(out, buf, _ZERO, np.array([out.n], dtype=np.int64), 0, np.ascontiguousarray(starts, dtype=np.int64))
     return out
+
+
+def _gather(out: Gathered, buf: bytes | memoryview, offsets: np.ndarray, counts: np.ndarray, reclen: int,
+            starts: np.ndarray) -> None:
+    p, u = out.plan, out.U
+    gather(as_bytes(buf), offsets, counts, reclen, starts, p.PU, p.P4, p.P6, u[1], u[2], u[4], u[8], out.A)
 
 
 _NO_STARTS = np.zeros((0, 1), dtype=np.int64)
@@ -320,7 +345,8 @@ def warm_up() -> None:
     S = np.zeros((1, NS), dtype=np.int64)
     one = np.zeros(1, dtype=np.int64)
     scan(np.zeros(32, dtype=np.uint8), one, one, D, S)
-    plan = make_plan([("u", 0, 0, 2)], [("v4", 0, 0, "ipv4", (0, 0)), ("v6", 0, 0, "ipv6", None)])
+    plan = make_plan([(f"u{w}", 0, 0, 2, w) for w in WIDTHS],
+                     [("v4", 0, 0, "ipv4", (0, 0)), ("v6", 0, 0, "ipv6", None)])
     buf = bytes(16)
     read_sets(plan, buf, one, np.ones(1, dtype=np.int64), 16)
     read_records(plan, buf, np.zeros((1, 1), dtype=np.int64))

@@ -21,6 +21,7 @@ import numpy as np
 from decoders.errors import BadRecord
 from decoders.netflow import fields as ies
 from decoders.netflow.kernel import Plan, make_plan
+from decoders.schema import FLOWS
 
 V9_SCOPE = -1
 """``Field.enterprise`` of a v9 options scope field: its id is a scope type (RFC 3954 section 6.1), not an IE."""
@@ -62,7 +63,8 @@ class Template:
 
 @dataclass(frozen=True, slots=True)
 class FieldRef:
-    """Where a field lives in a record: dtype field name (fixed), or segment + offset (variable), and length."""
+    """Where a field lives in a record: its name in the plan, fixed segment (0 for fixed-length records), offset in
+    the segment, and length."""
 
     name: str
     seg: int
@@ -74,7 +76,7 @@ class FieldRef:
 class Compiled:
     """A template compiled for columnar decoding. Identity matters: data sets are grouped by compiled template.
 
-    It keeps no field list: only what decoding reads (dtypes, segment lengths, the fields of columns), so that its
+    It keeps no field list: only what decoding reads (field plan, segment lengths, the fields of columns), so that its
     memory does not grow with the fields a template carries but flowmed ignores (see :func:`template_cost`).
     """
 
@@ -83,6 +85,7 @@ class Compiled:
     reclen: int
     """Record length (fixed), or the shortest possible record (variable: fixed bytes + one length byte per field)."""
     dtype: np.dtype | None
+    """Fixed-length templates: an opaque record of ``reclen`` bytes (the fields are in :attr:`plan`)."""
     segments: tuple[int, ...]
     """Variable templates: fixed bytes before each variable field, and after the last one."""
     columns: dict[str, tuple[FieldRef, str]] = field(default_factory=dict)
@@ -103,14 +106,6 @@ class Compiled:
     @property
     def end_ie(self) -> int | None:
         return next((i for i in ies.END_TIME_IES if i in self.refs), None)
-
-
-def _dtype_of(length: int, kind: str) -> str | tuple[str, tuple[int]]:
-    if length in (1, 2, 4, 8) and kind != "ipv6":
-        return f">u{length}"
-    if length == 16 and kind == "ipv6":
-        return "S16"
-    return ("u1", (length,))
 
 
 def compile_template(template: Template) -> Compiled:
@@ -175,11 +170,12 @@ SPEC_COPIES = 2
 COMPILED_BYTES = 2048
 """A compiled template reading nothing: the object, its segment plan and empty dictionaries."""
 READ_FIELD_BYTES = 512
-"""Per field read (structured dtype field, column and element references): at most :data:`MAX_READ_FIELDS`."""
+"""Per field read (its plan row and name, column and element references): at most :data:`MAX_READ_FIELDS`."""
 SEGMENT_BYTES = 32
 """Per variable-length field: its segment's offset and dtype slot."""
 SEGMENT_DTYPE_BYTES = 256
-"""Per variable-length field, up to :data:`MAX_READ_FIELDS`: the structured dtype of the segment after it."""
+"""Per variable-length field, up to :data:`MAX_READ_FIELDS`: what reading the segment after it costs (a margin since
+the per-segment structured dtypes gave way to the kernel's plan)."""
 
 
 def _max_read_fields() -> int:
@@ -234,28 +230,20 @@ def _compile(fields: tuple[Field, ...], options: bool) -> Compiled:
         wanted[i] = kind
 
     refs_by_index: dict[int, FieldRef] = {}
-    # Per fixed segment (the whole record when there is no variable-length field): dtype fields read from it.
-    layout: list[tuple[list[str], list[str | tuple[str, tuple[int]]], list[int]]] = [([], [], [])]
     seg, off = 0, 0
     segments: list[int] = []
     for i, f in enumerate(fields):
         if f.variable:
             segments.append(off)
             seg, off = seg + 1, 0
-            layout.append(([], [], []))
             continue
         if i in wanted:
             refs_by_index[i] = FieldRef(f"f{i}", seg, off, f.length)
-            names, formats, offsets = layout[seg]
-            names.append(f"f{i}")
-            formats.append(_dtype_of(f.length, wanted[i]))
-            offsets.append(off)
         off += f.length
     segments.append(off)
     nvar = len(segments) - 1
     reclen = sum(segments) + nvar
-    names, formats, offsets = layout[0]
-    dtype = np.dtype({"names": names, "formats": formats, "offsets": offsets, "itemsize": reclen}) if fixed else None
+    dtype = np.dtype(f"V{reclen}") if fixed else None  # opaque: the kernels read the fields (compiled.plan)
     compiled = Compiled(options, fixed, reclen, dtype, tuple(segments), fast=fixed and not options)
     compiled.columns = {col: (refs_by_index[i], kind) for col, (_, i, kind) in winners.items()}
     compiled.alternates = {col: refs_by_index[i] for col, (_, i, _) in alternates.items()}
@@ -269,16 +257,22 @@ _UINT_IES = ies.OPTIONS_IES | set(ies.START_TIME_IES) | set(ies.END_TIME_IES)
 
 
 def _plan(compiled: Compiled) -> Plan:
-    """The kernel's field plan: integer columns and elements, and address columns (with their IPv6 alternates)."""
-    uints = [(ref.name, ref.seg, ref.offset, ref.length) for ie, ref in compiled.refs.items() if ie in _UINT_IES]
+    """The kernel's field plan: integer columns (read into their column's width) and elements (times: 32 bits
+    when they fit, else 64; sampling and options values: 64), and address columns (with their IPv6 alternates)."""
+    uints = [(ref.name, ref.seg, ref.offset, ref.length, 4 if ref.length <= 4 and ie not in ies.OPTIONS_IES else 8)
+             for ie, ref in compiled.refs.items() if ie in _UINT_IES]
     addresses: list[tuple[str, int, int, str, tuple[int, int] | None]] = []
     for column, (ref, kind) in compiled.columns.items():
         if kind in ("ipv4", "ipv6"):
             alt = compiled.alternates.get(column)
             addresses.append((column, ref.seg, ref.offset, kind, None if alt is None else (alt.seg, alt.offset)))
         else:
-            uints.append((ref.name, ref.seg, ref.offset, ref.length))
+            uints.append((ref.name, ref.seg, ref.offset, ref.length, _WIDTH[column]))
     return make_plan(uints, addresses)
+
+
+_WIDTH = {c.name: c.numpy_dtype.itemsize for c in FLOWS.columns if c.numpy_dtype.kind == "u"}
+"""Integer ``flows`` columns: their width in bytes (a field is read straight into its column's type)."""
 
 
 def walk_variable(compiled: Compiled, body: bytes | memoryview, start: int, end: int,

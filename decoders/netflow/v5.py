@@ -58,17 +58,19 @@ def uptime_to_ms(values: np.ndarray, export_ms: np.ndarray, uptime_ms: np.ndarra
     return out
 
 
-_UINTS = (("in_if", 12, 2), ("out_if", 14, 2), ("raw_packets", 16, 4), ("raw_bytes", 20, 4), ("first", 24, 4),
-          ("last", 28, 4), ("src_port", 32, 2), ("dst_port", 34, 2), ("tcp_flags", 37, 1), ("protocol", 38, 1),
-          ("tos", 39, 1), ("src_as", 40, 2), ("dst_as", 42, 2), ("src_mask", 44, 1), ("dst_mask", 45, 1))
-PLAN = make_plan([(name, 0, off, length) for name, off, length in _UINTS],
+# (name, offset, length, width of the column it is read into)
+_UINTS = (("in_if", 12, 2, 4), ("out_if", 14, 2, 4), ("raw_packets", 16, 4, 8), ("raw_bytes", 20, 4, 8),
+          ("first", 24, 4, 4), ("last", 28, 4, 4), ("src_port", 32, 2, 2), ("dst_port", 34, 2, 2),
+          ("tcp_flags", 37, 1, 1), ("protocol", 38, 1, 1), ("tos", 39, 1, 1), ("src_as", 40, 2, 4),
+          ("dst_as", 42, 2, 4), ("src_mask", 44, 1, 1), ("dst_mask", 45, 1, 1))
+PLAN = make_plan([(name, 0, off, length, width) for name, off, length, width in _UINTS],
                  [(name, 0, off, "ipv4", None) for name, off in (("src_addr", 0), ("dst_addr", 4), ("next_hop", 8))])
 """The fields of a v5 record as the compiled gather reads them (:mod:`decoders.netflow.kernel`)."""
 
 
 def columns(view: Gathered, export_ms: np.ndarray, uptime_ms: np.ndarray) -> dict[str, np.ndarray]:
     """``flows`` columns (raw, before sampling) of gathered v5 records; header values per record (or 0-d)."""
-    cols = {name: view.uint(name) for name, _, _ in _UINTS if name not in ("first", "last")}
+    cols = {name: view.uint(name) for name, *_ in _UINTS if name not in ("first", "last")}
     cols.update({name: view.address(name) for name in ("src_addr", "dst_addr", "next_hop")})
     cols["flow_start"] = uptime_to_ms(view.uint("first"), export_ms, uptime_ms)
     cols["flow_end"] = uptime_to_ms(view.uint("last"), export_ms, uptime_ms)
