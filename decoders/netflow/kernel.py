@@ -371,15 +371,18 @@ class Gathered:
 
 
 def as_bytes(buf: bytes | memoryview) -> np.ndarray:
-    """A buffer as the kernels read it (no copy)."""
-    return np.frombuffer(buf, dtype=np.uint8)
+    """A buffer as the kernels read it (no copy): always a read-only array, so that a batch joined into a reused
+    (writable) buffer and one joined into ``bytes`` use the same compiled kernel, the one :func:`warm_up` made."""
+    out = np.frombuffer(buf, dtype=np.uint8)
+    out.flags.writeable = False
+    return out
 
 
 def read_sets(plan: Plan, buf: bytes | memoryview, offsets: np.ndarray, counts: np.ndarray, reclen: int) -> Gathered:
     """Every planned field of the fixed-length records of sets at ``offsets`` (``counts`` records each)."""
     out = Gathered(plan, int(counts.sum()))
     if out.n:
-        _gather(out, buf, offsets, counts, reclen, _NO_STARTS)
+        _gather(out, buf, np.ascontiguousarray(offsets, dtype=np.int64), counts, reclen, _NO_STARTS)
     return out
 
 
@@ -394,7 +397,8 @@ def read_records(plan: Plan, buf: bytes | memoryview, starts: np.ndarray) -> Gat
 def _gather(out: Gathered, buf: bytes | memoryview, offsets: np.ndarray, counts: np.ndarray, reclen: int,
             starts: np.ndarray) -> None:
     p, u = out.plan, out.U
-    gather(as_bytes(buf), offsets, counts, reclen, starts, p.PU, p.P4, p.P6, u[1], u[2], u[4], u[8], out.A)
+    gather(as_bytes(buf), offsets, np.ascontiguousarray(counts, dtype=np.int64), reclen, starts, p.PU, p.P4, p.P6,
+           u[1], u[2], u[4], u[8], out.A)
 
 
 _NO_STARTS = np.zeros((0, 1), dtype=np.int64)
@@ -402,11 +406,12 @@ _ZERO = np.zeros(1, dtype=np.int64)
 
 
 def warm_up() -> None:
-    """Compile every kernel now (on tiny inputs), so the first real batch does not wait for it."""
+    """Compile every kernel now (on tiny inputs, with the argument types of real batches: one compiled version of
+    each), so the first real batch does not wait for it; with a warm disk cache this only loads them."""
     D = np.zeros((1, ND), dtype=np.int64)
     S = np.zeros((1, NS), dtype=np.int64)
     one = np.zeros(1, dtype=np.int64)
-    scan(np.zeros(32, dtype=np.uint8), one, one, D, S)
+    scan(as_bytes(bytes(32)), one, one, D, S)
     plan = make_plan([(f"u{w}", 0, 0, 2, w) for w in WIDTHS],
                      [("v4", 0, 0, "ipv4", (0, 0)), ("v6", 0, 0, "ipv6", None)])
     buf = bytes(16)

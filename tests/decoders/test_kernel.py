@@ -108,3 +108,20 @@ def test_scan_marks_only_plain_data_datagrams() -> None:
     assert D[:, kernel.D_KIND].tolist() == [0, 9, 9, 5, 0, 0, 0]
     assert D[:, kernel.D_NSETS].tolist() == [0, 1, 2, 1, 0, 0, 0]
     assert S[:, kernel.S_ID].tolist() == [256, 256, 256, 0]
+
+
+def test_warm_up_compiles_what_real_batches_use() -> None:
+    """Batches joined into the reused buffer or into bytes, blocks or single datagrams: one compiled version of
+    each kernel, the one warm_up made (a further one would compile on the event loop)."""
+    kernel.warm_up()
+    before = {f: list(f.signatures) for f in (kernel.scan, kernel.gather)}
+    for batches in (_multiset_traffic(1, 60), _v5_traffic(2, 60)):
+        dec = FlowDecoder()
+        for batch in batches:
+            dec.decode(batch)
+    big = FlowDecoder()
+    big._joiner.keep_bytes = 0  # every batch joined into bytes of its own
+    for batch in _multiset_traffic(2, 60):
+        big.decode(batch)
+    assert {f: list(f.signatures) for f in (kernel.scan, kernel.gather)} == before
+    assert all(len(s) == 1 for s in before.values())
