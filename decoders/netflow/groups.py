@@ -2,9 +2,10 @@
 
 Variable-length groups first find their records, all sets at once (:func:`decoders.netflow.templates.walk_sets`);
 then v9 header record counts are checked and sequence numbers accounted in datagram order (record counts are now
-known). Each group's record bytes are decoded with one ``np.frombuffer`` (fixed-length templates; a strided view
-or a gather for blocks of the fast path) or one gather per fixed segment (variable-length ones); times are
-computed, the sampling rate resolved, and the columns of all groups concatenated into the result.
+known). Each group's records are read by one pass of the compiled gather (:mod:`decoders.netflow.kernel`: by set
+offsets and record counts for fixed-length templates and v5, whether the sets are still in the batch buffer or
+were parsed one by one; by segment starts for variable-length ones); times are computed, the sampling rate
+resolved, and the columns of all groups concatenated into the result.
 """
 
 from __future__ import annotations
