@@ -169,3 +169,37 @@ def test_decode_to_arrow_rate(benchmark, version: int) -> None:
                                 template="13 fields")
     decoded = benchmark.pedantic(run, rounds=50, warmup_rounds=1) if _enabled(benchmark) else benchmark(run)
     assert decoded == n * RECORDS
+
+
+def _multiset(version: int, n: int, records: int) -> tuple[list[bytes], bytes]:
+    """``n`` datagrams of two data sets each (an IPv4 and an IPv6 template, ``records`` flows in each), after the
+    datagram of both templates: the shape of exporters that send IPv4 and IPv6 flows together."""
+    from bench.exporter import IpfixExporter, V9Exporter, flow_template, random_columns
+
+    boot_ms = T0 - 3_600_000
+    encoder: V9Exporter | IpfixExporter = V9Exporter(0, boot_ms=boot_ms) if version == 9 \
+        else IpfixExporter(0, boot_ms=boot_ms)
+    form = "sysuptime" if version == 9 else "milliseconds"
+    v4, v6 = flow_template(256, time_form=form), flow_template(257, ipv6=True, time_form=form)
+    first = encoder.datagram(encoder.templates(v4, v6), export_ms=T0)
+    c4 = random_columns(v4, n * records, export_ms=T0, boot_ms=boot_ms, seed=1)
+    c6 = random_columns(v6, n * records, export_ms=T0, boot_ms=boot_ms, seed=2)
+    out = []
+    for i in range(n):
+        part4 = {k: v[i * records:(i + 1) * records] for k, v in c4.items()}
+        part6 = {k: v[i * records:(i + 1) * records] for k, v in c6.items()}
+        out.append(encoder.datagram(encoder.data(v4, part4), encoder.data(v6, part6), export_ms=T0))
+    return out, first
+
+
+@pytest.mark.parametrize("version", [9, 10])
+def test_decode_rate_multiset(benchmark, version: int) -> None:
+    """flowmed only: datagrams of two data sets (IPv4 and IPv6 templates, 15 records each)."""
+    n = 2000 if _enabled(benchmark) else 5
+    datagrams, template = _multiset(version, n, RECORDS // 2)
+    run = _flowmed(datagrams, template)
+    benchmark.group = f"decode v{version} multi-set"
+    benchmark.extra_info.update(records=n * RECORDS, datagrams=n, version=version, impl="flowmed",
+                                template="13 fields ipv4 + 13 fields ipv6, one set each")
+    decoded = benchmark.pedantic(run, rounds=50, warmup_rounds=1) if _enabled(benchmark) else benchmark(run)
+    assert decoded == n * RECORDS

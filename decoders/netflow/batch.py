@@ -24,8 +24,8 @@ Context = tuple[int, int, int, int, int]
 
 
 class Block:
-    """Data sets of single-set datagrams decoded without a Python step each: where their records are in the batch
-    buffer (:attr:`decoders.netflow.templated.SingleSets.buf`), how many records each holds, and their contexts."""
+    """Data sets of plain data datagrams decoded without a Python step each: where their records are in the batch
+    buffer (:attr:`decoders.netflow.fast_path.Scanned.buf`), how many records each holds, and their contexts."""
 
     __slots__ = ("offsets", "counts", "ctx")
 

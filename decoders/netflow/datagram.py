@@ -11,6 +11,7 @@ same result. Errors are counted per (exporter, reason) and cost only the set (or
 from __future__ import annotations
 
 import struct
+from typing import cast
 
 import numpy as np
 
@@ -25,7 +26,7 @@ from decoders.errors import (
     UnsupportedVersion,
 )
 from decoders.netflow import fields as ies
-from decoders.netflow import templated
+from decoders.netflow import kernel, templated
 from decoders.netflow import v5 as netflow5
 from decoders.netflow.batch import Batch, Group, VarSets
 from decoders.netflow.pending import HeldSet
@@ -237,7 +238,12 @@ def _data(state: DecoderState, batch: Batch, st: ExporterState, compiled: Compil
 def _options(state: DecoderState, batch: Batch, st: ExporterState, compiled: Compiled, domain: int,
              chunk: bytes | memoryview, n: int, starts: np.ndarray | None) -> None:
     """Options data: remember sampling rates (per sampler/selector id) and system init time."""
-    view = templated.make_view(compiled, bytes(chunk), n, starts)
+    plan = cast(kernel.Plan, compiled.plan)
+    if starts is None:
+        view = kernel.read_sets(plan, chunk, np.zeros(1, dtype=np.int64), np.array([n], dtype=np.int64),
+                                compiled.reclen)
+    else:
+        view = kernel.read_records(plan, chunk, starts)
     max_entries = state.limits.max_samplers_per_exporter
     for values in templated.options_values(compiled, view):
         rate = rate_from_values(values.get)

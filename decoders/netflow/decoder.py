@@ -4,17 +4,18 @@ The façade (h11's ``Connection``): it holds the :class:`~decoders.netflow.state
 each concern has its own module. Theory of operation: :meth:`FlowDecoder.decode` takes a batch of datagrams and
 works in passes:
 
-0. **Per batch**, first (:mod:`decoders.netflow.fast_path`): the headers and first set headers of all datagrams are
-   parsed at once with numpy. Runs of datagrams that are exactly one data set of a known fixed-length flow
-   template (almost all data datagrams) are taken as blocks, with no Python step per datagram. Every other
-   datagram takes pass 1 at its place in the batch, so the result is exactly that of decoding the datagrams one
-   by one.
+0. **Per batch**, first (:mod:`decoders.netflow.fast_path`): the headers and set headers of all datagrams are
+   walked at once by a compiled kernel (:mod:`decoders.netflow.kernel`). Runs of plain data datagrams (v5, and
+   v9/IPFIX data sets of known fixed-length flow templates, one set or several: almost all data datagrams) are
+   taken as blocks, with no Python step per datagram. Every other datagram takes pass 1 at its place in the
+   batch, so the result is exactly that of decoding the datagrams one by one.
 1. **Per datagram** (:mod:`decoders.netflow.datagram`; a Python loop over datagrams and their sets, never over
    records): parse the header, learn or withdraw templates, apply options data, hold data sets whose template is
    unknown, note the sequence number, and append each data set's bytes to the *group* of its compiled template
    (:mod:`decoders.netflow.batch`).
 2. **Per group** (:mod:`decoders.netflow.groups`): find the records of variable-length sets, account sequence
-   numbers, decode each group's records at once and concatenate the columns.
+   numbers, gather each group's records at once (a compiled pass over the records, :mod:`decoders.netflow.kernel`)
+   and concatenate the columns.
 
 State and its limits are :mod:`decoders.netflow.state` (templates: :mod:`decoders.netflow.template_store`); saving
 and loading it, :mod:`decoders.netflow.persistence`. Errors are counted per (exporter, reason) and cost only the

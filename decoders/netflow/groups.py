@@ -2,9 +2,10 @@
 
 Variable-length groups first find their records, all sets at once (:func:`decoders.netflow.templates.walk_sets`);
 then v9 header record counts are checked and sequence numbers accounted in datagram order (record counts are now
-known). Each group's record bytes are decoded with one ``np.frombuffer`` (fixed-length templates; a strided view
-or a gather for blocks of the fast path) or one gather per fixed segment (variable-length ones); times are
-computed, the sampling rate resolved, and the columns of all groups concatenated into the result.
+known). Each group's records are read by one pass of the compiled gather (:mod:`decoders.netflow.kernel`: by set
+offsets and record counts for fixed-length templates and v5, whether the sets are still in the batch buffer or
+were parsed one by one; by segment starts for variable-length ones); times are computed, the sampling rate
+resolved, and the columns of all groups concatenated into the result.
 """
 
 from __future__ import annotations
@@ -15,11 +16,11 @@ import numpy as np
 
 from decoders.errors import BadRecord, EmptySet
 from decoders.netflow import fields as ies
-from decoders.netflow import templated
+from decoders.netflow import kernel, templated
 from decoders.netflow import v5 as netflow5
 from decoders.netflow.batch import Batch, Block, DomainKey, Group, SingleObservation
 from decoders.netflow.state import DecoderState
-from decoders.netflow.templates import Compiled, FixedView, VariableView, walk_sets
+from decoders.netflow.templates import Compiled, walk_sets
 from decoders.result import DecodeResult
 from decoders.sampling import rate_from_columns, resolve
 from decoders.schema import FLOWS
@@ -168,27 +169,30 @@ def observe_sequences(state: DecoderState, batch: Batch) -> None:
 def _decode_group(g: Group, ctx: np.ndarray, dom: DomainTables, n: int, result: DecodeResult,
                   batch_buf: bytes | memoryview) -> dict[str, np.ndarray]:
     """The ``flows`` columns of one group (arrays, or 0-d scalars for values shared by every record)."""
-    if g.blocks:
-        counts, set_ctx, block_view = _block_records(g, batch_buf)
+    if g.compiled is not None and not g.compiled.fixed:
+        counts, set_ctx = np.asarray(g.counts, dtype=np.int64), np.asarray(g.ctx, dtype=np.int64)
+        plan = cast(kernel.Plan, g.compiled.plan)
+        view = kernel.read_records(plan, cast(bytes, g.chunks[0]), cast(np.ndarray, g.starts))
     else:
-        counts, set_ctx, block_view = np.asarray(g.counts, dtype=np.int64), np.asarray(g.ctx, dtype=np.int64), None
+        source, offsets, counts, set_ctx = _sets(g, batch_buf)
+        if g.compiled is None:
+            view = kernel.read_sets(netflow5.PLAN, source, offsets, counts, netflow5.RECORD_LEN)
+        else:
+            view = kernel.read_sets(cast(kernel.Plan, g.compiled.plan), source, offsets, counts, g.compiled.reclen)
     per_set = ctx[set_ctx]  # datagram values, one row per data set
 
     def expand(values: np.ndarray) -> np.ndarray:
         """Per-set values to per-record values: a 0-d scalar when they are all equal (the common case)."""
         return cast(np.ndarray, values[0]) if (values == values[0]).all() else np.repeat(values, counts)
 
-    chunks = cast(list[bytes | memoryview], g.chunks)  # without blocks: record bytes only
     set_slot = per_set[:, 0]
     slot = expand(set_slot)
     received, export_ms, uptime = expand(per_set[:, 1]), expand(per_set[:, 2]), expand(per_set[:, 3])
     if g.compiled is None:  # NetFlow v5
-        cols = netflow5.decode_records(b"".join(chunks), n, export_ms, uptime)
+        cols = netflow5.columns(view, export_ms, uptime)
         announced = expand(per_set[:, 4].astype(np.uint64))
     else:
         compiled = g.compiled
-        view = block_view if block_view is not None else \
-            templated.make_view(compiled, b"".join(chunks), n, g.starts)
         cols = templated.flow_columns(compiled, view)
         init = dom.init_ms[slot]
         cols["flow_start"] = templated.time_column(view, compiled, compiled.start_ie, export_ms, uptime, init)
@@ -228,18 +232,18 @@ def _count_missing_init_time(set_slot: np.ndarray, counts: np.ndarray, dom: Doma
             result.errors[(dom.info[s][0].name, "missing_init_time")] += int(per_slot[s])
 
 
-def _announced_rates(compiled: Compiled, view: FixedView | VariableView, slot: np.ndarray, dom: DomainTables,
+def _announced_rates(compiled: Compiled, view: kernel.Gathered, slot: np.ndarray, dom: DomainTables,
                      n: int) -> np.ndarray:
     """Per record: rate in the record, else its sampler's options rate, else the domain's; 0 = none.
 
     ``slot`` is per record, or a 0-d scalar when every record comes from one (exporter, domain).
     """
     refs = compiled.refs
-    in_record = rate_from_columns(lambda ie: view.uint(refs[ie]) if ie in refs else None, n)
+    in_record = rate_from_columns(lambda ie: view.uint(refs[ie].name) if ie in refs else None, n)
     announced: np.ndarray = dom.domain_rate[slot]
     key_ie = ies.SAMPLER_ID if ies.SAMPLER_ID in refs else ies.SELECTOR_ID if ies.SELECTOR_ID in refs else None
     if key_ie is not None:
-        ids = view.uint(refs[key_ie]).astype(np.uint64)
+        ids = view.uint(refs[key_ie].name)
         if np.ndim(slot) == 0:
             st, _, domain = dom.info[int(slot)]
             keyed = st.samplers.keyed_rates(domain, key_ie, ids)
@@ -255,46 +259,32 @@ def _announced_rates(compiled: Compiled, view: FixedView | VariableView, slot: n
     return announced
 
 
-def _block_records(g: Group, buf: bytes | memoryview) -> tuple[np.ndarray, np.ndarray, FixedView]:
-    """Records per set, context per set and a view of the records of a fixed-length group with blocks.
+def _sets(g: Group, buf: bytes | memoryview) -> tuple[bytes | memoryview, np.ndarray, np.ndarray, np.ndarray]:
+    """Where the records of a fixed-length group (or v5) are: (buffer, offset, records and context per set).
 
-    The records of blocks are still in the batch buffer, behind their datagram's headers. When every set has
-    the same number of records and the sets are evenly spaced (datagrams of one length: the usual case), the
-    records are a strided 2-D view of the buffer (no copy); otherwise they are gathered as they are decoded.
-    Sets parsed one by one (``g.chunks`` that are not blocks) are appended to the buffer first.
+    The records of blocks are still in the batch buffer, behind their datagram's headers; sets parsed one by one
+    (``g.chunks`` that are not blocks: record bytes only) are appended to the buffer first.
     """
     offsets: list[np.ndarray] = []
     counts: list[np.ndarray] = []
     ctxs: list[np.ndarray] = []
     extra: list[bytes | memoryview] = []
-    end = len(buf)
+    base = buf if g.blocks else b""
+    end = len(base)
     for chunk, n, c in zip(g.chunks, g.counts, g.ctx, strict=True):
         if isinstance(chunk, Block):
             offsets.append(chunk.offsets)
             counts.append(chunk.counts)
             ctxs.append(chunk.ctx)
         else:
+            extra.append(chunk)
             offsets.append(np.array([end], dtype=np.int64))
             counts.append(np.array([n], dtype=np.int64))
             ctxs.append(np.array([c], dtype=np.int64))
-            extra.append(chunk)
             end += len(chunk)
     offset, count, ctx = (x[0] if len(x) == 1 else np.concatenate(x) for x in (offsets, counts, ctxs))
-    source = b"".join([buf, *extra]) if extra else buf
-    compiled = cast(Compiled, g.compiled)  # v5 records never come in blocks
-    reclen = compiled.reclen
-    first = int(count[0])
-    step = int(offset[1] - offset[0]) if len(offset) > 1 else first * reclen
-    if step >= first * reclen and (count == first).all() and (np.diff(offset) == step).all():
-        records = np.ndarray((len(offset), first), dtype=compiled.dtype, buffer=source, offset=int(offset[0]),
-                             strides=(step, reclen))
-    else:
-        before = np.cumsum(count) - count
-        at = np.repeat(offset - before * reclen, count) + np.arange(int(count.sum()), dtype=np.int64) * reclen
-        # gathered as opaque bytes (a structured dtype would be copied field by field), chunk by chunk as read
-        windows = np.ndarray((len(source) - reclen + 1,), dtype=f"V{reclen}", buffer=source, strides=(1,))
-        return count, ctx, FixedView(windows, at, compiled.dtype)
-    return count, ctx, FixedView(records)
+    source = b"".join([base, *extra]) if extra else base
+    return source, offset, count, ctx
 
 
 def _column(values: np.ndarray | None, n: int, dtype: np.dtype) -> np.ndarray:

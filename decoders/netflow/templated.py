@@ -18,9 +18,9 @@ import numpy as np
 
 from decoders.errors import BadTemplate, DecodeError, TooManyFields, Truncated
 from decoders.netflow import fields as ies
-from decoders.netflow.templates import Compiled, FixedView, Template, VariableView, fields_of
+from decoders.netflow.kernel import Gathered
+from decoders.netflow.templates import Compiled, Template, fields_of
 from decoders.netflow.v5 import uptime_to_ms
-from decoders.schema import ipv4_mapped
 
 V9_HEADER = struct.Struct(">HHIIII")  # version, count, sysUptime, unix_secs, package_sequence, source_id
 IPFIX_HEADER = struct.Struct(">HHIII")  # version, length, export time, sequence, observation domain
@@ -33,42 +33,6 @@ U32 = struct.Struct(">I")
 V9_TEMPLATE_SET, V9_OPTIONS_SET = 0, 1
 IPFIX_TEMPLATE_SET, IPFIX_OPTIONS_SET = 2, 3
 NTP_EPOCH_OFFSET = 2_208_988_800  # seconds from 1900-01-01 to 1970-01-01
-
-
-# The first 24 bytes of a datagram read both ways: header and first set header (v9: 20 + 4, IPFIX: 16 + 4).
-_V9_PREFIX = np.dtype({"names": ["version", "count", "uptime", "secs", "seq", "domain", "set_id", "set_len"],
-                       "formats": [">u2", ">u2", ">u4", ">u4", ">u4", ">u4", ">u2", ">u2"],
-                       "offsets": [0, 2, 4, 8, 12, 16, 20, 22], "itemsize": 24})
-_IPFIX_PREFIX = np.dtype({"names": ["length", "secs", "seq", "domain", "set_id", "set_len"],
-                          "formats": [">u2", ">u4", ">u4", ">u4", ">u2", ">u2"],
-                          "offsets": [2, 4, 8, 12, 16, 18], "itemsize": 24})
-
-
-@dataclass(slots=True)
-class SingleSets:
-    """Which datagrams of a batch are a v9 or IPFIX header and exactly one data set, and their header values.
-
-    That is the shape of almost every data datagram; they can be decoded without a Python step per datagram. The
-    arrays have one entry per datagram (0 where ``single`` is False); offsets are into ``buf``, the datagrams
-    joined in order.
-    """
-
-    buf: bytes | memoryview
-    single: np.ndarray
-    """bool: version 9 or 10, one set with id >= 256 filling the datagram exactly (IPFIX: and its length agrees)."""
-    version: np.ndarray
-    domain: np.ndarray
-    set_id: np.ndarray
-    seq: np.ndarray
-    export_ms: np.ndarray
-    uptime_ms: np.ndarray
-    """v9 sysUptime; -1 for IPFIX."""
-    body_start: np.ndarray
-    """Offset of the set's first record in ``buf``."""
-    body_len: np.ndarray
-    """Bytes of records (and padding) in the set."""
-    count: np.ndarray
-    """v9 header record count; 0 for IPFIX."""
 
 
 class Joiner:
@@ -94,59 +58,6 @@ class Joiner:
             bio = self._io = io.BytesIO()
             bio.writelines(payloads)
         return bio.getbuffer()[:total]
-
-
-def scan_single_sets(payloads: Sequence[bytes], joiner: Joiner | None = None) -> SingleSets:
-    """Parse the header and first set header of every datagram at once (numpy over the joined datagrams)."""
-    n = len(payloads)
-    lens = np.fromiter(map(len, payloads), dtype=np.int64, count=n)
-    buf = b"".join(payloads) if joiner is None else joiner.join(payloads, int(lens.sum()))
-    starts = np.cumsum(lens) - lens
-    every = n > 0 and int(lens.min()) >= 24
-    # datagrams that may be a header and a set with a record (shorter ones never are); unused when all may be
-    cand: np.ndarray = np.empty(0, dtype=np.int64) if every else np.flatnonzero(lens >= 24)
-    if not every and not len(cand):
-        zero = np.zeros(n, dtype=np.int64)
-        return SingleSets(buf, np.zeros(n, dtype=bool), zero, zero, zero, zero, zero, zero, zero, zero, zero)
-    heads = np.ndarray((len(buf) - 23,), dtype="V24", buffer=buf, strides=(1,))[starts if every else starts[cand]]
-    length = lens if every else lens[cand]
-    h9, hx = heads.view(_V9_PREFIX), heads.view(_IPFIX_PREFIX)
-    version = h9["version"].astype(np.int64)
-    is9 = version == 9
-    if is9.all():  # one version in the batch (the usual case): no choosing per datagram
-        single, domain, set_id, seq, export_ms, uptime_ms, count, head = _v9_parts(h9, length)
-    elif (version == 10).all():
-        single, domain, set_id, seq, export_ms, uptime_ms, count, head = _ipfix_parts(hx, length)
-    else:
-        p9, px = _v9_parts(h9, length), _ipfix_parts(hx, length)
-        single, domain, set_id, seq, export_ms, uptime_ms, count, head = (
-            np.where(is9, a, b) for a, b in zip(p9, px, strict=True))
-        single &= (version == 9) | (version == 10)
-    if every:
-        return SingleSets(buf, single, version, domain, set_id, seq, export_ms, uptime_ms, starts + head,
-                          length - head, count)
-    out = [np.zeros(n, dtype=bool)] + [np.zeros(n, dtype=np.int64) for _ in range(9)]
-    values = (single, version, domain, set_id, seq, export_ms, uptime_ms, starts[cand] + head, length - head, count)
-    for full, v in zip(out, values, strict=True):
-        full[cand] = v
-    return SingleSets(buf, *out)
-
-
-_Parts = tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray | int]
-"""Per datagram: single set, domain, set id, sequence, export ms, uptime ms, v9 count; and the header length."""
-
-
-def _v9_parts(h: np.ndarray, length: np.ndarray) -> _Parts:
-    single = (h["version"] == 9) & (h["set_id"] >= 256) & (h["set_len"] == length - 20)
-    return (single, h["domain"].astype(np.int64), h["set_id"].astype(np.int64), h["seq"].astype(np.int64),
-            h["secs"].astype(np.int64) * 1000, h["uptime"].astype(np.int64), h["count"].astype(np.int64), 24)
-
-
-def _ipfix_parts(h: np.ndarray, length: np.ndarray) -> _Parts:
-    single = (h["length"] == length) & (h["set_id"] >= 256) & (h["set_len"] == length - 16)
-    return (single, h["domain"].astype(np.int64), h["set_id"].astype(np.int64), h["seq"].astype(np.int64),
-            h["secs"].astype(np.int64) * 1000, np.full(len(h), -1, dtype=np.int64), np.zeros(len(h), dtype=np.int64),
-            20)
 
 
 @dataclass(frozen=True, slots=True)
@@ -314,18 +225,9 @@ def parse_template_set(body: bytes, pos: int, end: int, *, ipfix: bool, options:
             yield RawTemplate(tid, body[spec_start:pos], count, scope, options, ipfix)
 
 
-def make_view(compiled: Compiled, buf: bytes, n: int, starts: np.ndarray | None) -> FixedView | VariableView:
-    """A field view over ``n`` concatenated records (``starts``: segment offsets of variable records)."""
-    if compiled.fixed:
-        return FixedView(np.frombuffer(buf, dtype=compiled.dtype, count=n))
-    if starts is None:
-        raise ValueError("variable-length records need their segment offsets")
-    return VariableView(np.frombuffer(buf, dtype=np.uint8), starts, compiled)
-
-
-def options_values(compiled: Compiled, view: FixedView | VariableView) -> list[dict[int, int]]:
+def options_values(compiled: Compiled, view: Gathered) -> list[dict[int, int]]:
     """The sampling/system-init values of each options record (options data are few: a loop is fine here)."""
-    cols = {ie: view.uint(ref).astype(np.uint64) for ie, ref in compiled.refs.items() if ie in ies.OPTIONS_IES}
+    cols = {ie: view.uint(ref.name) for ie, ref in compiled.refs.items() if ie in ies.OPTIONS_IES}
     return [{ie: int(v[i]) for ie, v in cols.items()} for i in range(view.n)]
 
 
@@ -343,7 +245,7 @@ def _ntp_to_ms(v: np.ndarray, *, nanoseconds: bool) -> np.ndarray:
     return secs * 1000 + sub // (unit // 1000)
 
 
-def time_column(view: FixedView | VariableView, compiled: Compiled, ie: int | None, export_ms: np.ndarray,
+def time_column(view: Gathered, compiled: Compiled, ie: int | None, export_ms: np.ndarray,
                 uptime_ms: np.ndarray, init_ms: np.ndarray) -> np.ndarray:
     """flow_start/flow_end in UTC ms from whichever timestamp form the template carries.
 
@@ -352,7 +254,7 @@ def time_column(view: FixedView | VariableView, compiled: Compiled, ie: int | No
     """
     if ie is None:
         return export_ms.copy()
-    v = view.uint(compiled.refs[ie])
+    v = view.uint(compiled.refs[ie].name)
     if ie in (152, 153, 323):
         return v.astype(np.int64)
     if ie in (150, 151):
@@ -366,7 +268,7 @@ def time_column(view: FixedView | VariableView, compiled: Compiled, ie: int | No
         return uptime_to_ms(v, export_ms, uptime_ms)
     v64 = v.astype(np.int64)
     if ies.SYSTEM_INIT_TIME in compiled.refs:
-        init_ms = view.uint(compiled.refs[ies.SYSTEM_INIT_TIME]).astype(np.int64)
+        init_ms = view.uint(compiled.refs[ies.SYSTEM_INIT_TIME].name).astype(np.int64)
     ipfix = np.where(init_ms >= 0, _uptime_near_export(init_ms, v64, export_ms), export_ms)
     if np.ndim(uptime_ms) == 0:  # all IPFIX
         return ipfix
@@ -394,18 +296,9 @@ def _uptime_near_export(init_ms: np.ndarray, uptime: np.ndarray, export_ms: np.n
     return out
 
 
-def flow_columns(compiled: Compiled, view: FixedView | VariableView) -> dict[str, np.ndarray]:
-    """The ``flows`` columns a template carries (addresses as S16, integers as decoded, not yet cast)."""
+def flow_columns(compiled: Compiled, view: Gathered) -> dict[str, np.ndarray]:
+    """The ``flows`` columns a template carries (addresses as S16, IPv4 mapped; integers as uint64, not yet cast)."""
     out: dict[str, np.ndarray] = {}
     for column, (ref, kind) in compiled.columns.items():
-        if kind == "ipv4":
-            v4 = np.ascontiguousarray(view.uint(ref))
-            out[column] = ipv4_mapped(v4)
-            alternate = compiled.alternates.get(column)
-            if alternate is not None:
-                out[column] = np.where(v4 == 0, view.raw(alternate), out[column])
-        elif kind == "ipv6":
-            out[column] = view.raw(ref)
-        else:
-            out[column] = view.uint(ref)
+        out[column] = view.address(column) if kind in ("ipv4", "ipv6") else view.uint(ref.name)
     return out

@@ -1,15 +1,11 @@
 """Templates (RFC 3954 section 5.2, RFC 7011 section 3.4) and their compiled form.
 
-A template is compiled once (and shared by every exporter that sends the same field list) into either
-
-* a big-endian numpy structured dtype, when every field has a fixed length: a data set then decodes with one
-  ``np.frombuffer`` over the concatenated records of all the data sets that use it; or
-* a *segment plan*, when some fields are variable-length (length 65535 in the template): the records of all sets
-  of a batch are found together (:func:`walk_sets`: numpy over record positions, the k-th records of every set
-  at once), then each fixed segment is gathered once and read through its own structured dtype.
-
-Either way the decoder reads fields through a :class:`FixedView` or :class:`VariableView`, so the column plan is
-the same for both.
+A template is compiled once (and shared by every exporter that sends the same field list) into a *field plan*
+for the compiled gather (:mod:`decoders.netflow.kernel`): where each field read lies in a record (a fixed-length
+template) or in a fixed segment of it (a template with variable-length fields, length 65535; the segments of
+all records of a batch are found together by :func:`walk_sets`: numpy over record positions, the k-th records
+of every set at once), and which output row it fills. Columns, times and sampling are then computed from the
+gathered rows, the same way for both kinds of template.
 """
 
 from __future__ import annotations
@@ -24,6 +20,8 @@ import numpy as np
 
 from decoders.errors import BadRecord
 from decoders.netflow import fields as ies
+from decoders.netflow.kernel import Plan, make_plan
+from decoders.schema import FLOWS
 
 V9_SCOPE = -1
 """``Field.enterprise`` of a v9 options scope field: its id is a scope type (RFC 3954 section 6.1), not an IE."""
@@ -65,7 +63,8 @@ class Template:
 
 @dataclass(frozen=True, slots=True)
 class FieldRef:
-    """Where a field lives in a record: dtype field name (fixed), or segment + offset (variable), and length."""
+    """Where a field lives in a record: its name in the plan, fixed segment (0 for fixed-length records), offset in
+    the segment, and length."""
 
     name: str
     seg: int
@@ -77,7 +76,7 @@ class FieldRef:
 class Compiled:
     """A template compiled for columnar decoding. Identity matters: data sets are grouped by compiled template.
 
-    It keeps no field list: only what decoding reads (dtypes, segment lengths, the fields of columns), so that its
+    It keeps no field list: only what decoding reads (field plan, segment lengths, the fields of columns), so that its
     memory does not grow with the fields a template carries but flowmed ignores (see :func:`template_cost`).
     """
 
@@ -86,6 +85,7 @@ class Compiled:
     reclen: int
     """Record length (fixed), or the shortest possible record (variable: fixed bytes + one length byte per field)."""
     dtype: np.dtype | None
+    """Fixed-length templates: an opaque record of ``reclen`` bytes (the fields are in :attr:`plan`)."""
     segments: tuple[int, ...]
     """Variable templates: fixed bytes before each variable field, and after the last one."""
     columns: dict[str, tuple[FieldRef, str]] = field(default_factory=dict)
@@ -96,8 +96,8 @@ class Compiled:
     """A fixed-length flow (not options) template: its data sets take the decoder's fast path."""
     alternates: dict[str, FieldRef] = field(default_factory=dict)
     """IPv4 address columns that also have an IPv6 element, used where the IPv4 value is 0.0.0.0."""
-    seg_dtypes: tuple[np.dtype | None, ...] = ()
-    """Per fixed segment, the structured dtype of the fields read from it (None: nothing read there)."""
+    plan: Plan | None = None
+    """The fields the kernels read from its records (:mod:`decoders.netflow.kernel`)."""
 
     @property
     def start_ie(self) -> int | None:
@@ -106,14 +106,6 @@ class Compiled:
     @property
     def end_ie(self) -> int | None:
         return next((i for i in ies.END_TIME_IES if i in self.refs), None)
-
-
-def _dtype_of(length: int, kind: str) -> str | tuple[str, tuple[int]]:
-    if length in (1, 2, 4, 8) and kind != "ipv6":
-        return f">u{length}"
-    if length == 16 and kind == "ipv6":
-        return "S16"
-    return ("u1", (length,))
 
 
 def compile_template(template: Template) -> Compiled:
@@ -178,11 +170,12 @@ SPEC_COPIES = 2
 COMPILED_BYTES = 2048
 """A compiled template reading nothing: the object, its segment plan and empty dictionaries."""
 READ_FIELD_BYTES = 512
-"""Per field read (structured dtype field, column and element references): at most :data:`MAX_READ_FIELDS`."""
+"""Per field read (its plan row and name, column and element references): at most :data:`MAX_READ_FIELDS`."""
 SEGMENT_BYTES = 32
 """Per variable-length field: its segment's offset and dtype slot."""
 SEGMENT_DTYPE_BYTES = 256
-"""Per variable-length field, up to :data:`MAX_READ_FIELDS`: the structured dtype of the segment after it."""
+"""Per variable-length field, up to :data:`MAX_READ_FIELDS`: what reading the segment after it costs (a margin since
+the per-segment structured dtypes gave way to the kernel's plan)."""
 
 
 def _max_read_fields() -> int:
@@ -237,36 +230,49 @@ def _compile(fields: tuple[Field, ...], options: bool) -> Compiled:
         wanted[i] = kind
 
     refs_by_index: dict[int, FieldRef] = {}
-    # Per fixed segment (the whole record when there is no variable-length field): dtype fields read from it.
-    layout: list[tuple[list[str], list[str | tuple[str, tuple[int]]], list[int]]] = [([], [], [])]
     seg, off = 0, 0
     segments: list[int] = []
     for i, f in enumerate(fields):
         if f.variable:
             segments.append(off)
             seg, off = seg + 1, 0
-            layout.append(([], [], []))
             continue
         if i in wanted:
             refs_by_index[i] = FieldRef(f"f{i}", seg, off, f.length)
-            names, formats, offsets = layout[seg]
-            names.append(f"f{i}")
-            formats.append(_dtype_of(f.length, wanted[i]))
-            offsets.append(off)
         off += f.length
     segments.append(off)
     nvar = len(segments) - 1
     reclen = sum(segments) + nvar
-    seg_dtypes = tuple(
-        np.dtype({"names": n, "formats": fm, "offsets": o, "itemsize": length}) if n or fixed else None
-        for (n, fm, o), length in zip(layout, segments, strict=True))
-    dtype = seg_dtypes[0] if fixed else None
+    dtype = np.dtype(f"V{reclen}") if fixed else None  # opaque: the kernels read the fields (compiled.plan)
     compiled = Compiled(options, fixed, reclen, dtype, tuple(segments), fast=fixed and not options)
-    compiled.seg_dtypes = seg_dtypes
     compiled.columns = {col: (refs_by_index[i], kind) for col, (_, i, kind) in winners.items()}
     compiled.alternates = {col: refs_by_index[i] for col, (_, i, _) in alternates.items()}
     compiled.refs = {ie_id: refs_by_index[i] for ie_id, i in first.items() if i in refs_by_index}
+    compiled.plan = _plan(compiled)
     return compiled
+
+
+_UINT_IES = ies.OPTIONS_IES | set(ies.START_TIME_IES) | set(ies.END_TIME_IES)
+"""Elements read as integers besides integer columns: sampling and options values, times."""
+
+
+def _plan(compiled: Compiled) -> Plan:
+    """The kernel's field plan: integer columns (read into their column's width) and elements (times: 32 bits
+    when they fit, else 64; sampling and options values: 64), and address columns (with their IPv6 alternates)."""
+    uints = [(ref.name, ref.seg, ref.offset, ref.length, 4 if ref.length <= 4 and ie not in ies.OPTIONS_IES else 8)
+             for ie, ref in compiled.refs.items() if ie in _UINT_IES]
+    addresses: list[tuple[str, int, int, str, tuple[int, int] | None]] = []
+    for column, (ref, kind) in compiled.columns.items():
+        if kind in ("ipv4", "ipv6"):
+            alt = compiled.alternates.get(column)
+            addresses.append((column, ref.seg, ref.offset, kind, None if alt is None else (alt.seg, alt.offset)))
+        else:
+            uints.append((ref.name, ref.seg, ref.offset, ref.length, _WIDTH[column]))
+    return make_plan(uints, addresses)
+
+
+_WIDTH = {c.name: c.numpy_dtype.itemsize for c in FLOWS.columns if c.numpy_dtype.kind == "u"}
+"""Integer ``flows`` columns: their width in bytes (a field is read straight into its column's type)."""
 
 
 def walk_variable(compiled: Compiled, body: bytes | memoryview, start: int, end: int,
@@ -371,111 +377,5 @@ def walk_sets(compiled: Compiled, buf: bytes, set_start: np.ndarray,
     return counts, starts[np.argsort(owner, kind="stable")], broken
 
 
-def _combine(b: np.ndarray) -> np.ndarray:
-    """Big-endian integers of odd length (3, 5, 6, 7 bytes) from an (n, L) uint8 matrix."""
-    out = np.zeros(len(b), dtype=np.uint64)
-    for k in range(b.shape[1]):
-        out = (out << np.uint64(8)) | b[:, k].astype(np.uint64)
-    return out
-
-
-CHUNK_BYTES = 256 * 1024
-"""Records are decoded field by field in chunks of about this many bytes, so that each chunk stays in cache while
-every field is read from it (reading each field over the whole batch streams the batch from memory once per
-field)."""
-
-
-def _native(dtype: np.dtype) -> np.dtype:
-    """The native-byte-order version of a (possibly sub-array) field dtype."""
-    if dtype.subdtype is not None:
-        return dtype
-    return dtype.newbyteorder("=") if dtype.kind in "ui" else dtype
-
-
-def decode_fields(records: np.ndarray, at: np.ndarray | None = None,
-                  dtype: np.dtype | None = None) -> dict[str, np.ndarray]:
-    """Every field of structured ``records`` (1-D, or 2-D: see :class:`FixedView`) as a flat, contiguous,
-    native-byte-order array of ``records.size`` rows (sub-array fields keep their trailing shape).
-
-    With ``at``, ``records`` holds opaque records (a ``V`` dtype) and the rows ``at`` of it are read, as ``dtype``:
-    gathered a chunk at a time, so the gathered bytes never leave the cache.
-    """
-    dtype = records.dtype if dtype is None else dtype
-    shape = records.shape if at is None else at.shape
-    names = dtype.names or ()
-    out = {name: np.empty(shape + dtype[name].shape, dtype=_native(dtype[name].base)) for name in names}
-    step = max(1, CHUNK_BYTES // max(1, records.strides[0] if at is None else dtype.itemsize))
-    for lo in range(0, shape[0], step):
-        part = records[lo:lo + step] if at is None else records[at[lo:lo + step]].view(dtype)
-        for name in names:
-            out[name][lo:lo + step] = part[name]
-    n = int(np.prod(shape))
-    return {name: a.reshape(n, *a.shape[len(shape):]) for name, a in out.items()}
-
-
-class FixedView:
-    """Fields of fixed-length records decoded with one ``np.frombuffer`` (1-D ``records``), read in place from the
-    datagrams (2-D ``records``: sets x records per set, a strided view of evenly spaced datagrams), or gathered
-    from the datagrams (``records`` every position of the buffer as an opaque record, ``at`` the record offsets).
-
-    Every field is decoded at first use, in one cache-friendly pass (:func:`decode_fields`); values come back
-    native, contiguous and writable.
-    """
-
-    def __init__(self, records: np.ndarray, at: np.ndarray | None = None, dtype: np.dtype | None = None) -> None:
-        self.records = records
-        self.at = at
-        self.dtype = dtype
-        self.n = records.size if at is None else len(at)
-        self._fields: dict[str, np.ndarray] | None = None
-
-    def _field(self, ref: FieldRef) -> np.ndarray:
-        if self._fields is None:
-            self._fields = decode_fields(self.records, self.at, self.dtype)
-        return self._fields[ref.name]
-
-    def uint(self, ref: FieldRef) -> np.ndarray:
-        a = self._field(ref)
-        return _combine(a) if a.ndim == 2 else a
-
-    def raw(self, ref: FieldRef) -> np.ndarray:
-        """16-byte values (IPv6) as ``S16``."""
-        return self._field(ref)
-
-
-class VariableView:
-    """Fields of variable-length records: ``starts`` is (n, segments) absolute offsets into ``buf``.
-
-    Each fixed segment is gathered once for all records (``n`` row lookups in a sliding-window view of the buffer,
-    not ``n x length`` byte lookups) and then read through its structured dtype, like a fixed-length template.
-    """
-
-    def __init__(self, buf: np.ndarray, starts: np.ndarray, compiled: Compiled) -> None:
-        self.buf = buf
-        self.starts = starts
-        self.compiled = compiled
-        self.n = len(starts)
-        self._segments: dict[int, np.ndarray] = {}
-
-    def _segment(self, seg: int) -> np.ndarray:
-        records = self._segments.get(seg)
-        if records is None:
-            dtype = self.compiled.seg_dtypes[seg]
-            if dtype is None:  # a field reference always points into a segment that has fields read
-                raise ValueError(f"segment {seg} has no field read")
-            size = dtype.itemsize
-            # every position of the buffer as an opaque record of the segment's size: one row copy per record
-            windows = np.ndarray((len(self.buf) - size + 1,), dtype=f"V{size}", buffer=self.buf, strides=(1,))
-            records = self._segments[seg] = windows[self.starts[:, seg]].view(dtype).reshape(self.n)
-        return records
-
-    def uint(self, ref: FieldRef) -> np.ndarray:
-        a = self._segment(ref.seg)[ref.name]
-        return _combine(a) if a.ndim == 2 else a
-
-    def raw(self, ref: FieldRef) -> np.ndarray:
-        return self._segment(ref.seg)[ref.name]
-
-
-__all__ = ["BadRecord", "Compiled", "Field", "FieldRef", "FixedView", "Template", "VariableView",
+__all__ = ["BadRecord", "Compiled", "Field", "FieldRef", "Template",
            "compile_spec", "compile_template", "fields_of", "spec_of", "template_cost", "walk_variable", "V9_SCOPE"]

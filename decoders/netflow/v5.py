@@ -1,8 +1,9 @@
 """NetFlow v5: a 24-byte header and up to 30 fixed 48-byte records (Cisco "NetFlow Export Datagram Format").
 
-Parsing is split so that the records of many datagrams decode in one pass: :func:`parse_header` checks one datagram
-and says how many records it holds; :func:`decode_records` turns the concatenated records of many datagrams into
-``flows`` columns with one ``np.frombuffer``.
+Parsing is split so that the records of many datagrams decode in one pass: :class:`V5Header` checks one datagram
+(the per-datagram path; :func:`decoders.netflow.kernel.scan` checks a whole batch) and says how many records it
+holds; the compiled gather reads the records of every datagram of the batch with :data:`PLAN`, and
+:func:`columns` makes the ``flows`` columns of them.
 """
 
 from __future__ import annotations
@@ -12,17 +13,11 @@ import struct
 import numpy as np
 
 from decoders.errors import EmptySet, LengthMismatch, Truncated
-from decoders.schema import ipv4_mapped
+from decoders.netflow.kernel import Gathered, make_plan
 
 HEADER = struct.Struct(">HHIIIIBBH")
 HEADER_LEN = HEADER.size
-RECORD = np.dtype([
-    ("srcaddr", ">u4"), ("dstaddr", ">u4"), ("nexthop", ">u4"), ("input", ">u2"), ("output", ">u2"),
-    ("dPkts", ">u4"), ("dOctets", ">u4"), ("first", ">u4"), ("last", ">u4"), ("srcport", ">u2"),
-    ("dstport", ">u2"), ("pad1", "u1"), ("tcp_flags", "u1"), ("prot", "u1"), ("tos", "u1"), ("src_as", ">u2"),
-    ("dst_as", ">u2"), ("src_mask", "u1"), ("dst_mask", "u1"), ("pad2", ">u2"),
-])
-RECORD_LEN = RECORD.itemsize  # 48
+RECORD_LEN = 48
 
 
 class V5Header:
@@ -63,26 +58,20 @@ def uptime_to_ms(values: np.ndarray, export_ms: np.ndarray, uptime_ms: np.ndarra
     return out
 
 
-def decode_records(buf: bytes, n: int, export_ms: np.ndarray, uptime_ms: np.ndarray) -> dict[str, np.ndarray]:
-    """``flows`` columns (raw, before sampling) of ``n`` concatenated v5 records; header values per record."""
-    r = np.frombuffer(buf, dtype=RECORD, count=n)
-    return {
-        "src_addr": ipv4_mapped(np.ascontiguousarray(r["srcaddr"])),
-        "dst_addr": ipv4_mapped(np.ascontiguousarray(r["dstaddr"])),
-        "next_hop": ipv4_mapped(np.ascontiguousarray(r["nexthop"])),
-        "in_if": r["input"],
-        "out_if": r["output"],
-        "raw_packets": r["dPkts"],
-        "raw_bytes": r["dOctets"],
-        "flow_start": uptime_to_ms(r["first"], export_ms, uptime_ms),
-        "flow_end": uptime_to_ms(r["last"], export_ms, uptime_ms),
-        "src_port": r["srcport"],
-        "dst_port": r["dstport"],
-        "tcp_flags": r["tcp_flags"],
-        "protocol": r["prot"],
-        "tos": r["tos"],
-        "src_as": r["src_as"],
-        "dst_as": r["dst_as"],
-        "src_mask": r["src_mask"],
-        "dst_mask": r["dst_mask"],
-    }
+# (name, offset, length, width of the column it is read into)
+_UINTS = (("in_if", 12, 2, 4), ("out_if", 14, 2, 4), ("raw_packets", 16, 4, 8), ("raw_bytes", 20, 4, 8),
+          ("first", 24, 4, 4), ("last", 28, 4, 4), ("src_port", 32, 2, 2), ("dst_port", 34, 2, 2),
+          ("tcp_flags", 37, 1, 1), ("protocol", 38, 1, 1), ("tos", 39, 1, 1), ("src_as", 40, 2, 4),
+          ("dst_as", 42, 2, 4), ("src_mask", 44, 1, 1), ("dst_mask", 45, 1, 1))
+PLAN = make_plan([(name, 0, off, length, width) for name, off, length, width in _UINTS],
+                 [(name, 0, off, "ipv4", None) for name, off in (("src_addr", 0), ("dst_addr", 4), ("next_hop", 8))])
+"""The fields of a v5 record as the compiled gather reads them (:mod:`decoders.netflow.kernel`)."""
+
+
+def columns(view: Gathered, export_ms: np.ndarray, uptime_ms: np.ndarray) -> dict[str, np.ndarray]:
+    """``flows`` columns (raw, before sampling) of gathered v5 records; header values per record (or 0-d)."""
+    cols = {name: view.uint(name) for name, *_ in _UINTS if name not in ("first", "last")}
+    cols.update({name: view.address(name) for name in ("src_addr", "dst_addr", "next_hop")})
+    cols["flow_start"] = uptime_to_ms(view.uint("first"), export_ms, uptime_ms)
+    cols["flow_end"] = uptime_to_ms(view.uint("last"), export_ms, uptime_ms)
+    return cols

@@ -1,0 +1,127 @@
+"""The compiled fast path on the shapes it took over from the per-datagram path: v5 datagrams and datagrams of
+several data sets, compared with decoding one datagram at a time (tests/decoders/test_fast_path.py's harness)."""
+
+import random
+
+import numpy as np
+
+from decoders.netflow import kernel
+from decoders.netflow.decoder import DecoderLimits, FlowDecoder
+from tests.decoders.packets import T0_MS, data_set, template_set, v5, v9
+from tests.decoders.test_fast_path import NARROW, ODD, V6, WIDE, _compare, _record
+
+EXPORTERS = ["192.0.2.1", "192.0.2.2", "192.0.2.3"]
+
+
+def _v5_traffic(seed: int, n: int = 400) -> list[list[tuple[bytes, str, int]]]:
+    rng = random.Random(seed)
+    seq = {e: rng.randrange(1 << 32) for e in EXPORTERS}
+    out = []
+    for i in range(n):
+        e = rng.choice(EXPORTERS)
+        k = rng.choice([30, 30, 1, 7])
+        records = [{"src": f"10.0.{i % 256}.{j}", "bytes": rng.randrange(1 << 32), "packets": rng.randrange(1 << 16),
+                    "first": 3_600_000 - rng.randrange(60_000), "src_as": rng.randrange(1 << 16)} for j in range(k)]
+        dg = v5(records, seq=seq[e], engine=rng.choice([0, 0x102]), sampling=rng.choice([0, 0, 0x4000 | 100]))
+        seq[e] = (seq[e] + k + (5 if rng.random() < 0.02 else 0)) % (1 << 32)
+        r = rng.random()
+        if r < 0.02:
+            dg = dg[:rng.randrange(len(dg))]  # truncated
+        elif r < 0.03:
+            dg = dg + b"\0" * 5  # longer than its records
+        out.append((dg, e, T0_MS + i))
+    batches, i = [], 0
+    while i < len(out):
+        k = rng.choice([3, 40, 200])
+        batches.append(out[i:i + k])
+        i += k
+    return batches
+
+
+def test_v5_batches_equal_the_per_datagram_path(monkeypatch) -> None:
+    for seed in range(4):
+        assert _compare(_v5_traffic(seed), monkeypatch=monkeypatch) > 1000
+
+
+def test_v5_exporters_beyond_the_limit_are_counted_as_one_at_a_time(monkeypatch) -> None:
+    _compare(_v5_traffic(9), DecoderLimits(max_exporters=2), monkeypatch)
+
+
+def _multiset_traffic(seed: int, n: int = 300) -> list[list[tuple[bytes, str, int]]]:
+    rng = random.Random(seed)
+    layouts = {256: NARROW, 257: V6, 258: WIDE, 259: ODD}
+    out = [(v9(template_set(layouts, ipfix=False), seq=0), e, T0_MS) for e in EXPORTERS[:2]]
+    seq = dict.fromkeys(EXPORTERS[:2], 1)
+    for i in range(n):
+        e = rng.choice(EXPORTERS[:2])
+        sets, count = [], 0
+        for tid in rng.sample(sorted(layouts), rng.choice([1, 2, 2, 3])):
+            k = rng.randrange(1, 12)
+            sets.append(data_set(tid if rng.random() > 0.02 else 999, layouts[tid],
+                                 [_record(layouts[tid], rng) for _ in range(k)], pad=rng.choice([0, 0, 2])))
+            count += k
+        dg = v9(*sets, seq=seq[e])
+        seq[e] += 1
+        if rng.random() < 0.02:
+            dg = dg[:2] + (count + 1).to_bytes(2, "big") + dg[4:]  # a header count that disagrees
+        out.append((dg, e, T0_MS + i))
+    batches, i = [], 0
+    while i < len(out):
+        k = rng.choice([5, 60, 300])
+        batches.append(out[i:i + k])
+        i += k
+    return batches
+
+
+def test_multiset_batches_equal_the_per_datagram_path(monkeypatch) -> None:
+    for seed in range(4):
+        assert _compare(_multiset_traffic(seed), monkeypatch=monkeypatch) > 1000
+
+
+def test_multiset_datagrams_decode_every_set() -> None:
+    t = template_set({256: NARROW, 257: V6}, ipfix=False)
+    rng = random.Random(3)
+    batch = [(v9(t, seq=0), "192.0.2.1", T0_MS)]
+    for i in range(10):
+        a = [_record(NARROW, rng) for _ in range(3)]
+        b = [_record(V6, rng) for _ in range(2)]
+        batch.append((v9(data_set(256, NARROW, a), data_set(257, V6, b), seq=i + 1), "192.0.2.1", T0_MS))
+    res = FlowDecoder().decode(batch)
+    assert res.n_flows == 50 and not res.errors and not res.sequence_lost
+    v4_rows = res.flows["src_addr"][:30]
+    assert all(bytes(x)[:12] == b"\0" * 10 + b"\xff\xff" for x in v4_rows)  # IPv4 group first, then IPv6
+    assert res.records[("192.0.2.1", 9)] == 50
+
+
+def test_scan_marks_only_plain_data_datagrams() -> None:
+    t = template_set({256: NARROW}, ipfix=False)
+    d = data_set(256, NARROW, [_record(NARROW, random.Random(1))])
+    payloads = [v9(t), v9(d), v9(d, d), v5([{}]), v5([{}], count=2), b"\0\x09", v9(d)[:-1]]
+    lens = np.array([len(p) for p in payloads], dtype=np.int64)
+    buf = np.frombuffer(b"".join(payloads), dtype=np.uint8)
+    D = np.zeros((len(payloads), kernel.ND), dtype=np.int64)
+    S = np.zeros((1, kernel.NS), dtype=np.int64)  # too small: the kernel says how many rows it needs
+    need = kernel.scan(buf, np.cumsum(lens) - lens, lens, D, S)
+    assert need == 4
+    S = np.zeros((need, kernel.NS), dtype=np.int64)
+    kernel.scan(buf, np.cumsum(lens) - lens, lens, D, S)
+    assert D[:, kernel.D_KIND].tolist() == [0, 9, 9, 5, 0, 0, 0]
+    assert D[:, kernel.D_NSETS].tolist() == [0, 1, 2, 1, 0, 0, 0]
+    assert S[:, kernel.S_ID].tolist() == [256, 256, 256, 0]
+
+
+def test_warm_up_compiles_what_real_batches_use() -> None:
+    """Batches joined into the reused buffer or into bytes, blocks or single datagrams: one compiled version of
+    each kernel, the one warm_up made (a further one would compile on the event loop)."""
+    kernel.warm_up()
+    before = {f: list(f.signatures) for f in (kernel.scan, kernel.gather)}
+    for batches in (_multiset_traffic(1, 60), _v5_traffic(2, 60)):
+        dec = FlowDecoder()
+        for batch in batches:
+            dec.decode(batch)
+    big = FlowDecoder()
+    big._joiner.keep_bytes = 0  # every batch joined into bytes of its own
+    for batch in _multiset_traffic(2, 60):
+        big.decode(batch)
+    assert {f: list(f.signatures) for f in (kernel.scan, kernel.gather)} == before
+    assert all(len(s) == 1 for s in before.values())
