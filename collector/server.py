@@ -472,9 +472,12 @@ class Server:
                 log("warning", "receive buffer smaller than requested; raise net.core.rmem_max",
                     listener=lst.address, requested=cfg.listen.rcvbuf_bytes, granted=lst.rcvbuf_granted)
         decoder = self._decoder_arg if self._decoder_arg is not None else make_decoder(cfg)
-        from decoders.sflow.kernel import warm_up
+        from decoders.netflow.kernel import warm_up as warm_up_netflow
+        from decoders.sflow.kernel import warm_up as warm_up_sflow
 
-        warm_up()  # compile (or load from NUMBA_CACHE_DIR) the sFlow kernels before READY, not at the first datagram
+        # compile (or load from NUMBA_CACHE_DIR) the decode kernels before READY, not at the first datagram
+        warm_up_netflow()
+        warm_up_sflow()
         self._load_state(decoder)
         sink = self._sink_arg if self._sink_arg is not None else make_sink(cfg, self.metrics, self.worker)
         mediator = make_mediator(cfg, self.worker) if self._mediator_arg == "auto" else self._mediator_arg
