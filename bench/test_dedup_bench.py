@@ -9,6 +9,8 @@ half full (every round adds a batch, so the rounds cover the second half of its 
 generation asked for a batch of which 5 % are present (the previous generation's check); ``duplicates``: the whole
 ``Deduplicator.duplicates`` once a previous generation is full and the current one is at its steady size, with 5 %
 of each batch resent from the batch before. ns per key = median round time / 61,440 (``extra_info``).
+``duplicates_per_datagram``: the same with one key per datagram of 30 records (2,048 keys per batch, 266,666 per
+generation), in ns per record, what a per-datagram resend key would cost (issue 17 item 2).
 
 With ``--benchmark-disable`` (the suite's default) each benchmark runs once on 2,048-key batches and tables of
 32,768 keys, and still checks its answers.
@@ -101,3 +103,33 @@ def test_deduplicator_duplicates(benchmark, sizes):
 
     benchmark.pedantic(run, setup=setup, rounds=1 if benchmark.disabled else 60)
     _ns_per_key(benchmark, batch)
+
+
+def test_deduplicator_duplicates_per_datagram(benchmark, sizes):
+    """``test_deduplicator_duplicates`` with one key per datagram of 30 records (issue 17 item 2): a 30th of the
+    keys per batch and per generation for the same window. ns per record = median round time / the records of the
+    batch (``extra_info``), comparable with ``ns_per_key`` above (one key per record)."""
+    records, keys = sizes
+    batch, keys = records // 30, keys // 30
+    rng = np.random.default_rng(4)
+    d = Deduplicator(window_ms=10**12, max_keys=2 * keys)
+    role = np.zeros(batch, dtype=np.int8)
+    while d._previous is None or d._current.count < keys // 2:
+        d.duplicates(_keys(rng, batch), role, 0)
+    last = [_keys(rng, batch)]
+    d.duplicates(last[0], role, 0)
+    resent = max(batch // 20, 1)
+
+    def setup():
+        k = _keys(rng, batch)
+        k[:resent] = last[0][:resent]
+        last[0] = k
+        return (k,), {}
+
+    def run(k: np.ndarray) -> None:
+        dup = d.duplicates(k, role, 0)
+        assert dup[:resent].all() and dup[resent:].sum() <= 2
+
+    benchmark.pedantic(run, setup=setup, rounds=1 if benchmark.disabled else 60)
+    if benchmark.stats is not None and not benchmark.disabled:
+        benchmark.extra_info["ns_per_record"] = round(benchmark.stats.stats.median / records * 1e9, 1)
