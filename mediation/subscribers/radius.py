@@ -43,6 +43,7 @@ from typing import Any, cast
 import numpy as np
 import pyarrow as pa
 
+from mediation import hashing
 from mediation.aggregate import allocate, split_intervals
 from mediation.hashing import hash_columns, string_hash
 from mediation.subscribers.bindings import Bindings, join_addresses, parse_network
@@ -134,6 +135,7 @@ class RadiusAccounting:
 
     def __init__(self, config: RadiusConfig, bindings: Bindings, interval_ms: int = 300_000) -> None:
         """``config``: a :class:`mediation.subscribers.settings.RadiusConfig`."""
+        hashing.warm_up()  # usage row ids: compiled now, not inside the first answer (radclient waits 2-3 s)
         self.config = config
         self.bindings = bindings
         self.interval_ms = interval_ms
