@@ -30,6 +30,15 @@ from collector import config as config_mod
 from collector import metrics as metrics_mod
 from collector import status as status_mod
 from collector.admission import admit, make_admission
+from collector.components import (
+    Components,
+    DecoderPort,
+    MediatorArg,
+    SinkPort,
+    make_decoder,
+    now_ms,
+    sampling_policy,
+)
 from collector.config import Config
 from collector.configtree import ConfigError
 from collector.exporter_stats import ExporterStatsRecorder
@@ -39,13 +48,11 @@ from collector.logging import setup as setup_logging
 from collector.statefile import StateWriter
 from collector.storelock import StoreLock
 from collector.systemd import Notifier, watchdog_interval_s
-from collector.tables import load_tables  # every table and its retention setting registered
 from decoders.schema import FLOWS
 from decoders.sflow.tables import INTERFACE_COUNTERS
-from mediation.compliance.stage import ComplianceStage, make_compliance
-from mediation.flow_stages import NamedStages, flow_stages
+from mediation.compliance.stage import ComplianceStage
+from mediation.flow_stages import NamedStages
 from mediation.mediator import Mediator
-from mediation.subscribers.bindings import Bindings
 from mediation.subscribers.static import StaticBindings
 
 TICK_S = 1.0
@@ -96,10 +103,6 @@ def count_kernel_drops(lst: UdpListener, m: metrics_mod.Metrics) -> None:
         log("warning", "kernel dropped datagrams: receive buffer full", listener=lst.endpoint, drops=drops)
 
 
-def now_ms() -> int:
-    return time.time_ns() // 1_000_000
-
-
 class Pipeline:
     """Decoder → mediation stages → Sink for one process; :meth:`process` takes one batch of datagrams.
 
@@ -108,18 +111,31 @@ class Pipeline:
     drive exactly the code the daemon runs.
     """
 
-    def __init__(self, config: Config, metrics: metrics_mod.Metrics, sink: Any, mediator: Mediator | None = None,
-                 decoder: Any = None, *, compliance: ComplianceStage | None = None,
+    def __init__(self, config: Config, metrics: metrics_mod.Metrics, sink: SinkPort, mediator: Mediator | None = None,
+                 decoder: DecoderPort | None = None, *, compliance: ComplianceStage | None = None,
                  static: StaticBindings | None = None) -> None:
+        """A pipeline over parts built elsewhere (a tool, a test); the daemon uses :meth:`of`."""
+        parts = Components.assemble(config, decoder if decoder is not None else make_decoder(config), sink, mediator,
+                                    compliance=compliance, static=static)
+        self._init(config, metrics, parts)
+
+    @classmethod
+    def of(cls, config: Config, metrics: metrics_mod.Metrics, parts: Components) -> Pipeline:
+        """The pipeline that runs ``parts`` (:meth:`collector.components.Components.build`)."""
+        pipeline = cls.__new__(cls)
+        pipeline._init(config, metrics, parts)
+        return pipeline
+
+    def _init(self, config: Config, metrics: metrics_mod.Metrics, parts: Components) -> None:
         self.config = config
         self.metrics = metrics
-        self.decoder = decoder if decoder is not None else make_decoder(config)
-        self.mediator = mediator
-        self.compliance = compliance
+        self.parts = parts
+        self.decoder = parts.decoder
+        self.mediator = parts.mediator
+        self.compliance = parts.compliance
         """nat_events and ip_detail_records, when enabled (make_compliance)."""
-        self.stages: NamedStages = flow_stages(mediator, compliance, static=static,
-                                               static_check_interval_s=config.subscribers.static_check_interval_s)
-        self.sink = sink
+        self.stages: NamedStages = parts.stages
+        self.sink = parts.sink
         self.board = status_mod.StatusBoard(config.decoder.max_exporters)
         self.errors_log = RateLimiter(60.0)
         self.admission = make_admission(config)
@@ -303,82 +319,6 @@ def _items(result: Any, name: str) -> list[tuple[Any, int]]:
     return []
 
 
-def make_decoder(config: Config) -> Any:
-    """The flow decoder for ``config``: NetFlow/IPFIX and sFlow, whatever endpoint they come to (limits from
-    ``[decoder]``, ``max_exporters`` bounding each protocol's exporters; policy from ``[sampling]``)."""
-    from decoders.dispatch import DispatchDecoder
-    from decoders.netflow.decoder import DecoderLimits, FlowDecoder
-    from decoders.sflow.decoder import SflowDecoder, SflowLimits
-
-    d = config.decoder
-    limits = DecoderLimits(max_exporters=d.max_exporters, max_templates_per_exporter=d.max_templates_per_exporter,
-                           max_template_fields=d.max_template_fields, pending_max_bytes=d.pending_max_bytes,
-                           template_max_bytes_per_exporter=d.template_max_bytes_per_exporter,
-                           template_max_bytes=d.template_max_bytes,
-                           pending_max_age_ms=int(d.pending_max_age_s * 1000),
-                           template_timeout_ms=int(d.template_timeout_s * 1000))
-    sampling = sampling_policy(config)
-    return DispatchDecoder(FlowDecoder(limits, sampling),
-                           SflowDecoder(SflowLimits(max_exporters=d.max_exporters), sampling))
-
-
-def sampling_policy(config: Config) -> Any:
-    """``[sampling]`` as the decoder's SamplingPolicy."""
-    from decoders.sampling import SamplingPolicy
-
-    s = config.sampling
-    return SamplingPolicy(s.default_rate, [(r.prefix, r.rate, r.override) for r in s.rules])
-
-
-def make_mediator(config: Config, worker: int | None = None) -> Mediator | None:
-    """The flow Mediator when ``[mediation] enabled``, else None. Its bindings are the durable store shared by every
-    process (``subscribers.bindings_db``)."""
-    if not config.mediation.enabled:
-        return None
-    return Mediator(config, Bindings(config.data_path(config.subscribers.bindings_db)), worker=worker)
-
-
-def make_static(config: Config, mediator: Mediator | None, worker: int | None = None) -> StaticBindings | None:
-    """The static bindings file, applied now, when there is one and mediation runs. One process only applies it
-    (the single process, or worker 0); the others pick its bindings up through ``Bindings.refresh``."""
-    if mediator is None or not config.subscribers.static_file or worker not in (None, 0):
-        return None
-    static = StaticBindings(config.subscribers.static_file, mediator.bindings)
-    static.reload(now_ms())  # a broken file at start is a start failure, like a broken config
-    return static
-
-
-def make_sink(config: Config, metrics: metrics_mod.Metrics, worker: int | None = None) -> Any:
-    """The Sink with every output the config enables (:func:`storage.factory.build_sink`), counted in ``metrics``.
-
-    With several workers each has its own ClickHouse spool and handoff journal and only worker 0 does the store's
-    housekeeping (recovery, compaction, retention).
-    """
-    from storage.factory import SinkHooks, build_sink
-
-    def on_write(output: str, table: str, rows: int, seconds: float) -> None:
-        metrics.output_batches.labels(output, table).inc()
-        metrics.output_rows.labels(output, table).inc(rows)
-        metrics.output_write_seconds.labels(output).observe(seconds)
-
-    def on_error(output: str, table: str, exc: BaseException) -> None:
-        metrics.output_errors.labels(output).inc()
-
-    def on_replay(output: str, table: str, rows: int) -> None:
-        metrics.output_replayed_rows.labels(output).inc(rows)
-
-    def on_insert(table: str, rows: int, seconds: float) -> None:
-        metrics.clickhouse_inserted_rows.labels(table).inc(rows)
-        metrics.clickhouse_insert_seconds.observe(seconds)
-
-    def on_insert_error(stage: str, code: str) -> None:
-        metrics.clickhouse_errors.labels(stage, code).inc()
-
-    hooks = SinkHooks(on_write=on_write, on_error=on_error, on_replay=on_replay, on_insert=on_insert,
-                      on_insert_error=on_insert_error)
-    return build_sink(config, worker=worker, host=config.service.host_index, tables=load_tables().values(), hooks=hooks)
-
-
 def state_path(config: Config, worker: int | None) -> Path:
     """Where this process keeps its template state: one file per worker, so workers never overwrite each other."""
     p = config.data_path(config.decoder.state_file)
@@ -394,8 +334,8 @@ class Server:
 
     def __init__(self, config: Config, config_path: str | None = None, overrides: tuple[str, ...] = (),
                  worker: int | None = None, listen_fds: list[int] | None = None,
-                 registry: CollectorRegistry | None = None, sink: Any = None, decoder: Any = None,
-                 mediator: Any = "auto") -> None:
+                 registry: CollectorRegistry | None = None, sink: SinkPort | None = None,
+                 decoder: DecoderPort | None = None, mediator: MediatorArg = "auto") -> None:
         self.config = config
         self.config_path = config_path
         self.overrides = overrides
@@ -471,20 +411,10 @@ class Server:
             if lst.rcvbuf_granted < cfg.listen.rcvbuf_bytes and self.worker in (None, 0):
                 log("warning", "receive buffer smaller than requested; raise net.core.rmem_max",
                     listener=lst.address, requested=cfg.listen.rcvbuf_bytes, granted=lst.rcvbuf_granted)
-        decoder = self._decoder_arg if self._decoder_arg is not None else make_decoder(cfg)
-        from decoders.sflow.kernel import warm_up
-
-        warm_up()  # compile (or load from NUMBA_CACHE_DIR) the sFlow kernels before READY, not at the first datagram
-        self._load_state(decoder)
-        sink = self._sink_arg if self._sink_arg is not None else make_sink(cfg, self.metrics, self.worker)
-        mediator = make_mediator(cfg, self.worker) if self._mediator_arg == "auto" else self._mediator_arg
-        static = make_static(cfg, mediator, self.worker) if self._mediator_arg == "auto" else None
-        self.pipeline = Pipeline(cfg, self.metrics, sink, mediator, decoder,
-                                 compliance=make_compliance(cfg, mediator, self.worker), static=static)
-        if mediator is not None:
-            from mediation.dedup import warm_up as warm_up_mediation
-
-            warm_up_mediation()  # the record key and de-duplication kernels, before READY like the sFlow ones
+        parts = Components.build(cfg, self.worker, self.metrics, sink=self._sink_arg, decoder=self._decoder_arg,
+                                 mediator=self._mediator_arg)
+        self._load_state(parts.decoder)
+        self.pipeline = Pipeline.of(cfg, self.metrics, parts)
         if self.worker is None and cfg.metrics.enabled:
             self.http = status_mod.HttpServer(cfg.metrics.listen, self.registry, self.fresh_status)
             self.http.start()
@@ -492,6 +422,7 @@ class Server:
         for lst in self.listeners:
             lst.start(self._loop)
         self.publish_status()
+
     def log_started(self) -> None:
         """The one 'started' line, written once everything is bound (RADIUS and IPDR included): a start that fails
         later must not have claimed to be up."""

@@ -57,7 +57,7 @@ def decode(config: Config, pcap: str, fmt: str, ports: tuple[int, ...]) -> None:
     Datagrams are decoded in the daemon's batch size with the capture time as the receive time. Decode errors per
     exporter and reason are summarised on stderr.
     """
-    from collector.server import make_decoder
+    from collector.components import make_decoder
     from decoders.pcap import PcapError, read_udp
 
     decoder = make_decoder(config)

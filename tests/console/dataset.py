@@ -20,9 +20,10 @@ from prometheus_client import CollectorRegistry
 
 from bench.exporter import Flow, IpfixExporter, V5Exporter, V9Exporter, template
 from collector import metrics as metrics_mod
+from collector.components import make_mediator, make_sink, make_static
 from collector.config import Config, load
 from collector.exporter_stats import ExporterStatsRecorder
-from collector.server import Pipeline, make_mediator, make_sink, make_static
+from collector.server import Pipeline
 from mediation.compliance.stage import make_compliance
 
 T0 = 1_793_577_600_000  # 2026-11-02T00:00:00Z, a Monday

@@ -19,9 +19,10 @@ from prometheus_client import CollectorRegistry
 
 from bench.exporter import bulk_datagrams
 from collector.admission import Admission, make_admission
+from collector.components import make_sink
 from collector.config import load
 from collector.metrics import Metrics
-from collector.server import Pipeline, make_sink
+from collector.server import Pipeline
 from decoders.ipdr import messages as m
 from decoders.ipdr.session import ProtocolViolation
 from fuzz.targets import ipdr_connection
@@ -304,7 +305,7 @@ def test_long_records_are_mediated_in_bounded_slices_with_the_same_totals(tmp_pa
     import numpy as np
 
     from bench.flowgen import flows_batch
-    from collector.server import make_mediator
+    from collector.components import make_mediator
     from mediation.bounded import mediate_bounded, parts_per_record, slices_by_parts
 
     now = int(time.time() * 1000)

@@ -19,9 +19,9 @@ from prometheus_client import CollectorRegistry
 
 from bench.exporter import Flow, IpfixExporter, flow_template
 from collector import metrics as metrics_mod
+from collector.components import make_sink
 from collector.config import load
 from collector.radius_listener import start_radius
-from collector.server import make_sink
 from mediation import Mediator
 from mediation.subscribers.bindings import Bindings
 from mediation.tables import RECONCILIATION

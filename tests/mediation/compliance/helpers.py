@@ -11,9 +11,10 @@ from types import ModuleType
 from prometheus_client import CollectorRegistry
 
 from collector import metrics as metrics_mod
+from collector.components import make_mediator, make_sink, make_static
 from collector.config import Config, load
 from collector.radius_listener import start_radius
-from collector.server import Pipeline, make_mediator, make_sink, make_static
+from collector.server import Pipeline
 from mediation.compliance.stage import make_compliance
 from tests.fixtures.peers import free_port, require_tool
 from tests.mediation.compliance import scenario

@@ -13,8 +13,8 @@ from prometheus_client import CollectorRegistry
 
 from collector import metrics as metrics_mod
 from collector.commands.compliance import run_trace, verdict
+from collector.components import make_sink
 from collector.radius_listener import start_radius
-from collector.server import make_sink
 from mediation.subscribers.bindings import Bindings
 from mediation.tables import OPEN_END_MS
 from storage.query import QueryEngine
