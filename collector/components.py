@@ -43,14 +43,21 @@ def now_ms() -> int:
 class SinkPort(Protocol):
     """What the daemon uses of :class:`storage.sink.Sink` (a test's fake implements the same)."""
 
-    outputs: Sequence[Output]
-    """The outputs batches are written to (store, ClickHouse), for the status and the spool metrics."""
-    stats: Mapping[str, OutputStats]
-    """Per output name: rows and batches written, errors, rows dropped and replayed."""
-    pending_rows: int
-    """Rows accepted but not yet handed to the writer thread."""
-    dropped_rows: Mapping[str, int]
-    """Per table: rows refused because the outputs could not keep up."""
+    @property
+    def outputs(self) -> Sequence[Output]:
+        """The outputs batches are written to (store, ClickHouse), for the status and the spool metrics."""
+
+    @property
+    def stats(self) -> Mapping[str, OutputStats]:
+        """Per output name: rows and batches written, errors, rows dropped and replayed."""
+
+    @property
+    def pending_rows(self) -> int:
+        """Rows accepted but not yet handed to the writer thread."""
+
+    @property
+    def dropped_rows(self) -> Mapping[str, int]:
+        """Per table: rows refused because the outputs could not keep up."""
 
     def add(self, table_name: str, batch: pa.RecordBatch) -> bool: ...
 

@@ -21,9 +21,11 @@ import logging
 import os
 import signal
 import time
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
+import pyarrow as pa
 from prometheus_client import CollectorRegistry
 
 from collector import config as config_mod
@@ -48,13 +50,21 @@ from collector.logging import setup as setup_logging
 from collector.statefile import StateWriter
 from collector.storelock import StoreLock
 from collector.systemd import Notifier, watchdog_interval_s
+from decoders.dispatch import DispatchResult
 from decoders.schema import FLOWS
 from decoders.sflow.tables import INTERFACE_COUNTERS
 from mediation.compliance.stage import ComplianceStage
 from mediation.flow_stages import NamedStages
 from mediation.mediator import Mediator
 from mediation.subscribers.static import StaticBindings
+from storage.clickhouse.output import ClickHouseOutput
+from storage.outputs import OutputStats
 
+if TYPE_CHECKING:
+    from collector.ipdr import IpdrCollector
+    from collector.radius_listener import RadiusServer
+
+K = TypeVar("K")
 TICK_S = 1.0
 LEGACY_STATE_MAX_BYTES = 64 * 1024 * 1024
 """A JSON state file of the format before the log is loaded only up to this size: one written under a template
@@ -69,14 +79,14 @@ def status_line(snapshot: dict[str, Any]) -> str:
             f"{snapshot.get('flows', 0)} flows, {drops} kernel drops")
 
 
-def spool_summary(sink: Any) -> dict[str, Any]:
-    """Bytes, batches, rows, rows dropped and age of the oldest batch over the spools of the sink's outputs."""
+def spool_summary(sink: SinkPort | None) -> dict[str, Any]:
+    """Bytes, batches, rows, rows dropped and age of the oldest batch over the spools of the sink's outputs (the
+    ClickHouse outputs: the only ones with a spool)."""
     out: dict[str, Any] = {"bytes": 0, "batches": 0, "rows": 0, "dropped_rows": 0, "oldest_age_s": 0.0}
-    for o in getattr(sink, "outputs", []):
-        status = getattr(o, "status", None)
-        if not callable(status):
+    for o in sink.outputs if sink is not None else ():
+        if not isinstance(o, ClickHouseOutput):
             continue
-        st = status()
+        st = o.status()
         out["bytes"] += int(st.get("spool_bytes", 0))
         out["batches"] += int(st.get("spool_batches", 0))
         out["rows"] += int(st.get("spool_rows", 0))
@@ -85,10 +95,10 @@ def spool_summary(sink: Any) -> dict[str, Any]:
     return out
 
 
-def rows_flushed(sink: Any) -> int:
+def rows_flushed(sink: SinkPort | None) -> int:
     """Rows this process made durable in the store (written, or replayed from the handoff journal): what
     ``/status`` reports as ``rows_flushed``. Without a store, the rows handed durably to the first output."""
-    stats = dict(getattr(sink, "stats", {}))
+    stats = sink.stats if sink is not None else {}
     if not stats:
         return 0
     st = stats.get("store") or next(iter(stats.values()))
@@ -163,9 +173,9 @@ class Pipeline:
         flows = FLOWS.to_arrow(result.flows)
         received = now_ms()
         self.account(result, received)
-        n = flows.num_rows
-        tables: dict[str, Any] = {"flows": flows} if n else {}
-        if getattr(result, "n_counters", 0):  # sFlow counter samples (a decoder given by a test may have none)
+        n: int = flows.num_rows
+        tables: dict[str, pa.RecordBatch] = {"flows": flows} if n else {}
+        if result.n_counters:  # sFlow counter samples
             tables["interface_counters"] = INTERFACE_COUNTERS.to_arrow(result.interface_counters)
         for name, stage in self.stages if n else ():
             try:
@@ -188,44 +198,44 @@ class Pipeline:
         m.decode_seconds.observe(time.perf_counter() - t0)
         return n
 
-    def account(self, result: Any, received_ms: int) -> None:
+    def account(self, result: DispatchResult, received_ms: int) -> None:
         """Per-exporter counters of a DecodeResult into metrics and the status board (a loop per exporter only)."""
         m, label, board = self.metrics, self.metrics.exporter_label, self.board
-        for (exporter, version), count in _items(result, "datagrams"):
+        for (exporter, version), count in _nonzero(result.datagrams):
             m.datagrams.labels(label(exporter), str(version)).inc(count)
             entry = board.exporter(exporter, received_ms)
             entry.datagrams += count
             if version:  # 0: not a NetFlow/IPFIX version (counted as an error)
                 entry.versions.add(int(version))
-        for (exporter, version), count in _items(result, "records"):
+        for (exporter, version), count in _nonzero(result.records):
             m.records.labels(label(exporter), str(version)).inc(count)
             board.exporter(exporter, received_ms).records += count
-        for (exporter, reason), count in _items(result, "errors"):
+        for (exporter, reason), count in _nonzero(result.errors):
             m.decode_errors.labels(label(exporter), reason).inc(count)
             board.exporter(exporter, received_ms).errors += count
             self.errors_log.log("warning", "bad export data", key=(exporter, reason), count=count,
                                 exporter=exporter, reason=reason)
-        for key, count in _items(result, "sequence_lost"):
+        for key, count in _nonzero(result.sequence_lost):
             exporter = key[0] if isinstance(key, tuple) else key
             m.sequence_lost.labels(label(exporter)).inc(count)
             board.exporter(exporter, received_ms).sequence_lost += count
-        for (exporter, limit), count in _items(result, "limit_hits"):
+        for (exporter, limit), count in _nonzero(result.limit_hits):
             m.limit_hits.labels(label(exporter), limit).inc(count)
             self.errors_log.log("warning", "decoder limit reached", key=(exporter, limit), count=count,
                                 exporter=exporter, limit=limit)
         # sFlow loss accounting: samples missing by their data sources' sequence numbers, what the sampled
         # interfaces saw (sample pools) and what the agents themselves dropped
-        for (exporter, kind), count in _items(result, "samples"):
+        for (exporter, kind), count in _nonzero(result.samples):
             m.sflow_samples.labels(label(exporter), kind).inc(count)
-        for exporter, count in _items(result, "samples_lost"):
+        for exporter, count in _nonzero(result.samples_lost):
             m.sflow_samples_lost.labels(label(exporter)).inc(count)
-        for exporter, count in _items(result, "sample_pool"):
+        for exporter, count in _nonzero(result.sample_pool):
             m.sflow_sample_pool.labels(label(exporter)).inc(count)
-        for exporter, count in _items(result, "agent_drops"):
+        for exporter, count in _nonzero(result.agent_drops):
             m.sflow_agent_drops.labels(label(exporter)).inc(count)
             self.errors_log.log("warning", "sFlow agent dropped samples (its sampling outran its export)",
                                 key=(exporter, "agent_drops"), count=count, exporter=exporter)
-        for (exporter, structure), count in _items(result, "skipped"):
+        for (exporter, structure), count in _nonzero(result.skipped):
             m.sflow_skipped.labels(label(exporter), structure).inc(count)
 
     def sync_templates(self) -> dict[str, int]:
@@ -253,8 +263,8 @@ class Pipeline:
         for exporter, count in self.sync_templates().items():
             m.templates.labels(label(exporter)).set(count)
         m.exporters.set(len(self.decoder.exporters))
-        counters = getattr(self.mediator, "counters", None)
-        if isinstance(counters, dict):
+        if self.mediator is not None:
+            counters = self.mediator.counters
             for result in ("attributed", "unattributed", "rejected", "duplicate"):
                 value = int(counters.get(f"bytes_{result}", 0))
                 delta = value - self._usage_seen.get(result, 0)
@@ -262,8 +272,8 @@ class Pipeline:
                     m.usage_bytes.labels(result).inc(delta)
                 self._usage_seen[result] = value
             self._count_rejects(counters)
-        compliance = getattr(self.compliance, "counters", None)
-        if isinstance(compliance, dict):  # cumulative counters of the compliance stage -> Prometheus counters
+        if self.compliance is not None:  # cumulative counters of the compliance stage -> Prometheus counters
+            compliance = self.compliance.counters
             for metric, key, label_value in (
                     *((m.compliance_records, f"records_{s}", s) for s in
                       ("attributed", "attributed_destination", "unattributed")),
@@ -292,10 +302,9 @@ class Pipeline:
 
     def rejects(self) -> dict[str, int]:
         """Records the Mediator rejected so far, per reason (the reasons with at least one)."""
-        counters = getattr(self.mediator, "counters", None)
-        if not isinstance(counters, dict):
+        if self.mediator is None:
             return {}
-        return {k.removeprefix("rejected_"): int(v) for k, v in counters.items()
+        return {k.removeprefix("rejected_"): int(v) for k, v in self.mediator.counters.items()
                 if k.startswith("rejected_") and int(v) > 0}
 
 
@@ -312,11 +321,9 @@ REJECT_HINTS = {
 """What usually causes each mediation reject reason (in the rate-limited warning)."""
 
 
-def _items(result: Any, name: str) -> list[tuple[Any, int]]:
-    value = getattr(result, name, None)
-    if isinstance(value, dict):
-        return [(k, int(v)) for k, v in value.items() if v]
-    return []
+def _nonzero(counts: Mapping[K, int]) -> list[tuple[K, int]]:
+    """The non-zero entries of a DecodeResult counter."""
+    return [(k, int(v)) for k, v in counts.items() if v]
 
 
 def state_path(config: Config, worker: int | None) -> Path:
@@ -360,10 +367,10 @@ class Server:
         self._last_state_save = time.monotonic()
         self.state_writer: StateWriter | None = None
         self.rows_flushed = 0
-        self.radius: Any = None
+        self.radius: RadiusServer | None = None
         self._dropped_seen: dict[tuple[str, str], int] = {}
         self._last_status_line = time.monotonic()
-        self.ipdr: Any = None
+        self.ipdr: IpdrCollector | None = None
         self.store_lock = StoreLock(config.store.path)
         self.exporter_stats = ExporterStatsRecorder(worker)  # per-minute exporter history (exporter_stats table)
 
@@ -428,7 +435,7 @@ class Server:
         later must not have claimed to be up."""
         cfg = self.config
         assert self.pipeline is not None
-        outputs = [getattr(o, "name", type(o).__name__) for o in getattr(self.pipeline.sink, "outputs", [])]
+        outputs = [o.name for o in self.pipeline.sink.outputs]
         if self.worker is None:
             log("info", "flowmed started", version=metrics_mod.version(), pid=os.getpid(),
                 listeners=[lst.address for lst in self.listeners], outputs=outputs, workers=1,
@@ -448,8 +455,9 @@ class Server:
         if self.config.radius.enabled:
             from collector.radius_listener import start_radius
 
-            self.radius = await start_radius(asyncio.get_running_loop(), self.config, None, sink.add, self.metrics)
-        if getattr(self.config, "ipdr", None) is not None and self.config.ipdr.enabled:
+            self.radius = await start_radius(asyncio.get_running_loop(), self.config, None, sink.add, self.metrics,
+                                             flush=sink.flush)
+        if self.config.ipdr.enabled:
             from collector.ipdr import start_ipdr
 
             try:
@@ -463,10 +471,10 @@ class Server:
 
     async def stop_side_listeners(self) -> None:
         """Stop RADIUS and IPDR before the final flush (they answer, acknowledge and hand over what they hold)."""
-        for name in ("radius", "ipdr"):
-            side = getattr(self, name, None)
+        radius, ipdr = self.radius, self.ipdr
+        self.radius = self.ipdr = None
+        for name, side in (("radius", radius), ("ipdr", ipdr)):
             if side is not None:
-                setattr(self, name, None)
                 try:
                     await side.stop()
                 except Exception as exc:
@@ -517,11 +525,11 @@ class Server:
         for lst in self.listeners:
             if m.socket_drops is not None:  # else the supervisor counts them
                 count_kernel_drops(lst, m)
-            new = lst.datagrams - getattr(lst, "_reported", 0)
+            new = lst.datagrams - lst.reported_datagrams
             if new:
                 m.listener_datagrams.labels(lst.address).inc(new)
-                m.listener_bytes.labels(lst.address).inc(lst.bytes - getattr(lst, "_reported_bytes", 0))
-                lst._reported, lst._reported_bytes = lst.datagrams, lst.bytes  # type: ignore[attr-defined]
+                m.listener_bytes.labels(lst.address).inc(lst.bytes - lst.reported_bytes)
+                lst.reported_datagrams, lst.reported_bytes = lst.datagrams, lst.bytes
         self._sink_metrics()
         self.publish_status()
         if time.monotonic() - self._last_status_line >= STATUS_LINE_INTERVAL_S:
@@ -530,29 +538,29 @@ class Server:
                                  *([f"FLOWMED_WORKER={self.worker}"] if self.worker is not None else []))
 
     def _sink_metrics(self) -> None:
-        sink = self.pipeline.sink if self.pipeline else None
+        if self.pipeline is None:
+            return
+        sink = self.pipeline.sink
         m = self.metrics
-        pending = getattr(sink, "pending_rows", None)
-        if isinstance(pending, int):
-            m.sink_rows_buffered.set(pending)
-        for table, rows in dict(getattr(sink, "dropped_rows", {})).items():
+        m.sink_rows_buffered.set(sink.pending_rows)
+        for table, rows in dict(sink.dropped_rows).items():
             key = ("sink", table)
             if rows > self._dropped_seen.get(key, 0):
                 m.sink_dropped_rows.labels(table).inc(rows - self._dropped_seen.get(key, 0))
                 log("error", "rows dropped: the outputs cannot keep up", table=table,
                     rows=rows - self._dropped_seen.get(key, 0))
                 self._dropped_seen[key] = rows
-        for output, stats in dict(getattr(sink, "stats", {})).items():
+        for output, stats in dict(sink.stats).items():
             key = ("output", output)
-            rows = getattr(stats, "dropped_rows", 0)
+            rows = stats.dropped_rows
             if rows > self._dropped_seen.get(key, 0):
                 m.output_dropped_rows.labels(output).inc(rows - self._dropped_seen.get(key, 0))
                 self._dropped_seen[key] = rows
         spool = spool_summary(sink)
         m.spool_bytes.set(spool.get("bytes", 0))
         m.spool_oldest_age.set(spool.get("oldest_age_s", 0.0))
-        for o in getattr(sink, "outputs", []):
-            if getattr(o, "name", "") == "clickhouse":
+        for o in sink.outputs:
+            if isinstance(o, ClickHouseOutput):
                 st = o.status()
                 m.clickhouse_connected.set(1 if st["connected"] else 0)
                 m.clickhouse_backlog_rows.set(st["spool_rows"])
@@ -633,13 +641,13 @@ class Server:
         self.on_tick_metrics_final()
         if self.http is not None:
             self.http.close()
-        written = {name: st.rows for name, st in getattr(p.sink, "stats", {}).items()}
+        written = {name: st.rows for name, st in p.sink.stats.items()}
         log("info", "flowmed stopped" if self.worker is None else "worker stopped",
             **({} if self.worker is None else {"worker": self.worker}), datagrams=p.datagrams, flows=p.flows,
             drained_at_stop=drained, flushed_at_stop_rows=self.rows_flushed,
             **{f"rows_written_{name}": rows for name, rows in written.items()},
             **{f"flows_written_{name}": st.rows_by_table.get("flows", 0)
-               for name, st in getattr(p.sink, "stats", {}).items()},
+               for name, st in p.sink.stats.items()},
             seconds=round(time.monotonic() - t0, 3))
         self.notifier.close()
         self.store_lock.release()
@@ -655,7 +663,7 @@ class Server:
                         p.sink.add(name, batch)
             except Exception as exc:
                 log("error", f"{stage_name} close failed", error=repr(exc))
-        before = getattr(p.sink, "pending_rows", 0)
+        before = p.sink.pending_rows
         p.sink.flush()
         p.sink.close()
         self.rows_flushed = before
@@ -757,7 +765,7 @@ class Server:
             return
         writer.submit(changes).add_done_callback(self._state_saved)
 
-    def _state_saved(self, fut: concurrent.futures.Future) -> None:
+    def _state_saved(self, fut: concurrent.futures.Future[None]) -> None:
         """(The writer's thread.) Count the save."""
         exc = fut.exception()
         if exc is None:
@@ -805,14 +813,14 @@ class Server:
         if p is not None:
             p.sync_templates()
         outputs = []
-        for o in getattr(sink, "outputs", []):
-            name = getattr(o, "name", type(o).__name__)
-            stats = getattr(sink, "stats", {}).get(name)
-            entry = {"name": name, "state": "ok", "rows": getattr(stats, "rows", 0),
-                     "batches": getattr(stats, "batches", 0), "errors": getattr(stats, "errors", 0),
-                     "dropped_rows": getattr(stats, "dropped_rows", 0), "last_error": getattr(stats, "last_error", ""),
-                     "replayed_rows": getattr(stats, "replayed_rows", 0)}
-            if name == "clickhouse":  # the server's side: what it acknowledged, the connection and the backlog
+        for o in sink.outputs if sink is not None else ():
+            name = o.name
+            stats = sink.stats.get(name, OutputStats()) if sink is not None else OutputStats()
+            entry: dict[str, Any] = {
+                "name": name, "state": "ok", "rows": stats.rows, "batches": stats.batches, "errors": stats.errors,
+                "dropped_rows": stats.dropped_rows, "last_error": stats.last_error,
+                "replayed_rows": stats.replayed_rows}
+            if isinstance(o, ClickHouseOutput):  # the server side: what it acknowledged, the connection, the backlog
                 st = o.status()
                 entry["state"] = "connected" if st["connected"] else "spooling"
                 entry["last_error"] = st["last_error"] or entry["last_error"]

@@ -144,6 +144,9 @@ class FakeSink:
     def __init__(self) -> None:
         self.added: list[tuple[str, pa.RecordBatch]] = []
         self.outputs: list = []
+        self.stats: dict = {}
+        self.pending_rows = 0
+        self.dropped_rows: dict[str, int] = {}
         self.flushed = self.closed = False
 
     def add(self, table: str, batch: pa.RecordBatch) -> bool:

@@ -68,6 +68,11 @@ def test_other_exporters_count_under_the_unspecified_address():
 
 
 class _Sink:
+    outputs: list = []
+    stats: dict = {}
+    pending_rows = 0
+    dropped_rows: dict = {}
+
     def __init__(self) -> None:
         self.added: list[tuple[str, int]] = []
 

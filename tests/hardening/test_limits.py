@@ -40,10 +40,22 @@ class ListSink:
     def __init__(self) -> None:
         self.added: list[tuple[str, pa.RecordBatch]] = []
         self.outputs: list = []
+        self.stats: dict = {}
+        self.pending_rows = 0
+        self.dropped_rows: dict[str, int] = {}
 
     def add(self, table: str, batch: pa.RecordBatch) -> bool:
         self.added.append((table, batch))
         return True
+
+    def maybe_flush(self, now: float | None = None) -> None:
+        pass
+
+    def flush(self) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
 
     def rows_from(self, exporter16: bytes) -> int:
         return sum(pa.compute.sum(pa.compute.equal(b.column("exporter"), pa.scalar(exporter16, b.column(

@@ -44,7 +44,7 @@ def build(cfg: Config, scen: ModuleType = scenario) -> Pipeline:
     port = int(cfg.radius.listen[0].rsplit(":", 1)[1])
 
     async def sessions() -> None:
-        server = await start_radius(asyncio.get_running_loop(), cfg, None, sink.add)
+        server = await start_radius(asyncio.get_running_loop(), cfg, None, sink.add, flush=sink.flush)
         try:
             for text in scen.radius_requests():
                 code, out = await radclient(port, "testing123", text + "\n")

@@ -15,6 +15,7 @@ import collector.server as server
 import mediation.bounded as bounded
 from collector import metrics as metrics_mod
 from collector.config import load
+from decoders.dispatch import DispatchResult
 from decoders.schema import FLOWS, ipv4_mapped
 from mediation import Mediator
 from mediation.compliance.nat import without_nat_only
@@ -87,7 +88,7 @@ class _Decoder:
         self.cols: dict[str, np.ndarray] = {}
 
     def decode(self, batch):
-        return types.SimpleNamespace(flows=self.cols)
+        return DispatchResult(flows=self.cols)
 
 
 class _Sink:

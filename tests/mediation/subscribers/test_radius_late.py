@@ -164,7 +164,7 @@ def test_radclient_late_interim_mediation_and_trace_agree(tmp_path, session_time
     ]
 
     async def sessions() -> None:
-        server = await start_radius(asyncio.get_running_loop(), cfg, None, sink.add)
+        server = await start_radius(asyncio.get_running_loop(), cfg, None, sink.add, flush=sink.flush)
         try:
             for text in requests:
                 code, out = await radclient(port, "testing123", text + "\n")
