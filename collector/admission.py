@@ -131,7 +131,7 @@ def make_admission(config: Config) -> Admission | None:
 
 def admit(admission: Admission, batch: list[Datagram], metrics: Any, errors_log: Any) -> list[Datagram]:
     """Filter ``batch`` through ``admission`` and account the refusals: metrics per exporter (label-capped) and
-    reason, and a rate-limited log line per (exporter, reason). Used by :class:`collector.server.Pipeline`."""
+    reason, and a rate-limited log line per (exporter, reason). Used by :class:`collector.pipeline.Pipeline`."""
     import time
 
     kept = admission.filter(batch, time.monotonic())

@@ -1,5 +1,6 @@
-"""The daemon: listeners → batches of datagrams → DispatchDecoder (NetFlow/IPFIX and sFlow) → (Mediator) → Sink, plus
-its lifecycle.
+"""The daemon's lifecycle (:class:`Server`): listeners → batches of datagrams → :class:`collector.pipeline.Pipeline`
+(DispatchDecoder, mediation stages, Sink), with the parts from :class:`collector.components.Components`, the template
+state from :mod:`collector.template_state` and the gauges from :mod:`collector.gauges`.
 
 Shape (after uvicorn's ``Server``): :meth:`Server.startup` binds the listeners, loads template state, opens the
 outputs and only then says ``READY=1``; :meth:`Server.main_loop` ticks once a second (template expiry, state save,
@@ -21,315 +22,41 @@ import logging
 import os
 import signal
 import time
-from collections.abc import Mapping
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import TYPE_CHECKING, Any
 
-import pyarrow as pa
 from prometheus_client import CollectorRegistry
 
 from collector import config as config_mod
 from collector import metrics as metrics_mod
 from collector import status as status_mod
-from collector.admission import admit, make_admission
-from collector.components import (
-    Components,
-    DecoderPort,
-    MediatorArg,
-    SinkPort,
-    make_decoder,
-    now_ms,
-    sampling_policy,
-)
+from collector.admission import make_admission
+from collector.components import Components, DecoderPort, MediatorArg, SinkPort, now_ms, sampling_policy
 from collector.config import Config
 from collector.configtree import ConfigError
 from collector.exporter_stats import ExporterStatsRecorder
+from collector.gauges import (
+    STATUS_LINE_INTERVAL_S,
+    SinkGauges,
+    count_listeners,
+    output_entries,
+    rows_flushed,
+    spool_summary,
+    status_line,
+)
 from collector.listener import Datagram, ListenError, UdpListener
-from collector.logging import RateLimiter, log, set_level
+from collector.logging import log, set_level
 from collector.logging import setup as setup_logging
-from collector.statefile import StateWriter
+from collector.pipeline import Pipeline
 from collector.storelock import StoreLock
 from collector.systemd import Notifier, watchdog_interval_s
-from decoders.dispatch import DispatchResult
-from decoders.schema import FLOWS
-from decoders.sflow.tables import INTERFACE_COUNTERS
-from mediation.compliance.stage import ComplianceStage
-from mediation.flow_stages import NamedStages
-from mediation.mediator import Mediator
-from mediation.subscribers.static import StaticBindings
-from storage.clickhouse.output import ClickHouseOutput
-from storage.outputs import OutputStats
+from collector.template_state import TemplateState
 
 if TYPE_CHECKING:
     from collector.ipdr import IpdrCollector
     from collector.radius_listener import RadiusServer
 
-K = TypeVar("K")
 TICK_S = 1.0
-LEGACY_STATE_MAX_BYTES = 64 * 1024 * 1024
-"""A JSON state file of the format before the log is loaded only up to this size: one written under a template
-flood could hold hundreds of MB (a minute to load), more than any budget keeps."""
-STATUS_LINE_INTERVAL_S = 10.0
-
-
-def status_line(snapshot: dict[str, Any]) -> str:
-    """The short summary systemd shows (``systemctl status``) from a status snapshot."""
-    drops = sum(li.get("kernel_drops", 0) for li in snapshot.get("listeners", []))
-    return (f"{len(snapshot.get('exporters', []))} exporters, {snapshot.get('datagrams', 0)} datagrams, "
-            f"{snapshot.get('flows', 0)} flows, {drops} kernel drops")
-
-
-def spool_summary(sink: SinkPort | None) -> dict[str, Any]:
-    """Bytes, batches, rows, rows dropped and age of the oldest batch over the spools of the sink's outputs (the
-    ClickHouse outputs: the only ones with a spool)."""
-    out: dict[str, Any] = {"bytes": 0, "batches": 0, "rows": 0, "dropped_rows": 0, "oldest_age_s": 0.0}
-    for o in sink.outputs if sink is not None else ():
-        if not isinstance(o, ClickHouseOutput):
-            continue
-        st = o.status()
-        out["bytes"] += int(st.get("spool_bytes", 0))
-        out["batches"] += int(st.get("spool_batches", 0))
-        out["rows"] += int(st.get("spool_rows", 0))
-        out["dropped_rows"] += int(st.get("dropped_rows", 0))
-        out["oldest_age_s"] = max(out["oldest_age_s"], float(st.get("spool_oldest_age_s", 0.0)))
-    return out
-
-
-def rows_flushed(sink: SinkPort | None) -> int:
-    """Rows this process made durable in the store (written, or replayed from the handoff journal): what
-    ``/status`` reports as ``rows_flushed``. Without a store, the rows handed durably to the first output."""
-    stats = sink.stats if sink is not None else {}
-    if not stats:
-        return 0
-    st = stats.get("store") or next(iter(stats.values()))
-    return int(st.rows + st.replayed_rows)
-
-
-def count_kernel_drops(lst: UdpListener, m: metrics_mod.Metrics) -> None:
-    """Add a listener's new kernel drops (from /proc/net/udp) to the counter, with a warning."""
-    drops = lst.new_kernel_drops()
-    if drops and m.socket_drops is not None:
-        m.socket_drops.labels(lst.endpoint).inc(drops)
-        log("warning", "kernel dropped datagrams: receive buffer full", listener=lst.endpoint, drops=drops)
-
-
-class Pipeline:
-    """Decoder → mediation stages → Sink for one process; :meth:`process` takes one batch of datagrams.
-
-    The stages (:func:`mediation.flow_stages.flow_stages`: the Mediator, the compliance stage) run in order on each
-    batch's flows; what they decide about flows is theirs. Kept apart from the socket handling so tools and tests can
-    drive exactly the code the daemon runs.
-    """
-
-    def __init__(self, config: Config, metrics: metrics_mod.Metrics, sink: SinkPort, mediator: Mediator | None = None,
-                 decoder: DecoderPort | None = None, *, compliance: ComplianceStage | None = None,
-                 static: StaticBindings | None = None) -> None:
-        """A pipeline over parts built elsewhere (a tool, a test); the daemon uses :meth:`of`."""
-        parts = Components.assemble(config, decoder if decoder is not None else make_decoder(config), sink, mediator,
-                                    compliance=compliance, static=static)
-        self._init(config, metrics, parts)
-
-    @classmethod
-    def of(cls, config: Config, metrics: metrics_mod.Metrics, parts: Components) -> Pipeline:
-        """The pipeline that runs ``parts`` (:meth:`collector.components.Components.build`)."""
-        pipeline = cls.__new__(cls)
-        pipeline._init(config, metrics, parts)
-        return pipeline
-
-    def _init(self, config: Config, metrics: metrics_mod.Metrics, parts: Components) -> None:
-        self.config = config
-        self.metrics = metrics
-        self.parts = parts
-        self.decoder = parts.decoder
-        self.mediator = parts.mediator
-        self.compliance = parts.compliance
-        """nat_events and ip_detail_records, when enabled (make_compliance)."""
-        self.stages: NamedStages = parts.stages
-        self.sink = parts.sink
-        self.board = status_mod.StatusBoard(config.decoder.max_exporters)
-        self.errors_log = RateLimiter(60.0)
-        self.admission = make_admission(config)
-        """Exporter allowlist and per-exporter rate limit (collector.admission), None when both are off."""
-        self.datagrams = 0
-        self.flows = 0
-        self._usage_seen: dict[str, int] = {}
-
-    def process(self, batch: list[Datagram]) -> int:
-        """Decode ``batch``, mediate and hand the tables to the sink; returns the number of flows decoded."""
-        if not batch:
-            return 0
-        m = self.metrics
-        if self.admission is not None:
-            batch = admit(self.admission, batch, m, self.errors_log)
-            if not batch:
-                return 0
-        t0 = time.perf_counter()
-        try:
-            result = self.decoder.decode(batch)
-        except Exception as exc:  # the decoder must not raise for bad input: this is a bug, keep the daemon up
-            m.pipeline_errors.labels("decode").inc()
-            log("error", "decoder failed on a batch", datagrams=len(batch), error=repr(exc))
-            return 0
-        flows = FLOWS.to_arrow(result.flows)
-        received = now_ms()
-        self.account(result, received)
-        n: int = flows.num_rows
-        tables: dict[str, pa.RecordBatch] = {"flows": flows} if n else {}
-        if result.n_counters:  # sFlow counter samples
-            tables["interface_counters"] = INTERFACE_COUNTERS.to_arrow(result.interface_counters)
-        for name, stage in self.stages if n else ():
-            try:
-                tables.update(stage.process(flows, received))
-            except Exception as exc:  # a stage's bug must not stop the raw flows and the other stages' tables
-                m.pipeline_errors.labels(name).inc()
-                log("error", f"{name} failed on a batch", flows=n, error=repr(exc))
-        for name, table_batch in tables.items():
-            if table_batch is not None and table_batch.num_rows:
-                try:
-                    self.sink.add(name, table_batch)  # False when refused: counted by the sink (dropped_rows)
-                except Exception as exc:  # a batch that does not fit its table is a bug; the others still go
-                    m.pipeline_errors.labels("sink").inc()
-                    log("error", "batch refused by the sink", table=name, rows=table_batch.num_rows,
-                        error=repr(exc))
-        self.datagrams += len(batch)
-        self.flows += n
-        m.decode_batches.inc()
-        m.batch_datagrams.observe(len(batch))
-        m.decode_seconds.observe(time.perf_counter() - t0)
-        return n
-
-    def account(self, result: DispatchResult, received_ms: int) -> None:
-        """Per-exporter counters of a DecodeResult into metrics and the status board (a loop per exporter only)."""
-        m, label, board = self.metrics, self.metrics.exporter_label, self.board
-        for (exporter, version), count in _nonzero(result.datagrams):
-            m.datagrams.labels(label(exporter), str(version)).inc(count)
-            entry = board.exporter(exporter, received_ms)
-            entry.datagrams += count
-            if version:  # 0: not a NetFlow/IPFIX version (counted as an error)
-                entry.versions.add(int(version))
-        for (exporter, version), count in _nonzero(result.records):
-            m.records.labels(label(exporter), str(version)).inc(count)
-            board.exporter(exporter, received_ms).records += count
-        for (exporter, reason), count in _nonzero(result.errors):
-            m.decode_errors.labels(label(exporter), reason).inc(count)
-            board.exporter(exporter, received_ms).errors += count
-            self.errors_log.log("warning", "bad export data", key=(exporter, reason), count=count,
-                                exporter=exporter, reason=reason)
-        for key, count in _nonzero(result.sequence_lost):
-            exporter = key[0] if isinstance(key, tuple) else key
-            m.sequence_lost.labels(label(exporter)).inc(count)
-            board.exporter(exporter, received_ms).sequence_lost += count
-        for (exporter, limit), count in _nonzero(result.limit_hits):
-            m.limit_hits.labels(label(exporter), limit).inc(count)
-            self.errors_log.log("warning", "decoder limit reached", key=(exporter, limit), count=count,
-                                exporter=exporter, limit=limit)
-        # sFlow loss accounting: samples missing by their data sources' sequence numbers, what the sampled
-        # interfaces saw (sample pools) and what the agents themselves dropped
-        for (exporter, kind), count in _nonzero(result.samples):
-            m.sflow_samples.labels(label(exporter), kind).inc(count)
-        for exporter, count in _nonzero(result.samples_lost):
-            m.sflow_samples_lost.labels(label(exporter)).inc(count)
-        for exporter, count in _nonzero(result.sample_pool):
-            m.sflow_sample_pool.labels(label(exporter)).inc(count)
-        for exporter, count in _nonzero(result.agent_drops):
-            m.sflow_agent_drops.labels(label(exporter)).inc(count)
-            self.errors_log.log("warning", "sFlow agent dropped samples (its sampling outran its export)",
-                                key=(exporter, "agent_drops"), count=count, exporter=exporter)
-        for (exporter, structure), count in _nonzero(result.skipped):
-            m.sflow_skipped.labels(label(exporter), structure).inc(count)
-
-    def sync_templates(self) -> dict[str, int]:
-        """Templates known per exporter, copied onto the status board; returns them."""
-        known = self.decoder.templates_known()
-        for exporter, entry in self.board.exporters.items():
-            entry.templates = known.get(exporter, 0)
-        return known
-
-    def refresh_gauges(self, now: int) -> None:
-        """Once a tick: template counts and held bytes from the decoder; expiry of stale decoder state."""
-        m, label = self.metrics, self.metrics.exporter_label
-        try:
-            expired = self.decoder.expire(now)
-        except Exception as exc:  # a bug; expiry is housekeeping, the daemon goes on
-            log("error", "decoder expiry failed", error=repr(exc))
-            expired = {}
-        for (exporter, reason), count in expired.items():
-            if reason == "pending_expired":  # data lost for want of a template
-                m.decode_errors.labels(label(exporter), reason).inc(count)
-                self.errors_log.log("warning", "data dropped: its template never arrived", key=(exporter, reason),
-                                    count=count, exporter=exporter, reason=reason)
-            elif reason == "exporter_expired":
-                log("info", "exporter forgotten after being idle", exporter=exporter)
-        for exporter, count in self.sync_templates().items():
-            m.templates.labels(label(exporter)).set(count)
-        m.exporters.set(len(self.decoder.exporters))
-        if self.mediator is not None:
-            counters = self.mediator.counters
-            for result in ("attributed", "unattributed", "rejected", "duplicate"):
-                value = int(counters.get(f"bytes_{result}", 0))
-                delta = value - self._usage_seen.get(result, 0)
-                if delta > 0:
-                    m.usage_bytes.labels(result).inc(delta)
-                self._usage_seen[result] = value
-            self._count_rejects(counters)
-        if self.compliance is not None:  # cumulative counters of the compliance stage -> Prometheus counters
-            compliance = self.compliance.counters
-            for metric, key, label_value in (
-                    *((m.compliance_records, f"records_{s}", s) for s in
-                      ("attributed", "attributed_destination", "unattributed")),
-                    (m.nat_events, "nat_events", "event"), (m.nat_events, "nat_other", "other"),
-                    (m.nat_events, "nat_observed", "observed")):
-                value = int(compliance.get(key, 0))
-                delta = value - self._usage_seen.get(key, 0)
-                if delta > 0:
-                    metric.labels(label_value).inc(delta)
-                self._usage_seen[key] = value
-        m.pending_bytes.set(self.decoder.pending_bytes())
-        m.template_bytes.set(self.decoder.template_memory())
-
-
-    def _count_rejects(self, counters: dict[str, int]) -> None:
-        """The Mediator's ``rejected_<reason>`` counters into ``flowmed_rejects_total``, with a warning per reason at
-        most once a minute while records keep being rejected for it (how many, and what usually causes it)."""
-        for reason, total in self.rejects().items():
-            key = f"rejected_{reason}"
-            delta = total - self._usage_seen.get(key, 0)
-            if delta > 0:
-                self.metrics.rejects.labels(reason).inc(delta)
-                self.errors_log.log("warning", "flow records rejected by mediation", key=("rejects", reason),
-                                    count=delta, reason=reason, hint=REJECT_HINTS.get(reason, ""))
-            self._usage_seen[key] = total
-
-    def rejects(self) -> dict[str, int]:
-        """Records the Mediator rejected so far, per reason (the reasons with at least one)."""
-        if self.mediator is None:
-            return {}
-        return {k.removeprefix("rejected_"): int(v) for k, v in self.mediator.counters.items()
-                if k.startswith("rejected_") and int(v) > 0}
-
-
-REJECT_HINTS = {
-    "future": "flow end later than its receive time plus mediation.max_future_s: the exporter's clock is ahead",
-    "too_old": "flow end earlier than its receive time minus mediation.max_lateness_s: a replayed old capture, or "
-               "an exporter clock far behind",
-    "impossible_timestamp": "flow times before 2000 or after 2100: an exporter clock at zero or a broken template",
-    "end_before_start": "flow end before its start: the exporter's times are broken",
-    "too_long": "flow longer than mediation.max_flow_duration_s",
-    "zero_counters": "records with no bytes or no packets",
-    "absurd_counters": "more bytes per packet than mediation.max_bytes_per_packet, or fewer bytes than packets",
-}
-"""What usually causes each mediation reject reason (in the rate-limited warning)."""
-
-
-def _nonzero(counts: Mapping[K, int]) -> list[tuple[K, int]]:
-    """The non-zero entries of a DecodeResult counter."""
-    return [(k, int(v)) for k, v in counts.items() if v]
-
-
-def state_path(config: Config, worker: int | None) -> Path:
-    """Where this process keeps its template state: one file per worker, so workers never overwrite each other."""
-    p = config.data_path(config.decoder.state_file)
-    return p if worker is None else p.with_name(f"{p.name}.worker{worker}")
 
 
 class Server:
@@ -364,11 +91,10 @@ class Server:
         self._batch_timer: asyncio.TimerHandle | None = None
         self._batch_scheduled = False
         self._loop: asyncio.AbstractEventLoop | None = None
-        self._last_state_save = time.monotonic()
-        self.state_writer: StateWriter | None = None
+        self.state = TemplateState(config, worker, self.metrics)
         self.rows_flushed = 0
         self.radius: RadiusServer | None = None
-        self._dropped_seen: dict[tuple[str, str], int] = {}
+        self.gauges = SinkGauges(self.metrics)
         self._last_status_line = time.monotonic()
         self.ipdr: IpdrCollector | None = None
         self.store_lock = StoreLock(config.store.path)
@@ -420,7 +146,7 @@ class Server:
                     listener=lst.address, requested=cfg.listen.rcvbuf_bytes, granted=lst.rcvbuf_granted)
         parts = Components.build(cfg, self.worker, self.metrics, sink=self._sink_arg, decoder=self._decoder_arg,
                                  mediator=self._mediator_arg)
-        self._load_state(parts.decoder)
+        self.state.load(parts.decoder)
         self.pipeline = Pipeline.of(cfg, self.metrics, parts)
         if self.worker is None and cfg.metrics.enabled:
             self.http = status_mod.HttpServer(cfg.metrics.listen, self.registry, self.fresh_status)
@@ -520,54 +246,15 @@ class Server:
         except Exception as exc:
             m.pipeline_errors.labels("sink").inc()
             log("error", "sink flush failed", error=repr(exc))
-        if time.monotonic() - self._last_state_save >= self.config.decoder.state_save_interval_s:
-            self.save_state()
-        for lst in self.listeners:
-            if m.socket_drops is not None:  # else the supervisor counts them
-                count_kernel_drops(lst, m)
-            new = lst.datagrams - lst.reported_datagrams
-            if new:
-                m.listener_datagrams.labels(lst.address).inc(new)
-                m.listener_bytes.labels(lst.address).inc(lst.bytes - lst.reported_bytes)
-                lst.reported_datagrams, lst.reported_bytes = lst.datagrams, lst.bytes
-        self._sink_metrics()
+        if self.state.due(self.config.decoder.state_save_interval_s):
+            self.state.save(p.decoder)
+        count_listeners(self.listeners, m)
+        self.gauges.update(p.sink)
         self.publish_status()
         if time.monotonic() - self._last_status_line >= STATUS_LINE_INTERVAL_S:
             self._last_status_line = time.monotonic()
             self.notifier.notify(f"STATUS={status_line(self.snapshot)}",
                                  *([f"FLOWMED_WORKER={self.worker}"] if self.worker is not None else []))
-
-    def _sink_metrics(self) -> None:
-        if self.pipeline is None:
-            return
-        sink = self.pipeline.sink
-        m = self.metrics
-        m.sink_rows_buffered.set(sink.pending_rows)
-        for table, rows in dict(sink.dropped_rows).items():
-            key = ("sink", table)
-            if rows > self._dropped_seen.get(key, 0):
-                m.sink_dropped_rows.labels(table).inc(rows - self._dropped_seen.get(key, 0))
-                log("error", "rows dropped: the outputs cannot keep up", table=table,
-                    rows=rows - self._dropped_seen.get(key, 0))
-                self._dropped_seen[key] = rows
-        for output, stats in dict(sink.stats).items():
-            key = ("output", output)
-            rows = stats.dropped_rows
-            if rows > self._dropped_seen.get(key, 0):
-                m.output_dropped_rows.labels(output).inc(rows - self._dropped_seen.get(key, 0))
-                self._dropped_seen[key] = rows
-        spool = spool_summary(sink)
-        m.spool_bytes.set(spool.get("bytes", 0))
-        m.spool_oldest_age.set(spool.get("oldest_age_s", 0.0))
-        for o in sink.outputs:
-            if isinstance(o, ClickHouseOutput):
-                st = o.status()
-                m.clickhouse_connected.set(1 if st["connected"] else 0)
-                m.clickhouse_backlog_rows.set(st["spool_rows"])
-        dropped = spool.get("dropped_rows", 0)
-        if dropped > self._dropped_seen.get(("spool", ""), 0):
-            m.spool_dropped_rows.inc(dropped - self._dropped_seen.get(("spool", ""), 0))
-            self._dropped_seen[("spool", "")] = dropped
 
     def request_stop(self, sig: int | None = None) -> None:
         if self.stop_event is not None and not self.stop_event.is_set():
@@ -624,7 +311,7 @@ class Server:
         p = self.pipeline
         timeout = self.config.service.shutdown_timeout_s
         try:  # first: templates are worth keeping even if the flush below gets stuck; but a third of the time at most
-            await asyncio.wait_for(self.save_state_final(), max(0.1, timeout / 3 - (time.monotonic() - t0)))
+            await asyncio.wait_for(self.state.save_final(p.decoder), max(0.1, timeout / 3 - (time.monotonic() - t0)))
         except TimeoutError:
             log("error", "template state not saved at stop: its writer is stuck", timeout_s=round(timeout / 3, 1))
         try:
@@ -703,91 +390,6 @@ class Server:
 
     # --- state and status ------------------------------------------------------------------------------------------
 
-    def _load_state(self, decoder: Any) -> None:
-        """Load saved templates: every other state file first (a changed worker count loses nothing), own last.
-
-        Loading is bounded whatever the files hold: every record is checked against the decoder's limits and
-        template budgets, nothing is compiled, and the own log is at most about twice the live state (the writer
-        compacts it). Files of the JSON format before the log are loaded too and saved again in the log.
-        """
-        own = state_path(self.config, self.worker)
-        main = state_path(self.config, None)
-        legacy_main = main.with_suffix(".json") if main.suffix != ".json" else None
-        legacy_own = None
-        if legacy_main is not None:
-            legacy_own = legacy_main if self.worker is None else \
-                legacy_main.with_name(f"{legacy_main.name}.worker{self.worker}")
-        writer = self.state_writer = StateWriter(own, legacy_own)
-        others = [p for p in sorted(main.parent.glob(main.name + "*"))
-                  if p != own and not p.name.endswith((".tmp", ".held"))]
-        legacy = []
-        if legacy_main is not None:
-            legacy = [p for p in sorted(main.parent.glob(legacy_main.name + "*"))
-                      if p != legacy_own and not p.name.endswith(".tmp")]
-            if legacy_own is not None and legacy_own.is_file():
-                legacy.append(legacy_own)  # last: its own templates win
-        for path in [*others, *legacy]:
-            if path in legacy and path.stat().st_size > LEGACY_STATE_MAX_BYTES:
-                log("warning", "old template state too large to load; templates will be learned again",
-                    path=str(path), bytes=path.stat().st_size)
-                continue
-            self._load_file(decoder, path, path.read_bytes, mark=True)
-        try:
-            own_log, held = writer.load()
-        except OSError as exc:
-            own_log = held = None
-            log("warning", "template state not loaded; templates will be learned again", path=str(own),
-                error=repr(exc))
-        if own_log is not None:
-            self._load_file(decoder, own, lambda: own_log, mark=False)
-        if held is not None:
-            self._load_file(decoder, writer.held_path, lambda: held, mark=False)
-
-    def _load_file(self, decoder: Any, path: Path, read: Any, *, mark: bool) -> None:
-        try:
-            refused = decoder.load_state(read(), mark=mark)
-            log("info" if not mark else "debug", "template state loaded", path=str(path), refused=refused)
-        except Exception as exc:  # a damaged state file costs the templates, never the start
-            log("warning", "template state not loaded; templates will be learned again", path=str(path),
-                error=repr(exc))
-
-    def save_state(self) -> None:
-        """Start saving what changed in the template state (written on the state writer's thread); while the
-        previous save is still being written, nothing (the changes wait for the next tick's try)."""
-        writer = self.state_writer
-        if self.pipeline is None or writer is None or writer.busy:
-            return  # tried again at the next tick
-        self._last_state_save = time.monotonic()
-        try:
-            changes = self.pipeline.decoder.state_changes()
-        except Exception as exc:  # a bug; state saving is housekeeping
-            log("error", "template state not saved", error=repr(exc))
-            return
-        writer.submit(changes).add_done_callback(self._state_saved)
-
-    def _state_saved(self, fut: concurrent.futures.Future[None]) -> None:
-        """(The writer's thread.) Count the save."""
-        exc = fut.exception()
-        if exc is None:
-            self.metrics.state_saves.labels("ok").inc()
-        else:
-            self.metrics.state_saves.labels("failed").inc()
-            assert self.state_writer is not None
-            log("error", "template state not saved", path=str(self.state_writer.path), error=repr(exc))
-
-    async def save_state_final(self) -> None:
-        """At stop: wait for the save being written, then save what changed since (bounded by the changes)."""
-        writer = self.state_writer
-        if writer is None or self.pipeline is None:
-            return
-        if writer._future is not None:
-            with contextlib.suppress(Exception):  # counted by _state_saved
-                await asyncio.wrap_future(writer._future)
-        self.save_state()
-        if writer._future is not None:
-            with contextlib.suppress(Exception):
-                await asyncio.wrap_future(writer._future)
-        writer.close()
 
     def fresh_status(self) -> dict[str, Any]:
         """For the HTTP thread: a snapshot built on the event loop now (the last published one if the loop is busy)."""
@@ -812,28 +414,7 @@ class Server:
         sink = p.sink if p else None
         if p is not None:
             p.sync_templates()
-        outputs = []
-        for o in sink.outputs if sink is not None else ():
-            name = o.name
-            stats = sink.stats.get(name, OutputStats()) if sink is not None else OutputStats()
-            entry: dict[str, Any] = {
-                "name": name, "state": "ok", "rows": stats.rows, "batches": stats.batches, "errors": stats.errors,
-                "dropped_rows": stats.dropped_rows, "last_error": stats.last_error,
-                "replayed_rows": stats.replayed_rows}
-            if isinstance(o, ClickHouseOutput):  # the server side: what it acknowledged, the connection, the backlog
-                st = o.status()
-                entry["state"] = "connected" if st["connected"] else "spooling"
-                entry["last_error"] = st["last_error"] or entry["last_error"]
-                entry.update({
-                    "connected": st["connected"], "rows_inserted": st.get("rows_inserted", 0),
-                    "rows_inserted_by_table": st["rows_inserted_by_table"],
-                    "insert_errors": st.get("insert_errors", 0), "connect_errors": st.get("connect_errors", 0),
-                    "errors_by_code": st["errors_by_code"], "last_insert_ms": st["last_insert_ms"],
-                    "last_insert_seconds": st["last_insert_seconds"], "retry_in_s": st["retry_in_s"],
-                    "disconnected_for_s": st["disconnected_for_s"], "backlog_rows": st["spool_rows"],
-                    "backlog_batches": st["spool_batches"], "backlog_age_s": st["spool_oldest_age_s"],
-                    "already_stored": st.get("already_stored", 0)})
-            outputs.append(entry)
+        outputs = output_entries(sink)
         spool = spool_summary(sink)
         self.snapshot = {
             "version": metrics_mod.version(), "pid": os.getpid(), "worker": self.worker,

@@ -219,7 +219,7 @@ def test_batches_are_cut_by_time(tmp_path) -> None:
 
 def test_hostile_exporters_are_bounded_everywhere(tmp_path) -> None:
     """Garbage from 2,000 spoofed exporters: metric labels, the status board and the log stay bounded."""
-    from collector.server import Pipeline
+    from collector.pipeline import Pipeline
 
     buf = io.StringIO()
     flog.setup("info", "logfmt", buf)

@@ -14,7 +14,8 @@ from collector import status as status_mod
 from collector.components import make_mediator
 from collector.logging import setup as setup_logging
 from collector.metrics import Metrics
-from collector.server import Pipeline, Server
+from collector.pipeline import Pipeline
+from collector.server import Server
 from tests.collector.test_parts import FakeSink
 
 

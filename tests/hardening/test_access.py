@@ -114,7 +114,7 @@ def _store_with_flows(tmp_path: Path) -> Path:
 
     from collector.components import make_sink
     from collector.metrics import Metrics
-    from collector.server import Pipeline
+    from collector.pipeline import Pipeline
 
     store = tmp_path / "data"
     cfg = load(None, [f"store.path={store}", "mediation.enabled=false"])

@@ -334,7 +334,7 @@ def test_exporter_clock_hours_off(tmp_path: Path, skew_h: int, sets: list[str], 
     from collector.components import make_mediator
     from collector.config import load
     from collector.metrics import Metrics
-    from collector.server import Pipeline
+    from collector.pipeline import Pipeline
     from tests.hardening.test_limits import ListSink
 
     cfg = load(None, [f"store.path={tmp_path}", *sets])

@@ -22,7 +22,7 @@ from collector.admission import Admission, make_admission
 from collector.components import make_sink
 from collector.config import load
 from collector.metrics import Metrics
-from collector.server import Pipeline
+from collector.pipeline import Pipeline
 from decoders.ipdr import messages as m
 from decoders.ipdr.session import ProtocolViolation
 from fuzz.targets import ipdr_connection

@@ -11,7 +11,7 @@ import pyarrow as pa
 import pytest
 from prometheus_client import CollectorRegistry
 
-import collector.server as server
+import collector.pipeline as pipeline_mod
 import mediation.bounded as bounded
 from collector import metrics as metrics_mod
 from collector.config import load
@@ -111,11 +111,11 @@ def run_both(tmp_path, monkeypatch, batches: int = 3, mediation_errors: int = 0,
                       "mediation.watermark_s=60"])
     b = bindings(tmp_path)
     now = [0]
-    monkeypatch.setattr(server, "now_ms", lambda: now[0])
+    monkeypatch.setattr(pipeline_mod, "now_ms", lambda: now[0])
     decoder, sink = _Decoder(), _Sink()
     mediator = Mediator(cfg, b, refresh_interval_s=3600)
-    pipeline = server.Pipeline(cfg, metrics_mod.Metrics(CollectorRegistry()), sink, mediator, decoder,
-                               compliance=ComplianceStage(cfg, b))
+    pipeline = pipeline_mod.Pipeline(cfg, metrics_mod.Metrics(CollectorRegistry()), sink, mediator, decoder,
+                                     compliance=ComplianceStage(cfg, b))
     ref_mediator = Mediator(cfg, b, refresh_interval_s=3600)
     ref_stage = ComplianceStage(cfg, b)
     ref: dict[str, list[pa.RecordBatch]] = {}
