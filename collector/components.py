@@ -25,7 +25,7 @@ from decoders.dispatch import DispatchDecoder, DispatchResult
 from decoders.netflow.decoder import DecoderLimits, FlowDecoder
 from decoders.netflow.persistence import StateChanges
 from decoders.sampling import SamplingPolicy
-from decoders.sflow.decoder import SflowDecoder, SflowLimits
+from decoders.sflow.decoder import SflowDecoder, SflowLimits, warm_up
 from mediation.compliance.stage import ComplianceStage, make_compliance
 from mediation.flow_stages import NamedStages, flow_stages
 from mediation.mediator import Mediator
@@ -129,8 +129,6 @@ class Components:
         datagram does not pay for it. Raises ``OSError``/``ValueError`` for what makes a start fail (an unwritable
         store, a broken static bindings file).
         """
-        from decoders.sflow.kernel import warm_up
-
         if decoder is None:
             decoder = make_decoder(config)
         warm_up()  # compile (or load from NUMBA_CACHE_DIR) the sFlow kernels before READY, not at the first datagram
