@@ -1,4 +1,4 @@
-"""The daemon's mediation and compliance stages together, as ``collector.server.Pipeline`` runs them with
+"""The daemon's mediation and compliance stages together, as ``collector.pipeline.Pipeline`` runs them with
 ``[compliance] enabled``: a ``flows`` batch of 60,000 records (2,000 datagrams x 30) whose sources are among
 100,000 static subscribers (bindings in SQLite, as the daemon loads a static file), each batch new records.
 

@@ -23,6 +23,8 @@ from collections import Counter, OrderedDict
 from collections.abc import Sequence
 from typing import Any
 
+from collector.config import Config
+
 Datagram = tuple[bytes, str, int]
 
 NOT_ALLOWED = "not_allowed"
@@ -117,20 +119,19 @@ class Admission:
         return taken
 
 
-def make_admission(config: Any) -> Admission | None:
+def make_admission(config: Config) -> Admission | None:
     """The admission stage for ``config.listen`` (None when neither an allowlist nor a rate limit is set)."""
     listen = config.listen
-    allow = list(getattr(listen, "allow", []) or [])
-    rate = float(getattr(listen, "exporter_rate_limit", 0.0) or 0.0)
+    allow = list(listen.allow)
+    rate = float(listen.exporter_rate_limit)
     if not allow and rate <= 0:
         return None
-    return Admission(allow, rate, float(getattr(listen, "exporter_rate_burst", 0.0) or 0.0),
-                     config.decoder.max_exporters)
+    return Admission(allow, rate, float(listen.exporter_rate_burst), config.decoder.max_exporters)
 
 
 def admit(admission: Admission, batch: list[Datagram], metrics: Any, errors_log: Any) -> list[Datagram]:
     """Filter ``batch`` through ``admission`` and account the refusals: metrics per exporter (label-capped) and
-    reason, and a rate-limited log line per (exporter, reason). Used by :class:`collector.server.Pipeline`."""
+    reason, and a rate-limited log line per (exporter, reason). Used by :class:`collector.pipeline.Pipeline`."""
     import time
 
     kept = admission.filter(batch, time.monotonic())

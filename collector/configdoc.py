@@ -79,7 +79,7 @@ def _section(obj: Any, path: str, lines: list[str]) -> None:
     later: list[tuple[Any, str]] = []
     examples: list[tuple[type, str]] = []
     for f in dataclasses.fields(obj):
-        value = getattr(obj, f.name)
+        value = getattr(obj, f.name)  # generic over the config dataclasses: a field by its name, not a probe
         if dataclasses.is_dataclass(hints[f.name]):
             later.append((value, f"{path}.{f.name}"))
             continue
@@ -106,7 +106,7 @@ def render(config: Config | None = None) -> str:
         cls = hints[f.name]
         lines += _comment((inspect.getdoc(cls) or "").split("\n")[0] if cls.__doc__ and
                           not cls.__doc__.startswith(cls.__name__ + "(") else "")
-        _section(getattr(config, f.name), f.name, lines)
+        _section(getattr(config, f.name), f.name, lines)  # each section by its field name (generic config code)
     return "\n".join(lines) + "\n"
 
 

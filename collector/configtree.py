@@ -73,7 +73,7 @@ def build(cls: type[T], data: Any, key: str = "") -> T:
         raise
     except TypeError as exc:  # a required field is missing
         raise ConfigError(key, data, f"{cls.__name__} with all required keys ({exc})") from None
-    validate = getattr(obj, "validate", None)
+    validate = getattr(obj, "validate", None)  # generic over section dataclasses: validate() is optional on each
     if validate is not None:
         validate(key)
     return obj
@@ -133,6 +133,7 @@ def _convert(tp: Any, value: Any, key: str) -> Any:
 def to_dict(obj: Any) -> Any:
     """A config tree as plain TOML-like data (for ``check-config`` output)."""
     if dataclasses.is_dataclass(obj):
+        # generic over the config dataclasses: each field by its name
         return {f.name: to_dict(getattr(obj, f.name)) for f in dataclasses.fields(obj)}
     if isinstance(obj, list | tuple):
         return [to_dict(v) for v in obj]

@@ -552,8 +552,8 @@ def make_usage(config: Config) -> IpdrUsage:
     """The delta state and table builder for ``config`` (state under store.path)."""
     cfg = config.ipdr
     subs = CmSubscribers(cfg.cm_subscribers_file or None)
-    interval = getattr(getattr(config, "mediation", None), "interval_s", 300)
-    return IpdrUsage(config.data_path(cfg.state_dir), subs, interval_s=interval, preexisting=cfg.preexisting,
+    return IpdrUsage(config.data_path(cfg.state_dir), subs, interval_s=config.mediation.interval_s,
+                     preexisting=cfg.preexisting,
                      address_lookup=address_lookup(config) if cfg.address_bindings else None)
 
 

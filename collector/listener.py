@@ -23,7 +23,8 @@ from pathlib import Path
 from collector.config import split_endpoint
 
 MAX_DATAGRAM = 65535
-SO_RCVBUFFORCE = getattr(socket, "SO_RCVBUFFORCE", 33)  # Linux; Python does not export it
+# a platform constant, not an optional part: Linux has it, and Python does not always export it
+SO_RCVBUFFORCE = getattr(socket, "SO_RCVBUFFORCE", 33)
 
 Datagram = tuple[bytes, str, int]
 
@@ -75,6 +76,9 @@ class UdpListener:
         self.inode = 0
         self.datagrams = 0
         self.bytes = 0
+        self.reported_datagrams = 0
+        """``datagrams`` when the daemon last counted them into its metrics (and ``reported_bytes``, ``bytes``)."""
+        self.reported_bytes = 0
         self.errors = 0
         self._loop: asyncio.AbstractEventLoop | None = None
         self._drops_seen = 0

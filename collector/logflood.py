@@ -41,7 +41,7 @@ class FloodFilter(logging.Filter):
 
     @staticmethod
     def _peer(record: logging.LogRecord) -> object:
-        for name in PEER_FIELDS:
+        for name in PEER_FIELDS:  # extra= fields are LogRecord attributes only when a caller gave them
             value = getattr(record, name, None)
             if value is not None:
                 return value

@@ -47,7 +47,7 @@ class _Formatter(logging.Formatter):
         items: dict[str, Any] = {"ts": ts, "level": record.levelname.lower(), "msg": record.getMessage()}
         if record.name != LOGGER_NAME:
             items["logger"] = record.name
-        items.update(getattr(record, "fields", {}) or {})
+        items.update(getattr(record, "fields", {}) or {})  # extra= fields are LogRecord attributes only when given
         for key, value in record.__dict__.items():  # logging's own extra={...} from library modules
             if key not in _STANDARD and key != "fields" and not key.startswith("_"):
                 items.setdefault(key, value)
@@ -64,7 +64,7 @@ def setup(level: str = "info", fmt: str = "logfmt", stream: Any = None) -> None:
     handler.setFormatter(_Formatter(fmt))
     root = logging.getLogger()
     for old in list(root.handlers):
-        if getattr(old, "_flowmed", False):
+        if getattr(old, "_flowmed", False):  # a handler of ours (set below), among the root's foreign ones
             root.removeHandler(old)
     handler._flowmed = True  # type: ignore[attr-defined]
     from collector.logflood import FloodFilter

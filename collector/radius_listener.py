@@ -27,7 +27,7 @@ from collector.bindings_db import open_bindings
 from collector.config import Config, split_endpoint
 from collector.listener import ListenError
 from mediation.subscribers.bindings import Bindings
-from mediation.subscribers.radius import RadiusAccounting
+from mediation.subscribers.radius import RadiusAccounting, RadiusResult
 
 log = logging.getLogger(__name__)
 
@@ -49,14 +49,14 @@ class _Protocol(asyncio.DatagramProtocol):
 class RadiusServer:
     """The listener; create with :func:`start_radius`."""
 
-    def __init__(self, config: Config, bindings: Bindings, emit: Callable[[str, pa.RecordBatch], None],
+    def __init__(self, config: Config, bindings: Bindings, emit: Callable[[str, pa.RecordBatch], object],
                  metrics: Any = None, flush: Callable[[], None] | None = None) -> None:
         self.config = config
         self.accounting = RadiusAccounting(config.radius, bindings, int(config.mediation.interval_s * 1000))
         self.bindings = bindings
-        if hasattr(bindings, "set_memory_limits"):  # the listener's index drops long-closed bindings too (hourly)
-            bindings.set_memory_limits(config.subscribers.memory_horizon_ms(config.mediation),
-                                       config.subscribers.max_memory_bindings)
+        # the listener's index drops long-closed bindings too (hourly)
+        bindings.set_memory_limits(config.subscribers.memory_horizon_ms(config.mediation),
+                                   config.subscribers.max_memory_bindings)
         self.emit = emit
         self.metrics = metrics
         self.queue: deque[tuple[bytes, tuple, _Protocol]] = deque()
@@ -67,7 +67,7 @@ class RadiusServer:
         self._executor = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="radius")
         self._reported: dict[tuple[str, str], int] = {}
         # usage handed to emit() but not yet known durable: confirmed after flush() returns
-        self.flush = flush if flush is not None else getattr(getattr(emit, "__self__", None), "flush", None)
+        self.flush = flush
         self.confirm_interval_s = max(float(config.store.flush_interval_s), 5.0)
         self._emitted_journal = 0
         self._confirmed_journal = 0
@@ -190,11 +190,10 @@ class RadiusServer:
                     continue
                 if changed is not None:
                     self.emit("bindings", changed)
-                if hasattr(self.bindings, "maybe_prune"):  # on the writer thread: never inside its transaction
-                    try:
-                        await loop.run_in_executor(self._executor, self.bindings.maybe_prune, int(time.time() * 1000))
-                    except Exception:
-                        log.exception("rebuilding the RADIUS listener's binding index failed")
+                try:  # on the writer thread: never inside its transaction
+                    await loop.run_in_executor(self._executor, self.bindings.maybe_prune, int(time.time() * 1000))
+                except Exception:
+                    log.exception("rebuilding the RADIUS listener's binding index failed")
 
     async def confirm(self) -> None:
         """Flush the outputs (off the event loop), then drop the usage they now hold from the journal."""
@@ -247,16 +246,16 @@ class RadiusServer:
 
 
 async def start_radius(loop: asyncio.AbstractEventLoop, config: Config, bindings: Bindings | None,
-                       emit: Callable[[str, pa.RecordBatch], None], metrics: Any = None,
+                       emit: Callable[[str, pa.RecordBatch], object], metrics: Any = None,
                        flush: Callable[[], None] | None = None) -> RadiusServer:
     """Start the RADIUS accounting listener of ``config.radius`` and return it (``await server.stop()``).
 
     ``bindings``: the writer's :class:`Bindings`; None opens ``subscribers.bindings_db`` (its own connection, used
     only by the listener's thread). ``emit(table, batch)`` receives usage and binding batches on the event loop.
     ``metrics``: a :class:`collector.metrics.Metrics` (``radius_requests`` per client and result), or None.
-    ``flush``: blocks until everything emitted is durable in the outputs (default: ``emit.__self__.flush``, i.e.
-    ``Sink.flush`` when ``emit`` is ``Sink.add``); called from a thread every ``max(store.flush_interval_s, 5)``
-    seconds, after which the RADIUS usage emitted before is dropped from the journal.
+    ``flush``: blocks until everything emitted is durable in the outputs (``Sink.flush`` when ``emit`` is
+    ``Sink.add``); called from a thread every ``max(store.flush_interval_s, 5)`` seconds, after which the RADIUS
+    usage emitted before is dropped from the journal. Without it usage stays journaled (re-emitted at start).
     """
     if bindings is None:
         bindings = open_bindings(config)
@@ -265,13 +264,19 @@ async def start_radius(loop: asyncio.AbstractEventLoop, config: Config, bindings
     return server
 
 
-def _merge_results(a: Any, b: Any) -> Any:
+def _merge_results(a: RadiusResult, b: RadiusResult) -> RadiusResult:
     """Two RadiusResults of consecutive ``handle`` calls as one (answers, binding changes, usage, journal id)."""
     a.responses = list(a.responses) + list(b.responses)
-    for name in ("bindings", "usage"):
-        x, y = getattr(a, name), getattr(b, name)
-        if y is not None and y.num_rows:
-            setattr(a, name, y if x is None or not x.num_rows else
-                    pa.Table.from_batches([x, y]).combine_chunks().to_batches()[0])
+    a.bindings = _concat(a.bindings, b.bindings)
+    a.usage = _concat(a.usage, b.usage)
     a.journal_id = max(a.journal_id or 0, b.journal_id or 0)
     return a
+
+
+def _concat(x: pa.RecordBatch | None, y: pa.RecordBatch | None) -> pa.RecordBatch | None:
+    """``y`` after ``x`` as one batch (either may be None or empty)."""
+    if y is None or not y.num_rows:
+        return x
+    if x is None or not x.num_rows:
+        return y
+    return pa.Table.from_batches([x, y]).combine_chunks().to_batches()[0]

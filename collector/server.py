@@ -1,5 +1,6 @@
-"""The daemon: listeners → batches of datagrams → DispatchDecoder (NetFlow/IPFIX and sFlow) → (Mediator) → Sink, plus
-its lifecycle.
+"""The daemon's lifecycle (:class:`Server`): listeners → batches of datagrams → :class:`collector.pipeline.Pipeline`
+(DispatchDecoder, mediation stages, Sink), with the parts from :class:`collector.components.Components`, the template
+state from :mod:`collector.template_state` and the gauges from :mod:`collector.gauges`.
 
 Shape (after uvicorn's ``Server``): :meth:`Server.startup` binds the listeners, loads template state, opens the
 outputs and only then says ``READY=1``; :meth:`Server.main_loop` ticks once a second (template expiry, state save,
@@ -22,367 +23,40 @@ import os
 import signal
 import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from prometheus_client import CollectorRegistry
 
 from collector import config as config_mod
 from collector import metrics as metrics_mod
 from collector import status as status_mod
-from collector.admission import admit, make_admission
-from collector.bindings_db import open_bindings
+from collector.admission import make_admission
+from collector.components import Components, DecoderPort, MediatorArg, SinkPort, now_ms, sampling_policy
 from collector.config import Config
 from collector.configtree import ConfigError
 from collector.exporter_stats import ExporterStatsRecorder
+from collector.gauges import (
+    STATUS_LINE_INTERVAL_S,
+    SinkGauges,
+    count_listeners,
+    output_entries,
+    rows_flushed,
+    spool_summary,
+    status_line,
+)
 from collector.listener import Datagram, ListenError, UdpListener
-from collector.logging import RateLimiter, log, set_level
+from collector.logging import log, set_level
 from collector.logging import setup as setup_logging
-from collector.statefile import StateWriter
+from collector.pipeline import Pipeline
 from collector.storelock import StoreLock
 from collector.systemd import Notifier, watchdog_interval_s
-from collector.tables import load_tables  # every table and its retention setting registered
-from decoders.schema import FLOWS
-from decoders.sflow.tables import INTERFACE_COUNTERS
-from mediation.compliance.stage import ComplianceStage, make_compliance
-from mediation.flow_stages import NamedStages, flow_stages
-from mediation.mediator import Mediator
-from mediation.subscribers.static import StaticBindings
+from collector.template_state import TemplateState
+
+if TYPE_CHECKING:
+    from collector.ipdr import IpdrCollector
+    from collector.radius_listener import RadiusServer
 
 TICK_S = 1.0
-LEGACY_STATE_MAX_BYTES = 64 * 1024 * 1024
-"""A JSON state file of the format before the log is loaded only up to this size: one written under a template
-flood could hold hundreds of MB (a minute to load), more than any budget keeps."""
-STATUS_LINE_INTERVAL_S = 10.0
-
-
-def status_line(snapshot: dict[str, Any]) -> str:
-    """The short summary systemd shows (``systemctl status``) from a status snapshot."""
-    drops = sum(li.get("kernel_drops", 0) for li in snapshot.get("listeners", []))
-    return (f"{len(snapshot.get('exporters', []))} exporters, {snapshot.get('datagrams', 0)} datagrams, "
-            f"{snapshot.get('flows', 0)} flows, {drops} kernel drops")
-
-
-def spool_summary(sink: Any) -> dict[str, Any]:
-    """Bytes, batches, rows, rows dropped and age of the oldest batch over the spools of the sink's outputs."""
-    out: dict[str, Any] = {"bytes": 0, "batches": 0, "rows": 0, "dropped_rows": 0, "oldest_age_s": 0.0}
-    for o in getattr(sink, "outputs", []):
-        status = getattr(o, "status", None)
-        if not callable(status):
-            continue
-        st = status()
-        out["bytes"] += int(st.get("spool_bytes", 0))
-        out["batches"] += int(st.get("spool_batches", 0))
-        out["rows"] += int(st.get("spool_rows", 0))
-        out["dropped_rows"] += int(st.get("dropped_rows", 0))
-        out["oldest_age_s"] = max(out["oldest_age_s"], float(st.get("spool_oldest_age_s", 0.0)))
-    return out
-
-
-def rows_flushed(sink: Any) -> int:
-    """Rows this process made durable in the store (written, or replayed from the handoff journal): what
-    ``/status`` reports as ``rows_flushed``. Without a store, the rows handed durably to the first output."""
-    stats = dict(getattr(sink, "stats", {}))
-    if not stats:
-        return 0
-    st = stats.get("store") or next(iter(stats.values()))
-    return int(st.rows + st.replayed_rows)
-
-
-def count_kernel_drops(lst: UdpListener, m: metrics_mod.Metrics) -> None:
-    """Add a listener's new kernel drops (from /proc/net/udp) to the counter, with a warning."""
-    drops = lst.new_kernel_drops()
-    if drops and m.socket_drops is not None:
-        m.socket_drops.labels(lst.endpoint).inc(drops)
-        log("warning", "kernel dropped datagrams: receive buffer full", listener=lst.endpoint, drops=drops)
-
-
-def now_ms() -> int:
-    return time.time_ns() // 1_000_000
-
-
-class Pipeline:
-    """Decoder → mediation stages → Sink for one process; :meth:`process` takes one batch of datagrams.
-
-    The stages (:func:`mediation.flow_stages.flow_stages`: the Mediator, the compliance stage) run in order on each
-    batch's flows; what they decide about flows is theirs. Kept apart from the socket handling so tools and tests can
-    drive exactly the code the daemon runs.
-    """
-
-    def __init__(self, config: Config, metrics: metrics_mod.Metrics, sink: Any, mediator: Mediator | None = None,
-                 decoder: Any = None, *, compliance: ComplianceStage | None = None,
-                 static: StaticBindings | None = None) -> None:
-        self.config = config
-        self.metrics = metrics
-        self.decoder = decoder if decoder is not None else make_decoder(config)
-        self.mediator = mediator
-        self.compliance = compliance
-        """nat_events and ip_detail_records, when enabled (make_compliance)."""
-        self.stages: NamedStages = flow_stages(mediator, compliance, static=static,
-                                               static_check_interval_s=config.subscribers.static_check_interval_s)
-        self.sink = sink
-        self.board = status_mod.StatusBoard(config.decoder.max_exporters)
-        self.errors_log = RateLimiter(60.0)
-        self.admission = make_admission(config)
-        """Exporter allowlist and per-exporter rate limit (collector.admission), None when both are off."""
-        self.datagrams = 0
-        self.flows = 0
-        self._usage_seen: dict[str, int] = {}
-
-    def process(self, batch: list[Datagram]) -> int:
-        """Decode ``batch``, mediate and hand the tables to the sink; returns the number of flows decoded."""
-        if not batch:
-            return 0
-        m = self.metrics
-        if self.admission is not None:
-            batch = admit(self.admission, batch, m, self.errors_log)
-            if not batch:
-                return 0
-        t0 = time.perf_counter()
-        try:
-            result = self.decoder.decode(batch)
-        except Exception as exc:  # the decoder must not raise for bad input: this is a bug, keep the daemon up
-            m.pipeline_errors.labels("decode").inc()
-            log("error", "decoder failed on a batch", datagrams=len(batch), error=repr(exc))
-            return 0
-        flows = FLOWS.to_arrow(result.flows)
-        received = now_ms()
-        self.account(result, received)
-        n = flows.num_rows
-        tables: dict[str, Any] = {"flows": flows} if n else {}
-        if getattr(result, "n_counters", 0):  # sFlow counter samples (a decoder given by a test may have none)
-            tables["interface_counters"] = INTERFACE_COUNTERS.to_arrow(result.interface_counters)
-        for name, stage in self.stages if n else ():
-            try:
-                tables.update(stage.process(flows, received))
-            except Exception as exc:  # a stage's bug must not stop the raw flows and the other stages' tables
-                m.pipeline_errors.labels(name).inc()
-                log("error", f"{name} failed on a batch", flows=n, error=repr(exc))
-        for name, table_batch in tables.items():
-            if table_batch is not None and table_batch.num_rows:
-                try:
-                    self.sink.add(name, table_batch)  # False when refused: counted by the sink (dropped_rows)
-                except Exception as exc:  # a batch that does not fit its table is a bug; the others still go
-                    m.pipeline_errors.labels("sink").inc()
-                    log("error", "batch refused by the sink", table=name, rows=table_batch.num_rows,
-                        error=repr(exc))
-        self.datagrams += len(batch)
-        self.flows += n
-        m.decode_batches.inc()
-        m.batch_datagrams.observe(len(batch))
-        m.decode_seconds.observe(time.perf_counter() - t0)
-        return n
-
-    def account(self, result: Any, received_ms: int) -> None:
-        """Per-exporter counters of a DecodeResult into metrics and the status board (a loop per exporter only)."""
-        m, label, board = self.metrics, self.metrics.exporter_label, self.board
-        for (exporter, version), count in _items(result, "datagrams"):
-            m.datagrams.labels(label(exporter), str(version)).inc(count)
-            entry = board.exporter(exporter, received_ms)
-            entry.datagrams += count
-            if version:  # 0: not a NetFlow/IPFIX version (counted as an error)
-                entry.versions.add(int(version))
-        for (exporter, version), count in _items(result, "records"):
-            m.records.labels(label(exporter), str(version)).inc(count)
-            board.exporter(exporter, received_ms).records += count
-        for (exporter, reason), count in _items(result, "errors"):
-            m.decode_errors.labels(label(exporter), reason).inc(count)
-            board.exporter(exporter, received_ms).errors += count
-            self.errors_log.log("warning", "bad export data", key=(exporter, reason), count=count,
-                                exporter=exporter, reason=reason)
-        for key, count in _items(result, "sequence_lost"):
-            exporter = key[0] if isinstance(key, tuple) else key
-            m.sequence_lost.labels(label(exporter)).inc(count)
-            board.exporter(exporter, received_ms).sequence_lost += count
-        for (exporter, limit), count in _items(result, "limit_hits"):
-            m.limit_hits.labels(label(exporter), limit).inc(count)
-            self.errors_log.log("warning", "decoder limit reached", key=(exporter, limit), count=count,
-                                exporter=exporter, limit=limit)
-        # sFlow loss accounting: samples missing by their data sources' sequence numbers, what the sampled
-        # interfaces saw (sample pools) and what the agents themselves dropped
-        for (exporter, kind), count in _items(result, "samples"):
-            m.sflow_samples.labels(label(exporter), kind).inc(count)
-        for exporter, count in _items(result, "samples_lost"):
-            m.sflow_samples_lost.labels(label(exporter)).inc(count)
-        for exporter, count in _items(result, "sample_pool"):
-            m.sflow_sample_pool.labels(label(exporter)).inc(count)
-        for exporter, count in _items(result, "agent_drops"):
-            m.sflow_agent_drops.labels(label(exporter)).inc(count)
-            self.errors_log.log("warning", "sFlow agent dropped samples (its sampling outran its export)",
-                                key=(exporter, "agent_drops"), count=count, exporter=exporter)
-        for (exporter, structure), count in _items(result, "skipped"):
-            m.sflow_skipped.labels(label(exporter), structure).inc(count)
-
-    def sync_templates(self) -> dict[str, int]:
-        """Templates known per exporter, copied onto the status board; returns them."""
-        known = self.decoder.templates_known()
-        for exporter, entry in self.board.exporters.items():
-            entry.templates = known.get(exporter, 0)
-        return known
-
-    def refresh_gauges(self, now: int) -> None:
-        """Once a tick: template counts and held bytes from the decoder; expiry of stale decoder state."""
-        m, label = self.metrics, self.metrics.exporter_label
-        try:
-            expired = self.decoder.expire(now)
-        except Exception as exc:  # a bug; expiry is housekeeping, the daemon goes on
-            log("error", "decoder expiry failed", error=repr(exc))
-            expired = {}
-        for (exporter, reason), count in expired.items():
-            if reason == "pending_expired":  # data lost for want of a template
-                m.decode_errors.labels(label(exporter), reason).inc(count)
-                self.errors_log.log("warning", "data dropped: its template never arrived", key=(exporter, reason),
-                                    count=count, exporter=exporter, reason=reason)
-            elif reason == "exporter_expired":
-                log("info", "exporter forgotten after being idle", exporter=exporter)
-        for exporter, count in self.sync_templates().items():
-            m.templates.labels(label(exporter)).set(count)
-        m.exporters.set(len(self.decoder.exporters))
-        counters = getattr(self.mediator, "counters", None)
-        if isinstance(counters, dict):
-            for result in ("attributed", "unattributed", "rejected", "duplicate"):
-                value = int(counters.get(f"bytes_{result}", 0))
-                delta = value - self._usage_seen.get(result, 0)
-                if delta > 0:
-                    m.usage_bytes.labels(result).inc(delta)
-                self._usage_seen[result] = value
-            self._count_rejects(counters)
-        compliance = getattr(self.compliance, "counters", None)
-        if isinstance(compliance, dict):  # cumulative counters of the compliance stage -> Prometheus counters
-            for metric, key, label_value in (
-                    *((m.compliance_records, f"records_{s}", s) for s in
-                      ("attributed", "attributed_destination", "unattributed")),
-                    (m.nat_events, "nat_events", "event"), (m.nat_events, "nat_other", "other"),
-                    (m.nat_events, "nat_observed", "observed")):
-                value = int(compliance.get(key, 0))
-                delta = value - self._usage_seen.get(key, 0)
-                if delta > 0:
-                    metric.labels(label_value).inc(delta)
-                self._usage_seen[key] = value
-        m.pending_bytes.set(self.decoder.pending_bytes())
-        m.template_bytes.set(self.decoder.template_memory())
-
-
-    def _count_rejects(self, counters: dict[str, int]) -> None:
-        """The Mediator's ``rejected_<reason>`` counters into ``flowmed_rejects_total``, with a warning per reason at
-        most once a minute while records keep being rejected for it (how many, and what usually causes it)."""
-        for reason, total in self.rejects().items():
-            key = f"rejected_{reason}"
-            delta = total - self._usage_seen.get(key, 0)
-            if delta > 0:
-                self.metrics.rejects.labels(reason).inc(delta)
-                self.errors_log.log("warning", "flow records rejected by mediation", key=("rejects", reason),
-                                    count=delta, reason=reason, hint=REJECT_HINTS.get(reason, ""))
-            self._usage_seen[key] = total
-
-    def rejects(self) -> dict[str, int]:
-        """Records the Mediator rejected so far, per reason (the reasons with at least one)."""
-        counters = getattr(self.mediator, "counters", None)
-        if not isinstance(counters, dict):
-            return {}
-        return {k.removeprefix("rejected_"): int(v) for k, v in counters.items()
-                if k.startswith("rejected_") and int(v) > 0}
-
-
-REJECT_HINTS = {
-    "future": "flow end later than its receive time plus mediation.max_future_s: the exporter's clock is ahead",
-    "too_old": "flow end earlier than its receive time minus mediation.max_lateness_s: a replayed old capture, or "
-               "an exporter clock far behind",
-    "impossible_timestamp": "flow times before 2000 or after 2100: an exporter clock at zero or a broken template",
-    "end_before_start": "flow end before its start: the exporter's times are broken",
-    "too_long": "flow longer than mediation.max_flow_duration_s",
-    "zero_counters": "records with no bytes or no packets",
-    "absurd_counters": "more bytes per packet than mediation.max_bytes_per_packet, or fewer bytes than packets",
-}
-"""What usually causes each mediation reject reason (in the rate-limited warning)."""
-
-
-def _items(result: Any, name: str) -> list[tuple[Any, int]]:
-    value = getattr(result, name, None)
-    if isinstance(value, dict):
-        return [(k, int(v)) for k, v in value.items() if v]
-    return []
-
-
-def make_decoder(config: Config) -> Any:
-    """The flow decoder for ``config``: NetFlow/IPFIX and sFlow, whatever endpoint they come to (limits from
-    ``[decoder]``, ``max_exporters`` bounding each protocol's exporters; policy from ``[sampling]``)."""
-    from decoders.dispatch import DispatchDecoder
-    from decoders.netflow.decoder import DecoderLimits, FlowDecoder
-    from decoders.sflow.decoder import SflowDecoder, SflowLimits
-
-    d = config.decoder
-    limits = DecoderLimits(max_exporters=d.max_exporters, max_templates_per_exporter=d.max_templates_per_exporter,
-                           max_template_fields=d.max_template_fields, pending_max_bytes=d.pending_max_bytes,
-                           template_max_bytes_per_exporter=d.template_max_bytes_per_exporter,
-                           template_max_bytes=d.template_max_bytes,
-                           pending_max_age_ms=int(d.pending_max_age_s * 1000),
-                           template_timeout_ms=int(d.template_timeout_s * 1000))
-    sampling = sampling_policy(config)
-    return DispatchDecoder(FlowDecoder(limits, sampling),
-                           SflowDecoder(SflowLimits(max_exporters=d.max_exporters), sampling))
-
-
-def sampling_policy(config: Config) -> Any:
-    """``[sampling]`` as the decoder's SamplingPolicy."""
-    from decoders.sampling import SamplingPolicy
-
-    s = config.sampling
-    return SamplingPolicy(s.default_rate, [(r.prefix, r.rate, r.override) for r in s.rules])
-
-
-def make_mediator(config: Config, worker: int | None = None) -> Mediator | None:
-    """The flow Mediator when ``[mediation] enabled``, else None. Its bindings are the durable store shared by every
-    process (``subscribers.bindings_db``)."""
-    if not config.mediation.enabled:
-        return None
-    return Mediator(config, open_bindings(config), worker=worker)
-
-
-def make_static(config: Config, mediator: Mediator | None, worker: int | None = None) -> StaticBindings | None:
-    """The static bindings file, applied now, when there is one and mediation runs. One process only applies it
-    (the single process, or worker 0); the others pick its bindings up through ``Bindings.refresh``."""
-    if mediator is None or not config.subscribers.static_file or worker not in (None, 0):
-        return None
-    static = StaticBindings(config.subscribers.static_file, mediator.bindings)
-    static.reload(now_ms())  # a broken file at start is a start failure, like a broken config
-    return static
-
-
-def make_sink(config: Config, metrics: metrics_mod.Metrics, worker: int | None = None) -> Any:
-    """The Sink with every output the config enables (:func:`storage.factory.build_sink`), counted in ``metrics``.
-
-    With several workers each has its own ClickHouse spool and handoff journal and only worker 0 does the store's
-    housekeeping (recovery, compaction, retention).
-    """
-    from storage.factory import SinkHooks, build_sink
-
-    def on_write(output: str, table: str, rows: int, seconds: float) -> None:
-        metrics.output_batches.labels(output, table).inc()
-        metrics.output_rows.labels(output, table).inc(rows)
-        metrics.output_write_seconds.labels(output).observe(seconds)
-
-    def on_error(output: str, table: str, exc: BaseException) -> None:
-        metrics.output_errors.labels(output).inc()
-
-    def on_replay(output: str, table: str, rows: int) -> None:
-        metrics.output_replayed_rows.labels(output).inc(rows)
-
-    def on_insert(table: str, rows: int, seconds: float) -> None:
-        metrics.clickhouse_inserted_rows.labels(table).inc(rows)
-        metrics.clickhouse_insert_seconds.observe(seconds)
-
-    def on_insert_error(stage: str, code: str) -> None:
-        metrics.clickhouse_errors.labels(stage, code).inc()
-
-    hooks = SinkHooks(on_write=on_write, on_error=on_error, on_replay=on_replay, on_insert=on_insert,
-                      on_insert_error=on_insert_error)
-    return build_sink(config, worker=worker, host=config.service.host_index, tables=load_tables().values(), hooks=hooks)
-
-
-def state_path(config: Config, worker: int | None) -> Path:
-    """Where this process keeps its template state: one file per worker, so workers never overwrite each other."""
-    p = config.data_path(config.decoder.state_file)
-    return p if worker is None else p.with_name(f"{p.name}.worker{worker}")
 
 
 class Server:
@@ -394,8 +68,8 @@ class Server:
 
     def __init__(self, config: Config, config_path: str | None = None, overrides: tuple[str, ...] = (),
                  worker: int | None = None, listen_fds: list[int] | None = None,
-                 registry: CollectorRegistry | None = None, sink: Any = None, decoder: Any = None,
-                 mediator: Any = "auto") -> None:
+                 registry: CollectorRegistry | None = None, sink: SinkPort | None = None,
+                 decoder: DecoderPort | None = None, mediator: MediatorArg = "auto") -> None:
         self.config = config
         self.config_path = config_path
         self.overrides = overrides
@@ -417,13 +91,12 @@ class Server:
         self._batch_timer: asyncio.TimerHandle | None = None
         self._batch_scheduled = False
         self._loop: asyncio.AbstractEventLoop | None = None
-        self._last_state_save = time.monotonic()
-        self.state_writer: StateWriter | None = None
+        self.state = TemplateState(config, worker, self.metrics)
         self.rows_flushed = 0
-        self.radius: Any = None
-        self._dropped_seen: dict[tuple[str, str], int] = {}
+        self.radius: RadiusServer | None = None
+        self.gauges = SinkGauges(self.metrics)
         self._last_status_line = time.monotonic()
-        self.ipdr: Any = None
+        self.ipdr: IpdrCollector | None = None
         self.store_lock = StoreLock(config.store.path)
         self.exporter_stats = ExporterStatsRecorder(worker)  # per-minute exporter history (exporter_stats table)
 
@@ -471,23 +144,10 @@ class Server:
             if lst.rcvbuf_granted < cfg.listen.rcvbuf_bytes and self.worker in (None, 0):
                 log("warning", "receive buffer smaller than requested; raise net.core.rmem_max",
                     listener=lst.address, requested=cfg.listen.rcvbuf_bytes, granted=lst.rcvbuf_granted)
-        decoder = self._decoder_arg if self._decoder_arg is not None else make_decoder(cfg)
-        from decoders.netflow.kernel import warm_up as warm_up_netflow
-        from decoders.sflow.kernel import warm_up as warm_up_sflow
-
-        # compile (or load from NUMBA_CACHE_DIR) the decode kernels before READY, not at the first datagram
-        warm_up_netflow()
-        warm_up_sflow()
-        self._load_state(decoder)
-        sink = self._sink_arg if self._sink_arg is not None else make_sink(cfg, self.metrics, self.worker)
-        mediator = make_mediator(cfg, self.worker) if self._mediator_arg == "auto" else self._mediator_arg
-        static = make_static(cfg, mediator, self.worker) if self._mediator_arg == "auto" else None
-        self.pipeline = Pipeline(cfg, self.metrics, sink, mediator, decoder,
-                                 compliance=make_compliance(cfg, mediator, self.worker), static=static)
-        if mediator is not None:
-            from mediation.dedup import warm_up as warm_up_mediation
-
-            warm_up_mediation()  # the record key and de-duplication kernels, before READY like the sFlow ones
+        parts = Components.build(cfg, self.worker, self.metrics, sink=self._sink_arg, decoder=self._decoder_arg,
+                                 mediator=self._mediator_arg)
+        self.state.load(parts.decoder)
+        self.pipeline = Pipeline.of(cfg, self.metrics, parts)
         if self.worker is None and cfg.metrics.enabled:
             self.http = status_mod.HttpServer(cfg.metrics.listen, self.registry, self.fresh_status)
             self.http.start()
@@ -495,12 +155,13 @@ class Server:
         for lst in self.listeners:
             lst.start(self._loop)
         self.publish_status()
+
     def log_started(self) -> None:
         """The one 'started' line, written once everything is bound (RADIUS and IPDR included): a start that fails
         later must not have claimed to be up."""
         cfg = self.config
         assert self.pipeline is not None
-        outputs = [getattr(o, "name", type(o).__name__) for o in getattr(self.pipeline.sink, "outputs", [])]
+        outputs = [o.name for o in self.pipeline.sink.outputs]
         if self.worker is None:
             log("info", "flowmed started", version=metrics_mod.version(), pid=os.getpid(),
                 listeners=[lst.address for lst in self.listeners], outputs=outputs, workers=1,
@@ -520,8 +181,9 @@ class Server:
         if self.config.radius.enabled:
             from collector.radius_listener import start_radius
 
-            self.radius = await start_radius(asyncio.get_running_loop(), self.config, None, sink.add, self.metrics)
-        if getattr(self.config, "ipdr", None) is not None and self.config.ipdr.enabled:
+            self.radius = await start_radius(asyncio.get_running_loop(), self.config, None, sink.add, self.metrics,
+                                             flush=sink.flush)
+        if self.config.ipdr.enabled:
             from collector.ipdr import start_ipdr
 
             try:
@@ -535,10 +197,10 @@ class Server:
 
     async def stop_side_listeners(self) -> None:
         """Stop RADIUS and IPDR before the final flush (they answer, acknowledge and hand over what they hold)."""
-        for name in ("radius", "ipdr"):
-            side = getattr(self, name, None)
+        radius, ipdr = self.radius, self.ipdr
+        self.radius = self.ipdr = None
+        for name, side in (("radius", radius), ("ipdr", ipdr)):
             if side is not None:
-                setattr(self, name, None)
                 try:
                     await side.stop()
                 except Exception as exc:
@@ -584,54 +246,15 @@ class Server:
         except Exception as exc:
             m.pipeline_errors.labels("sink").inc()
             log("error", "sink flush failed", error=repr(exc))
-        if time.monotonic() - self._last_state_save >= self.config.decoder.state_save_interval_s:
-            self.save_state()
-        for lst in self.listeners:
-            if m.socket_drops is not None:  # else the supervisor counts them
-                count_kernel_drops(lst, m)
-            new = lst.datagrams - getattr(lst, "_reported", 0)
-            if new:
-                m.listener_datagrams.labels(lst.address).inc(new)
-                m.listener_bytes.labels(lst.address).inc(lst.bytes - getattr(lst, "_reported_bytes", 0))
-                lst._reported, lst._reported_bytes = lst.datagrams, lst.bytes  # type: ignore[attr-defined]
-        self._sink_metrics()
+        if self.state.due(self.config.decoder.state_save_interval_s):
+            self.state.save(p.decoder)
+        count_listeners(self.listeners, m)
+        self.gauges.update(p.sink)
         self.publish_status()
         if time.monotonic() - self._last_status_line >= STATUS_LINE_INTERVAL_S:
             self._last_status_line = time.monotonic()
             self.notifier.notify(f"STATUS={status_line(self.snapshot)}",
                                  *([f"FLOWMED_WORKER={self.worker}"] if self.worker is not None else []))
-
-    def _sink_metrics(self) -> None:
-        sink = self.pipeline.sink if self.pipeline else None
-        m = self.metrics
-        pending = getattr(sink, "pending_rows", None)
-        if isinstance(pending, int):
-            m.sink_rows_buffered.set(pending)
-        for table, rows in dict(getattr(sink, "dropped_rows", {})).items():
-            key = ("sink", table)
-            if rows > self._dropped_seen.get(key, 0):
-                m.sink_dropped_rows.labels(table).inc(rows - self._dropped_seen.get(key, 0))
-                log("error", "rows dropped: the outputs cannot keep up", table=table,
-                    rows=rows - self._dropped_seen.get(key, 0))
-                self._dropped_seen[key] = rows
-        for output, stats in dict(getattr(sink, "stats", {})).items():
-            key = ("output", output)
-            rows = getattr(stats, "dropped_rows", 0)
-            if rows > self._dropped_seen.get(key, 0):
-                m.output_dropped_rows.labels(output).inc(rows - self._dropped_seen.get(key, 0))
-                self._dropped_seen[key] = rows
-        spool = spool_summary(sink)
-        m.spool_bytes.set(spool.get("bytes", 0))
-        m.spool_oldest_age.set(spool.get("oldest_age_s", 0.0))
-        for o in getattr(sink, "outputs", []):
-            if getattr(o, "name", "") == "clickhouse":
-                st = o.status()
-                m.clickhouse_connected.set(1 if st["connected"] else 0)
-                m.clickhouse_backlog_rows.set(st["spool_rows"])
-        dropped = spool.get("dropped_rows", 0)
-        if dropped > self._dropped_seen.get(("spool", ""), 0):
-            m.spool_dropped_rows.inc(dropped - self._dropped_seen.get(("spool", ""), 0))
-            self._dropped_seen[("spool", "")] = dropped
 
     def request_stop(self, sig: int | None = None) -> None:
         if self.stop_event is not None and not self.stop_event.is_set():
@@ -688,7 +311,7 @@ class Server:
         p = self.pipeline
         timeout = self.config.service.shutdown_timeout_s
         try:  # first: templates are worth keeping even if the flush below gets stuck; but a third of the time at most
-            await asyncio.wait_for(self.save_state_final(), max(0.1, timeout / 3 - (time.monotonic() - t0)))
+            await asyncio.wait_for(self.state.save_final(p.decoder), max(0.1, timeout / 3 - (time.monotonic() - t0)))
         except TimeoutError:
             log("error", "template state not saved at stop: its writer is stuck", timeout_s=round(timeout / 3, 1))
         try:
@@ -705,13 +328,13 @@ class Server:
         self.on_tick_metrics_final()
         if self.http is not None:
             self.http.close()
-        written = {name: st.rows for name, st in getattr(p.sink, "stats", {}).items()}
+        written = {name: st.rows for name, st in p.sink.stats.items()}
         log("info", "flowmed stopped" if self.worker is None else "worker stopped",
             **({} if self.worker is None else {"worker": self.worker}), datagrams=p.datagrams, flows=p.flows,
             drained_at_stop=drained, flushed_at_stop_rows=self.rows_flushed,
             **{f"rows_written_{name}": rows for name, rows in written.items()},
             **{f"flows_written_{name}": st.rows_by_table.get("flows", 0)
-               for name, st in getattr(p.sink, "stats", {}).items()},
+               for name, st in p.sink.stats.items()},
             seconds=round(time.monotonic() - t0, 3))
         self.notifier.close()
         self.store_lock.release()
@@ -727,7 +350,7 @@ class Server:
                         p.sink.add(name, batch)
             except Exception as exc:
                 log("error", f"{stage_name} close failed", error=repr(exc))
-        before = getattr(p.sink, "pending_rows", 0)
+        before = p.sink.pending_rows
         p.sink.flush()
         p.sink.close()
         self.rows_flushed = before
@@ -767,91 +390,6 @@ class Server:
 
     # --- state and status ------------------------------------------------------------------------------------------
 
-    def _load_state(self, decoder: Any) -> None:
-        """Load saved templates: every other state file first (a changed worker count loses nothing), own last.
-
-        Loading is bounded whatever the files hold: every record is checked against the decoder's limits and
-        template budgets, nothing is compiled, and the own log is at most about twice the live state (the writer
-        compacts it). Files of the JSON format before the log are loaded too and saved again in the log.
-        """
-        own = state_path(self.config, self.worker)
-        main = state_path(self.config, None)
-        legacy_main = main.with_suffix(".json") if main.suffix != ".json" else None
-        legacy_own = None
-        if legacy_main is not None:
-            legacy_own = legacy_main if self.worker is None else \
-                legacy_main.with_name(f"{legacy_main.name}.worker{self.worker}")
-        writer = self.state_writer = StateWriter(own, legacy_own)
-        others = [p for p in sorted(main.parent.glob(main.name + "*"))
-                  if p != own and not p.name.endswith((".tmp", ".held"))]
-        legacy = []
-        if legacy_main is not None:
-            legacy = [p for p in sorted(main.parent.glob(legacy_main.name + "*"))
-                      if p != legacy_own and not p.name.endswith(".tmp")]
-            if legacy_own is not None and legacy_own.is_file():
-                legacy.append(legacy_own)  # last: its own templates win
-        for path in [*others, *legacy]:
-            if path in legacy and path.stat().st_size > LEGACY_STATE_MAX_BYTES:
-                log("warning", "old template state too large to load; templates will be learned again",
-                    path=str(path), bytes=path.stat().st_size)
-                continue
-            self._load_file(decoder, path, path.read_bytes, mark=True)
-        try:
-            own_log, held = writer.load()
-        except OSError as exc:
-            own_log = held = None
-            log("warning", "template state not loaded; templates will be learned again", path=str(own),
-                error=repr(exc))
-        if own_log is not None:
-            self._load_file(decoder, own, lambda: own_log, mark=False)
-        if held is not None:
-            self._load_file(decoder, writer.held_path, lambda: held, mark=False)
-
-    def _load_file(self, decoder: Any, path: Path, read: Any, *, mark: bool) -> None:
-        try:
-            refused = decoder.load_state(read(), mark=mark)
-            log("info" if not mark else "debug", "template state loaded", path=str(path), refused=refused)
-        except Exception as exc:  # a damaged state file costs the templates, never the start
-            log("warning", "template state not loaded; templates will be learned again", path=str(path),
-                error=repr(exc))
-
-    def save_state(self) -> None:
-        """Start saving what changed in the template state (written on the state writer's thread); while the
-        previous save is still being written, nothing (the changes wait for the next tick's try)."""
-        writer = self.state_writer
-        if self.pipeline is None or writer is None or writer.busy:
-            return  # tried again at the next tick
-        self._last_state_save = time.monotonic()
-        try:
-            changes = self.pipeline.decoder.state_changes()
-        except Exception as exc:  # a bug; state saving is housekeeping
-            log("error", "template state not saved", error=repr(exc))
-            return
-        writer.submit(changes).add_done_callback(self._state_saved)
-
-    def _state_saved(self, fut: concurrent.futures.Future) -> None:
-        """(The writer's thread.) Count the save."""
-        exc = fut.exception()
-        if exc is None:
-            self.metrics.state_saves.labels("ok").inc()
-        else:
-            self.metrics.state_saves.labels("failed").inc()
-            assert self.state_writer is not None
-            log("error", "template state not saved", path=str(self.state_writer.path), error=repr(exc))
-
-    async def save_state_final(self) -> None:
-        """At stop: wait for the save being written, then save what changed since (bounded by the changes)."""
-        writer = self.state_writer
-        if writer is None or self.pipeline is None:
-            return
-        if writer._future is not None:
-            with contextlib.suppress(Exception):  # counted by _state_saved
-                await asyncio.wrap_future(writer._future)
-        self.save_state()
-        if writer._future is not None:
-            with contextlib.suppress(Exception):
-                await asyncio.wrap_future(writer._future)
-        writer.close()
 
     def fresh_status(self) -> dict[str, Any]:
         """For the HTTP thread: a snapshot built on the event loop now (the last published one if the loop is busy)."""
@@ -876,28 +414,7 @@ class Server:
         sink = p.sink if p else None
         if p is not None:
             p.sync_templates()
-        outputs = []
-        for o in getattr(sink, "outputs", []):
-            name = getattr(o, "name", type(o).__name__)
-            stats = getattr(sink, "stats", {}).get(name)
-            entry = {"name": name, "state": "ok", "rows": getattr(stats, "rows", 0),
-                     "batches": getattr(stats, "batches", 0), "errors": getattr(stats, "errors", 0),
-                     "dropped_rows": getattr(stats, "dropped_rows", 0), "last_error": getattr(stats, "last_error", ""),
-                     "replayed_rows": getattr(stats, "replayed_rows", 0)}
-            if name == "clickhouse":  # the server's side: what it acknowledged, the connection and the backlog
-                st = o.status()
-                entry["state"] = "connected" if st["connected"] else "spooling"
-                entry["last_error"] = st["last_error"] or entry["last_error"]
-                entry.update({
-                    "connected": st["connected"], "rows_inserted": st.get("rows_inserted", 0),
-                    "rows_inserted_by_table": st["rows_inserted_by_table"],
-                    "insert_errors": st.get("insert_errors", 0), "connect_errors": st.get("connect_errors", 0),
-                    "errors_by_code": st["errors_by_code"], "last_insert_ms": st["last_insert_ms"],
-                    "last_insert_seconds": st["last_insert_seconds"], "retry_in_s": st["retry_in_s"],
-                    "disconnected_for_s": st["disconnected_for_s"], "backlog_rows": st["spool_rows"],
-                    "backlog_batches": st["spool_batches"], "backlog_age_s": st["spool_oldest_age_s"],
-                    "already_stored": st.get("already_stored", 0)})
-            outputs.append(entry)
+        outputs = output_entries(sink)
         spool = spool_summary(sink)
         self.snapshot = {
             "version": metrics_mod.version(), "pid": os.getpid(), "worker": self.worker,

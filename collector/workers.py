@@ -32,10 +32,10 @@ from collector import metrics as metrics_mod
 from collector import status as status_mod
 from collector.config import Config
 from collector.configtree import ConfigError
+from collector.gauges import STATUS_LINE_INTERVAL_S, count_kernel_drops, status_line
 from collector.listener import UdpListener
 from collector.logging import log, set_level
 from collector.logging import setup as setup_logging
-from collector.server import STATUS_LINE_INTERVAL_S, count_kernel_drops, status_line
 from collector.storelock import StoreLock
 from collector.systemd import Notifier, watchdog_interval_s
 

@@ -45,7 +45,7 @@ latest ``active_from`` at or before the segment start (ties: the highest ``versi
 
 Burstable (95th percentile) plans set ``kind = "burstable"`` and a ``[plan.burst]`` table instead of rates.
 
-Every error names the key, the value given and what was expected (:class:`collector.configtree.ConfigError`).
+Every error names the key, the value given and what was expected (:class:`decoders.settings.ConfigError`).
 """
 
 from __future__ import annotations

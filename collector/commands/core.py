@@ -6,7 +6,7 @@ import csv
 import json
 import os
 import sys
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
 import numpy as np
@@ -14,6 +14,9 @@ import numpy as np
 from collector.commands.common import config_options
 from collector.config import Config
 from collector.configtree import to_dict
+
+if TYPE_CHECKING:
+    from decoders.dispatch import DispatchDecoder
 
 SECRET_WORDS = ("password", "secret", "token", "private_key", "api_key")
 """A config key containing one of these holds a secret (unless it names where the secret is: ``*_env``, ``*_file``)."""
@@ -57,7 +60,7 @@ def decode(config: Config, pcap: str, fmt: str, ports: tuple[int, ...]) -> None:
     Datagrams are decoded in the daemon's batch size with the capture time as the receive time. Decode errors per
     exporter and reason are summarised on stderr.
     """
-    from collector.server import make_decoder
+    from collector.components import make_decoder
     from decoders.pcap import PcapError, read_udp
 
     decoder = make_decoder(config)
@@ -74,18 +77,18 @@ def decode(config: Config, pcap: str, fmt: str, ports: tuple[int, ...]) -> None:
     except PcapError as exc:
         raise click.ClickException(str(exc)) from None
     writer.write(_decode_batch(decoder, batch, errors))
-    held = len(getattr(decoder, "pending", ()))
+    held = len(decoder.netflow.state.pending)
     if held:  # data still waiting for its template at the end of the capture is reported, not hidden
         click.echo(f"not decoded: {held} data sets whose template is not in the capture", err=True)
     for (exporter, reason), count in sorted(errors.items()):
         click.echo(f"decode errors: exporter={exporter} reason={reason} count={count}", err=True)
 
 
-def _decode_batch(decoder: Any, batch: list[tuple[bytes, str, int]], errors: dict) -> dict[str, np.ndarray]:
+def _decode_batch(decoder: DispatchDecoder, batch: list[tuple[bytes, str, int]], errors: dict) -> dict[str, np.ndarray]:
     if not batch:
         return {}
     result = decoder.decode(batch)
-    for key, count in (getattr(result, "errors", None) or {}).items():
+    for key, count in result.errors.items():
         errors[key] = errors.get(key, 0) + int(count)
     return result.flows
 

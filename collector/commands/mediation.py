@@ -245,7 +245,7 @@ def reprocess_command(t_from: str, t_to: str, target: str, reasons: tuple[str, .
     from prometheus_client import CollectorRegistry
 
     from collector import metrics as metrics_mod
-    from collector.server import make_sink
+    from collector.components import make_sink
 
     sink = make_sink(config, metrics_mod.Metrics(CollectorRegistry()), worker=255)
     for name, b in out.items():

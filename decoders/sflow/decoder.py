@@ -528,3 +528,9 @@ def warm_up_datagram() -> bytes:
     samples = struct.pack(">II", w.FLOW_SAMPLE, len(flow)) + flow + struct.pack(">II", w.COUNTERS_SAMPLE,
                                                                                  len(counter)) + counter
     return struct.pack(">II4sIIII", 5, 1, b"\x7f\0\0\1", 0, 1, 1000, 2) + samples
+
+
+def warm_up() -> None:
+    """Compile every kernel now (on a tiny valid batch), so the first real batch does not wait for it. (Here, not in
+    :mod:`decoders.sflow.kernel`: the kernels know nothing of the decoder that drives them.)"""
+    SflowDecoder().decode([(warm_up_datagram(), "127.0.0.1", 0)])

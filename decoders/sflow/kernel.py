@@ -11,10 +11,11 @@ Over 500 lines on purpose: the kernels are one compiled walk, level by level, ca
 helpers (address, header and record readers) and writing the column layout declared at the top; split over
 modules they would only scatter that layout and numba's per-module disk cache without making a part reusable.
 
-The functions compile on first use, which takes about 10 s of CPU (:func:`warm_up` does it ahead of traffic). The
-compiled code is cached on disk (numba's cache, checked against the source) in ``NUMBA_CACHE_DIR`` when that is set,
-else beside this module when its folder is writable; a read-only install without ``NUMBA_CACHE_DIR`` (a hardened
-service) compiles at every start instead (numba would refuse to import a cached function with nowhere to write).
+The functions compile on first use, which takes about 10 s of CPU (:func:`decoders.sflow.decoder.warm_up` does it
+ahead of traffic). The compiled code is cached on disk (numba's cache, checked against the source) in
+``NUMBA_CACHE_DIR`` when that is set, else beside this module when its folder is writable; a read-only install without
+``NUMBA_CACHE_DIR`` (a hardened service) compiles at every start instead (numba would refuse to import a cached
+function with nowhere to write).
 """
 
 from __future__ import annotations
@@ -611,10 +612,3 @@ def counter_samples(b: np.ndarray, S: np.ndarray, rows: np.ndarray, max_records:
         C[C_RECORDS, i] = has
         C[C_VALID, i] = 1 if has else 2  # 2: decoded, but no interface counters (host, processor, ...): no row
     return C
-
-
-def warm_up() -> None:
-    """Compile every kernel now (on a tiny valid batch), so the first real batch does not wait for it."""
-    from decoders.sflow.decoder import SflowDecoder, warm_up_datagram
-
-    SflowDecoder().decode([(warm_up_datagram(), "127.0.0.1", 0)])

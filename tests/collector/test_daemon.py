@@ -201,7 +201,7 @@ from collector import config as config_mod
 from collector.server import Server
 
 class SlowSink:
-    outputs = []
+    outputs, stats, pending_rows, dropped_rows = [], {}, 0, {}
     def add(self, table, batch): return True
     def maybe_flush(self, now=None): pass
     def flush(self): time.sleep(300)  # a hung disk or server

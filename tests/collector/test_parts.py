@@ -144,6 +144,9 @@ class FakeSink:
     def __init__(self) -> None:
         self.added: list[tuple[str, pa.RecordBatch]] = []
         self.outputs: list = []
+        self.stats: dict = {}
+        self.pending_rows = 0
+        self.dropped_rows: dict[str, int] = {}
         self.flushed = self.closed = False
 
     def add(self, table: str, batch: pa.RecordBatch) -> bool:
@@ -216,7 +219,7 @@ def test_batches_are_cut_by_time(tmp_path) -> None:
 
 def test_hostile_exporters_are_bounded_everywhere(tmp_path) -> None:
     """Garbage from 2,000 spoofed exporters: metric labels, the status board and the log stay bounded."""
-    from collector.server import Pipeline
+    from collector.pipeline import Pipeline
 
     buf = io.StringIO()
     flog.setup("info", "logfmt", buf)

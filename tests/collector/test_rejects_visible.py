@@ -11,9 +11,11 @@ from prometheus_client import CollectorRegistry, generate_latest
 from bench.exporter import V9Exporter, flow_template, random_flows
 from collector import config as config_mod
 from collector import status as status_mod
+from collector.components import make_mediator
 from collector.logging import setup as setup_logging
 from collector.metrics import Metrics
-from collector.server import Pipeline, Server, make_mediator
+from collector.pipeline import Pipeline
+from collector.server import Server
 from tests.collector.test_parts import FakeSink
 
 

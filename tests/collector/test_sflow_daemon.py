@@ -59,8 +59,10 @@ def _datagrams(n: int, seed: int) -> tuple[list[bytes], Counter, Counter]:
 
 
 def _query(store: Path, sql: str) -> dict:
+    from collector.tables import load_tables
     from storage.query import QueryEngine
 
+    load_tables()  # every table registered, as the process does before it opens a query engine (usage included)
     with QueryEngine.for_store(store) as engine:
         table = engine.query(sql)
         return {name: table.column(name)[0].as_py() for name in table.column_names}

@@ -130,6 +130,9 @@ def test_saving_runs_on_the_writers_thread(tmp_path: Path, monkeypatch) -> None:
 
 class _Sink:
     outputs: list = []
+    stats: dict = {}
+    pending_rows = 0
+    dropped_rows: dict = {}
 
     def add(self, table, batch) -> bool:
         return True

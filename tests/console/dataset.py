@@ -2,7 +2,7 @@
 
 Three exporters (IPFIX, NetFlow v9, v5) send two days of traffic of five subscribers (static bindings), a CDN class,
 some unattributed traffic, records that mediation rejects, re-sent duplicates, a sequence gap, malformed datagrams
-and CGNAT translations; everything goes through ``collector.server.Pipeline`` (decoder -> Mediator -> compliance ->
+and CGNAT translations; everything goes through ``collector.pipeline.Pipeline`` (decoder -> Mediator -> compliance ->
 Sink -> Parquet store) with the receive clock set to the simulated time, the exporter history is recorded by
 ``collector.exporter_stats`` once a simulated minute, and the rating job rates the usage against ``PLANS``. One
 reconciliation part that does not balance (:data:`UNBALANCED`, as a buggy writer would leave it) is added, so the
@@ -20,9 +20,10 @@ from prometheus_client import CollectorRegistry
 
 from bench.exporter import Flow, IpfixExporter, V5Exporter, V9Exporter, template
 from collector import metrics as metrics_mod
+from collector.components import make_mediator, make_sink, make_static
 from collector.config import Config, load
 from collector.exporter_stats import ExporterStatsRecorder
-from collector.server import Pipeline, make_mediator, make_sink, make_static
+from collector.pipeline import Pipeline
 from mediation.compliance.stage import make_compliance
 
 T0 = 1_793_577_600_000  # 2026-11-02T00:00:00Z, a Monday
@@ -176,7 +177,7 @@ def build(root: Path, hours: int = HOURS, *extra: str) -> Dataset:
     ipfix, v9, v5 = IpfixExporter(1), V9Exporter(2, boot_ms=T0 - 86_400_000), V5Exporter(boot_ms=T0 - 86_400_000)
     clock = {"now": T0}
     previous: list[Flow] = []
-    with mock.patch("collector.server.now_ms", lambda: clock["now"]):
+    with mock.patch("collector.pipeline.now_ms", lambda: clock["now"]):
         steps = hours * 3_600_000 // STEP_MS
         for i in range(steps):
             t = T0 + (i + 1) * STEP_MS

@@ -68,6 +68,11 @@ def test_other_exporters_count_under_the_unspecified_address():
 
 
 class _Sink:
+    outputs: list = []
+    stats: dict = {}
+    pending_rows = 0
+    dropped_rows: dict = {}
+
     def __init__(self) -> None:
         self.added: list[tuple[str, int]] = []
 
@@ -100,7 +105,7 @@ def test_the_daemons_tick_hands_the_rows_to_the_sink(tmp_path):
     config = load(None, [f"store.path={tmp_path}", "mediation.enabled=false"])
     sink = _Sink()
     server = Server(config, registry=CollectorRegistry(), sink=sink, decoder=_Decoder(), mediator=None)
-    from collector.server import Pipeline
+    from collector.pipeline import Pipeline
 
     server.pipeline = Pipeline(config, server.metrics, sink, None, _Decoder())
     server.pipeline.board.exporter("192.0.2.1", T).datagrams = 7

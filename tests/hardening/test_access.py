@@ -112,8 +112,9 @@ def _store_with_flows(tmp_path: Path) -> Path:
     """A store with a few real flows written by the daemon's own sink."""
     from prometheus_client import CollectorRegistry
 
+    from collector.components import make_sink
     from collector.metrics import Metrics
-    from collector.server import Pipeline, make_sink
+    from collector.pipeline import Pipeline
 
     store = tmp_path / "data"
     cfg = load(None, [f"store.path={store}", "mediation.enabled=false"])

@@ -331,9 +331,10 @@ def _skewed_v9(skew_ms: int, n: int = 20) -> tuple[list[bytes], int]:
 def test_exporter_clock_hours_off(tmp_path: Path, skew_h: int, sets: list[str], kept: bool, reason: str | None) -> None:
     from prometheus_client import CollectorRegistry
 
+    from collector.components import make_mediator
     from collector.config import load
     from collector.metrics import Metrics
-    from collector.server import Pipeline, make_mediator
+    from collector.pipeline import Pipeline
     from tests.hardening.test_limits import ListSink
 
     cfg = load(None, [f"store.path={tmp_path}", *sets])

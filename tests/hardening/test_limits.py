@@ -19,9 +19,10 @@ from prometheus_client import CollectorRegistry
 
 from bench.exporter import bulk_datagrams
 from collector.admission import Admission, make_admission
+from collector.components import make_sink
 from collector.config import load
 from collector.metrics import Metrics
-from collector.server import Pipeline, make_sink
+from collector.pipeline import Pipeline
 from decoders.ipdr import messages as m
 from decoders.ipdr.session import ProtocolViolation
 from fuzz.targets import ipdr_connection
@@ -39,10 +40,22 @@ class ListSink:
     def __init__(self) -> None:
         self.added: list[tuple[str, pa.RecordBatch]] = []
         self.outputs: list = []
+        self.stats: dict = {}
+        self.pending_rows = 0
+        self.dropped_rows: dict[str, int] = {}
 
     def add(self, table: str, batch: pa.RecordBatch) -> bool:
         self.added.append((table, batch))
         return True
+
+    def maybe_flush(self, now: float | None = None) -> None:
+        pass
+
+    def flush(self) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
 
     def rows_from(self, exporter16: bytes) -> int:
         return sum(pa.compute.sum(pa.compute.equal(b.column("exporter"), pa.scalar(exporter16, b.column(
@@ -304,7 +317,7 @@ def test_long_records_are_mediated_in_bounded_slices_with_the_same_totals(tmp_pa
     import numpy as np
 
     from bench.flowgen import flows_batch
-    from collector.server import make_mediator
+    from collector.components import make_mediator
     from mediation.bounded import mediate_bounded, parts_per_record, slices_by_parts
 
     now = int(time.time() * 1000)

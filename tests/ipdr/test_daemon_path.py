@@ -7,9 +7,9 @@ import asyncio
 
 from bench.cmts import CmtsSimulator
 from collector import metrics as metrics_mod
+from collector.components import make_sink
 from collector.config import load
 from collector.ipdr import start_ipdr
-from collector.server import make_sink
 from storage.query import QueryEngine
 
 

@@ -21,8 +21,8 @@ import pyarrow as pa
 from prometheus_client import CollectorRegistry
 
 from collector import config as config_mod
+from collector.components import make_sink
 from collector.metrics import Metrics
-from collector.server import make_sink
 from tests.storage.clickhouse_helpers import flow_batch
 
 HOUR_MS = 3_600_000

@@ -49,8 +49,8 @@ def _received_with_rejects(tmp_path):
     from prometheus_client import CollectorRegistry
 
     from collector import metrics as metrics_mod
+    from collector.components import make_sink
     from collector.config import load
-    from collector.server import make_sink
     from mediation import Mediator
     from mediation.subscribers.bindings import Bindings
     from tests.mediation.mediation_helpers import T0, flows

@@ -19,9 +19,9 @@ from prometheus_client import CollectorRegistry
 
 from bench.exporter import Flow, IpfixExporter, flow_template
 from collector import metrics as metrics_mod
+from collector.components import make_sink
 from collector.config import load
 from collector.radius_listener import start_radius
-from collector.server import make_sink
 from mediation import Mediator
 from mediation.subscribers.bindings import Bindings
 from mediation.tables import RECONCILIATION
@@ -72,7 +72,7 @@ def test_radclient_sessions_flows_store_query_and_reconcile(tmp_path):
     t = T0 // 1000
 
     async def sessions():
-        server = await start_radius(asyncio.get_running_loop(), cfg, None, sink.add)
+        server = await start_radius(asyncio.get_running_loop(), cfg, None, sink.add, flush=sink.flush)
         try:
             requests = [
                 f"Acct-Status-Type = Start, User-Name = alice, Acct-Session-Id = a, Framed-IP-Address = 100.64.0.1, "

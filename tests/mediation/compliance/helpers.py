@@ -1,5 +1,5 @@
 """Build the CGNAT scenario into flowmed's outputs the way the daemon does: RADIUS sessions from radclient through
-the RADIUS listener, the static bindings file, then the scenario's datagrams through ``collector.server.Pipeline``
+the RADIUS listener, the static bindings file, then the scenario's datagrams through ``collector.pipeline.Pipeline``
 (decoder -> Mediator -> compliance stage -> Sink)."""
 
 from __future__ import annotations
@@ -11,9 +11,10 @@ from types import ModuleType
 from prometheus_client import CollectorRegistry
 
 from collector import metrics as metrics_mod
+from collector.components import make_mediator, make_sink, make_static
 from collector.config import Config, load
+from collector.pipeline import Pipeline
 from collector.radius_listener import start_radius
-from collector.server import Pipeline, make_mediator, make_sink, make_static
 from mediation.compliance.stage import make_compliance
 from tests.fixtures.peers import free_port, require_tool
 from tests.mediation.compliance import scenario
@@ -43,7 +44,7 @@ def build(cfg: Config, scen: ModuleType = scenario) -> Pipeline:
     port = int(cfg.radius.listen[0].rsplit(":", 1)[1])
 
     async def sessions() -> None:
-        server = await start_radius(asyncio.get_running_loop(), cfg, None, sink.add)
+        server = await start_radius(asyncio.get_running_loop(), cfg, None, sink.add, flush=sink.flush)
         try:
             for text in scen.radius_requests():
                 code, out = await radclient(port, "testing123", text + "\n")

@@ -11,10 +11,11 @@ import pyarrow as pa
 import pytest
 from prometheus_client import CollectorRegistry
 
-import collector.server as server
+import collector.pipeline as pipeline_mod
 import mediation.bounded as bounded
 from collector import metrics as metrics_mod
 from collector.config import load
+from decoders.dispatch import DispatchResult
 from decoders.schema import FLOWS, ipv4_mapped
 from mediation import Mediator
 from mediation.compliance.nat import without_nat_only
@@ -87,7 +88,7 @@ class _Decoder:
         self.cols: dict[str, np.ndarray] = {}
 
     def decode(self, batch):
-        return types.SimpleNamespace(flows=self.cols)
+        return DispatchResult(flows=self.cols)
 
 
 class _Sink:
@@ -110,11 +111,11 @@ def run_both(tmp_path, monkeypatch, batches: int = 3, mediation_errors: int = 0,
                       "mediation.watermark_s=60"])
     b = bindings(tmp_path)
     now = [0]
-    monkeypatch.setattr(server, "now_ms", lambda: now[0])
+    monkeypatch.setattr(pipeline_mod, "now_ms", lambda: now[0])
     decoder, sink = _Decoder(), _Sink()
     mediator = Mediator(cfg, b, refresh_interval_s=3600)
-    pipeline = server.Pipeline(cfg, metrics_mod.Metrics(CollectorRegistry()), sink, mediator, decoder,
-                               compliance=ComplianceStage(cfg, b))
+    pipeline = pipeline_mod.Pipeline(cfg, metrics_mod.Metrics(CollectorRegistry()), sink, mediator, decoder,
+                                     compliance=ComplianceStage(cfg, b))
     ref_mediator = Mediator(cfg, b, refresh_interval_s=3600)
     ref_stage = ComplianceStage(cfg, b)
     ref: dict[str, list[pa.RecordBatch]] = {}

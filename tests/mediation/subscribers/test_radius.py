@@ -278,7 +278,7 @@ def test_usage_is_journaled_until_the_outputs_have_it(tmp_path):
 
     async def crash_before_flush():
         sink = FakeSink()
-        server = await start_radius(asyncio.get_running_loop(), cfg, Bindings(db), sink.add)
+        server = await start_radius(asyncio.get_running_loop(), cfg, Bindings(db), sink.add, flush=sink.flush)
         assert server.flush == sink.flush
         answer = await asyncio.get_running_loop().run_in_executor(None, roundtrip, server, interim)
         assert answer[0] == 5  # answered: the usage is journaled
@@ -294,7 +294,7 @@ def test_usage_is_journaled_until_the_outputs_have_it(tmp_path):
 
     async def restart():
         sink = FakeSink()
-        server = await start_radius(asyncio.get_running_loop(), cfg, Bindings(db), sink.add)
+        server = await start_radius(asyncio.get_running_loop(), cfg, Bindings(db), sink.add, flush=sink.flush)
         again = [b for t, b in sink.buffered if t == "usage"]
         await server.stop()  # flushes, then confirms
         return again, sink, server

@@ -13,8 +13,8 @@ from prometheus_client import CollectorRegistry
 
 from collector import metrics as metrics_mod
 from collector.commands.compliance import run_trace, verdict
+from collector.components import make_sink
 from collector.radius_listener import start_radius
-from collector.server import make_sink
 from mediation.subscribers.bindings import Bindings
 from mediation.tables import OPEN_END_MS
 from storage.query import QueryEngine
@@ -164,7 +164,7 @@ def test_radclient_late_interim_mediation_and_trace_agree(tmp_path, session_time
     ]
 
     async def sessions() -> None:
-        server = await start_radius(asyncio.get_running_loop(), cfg, None, sink.add)
+        server = await start_radius(asyncio.get_running_loop(), cfg, None, sink.add, flush=sink.flush)
         try:
             for text in requests:
                 code, out = await radclient(port, "testing123", text + "\n")
