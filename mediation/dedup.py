@@ -33,6 +33,7 @@ from mediation.hashing import CACHE, hash_columns
 from mediation.hashing import warm_up as warm_up_hashing
 from mediation.settings import ExporterRole
 from mediation.subscribers.bindings import parse_network, split_addresses
+from mediation.subscribers.index import warm_up as warm_up_index
 
 ROLES = ("primary", "shared", "secondary")
 INITIAL_KEYS = 1 << 16
@@ -358,9 +359,10 @@ class Deduplicator:
 
 
 def warm_up() -> None:
-    """Compile the record key and table kernels now (or load them from numba's disk cache), so the first batch of
-    a mediating daemon does not wait for them."""
+    """Compile mediation's kernels now (or load them from numba's disk cache), so the first batch of a mediating
+    daemon does not wait for them: the record key, the de-duplication table and the subscriber lookup."""
     warm_up_hashing()
+    warm_up_index()
     d = Deduplicator(1000, 2048)
     keys = np.array([1, 2, 1], dtype=np.uint64)
     d.duplicates(keys, np.zeros(len(keys), dtype=np.int8), 0)  # the one kernel, inserting and (previous) finding
