@@ -26,6 +26,7 @@ import numpy as np
 from numba import njit
 
 from mediation.hashing import CACHE, mix64, mix_word
+from mediation.prefetch import prefetch
 from mediation.subscribers.addresses import ALL_ONES, prefix_masks, split_addresses
 
 _U64 = np.uint64
@@ -156,35 +157,59 @@ class _Group:
             return (lo >> self.shift,)
         return hi & self.mask_hi, lo & self.mask_lo
 
-    def probe(self, hi: np.ndarray, lo: np.ndarray, t: np.ndarray, todo: np.ndarray | None, sub: np.ndarray,
-              row: np.ndarray, plen: np.ndarray, attach: int) -> int:
-        """Answer, in place, the queries (``todo``, or all when None) that ``sub`` leaves unanswered (-1) and this
-        group's networks answer (see :func:`_probe`); returns how many of them are left unanswered."""
+    def probe(self, hi: np.ndarray, lo: np.ndarray, t: np.ndarray, sub: np.ndarray, found: np.ndarray) -> int:
+        """Answer, in place, the queries that ``sub`` leaves unanswered (-1) and this group's networks answer (see
+        :func:`_probe`; ``found``: the position of each answer in this group, else -1); returns how many queries
+        are left unanswered."""
         tb = self.table
-        only = 1 if self.v6_only else 2 if self.v4_only else 0
-        attached = self.ids if attach == 2 else self.rows
-        return int(_probe(hi, lo, t, _NO_ROWS if todo is None else todo, todo is None, _MODES[self.mode],
-                          self.mode == "hi" and not self.prefix_len, self.shift, self.mask_hi, self.mask_lo,
-                          self.const_hi, only, tb.dense, tb.two_keys, tb.base, tb.span, tb.shift, tb.mask, tb.low,
-                          tb.width, tb.size, tb.empty_key, tb.ka, tb.kb, tb.slots, self.has_prev, self.valid_from,
-                          self.valid_to, self.sub, attached, _NO_PLENS if self.plens is None else self.plens,
-                          self.prefix_len, sub, row, plen, attach))
+        return int(_probe(hi, lo, t, _MODES[self.mode], self.mode == "hi" and not self.prefix_len, self.shift,
+                          self.mask_hi, self.mask_lo, self.const_hi, tb.dense, tb.two_keys, tb.base, tb.span,
+                          tb.shift, tb.mask, tb.low, tb.width, tb.size, tb.empty_key, tb.ka, tb.kb, tb.slots,
+                          self.has_prev, self.valid_from, self.valid_to, self.sub, sub, found))
+
+    def attach(self, found: np.ndarray, row: np.ndarray, plen: np.ndarray, ids: bool) -> None:
+        """Where :meth:`probe` answered (``found``), the binding's row and prefix length, or (``ids``) its id."""
+        _attach(found, self.ids if ids else self.rows, _NO_PLENS if self.plens is None else self.plens,
+                self.prefix_len, row, plen, not ids)
+
+
+_AHEAD = 8
+"""The lookup kernel prefetches the table slot of the query this many places ahead (see :mod:`mediation.prefetch`):
+a data-dependent branch per query (found or not, stepped back or not) would otherwise stall each cache miss behind
+the last."""
 
 
 @njit(nogil=True, cache=CACHE)
-def _slot(k0: np.uint64, k1: np.uint64, dense: bool, two_keys: bool, base: np.uint64, span: np.uint64,
-          shift: np.uint64, mask: np.uint64, low: np.uint64, width: np.uint64, size: np.uint64,
-          empty_key: np.uint64, ka: np.ndarray, kb: np.ndarray) -> np.uint64:
-    """The slot of a key in a :class:`_NetworkTable` (an empty slot where absent): dense, ``key - base`` (the last,
-    empty slot when out of range; below base wraps around, so out of range too); hashed, linear probing from the
-    key's home until its key words or an empty slot (keys outside the networks' range of first words: the extra
-    empty slot at the end, without probing)."""
+def _key(h: np.uint64, lo: np.uint64, mode: int, zero_key: bool, shift: np.uint64, mask_hi: np.uint64,
+         mask_lo: np.uint64) -> tuple[np.uint64, np.uint64]:
+    """A query's network key words (see :meth:`_Group.keys`; the second is 0 unless ``mode`` 2 keys both halves)."""
+    if mode == 0:
+        return (np.uint64(0) if zero_key else h >> shift), np.uint64(0)
+    if mode == 1:
+        return lo >> shift, np.uint64(0)
+    return h & mask_hi, lo & mask_lo
+
+
+@njit(nogil=True, cache=CACHE)
+def _home(k0: np.uint64, k1: np.uint64, dense: bool, two_keys: bool, base: np.uint64, span: np.uint64,
+          shift: np.uint64, low: np.uint64, width: np.uint64, size: np.uint64) -> np.uint64:
+    """Where a key's probe starts in a :class:`_NetworkTable`: dense, its slot ``key - base`` (the last, empty slot
+    when out of range; below base wraps around, so out of range too); hashed, its home (keys outside the networks'
+    range of first words: the extra empty slot at the end, where the probe stops at once)."""
     if dense:
         off = k0 - base
-        return span if off > span else off
-    if k0 - low > width:
-        return size
-    pos = ((k0 ^ mix_word(k1) if two_keys else k0) * np.uint64(0x9E3779B97F4A7C15)) >> shift
+        return min(off, span)
+    home = ((k0 ^ mix_word(k1) if two_keys else k0) * np.uint64(0x9E3779B97F4A7C15)) >> shift
+    return size if k0 - low > width else home  # (a select, no branch: half the queries are out of range)
+
+
+@njit(nogil=True, cache=CACHE)
+def _slot(pos: np.uint64, k0: np.uint64, k1: np.uint64, dense: bool, two_keys: bool, mask: np.uint64,
+          empty_key: np.uint64, ka: np.ndarray, kb: np.ndarray) -> np.uint64:
+    """The slot of a key from its :func:`_home`: dense, that one; hashed, linear probing until the key's words or an
+    empty slot (an absent key: its record matches nothing)."""
+    if dense:
+        return pos
     while True:  # load <= 0.5: an empty slot ends every probe
         w = ka[pos]
         if (w == k0 and (not two_keys or kb[pos] == k1)) or w == empty_key:
@@ -193,57 +218,77 @@ def _slot(k0: np.uint64, k1: np.uint64, dense: bool, two_keys: bool, base: np.ui
 
 
 @njit(nogil=True, cache=CACHE)
-def _probe(hi: np.ndarray, lo: np.ndarray, t: np.ndarray, todo: np.ndarray, every: bool, mode: int,
-           zero_key: bool, shift: np.uint64, mask_hi: np.uint64, mask_lo: np.uint64, const_hi: np.uint64, only: int,
-           dense: bool, two_keys: bool, base: np.uint64, span: np.uint64, tshift: np.uint64, tmask: np.uint64,
-           low: np.uint64, width: np.uint64, size: np.uint64, empty_key: np.uint64, ka: np.ndarray, kb: np.ndarray,
-           slots: np.ndarray, has_prev: np.ndarray, valid_from: np.ndarray, valid_to: np.ndarray,
-           subs: np.ndarray, attached: np.ndarray, plens: np.ndarray, prefix_len: int, sub: np.ndarray,
-           row: np.ndarray, plen: np.ndarray, attach: int) -> int:
-    """One group's lookup of the queries (every one, or ``todo``) still unanswered in ``sub``: the network key
-    (``mode`` 0: high half >> shift, or 0 with ``zero_key``; 1: low half >> shift, the high half compared with
-    ``const_hi``; 2: both halves masked), its table slot, holding the network's newest binding; if that started
-    after the query's time, the network's earlier bindings back to the one that started last at or before it; the
-    answer if the time is before that binding's end. Writes ``sub`` and, with ``attach`` (1: rows, 2: ids),
-    ``row`` (``attached`` at the position) and, with rows, ``plen``. ``only``: 1 skips IPv4-mapped queries (a
-    group without networks of a zero high half), 2 all others. Returns the number of queries left unanswered."""
+def _prefetch_slot(slots: np.ndarray, ka: np.ndarray, dense: bool, pos: np.uint64) -> None:
+    """Prefetch a slot's record and, hashed, its first key word (read first by the probe)."""
+    prefetch(slots, np.int64(pos))  # type: ignore[call-arg]
+    if not dense:
+        prefetch(ka, np.int64(pos))
+
+
+@njit(nogil=True, cache=CACHE)
+def _probe(hi: np.ndarray, lo: np.ndarray, t: np.ndarray, mode: int, zero_key: bool, shift: np.uint64,
+           mask_hi: np.uint64, mask_lo: np.uint64, const_hi: np.uint64, dense: bool, two_keys: bool, base: np.uint64,
+           span: np.uint64, tshift: np.uint64, tmask: np.uint64, low: np.uint64, width: np.uint64, size: np.uint64,
+           empty_key: np.uint64, ka: np.ndarray, kb: np.ndarray, slots: np.ndarray, has_prev: np.ndarray,
+           valid_from: np.ndarray, valid_to: np.ndarray, subs: np.ndarray, sub: np.ndarray,
+           found: np.ndarray) -> int:
+    """One group's lookup of the queries still unanswered in ``sub``: the network key (``mode`` 0: high half >>
+    shift, or 0 with ``zero_key``; 1: low half >> shift, the high half compared with ``const_hi``; 2: both halves
+    masked), its table slot, holding the network's newest binding; if that started after the query's time, the
+    network's earlier bindings back to the one that started last at or before it; the answer if the time is before
+    that binding's end. Writes ``sub`` and ``found`` (the binding's position in the group, else -1); returns the
+    number of queries left unanswered.
+
+    Every query is probed, answered or not, and the answer taken by selects, not branches: whether a query is
+    answered is data (half the addresses of a batch are the remote side, unknown), and a mispredicted branch per
+    query costs more than the probe. Rows and ids are attached by :func:`_attach` afterwards: stores that may or
+    may not happen in the loop kept it several times slower."""
     never = np.int64(-9223372036854775808)
+    n = len(hi)
+    for i in range(min(_AHEAD, n)):
+        k0, k1 = _key(hi[i], lo[i], mode, zero_key, shift, mask_hi, mask_lo)
+        pos = _home(k0, k1, dense, two_keys, base, span, tshift, low, width, size)
+        _prefetch_slot(slots, ka, dense, pos)
     left = 0
-    for j in range(len(hi) if every else len(todo)):
-        i = j if every else todo[j]
-        if sub[i] >= 0:
-            continue
+    for i in range(n):
+        if i + _AHEAD < n:
+            k0, k1 = _key(hi[i + _AHEAD], lo[i + _AHEAD], mode, zero_key, shift, mask_hi, mask_lo)
+            pos = _home(k0, k1, dense, two_keys, base, span, tshift, low, width, size)
+            _prefetch_slot(slots, ka, dense, pos)
         h = hi[i]
-        if (only == 1 and h == 0) or (only == 2 and h != 0):
-            left += 1
-            continue
-        k1 = np.uint64(0)
-        if mode == 0:
-            k0 = np.uint64(0) if zero_key else h >> shift
-        elif mode == 1:
-            k0 = lo[i] >> shift
-        else:
-            k0, k1 = h & mask_hi, lo[i] & mask_lo
-        rec = slots[_slot(k0, k1, dense, two_keys, base, span, tshift, tmask, low, width, size, empty_key, ka, kb)]
+        k0, k1 = _key(h, lo[i], mode, zero_key, shift, mask_hi, mask_lo)
+        pos = _home(k0, k1, dense, two_keys, base, span, tshift, low, width, size)
+        rec = slots[_slot(pos, k0, k1, dense, two_keys, tmask, empty_key, ka, kb)]
         ti = t[i]
-        end, s, pos = rec.valid_to, rec.sub, np.int64(rec.pos)
+        end, s, at = rec.valid_to, rec.sub, np.int64(rec.pos)
         if rec.valid_from > ti:  # the newest binding started after t: an earlier one of the network may decide
             end = never
-            q = pos
+            q = at
             while has_prev[q]:
                 q -= 1
                 if valid_from[q] <= ti:
-                    end, s, pos = valid_to[q], subs[q], q
+                    end, s, at = valid_to[q], subs[q], q
                     break
-        if ti < end and (mode != 1 or h == const_hi):
-            sub[i] = s
-            if attach:
-                row[i] = attached[pos]
-                if attach == 1:
-                    plen[i] = plens[pos] if len(plens) else prefix_len
-        else:
-            left += 1
+        before = sub[i]
+        ok = (ti < end) & ((mode != 1) | (h == const_hi)) & (before < 0)  # (& and |: no short-circuit branches)
+        answer = s if ok else before
+        sub[i] = answer
+        found[i] = at if ok else -1
+        left += answer < 0
     return left
+
+
+@njit(nogil=True, cache=CACHE)
+def _attach(found: np.ndarray, attached: np.ndarray, plens: np.ndarray, prefix_len: int, row: np.ndarray,
+            plen: np.ndarray, with_plen: bool) -> None:
+    """``row`` = ``attached`` (rows or ids) at the positions ``found`` (where >= 0) and, ``with_plen``, ``plen``
+    their prefix length (``plens`` of a merged group, else ``prefix_len``)."""
+    for i in range(len(found)):
+        at = found[i]
+        if at >= 0:
+            row[i] = attached[at]
+            if with_plen:
+                plen[i] = plens[at] if len(plens) else prefix_len
 
 
 class BindingIndex:
@@ -410,12 +455,23 @@ class BindingIndex:
         hi = np.ascontiguousarray(hi, dtype=_U64)
         lo = np.ascontiguousarray(lo, dtype=_U64)
         t = np.ascontiguousarray(t, dtype=np.int64)
-        mode = 0 if attach is None else 1 if attach == "rows" else 2
+        found = np.empty(n, dtype=np.int64)
         v4 = not hi.any()  # all IPv4-mapped: groups only IPv6 can match are left out
         left = n
         for g in self._v4_groups if v4 else self.groups:
-            todo = np.flatnonzero(sub < 0) if left < FULL_PASS_SHARE * n else None
-            left = g.probe(hi, lo, t, todo, sub, row, plen, mode)
+            if left < FULL_PASS_SHARE * n:  # the unanswered queries gathered out, answered, scattered back
+                todo = np.flatnonzero(sub < 0)
+                part = sub[todo]
+                left -= len(todo) - g.probe(hi[todo], lo[todo], t[todo], part, found[:len(todo)])
+                sub[todo] = part
+                if attach is not None:
+                    prow, pplen = row[todo], plen[todo]
+                    g.attach(found[:len(todo)], prow, pplen, attach == "ids")
+                    row[todo], plen[todo] = prow, pplen
+            else:
+                left = g.probe(hi, lo, t, sub, found)
+                if attach is not None:
+                    g.attach(found, row, plen, attach == "ids")
             if not left:
                 break
         return sub, row, plen
