@@ -8,8 +8,9 @@
   open until ``now >= interval_end + watermark``; then its rows are emitted with ``correction = 0``. Parts for an
   interval that was already emitted are summed per call and emitted as correction rows (``correction = 1, 2, ...``),
   never dropped: readers sum all rows of a key. An open interval's sums live in dense arrays indexed by the key
-  (``np.add.at`` per batch, no sort) while the key ranges take at most :data:`DENSE_MAX_SLOTS` slots (the usual
-  case: subscriber indexes are dense, exporters and classes few); beyond that, as rows summed per batch.
+  (one compiled pass per batch, :func:`_add_dense`, no sort) while the key ranges take at most
+  :data:`DENSE_MAX_SLOTS` slots (the usual case: subscriber indexes are dense, exporters and classes few); beyond
+  that, as rows summed per batch.
 """
 
 from __future__ import annotations
@@ -17,6 +18,9 @@ from __future__ import annotations
 from typing import Any, cast
 
 import numpy as np
+from numba import njit
+
+from mediation.hashing import CACHE
 
 KEY_COLUMNS = ("interval_start", "sub", "direction", "cls", "exporter")
 VALUE_COLUMNS = ("bytes", "packets", "flows")
@@ -157,9 +161,28 @@ DENSE_MAX_SLOTS = 1 << 22
 """Slots of one interval's dense sums at most (25 bytes each: about 100 MB); beyond, the interval keeps its rows."""
 
 
+@njit(nogil=True, cache=CACHE)
+def _add_dense(sums: np.ndarray, present: np.ndarray, idx: np.ndarray, nbytes: np.ndarray, packets: np.ndarray,
+               flows: np.ndarray) -> None:
+    """``sums[:, idx[i]] += (bytes, packets, flows)[i]`` and ``present[idx[i]] = True`` for every part, in one pass
+    (``np.add.at`` made one unbuffered pass per value column, about 10 ns per part each, and a fourth for
+    ``present``); uint64 sums wrap modulo 2**64 as numpy's do."""
+    for i in range(len(idx)):
+        j = idx[i]
+        sums[0, j] += nbytes[i]
+        sums[1, j] += packets[i]
+        sums[2, j] += flows[i]
+        present[j] = True
+
+
+def _u64(values: np.ndarray) -> np.ndarray:
+    """A value column as the kernel's one signature takes it: contiguous uint64 (a copy only where it is not)."""
+    return np.ascontiguousarray(values.view(np.uint64))
+
+
 class _DenseSums:
     """One interval's sums in flat arrays indexed by a mixed-radix number over :data:`_DIMS` (a slot per possible
-    key in the ranges seen so far): adding a batch is ``np.add.at`` per value column, with no sort.
+    key in the ranges seen so far): adding a batch is one compiled pass (:func:`_add_dense`), with no sort.
 
     Sums are uint64 modulo 2**64 like ``np.add.reduceat`` (exact below 2**64: addition is associative)."""
 
@@ -222,11 +245,8 @@ class _DenseSums:
         return out
 
     def add(self, parts: dict[str, np.ndarray]) -> None:
-        idx = self.index(parts)
-        for i, c in enumerate(VALUE_COLUMNS):
-            # (the view: ufunc.at's fast path wants numpy's own dtype instance; an unpickled array has another)
-            np.add.at(self.sums[i], idx, parts[c].view(np.uint64))
-        self.present[idx] = True
+        idx = np.ascontiguousarray(self.index(parts), dtype=np.int64)
+        _add_dense(self.sums, self.present, idx, *(_u64(parts[c]) for c in VALUE_COLUMNS))
         for c in KEY_COLUMNS:
             if parts[c].dtype != self.dtypes[c]:  # what np.concatenate of the parts would give
                 self.dtypes[c] = np.result_type(self.dtypes[c], parts[c].dtype)
@@ -384,3 +404,12 @@ class UsageAggregator:
         if not out:
             return None
         return {c: np.concatenate([o[c] for o in out]) for c in out[0]}
+
+
+def warm_up() -> None:
+    """Compile the dense sums kernel now (or load it from numba's disk cache), so the first batch does not wait."""
+    agg = UsageAggregator(300_000, 60_000)
+    one = np.ones(1, dtype=np.uint64)
+    agg.add({"interval_start": np.zeros(1, dtype=np.int64), "sub": np.zeros(1, dtype=np.int32),
+             "direction": np.zeros(1, dtype=np.uint8), "cls": np.zeros(1, dtype=np.uint8),
+             "exporter": np.zeros(1, dtype=np.int32), "bytes": one, "packets": one, "flows": one}, 0)

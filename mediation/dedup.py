@@ -26,6 +26,7 @@ from collections.abc import Sequence
 import numpy as np
 from numba import njit
 
+from mediation.aggregate import warm_up as warm_up_aggregate
 from mediation.hashing import CACHE, hash_columns
 from mediation.hashing import warm_up as warm_up_hashing
 from mediation.prefetch import prefetch
@@ -341,9 +342,11 @@ class Deduplicator:
 
 def warm_up() -> None:
     """Compile mediation's kernels now (or load them from numba's disk cache), so the first batch of a mediating
-    daemon does not wait for them: the record key, the de-duplication table and the subscriber lookup."""
+    daemon does not wait for them: the record key, the de-duplication table, the subscriber lookup and the dense
+    usage sums."""
     warm_up_hashing()
     warm_up_index()
+    warm_up_aggregate()
     d = Deduplicator(1000, 2048)
     keys = np.array([1, 2, 1], dtype=np.uint64)
     d.duplicates(keys, np.zeros(len(keys), dtype=np.int8), 0)  # the one kernel, inserting and (previous) finding
