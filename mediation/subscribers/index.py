@@ -1,4 +1,4 @@
-"""The immutable, vectorised lookup index of subscriber bindings (see :mod:`mediation.subscribers.bindings` for
+"""The immutable, compiled lookup index of subscriber bindings (see :mod:`mediation.subscribers.bindings` for
 the rules it answers by).
 
 Lookup
