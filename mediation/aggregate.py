@@ -188,8 +188,9 @@ def _add_dense(sums: np.ndarray, flat: np.ndarray, present: np.ndarray, idx: np.
 
 
 def _u64(values: np.ndarray) -> np.ndarray:
-    """A value column as the kernel's one signature takes it: contiguous uint64 (a copy only where it is not)."""
-    return np.ascontiguousarray(values.view(np.uint64))
+    """A value column as the kernel's one signature takes it: contiguous, aligned, writable uint64 (a copy only
+    where it is not)."""
+    return np.require(values.view(np.uint64), requirements=["C", "A", "W"])  # (read-only: another signature)
 
 
 class _DenseSums:
@@ -257,7 +258,7 @@ class _DenseSums:
         return out
 
     def add(self, parts: dict[str, np.ndarray]) -> None:
-        idx = np.ascontiguousarray(self.index(parts), dtype=np.int64)
+        idx = np.require(self.index(parts), dtype=np.int64, requirements=["C", "A", "W"])
         _add_dense(self.sums, self.sums.reshape(-1), self.present, idx, *(_u64(parts[c]) for c in VALUE_COLUMNS))
         for c in KEY_COLUMNS:
             if parts[c].dtype != self.dtypes[c]:  # what np.concatenate of the parts would give

@@ -452,10 +452,11 @@ class BindingIndex:
         plen: np.ndarray = np.full(n, -1, dtype=np.int16)
         if not n:
             return sub, row, plen
-        # one compiled signature: contiguous uint64 halves and int64 times (copies only where they are not)
-        hi = np.ascontiguousarray(hi, dtype=_U64)
-        lo = np.ascontiguousarray(lo, dtype=_U64)
-        t = np.ascontiguousarray(t, dtype=np.int64)
+        # one compiled signature: contiguous, aligned, writable uint64 halves and int64 times (copies only where they
+        # are not; a read-only Arrow buffer would otherwise compile a second signature at the first batch)
+        hi = np.require(hi, dtype=_U64, requirements=["C", "A", "W"])
+        lo = np.require(lo, dtype=_U64, requirements=["C", "A", "W"])
+        t = np.require(t, dtype=np.int64, requirements=["C", "A", "W"])
         found = np.empty(n, dtype=np.int64)
         v4 = not hi.any()  # all IPv4-mapped: groups only IPv6 can match are left out
         left = n
