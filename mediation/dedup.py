@@ -24,15 +24,15 @@ import secrets
 from collections.abc import Sequence
 
 import numpy as np
-from llvmlite import ir
-from numba import njit, types
-from numba.core import cgutils
-from numba.extending import intrinsic
+from numba import njit
 
+from mediation.aggregate import warm_up as warm_up_aggregate
 from mediation.hashing import CACHE, hash_columns
 from mediation.hashing import warm_up as warm_up_hashing
+from mediation.prefetch import prefetch
 from mediation.settings import ExporterRole
 from mediation.subscribers.bindings import parse_network, split_addresses
+from mediation.subscribers.index import warm_up as warm_up_index
 
 ROLES = ("primary", "shared", "secondary")
 INITIAL_KEYS = 1 << 16
@@ -105,23 +105,6 @@ def _put(slots: np.ndarray, key: np.uint64, home: Int) -> int:
     return -1
 
 
-@intrinsic
-def _prefetch(typingctx, array, index):  # type: ignore[no-untyped-def]
-    """``__builtin_prefetch(&array[index])`` (read, keep in all cache levels): numba has no prefetch of its own."""
-    def codegen(context, builder, signature, args):  # type: ignore[no-untyped-def]
-        aryty = signature.args[0]
-        ary = context.make_array(aryty)(context, builder, args[0])
-        item = cgutils.get_item_pointer(context, builder, aryty, ary, [args[1]])  # type: ignore[no-untyped-call]
-        ptr = builder.bitcast(item, ir.IntType(8).as_pointer())
-        i32 = ir.IntType(32)
-        fnty = ir.FunctionType(ir.VoidType(), [ir.IntType(8).as_pointer(), i32, i32, i32])
-        fn = cgutils.get_or_insert_function(builder.module, fnty, "llvm.prefetch.p0i8")  # type: ignore[no-untyped-call]
-        builder.call(fn, [ptr, ir.Constant(i32, 0), ir.Constant(i32, 3), ir.Constant(i32, 1)])
-        return context.get_dummy_value()
-
-    return types.void(array, index), codegen
-
-
 @njit(nogil=True, cache=CACHE)
 def _probe(slots: np.ndarray, seed: np.uint64, shift: np.uint64, keys: np.ndarray, done: np.ndarray,
            insert: bool) -> int:
@@ -130,11 +113,11 @@ def _probe(slots: np.ndarray, seed: np.uint64, shift: np.uint64, keys: np.ndarra
     n = len(keys)
     inserted = 0
     for i in range(min(_AHEAD, n)):
-        _prefetch(slots, np.int64((keys[i] * seed) >> shift))  # type: ignore[call-arg]
+        prefetch(slots, np.int64((keys[i] * seed) >> shift))  # type: ignore[call-arg]
     for i in range(n):
         ahead = i + _AHEAD
         if ahead < n and not done[ahead]:
-            _prefetch(slots, np.int64((keys[ahead] * seed) >> shift))  # type: ignore[call-arg]
+            prefetch(slots, np.int64((keys[ahead] * seed) >> shift))  # type: ignore[call-arg]
         if done[i]:
             continue
         home = np.int64((keys[i] * seed) >> shift)
@@ -358,9 +341,12 @@ class Deduplicator:
 
 
 def warm_up() -> None:
-    """Compile the record key and table kernels now (or load them from numba's disk cache), so the first batch of
-    a mediating daemon does not wait for them."""
+    """Compile mediation's kernels now (or load them from numba's disk cache), so the first batch of a mediating
+    daemon does not wait for them: the record key, the de-duplication table, the subscriber lookup and the dense
+    usage sums."""
     warm_up_hashing()
+    warm_up_index()
+    warm_up_aggregate()
     d = Deduplicator(1000, 2048)
     keys = np.array([1, 2, 1], dtype=np.uint64)
     d.duplicates(keys, np.zeros(len(keys), dtype=np.int8), 0)  # the one kernel, inserting and (previous) finding

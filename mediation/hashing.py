@@ -94,6 +94,10 @@ def _mix(x: np.uint64) -> np.uint64:
     return x
 
 
+mix_word = _mix
+"""splitmix64's finaliser of one uint64 word, compiled (for other kernels: :mod:`mediation.subscribers.index`)."""
+
+
 @njit(nogil=True, cache=CACHE)
 def _hash_words(words: np.ndarray, m: int, init: np.uint64, out: np.ndarray) -> None:
     """``out[i]`` = the hash of ``words[:, i]`` for the first ``m`` rows (``words``: uint64, one row per word)."""

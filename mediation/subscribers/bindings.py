@@ -21,8 +21,8 @@ Rules
 Modules
 -------
 :mod:`mediation.subscribers.addresses` (address parsing and the uint64 halves), :mod:`mediation.subscribers.index`
-(the vectorised lookup index) and :mod:`mediation.subscribers.store` (the SQLite history, its refresh and rebuild
-threads); this module names what their many users import.
+(the lookup index, probed by compiled kernels) and :mod:`mediation.subscribers.store` (the SQLite history, its
+refresh and rebuild threads); this module names what their many users import.
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""The immutable, vectorised lookup index of subscriber bindings (see :mod:`mediation.subscribers.bindings` for
+"""The immutable, compiled lookup index of subscriber bindings (see :mod:`mediation.subscribers.bindings` for
 the rules it answers by).
 
 Lookup
@@ -9,8 +9,9 @@ record (a direct array indexed by network number for IPv4 pools and other compac
 and is answered by it unless its time is before that binding's start (then it steps back through the network's
 earlier bindings). Prefix lengths are probed longest first, only for the queries still unanswered; lengths keyed
 alike whose networks do not nest (IPv4 /25s and /24s) share one table, and a batch of IPv4 addresses only visits
-the tables that hold IPv4 networks. No ``np.where`` on the hot path: a data-dependent choice per element costs
-about ten times the branch-free arithmetic used instead. Changes since the last full build live in a small delta
+the tables that hold IPv4 networks. Each table is probed by one compiled loop over the queries (:func:`_probe`,
+numba): key, slot, step back, validity and the answer per query in one pass, where numpy made a dozen passes over
+the batch per prefix length. Changes since the last full build live in a small delta
 index; closing (or extending) a binding updates ``valid_to`` in place. A lookup asks both and takes the longer
 prefix: as the bindings of a network never overlap, at most one of them holds a binding of the query's network
 valid at its time, so the answer does not depend on which rows the last rebuild put where.
@@ -22,13 +23,16 @@ from dataclasses import dataclass, field
 from typing import cast
 
 import numpy as np
+from numba import njit
 
-from mediation.hashing import mix64
+from mediation.hashing import CACHE, mix64, mix_word
+from mediation.prefetch import prefetch
 from mediation.subscribers.addresses import ALL_ONES, prefix_masks, split_addresses
 
 _U64 = np.uint64
-_UNUSED = np.zeros(0, dtype=np.int64)
-"""What a lookup holds for rows and prefix lengths it was not asked for (never read)."""
+_NO_WORDS = np.zeros(0, dtype=_U64)
+_NO_PLENS = np.zeros(0, dtype=np.int16)
+_NO_ROWS = np.zeros(0, dtype=np.int64)
 
 
 _FIB = _U64(0x9E3779B97F4A7C15)
@@ -41,16 +45,14 @@ DENSE_FLOOR_SLOTS = 1 << 18
 by address, e.g. the RADIUS sessions opened since the last rebuild in the delta index."""
 _SLOT = np.dtype([("valid_from", "<i8"), ("valid_to", "<i8"), ("sub", "<i4"), ("pos", "<i4")])
 _EMPTY_SLOT = (_NEVER, _NEVER, -1, -1)  # starts before any time (no stepping back), valid at none: no match
-PROBE_WINDOW = 8
-"""Hash table slots read at once per query in the last rounds of probing (when few queries are left)."""
 MERGE_MAX_BITS = 4
 MERGE_MAX_GROWTH = 4
 """Prefix lengths keyed alike are merged into one table when the longest is at most MERGE_MAX_BITS longer than the
 others and the table needs at most MERGE_MAX_GROWTH slots per network (see BindingIndex._merge)."""
 FULL_PASS_SHARE = 0.5
-"""In :meth:`BindingIndex.lookup`, a prefix length is probed with every query, rather than with the unanswered ones
-gathered out, while at least this share of the queries is unanswered (gathering and scattering cost about as much
-as probing)."""
+"""In :meth:`BindingIndex.lookup`, a prefix length's kernel walks every query (skipping the answered ones), rather
+than the unanswered ones gathered out, while at least this share of the queries is unanswered."""
+_MODES = {"hi": 0, "lo": 1, "hash": 2}
 
 
 class _NetworkTable:
@@ -64,7 +66,8 @@ class _NetworkTable:
     slot (whose record matches nothing) without a separate occupancy test; keys outside the range of the networks'
     first key words go to an extra empty slot at the end without probing (most misses: the remote side of flows).
     Memory per network: dense at most 72 bytes (or 6 MB per table), hashed 64 to 128 (one key word) or 80 to 160
-    (two).
+    (two). The key words of a hashed table are arrays beside the slots (``ka``, ``kb``), read by the probe first.
+    The numbers the kernel needs are uint64 (those of the other kind are 0).
     """
 
     def __init__(self, keys: tuple[np.ndarray, ...], records: np.ndarray) -> None:
@@ -72,6 +75,9 @@ class _NetworkTable:
         ka = keys[0]
         self.dense = False
         self.base = _U64(ka.min())
+        self.span = self.shift = self.mask = self.low = self.width = self.size = self.empty_key = _U64(0)
+        self.ka = self.kb = _NO_WORDS
+        self.two_keys = len(keys) > 1
         span = int(ka.max()) - int(ka.min()) + 1
         if len(keys) == 1 and span <= min(DENSE_MAX_SLOTS, max(3 * n, DENSE_FLOOR_SLOTS)):
             self.dense = True
@@ -101,60 +107,18 @@ class _NetworkTable:
             pos[todo] = (pos[todo] + _U64(1)) & self.mask
         self.slot_of = pos.astype(np.int64)
         self.low, self.width, self.size = _U64(words[0]), _U64(words[-1] - words[0]), _U64(1 << bits)
-        self._steps = np.arange(1, PROBE_WINDOW + 1, dtype=_U64)
-        self.key_fields = ("ka", "kb")[:len(keys)]
-        slot = np.dtype(_SLOT.descr + [(f, "<u8") for f in self.key_fields])
-        self.slots = np.repeat(np.array([_EMPTY_SLOT + (self.empty_key,) * len(keys)], dtype=slot), (1 << bits) + 1)
-        full = np.empty(n, dtype=slot)
-        for name in _SLOT.names or ():
-            full[name] = records[name]
-        for name, k in zip(self.key_fields, keys, strict=True):
-            full[name] = k
-        np.put(self.slots, self.slot_of, full)
-        self.key_words = [np.ascontiguousarray(self.slots[name]) for name in self.key_fields]  # to probe on
+        self.slots = np.repeat(np.array([_EMPTY_SLOT], dtype=_SLOT), (1 << bits) + 1)
+        np.put(self.slots, self.slot_of, records)
+        self.ka = np.full((1 << bits) + 1, self.empty_key, dtype=_U64)
+        self.ka[self.slot_of] = ka
+        if self.two_keys:
+            self.kb = np.zeros((1 << bits) + 1, dtype=_U64)
+            self.kb[self.slot_of] = keys[1]
 
     def _home(self, keys: tuple[np.ndarray, ...]) -> np.ndarray:
         with np.errstate(over="ignore"):
             mixed = keys[0] if len(keys) == 1 else keys[0] ^ mix64(keys[1])
             return cast(np.ndarray, (mixed * _FIB) >> self.shift)
-
-    def get(self, keys: tuple[np.ndarray, ...]) -> np.ndarray:
-        """The slot record of each key (an empty slot's where absent). Dense tables may overwrite ``keys``."""
-        if self.dense:
-            off = np.subtract(keys[0], self.base, out=keys[0])  # wraps around below base: out of range either way
-            np.minimum(off, self.span, out=off)
-            return cast(np.ndarray, self.slots.take(off.view(np.int64)))
-        out = (keys[0] - self.low) > self.width  # (below low wraps around: above width)
-        pos = np.minimum(self._home(keys) + out * self.size, self.size)  # out of range: the last slot (branch-free)
-        found = self.slots.take(pos.view(np.int64))
-        other = found["ka"] != keys[0]
-        if len(keys) > 1:
-            other |= found["kb"] != keys[1]
-        moved = np.flatnonzero(other)
-        moved = moved[found["ka"][moved] != self.empty_key]  # another network's slot: probe on (an empty one: absent)
-        if not len(moved):
-            return found
-        todo = moved
-        while len(todo) > 16 * PROBE_WINDOW:  # one slot at a time while many queries are left
-            pos[todo] = (pos[todo] + _U64(1)) & self.mask
-            p = pos[todo].view(np.int64)
-            first = self.key_words[0].take(p)
-            on = first != keys[0][todo]
-            if len(keys) > 1:
-                on |= self.key_words[1].take(p) != keys[1][todo]
-            todo = todo[on & (first != self.empty_key)]
-        while len(todo):  # then the next PROBE_WINDOW slots at once: few rounds for the rare long probes
-            window = ((pos[todo][:, None] + self._steps) & self.mask).view(np.int64)
-            first = self.key_words[0].take(window)
-            stop = first == keys[0][todo][:, None]
-            if len(keys) > 1:
-                stop &= self.key_words[1].take(window) == keys[1][todo][:, None]
-            stop |= first == self.empty_key
-            done = stop.any(axis=1)
-            pos[todo] = np.where(done, window[np.arange(len(todo)), stop.argmax(axis=1)], window[:, -1])
-            todo = todo[~done]
-        np.put(found, moved, self.slots.take(pos[moved].view(np.int64)))  # (put and take: [] on records is slow)
-        return found
 
 
 @dataclass
@@ -193,37 +157,139 @@ class _Group:
             return (lo >> self.shift,)
         return hi & self.mask_hi, lo & self.mask_lo
 
-    def find(self, hi: np.ndarray, lo: np.ndarray, t: np.ndarray, check_hi: bool, positions: bool = False
-             ) -> tuple[np.ndarray, np.ndarray | None]:
-        """Per query, the subscriber (or -1) and, with ``positions``, the position (or -1) of the binding of its
-        network at ``t``: the one that started last at or before ``t``, if ``t`` is before its end. ``check_hi``:
-        compare the high half too ("lo" mode keys leave it out)."""
-        slot = self.table.get(self.keys(hi, lo))
-        valid_to, sub, pos = slot["valid_to"], slot["sub"], slot["pos"]
-        late = slot["valid_from"] > t
-        if late.any():  # the newest binding started after t: an earlier one of the network may decide
-            self._step_back(np.flatnonzero(late), t, valid_to, sub, pos)
-        ok = t < valid_to
-        if check_hi:
-            ok &= hi == self.const_hi
-        # -1 where not found, without np.where: a data-dependent choice per element costs ~4 ns (mispredicted
-        # branches); OR with 0 / -1 costs a tenth of that
-        miss = ok.view(np.int8) - np.int8(1)
-        return sub | miss, (pos | miss if positions else None)
+    def probe(self, hi: np.ndarray, lo: np.ndarray, t: np.ndarray, sub: np.ndarray, found: np.ndarray) -> int:
+        """Answer, in place, the queries that ``sub`` leaves unanswered (-1) and this group's networks answer (see
+        :func:`_probe`; ``found``: the position of each answer in this group, else -1); returns how many queries
+        are left unanswered."""
+        tb = self.table
+        return int(_probe(hi, lo, t, _MODES[self.mode], self.mode == "hi" and not self.prefix_len, self.shift,
+                          self.mask_hi, self.mask_lo, self.const_hi, tb.dense, tb.two_keys, tb.base, tb.span,
+                          tb.shift, tb.mask, tb.low, tb.width, tb.size, tb.empty_key, tb.ka, tb.kb, tb.slots,
+                          self.has_prev, self.valid_from, self.valid_to, self.sub, sub, found))
 
-    def _step_back(self, late: np.ndarray, t: np.ndarray, valid_to: np.ndarray, sub: np.ndarray,
-                   pos: np.ndarray) -> None:
-        """Replace, in place, the slots of the ``late`` queries by the binding of the network that started last at
-        or before their time (no match if none did)."""
-        p = pos[late].astype(np.int64)
-        valid_to[late] = _NEVER
-        while len(late):
-            earlier = self.has_prev[p]
-            late, p = late[earlier], p[earlier] - 1
-            done = self.valid_from[p] <= t[late]
-            at, pd = late[done], p[done]
-            valid_to[at], sub[at], pos[at] = self.valid_to[pd], self.sub[pd], pd
-            late, p = late[~done], p[~done]
+    def attach(self, found: np.ndarray, row: np.ndarray, plen: np.ndarray, ids: bool) -> None:
+        """Where :meth:`probe` answered (``found``), the binding's row and prefix length, or (``ids``) its id."""
+        _attach(found, self.ids if ids else self.rows, _NO_PLENS if self.plens is None else self.plens,
+                self.prefix_len, row, plen, not ids)
+
+
+_AHEAD = 32
+"""The lookup kernel prefetches the table slot of the query this many places ahead (see :mod:`mediation.prefetch`;
+in the Mediator the tables are out of the caches: 32 took the lookups from 63 to 45 ns per record, 8 to 64 tried):
+a data-dependent branch per query (found or not, stepped back or not) would otherwise stall each cache miss behind
+the last."""
+
+
+@njit(nogil=True, cache=CACHE)
+def _key(h: np.uint64, lo: np.uint64, mode: int, zero_key: bool, shift: np.uint64, mask_hi: np.uint64,
+         mask_lo: np.uint64) -> tuple[np.uint64, np.uint64]:
+    """A query's network key words (see :meth:`_Group.keys`; the second is 0 unless ``mode`` 2 keys both halves)."""
+    if mode == 0:
+        return (np.uint64(0) if zero_key else h >> shift), np.uint64(0)
+    if mode == 1:
+        return lo >> shift, np.uint64(0)
+    return h & mask_hi, lo & mask_lo
+
+
+@njit(nogil=True, cache=CACHE)
+def _home(k0: np.uint64, k1: np.uint64, dense: bool, two_keys: bool, base: np.uint64, span: np.uint64,
+          shift: np.uint64, low: np.uint64, width: np.uint64, size: np.uint64) -> np.uint64:
+    """Where a key's probe starts in a :class:`_NetworkTable`: dense, its slot ``key - base`` (the last, empty slot
+    when out of range; below base wraps around, so out of range too); hashed, its home (keys outside the networks'
+    range of first words: the extra empty slot at the end, where the probe stops at once)."""
+    if dense:
+        off = k0 - base
+        return min(off, span)
+    home = ((k0 ^ mix_word(k1) if two_keys else k0) * np.uint64(0x9E3779B97F4A7C15)) >> shift
+    return size if k0 - low > width else home  # (a select, no branch: half the queries are out of range)
+
+
+@njit(nogil=True, cache=CACHE)
+def _slot(pos: np.uint64, k0: np.uint64, k1: np.uint64, dense: bool, two_keys: bool, mask: np.uint64,
+          empty_key: np.uint64, ka: np.ndarray, kb: np.ndarray) -> np.uint64:
+    """The slot of a key from its :func:`_home`: dense, that one; hashed, linear probing until the key's words or an
+    empty slot (an absent key: its record matches nothing)."""
+    if dense:
+        return pos
+    while True:  # load <= 0.5: an empty slot ends every probe
+        w = ka[pos]
+        if (w == k0 and (not two_keys or kb[pos] == k1)) or w == empty_key:
+            return pos
+        pos = (pos + np.uint64(1)) & mask
+
+
+@njit(nogil=True, cache=CACHE)
+def _prefetch_slot(slots: np.ndarray, ka: np.ndarray, dense: bool, pos: np.uint64) -> None:
+    """Prefetch a slot's record and, hashed, its first key word (read first by the probe)."""
+    prefetch(slots, np.int64(pos))  # type: ignore[call-arg]
+    if not dense:
+        prefetch(ka, np.int64(pos))
+
+
+@njit(nogil=True, cache=CACHE)
+def _probe(hi: np.ndarray, lo: np.ndarray, t: np.ndarray, mode: int, zero_key: bool, shift: np.uint64,
+           mask_hi: np.uint64, mask_lo: np.uint64, const_hi: np.uint64, dense: bool, two_keys: bool, base: np.uint64,
+           span: np.uint64, tshift: np.uint64, tmask: np.uint64, low: np.uint64, width: np.uint64, size: np.uint64,
+           empty_key: np.uint64, ka: np.ndarray, kb: np.ndarray, slots: np.ndarray, has_prev: np.ndarray,
+           valid_from: np.ndarray, valid_to: np.ndarray, subs: np.ndarray, sub: np.ndarray,
+           found: np.ndarray) -> int:
+    """One group's lookup of the queries still unanswered in ``sub``: the network key (``mode`` 0: high half >>
+    shift, or 0 with ``zero_key``; 1: low half >> shift, the high half compared with ``const_hi``; 2: both halves
+    masked), its table slot, holding the network's newest binding; if that started after the query's time, the
+    network's earlier bindings back to the one that started last at or before it; the answer if the time is before
+    that binding's end. Writes ``sub`` and ``found`` (the binding's position in the group, else -1); returns the
+    number of queries left unanswered.
+
+    Every query is probed, answered or not, and the answer taken by selects, not branches: whether a query is
+    answered is data (half the addresses of a batch are the remote side, unknown), and a mispredicted branch per
+    query costs more than the probe. Rows and ids are attached by :func:`_attach` afterwards: stores that may or
+    may not happen in the loop kept it several times slower."""
+    never = np.int64(-9223372036854775808)
+    n = len(hi)
+    for i in range(min(_AHEAD, n)):
+        k0, k1 = _key(hi[i], lo[i], mode, zero_key, shift, mask_hi, mask_lo)
+        pos = _home(k0, k1, dense, two_keys, base, span, tshift, low, width, size)
+        _prefetch_slot(slots, ka, dense, pos)
+    left = 0
+    for i in range(n):
+        if i + _AHEAD < n:
+            k0, k1 = _key(hi[i + _AHEAD], lo[i + _AHEAD], mode, zero_key, shift, mask_hi, mask_lo)
+            pos = _home(k0, k1, dense, two_keys, base, span, tshift, low, width, size)
+            _prefetch_slot(slots, ka, dense, pos)
+        h = hi[i]
+        k0, k1 = _key(h, lo[i], mode, zero_key, shift, mask_hi, mask_lo)
+        pos = _home(k0, k1, dense, two_keys, base, span, tshift, low, width, size)
+        rec = slots[_slot(pos, k0, k1, dense, two_keys, tmask, empty_key, ka, kb)]
+        ti = t[i]
+        end, s, at = rec.valid_to, rec.sub, np.int64(rec.pos)
+        if rec.valid_from > ti:  # the newest binding started after t: an earlier one of the network may decide
+            end = never
+            q = at
+            while has_prev[q]:
+                q -= 1
+                if valid_from[q] <= ti:
+                    end, s, at = valid_to[q], subs[q], q
+                    break
+        before = sub[i]
+        ok = (ti < end) & ((mode != 1) | (h == const_hi)) & (before < 0)  # (& and |: no short-circuit branches)
+        answer = s if ok else before
+        sub[i] = answer
+        found[i] = at if ok else -1
+        left += answer < 0
+    return left
+
+
+@njit(nogil=True, cache=CACHE)
+def _attach(found: np.ndarray, attached: np.ndarray, plens: np.ndarray, prefix_len: int, row: np.ndarray,
+            plen: np.ndarray, with_plen: bool) -> None:
+    """``row`` = ``attached`` (rows or ids) at the positions ``found`` (where >= 0) and, ``with_plen``, ``plen``
+    their prefix length (``plens`` of a merged group, else ``prefix_len``)."""
+    for i in range(len(found)):
+        at = found[i]
+        if at >= 0:
+            row[i] = attached[at]
+            if with_plen:
+                plen[i] = plens[at] if len(plens) else prefix_len
 
 
 class BindingIndex:
@@ -381,59 +447,35 @@ class BindingIndex:
                 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """Subscribers, ``attach`` ("rows", "ids" or None: all -1) and, with rows, prefix lengths (else all -1)."""
         n = len(hi)
-        t = np.asarray(t, dtype=np.int64)
         sub: np.ndarray = np.full(n, -1, dtype=np.int32)
         row: np.ndarray = np.full(n, -1, dtype=np.int64)
         plen: np.ndarray = np.full(n, -1, dtype=np.int16)
         if not n:
             return sub, row, plen
-        rows = attach is not None  # (named so: row holds ids when attach == "ids")
-        with_plen = attach == "rows"
-        v4 = not hi.any()  # all IPv4-mapped: groups only IPv6 can match are left out, no high-half check
-        for i, g in enumerate(self._v4_groups if v4 else self.groups):
-            check_hi = g.mode == "lo" and not (v4 and g.v4_only)
-            todo = None  # None: probe every query
-            if i:
-                left = sub < 0
-                if not v4 and g.v6_only:
-                    left &= hi != 0
-                elif not v4 and g.v4_only:
-                    left &= hi == 0
-                unanswered = np.count_nonzero(left)
-                if not unanswered:
-                    continue
-                if unanswered < FULL_PASS_SHARE * n:
-                    todo = np.flatnonzero(left)
-                    check_hi &= not g.v4_only  # the queries left have a zero high half, as the networks
-            gsub, gpos = g.find(hi if todo is None else hi[todo], lo if todo is None else lo[todo],
-                                t if todo is None else t[todo], check_hi, rows)
-            grow = gplen = _UNUSED
-            if rows:
-                gpos = cast(np.ndarray, gpos)  # asked for with rows
-                none = gpos >> 31  # -1 where not found, else 0: position -1 takes the last value, then ORs in -1
-                grow = (g.rows if with_plen else g.ids).take(gpos) | none
-                if with_plen:
-                    gplen = (g.plens.take(gpos) | none if g.plens is not None else
-                             (gsub >= 0) * np.int16(g.prefix_len + 1) - np.int16(1)).astype(np.int16)
-            if todo is not None:
-                sub[todo] = gsub
-                if rows:
-                    row[todo] = grow
-                if with_plen:
-                    plen[todo] = gplen
-            elif not i:
-                sub = gsub
-                if rows:
-                    row = grow
-                if with_plen:
-                    plen = gplen
-            else:  # keep what a longer prefix found, take this group's answer elsewhere (-1 + answer + 1; no branch)
-                missing = sub < 0
-                if rows:
-                    row += (grow + 1) * missing
-                if with_plen:
-                    plen += (gplen + np.int16(1)) * missing
-                sub += (gsub + 1) * missing
+        # one compiled signature: contiguous, aligned, writable uint64 halves and int64 times (copies only where they
+        # are not; a read-only Arrow buffer would otherwise compile a second signature at the first batch)
+        hi = np.require(hi, dtype=_U64, requirements=["C", "A", "W"])
+        lo = np.require(lo, dtype=_U64, requirements=["C", "A", "W"])
+        t = np.require(t, dtype=np.int64, requirements=["C", "A", "W"])
+        found = np.empty(n, dtype=np.int64)
+        v4 = not hi.any()  # all IPv4-mapped: groups only IPv6 can match are left out
+        left = n
+        for g in self._v4_groups if v4 else self.groups:
+            if left < FULL_PASS_SHARE * n:  # the unanswered queries gathered out, answered, scattered back
+                todo = np.flatnonzero(sub < 0)
+                part = sub[todo]
+                left -= len(todo) - g.probe(hi[todo], lo[todo], t[todo], part, found[:len(todo)])
+                sub[todo] = part
+                if attach is not None:
+                    prow, pplen = row[todo], plen[todo]
+                    g.attach(found[:len(todo)], prow, pplen, attach == "ids")
+                    row[todo], plen[todo] = prow, pplen
+            else:
+                left = g.probe(hi, lo, t, sub, found)
+                if attach is not None:
+                    g.attach(found, row, plen, attach == "ids")
+            if not left:
+                break
         return sub, row, plen
 
     def rows_of_ids(self, ids: np.ndarray) -> np.ndarray:
@@ -456,3 +498,12 @@ def index_from_arrays(sub: np.ndarray, addresses: np.ndarray, prefix_len: np.nda
     mask_lo = np.where(plen >= 128, _U64(ALL_ONES),
                        np.where(plen <= 64, _U64(0), _U64(ALL_ONES) << (128 - np.maximum(plen, 64)).astype(_U64)))
     return BindingIndex(np.arange(len(sub)), sub, hi & mask_hi, lo & mask_lo, plen, valid_from, valid_to)
+
+
+def warm_up() -> None:
+    """Compile the lookup kernel now (or load it from numba's disk cache), so the first batch does not wait for
+    it (one signature: every table kind and answer kind is an argument)."""
+    one = np.ones(1, dtype=_U64)
+    index = BindingIndex(np.zeros(1), np.zeros(1), np.zeros(1, dtype=_U64), one, np.full(1, 128), np.zeros(1),
+                         np.ones(1))
+    index.lookup(np.zeros(1, dtype=_U64), one, np.zeros(1, dtype=np.int64))

@@ -352,7 +352,7 @@ def _brute_force(rows: list[tuple[int, int, int, int, int]], value: int, t: int)
 
 
 @pytest.mark.parametrize("seed", range(4))
-@pytest.mark.parametrize("tuning", ["default", "all-hashed", "always-gather", "never-gather", "probe-by-one"])
+@pytest.mark.parametrize("tuning", ["default", "all-hashed", "always-gather", "never-gather"])
 def test_index_matches_brute_force_on_nested_mixed_history(monkeypatch, seed, tuning):
     """Every table kind (dense, hashed by one or two halves, high-half check), stepping back to earlier bindings,
     each way of combining prefix lengths, and IPv4-only, IPv6-only and mixed batches give the reference answers."""
@@ -362,8 +362,6 @@ def test_index_matches_brute_force_on_nested_mixed_history(monkeypatch, seed, tu
         monkeypatch.setattr(index_mod, "FULL_PASS_SHARE", 2.0)
     elif tuning == "never-gather":
         monkeypatch.setattr(index_mod, "FULL_PASS_SHARE", 0.0)
-    elif tuning == "probe-by-one":
-        monkeypatch.setattr(index_mod, "PROBE_WINDOW", 1)
     rng = np.random.default_rng(seed)
     rows, queries = _random_history(rng)
     nets = np.array([r[0] for r in rows], dtype=object)
