@@ -61,6 +61,14 @@ class SinkPort(Protocol):
     def dropped_rows(self) -> Mapping[str, int]:
         """Per table: rows refused because the outputs could not keep up."""
 
+    @property
+    def journal_errors(self) -> int:
+        """Batches handed to the outputs without a handoff journal record (the disk refused it)."""
+
+    @property
+    def journal_set_aside(self) -> int:
+        """Unreadable handoff journal records moved aside at start."""
+
     def add(self, table_name: str, batch: pa.RecordBatch) -> bool: ...
 
     def maybe_flush(self, now: float | None = None) -> None: ...

@@ -178,6 +178,13 @@ class Metrics:
                                             "Rows the sink's handoff journal gave an output at start because a crash "
                                             "had cut their handoff (the output lacked them), per output.", ["output"],
                                             registry=r)
+        self.handoff_unjournaled = Counter("flowmed_handoff_unjournaled_batches",
+                                           "Batches handed to the outputs without a handoff journal record because "
+                                           "the disk refused it (a crash before every output had them could leave "
+                                           "the outputs unequal).", registry=r)
+        self.handoff_set_aside = Counter("flowmed_handoff_set_aside_records",
+                                         "Handoff journal records found unreadable at start and moved to corrupt/ "
+                                         "(their rows may be missing from an output; see the log).", registry=r)
         # The ClickHouse server's side of its output (output_rows counts what was spooled for it).
         self.clickhouse_connected = Gauge("flowmed_clickhouse_connected",
                                           "1 while the ClickHouse output has a working connection, else 0.",

@@ -170,6 +170,11 @@ class Sink:
         """True when more than half of ``max_pending_rows`` is in use (the writer is falling behind)."""
         return self.pending_rows > self.max_pending_rows // 2
 
+    @property
+    def journal_set_aside(self) -> int:
+        """Unreadable handoff journal records moved aside at start (0 without a journal)."""
+        return self.journal.set_aside if self.journal is not None else 0
+
     # --- event loop side --------------------------------------------------------------------------------------------
 
     def add(self, table_name: str, batch: pa.RecordBatch) -> bool:

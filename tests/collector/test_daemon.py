@@ -202,6 +202,7 @@ from collector.server import Server
 
 class SlowSink:
     outputs, stats, pending_rows, dropped_rows = [], {}, 0, {}
+    journal_errors = journal_set_aside = 0
     def add(self, table, batch): return True
     def maybe_flush(self, now=None): pass
     def flush(self): time.sleep(300)  # a hung disk or server

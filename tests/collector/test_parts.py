@@ -20,6 +20,7 @@ from prometheus_client import CollectorRegistry, generate_latest
 from collector import config as config_mod
 from collector import logging as flog
 from collector import status as status_mod
+from collector.gauges import SinkGauges
 from collector.metrics import OTHER, ExporterLabels, Metrics
 from collector.server import Server
 from collector.statefile import write_atomic
@@ -147,6 +148,7 @@ class FakeSink:
         self.stats: dict = {}
         self.pending_rows = 0
         self.dropped_rows: dict[str, int] = {}
+        self.journal_errors = self.journal_set_aside = 0
         self.flushed = self.closed = False
 
     def add(self, table: str, batch: pa.RecordBatch) -> bool:
@@ -241,3 +243,17 @@ def test_hostile_exporters_are_bounded_everywhere(tmp_path) -> None:
     assert len(buf.getvalue().splitlines()) <= 2000 + 10  # rounds 2 and 3 were held back
     assert len(pipeline.errors_log._keys) <= pipeline.errors_log.max_keys
     flog.setup("info", "logfmt")
+
+
+def test_handoff_journal_trouble_is_counted_in_metrics() -> None:
+    """A batch handed over without its journal record (disk full) and records set aside at start are counters,
+    added by what is new at each tick."""
+    m = Metrics(CollectorRegistry())
+    gauges, sink = SinkGauges(m), FakeSink()
+    sink.journal_errors, sink.journal_set_aside = 2, 1
+    gauges.update(sink)
+    sink.journal_errors = 5
+    gauges.update(sink)
+    gauges.update(sink)
+    assert m.handoff_unjournaled._value.get() == 5
+    assert m.handoff_set_aside._value.get() == 1

@@ -133,6 +133,7 @@ class _Sink:
     stats: dict = {}
     pending_rows = 0
     dropped_rows: dict = {}
+    journal_errors = journal_set_aside = 0
 
     def add(self, table, batch) -> bool:
         return True

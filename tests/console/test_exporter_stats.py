@@ -72,6 +72,7 @@ class _Sink:
     stats: dict = {}
     pending_rows = 0
     dropped_rows: dict = {}
+    journal_errors = journal_set_aside = 0
 
     def __init__(self) -> None:
         self.added: list[tuple[str, int]] = []

@@ -43,6 +43,7 @@ class ListSink:
         self.stats: dict = {}
         self.pending_rows = 0
         self.dropped_rows: dict[str, int] = {}
+        self.journal_errors = self.journal_set_aside = 0
 
     def add(self, table: str, batch: pa.RecordBatch) -> bool:
         self.added.append((table, batch))
