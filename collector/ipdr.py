@@ -29,6 +29,9 @@ durable at once): service flows created before it only set a baseline.
 Bad input is scoped as the session layer says: a session-level violation sends ERROR + FLOW_STOP for that session
 only; a framing violation closes that connection only; everything is counted (``stats`` and
 ``flowmed_decode_errors{exporter, reason}``).
+
+Over 500 lines because the dial-out, the listener and the per-connection task share the acknowledgement
+bookkeeping that makes redelivery exact; the protocol itself is sans-I/O in :mod:`decoders.ipdr`.
 """
 
 from __future__ import annotations

@@ -29,6 +29,9 @@ caps and fair-usage thresholds are on the cycle-to-date volume. How one record's
    clipped at ``max_charge`` (records beyond pay the remainder, then 0). A closed segment below ``minimum_charge``
    gets one ``minimum`` record with the difference. Allowance, tier bounds, fair-usage threshold, minimum and
    maximum are prorated by the segment's share of the cycle (floor), unless the plan says ``prorate = false``.
+
+Over 500 lines because the tariff steps (allowance, tiers, bands, proration, caps) share the
+vectorised per-subscriber state of one pass; split, each would re-derive it.
 """
 
 from __future__ import annotations

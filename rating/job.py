@@ -16,6 +16,9 @@ One run (:meth:`RatingJob.run`):
 
 Writes go through the configured outputs (embedded Parquet store, ClickHouse), and a run waits until ClickHouse has
 them (its spool drained), so the next run (or the BSS) reads what this one wrote.
+
+Over 500 lines because the run's steps share one lease and one view of what is stored; they are
+steps of one transaction-like sequence, read top to bottom.
 """
 
 from __future__ import annotations

@@ -20,6 +20,8 @@ A backend implements :class:`QueryBackend`: ``name``, ``query(sql) -> pa.Table``
 chDB runs one embedded server per process, and that server has a single data path. All engines of a process share
 one in-memory chDB session (reference counted); each engine gets its own database for its views and its queries are
 serialised with a ``USE`` of that database. Other code that needs chDB in-process should use :func:`chdb_session`.
+
+Just over 500 lines: the engine and its two backends (chDB, a server) must present the same SQL surface.
 """
 
 from __future__ import annotations

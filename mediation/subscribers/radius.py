@@ -28,6 +28,9 @@
 
 Session identity follows FreeRADIUS' ``Acct-Unique-Session-Id``: a hash of the NAS, Acct-Session-Id, User-Name and
 NAS-Port, because Acct-Session-Id values repeat after a NAS reboot.
+
+Over 500 lines because the session rules (late reports, superseded sessions, NAS on/off) and the usage
+they produce are one state machine over the bindings; the packet format is :mod:`radius_packets`.
 """
 
 from __future__ import annotations
