@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Literal
 
 from collector.configtree import ConfigError, apply_overrides, build
+from decoders.settings import check_endpoint, check_positive
 from mediation.compliance.settings import DOT_IPDR_FIELDS, ComplianceConfig, DeterministicNatRule
 from mediation.ipdr.settings import IpdrConfig, IpdrExporter
 from mediation.settings import ClassRule, ExporterRole, MediationConfig
@@ -30,29 +31,10 @@ __all__ = [  # the sections other layers own, assembled here (and importable fro
 DEFAULT_CONFIG_FILE = "collector.toml"
 
 
-def _check_endpoint(key: str, value: str) -> None:
-    """``host:port`` or ``[v6]:port``; raises ConfigError naming the key."""
-    host, sep, port = value.rpartition(":")
-    host = host.strip("[]")
-    try:
-        ipaddress.ip_address(host)
-        ok = bool(sep) and 0 < int(port) < 65536
-    except ValueError:
-        ok = False
-    if not ok:
-        raise ConfigError(key, value, "an address and port such as 0.0.0.0:2055 or [::]:4739")
-
-
 def split_endpoint(value: str) -> tuple[str, int]:
     """``"[::1]:2055"`` -> ``("::1", 2055)``."""
     host, _, port = value.rpartition(":")
     return host.strip("[]"), int(port)
-
-
-def _check_positive(key: str, **values: float) -> None:
-    for name, value in values.items():
-        if value <= 0:
-            raise ConfigError(f"{key}.{name}" if key else name, value, "a number greater than 0")
 
 
 @dataclass(frozen=True)
@@ -87,9 +69,9 @@ class ListenConfig:
 
     def validate(self, key: str) -> None:
         for i, ep in enumerate(self.udp):
-            _check_endpoint(f"{key}.udp[{i}]", ep)
+            check_endpoint(f"{key}.udp[{i}]", ep)
         for i, ep in enumerate(self.sflow):
-            _check_endpoint(f"{key}.sflow[{i}]", ep)
+            check_endpoint(f"{key}.sflow[{i}]", ep)
         both = sorted(set(self.sflow) & set(self.udp))
         if both:  # two sockets on one endpoint: the second bind would fail at start
             raise ConfigError(f"{key}.sflow", both[0], "endpoints not also in listen.udp (each accepts every protocol)")
@@ -100,7 +82,7 @@ class ListenConfig:
                 raise ConfigError(f"{key}.allow[{i}]", p, "an IP address or prefix") from None
         if self.exporter_rate_limit < 0 or self.exporter_rate_burst < 0:
             raise ConfigError(f"{key}.exporter_rate_limit", self.exporter_rate_limit, "datagrams per second >= 0")
-        _check_positive(key, rcvbuf_bytes=self.rcvbuf_bytes, batch_datagrams=self.batch_datagrams,
+        check_positive(key, rcvbuf_bytes=self.rcvbuf_bytes, batch_datagrams=self.batch_datagrams,
                         batch_interval_ms=self.batch_interval_ms)
 
 
@@ -133,7 +115,7 @@ class DecoderConfig:
     """Changed templates are saved this often (appended to the state file by a thread of its own)."""
 
     def validate(self, key: str) -> None:
-        _check_positive(key, max_exporters=self.max_exporters,
+        check_positive(key, max_exporters=self.max_exporters,
                         max_templates_per_exporter=self.max_templates_per_exporter,
                         max_template_fields=self.max_template_fields, pending_max_bytes=self.pending_max_bytes,
                         pending_max_age_s=self.pending_max_age_s,
@@ -181,8 +163,8 @@ class MetricsConfig:
     """Exporters with their own metric label; further exporters are counted under exporter="other"."""
 
     def validate(self, key: str) -> None:
-        _check_endpoint(f"{key}.listen", self.listen)
-        _check_positive(key, max_exporter_labels=self.max_exporter_labels)
+        check_endpoint(f"{key}.listen", self.listen)
+        check_positive(key, max_exporter_labels=self.max_exporter_labels)
 
 
 @dataclass(frozen=True)
@@ -234,7 +216,7 @@ class RatingConfig:
     """Where `flowmed rate --follow` serves Prometheus /metrics and /status (host:port; empty: not served)."""
 
     def validate(self, key: str) -> None:
-        _check_positive(key, schedule_interval_s=self.schedule_interval_s, lease_ttl_s=self.lease_ttl_s,
+        check_positive(key, schedule_interval_s=self.schedule_interval_s, lease_ttl_s=self.lease_ttl_s,
                         slice_subscribers=self.slice_subscribers)
         if self.extra_lateness_s < 0:
             raise ConfigError(f"{key}.extra_lateness_s", self.extra_lateness_s, "a number >= 0")
@@ -243,7 +225,7 @@ class RatingConfig:
         if self.source not in ("flow", "radius", "ipdr"):
             raise ConfigError(f"{key}.source", self.source, "flow, radius or ipdr")
         if self.metrics_listen:
-            _check_endpoint(f"{key}.metrics_listen", self.metrics_listen)
+            check_endpoint(f"{key}.metrics_listen", self.metrics_listen)
 
 
 CONSOLE_HASH_SCHEMES = ("scrypt", "pbkdf2_sha256")
@@ -291,8 +273,8 @@ class ConsoleConfig:
     """Entries per top list on the traffic page (the rest is shown as "other")."""
 
     def validate(self, key: str) -> None:
-        _check_endpoint(f"{key}.listen", self.listen)
-        _check_positive(key, max_window_h=self.max_window_h, max_rows=self.max_rows, top_n=self.top_n)
+        check_endpoint(f"{key}.listen", self.listen)
+        check_positive(key, max_window_h=self.max_window_h, max_rows=self.max_rows, top_n=self.top_n)
         if self.top_n > 100:
             raise ConfigError(f"{key}.top_n", self.top_n, "at most 100")
         host = split_endpoint(self.listen)[0]

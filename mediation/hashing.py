@@ -18,11 +18,11 @@ folder is writable (see ``decoders.sflow.kernel``).
 from __future__ import annotations
 
 import hashlib
-import os
-from pathlib import Path
 
 import numpy as np
 from numba import njit
+
+from decoders.jit import cache_possible
 
 _C1 = np.uint64(0xBF58476D1CE4E5B9)
 _C2 = np.uint64(0x94D049BB133111EB)
@@ -35,18 +35,7 @@ _CHUNK = 16_384
 """Rows whose words are cast into the matrix at once (13 words: 1.7 MiB), so a large batch needs no large copy."""
 
 
-def _cache_possible() -> bool:
-    if os.environ.get("NUMBA_CACHE_DIR"):
-        return True
-    folder = Path(__file__).parent / "__pycache__"
-    try:
-        folder.mkdir(exist_ok=True)
-    except OSError:
-        return False
-    return os.access(folder, os.W_OK)
-
-
-CACHE = _cache_possible()
+CACHE = cache_possible(__file__)
 """Whether numba may cache compiled code on disk (also used by :mod:`mediation.dedup`)."""
 
 

@@ -13,27 +13,7 @@ import ipaddress
 from dataclasses import dataclass, field
 from typing import Literal
 
-from decoders.settings import ConfigError
-
-
-def check_endpoint(key: str, value: str) -> None:
-    """``host:port`` or ``[v6]:port``; raises ConfigError naming the key."""
-    host, sep, port = value.rpartition(":")
-    host = host.strip("[]")
-    try:
-        ipaddress.ip_address(host)
-        ok = bool(sep) and 0 < int(port) < 65536
-    except ValueError:
-        ok = False
-    if not ok:
-        raise ConfigError(key, value, "an address and port such as 0.0.0.0:2055 or [::]:4739")
-
-
-def check_positive(key: str, **values: float) -> None:
-    """Every value greater than 0; raises ConfigError naming ``key.name`` of the first that is not."""
-    for name, value in values.items():
-        if value <= 0:
-            raise ConfigError(f"{key}.{name}" if key else name, value, "a number greater than 0")
+from decoders.settings import ConfigError, check_positive
 
 
 @dataclass(frozen=True)

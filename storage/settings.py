@@ -13,13 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal, Protocol
 
-from decoders.settings import ConfigError
-
-
-def _check_positive(key: str, **values: float) -> None:
-    for name, value in values.items():
-        if value <= 0:
-            raise ConfigError(f"{key}.{name}" if key else name, value, "a number greater than 0")
+from decoders.settings import ConfigError, check_positive
 
 
 @dataclass(frozen=True)
@@ -49,7 +43,7 @@ class StoreConfig:
     the layout that Parquet readers from before 2024 understand (dictionary encoding everywhere)."""
 
     def validate(self, key: str) -> None:
-        _check_positive(key, flush_interval_s=self.flush_interval_s, flush_rows=self.flush_rows,
+        check_positive(key, flush_interval_s=self.flush_interval_s, flush_rows=self.flush_rows,
                         max_pending_rows=self.max_pending_rows)
         # the same ranges as storage.layout.LEVELS (not imported: the settings stay free of pyarrow)
         levels = {"zstd": (-7, 22), "gzip": (1, 9), "brotli": (0, 11)}.get(self.compression)
@@ -115,7 +109,7 @@ class ClickHouseConfig:
             raise ConfigError(f"{key}.hosts", self.hosts, "at least one host")
         if not 0 < self.port < 65536:
             raise ConfigError(f"{key}.port", self.port, "a TCP port number")
-        _check_positive(key, batch_rows=self.batch_rows, batch_interval_s=self.batch_interval_s,
+        check_positive(key, batch_rows=self.batch_rows, batch_interval_s=self.batch_interval_s,
                         insert_timeout_s=self.insert_timeout_s)
         for host in self.hosts:
             port = host.rpartition("]:")[2] if host.startswith("[") and "]:" in host else \
@@ -142,7 +136,7 @@ class SpoolConfig:
     """always: a spooled batch survives power loss; never: it survives a crash of flowmed but not of the host."""
 
     def validate(self, key: str) -> None:
-        _check_positive(key, max_bytes=self.max_bytes)
+        check_positive(key, max_bytes=self.max_bytes)
 
 
 @dataclass(frozen=True)

@@ -23,27 +23,15 @@ module when its folder is writable; a read-only install without ``NUMBA_CACHE_DI
 
 from __future__ import annotations
 
-import os
 import sys
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 from numba import njit
 
+from decoders.jit import cache_possible
 
-def _cache_possible() -> bool:
-    if os.environ.get("NUMBA_CACHE_DIR"):
-        return True
-    folder = Path(__file__).parent / "__pycache__"
-    try:
-        folder.mkdir(exist_ok=True)
-    except OSError:
-        return False
-    return os.access(folder, os.W_OK)
-
-
-CACHE = _cache_possible()
+CACHE = cache_possible(__file__)
 
 Int = int | np.int64
 """Integers in the kernels: numba compiles Python ints and np.int64 alike (int64), mypy tells them apart."""

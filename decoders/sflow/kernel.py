@@ -20,28 +20,14 @@ function with nowhere to write).
 
 from __future__ import annotations
 
-import os
-from pathlib import Path
-
 import numpy as np
 from numba import njit
 
+from decoders.jit import cache_possible
 from decoders.sflow import wire as w
 from decoders.sflow.wire import ETHERNET_FIELDS, GENERIC_FIELDS
 
-
-def _cache_possible() -> bool:
-    if os.environ.get("NUMBA_CACHE_DIR"):
-        return True
-    folder = Path(__file__).parent / "__pycache__"
-    try:
-        folder.mkdir(exist_ok=True)
-    except OSError:
-        return False
-    return os.access(folder, os.W_OK)
-
-
-CACHE = _cache_possible()
+CACHE = cache_possible(__file__)
 
 
 # Datagram columns (D).

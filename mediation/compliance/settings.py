@@ -11,8 +11,7 @@ import ipaddress
 from dataclasses import dataclass, field
 from typing import Literal
 
-from decoders.settings import ConfigError
-from mediation.settings import check_positive
+from decoders.settings import ConfigError, check_positive
 
 DOT_IPDR_FIELDS = ("user_id", "user_name", "source_ip", "source_port", "public_ip", "public_port", "destination_ip",
                    "destination_port", "start_date", "start_time", "end_date", "end_time", "protocol", "bytes",

@@ -8,8 +8,7 @@ import ipaddress
 from dataclasses import dataclass, field
 from typing import Literal
 
-from decoders.settings import ConfigError
-from mediation.settings import check_endpoint, check_positive
+from decoders.settings import ConfigError, check_endpoint, check_positive
 
 
 @dataclass(frozen=True)

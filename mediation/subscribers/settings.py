@@ -7,8 +7,8 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from decoders.settings import ConfigError
-from mediation.settings import MediationConfig, check_endpoint, check_positive
+from decoders.settings import ConfigError, check_endpoint, check_positive
+from mediation.settings import MediationConfig
 
 
 @dataclass(frozen=True)
