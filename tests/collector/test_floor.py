@@ -7,59 +7,15 @@ import closes a circle as surely as one at the top) and the graph of module impo
 
 from __future__ import annotations
 
-import ast
-from pathlib import Path
-
 import pytest
 
-import collector
+from tests.floors import FLOORS, circles, import_graph, module_paths
 
-TOP = Path(collector.__file__).resolve().parent.parent
-FLOORS = ("decoders", "storage", "mediation", "rating", "collector")
-"""Lowest first: a module may import its own floor and the floors before it."""
-MODULES = {".".join(path.relative_to(TOP).with_suffix("").parts).removesuffix(".__init__"): path
-           for floor in FLOORS for path in sorted((TOP / floor).rglob("*.py"))}
-
-
-def _imports(module: str, path: Path) -> set[str]:
-    """The modules of the floors that ``module`` imports, anywhere in it."""
-    package = module if path.name == "__init__.py" else module.rpartition(".")[0]
-    found: set[str] = set()
-    for node in ast.walk(ast.parse(path.read_text(), str(path))):
-        if isinstance(node, ast.Import):
-            found |= {a.name for a in node.names}
-        elif isinstance(node, ast.ImportFrom):
-            base = node.module or ""
-            if node.level:  # relative: from the module's package
-                parts = package.split(".")
-                base = ".".join([*parts[: len(parts) - node.level + 1], *([base] if base else [])])
-            found.add(base)
-            found |= {f"{base}.{a.name}" for a in node.names}  # ``from storage import durable`` imports a module
-    return {name for name in found if name in MODULES} - {module}
+MODULES = module_paths(*FLOORS)
 
 
 def _graph() -> dict[str, set[str]]:
-    return {m: _imports(m, p) for m, p in MODULES.items()}
-
-
-def _circles(graph: dict[str, set[str]]) -> list[list[str]]:
-    """Every import circle of ``graph`` (one path around each, found by a depth-first search)."""
-    circles: list[list[str]] = []
-    state: dict[str, int] = {}  # 1: on the current path, 2: done
-
-    def visit(node: str, path: list[str]) -> None:
-        state[node] = 1
-        for nxt in sorted(graph.get(node, ())):
-            if state.get(nxt) == 1:
-                circles.append([*path[path.index(nxt):], nxt])
-            elif nxt not in state:
-                visit(nxt, [*path, nxt])
-        state[node] = 2
-
-    for start in sorted(graph):
-        if start not in state:
-            visit(start, [start])
-    return circles
+    return import_graph(*FLOORS)
 
 
 def _floor(module: str) -> int:
@@ -72,7 +28,7 @@ def test_every_floor_is_found() -> None:
 
 
 def test_no_import_circles_across_the_floors() -> None:
-    assert _circles(_graph()) == []
+    assert circles(_graph()) == []
 
 
 @pytest.mark.parametrize("floor", FLOORS[:-1])
@@ -89,5 +45,5 @@ def test_the_checks_see_a_circle_and_an_upward_import() -> None:
     assert "collector.components" in graph["collector.server"]
     assert "storage.factory" in graph["collector.components"] and "decoders.schema" in graph["storage.sink"]
     graph["collector.components"] = graph["collector.components"] | {"collector.server"}
-    assert ["collector.components", "collector.server", "collector.components"] in _circles(graph)
+    assert ["collector.components", "collector.server", "collector.components"] in circles(graph)
     assert _floor("storage.sink") < _floor("collector.server")
