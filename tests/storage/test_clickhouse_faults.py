@@ -169,6 +169,7 @@ class DelayProxy:
         self.listener.close()
 
 
+@pytest.mark.slow
 def test_slow_server_insert_outcome_unknown_lands_once(clickhouse_server, db, tmp_path):
     proxy = DelayProxy(clickhouse_server.port)
     try:
