@@ -13,6 +13,8 @@ from typing import Any, BinaryIO
 
 import numpy as np
 
+from storage.durable import fsync_dir
+
 log = logging.getLogger(__name__)
 
 STATE_DTYPE = np.dtype([("key", "<u8"), ("octets", "<u8"), ("packets", "<u8"), ("rec_time", "<i8"),
@@ -157,11 +159,7 @@ class StateJournal:
                 f.flush()
                 os.fsync(f.fileno())
             os.replace(tmp, path)
-            fd = os.open(self.dir, os.O_RDONLY)
-            try:
-                os.fsync(fd)
-            finally:
-                os.close(fd)
+            fsync_dir(self.dir)
         return int(ms)
 
     def commit(self) -> None:
@@ -198,11 +196,7 @@ class StateJournal:
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, snap)
-        fd = os.open(self.dir, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
+        fsync_dir(self.dir)
         old_snap, old_journal = self._paths(self.gen)
         if self._journal is not None:
             self._journal.close()
