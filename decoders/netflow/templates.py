@@ -84,8 +84,6 @@ class Compiled:
     fixed: bool
     reclen: int
     """Record length (fixed), or the shortest possible record (variable: fixed bytes + one length byte per field)."""
-    dtype: np.dtype | None
-    """Fixed-length templates: an opaque record of ``reclen`` bytes (the fields are in :attr:`plan`)."""
     segments: tuple[int, ...]
     """Variable templates: fixed bytes before each variable field, and after the last one."""
     columns: dict[str, tuple[FieldRef, str]] = field(default_factory=dict)
@@ -243,8 +241,7 @@ def _compile(fields: tuple[Field, ...], options: bool) -> Compiled:
     segments.append(off)
     nvar = len(segments) - 1
     reclen = sum(segments) + nvar
-    dtype = np.dtype(f"V{reclen}") if fixed else None  # opaque: the kernels read the fields (compiled.plan)
-    compiled = Compiled(options, fixed, reclen, dtype, tuple(segments), fast=fixed and not options)
+    compiled = Compiled(options, fixed, reclen, tuple(segments), fast=fixed and not options)
     compiled.columns = {col: (refs_by_index[i], kind) for col, (_, i, kind) in winners.items()}
     compiled.alternates = {col: refs_by_index[i] for col, (_, i, _) in alternates.items()}
     compiled.refs = {ie_id: refs_by_index[i] for ie_id, i in first.items() if i in refs_by_index}

@@ -43,7 +43,7 @@ def test_identical_templates_share_one_compiled_form():
     a = Template(256, (Field(8, 4), Field(1, 4)))
     b = Template(999, (Field(8, 4), Field(1, 4)))
     assert compile_template(a) is compile_template(b)
-    assert compile_template(a).dtype.itemsize == 8 and compile_template(a).fast
+    assert compile_template(a).reclen == 8 and compile_template(a).fast
 
 
 def test_templates_without_any_known_field_still_decode():
