@@ -193,6 +193,13 @@ def collapsed_select(table: Table, src: str, where: str | None = None) -> str:
             f"GROUP BY {', '.join(f'`{c}`' for c in key)})")
 
 
+def file_vanished(message: str) -> bool:
+    """Whether a chDB error says a file the query had listed is gone: compaction or retention removed it between
+    the glob and the read (chDB reports it as FILE_DOESNT_EXIST, CANNOT_OPEN_FILE, or CANNOT_STAT with ENOENT)."""
+    return "FILE_DOESNT_EXIST" in message or "CANNOT_OPEN_FILE" in message or (
+        "CANNOT_STAT" in message and "errno: 2," in message)
+
+
 class ChdbBackend:
     """The embedded store through chDB (see the module docstring)."""
 
@@ -299,7 +306,7 @@ class ChdbBackend:
                 text = str(exc)
                 # A file listed by the glob was compacted or dropped before it was read: the next try sees the
                 # directory as it is now.
-                if attempt < 9 and ("FILE_DOESNT_EXIST" in text or "CANNOT_OPEN_FILE" in text):
+                if attempt < 9 and file_vanished(text):
                     self.retried += 1
                     continue
                 raise QueryError(self._public(text)) from None

@@ -18,7 +18,7 @@ import pytest
 from bench.flowgen import T0_MS, addr, flows_batch
 from collector.tables import load_tables
 from decoders.schema import FLOWS, TABLES
-from storage.query import QueryEngine, QueryError, render
+from storage.query import QueryEngine, QueryError, file_vanished, render
 from storage.store import ParquetStore
 
 
@@ -324,3 +324,14 @@ def test_versioned_rows_keep_the_highest_version(store: ParquetStore, engine: Qu
     r = engine.query("SELECT version, toUnixTimestamp64Milli(valid_to) AS to_ms, network FROM bindings")
     assert r.to_pylist() == [{"version": 2, "to_ms": T0_MS + 5000, "network": "10.0.0.1"}]
     assert engine.query("SELECT count() AS n FROM bindings_raw").column("n").to_pylist() == [3]
+
+
+def test_a_file_gone_under_a_query_is_told_from_other_errors() -> None:
+    """chDB names a vanished file three ways (all retried); a file that cannot be read for another reason is not."""
+    gone = "Cannot stat file /s/flows/date=2026-11-26/hour=00/5.parquet: , errno: 2, strerror: No such file or " \
+           "directory: While executing File. (CANNOT_STAT)"
+    assert file_vanished(gone)
+    assert file_vanished("File /s/x.parquet doesn't exist (FILE_DOESNT_EXIST)")
+    assert file_vanished("Cannot open file /s/x.parquet, errno: 2 (CANNOT_OPEN_FILE)")
+    assert not file_vanished("Cannot stat file /s/x.parquet: , errno: 13, strerror: Permission denied (CANNOT_STAT)")
+    assert not file_vanished("Syntax error: failed at position 1 (SYNTAX_ERROR)")
