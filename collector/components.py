@@ -185,7 +185,7 @@ def make_mediator(config: Config, worker: int | None = None) -> Mediator | None:
     process (``subscribers.bindings_db``)."""
     if not config.mediation.enabled:
         return None
-    return Mediator(config, open_bindings(config), worker=worker)
+    return Mediator(config, open_bindings(config), worker=worker, host=config.service.host_index)
 
 
 def make_static(config: Config, mediator: Mediator | None, worker: int | None = None) -> StaticBindings | None:

@@ -97,11 +97,12 @@ class Mediator:
 
     def __init__(self, config: MediationConfig | Sections, bindings: Bindings, *, source: str = "flow",
                  reconciliation_source: str | None = None, refresh_interval_s: float | None = None,
-                 worker: int | None = None) -> None:
+                 worker: int | None = None, host: int = 0) -> None:
         """``config``: the process's settings (:class:`mediation.stage.Sections`) or just a ``MediationConfig``
         (then the bindings' in-memory index is not bounded). ``worker``: this
         process's worker index (several workers), part of the usage row ids: two workers that both saw an exporter
-        (SO_REUSEPORT spreads an exporter's source ports) write distinct parts, not re-sends of one row.
+        (SO_REUSEPORT spreads an exporter's source ports) write distinct parts, not re-sends of one row. ``host``
+        (``service.host_index``) is part of them too: the collector hosts of a cluster write into one usage table.
 
         ``source`` goes into usage rows, ``reconciliation_source`` (default: the same) into reconciliation rows
         (``flowmed reprocess`` uses 'reprocess' so re-processed rejects balance apart from the first pass)."""
@@ -111,6 +112,7 @@ class Mediator:
         self.bindings = bindings
         self.source = source
         self.worker = worker
+        self.host = host
         self.reconciliation_source = reconciliation_source or source
         self.interval_ms = int(mc.interval_s * 1000)
         self.classifier = Classifier(mc.classes, mc.default_class)
@@ -430,6 +432,8 @@ class Mediator:
                  created]
         if self.worker is not None:
             parts.append(np.full(len(sub), self.worker, dtype=np.uint64))
+        if self.host:  # host 0 keeps the ids of a single host
+            parts.append(np.full(len(sub), self.host << 8, dtype=np.uint64))
         row_id = hash_columns(*parts, seed=0xF10)
         self.counters["usage_rows"] += len(sub)
         self.counters["correction_rows"] += int((rows["correction"] > 0).sum())
