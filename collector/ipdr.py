@@ -124,16 +124,19 @@ class IpdrCollector:
         clock: monotonic clock (seconds), injectable for tests.
         wall_clock: wall clock (epoch seconds): connect times (the first session with an exporter) and the time
             records were received; injectable so tests can run a simulated CMTS's 15-minute intervals at once.
+        housekeeping_s: how often the usage stage's ``tick`` runs (it re-reads a changed CM MAC file).
     """
 
     def __init__(self, config: IpdrConfig, sink: Any, usage: IpdrUsage,
-                 clock: Callable[[], float] = time.monotonic, wall_clock: Callable[[], float] = time.time) -> None:
+                 clock: Callable[[], float] = time.monotonic, wall_clock: Callable[[], float] = time.time,
+                 housekeeping_s: float = 5.0) -> None:
         self.config = config
         self.sink = sink
         self.usage = usage
         self.durability = Durability(sink, usage)
         self.clock = clock
         self.wall_clock = wall_clock
+        self.housekeeping_s = housekeeping_s
         self.stats = IpdrStats()
         self.connections: set[_Connection] = set()
         self._tasks: set[asyncio.Task] = set()
@@ -182,11 +185,13 @@ class IpdrCollector:
     async def _housekeeping(self) -> None:
         """Pick up changes of the CM MAC -> subscriber file; publish the open-session gauge."""
         while not self._stopping:
-            await asyncio.sleep(5.0)
+            await asyncio.sleep(self.housekeeping_s)
             try:
-                self.usage.subscribers.reload()
+                # the stage's own tick (today: re-reads a changed CM MAC file); what it returns goes to the sink
+                for name, batch in self.usage.tick(int(self.wall_clock() * 1000)).items():
+                    self.sink.add(name, batch)
             except Exception:
-                log.exception("ipdr: reloading the CM MAC file failed")
+                log.exception("ipdr: the usage stage's tick failed")
             with contextlib.suppress(Exception):
                 from collector import metrics
 

@@ -4,7 +4,9 @@ disconnects with redelivery, malformed input; usage must equal what the simulato
 from __future__ import annotations
 
 import asyncio
+import os
 import struct
+import time
 
 import pytest
 
@@ -421,3 +423,33 @@ def test_fifteen_minute_intervals_pre_existing_means_before_the_first_session_ev
               if r["delta_reason"] in ("first", "baseline")}
     assert {firsts[x.mac_text] for x in (new, after, ahead)} == {"first"}
     assert firsts[old.mac_text] == "baseline" and firsts[sim.modems[0].mac_text] == "baseline"
+
+
+def test_a_changed_cm_mac_file_is_picked_up_while_running(sink, tmp_path):
+    """The housekeeping runs the usage stage's tick: a CM MAC file edited while the collector runs attributes the
+    next interval's usage to the new subscriber."""
+    async def scenario():
+        sim = CmtsSimulator(4, ack_sequence_interval=16)
+        port = await sim.listen("127.0.0.1", 0)
+        cm_file = tmp_path / "cm.csv"
+        cm_file.write_text("cm_mac,subscriber_id\n" + "".join(
+            f"{modem.mac:012x},old{i}\n" for i, modem in enumerate(sim.modems)))
+        usage = IpdrUsage(tmp_path / "state", CmSubscribers(cm_file))
+        coll = IpdrCollector(_config(port), sink, usage, housekeeping_s=0.05)
+        await coll.start()
+        await _interval(sim)  # baseline
+        await _interval(sim, active_fraction=1.0)
+        cm_file.write_text("cm_mac,subscriber_id\n" + "".join(
+            f"{modem.mac:012x},new{i}\n" for i, modem in enumerate(sim.modems)))
+        os.utime(cm_file, (time.time() + 5, time.time() + 5))  # a new mtime even on a coarse clock
+        for _ in range(100):
+            await asyncio.sleep(0.05)
+            if usage.subscribers.names[0].startswith("new"):
+                break
+        await _interval(sim, active_fraction=1.0)
+        await coll.stop()
+        await sim.close()
+
+    run(scenario())
+    subscribers = {u["subscriber_id"] for u in sink.rows("usage") if u["bytes"]}
+    assert any(s.startswith("old") for s in subscribers) and any(s.startswith("new") for s in subscribers)
