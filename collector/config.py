@@ -20,12 +20,13 @@ from mediation.compliance.settings import DOT_IPDR_FIELDS, ComplianceConfig, Det
 from mediation.ipdr.settings import IpdrConfig, IpdrExporter
 from mediation.settings import ClassRule, ExporterRole, MediationConfig
 from mediation.subscribers.settings import RADIUS_ID_ATTRIBUTES, RadiusClient, RadiusConfig, SubscribersConfig
+from rating.settings import RatingConfig
 from storage.settings import OutputConfig, SpoolConfig, StoreConfig
 
 __all__ = [  # the sections other layers own, assembled here (and importable from here, as before)
     "DOT_IPDR_FIELDS", "RADIUS_ID_ATTRIBUTES", "ClassRule", "ComplianceConfig", "Config", "ConfigError",
     "DeterministicNatRule", "ExporterRole", "IpdrConfig", "IpdrExporter", "MediationConfig", "RadiusClient",
-    "RadiusConfig", "SubscribersConfig", "load", "split_endpoint",
+    "RadiusConfig", "RatingConfig", "SubscribersConfig", "load", "split_endpoint",
 ]
 
 DEFAULT_CONFIG_FILE = "collector.toml"
@@ -190,42 +191,6 @@ class ServiceConfig:
             raise ConfigError(f"{key}.workers", self.workers, "an integer >= 1")
         if not 0 <= self.host_index < 64:
             raise ConfigError(f"{key}.host_index", self.host_index, "0 to 63")
-
-
-@dataclass(frozen=True)
-class RatingConfig:
-    plans_file: str = "plans.toml"
-    """Tariff plans (TOML, see docs/rating.md); relative to store.path."""
-    assignments_file: str = "assignments.csv"
-    """Which subscriber is on which plan from when (CSV or TOML); re-read when it changes."""
-    source: str = "flow"
-    """Usage source that is billed (flow, radius or ipdr): usage rows of other sources are not rated."""
-    extra_lateness_s: float = 60.0
-    """An interval is rated once mediation.watermark_s plus this has passed after its end (the interval is closed)."""
-    lookback_cycles: int = 1
-    """Billing cycles before the current one that each run re-examines for late corrections (0: current only)."""
-    schedule_interval_s: float = 300.0
-    """How often `flowmed rate --follow` runs the rating job."""
-    lease_ttl_s: float = 900.0
-    """The rating lease (a row in the store) expires this long after it was last renewed by its holder."""
-    target: Literal["auto", "store", "clickhouse"] = "auto"
-    """Where usage is read from and current rated records are compared against (auto: as flowmed query)."""
-    slice_subscribers: int = 20_000
-    """A run rates this many subscribers at a time (by hash), which bounds its memory."""
-    metrics_listen: str = ""
-    """Where `flowmed rate --follow` serves Prometheus /metrics and /status (host:port; empty: not served)."""
-
-    def validate(self, key: str) -> None:
-        check_positive(key, schedule_interval_s=self.schedule_interval_s, lease_ttl_s=self.lease_ttl_s,
-                        slice_subscribers=self.slice_subscribers)
-        if self.extra_lateness_s < 0:
-            raise ConfigError(f"{key}.extra_lateness_s", self.extra_lateness_s, "a number >= 0")
-        if self.lookback_cycles < 0:
-            raise ConfigError(f"{key}.lookback_cycles", self.lookback_cycles, "an integer >= 0")
-        if self.source not in ("flow", "radius", "ipdr"):
-            raise ConfigError(f"{key}.source", self.source, "flow, radius or ipdr")
-        if self.metrics_listen:
-            check_endpoint(f"{key}.metrics_listen", self.metrics_listen)
 
 
 CONSOLE_HASH_SCHEMES = ("scrypt", "pbkdf2_sha256")

@@ -22,10 +22,14 @@ Addresses are always 16 bytes: IPv4 is stored IPv4-mapped (``::ffff:a.b.c.d``). 
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
 import pyarrow as pa
+
+ColumnValues = np.ndarray | Sequence[object]
+"""One column's values for :meth:`Table.to_arrow`: a numpy array, or a list (small tables: leases, runs)."""
 
 KINDS: dict[str, tuple[np.dtype, pa.DataType]] = {
     "timestamp_ms": (np.dtype("int64"), pa.timestamp("ms", tz="UTC")),
@@ -108,8 +112,9 @@ class Table:
         """Zero-filled numpy columns for ``n`` rows (strings are empty)."""
         return {c.name: _empty_column(c, n) for c in self.columns}
 
-    def to_arrow(self, columns: dict[str, np.ndarray]) -> pa.RecordBatch:
-        """Build a RecordBatch from numpy columns; missing columns are zero-filled, unknown ones are an error."""
+    def to_arrow(self, columns: Mapping[str, ColumnValues]) -> pa.RecordBatch:
+        """Build a RecordBatch from numpy columns (or lists); missing columns are zero-filled, unknown ones are an
+        error."""
         unknown = set(columns) - set(self.column_names)
         if unknown:
             raise KeyError(f"table {self.name}: unknown columns {sorted(unknown)}")
@@ -135,7 +140,7 @@ def _empty_column(column: Column, n: int) -> np.ndarray:
     return np.zeros(n, dtype=column.numpy_dtype)
 
 
-def _to_arrow_array(values: np.ndarray, column: Column) -> pa.Array:
+def _to_arrow_array(values: ColumnValues, column: Column) -> pa.Array:
     # Fixed-width columns share the numpy memory (no copy), like pa.array does for integers.
     if column.kind == "ip":
         data = np.ascontiguousarray(values, dtype="S16")

@@ -115,7 +115,7 @@ def parse_assignments(text: str, name: str = "assignments") -> Assignments:
     return Assignments(items)
 
 
-def _row(row: dict, key: str) -> Assignment:
+def _row(row: object, key: str) -> Assignment:
     if not isinstance(row, dict):
         raise ConfigError(key, row, "a table")
     extra = set(row) - {"subscriber_id", "plan_id", "from", "to"}

@@ -18,6 +18,7 @@ rating job's ``closed_until``) unless forced; a forced export says so in its con
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from decimal import Decimal
 from pathlib import Path
@@ -82,7 +83,8 @@ def cycle_span(plans: PlanBook, cycle: str) -> tuple[int, int]:
     return min(s for s, _ in spans), max(e for _, e in spans)
 
 
-def bill_run(query, plans: PlanBook, cycle: str, closed_until_ms: int, *, force: bool = False) -> BillRun:
+def bill_run(query: Callable[[str], pa.Table], plans: PlanBook, cycle: str, closed_until_ms: int, *,
+             force: bool = False) -> BillRun:
     """Build the export of ``cycle`` from the current rated records (``query(sql) -> pa.Table``).
 
     A cycle label means a different span of time in each plan calendar (``2026-11`` of a Berlin plan starts an hour

@@ -36,12 +36,14 @@ vectorised per-subscriber state of one pass; split, each would re-derive it.
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from decoders.schema import ColumnValues
 from rating.assignments import Assignments
 from rating.money import decimal_micros, price_fractions, products, prorate, round_div
 from rating.plans import Plan, PlanBook
@@ -286,14 +288,16 @@ def _grouped_cumsum(values: np.ndarray, new: np.ndarray) -> np.ndarray:
     starts = np.flatnonzero(new)
     before = np.concatenate([[0], cs[starts[1:] - 1]]) if len(starts) else np.zeros(0, dtype=cs.dtype)
     group = np.cumsum(new) - 1
-    return cs - before[group]
+    cum: np.ndarray = cs - before[group]
+    return cum
 
 
 def _group_totals(cum: np.ndarray, new: np.ndarray) -> np.ndarray:
     """Per row: the last cumulative value of its group (the group total)."""
     group = np.cumsum(new) - 1
     ends = np.concatenate([np.flatnonzero(new)[1:] - 1, [len(cum) - 1]])
-    return cum[ends][group]
+    totals: np.ndarray = cum[ends][group]
+    return totals
 
 
 def _bands(plan: Plan, start: np.ndarray) -> np.ndarray:
@@ -315,8 +319,8 @@ def _rate_usage_plan(rows: _Rows, ctx: _Ctx) -> tuple[pa.Table, list[pa.Table], 
     start, dirc, clsc, nbytes, subc = rows.start[idx], rows.dir[idx], rows.cls[idx], rows.bytes[idx], rows.sub[idx]
     band = _bands(plan, start)
     cls_list = list(rows.cls_names)
-    zero = np.isin(clsc, [cls_list.index(c) for c in plan.zero_rated_classes if c in cls_list])
-    card = np.full(len(idx), -1, dtype=np.int64)
+    zero: np.ndarray = np.isin(clsc, [cls_list.index(c) for c in plan.zero_rated_classes if c in cls_list])
+    card: np.ndarray = np.full(len(idx), -1, dtype=np.int64)
     for ci in range(len(plan.rates) - 1, -1, -1):
         rc = plan.rates[ci]
         dir_ok = np.ones(len(idx), dtype=bool) if rc.direction == "total" else dirc == DIRECTION_NAMES.index(
@@ -365,8 +369,8 @@ def _rate_usage_plan(rows: _Rows, ctx: _Ctx) -> tuple[pa.Table, list[pa.Table], 
         cb, ca, tot, bnd = c_before[mm], c_after[mm], total[mm], band_s[mm]
         allow = ctx.prorated_at(rc.allowance_bytes, s, mm)
         allowance_q[mm] = np.clip(np.minimum(ca, allow) - cb, 0, None)
-        los: list = [0]
-        his = []
+        los: list[np.ndarray | int] = [0]
+        his: list[np.ndarray | int] = []
         for t in rc.tiers:
             hi = ctx.prorated_at(t.up_to_bytes, s, mm) if t.up_to_bytes is not None else INT64_MAX
             his.append(hi)
@@ -474,11 +478,11 @@ def _minimum_records(rows: _Rows, ctx: _Ctx, subc: np.ndarray, amount: np.ndarra
         "cycle": [ctx.labels[c] for c in ctx.cidx[r]]})
 
 
-def _table(cols: dict) -> pa.Table:
+def _table(cols: Mapping[str, ColumnValues]) -> pa.Table:
     return pa.table({name: pa.array(cols[name], type=tp) for name, tp in RECORD_FIELDS}, schema=RECORD_SCHEMA)
 
 
-def _dict_strings(codes: np.ndarray, names: list[str] | np.ndarray) -> pa.Array:
+def _dict_strings(codes: np.ndarray, names: Sequence[str] | np.ndarray) -> pa.Array:
     """Strings from codes into a small list of names, built by Arrow (no per-row Python)."""
     return pa.array(list(names), type=pa.string()).take(pa.array(np.asarray(codes, dtype=np.int64)))
 
@@ -524,7 +528,7 @@ def _rate_burstable(rows: _Rows, ctx: _Ctx) -> tuple[pa.Table, list[pa.Table]]:
     new = _group_starts(subc[o], ctx.seg_start[o])
     starts = np.flatnonzero(new)
     ends = np.concatenate([starts[1:], [len(o)]])
-    out: dict[str, list] = {name: [] for name, _ in RECORD_FIELDS}
+    out: dict[str, list[object]] = {name: [] for name, _ in RECORD_FIELDS}
     price_num, price_den = price_fractions([burst.price_per_mbps], 10**6)  # micros per bit/s
     commit_micros = ctx.prorated(decimal_micros(burst.commit_charge, plan.money_rounding))
     for g0, g1 in zip(starts, ends, strict=True):  # per segment: business customers are few
@@ -594,7 +598,7 @@ def idle_minimum_records(plans: PlanBook, assignments: Assignments, period: tupl
     A subscriber who used nothing in a cycle still owes the plan's minimum charge (prorated like the others). One
     Python step per assignment and cycle: assignments are few compared with usage rows.
     """
-    cols: dict[str, list] = {name: [] for name, _ in RECORD_FIELDS}
+    cols: dict[str, list[object]] = {name: [] for name, _ in RECORD_FIELDS}
     for a in assignments.items:
         if subscriber is not None and a.subscriber_id != subscriber:
             continue

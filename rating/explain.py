@@ -11,11 +11,13 @@ from __future__ import annotations
 
 from datetime import UTC, datetime
 from decimal import ROUND_CEILING, ROUND_DOWN, ROUND_HALF_EVEN, ROUND_HALF_UP, Decimal, localcontext
+from typing import Any
 from zoneinfo import ZoneInfo
 
 import numpy as np
 
 from rating.engine import idle_minimum_records, rate, sum_usage
+from rating.job import RatingJob
 from rating.plans import Plan
 from rating.tables import current_sql
 from rating.timebase import cycle_bounds
@@ -43,7 +45,8 @@ def _share(plan: Plan, seg: tuple[int, int], cyc: tuple[int, int]) -> tuple[int,
     return (seg[1] - seg[0], cyc[1] - cyc[0]) if plan.prorate else (1, 1)
 
 
-def explain_record(plan: Plan, rec: dict, seg: tuple[int, int], cyc: tuple[int, int]) -> tuple[list[str], int]:
+def explain_record(plan: Plan, rec: dict[str, Any], seg: tuple[int, int],
+                   cyc: tuple[int, int]) -> tuple[list[str], int]:
     """Lines explaining one usage record, and the amount before caps (micro-units), in decimal arithmetic."""
     part, whole = _share(plan, seg, cyc)
     lines = [f"{_local(rec['interval_start'], plan.timezone)}  {rec['direction']} {rec['traffic_class']}  "
@@ -100,7 +103,8 @@ def explain_record(plan: Plan, rec: dict, seg: tuple[int, int], cyc: tuple[int, 
     return lines, int(micros)
 
 
-def explain_burstable(plan: Plan, rec: dict, seg: tuple[int, int], cyc: tuple[int, int]) -> tuple[list[str], int]:
+def explain_burstable(plan: Plan, rec: dict[str, Any], seg: tuple[int, int],
+                      cyc: tuple[int, int]) -> tuple[list[str], int]:
     """Lines explaining a burstable record (percentile, excess, price, commit charge as charged: prorated by the
     segment's share of the cycle) and its amount in micro-units, in decimal arithmetic."""
     burst = plan.burst
@@ -126,7 +130,7 @@ def explain_burstable(plan: Plan, rec: dict, seg: tuple[int, int], cyc: tuple[in
     return lines, excess_micros + commit
 
 
-def explain(job, subscriber: str, cycle: str) -> list[str]:
+def explain(job: RatingJob, subscriber: str, cycle: str) -> list[str]:
     """The explanation of ``subscriber``'s ``cycle`` (uses the job's engine, plans, assignments and calendar)."""
     plans, asg = job.plans, job.assignments
     mine = [a for a in asg.items if a.subscriber_id == subscriber]
@@ -152,7 +156,7 @@ def explain(job, subscriber: str, cycle: str) -> list[str]:
     out = [f"subscriber {subscriber}, cycle {cycle}" + ("" if hi <= closed else " (cycle not closed yet)")]
     recs.sort(key=lambda r: (r["interval_start"], r["direction"], r["traffic_class"], r["band"]))
     totals: dict[str, int] = {}
-    card_totals: dict[tuple, int] = {}
+    card_totals: dict[tuple[str, int, str, str], int] = {}
     for r in recs:
         key = (r["plan_id"], r["plan_version"], r["rate_card"], r["cycle"])
         card_totals[key] = max(card_totals.get(key, 0), r["cycle_to_date"])

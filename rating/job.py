@@ -25,8 +25,10 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pyarrow as pa
@@ -39,13 +41,21 @@ from rating.assignments import AssignmentFile, Assignments
 from rating.engine import EVENT_BUCKET_MS, EVENT_SCHEMA, RECORD_SCHEMA, idle_minimum_records, prepare_usage, rate
 from rating.lease import StoreLease
 from rating.plans import PlanBook, load_plans
+from rating.settings import RatingSettings
 from rating.timebase import Instant, cycle_bounds, cycle_labels, cycle_window, cycles, resolve
+
+if TYPE_CHECKING:  # imported where used: reading the store is not needed to import the job
+    from storage.outputs import Output
+    from storage.query import QueryEngine
 
 log = logging.getLogger(__name__)
 
 COMPARED = ("void", "subscriber_id", "plan_id", "plan_version", "rate_card", "interval_end", "bytes",
             "billable_quantity", "quantity_unit", "allowance_quantity", "cycle_to_date", "amount_micros", "currency",
             "cycle")
+Totals = dict[tuple[str, str], tuple[int, int]]
+"""Per (subscriber, currency): the amounts (micro-units) before and after a run."""
+
 EVENT_COMPARED = ("kind", "reason", "subscriber_id", "plan_id", "cycle", "event_time", "bytes", "detail")
 
 
@@ -76,7 +86,7 @@ class RunReport:
     records_unchanged: int = 0
     events_written: int = 0
     unrated_bytes: int = 0
-    per_subscriber: dict[tuple[str, str], tuple[int, int]] = field(default_factory=dict)
+    per_subscriber: Totals = field(default_factory=dict)
     """(subscriber, currency) -> (amount before, amount after) in micro-units, for subscribers whose total changed."""
     cycles: dict[str, list[str]] = field(default_factory=dict)
     """Per plan calendar (``"Europe/Berlin (cycle day 1)"``), the labels of the cycles this run rated."""
@@ -89,8 +99,10 @@ class RunReport:
 class RatingJob:
     """The rating job for one configuration. ``engine``/``outputs`` default to those the configuration describes."""
 
-    def __init__(self, config, *, engine=None, outputs=None, clock=time.time, owner: str | None = None,
-                 plans: PlanBook | None = None, assignments: Assignments | None = None) -> None:
+    def __init__(self, config: RatingSettings, *, engine: QueryEngine | None = None,
+                 outputs: list[Output] | None = None, clock: Callable[[], float] = time.time,
+                 owner: str | None = None, plans: PlanBook | None = None,
+                 assignments: Assignments | None = None) -> None:
         from storage.factory import build_outputs
         from storage.outputs import BatchIdGenerator
         from storage.query import QueryEngine
@@ -104,7 +116,7 @@ class RatingJob:
         self.outputs = outputs if outputs is not None else build_outputs(config, process="rating", housekeeper=False)
         self._plans = plans
         self._windows: dict[tuple[str, int], tuple[int, int]] = {}
-        self._plans_injected = plans is not None
+        self._injected_plans = plans  # given by the caller: never read from the plans file
         self._plans_stamp: tuple[int, int] | None = None
         self._assignments = assignments
         self._assignment_file = None if assignments is not None else AssignmentFile(
@@ -114,7 +126,7 @@ class RatingJob:
         self.lease = StoreLease(self._lease_reader(), self._write_visible, owner=owner,
                                 ttl_s=config.rating.lease_ttl_s, clock=clock)
 
-    def _lease_reader(self):
+    def _lease_reader(self) -> Callable[[str], pa.Table]:
         """How the lease reads: on a replicated ClickHouse cluster the connected replica first catches up with
         every lease row acknowledged anywhere (read-your-writes across rating hosts); elsewhere a plain query."""
         from storage.clickhouse.query import ClickHouseBackend
@@ -129,8 +141,8 @@ class RatingJob:
     @property
     def plans(self) -> PlanBook:
         """The plans file, re-read when it changes (a file that fails validation keeps the previous plans)."""
-        if self._plans_injected:
-            return self._plans  # type: ignore[return-value]
+        if self._injected_plans is not None:
+            return self._injected_plans
         path = self.config.data_path(self.config.rating.plans_file)
         try:
             st = path.stat()
@@ -317,7 +329,7 @@ class RatingJob:
         current records and the events."""
         slices = max(1, -(-self.count_subscribers(period, subscriber) // self.config.rating.slice_subscribers))
         self.lease.renew()
-        totals: dict[tuple[str, str], tuple[int, int]] = {}
+        totals: Totals = {}
         seen: set[tuple[str, int]] = set()
         for k in range(slices):
             part = f" AND cityHash64(subscriber_id) % {slices} = {k}" if slices > 1 else ""
@@ -327,7 +339,7 @@ class RatingJob:
         report.per_subscriber = {k: v for k, v in sorted(totals.items()) if v[0] != v[1]}
 
     def _idle_minimums(self, report: RunReport, period: tuple[int, int], subscriber: str | None, now: int,
-                       totals: dict, seen: set[tuple[str, int]]) -> None:
+                       totals: Totals, seen: set[tuple[str, int]]) -> None:
         """Minimum charges of closed segments without any usage (subscribers who used nothing)."""
         new = idle_minimum_records(self.plans, self.assignments, period, period[1], seen, subscriber)
         current = self.engine.query(rt.current_sql(self._scope("interval_start", period, subscriber) +
@@ -340,7 +352,7 @@ class RatingJob:
         self._apply(report, self._complete(new), self._complete(current), now, totals)
 
     def _rate_slice(self, report: RunReport, period: tuple[int, int], subscriber: str | None, part: str,
-                    now: int, totals: dict, seen: set[tuple[str, int]]) -> None:
+                    now: int, totals: Totals, seen: set[tuple[str, int]]) -> None:
         usage = prepare_usage(self.read_usage(period, subscriber, part))
         result = rate(usage, self.plans, self.assignments, closed_until_ms=period[1], presummed=True)
         report.usage_rows += result.usage_rows
@@ -362,7 +374,7 @@ class RatingJob:
         if ev_writes.num_rows:
             self._write_visible(rt.RATING_EVENTS, _finish(ev_writes, rt.RATING_EVENTS, report.run_id, now))
 
-    def _apply(self, report: RunReport, new: pa.Table, current: pa.Table, now: int, totals: dict) -> None:
+    def _apply(self, report: RunReport, new: pa.Table, current: pa.Table, now: int, totals: Totals) -> None:
         """Write the difference between ``new`` and ``current``; count it; add up the per-subscriber totals."""
         writes, counts, sub_totals = diff_records(new, current)
         report.records_new += counts[0]
@@ -452,10 +464,11 @@ def _match(keys: pa.ChunkedArray | pa.Array, against: pa.ChunkedArray | pa.Array
         return np.full(len(keys), -1, dtype=np.int64)
     idx = pc.index_in(keys, value_set=pa.chunked_array(against).combine_chunks()
                       if isinstance(against, pa.ChunkedArray) else against)
-    return pc.fill_null(idx, -1).to_numpy(zero_copy_only=False).astype(np.int64)
+    rows: np.ndarray = pc.fill_null(idx, -1).to_numpy(zero_copy_only=False).astype(np.int64)
+    return rows
 
 
-def diff_records(new: pa.Table, current: pa.Table) -> tuple[pa.Table, tuple[int, int, int, int], dict]:
+def diff_records(new: pa.Table, current: pa.Table) -> tuple[pa.Table, tuple[int, int, int, int], Totals]:
     """What to write so that the current state becomes ``new``: (rows with version and void, counts, per-subscriber
     before/after totals of every subscriber in either). Counts are (new, changed, voided, unchanged).
 
@@ -517,7 +530,7 @@ def _totals(t: pa.Table) -> dict[tuple[str, str], int]:
                                                 g["amount_micros_sum"].to_pylist(), strict=True)}
 
 
-def _per_subscriber(new: pa.Table, current: pa.Table) -> dict[tuple[str, str], tuple[int, int]]:
+def _per_subscriber(new: pa.Table, current: pa.Table) -> Totals:
     live = current.filter(pc.equal(current["void"], 0)) if current.num_rows else current
     before, after = _totals(live), _totals(new)
     return {k: (before.get(k, 0), after.get(k, 0)) for k in sorted(set(before) | set(after))}

@@ -31,6 +31,7 @@ from collections.abc import Callable
 
 import pyarrow as pa
 
+from decoders.schema import Table
 from rating.tables import RATING_LEASE
 
 CONTENTION_TRIES = 4
@@ -62,9 +63,9 @@ class StoreLease:
     drains its outputs). ``clock`` and ``sleep`` are injectable for tests.
     """
 
-    def __init__(self, query: Callable[[str], pa.Table], write: Callable, *, name: str = "rating",
-                 owner: str | None = None, ttl_s: float = 900.0, clock: Callable[[], float] = time.time,
-                 sleep: Callable[[float], None] = time.sleep) -> None:
+    def __init__(self, query: Callable[[str], pa.Table], write: Callable[[Table, pa.RecordBatch], None], *,
+                 name: str = "rating", owner: str | None = None, ttl_s: float = 900.0,
+                 clock: Callable[[], float] = time.time, sleep: Callable[[float], None] = time.sleep) -> None:
         self.query, self.write = query, write
         self.name = name
         self.owner = owner or default_owner()
@@ -138,6 +139,7 @@ class StoreLease:
             if attempt + 1 < CONTENTION_TRIES:
                 # Both contenders may have seen each other and withdrawn: try again after a random pause.
                 self.sleep(random.uniform(0.2, 1.5) * (attempt + 1))
+        assert other is not None  # CONTENTION_TRIES >= 1 and every try lost to another claim
         raise LeaseHeld(other[0], other[2])
 
     def renew(self) -> None:

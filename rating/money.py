@@ -43,8 +43,10 @@ def products(quantities: np.ndarray, factors: np.ndarray) -> np.ndarray:
     qmax = int(q.max()) if len(q) else 0
     fmax = int(f.max()) if len(f) else 0
     if f.dtype != object and q.dtype != object and qmax * fmax < SAFE:
-        return q.astype(np.int64) * f.astype(np.int64)
-    return q.astype(object) * f.astype(object)
+        exact: np.ndarray = q.astype(np.int64) * f.astype(np.int64)
+    else:
+        exact = q.astype(object) * f.astype(object)
+    return exact
 
 
 def round_div(x: np.ndarray, den: int, mode: str) -> np.ndarray:

@@ -234,7 +234,8 @@ def _known(raw: Any, key: str, allowed: set[str]) -> None:
                               f"one of the known keys: {', '.join(sorted(allowed))}")
 
 
-def _get(raw: dict, key: str, name: str, tp: type | tuple[type, ...], default: Any = ..., what: str = "") -> Any:
+def _get(raw: dict[str, Any], key: str, name: str, tp: type | tuple[type, ...], default: Any = ...,
+         what: str = "") -> Any:
     if name not in raw:
         if default is ...:
             raise ConfigError(f"{key}.{name}", None, f"{what or tp} (required)")
@@ -247,7 +248,7 @@ def _get(raw: dict, key: str, name: str, tp: type | tuple[type, ...], default: A
     return value
 
 
-def _int(raw: dict, key: str, name: str, default: Any = ..., minimum: int = 0) -> Any:
+def _int(raw: dict[str, Any], key: str, name: str, default: Any = ..., minimum: int = 0) -> Any:
     value = _get(raw, key, name, int, default, f"an integer >= {minimum}")
     if value is not None and value is not default and value < minimum:
         raise ConfigError(f"{key}.{name}", value, f"an integer >= {minimum}")
@@ -264,7 +265,8 @@ def money(value: Any, key: str) -> Decimal:
         raise ConfigError(key, value, 'a decimal amount such as "0.50"') from None
     if not d.is_finite() or d < 0:
         raise ConfigError(key, value, "a finite amount >= 0")
-    if -d.as_tuple().exponent > MAX_PRICE_DECIMALS:  # type: ignore[operator]
+    exponent = d.as_tuple().exponent  # an int: d is finite
+    if isinstance(exponent, int) and -exponent > MAX_PRICE_DECIMALS:
         raise ConfigError(key, value, f"at most {MAX_PRICE_DECIMALS} decimal places")
     return d
 
@@ -366,7 +368,7 @@ def _plan(raw: Any, key: str) -> Plan:
     return Plan(**common, rates=rates)
 
 
-def _strings(raw: dict, key: str, name: str, default: tuple[str, ...] = ()) -> tuple[str, ...]:
+def _strings(raw: dict[str, Any], key: str, name: str, default: tuple[str, ...] = ()) -> tuple[str, ...]:
     value = raw.get(name, list(default))
     if not isinstance(value, list) or not all(isinstance(v, str) and v for v in value):
         raise ConfigError(f"{key}.{name}", value, "a list of non-empty strings")

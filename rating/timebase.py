@@ -24,8 +24,12 @@ def _day_offsets(tz: str, day: int) -> tuple[int, ...]:
     """UTC offsets (ms) at the 96 quarter hours of UTC day ``day`` (days since the epoch)."""
     zone = ZoneInfo(tz)
     base = day * DAY_MS
-    return tuple(int(datetime.fromtimestamp((base + i * QUARTER_MS) / 1000, UTC).astimezone(zone)
-                     .utcoffset().total_seconds() * 1000) for i in range(96))  # type: ignore[union-attr]
+    offsets = []
+    for i in range(96):
+        offset = datetime.fromtimestamp((base + i * QUARTER_MS) / 1000, UTC).astimezone(zone).utcoffset()
+        assert offset is not None  # an aware datetime in a ZoneInfo always has one
+        offsets.append(int(offset.total_seconds() * 1000))
+    return tuple(offsets)
 
 
 def utc_offsets(tz: str, ms: np.ndarray) -> np.ndarray:
@@ -35,7 +39,8 @@ def utc_offsets(tz: str, ms: np.ndarray) -> np.ndarray:
         return np.zeros(0, dtype=np.int64)
     first, last = int(ms.min()) // DAY_MS, int(ms.max()) // DAY_MS
     table = np.array([o for d in range(first, last + 1) for o in _day_offsets(tz, d)], dtype=np.int64)
-    return table[(ms - first * DAY_MS) // QUARTER_MS]
+    offsets: np.ndarray = table[(ms - first * DAY_MS) // QUARTER_MS]
+    return offsets
 
 
 def local_fields(tz: str, ms: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
