@@ -12,7 +12,7 @@ import os
 import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 from collector.configtree import ConfigError, apply_overrides, build
 from decoders.settings import check_endpoint, check_positive
@@ -288,9 +288,9 @@ class Config:
         return p if p.is_absolute() else Path(self.store.path) / p
 
 
-def load(path: str | os.PathLike | None = None, overrides: list[str] | tuple[str, ...] = ()) -> Config:
+def load(path: str | os.PathLike[str] | None = None, overrides: list[str] | tuple[str, ...] = ()) -> Config:
     """Read ``path`` (or defaults when None and no collector.toml is present), apply ``--set`` overrides, validate."""
-    tree: dict = {}
+    tree: dict[str, Any] = {}
     if path is not None:
         try:
             with open(path, "rb") as f:

@@ -13,10 +13,13 @@ import inspect
 import textwrap
 import typing
 from functools import cache
-from typing import Any, get_args, get_origin
+from typing import TYPE_CHECKING, Any, get_args, get_origin
 
 from collector.commands.core import _toml_value
 from collector.config import Config
+
+if TYPE_CHECKING:
+    from _typeshed import DataclassInstance
 
 HEADER = """\
 # flowmed collector configuration: every setting, with its default value.
@@ -32,7 +35,9 @@ HEADER = """\
 def attribute_docs(cls: type) -> dict[str, str]:
     """``{field: docstring}`` from the string literal that follows each field in the class body."""
     tree = ast.parse(textwrap.dedent(inspect.getsource(cls)))
-    body = tree.body[0].body  # type: ignore[attr-defined]
+    class_def = tree.body[0]
+    assert isinstance(class_def, ast.ClassDef)  # the source of a class is its class statement
+    body = class_def.body
     docs: dict[str, str] = {}
     for node, nxt in zip(body, body[1:], strict=False):
         if isinstance(node, ast.AnnAssign) and isinstance(node.target, ast.Name) and isinstance(nxt, ast.Expr) \
@@ -49,7 +54,7 @@ def _comment(text: str, indent: str = "") -> list[str]:
 def _list_item_type(tp: Any) -> type | None:
     if get_origin(tp) in (list, tuple):
         (item, *_) = get_args(tp)
-        return item if dataclasses.is_dataclass(item) else None
+        return item if isinstance(item, type) and dataclasses.is_dataclass(item) else None
     return None
 
 
@@ -69,7 +74,7 @@ def _example(cls: type, path: str, lines: list[str]) -> None:
         lines.append(f"# {f.name} = {_toml_value(value)}")
 
 
-def _section(obj: Any, path: str, lines: list[str]) -> None:
+def _section(obj: DataclassInstance, path: str, lines: list[str]) -> None:
     cls = type(obj)
     hints = typing.get_type_hints(cls)
     docs = attribute_docs(cls)

@@ -12,13 +12,16 @@ import math
 import tomllib
 import types
 import typing
-from typing import Any, TypeVar, get_args, get_origin
+from typing import TYPE_CHECKING, Any, TypeVar, get_args, get_origin
 
 from decoders.settings import ConfigError
 
+if TYPE_CHECKING:
+    from _typeshed import DataclassInstance
+
 __all__ = ["ConfigError", "apply_overrides", "build", "parse_override", "to_dict"]
 
-T = TypeVar("T")
+T = TypeVar("T", bound="DataclassInstance")  # a section dataclass
 
 
 def parse_override(text: str) -> tuple[list[str], Any]:
@@ -55,7 +58,7 @@ def build(cls: type[T], data: Any, key: str = "") -> T:
     if not isinstance(data, dict):
         raise ConfigError(key, data, f"a table of {cls.__name__} settings")
     hints = typing.get_type_hints(cls)
-    fields = {f.name: f for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
+    fields = {f.name: f for f in dataclasses.fields(cls)}
     unknown = sorted(set(data) - set(fields))
     if unknown:
         where = f"{key}.{unknown[0]}" if key else unknown[0]
@@ -107,7 +110,7 @@ def _convert(tp: Any, value: Any, key: str) -> Any:
             raise ConfigError(key, value, "a table")
         _, value_tp = get_args(tp)
         return {k: _convert(value_tp, v, f"{key}.{k}") for k, v in value.items()}
-    if dataclasses.is_dataclass(tp):
+    if isinstance(tp, type) and dataclasses.is_dataclass(tp):  # a type hint: a class, not an instance
         return build(tp, value, key)
     if tp is bool:
         if not isinstance(value, bool):

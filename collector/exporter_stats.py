@@ -9,9 +9,8 @@ a bug here must not stop the daemon).
 
 from __future__ import annotations
 
-from typing import Any
-
 import pyarrow as pa
+from prometheus_client.registry import Collector
 
 from collector.logging import log
 from collector.status import StatusBoard
@@ -28,22 +27,23 @@ class ExporterStatsRecorder:
         self._seen: dict[str, tuple[int, ...]] = {}
         self._errors_seen: dict[tuple[str, str], int] = {}
 
-    def tick(self, now_ms: int, board: StatusBoard, decode_errors: Any) -> dict[str, pa.RecordBatch]:
+    def tick(self, now_ms: int, board: StatusBoard, decode_errors: Collector | None) -> dict[str, pa.RecordBatch]:
         """The batches to write now (empty until ``interval_s`` has passed since the last ones)."""
         if self._last_ms is None:
             self._last_ms = now_ms
         if now_ms - self._last_ms < self.interval_ms:
             return {}
         try:
-            return self._record(now_ms, board, decode_errors)
+            return self._record(now_ms, self._last_ms, board, decode_errors)
         except Exception as exc:  # a bug: the history misses a minute, the daemon goes on
             log("error", "exporter statistics not recorded", error=repr(exc))
             return {}
         finally:
             self._last_ms = now_ms
 
-    def _record(self, now_ms: int, board: StatusBoard, decode_errors: Any) -> dict[str, pa.RecordBatch]:
-        period = int(min(now_ms - self._last_ms, 2**32 - 1))
+    def _record(self, now_ms: int, last_ms: int, board: StatusBoard,
+                decode_errors: Collector | None) -> dict[str, pa.RecordBatch]:
+        period = int(min(now_ms - last_ms, 2**32 - 1))
         rows = []
         for address, entry in list(board.exporters.items()):
             totals = (entry.datagrams, entry.records, entry.errors, entry.sequence_lost)
@@ -59,11 +59,11 @@ class ExporterStatsRecorder:
             del self._seen[address]
         errors = []
         for (exporter, reason), total in self._error_totals(decode_errors).items():
-            before = self._errors_seen.get((exporter, reason), 0)
-            delta = total - before if total >= before else total
+            seen = self._errors_seen.get((exporter, reason), 0)
+            new = total - seen if total >= seen else total
             self._errors_seen[(exporter, reason)] = total
-            if delta > 0:
-                errors.append((exporter, reason, delta))
+            if new > 0:
+                errors.append((exporter, reason, new))
         out = {}
         if rows:
             out["exporter_stats"] = stats_batch(now_ms, period, self.worker, rows)
@@ -72,7 +72,7 @@ class ExporterStatsRecorder:
         return out
 
     @staticmethod
-    def _error_totals(decode_errors: Any) -> dict[tuple[str, str], int]:
+    def _error_totals(decode_errors: Collector | None) -> dict[tuple[str, str], int]:
         """``flowmed_decode_errors`` of this process per (exporter label, reason), from the counter's samples."""
         totals: dict[tuple[str, str], int] = {}
         if decode_errors is None:

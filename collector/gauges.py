@@ -123,11 +123,11 @@ class SinkGauges:
             if rows > self._dropped_seen.get(key, 0):
                 m.output_dropped_rows.labels(output).inc(rows - self._dropped_seen.get(key, 0))
                 self._dropped_seen[key] = rows
-        for key, counter, value in (("journal_errors", m.handoff_unjournaled, sink.journal_errors),
-                                    ("journal_set_aside", m.handoff_set_aside, sink.journal_set_aside)):
-            if value > self._dropped_seen.get((key, ""), 0):
-                counter.inc(value - self._dropped_seen.get((key, ""), 0))
-                self._dropped_seen[(key, "")] = value
+        for name, counter, value in (("journal_errors", m.handoff_unjournaled, sink.journal_errors),
+                                     ("journal_set_aside", m.handoff_set_aside, sink.journal_set_aside)):
+            if value > self._dropped_seen.get((name, ""), 0):
+                counter.inc(value - self._dropped_seen.get((name, ""), 0))
+                self._dropped_seen[(name, "")] = value
         spool = spool_summary(sink)
         m.spool_bytes.set(spool.get("bytes", 0))
         m.spool_oldest_age.set(spool.get("oldest_age_s", 0.0))

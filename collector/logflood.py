@@ -20,6 +20,7 @@ from __future__ import annotations
 import logging
 import time
 from collections import OrderedDict
+from collections.abc import Callable
 
 PEER_FIELDS = ("client", "exporter", "peer")
 
@@ -27,13 +28,13 @@ PEER_FIELDS = ("client", "exporter", "peer")
 class FloodFilter(logging.Filter):
     # 50 s: a little under the pipeline's own one-minute RateLimiter, so the lines it lets through pass here too
     def __init__(self, interval_s: float = 50.0, max_new_keys: int = 100, max_keys: int = 8192,
-                 clock=time.monotonic) -> None:
+                 clock: Callable[[], float] = time.monotonic) -> None:
         super().__init__()
         self.interval_s = interval_s
         self.max_new_keys = max_new_keys
         self.max_keys = max_keys
         self.clock = clock
-        self._keys: OrderedDict[tuple, list[float]] = OrderedDict()  # key -> [last passed, held back]
+        self._keys: OrderedDict[tuple[str, object, str], list[float]] = OrderedDict()  # key -> [last passed, held back]
         self._window = -1.0
         self._new_in_window = 0
         self.held_new = 0

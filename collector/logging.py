@@ -11,6 +11,7 @@ import logging
 import sys
 import time
 from collections import OrderedDict
+from collections.abc import Hashable
 from typing import Any
 
 LOGGER_NAME = "flowmed"
@@ -58,15 +59,18 @@ class _Formatter(logging.Formatter):
         return " ".join(f"{k}={_logfmt_value(v)}" for k, v in items.items())
 
 
+class _Handler(logging.StreamHandler[Any]):
+    """flowmed's own handler: told apart from the root's foreign handlers when setup() runs again."""
+
+
 def setup(level: str = "info", fmt: str = "logfmt", stream: Any = None) -> None:
     """Send every log record (flowmed's and its libraries') to stderr in ``fmt``; idempotent (SIGHUP calls it)."""
-    handler = logging.StreamHandler(stream or sys.stderr)
+    handler = _Handler(stream or sys.stderr)
     handler.setFormatter(_Formatter(fmt))
     root = logging.getLogger()
     for old in list(root.handlers):
-        if getattr(old, "_flowmed", False):  # a handler of ours (set below), among the root's foreign ones
+        if isinstance(old, _Handler):  # a handler of ours (set below), among the root's foreign ones
             root.removeHandler(old)
-    handler._flowmed = True  # type: ignore[attr-defined]
     from collector.logflood import FloodFilter
 
     handler.addFilter(FloodFilter())  # per-peer warnings bounded, however many peers (spoofed) there are
@@ -95,9 +99,10 @@ class RateLimiter:
     def __init__(self, interval_s: float = 60.0, max_keys: int = 4096) -> None:
         self.interval_s = interval_s
         self.max_keys = max_keys
-        self._keys: OrderedDict[tuple, list[float | int]] = OrderedDict()  # key -> [last_logged, suppressed]
+        # key -> [last_logged, suppressed]
+        self._keys: OrderedDict[tuple[Hashable, ...], list[float | int]] = OrderedDict()
 
-    def allow(self, key: tuple, now: float | None = None) -> int | None:
+    def allow(self, key: tuple[Hashable, ...], now: float | None = None) -> int | None:
         """None when the line must be held back, else the number of lines held back since the last one."""
         now = time.monotonic() if now is None else now
         entry = self._keys.get(key)
@@ -114,7 +119,7 @@ class RateLimiter:
         entry[0], entry[1] = now, 0
         return suppressed
 
-    def log(self, level: str, msg: str, key: tuple, count: int = 1, **fields: Any) -> None:
+    def log(self, level: str, msg: str, key: tuple[Hashable, ...], count: int = 1, **fields: Any) -> None:
         """Log unless rate-limited; ``count`` is how many events this call stands for."""
         held = self.allow(key)
         if held is None:

@@ -46,7 +46,7 @@ class StateWriter:
         self.file_bytes = 0
         self.compact_next = True  # until the log on disk is known to be whole
         self._executor = ThreadPoolExecutor(1, thread_name_prefix="flowmed-state")
-        self._future: Future | None = None
+        self._future: Future[int] | None = None
 
     def load(self) -> tuple[bytes | None, bytes | None]:
         """Read the own log (into the mirror too) and held-data file; returns their bytes (None: no file).
@@ -73,7 +73,7 @@ class StateWriter:
         """A save is still being written."""
         return self._future is not None and not self._future.done()
 
-    def submit(self, changes: StateChanges) -> Future:
+    def submit(self, changes: StateChanges) -> Future[int]:
         """Write ``changes`` on the writer's thread (saves run one at a time, in order)."""
         self._future = self._executor.submit(self.write, changes)
         return self._future

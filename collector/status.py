@@ -231,8 +231,8 @@ class HttpServer:
             elif key.fileobj is self._wake_r:
                 with contextlib.suppress(OSError):
                     self._wake_r.recv(64)
-            else:
-                self._read(key.fileobj)  # type: ignore[arg-type]
+            elif isinstance(key.fileobj, socket.socket):  # an accepted connection (only sockets are registered)
+                self._read(key.fileobj)
         self._expire(time.monotonic())
 
     def _accept(self) -> None:
@@ -370,7 +370,8 @@ def fetch(listen: str, timeout: float = 5.0) -> dict[str, Any]:
         host = "127.0.0.1" if host == "0.0.0.0" else "::1"
     netloc = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
     with urllib.request.urlopen(f"http://{netloc}/status", timeout=timeout) as resp:
-        return json.loads(resp.read())
+        status: dict[str, Any] = json.loads(resp.read())
+    return status
 
 
 def _ago(ms: int, now_ms: int) -> str:
