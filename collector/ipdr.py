@@ -43,20 +43,36 @@ import logging
 import random
 import socket
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Coroutine
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
+
+import numpy as np
+import pyarrow as pa
 
 from collector.bindings_db import open_bindings
 from collector.config import Config, split_endpoint
 from decoders.ipdr import messages as m
 from decoders.ipdr.session import CollectorConnection, ConnState, ProtocolViolation, RecordsReceived, SessState
 from mediation.ipdr.settings import IpdrConfig, IpdrExporter
-from mediation.ipdr.usage import CmSubscribers, IpdrUsage
+from mediation.ipdr.subscribers import CmSubscribers
+from mediation.ipdr.usage import AddressLookup, IpdrUsage
 
 log = logging.getLogger("flowmed.ipdr")
 TICK_S = 0.25
 READ_SIZE = 256 * 1024
+
+
+class IpdrSink(Protocol):
+    """Where IPDR usage and raw records go: the daemon's :class:`storage.sink.Sink`."""
+
+    def add(self, table_name: str, batch: pa.RecordBatch) -> bool:
+        """Buffer ``batch``; False when it was refused (memory bound reached)."""
+        ...
+
+    def flush(self) -> None:
+        """Return once everything added is durable (blocks)."""
+        ...
 
 
 def _s16(host: str) -> bytes:
@@ -73,7 +89,7 @@ class SinkRefused(RuntimeError):
 class Durability:
     """Flush the sink, then commit the delta state: the point after which records may be acknowledged."""
 
-    def __init__(self, sink: Any, usage: IpdrUsage) -> None:
+    def __init__(self, sink: IpdrSink, usage: IpdrUsage) -> None:
         self.sink, self.usage = sink, usage
         self.lock = asyncio.Lock()
         self.syncs = 0
@@ -127,7 +143,7 @@ class IpdrCollector:
         housekeeping_s: how often the usage stage's ``tick`` runs (it re-reads a changed CM MAC file).
     """
 
-    def __init__(self, config: IpdrConfig, sink: Any, usage: IpdrUsage,
+    def __init__(self, config: IpdrConfig, sink: IpdrSink, usage: IpdrUsage,
                  clock: Callable[[], float] = time.monotonic, wall_clock: Callable[[], float] = time.time,
                  housekeeping_s: float = 5.0) -> None:
         self.config = config
@@ -139,7 +155,7 @@ class IpdrCollector:
         self.housekeeping_s = housekeeping_s
         self.stats = IpdrStats()
         self.connections: set[_Connection] = set()
-        self._tasks: set[asyncio.Task] = set()
+        self._tasks: set[asyncio.Task[None]] = set()
         self._server: asyncio.AbstractServer | None = None
         self._stopping = False
         self._allowed = [ipaddress.ip_network(p, strict=False) for p in config.allow]
@@ -160,7 +176,7 @@ class IpdrCollector:
             self.listen_port = self._server.sockets[0].getsockname()[1]
             log.info("ipdr: listening for exporters on %s:%d", host, self.listen_port)
 
-    def _spawn(self, coro) -> asyncio.Task:
+    def _spawn(self, coro: Coroutine[Any, Any, None]) -> asyncio.Task[None]:
         task = asyncio.get_running_loop().create_task(coro)
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
@@ -524,13 +540,10 @@ class _Connection:
                 self.owner.stats.acks_sent += 1
 
 
-def address_lookup(config: Config) -> Callable[[Any, Any], Any] | None:
+def address_lookup(config: Config) -> AddressLookup | None:
     """``(S16 addresses, times ms) -> subscriber ids ('' unknown)`` over the subscriber bindings database (static file
     and RADIUS bindings), refreshed at most every ``subscribers.refresh_interval_s``; None if it cannot be opened."""
-    import numpy as np
-
     try:
-
         bindings = open_bindings(config)
         # Bounded like the Mediator's index: only recent history in memory, older times read from the database.
         bindings.set_memory_limits(config.subscribers.memory_horizon_ms(config.mediation),
@@ -540,7 +553,7 @@ def address_lookup(config: Config) -> Callable[[Any, Any], Any] | None:
         return None
     last = [0.0]
 
-    def lookup(addresses, times):
+    def lookup(addresses: np.ndarray, times: np.ndarray) -> np.ndarray:
         now = time.monotonic()
         if now - last[0] >= config.subscribers.refresh_interval_s:
             bindings.refresh()
@@ -548,7 +561,6 @@ def address_lookup(config: Config) -> Callable[[Any, Any], Any] | None:
             last[0] = now
         idx, _ = bindings.lookup(np.asarray(addresses, dtype="S16"), np.asarray(times, dtype=np.int64))
         names = bindings.subscriber_names
-        names = names() if callable(names) else names
         if not len(names):
             return np.full(len(idx), "", dtype=object)
         return np.where(idx >= 0, names[np.maximum(idx, 0)], "").astype(object)
@@ -565,7 +577,7 @@ def make_usage(config: Config) -> IpdrUsage:
                      address_lookup=address_lookup(config) if cfg.address_bindings else None)
 
 
-async def start_ipdr(loop: asyncio.AbstractEventLoop | None, config: Config, sink: Any,
+async def start_ipdr(loop: asyncio.AbstractEventLoop | None, config: Config, sink: IpdrSink,
                      usage: IpdrUsage | None = None) -> IpdrCollector:
     """Daemon entry point: build and start the IPDR collector for ``config.ipdr`` feeding ``sink``.
 

@@ -19,19 +19,24 @@ import logging
 import time
 from collections import deque
 from collections.abc import Callable
-from typing import Any
+from typing import cast
 
 import pyarrow as pa
 
 from collector.bindings_db import open_bindings
 from collector.config import Config, split_endpoint
 from collector.listener import ListenError
+from collector.metrics import Metrics
 from mediation.subscribers.bindings import Bindings
-from mediation.subscribers.radius import RadiusAccounting, RadiusResult
+from mediation.subscribers.radius import Address, RadiusAccounting, RadiusResult, RequestKey
+from mediation.subscribers.static import StaticBindings
 
 log = logging.getLogger(__name__)
 
 MAX_BATCH = 512
+
+_Queued = tuple[bytes, Address, "_Protocol"]
+"""A request waiting for the writer thread: (datagram, source address, the socket's protocol that answers it)."""
 
 
 class _Protocol(asyncio.DatagramProtocol):
@@ -40,9 +45,10 @@ class _Protocol(asyncio.DatagramProtocol):
         self.transport: asyncio.DatagramTransport | None = None
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        self.transport = transport  # type: ignore[assignment]
+        # a datagram endpoint's transport: asyncio's and uvloop's have sendto() without subclassing DatagramTransport
+        self.transport = cast(asyncio.DatagramTransport, transport)
 
-    def datagram_received(self, data: bytes, addr: tuple) -> None:
+    def datagram_received(self, data: bytes, addr: Address) -> None:
         self.server.received(data, addr, self)
 
 
@@ -50,7 +56,7 @@ class RadiusServer:
     """The listener; create with :func:`start_radius`."""
 
     def __init__(self, config: Config, bindings: Bindings, emit: Callable[[str, pa.RecordBatch], object],
-                 metrics: Any = None, flush: Callable[[], None] | None = None) -> None:
+                 metrics: Metrics | None = None, flush: Callable[[], None] | None = None) -> None:
         self.config = config
         self.accounting = RadiusAccounting(config.radius, bindings, int(config.mediation.interval_s * 1000))
         self.bindings = bindings
@@ -59,11 +65,11 @@ class RadiusServer:
                                    config.subscribers.max_memory_bindings)
         self.emit = emit
         self.metrics = metrics
-        self.queue: deque[tuple[bytes, tuple, _Protocol]] = deque()
+        self.queue: deque[_Queued] = deque()
         self.dropped = 0
         self.transports: list[asyncio.DatagramTransport] = []
         self._wake = asyncio.Event()
-        self._task: asyncio.Task | None = None
+        self._task: asyncio.Task[None] | None = None
         self._executor = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="radius")
         self._reported: dict[tuple[str, str], int] = {}
         # usage handed to emit() but not yet known durable: confirmed after flush() returns
@@ -71,7 +77,7 @@ class RadiusServer:
         self.confirm_interval_s = max(float(config.store.flush_interval_s), 5.0)
         self._emitted_journal = 0
         self._confirmed_journal = 0
-        self._confirm_task: asyncio.Task | None = None
+        self._confirm_task: asyncio.Task[None] | None = None
 
     @property
     def addresses(self) -> list[tuple[str, int]]:
@@ -85,7 +91,7 @@ class RadiusServer:
                 transport, _ = await loop.create_datagram_endpoint(lambda: _Protocol(self), local_addr=(host, port))
             except OSError as exc:
                 raise ListenError("RADIUS accounting", endpoint, exc) from None
-            self.transports.append(transport)  # type: ignore[arg-type]
+            self.transports.append(transport)
         # bindings an older database had overlapping, ended by the one-time separation: to the outputs' table too
         separated = await loop.run_in_executor(self._executor, self.bindings.separation_to_publish)
         if separated is not None:
@@ -99,7 +105,7 @@ class RadiusServer:
         log.info("RADIUS accounting listening", extra={"listen": self.addresses,
                                                         "clients": len(self.config.radius.clients)})
 
-    def received(self, data: bytes, addr: tuple, proto: _Protocol) -> None:
+    def received(self, data: bytes, addr: Address, proto: _Protocol) -> None:
         if len(self.queue) >= self.config.radius.max_queue:
             self.dropped += 1
             self._count("queue", "dropped_queue_full")
@@ -135,7 +141,7 @@ class RadiusServer:
                     await loop.run_in_executor(self._executor, self.accounting.confirm, result.journal_id)
                 self._report()
 
-    def _handle_isolated(self, batch: list, now: int) -> Any:
+    def _handle_isolated(self, batch: list[_Queued], now: int) -> RadiusResult:
         """``accounting.handle`` of the whole batch; if that raises, the batch is rolled back and each request is
         handled on its own, so one request that trips a bug costs only itself its answer (counted as
         ``internal_error``), not the other NASes' requests queued with it. Runs on the writer thread."""
@@ -151,7 +157,7 @@ class RadiusServer:
             if len(pairs) == 1:
                 raise
             log.exception("RADIUS batch failed; handling its %d requests one by one", len(pairs))
-        merged: Any = None
+        merged: RadiusResult | None = None
         for pair in pairs:
             fresh = {k for k in keys if k not in acct._recent}
             counters = dict(acct.counters)
@@ -167,7 +173,7 @@ class RadiusServer:
             raise RuntimeError("every request of the batch failed")
         return merged
 
-    def _undo(self, fresh: set, counters: dict) -> None:
+    def _undo(self, fresh: set[RequestKey], counters: dict[tuple[str, str], int]) -> None:
         self.bindings.rollback()
         for k in fresh:
             self.accounting._recent.pop(k, None)
@@ -226,7 +232,7 @@ class RadiusServer:
                 self.metrics.radius_requests.labels(*key).inc(delta)
                 self._reported[key] = value
 
-    def reload_static(self, static: Any, now_ms: int) -> concurrent.futures.Future:
+    def reload_static(self, static: StaticBindings, now_ms: int) -> concurrent.futures.Future[tuple[int, int]]:
         """Run ``static.reload(now_ms)`` on the writer thread (the one thread that writes the bindings)."""
         return self._executor.submit(static.reload, now_ms)
 
@@ -246,7 +252,7 @@ class RadiusServer:
 
 
 async def start_radius(loop: asyncio.AbstractEventLoop, config: Config, bindings: Bindings | None,
-                       emit: Callable[[str, pa.RecordBatch], object], metrics: Any = None,
+                       emit: Callable[[str, pa.RecordBatch], object], metrics: Metrics | None = None,
                        flush: Callable[[], None] | None = None) -> RadiusServer:
     """Start the RADIUS accounting listener of ``config.radius`` and return it (``await server.stop()``).
 

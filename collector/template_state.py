@@ -106,7 +106,7 @@ class TemplateState:
             return
         writer.submit(changes).add_done_callback(self._saved)
 
-    def _saved(self, fut: concurrent.futures.Future[None]) -> None:
+    def _saved(self, fut: concurrent.futures.Future[int]) -> None:
         """(The writer's thread.) Count the save."""
         exc = fut.exception()
         if exc is None:

@@ -53,7 +53,7 @@ class Worker:
     def __init__(self, index: int, listeners: list[UdpListener]) -> None:
         self.index = index
         self.listeners = listeners
-        self.proc: subprocess.Popen | None = None
+        self.proc: subprocess.Popen[bytes] | None = None
         self.ready = False
         self.last_ping = 0.0
         self.started = 0.0

@@ -116,7 +116,7 @@ CREATE UNIQUE INDEX IF NOT EXISTS radius_recent_key ON radius_recent(authenticat
 
 @dataclass
 class RadiusResult:
-    responses: list[tuple[bytes, object]] = field(default_factory=list)
+    responses: list[tuple[bytes, Address]] = field(default_factory=list)
     """(datagram, address) to send."""
     usage: pa.RecordBatch | None = None
     """``usage`` rows with source 'radius' (None when there are none)."""
@@ -197,7 +197,7 @@ class RadiusAccounting:
 
     def _handle(self, datagrams: Sequence[tuple[bytes, Address]], now_ms: int) -> RadiusResult:
         result = RadiusResult()
-        answers: list[tuple[bytes, object]] = []
+        answers: list[tuple[bytes, Address]] = []
         usage: list[dict[str, np.ndarray]] = []
         sessions = None
         self._new_sessions = 0
