@@ -8,10 +8,15 @@ partitions now (servers without TTL; flowmed also does it hourly while running).
 from __future__ import annotations
 
 import time
+from typing import TYPE_CHECKING, Any
 
 import click
 
 from collector.commands.common import config_options
+from collector.config import Config
+
+if TYPE_CHECKING:
+    from storage.clickhouse.schema import SchemaManager
 
 
 @click.group("clickhouse")
@@ -23,7 +28,7 @@ def clickhouse_group() -> None:
 @click.option("--server-version", default=None, metavar="VERSION",
               help="Generate for this server version (e.g. 18.16 or 26.1) instead of asking the configured server.")
 @config_options
-def ddl_command(server_version: str | None, config) -> None:
+def ddl_command(server_version: str | None, config: Config) -> None:
     """Print the CREATE statements for every table and its read view (one per line block, ';'-terminated)."""
     from collector.tables import load_tables
     from storage.clickhouse.client import connect, server_caps
@@ -49,9 +54,9 @@ def ddl_command(server_version: str | None, config) -> None:
     click.echo("\n\n".join(out))
 
 
-def _manager(config):
+def _manager(config: Config) -> tuple[Any, list[Any], SchemaManager]:
     """The schema manager for ``migrate`` and ``retention``: on a cluster it checks every node (a node that is down
-    is reported and left out)."""
+    is reported and left out). With it the clickhouse-driver clients to disconnect (that library is untyped)."""
     from storage.clickhouse.client import connect, ddl_timeout_s, executor, server_caps
     from storage.clickhouse.schema import SchemaManager
 
@@ -76,7 +81,7 @@ def _manager(config):
 
 @clickhouse_group.command("migrate")
 @config_options
-def migrate_command(config) -> None:
+def migrate_command(config: Config) -> None:
     """Create missing tables and columns now and print what was done; exit 3 when a column's type differs."""
     from collector.tables import load_tables
 
@@ -96,7 +101,7 @@ def migrate_command(config) -> None:
 
 @clickhouse_group.command("retention")
 @config_options
-def retention_command(config) -> None:
+def retention_command(config: Config) -> None:
     """Drop partitions older than the retention now (servers without TTL; with TTL the server does it)."""
     from collector.tables import load_tables
 

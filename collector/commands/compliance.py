@@ -3,16 +3,23 @@
 
 from __future__ import annotations
 
+import datetime as dt
 import ipaddress
 import sys
 from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
 
 import click
 import pyarrow as pa
 
 from collector.commands.common import config_options
 from collector.commands.mediation import parse_time
+from collector.config import Config
 from decoders.addresses import network_text, optional_address_text
+
+if TYPE_CHECKING:  # imported where used: a fast CLI start
+    from mediation.compliance.deterministic import DeterministicNat
+    from storage.query import QueryEngine
 
 _TARGET = click.option("--target", type=click.Choice(["auto", "store", "clickhouse"]), default="auto",
                        show_default=True, help="The embedded store, the ClickHouse server, or auto.")
@@ -22,7 +29,7 @@ def instant(text: str, option: str) -> int:
     return parse_time(text, option)
 
 
-def _when(t) -> str:
+def _when(t: dt.datetime) -> str:
     """A time of the answer (timestamp, UTC) as text with milliseconds."""
     return t.strftime("%Y-%m-%d %H:%M:%S.") + f"{t.microsecond // 1000:03d}Z"
 
@@ -134,15 +141,15 @@ def verdict(answer: pa.Table, at_ms: int | None = None, window_s: int = 60) -> V
     nats = [r for r in rows if r["evidence"] == "nat"]
     bindings = {(r["private_addr"], int(r["private_port"])): r for r in rows if r["evidence"] == "binding"}
 
-    def kind(r: dict) -> str:
+    def kind(r: dict[str, Any]) -> str:
         return "start" if "deterministic" in r["detail"] else (r["detail"].split(" ") + [""])[1]
 
-    def nat_text(r: dict) -> str:
+    def nat_text(r: dict[str, Any]) -> str:
         if "deterministic" in r["detail"]:
             return f"{r['detail']}: {r['public_addr']} ports {r['public_port_start']}-{r['public_port_end']}"
         return f"{r['detail']} at {_when(r['time_from'])} by {r['exporter']}"
 
-    def binding_text(r: dict | None) -> str:
+    def binding_text(r: dict[str, Any] | None) -> str:
         return "" if r is None else f"{r['detail']} from {_when(r['time_from'])}"
 
     if not nats:  # not behind NAT: the address itself is the inside address
@@ -186,16 +193,23 @@ def with_verdict(answer: pa.Table, row: dict[str, object]) -> pa.Table:
     return pa.concat_tables([pa.Table.from_arrays(arrays, schema=answer.schema), answer])
 
 
-def run_trace(engine, *, address: str | None = None, port: int | None = None, at_ms: int | None = None,
+def run_trace(engine: QueryEngine, *, address: str | None = None, port: int | None = None, at_ms: int | None = None,
               window_s: int = 60, lookback_s: int = 86400, subscriber: str | None = None, from_ms: int | None = None,
-              to_ms: int | None = None, protocol: int | None = None, deterministic=None) -> pa.Table:
-    """Run the one trace query on ``engine`` (a :class:`storage.query.QueryEngine`); the tidy answer."""
+              to_ms: int | None = None, protocol: int | None = None,
+              deterministic: DeterministicNat | None = None) -> pa.Table:
+    """Run the one trace query on ``engine``; the tidy answer. Either ``address`` and ``at_ms`` (``port`` behind
+    NAT), or ``subscriber``, ``from_ms`` and ``to_ms``."""
     from mediation.compliance.trace import EVIDENCE, AddressQuery, SubscriberQuery
 
+    q: AddressQuery | SubscriberQuery
     if address is not None:
+        if at_ms is None:
+            raise ValueError("an address trace needs at_ms")
         mapping = deterministic.inside_of(address, port) if deterministic and port is not None else None
         q = AddressQuery(address, int(at_ms), port, window_s, lookback_s, protocol=protocol, deterministic=mapping)
     else:
+        if subscriber is None or from_ms is None or to_ms is None:
+            raise ValueError("a subscriber trace needs subscriber, from_ms and to_ms")
         q = SubscriberQuery(subscriber, int(from_ms), int(to_ms))
     answer = tidy(engine.query(q.sql(engine.source), text_addresses=False))
     # UNION ALL parts come back in any order on a server: evidence kind first, then time
@@ -221,7 +235,9 @@ def run_trace(engine, *, address: str | None = None, port: int | None = None, at
 @click.option("--format", "fmt", type=click.Choice(["table", "csv", "json"]), default="table", show_default=True)
 @_TARGET
 @config_options
-def trace_command(address, port, protocol, at, window_s, subscriber, from_, to, fmt, target, config) -> None:
+def trace_command(address: str | None, port: int | None, protocol: int | None, at: str | None, window_s: int,
+                  subscriber: str | None, from_: str | None, to: str | None, fmt: str, target: str,
+                  config: Config) -> None:
     """Who held an address (and, behind CGNAT, a public port) at an instant, with the evidence: the NAT session or
     port block, the RADIUS session or static binding, and the matching flows. Or, with --subscriber, a
     subscriber's bindings and connections over a period.
@@ -232,7 +248,8 @@ def trace_command(address, port, protocol, at, window_s, subscriber, from_, to, 
       flowmed trace --subscriber alice --from 2026-03-02T00:00:00Z --to 2026-03-03T00:00:00Z
     """
     from mediation.compliance.deterministic import DeterministicNat
-    from storage.query import QueryEngine, QueryError, render
+    from storage.errors import QueryError
+    from storage.query import QueryEngine, render
 
     if (address is None) == (subscriber is None):
         raise click.UsageError("give either --address (with --at) or --subscriber (with --from and --to)")
@@ -291,7 +308,8 @@ def trace_command(address, port, protocol, at, window_s, subscriber, from_, to, 
                                                                     "stdout without it).")
 @_TARGET
 @config_options
-def ipdr_report_command(from_, to, address, port, subscriber, fmt, layout, output, target, config) -> None:
+def ipdr_report_command(from_: str, to: str, address: str | None, port: int | None, subscriber: str | None, fmt: str,
+                        layout: str, output: str | None, target: str, config: Config) -> None:
     """Compliance records (IP detail records) of a period for an address or a subscriber, as CSV or XLSX, with the
     customer's name, address, phone and e-mail from compliance.directory_file."""
     from mediation.compliance.deterministic import DeterministicNat
@@ -310,7 +328,8 @@ def ipdr_report_command(from_, to, address, port, subscriber, fmt, layout, outpu
         to_csv,
         to_xlsx,
     )
-    from storage.query import QueryEngine, QueryError
+    from storage.errors import QueryError
+    from storage.query import QueryEngine
 
     if (address is None) == (subscriber is None):
         raise click.UsageError("give either --address [--port] or --subscriber")
@@ -346,6 +365,7 @@ def ipdr_report_command(from_, to, address, port, subscriber, fmt, layout, outpu
     finally:
         engine.close()
     if fmt == "xlsx":
+        assert output is not None  # --format xlsx without --output was refused above
         to_xlsx(rows, fields, output)
         click.echo(f"{len(rows)} records written to {output}", err=True)
     elif output:

@@ -7,13 +7,14 @@ import sys
 import click
 
 from collector.commands.common import config_options
+from collector.config import Config
 
 
 @click.command("console")
 @click.option("--hash-password", is_flag=True,
               help="Read a password (twice, not echoed), print its hash for [[console.users]] password_hash, exit.")
 @config_options
-def console_command(hash_password: bool, config) -> None:
+def console_command(hash_password: bool, config: Config) -> None:
     """Serve the web console (exporters, traffic, a subscriber's cycle, compliance lookup, reconciliation) on
     console.listen (127.0.0.1:9109 by default), reading the store or ClickHouse like flowmed query.
 

@@ -84,7 +84,8 @@ def decode(config: Config, pcap: str, fmt: str, ports: tuple[int, ...]) -> None:
         click.echo(f"decode errors: exporter={exporter} reason={reason} count={count}", err=True)
 
 
-def _decode_batch(decoder: DispatchDecoder, batch: list[tuple[bytes, str, int]], errors: dict) -> dict[str, np.ndarray]:
+def _decode_batch(decoder: DispatchDecoder, batch: list[tuple[bytes, str, int]],
+                  errors: dict[tuple[str, str], int]) -> dict[str, np.ndarray]:
     if not batch:
         return {}
     result = decoder.decode(batch)
@@ -130,7 +131,8 @@ def _column_text(kind: str, values: np.ndarray | None, n: int) -> list[Any]:
         return [address_text(raw) for raw in np.asarray(values, dtype="S16").tolist()]
     if kind == "timestamp_ms":
         return [str(t) + "Z" for t in np.asarray(values, dtype="int64").astype("datetime64[ms]")]
-    return np.asarray(values).tolist()
+    texts: list[Any] = np.asarray(values).tolist()
+    return texts
 
 
 @click.command("check-config")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+from typing import Any
 
 import click
 
@@ -18,10 +19,11 @@ def ipdr() -> None:
     """IPDR/SP (DOCSIS SAMIS) collection tools."""
 
 
-async def _sessions(host: str, port: int, timeout: float, vendor: str) -> dict:
+async def _sessions(host: str, port: int, timeout: float, vendor: str) -> dict[str, Any]:
+    """What the CMTS at host:port offers, as a JSON document."""
     reader, writer = await asyncio.wait_for(asyncio.open_connection(host, port), timeout)
     conn = CollectorConnection()
-    out: dict = {"exporter": f"{host}:{port}"}
+    out: dict[str, Any] = {"exporter": f"{host}:{port}"}
     try:
         writer.write(conn.send(m.Connect(0, 0, m.Capability.MULTISESSION, 60, vendor)))
         async with asyncio.timeout(timeout):

@@ -6,6 +6,8 @@ import datetime as dt
 import sqlite3
 import sys
 import time
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import click
 import numpy as np
@@ -14,6 +16,11 @@ import pyarrow as pa
 from collector.bindings_db import open_bindings
 from collector.commands.common import config_options
 from collector.config import Config
+
+if TYPE_CHECKING:  # imported where used: a fast CLI start
+    from storage.query import QueryEngine
+
+F = TypeVar("F", bound=Callable[..., Any])
 
 RECON_FIELDS = ("records_in", "bytes_in", "bytes_attributed", "bytes_unattributed", "bytes_rejected",
                 "bytes_duplicate", "records_rejected", "records_duplicate", "bytes_usage")
@@ -50,14 +57,15 @@ def _iso(ms: int) -> str:
     return dt.datetime.fromtimestamp(ms / 1000, dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
-def _engine(config: Config, target: str):
+def _engine(config: Config, target: str) -> QueryEngine:
     from storage.query import QueryEngine
 
     return QueryEngine.for_config(config, target)
 
 
 def _ms(column: pa.ChunkedArray) -> list[int]:
-    return column.cast(pa.timestamp("ms", tz="UTC")).cast(pa.int64()).to_pylist()
+    ms: list[int] = column.cast(pa.timestamp("ms", tz="UTC")).cast(pa.int64()).to_pylist()
+    return ms
 
 
 _range_options = [
@@ -68,7 +76,8 @@ _range_options = [
 ]
 
 
-def range_options(func):
+def range_options(func: F) -> F:
+    """Add --from, --to and --target."""
     for option in reversed(_range_options):
         func = option(func)
     return func
@@ -301,7 +310,8 @@ def bindings_list(subscriber: str | None, only_open: bool, limit: int, config: C
     from mediation.tables import OPEN_END_MS
 
     b = open_bindings(config)
-    where, args = ["1"], []
+    where: list[str] = ["1"]
+    args: list[str | int] = []
     if subscriber:
         where.append("subscriber_id=?")
         args.append(subscriber)

@@ -7,6 +7,7 @@ import sys
 import click
 
 from collector.commands.common import config_options
+from collector.config import Config
 from decoders.schema import Table
 from storage.clickhouse.types import modern_type
 
@@ -23,7 +24,7 @@ from storage.clickhouse.types import modern_type
                    "URLs, other servers): the table functions file(), url(), remote(), s3(), ... and the function "
                    "file().")
 @config_options
-def query_command(sql: str, fmt: str, target: str, allow_external: bool, config) -> None:
+def query_command(sql: str, fmt: str, target: str, allow_external: bool, config: Config) -> None:
     """Run one read-only ClickHouse SQL statement over flowmed's tables (flows, usage, ...) and print the result.
 
     Addresses print as text (192.0.2.1, 2001:db8::1) and compare with toIPv6('192.0.2.1'); times are UTC.
@@ -33,7 +34,8 @@ def query_command(sql: str, fmt: str, target: str, allow_external: bool, config)
 
     Example: flowmed query "SELECT src_addr, sum(bytes) FROM flows GROUP BY src_addr ORDER BY 2 DESC LIMIT 10"
     """
-    from storage.query import ChdbBackend, QueryEngine, QueryError, render
+    from storage.errors import QueryError
+    from storage.query import ChdbBackend, QueryEngine, render
 
     try:
         # On a server, readonly = 1 refuses table functions too (the server's own guard under ours).

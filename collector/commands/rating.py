@@ -6,14 +6,20 @@ import signal
 import sys
 import threading
 import time
+from typing import TYPE_CHECKING
 
 import click
 
 from collector.commands.common import config_options
+from collector.config import Config
 from collector.configtree import ConfigError
 
+if TYPE_CHECKING:  # the rating floor is imported by the commands that run (a fast CLI start)
+    from rating.job import RatingJob, RunReport
+    from rating.timebase import Instant
 
-def _instant(value: str, option: str):
+
+def _instant(value: str, option: str) -> Instant:
     """A ``--from``/``--to`` value: a date or time without offset (each plan's own time zone) or an instant."""
     from rating.timebase import parse_instant
 
@@ -23,7 +29,7 @@ def _instant(value: str, option: str):
         raise click.BadParameter(str(exc), param_hint=option) from None
 
 
-def _job(config):
+def _job(config: Config) -> RatingJob:
     from rating.job import RatingJob
 
     try:
@@ -41,12 +47,13 @@ def _job(config):
     return job
 
 
-def _run(job, *args, **kwargs):
+def _run(job: RatingJob, kind: str = "rate", *, from_: Instant | None = None, to: Instant | None = None,
+         subscriber: str | None = None) -> RunReport:
     from rating.lease import LeaseHeld
-    from storage.query import QueryError
+    from storage.errors import QueryError
 
     try:
-        return job.run(*args, **kwargs)
+        return job.run(kind, from_=from_, to=to, subscriber=subscriber)
     except LeaseHeld as exc:
         raise click.ClickException(str(exc)) from None
     except QueryError as exc:
@@ -57,7 +64,7 @@ def _run(job, *args, **kwargs):
 @click.option("--follow", is_flag=True, help="Keep running: one rating run every rating.schedule_interval_s "
               "(SIGTERM or SIGINT stop it between runs; /metrics on rating.metrics_listen).")
 @config_options
-def rate_command(follow: bool, config) -> None:
+def rate_command(follow: bool, config: Config) -> None:
     """Rate closed usage intervals into rated_usage (only what changed is written; one job at a time)."""
     from rating.rerate import format_report
 
@@ -73,7 +80,7 @@ def rate_command(follow: bool, config) -> None:
         job.close()
 
 
-def _follow(job, config) -> None:
+def _follow(job: RatingJob, config: Config) -> None:
     """``flowmed rate --follow``: a run every ``rating.schedule_interval_s`` until SIGTERM / SIGINT, counted in
     metrics; a failed run (store down, bad plans file) is logged and the next one tried."""
     from collector import status as status_mod
@@ -125,7 +132,7 @@ PERIOD_HELP = ("A date or time without offset (2026-11-01, 2026-11-01T06:00) is 
               "plan's time zone. " + PERIOD_HELP)
 @click.option("--subscriber", default=None, help="Only this subscriber.")
 @config_options
-def rerate_command(from_: str, to: str, subscriber: str | None, config) -> None:
+def rerate_command(from_: str, to: str, subscriber: str | None, config: Config) -> None:
     """Re-rate a period after a plan or assignment correction; prints the difference per subscriber.
 
     Every billing cycle that overlaps [--from, --to) in a plan's own calendar is re-rated whole (allowances and
@@ -152,11 +159,11 @@ def rerate_command(from_: str, to: str, subscriber: str | None, config) -> None:
               help="Directory for the lines, totals and control files.")
 @click.option("--force", is_flag=True, help="Export even though the cycle has intervals not closed yet.")
 @config_options
-def bill_run_command(cycle: str, fmt: str, output: str, force: bool, config) -> None:
+def bill_run_command(cycle: str, fmt: str, output: str, force: bool, config: Config) -> None:
     """Export a cycle's rated usage: per-subscriber lines and totals plus control rows (one per currency and plan
     calendar, each with that calendar's own cycle bounds)."""
     from rating.billrun import CycleOpen, bill_run
-    from storage.query import QueryError
+    from storage.errors import QueryError
 
     job = _job(config)
     try:
@@ -183,10 +190,10 @@ def bill_run_command(cycle: str, fmt: str, output: str, force: bool, config) -> 
 @click.option("--subscriber", required=True, help="Subscriber id.")
 @click.option("--cycle", required=True, help="Billing cycle YYYY-MM.")
 @config_options
-def explain_command(subscriber: str, cycle: str, config) -> None:
+def explain_command(subscriber: str, cycle: str, config: Config) -> None:
     """Show how each amount of a subscriber's cycle was reached (usage, band, tier, allowance, rounding)."""
     from rating.explain import explain
-    from storage.query import QueryError
+    from storage.errors import QueryError
 
     job = _job(config)
     try:
