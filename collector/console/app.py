@@ -10,10 +10,9 @@ from __future__ import annotations
 
 import logging
 import traceback
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from importlib import resources
 from pathlib import Path
-from typing import Any
 from urllib.parse import quote
 
 from starlette.applications import Starlette
@@ -24,10 +23,11 @@ from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
 from starlette.templating import Jinja2Templates
 
+from collector.config import Config
 from collector.console import compliance, pages, subscriber
 from collector.console.auth import AccessMiddleware, Authenticator
 from collector.console.data import ConsoleStore
-from collector.console.views import Context, PageError
+from collector.console.views import Context, PageError, PageValues
 from collector.console.window import RANGES, iso
 
 HERE = Path(__file__).resolve().parent
@@ -37,6 +37,8 @@ NAV = (("exporters", "Exporters"), ("traffic", "Traffic"), ("subscriber", "Subsc
        ("compliance", "Compliance"), ("reconciliation", "Reconciliation"))
 
 log = logging.getLogger("flowmed.console")
+
+Endpoint = Callable[[Request], Awaitable[Response]]
 
 
 def plotly_js() -> Path:
@@ -61,9 +63,10 @@ def build_app(ctx: Context) -> Starlette:
                        holds_data=ctx.store.holds_data)
     env.filters["q"] = lambda v: quote(str(v), safe="")
 
-    def page(name: str, handler: Callable[[Context, dict[str, str]], dict]) -> Callable:
+    def page(name: str, handler: Callable[[Context, dict[str, str]], PageValues]) -> Endpoint:
         async def endpoint(request: Request) -> Response:
             status, params = 200, {}
+            values: PageValues
             try:
                 params = _params(request)
                 values = await run_in_threadpool(handler, ctx, params)
@@ -80,7 +83,7 @@ def build_app(ctx: Context) -> Starlette:
                                               headers={"cache-control": "no-store"})
         return endpoint
 
-    def download(make: Callable[[Context, dict[str, str]], tuple[str, Any]], media_type: str) -> Callable:
+    def download(make: Callable[[Context, dict[str, str]], tuple[str, str | bytes]], media_type: str) -> Endpoint:
         async def endpoint(request: Request) -> Response:
             try:
                 filename, body = await run_in_threadpool(make, ctx, _params(request))
@@ -127,7 +130,8 @@ def build_app(ctx: Context) -> Starlette:
     return app
 
 
-def make_app(config: Any, store: ConsoleStore | None = None, clock: Callable[[], float] | None = None) -> Any:
+def make_app(config: Config, store: ConsoleStore | None = None,
+             clock: Callable[[], float] | None = None) -> AccessMiddleware:
     """The application with access control for ``config`` (its store opened unless given)."""
     store = store if store is not None else ConsoleStore.open(config)
     ctx = Context(store, config) if clock is None else Context(store, config, clock)

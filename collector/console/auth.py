@@ -18,8 +18,12 @@ import os
 import threading
 import time
 from collections import OrderedDict
-from collections.abc import Awaitable, Callable
-from typing import Any
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:  # --hash-password imports this module: it stays on the standard library at run time
+    from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+    from collector.config import ConsoleConfig
 
 SCRYPT_N, SCRYPT_R, SCRYPT_P = 2**14, 8, 1
 MAX_SCRYPT_N = 2**20
@@ -79,7 +83,7 @@ def verify_password(password: str, encoded: str) -> bool:
 class Authenticator:
     """Decides who a request is (or that it is refused) under ``console.auth``."""
 
-    def __init__(self, console_config: Any) -> None:
+    def __init__(self, console_config: ConsoleConfig) -> None:
         self.mode = console_config.auth
         self.users = {u.name: u.password_hash for u in console_config.users}
         self.header = console_config.proxy_header.lower().encode("latin-1")
@@ -88,7 +92,7 @@ class Authenticator:
         self._cache: OrderedDict[bytes, tuple[str, float]] = OrderedDict()
         self._lock = threading.Lock()
 
-    def user(self, scope: dict) -> tuple[str | None, int]:
+    def user(self, scope: Scope) -> tuple[str | None, int]:
         """``(user, 0)`` when the request may proceed, else ``(None, status)`` with 401 or 403."""
         headers = dict(scope.get("headers") or [])
         if self.mode == "none":
@@ -151,18 +155,14 @@ def loopback_host(host: str) -> bool:
         return False
 
 
-Receive = Callable[[], Awaitable[dict]]
-Send = Callable[[dict], Awaitable[None]]
-
-
 class AccessMiddleware:
     """ASGI middleware: refuses requests the :class:`Authenticator` refuses and adds the security headers."""
 
-    def __init__(self, app: Callable, authenticator: Authenticator) -> None:
+    def __init__(self, app: ASGIApp, authenticator: Authenticator) -> None:
         self.app = app
         self.auth = authenticator
 
-    async def __call__(self, scope: dict, receive: Receive, send: Send) -> None:
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
@@ -177,7 +177,7 @@ class AccessMiddleware:
             return
         scope.setdefault("state", {})["user"] = user
 
-        async def send_secured(message: dict) -> None:
+        async def send_secured(message: Message) -> None:
             if message["type"] == "http.response.start":
                 message = dict(message)
                 message["headers"] = list(message.get("headers", [])) + SECURITY_HEADERS

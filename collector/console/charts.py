@@ -6,16 +6,20 @@ numbers on the page; the server never turns money into a float).
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Any
 
 from collector.console.window import label
+
+Spec = dict[str, Any]
+"""A Plotly JSON object (a figure, its layout, a trace, a shape or an annotation)."""
 
 PALETTE = ("#2f6fb3", "#e07b39", "#3a9d5d", "#c4453c", "#8461b4", "#8c6d4f", "#d36fb0", "#7f7f7f", "#b5b53a",
            "#34a7b8", "#1f4e79", "#a3542b")
 OTHER_COLOR = "#c8ccd2"
 
 
-def layout(title: str, y_title: str, *, stacked: bool = False, height: int = 320) -> dict:
+def layout(title: str, y_title: str, *, stacked: bool = False, height: int = 320) -> Spec:
     """The common layout: UTC date axis, legend below, compact margins."""
     return {
         "title": {"text": title, "font": {"size": 14}, "x": 0, "xanchor": "left"},
@@ -31,12 +35,12 @@ def layout(title: str, y_title: str, *, stacked: bool = False, height: int = 320
     }
 
 
-def figure(data: list[dict], lay: dict) -> dict:
+def figure(data: list[Spec], lay: Spec) -> Spec:
     return {"data": data, "layout": lay}
 
 
-def stacked_area(title: str, y_title: str, steps: Sequence[int], series: dict[str, dict[int, float | int]],
-                 *, other: dict[int, int] | None = None, scale: float = 1.0) -> dict:
+def stacked_area(title: str, y_title: str, steps: Sequence[int], series: Mapping[str, Mapping[int, float]],
+                 *, other: dict[int, int] | None = None, scale: float = 1.0) -> Spec:
     """Stacked areas over ``steps`` (UTC seconds): one trace per series (``{name: {step: value}}``), then "other"."""
     x = [label(t * 1000) for t in steps]
     data = []
@@ -51,8 +55,8 @@ def stacked_area(title: str, y_title: str, steps: Sequence[int], series: dict[st
     return figure(data, layout(title, y_title, stacked=True))
 
 
-def lines(title: str, y_title: str, steps: Sequence[int], series: dict[str, dict[int, float | int]],
-          *, scale: float = 1.0) -> dict:
+def lines(title: str, y_title: str, steps: Sequence[int], series: Mapping[str, Mapping[int, float]],
+          *, scale: float = 1.0) -> Spec:
     """One line per series over ``steps`` (UTC seconds)."""
     x = [label(t * 1000) for t in steps]
     data = [{"type": "scatter", "mode": "lines", "name": name, "x": x, "y": [values.get(t, 0) / scale for t in steps],
@@ -61,8 +65,8 @@ def lines(title: str, y_title: str, steps: Sequence[int], series: dict[str, dict
     return figure(data, layout(title, y_title))
 
 
-def stacked_bars(title: str, y_title: str, steps: Sequence[int], series: dict[str, dict[int, int]],
-                 colors: dict[str, str] | None = None) -> dict:
+def stacked_bars(title: str, y_title: str, steps: Sequence[int], series: Mapping[str, Mapping[int, int]],
+                 colors: dict[str, str] | None = None) -> Spec:
     """Stacked bars over ``steps`` (UTC seconds), one trace per series."""
     x = [label(t * 1000) for t in steps]
     data = [{"type": "bar", "name": name, "x": x, "y": [values.get(t, 0) for t in steps],
@@ -77,14 +81,14 @@ def steps_between(t0_s: int, t1_s: int, step_s: int) -> list[int]:
     return list(range(first, t1_s, step_s))
 
 
-def band_shapes(spans: Iterable[tuple[int, int, str]], colors: dict[str, str]) -> list[dict]:
+def band_shapes(spans: Iterable[tuple[int, int, str]], colors: dict[str, str]) -> list[Spec]:
     """Shaded backgrounds for time bands: ``(start_ms, end_ms, band)`` spans."""
     return [{"type": "rect", "xref": "x", "yref": "paper", "x0": label(a), "x1": label(b), "y0": 0, "y1": 1,
              "fillcolor": colors.get(name, "rgba(120,120,120,0.08)"), "line": {"width": 0}, "layer": "below"}
             for a, b, name in spans]
 
 
-def hline(y: int | str, text: str, color: str) -> tuple[dict, dict]:
+def hline(y: int | str, text: str, color: str) -> tuple[Spec, Spec]:
     """A dashed horizontal line across the plot with its label (shape, annotation)."""
     shape = {"type": "line", "xref": "paper", "x0": 0, "x1": 1, "yref": "y", "y0": y, "y1": y,
              "line": {"color": color, "width": 1.5, "dash": "dash"}}

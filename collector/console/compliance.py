@@ -7,13 +7,18 @@ Both run the very queries of the commands (:func:`collector.commands.compliance.
 
 from __future__ import annotations
 
+import datetime as dt
 import ipaddress
 import os
 import tempfile
+from typing import TYPE_CHECKING
 
 from collector.console.subscriber import check_subscriber
-from collector.console.views import Cell, Context, PageError, TableView, number, text
+from collector.console.views import Cell, Context, PageError, PageValues, Row, TableView, number, text
 from collector.console.window import Window, WindowError, iso, parse_instant
+
+if TYPE_CHECKING:  # imported when a report is asked for
+    from mediation.compliance.report import ReportQuery
 
 PROTOCOL_CHOICES = (("", "any"), ("6", "TCP (6)"), ("17", "UDP (17)"), ("1", "ICMP (1)"), ("58", "ICMPv6 (58)"))
 PREVIEW_ROWS = 100
@@ -42,10 +47,10 @@ def _instant(params: dict[str, str], name: str) -> int:
         raise PageError(str(exc)) from None
 
 
-def compliance_page(ctx: Context, params: dict[str, str]) -> dict:
+def compliance_page(ctx: Context, params: dict[str, str]) -> PageValues:
     """The trace form and, when an address and instant are given, its verdict and evidence; the report form and,
     with ``report=1``, a preview of the report's first rows."""
-    out: dict = {"title": "Compliance lookup", "params": params, "protocols": PROTOCOL_CHOICES, "charts": [],
+    out: PageValues = {"title": "Compliance lookup", "params": params, "protocols": PROTOCOL_CHOICES, "charts": [],
                  "tables": [], "verdict": None, "trace_sql": None, "report_sql": None, "empty": False}
     if (params.get("address") or "").strip():
         if not (params.get("at") or "").strip():
@@ -56,7 +61,7 @@ def compliance_page(ctx: Context, params: dict[str, str]) -> dict:
     return out
 
 
-def trace(ctx: Context, params: dict[str, str]) -> dict:
+def trace(ctx: Context, params: dict[str, str]) -> PageValues:
     """Who held the address (and port) at the instant, with the evidence rows."""
     from collector.commands.compliance import run_trace, verdict
     from mediation.compliance.deterministic import DeterministicNat
@@ -96,7 +101,7 @@ def trace(ctx: Context, params: dict[str, str]) -> dict:
             "trace_at": iso(at)}
 
 
-def _time(value) -> Cell:
+def _time(value: dt.datetime | None) -> Cell:
     if value is None:
         return Cell("-")
     seconds = int(value.timestamp())
@@ -116,7 +121,7 @@ def _hostport(addr: str, port: int, port_end: int | None = None) -> str:
     return f"{host}:{port}" if port_end in (None, port) else f"{host}:{port}-{port_end}"
 
 
-def report_request(ctx: Context, params: dict[str, str]):
+def report_request(ctx: Context, params: dict[str, str]) -> ReportQuery:
     """The report asked for: a :class:`mediation.compliance.report.ReportQuery` over a bounded period."""
     from mediation.compliance.report import ReportQuery
 
@@ -140,7 +145,7 @@ def report_request(ctx: Context, params: dict[str, str]):
     return ReportQuery(t0, t1, None, None, check_subscriber(subscriber))
 
 
-def report_rows(ctx: Context, q) -> tuple[list[dict], str]:
+def report_rows(ctx: Context, q: ReportQuery) -> tuple[list[Row], str]:
     """The report's rows (generic layout, customer fields joined) and its SQL, as ``flowmed ipdr-report`` makes them."""
     from mediation.compliance.deterministic import DeterministicNat
     from mediation.compliance.report import (
@@ -180,7 +185,7 @@ def report_fields(ctx: Context, layout: str) -> list[str]:
         raise PageError(str(exc), 500) from None
 
 
-def report_preview(ctx: Context, params: dict[str, str]) -> dict:
+def report_preview(ctx: Context, params: dict[str, str]) -> PageValues:
     q = report_request(ctx, params)
     fields = report_fields(ctx, params.get("layout") or "dot")
     rows, sql = report_rows(ctx, q)

@@ -8,12 +8,17 @@ a table over a time range (only that range's partitions are read) and one templa
 from __future__ import annotations
 
 import threading
-from typing import Any
+from typing import TYPE_CHECKING
 
 import pyarrow as pa
 
 import collector.tables  # noqa: F401  (the pages read every table: the composition root registers them)
-from storage.query import ChdbBackend, QueryEngine, QueryError
+from collector.config import Config
+from storage.errors import QueryError
+from storage.query import ChdbBackend, QueryEngine
+
+if TYPE_CHECKING:  # imported when a page first needs it
+    from rating.job import RatingJob
 
 StoreError = QueryError
 """A query failed (the backend's message); pages show it instead of a chart."""
@@ -22,14 +27,14 @@ StoreError = QueryError
 class ConsoleStore:
     """The engine the console reads through (embedded store or ClickHouse server), read-only."""
 
-    def __init__(self, engine: QueryEngine, config: Any) -> None:
+    def __init__(self, engine: QueryEngine, config: Config) -> None:
         self.engine = engine
         self.config = config
-        self._job: Any = None
+        self._job: RatingJob | None = None
         self._job_lock = threading.Lock()
 
     @classmethod
-    def open(cls, config: Any) -> ConsoleStore:
+    def open(cls, config: Config) -> ConsoleStore:
         """The engine for ``console.target``; on a server every query runs with ``readonly = 1``."""
         engine = QueryEngine.for_config(config, config.console.target, server_readonly=1)
         return cls(engine, config)
@@ -66,7 +71,7 @@ class ConsoleStore:
         """Run one statement the console templated (never text a user typed); addresses come back as text."""
         return self.engine.query(sql)
 
-    def rating_job(self) -> Any:
+    def rating_job(self) -> RatingJob:
         """The rating job over this engine (plans, assignments, ``explain``), never writing anything."""
         with self._job_lock:
             if self._job is None:

@@ -17,6 +17,7 @@ from collector.console.views import (
     ChartView,
     Context,
     PageError,
+    PageValues,
     TableView,
     address_text,
     column,
@@ -26,6 +27,8 @@ from collector.console.views import (
     text,
     time_cell,
 )
+from collector.console.window import Window
+from collector.console.window import label as utc_label
 
 RATE_UNIT = {"bytes": "bit/s", "packets": "packets/s", "flows": "flows/s"}
 
@@ -35,7 +38,7 @@ def _rate_scale(metric: str, step_s: int) -> float:
     return step_s / 8 if metric == "bytes" else float(step_s)
 
 
-def traffic(ctx: Context, params: dict[str, str]) -> dict:
+def traffic(ctx: Context, params: dict[str, str]) -> PageValues:
     """Top sources, destinations, ports, protocols, AS numbers, exporters or classes over the window."""
     w = ctx.window(params)
     by = params.get("by") or "src_addr"
@@ -90,7 +93,7 @@ def traffic(ctx: Context, params: dict[str, str]) -> dict:
             "empty": not totals}
 
 
-def _classes(ctx: Context, w, step: int, metric: str) -> tuple[pa.Table, pa.Table, queries.Query]:
+def _classes(ctx: Context, w: Window, step: int, metric: str) -> tuple[pa.Table, pa.Table, queries.Query]:
     """Traffic classes in one read: (every class with its totals, ranked by ``metric``; the series of ``metric``)."""
     q = queries.class_series(ctx.store.source, w, step)
     series = ctx.run(q)
@@ -105,7 +108,7 @@ def _classes(ctx: Context, w, step: int, metric: str) -> tuple[pa.Table, pa.Tabl
     return top, values, q
 
 
-def exporters(ctx: Context, params: dict[str, str]) -> dict:
+def exporters(ctx: Context, params: dict[str, str]) -> PageValues:
     """Per exporter: datagrams and records per second, sequence losses, templates, errors, rejects, last seen."""
     w = ctx.window(params)
     step = w.step_s(60)
@@ -159,14 +162,14 @@ def exporters(ctx: Context, params: dict[str, str]) -> dict:
             "empty": table.num_rows == 0 and rej_table.num_rows == 0}
 
 
-def _reason_chart(title: str, data, steps: list[int], q, chart_id: str) -> ChartView:
+def _reason_chart(title: str, data: pa.Table, steps: list[int], q: queries.Query, chart_id: str) -> ChartView:
     per: dict[str, dict[int, int]] = {}
     for r in data.to_pylist():
         per.setdefault(r["key"], {})[r["t"]] = r["value"]
     return ChartView(title, charts.stacked_bars("", "count", steps, per) if per else None, [q], id=chart_id)
 
 
-def reconciliation(ctx: Context, params: dict[str, str]) -> dict:
+def reconciliation(ctx: Context, params: dict[str, str]) -> PageValues:
     """Per receive interval: in = attributed + unattributed + rejected + duplicate, flagged when it does not hold."""
     w = ctx.window(params)
     only_flagged = params.get("flagged") == "1"
@@ -174,7 +177,7 @@ def reconciliation(ctx: Context, params: dict[str, str]) -> dict:
     data = ctx.run(q)
     rows, classes = [], []
     flagged = 0
-    parts = {"attributed": {}, "unattributed": {}, "rejected": {}, "duplicate": {}}
+    parts: dict[str, dict[int, int]] = {"attributed": {}, "unattributed": {}, "rejected": {}, "duplicate": {}}
     bad_x: list[int] = []
     for r in data.to_pylist():
         accounted = r["attributed"] + r["unattributed"] + r["rejected"] + r["duplicate"]
@@ -199,16 +202,16 @@ def reconciliation(ctx: Context, params: dict[str, str]) -> dict:
             "attributed": "#3a9d5d", "unattributed": "#2f6fb3", "rejected": "#c4453c", "duplicate": "#e0a339"})
         bytes_in = {r["t"]: r["bytes_in"] for r in data.to_pylist()}
         fig["data"].append({"type": "scatter", "mode": "markers", "name": "bytes in",
-                            "x": [charts.label(t * 1000) for t in steps], "y": [bytes_in[t] for t in steps],
+                            "x": [utc_label(t * 1000) for t in steps], "y": [bytes_in[t] for t in steps],
                             "marker": {"color": "#111", "symbol": "line-ew-open", "size": 8, "line": {"width": 1.5}}})
         if bad_x:
             top = max(bytes_in.values())
             fig["data"].append({"type": "scatter", "mode": "markers", "name": "not balanced",
-                                "x": [charts.label(t * 1000) for t in bad_x], "y": [top * 1.05] * len(bad_x),
+                                "x": [utc_label(t * 1000) for t in bad_x], "y": [top * 1.05] * len(bad_x),
                                 "marker": {"color": "#c4453c", "symbol": "triangle-down", "size": 11}})
         half = ctx.config.mediation.interval_s * 500
-        fig["layout"]["shapes"] = [{"type": "rect", "xref": "x", "yref": "paper", "x0": charts.label(t * 1000 - half),
-                                    "x1": charts.label(t * 1000 + half), "y0": 0, "y1": 1, "layer": "below",
+        fig["layout"]["shapes"] = [{"type": "rect", "xref": "x", "yref": "paper", "x0": utc_label(t * 1000 - half),
+                                    "x1": utc_label(t * 1000 + half), "y0": 0, "y1": 1, "layer": "below",
                                     "fillcolor": "rgba(196,69,60,0.18)", "line": {"width": 0}} for t in bad_x]
     chart = ChartView("Where the received bytes went, per interval (bars: the four parts; marks: bytes in)", fig, [q],
                       id="chart-reconciliation")

@@ -24,6 +24,10 @@ MAX_LINES = 24
 """Summary lines on the page; more are folded into one "other" line so the statement stays one page."""
 
 
+StatementLine = tuple[str, str, str, str, str, int, int, int, int, int]
+"""(rate card, direction, class, band, currency, records, bytes, billable, allowance, amount micros)."""
+
+
 def _money(micros: int, currency: str) -> str:
     return f"{Decimal(micros).scaleb(-6).quantize(Decimal('0.000001'))} {currency}"
 
@@ -32,7 +36,7 @@ def _gb(n: int) -> str:
     return f"{Decimal(n).scaleb(-9).quantize(Decimal('0.001'))}"
 
 
-def statement(*, subscriber: str, cycle: str, period: str, plan: str, lines: list[tuple],
+def statement(*, subscriber: str, cycle: str, period: str, plan: str, lines: list[StatementLine],
               totals: dict[str, tuple[int, int]], daily: dict[str, dict[str, int]], notes: list[str],
               generated: str) -> bytes:
     """The PDF bytes. ``lines``: (rate card, direction, class, band, currency, records, bytes, billable, allowance,

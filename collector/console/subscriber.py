@@ -13,7 +13,7 @@ import io
 import re
 from collections import defaultdict
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from zoneinfo import ZoneInfo
 
 import numpy as np
@@ -24,6 +24,8 @@ from collector.console.views import (
     ChartView,
     Context,
     PageError,
+    PageValues,
+    Row,
     TableView,
     money,
     money_value,
@@ -33,6 +35,12 @@ from collector.console.views import (
     time_cell,
 )
 from collector.console.window import Window, iso
+from collector.console.window import label as utc_label
+
+if TYPE_CHECKING:  # the rating floor is imported when a page first needs it
+    from collector.console.pdf import StatementLine
+    from rating.assignments import Assignments
+    from rating.plans import Plan, PlanBook, RateCard
 
 PAGE_RECORDS = 200
 """Rated records per page of the records table."""
@@ -44,7 +52,7 @@ BAND_COLORS = ("rgba(224,123,57,0.13)", "rgba(47,111,179,0.10)", "rgba(58,157,93
 class Segment:
     """The part of the cycle under one plan assignment."""
 
-    plan: Any
+    plan: Plan
     start_ms: int
     end_ms: int
 
@@ -61,7 +69,7 @@ class Cycle:
     notes: list[str] = field(default_factory=list)
 
     @property
-    def plan(self) -> Any:
+    def plan(self) -> Plan | None:
         return self.segments[0].plan if self.segments else None
 
 
@@ -76,7 +84,8 @@ def resolve_cycle(ctx: Context, subscriber: str, label: str | None) -> Cycle:
     from rating.timebase import cycle_bounds, cycle_label_to_month, cycles
 
     notes: list[str] = []
-    plans = assignments = None
+    plans: PlanBook | None = None
+    assignments: Assignments | None = None
     try:
         job = ctx.store.rating_job()
         plans, assignments = job.plans, job.assignments
@@ -100,7 +109,7 @@ def resolve_cycle(ctx: Context, subscriber: str, label: str | None) -> Cycle:
     segments = []
     for a in mine:
         versions = plans.plans.get(a.plan_id) if plans is not None else None
-        if not versions:
+        if plans is None or not versions:
             notes.append(f"plan {a.plan_id!r} of the assignment from {iso(a.from_ms)} is not in the plans file")
             continue
         c0, c1 = cycle_bounds(versions[0].timezone, versions[0].cycle_day, label)
@@ -151,7 +160,8 @@ def _local(ms: int, tz: str) -> str:
     return dt.datetime.fromtimestamp(ms / 1000, dt.UTC).astimezone(ZoneInfo(tz)).strftime("%a %Y-%m-%d %H:%M %Z")
 
 
-def explain_by_record(lines: list[str], records: list[dict], plans: Any) -> tuple[list[str], dict[str, list[str]]]:
+def explain_by_record(lines: list[str], records: list[Row],
+                      plans: PlanBook) -> tuple[list[str], dict[str, list[str]]]:
     """Split ``flowmed explain`` output into the lines of each record (by record id) and the rest (plan, totals)."""
     blocks: list[list[str]] = []
     general: list[str] = []
@@ -212,10 +222,10 @@ def _explain(ctx: Context, cyc: Cycle) -> list[str]:
     return ctx.memo.get(("explain", cyc.subscriber, cyc.label), make)
 
 
-def summary(records: list[dict]) -> tuple[list[tuple], dict[str, tuple[int, int]]]:
+def summary(records: list[Row]) -> tuple[list[StatementLine], dict[str, tuple[int, int]]]:
     """Per (rate card, direction, class, band): records, bytes, billable, allowance, amount; and per currency
     (amount, bytes)."""
-    groups: dict[tuple, list[int]] = defaultdict(lambda: [0, 0, 0, 0, 0])
+    groups: dict[tuple[str, str, str, str, str], list[int]] = defaultdict(lambda: [0, 0, 0, 0, 0])
     totals: dict[str, list[int]] = defaultdict(lambda: [0, 0])
     for r in records:
         g = groups[(r["rate_card"], r["direction"], r["traffic_class"], r["band"], r["currency"])]
@@ -226,10 +236,11 @@ def summary(records: list[dict]) -> tuple[list[tuple], dict[str, tuple[int, int]
         g[4] += r["amount_micros"]
         totals[r["currency"]][0] += r["amount_micros"]
         totals[r["currency"]][1] += r["bytes"]
-    return [(*k, *v) for k, v in sorted(groups.items())], {c: (v[0], v[1]) for c, v in sorted(totals.items())}
+    return ([(*k, v[0], v[1], v[2], v[3], v[4]) for k, v in sorted(groups.items())],
+            {c: (v[0], v[1]) for c, v in sorted(totals.items())})
 
 
-def subscriber_page(ctx: Context, params: dict[str, str]) -> dict:
+def subscriber_page(ctx: Context, params: dict[str, str]) -> PageValues:
     """The page: a subscriber's cycle, or (without ``id``) the top subscribers of the window to pick from."""
     sid = (params.get("id") or "").strip()
     if not sid:
@@ -257,7 +268,7 @@ def subscriber_page(ctx: Context, params: dict[str, str]) -> dict:
             shapes += charts.band_shapes(band_spans(seg.plan, seg.start_ms, seg.end_ms), colors)
         fig_usage["layout"]["shapes"] = shapes
         fig_usage["layout"]["bargap"] = 0
-        fig_usage["layout"]["xaxis"]["range"] = [charts.label(cyc.start_ms), charts.label(cyc.end_ms)]
+        fig_usage["layout"]["xaxis"]["range"] = [utc_label(cyc.start_ms), utc_label(cyc.end_ms)]
         if plan is not None and plan.bands:
             bands_note = "Shaded: " + "; ".join(
                 f"{b.name} ({_days(b.days)} {b.start_minute // 60:02d}:{b.start_minute % 60:02d}–"
@@ -301,7 +312,7 @@ def subscriber_page(ctx: Context, params: dict[str, str]) -> dict:
             "empty": not steps and not records}
 
 
-def _explain_lines(ctx: Context, cyc: Cycle, records: list[dict]) -> tuple[list[str], dict[str, list[str]]]:
+def _explain_lines(ctx: Context, cyc: Cycle, records: list[Row]) -> tuple[list[str], dict[str, list[str]]]:
     lines = _explain(ctx, cyc)
     if not lines:
         return [], {}
@@ -349,20 +360,20 @@ def _cycle_local(cyc: Cycle) -> str:
     return f"{a:%Y-%m-%d %H:%M} – {b:%Y-%m-%d %H:%M} {tz.key}"
 
 
-def _card_allowance(seg: Segment, card: Any, cyc: Cycle) -> int:
+def _card_allowance(seg: Segment, card: RateCard, cyc: Cycle) -> int:
     """The card's allowance for a segment, prorated (floor) by its share of the cycle as rating does."""
     if not seg.plan.prorate:
         return card.allowance_bytes
     return card.allowance_bytes * (seg.end_ms - seg.start_ms) // (cyc.end_ms - cyc.start_ms)
 
 
-def _cumulative_chart(cyc: Cycle, records: list[dict], q_rated: queries.Query) -> ChartView:
+def _cumulative_chart(cyc: Cycle, records: list[Row], q_rated: queries.Query) -> ChartView:
     per: dict[str, tuple[list[str], list[int]]] = {}
     for r in records:
         if r["quantity_unit"] != "bytes" or r["rate_card"] in ("zero_rated", "minimum_charge"):
             continue
         xs, ys = per.setdefault(r["rate_card"], ([], []))
-        xs.append(charts.label(r["start_s"] * 1000))
+        xs.append(utc_label(r["start_s"] * 1000))
         ys.append(r["cycle_to_date"])
     if not per:
         return ChartView("Billable volume, cycle to date", None, [q_rated], id="chart-cumulative")
@@ -370,7 +381,7 @@ def _cumulative_chart(cyc: Cycle, records: list[dict], q_rated: queries.Query) -
              "name": f"{card} (billable, cycle to date)", "x": xs, "y": ys}
             for i, (card, (xs, ys)) in enumerate(per.items())]
     lay = charts.layout("", "bytes")
-    lay["xaxis"]["range"] = [charts.label(cyc.start_ms), charts.label(cyc.end_ms)]
+    lay["xaxis"]["range"] = [utc_label(cyc.start_ms), utc_label(cyc.end_ms)]
     shapes, notes = [], []
     for seg in cyc.segments:
         for card in seg.plan.rates:
@@ -387,20 +398,20 @@ def _cumulative_chart(cyc: Cycle, records: list[dict], q_rated: queries.Query) -
                      {"data": data, "layout": lay}, [q_rated], id="chart-cumulative")
 
 
-def _amount_chart(cyc: Cycle, records: list[dict], q_rated: queries.Query) -> ChartView:
+def _amount_chart(cyc: Cycle, records: list[Row], q_rated: queries.Query) -> ChartView:
     per: dict[str, tuple[list[str], list[str]]] = {}
     running: dict[str, int] = defaultdict(int)
     for r in sorted(records, key=lambda r: (r["start_s"], r["record_id"])):
         running[r["currency"]] += r["amount_micros"]
         xs, ys = per.setdefault(r["currency"], ([], []))
-        xs.append(charts.label(r["start_s"] * 1000))
+        xs.append(utc_label(r["start_s"] * 1000))
         ys.append(money_value(running[r["currency"]]))
     if not per:
         return ChartView("Amount, cycle to date", None, [q_rated], id="chart-amount")
     data = [{"type": "scatter", "mode": "lines", "line": {"shape": "hv", "color": charts.PALETTE[i % 12]},
              "name": f"amount ({cur})", "x": xs, "y": ys} for i, (cur, (xs, ys)) in enumerate(per.items())]
     lay = charts.layout("", "amount (" + ", ".join(per) + ")")
-    lay["xaxis"]["range"] = [charts.label(cyc.start_ms), charts.label(cyc.end_ms)]
+    lay["xaxis"]["range"] = [utc_label(cyc.start_ms), utc_label(cyc.end_ms)]
     shapes, notes = [], []
     for seg in cyc.segments:
         if seg.plan.max_charge is not None:
@@ -416,7 +427,7 @@ def _amount_chart(cyc: Cycle, records: list[dict], q_rated: queries.Query) -> Ch
                      id="chart-amount")
 
 
-def _pick(ctx: Context, params: dict[str, str]) -> dict:
+def _pick(ctx: Context, params: dict[str, str]) -> PageValues:
     w: Window = ctx.window(params if params.get("from") or params.get("range") else {**params, "range": "24h"})
     q = queries.top_subscribers(ctx.store.source, ctx.config.rating.source, w)
     data = ctx.run(q)
@@ -473,8 +484,8 @@ def statement_pdf(ctx: Context, params: dict[str, str]) -> tuple[str, bytes]:
         daily[day.strftime("%m-%d")] = defaultdict(int)
         day = (day + dt.timedelta(days=1)).replace(hour=0, minute=0)
     for r in usage.to_pylist():
-        day = dt.datetime.fromtimestamp(r["t"], tz).strftime("%m-%d")
-        daily[day][r["direction"]] += r["bytes"]
+        local_day = dt.datetime.fromtimestamp(r["t"], tz).strftime("%m-%d")
+        daily[local_day][r["direction"]] += r["bytes"]
     data = statement(subscriber=sid, cycle=cyc.label, period=_cycle_local(cyc),
                      plan=(f"{cyc.plan.id} version {cyc.plan.version}" if cyc.plan is not None else "none"),
                      lines=lines, totals=totals, daily=daily, notes=cyc.notes,

@@ -11,18 +11,27 @@ import itertools
 import threading
 import time
 from collections import OrderedDict
-from collections.abc import Callable
+from collections.abc import Callable, Hashable
 from dataclasses import dataclass, field
 from decimal import Decimal
-from typing import Any
+from typing import Any, TypeVar, cast
 
 import pyarrow as pa
 
+from collector.config import Config
+from collector.console.charts import Spec
 from collector.console.data import ConsoleStore, StoreError
 from collector.console.queries import Query, rows_in_window
 from collector.console.window import Window, WindowError, iso, window_from
 
 _ids = itertools.count(1)
+T = TypeVar("T")
+
+PageValues = dict[str, Any]
+"""What a page handler hands its template: title, charts, tables, messages and the page's own values."""
+
+Row = dict[str, Any]
+"""A row of a query answer as pyarrow's ``to_pylist`` gives it (column name -> value)."""
 
 
 class PageError(Exception):
@@ -61,7 +70,7 @@ class TableView:
 @dataclass
 class ChartView:
     title: str
-    figure: dict | None
+    figure: Spec | None
     queries: list[Query] = field(default_factory=list)
     note: str = ""
     id: str = ""
@@ -79,7 +88,7 @@ class Context:
     """What every page handler gets: the store, the configuration and the clock."""
 
     store: ConsoleStore
-    config: Any
+    config: Config
     clock: Callable[[], float] = time.time
     memo: Memo = field(default_factory=lambda: Memo())
 
@@ -176,8 +185,9 @@ def address_text(value: Any) -> str:
     return str(a)
 
 
-def column(table: pa.Table, name: str) -> list:
-    return table.column(name).to_pylist() if table.num_rows else []
+def column(table: pa.Table, name: str) -> list[Any]:
+    values: list[Any] = table.column(name).to_pylist() if table.num_rows else []
+    return values
 
 
 class Memo:
@@ -185,14 +195,15 @@ class Memo:
 
     def __init__(self, ttl_s: float = 60.0, size: int = 32, clock: Callable[[], float] = time.monotonic) -> None:
         self.ttl_s, self.size, self.clock = ttl_s, size, clock
-        self._items: OrderedDict[tuple, tuple[float, Any]] = OrderedDict()
+        self._items: OrderedDict[tuple[Hashable, ...], tuple[float, object]] = OrderedDict()
         self._lock = threading.Lock()
 
-    def get(self, key: tuple, make: Callable[[], Any]) -> Any:
+    def get(self, key: tuple[Hashable, ...], make: Callable[[], T]) -> T:
+        """The value ``make()`` gave for ``key`` less than ``ttl_s`` ago, else ``make()`` now (one key, one make)."""
         with self._lock:
             hit = self._items.get(key)
             if hit is not None and self.clock() - hit[0] < self.ttl_s:
-                return hit[1]
+                return cast(T, hit[1])  # stored by make() of this key
         value = make()
         with self._lock:
             self._items[key] = (self.clock(), value)
