@@ -21,9 +21,10 @@ from __future__ import annotations
 import ipaddress
 from collections import Counter, OrderedDict
 from collections.abc import Sequence
-from typing import Any
 
 from collector.config import Config
+from collector.logging import RateLimiter
+from collector.metrics import Metrics
 
 Datagram = tuple[bytes, str, int]
 
@@ -129,7 +130,7 @@ def make_admission(config: Config) -> Admission | None:
     return Admission(allow, rate, float(listen.exporter_rate_burst), config.decoder.max_exporters)
 
 
-def admit(admission: Admission, batch: list[Datagram], metrics: Any, errors_log: Any) -> list[Datagram]:
+def admit(admission: Admission, batch: list[Datagram], metrics: Metrics, errors_log: RateLimiter) -> list[Datagram]:
     """Filter ``batch`` through ``admission`` and account the refusals: metrics per exporter (label-capped) and
     reason, and a rate-limited log line per (exporter, reason). Used by :class:`collector.pipeline.Pipeline`."""
     import time

@@ -12,7 +12,7 @@ import sys
 import time
 from collections import OrderedDict
 from collections.abc import Hashable
-from typing import Any
+from typing import Any, TextIO
 
 LOGGER_NAME = "flowmed"
 logger = logging.getLogger(LOGGER_NAME)
@@ -63,7 +63,7 @@ class _Handler(logging.StreamHandler[Any]):
     """flowmed's own handler: told apart from the root's foreign handlers when setup() runs again."""
 
 
-def setup(level: str = "info", fmt: str = "logfmt", stream: Any = None) -> None:
+def setup(level: str = "info", fmt: str = "logfmt", stream: TextIO | None = None) -> None:
     """Send every log record (flowmed's and its libraries') to stderr in ``fmt``; idempotent (SIGHUP calls it)."""
     handler = _Handler(stream or sys.stderr)
     handler.setFormatter(_Formatter(fmt))

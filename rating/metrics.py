@@ -8,9 +8,12 @@ changed (records by change, the amount delta of the last run).
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+if TYPE_CHECKING:
+    from rating.job import RunReport
 
 OUTCOMES = ("ok", "failed", "skipped")
 CHANGES = ("new", "changed", "voided", "unchanged")
@@ -45,8 +48,8 @@ class RatingMetrics:
             self.records.labels(change)
         self.last: dict[str, Any] = {}
 
-    def succeeded(self, report: Any, seconds: float, finished_s: float) -> None:
-        """Count a finished run (``report``: :class:`rating.job.RunReport`)."""
+    def succeeded(self, report: RunReport, seconds: float, finished_s: float) -> None:
+        """Count a finished run."""
         self.runs.labels(report.kind, "ok").inc()
         self.duration.labels(report.kind).observe(seconds)
         self.usage_rows.inc(report.usage_rows)

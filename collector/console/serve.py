@@ -7,9 +7,12 @@ import logging
 import signal
 import socket
 from collections.abc import Iterator
-from typing import Any
+from typing import TYPE_CHECKING
 
-from collector.config import split_endpoint
+from collector.config import Config, split_endpoint
+
+if TYPE_CHECKING:  # opened by the command before it serves
+    from collector.console.data import ConsoleStore
 
 log = logging.getLogger("flowmed.console")
 
@@ -61,7 +64,7 @@ def _server_class() -> type:
     return Server
 
 
-def serve(config: Any, store: Any) -> None:
+def serve(config: Config, store: ConsoleStore) -> None:
     """Serve the console for ``config`` over ``store`` until stopped (uvicorn handles SIGTERM and SIGINT)."""
     import uvicorn
 

@@ -131,7 +131,7 @@ def resolve_cycle(ctx: Context, subscriber: str, label: str | None) -> Cycle:
     return Cycle(subscriber, label, start, end, segments, notes)
 
 
-def band_spans(plan: Any, start_ms: int, end_ms: int) -> list[tuple[int, int, str]]:
+def band_spans(plan: Plan | None, start_ms: int, end_ms: int) -> list[tuple[int, int, str]]:
     """``(start, end, band)`` of every listed band's local time-of-day window in ``[start_ms, end_ms)``."""
     if plan is None or not plan.bands:
         return []
