@@ -153,11 +153,12 @@ def _pair(x: np.uint64, off: Int, seed: np.uint64) -> np.uint64:
 
 
 @njit(nogil=True, cache=CACHE)
-def _datagram_runs(ident: np.ndarray, offset: np.ndarray, seed: np.uint64, uid: np.ndarray,
-                   again: np.ndarray) -> np.ndarray:
-    """The distinct datagram identities of a batch's records (``ident``, never 0), in order of first appearance;
-    ``uid[i]`` becomes the index of record ``i``'s identity among them, ``again[i]`` whether the same place
-    (identity, ``offset``) came earlier in the batch: the record is in a second copy of a datagram.
+def _datagram_runs(ident: np.ndarray, offset: np.ndarray, seed: np.uint64,
+                   again: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The runs of a batch's records and their datagram identities (``ident``, never 0): returns the distinct
+    identities in order of first appearance, where each run starts (and the end, last) and the index of each run's
+    identity among them; ``again[i]`` (False on entry) becomes True where the same place (identity, ``offset``) came
+    earlier in the batch: the record is in a second copy of a datagram.
 
     The records of one datagram are split over template groups, but within a group they come in order: a *run* is a
     stretch of records of one identity with rising offsets. A run whose offsets lie outside every earlier run of its
@@ -167,16 +168,12 @@ def _datagram_runs(ident: np.ndarray, offset: np.ndarray, seed: np.uint64, uid: 
     stays linear in the records whatever the datagrams look like. ``seed``: the process's secret multiplier (see
     :class:`_Table`), so crafted identities cannot pile up in one slot."""
     n = ident.shape[0]
+    first = np.empty(n + 1, dtype=np.int64)
     runs = 0
     for i in range(n):
         if i == 0 or ident[i] != ident[i - 1] or offset[i] <= offset[i - 1]:
+            first[runs] = i
             runs += 1
-    first = np.empty(runs + 1, dtype=np.int64)
-    r = 0
-    for i in range(n):
-        if i == 0 or ident[i] != ident[i - 1] or offset[i] <= offset[i - 1]:
-            first[r] = i
-            r += 1
     first[runs] = n
     size, bits = 16, 4
     while size < 2 * runs:
@@ -186,6 +183,7 @@ def _datagram_runs(ident: np.ndarray, offset: np.ndarray, seed: np.uint64, uid: 
     keys = np.zeros(size, dtype=np.uint64)
     slot_uid = np.empty(size, dtype=np.int64)
     uniques = np.empty(runs, dtype=np.uint64)
+    run_uid = np.empty(runs, dtype=np.int64)
     lo = np.empty(runs, dtype=np.int64)  # per identity: the span of its runs so far
     hi = np.empty(runs, dtype=np.int64)
     head = np.empty(runs, dtype=np.int64)  # per identity: its last run; per run: the one before it
@@ -202,22 +200,17 @@ def _datagram_runs(ident: np.ndarray, offset: np.ndarray, seed: np.uint64, uid: 
         while keys[h] != 0 and keys[h] != x:
             h = (h + 1) & (size - 1)
         a, b = np.int64(offset[f]), np.int64(offset[e - 1])
-        for i in range(f, e):
-            again[i] = False
         if keys[h] == 0:
             keys[h] = x
-            u = nu
-            slot_uid[h] = u
-            uniques[u] = x
-            lo[u], hi[u], head[u] = a, b, r
+            slot_uid[h] = nu
+            uniques[nu] = x
+            run_uid[r] = nu
+            lo[nu], hi[nu], head[nu] = a, b, r
             prev[r] = -1
             nu += 1
-            for i in range(f, e):
-                uid[i] = u
             continue
         u = slot_uid[h]
-        for i in range(f, e):
-            uid[i] = u
+        run_uid[r] = u
         prev[r] = head[u]
         head[u] = r
         if not checked[u] and (b < lo[u] or a > hi[u]):
@@ -252,8 +245,17 @@ def _datagram_runs(ident: np.ndarray, offset: np.ndarray, seed: np.uint64, uid: 
                 again[i] = True
             else:
                 places[p] = k
-    return uniques[:nu]
+    return uniques[:nu], first[:runs + 1], run_uid
 
+
+@njit(nogil=True, cache=CACHE)
+def _spread(first: np.ndarray, run_uid: np.ndarray, present: np.ndarray, again: np.ndarray) -> None:
+    """``again[i]`` |= whether the identity of record ``i``'s run was remembered before (``present`` per identity):
+    ``again`` becomes the records' duplicate marks."""
+    for r in range(run_uid.shape[0]):
+        if present[run_uid[r]]:
+            for i in range(first[r], first[r + 1]):
+                again[i] = True
 
 def _aligned_zeros(size: int) -> np.ndarray:
     """``size`` zeroed uint64 slots starting on a 64-byte boundary (a bucket is then exactly one cache line)."""
@@ -445,19 +447,18 @@ class Deduplicator:
             ident = ident if rows is None else ident[rows]
             offset = np.asarray(cols["datagram_offset"], dtype=np.uint16)
             offset = offset if rows is None else offset[rows]
-            uid = np.empty(len(ident), dtype=np.int64)
-            again = np.empty(len(ident), dtype=bool)
-            uniques = _datagram_runs(_keys_arg(ident), np.ascontiguousarray(offset), _SEED, uid, again)
+            again = np.zeros(len(ident), dtype=bool)
+            uniques, first, run_uid = _datagram_runs(_keys_arg(ident), np.ascontiguousarray(offset), _SEED, again)
         if every:  # the usual batch: primary exporters, decoded here
             self._rotate(now_ms, len(uniques))
-            present = self._remember(uniques)
-            dup: np.ndarray = again | present[uid]
-            return dup
+            _spread(first, run_uid, self._remember(uniques), again)
+            return again
         dup = role == ROLES.index("secondary")
         per_record = np.flatnonzero(~by_datagram & ~dup)
         self._rotate(now_ms, len(uniques) + len(per_record))
         if len(uniques):
-            dup[rows] = again | self._remember(uniques)[uid]
+            _spread(first, run_uid, self._remember(uniques), again)
+            dup[rows] = again
         if len(per_record):
             sub = {name: cols[name][per_record] for name in RECORD_KEY}
             dup[per_record] = self._remember(self.keys(sub, role[per_record]))
@@ -516,5 +517,6 @@ def warm_up() -> None:
     keys = np.array([1, 2, 1], dtype=np.uint64)
     d.duplicates(keys, np.zeros(len(keys), dtype=np.int8), 0)  # the one kernel, inserting and (previous) finding
     ident = np.array([5, 5, 6, 5], dtype=np.uint64)
-    _datagram_runs(ident, np.array([0, 1, 0, 0], dtype=np.uint16), _SEED, np.empty(4, dtype=np.int64),
-                   np.empty(4, dtype=bool))
+    again = np.zeros(4, dtype=bool)
+    _, first, run_uid = _datagram_runs(ident, np.array([0, 1, 0, 0], dtype=np.uint16), _SEED, again)
+    _spread(first, run_uid, np.ones(2, dtype=bool), again)

@@ -6,12 +6,14 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from collector.config import load
 from decoders.netflow.decoder import FlowDecoder
 from decoders.schema import FLOWS
 from mediation import Mediator
-from mediation.dedup import RECORD_KEY, ROLES, Deduplicator
+from mediation.dedup import _SEED, RECORD_KEY, ROLES, Deduplicator, _datagram_runs
 from mediation.mediator import column
 from mediation.subscribers.bindings import Bindings
 from tests.decoders.packets import T0_MS, V4_FIELDS, data_set, ipfix, template_set, v4_record, v5
@@ -129,3 +131,23 @@ def test_reject_ids_are_the_record_keys():
     cols = {name: column(flows, name)[:1] for name in RECORD_KEY}
     assert rejects.column("reject_id").to_pylist() == m.dedup.keys(cols, np.zeros(1, dtype=np.int8)).tolist()
     assert rejects.column("datagram").to_pylist() == [int(column(flows, "datagram")[0])]
+
+
+@settings(max_examples=80, deadline=None)
+@given(st.lists(st.tuples(st.integers(1, 4), st.integers(0, 6)), max_size=200))
+def test_the_batch_pass_finds_exactly_the_repeated_places(records):
+    """Against a Python model: a record is marked again exactly when its (identity, offset) came earlier in the
+    batch, whatever the runs look like (copies adjacent or apart, sets interleaved, offsets falling)."""
+    ident = np.array([r[0] for r in records], dtype=np.uint64)
+    offset = np.array([r[1] for r in records], dtype=np.uint16)
+    again = np.zeros(len(records), dtype=bool)
+    uniques, first, run_uid = _datagram_runs(ident, offset, _SEED, again)
+    seen: set[tuple[int, int]] = set()
+    want = []
+    for r in records:
+        want.append(r in seen)
+        seen.add(r)
+    assert again.tolist() == want
+    assert uniques.tolist() == list(dict.fromkeys(r[0] for r in records))
+    per_record = np.repeat(run_uid, np.diff(first))
+    assert (uniques[per_record] == ident).all()
