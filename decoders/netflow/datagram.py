@@ -38,7 +38,13 @@ from decoders.sampling import SamplerKey, rate_from_values
 
 _SET = struct.Struct(">HH")
 _HELD_SALT = 0x48454C44 << 16
-"""Salt of the identity of a held data set replayed on its own (with its template id in the low bits)."""
+"""Salt of the identity of a held data set replayed on its own (see :func:`_held_salt`)."""
+
+
+def _held_salt(template_id: int, export_ms: int, uptime_ms: int) -> int:
+    """What a held set's identity covers besides its bytes and exporter: its template id and its datagram's header
+    times, so that only the same set of an identical resend has the same identity."""
+    return (_HELD_SALT ^ template_id ^ (export_ms << 24) ^ ((uptime_ms & 0xFFFFFFFF) << 29)) & 0xFFFFFFFFFFFFFFFF
 
 
 def decode_one(state: DecoderState, batch: Batch, payload: bytes, exporter: str, received_ms: int) -> None:
@@ -301,8 +307,9 @@ def _learn(state: DecoderState, batch: Batch, st: ExporterState, version: int, d
         current, batch.var_sets = batch.var_sets, []  # replayed sets are not the current datagram's records
         for held in state.pending.take(held_key):
             # its own identity: the rest of its datagram was decoded (and de-duplicated) when it came
+            salt = _held_salt(raw.template_id, held.export_ms, held.uptime_ms)
             ctx = batch.context(st, version, domain, held.received_ms, held.export_ms, held.uptime_ms, 0,
-                                digest_bytes(held.body, st.name, _HELD_SALT ^ raw.template_id))
+                                digest_bytes(held.body, st.name, salt))
             batch.result.pending_replayed[st.name] += 1
             try:
                 _data(state, batch, st, compiled, ctx, domain, memoryview(held.body), 0, len(held.body))

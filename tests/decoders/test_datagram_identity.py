@@ -131,3 +131,15 @@ def test_dispatch_keeps_both_protocols_identities() -> None:
     flows = _decode(DispatchDecoder(), [_v5(1), _sflow(agent), _v5(2)])
     ident = flows["datagram"]
     assert len(ident) == 8 and (ident != 0).all() and len(np.unique(ident)) == 3
+
+
+def test_a_held_set_of_an_identical_resend_has_the_same_identity():
+    def replayed(data: bytes) -> int:
+        decoder = FlowDecoder()
+        _decode(decoder, [data])
+        return int(_decode(decoder, [v9(template_set({256: V4_FIELDS}, ipfix=False), seq=9)])["datagram"][0])
+
+    body = data_set(256, V4_FIELDS, [v4_record(0)])
+    first = replayed(v9(body, seq=1))
+    assert replayed(v9(body, seq=1)) == first
+    assert replayed(v9(body, seq=1, export_ms=T0_MS + 1000)) != first  # the same set in another datagram
