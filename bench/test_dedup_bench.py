@@ -5,11 +5,12 @@
 
 A batch is 61,440 keys (2,048 datagrams of 30 records, the daemon's batch); a generation holds up to 8,000,000 keys
 (``dedup_max_keys`` = 16,000,000, the default while every record had a key), a 128 MiB table: the per-record path,
-which shared exporters (and records without a datagram identity) still take. ``insert``: fresh keys into a generation already
-half full (every round adds a batch, so the rounds cover the second half of its filling); ``contains``: a full
-generation asked for a batch of which 5 % are present (the previous generation's check); ``duplicates``: the whole
-``Deduplicator.duplicates`` once a previous generation is full and the current one is at its steady size, with 5 %
-of each batch resent from the batch before. ns per key = median round time / 61,440 (``extra_info``).
+which shared exporters (and records without a datagram identity) still take. ``insert``: fresh keys into a
+generation already half full (every round adds a batch, so the rounds cover the second half of its filling);
+``contains``: a full generation asked for a batch of which 5 % are present (the previous generation's check);
+``duplicates``: the whole ``Deduplicator.duplicates`` once a previous generation is full and the current one is at
+its steady size, with 5 % of each batch resent from the batch before. ns per key = median round time / 61,440
+(``extra_info``).
 ``mark_per_datagram``: what a batch of primary exporters costs now (issue 17 item 2): one key per datagram of 30
 records (2,048 keys per batch, 3,600,000 per generation at the default ``dedup_max_keys``), found from the records'
 ``datagram`` and ``datagram_offset`` columns, in ns per record; ``datagram_digest``: the decoders' part of it (the
