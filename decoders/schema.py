@@ -228,6 +228,11 @@ FLOWS = table(
         Column("nat_pool_id", "u32", "NAT pool (IE 283); 0 when none."),
         Column("firewall_event", "u8", "Firewall event (IE 233; Cisco NSEL NF_F_FW_EVENT: 1 created, 2 deleted, "
                "3 denied, 5 update); 0 when none."),
+        Column("datagram", "u64", "The export datagram the record came in: a 64-bit digest of the exporter and the "
+               "datagram's bytes, equal for an identical resend (de-duplication keys primary exporters by it); a data "
+               "set held for its template and decoded later has its own. 0: unknown (rows stored before it was)."),
+        Column("datagram_offset", "u16", "Where the record starts in its datagram, in bytes (a held data set: in "
+               "the set); with exporter and datagram it locates the record."),
         Column("batch_id", "u64", "Id of the write batch; a replayed batch keeps its id, so it lands only once.",
                codec="T64, LZ4"),
     ),

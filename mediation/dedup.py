@@ -1,22 +1,35 @@
-"""De-duplication of flow records by a deterministic record key within a bounded window.
+"""De-duplication of flow records within a bounded window: per datagram where a resend is what repeats, per record
+where the same flow comes from several routers.
 
-The key hashes what identifies a flow: addresses, ports, protocol, start and end time, bytes and packets, plus, for
-exporters with the ``primary`` role (the default), the exporter and observation domain, so only that exporter's own
-resends are duplicates. Exporters with the ``shared`` role leave the exporter out of the key: the same flow exported
-by two routers of that role counts once. ``secondary`` exporters are duplicates by configuration (a router whose
-traffic a primary router already reports): all their records are counted as duplicate and kept out of usage.
+Which key a record gets, by its exporter's role (``exporter_roles``, longest prefix wins):
 
-Keys live in two generations of an open-addressing hash table (compiled insert-or-find, numba): a key is
-remembered for at least ``window_ms`` and at most twice that of processing time, and at most ``max_keys`` keys are
-kept (a generation that fills up is retired early; that is counted as ``evictions``, since it shortens the window).
-A batch is one compiled pass per table, in record order: the first occurrence of a key in a batch inserts it, so its
-later occurrences find it (no sort of the batch).
+* ``primary`` (the default): only that exporter's own resends are duplicates, and a resend repeats a whole datagram
+  (same exporter, same bytes), so the key is the datagram's identity (the ``datagram`` column: a digest of the
+  exporter and the datagram's bytes, made by the decoders, :mod:`decoders.digest`): one key per datagram, about 30
+  records, instead of one per record. A resent datagram is a duplicate in full; a datagram that repeats only some
+  records of an earlier one (or repeats them in another order, or with another header) is not a resend and counts
+  in full. An identical copy in the same batch is found by the records' places in their datagram
+  (``datagram_offset``): the first copy is kept, every later one is a duplicate (:func:`_datagram_runs`).
+* ``shared``: a record key per record that leaves the exporter out (addresses, ports, protocol, start and end time,
+  bytes and packets): the same flow exported by two routers of that role counts once.
+* ``secondary``: duplicates by configuration (a router whose traffic a primary router already reports): all their
+  records are counted as duplicate and kept out of usage.
+* Records without a datagram identity (``datagram`` = 0: built by other tools, or stored before flowmed stored
+  it) of a ``primary`` exporter get the record key with the exporter and observation domain in it, as before.
+
+Record keys are also the ids of rejected records (:meth:`Deduplicator.keys`, ``rejects.reject_id``), whatever the
+role: they do not change when de-duplication keys a record per datagram.
+
+Keys (of both kinds) live in two generations of an open-addressing hash table (compiled insert-or-find, numba): a
+key is remembered for at least ``window_ms`` and at most twice that of processing time, and at most ``max_keys``
+keys are kept (a generation that fills up is retired early; that is counted as ``evictions``, since it shortens the
+window). A batch is one compiled pass per table, in record order: the first occurrence of a key in a batch inserts
+it, so its later occurrences find it (no sort of the batch).
 
 Multi-worker: the kernel keeps an exporter on one worker (SO_REUSEPORT hashes the source address and port), so the
 window of a ``primary`` exporter is complete in its worker. ``shared`` de-duplication across routers is exact only
 when those routers' datagrams reach the same worker (always with ``workers = 1``).
 """
-
 from __future__ import annotations
 
 import ipaddress
@@ -35,6 +48,9 @@ from mediation.subscribers.bindings import parse_network, split_addresses
 from mediation.subscribers.index import warm_up as warm_up_index
 
 ROLES = ("primary", "shared", "secondary")
+RECORD_KEY = ("exporter", "observation_domain", "src_addr", "dst_addr", "src_port", "dst_port", "protocol",
+               "flow_start", "flow_end", "bytes", "packets")
+"""The columns of a record key (:meth:`Deduplicator.keys`)."""
 INITIAL_KEYS = 1 << 16
 """The first generation starts this small and grows as it fills; later ones start at the size the previous one
 needed (so a daemon in steady state never re-hashes a generation), bounded by ``max_keys``."""
@@ -129,6 +145,117 @@ def _probe(slots: np.ndarray, seed: np.uint64, shift: np.uint64, keys: np.ndarra
             done[i] = _find(slots, keys[i], home)
     return inserted
 
+
+@njit(nogil=True, cache=CACHE, inline="always")
+def _pair(x: np.uint64, off: Int, seed: np.uint64) -> np.uint64:
+    """A key of (identity, offset) for the batch's set of record places."""
+    return (x ^ (np.uint64(off + 1) * np.uint64(0x9E3779B97F4A7C15))) * seed
+
+
+@njit(nogil=True, cache=CACHE)
+def _datagram_runs(ident: np.ndarray, offset: np.ndarray, seed: np.uint64,
+                   again: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The runs of a batch's records and their datagram identities (``ident``, never 0): returns the distinct
+    identities in order of first appearance, where each run starts (and the end, last) and the index of each run's
+    identity among them; ``again[i]`` (False on entry) becomes True where the same place (identity, ``offset``) came
+    earlier in the batch: the record is in a second copy of a datagram.
+
+    The records of one datagram are split over template groups, but within a group they come in order: a *run* is a
+    stretch of records of one identity with rising offsets. A run whose offsets lie outside every earlier run of its
+    identity (their span, ``lo`` to ``hi``) cannot repeat a place: that settles nearly every run with two compares.
+    Only an identity with overlapping runs (a copy, or a datagram whose sets alternate templates) has its records'
+    places checked one by one, in a set of (identity, offset) keys made for the batch when first needed: the work
+    stays linear in the records whatever the datagrams look like. ``seed``: the process's secret multiplier (see
+    :class:`_Table`), so crafted identities cannot pile up in one slot."""
+    n = ident.shape[0]
+    first = np.empty(n + 1, dtype=np.int64)
+    runs = 0
+    for i in range(n):
+        if i == 0 or ident[i] != ident[i - 1] or offset[i] <= offset[i - 1]:
+            first[runs] = i
+            runs += 1
+    first[runs] = n
+    size, bits = 16, 4
+    while size < 2 * runs:
+        size <<= 1
+        bits += 1
+    shift = np.uint64(64 - bits)
+    keys = np.zeros(size, dtype=np.uint64)
+    slot_uid = np.empty(size, dtype=np.int64)
+    uniques = np.empty(runs, dtype=np.uint64)
+    run_uid = np.empty(runs, dtype=np.int64)
+    lo = np.empty(runs, dtype=np.int64)  # per identity: the span of its runs so far
+    hi = np.empty(runs, dtype=np.int64)
+    head = np.empty(runs, dtype=np.int64)  # per identity: its last run; per run: the one before it
+    prev = np.empty(runs, dtype=np.int64)
+    checked = np.zeros(runs, dtype=np.bool_)  # per identity: its places are in ``places``
+    places = np.zeros(0, dtype=np.uint64)
+    pmask = 0
+    pshift = np.uint64(63)
+    nu = 0
+    for r in range(runs):
+        f, e = first[r], first[r + 1]
+        x = ident[f]
+        h = np.int64((x * seed) >> shift)
+        while keys[h] != 0 and keys[h] != x:
+            h = (h + 1) & (size - 1)
+        a, b = np.int64(offset[f]), np.int64(offset[e - 1])
+        if keys[h] == 0:
+            keys[h] = x
+            slot_uid[h] = nu
+            uniques[nu] = x
+            run_uid[r] = nu
+            lo[nu], hi[nu], head[nu] = a, b, r
+            prev[r] = -1
+            nu += 1
+            continue
+        u = slot_uid[h]
+        run_uid[r] = u
+        prev[r] = head[u]
+        head[u] = r
+        if not checked[u] and (b < lo[u] or a > hi[u]):
+            lo[u], hi[u] = min(lo[u], a), max(hi[u], b)
+            continue
+        lo[u], hi[u] = min(lo[u], a), max(hi[u], b)
+        if pmask == 0:  # the first identity to check in this batch: room for every record's place
+            psize, pbits = 16, 4
+            while psize < 2 * n:
+                psize <<= 1
+                pbits += 1
+            places = np.zeros(psize, dtype=np.uint64)
+            pmask = psize - 1
+            pshift = np.uint64(64 - pbits)
+        if not checked[u]:  # the places of its earlier runs first (each identity once)
+            checked[u] = True
+            q = prev[r]
+            while q >= 0:
+                for i in range(first[q], first[q + 1]):
+                    k = _pair(x, offset[i], seed) | np.uint64(1)
+                    p = np.int64(k >> pshift)
+                    while places[p] != 0 and places[p] != k:
+                        p = (p + 1) & pmask
+                    places[p] = k
+                q = prev[q]
+        for i in range(f, e):
+            k = _pair(x, offset[i], seed) | np.uint64(1)
+            p = np.int64(k >> pshift)
+            while places[p] != 0 and places[p] != k:
+                p = (p + 1) & pmask
+            if places[p] == k:
+                again[i] = True
+            else:
+                places[p] = k
+    return uniques[:nu], first[:runs + 1], run_uid
+
+
+@njit(nogil=True, cache=CACHE)
+def _spread(first: np.ndarray, run_uid: np.ndarray, present: np.ndarray, again: np.ndarray) -> None:
+    """``again[i]`` |= whether the identity of record ``i``'s run was remembered before (``present`` per identity):
+    ``again`` becomes the records' duplicate marks."""
+    for r in range(run_uid.shape[0]):
+        if present[run_uid[r]]:
+            for i in range(first[r], first[r + 1]):
+                again[i] = True
 
 def _aligned_zeros(size: int) -> np.ndarray:
     """``size`` zeroed uint64 slots starting on a 64-byte boundary (a bucket is then exactly one cache line)."""
@@ -307,6 +434,45 @@ class Deduplicator:
         k[k == 0] = 1
         return k
 
+    def mark(self, cols: dict[str, np.ndarray], exporter_role: np.ndarray, now_ms: int) -> np.ndarray:
+        """True for the records (``cols``, ``flows`` columns) that are duplicates, keyed by role as the module
+        docstring says: per datagram (``datagram``, ``datagram_offset``), per record, or by role."""
+        role = np.asarray(exporter_role)
+        ident = np.asarray(cols["datagram"], dtype=np.uint64)
+        by_datagram = (role == 0) & (ident != 0)
+        every = bool(by_datagram.all())
+        rows = None if every else np.flatnonzero(by_datagram)
+        uniques = np.zeros(0, dtype=np.uint64)
+        if every or len(rows):  # type: ignore[arg-type]
+            ident = ident if rows is None else ident[rows]
+            offset = np.asarray(cols["datagram_offset"], dtype=np.uint16)
+            offset = offset if rows is None else offset[rows]
+            again = np.zeros(len(ident), dtype=bool)
+            uniques, first, run_uid = _datagram_runs(_keys_arg(ident), np.ascontiguousarray(offset), _SEED, again)
+        if every:  # the usual batch: primary exporters, decoded here
+            self._rotate(now_ms, len(uniques))
+            _spread(first, run_uid, self._remember(uniques), again)
+            return again
+        dup = role == ROLES.index("secondary")
+        per_record = np.flatnonzero(~by_datagram & ~dup)
+        self._rotate(now_ms, len(uniques) + len(per_record))
+        if len(uniques):
+            _spread(first, run_uid, self._remember(uniques), again)
+            dup[rows] = again
+        if len(per_record):
+            sub = {name: cols[name][per_record] for name in RECORD_KEY}
+            dup[per_record] = self._remember(self.keys(sub, role[per_record]))
+        return dup
+
+    def _remember(self, keys: np.ndarray) -> np.ndarray:
+        """True where a key is remembered (or earlier in ``keys``); the others are remembered from now on."""
+        keys = _keys_arg(keys)
+        found = np.zeros(len(keys), dtype=bool)
+        if self._previous is not None:
+            self._previous.find_into(keys, found)  # remembered, but not refreshed into the current generation
+        self._current.insert_into(keys, found)
+        return found
+
     def duplicates(self, keys: np.ndarray, exporter_role: np.ndarray, now_ms: int) -> np.ndarray:
         """True for records that are duplicates (of an earlier record, of one in the same batch, or by role)."""
         self._rotate(now_ms, len(keys))
@@ -350,3 +516,7 @@ def warm_up() -> None:
     d = Deduplicator(1000, 2048)
     keys = np.array([1, 2, 1], dtype=np.uint64)
     d.duplicates(keys, np.zeros(len(keys), dtype=np.int8), 0)  # the one kernel, inserting and (previous) finding
+    ident = np.array([5, 5, 6, 5], dtype=np.uint64)
+    again = np.zeros(4, dtype=bool)
+    _, first, run_uid = _datagram_runs(ident, np.array([0, 1, 0, 0], dtype=np.uint16), _SEED, again)
+    _spread(first, run_uid, np.ones(2, dtype=bool), again)

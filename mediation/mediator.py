@@ -31,7 +31,7 @@ import pyarrow.compute as pc
 
 from mediation.aggregate import Allocation, UsageAggregator, split_intervals
 from mediation.classify import Classifier
-from mediation.dedup import Deduplicator
+from mediation.dedup import RECORD_KEY, Deduplicator
 from mediation.hashing import hash_columns
 from mediation.reconcile import FIELDS, Reconciler
 from mediation.settings import MediationConfig
@@ -212,11 +212,16 @@ class Mediator:
         reason = validate(cols["time_received"], cols["flow_start"], cols["flow_end"], nbytes, cols["packets"],
                           **self._limits)
         role = np.asarray(self._exporter_roles, dtype=np.int8)[exporter]
-        keys = self.dedup.keys(cols, role)
         valid = reason == 0
-        dup = np.zeros(n, dtype=bool)
-        vidx = np.flatnonzero(valid)
-        dup[vidx] = self.dedup.duplicates(keys[vidx], role[vidx], now_ms)
+        # de-duplication: per datagram for primary exporters, per record for shared ones (mediation.dedup)
+        marked = {name: cols[name] for name in RECORD_KEY}
+        marked.update(datagram=column(flows, "datagram"), datagram_offset=column(flows, "datagram_offset"))
+        if valid.all():
+            dup = self.dedup.mark(marked, role, now_ms)
+        else:
+            dup = np.zeros(n, dtype=bool)
+            vidx = np.flatnonzero(valid)
+            dup[vidx] = self.dedup.mark({name: v[vidx] for name, v in marked.items()}, role[vidx], now_ms)
         ok = np.flatnonzero(valid & ~dup)
 
         # split, correlate and aggregate, in chunks of at most MAX_PARTS parts (long flows make many parts)
@@ -261,7 +266,8 @@ class Mediator:
             bad = np.flatnonzero(~valid)
             for code, count in zip(*np.unique(reason[bad], return_counts=True), strict=True):
                 c[f"rejected_{REASONS[code - 1]}"] += int(count)
-            rejects = self._rejects(flows, bad, reason[bad], keys[bad], now_ms)
+            keys = self.dedup.keys({name: cols[name][bad] for name in RECORD_KEY}, role[bad])  # the reject ids
+            rejects = self._rejects(flows, bad, reason[bad], keys, now_ms)
         return self._emit(now_ms, force=False, rejects=rejects)
 
     @staticmethod

@@ -74,11 +74,15 @@ class MediationConfig:
     """Records lasting longer than this are rejected as too_long."""
     max_bytes_per_packet: int = 65535
     """Records with more bytes per packet than this (or fewer than 1) are rejected as absurd_counters."""
-    dedup_window_s: float = 900.0
-    """Record keys are remembered this long (by flow end time) to drop resent or doubly exported records."""
-    dedup_max_keys: int = 16_000_000
-    """Keys kept at most, over two generations (about 16 bytes of memory per key); when the rate is so high that
-    a generation fills before dedup_window_s, it is retired early and the window is shorter (counted)."""
+    dedup_window_s: float = 120.0
+    """De-duplication keys are remembered at least this long (and at most twice that) of processing time, to drop
+    resent datagrams and doubly exported records: one key per datagram of a primary exporter, one per record of a
+    shared one."""
+    dedup_max_keys: int = 7_200_000
+    """Keys kept at most, over two generations (16 to 32 bytes of memory per key: 128 MiB at the default); when the
+    rate is so high that a generation fills before dedup_window_s, it is retired early and the window is shorter
+    (counted). The default holds 30,000 datagrams/s of primary exporters for the whole window; no traffic makes
+    it hold more."""
     exporter_roles: list[ExporterRole] = field(default_factory=list)
     """Exporter roles for de-duplication (longest prefix wins; default primary)."""
     classes: list[ClassRule] = field(default_factory=list)

@@ -68,7 +68,8 @@ REJECTS = table(
         Column("reason", "string", "Why: impossible_timestamp, end_before_start, future, too_old, too_long, "
                "zero_counters, absurd_counters.", low_cardinality=True),
         Column("rejected_at", "timestamp_ms", "When flowmed rejected it (UTC)."),
-        Column("reject_id", "u64", "Deterministic record key (the same key de-duplication uses)."),
+        Column("reject_id", "u64", "Deterministic record key: a hash of the flow's fields, its observation domain "
+               "and its exporter (unless the exporter's role is shared); de-duplication's per-record key."),
         *_FLOW_COLUMNS,
         Column("batch_id", "u64", "Id of the write batch that stored the reject (not the batch of the flow); a "
                "replayed batch keeps its id, so it lands only once.", codec="T64, LZ4"),

@@ -5,7 +5,9 @@ A *group* gathers the data sets of a batch that share a compiled template (ident
 exporters share one compiled template, so they share a group): the per-datagram parser
 (:mod:`decoders.netflow.datagram`) and the fast path (:mod:`decoders.netflow.fast_path`) append to groups, and
 :mod:`decoders.netflow.groups` decodes each group at once. A *context* is one datagram's values that its records
-share: (domain slot, received_ms, export_ms, uptime_ms, v5 sampling rate).
+share: (domain slot, received_ms, export_ms, uptime_ms, v5 sampling rate, digest). The digest is the datagram's
+identity (:mod:`decoders.digest`; a held data set replayed on its own has its own), and each data set remembers
+where its records start in its datagram, so every record gets ``datagram`` and ``datagram_offset``.
 """
 
 from __future__ import annotations
@@ -19,20 +21,24 @@ from decoders.sequence import SequenceTracker
 
 DomainKey = tuple[str, int, int]
 """(exporter, version, domain)."""
-Context = tuple[int, int, int, int, int]
-"""(domain slot, received_ms, export_ms, uptime_ms, v5 sampling rate)."""
+Context = tuple[int, int, int, int, int, int]
+"""(domain slot, received_ms, export_ms, uptime_ms, v5 sampling rate, datagram digest)."""
+NCTX = 6
+CTX_DIGEST = 5
 
 
 class Block:
     """Data sets of plain data datagrams decoded without a Python step each: where their records are in the batch
-    buffer (:attr:`decoders.netflow.fast_path.Scanned.buf`), how many records each holds, and their contexts."""
+    buffer (:attr:`decoders.netflow.fast_path.Scanned.buf`), how many records each holds, their contexts and where
+their records start in their datagrams."""
 
-    __slots__ = ("offsets", "counts", "ctx")
+    __slots__ = ("offsets", "counts", "ctx", "where")
 
-    def __init__(self, offsets: np.ndarray, counts: np.ndarray, ctx: np.ndarray) -> None:
+    def __init__(self, offsets: np.ndarray, counts: np.ndarray, ctx: np.ndarray, where: np.ndarray) -> None:
         self.offsets = offsets
         self.counts = counts
         self.ctx = ctx
+        self.where = where
 
 
 Chunk = bytes | memoryview | Block
@@ -42,13 +48,14 @@ Chunk = bytes | memoryview | Block
 class Group:
     """Data sets of one batch that share a compiled template (None: NetFlow v5 records)."""
 
-    __slots__ = ("compiled", "chunks", "counts", "ctx", "starts", "blocks")
+    __slots__ = ("compiled", "chunks", "counts", "ctx", "where", "starts", "blocks")
 
     def __init__(self, compiled: Compiled | None) -> None:
         self.compiled = compiled
         self.chunks: list[Chunk] = []
         self.counts: list[int] = []  # per chunk; variable-length templates: 0 until walk_sets() has run
         self.ctx: list[int] = []  # per chunk (a Block: its first datagram's)
+        self.where: list[int] = []  # per chunk: where its first record starts in its datagram (a Block: 0)
         self.starts: np.ndarray | None = None  # variable-length templates: segment offsets per record
         self.blocks = False
 
@@ -87,9 +94,9 @@ class Batch:
         self.buf: bytes | memoryview = b""  # the batch's datagrams joined, when blocks refer to it
 
     def context(self, st: ExporterState, version: int, domain: int, received_ms: int, export_ms: int,
-                uptime_ms: int, v5_rate: int = 0) -> int:
+                uptime_ms: int, v5_rate: int = 0, digest: int = 0) -> int:
         """Add a datagram's context; returns its index."""
-        self.contexts.append((self.slot(st, version, domain), received_ms, export_ms, uptime_ms, v5_rate))
+        self.contexts.append((self.slot(st, version, domain), received_ms, export_ms, uptime_ms, v5_rate, digest))
         return self.ctx_base + len(self.contexts) - 1
 
     def slot(self, st: ExporterState, version: int, domain: int) -> int:
@@ -106,9 +113,9 @@ class Batch:
         return self.contexts[ctx - self.ctx_base]
 
     def context_block(self, rows: np.ndarray) -> int:
-        """Add the contexts of a block of datagrams, shape (k, 5); returns the index of the first."""
+        """Add the contexts of a block of datagrams, shape (k, NCTX); returns the index of the first."""
         if self.contexts:
-            self.ctx_parts.append(np.asarray(self.contexts, dtype=np.int64).reshape(len(self.contexts), 5))
+            self.ctx_parts.append(np.asarray(self.contexts, dtype=np.int64).reshape(len(self.contexts), NCTX))
             self.ctx_base += len(self.contexts)
             self.contexts = []
         first = self.ctx_base
@@ -117,8 +124,8 @@ class Batch:
         return first
 
     def context_array(self) -> np.ndarray:
-        """Every context of the batch, shape (n, 5)."""
-        parts = [*self.ctx_parts, np.asarray(self.contexts, dtype=np.int64).reshape(len(self.contexts), 5)]
+        """Every context of the batch, shape (n, NCTX)."""
+        parts = [*self.ctx_parts, np.asarray(self.contexts, dtype=np.int64).reshape(len(self.contexts), NCTX)]
         return parts[-1] if len(parts) == 1 else np.concatenate(parts)
 
     def group(self, compiled: Compiled) -> Group:

@@ -15,6 +15,7 @@ from typing import cast
 
 import numpy as np
 
+from decoders.digest import digest_bytes
 from decoders.errors import (
     BadRecord,
     BadSetLength,
@@ -36,6 +37,14 @@ from decoders.netflow.templates import Compiled, walk_variable
 from decoders.sampling import SamplerKey, rate_from_values
 
 _SET = struct.Struct(">HH")
+_HELD_SALT = 0x48454C44 << 16
+"""Salt of the identity of a held data set replayed on its own (see :func:`_held_salt`)."""
+
+
+def _held_salt(template_id: int, export_ms: int, uptime_ms: int) -> int:
+    """What a held set's identity covers besides its bytes and exporter: its template id and its datagram's header
+    times, so that only the same set of an identical resend has the same identity."""
+    return (_HELD_SALT ^ template_id ^ (export_ms << 24) ^ ((uptime_ms & 0xFFFFFFFF) << 29)) & 0xFFFFFFFFFFFFFFFF
 
 
 def decode_one(state: DecoderState, batch: Batch, payload: bytes, exporter: str, received_ms: int) -> None:
@@ -74,11 +83,13 @@ def _v5(state: DecoderState, batch: Batch, st: ExporterState, payload: bytes, re
         batch.result.errors[(st.name, h.problem.reason)] += 1
     if h.count == 0:
         return
-    ctx = batch.context(st, 5, h.domain, received_ms, h.export_ms, h.uptime_ms, h.sampling_rate)
+    ctx = batch.context(st, 5, h.domain, received_ms, h.export_ms, h.uptime_ms, h.sampling_rate,
+                        digest_bytes(payload, st.name))
     g = batch.v5
     g.chunks.append(memoryview(payload)[netflow5.HEADER_LEN:netflow5.HEADER_LEN + h.count * netflow5.RECORD_LEN])
     g.counts.append(h.count)
     g.ctx.append(ctx)
+    g.where.append(netflow5.HEADER_LEN)
     batch.sequence.append((state.records_sequences, (st.name, 5, h.domain), h.sequence, h.count, True, None))
 
 
@@ -103,7 +114,7 @@ def _templated(state: DecoderState, batch: Batch, st: ExporterState, payload: by
                 raise LengthMismatch(f"IPFIX message length {length} below its header", offset=2)
             result.errors[(st.name, "truncated" if length > end else "length_mismatch")] += 1
             end = min(end, length)
-    ctx = batch.context(st, version, domain, received_ms, secs * 1000, uptime)
+    ctx = batch.context(st, version, domain, received_ms, secs * 1000, uptime, 0, digest_bytes(payload, st.name))
     view = memoryview(payload)
     records, exact = 0, True
     templates, groups = st.templates, batch.groups
@@ -131,6 +142,7 @@ def _templated(state: DecoderState, batch: Batch, st: ExporterState, payload: by
                 g.chunks.append(view[pos + 4:pos + 4 + n * compiled.reclen])
                 g.counts.append(n)
                 g.ctx.append(ctx)
+                g.where.append(pos + 4)
                 records += n
                 pos += set_len
                 continue
@@ -211,6 +223,7 @@ def _data(state: DecoderState, batch: Batch, st: ExporterState, compiled: Compil
         g.chunks.append(bytes(view[start:end]))
         g.counts.append(0)
         g.ctx.append(ctx)
+        g.where.append(start)
         batch.var_sets.append((g, len(g.counts) - 1))
         return 0
     else:
@@ -232,6 +245,7 @@ def _data(state: DecoderState, batch: Batch, st: ExporterState, compiled: Compil
     g.chunks.append(chunk)
     g.counts.append(n)
     g.ctx.append(ctx)
+    g.where.append(start)
     return n
 
 
@@ -271,7 +285,7 @@ def _hold(state: DecoderState, batch: Batch, st: ExporterState, ctx: int, versio
     """Hold a data set until its template comes (RFC 3954 section 9)."""
     if not body:
         raise EmptySet("data set with no record", offset=None)
-    _, received_ms, export_ms, uptime_ms, _ = batch.context_row(ctx)
+    _, received_ms, export_ms, uptime_ms, _, _ = batch.context_row(ctx)
     held = HeldSet((st.name, version, domain, template_id), bytes(body), received_ms, export_ms, uptime_ms)
     batch.result.pending_held[st.name] += 1
     dropped = state.pending.add(held)
@@ -292,7 +306,10 @@ def _learn(state: DecoderState, batch: Batch, st: ExporterState, version: int, d
         compiled = st.templates[key].compiled
         current, batch.var_sets = batch.var_sets, []  # replayed sets are not the current datagram's records
         for held in state.pending.take(held_key):
-            ctx = batch.context(st, version, domain, held.received_ms, held.export_ms, held.uptime_ms)
+            # its own identity: the rest of its datagram was decoded (and de-duplicated) when it came
+            salt = _held_salt(raw.template_id, held.export_ms, held.uptime_ms)
+            ctx = batch.context(st, version, domain, held.received_ms, held.export_ms, held.uptime_ms, 0,
+                                digest_bytes(held.body, st.name, salt))
             batch.result.pending_replayed[st.name] += 1
             try:
                 _data(state, batch, st, compiled, ctx, domain, memoryview(held.body), 0, len(held.body))

@@ -20,9 +20,10 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from decoders.digest import digests, exporter_seed
 from decoders.netflow import kernel
 from decoders.netflow import v5 as netflow5
-from decoders.netflow.batch import Batch, Block, DomainKey
+from decoders.netflow.batch import CTX_DIGEST, NCTX, Batch, Block, DomainKey
 from decoders.netflow.datagram import decode_one
 from decoders.netflow.kernel import (
     D_COUNT,
@@ -69,6 +70,10 @@ class Scanned:
     codes: np.ndarray
     """Exporter per datagram, an index into ``names``."""
     names: list[str]
+    starts: np.ndarray
+    """Where each datagram starts in ``buf``."""
+    lens: np.ndarray
+    """Its length."""
 
 
 def scan(items: Sequence[Datagram], joiner: Joiner) -> Scanned | None:
@@ -100,7 +105,7 @@ def scan(items: Sequence[Datagram], joiner: Joiner) -> Scanned | None:
             names = list(index)
             if len(names) >= 1 << 13:
                 return None  # the exporter index would not fit the template key; per datagram instead
-        return Scanned(buf, D, S[:need], received, np.array(received, dtype=np.int64), codes, names)
+        return Scanned(buf, D, S[:need], received, np.array(received, dtype=np.int64), codes, names, starts, lens)
     except Exception:  # e.g. items that are not (bytes, str, int): the per-datagram path counts what is wrong
         return None
 
@@ -307,22 +312,31 @@ def _apply(state: DecoderState, batch: Batch, sc: Scanned, plan: _Plan, a: int, 
         result.datagrams[(sc.names[code], version)] += n
     for code, i in p.last.items():
         state.exporters[sc.names[code]].last_seen_ms = sc.received[i]
-    rows = np.empty((b - a, 5), dtype=np.int64)
+    rows = np.empty((b - a, NCTX), dtype=np.int64)
     rows[:, 0] = p.slots[p.dinv]
     rows[:, 1] = sc.received_ms[a:b]
     rows[:, 2] = D[:, D_EXPORT_MS]
     rows[:, 3] = D[:, D_UPTIME]
     rows[:, 4] = D[:, D_RATE]
+    seeds = np.array([exporter_seed(name) for name in sc.names], dtype=np.uint64)[codes]
+    buf = kernel.as_bytes(sc.buf)
+    digest = np.empty(b - a, dtype=np.int64)
+    digests(buf, sc.starts[a:b], sc.lens[a:b], seeds, digest)
+    rows[:, CTX_DIGEST] = digest
+    del buf  # (the joiner reuses its buffer when no view of it is left)
     first_ctx = batch.context_block(rows)
-    set_ctx = first_ctx + plan.set_dg[s0:s1] - i0
+    set_dg = plan.set_dg[s0:s1]
+    set_ctx = first_ctx + set_dg - i0
     offsets = sc.S[plan.lo + s0:plan.lo + s1, S_START]
+    where = offsets - sc.starts[plan.a + set_dg]
     nrec = plan.nrec[s0:s1]
     for c, sel in zip(p.groups, p.sels, strict=True):
         g = batch.v5 if c is None else batch.group(c)
-        piece = Block(offsets[sel], nrec[sel], set_ctx[sel])
+        piece = Block(offsets[sel], nrec[sel], set_ctx[sel], where[sel])
         g.chunks.append(piece)
         g.counts.append(int(piece.counts.sum()))
         g.ctx.append(int(piece.ctx[0]))
+        g.where.append(0)
         g.blocks = True
     records = plan.records[i0:i1]
     batch.sequence.append((None, p.seq_keys, p.kid[p.dinv], D[:, D_SEQ], np.where(kind == 9, 1, records)))

@@ -14,11 +14,12 @@ from typing import cast
 
 import numpy as np
 
+from decoders.digest import record_identity
 from decoders.errors import BadRecord, EmptySet
 from decoders.netflow import fields as ies
 from decoders.netflow import kernel, templated
 from decoders.netflow import v5 as netflow5
-from decoders.netflow.batch import Batch, Block, DomainKey, Group, SingleObservation
+from decoders.netflow.batch import CTX_DIGEST, Batch, Block, DomainKey, Group, SingleObservation
 from decoders.netflow.state import DecoderState
 from decoders.netflow.templates import Compiled, walk_sets
 from decoders.result import DecodeResult
@@ -26,6 +27,7 @@ from decoders.sampling import rate_from_columns, resolve
 from decoders.schema import FLOWS
 
 _COLUMNS = [c for c in FLOWS.columns if c.name != "batch_id"]
+_NO_STARTS = np.zeros(0, dtype=np.int64)
 
 
 class DomainTables:
@@ -96,6 +98,7 @@ def _walk_group(g: Group, ctx: np.ndarray, batch: Batch) -> None:
     buf = b"".join(chunks)
     counts, g.starts, broken = walk_sets(cast(Compiled, g.compiled), buf, ends - lengths, ends)
     g.chunks = [buf]
+    g.where = (np.asarray(g.where, dtype=np.int64) - (ends - lengths)).tolist()  # relative to the joined sets
     g.counts = counts.tolist()
     for i in np.nonzero(broken | (counts == 0))[0]:
         name = batch.domain_info[int(ctx[g.ctx[i], 0])][0].name
@@ -171,15 +174,22 @@ def _decode_group(g: Group, ctx: np.ndarray, dom: DomainTables, n: int, result: 
     """The ``flows`` columns of one group (arrays, or 0-d scalars for values shared by every record)."""
     if g.compiled is not None and not g.compiled.fixed:
         counts, set_ctx = np.asarray(g.counts, dtype=np.int64), np.asarray(g.ctx, dtype=np.int64)
+        where, reclen = np.asarray(g.where, dtype=np.int64), 0
         plan = cast(kernel.Plan, g.compiled.plan)
-        view = kernel.read_records(plan, cast(bytes, g.chunks[0]), cast(np.ndarray, g.starts))
+        starts = cast(np.ndarray, g.starts)
+        view = kernel.read_records(plan, cast(bytes, g.chunks[0]), starts)
+        first = np.ascontiguousarray(starts[:, 0])
     else:
-        source, offsets, counts, set_ctx = _sets(g, batch_buf)
+        source, offsets, counts, set_ctx, where = _sets(g, batch_buf)
+        reclen = netflow5.RECORD_LEN if g.compiled is None else g.compiled.reclen
         if g.compiled is None:
             view = kernel.read_sets(netflow5.PLAN, source, offsets, counts, netflow5.RECORD_LEN)
         else:
             view = kernel.read_sets(cast(kernel.Plan, g.compiled.plan), source, offsets, counts, g.compiled.reclen)
+        first = _NO_STARTS
     per_set = ctx[set_ctx]  # datagram values, one row per data set
+    datagram, offset = np.empty(n, dtype=np.uint64), np.empty(n, dtype=np.uint16)
+    record_identity(np.ascontiguousarray(per_set[:, CTX_DIGEST]), where, counts, reclen, first, datagram, offset)
 
     def expand(values: np.ndarray) -> np.ndarray:
         """Per-set values to per-record values: a 0-d scalar when they are all equal (the common case)."""
@@ -209,7 +219,8 @@ def _decode_group(g: Group, ctx: np.ndarray, dom: DomainTables, n: int, result: 
     raw_bytes = _column(cols.get("raw_bytes"), n, np.dtype(np.uint64))
     raw_packets = _column(cols.get("raw_packets"), n, np.dtype(np.uint64))
     cols.update(raw_bytes=raw_bytes, raw_packets=raw_packets, sampling_rate=rate, time_received=received,
-                exporter=dom.addr[slot], observation_domain=dom.domain[slot], version=dom.version[slot])
+                exporter=dom.addr[slot], observation_domain=dom.domain[slot], version=dom.version[slot],
+                datagram=datagram, datagram_offset=offset)
     if np.ndim(rate) == 0 and rate == 1:
         cols.update(bytes=raw_bytes.copy(), packets=raw_packets.copy())  # unsampled: no multiply
     else:
@@ -259,8 +270,10 @@ def _announced_rates(compiled: Compiled, view: kernel.Gathered, slot: np.ndarray
     return announced
 
 
-def _sets(g: Group, buf: bytes | memoryview) -> tuple[bytes | memoryview, np.ndarray, np.ndarray, np.ndarray]:
-    """Where the records of a fixed-length group (or v5) are: (buffer, offset, records and context per set).
+def _sets(g: Group, buf: bytes | memoryview
+          ) -> tuple[bytes | memoryview, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Where the records of a fixed-length group (or v5) are: (buffer, offset, records, context and where its
+    records start in its datagram, per set).
 
     The records of blocks are still in the batch buffer, behind their datagram's headers; sets parsed one by one
     (``g.chunks`` that are not blocks: record bytes only) are appended to the buffer first.
@@ -268,23 +281,26 @@ def _sets(g: Group, buf: bytes | memoryview) -> tuple[bytes | memoryview, np.nda
     offsets: list[np.ndarray] = []
     counts: list[np.ndarray] = []
     ctxs: list[np.ndarray] = []
+    wheres: list[np.ndarray] = []
     extra: list[bytes | memoryview] = []
     base = buf if g.blocks else b""
     end = len(base)
-    for chunk, n, c in zip(g.chunks, g.counts, g.ctx, strict=True):
+    for chunk, n, c, w in zip(g.chunks, g.counts, g.ctx, g.where, strict=True):
         if isinstance(chunk, Block):
             offsets.append(chunk.offsets)
             counts.append(chunk.counts)
             ctxs.append(chunk.ctx)
+            wheres.append(chunk.where)
         else:
             extra.append(chunk)
             offsets.append(np.array([end], dtype=np.int64))
             counts.append(np.array([n], dtype=np.int64))
             ctxs.append(np.array([c], dtype=np.int64))
+            wheres.append(np.array([w], dtype=np.int64))
             end += len(chunk)
-    offset, count, ctx = (x[0] if len(x) == 1 else np.concatenate(x) for x in (offsets, counts, ctxs))
+    offset, count, ctx, where = (x[0] if len(x) == 1 else np.concatenate(x) for x in (offsets, counts, ctxs, wheres))
     source = b"".join([base, *extra]) if extra else base
-    return source, offset, count, ctx
+    return source, offset, count, ctx, where
 
 
 def _column(values: np.ndarray | None, n: int, dtype: np.dtype) -> np.ndarray:

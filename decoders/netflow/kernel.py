@@ -29,6 +29,7 @@ from typing import Any
 import numpy as np
 from numba import njit
 
+from decoders.digest import warm_up as warm_up_digest
 from decoders.jit import cache_possible
 
 CACHE = cache_possible(__file__)
@@ -443,3 +444,4 @@ def warm_up() -> None:
     buf = bytes(16)
     read_sets(plan, buf, one, np.ones(1, dtype=np.int64), 16)
     read_records(plan, buf, np.zeros((1, 1), dtype=np.int64))
+    warm_up_digest()  # the datagram identity of every record (decoders.digest)

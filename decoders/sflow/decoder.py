@@ -31,6 +31,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from decoders.digest import digests, exporter_seed
 from decoders.netflow.templated import Joiner
 from decoders.result import DecodeResult, ExporterReason
 from decoders.sampling import SamplingPolicy, resolve
@@ -233,9 +234,14 @@ class SflowDecoder:
             if st is not None:
                 st.last_seen_ms = int(received[codes == code].max())
 
+        # the identity of each datagram and where each flow sample starts in it (its 8-byte sample header)
+        seeds = np.array([exporter_seed(name) for name in index], dtype=np.uint64)[codes]
+        digest = np.empty(n, dtype=np.int64)
+        digests(_read_only(buf), starts, ends - starts, seeds, digest)
+        where = S[flow_rows, k.S_OFF] - 8 - starts[S[flow_rows, k.S_DG]]
         fvalid = F[k.F_VALID] == 1
         if not fvalid.all():
-            F, FA = F[:, fvalid], FA[:, fvalid]
+            F, FA, where = F[:, fvalid], FA[:, fvalid], where[fvalid]
         cvalid = C[k.C_VALID] != 0
         if not cvalid.all():
             C = C[:, cvalid]  # decoded counter samples: their sequence numbers are accounted, ...
@@ -250,6 +256,8 @@ class SflowDecoder:
         agent16 = AG[0].view("S16").reshape(n)
         self._account(result, states, exporter_names, codes, D, agent16, F, C)
         result.flows, result.extras = self._flow_columns(F, FA, D, agent16, received, codes, states)
+        result.flows["datagram"] = digest[F[k.F_DG]].view(np.uint64)
+        result.flows["datagram_offset"] = where.astype(np.uint16)
         result.n_flows = int(F.shape[1])
         with_rows = C[k.C_VALID] == 1  # ... those with interface counters make rows
         if not with_rows.all():
@@ -458,6 +466,13 @@ def _step(source: list[int], slot: int, first: int, last: int) -> int:
 def _empty_result() -> SflowResult:
     return SflowResult(flows={c.name: np.zeros(0, dtype=c.numpy_dtype) for c in _FLOW_COLUMNS},
                        interface_counters={c.name: np.zeros(0, dtype=c.numpy_dtype) for c in _COUNTER_COLUMNS})
+
+
+def _read_only(buf: np.ndarray) -> np.ndarray:
+    """A read-only view (the digest kernel compiles once, for the read-only buffers of both decoders)."""
+    view = buf.view()
+    view.flags.writeable = False
+    return view
 
 
 def _s16(a: np.ndarray) -> np.ndarray:

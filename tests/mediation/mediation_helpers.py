@@ -25,7 +25,8 @@ def a16(text: str) -> bytes:
 
 def flows(rows: Sequence[dict]) -> pa.RecordBatch:
     """A ``flows`` batch from dicts with keys src, dst, start, end, bytes, packets and optional received,
-    exporter, src_port, dst_port, protocol, domain."""
+    exporter, src_port, dst_port, protocol, domain, datagram and offset (its datagram's identity and where it starts in
+    it; without them a record has no identity and is de-duplicated per record)."""
     n = len(rows)
     cols = FLOWS.empty_columns(n)
     for i, r in enumerate(rows):
@@ -45,6 +46,8 @@ def flows(rows: Sequence[dict]) -> pa.RecordBatch:
         cols["protocol"][i] = r.get("protocol", 6)
         cols["observation_domain"][i] = r.get("domain", 0)
         cols["version"][i] = 10
+        cols["datagram"][i] = r.get("datagram", 0)
+        cols["datagram_offset"][i] = r.get("offset", 0)
     return FLOWS.to_arrow(cols)
 
 
