@@ -453,7 +453,7 @@ class Deduplicator:
             self._rotate(now_ms, len(uniques))
             _spread(first, run_uid, self._remember(uniques), again)
             return again
-        dup = role == ROLES.index("secondary")
+        dup: np.ndarray = role == ROLES.index("secondary")
         per_record = np.flatnonzero(~by_datagram & ~dup)
         self._rotate(now_ms, len(uniques) + len(per_record))
         if len(uniques):

@@ -8,6 +8,10 @@ real peer call :func:`tests.fixtures.peers.require_tool`: on a developer machine
 import os
 from pathlib import Path
 
+# Every table registered, as the process does before it builds outputs or a query engine (collector/tables.py): a
+# test that opens a QueryEngine on a daemon's store otherwise sees only the tables some earlier test imported.
+import collector.tables  # noqa: F401
+
 ROOT = Path(__file__).resolve().parents[1]
 # bench/ and fuzz/ are tools of the checkout, not installed with flowmed: processes the tests start
 # (`python -m bench.cmts`, `python -m bench.load`) find them here, whatever their working directory.
