@@ -95,6 +95,11 @@ class RunReport:
     def amount_delta(self) -> int:
         return sum(after - before for before, after in self.per_subscriber.values())
 
+    def changes(self) -> dict[str, int]:
+        """The records the run compared, by what changed (the ``change`` label of ``flowmed_rating_records``)."""
+        return {"new": self.records_new, "changed": self.records_changed, "voided": self.records_voided,
+                "unchanged": self.records_unchanged}
+
 
 class RatingJob:
     """The rating job for one configuration. ``engine``/``outputs`` default to those the configuration describes."""
