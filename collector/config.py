@@ -175,6 +175,9 @@ class LogConfig:
     format: Literal["logfmt", "json"] = "logfmt"
     """Log line format (to stderr)."""
 
+    def validate(self, key: str) -> None:
+        """Nothing beyond the types to check: both keys are Literals, checked as they are read."""
+
 
 @dataclass(frozen=True)
 class ServiceConfig:
@@ -281,6 +284,9 @@ class Config:
     ipdr: IpdrConfig = field(default_factory=IpdrConfig)
     compliance: ComplianceConfig = field(default_factory=ComplianceConfig)
     console: ConsoleConfig = field(default_factory=ConsoleConfig)
+
+    def validate(self, key: str) -> None:
+        """Nothing across sections to check: every section checked itself as it was built."""
 
     def data_path(self, relative: str) -> Path:
         """A path from the config, resolved against store.path when relative."""

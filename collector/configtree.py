@@ -76,7 +76,9 @@ def build(cls: type[T], data: Any, key: str = "") -> T:
         raise
     except TypeError as exc:  # a required field is missing
         raise ConfigError(key, data, f"{cls.__name__} with all required keys ({exc})") from None
-    validate = getattr(obj, "validate", None)  # generic over section dataclasses: validate() is optional on each
+    # every section has validate() except storage's OutputConfig (PENDING in tests/collector/test_config_sections.py);
+    # once it has one too, this becomes obj.validate(key) with T bound to a Section protocol
+    validate = getattr(obj, "validate", None)
     if validate is not None:
         validate(key)
     return obj

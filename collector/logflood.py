@@ -42,11 +42,12 @@ class FloodFilter(logging.Filter):
 
     @staticmethod
     def _peer(record: logging.LogRecord) -> object:
-        for name in PEER_FIELDS:  # extra= fields are LogRecord attributes only when a caller gave them
-            value = getattr(record, name, None)
+        extra = vars(record)  # extra= fields are entries of the record's __dict__, present when a caller gave them
+        for name in PEER_FIELDS:
+            value = extra.get(name)
             if value is not None:
                 return value
-        fields = getattr(record, "fields", None)
+        fields = extra.get("fields")
         if isinstance(fields, dict):
             for name in PEER_FIELDS:
                 if fields.get(name) is not None:

@@ -48,7 +48,7 @@ class _Formatter(logging.Formatter):
         items: dict[str, Any] = {"ts": ts, "level": record.levelname.lower(), "msg": record.getMessage()}
         if record.name != LOGGER_NAME:
             items["logger"] = record.name
-        items.update(getattr(record, "fields", {}) or {})  # extra= fields are LogRecord attributes only when given
+        items.update(vars(record).get("fields") or {})  # extra= fields: in the record's __dict__ only when given
         for key, value in record.__dict__.items():  # logging's own extra={...} from library modules
             if key not in _STANDARD and key != "fields" and not key.startswith("_"):
                 items.setdefault(key, value)

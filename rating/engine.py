@@ -38,6 +38,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from functools import cached_property
 
 import numpy as np
 import pyarrow as pa
@@ -243,11 +244,10 @@ class _Ctx:
             out = out[i]
         return out
 
-    @property
+    @cached_property
     def whole_cycles(self) -> bool:
-        if not hasattr(self, "_whole"):
-            self._whole = bool(np.array_equal(self.seg_end - self.seg_start, self.cend - self.cstart))
-        return self._whole
+        """Every row's segment is its whole cycle (nothing to prorate); worked out once per context."""
+        return bool(np.array_equal(self.seg_end - self.seg_start, self.cend - self.cstart))
 
 
 def _order(*keys: np.ndarray) -> np.ndarray:

@@ -45,6 +45,7 @@ from rating.settings import RatingSettings
 from rating.timebase import Instant, cycle_bounds, cycle_labels, cycle_window, cycles, resolve
 
 if TYPE_CHECKING:  # imported where used: reading the store is not needed to import the job
+    from storage.clickhouse.output import ClickHouseOutput
     from storage.outputs import Output
     from storage.query import QueryEngine
 
@@ -95,6 +96,11 @@ class RunReport:
     def amount_delta(self) -> int:
         return sum(after - before for before, after in self.per_subscriber.values())
 
+    def changes(self) -> dict[str, int]:
+        """The records the run compared, by what changed (the ``change`` label of ``flowmed_rating_records``)."""
+        return {"new": self.records_new, "changed": self.records_changed, "voided": self.records_voided,
+                "unchanged": self.records_unchanged}
+
 
 class RatingJob:
     """The rating job for one configuration. ``engine``/``outputs`` default to those the configuration describes."""
@@ -114,6 +120,7 @@ class RatingJob:
         self._own_outputs = outputs is None
         # the rating job writes as one more process: its own ClickHouse spool, never the store's housekeeper
         self.outputs = outputs if outputs is not None else build_outputs(config, process="rating", housekeeper=False)
+        self._spooled = _spooled(self.outputs)
         self._plans = plans
         self._windows: dict[tuple[str, int], tuple[int, int]] = {}
         self._injected_plans = plans  # given by the caller: never read from the plans file
@@ -406,9 +413,9 @@ class RatingJob:
             out.write(table, batch, batch_id)
         for out in self.outputs:
             out.flush()
-            drain = getattr(out, "drain", None)
-            if drain is not None and not drain(120.0):
-                raise RuntimeError(f"output {out.name}: rated records not delivered within 120 s (still spooled)")
+        for spooled in self._spooled:
+            if not spooled.drain(120.0):
+                raise RuntimeError(f"output {spooled.name}: rated records not delivered within 120 s (still spooled)")
 
     def close(self) -> None:
         if self._own_outputs:
@@ -416,6 +423,15 @@ class RatingJob:
                 out.close()
         if self._own_engine:
             self.engine.close()
+
+
+def _spooled(outputs: list[Output]) -> list[ClickHouseOutput]:
+    """The outputs that deliver from a spool after ``flush``: a run waits until they drained (rows readable).
+
+    A check of the concrete class, not a probe for ``drain``: the ``Output`` protocol has no ``drain`` (yet)."""
+    from storage.clickhouse.output import ClickHouseOutput
+
+    return [out for out in outputs if isinstance(out, ClickHouseOutput)]
 
 
 # --- diffing --------------------------------------------------------------------------------------------------------

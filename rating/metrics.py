@@ -17,6 +17,7 @@ if TYPE_CHECKING:
 
 OUTCOMES = ("ok", "failed", "skipped")
 CHANGES = ("new", "changed", "voided", "unchanged")
+"""The ``change`` labels, registered up front (``RunReport.changes`` has the same keys)."""
 
 
 class RatingMetrics:
@@ -53,8 +54,8 @@ class RatingMetrics:
         self.runs.labels(report.kind, "ok").inc()
         self.duration.labels(report.kind).observe(seconds)
         self.usage_rows.inc(report.usage_rows)
-        for change in CHANGES:
-            self.records.labels(change).inc(getattr(report, f"records_{change}"))
+        for change, n in report.changes().items():
+            self.records.labels(change).inc(n)
         self.events.inc(report.events_written)
         self.unrated_bytes.inc(report.unrated_bytes)
         self.amount_delta.set(report.amount_delta)

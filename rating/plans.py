@@ -208,10 +208,13 @@ def parse_plans(tree: dict[str, Any]) -> PlanBook:
         first = versions[0]
         for p in versions[1:]:
             # The cycle calendar must not depend on the version: the version is chosen at the cycle start.
-            for attr in ("timezone", "cycle_day", "kind"):
-                if getattr(p, attr) != getattr(first, attr):
-                    raise ConfigError(f"plan {pid!r} version {p.version}.{attr}", getattr(p, attr),
-                                      f"the same {attr} as version {first.version} ({getattr(first, attr)!r}); "
+            calendar: tuple[tuple[str, object, object], ...] = (
+                ("timezone", p.timezone, first.timezone), ("cycle_day", p.cycle_day, first.cycle_day),
+                ("kind", p.kind, first.kind))
+            for attr, mine, firsts in calendar:
+                if mine != firsts:
+                    raise ConfigError(f"plan {pid!r} version {p.version}.{attr}", mine,
+                                      f"the same {attr} as version {first.version} ({firsts!r}); "
                                       "use a new plan id to change it")
     return book
 

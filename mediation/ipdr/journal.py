@@ -43,6 +43,8 @@ class StateJournal:
         self.gen = 0
         self.dirty: list[np.ndarray] = []
         self.journal_rows = 0
+        self._undo: list[tuple[np.ndarray, np.ndarray]] | None = None
+        """Undo information since the last ``checkpoint()`` (None: no checkpoint taken, nothing recorded)."""
         self._journal: BinaryIO | None = None
         if directory is not None:
             if not readonly:
@@ -57,8 +59,9 @@ class StateJournal:
 
     def checkpoint(self) -> tuple[Any, ...]:
         """Undo information for the changes that follow (see :meth:`rollback`)."""
-        self._undo: list[tuple[np.ndarray, np.ndarray]] = []
-        return (self.n, json.dumps(self.meta), self._undo)
+        undo: list[tuple[np.ndarray, np.ndarray]] = []
+        self._undo = undo
+        return (self.n, json.dumps(self.meta), undo)
 
     def rollback(self, token: tuple[Any, ...]) -> None:
         """Undo every change since ``checkpoint()`` returned ``token`` (nothing else may have changed since)."""
@@ -74,7 +77,7 @@ class StateJournal:
 
     def upsert(self, rows: np.ndarray, values: np.ndarray) -> None:
         """Write ``values`` (state dtype) at ``rows``; rows of -1 are new keys, appended."""
-        undo = getattr(self, "_undo", None)
+        undo = self._undo
         if undo is not None:
             existing = rows[rows >= 0]
             undo.append((existing, self.rows[existing].copy()))

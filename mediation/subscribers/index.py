@@ -418,9 +418,12 @@ class BindingIndex:
             return None  # (dense: a network's slots are consecutive, for set_valid_to)
         pos = np.concatenate([np.repeat(p, 1 << bits) for _, p, bits in nets])
         m = _Group(top.prefix_len, top.mode, top.shift, top.mask_hi, top.mask_lo, top.const_hi)
-        m.rows, m.ids, m.valid_from, m.valid_to, m.sub, m.has_prev = (
-            np.concatenate([getattr(g, name) for g in run])
-            for name in ("rows", "ids", "valid_from", "valid_to", "sub", "has_prev"))
+        m.rows = np.concatenate([g.rows for g in run])
+        m.ids = np.concatenate([g.ids for g in run])
+        m.valid_from = np.concatenate([g.valid_from for g in run])
+        m.valid_to = np.concatenate([g.valid_to for g in run])
+        m.sub = np.concatenate([g.sub for g in run])
+        m.has_prev = np.concatenate([g.has_prev for g in run])
         m.plens = np.concatenate([np.full(len(g.rows), g.prefix_len, dtype=np.int16) for g in run])
         records = np.empty(len(keys), dtype=_SLOT)
         records["valid_from"], records["valid_to"] = m.valid_from[pos], m.valid_to[pos]

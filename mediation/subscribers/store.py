@@ -161,6 +161,8 @@ class Bindings:
         self._names: list[str] = []
         self._name_hashes: list[int] = []
         self._name_index: dict[str, int] = {}
+        self._arrays: tuple[np.ndarray, np.ndarray] = (np.array([""], dtype=object), np.zeros(1, dtype=_U64))
+        self._arrays_n = 0  # names the cached subscriber_arrays() cover (none yet: just the ("", 0) entry)
         self._tx_seqs: set[int] = set()  # sequence numbers allocated in the current transaction
         self._last_seq = 0
         self._base = BindingIndex(*(np.empty(0) for _ in range(7)))
@@ -211,7 +213,7 @@ class Bindings:
     def subscriber_arrays(self) -> tuple[np.ndarray, np.ndarray]:
         """(names, 64-bit hashes of the names) by dense index, each with one extra last entry ("", 0) so that
         index -1 (no subscriber) maps to the empty id."""
-        if getattr(self, "_arrays_n", -1) != len(self._names):
+        if self._arrays_n != len(self._names):
             with self._names_lock:  # a consistent snapshot while the rebuild thread may add names
                 known, known_hashes = list(self._names), list(self._name_hashes)
             n = len(known)

@@ -91,3 +91,18 @@ def test_money_exact_gib_prices_and_rounding_modes():
     # Beyond int64: the object path gives the exact answer.
     big = products(np.array([2**40]), np.array([2**40]))
     assert big.dtype == object and int(big[0]) == 2**80
+
+
+@pytest.mark.parametrize(("old", "new", "attr", "value", "first"), [
+    ('timezone = "Europe/Berlin"', 'timezone = "UTC"', "timezone", "UTC", "'Europe/Berlin'"),
+    ("cycle_day = 1", "cycle_day = 15", "cycle_day", 15, "1"),
+])
+def test_a_later_version_keeps_the_cycle_calendar(old, new, attr, value, first):
+    v2 = HOME_PLAN.replace("version = 1", "version = 2").replace("2026-01-01T00:00:00+01:00",
+                                                                 "2026-12-01T00:00:00+01:00")
+    assert old in v2
+    with pytest.raises(ConfigError) as err:
+        plans(HOME_PLAN + v2.replace(old, new, 1))
+    assert err.value.key == f"plan 'home' version 2.{attr}"
+    assert err.value.value == value
+    assert err.value.expected.startswith(f"the same {attr} as version 1 ({first})")
