@@ -127,6 +127,10 @@ class ParquetStore:
     ``retention_days`` maps table names to days (0 or absent: keep forever); :meth:`set_retention` adds more.
     Housekeeping (compaction and retention) runs in a background thread after :meth:`start_maintenance`, or when
     :meth:`maintain` is called.
+
+    ``row_group_rows`` bounds what compaction holds: it gathers a row group's rows before writing them, and with 1 M
+    rows (213 MiB of flows) it peaked at about 510 MiB of Arrow memory, against about 220 MiB with 250,000 rows (30 %
+    less CPU, the same bytes on disk: zstd compresses per 1 MiB page, not per row group).
     """
 
     name = "store"
@@ -141,7 +145,7 @@ class ParquetStore:
         compression: str = "zstd",
         compression_level: int = 1,
         byte_stream_split: bool = True,
-        row_group_rows: int = 1_000_000,
+        row_group_rows: int = 250_000,
         recover: bool = True,
         clock: Callable[[], float] = time.time,
     ) -> None:
