@@ -164,6 +164,7 @@ def test_sink_writer_cpu_per_row(benchmark, request, tmp_path: Path, handoff: st
     batches handed to the store as one table of chunks (now) or concatenated first (before), cut at 500,000 rows or
     at ``store.flush_bytes`` (64 MiB, about 300,000 rows). ``extra_info``: ``writer_cpu_us_per_row`` (median of the
     rounds), ``arrow_peak_mib`` (the writer's Arrow allocations above the buffered batches: sampled every ms),
+    ``main_thread_loops_m_per_s`` (pure-Python work the main thread gets done meanwhile: the writer's GIL share),
     ``bytes_per_row`` on disk and ``files``."""
     per, count = (61_440, 49) if _enabled(request) else (1000, 3)
     source = load_like_batch(per * count)
@@ -174,6 +175,7 @@ def test_sink_writer_cpu_per_row(benchmark, request, tmp_path: Path, handoff: st
     del source
     cpu: list[float] = []
     peaks: list[int] = []
+    loops: list[float] = []
     stores: list[ParquetStore] = []
 
     def one() -> None:
@@ -187,7 +189,15 @@ def test_sink_writer_cpu_per_row(benchmark, request, tmp_path: Path, handoff: st
         c0 = time.clock_gettime(clock)
         for b in batches:
             sink.add("flows", b)
-        sink.flush()
+        # Until the writer is done, the main thread runs pure-Python work (GIL-bound, as the event loop is): how
+        # much it gets done shows how long the writer holds the GIL.
+        done = threading.Event()
+        threading.Thread(target=lambda: (sink.flush(), done.set()), daemon=True).start()
+        n, l0 = 0, time.perf_counter()
+        while not done.is_set():
+            for _ in range(1000):
+                n += 1
+        loops.append(n / (time.perf_counter() - l0))
         cpu.append(time.clock_gettime(clock) - c0)
         peaks.append(peak.stop())
         sink.close()
@@ -200,6 +210,7 @@ def test_sink_writer_cpu_per_row(benchmark, request, tmp_path: Path, handoff: st
     assert sum(pq.read_metadata(f).num_rows for f in files) == rows
     benchmark.extra_info.update(rows=rows, writer_cpu_us_per_row=round(sorted(cpu)[len(cpu) // 2] / rows * 1e6, 4),
                                 arrow_peak_mib=round(max(peaks) / 2**20, 1), files=len(files),
+                                main_thread_loops_m_per_s=round(sorted(loops)[len(loops) // 2] / 1e6, 2),
                                 bytes_per_row=round(sum(f.stat().st_size for f in files) / rows, 2))
 
 
