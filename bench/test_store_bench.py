@@ -14,6 +14,7 @@ on a few thousand rows, as a plain test of the same code.
 from __future__ import annotations
 
 import itertools
+import threading
 import time
 from pathlib import Path
 
@@ -26,6 +27,7 @@ import pytest
 from bench.flowgen import T0_MS, flows_batch
 from decoders.schema import FLOWS
 from storage.layout import HOUR_MS
+from storage.outputs import one_batch
 from storage.query import QueryEngine
 from storage.sink import Sink
 from storage.store import ParquetStore
@@ -77,7 +79,8 @@ def load_like_batch(n: int, *, t0_ms: int = T0_MS) -> pa.RecordBatch:
     return FLOWS.to_arrow(cols)
 
 
-LAYOUTS = {"default": {}, "dictionary": {"byte_stream_split": False}, "lz4": {"compression": "lz4"}}
+LAYOUTS = {"default": {}, "dictionary": {"byte_stream_split": False}, "lz4": {"compression": "lz4"},
+           "zstd-1": {"compression_level": -1}}
 
 
 @pytest.mark.parametrize("layout", LAYOUTS)
@@ -122,6 +125,93 @@ def test_sink_to_store_rate(benchmark, request, tmp_path: Path) -> None:
 
     benchmark.pedantic(run, rounds=3 if _enabled(request) else 1, iterations=1)
     benchmark.extra_info["rows"] = per * count
+
+
+class _Concatenating(ParquetStore):
+    """The store as the sink fed it before: the buffered batches concatenated into one record batch first (in the
+    writer thread, as the sink did)."""
+
+    def write(self, table, batch, batch_id) -> None:  # type: ignore[no-untyped-def]
+        super().write(table, one_batch(batch), batch_id)
+
+
+class _PoolPeak:
+    """Highest Arrow memory-pool allocation above the starting level, sampled every millisecond in a thread."""
+
+    def __init__(self) -> None:
+        self.pool = pa.default_memory_pool()
+        self.base = self.pool.bytes_allocated()
+        self.peak = 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._sample, daemon=True)
+        self._thread.start()
+
+    def _sample(self) -> None:
+        while not self._stop.wait(0.001):
+            self.peak = max(self.peak, self.pool.bytes_allocated() - self.base)
+
+    def stop(self) -> int:
+        self._stop.set()
+        self._thread.join()
+        return self.peak
+
+
+@pytest.mark.parametrize("flush", ["500k-rows", "64MiB"])
+@pytest.mark.parametrize("handoff", ["chunks", "concatenated"])
+def test_sink_writer_cpu_per_row(benchmark, request, tmp_path: Path, handoff: str, flush: str) -> None:
+    """CPU of the sink-writer thread per flow row (its own thread clock: what it takes from the event loop's core)
+    for 3 million rows as the daemon adds them (61,440-row decode batches of ``load_like_batch`` rows), the buffered
+    batches handed to the store as one table of chunks (now) or concatenated first (before), cut at 500,000 rows or
+    at ``store.flush_bytes`` (64 MiB, about 300,000 rows). ``extra_info``: ``writer_cpu_us_per_row`` (median of the
+    rounds), ``arrow_peak_mib`` (the writer's Arrow allocations above the buffered batches: sampled every ms),
+    ``main_thread_loops_m_per_s`` (pure-Python work the main thread gets done meanwhile: the writer's GIL share),
+    ``bytes_per_row`` on disk and ``files``."""
+    per, count = (61_440, 49) if _enabled(request) else (1000, 3)
+    source = load_like_batch(per * count)
+    # independent decode batches (own buffers, not slices of one array), as the decoder hands them over
+    batches = [pa.RecordBatch.from_arrays([pa.concat_arrays([c], memory_pool=pa.system_memory_pool())
+                                           for c in source.slice(i * per, per).columns], schema=source.schema)
+               for i in range(count)]
+    del source
+    cpu: list[float] = []
+    peaks: list[int] = []
+    loops: list[float] = []
+    stores: list[ParquetStore] = []
+
+    def one() -> None:
+        store = (_Concatenating if handoff == "concatenated" else ParquetStore)(
+            tmp_path / str(len(stores)), compact_after_s=0)
+        stores.append(store)
+        sink = Sink([store], flush_rows=500_000 if flush == "500k-rows" else 10**9, max_pending_rows=10**9,
+                    flush_bytes=10**12 if flush == "500k-rows" else 64 * 2**20, max_pending_bytes=10**12)
+        clock = time.pthread_getcpuclockid(sink._thread.ident)  # type: ignore[arg-type]
+        peak = _PoolPeak()
+        c0 = time.clock_gettime(clock)
+        for b in batches:
+            sink.add("flows", b)
+        # Until the writer is done, the main thread runs pure-Python work (GIL-bound, as the event loop is): how
+        # much it gets done shows how long the writer holds the GIL.
+        done = threading.Event()
+        threading.Thread(target=lambda: (sink.flush(), done.set()), daemon=True).start()
+        n, l0 = 0, time.perf_counter()
+        while not done.is_set():
+            for _ in range(1000):
+                n += 1
+        loops.append(n / (time.perf_counter() - l0))
+        cpu.append(time.clock_gettime(clock) - c0)
+        peaks.append(peak.stop())
+        sink.close()
+
+    benchmark.group = "sink writer thread"
+    benchmark.pedantic(one, rounds=5 if _enabled(request) else 1, iterations=1,
+                       warmup_rounds=1 if _enabled(request) else 0)
+    rows = per * count
+    files = stores[-1].files("flows")
+    assert sum(pq.read_metadata(f).num_rows for f in files) == rows
+    benchmark.extra_info.update(rows=rows, writer_cpu_us_per_row=round(sorted(cpu)[len(cpu) // 2] / rows * 1e6, 4),
+                                arrow_peak_mib=round(max(peaks) / 2**20, 1), files=len(files),
+                                main_thread_loops_m_per_s=round(sorted(loops)[len(loops) // 2] / 1e6, 2),
+                                bytes_per_row=round(sum(f.stat().st_size for f in files) / rows, 2))
 
 
 @pytest.fixture(scope="module")

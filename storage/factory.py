@@ -90,6 +90,7 @@ def build_sink(config: StorageSettings, *, worker: int | None = None, host: int 
     outputs = build_outputs(config, process=process, housekeeper=worker in (None, 0), tables=tables, journal=journal,
                             hooks=hooks)
     return Sink(outputs, config.store.flush_rows, config.store.flush_interval_s, config.store.max_pending_rows,
+                flush_bytes=config.store.flush_bytes, max_pending_bytes=config.store.max_pending_bytes,
                 id_generator=BatchIdGenerator(worker or 0, host=host), on_write=hooks.on_write,
                 on_error=hooks.on_error, journal=journal, on_replay=hooks.on_replay,
                 unjournaled=() if config.output.clickhouse.flows else ("flows",))

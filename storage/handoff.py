@@ -63,7 +63,7 @@ class HandoffJournal:
     def _name(table: str, batch_id: int, rows: int) -> str:
         return f"{batch_id:020d}.{table}.{rows}.arrow"
 
-    def record(self, table: str, batch_id: int, batch: pa.RecordBatch) -> Path:
+    def record(self, table: str, batch_id: int, batch: pa.RecordBatch | pa.Table) -> Path:
         """Make ``batch`` durable under its id before any output gets it; raises OSError when the disk refuses."""
         final = self.dir / self._name(table, batch_id, batch.num_rows)
         tmp = final.with_name(final.name + ".tmp")

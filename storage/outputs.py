@@ -8,6 +8,10 @@ for bugs or a failing disk; ``replay(...)`` gives it a batch again after a crash
 The ``batch_id`` is decided once, when the sink cuts the batch, and travels with it through retries, the spool and
 replay, so an output can make a repeated write of the same batch idempotent (the Parquet store names its files after
 it; the ClickHouse output uses it as the insert deduplication token).
+
+A batch (:data:`Rows`) is one ``pa.RecordBatch`` or a ``pa.Table`` whose chunks are the record batches the sink
+buffered: the sink does not concatenate them (a copy of every row, holding the GIL, at twice the memory); Parquet and
+Arrow IPC writers take the chunks as they are. An output that needs one contiguous batch calls :func:`one_batch`.
 """
 
 from __future__ import annotations
@@ -16,12 +20,15 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Protocol, runtime_checkable
+from typing import Protocol, TypeAlias, runtime_checkable
 
 import numpy as np
 import pyarrow as pa
 
 from decoders.schema import Table
+
+Rows: TypeAlias = pa.RecordBatch | pa.Table
+"""A batch as outputs receive it: one record batch, or a table of the sink's buffered batches (not concatenated)."""
 
 
 @runtime_checkable
@@ -31,10 +38,10 @@ class Output(Protocol):
     name: str
     """Short stable name used in logs and as a metric label (``store``, ``clickhouse``)."""
 
-    def write(self, table: Table, batch: pa.RecordBatch, batch_id: int) -> None:
+    def write(self, table: Table, batch: Rows, batch_id: int) -> None:
         """Make ``batch`` of ``table`` durable; writing the same ``batch_id`` again must not duplicate rows."""
 
-    def replay(self, table: Table, batch: pa.RecordBatch, batch_id: int) -> bool:
+    def replay(self, table: Table, batch: Rows, batch_id: int) -> bool:
         """Give ``batch`` again after a crash (from the sink's handoff journal): the output may hold it already, in
         full or in part. Take what is missing, never a second copy; True when the output lacked (some of) it or
         cannot tell yet, False when it held it already."""
@@ -127,12 +134,13 @@ def batch_id_time_ms(batch_id: int) -> int:
 # --- batches --------------------------------------------------------------------------------------------------------
 
 
-def conform(table: Table, batch: pa.RecordBatch, *, evolve: bool = False) -> pa.RecordBatch:
+def conform(table: Table, batch: Rows, *, evolve: bool = False) -> Rows:
     """``batch`` with exactly ``table``'s columns, order and types (cast where safe); raises ValueError otherwise.
 
     Costs nothing when the batch already has the table's schema (the normal case: producers use ``Table.to_arrow``).
     With ``evolve`` (reading files written by an older or newer flowmed), columns the batch lacks are filled with
-    their zero values and columns the table no longer has are dropped, as the query views do.
+    their zero values and columns the table no longer has are dropped, as the query views do. A ``pa.Table`` stays a
+    ``pa.Table`` (its chunks are not concatenated).
     """
     schema = table.arrow_schema
     if batch.schema.equals(schema, check_metadata=False):
@@ -158,10 +166,12 @@ def conform(table: Table, batch: pa.RecordBatch, *, evolve: bool = False) -> pa.
             except (pa.ArrowInvalid, pa.ArrowNotImplementedError) as exc:
                 raise ValueError(f"table {table.name}: column {f.name} is {arr.type}, expected {f.type}") from exc
         arrays.append(arr)
+    if isinstance(batch, pa.Table):
+        return pa.Table.from_arrays(arrays, schema=schema)
     return pa.RecordBatch.from_arrays(arrays, schema=schema)
 
 
-def with_batch_id(table: Table, batch: pa.RecordBatch, batch_id: int) -> pa.RecordBatch:
+def with_batch_id(table: Table, batch: Rows, batch_id: int) -> Rows:
     """``batch`` with its ``batch_id`` column (if the table has one) set to ``batch_id`` on every row."""
     if "batch_id" not in table.column_names:
         return batch
@@ -170,10 +180,17 @@ def with_batch_id(table: Table, batch: pa.RecordBatch, batch_id: int) -> pa.Reco
     return batch.set_column(idx, batch.schema.field(idx), values)
 
 
-def concat(table: Table, batches: list[pa.RecordBatch]) -> pa.RecordBatch:
-    """One RecordBatch from several of the same table (no copy for a single batch)."""
+def buffered(table: Table, batches: list[pa.RecordBatch]) -> Rows:
+    """The sink's buffered batches of ``table`` as one batch without copying a row: the batch itself when there is
+    one, else a ``pa.Table`` whose chunks are the batches (their schema must be the table's: :func:`conform`)."""
     if len(batches) == 1:
         return batches[0]
-    if not batches:
-        return pa.RecordBatch.from_pylist([], schema=table.arrow_schema)
-    return pa.concat_batches(batches)
+    return pa.Table.from_batches(batches, schema=table.arrow_schema)
+
+
+def one_batch(batch: Rows) -> pa.RecordBatch:
+    """``batch`` as one contiguous record batch (concatenates a table's chunks; for outputs that need one)."""
+    if isinstance(batch, pa.RecordBatch):
+        return batch
+    return batch.combine_chunks().to_batches()[0] if batch.num_rows else pa.RecordBatch.from_pylist(
+        [], schema=batch.schema)

@@ -25,7 +25,11 @@ class StoreConfig:
     flush_interval_s: float = 5.0
     """A batch is written at least this often..."""
     flush_rows: int = 500_000
-    """...or as soon as it holds this many rows."""
+    """...or as soon as it holds this many rows..."""
+    flush_bytes: int = 64 * 1024**2
+    """...or this many bytes of Arrow memory, whichever comes first (a flow row is about 210 bytes: 64 MiB is about
+    300,000 flows). Bounds the memory a table's buffer holds whatever its row width; smaller means more files (until
+    compaction merges them) for about the same CPU and disk per row."""
     compact_after_s: float = 3600.0
     """Files of a partition older than this are merged into one file (0 disables compaction)."""
     flows_retention_days: int = 0
@@ -33,6 +37,9 @@ class StoreConfig:
     max_pending_rows: int = 4_000_000
     """Rows held in memory waiting for the outputs (buffered, queued, being written); beyond it new raw flow rows
     are refused and counted (flowmed_sink_dropped_rows_total), mediated tables are always accepted."""
+    max_pending_bytes: int = 512 * 1024**2
+    """The same bound in bytes of Arrow memory (whichever is reached first); at 900,000 flows/s 512 MiB is about
+    2.5 seconds of a stalled disk."""
     compression: Literal["zstd", "lz4", "snappy", "gzip", "brotli", "none"] = "zstd"
     """Parquet codec: zstd, lz4, snappy, gzip, brotli or none (lz4 costs about a third less CPU than zstd for
     files about 15 % larger)."""
@@ -44,7 +51,8 @@ class StoreConfig:
 
     def validate(self, key: str) -> None:
         check_positive(key, flush_interval_s=self.flush_interval_s, flush_rows=self.flush_rows,
-                        max_pending_rows=self.max_pending_rows)
+                        max_pending_rows=self.max_pending_rows, flush_bytes=self.flush_bytes,
+                        max_pending_bytes=self.max_pending_bytes)
         # the same ranges as storage.layout.LEVELS (not imported: the settings stay free of pyarrow)
         levels = {"zstd": (-7, 22), "gzip": (1, 9), "brotli": (0, 11)}.get(self.compression)
         if levels is not None and not levels[0] <= self.compression_level <= levels[1]:

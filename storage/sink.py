@@ -1,12 +1,14 @@
 """The batching sink: collects table batches from the pipeline and hands them to every output from one thread.
 
 The event loop calls :meth:`Sink.add` (cheap: it appends to a per-table list) and :meth:`Sink.maybe_flush`; a
-table's buffer is cut into one batch when it holds ``flush_rows`` rows or its oldest rows are ``flush_interval_s``
-old. Cut batches go to a queue drained by a single writer thread, which concatenates them, stamps the batch id and
-calls ``write`` on each output in turn, so disk and network waits never reach the event loop.
+table's buffer is cut into one batch when it holds ``flush_rows`` rows or ``flush_bytes`` bytes, or its oldest rows
+are ``flush_interval_s`` old. Cut batches go to a queue drained by a single writer thread, which stamps the batch id
+on the buffered batches (the chunks of one ``pa.Table``, not concatenated: no copy, no second instance of the rows)
+and calls ``write`` on each output in turn, so disk and network waits never reach the event loop.
 
-Memory is bounded by ``max_pending_rows`` (rows buffered, queued and being written): beyond it :meth:`Sink.add`
-refuses a batch of a ``droppable`` table (raw ``flows`` by default), counts its rows in ``dropped_rows`` and logs,
+Memory is bounded by ``max_pending_rows`` and ``max_pending_bytes`` (rows buffered, queued and being written, and
+the Arrow buffers they hold; a ``flows`` row is about 210 bytes): beyond either :meth:`Sink.add` refuses a batch of a
+``droppable`` table (raw ``flows`` by default), counts its rows in ``dropped_rows`` and logs,
 rather than blocking the loop or growing without bound. Rows of the other tables (usage, rated usage: money) are
 always accepted; they are a small fraction of the volume, and the raw flows make room for them. ``backlogged`` tells
 the caller when it is getting close.
@@ -37,7 +39,7 @@ import pyarrow as pa
 from decoders.schema import TABLES, Table
 from storage.clickhouse.spool import SpoolCorrupt
 from storage.handoff import HandoffJournal
-from storage.outputs import BatchIdGenerator, Output, OutputStats, concat, conform, with_batch_id
+from storage.outputs import BatchIdGenerator, Output, OutputStats, Rows, buffered, conform, with_batch_id
 
 log = logging.getLogger(__name__)
 
@@ -49,6 +51,7 @@ STALL_RETRY_S = 5.0
 class _Buffer:
     batches: list[pa.RecordBatch] = field(default_factory=list)
     rows: int = 0
+    bytes: int = 0
     since: float = 0.0  # monotonic time of the oldest buffered batch
 
 
@@ -58,6 +61,7 @@ class _Job:
     batches: list[pa.RecordBatch]
     rows: int
     batch_id: int
+    bytes: int = 0  # Arrow buffer bytes of the batches (what the job holds in memory)
     done: threading.Event | None = None  # set by the writer when this job (and all before it) is done
     replay: bool = False  # a batch of the handoff journal found at start: Output.replay, not Output.write
 
@@ -83,6 +87,8 @@ class Sink:
         max_pending_rows: int = 4_000_000,
         *,
         droppable: Collection[str] = ("flows",),
+        flush_bytes: int = 64 * 2**20,
+        max_pending_bytes: int = 512 * 2**20,
         retries: int = 3,
         retry_backoff_s: float = 0.5,
         worker: int = 0,
@@ -98,6 +104,10 @@ class Sink:
         self.flush_rows = flush_rows
         self.flush_interval_s = flush_interval_s
         self.max_pending_rows = max_pending_rows
+        self.flush_bytes = flush_bytes
+        """A table's buffer is cut once its batches hold this many bytes (whatever its rows)."""
+        self.max_pending_bytes = max_pending_bytes
+        """Like ``max_pending_rows``, in bytes of the batches' Arrow buffers."""
         self.droppable = frozenset(droppable)
         self.retries = retries
         self.retry_backoff_s = retry_backoff_s
@@ -124,6 +134,8 @@ class Sink:
         """Rows refused by :meth:`add` because ``max_pending_rows`` was reached, per table."""
         self.pending_rows = 0
         """Rows buffered, queued or being written right now."""
+        self.pending_bytes = 0
+        """Arrow buffer bytes of those rows."""
         self.batches_cut = 0
         self._buffers: dict[str, _Buffer] = {}
         self._lock = threading.Lock()
@@ -153,8 +165,10 @@ class Sink:
                           entry.batch_id, entry.table, entry.rows, exc)
                 journal.set_aside_entry(entry, str(exc))
                 continue
-            self._queue.put(_Job(table, [batch], batch.num_rows, entry.batch_id, replay=True))
+            size = batch.get_total_buffer_size()
+            self._queue.put(_Job(table, [batch], batch.num_rows, entry.batch_id, size, replay=True))
             self.pending_rows += batch.num_rows
+            self.pending_bytes += size
             self.replays += 1
             rows += batch.num_rows
         if self.replays:
@@ -167,8 +181,9 @@ class Sink:
 
     @property
     def backlogged(self) -> bool:
-        """True when more than half of ``max_pending_rows`` is in use (the writer is falling behind)."""
-        return self.pending_rows > self.max_pending_rows // 2
+        """True when more than half of ``max_pending_rows`` or of ``max_pending_bytes`` is in use (the writer is
+        falling behind)."""
+        return self.pending_rows > self.max_pending_rows // 2 or self.pending_bytes > self.max_pending_bytes // 2
 
     @property
     def journal_set_aside(self) -> int:
@@ -179,7 +194,7 @@ class Sink:
 
     def add(self, table_name: str, batch: pa.RecordBatch) -> bool:
         """Buffer ``batch`` for ``table_name``; returns False (and counts the rows) when it was refused because
-        ``max_pending_rows`` are pending and the table is ``droppable``.
+        ``max_pending_rows`` or ``max_pending_bytes`` are pending and the table is ``droppable``.
 
         Raises KeyError for a table that is not registered and ValueError for a batch that does not fit the table's
         schema (both are bugs of the caller, not bad input).
@@ -191,13 +206,18 @@ class Sink:
         if n == 0:
             return True
         batch = conform(table, batch)
+        # Every buffer the batch references, whole (a slice keeps its parent's buffers alive): what it holds in
+        # memory, and about a hundred times cheaper than RecordBatch.nbytes.
+        size = batch.get_total_buffer_size()
         with self._lock:
-            if self.pending_rows + n > self.max_pending_rows and table_name in self.droppable:
+            if table_name in self.droppable and (self.pending_rows + n > self.max_pending_rows
+                                                 or self.pending_bytes + size > self.max_pending_bytes):
                 self.dropped_rows[table_name] = self.dropped_rows.get(table_name, 0) + n
-                log.error("sink: %d %s rows dropped: %d rows already pending (max_pending_rows)", n, table_name,
-                          self.pending_rows)
+                log.error("sink: %d %s rows dropped: %d rows (%d MiB) already pending (max_pending_rows, "
+                          "max_pending_bytes)", n, table_name, self.pending_rows, self.pending_bytes >> 20)
                 return False
             self.pending_rows += n
+            self.pending_bytes += size
             self.rows_in[table_name] = self.rows_in.get(table_name, 0) + n
             buf = self._buffers.get(table_name)
             if buf is None:
@@ -206,7 +226,8 @@ class Sink:
                 buf.since = self.clock()
             buf.batches.append(batch)
             buf.rows += n
-            if buf.rows >= self.flush_rows:
+            buf.bytes += size
+            if buf.rows >= self.flush_rows or buf.bytes >= self.flush_bytes:
                 self._cut(table, buf)
         return True
 
@@ -220,8 +241,8 @@ class Sink:
 
     def _cut(self, table: Table, buf: _Buffer) -> None:
         # Called with the lock held: the batch id is assigned here, once, in cut order.
-        job = _Job(table, buf.batches, buf.rows, self.ids.next())
-        buf.batches, buf.rows = [], 0
+        job = _Job(table, buf.batches, buf.rows, self.ids.next(), buf.bytes)
+        buf.batches, buf.rows, buf.bytes = [], 0, 0
         self.batches_cut += 1
         self._queue.put(job)
 
@@ -234,7 +255,7 @@ class Sink:
             for name, buf in self._buffers.items():
                 if buf.batches:
                     self._cut(TABLES[name], buf)
-            self._queue.put(_Job(None, [], 0, 0, done))  # a marker after everything cut so far
+            self._queue.put(_Job(None, [], 0, 0, done=done))  # a marker after everything cut so far
         while not done.wait(1.0):
             if not self._thread.is_alive():
                 raise RuntimeError("sink writer thread is not running")
@@ -276,11 +297,15 @@ class Sink:
             finally:
                 with self._lock:
                     self.pending_rows -= job.rows
+                    self.pending_bytes -= job.bytes
 
     def _write(self, job: _Job) -> None:
         table = job.table
         assert table is not None  # flush markers are handled by the writer loop
-        batch = with_batch_id(table, concat(table, job.batches), job.batch_id)
+        # The buffered batches as the chunks of one table: no copy (a concatenation held the GIL for about a fifth of
+        # the writer's time and doubled the batch's memory while it was written).
+        batch = with_batch_id(table, buffered(table, job.batches), job.batch_id)
+        job.batches = []  # the table holds them; nothing else should keep them alive past this write
         recorded = job.replay  # a replayed batch is recorded already
         if self.journal is not None and not job.replay and table.name not in self.unjournaled:
             try:
@@ -300,7 +325,7 @@ class Sink:
             self.journal.remove(table.name, job.batch_id, batch.num_rows)
         self._step("done", job.batch_id)
 
-    def _write_one(self, output: Output, job: _Job, table: Table, batch: pa.RecordBatch) -> None:
+    def _write_one(self, output: Output, job: _Job, table: Table, batch: Rows) -> None:
         """Give ``batch`` to ``output`` (``write``, or ``replay`` for a journal replay), with retries."""
         name = self._name(output)
         stats = self.stats[name]

@@ -61,6 +61,7 @@ from storage.clickhouse.ddl import ServerCaps, quote_ident
 from storage.clickhouse.schema import SchemaManager
 from storage.clickhouse.spool import Spool, SpoolCorrupt, SpoolEntry
 from storage.handoff import HandoffJournal
+from storage.outputs import Rows, one_batch
 from storage.settings import ClickHouseConfig, SpoolConfig
 
 log = logging.getLogger(__name__)
@@ -141,7 +142,7 @@ class ClickHouseOutput:
             self._thread.start()
 
     # ---- Output protocol ------------------------------------------------------------------------------------------
-    def write(self, table: Table, batch: pa.RecordBatch, batch_id: int) -> None:
+    def write(self, table: Table, batch: Rows, batch_id: int) -> None:
         """Spool ``batch`` (durable per ``spool.fsync``) for delivery; returns without waiting on the server."""
         if table.name == "flows" and not self.config.flows:
             return
@@ -162,7 +163,7 @@ class ClickHouseOutput:
                 t0 = time.perf_counter()
                 with self._lock:
                     self._ensure_connected()
-                    inserted, _ = self._insert_group(table, [batch_id], [batch], check_first=True)
+                    inserted, _ = self._insert_group(table, [batch_id], [one_batch(batch)], check_first=True)
                 if inserted:
                     self._inserted(table.name, batch.num_rows, 1, time.perf_counter() - t0)
             except Exception as exc2:  # noqa: BLE001 - any failure here loses the batch: count it
@@ -175,7 +176,7 @@ class ClickHouseOutput:
                 self.spool.count_dropped(table.name, batch.num_rows, "write_error",
                                          f"batch {batch_id}: spool write failed ({exc}) and insert failed ({exc2})")
 
-    def replay(self, table: Table, batch: pa.RecordBatch, batch_id: int) -> bool:
+    def replay(self, table: Table, batch: Rows, batch_id: int) -> bool:
         """A batch from the sink's handoff journal after a crash: skipped while the spool still holds it, else
         spooled to be checked on the server before it is inserted (it may have been delivered before the crash)."""
         if table.name == "flows" and not self.config.flows:

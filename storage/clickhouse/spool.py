@@ -164,7 +164,7 @@ class Spool:
             self._cond.notify_all()
 
     # ---- write ----------------------------------------------------------------------------------------------------
-    def append(self, table: str, batch_id: int, batch: pa.RecordBatch, *,
+    def append(self, table: str, batch_id: int, batch: pa.RecordBatch | pa.Table, *,
                link_from: Path | None = None) -> SpoolEntry | None:
         """Spool ``batch`` durably; returns its entry, or None when the full policy dropped it (counted, logged).
 
@@ -201,7 +201,7 @@ class Spool:
             self._cond.notify_all()
         return entry
 
-    def _write(self, tmp: Path, table: str, batch_id: int, batch: pa.RecordBatch) -> None:
+    def _write(self, tmp: Path, table: str, batch_id: int, batch: pa.RecordBatch | pa.Table) -> None:
         write_ipc(tmp, table, batch_id, batch, fsync=self.fsync)
 
     @staticmethod
@@ -286,14 +286,15 @@ class Spool:
         log.error("spool: %s moved to %s: %s", path.name, target, reason)
 
 
-def write_ipc(path: Path, table: str, batch_id: int, batch: pa.RecordBatch, *, fsync: bool) -> None:
+def write_ipc(path: Path, table: str, batch_id: int, batch: pa.RecordBatch | pa.Table, *, fsync: bool) -> None:
     """Write ``batch`` to ``path`` as an LZ4-compressed Arrow IPC file naming its table and batch id in the schema
-    metadata (the format of spool files and of the sink's handoff journal); fsynced when ``fsync``."""
+    metadata (the format of spool files and of the sink's handoff journal); fsynced when ``fsync``. A table's chunks
+    are written as they are (one IPC record batch each; :func:`read_ipc` reads them back as one batch)."""
     schema = batch.schema.with_metadata({**(batch.schema.metadata or {}), b"flowmed.table": table.encode(),
                                          b"flowmed.batch_id": str(batch_id).encode()})
     with open(path, "wb") as f:
         with ipc.new_file(f, schema, options=_OPTIONS) as writer:
-            writer.write_batch(batch.replace_schema_metadata(schema.metadata))
+            writer.write(batch.replace_schema_metadata(schema.metadata))
         f.flush()
         if fsync:
             os.fsync(f.fileno())
