@@ -4,12 +4,12 @@
 traffic (for unattributed traffic, the destination). A zero-rated CDN, for example, is a rule with the CDN's
 prefixes.
 
-The rules are compiled into a small table (:class:`ClassTable`) that one compiled function, :func:`class_of`,
-walks per part: the class of a part is the first rule whose protocols, ports and prefixes all hold, i.e. the least
-rule index that matches. Rules without prefixes are tried in order; the prefixes of all rules are kept per prefix
-length as sorted (network, rule) entries, so each length costs one binary search per part and yields the rules
-holding the part's network at that length. The Mediator calls :func:`class_of` from its attribution kernel
-(:mod:`mediation.correlate`), once per usage row, where the rules were mask passes over the whole batch.
+The rules are compiled into a small table (:class:`ClassTable`) that one compiled loop walks per part: the class of
+a part is the first rule whose protocols, ports and prefixes all hold, i.e. the least rule index that matches. Rules
+without prefixes are tried in order; the prefixes of all rules are kept per prefix length as sorted (network, rule)
+entries, so each length costs one binary search per part and yields the rules holding the part's network at that
+length. The Mediator classifies its usage rows in one such pass, where the rules were mask passes over the whole
+batch (and a lookup per rule with prefixes).
 """
 
 from __future__ import annotations
@@ -28,7 +28,7 @@ _U64 = np.uint64
 
 
 class ClassTable(NamedTuple):
-    """Class rules as arrays for :func:`class_of` (rule ``i`` is class index ``i``; ``default`` the last index)."""
+    """Class rules as arrays for :func:`_classify` (rule ``i`` is class index ``i``; ``default`` the last index)."""
 
     default: int
     has_protocols: np.ndarray
@@ -87,58 +87,57 @@ def compile_rules(rules: Sequence[ClassRule]) -> ClassTable:
 
 
 @njit(nogil=True, cache=CACHE)
-def _rule_holds(t: ClassTable, i: int, port: np.uint16, protocol: np.uint8) -> bool:
-    """Whether rule ``i``'s protocols and ports (not its prefixes) hold for a part."""
-    if t.has_protocols[i] and not t.protocols[i, protocol]:
-        return False
-    a, b = t.port_start[i], t.port_start[i + 1]
-    if a == b:
-        return True
-    while a < b:  # binary search in the rule's sorted ports
-        m = (a + b) >> 1
-        if t.ports[m] < port:
-            a = m + 1
-        else:
-            b = m
-    return a < t.port_start[i + 1] and t.ports[a] == port
-
-
-@njit(nogil=True, cache=CACHE)
-def class_of(t: ClassTable, hi: np.uint64, lo: np.uint64, port: np.uint16, protocol: np.uint8) -> int:
-    """The class index of a part whose remote side is address ``(hi, lo)`` and ``port``: the first rule that holds
-    (``t.default`` when none does)."""
-    best = t.default
-    for j in range(len(t.plain)):
-        i = t.plain[j]
-        if _rule_holds(t, i, port, protocol):
-            best = i
-            break
-    for k in range(len(t.masks_hi)):
-        mhi, mlo = hi & t.masks_hi[k], lo & t.masks_lo[k]
-        a, b = t.net_start[k], t.net_start[k + 1]
-        end = b
-        while a < b:  # the first entry >= (mhi, mlo)
-            m = (a + b) >> 1
-            if t.net_hi[m] < mhi or (t.net_hi[m] == mhi and t.net_lo[m] < mlo):
-                a = m + 1
-            else:
-                b = m
-        while a < end and t.net_hi[a] == mhi and t.net_lo[a] == mlo:  # the rules of this network, in order
-            i = t.net_rule[a]
-            if i >= best:
-                break
-            if _rule_holds(t, i, port, protocol):
-                best = i
-                break
-            a += 1
-    return best
-
-
-@njit(nogil=True, cache=CACHE)
 def _classify(t: ClassTable, hi: np.ndarray, lo: np.ndarray, port: np.ndarray, protocol: np.ndarray,
               out: np.ndarray) -> None:
-    for i in range(len(hi)):
-        out[i] = class_of(t, hi[i], lo[i], port[i], protocol[i])
+    """``out[q]``: the class of part ``q`` (remote address ``(hi, lo)``, remote ``port``, ``protocol``): the least
+    rule whose protocols, ports and prefixes hold, else ``t.default``. The candidates are the rules without
+    prefixes, then at each prefix length the rules naming the part's network (each run in rule order, so a run
+    stops at the first that holds or at the best so far). One loop with no calls: a compiled call taking the
+    table's arrays pays a reference count per array, several times the work of the rest."""
+    default, has_protocols, protocols, port_start, ports, plain, masks_hi, masks_lo, net_start, net_hi, net_lo, \
+        net_rule = t
+    for q in range(len(hi)):
+        h, low, pt, pr = hi[q], lo[q], port[q], protocol[q]
+        best = default
+        k = -1  # the candidates: -1 the rules without prefixes, k >= 0 those of prefix length k
+        a, end = 0, len(plain)
+        while True:
+            if a >= end:  # the next prefix length's run of entries equal to the part's network
+                k += 1
+                if k >= len(masks_hi):
+                    break
+                mhi, mlo = h & masks_hi[k], low & masks_lo[k]
+                a, b = net_start[k], net_start[k + 1]
+                while a < b:  # the first entry >= (mhi, mlo)
+                    m = (a + b) >> 1
+                    if net_hi[m] < mhi or (net_hi[m] == mhi and net_lo[m] < mlo):
+                        a = m + 1
+                    else:
+                        b = m
+                end = a
+                while end < net_start[k + 1] and net_hi[end] == mhi and net_lo[end] == mlo:
+                    end += 1
+                continue
+            i = plain[a] if k < 0 else net_rule[a]
+            a += 1
+            if i >= best:
+                a = end
+                continue
+            if has_protocols[i] and not protocols[i, pr]:
+                continue
+            pa, pb = port_start[i], port_start[i + 1]
+            if pa < pb:
+                while pa < pb:  # binary search in the rule's sorted ports
+                    m = (pa + pb) >> 1
+                    if ports[m] < pt:
+                        pa = m + 1
+                    else:
+                        pb = m
+                if pa == port_start[i + 1] or ports[pa] != pt:
+                    continue
+            best = i
+            a = end
+        out[q] = best
 
 
 class Classifier:

@@ -31,7 +31,7 @@ import pyarrow.compute as pc
 
 from mediation.aggregate import UsageAggregator
 from mediation.classify import Classifier
-from mediation.correlate import address_bytes, attribute, count_parts, readonly, split_parts
+from mediation.correlate import ROW_DTYPES, address_words, attribute, count_parts, readonly, split_parts
 from mediation.dedup import Deduplicator
 from mediation.hashing import hash_columns
 from mediation.reconcile import FIELDS, Reconciler
@@ -328,13 +328,13 @@ class Mediator:
         arrays, and with ``found`` append the first parts' answers with binding ids (src_sub, src_bid, dst_sub,
         dst_bid of records ``ok``)."""
         record, istart, pstart = (np.empty(nparts, dtype=np.int64) for _ in range(3))
-        pbytes, ppackets, pflows, src_hi, src_lo, dst_hi, dst_lo = (np.empty(nparts, dtype=np.uint64)
-                                                                     for _ in range(7))
+        values = np.empty((nparts, 3), dtype=np.uint64)  # bytes, packets, flows
+        src_hi, src_lo, dst_hi, dst_lo = (np.empty(nparts, dtype=np.uint64) for _ in range(4))
         first = np.empty(len(ok), dtype=np.int64)
         split_parts(ok, readonly(cols["flow_start"], np.int64), readonly(cols["flow_end"], np.int64),
-                    self.interval_ms, nbytes, readonly(cols["packets"], np.uint64), address_bytes(cols["src_addr"]),
-                    address_bytes(cols["dst_addr"]), record, istart, pstart, pbytes, ppackets, pflows, src_hi,
-                    src_lo, dst_hi, dst_lo, first)
+                    self.interval_ms, nbytes, readonly(cols["packets"], np.uint64), address_words(cols["src_addr"]),
+                    address_words(cols["dst_addr"]), record, istart, pstart, values, src_hi, src_lo, dst_hi, dst_lo,
+                    first)
         if found is None:
             src_sub, _ = self.bindings.lookup_split(src_hi, src_lo, pstart, ids=False)
             dst_sub, _ = self.bindings.lookup_split(dst_hi, dst_lo, pstart, ids=False)
@@ -342,16 +342,16 @@ class Mediator:
             src_sub, first_src_sub, first_src_bid = self._lookup_first_with_ids(src_hi, src_lo, pstart, first)
             dst_sub, first_dst_sub, first_dst_bid = self._lookup_first_with_ids(dst_hi, dst_lo, pstart, first)
             found.append((first_src_sub, first_src_bid, first_dst_sub, first_dst_bid))
-        rows = {"interval_start": np.empty(2 * nparts, dtype=np.int64), "sub": np.empty(2 * nparts, dtype=np.int32),
-                "direction": np.empty(2 * nparts, dtype=np.uint8), "cls": np.empty(2 * nparts, dtype=np.uint8),
-                "exporter": np.empty(2 * nparts, dtype=np.int32), "bytes": np.empty(2 * nparts, dtype=np.uint64),
-                "packets": np.empty(2 * nparts, dtype=np.uint64), "flows": np.empty(2 * nparts, dtype=np.uint64)}
-        used = attribute(self.classifier.table, record, istart, pbytes, ppackets, pflows, src_hi, src_lo, dst_hi,
-                         dst_lo, np.ascontiguousarray(src_sub, dtype=np.int32),
-                         np.ascontiguousarray(dst_sub, dtype=np.int32), readonly(cols["src_port"], np.uint16),
-                         readonly(cols["dst_port"], np.uint16), readonly(cols["protocol"], np.uint8), exporter,
-                         *rows.values(), attributed_b, unattributed_b, usage_b)
-        self.aggregator.add({c: v[:used] for c, v in rows.items()}, now_ms)
+        rows = {c: np.empty(2 * nparts, dtype=t) for c, t in ROW_DTYPES.items()}
+        used = attribute(record, istart, values, src_hi, src_lo, dst_hi, dst_lo,
+                         np.ascontiguousarray(src_sub, dtype=np.int32), np.ascontiguousarray(dst_sub, dtype=np.int32),
+                         readonly(cols["src_port"], np.uint16), readonly(cols["dst_port"], np.uint16),
+                         readonly(cols["protocol"], np.uint8), exporter, *rows.values(), attributed_b, unattributed_b,
+                         usage_b)
+        rows = {c: v[:used] for c, v in rows.items()}
+        rows["cls"] = self.classifier.classify(rows.pop("remote_hi"), rows.pop("remote_lo"), rows.pop("remote_port"),
+                                               rows.pop("protocol"))
+        self.aggregator.add(rows, now_ms)
 
     def _lookup_first_with_ids(self, hi: np.ndarray, lo: np.ndarray, pstart: np.ndarray, first: np.ndarray
                                ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
