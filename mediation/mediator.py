@@ -29,13 +29,14 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from decoders.schema import FLOWS, ipv4_mapped
 from mediation.aggregate import UsageAggregator
 from mediation.classify import Classifier
 from mediation.correlate import ROW_DTYPES, address_words, attribute, count_parts, readonly, split_parts
 from mediation.dedup import Deduplicator
 from mediation.hashing import hash_columns
 from mediation.reconcile import FIELDS, Reconciler
-from mediation.settings import MediationConfig
+from mediation.settings import ClassRule, MediationConfig
 from mediation.stage import Sections, Tables
 from mediation.subscribers.bindings import Bindings
 from mediation.tables import DIRECTIONS, RECONCILIATION, REJECTS, USAGE
@@ -466,3 +467,28 @@ class Mediator:
         cols["source"] = np.full(len(recon), self.reconciliation_source, dtype=object)
         cols["created"] = np.full(len(recon), now_ms, dtype=np.int64)
         return RECONCILIATION.to_arrow(cols)
+
+
+def warm_up() -> None:
+    """Compile the Mediator's kernels now (or load them from numba's disk cache), so the first batch of a mediating
+    daemon does not wait for them: a small batch through a Mediator (a record split over three intervals between
+    two subscribers, an unattributed one of another exporter and receive interval, a rejected one) takes every
+    kernel with the signature real batches use. The lookup, record key and de-duplication kernels are
+    :func:`mediation.dedup.warm_up`'s."""
+    t0 = 1_764_000_000_000
+    bindings = Bindings()
+    bindings.open("a", "10.0.0.1", t0 - 3_600_000)
+    bindings.open("b", "10.0.0.2", t0 - 3_600_000)
+    bindings.commit()
+    cols = FLOWS.empty_columns(3)
+    cols["src_addr"] = ipv4_mapped(np.array([0x0A000001, 0x08080808, 0x0A000001], dtype=np.uint32))
+    cols["dst_addr"] = ipv4_mapped(np.array([0x0A000002, 0x08080404, 0x0A000002], dtype=np.uint32))
+    cols["exporter"] = ipv4_mapped(np.array([0xC0000201, 0xC0000202, 0xC0000201], dtype=np.uint32))
+    cols["flow_start"] = np.array([t0 - 100_000, t0, t0], dtype=np.int64)
+    cols["flow_end"] = np.array([t0 + 350_000, t0 + 1000, t0 + 1000], dtype=np.int64)
+    cols["time_received"] = np.array([t0 + 351_000, t0 + 2000, t0 + 2000], dtype=np.int64)
+    cols["bytes"] = np.array([4500, 300, 0], dtype=np.uint64)
+    cols["packets"] = np.array([45, 3, 0], dtype=np.uint64)
+    m = Mediator(MediationConfig(classes=[ClassRule("web", ports=[443])]), bindings)
+    m.process(FLOWS.to_arrow(cols), t0 + 351_000)
+    m.close_all(t0 + 351_000)
