@@ -230,13 +230,13 @@ def test_reconciliation_balances_per_exporter_and_receive_interval(n_exporters):
 def test_warm_up_compiles_what_real_batches_use():
     """After ``warm_up``, batches of every kind (split records, chunks, rejects, attribution) use the kernels it
     compiled: none compiles on the event loop."""
-    from mediation import classify, correlate, reconcile
+    from mediation import aggregate, classify, correlate, reconcile
     from mediation import validate as validate_mod
     from mediation.mediator import warm_up
 
     warm_up()
     kernels = [correlate.count_parts, correlate.split_parts, correlate.attribute, classify._classify,
-               validate_mod._reasons, reconcile._keys, reconcile._add_column]
+               validate_mod._reasons, reconcile._keys, reconcile._add_column, aggregate._add_dense, aggregate._bounds]
     before = [len(k.signatures) for k in kernels]
     assert before == [1] * len(kernels)
     batch = flows([dict(src="100.64.0.1", dst="100.64.0.3", start=T0 + 4 * MIN, end=T0 + 19 * MIN, bytes=1501,
