@@ -178,6 +178,27 @@ def attribute(record: np.ndarray, istart: np.ndarray, values: np.ndarray,
     return n
 
 
+@njit(nogil=True, cache=CACHE)
+def run_starts(words: np.ndarray, starts: np.ndarray) -> int:
+    """The first record of each run of equal addresses (:func:`address_words`) in ``starts`` (sized one more than
+    the records), then the number of records; returns the number of runs."""
+    runs = 0
+    for i in range(len(words)):
+        if i == 0 or words[i, 0] != words[i - 1, 0] or words[i, 1] != words[i - 1, 1]:
+            starts[runs] = i
+            runs += 1
+    starts[runs] = len(words)
+    return runs
+
+
+@njit(nogil=True, cache=CACHE)
+def expand_runs(starts: np.ndarray, values: np.ndarray, out: np.ndarray) -> None:
+    """``out[starts[r]:starts[r + 1]] = values[r]`` for every run ``r``."""
+    for r in range(len(values)):
+        for i in range(starts[r], starts[r + 1]):
+            out[i] = values[r]
+
+
 def warm_up() -> None:
     """Compile the kernels now (or load them from numba's disk cache), so the first batch does not wait for them;
     the signatures are those the Mediator uses (read-only inputs, see :func:`readonly`)."""
@@ -194,6 +215,8 @@ def warm_up() -> None:
     sub = np.zeros(1, dtype=np.int32)
     rows = [np.zeros(2, dtype=t) for t in ROW_DTYPES.values()]
     sums = [np.zeros(1, dtype=np.uint64) for _ in range(3)]
+    starts = np.zeros(2, dtype=np.int64)
+    expand_runs(starts[:run_starts(addr, starts) + 1], readonly(sub, np.int32), sub)
     attribute(record, istart, values, shi, slo, dhi, dlo, sub, sub, readonly(np.zeros(1, np.uint16), np.uint16),
               readonly(np.zeros(1, np.uint16), np.uint16), readonly(np.zeros(1, np.uint8), np.uint8),
               readonly(np.zeros(1, np.int32), np.int32), *rows, *sums)

@@ -27,12 +27,20 @@ from typing import cast
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.compute as pc
 
 from decoders.schema import FLOWS, ipv4_mapped
 from mediation.aggregate import UsageAggregator
 from mediation.classify import Classifier
-from mediation.correlate import ROW_DTYPES, address_words, attribute, count_parts, readonly, split_parts
+from mediation.correlate import (
+    ROW_DTYPES,
+    address_words,
+    attribute,
+    count_parts,
+    expand_runs,
+    readonly,
+    run_starts,
+    split_parts,
+)
 from mediation.dedup import Deduplicator
 from mediation.hashing import hash_columns
 from mediation.reconcile import FIELDS, Reconciler
@@ -145,16 +153,25 @@ class Mediator:
 
     # --- exporters ---
     def _exporter_indexes(self, batch: pa.RecordBatch) -> np.ndarray:
-        enc = pc.dictionary_encode(batch.column("exporter"))
-        local = np.empty(len(enc.dictionary), dtype=np.int32)
-        for i, value in enumerate(enc.dictionary.to_pylist()):
+        """This Mediator's index (int32) of each record's exporter, new exporters numbered as they come. Records
+        come in runs of one exporter (a datagram's): only the first of each run is looked up."""
+        addresses = column(batch, "exporter")
+        starts = np.empty(len(addresses) + 1, dtype=np.int64)
+        runs = run_starts(address_words(addresses), starts)
+        heads = starts[:runs]
+        distinct, first, which = np.unique(addresses[heads], return_index=True, return_inverse=True)
+        raw = np.ascontiguousarray(addresses).view(np.uint8).reshape(-1, 16)
+        local = np.empty(len(distinct), dtype=np.int32)
+        for i in np.argsort(first).tolist():  # new exporters numbered in the order they appear
+            value = raw[heads[first[i]]].tobytes()  # (all 16 bytes: numpy's bytes drop trailing zeros)
             idx = self._exporter_index.get(value)
             if idx is None:
                 idx = self._exporter_index[value] = len(self._exporters)
                 self._exporters.append(value)
                 self._exporter_roles.append(self.dedup.role_of(value))
             local[i] = idx
-        indexes: np.ndarray = local[enc.indices.to_numpy(zero_copy_only=False)]
+        indexes = np.empty(len(addresses), dtype=np.int32)
+        expand_runs(starts[:runs + 1], readonly(local[which], np.int32), indexes)
         return indexes
 
     def reload(self, config: MediationConfig | Sections, now: int = 0, /) -> None:

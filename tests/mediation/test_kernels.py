@@ -19,7 +19,7 @@ from mediation.settings import ClassRule
 from mediation.subscribers.bindings import BindingIndex, Bindings, parse_network, split_addresses
 from mediation.tables import OPEN_END_MS
 from mediation.validate import validate
-from tests.mediation.mediation_helpers import INTERVAL, MIN, T0, flows, s16
+from tests.mediation.mediation_helpers import INTERVAL, MIN, T0, a16, flows, s16
 
 S = 1000
 
@@ -247,3 +247,16 @@ def test_warm_up_compiles_what_real_batches_use():
     m.process(batch.slice(2), T0 + 30 * MIN)
     m.close_all(T0 + 40 * MIN)
     assert [len(k.signatures) for k in kernels] == before
+
+
+def test_exporters_are_numbered_as_they_appear_with_all_their_bytes():
+    """Exporter indexes (the major key of the usage sums, so the order of the rows) follow first appearance in the
+    batch, across runs of records; an address ending in zero bytes keeps them."""
+    exporters = ["192.0.2.0", "192.0.2.0", "10.0.0.1", "192.0.2.0", "2001:db8::", "10.0.0.1"]
+    m = Mediator(load(None), _bindings())
+    m.process(flows([dict(src="100.64.0.1", dst="8.8.8.8", start=T0, end=T0 + 1, bytes=10 + i, packets=1,
+                          exporter=e) for i, e in enumerate(exporters)]), T0 + S)
+    assert m._exporters == [a16("192.0.2.0"), a16("10.0.0.1"), a16("2001:db8::")]
+    rows = m.close_all(T0 + S)["usage"].to_pylist()
+    assert [(r["exporter"], r["bytes"]) for r in rows] == [(a16("192.0.2.0"), 10 + 11 + 13), (a16("10.0.0.1"), 12 + 15),
+                                                         (a16("2001:db8::"), 14)]
