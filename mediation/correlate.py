@@ -179,24 +179,39 @@ def attribute(record: np.ndarray, istart: np.ndarray, values: np.ndarray,
 
 
 @njit(nogil=True, cache=CACHE)
-def run_starts(words: np.ndarray, starts: np.ndarray) -> int:
-    """The first record of each run of equal addresses (:func:`address_words`) in ``starts`` (sized one more than
-    the records), then the number of records; returns the number of runs."""
-    runs = 0
+def distinct_addresses(words: np.ndarray, ids: np.ndarray, first: np.ndarray, keys: np.ndarray,
+                       slots: np.ndarray) -> int:
+    """Number the distinct addresses (:func:`address_words`) in order of first appearance: ``ids[i]`` is record
+    i's, ``first[k]`` the record where the k-th appears first; returns how many there are, or -1 when that is more
+    than half of ``slots`` (an open-addressing table, all -1, with ``keys`` (slots x 2) beside it: then call again
+    with a larger one). A record with the address of the record before (a datagram's records come together) is not
+    looked up."""
+    size = len(slots)
+    mask = np.uint64(size - 1)
+    found = 0
     for i in range(len(words)):
-        if i == 0 or words[i, 0] != words[i - 1, 0] or words[i, 1] != words[i - 1, 1]:
-            starts[runs] = i
-            runs += 1
-    starts[runs] = len(words)
-    return runs
-
-
-@njit(nogil=True, cache=CACHE)
-def expand_runs(starts: np.ndarray, values: np.ndarray, out: np.ndarray) -> None:
-    """``out[starts[r]:starts[r + 1]] = values[r]`` for every run ``r``."""
-    for r in range(len(values)):
-        for i in range(starts[r], starts[r + 1]):
-            out[i] = values[r]
+        a, b = words[i, 0], words[i, 1]
+        if i and a == words[i - 1, 0] and b == words[i - 1, 1]:
+            ids[i] = ids[i - 1]
+            continue
+        h = ((a * np.uint64(0x9E3779B97F4A7C15)) ^ b) * np.uint64(0xBF58476D1CE4E5B9)
+        pos = (h >> np.uint64(32)) & mask
+        while True:
+            k = slots[pos]
+            if k < 0:
+                if 2 * (found + 1) > size:
+                    return -1
+                slots[pos] = found
+                keys[pos, 0], keys[pos, 1] = a, b
+                first[found] = i
+                ids[i] = found
+                found += 1
+                break
+            if keys[pos, 0] == a and keys[pos, 1] == b:
+                ids[i] = k
+                break
+            pos = (pos + np.uint64(1)) & mask
+    return found
 
 
 def warm_up() -> None:
@@ -215,8 +230,7 @@ def warm_up() -> None:
     sub = np.zeros(1, dtype=np.int32)
     rows = [np.zeros(2, dtype=t) for t in ROW_DTYPES.values()]
     sums = [np.zeros(1, dtype=np.uint64) for _ in range(3)]
-    starts = np.zeros(2, dtype=np.int64)
-    expand_runs(starts[:run_starts(addr, starts) + 1], readonly(sub, np.int32), sub)
+    distinct_addresses(addr, sub, first, np.zeros((2, 2), dtype=np.uint64), np.full(2, -1, dtype=np.int32))
     attribute(record, istart, values, shi, slo, dhi, dlo, sub, sub, readonly(np.zeros(1, np.uint16), np.uint16),
               readonly(np.zeros(1, np.uint16), np.uint16), readonly(np.zeros(1, np.uint8), np.uint8),
               readonly(np.zeros(1, np.int32), np.int32), *rows, *sums)

@@ -36,9 +36,8 @@ from mediation.correlate import (
     address_words,
     attribute,
     count_parts,
-    expand_runs,
+    distinct_addresses,
     readonly,
-    run_starts,
     split_parts,
 )
 from mediation.dedup import Deduplicator
@@ -153,25 +152,32 @@ class Mediator:
 
     # --- exporters ---
     def _exporter_indexes(self, batch: pa.RecordBatch) -> np.ndarray:
-        """This Mediator's index (int32) of each record's exporter, new exporters numbered as they come. Records
-        come in runs of one exporter (a datagram's): only the first of each run is looked up."""
+        """This Mediator's index (int32) of each record's exporter, new exporters numbered in the order they appear
+        (a compiled pass numbers the batch's distinct exporters; a dictionary maps those few)."""
         addresses = column(batch, "exporter")
-        starts = np.empty(len(addresses) + 1, dtype=np.int64)
-        runs = run_starts(address_words(addresses), starts)
-        heads = starts[:runs]
-        distinct, first, which = np.unique(addresses[heads], return_index=True, return_inverse=True)
+        words = address_words(addresses)
+        ids = np.empty(len(addresses), dtype=np.int32)
+        first = np.empty(len(addresses), dtype=np.int64)
+        size = 64
+        while size < 2 * (len(self._exporters) + 16):
+            size *= 2
+        while True:
+            found = distinct_addresses(words, ids, first, np.empty((size, 2), dtype=np.uint64),
+                                       np.full(size, -1, dtype=np.int32))
+            if found >= 0:
+                break
+            size *= 4
         raw = np.ascontiguousarray(addresses).view(np.uint8).reshape(-1, 16)
-        local = np.empty(len(distinct), dtype=np.int32)
-        for i in np.argsort(first).tolist():  # new exporters numbered in the order they appear
-            value = raw[heads[first[i]]].tobytes()  # (all 16 bytes: numpy's bytes drop trailing zeros)
+        local = np.empty(found, dtype=np.int32)
+        for k in range(found):
+            value = raw[first[k]].tobytes()  # (all 16 bytes: numpy's bytes drop trailing zeros)
             idx = self._exporter_index.get(value)
             if idx is None:
                 idx = self._exporter_index[value] = len(self._exporters)
                 self._exporters.append(value)
                 self._exporter_roles.append(self.dedup.role_of(value))
-            local[i] = idx
-        indexes = np.empty(len(addresses), dtype=np.int32)
-        expand_runs(starts[:runs + 1], readonly(local[which], np.int32), indexes)
+            local[k] = idx
+        indexes: np.ndarray = local[ids]
         return indexes
 
     def reload(self, config: MediationConfig | Sections, now: int = 0, /) -> None:

@@ -235,7 +235,8 @@ def test_warm_up_compiles_what_real_batches_use():
     from mediation.mediator import warm_up
 
     warm_up()
-    kernels = [correlate.count_parts, correlate.split_parts, correlate.attribute, classify._classify,
+    kernels = [correlate.count_parts, correlate.split_parts, correlate.attribute, correlate.distinct_addresses,
+               classify._classify,
                validate_mod._reasons, reconcile._keys, reconcile._add_column, aggregate._add_dense, aggregate._bounds]
     before = [len(k.signatures) for k in kernels]
     batch = flows([dict(src="100.64.0.1", dst="100.64.0.3", start=T0 + 4 * MIN, end=T0 + 19 * MIN, bytes=1501,
@@ -260,3 +261,8 @@ def test_exporters_are_numbered_as_they_appear_with_all_their_bytes():
     rows = m.close_all(T0 + S)["usage"].to_pylist()
     assert [(r["exporter"], r["bytes"]) for r in rows] == [(a16("192.0.2.0"), 10 + 11 + 13), (a16("10.0.0.1"), 12 + 15),
                                                          (a16("2001:db8::"), 14)]
+    # more exporters in one batch than the first table holds: numbered in order all the same
+    many = [f"198.51.100.{i}" for i in range(200, 0, -1)] + ["192.0.2.0"]
+    m.process(flows([dict(src="100.64.0.1", dst="8.8.8.8", start=T0, end=T0 + 1, bytes=1, packets=1, exporter=e)
+                     for e in many * 2]), T0 + S)
+    assert m._exporters == [a16("192.0.2.0"), a16("10.0.0.1"), a16("2001:db8::")] + [a16(e) for e in many[:-1]]
