@@ -1,8 +1,9 @@
 """The mediation pipeline for flow records: validate -> de-duplicate -> split -> correlate -> classify -> aggregate.
 
 ``Mediator.process(flows, now_ms)`` takes a ``flows`` RecordBatch and returns RecordBatches by table name
-(``usage``, ``rejects``, ``reconciliation``; a table is absent when it has no rows) for the Sink. All steps are
-vectorised over the batch; per batch there is no Python loop per record.
+(``usage``, ``rejects``, ``reconciliation``; a table is absent when it has no rows) for the Sink. Every step is a
+compiled pass over the batch (numba: :mod:`mediation.correlate` and the steps' modules) or vectorised; per batch
+there is no Python loop per record.
 
 Correlation: each part of a record (a record split at interval boundaries) is looked up in the bindings at the
 part's start time, the source address and the destination address. A subscriber on the source side gets an ``up``
