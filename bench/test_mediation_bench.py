@@ -36,7 +36,15 @@ from mediation.aggregate import UsageAggregator
 from mediation.bounded import mediate_bounded
 from mediation.classify import Classifier
 from mediation.compliance.nat import without_nat_only
-from mediation.correlate import ROW_DTYPES, address_words, attribute, count_parts, readonly, split_parts
+from mediation.correlate import (
+    ROW_DTYPES,
+    address_words,
+    attribute,
+    count_parts,
+    count_rows,
+    readonly,
+    split_parts,
+)
 from mediation.hashing import hash_columns
 from mediation.mediator import Mediator
 from mediation.reconcile import Reconciler
@@ -137,11 +145,10 @@ def test_correlation_and_aggregation(benchmark, data):
                     dhi, dlo, first)
         ssub, _ = bindings.lookup_split(shi, slo, pstart, ids=False)
         dsub, _ = bindings.lookup_split(dhi, dlo, pstart, ids=False)
-        rows = {c: np.empty(2 * parts, dtype=t) for c, t in ROW_DTYPES.items()}
+        rows = {c: np.empty(count_rows(ssub, dsub), dtype=t) for c, t in ROW_DTYPES.items()}
         attributed, unattributed, usage = (np.zeros(n, dtype=np.uint64) for _ in range(3))
-        used = attribute(record, istart, values, shi, slo, dhi, dlo, ssub, dsub, ports, ports, protocol, exporter,
-                         *rows.values(), attributed, unattributed, usage)
-        rows = {c: v[:used] for c, v in rows.items()}
+        attribute(record, istart, values, shi, slo, dhi, dlo, ssub, dsub, ports, ports, protocol, exporter,
+                  *rows.values(), attributed, unattributed, usage)
         rows["cls"] = default_class.classify(rows.pop("remote_hi"), rows.pop("remote_lo"), rows.pop("remote_port"),
                                              rows.pop("protocol"))
         agg.add(rows, NOW)

@@ -137,6 +137,15 @@ def split_parts(ok: np.ndarray, start: np.ndarray, end: np.ndarray, interval_ms:
 
 
 @njit(nogil=True, cache=CACHE)
+def count_rows(src_sub: np.ndarray, dst_sub: np.ndarray) -> int:
+    """The usage rows :func:`attribute` makes of these parts: one per part, two where both sides have a subscriber."""
+    n = len(src_sub)
+    for p in range(len(src_sub)):
+        n += (src_sub[p] >= 0) & (dst_sub[p] >= 0)
+    return n
+
+
+@njit(nogil=True, cache=CACHE)
 def attribute(record: np.ndarray, istart: np.ndarray, values: np.ndarray,
               src_hi: np.ndarray, src_lo: np.ndarray, dst_hi: np.ndarray, dst_lo: np.ndarray, src_sub: np.ndarray,
               dst_sub: np.ndarray, src_port: np.ndarray, dst_port: np.ndarray, protocol: np.ndarray,
@@ -144,7 +153,7 @@ def attribute(record: np.ndarray, istart: np.ndarray, values: np.ndarray,
               r_exporter: np.ndarray, r_bytes: np.ndarray, r_packets: np.ndarray, r_flows: np.ndarray,
               r_remote_hi: np.ndarray, r_remote_lo: np.ndarray, r_remote_port: np.ndarray, r_protocol: np.ndarray,
               attributed_b: np.ndarray, unattributed_b: np.ndarray, usage_b: np.ndarray) -> int:
-    """The usage rows of the parts (``r_*``, sized twice the parts; returns how many): per part an ``up`` row when
+    """The usage rows of the parts (``r_*``, sized by :func:`count_rows`; returns how many): per part an ``up`` row when
     the source has a subscriber, a ``down`` row when the destination has one (both: two rows), else an
     ``unattributed`` row (subscriber -1); with each row its remote side (the destination for up and unattributed
     rows, the source for down rows) and protocol, for the classes. Adds each part's bytes into its record's
@@ -231,6 +240,7 @@ def warm_up() -> None:
     split_parts(ok, times, times, 300_000, counters, counters, addr, addr, record, istart, pstart, values, shi, slo,
                 dhi, dlo, first)
     sub = np.zeros(1, dtype=np.int32)
+    count_rows(sub, sub)
     rows = [np.zeros(2, dtype=t) for t in ROW_DTYPES.values()]
     sums = [np.zeros(1, dtype=np.uint64) for _ in range(3)]
     distinct_addresses(addr, sub, first, np.zeros((2, 2), dtype=np.uint64), np.full(2, -1, dtype=np.int32))

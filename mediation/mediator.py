@@ -37,6 +37,7 @@ from mediation.correlate import (
     address_words,
     attribute,
     count_parts,
+    count_rows,
     distinct_addresses,
     readonly,
     split_parts,
@@ -367,13 +368,12 @@ class Mediator:
             src_sub, first_src_sub, first_src_bid = self._lookup_first_with_ids(src_hi, src_lo, pstart, first)
             dst_sub, first_dst_sub, first_dst_bid = self._lookup_first_with_ids(dst_hi, dst_lo, pstart, first)
             found.append((first_src_sub, first_src_bid, first_dst_sub, first_dst_bid))
-        rows = {c: np.empty(2 * nparts, dtype=t) for c, t in ROW_DTYPES.items()}
-        used = attribute(record, istart, values, src_hi, src_lo, dst_hi, dst_lo,
-                         np.ascontiguousarray(src_sub, dtype=np.int32), np.ascontiguousarray(dst_sub, dtype=np.int32),
-                         readonly(cols["src_port"], np.uint16), readonly(cols["dst_port"], np.uint16),
-                         readonly(cols["protocol"], np.uint8), exporter, *rows.values(), attributed_b, unattributed_b,
-                         usage_b)
-        rows = {c: v[:used] for c, v in rows.items()}
+        src_sub = np.ascontiguousarray(src_sub, dtype=np.int32)
+        dst_sub = np.ascontiguousarray(dst_sub, dtype=np.int32)
+        rows = {c: np.empty(count_rows(src_sub, dst_sub), dtype=t) for c, t in ROW_DTYPES.items()}
+        attribute(record, istart, values, src_hi, src_lo, dst_hi, dst_lo, src_sub, dst_sub,
+                  readonly(cols["src_port"], np.uint16), readonly(cols["dst_port"], np.uint16),
+                  readonly(cols["protocol"], np.uint8), exporter, *rows.values(), attributed_b, unattributed_b, usage_b)
         rows["cls"] = self.classifier.classify(rows.pop("remote_hi"), rows.pop("remote_lo"), rows.pop("remote_port"),
                                                rows.pop("protocol"))
         self.aggregator.add(rows, now_ms)

@@ -235,7 +235,8 @@ def test_warm_up_compiles_what_real_batches_use():
     from mediation.mediator import warm_up
 
     warm_up()
-    kernels = [correlate.count_parts, correlate.split_parts, correlate.attribute, correlate.distinct_addresses,
+    kernels = [correlate.count_parts, correlate.split_parts, correlate.count_rows, correlate.attribute,
+               correlate.distinct_addresses,
                classify._classify,
                validate_mod._reasons, reconcile._keys, reconcile._add_column, aggregate._add_dense, aggregate._bounds]
     before = [len(k.signatures) for k in kernels]
