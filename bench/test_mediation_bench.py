@@ -315,6 +315,31 @@ def test_mediator_per_batch(benchmark, data):
     _ns_per_record(benchmark, nb * n)
 
 
+def test_mediator_per_batch_warm(benchmark, data):
+    """``Mediator.process`` of consecutive batches as in ``test_mediator_per_batch``, but into a mediator that has
+    already taken a few batches of the same intervals (its interval sums and de-duplication tables in memory, as
+    in a running daemon): the steady per-batch cost, without first touching that memory."""
+    bindings, batch = data
+    nb, n = _per_batch_sizes(benchmark)
+    warm, timed = (1, 1) if benchmark.disabled else (4, 9)
+    cfg = load(None, ['mediation.classes=[{name="cdn", prefixes=["1.0.0.0/8", "2a00:1450::/32"]}]'])
+    slices = [batch.slice(i * n, n) for i in range(min(batch.num_rows // n, warm + timed))]
+
+    def setup():
+        m = Mediator(cfg, bindings, refresh_interval_s=1e9)
+        for i, s in enumerate(slices[:warm]):
+            mediate_bounded(m, without_nat_only(s), NOW + 50 * i, INTERVAL)
+        return (m,), {}
+
+    def run(m: Mediator) -> None:
+        for i, s in enumerate(slices[warm:]):
+            mediate_bounded(m, without_nat_only(s), NOW + 50 * (warm + i), INTERVAL)
+        assert m.counters["records_in"] == len(slices) * n and m.counters["unbalanced_batches"] == 0
+
+    benchmark.pedantic(run, setup=setup, rounds=1 if benchmark.disabled else 5)
+    _ns_per_record(benchmark, (len(slices) - warm) * n)
+
+
 def test_radius_accounting_throughput(benchmark, tmp_path):
     """RADIUS Interim-Updates handled by ``RadiusAccounting.handle`` in batches of 512 (one SQLite transaction with
     fsync per batch, as the listener does), with counter deltas becoming usage rows; 20,000 open sessions."""
