@@ -169,7 +169,7 @@ subscribers take tens of MB, and each part lands on a random slot."""
 
 @njit(nogil=True, cache=CACHE)
 def _bounds(exporter: np.ndarray, cls: np.ndarray, direction: np.ndarray, sub: np.ndarray,
-            istart: np.ndarray) -> tuple[int, int, int, int, int, int, int, int, int, int]:
+            istart: np.ndarray) -> tuple[np.int64, ...]:
     """(min, max) of each key column in :data:`_DIMS` order, then of ``istart``, in one pass (not empty)."""
     e0 = e1 = np.int64(exporter[0])
     c0 = c1 = np.int64(cls[0])
@@ -364,7 +364,7 @@ class UsageAggregator:
         istart = parts["interval_start"]
         bounds = None
         if _DenseSums.usable(parts):  # every key's range in one pass
-            b = _bounds(*(parts[d] for d in _DIMS), istart)
+            b = _bounds(parts["exporter"], parts["cls"], parts["direction"], parts["sub"], istart)
             bounds = [(int(b[2 * k]), int(b[2 * k + 1])) for k in range(len(_DIMS))]
             first, last = int(b[-2]), int(b[-1])
         else:
@@ -396,7 +396,7 @@ class UsageAggregator:
         """Add ``rows`` (of one interval) to ``iv``; ``bounds``: (min, max) of each of :data:`_DIMS` when known."""
         if not iv.sparse and _DenseSums.usable(rows):
             if bounds is None:
-                b = _bounds(*(rows[d] for d in _DIMS), rows["interval_start"])
+                b = _bounds(rows["exporter"], rows["cls"], rows["direction"], rows["sub"], rows["interval_start"])
                 bounds = [(int(b[2 * k]), int(b[2 * k + 1])) for k in range(len(_DIMS))]
             layout = _DenseSums.layout(iv.dense, bounds)
             if layout is not None:

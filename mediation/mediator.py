@@ -373,7 +373,10 @@ class Mediator:
         rows = {c: np.empty(count_rows(src_sub, dst_sub), dtype=t) for c, t in ROW_DTYPES.items()}
         attribute(record, istart, values, src_hi, src_lo, dst_hi, dst_lo, src_sub, dst_sub,
                   readonly(cols["src_port"], np.uint16), readonly(cols["dst_port"], np.uint16),
-                  readonly(cols["protocol"], np.uint8), exporter, *rows.values(), attributed_b, unattributed_b, usage_b)
+                  readonly(cols["protocol"], np.uint8), exporter, rows["interval_start"], rows["sub"],
+                  rows["direction"], rows["exporter"], rows["bytes"], rows["packets"], rows["flows"],
+                  rows["remote_hi"], rows["remote_lo"], rows["remote_port"], rows["protocol"], attributed_b,
+                  unattributed_b, usage_b)
         rows["cls"] = self.classifier.classify(rows.pop("remote_hi"), rows.pop("remote_lo"), rows.pop("remote_port"),
                                                rows.pop("protocol"))
         self.aggregator.add(rows, now_ms)
