@@ -32,13 +32,23 @@ import pytest
 
 from collector.config import load
 from decoders.schema import FLOWS, ipv4_mapped
-from mediation.aggregate import Allocation, UsageAggregator, split_intervals
+from mediation.aggregate import UsageAggregator
 from mediation.bounded import mediate_bounded
+from mediation.classify import Classifier
 from mediation.compliance.nat import without_nat_only
+from mediation.correlate import (
+    ROW_DTYPES,
+    address_words,
+    attribute,
+    count_parts,
+    count_rows,
+    readonly,
+    split_parts,
+)
 from mediation.hashing import hash_columns
 from mediation.mediator import Mediator
 from mediation.reconcile import Reconciler
-from mediation.subscribers.bindings import Bindings, index_from_arrays, join_addresses, split_addresses
+from mediation.subscribers.bindings import Bindings, index_from_arrays, join_addresses
 
 NOW = 1_764_000_000_000 + 4 * 60_000
 DAY = 86_400_000
@@ -106,38 +116,45 @@ def data(request):
 
 
 def test_correlation_and_aggregation(benchmark, data):
-    """Split at interval boundaries, look up both addresses at the part's time, aggregate usage rows."""
+    """Split at interval boundaries, look up both addresses at the part's time, aggregate usage rows: the
+    Mediator's compiled passes (``mediation.correlate``) and the aggregator, without the class rules."""
     bindings, batch = data
-    src = batch.column("src_addr").to_numpy(zero_copy_only=False).astype("S16")
-    dst = batch.column("dst_addr").to_numpy(zero_copy_only=False).astype("S16")
-    start = batch.column("flow_start").view(pa.int64()).to_numpy()
-    end = batch.column("flow_end").view(pa.int64()).to_numpy()
-    nbytes = batch.column("bytes").to_numpy()
-    packets = batch.column("packets").to_numpy()
-    exporter = np.arange(len(nbytes), dtype=np.int32) % 4
+    src = address_words(batch.column("src_addr").to_numpy(zero_copy_only=False).astype("S16"))
+    dst = address_words(batch.column("dst_addr").to_numpy(zero_copy_only=False).astype("S16"))
+    start = readonly(batch.column("flow_start").view(pa.int64()).to_numpy(), np.int64)
+    end = readonly(batch.column("flow_end").view(pa.int64()).to_numpy(), np.int64)
+    nbytes = readonly(batch.column("bytes").to_numpy(), np.uint64)
+    packets = readonly(batch.column("packets").to_numpy(), np.uint64)
+    ports = readonly(np.zeros(len(nbytes), np.uint16), np.uint16)
+    protocol = readonly(np.full(len(nbytes), 6, np.uint8), np.uint8)
+    exporter = readonly(np.arange(len(nbytes), dtype=np.int32) % 4, np.int32)
+    ok = readonly(np.arange(len(nbytes)), np.int64)
     total = int(nbytes.sum())
+    default_class = Classifier([])
 
     def run() -> int:
         agg = UsageAggregator(INTERVAL, 60_000)
-        rec, istart, pstart, overlap, duration = split_intervals(start, end, INTERVAL)
-        share = Allocation(rec, overlap, duration, len(nbytes))
-        pbytes, ppackets, pflows = share(nbytes), share(packets), share(np.ones(len(nbytes), dtype=np.uint64))
-        shi, slo = split_addresses(src[rec])
-        dhi, dlo = split_addresses(dst[rec])
+        n = len(nbytes)
+        cum = np.empty(n, dtype=np.int64)
+        count_parts(ok, start, end, INTERVAL, cum)
+        parts = int(cum[-1])
+        record, istart, pstart, first = (np.empty(k, dtype=np.int64) for k in (parts, parts, parts, n))
+        values = np.empty((parts, 3), dtype=np.uint64)
+        shi, slo, dhi, dlo = (np.empty(parts, dtype=np.uint64) for _ in range(4))
+        split_parts(ok, start, end, INTERVAL, nbytes, packets, src, dst, record, istart, pstart, values, shi, slo,
+                    dhi, dlo, first)
         ssub, _ = bindings.lookup_split(shi, slo, pstart, ids=False)
         dsub, _ = bindings.lookup_split(dhi, dlo, pstart, ids=False)
-        up, down = np.flatnonzero(ssub >= 0), np.flatnonzero(dsub >= 0)
-        none = np.flatnonzero((ssub < 0) & (dsub < 0))
-        sel = np.concatenate([up, down, none])
-        agg.add({"interval_start": istart[sel],
-                 "sub": np.concatenate([ssub[up], dsub[down], np.full(len(none), -1, np.int32)]),
-                 "direction": np.repeat(np.array([0, 1, 2], np.uint8), [len(up), len(down), len(none)]),
-                 "cls": np.zeros(len(sel), np.uint8), "exporter": exporter[rec][sel],
-                 "bytes": pbytes[sel], "packets": ppackets[sel], "flows": pflows[sel]}, NOW)
-        rows = agg.emit(NOW, force=True)
-        attributed = (ssub >= 0) | (dsub >= 0)
-        assert int(pbytes[attributed].sum()) + int(pbytes[~attributed].sum()) == total
-        assert int(rows["flows"].sum()) >= len(nbytes)
+        rows = {c: np.empty(count_rows(ssub, dsub), dtype=t) for c, t in ROW_DTYPES.items()}
+        attributed, unattributed, usage = (np.zeros(n, dtype=np.uint64) for _ in range(3))
+        attribute(record, istart, values, shi, slo, dhi, dlo, ssub, dsub, ports, ports, protocol, exporter,
+                  *rows.values(), attributed, unattributed, usage)
+        rows["cls"] = default_class.classify(rows.pop("remote_hi"), rows.pop("remote_lo"), rows.pop("remote_port"),
+                                             rows.pop("protocol"))
+        agg.add(rows, NOW)
+        out = agg.emit(NOW, force=True)
+        assert int(attributed.sum()) + int(unattributed.sum()) == total
+        assert int(out["flows"].sum()) >= len(nbytes)
         return len(nbytes)
 
     n = benchmark(run)
@@ -296,6 +313,31 @@ def test_mediator_per_batch(benchmark, data):
 
     benchmark.pedantic(run, setup=setup, rounds=1 if benchmark.disabled else 3)
     _ns_per_record(benchmark, nb * n)
+
+
+def test_mediator_per_batch_warm(benchmark, data):
+    """``Mediator.process`` of consecutive batches as in ``test_mediator_per_batch``, but into a mediator that has
+    already taken a few batches of the same intervals (its interval sums and de-duplication tables in memory, as
+    in a running daemon): the steady per-batch cost, without first touching that memory."""
+    bindings, batch = data
+    nb, n = _per_batch_sizes(benchmark)
+    warm, timed = (1, 1) if benchmark.disabled else (4, 9)
+    cfg = load(None, ['mediation.classes=[{name="cdn", prefixes=["1.0.0.0/8", "2a00:1450::/32"]}]'])
+    slices = [batch.slice(i * n, n) for i in range(min(batch.num_rows // n, warm + timed))]
+
+    def setup():
+        m = Mediator(cfg, bindings, refresh_interval_s=1e9)
+        for i, s in enumerate(slices[:warm]):
+            mediate_bounded(m, without_nat_only(s), NOW + 50 * i, INTERVAL)
+        return (m,), {}
+
+    def run(m: Mediator) -> None:
+        for i, s in enumerate(slices[warm:]):
+            mediate_bounded(m, without_nat_only(s), NOW + 50 * (warm + i), INTERVAL)
+        assert m.counters["records_in"] == len(slices) * n and m.counters["unbalanced_batches"] == 0
+
+    benchmark.pedantic(run, setup=setup, rounds=1 if benchmark.disabled else 5)
+    _ns_per_record(benchmark, (len(slices) - warm) * n)
 
 
 def test_radius_accounting_throughput(benchmark, tmp_path):

@@ -135,7 +135,7 @@ class Components:
         """The parts for ``config`` in process ``worker`` (None: the single process), outputs counted in
         ``metrics``; ``sink``, ``decoder`` and ``mediator`` replace the configured ones when given.
 
-        Compiles the NetFlow, sFlow and de-duplication kernels (or loads them from ``NUMBA_CACHE_DIR``) so that the
+        Compiles the NetFlow, sFlow and mediation kernels (or loads them from ``NUMBA_CACHE_DIR``) so that the
         first datagram does not pay for it. Raises ``OSError``/``ValueError`` for what makes a start fail (an unwritable
         store, a broken static bindings file).
         """
@@ -153,8 +153,10 @@ class Components:
             built, static = mediator, None
         if built is not None:
             from mediation.dedup import warm_up as warm_up_mediation
+            from mediation.mediator import warm_up as warm_up_mediator
 
             warm_up_mediation()  # the record key and de-duplication kernels, before READY like the sFlow ones
+            warm_up_mediator()  # the parts, attribution, class, validation and reconciliation kernels
         return cls.assemble(config, decoder, sink, built, compliance=make_compliance(config, built, worker),
                             static=static)
 

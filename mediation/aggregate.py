@@ -168,13 +168,39 @@ subscribers take tens of MB, and each part lands on a random slot."""
 
 
 @njit(nogil=True, cache=CACHE)
-def _add_dense(sums: np.ndarray, flat: np.ndarray, present: np.ndarray, idx: np.ndarray, nbytes: np.ndarray,
+def _bounds(exporter: np.ndarray, cls: np.ndarray, direction: np.ndarray, sub: np.ndarray,
+            istart: np.ndarray) -> tuple[np.int64, ...]:
+    """(min, max) of each key column in :data:`_DIMS` order, then of ``istart``, in one pass (not empty)."""
+    e0 = e1 = np.int64(exporter[0])
+    c0 = c1 = np.int64(cls[0])
+    d0 = d1 = np.int64(direction[0])
+    s0 = s1 = np.int64(sub[0])
+    i0 = i1 = np.int64(istart[0])
+    for i in range(len(exporter)):
+        e, c, d, u, t = np.int64(exporter[i]), np.int64(cls[i]), np.int64(direction[i]), np.int64(sub[i]), \
+            np.int64(istart[i])
+        e0, e1, c0, c1, d0, d1 = min(e0, e), max(e1, e), min(c0, c), max(c1, c), min(d0, d), max(d1, d)
+        s0, s1, i0, i1 = min(s0, u), max(s1, u), min(i0, t), max(i1, t)
+    return e0, e1, c0, c1, d0, d1, s0, s1, i0, i1
+
+
+@njit(nogil=True, cache=CACHE)
+def _add_dense(sums: np.ndarray, flat: np.ndarray, present: np.ndarray, lo: np.ndarray, size: np.ndarray,
+               exporter: np.ndarray, cls: np.ndarray, direction: np.ndarray, sub: np.ndarray, nbytes: np.ndarray,
                packets: np.ndarray, flows: np.ndarray) -> None:
-    """``sums[idx[i]] += (bytes, packets, flows)[i]`` and ``present[idx[i]] = True`` for every part, in one pass
-    (``np.add.at`` made one unbuffered pass per value column and a fourth for ``present``); uint64 sums wrap modulo
-    2**64 as numpy's do. A slot's three sums are one row of ``sums``: one cache line per part, not three (``flat``:
-    the same memory, one dimension, for the prefetch)."""
-    n = len(idx)
+    """``sums[slot] += (bytes, packets, flows)[i]`` and ``present[slot] = True`` for every part, its slot the
+    mixed-radix number of its key (:meth:`_DenseSums.index`: ``lo`` and ``size`` per dimension of :data:`_DIMS`):
+    the slots in a first loop (it vectorises), the sums in a second that prefetches (``np.add.at`` made one
+    unbuffered pass per value column and a fourth for ``present``, the slots several numpy passes). uint64 sums wrap
+    modulo 2**64 as numpy's do. A slot's three sums are one row of ``sums``: one cache line per part, not three
+    (``flat``: the same memory, one dimension, for the prefetch)."""
+    n = len(exporter)
+    lo0, lo1, lo2, lo3 = lo[0], lo[1], lo[2], lo[3]
+    n1, n2, n3 = size[1], size[2], size[3]
+    idx = np.empty(n, dtype=np.int64)
+    for i in range(n):
+        j = ((np.int64(exporter[i]) - lo0) * n1 + np.int64(cls[i]) - lo1) * n2 + np.int64(direction[i]) - lo2
+        idx[i] = j * n3 + np.int64(sub[i]) - lo3
     for i in range(min(_AHEAD, n)):
         prefetch(flat, idx[i] * 3)  # type: ignore[call-arg]
     for i in range(n):
@@ -258,8 +284,9 @@ class _DenseSums:
         return out
 
     def add(self, parts: dict[str, np.ndarray]) -> None:
-        idx = np.require(self.index(parts), dtype=np.int64, requirements=["C", "A", "W"])
-        _add_dense(self.sums, self.sums.reshape(-1), self.present, idx, *(_u64(parts[c]) for c in VALUE_COLUMNS))
+        _add_dense(self.sums, self.sums.reshape(-1), self.present, np.array(self.lo, dtype=np.int64),
+                   np.array(self.size, dtype=np.int64), *(parts[c] for c in _DIMS),
+                   *(_u64(parts[c]) for c in VALUE_COLUMNS))
         for c in KEY_COLUMNS:
             if parts[c].dtype != self.dtypes[c]:  # what np.concatenate of the parts would give
                 self.dtypes[c] = np.result_type(self.dtypes[c], parts[c].dtype)
@@ -335,7 +362,13 @@ class UsageAggregator:
         if not len(parts["bytes"]):
             return
         istart = parts["interval_start"]
-        first, last = int(istart.min()), int(istart.max())
+        bounds = None
+        if _DenseSums.usable(parts):  # every key's range in one pass
+            b = _bounds(parts["exporter"], parts["cls"], parts["direction"], parts["sub"], istart)
+            bounds = [(int(b[2 * k]), int(b[2 * k + 1])) for k in range(len(_DIMS))]
+            first, last = int(b[-2]), int(b[-1])
+        else:
+            first, last = int(istart.min()), int(istart.max())
         if first == last:  # the usual case: one interval per batch
             groups = [(first, parts)]
         else:  # one sort (np.unique and a mask per interval cost several times more), then a slice per interval
@@ -351,16 +384,20 @@ class UsageAggregator:
                 continue
             if iv is None:
                 iv = self._open[start] = _Interval()
-            self._add_open(iv, rows)
+            self._add_open(iv, rows, bounds if first == last else None)
         if late:  # summed per call: late_parts counts distinct keys per call, as always
             rows = late[0] if len(late) == 1 else {c: np.concatenate([r[c] for r in late]) for c in late[0]}
             keys, values = group_sum([rows[c] for c in KEY_COLUMNS], [rows[c] for c in VALUE_COLUMNS])
             self._late.append(dict(zip(KEY_COLUMNS + VALUE_COLUMNS, keys + values, strict=True)))
             self.late_parts += len(values[0])
 
-    def _add_open(self, iv: _Interval, rows: dict[str, np.ndarray]) -> None:
+    def _add_open(self, iv: _Interval, rows: dict[str, np.ndarray], bounds: list[tuple[int, int]] | None = None
+                  ) -> None:
+        """Add ``rows`` (of one interval) to ``iv``; ``bounds``: (min, max) of each of :data:`_DIMS` when known."""
         if not iv.sparse and _DenseSums.usable(rows):
-            bounds = [(int(rows[d].min()), int(rows[d].max())) for d in _DIMS]
+            if bounds is None:
+                b = _bounds(rows["exporter"], rows["cls"], rows["direction"], rows["sub"], rows["interval_start"])
+                bounds = [(int(b[2 * k]), int(b[2 * k + 1])) for k in range(len(_DIMS))]
             layout = _DenseSums.layout(iv.dense, bounds)
             if layout is not None:
                 if iv.dense is None:

@@ -1,8 +1,9 @@
 """The mediation pipeline for flow records: validate -> de-duplicate -> split -> correlate -> classify -> aggregate.
 
 ``Mediator.process(flows, now_ms)`` takes a ``flows`` RecordBatch and returns RecordBatches by table name
-(``usage``, ``rejects``, ``reconciliation``; a table is absent when it has no rows) for the Sink. All steps are
-vectorised over the batch; per batch there is no Python loop per record.
+(``usage``, ``rejects``, ``reconciliation``; a table is absent when it has no rows) for the Sink. Every step is a
+compiled pass over the batch (numba: :mod:`mediation.correlate` and the steps' modules) or vectorised; per batch
+there is no Python loop per record.
 
 Correlation: each part of a record (a record split at interval boundaries) is looked up in the bindings at the
 part's start time, the source address and the destination address. A subscriber on the source side gets an ``up``
@@ -27,22 +28,31 @@ from typing import cast
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.compute as pc
 
-from mediation.aggregate import Allocation, UsageAggregator, split_intervals
+from decoders.schema import FLOWS, ipv4_mapped
+from mediation.aggregate import UsageAggregator
 from mediation.classify import Classifier
+from mediation.correlate import (
+    ROW_DTYPES,
+    address_words,
+    attribute,
+    count_parts,
+    count_rows,
+    distinct_addresses,
+    readonly,
+    split_parts,
+)
 from mediation.dedup import RECORD_KEY, Deduplicator
 from mediation.hashing import hash_columns
 from mediation.reconcile import FIELDS, Reconciler
-from mediation.settings import MediationConfig
+from mediation.settings import ClassRule, MediationConfig
 from mediation.stage import Sections, Tables
-from mediation.subscribers.bindings import Bindings, split_addresses
+from mediation.subscribers.bindings import Bindings
 from mediation.tables import DIRECTIONS, RECONCILIATION, REJECTS, USAGE
-from mediation.validate import REASONS, validate
+from mediation.validate import REASONS, validate_all
 
 log = logging.getLogger(__name__)
 
-UP, DOWN, UNATTRIBUTED = 0, 1, 2
 _DIRECTION_NAMES = np.array(DIRECTIONS, dtype=object)
 MAX_PARTS = 2_000_000
 """Record parts handled at once: bounds memory when an exporter sends many long flows (a day-long flow is 288)."""
@@ -144,16 +154,32 @@ class Mediator:
 
     # --- exporters ---
     def _exporter_indexes(self, batch: pa.RecordBatch) -> np.ndarray:
-        enc = pc.dictionary_encode(batch.column("exporter"))
-        local = np.empty(len(enc.dictionary), dtype=np.int32)
-        for i, value in enumerate(enc.dictionary.to_pylist()):
+        """This Mediator's index (int32) of each record's exporter, new exporters numbered in the order they appear
+        (a compiled pass numbers the batch's distinct exporters; a dictionary maps those few)."""
+        addresses = column(batch, "exporter")
+        words = address_words(addresses)
+        ids = np.empty(len(addresses), dtype=np.int32)
+        first = np.empty(len(addresses), dtype=np.int64)
+        size = 64
+        while size < 2 * (len(self._exporters) + 16):
+            size *= 2
+        while True:
+            found = distinct_addresses(words, ids, first, np.empty((size, 2), dtype=np.uint64),
+                                       np.full(size, -1, dtype=np.int32))
+            if found >= 0:
+                break
+            size *= 4
+        raw = np.ascontiguousarray(addresses).view(np.uint8).reshape(-1, 16)
+        local = np.empty(found, dtype=np.int32)
+        for k in range(found):
+            value = raw[first[k]].tobytes()  # (all 16 bytes: numpy's bytes drop trailing zeros)
             idx = self._exporter_index.get(value)
             if idx is None:
                 idx = self._exporter_index[value] = len(self._exporters)
                 self._exporters.append(value)
                 self._exporter_roles.append(self.dedup.role_of(value))
-            local[i] = idx
-        indexes: np.ndarray = local[enc.indices.to_numpy(zero_copy_only=False)]
+            local[k] = idx
+        indexes: np.ndarray = local[ids]
         return indexes
 
     def reload(self, config: MediationConfig | Sections, now: int = 0, /) -> None:
@@ -206,37 +232,41 @@ class Mediator:
         cols = {name: column(flows, name) for name in (
             "time_received", "flow_start", "flow_end", "exporter", "observation_domain", "src_addr", "dst_addr",
             "src_port", "dst_port", "protocol", "bytes", "packets")}
-        exporter = self._exporter_indexes(flows)
-        nbytes = cols["bytes"].astype(np.uint64)
+        exporter = readonly(self._exporter_indexes(flows), np.int32)
+        nbytes = readonly(cols["bytes"], np.uint64)
 
-        reason = validate(cols["time_received"], cols["flow_start"], cols["flow_end"], nbytes, cols["packets"],
-                          **self._limits)
+        reason, all_valid = validate_all(cols["time_received"], cols["flow_start"], cols["flow_end"], nbytes,
+                                         cols["packets"], **self._limits)
         role = np.asarray(self._exporter_roles, dtype=np.int8)[exporter]
         valid = reason == 0
         # de-duplication: per datagram for primary exporters, per record for shared ones (mediation.dedup)
         marked = {name: cols[name] for name in RECORD_KEY}
         marked.update(datagram=column(flows, "datagram"), datagram_offset=column(flows, "datagram_offset"))
-        if valid.all():
+        if all_valid:
             dup = self.dedup.mark(marked, role, now_ms)
         else:
             dup = np.zeros(n, dtype=bool)
             vidx = np.flatnonzero(valid)
             dup[vidx] = self.dedup.mark({name: v[vidx] for name, v in marked.items()}, role[vidx], now_ms)
-        ok = np.flatnonzero(valid & ~dup)
+        any_dup = bool(dup.any())
+        ok = readonly(np.flatnonzero(valid & ~dup) if any_dup or not all_valid else np.arange(n), np.int64)
 
         # split, correlate and aggregate, in chunks of at most MAX_PARTS parts (long flows make many parts)
         attributed_b = np.zeros(n, dtype=np.uint64)
         unattributed_b = np.zeros(n, dtype=np.uint64)
         usage_b = np.zeros(n, dtype=np.uint64)
         found: list[tuple[np.ndarray, ...]] | None = [] if self.keep_attribution else None
-        for chunk in self._chunks(cols["flow_start"][ok], cols["flow_end"][ok]):
-            self._correlate(cols, exporter, nbytes, ok[chunk], now_ms, attributed_b, unattributed_b, usage_b, found)
+        start, end = readonly(cols["flow_start"], np.int64), readonly(cols["flow_end"], np.int64)
+        total = np.empty(len(ok), dtype=np.int64)
+        count_parts(ok, start, end, self.interval_ms, total)
+        for a, b in self._chunk_bounds(total):
+            self._correlate(cols, exporter, nbytes, ok[a:b], now_ms, attributed_b, unattributed_b, usage_b, found,
+                            int(total[b - 1] - (total[a - 1] if a else 0)))
         if found is not None:
             self._attributions.append(self._attribution(cols, ok, found))
 
         # the balance of this batch, checked in code
         # (a field left out counts as zero: the usual batch has no rejects and no duplicates)
-        all_valid, any_dup = bool(valid.all()), bool(dup.any())
         per_record = {"records_in": np.ones(n, dtype=np.uint64), "bytes_in": nbytes,
                       "bytes_attributed": attributed_b, "bytes_unattributed": unattributed_b,
                       "bytes_usage": usage_b}
@@ -304,35 +334,39 @@ class Mediator:
 
     def _chunks(self, start: np.ndarray, end: np.ndarray) -> list[np.ndarray]:
         """Index ranges of the records such that each range splits into at most MAX_PARTS parts."""
-        first = start // self.interval_ms
-        last = np.maximum(np.maximum(end, start) - 1, start) // self.interval_ms
-        total = np.cumsum(last - first + 1)
-        if not len(total) or total[-1] <= MAX_PARTS:
-            return [np.arange(len(start))]
+        total = np.empty(len(start), dtype=np.int64)
+        count_parts(readonly(np.arange(len(start)), np.int64), readonly(start, np.int64), readonly(end, np.int64),
+                    self.interval_ms, total)
+        return [np.arange(a, b) for a, b in self._chunk_bounds(total)]
+
+    @staticmethod
+    def _chunk_bounds(total: np.ndarray) -> list[tuple[int, int]]:
+        """``[a, b)`` ranges of the records, from ``total`` (the parts of the records up to each, see
+        :func:`count_parts`), such that each range splits into at most MAX_PARTS parts (but a record of more parts
+        alone); empty without records."""
+        if not len(total):
+            return []
+        if total[-1] <= MAX_PARTS:
+            return [(0, len(total))]
         cuts = np.searchsorted(total, np.arange(MAX_PARTS, int(total[-1]), MAX_PARTS), side="right")
-        bounds = np.unique(np.concatenate(([0], cuts, [len(start)])))
-        return [np.arange(a, b) for a, b in zip(bounds[:-1], bounds[1:], strict=True) if b > a]
+        bounds = np.unique(np.concatenate(([0], cuts, [len(total)]))).tolist()
+        return [(a, b) for a, b in zip(bounds[:-1], bounds[1:], strict=True) if b > a]
 
     def _correlate(self, cols: dict[str, np.ndarray], exporter: np.ndarray, nbytes: np.ndarray, ok: np.ndarray,
                    now_ms: int, attributed_b: np.ndarray, unattributed_b: np.ndarray, usage_b: np.ndarray,
-                   found: list[tuple[np.ndarray, ...]] | None = None) -> None:
-        """Split records ``ok`` at interval boundaries, look up both addresses at each part's start, classify and
-        aggregate; add each record's attributed / unattributed / usage bytes into the given arrays, and with
-        to ``found`` the first parts' answers with binding ids (src_sub, src_bid, dst_sub, dst_bid of records
-        ``ok``)."""
-        if not len(ok):
-            return
-        rec, istart, pstart, overlap, duration = split_intervals(cols["flow_start"][ok], cols["flow_end"][ok],
-                                                                 self.interval_ms)
-        r = ok[rec]
-        share = Allocation(rec, overlap, duration, len(ok))
-        pbytes = share(nbytes[ok])
-        ppackets = share(cols["packets"][ok])
-        pflows = share(np.ones(len(ok), dtype=np.uint64))
-        src_hi, src_lo = split_addresses(cols["src_addr"][r])
-        dst_hi, dst_lo = split_addresses(cols["dst_addr"][r])
-        # parts of a record are contiguous: its first part starts at the record's flow_start
-        first = np.flatnonzero(np.concatenate(([True], rec[1:] != rec[:-1])))
+                   found: list[tuple[np.ndarray, ...]] | None, nparts: int) -> None:
+        """Split records ``ok`` (``nparts`` parts) at interval boundaries, look up both addresses at each part's
+        start, classify and aggregate; add each record's attributed / unattributed / usage bytes into the given
+        arrays, and with ``found`` append the first parts' answers with binding ids (src_sub, src_bid, dst_sub,
+        dst_bid of records ``ok``)."""
+        record, istart, pstart = (np.empty(nparts, dtype=np.int64) for _ in range(3))
+        values = np.empty((nparts, 3), dtype=np.uint64)  # bytes, packets, flows
+        src_hi, src_lo, dst_hi, dst_lo = (np.empty(nparts, dtype=np.uint64) for _ in range(4))
+        first = np.empty(len(ok), dtype=np.int64)
+        split_parts(ok, readonly(cols["flow_start"], np.int64), readonly(cols["flow_end"], np.int64),
+                    self.interval_ms, nbytes, readonly(cols["packets"], np.uint64), address_words(cols["src_addr"]),
+                    address_words(cols["dst_addr"]), record, istart, pstart, values, src_hi, src_lo, dst_hi, dst_lo,
+                    first)
         if found is None:
             src_sub, _ = self.bindings.lookup_split(src_hi, src_lo, pstart, ids=False)
             dst_sub, _ = self.bindings.lookup_split(dst_hi, dst_lo, pstart, ids=False)
@@ -340,30 +374,18 @@ class Mediator:
             src_sub, first_src_sub, first_src_bid = self._lookup_first_with_ids(src_hi, src_lo, pstart, first)
             dst_sub, first_dst_sub, first_dst_bid = self._lookup_first_with_ids(dst_hi, dst_lo, pstart, first)
             found.append((first_src_sub, first_src_bid, first_dst_sub, first_dst_bid))
-        up = np.flatnonzero(src_sub >= 0)
-        down = np.flatnonzero(dst_sub >= 0)
-        none = np.flatnonzero((src_sub < 0) & (dst_sub < 0))
-        proto = cols["protocol"][r]
-        sel = np.concatenate([up, down, none])
-        remote_hi = np.concatenate([dst_hi[up], src_hi[down], dst_hi[none]])
-        remote_lo = np.concatenate([dst_lo[up], src_lo[down], dst_lo[none]])
-        remote_port = np.concatenate([cols["dst_port"][r][up], cols["src_port"][r][down], cols["dst_port"][r][none]])
-        self.aggregator.add({
-            "interval_start": istart[sel],
-            "sub": np.concatenate([src_sub[up], dst_sub[down], np.full(len(none), -1, dtype=np.int32)]),
-            "direction": np.concatenate([np.full(len(up), UP, np.uint8), np.full(len(down), DOWN, np.uint8),
-                                         np.full(len(none), UNATTRIBUTED, np.uint8)]),
-            "cls": self.classifier.classify(remote_hi, remote_lo, remote_port, proto[sel]),
-            "exporter": exporter[r][sel],
-            "bytes": pbytes[sel], "packets": ppackets[sel], "flows": pflows[sel],
-        }, now_ms)
-        # per record (its parts are contiguous): bytes with a subscriber, without, and written to usage
-        attributed = (src_sub >= 0) | (dst_sub >= 0)
-        pzero = np.zeros(len(r), dtype=np.uint64)
-        attributed_b[ok] = np.add.reduceat(np.where(attributed, pbytes, pzero), first)
-        unattributed_b[ok] = np.add.reduceat(np.where(attributed, pzero, pbytes), first)
-        sides = (src_sub >= 0).astype(np.uint64) + (dst_sub >= 0).astype(np.uint64) + (~attributed).astype(np.uint64)
-        usage_b[ok] = np.add.reduceat(pbytes * sides, first)
+        src_sub = np.ascontiguousarray(src_sub, dtype=np.int32)
+        dst_sub = np.ascontiguousarray(dst_sub, dtype=np.int32)
+        rows = {c: np.empty(count_rows(src_sub, dst_sub), dtype=t) for c, t in ROW_DTYPES.items()}
+        attribute(record, istart, values, src_hi, src_lo, dst_hi, dst_lo, src_sub, dst_sub,
+                  readonly(cols["src_port"], np.uint16), readonly(cols["dst_port"], np.uint16),
+                  readonly(cols["protocol"], np.uint8), exporter, rows["interval_start"], rows["sub"],
+                  rows["direction"], rows["exporter"], rows["bytes"], rows["packets"], rows["flows"],
+                  rows["remote_hi"], rows["remote_lo"], rows["remote_port"], rows["protocol"], attributed_b,
+                  unattributed_b, usage_b)
+        rows["cls"] = self.classifier.classify(rows.pop("remote_hi"), rows.pop("remote_lo"), rows.pop("remote_port"),
+                                               rows.pop("protocol"))
+        self.aggregator.add(rows, now_ms)
 
     def _lookup_first_with_ids(self, hi: np.ndarray, lo: np.ndarray, pstart: np.ndarray, first: np.ndarray
                                ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -478,3 +500,28 @@ class Mediator:
         cols["source"] = np.full(len(recon), self.reconciliation_source, dtype=object)
         cols["created"] = np.full(len(recon), now_ms, dtype=np.int64)
         return RECONCILIATION.to_arrow(cols)
+
+
+def warm_up() -> None:
+    """Compile the Mediator's kernels now (or load them from numba's disk cache), so the first batch of a mediating
+    daemon does not wait for them: a small batch through a Mediator (a record split over three intervals between
+    two subscribers, an unattributed one of another exporter and receive interval, a rejected one) takes every
+    kernel with the signature real batches use. The lookup, record key and de-duplication kernels are
+    :func:`mediation.dedup.warm_up`'s."""
+    t0 = 1_764_000_000_000
+    bindings = Bindings()
+    bindings.open("a", "10.0.0.1", t0 - 3_600_000)
+    bindings.open("b", "10.0.0.2", t0 - 3_600_000)
+    bindings.commit()
+    cols = FLOWS.empty_columns(3)
+    cols["src_addr"] = ipv4_mapped(np.array([0x0A000001, 0x08080808, 0x0A000001], dtype=np.uint32))
+    cols["dst_addr"] = ipv4_mapped(np.array([0x0A000002, 0x08080404, 0x0A000002], dtype=np.uint32))
+    cols["exporter"] = ipv4_mapped(np.array([0xC0000201, 0xC0000202, 0xC0000201], dtype=np.uint32))
+    cols["flow_start"] = np.array([t0 - 100_000, t0, t0], dtype=np.int64)
+    cols["flow_end"] = np.array([t0 + 350_000, t0 + 1000, t0 + 1000], dtype=np.int64)
+    cols["time_received"] = np.array([t0 + 351_000, t0 + 2000, t0 + 2000], dtype=np.int64)
+    cols["bytes"] = np.array([4500, 300, 0], dtype=np.uint64)
+    cols["packets"] = np.array([45, 3, 0], dtype=np.uint64)
+    m = Mediator(MediationConfig(classes=[ClassRule("web", ports=[443])]), bindings)
+    m.process(FLOWS.to_arrow(cols), t0 + 351_000)
+    m.close_all(t0 + 351_000)

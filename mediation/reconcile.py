@@ -10,11 +10,14 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Mapping
-from typing import Any, cast
+from typing import Any
 
 import numpy as np
+from numba import njit
 
 from mediation.aggregate import group_sum
+from mediation.correlate import readonly
+from mediation.hashing import CACHE
 
 log = logging.getLogger(__name__)
 
@@ -59,6 +62,31 @@ def exact_bincount(key: np.ndarray, values: np.ndarray, nkeys: int) -> np.ndarra
     return total
 
 
+@njit(nogil=True, cache=CACHE)
+def _keys(interval: np.ndarray, exporter: np.ndarray, i0: int, interval_ms: int, n_exp: int, key: np.ndarray,
+          count: np.ndarray) -> None:
+    """``key[i]``: record i's dense key (receive interval after ``i0``, then exporter); ``count``: records per key."""
+    for i in range(len(interval)):
+        k = (interval[i] - i0) // interval_ms * n_exp + exporter[i]
+        key[i] = k
+        count[k] += 1
+
+
+@njit(nogil=True, cache=CACHE)
+def _add_column(key: np.ndarray, through: np.ndarray, values: np.ndarray, sums: np.ndarray, col: int) -> bool:
+    """``sums[key[through[i]], col] += values[i]`` (``through`` empty: ``key[i]``; ``key`` empty: the last key) in
+    one pass, exact in uint64; returns whether a sum went beyond 2**64 (then ``sums`` is not to be used)."""
+    last = sums.shape[0] - 1
+    carry = False
+    for i in range(len(values)):
+        k = last if len(key) == 0 else key[through[i]] if len(through) else key[i]
+        before = sums[k, col]
+        after = before + values[i]
+        carry |= after < before
+        sums[k, col] = after
+    return carry
+
+
 class Reconciler:
     """Accumulates the balance per (receive interval, exporter index)."""
 
@@ -74,13 +102,13 @@ class Reconciler:
         records_rejected, records_duplicate (one value per record); ``per_part`` holds bytes_attributed,
         bytes_unattributed, bytes_usage per usage part, ``part_record`` the record of each part. Returns whether
         the batch balanced."""
-        received = np.asarray(time_received, dtype=np.int64)
+        received = readonly(time_received, np.int64)
         first = int(received.min()) // self.interval_ms if len(received) else 0
         if len(received) and int(received.max()) // self.interval_ms == first:  # the usual case: no division
             interval = np.broadcast_to(np.int64(first * self.interval_ms), received.shape)
         else:
             interval = (received // self.interval_ms) * self.interval_ms
-        exporter = np.asarray(exporter, dtype=np.int64)
+        exporter = readonly(exporter, np.int64)
         ok = True
         batch = self._dense(interval, exporter, per_record, per_part, part_record)
         if batch is None:
@@ -99,66 +127,32 @@ class Reconciler:
 
     def _dense(self, interval: np.ndarray, exporter: np.ndarray, per_record: Columns, per_part: Columns,
                part_record: np.ndarray) -> dict[tuple[int, int], np.ndarray] | None:
-        """Sums over a small dense key (the usual case: a few intervals and exporters per batch, often one)."""
+        """Sums over a small dense key (the usual case: a few intervals and exporters per batch, often one), one
+        compiled pass per field: exact in uint64, and a sum that does not fit uint64 raises OverflowError (it
+        cannot be stored; it never wraps)."""
         if not len(interval):
             return {}
         i0, i1 = int(interval.min()), int(interval.max())
         e0, e1 = int(exporter.min()), int(exporter.max())
         n_exp = e1 + 1
-        if i0 == i1 and e0 == e1:  # one key: plain column sums
-            key = None
-            nkeys = e1 + 1
-        else:
-            key = (interval - i0) // self.interval_ms * n_exp + exporter
-            nkeys = int(key.max()) + 1
+        one = i0 == i1 and e0 == e1
+        nkeys = e1 + 1 if one else (i1 - i0) // self.interval_ms * n_exp + e1 + 1
         if nkeys > 4096:
             return None
-        sums = self._dense_sums(key, nkeys, per_record, per_part, part_record)
-        if key is None:
-            present = [nkeys - 1]
+        key = np.zeros(0, dtype=np.int64)  # one key: every record is key nkeys - 1
+        count = np.zeros(nkeys, dtype=np.int64)
+        if one:
+            count[nkeys - 1] = len(interval)
         else:
-            present = np.flatnonzero(np.bincount(key, minlength=nkeys)).tolist()
-        return {(i0 + k // n_exp * self.interval_ms, k % n_exp): sums[k].copy() for k in present}
-
-    @staticmethod
-    def _dense_sums(key: np.ndarray | None, nkeys: int, per_record: Columns, per_part: Columns,
-                    part_record: np.ndarray) -> np.ndarray:
-        """Exact per-key sums (nkeys x FIELDS, uint64); ``key`` None: every record has key ``nkeys - 1``.
-
-        uint64 sums are exact while no field can reach 2**64 (checked from each column's maximum); otherwise the
-        sums go through Python integers, and a sum that does not fit uint64 raises OverflowError as it always did.
-        """
-        columns = []
-        bound = [0] * len(FIELDS)
-        for values, per_part_values in ((per_record, False), (per_part, True)):
+            key = np.empty(len(interval), dtype=np.int64)
+            _keys(readonly(interval, np.int64), exporter, i0, self.interval_ms, n_exp, key, count)
+        sums = np.zeros((nkeys, len(FIELDS)), dtype=np.uint64)
+        nothing = readonly(np.zeros(0, dtype=np.int64), np.int64)
+        for values, through in ((per_record, nothing), (per_part, readonly(part_record, np.int64))):
             for name, v in values.items():
-                v = np.asarray(v, dtype=np.uint64)
-                if not len(v):
-                    continue
-                top = int(v.max())
-                col = FIELDS.index(name)
-                bound[col] += top * len(v)
-                columns.append((col, v, top, per_part_values))
-        exact_u64 = max(bound) < 1 << 64
-        sums = np.zeros((nkeys, len(FIELDS)), dtype=np.uint64 if exact_u64 else object)
-        k_part = None
-        for col, v, top, per_part_values in columns:
-            if key is None:
-                total = v.sum(dtype=np.uint64) if exact_u64 else sum(int(x) for x in exact_bincount(
-                    np.zeros(len(v), dtype=np.int64), v, 1))
-                sums[nkeys - 1, col] += total
-                continue
-            if per_part_values and k_part is None:
-                k_part = key[part_record]
-            k = cast(np.ndarray, k_part if per_part_values else key)  # key is set here
-            if exact_u64 and top * len(v) < 1 << 53:  # float64 bincount is exact below 2**53
-                sums[:, col] += np.bincount(k, weights=v, minlength=nkeys).astype(np.uint64)
-            else:
-                part = exact_bincount(k, v, nkeys)
-                sums[:, col] += part.astype(np.uint64) if exact_u64 else part
-        if not exact_u64:
-            sums = np.array(sums.tolist(), dtype=np.uint64)  # OverflowError beyond 2**64, as always
-        return sums
+                if len(v) and _add_column(key, through, readonly(v, np.uint64), sums, FIELDS.index(name)):
+                    raise OverflowError(f"reconciliation: a sum of {name} beyond 2**64")
+        return {(i0 + k // n_exp * self.interval_ms, k % n_exp): sums[k].copy() for k in np.flatnonzero(count).tolist()}
 
     def _sorted(self, interval: np.ndarray, exporter: np.ndarray, per_record: Columns, per_part: Columns,
                 part_record: np.ndarray) -> dict[tuple[int, int], np.ndarray]:
