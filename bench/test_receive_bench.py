@@ -17,6 +17,7 @@ import socket
 import pytest
 
 from collector.listener import MAX_DATAGRAM, UdpListener
+from collector.recvmmsg import MSG_TRUNC, MessageRing, source_addresses
 
 SO_RXQ_OVFL = getattr(socket, "SO_RXQ_OVFL", 40)
 PAYLOAD = bytes(1400)
@@ -101,5 +102,47 @@ def test_recvmsg_rxq_ovfl(benchmark, listener) -> None:
                 return k
             out.append((data, addr[0], 0))
             k += 1
+
+    _run(benchmark, sender, n, read)
+
+
+def test_recv_into(benchmark, listener) -> None:
+    """``recv_into`` a preallocated buffer (no source address: what a block without copies would cost per call)."""
+    lst, _, sender = listener
+    n = _n(benchmark)
+    buf = bytearray(MAX_DATAGRAM)
+
+    def read() -> int:
+        k = 0
+        recv_into = lst.sock.recv_into
+        while True:
+            try:
+                recv_into(buf)
+            except BlockingIOError:
+                return k
+            k += 1
+
+    _run(benchmark, sender, n, read)
+
+
+@pytest.mark.parametrize("per_call", [64, 1024])
+def test_recvmmsg_ring(benchmark, listener, per_call) -> None:
+    """``recvmmsg`` through ctypes into a :class:`collector.recvmmsg.MessageRing` (9,216-byte slots), then the block
+    as the decoders take it: lengths, truncation flags and source addresses read back with numpy."""
+    lst, _, sender = listener
+    n = _n(benchmark)
+    ring = MessageRing(n + 1, 9216)
+    fd = lst.sock.fileno()
+
+    def read() -> int:
+        ring.reset()
+        while ring.recv(fd, per_call):
+            pass
+        k = ring.fill
+        lens = ring.lengths(0, k)
+        ok = (ring.flags(0, k) & MSG_TRUNC) == 0
+        codes, names = source_addresses(ring.names(0, k), socket.AF_INET)
+        assert ok.all() and names == ["127.0.0.1"] and int(lens.sum()) == k * len(PAYLOAD) and len(codes) == k
+        return k
 
     _run(benchmark, sender, n, read)

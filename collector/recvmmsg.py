@@ -1,0 +1,167 @@
+"""``recvmmsg(2)`` through ctypes: many UDP datagrams per system call, into one preallocated buffer.
+
+Python's ``socket`` module has no ``recvmmsg``; libc has had it since glibc 2.12 (Linux 2.6.33). A
+:class:`MessageRing` sets up, once, ``slots`` ``mmsghdr`` entries whose single ``iovec`` each points at its own
+``slot_bytes`` slice of one numpy buffer, and a ``sockaddr_in6``-sized name slot each. A read is then one ctypes call
+(the GIL is released in it) that fills the next free slots; nothing is built per datagram. The lengths, flags
+(``MSG_TRUNC``) and source addresses are read back afterwards as numpy views over the header array, for many reads at
+once (:meth:`MessageRing.lengths`, :meth:`MessageRing.flags`, :meth:`MessageRing.names`).
+
+Linux only (the product is a systemd service): :func:`libc_recvmmsg` raises :class:`RecvmmsgUnavailable` where libc
+has no ``recvmmsg``, so a daemon that cannot use it says so at start instead of silently reading another way.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import ctypes.util
+import errno
+import os
+import socket
+import sys
+from functools import cache
+from typing import Any
+
+import numpy as np
+
+MSG_TRUNC = 0x20
+"""``msg_flags`` bit: the datagram was larger than its buffer and was cut (Linux value)."""
+SOCKADDR_BYTES = 28
+"""``sizeof(struct sockaddr_in6)``: room for an IPv4 or IPv6 source address (with scope id)."""
+
+
+class RecvmmsgUnavailable(OSError):
+    """This system's C library has no ``recvmmsg`` (not Linux, or a libc without it)."""
+
+
+class _Iovec(ctypes.Structure):
+    _fields_ = [("iov_base", ctypes.c_void_p), ("iov_len", ctypes.c_size_t)]
+
+
+class _Msghdr(ctypes.Structure):
+    _fields_ = [("msg_name", ctypes.c_void_p), ("msg_namelen", ctypes.c_uint32),
+                ("msg_iov", ctypes.POINTER(_Iovec)), ("msg_iovlen", ctypes.c_size_t),
+                ("msg_control", ctypes.c_void_p), ("msg_controllen", ctypes.c_size_t),
+                ("msg_flags", ctypes.c_int)]
+
+
+class _Mmsghdr(ctypes.Structure):
+    _fields_ = [("msg_hdr", _Msghdr), ("msg_len", ctypes.c_uint)]
+
+
+_LEN_AT = _Mmsghdr.msg_len.offset
+_FLAGS_AT = _Mmsghdr.msg_hdr.offset + _Msghdr.msg_flags.offset
+_HDR = np.dtype({"names": ["msg_len", "msg_flags"], "formats": [np.uint32, np.int32],
+                 "offsets": [_LEN_AT, _FLAGS_AT], "itemsize": ctypes.sizeof(_Mmsghdr)})
+"""The two output fields of an ``mmsghdr``, as a numpy record over the ctypes array."""
+
+
+@cache
+def libc_recvmmsg() -> Any:
+    """libc's ``recvmmsg`` as a ctypes function (errno kept); raises :class:`RecvmmsgUnavailable` without it."""
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+        fn = libc.recvmmsg
+    except (OSError, AttributeError) as exc:
+        raise RecvmmsgUnavailable(errno.ENOSYS, f"recvmmsg(2) is not available in this C library: {exc} "
+                                  "(flowmed receives with recvmmsg; it runs on Linux)") from None
+    fn.argtypes = [ctypes.c_int, ctypes.c_void_p, ctypes.c_uint, ctypes.c_int, ctypes.c_void_p]
+    fn.restype = ctypes.c_int
+    return fn
+
+
+class MessageRing:
+    """``slots`` receive slots of ``slot_bytes`` each over one buffer, filled in order by :meth:`recv`.
+
+    Slots ``0:fill`` hold datagrams; :meth:`reset` makes them free again (the caller must be done with them: views of
+    :attr:`buf` see the next datagrams). A datagram larger than ``slot_bytes`` arrives cut, with ``MSG_TRUNC`` set in
+    its :meth:`flags`.
+    """
+
+    def __init__(self, slots: int, slot_bytes: int, family: int = socket.AF_INET) -> None:
+        self._recvmmsg = libc_recvmmsg()
+        self.slots, self.slot_bytes, self.family = slots, slot_bytes, family
+        self.buf = np.zeros(slots * slot_bytes, dtype=np.uint8)
+        """The datagrams: slot ``i`` starts at ``i * slot_bytes``."""
+        self._names = np.zeros((slots, SOCKADDR_BYTES), dtype=np.uint8)
+        self._iov = (_Iovec * slots)()
+        self._hdrs = (_Mmsghdr * slots)()
+        base, names = self.buf.ctypes.data, self._names.ctypes.data
+        for i in range(slots):  # once per ring, never per datagram
+            self._iov[i].iov_base, self._iov[i].iov_len = base + i * slot_bytes, slot_bytes
+            hdr = self._hdrs[i].msg_hdr
+            hdr.msg_name, hdr.msg_namelen = names + i * SOCKADDR_BYTES, SOCKADDR_BYTES
+            hdr.msg_iov, hdr.msg_iovlen = ctypes.pointer(self._iov[i]), 1
+        self._out = np.frombuffer(self._hdrs, dtype=_HDR)
+        self._hdr_size = ctypes.sizeof(_Mmsghdr)
+        self._hdr_base = ctypes.addressof(self._hdrs)
+        self.fill = 0
+        """Slots holding datagrams."""
+
+    def recv(self, fd: int, limit: int) -> int:
+        """Receive up to ``limit`` datagrams (no more than the free slots) without blocking; returns how many.
+
+        0 when nothing is waiting or no slot is free; raises ``OSError`` for a pending socket error (an ICMP error
+        for an earlier send)."""
+        want = min(limit, self.slots - self.fill)
+        if want <= 0:
+            return 0
+        n: int = self._recvmmsg(fd, self._hdr_base + self.fill * self._hdr_size, want,
+                                socket.MSG_DONTWAIT, None)
+        if n < 0:
+            err = ctypes.get_errno()
+            if err in (errno.EAGAIN, errno.EINTR):
+                return 0
+            raise OSError(err, os.strerror(err))
+        self.fill += n
+        return n
+
+    def reset(self) -> None:
+        """Free every slot (their datagrams are no longer needed)."""
+        self.fill = 0
+
+    def lengths(self, a: int, b: int) -> np.ndarray:
+        """Bytes received in slots ``a:b`` (int64; for a cut datagram, what fit)."""
+        return self._out["msg_len"][a:b].astype(np.int64)
+
+    def flags(self, a: int, b: int) -> np.ndarray:
+        """``msg_flags`` of slots ``a:b``."""
+        out: np.ndarray = self._out["msg_flags"][a:b]
+        return out
+
+    def names(self, a: int, b: int) -> np.ndarray:
+        """The raw ``sockaddr`` of slots ``a:b`` (``SOCKADDR_BYTES`` per row)."""
+        return self._names[a:b]
+
+
+def source_addresses(names: np.ndarray, family: int) -> tuple[np.ndarray, list[str]]:
+    """The source of each datagram as an index into a list of address strings (what ``recvfrom`` gives as
+    ``addr[0]``: ``"192.0.2.1"``, ``"2001:db8::1"``, ``"fe80::1%eth0"``); one string per distinct source only."""
+    n = len(names)
+    if family == socket.AF_INET:
+        keys = np.ascontiguousarray(names[:, 4:8]).view(np.uint32).reshape(n)
+    else:  # the address and the scope id (bytes 8:28 of sockaddr_in6)
+        keys = np.ascontiguousarray(names[:, 8:28]).view("V20").reshape(n)
+    if n == 0:
+        return np.zeros(0, dtype=np.int64), []
+    if (keys == keys[0]).all():  # one exporter: the common case of a busy socket
+        return np.zeros(n, dtype=np.int64), [_address(names[0], family)]
+    _, first, inverse = np.unique(keys, return_index=True, return_inverse=True)
+    order = np.argsort(first)  # codes in the order of first appearance, as a dict of the addresses would give
+    rank = np.empty_like(order)
+    rank[order] = np.arange(len(order))
+    return rank[inverse.reshape(n)].astype(np.int64), [_address(names[i], family) for i in first[order].tolist()]
+
+
+def _address(name: np.ndarray, family: int) -> str:
+    raw = name.tobytes()
+    if family == socket.AF_INET:
+        return socket.inet_ntop(socket.AF_INET, raw[4:8])
+    text = socket.inet_ntop(socket.AF_INET6, raw[8:24])
+    scope = int.from_bytes(raw[24:28], sys.byteorder)
+    if scope:  # as recvfrom reports a link-local source: with its interface
+        try:
+            return f"{text}%{socket.if_indextoname(scope)}"
+        except OSError:
+            return f"{text}%{scope}"
+    return text
