@@ -1,13 +1,17 @@
 """Cost of the receive path per datagram: flowmed's listener read loop and the alternatives it was chosen over.
 
-    taskset -c 0 python -m pytest bench/test_receive_bench.py --benchmark-enable --benchmark-columns=mean,stddev
+    taskset -c 0 python -m pytest bench/test_receive_bench.py --benchmark-enable --benchmark-columns=mean,stddev,min
 
 Each round fills a loopback socket's receive buffer with ``N`` datagrams of 1,400 bytes (outside the timing) and
 then drains it with one method, asserting all ``N`` arrived, so a broken reader cannot look fast. Per-datagram cost
-= mean / N. ``listener`` is :meth:`collector.listener.UdpListener.read` as the daemon runs it (``recvfrom`` plus
-one list append of ``(payload, exporter, received_ms)``); ``recvfrom_into`` reads into a preallocated buffer and
-copies the payload out; ``recvmsg_rxq_ovfl`` is ``recvmsg`` with SO_RXQ_OVFL ancillary data (the kernel's drop
-counter per datagram), which flowmed replaces with reading ``/proc/net/udp`` once a second.
+= time / N; the machine is shared, so compare the rows of one run (``min`` is the least disturbed). ``listener`` is
+:meth:`collector.listener.UdpListener.read` then ``take`` as the daemon runs them (``recvmmsg`` into the listener's
+slots, then one :class:`decoders.received.Received` for the batch); ``recvfrom_tuples`` is the loop it replaced
+(``recvfrom`` and one ``(payload, exporter, received_ms)`` tuple per datagram); ``recvfrom_into`` reads into a
+preallocated buffer and copies the payload out; ``recv_into`` reads without the source address (the least one call
+per datagram can cost); ``recvmsg_rxq_ovfl`` is ``recvmsg`` with SO_RXQ_OVFL ancillary data (the kernel's drop
+counter per datagram), which flowmed replaces with reading ``/proc/net/udp`` once a second; ``recvmmsg_ring`` is the
+bare :class:`collector.recvmmsg.MessageRing` at 64 and 1,024 datagrams per call.
 """
 
 from __future__ import annotations
@@ -30,7 +34,7 @@ def _n(benchmark) -> int:
 @pytest.fixture
 def listener():
     out: list = []
-    lst = UdpListener("127.0.0.1:0", out, rcvbuf_bytes=16 * 1024 * 1024)
+    lst = UdpListener("127.0.0.1:0", rcvbuf_bytes=16 * 1024 * 1024)
     lst.bind()
     sender = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
     sender.connect(("127.0.0.1", lst.port))
@@ -60,8 +64,31 @@ def test_listener_read(benchmark, listener) -> None:
     n = _n(benchmark)
 
     def read() -> int:
-        out.clear()
-        return lst.read(n + 1)
+        lst.read(n + 1)
+        rec = lst.take()
+        assert rec is not None and rec.names == ["127.0.0.1"]
+        return len(rec)
+
+    _run(benchmark, sender, n, read)
+
+
+def test_recvfrom_tuples(benchmark, listener) -> None:
+    """The listener's loop until recvmmsg replaced it."""
+    lst, _, sender = listener
+    n = _n(benchmark)
+
+    def read() -> int:
+        out: list = []
+        append = out.append
+        recvfrom = lst.sock.recvfrom
+        k = 0
+        try:
+            while True:
+                data, addr = recvfrom(MAX_DATAGRAM)
+                append((data, addr[0], 0))
+                k += 1
+        except BlockingIOError:
+            return k
 
     _run(benchmark, sender, n, read)
 
