@@ -11,7 +11,8 @@ slots, then one :class:`decoders.received.Received` for the batch); ``recvfrom_t
 preallocated buffer and copies the payload out; ``recv_into`` reads without the source address (the least one call
 per datagram can cost); ``recvmsg_rxq_ovfl`` is ``recvmsg`` with SO_RXQ_OVFL ancillary data (the kernel's drop
 counter per datagram), which flowmed replaces with reading ``/proc/net/udp`` once a second; ``recvmmsg_ring`` is the
-bare :class:`collector.recvmmsg.MessageRing` at 64 and 1,024 datagrams per call.
+bare :class:`collector.recvmmsg.MessageRing` at 64 and 1,024 datagrams per call. ``receive_and_decode_v9`` adds the
+decode of v9 datagrams of 30 records each (the daemon's batch against the former tuples).
 """
 
 from __future__ import annotations
@@ -20,11 +21,14 @@ import socket
 
 import pytest
 
+from bench.exporter import bulk_datagrams
 from collector.listener import MAX_DATAGRAM, UdpListener
 from collector.recvmmsg import MSG_TRUNC, MessageRing, source_addresses
+from decoders.dispatch import DispatchDecoder
 
 SO_RXQ_OVFL = getattr(socket, "SO_RXQ_OVFL", 40)
 PAYLOAD = bytes(1400)
+T0 = 1_700_000_000_000
 
 
 def _n(benchmark) -> int:
@@ -173,3 +177,42 @@ def test_recvmmsg_ring(benchmark, listener, per_call) -> None:
         return k
 
     _run(benchmark, sender, n, read)
+
+
+@pytest.mark.parametrize("way", ["block", "tuples"])
+def test_receive_and_decode_v9(benchmark, listener, way) -> None:
+    """Receive and decode v9 datagrams of 30 records: ``block`` is the daemon's way (recvmmsg, one
+    :class:`decoders.received.Received`, the fast path scanning the slots); ``tuples`` the former one (``recvfrom``,
+    a tuple per datagram, the payloads joined for the scan). Per datagram, what the receive loop costs the decode."""
+    lst, _, sender = listener
+    n = _n(benchmark)
+    datagrams, template = bulk_datagrams(9, n, 30, export_ms=T0)
+    decoder = DispatchDecoder()
+    decoder.decode([(template, "127.0.0.1", T0)])
+    sent = iter(range(1 << 30))
+
+    def fill():
+        for _ in range(n):
+            sender.send(datagrams[next(sent) % n])
+        return (), {}
+
+    def read() -> int:
+        if way == "block":
+            lst.read(n + 1)
+            batch = lst.take()
+        else:
+            batch, recvfrom = [], lst.sock.recvfrom
+            try:
+                while True:
+                    data, addr = recvfrom(MAX_DATAGRAM)
+                    batch.append((data, addr[0], T0))
+            except BlockingIOError:
+                pass
+        result = decoder.decode(batch)
+        assert result.n_flows == 30 * n
+        return len(batch)
+
+    counts: list[int] = []
+    benchmark.pedantic(lambda: counts.append(read()), setup=fill, rounds=20 if not benchmark.disabled else 1,
+                       iterations=1)
+    assert counts and all(c == n for c in counts)
