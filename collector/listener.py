@@ -155,6 +155,7 @@ class UdpListener:
     def start(self, loop: asyncio.AbstractEventLoop) -> None:
         """Register the socket with the event loop (bind first)."""
         assert self.sock is not None, "bind() first"
+        self._ready_ring()  # (a few ms: before the first datagram, not in its event)
         self._loop = loop
         loop.add_reader(self.sock.fileno(), self._on_readable)
 
@@ -179,10 +180,7 @@ class UdpListener:
         sock = self.sock
         if sock is None:
             return 0
-        ring = self._ring
-        if ring is None:
-            ring = self._ring = MessageRing(self.max_per_event, self.slot_bytes, self.family)
-            self._times = np.zeros(ring.slots, dtype=np.int64)
+        ring = self._ready_ring()
         fd = sock.fileno()
         now = time.time_ns() // 1_000_000
         n = 0
@@ -202,6 +200,12 @@ class UdpListener:
             self.errors += 1
         self.datagrams += n
         return n
+
+    def _ready_ring(self) -> MessageRing:
+        if self._ring is None:
+            self._ring = MessageRing(self.max_per_event, self.slot_bytes, self.family)
+            self._times = np.zeros(self._ring.slots, dtype=np.int64)
+        return self._ring
 
     def take(self) -> Received | None:
         """Everything held, as one batch (None when nothing is); its buffer is valid until the next :meth:`read`,
