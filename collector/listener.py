@@ -7,12 +7,13 @@ the batch cut :meth:`UdpListener.take` hands what it holds to the decoder as one
 source addresses read back with numpy; a datagram larger than a slot (``MSG_TRUNC``) is dropped there and counted as
 ``datagram_too_large`` for its exporter, never decoded cut.
 
-Measured with ``bench/test_receive_bench.py`` (loopback, 1,400-byte datagrams, a busy shared 2-core machine, best of
-20 rounds of 2,000): the former ``recvfrom`` plus a ``(payload, exporter, received_ms)`` tuple per datagram 2.7-3.2 µs
-per datagram, ``recvfrom_into`` a preallocated buffer plus the copy out about the same, ``recv_into`` without the
-source address 1.0 µs, ``recvmmsg`` 1,024 at a time with the block read back 0.7 µs (the kernel's copy is most of
-it); and the NetFlow fast path then scans the slots where they are, without joining the payloads. Kernel drops are
-read from ``/proc/net/udp`` (the ``drops`` column of this socket's inode) once a second, not per datagram.
+Measured with ``bench/test_receive_bench.py`` (loopback, 1,400-byte datagrams, 2,000 a round, process CPU time on
+one core of a shared 2-core machine, median of 20 rounds, two runs): the former loop, ``recvfrom`` and a
+``(payload, exporter, received_ms)`` tuple per datagram, 2.1 µs per datagram; ``recvfrom_into`` a preallocated
+buffer plus the copy out 2.4 µs; ``recv_into`` without the source address 1.1 µs; this listener (``recvmmsg`` 2,048
+at a time, then the batch taken) 1.1 µs, most of it the kernel's. With the decode of v9 datagrams of 30 records,
+2.7-2.8 µs against 3.5-4.0 µs per datagram: the NetFlow fast path also no longer joins the payloads. Kernel drops
+are read from ``/proc/net/udp`` (the ``drops`` column of this socket's inode) once a second, not per datagram.
 """
 
 from __future__ import annotations
