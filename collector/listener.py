@@ -238,7 +238,7 @@ class UdpListener:
         lens = ring.lengths(0, k)
         codes, names = source_addresses(ring.names(0, k), self.family)
         starts = np.arange(k, dtype=np.int64) * ring.slot_bytes
-        rec = Received(memoryview(ring.buf), starts, lens, codes, names, self._times[:k].copy())
+        rec = Received(ring.buf.data, starts, lens, codes, names, self._times[:k].copy())
         cut = (ring.flags(0, k) & MSG_TRUNC) != 0
         if cut.any():
             rec.oversized.update(rec.select(cut).exporter_list())

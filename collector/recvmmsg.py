@@ -92,9 +92,10 @@ class MessageRing:
             hdr = self._hdrs[i].msg_hdr
             hdr.msg_name, hdr.msg_namelen = names + i * SOCKADDR_BYTES, SOCKADDR_BYTES
             hdr.msg_iov, hdr.msg_iovlen = ctypes.pointer(self._iov[i]), 1
-        self._out = np.frombuffer(self._hdrs, dtype=_HDR)
         self._hdr_size = ctypes.sizeof(_Mmsghdr)
         self._hdr_base = ctypes.addressof(self._hdrs)
+        raw = (ctypes.c_uint8 * ctypes.sizeof(self._hdrs)).from_address(self._hdr_base)
+        self._out = np.ctypeslib.as_array(raw).view(_HDR)  # (a view: what the kernel writes shows here)
         self.fill = 0
         """Slots holding datagrams."""
 
@@ -126,8 +127,7 @@ class MessageRing:
 
     def flags(self, a: int, b: int) -> np.ndarray:
         """``msg_flags`` of slots ``a:b``."""
-        out: np.ndarray = self._out["msg_flags"][a:b]
-        return out
+        return np.asarray(self._out["msg_flags"][a:b])
 
     def names(self, a: int, b: int) -> np.ndarray:
         """The raw ``sockaddr`` of slots ``a:b`` (``SOCKADDR_BYTES`` per row)."""
