@@ -58,9 +58,11 @@ class Received(Sequence["tuple[bytes, str, int]"]):
         lens = np.fromiter(map(len, payloads), dtype=np.int64, count=n)
         total = int(lens.sum())
         buf = join(payloads, total) if join is not None else b"".join(payloads)
+        received = np.fromiter((i[2] for i in items), dtype=np.int64, count=n)
+        if n and exporters.count(exporters[0]) == n:  # one exporter: no dict lookup per datagram
+            return cls(buf, np.cumsum(lens) - lens, lens, np.zeros(n, dtype=np.int64), [exporters[0]], received)
         index: dict[str, int] = {}
         codes = np.fromiter((index.setdefault(e, len(index)) for e in exporters), dtype=np.int64, count=n)
-        received = np.fromiter((i[2] for i in items), dtype=np.int64, count=n)
         return cls(buf, np.cumsum(lens) - lens, lens, codes, list(index), received)
 
     @classmethod
