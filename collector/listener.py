@@ -204,7 +204,7 @@ class UdpListener:
 
     def _ready_ring(self) -> MessageRing:
         if self._ring is None:
-            self._ring = MessageRing(self.max_per_event, self.slot_bytes, self.family)
+            self._ring = MessageRing(self.max_per_event, self.slot_bytes)
             self._times = np.zeros(self._ring.slots, dtype=np.int64)
         return self._ring
 
@@ -226,9 +226,9 @@ class UdpListener:
         ring = self._ring
         assert ring is not None
         block = self._block(ring)
-        used = int(block.starts[-1] + block.lens[-1]) if len(block) else 0
-        block.buf = bytes(block.buf[:used])
-        self._aside.append(block)
+        copied = Received.of(list(block))  # (compact: the slots' gaps are most of the buffer)
+        copied.oversized = block.oversized
+        self._aside.append(copied)
         self._held_aside += ring.fill
         ring.reset()
 

@@ -78,9 +78,9 @@ class MessageRing:
     its :meth:`flags`.
     """
 
-    def __init__(self, slots: int, slot_bytes: int, family: int = socket.AF_INET) -> None:
+    def __init__(self, slots: int, slot_bytes: int) -> None:
         self._recvmmsg = libc_recvmmsg()
-        self.slots, self.slot_bytes, self.family = slots, slot_bytes, family
+        self.slots, self.slot_bytes = slots, slot_bytes
         self.buf = np.zeros(slots * slot_bytes, dtype=np.uint8)
         """The datagrams: slot ``i`` starts at ``i * slot_bytes``."""
         self._names = np.zeros((slots, SOCKADDR_BYTES), dtype=np.uint8)
