@@ -158,11 +158,11 @@ def test_recv_into(benchmark, listener) -> None:
 
 @pytest.mark.parametrize("per_call", [64, 1024])
 def test_recvmmsg_ring(benchmark, listener, per_call) -> None:
-    """``recvmmsg`` through ctypes into a :class:`collector.recvmmsg.MessageRing` (9,216-byte slots), then the block
+    """``recvmmsg`` through ctypes into a :class:`collector.recvmmsg.MessageRing` (2,048-byte slots), then the block
     as the decoders take it: lengths, truncation flags and source addresses read back with numpy."""
     lst, _, sender = listener
     n = _n(benchmark)
-    ring = MessageRing(n + 1, 9216)
+    ring = MessageRing(n + 1, 2048, per_call=per_call)
     fd = lst.sock.fileno()
 
     def read() -> int:

@@ -4,8 +4,9 @@ The read callback does the least possible: ``recvmmsg(2)`` (:mod:`collector.recv
 a preallocated buffer, up to ``max_per_event`` datagrams per readiness event, and nothing is built per datagram. At
 the batch cut :meth:`UdpListener.take` hands what it holds to the decoder as one
 :class:`decoders.received.Received` (buffer, starts, lengths, exporter codes, receive times), the lengths, flags and
-source addresses read back with numpy; a datagram larger than a slot (``MSG_TRUNC``) is dropped there and counted as
-``datagram_too_large`` for its exporter, never decoded cut.
+source addresses read back with numpy. A datagram larger than a slot goes on into an overflow area and is copied out
+whole; one cut by the kernel (``MSG_TRUNC``: larger than ``max_datagram``, which UDP cannot carry unless a test lowers
+it) is dropped and counted as ``datagram_too_large`` for its exporter, never decoded cut.
 
 Measured with ``bench/test_receive_bench.py`` (loopback, 1,400-byte datagrams, 2,000 a round, process CPU time on
 one core of a shared 2-core machine, median of 20 rounds, two runs): the former loop, ``recvfrom`` and a
@@ -36,9 +37,10 @@ from decoders.received import Datagram, Received
 __all__ = ["Datagram", "ListenError", "UdpListener", "read_proc_drops"]
 
 MAX_DATAGRAM = 65535
-SLOT_BYTES = 9216
-"""Receive slot per datagram: a jumbo frame's payload. NetFlow and IPFIX exporters keep a datagram within the path
-MTU; a larger one is cut by the kernel, so it is counted (``datagram_too_large``) and dropped."""
+SLOT_BYTES = 2048
+"""Receive slot per datagram: an Ethernet frame's payload and more (NetFlow and IPFIX exporters keep a datagram within
+the path MTU). A larger datagram, up to ``MAX_DATAGRAM``, goes on into an overflow area and is copied out whole
+(:class:`collector.recvmmsg.MessageRing`): correct, at about the cost of a ``recvfrom``."""
 # a platform constant, not an optional part: Linux has it, and Python does not always export it
 SO_RCVBUFFORCE = getattr(socket, "SO_RCVBUFFORCE", 33)
 
@@ -71,13 +73,15 @@ class UdpListener:
     Datagrams are received into the listener's buffer and held there until :meth:`take`; ``on_data`` is called after
     each readiness event that read something, so the server can cut a batch (:attr:`held` says how many wait). At
     most ``max_per_event`` datagrams are read per event, so one busy socket cannot starve the others or postpone a
-    batch (the socket stays readable and the loop comes back). The buffer holds ``max_per_event`` datagrams of up to
-    ``slot_bytes``; when it is full before a :meth:`take` (:meth:`drain`), what it holds is copied aside first.
+    batch (the socket stays readable and the loop comes back). The buffer holds ``max_per_event`` datagrams in slots of
+    ``slot_bytes`` (larger ones, up to ``max_datagram``, are moved aside in it); when it is full before a :meth:`take`
+    (:meth:`drain`), what it holds is copied out first.
     """
 
     def __init__(self, endpoint: str, on_data: Callable[[], None] | None = None,
                  rcvbuf_bytes: int = 32 * 1024 * 1024, reuse_port: bool = False, max_per_event: int = 2048,
-                 purpose: str = "flows (NetFlow/IPFIX)", slot_bytes: int = SLOT_BYTES) -> None:
+                 purpose: str = "flows (NetFlow/IPFIX)", slot_bytes: int = SLOT_BYTES,
+                 max_datagram: int = MAX_DATAGRAM) -> None:
         self.endpoint = endpoint
         self.purpose = purpose
         """What the socket is for, in the error when it cannot be bound."""
@@ -89,6 +93,8 @@ class UdpListener:
         self.reuse_port = reuse_port
         self.max_per_event = max_per_event
         self.slot_bytes = slot_bytes
+        self.max_datagram = max_datagram
+        """Larger datagrams (none over UDP, unless a test lowers it) arrive cut: counted and dropped."""
         self.sock: socket.socket | None = None
         self.inode = 0
         self.datagrams = 0
@@ -100,7 +106,7 @@ class UdpListener:
         self.reported_bytes = 0
         self.errors = 0
         self.oversized = 0
-        """Datagrams dropped because they were larger than ``slot_bytes``."""
+        """Datagrams dropped because they were larger than ``max_datagram``."""
         self._loop: asyncio.AbstractEventLoop | None = None
         self._drops_seen = 0
         self._ring: MessageRing | None = None
@@ -187,10 +193,10 @@ class UdpListener:
         n = 0
         try:
             while n < limit:
-                if ring.fill == ring.slots:
+                if ring.full:
                     self._set_aside()
                 a = ring.fill
-                want = min(limit - n, ring.slots - a)
+                want = min(limit - n, ring.slots - a, ring.per_call)
                 got = ring.recv(fd, want)
                 self._times[a:a + got] = now
                 n += got
@@ -204,7 +210,7 @@ class UdpListener:
 
     def _ready_ring(self) -> MessageRing:
         if self._ring is None:
-            self._ring = MessageRing(self.max_per_event, self.slot_bytes)
+            self._ring = MessageRing(self.max_per_event, self.slot_bytes, self.max_datagram)
             self._times = np.zeros(self._ring.slots, dtype=np.int64)
         return self._ring
 
@@ -225,10 +231,7 @@ class UdpListener:
         """The full buffer's datagrams copied out (:meth:`drain`, or no batch cut in time), so reading can go on."""
         ring = self._ring
         assert ring is not None
-        block = self._block(ring)
-        copied = Received.of(list(block))  # (compact: the slots' gaps are most of the buffer)
-        copied.oversized = block.oversized
-        self._aside.append(copied)
+        self._aside.append(self._block(ring).compact())  # (a copy: the slots are reused)
         self._held_aside += ring.fill
         ring.reset()
 
@@ -237,8 +240,9 @@ class UdpListener:
         k = ring.fill
         lens = ring.lengths(0, k)
         codes, names = source_addresses(ring.names(0, k), self.family)
-        starts = np.arange(k, dtype=np.int64) * ring.slot_bytes
-        rec = Received(ring.buf.data, starts, lens, codes, names, self._times[:k].copy())
+        starts = ring.starts(0, k)
+        # (only the part in use: a decoder that joins the buffer with more bytes copies no more than that)
+        rec = Received(ring.buf.data[:ring.extent()], starts, lens, codes, names, self._times[:k].copy())
         cut = (ring.flags(0, k) & MSG_TRUNC) != 0
         if cut.any():
             rec.oversized.update(rec.select(cut).exporter_list())

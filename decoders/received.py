@@ -67,22 +67,34 @@ class Received(Sequence["tuple[bytes, str, int]"]):
 
     @classmethod
     def concat(cls, parts: Sequence[Received]) -> Received:
-        """One batch of several, in order (the buffers copied into one)."""
+        """One batch of several, in order (their datagrams copied into one buffer)."""
         if len(parts) == 1:
             return parts[0]
-        sizes = [len(p.buf) for p in parts]
+        compact = [p.compact() for p in parts]
+        sizes = [len(p.buf) for p in compact]
         bases = np.cumsum(sizes) - sizes
         index: dict[str, int] = {}
         codes = []
         oversized: Counter[str] = Counter()
-        for p in parts:
+        for p in compact:
             remap = np.array([index.setdefault(name, len(index)) for name in p.names], dtype=np.int64)
             codes.append(remap[p.codes] if len(p.codes) else p.codes)
             oversized.update(p.oversized)
-        return cls(b"".join([p.buf for p in parts]),
-                   np.concatenate([p.starts + base for p, base in zip(parts, bases.tolist(), strict=True)]),
+        return cls(b"".join([p.buf for p in compact]),
+                   np.concatenate([p.starts + base for p, base in zip(compact, bases.tolist(), strict=True)]),
                    np.concatenate([p.lens for p in parts]), np.concatenate(codes), list(index),
                    np.concatenate([p.received_ms for p in parts]), oversized)
+
+    def compact(self) -> Received:
+        """The same datagrams in a ``bytes`` buffer of their own holding nothing else (itself when it already is so):
+        what stays valid when the buffer it came in is reused."""
+        if isinstance(self.buf, bytes) and len(self.buf) == int(self.lens.sum()) and \
+                bool((self.starts[1:] == (self.starts + self.lens)[:-1]).all()):
+            return self
+        view = memoryview(self.buf)
+        buf = b"".join([view[s:s + n] for s, n in zip(self.starts.tolist(), self.lens.tolist(), strict=True)])
+        return Received(buf, np.cumsum(self.lens) - self.lens, self.lens, self.codes, self.names, self.received_ms,
+                        self.oversized)
 
     def __len__(self) -> int:
         return len(self.lens)

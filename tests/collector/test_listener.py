@@ -13,7 +13,7 @@ import pytest
 import uvloop
 
 from collector.listener import UdpListener, read_proc_drops
-from collector.recvmmsg import source_addresses
+from collector.recvmmsg import MessageRing, source_addresses
 from decoders.dispatch import DispatchDecoder
 from decoders.received import OVERSIZED
 from tests.fixtures.peers import free_port, require_ipv6_loopback
@@ -136,19 +136,40 @@ def _listener(endpoint: str, **kw) -> UdpListener:
     return lst
 
 
-def test_a_datagram_larger_than_its_slot_is_counted_and_dropped() -> None:
-    lst = _listener("127.0.0.1:0", slot_bytes=512)
+def test_a_datagram_larger_than_max_datagram_is_counted_and_dropped() -> None:
+    lst = _listener("127.0.0.1:0", slot_bytes=512, max_datagram=1024)
     try:
+        sizes = (100, 512, 513, 1024, 1025, 2000, 7)
         with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as tx:
-            for size in (100, 512, 513, 2000, 7):
+            for size in sizes:
                 tx.sendto(bytes([size % 251]) * size, ("127.0.0.1", lst.port))
-            assert lst.drain() == 5
+            assert lst.drain() == len(sizes)
         rec = lst.take()
         assert rec is not None
-        assert [len(p) for p, _, _ in rec] == [100, 512, 7]  # the cut ones never reach the decoder
-        assert rec.oversized == {"127.0.0.1": 2} and lst.oversized == 2 and lst.datagrams == 5
+        # larger than a slot: whole; larger than max_datagram: never reaches the decoder
+        assert [p for p, _, _ in rec] == [bytes([n % 251]) * n for n in (100, 512, 513, 1024, 7)]
+        assert rec.oversized == {"127.0.0.1": 2} and lst.oversized == 2 and lst.datagrams == len(sizes)
         result = DispatchDecoder().decode(rec)
         assert result.errors[("127.0.0.1", OVERSIZED)] == 2
+    finally:
+        lst.close()
+
+
+@pytest.mark.parametrize("max_per_event", [8, 2048])
+def test_large_datagrams_arrive_whole_among_small_ones(max_per_event: int) -> None:
+    # with 8 slots (8 datagrams a call) the extension area for large datagrams fills and is set aside on the way
+    lst = _listener("127.0.0.1:0", max_per_event=max_per_event)
+    sizes = [100, 3000, 61000, 1400, 9000] * 8
+    sent = [bytes([i % 251]) * size for i, size in enumerate(sizes)]
+    try:
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as tx:
+            for payload in sent:
+                tx.sendto(payload, ("127.0.0.1", lst.port))
+                assert lst.read(1000) in (0, 1)  # (as they come: the socket buffer is small)
+        lst.drain()
+        rec = lst.take()
+        assert rec is not None and [p for p, _, _ in rec] == sent and not rec.oversized
+        assert lst.bytes == sum(sizes)
     finally:
         lst.close()
 
@@ -221,3 +242,29 @@ def test_an_icmp_error_is_counted_and_reading_goes_on() -> None:
         assert lst.drain() == 1
     finally:
         lst.close()
+
+
+def test_the_ring_moves_large_datagrams_whole_and_says_when_it_is_full() -> None:
+    ring = MessageRing(64, 512, max_datagram=4096, per_call=4)  # extension area: 2 x 4 x 4,096 bytes
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as rx, socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as tx:
+        rx.bind(("127.0.0.1", 0))
+        rx.setblocking(False)
+        sent = [bytes([i]) * (4000 if i % 2 else 300) for i in range(30)]
+        for payload in sent:
+            tx.sendto(payload, rx.getsockname())
+        time.sleep(0.05)
+        while not ring.full and ring.recv(rx.fileno(), 4):
+            pass
+        k = ring.fill
+        assert ring.full and 4 < k < 64  # the extension area, not the slots, is what is full
+        starts, lens = ring.starts(0, k), ring.lengths(0, k)
+        got = [ring.buf[a:a + n].tobytes() for a, n in zip(starts.tolist(), lens.tolist(), strict=True)]
+        assert got == sent[:k]
+        ring.reset()
+        assert not ring.full and ring.starts(0, 3).tolist() == [0, 512, 1024]
+        while ring.recv(rx.fileno(), 4):
+            pass
+        k2 = ring.fill
+        starts, lens = ring.starts(0, k2), ring.lengths(0, k2)
+        got = [ring.buf[a:a + n].tobytes() for a, n in zip(starts.tolist(), lens.tolist(), strict=True)]
+        assert k2 > 4 and got == sent[k:k + k2]

@@ -90,3 +90,14 @@ def test_dispatch_splits_sflow_from_a_received_batch_and_counts_oversized() -> N
     got.datagrams = +got.datagrams
     _same(got, want)
     assert got.n_counters == want.n_counters and got.samples == want.samples
+
+
+def test_concat_copies_only_the_datagrams_of_slotted_buffers() -> None:
+    items = _tuples()
+    slotted, arena = _slotted(items, slot=4096)
+    both = Received.concat([slotted, Received.of(items[:3])])
+    assert list(both) == items + items[:3]
+    assert len(both.buf) == sum(len(p) for p, _, _ in items + items[:3])  # not the slots with their gaps
+    arena[:] = 0  # the listener's buffer reused: the batch holds its own copy
+    assert list(both) == items + items[:3]
+    assert list(slotted.compact()) == list(slotted)
