@@ -68,8 +68,8 @@ class DispatchDecoder:
 
     def decode(self, datagrams: Received | Iterable[Datagram]) -> DispatchResult:
         """Decode a batch of any protocol (a :class:`decoders.received.Received`, or ``(payload, exporter,
-        received_ms)`` tuples); never raises for bad input. The datagrams a listener dropped as too large for its
-        buffer (``Received.oversized``) are counted as datagrams of version 0 with the error ``datagram_too_large``."""
+        received_ms)`` tuples); never raises for bad input. The datagrams a listener received cut, too large for its
+        buffer (``Received.oversized``), are counted as datagrams of version 0 with the error ``datagram_too_large``."""
         if isinstance(datagrams, Received):
             out = self._decode_received(datagrams)
             for exporter, count in datagrams.oversized.items():

@@ -23,7 +23,7 @@ Datagram = tuple[bytes, str, int]
 """(payload, exporter, received_ms)."""
 
 OVERSIZED = "datagram_too_large"
-"""Error reason of a datagram larger than the receive slot: cut by the kernel, so dropped before decoding."""
+"""Error reason of a datagram larger than the listener's receive buffer: cut by the kernel, so never decoded."""
 
 Joiner = Callable[[Sequence[bytes], int], "bytes | memoryview"]
 """Joins payloads of the given total length into one buffer (e.g. :class:`decoders.netflow.templated.Joiner`)."""
