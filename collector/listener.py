@@ -9,12 +9,13 @@ whole; one cut by the kernel (``MSG_TRUNC``: larger than ``max_datagram``, which
 it) is dropped and counted as ``datagram_too_large`` for its exporter, never decoded cut.
 
 Measured with ``bench/test_receive_bench.py`` (loopback, 1,400-byte datagrams, 2,000 a round, process CPU time on
-one core of a shared 2-core machine, median of 20 rounds, two runs): the former loop, ``recvfrom`` and a
-``(payload, exporter, received_ms)`` tuple per datagram, 2.1 µs per datagram; ``recvfrom_into`` a preallocated
-buffer plus the copy out 2.4 µs; ``recv_into`` without the source address 1.1 µs; this listener (``recvmmsg`` 2,048
-at a time, then the batch taken) 1.1 µs, most of it the kernel's. With the decode of v9 datagrams of 30 records,
-2.7-2.8 µs against 3.5-4.0 µs per datagram: the NetFlow fast path also no longer joins the payloads. Kernel drops
-are read from ``/proc/net/udp`` (the ``drops`` column of this socket's inode) once a second, not per datagram.
+one core of a shared 2-core machine, median of 20 rounds, two runs; BENCHMARKS.md, "Receive loop"): the former loop,
+``recvfrom`` and a ``(payload, exporter, received_ms)`` tuple per datagram, 2.9 µs per datagram; ``recvfrom_into`` a
+preallocated buffer plus the copy out 2.5-2.7 µs; ``recv_into`` without the source address 1.2 µs; this listener
+(``recvmmsg`` 32 at a time, then the batch taken) 1.2-1.4 µs, most of it the kernel's. With the decode of v9
+datagrams of 30 records, 4.4-4.8 µs against 6.2-6.3 µs per datagram: the NetFlow fast path also no longer joins the
+payloads. Kernel drops are read from ``/proc/net/udp`` (the ``drops`` column of this socket's inode) once a second,
+not per datagram.
 """
 
 from __future__ import annotations
