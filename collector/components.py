@@ -20,12 +20,12 @@ import pyarrow as pa
 from collector import metrics as metrics_mod
 from collector.bindings_db import open_bindings
 from collector.config import Config
-from collector.listener import Datagram
 from collector.tables import load_tables  # every table and its retention setting registered
 from decoders.dispatch import DispatchDecoder, DispatchResult
 from decoders.netflow.decoder import DecoderLimits, FlowDecoder
 from decoders.netflow.kernel import warm_up as warm_up_netflow
 from decoders.netflow.persistence import StateChanges
+from decoders.received import Datagram, Received
 from decoders.sampling import SamplingPolicy
 from decoders.sflow.decoder import SflowDecoder, SflowLimits
 from decoders.sflow.decoder import warm_up as warm_up_sflow
@@ -84,7 +84,7 @@ class DecoderPort(Protocol):
     @property
     def exporters(self) -> Mapping[str, object]: ...
 
-    def decode(self, datagrams: list[Datagram]) -> DispatchResult: ...
+    def decode(self, datagrams: Received | list[Datagram]) -> DispatchResult: ...
 
     def expire(self, now_ms: int) -> Mapping[tuple[str, str], int]: ...
 

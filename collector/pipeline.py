@@ -19,9 +19,9 @@ from collector import status as status_mod
 from collector.admission import admit, make_admission
 from collector.components import Components, DecoderPort, SinkPort, make_decoder, now_ms
 from collector.config import Config
-from collector.listener import Datagram
 from collector.logging import RateLimiter, log
 from decoders.dispatch import DispatchResult
+from decoders.received import Datagram, Received
 from decoders.schema import FLOWS
 from decoders.sflow.tables import INTERFACE_COUNTERS
 from mediation.compliance.stage import ComplianceStage
@@ -73,15 +73,23 @@ class Pipeline:
         self.flows = 0
         self._usage_seen: dict[str, int] = {}
 
-    def process(self, batch: list[Datagram]) -> int:
-        """Decode ``batch``, mediate and hand the tables to the sink; returns the number of flows decoded."""
-        if not batch:
+    def process(self, batch: Received | list[Datagram]) -> int:
+        """Decode ``batch`` (a listener's :class:`decoders.received.Received`, or tuples from a tool or test), mediate
+        and hand the tables to the sink; returns the number of flows decoded."""
+        if not len(batch):
             return 0
         m = self.metrics
         if self.admission is not None:
-            batch = admit(self.admission, batch, m, self.errors_log)
-            if not batch:
+            # (per datagram, as tuples: only with an allowlist or a rate limit configured)
+            items = list(batch)
+            kept = admit(self.admission, items, m, self.errors_log)
+            if not kept:
                 return 0
+            if len(kept) != len(items):
+                oversized = batch.oversized if isinstance(batch, Received) else None
+                batch = Received.of(kept)
+                if oversized:
+                    batch.oversized = oversized
         t0 = time.perf_counter()
         try:
             result = self.decoder.decode(batch)

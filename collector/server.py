@@ -7,9 +7,10 @@ outputs and only then says ``READY=1``; :meth:`Server.main_loop` ticks once a se
 flush deadlines, kernel drop counters, metrics, status, watchdog); :meth:`Server.shutdown` stops receiving, drains
 the sockets, decodes what is left, flushes every output and saves state, within ``service.shutdown_timeout_s``.
 
-The event loop stays free of per-record work: the read callback only appends ``(payload, exporter, received_ms)``
-to a list (see :mod:`collector.listener`); a batch is cut at ``listen.batch_datagrams`` datagrams or after
-``listen.batch_interval_ms`` and decoded column-wise in one call; writes happen on the Sink's writer thread.
+The event loop stays free of per-record work: the read callback only receives into the listener's buffer (see
+:mod:`collector.listener`); a batch is cut at ``listen.batch_datagrams`` datagrams or after
+``listen.batch_interval_ms``, taken from the listeners as one :class:`decoders.received.Received` and decoded
+column-wise in one call; writes happen on the Sink's writer thread.
 """
 
 from __future__ import annotations
@@ -44,13 +45,14 @@ from collector.gauges import (
     spool_summary,
     status_line,
 )
-from collector.listener import Datagram, ListenError, UdpListener
+from collector.listener import ListenError, UdpListener
 from collector.logging import log, set_level
 from collector.logging import setup as setup_logging
 from collector.pipeline import Pipeline
 from collector.storelock import StoreLock
 from collector.systemd import Notifier, watchdog_interval_s
 from collector.template_state import TemplateState
+from decoders.received import Received
 
 if TYPE_CHECKING:
     from collector.ipdr import IpdrCollector
@@ -80,7 +82,6 @@ class Server:
         self.metrics = metrics_mod.install(metrics_mod.Metrics(self.registry, config.metrics.max_exporter_labels, role))
         self._sink_arg, self._decoder_arg, self._mediator_arg = sink, decoder, mediator
         self.notifier = Notifier()
-        self.pending: list[Datagram] = []
         self.listeners: list[UdpListener] = []
         self.pipeline: Pipeline | None = None
         self.http: status_mod.HttpServer | None = None
@@ -133,7 +134,7 @@ class Server:
         if self.worker is None:  # a worker runs under its supervisor, which holds the lock
             self.store_lock.acquire()
         for i, endpoint in enumerate(cfg.listen.endpoints()):
-            lst = UdpListener(endpoint, self.pending, self._on_data, cfg.listen.rcvbuf_bytes,
+            lst = UdpListener(endpoint, self._on_data, cfg.listen.rcvbuf_bytes,
                               max_per_event=cfg.listen.batch_datagrams, purpose=cfg.listen.purpose(endpoint))
             if self.listen_fds is not None:
                 lst.adopt(self.listen_fds[i])
@@ -364,29 +365,35 @@ class Server:
 
     # --- batching --------------------------------------------------------------------------------------------------
 
+    def held(self) -> int:
+        """Datagrams the listeners hold for the next batch."""
+        return sum(lst.held for lst in self.listeners)
+
     def _on_data(self) -> None:
         """After a read: cut a batch when full, else make sure one is cut within batch_interval_ms."""
-        if len(self.pending) >= self.config.listen.batch_datagrams:
+        held = self.held()
+        if held >= self.config.listen.batch_datagrams:
             if not self._batch_scheduled:
                 self._batch_scheduled = True
                 assert self._loop is not None
                 self._loop.call_soon(self.process_pending)
-        elif self._batch_timer is None and self.pending:
+        elif self._batch_timer is None and held:
             assert self._loop is not None
             self._batch_timer = self._loop.call_later(self.config.listen.batch_interval_ms / 1000,
                                                       self.process_pending)
 
     def process_pending(self) -> None:
-        """Decode everything received so far as one batch."""
+        """Decode everything received so far as one batch (before any listener reads again: the batch is in their
+        buffers)."""
         self._batch_scheduled = False
         if self._batch_timer is not None:
             self._batch_timer.cancel()
             self._batch_timer = None
-        if not self.pending or self.pipeline is None:
+        if self.pipeline is None:
             return
-        batch = self.pending[:]
-        self.pending.clear()
-        self.pipeline.process(batch)
+        blocks = [block for lst in self.listeners if (block := lst.take()) is not None]
+        if blocks:
+            self.pipeline.process(Received.concat(blocks))
 
     # --- state and status ------------------------------------------------------------------------------------------
 

@@ -105,7 +105,7 @@ class Supervisor:
             for i in range(cfg.service.workers):
                 listeners = []
                 for endpoint in cfg.listen.endpoints():
-                    lst = UdpListener(endpoint, [], rcvbuf_bytes=cfg.listen.rcvbuf_bytes, reuse_port=True,
+                    lst = UdpListener(endpoint, rcvbuf_bytes=cfg.listen.rcvbuf_bytes, reuse_port=True,
                                       purpose=cfg.listen.purpose(endpoint))
                     lst.bind()
                     listeners.append(lst)

@@ -1,11 +1,12 @@
 """``DispatchDecoder``: one decoder for every flow protocol a listener may receive (sans-I/O).
 
-A batch of ``(payload, exporter, received_ms)`` is split by :func:`decoders.sflow.is_sflow` (an sFlow datagram
-starts with a uint32 version, whose two high bytes are zero; NetFlow v5/v9 and IPFIX start with a uint16 version):
-the sFlow v5 datagrams go to :class:`decoders.sflow.decoder.SflowDecoder`, the rest to
-:class:`decoders.netflow.decoder.FlowDecoder`, each in one call, and the two results are merged into one
-:class:`DispatchResult`: the ``flows`` columns concatenated (NetFlow rows first), the per-exporter counters added.
-The only Python step per datagram is the two-byte test; records never leave the columns.
+A batch (:class:`decoders.received.Received`, or ``(payload, exporter, received_ms)`` tuples) is split by
+:func:`decoders.sflow.is_sflow` (an sFlow datagram starts with a uint32 version, whose two high bytes are zero;
+NetFlow v5/v9 and IPFIX start with a uint16 version): the sFlow v5 datagrams go to
+:class:`decoders.sflow.decoder.SflowDecoder`, the rest to :class:`decoders.netflow.decoder.FlowDecoder`, each in one
+call, and the two results are merged into one :class:`DispatchResult`: the ``flows`` columns concatenated (NetFlow
+rows first), the per-exporter counters added. For a ``Received`` the two-byte test is one numpy pass; records never
+leave the columns.
 
 Every state an exporter can make either decoder hold stays bounded by that decoder's limits (each has its own
 ``max_exporters``); templates, held data and saved state are the NetFlow decoder's alone (sFlow has none).
@@ -22,6 +23,7 @@ import numpy as np
 
 from decoders.netflow.decoder import FlowDecoder
 from decoders.netflow.persistence import StateChanges
+from decoders.received import OVERSIZED, Datagram, Received
 from decoders.result import DecodeResult
 from decoders.sampling import SamplingPolicy
 from decoders.sflow import is_sflow
@@ -64,8 +66,16 @@ class DispatchDecoder:
         self.netflow = netflow if netflow is not None else FlowDecoder()
         self.sflow = sflow if sflow is not None else SflowDecoder()
 
-    def decode(self, datagrams: Iterable[tuple[bytes, str, int]]) -> DispatchResult:
-        """Decode a batch of ``(payload, exporter, received_ms)`` of any protocol; never raises for bad input."""
+    def decode(self, datagrams: Received | Iterable[Datagram]) -> DispatchResult:
+        """Decode a batch of any protocol (a :class:`decoders.received.Received`, or ``(payload, exporter,
+        received_ms)`` tuples); never raises for bad input. The datagrams a listener received cut, too large for its
+        buffer (``Received.oversized``), are counted as datagrams of version 0 with the error ``datagram_too_large``."""
+        if isinstance(datagrams, Received):
+            out = self._decode_received(datagrams)
+            for exporter, count in datagrams.oversized.items():
+                out.datagrams[(exporter, 0)] += count
+                out.errors[(exporter, OVERSIZED)] += count
+            return out
         items = datagrams if isinstance(datagrams, list | tuple) else list(datagrams)
         n = len(items)
         is_sf = np.fromiter(map(is_sflow, (i[0] for i in items)), dtype=bool, count=n)
@@ -77,6 +87,17 @@ class DispatchDecoder:
         netflow_items = [items[i] for i in np.flatnonzero(~is_sf).tolist()]
         sflow_items = [items[i] for i in np.flatnonzero(is_sf).tolist()]
         return _merge(self.netflow.decode(netflow_items), self.sflow.decode(sflow_items))
+
+    def _decode_received(self, rec: Received) -> DispatchResult:
+        head = rec.first_bytes(2)
+        is_sf = (rec.lens >= 2) & (head[:, 0] == 0) & (head[:, 1] == 0)  # decoders.sflow.is_sflow, vectorised
+        sflow_count = int(is_sf.sum())
+        if sflow_count == 0:
+            return _merge(self.netflow.decode(rec), None)
+        sflow_items = list(rec.select(is_sf))  # (the sFlow decoder takes tuples)
+        if sflow_count == len(rec):
+            return _merge(None, self.sflow.decode(sflow_items))
+        return _merge(self.netflow.decode(rec.select(~is_sf)), self.sflow.decode(sflow_items))
 
     @property
     def exporters(self) -> dict[str, Any]:

@@ -5,10 +5,11 @@ each concern has its own module. Theory of operation: :meth:`FlowDecoder.decode`
 works in passes:
 
 0. **Per batch**, first (:mod:`decoders.netflow.fast_path`): the headers and set headers of all datagrams are
-   walked at once by a compiled kernel (:mod:`decoders.netflow.kernel`). Runs of plain data datagrams (v5, and
-   v9/IPFIX data sets of known fixed-length flow templates, one set or several: almost all data datagrams) are
-   taken as blocks, with no Python step per datagram. Every other datagram takes pass 1 at its place in the
-   batch, so the result is exactly that of decoding the datagrams one by one.
+   walked at once by a compiled kernel (:mod:`decoders.netflow.kernel`), where they lie in the batch's buffer
+   (:class:`decoders.received.Received`: a listener's receive buffer, or tuples joined). Runs of plain data
+   datagrams (v5, and v9/IPFIX data sets of known fixed-length flow templates, one set or several: almost all data
+   datagrams) are taken as blocks, with no Python step per datagram. Every other datagram takes pass 1 at its place
+   in the batch, so the result is exactly that of decoding the datagrams one by one.
 1. **Per datagram** (:mod:`decoders.netflow.datagram`; a Python loop over datagrams and their sets, never over
    records): parse the header, learn or withdraw templates, apply options data, hold data sets whose template is
    unknown, note the sequence number, and append each data set's bytes to the *group* of its compiled template
@@ -33,6 +34,7 @@ from decoders.netflow.datagram import decode_one
 from decoders.netflow.groups import finish
 from decoders.netflow.persistence import StateChanges
 from decoders.netflow.state import DecoderLimits, DecoderState, ExporterState, count_dropped_held
+from decoders.received import Datagram, Received
 from decoders.result import DecodeResult, ExporterReason
 from decoders.sampling import SamplingPolicy
 
@@ -51,25 +53,41 @@ class FlowDecoder:
         """The exporters known, by address (read-only use)."""
         return self.state.exporters
 
-    def decode(self, datagrams: Iterable[tuple[bytes, str, int]]) -> DecodeResult:
-        """Decode a batch of ``(payload, exporter, received_ms)``; never raises for bad input."""
-        items = datagrams if isinstance(datagrams, list | tuple) else list(datagrams)
+    def decode(self, datagrams: Received | Iterable[Datagram]) -> DecodeResult:
+        """Decode a batch (a :class:`decoders.received.Received`, or ``(payload, exporter, received_ms)`` tuples);
+        never raises for bad input. ``Received.oversized`` is not counted here (:class:`decoders.dispatch.
+        DispatchDecoder` does)."""
         state = self.state
         batch = Batch()
-        latest = None
-        scanned = fast_path.scan(items, self._joiner) if len(items) >= fast_path.FAST_MIN_RUN else None
-        if scanned is None:
-            for payload, exporter, received_ms in items:
+        rec = datagrams if isinstance(datagrams, Received) else self._received(datagrams)
+        if isinstance(rec, Received):
+            scanned = fast_path.scan(rec) if len(rec) >= fast_path.FAST_MIN_RUN else None
+            if scanned is None:
+                for i in range(len(rec)):
+                    decode_one(state, batch, *rec.datagram(i))
+            else:
+                fast_path.decode_scanned(state, batch, rec, scanned)
+            latest = int(rec.received_ms.max()) if len(rec) else None
+        else:  # odd items (not (bytes, str, int)): one by one, counting what is wrong
+            latest = None
+            for payload, exporter, received_ms in rec:
                 if latest is None or received_ms > latest:
                     latest = received_ms
                 decode_one(state, batch, payload, exporter, received_ms)
-        else:
-            latest = max(scanned.received)
-            fast_path.decode_scanned(state, batch, items, scanned)
         if latest is not None:
             count_dropped_held(batch.result, state.pending.expire(latest), "pending_expired")
         finish(state, batch)
         return batch.result
+
+    def _received(self, datagrams: Iterable[Datagram]) -> Received | list[Datagram]:
+        """Tuples as one batch, joined into the reused buffer; the list itself when they are not all well-formed."""
+        items = list(datagrams)
+        if len(items) < fast_path.FAST_MIN_RUN:
+            return items  # (not worth a join: one by one)
+        try:
+            return Received.of(items, self._joiner.join)
+        except Exception:
+            return items
 
     def templates_known(self) -> dict[str, int]:
         """Templates (incl. options templates) currently known, per exporter."""

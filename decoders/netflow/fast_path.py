@@ -5,7 +5,7 @@ Most datagrams are a header and data sets of known fixed-length templates (one s
 flows side by side), or v5 records. The compiled :func:`decoders.netflow.kernel.scan` walks the headers and set
 headers of the whole batch and marks the datagrams that are plain data. Consecutive ones are taken as a block:
 one template lookup per (exporter, domain, set id), one array of contexts, one sequence check per key, and their
-records stay in the joined batch buffer until their group is gathered (:mod:`decoders.netflow.groups`). Every
+records stay in the batch buffer until their group is gathered (:mod:`decoders.netflow.groups`). Every
 other datagram (templates, options, unknown or variable-length templates, anything malformed) goes through
 :func:`decoders.netflow.datagram.decode_one` at its place in the batch, so templates learned mid-batch and the
 order of everything are as if each datagram had been decoded on its own (tests/decoders/test_fast_path.py
@@ -40,14 +40,11 @@ from decoders.netflow.kernel import (
     S_START,
 )
 from decoders.netflow.state import DecoderState
-from decoders.netflow.templated import Joiner
 from decoders.netflow.templates import Compiled
+from decoders.received import Datagram, Received
 
 FAST_MIN_RUN = 4
 """Consecutive plain data datagrams taken as a block; fewer go one by one."""
-
-Datagram = tuple[bytes, str, int]
-"""(payload, exporter, received_ms)."""
 
 _VERSIONS = (5, 9, 10)
 """Version by its code in keys (0, 1, 2)."""
@@ -59,7 +56,7 @@ class Scanned:
     """A batch whose headers and set headers were walked at once (:func:`decoders.netflow.kernel.scan`)."""
 
     buf: bytes | memoryview
-    """The datagrams joined (offsets in ``D`` and ``S`` are into it)."""
+    """The batch's buffer (:attr:`decoders.received.Received.buf`; offsets in ``D`` and ``S`` are into it)."""
     D: np.ndarray
     """Datagram table (``kernel.D_*`` columns)."""
     S: np.ndarray
@@ -76,37 +73,26 @@ class Scanned:
     """Its length."""
 
 
-def scan(items: Sequence[Datagram], joiner: Joiner) -> Scanned | None:
-    """Headers of the whole batch; None when no datagram is plain data (or the input is odd)."""
+def scan(rec: Received) -> Scanned | None:
+    """Headers of the whole batch, read where the datagrams are (no copy); None when no datagram is plain data (or
+    the batch has too many exporters for the template key)."""
     try:
-        # (three lists, not zip(*items): that makes an iterator object per datagram for the GC to count)
-        payloads, exporters, received = [i[0] for i in items], [i[1] for i in items], [i[2] for i in items]
-        n = len(items)
-        lens = np.fromiter(map(len, payloads), dtype=np.int64, count=n)
-        buf = joiner.join(payloads, int(lens.sum()))
-        starts = np.cumsum(lens) - lens
-        b = kernel.as_bytes(buf)
+        n = len(rec)
+        b = kernel.as_bytes(rec.buf)
         D = np.empty((n, kernel.ND), dtype=np.int64)
         S = np.empty((2 * n + 16, kernel.NS), dtype=np.int64)  # most datagrams have one or two sets
-        need = int(kernel.scan(b, starts, lens, D, S))
+        need = int(kernel.scan(b, rec.starts, rec.lens, D, S))
         if need > len(S):
             S = np.empty((need, kernel.NS), dtype=np.int64)
-            kernel.scan(b, starts, lens, D, S)
-        del b  # (the joiner reuses its buffer when no view of it is left)
+            kernel.scan(b, rec.starts, rec.lens, D, S)
+        del b  # (a joined buffer is reused when no view of it is left)
         if not D[:, D_KIND].any():
             return None
-        first = exporters[0]
-        if exporters.count(first) == n:
-            codes = np.zeros(n, dtype=np.int64)
-            names = [first]
-        else:
-            index: dict[str, int] = {}
-            codes = np.fromiter((index.setdefault(e, len(index)) for e in exporters), dtype=np.int64, count=n)
-            names = list(index)
-            if len(names) >= 1 << 13:
-                return None  # the exporter index would not fit the template key; per datagram instead
-        return Scanned(buf, D, S[:need], received, np.array(received, dtype=np.int64), codes, names, starts, lens)
-    except Exception:  # e.g. items that are not (bytes, str, int): the per-datagram path counts what is wrong
+        if len(rec.names) >= 1 << 13:
+            return None  # the exporter index would not fit the template key; per datagram instead
+        return Scanned(rec.buf, D, S[:need], rec.received_ms.tolist(), rec.received_ms, rec.codes, rec.names,
+                       rec.starts, rec.lens)
+    except Exception:  # a bug: the per-datagram path decodes them (and counts what is wrong)
         return None
 
 

@@ -26,7 +26,7 @@ def test_a_taken_flow_port_names_the_address_and_its_purpose() -> None:
     blocker, port = _blocker(socket.SOCK_DGRAM)
     try:
         with pytest.raises(ListenError) as err:
-            UdpListener(f"127.0.0.1:{port}", []).bind()
+            UdpListener(f"127.0.0.1:{port}").bind()
     finally:
         blocker.close()
     assert str(err.value).startswith(f"cannot listen for flows (NetFlow/IPFIX) on 127.0.0.1:{port}: ")
