@@ -64,6 +64,9 @@ class Recorder:
     def flush(self) -> None:
         self.flushes += 1
 
+    def drain(self, timeout: float) -> bool:
+        return True
+
     def close(self) -> None:
         self.closed = True
 
