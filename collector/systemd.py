@@ -64,8 +64,6 @@ def watchdog_interval_s() -> float | None:
 BASELINE_BYTES = 256 * 1024 * 1024
 """One process's own memory: interpreter, numpy, pyarrow, the batch joiner, metrics and status (measured: about
 126 MiB idle with the default configuration, 135 MiB at the peak of tests/hardening/test_template_flood.py)."""
-DEDUP_KEY_BYTES = 16
-"""Per de-duplication key (``mediation.dedup_max_keys``, over both generations)."""
 BINDING_BYTES = 100
 """Per subscriber binding in the in-memory index (``subscribers.max_memory_bindings``)."""
 TASKS_PER_PROCESS_FIXED = 48
@@ -77,11 +75,14 @@ def memory_budget(config: Config) -> dict[str, int]:
     """Bytes each bounded part of one receiving process may hold with ``config`` ,
     and ``"total"``: every process together (``service.workers``, plus the supervisor when there are several).
 
-    The parts: ``decoder.template_max_bytes``; ``decoder.pending_max_bytes``; ``store.max_pending_rows`` raw flow
-    rows (their numpy width); the de-duplication keys and the bindings index when mediation is on; the receive
-    buffers (``listen.rcvbuf_bytes`` per endpoint: socket memory is charged to the service's cgroup); the baseline.
+    The parts: ``decoder.template_max_bytes``; ``decoder.pending_max_bytes``; the rows waiting for the outputs,
+    the smaller of ``store.max_pending_rows`` raw flow rows (their numpy width) and ``store.max_pending_bytes`` (the
+    sink refuses raw flows beyond either); the de-duplication tables at their worst for ``mediation.dedup_max_keys``
+    (:func:`mediation.dedup.worst_case_bytes`) and the bindings index, when mediation is on; the receive buffers
+    (``listen.rcvbuf_bytes`` per endpoint: socket memory is charged to the service's cgroup); the baseline.
     """
     from decoders.schema import FLOWS
+    from mediation.dedup import worst_case_bytes
 
     c = config
     mediation = c.mediation.enabled
@@ -89,8 +90,8 @@ def memory_budget(config: Config) -> dict[str, int]:
     parts = {
         "templates": c.decoder.template_max_bytes,
         "pending": c.decoder.pending_max_bytes,
-        "sink_rows": c.store.max_pending_rows * row,
-        "dedup": c.mediation.dedup_max_keys * DEDUP_KEY_BYTES if mediation else 0,
+        "sink_rows": min(c.store.max_pending_rows * row, c.store.max_pending_bytes),
+        "dedup": worst_case_bytes(c.mediation.dedup_max_keys) if mediation else 0,
         "bindings": c.subscribers.max_memory_bindings * BINDING_BYTES if mediation else 0,
         "receive_buffers": c.listen.rcvbuf_bytes * len(c.listen.endpoints()),
         "baseline": BASELINE_BYTES,

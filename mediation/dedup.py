@@ -506,6 +506,39 @@ class Deduplicator:
             self._started_ms = now_ms
 
 
+def worst_case_bytes(max_keys: int) -> int:
+    """The most bytes the key tables of a :class:`Deduplicator` with ``max_keys`` ever hold, whatever the traffic
+    (for the service's memory budget, ``collector.systemd.memory_budget``), provided no batch brings more than
+    ``max_keys // 2`` keys (a batch is one receive batch of datagrams: thousands of keys, not millions).
+
+    Both generations count, each at its worst: a generation holds at most ``m = max(max_keys // 2, 1024)`` keys
+    but may be several tables (:class:`_Generation`), and a table of ``c`` keys has the power of two at or above
+    ``2 * c`` slots (at least 1,024; load factor 1/2), of 8 bytes each, plus one bucket of alignment slack. The
+    tables of a generation are largest when the rises that make it grow (:meth:`Deduplicator._rotate`) bring
+    repeated keys or keys the previous generation holds, which are not inserted: each new table then has the
+    capacity the whole generation gets. A generation's capacities grow at least fourfold per table (a table is
+    added when more than the capacity is needed, with room for four times that) up to ``m``, so from the largest
+    down they are at most ``m``, ``m - 1`` (the one before the last must have been too small for at most ``m``),
+    then a quarter less one of the one after, down to the smallest a generation starts with
+    (``min(m, INITIAL_KEYS)``). With the default 7,200,000 keys: 2 x (64 + 64 + 16 + 4) MiB, about 296 MiB; a steady
+    stream of distinct keys peaks at 149 MiB (the first generation's 4 tables, 85 MiB, and a full later one).
+
+    Tables being replaced do not add to this: a retired generation is dropped when its successor is made, whose
+    fresh slots (``np.zeros``) take memory only as keys are written into them, by which time it is gone; the slots
+    of the generation before the last are reused when they have the size needed.
+    """
+    m = max(max_keys // 2, 1024)
+    floor = min(m, INITIAL_KEYS)
+    capacities = [m]
+    c = m - 1
+    while c >= floor:
+        capacities.append(c)
+        c = c // 4 - 1
+    # as _Table.__init__ sizes its slots, and _aligned_zeros allocates them (one bucket more, for the alignment)
+    slots = sum((1 << max((2 * c - 1).bit_length(), 10)) + _WAYS for c in capacities)
+    return 2 * slots * np.dtype(np.uint64).itemsize
+
+
 def warm_up() -> None:
     """Compile mediation's kernels now (or load them from numba's disk cache), so the first batch of a mediating
     daemon does not wait for them: the record key, the de-duplication table, the subscriber lookup and the dense

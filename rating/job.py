@@ -45,7 +45,6 @@ from rating.settings import RatingSettings
 from rating.timebase import Instant, cycle_bounds, cycle_labels, cycle_window, cycles, resolve
 
 if TYPE_CHECKING:  # imported where used: reading the store is not needed to import the job
-    from storage.clickhouse.output import ClickHouseOutput
     from storage.outputs import Output
     from storage.query import QueryEngine
 
@@ -120,7 +119,6 @@ class RatingJob:
         self._own_outputs = outputs is None
         # the rating job writes as one more process: its own ClickHouse spool, never the store's housekeeper
         self.outputs = outputs if outputs is not None else build_outputs(config, process="rating", housekeeper=False)
-        self._spooled = _spooled(self.outputs)
         self._plans = plans
         self._windows: dict[tuple[str, int], tuple[int, int]] = {}
         self._injected_plans = plans  # given by the caller: never read from the plans file
@@ -413,9 +411,9 @@ class RatingJob:
             out.write(table, batch, batch_id)
         for out in self.outputs:
             out.flush()
-        for spooled in self._spooled:
-            if not spooled.drain(120.0):
-                raise RuntimeError(f"output {spooled.name}: rated records not delivered within 120 s (still spooled)")
+        for out in self.outputs:  # the store returns at once; ClickHouse waits until its spool is delivered
+            if not out.drain(120.0):
+                raise RuntimeError(f"output {out.name}: rated records not delivered within 120 s (still spooled)")
 
     def close(self) -> None:
         if self._own_outputs:
@@ -423,15 +421,6 @@ class RatingJob:
                 out.close()
         if self._own_engine:
             self.engine.close()
-
-
-def _spooled(outputs: list[Output]) -> list[ClickHouseOutput]:
-    """The outputs that deliver from a spool after ``flush``: a run waits until they drained (rows readable).
-
-    A check of the concrete class, not a probe for ``drain``: the ``Output`` protocol has no ``drain`` (yet)."""
-    from storage.clickhouse.output import ClickHouseOutput
-
-    return [out for out in outputs if isinstance(out, ClickHouseOutput)]
 
 
 # --- diffing --------------------------------------------------------------------------------------------------------

@@ -3,7 +3,8 @@
 An output receives whole batches from the :class:`storage.sink.Sink` writer thread (never from the event loop):
 ``write(table, batch, batch_id)`` returns once the batch is durable (written and fsynced, or spooled) and raises only
 for bugs or a failing disk; ``replay(...)`` gives it a batch again after a crash (:mod:`storage.handoff`);
-``flush()`` makes anything it buffers durable; ``close()`` releases it.
+``flush()`` makes anything it buffers durable; ``drain(timeout)`` waits until what it made durable is also readable
+where it delivers (an output that delivers from a spool, as ClickHouse does, empties it); ``close()`` releases it.
 
 The ``batch_id`` is decided once, when the sink cuts the batch, and travels with it through retries, the spool and
 replay, so an output can make a repeated write of the same batch idempotent (the Parquet store names its files after
@@ -48,6 +49,10 @@ class Output(Protocol):
 
     def flush(self) -> None:
         """Make everything accepted so far durable."""
+
+    def drain(self, timeout: float) -> bool:
+        """Wait at most ``timeout`` seconds until everything accepted so far is readable at the destination (a spool
+        delivered); True when it is. An output that writes in place returns True at once."""
 
     def close(self) -> None:
         """Flush and release resources; the output is not used afterwards."""

@@ -14,7 +14,8 @@
   ``<table>_raw`` view shows the files as they are.
 * a server backend (``storage.clickhouse.query.ClickHouseBackend``, read-only), chosen with ``target``.
 
-A backend implements :class:`QueryBackend`: ``name``, ``query(sql) -> pa.Table`` and ``close()``. The engine turns
+A backend implements :class:`QueryBackend`: ``name``, ``query(sql) -> pa.Table``, ``source(table, t0_ms, t1_ms)``
+(the FROM clause of a time range, as that backend reads it fastest) and ``close()``. The engine turns
 16-byte binary result columns (addresses) into text: ``192.0.2.1`` for IPv4-mapped, ``2001:db8::1`` otherwise.
 
 chDB runs one embedded server per process, and that server has a single data path. All engines of a process share
@@ -32,7 +33,7 @@ import itertools
 import json
 import re
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Protocol
@@ -125,6 +126,9 @@ class QueryBackend(Protocol):
 
     def query(self, sql: str) -> pa.Table:
         """Run one statement; raise :class:`QueryError` on failure."""
+
+    def source(self, table: str, t0_ms: int, t1_ms: int) -> str:
+        """A FROM-clause expression for ``table``'s rows with ``t0_ms <= time_column < t1_ms``."""
 
     def close(self) -> None:
         """Release connections/sessions."""
@@ -370,16 +374,10 @@ class QueryEngine:
         """A FROM-clause expression for ``table``'s rows with ``t0_ms <= time_column < t1_ms``, for lookups.
 
         The same SQL then runs on every backend: ``f"SELECT ... FROM {engine.source('flows', a, b)} WHERE ..."``.
-        The embedded store reads only the hour partitions of the range. A backend may provide its own ``source``;
-        otherwise the bounds are compared in whole seconds (floor and ceiling), which suits servers that keep
-        ``DateTime`` (second) times.
+        Each backend builds it (:meth:`QueryBackend.source`): the embedded store reads only the hour partitions of
+        the range; a server compares the bounds in whole seconds.
         """
-        own: Callable[[str, int, int], str] | None = getattr(self.backend, "source", None)
-        if own is not None:
-            return own(table, t0_ms, t1_ms)
-        col = f"`{TABLES[table].time_column}`"
-        return (f"(SELECT * FROM `{table}` WHERE {col} >= toDateTime({t0_ms // 1000}, 'UTC') "
-                f"AND {col} < toDateTime({-(-t1_ms // 1000)}, 'UTC'))")
+        return self.backend.source(table, t0_ms, t1_ms)
 
     def query(self, sql: str, *, text_addresses: bool = True, exact_types: bool = False) -> pa.Table:
         """Run ``sql``; with ``text_addresses``, 16-byte binary columns come back as address text; with

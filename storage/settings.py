@@ -152,6 +152,9 @@ class OutputConfig:
     clickhouse: ClickHouseConfig = field(default_factory=ClickHouseConfig)
     """ClickHouse server output."""
 
+    def validate(self, key: str) -> None:
+        """Nothing to check here: the ClickHouse subsection checks itself when it is built."""
+
 
 class StorageSettings(Protocol):
     """What the storage floor reads of the whole configuration (``collector.config.Config`` has it): its own

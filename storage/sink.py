@@ -126,7 +126,7 @@ class Sink:
         """Batches handed to the outputs without a journal record because the disk refused it."""
         self.replays = 0
         """Journal records found at start (batches whose handoff a crash cut short)."""
-        self.stats: dict[str, OutputStats] = {self._name(o): OutputStats() for o in self.outputs}
+        self.stats: dict[str, OutputStats] = {o.name: OutputStats() for o in self.outputs}
         """Counters per output name (rows, batches, errors, drops, time)."""
         self.rows_in: dict[str, int] = {}
         """Rows accepted by :meth:`add`, per table."""
@@ -145,10 +145,6 @@ class Sink:
             self._queue_replays(journal)
         self._thread = threading.Thread(target=self._run, name="sink-writer", daemon=True)
         self._thread.start()
-
-    @staticmethod
-    def _name(output: Output) -> str:
-        return getattr(output, "name", type(output).__name__)
 
     def _queue_replays(self, journal: HandoffJournal) -> None:
         """Queue every batch the journal still holds (a crash cut its handoff) ahead of any new batch."""
@@ -272,7 +268,7 @@ class Sink:
             try:
                 output.close()
             except Exception:
-                log.exception("sink: closing output %s failed", self._name(output))
+                log.exception("sink: closing output %s failed", output.name)
 
     # --- writer thread ----------------------------------------------------------------------------------------------
 
@@ -286,7 +282,7 @@ class Sink:
                     try:
                         output.flush()
                     except Exception:
-                        log.exception("sink: flushing output %s failed", self._name(output))
+                        log.exception("sink: flushing output %s failed", output.name)
                 assert job.done is not None
                 job.done.set()
                 continue
@@ -320,14 +316,14 @@ class Sink:
         self._step("journaled", job.batch_id)
         for output in self.outputs:
             self._write_one(output, job, table, batch)
-            self._step(f"wrote:{self._name(output)}", job.batch_id)
+            self._step(f"wrote:{output.name}", job.batch_id)
         if self.journal is not None and recorded:
             self.journal.remove(table.name, job.batch_id, batch.num_rows)
         self._step("done", job.batch_id)
 
     def _write_one(self, output: Output, job: _Job, table: Table, batch: Rows) -> None:
         """Give ``batch`` to ``output`` (``write``, or ``replay`` for a journal replay), with retries."""
-        name = self._name(output)
+        name = output.name
         stats = self.stats[name]
         for attempt in itertools.count():
             t0 = time.perf_counter()

@@ -333,6 +333,10 @@ class ParquetStore:
     def flush(self) -> None:
         """Nothing to do: every write is durable when it returns."""
 
+    def drain(self, timeout: float) -> bool:
+        """True at once: a written file is readable as soon as ``write`` returns (there is no spool)."""
+        return True
+
     def close(self) -> None:
         """Stop background maintenance (the housekeeper also records a checkpoint: everything is complete)."""
         housekeeper = self._thread is not None

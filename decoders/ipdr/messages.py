@@ -101,12 +101,18 @@ class Message:
 
     @property
     def sid(self) -> int:
-        return getattr(self, "session_id", 0)
+        """The session the message belongs to: 0 here (connection level); every session-level class has a
+        ``session_id`` field and returns it."""
+        return 0
 
 
 @dataclass(frozen=True, slots=True)
 class _SessionOnly(Message):
     session_id: int = 0
+
+    @property
+    def sid(self) -> int:
+        return self.session_id
 
     @classmethod
     def parse(cls, r: Reader, session_id: int) -> Message:
@@ -201,6 +207,10 @@ class _ReasonMessage(Message):
     reason_code: int = 0
     reason_info: str = ""
 
+    @property
+    def sid(self) -> int:
+        return self.session_id
+
     def body(self) -> bytes:
         return struct.pack(">H", self.reason_code) + pack_string(self.reason_info)
 
@@ -226,6 +236,10 @@ class SessionStart(Message):
     ack_time_s: int = 60
     ack_sequence_interval: int = 200
     document_id: bytes = bytes(16)
+
+    @property
+    def sid(self) -> int:
+        return self.session_id
 
     def body(self) -> bytes:
         return struct.pack(">IQQ?II16s", self.exporter_boot_time, self.first_dsn, self.dropped_records,
@@ -285,6 +299,10 @@ class TemplateData(Message):
     config_id: int = 0
     flags: int = 0
     templates: tuple[TemplateBlock, ...] = ()
+
+    @property
+    def sid(self) -> int:
+        return self.session_id
 
     def body(self) -> bytes:
         return struct.pack(">HB", self.config_id, self.flags) + _templates_body(self.templates)
@@ -363,6 +381,10 @@ class GetTemplates(Message):
     session_id: int = 0
     request_id: int = 0
 
+    @property
+    def sid(self) -> int:
+        return self.session_id
+
     def body(self) -> bytes:
         return struct.pack(">H", self.request_id)
 
@@ -380,6 +402,10 @@ class GetTemplatesResponse(Message):
     request_id: int = 0
     config_id: int = 0
     templates: tuple[TemplateBlock, ...] = ()
+
+    @property
+    def sid(self) -> int:
+        return self.session_id
 
     def body(self) -> bytes:
         return struct.pack(">HH", self.request_id, self.config_id) + _templates_body(self.templates)
@@ -407,6 +433,10 @@ class Data(Message):
     dsn: int = 0
     record: bytes = b""
 
+    @property
+    def sid(self) -> int:
+        return self.session_id
+
     def body(self) -> bytes:
         return DATA_HEADER.pack(self.template_id, self.config_id, self.flags, self.dsn, len(self.record)) + self.record
 
@@ -426,6 +456,10 @@ class DataAck(Message):
     dsn: int = 0
     """Last record durably handled; the acknowledgement is cumulative."""
 
+    @property
+    def sid(self) -> int:
+        return self.session_id
+
     def body(self) -> bytes:
         return struct.pack(">HQ", self.config_id, self.dsn)
 
@@ -443,6 +477,10 @@ class Error(Message):
     timestamp: int = 0
     code: int = 0
     description: str = ""
+
+    @property
+    def sid(self) -> int:
+        return self.session_id
 
     def body(self) -> bytes:
         return struct.pack(">IH", self.timestamp, self.code) + pack_string(self.description)
@@ -468,6 +506,10 @@ class Request(Message):
     request_number: int = 0
     data: bytes = b""
 
+    @property
+    def sid(self) -> int:
+        return self.session_id
+
     def body(self) -> bytes:
         return struct.pack(">HHBQ", self.template_id, self.config_id, self.flags, self.request_number) + self.data
 
@@ -488,6 +530,10 @@ class Unknown(Message):
     msg_id: int = 0
     session_id: int = 0
     payload: bytes = field(default=b"", repr=False)
+
+    @property
+    def sid(self) -> int:
+        return self.session_id
 
     def body(self) -> bytes:
         return self.payload

@@ -4,22 +4,9 @@ the document against it, so the documented queries are always the ones flowmed r
 from __future__ import annotations
 
 import re
-from typing import Any
 
 EXAMPLE_AT_MS = 1_772_460_202_000  # 2026-03-02T14:03:22Z
 EXAMPLE_DAY = (1_772_409_600_000, 1_772_496_000_000)  # 2026-03-02
-
-
-class _ServerLike:
-    """A backend stand-in without its own ``source``: the engine then builds the server's FROM clauses."""
-
-    name = "clickhouse"
-
-    def query(self, sql: str) -> Any:  # pragma: no cover - never run
-        raise NotImplementedError
-
-    def close(self) -> None:
-        pass
 
 
 def layout(sql: str) -> str:
@@ -36,8 +23,12 @@ def example_queries() -> dict[str, str]:
     import mediation.tables  # noqa: F401
     from mediation.compliance.report import ReportQuery, report_sql
     from mediation.compliance.trace import AddressQuery, SubscriberQuery
+    from storage.clickhouse.query import ClickHouseBackend
     from storage.query import QueryEngine
-    e = QueryEngine(_ServerLike())
+    from storage.settings import ClickHouseConfig
+
+    # the server's FROM clauses; the backend connects only when it runs a query, which this never does
+    e = QueryEngine(ClickHouseBackend(ClickHouseConfig()))
     return {
         "address": layout(AddressQuery("203.0.113.7", EXAMPLE_AT_MS, 40112).sql(e.source)),
         "subscriber": layout(SubscriberQuery("alice", *EXAMPLE_DAY).sql(e.source)),

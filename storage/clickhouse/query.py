@@ -29,6 +29,7 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 
+from decoders.schema import TABLES
 from storage.clickhouse.client import connect
 from storage.errors import QueryError
 from storage.settings import ClickHouseConfig, StorageSettings
@@ -100,6 +101,13 @@ class ClickHouseBackend:
             self.close()
             raise QueryError(_message(exc)) from None
         return to_arrow(data, types)
+
+    def source(self, table: str, t0_ms: int, t1_ms: int) -> str:
+        """A FROM-clause subquery of ``table``'s rows with ``t0_ms <= time < t1_ms``, the bounds in whole seconds
+        (floor and ceiling): servers keep ``DateTime`` (second) times, and 18.16 has no millisecond conversion."""
+        col = f"`{TABLES[table].time_column}`"
+        return (f"(SELECT * FROM `{table}` WHERE {col} >= toDateTime({t0_ms // 1000}, 'UTC') "
+                f"AND {col} < toDateTime({-(-t1_ms // 1000)}, 'UTC'))")
 
     def close(self) -> None:
         if self._client is not None:

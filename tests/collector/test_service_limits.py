@@ -61,3 +61,20 @@ def test_the_bounded_unit_verifies(tmp_path: Path) -> None:
     assert result.returncode == 0, result.stdout + result.stderr
     assert "flowmed.service" not in result.stderr, result.stderr
     assert "MemoryMax" in copy.read_text() and "TasksMax" in copy.read_text()
+
+
+def test_the_sink_part_is_the_smaller_of_its_row_and_byte_bounds() -> None:
+    row = memory_budget(load(None, ["store.max_pending_rows=1000"]))["sink_rows"]
+    assert 200_000 <= row <= 300_000  # 1,000 flows rows of their numpy width
+    assert memory_budget(load(None, ["store.max_pending_rows=1000", "store.max_pending_bytes=1000"]))[
+        "sink_rows"] == 1000
+    assert memory_budget(load(None, ["store.max_pending_bytes=1000000000"]))["sink_rows"] == 4_000_000 * row // 1000
+
+
+def test_the_dedup_part_is_the_worst_case_of_its_tables_and_only_with_mediation() -> None:
+    from mediation.dedup import worst_case_bytes
+
+    budget = memory_budget(load(None, ["mediation.dedup_max_keys=1000000"]))
+    assert budget["dedup"] == worst_case_bytes(1_000_000)
+    off = memory_budget(load(None, ["mediation.enabled=false"]))
+    assert off["dedup"] == off["bindings"] == 0

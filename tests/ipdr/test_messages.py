@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import struct
 import uuid
 
@@ -134,3 +135,19 @@ def test_messages_before_a_framing_break_are_still_delivered():
     assert framer.error is not None and framer.error.reason == "bad_version"
     with pytest.raises(FramingError):
         framer.frames()
+
+
+@pytest.mark.parametrize("cls", sorted({*m.MESSAGE_TYPES.values(), m.Unknown}, key=lambda c: c.__name__))
+def test_sid_is_the_session_id_of_session_level_messages_and_0_otherwise(cls):
+    """``Message.sid`` is 0 for connection-level messages; each session-level class returns its ``session_id``
+    (declared, not probed for)."""
+    fields = {f.name for f in dataclasses.fields(cls)}
+    if "session_id" in fields:
+        assert cls(session_id=7).sid == 7
+    else:
+        assert cls().sid == 0
+
+
+def test_sid_after_decoding():
+    assert m.decode(bytes.fromhex("02010200" "00000008")).sid == 2
+    assert m.decode(bytes.fromhex("02400000" "00000008")).sid == 0

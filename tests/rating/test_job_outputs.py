@@ -1,5 +1,5 @@
-"""How the rating job writes: through every output, flushed, and waiting for the spooled (ClickHouse) ones to drain;
-the outputs to wait for are picked by their class, never by probing for a ``drain`` attribute."""
+"""How the rating job writes: through every output, flushed, then drained (``Output.drain``: the store is readable at
+once, ClickHouse once its spool is delivered), so the next run reads what this one wrote."""
 
 from __future__ import annotations
 
@@ -9,19 +9,22 @@ import pytest
 from collector.config import load
 from decoders.schema import Table
 from rating import tables as rt
-from rating.job import RatingJob, _spooled
+from rating.job import RatingJob
 from storage.clickhouse.output import ClickHouseOutput
+from storage.outputs import Output
 from storage.settings import ClickHouseConfig, SpoolConfig
+from storage.store import ParquetStore
 from tests.rating.helpers import HOME_PLAN, assignments, plans
 
 
 class FakeOutput:
-    """An Output that only records what it was given (no spool: nothing to drain)."""
+    """An Output that only records what it was given; ``drained`` is what its ``drain`` answers."""
 
     name = "fake"
 
-    def __init__(self) -> None:
-        self.calls: list[tuple[str, str, int]] = []
+    def __init__(self, drained: bool = True) -> None:
+        self.calls: list[tuple[str, str, float]] = []
+        self.drained = drained
 
     def write(self, table: Table, batch: pa.RecordBatch, batch_id: int) -> None:
         self.calls.append(("write", table.name, batch.num_rows))
@@ -32,11 +35,12 @@ class FakeOutput:
     def flush(self) -> None:
         self.calls.append(("flush", "", 0))
 
+    def drain(self, timeout: float) -> bool:
+        self.calls.append(("drain", "", timeout))
+        return self.drained
+
     def close(self) -> None:
         self.calls.append(("close", "", 0))
-
-    def drain(self, timeout: float) -> bool:  # an attribute the job must not go looking for
-        raise AssertionError("the job waits only for spooled outputs")
 
 
 @pytest.fixture
@@ -53,23 +57,25 @@ def _job(tmp_path, outputs) -> RatingJob:
         "subscriber_id,plan_id,from\nalice,home,2026-01-01T00:00:00+01:00\n"))
 
 
-def test_only_clickhouse_outputs_are_spooled(clickhouse) -> None:
-    fake = FakeOutput()
-    assert _spooled([fake, clickhouse]) == [clickhouse]
-    assert _spooled([fake]) == []
+def test_every_output_is_an_output_with_drain(tmp_path, clickhouse) -> None:
+    store = ParquetStore(tmp_path / "store")
+    for out in (FakeOutput(), clickhouse, store):
+        assert isinstance(out, Output)
+    assert store.drain(0.0) is True  # nothing spooled: readable once written
+    assert clickhouse.drain(0.1) is True  # its spool is empty
 
 
-def test_write_visible_writes_flushes_and_drains(tmp_path, clickhouse, monkeypatch) -> None:
+def test_write_visible_writes_flushes_and_drains_every_output(tmp_path, clickhouse, monkeypatch) -> None:
     fake = FakeOutput()
     drains: list[float] = []
     monkeypatch.setattr(clickhouse, "drain", lambda timeout: drains.append(timeout) or True)
     monkeypatch.setattr(clickhouse, "write", lambda table, batch, batch_id: None)
     job = _job(tmp_path, [fake, clickhouse])
     job._write_visible(rt.RATING_LEASE, pa.RecordBatch.from_pylist([], schema=rt.RATING_LEASE.arrow_schema))
-    assert [c[0] for c in fake.calls] == ["write", "flush"]
-    assert drains == [120.0]
+    assert [c[0] for c in fake.calls] == ["write", "flush", "drain"]
+    assert fake.calls[-1][2] == 120.0 and drains == [120.0]
     job.close()
-    assert fake.calls[-1][0] == "flush"  # outputs given by the caller stay open
+    assert fake.calls[-1][0] == "drain"  # outputs given by the caller stay open
 
 
 def test_write_visible_fails_when_the_spool_does_not_drain(tmp_path, clickhouse, monkeypatch) -> None:
@@ -77,5 +83,12 @@ def test_write_visible_fails_when_the_spool_does_not_drain(tmp_path, clickhouse,
     monkeypatch.setattr(clickhouse, "write", lambda table, batch, batch_id: None)
     job = _job(tmp_path, [clickhouse])
     with pytest.raises(RuntimeError, match="output clickhouse: rated records not delivered"):
+        job._write_visible(rt.RATING_LEASE, pa.RecordBatch.from_pylist([], schema=rt.RATING_LEASE.arrow_schema))
+    job.close()
+
+
+def test_write_visible_fails_for_any_output_that_does_not_drain(tmp_path) -> None:
+    job = _job(tmp_path, [FakeOutput(), FakeOutput(drained=False)])
+    with pytest.raises(RuntimeError, match="output fake: rated records not delivered"):
         job._write_visible(rt.RATING_LEASE, pa.RecordBatch.from_pylist([], schema=rt.RATING_LEASE.arrow_schema))
     job.close()

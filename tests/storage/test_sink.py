@@ -64,6 +64,9 @@ class Recorder:
     def flush(self) -> None:
         self.flushes += 1
 
+    def drain(self, timeout: float) -> bool:
+        return True
+
     def close(self) -> None:
         self.closed = True
 
@@ -82,6 +85,19 @@ class FakeClock:
 
 def test_recorder_is_an_output() -> None:
     assert isinstance(Recorder(), Output)
+
+
+def test_outputs_are_known_by_their_name() -> None:
+    """Stats, hooks and logs use ``Output.name`` (a protocol member, not probed for)."""
+    a, b = Recorder("a", fail_first=1), Recorder("b")
+    errors: list[str] = []
+    sink = Sink([a, b], flush_rows=1, retry_backoff_s=0.0)
+    sink.on_error = lambda name, table, exc: errors.append(name)
+    sink.add("flows", flows_batch(1))
+    sink.close()
+    assert set(sink.stats) == {"a", "b"}
+    assert sink.stats["a"].errors == 1 and sink.stats["b"].errors == 0
+    assert errors == ["a"]
 
 
 def test_batches_are_cut_by_rows_and_by_time() -> None:
