@@ -199,9 +199,10 @@ def _be64(b: np.ndarray, p: np.uint64) -> np.uint64:
 @njit(nogil=True, cache=CACHE)
 def gather(b: np.ndarray, offsets: np.ndarray, counts: np.ndarray, reclen: Int, starts: np.ndarray,
            PU: np.ndarray, P4: np.ndarray, P6: np.ndarray, U1: np.ndarray, U2: np.ndarray, U4: np.ndarray,
-           U8: np.ndarray, A: np.ndarray) -> None:
+           U8: np.ndarray, A: np.ndarray, lo: Int, arow: np.ndarray) -> None:
     """Every field of the plan (``PU``, ``P4``, ``P6``) into ``U1``..``U8`` (integers by width) and ``A``
-    (addresses, 16 bytes each as two native little-endian words), a chunk of records at a time.
+    (addresses, 16 bytes each as two native little-endian words), a chunk of records at a time, record ``i`` at
+    index ``lo + i`` of its output row. Address ``f`` of the plan (P4 then P6) goes to row ``arow[f]`` of ``A``.
 
     Fixed-length records: ``counts[s]`` records of ``reclen`` bytes from ``offsets[s]``, for every set ``s``, and
     ``starts`` empty. Variable-length records: ``starts[i, seg]`` is where fixed segment ``seg`` of record ``i``
@@ -220,6 +221,7 @@ def gather(b: np.ndarray, offsets: np.ndarray, counts: np.ndarray, reclen: Int, 
     base = np.uint64(0)
     for i0 in range(0, n, CHUNK):
         m = min(CHUNK, n - i0)
+        o = lo + i0
         if variable:
             for j in range(m):
                 for g in range(nseg):
@@ -244,21 +246,21 @@ def gather(b: np.ndarray, offsets: np.ndarray, counts: np.ndarray, reclen: Int, 
                     p = R[j * nseg + seg] + off
                     v = (np.uint64(b[p]) << _U24) | (np.uint64(b[p + np.uint64(1)]) << _U16) \
                         | (np.uint64(b[p + np.uint64(2)]) << _U8) | np.uint64(b[p + np.uint64(3)])
-                    U4[row, i0 + j] = np.uint32(v)
+                    U4[row, o + j] = np.uint32(v)
                 continue
             if length == width and length == 2:
                 for j in range(m):
                     p = R[j * nseg + seg] + off
-                    U2[row, i0 + j] = np.uint16((np.uint64(b[p]) << _U8) | np.uint64(b[p + np.uint64(1)]))
+                    U2[row, o + j] = np.uint16((np.uint64(b[p]) << _U8) | np.uint64(b[p + np.uint64(1)]))
                 continue
             if length == width and length == 1:
                 for j in range(m):
-                    U1[row, i0 + j] = b[R[j * nseg + seg] + off]
+                    U1[row, o + j] = b[R[j * nseg + seg] + off]
                 continue
             if length == width and length == 8:
                 for j in range(m):
                     p = R[j * nseg + seg] + off
-                    U8[row, i0 + j] = _be64(b, p)
+                    U8[row, o + j] = _be64(b, p)
                 continue
             if length == 4:
                 for j in range(m):
@@ -284,16 +286,16 @@ def gather(b: np.ndarray, offsets: np.ndarray, counts: np.ndarray, reclen: Int, 
                     T[j] = v
             if width == 8:
                 for j in range(m):
-                    U8[row, i0 + j] = T[j]
+                    U8[row, o + j] = T[j]
             elif width == 4:
                 for j in range(m):
-                    U4[row, i0 + j] = np.uint32(T[j] & np.uint64(0xFFFFFFFF))
+                    U4[row, o + j] = np.uint32(T[j] & np.uint64(0xFFFFFFFF))
             elif width == 2:
                 for j in range(m):
-                    U2[row, i0 + j] = np.uint16(T[j] & np.uint64(0xFFFF))
+                    U2[row, o + j] = np.uint16(T[j] & np.uint64(0xFFFF))
             else:
                 for j in range(m):
-                    U1[row, i0 + j] = np.uint8(T[j] & np.uint64(0xFF))
+                    U1[row, o + j] = np.uint8(T[j] & np.uint64(0xFF))
         for f in range(n4):
             seg = P4[f, P4_SEG]
             off = P4[f, P4_OFF]
@@ -304,24 +306,24 @@ def gather(b: np.ndarray, offsets: np.ndarray, counts: np.ndarray, reclen: Int, 
                     | (np.uint64(b[p + np.uint64(2)]) << _U48) | (np.uint64(b[p + np.uint64(3)]) << _U56)
                 if alt and v4 == 0:
                     q = R[j * nseg + P4[f, P4_ALT_SEG]] + P4[f, P4_ALT_OFF]
-                    A[f, i0 + j, 0] = _le64(b, q)
-                    A[f, i0 + j, 1] = _le64(b, q + np.uint64(8))
+                    A[arow[f], o + j, 0] = _le64(b, q)
+                    A[arow[f], o + j, 1] = _le64(b, q + np.uint64(8))
                 else:
-                    A[f, i0 + j, 0] = 0
-                    A[f, i0 + j, 1] = v4 | _MAPPED
+                    A[arow[f], o + j, 0] = 0
+                    A[arow[f], o + j, 1] = v4 | _MAPPED
         for f in range(P6.shape[0]):
             seg = P6[f, P6_SEG]
             off = P6[f, P6_OFF]
             for j in range(m):
                 p = R[j * nseg + seg] + off
-                A[n4 + f, i0 + j, 0] = _le64(b, p)
-                A[n4 + f, i0 + j, 1] = _le64(b, p + np.uint64(8))
+                A[arow[n4 + f], o + j, 0] = _le64(b, p)
+                A[arow[n4 + f], o + j, 1] = _le64(b, p + np.uint64(8))
 
 
 class Plan:
     """What a template's records are read for: the field plans of the kernel and where each value lands."""
 
-    __slots__ = ("PU", "P4", "P6", "u_rows", "a_rows", "rows_per_width")
+    __slots__ = ("PU", "P4", "P6", "u_rows", "a_rows", "rows_per_width", "fused")
 
     def __init__(self, PU: np.ndarray, P4: np.ndarray, P6: np.ndarray, u_rows: dict[str, tuple[int, int]],
                  a_rows: dict[str, int], rows_per_width: tuple[int, ...]) -> None:
@@ -334,6 +336,8 @@ class Plan:
         """Output rows of each width of :data:`WIDTHS`."""
         self.a_rows = a_rows
         """Address column -> row of :attr:`Gathered.A`."""
+        self.fused: object | None = None
+        """This plan remapped into a batch's columns (:class:`decoders.netflow.columns.FusedPlan`), made on use."""
 
 
 def make_plan(uints: list[tuple[str, int, int, int, int]],
@@ -385,6 +389,13 @@ class Gathered:
         self.U = dict(zip(WIDTHS, views[:-1], strict=True))
         self.A = views[-1]
 
+    @classmethod
+    def of(cls, plan: Plan, U: dict[int, np.ndarray], A: np.ndarray, n: int) -> Gathered:
+        """Fields already gathered into ``U`` and ``A`` (e.g. a range of a batch's columns) by ``plan``."""
+        out = cls.__new__(cls)
+        out.plan, out.U, out.A, out.n = plan, U, A, n
+        return out
+
     def uint(self, name: str) -> np.ndarray:
         """An integer field (by its plan name), native unsigned of its width, contiguous and writable."""
         width, row = self.plan.u_rows[name]
@@ -421,11 +432,21 @@ def read_records(plan: Plan, buf: bytes | memoryview, starts: np.ndarray) -> Gat
     return out
 
 
+def gather_into(plan: Plan, U: dict[int, np.ndarray], A: np.ndarray, lo: int, buf: bytes | memoryview,
+                offsets: np.ndarray, counts: np.ndarray, reclen: int, starts: np.ndarray) -> None:
+    """Every field of ``plan`` from the records (as :func:`read_sets` or :func:`read_records` take them) into the
+    rows ``plan`` names of ``U`` (per width) and ``A``, from index ``lo``."""
+    arow = np.fromiter(plan.a_rows.values(), dtype=np.int64, count=len(plan.a_rows))
+    gather(as_bytes(buf), np.ascontiguousarray(offsets, dtype=np.int64), np.ascontiguousarray(counts, dtype=np.int64),
+           reclen, np.ascontiguousarray(starts, dtype=np.int64), plan.PU, plan.P4, plan.P6, U[1], U[2], U[4], U[8], A,
+           lo, arow)
+
+
 def _gather(out: Gathered, buf: bytes | memoryview, offsets: np.ndarray, counts: np.ndarray, reclen: int,
             starts: np.ndarray) -> None:
     p, u = out.plan, out.U
     gather(as_bytes(buf), offsets, np.ascontiguousarray(counts, dtype=np.int64), reclen, starts, p.PU, p.P4, p.P6,
-           u[1], u[2], u[4], u[8], out.A)
+           u[1], u[2], u[4], u[8], out.A, 0, np.arange(len(p.a_rows), dtype=np.int64))
 
 
 _NO_STARTS = np.zeros((0, 1), dtype=np.int64)
