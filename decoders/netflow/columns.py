@@ -40,7 +40,7 @@ _DTYPES: dict[int, type[np.unsignedinteger[Any]]] = {1: np.uint8, 2: np.uint16, 
 class FusedPlan:
     """A plan whose fields land in a batch's column blocks: columns in their rows, other fields in scratch rows."""
 
-    __slots__ = ("plan", "scratch", "copies", "absent", "absent_a")
+    __slots__ = ("plan", "scratch", "copies", "absent", "absent_a", "times", "rate_in_record")
 
     def __init__(self, plan: Plan, columns: list[tuple[str, str]]) -> None:
         """``columns``: (plan field name, integer column it feeds); address columns are the plan's own."""
@@ -75,6 +75,10 @@ class FusedPlan:
         self.absent_a = np.array([row for name, row in A_ROWS.items() if name not in written and name not in a_rows],
                                  dtype=np.intp)
         """Rows of the address columns this plan leaves at zero."""
+        self.times: np.ndarray | None = None
+        """How the compiled pass makes the times (:func:`decoders.netflow.kernel.fill_records`); None: numpy."""
+        self.rate_in_record = False
+        """The records carry a sampling rate or a sampler id: rates are per record (numpy), not per set."""
 
 
 class Output:

@@ -182,7 +182,9 @@ def _fused(g: Group) -> FusedPlan:
     if plan.fused is None:
         columns = [(ref.name, column) for column, (ref, kind) in compiled.columns.items()
                    if kind not in ("ipv4", "ipv6")]
-        plan.fused = FusedPlan(plan, columns)
+        fused = plan.fused = FusedPlan(plan, columns)
+        fused.times = _time_spec(fused, compiled)
+        fused.rate_in_record = bool(_RATE_IES & compiled.refs.keys())
     return cast(FusedPlan, plan.fused)
 
 
@@ -212,18 +214,46 @@ def _decode_group(g: Group, ctx: np.ndarray, dom: DomainTables, n: int, result: 
                    out.column("time_received"), out.A[A_ROWS["exporter"]], out.column("observation_domain"),
                    out.column("version"), out.column("datagram"), out.column("datagram_offset"))
 
+    export_set, uptime_set = np.ascontiguousarray(per_set[:, 2]), np.ascontiguousarray(per_set[:, 3])
+    compiled = g.compiled
+    times = fused.times
+    # IPFIX sets of a template shared with v9: their sysUptime times count from systemInitTime (numpy)
+    if times is not None and kernel.T_UPTIME in (times[0, 0], times[1, 0]) and (uptime_set < 0).any():
+        times = None
+    per_set_rate = compiled is None or not fused.rate_in_record
+    if per_set_rate:  # the announced rate is one per set: resolved per set, applied in the compiled pass
+        announced_set = per_set[:, 4].astype(np.uint64) if compiled is None else dom.domain_rate[set_slot]
+        rate = resolve(announced_set, dom.policy_rate[set_slot], dom.override[set_slot])
+    kernel.fill_records(counts, export_set, uptime_set, rate if per_set_rate else _NO_RATE,
+                        _NO_TIMES if times is None else times, out.U[4], out.U[8], lo, out.column("flow_start"),
+                        out.column("flow_end"), out.column("sampling_rate"), out.column("raw_bytes"),
+                        out.column("raw_packets"), out.column("bytes"), out.column("packets"))
+    if compiled is not None and (times is None or not per_set_rate):
+        _per_record(compiled, view, out, lo, hi, counts, set_slot, export_set, uptime_set, dom, times is None,
+                    not per_set_rate)
+    if compiled is not None and {compiled.start_ie, compiled.end_ie} & {21, 22} \
+            and ies.SYSTEM_INIT_TIME not in compiled.refs:
+        _count_missing_init_time(set_slot, counts, dom, result)
+    per_slot = np.bincount(set_slot, weights=counts, minlength=len(dom.version))
+    for s in np.nonzero(per_slot)[0]:
+        st, version, _ = dom.info[s]
+        result.records[(st.name, version)] += int(per_slot[s])
+
+
+def _per_record(compiled: Compiled, view: kernel.Gathered, out: Output, lo: int, hi: int, counts: np.ndarray,
+                set_slot: np.ndarray, export_set: np.ndarray, uptime_set: np.ndarray, dom: DomainTables,
+                times: bool, rates: bool) -> None:
+    """The times (NTP, delta and IPFIX sysUptime forms) and rates (in the records, or keyed by sampler) that the
+    compiled pass does not make, with numpy over the group's records."""
+
     def expand(values: np.ndarray) -> np.ndarray:
         """Per-set values to per-record values: a 0-d scalar when they are all equal (the common case)."""
         return cast(np.ndarray, values[0]) if (values == values[0]).all() else np.repeat(values, counts)
 
     slot = expand(set_slot)
-    export_ms, uptime = expand(per_set[:, 2]), expand(per_set[:, 3])
-    flow_start, flow_end = out.column("flow_start"), out.column("flow_end")
-    if g.compiled is None:  # NetFlow v5
-        flow_start[lo:hi], flow_end[lo:hi] = netflow5.times(view, export_ms, uptime)
-        announced = expand(per_set[:, 4].astype(np.uint64))
-    else:
-        compiled = g.compiled
+    if times:
+        export_ms, uptime = expand(export_set), expand(uptime_set)
+        flow_start, flow_end = out.column("flow_start"), out.column("flow_end")
         init = dom.init_ms[slot]
         if compiled.start_ie is not None or compiled.end_ie is None:
             flow_start[lo:hi] = templated.time_column(view, compiled, compiled.start_ie, export_ms, uptime, init)
@@ -233,25 +263,42 @@ def _decode_group(g: Group, ctx: np.ndarray, dom: DomainTables, n: int, result: 
             flow_end[lo:hi] = templated.time_column(view, compiled, compiled.end_ie, export_ms, uptime, init)
             if compiled.start_ie is None:
                 flow_start[lo:hi] = flow_end[lo:hi]
-        announced = _announced_rates(compiled, view, slot, dom, n)
-        if {compiled.start_ie, compiled.end_ie} & {21, 22} and ies.SYSTEM_INIT_TIME not in compiled.refs:
-            _count_missing_init_time(set_slot, counts, dom, result)
-    rate = resolve(announced, dom.policy_rate[slot], dom.override[slot])
-    out.column("sampling_rate")[lo:hi] = rate
-    raw_bytes, raw_packets = out.column("raw_bytes")[lo:hi], out.column("raw_packets")[lo:hi]
-    if np.ndim(rate) == 0 and rate == 1:  # unsampled: no multiply
-        out.column("bytes")[lo:hi] = raw_bytes
-        out.column("packets")[lo:hi] = raw_packets
-    else:
-        np.multiply(raw_bytes, rate, out=out.column("bytes")[lo:hi])
-        np.multiply(raw_packets, rate, out=out.column("packets")[lo:hi])
-    per_slot = np.bincount(set_slot, weights=counts, minlength=len(dom.version))
-    for s in np.nonzero(per_slot)[0]:
-        st, version, _ = dom.info[s]
-        result.records[(st.name, version)] += int(per_slot[s])
+    if rates:
+        rate = resolve(_announced_rates(compiled, view, slot, dom, hi - lo), dom.policy_rate[slot],
+                       dom.override[slot])
+        out.column("sampling_rate")[lo:hi] = rate
+        raw_bytes, raw_packets = out.column("raw_bytes")[lo:hi], out.column("raw_packets")[lo:hi]
+        if np.ndim(rate) == 0 and rate == 1:  # unsampled: no multiply
+            out.column("bytes")[lo:hi] = raw_bytes
+            out.column("packets")[lo:hi] = raw_packets
+        else:
+            np.multiply(raw_bytes, rate, out=out.column("bytes")[lo:hi])
+            np.multiply(raw_packets, rate, out=out.column("packets")[lo:hi])
+
+
+_TIME_MODES = {None: kernel.T_NONE, 21: kernel.T_UPTIME, 22: kernel.T_UPTIME, 152: kernel.T_MS, 153: kernel.T_MS,
+               323: kernel.T_MS, 150: kernel.T_S, 151: kernel.T_S}
+"""Time elements the compiled pass converts (others: :func:`decoders.netflow.templated.time_column`)."""
+_RATE_IES = frozenset({*ies.RATE_IES, ies.SAMPLER_ID, ies.SELECTOR_ID})
+_NO_RATE = np.zeros(0, dtype=np.uint32)
+_NO_TIMES = np.zeros((0, 3), dtype=np.int64)
+
+
+def _time_spec(fused: FusedPlan, compiled: Compiled) -> np.ndarray | None:
+    """(mode, width, row) of the start and end times for :func:`decoders.netflow.kernel.fill_records`, or None."""
+    start, end = compiled.start_ie, compiled.end_ie
+    if start not in _TIME_MODES or end not in _TIME_MODES:
+        return None
+    start, end = (end, end) if start is None else (start, start) if end is None else (start, end)
+    rows = []
+    for ie in (start, end):
+        width, row = fused.plan.u_rows[compiled.refs[ie].name] if ie is not None else (8, 0)
+        rows.append((_TIME_MODES[ie], width, row))
+    return np.array(rows, dtype=np.int64)
 
 
 _V5 = FusedPlan(netflow5.PLAN, netflow5.COLUMNS)
+_V5.times = np.array([(kernel.T_UPTIME, *_V5.plan.u_rows[name]) for name in ("first", "last")], dtype=np.int64)
 
 
 def _count_missing_init_time(set_slot: np.ndarray, counts: np.ndarray, dom: DomainTables,

@@ -320,6 +320,55 @@ def gather(b: np.ndarray, offsets: np.ndarray, counts: np.ndarray, reclen: Int, 
                 A[arow[n4 + f], o + j, 1] = _le64(b, p + np.uint64(8))
 
 
+T_NONE, T_UPTIME, T_MS, T_S = range(4)
+"""How :func:`fill_records` makes a time: the export time; sysUptime-relative ms against the header's sysUptime (v5,
+v9); ms since the epoch (IPFIX 152/153/323); seconds (150/151)."""
+
+
+@njit(nogil=True, cache=CACHE, inline="always")
+def _time(mode: Int, v: Int, export_ms: Int, uptime: Int) -> Int:
+    if mode == T_UPTIME:  # the age uptime - v modulo 2**32, read as signed (see decoders.netflow.v5.uptime_to_ms)
+        age = (uptime - v) & 0xFFFFFFFF
+        if age >= 0x80000000:
+            age -= 0x100000000
+        return export_ms - age
+    if mode == T_MS:
+        return v
+    if mode == T_S:
+        return v * 1000
+    return export_ms
+
+
+@njit(nogil=True, cache=CACHE)
+def fill_records(counts: np.ndarray, export_ms: np.ndarray, uptime: np.ndarray, rate: np.ndarray, times: np.ndarray,
+                 U4: np.ndarray, U8: np.ndarray, lo: Int, flow_start: np.ndarray, flow_end: np.ndarray,
+                 sampling_rate: np.ndarray, raw_bytes: np.ndarray, raw_packets: np.ndarray, out_bytes: np.ndarray,
+                 out_packets: np.ndarray) -> None:
+    """Times, sampling rate and sampled counters of the records of consecutive sets (``counts[s]`` each), from
+    index ``lo``, in one pass. Per set: ``export_ms``, ``uptime`` (header values), ``rate`` (the resolved rate; an
+    empty ``rate``: rates and counters are written elsewhere). ``times``: (mode, width, row) of the start and then
+    the end time (modes ``T_*``; the field's row of ``U4`` or ``U8`` by its width); an empty ``times``: written
+    elsewhere."""
+    i = lo
+    do_times = times.shape[0] > 0
+    do_rates = rate.shape[0] > 0
+    for s in range(counts.shape[0]):
+        e = export_ms[s]
+        u = uptime[s]
+        r = np.uint64(rate[s]) if do_rates else np.uint64(1)
+        for _ in range(counts[s]):
+            if do_times:
+                sv = np.int64(U4[times[0, 2], i]) if times[0, 1] == 4 else np.int64(U8[times[0, 2], i])
+                ev = np.int64(U4[times[1, 2], i]) if times[1, 1] == 4 else np.int64(U8[times[1, 2], i])
+                flow_start[i] = _time(times[0, 0], sv, e, u)
+                flow_end[i] = _time(times[1, 0], ev, e, u)
+            if do_rates:
+                sampling_rate[i] = np.uint32(r)
+                out_bytes[i] = raw_bytes[i] * r
+                out_packets[i] = raw_packets[i] * r
+            i += 1
+
+
 class Plan:
     """What a template's records are read for: the field plans of the kernel and where each value lands."""
 
@@ -465,4 +514,8 @@ def warm_up() -> None:
     buf = bytes(16)
     read_sets(plan, buf, one, np.ones(1, dtype=np.int64), 16)
     read_records(plan, buf, np.zeros((1, 1), dtype=np.int64))
+    u4, u8 = np.zeros((1, 1), dtype=np.uint32), np.zeros((1, 1), dtype=np.uint64)
+    i64, u64 = np.zeros(1, dtype=np.int64), np.zeros(1, dtype=np.uint64)
+    fill_records(one, one, one, np.zeros(1, dtype=np.uint32), np.zeros((2, 3), dtype=np.int64), u4, u8, 0, i64, i64,
+                 np.zeros(1, dtype=np.uint32), u64, u64, u64, u64)
     warm_up_digest()  # the datagram identity of every record (decoders.digest)
