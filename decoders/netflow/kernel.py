@@ -349,24 +349,37 @@ def fill_records(counts: np.ndarray, export_ms: np.ndarray, uptime: np.ndarray, 
     empty ``rate``: rates and counters are written elsewhere). ``times``: (mode, width, row) of the start and then
     the end time (modes ``T_*``; the field's row of ``U4`` or ``U8`` by its width); an empty ``times``: written
     elsewhere."""
-    i = lo
-    do_times = times.shape[0] > 0
-    do_rates = rate.shape[0] > 0
-    for s in range(counts.shape[0]):
-        e = export_ms[s]
-        u = uptime[s]
-        r = np.uint64(rate[s]) if do_rates else np.uint64(1)
-        for _ in range(counts[s]):
-            if do_times:
-                sv = np.int64(U4[times[0, 2], i]) if times[0, 1] == 4 else np.int64(U8[times[0, 2], i])
-                ev = np.int64(U4[times[1, 2], i]) if times[1, 1] == 4 else np.int64(U8[times[1, 2], i])
-                flow_start[i] = _time(times[0, 0], sv, e, u)
-                flow_end[i] = _time(times[1, 0], ev, e, u)
-            if do_rates:
-                sampling_rate[i] = np.uint32(r)
-                out_bytes[i] = raw_bytes[i] * r
-                out_packets[i] = raw_packets[i] * r
-            i += 1
+    # One loop per output column and per set, the mode and source row fixed in it: LLVM keeps branches out of the
+    # inner loops (a branch per record on the mode cost more than the work).
+    for t in range(times.shape[0]):
+        mode, width, row = times[t, 0], times[t, 1], times[t, 2]
+        dest = flow_start if t == 0 else flow_end
+        i = lo
+        for s in range(counts.shape[0]):
+            e = export_ms[s]
+            u = uptime[s]
+            c = counts[s]
+            if mode == T_NONE:
+                for k in range(i, i + c):
+                    dest[k] = e
+            elif width == 4:
+                for k in range(i, i + c):
+                    dest[k] = _time(mode, np.int64(U4[row, k]), e, u)
+            else:
+                for k in range(i, i + c):
+                    dest[k] = _time(mode, np.int64(U8[row, k]), e, u)
+            i += c
+    if rate.shape[0] > 0:
+        i = lo
+        for s in range(counts.shape[0]):
+            r = np.uint64(rate[s])
+            r32 = np.uint32(rate[s])
+            c = counts[s]
+            for k in range(i, i + c):
+                sampling_rate[k] = r32
+                out_bytes[k] = raw_bytes[k] * r
+                out_packets[k] = raw_packets[k] * r
+            i += c
 
 
 class Plan:
