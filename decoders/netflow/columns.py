@@ -34,6 +34,7 @@ A_ROWS: dict[str, int] = {name: row for row, name in enumerate(_ADDRESSES)}
 WRITTEN = frozenset({"time_received", "exporter", "observation_domain", "version", "datagram", "datagram_offset",
                      "flow_start", "flow_end", "sampling_rate", "bytes", "packets"})
 """Columns every group writes (:func:`decoders.netflow.groups.finish`), whatever its template."""
+_S16 = np.dtype("S16")
 _DTYPES: dict[int, type[np.unsignedinteger[Any]]] = {1: np.uint8, 2: np.uint16, 4: np.uint32, 8: np.uint64}
 
 
@@ -86,7 +87,7 @@ class Output:
     records is filled by :meth:`zero_absent` and the writes of its group (fresh zeros, from ``calloc``, would cost
     a page fault on first write or a pass of ``memset`` over every column, instead of only the absent ones)."""
 
-    __slots__ = ("n", "U", "A")
+    __slots__ = ("n", "U", "A", "columns")
 
     def __init__(self, n: int, scratch: tuple[int, ...]) -> None:
         self.n = n
@@ -100,16 +101,19 @@ class Output:
                  for a, size, (shape, dtype) in zip(starts[:-1].tolist(), sizes, shapes, strict=True)]
         self.U: dict[int, np.ndarray] = dict(zip(WIDTHS, views[:-1], strict=True))
         self.A: np.ndarray = views[-1]
+        self.columns: dict[str, np.ndarray] = {}
+        """Every ``flows`` column (but ``batch_id``), in schema order: views of the blocks."""
+        for c in _COLUMNS:
+            row = A_ROWS.get(c.name)
+            if row is not None:
+                self.columns[c.name] = self.A[row].view(_S16).reshape(n)
+            else:
+                width, row = ROWS[c.name]
+                self.columns[c.name] = self.U[width][row].view(c.numpy_dtype)
 
     def column(self, name: str) -> np.ndarray:
         """A whole column, of its ``flows`` dtype (a writable view)."""
-        row = A_ROWS.get(name)
-        if row is not None:
-            out: np.ndarray = self.A[row].view("S16").reshape(self.n)
-            return out
-        width, row = ROWS[name]
-        column: np.ndarray = self.U[width][row].view(FLOWS.column(name).numpy_dtype)
-        return column
+        return self.columns[name]
 
     def view(self, fused: FusedPlan, lo: int, hi: int) -> Gathered:
         """The fields of records ``lo:hi`` as the fused plan read them (views, as :class:`Gathered` gives them)."""
@@ -125,4 +129,4 @@ class Output:
 
     def flows(self) -> dict[str, np.ndarray]:
         """Every ``flows`` column (but ``batch_id``), in schema order."""
-        return {c.name: self.column(c.name) for c in _COLUMNS}
+        return dict(self.columns)

@@ -262,6 +262,17 @@ def gather(b: np.ndarray, offsets: np.ndarray, counts: np.ndarray, reclen: Int, 
                     p = R[j * nseg + seg] + off
                     U8[row, o + j] = _be64(b, p)
                 continue
+            if length == 2 and width == 4:  # v5 interfaces and AS numbers
+                for j in range(m):
+                    p = R[j * nseg + seg] + off
+                    U4[row, o + j] = np.uint32((np.uint64(b[p]) << _U8) | np.uint64(b[p + np.uint64(1)]))
+                continue
+            if length == 4 and width == 8:  # 4-byte counters (v5, many v9 exporters)
+                for j in range(m):
+                    p = R[j * nseg + seg] + off
+                    U8[row, o + j] = (np.uint64(b[p]) << _U24) | (np.uint64(b[p + np.uint64(1)]) << _U16) \
+                        | (np.uint64(b[p + np.uint64(2)]) << _U8) | np.uint64(b[p + np.uint64(3)])
+                continue
             if length == 4:
                 for j in range(m):
                     p = R[j * nseg + seg] + off
