@@ -2,10 +2,12 @@
 
 Variable-length groups first find their records, all sets at once (:func:`decoders.netflow.templates.walk_sets`);
 then v9 header record counts are checked and sequence numbers accounted in datagram order (record counts are now
-known). Each group's records are read by one pass of the compiled gather (:mod:`decoders.netflow.kernel`: by set
-offsets and record counts for fixed-length templates and v5, whether the sets are still in the batch buffer or
-were parsed one by one; by segment starts for variable-length ones); times are computed, the sampling rate
-resolved, and the columns of all groups concatenated into the result.
+known). The ``flows`` columns of the whole batch are allocated once (:class:`decoders.netflow.columns.Output`) and
+each group fills its range of rows: one pass of the compiled gather (:mod:`decoders.netflow.kernel`: by set offsets
+and record counts for fixed-length templates and v5, whether the sets are still in the batch buffer or were parsed
+one by one; by segment starts for variable-length ones) writes the columns its template maps, one compiled pass the
+datagram values (:func:`decoders.digest.record_context`), one the times, sampling rate and sampled counters
+(:func:`decoders.netflow.kernel.fill_records`); only the rarer time forms and per-record rates take numpy passes.
 """
 
 from __future__ import annotations
