@@ -41,18 +41,11 @@ _DTYPES: dict[int, type[np.unsignedinteger[Any]]] = {1: np.uint8, 2: np.uint16, 
 class FusedPlan:
     """A plan whose fields land in a batch's column blocks: columns in their rows, other fields in scratch rows."""
 
-    __slots__ = ("plan", "scratch", "copies", "absent", "absent_a", "times", "rate_in_record")
+    __slots__ = ("plan", "scratch", "absent", "absent_a", "times", "rate_in_record")
 
     def __init__(self, plan: Plan, columns: list[tuple[str, str]]) -> None:
         """``columns``: (plan field name, integer column it feeds); address columns are the plan's own."""
-        column_of: dict[str, str] = {}
-        self.copies: list[tuple[str, str]] = []
-        """(column read, column fed by the same template field): the second is copied from the first."""
-        for name, column in columns:
-            if name in column_of:
-                self.copies.append((column_of[name], column))
-            else:
-                column_of[name] = column
+        column_of = dict(columns)  # a field feeds one column at most (an element has one column)
         u_rows: dict[str, tuple[int, int]] = {}
         scratch = dict.fromkeys(WIDTHS, 0)
         pu = plan.PU.copy()
@@ -69,7 +62,7 @@ class FusedPlan:
         self.plan = Plan(pu, plan.P4, plan.P6, u_rows, a_rows, tuple(scratch.values()))
         self.scratch = tuple(scratch.values())
         """Scratch rows of each width of :data:`WIDTHS`."""
-        written = WRITTEN | set(column_of.values()) | {column for _, column in self.copies}
+        written = WRITTEN | set(column_of.values())
         self.absent = {w: np.array([row for row, name in enumerate(names) if name not in written], dtype=np.intp)
                        for w, names in _INTEGERS.items()}
         """Rows of the integer columns this plan leaves at zero, per width."""

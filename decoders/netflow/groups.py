@@ -207,8 +207,6 @@ def _decode_group(g: Group, ctx: np.ndarray, dom: DomainTables, n: int, result: 
         kernel.gather_into(fused.plan, out.U, out.A, lo, source, offsets, counts, reclen, _NO_SEGMENTS)
         first = _NO_STARTS
     view = out.view(fused, lo, hi)
-    for src, dst in fused.copies:
-        out.column(dst)[lo:hi] = out.column(src)[lo:hi]
     per_set = ctx[set_ctx]  # datagram values, one row per data set
     set_slot = np.ascontiguousarray(per_set[:, 0])
     record_context(set_slot, np.ascontiguousarray(per_set[:, 1]), np.ascontiguousarray(per_set[:, CTX_DIGEST]),
