@@ -5,6 +5,7 @@ import random
 
 import numpy as np
 
+from decoders.digest import record_context
 from decoders.netflow import kernel
 from decoders.netflow.decoder import DecoderLimits, FlowDecoder
 from tests.decoders.packets import T0_MS, data_set, template_set, v5, v9
@@ -114,7 +115,8 @@ def test_warm_up_compiles_what_real_batches_use() -> None:
     """Batches joined into the reused buffer or into bytes, blocks or single datagrams: one compiled version of
     each kernel, the one warm_up made (a further one would compile on the event loop)."""
     kernel.warm_up()
-    before = {f: list(f.signatures) for f in (kernel.scan, kernel.gather)}
+    kernels = (kernel.scan, kernel.gather, kernel.fill_records, record_context)
+    before = {f: list(f.signatures) for f in kernels}
     for batches in (_multiset_traffic(1, 60), _v5_traffic(2, 60)):
         dec = FlowDecoder()
         for batch in batches:
@@ -123,7 +125,7 @@ def test_warm_up_compiles_what_real_batches_use() -> None:
     big._joiner.keep_bytes = 0  # every batch joined into bytes of its own
     for batch in _multiset_traffic(2, 60):
         big.decode(batch)
-    assert {f: list(f.signatures) for f in (kernel.scan, kernel.gather)} == before
+    assert {f: list(f.signatures) for f in kernels} == before
     assert all(len(s) == 1 for s in before.values())
 
 
