@@ -111,20 +111,38 @@ def digest_bytes(payload: bytes | memoryview, exporter: str, salt: int = 0) -> i
 
 
 @njit(nogil=True, cache=CACHE)
-def record_identity(digest: np.ndarray, where: np.ndarray, counts: np.ndarray, reclen: int, starts: np.ndarray,
-                    ident: np.ndarray, offset: np.ndarray) -> None:
-    """Per record of consecutive sets: its datagram's digest (``ident``, uint64) and where it starts in the datagram
-    (``offset``, uint16). Per set ``s``: ``digest[s]`` (int64 bits), ``counts[s]`` records. Fixed-length records:
-    record ``j`` of set ``s`` starts at ``where[s] + j * reclen`` and ``starts`` is empty; variable-length ones: record
-    ``i`` at ``where[s] + starts[i]``."""
+def record_context(slot: np.ndarray, received: np.ndarray, digest: np.ndarray, where: np.ndarray, counts: np.ndarray,
+                   reclen: int, starts: np.ndarray, addr: np.ndarray, domain: np.ndarray, version: np.ndarray,
+                   lo: int, time_received: np.ndarray, exporter: np.ndarray, observation_domain: np.ndarray,
+                   versions: np.ndarray, ident: np.ndarray, offset: np.ndarray) -> None:
+    """The datagram values of the records of consecutive sets, written from index ``lo`` of each column, in one
+    pass: receive time, exporter (``addr[slot]``: 16 bytes as two words), observation domain, version, the datagram's
+    digest (``ident``, uint64) and where the record starts in its datagram (``offset``, uint16).
+
+    Per set ``s``: ``slot[s]`` (its (exporter, version, domain) row of ``addr``, ``domain`` and ``version``),
+    ``received[s]``, ``digest[s]`` (int64 bits), ``counts[s]`` records. Fixed-length records: record ``j`` of set
+    ``s`` starts at ``where[s] + j * reclen`` and ``starts`` is empty; variable-length ones: record ``i`` at
+    ``where[s] + starts[i]``."""
     variable = starts.shape[0] > 0
     i = 0
     for s in range(counts.shape[0]):
+        k = slot[s]
+        t = received[s]
+        a0 = addr[k, 0]
+        a1 = addr[k, 1]
+        dom = domain[k]
+        ver = version[k]
         d = np.uint64(digest[s])
         w = where[s]
         for j in range(counts[s]):
-            ident[i] = d
-            offset[i] = np.uint16((w + starts[i]) if variable else (w + j * reclen))
+            r = lo + i
+            time_received[r] = t
+            exporter[r, 0] = a0
+            exporter[r, 1] = a1
+            observation_domain[r] = dom
+            versions[r] = ver
+            ident[r] = d
+            offset[r] = np.uint16((w + starts[i]) if variable else (w + j * reclen))
             i += 1
 
 
@@ -135,5 +153,7 @@ def warm_up() -> None:
     b.flags.writeable = False
     one = np.zeros(1, dtype=np.int64)
     digests(b, one, one + 40, np.zeros(1, dtype=np.uint64), one)
-    record_identity(one, one, one, 48, np.zeros(0, dtype=np.int64), np.zeros(1, dtype=np.uint64),
-                    np.zeros(1, dtype=np.uint16))
+    two = np.zeros((1, 2), dtype=np.uint64)
+    record_context(one, one, one, one, one, 48, np.zeros(0, dtype=np.int64), two, np.zeros(1, dtype=np.uint32),
+                   np.zeros(1, dtype=np.uint8), 0, one, two, np.zeros(1, dtype=np.uint32), np.zeros(1, dtype=np.uint8),
+                   np.zeros(1, dtype=np.uint64), np.zeros(1, dtype=np.uint16))

@@ -2,10 +2,12 @@
 
 Variable-length groups first find their records, all sets at once (:func:`decoders.netflow.templates.walk_sets`);
 then v9 header record counts are checked and sequence numbers accounted in datagram order (record counts are now
-known). Each group's records are read by one pass of the compiled gather (:mod:`decoders.netflow.kernel`: by set
-offsets and record counts for fixed-length templates and v5, whether the sets are still in the batch buffer or
-were parsed one by one; by segment starts for variable-length ones); times are computed, the sampling rate
-resolved, and the columns of all groups concatenated into the result.
+known). The ``flows`` columns of the whole batch are allocated once (:class:`decoders.netflow.columns.Output`) and
+each group fills its range of rows: one pass of the compiled gather (:mod:`decoders.netflow.kernel`: by set offsets
+and record counts for fixed-length templates and v5, whether the sets are still in the batch buffer or were parsed
+one by one; by segment starts for variable-length ones) writes the columns its template maps, one compiled pass the
+datagram values (:func:`decoders.digest.record_context`), one the times, sampling rate and sampled counters
+(:func:`decoders.netflow.kernel.fill_records`); only the rarer time forms and per-record rates take numpy passes.
 """
 
 from __future__ import annotations
@@ -14,20 +16,21 @@ from typing import cast
 
 import numpy as np
 
-from decoders.digest import record_identity
+from decoders.digest import record_context
 from decoders.errors import BadRecord, EmptySet
 from decoders.netflow import fields as ies
 from decoders.netflow import kernel, templated
 from decoders.netflow import v5 as netflow5
 from decoders.netflow.batch import CTX_DIGEST, Batch, Block, DomainKey, Group, SingleObservation
+from decoders.netflow.columns import A_ROWS, FusedPlan, Output
 from decoders.netflow.state import DecoderState
 from decoders.netflow.templates import Compiled, walk_sets
 from decoders.result import DecodeResult
 from decoders.sampling import rate_from_columns, resolve
-from decoders.schema import FLOWS
 
-_COLUMNS = [c for c in FLOWS.columns if c.name != "batch_id"]
 _NO_STARTS = np.zeros(0, dtype=np.int64)
+_NO_SEGMENTS = np.zeros((0, 1), dtype=np.int64)
+_ZERO = np.zeros(1, dtype=np.int64)
 
 
 class DomainTables:
@@ -38,6 +41,7 @@ class DomainTables:
         self.info = info
         k = len(info)
         self.addr = np.array([st.addr16 for st, _, _ in info], dtype="S16").reshape(k)
+        self.addr_words = self.addr.view(np.uint64).reshape(k, 2)
         self.version = np.array([v for _, v, _ in info], dtype=np.uint8)
         self.domain = np.array([d for _, _, d in info], dtype=np.uint32)
         self.policy_rate = np.array([st.policy[0] for st, _, _ in info], dtype=np.uint64)
@@ -66,28 +70,30 @@ def finish(state: DecoderState, batch: Batch) -> None:
     groups = [g for g in batch.groups.values() if sum(g.counts)]
     if batch.v5.counts:
         groups.append(batch.v5)
-    parts: list[tuple[int, dict[str, np.ndarray]]] = []
+    plans = [_fused(g) for g in groups]
+    sizes = [sum(g.counts) for g in groups]
+    total = sum(sizes)
+    out = Output(total, tuple(max((p.scratch[w] for p in plans), default=0) for w in range(len(kernel.WIDTHS))))
+    lost: list[tuple[int, int]] = []
     if groups:
         dom = DomainTables(batch)
-        for g in groups:
-            n = sum(g.counts)
+        lo = 0
+        for g, fused, n in zip(groups, plans, sizes, strict=True):
             try:
-                parts.append((n, _decode_group(g, ctx, dom, n, result, batch.buf)))
+                _decode_group(g, ctx, dom, n, result, batch.buf, out, fused, lo)
             except Exception:  # a bug: count it and lose this group only; tests assert it never happens
                 result.errors[(batch.domain_info[int(ctx[g.ctx[0], 0])][0].name, "internal_error")] += 1
-    result.n_flows = total = sum(n for n, _ in parts)
-    out: dict[str, np.ndarray] = {}
-    owners: set[int] = set()
-    for c in _COLUMNS:
-        dtype = c.numpy_dtype
-        arrays = [_column(cols.get(c.name), n, dtype) for n, cols in parts]
-        column = arrays[0] if len(arrays) == 1 else np.concatenate(arrays) if arrays else \
-            np.zeros(total, dtype=dtype)
-        if id(column) in owners:  # one decoded array for two columns (e.g. no end time): each its own
-            column = column.copy()
-        owners.add(id(column))
-        out[c.name] = column
-    result.flows = out
+                lost.append((lo, lo + n))  # (its rows may be partly written: they are dropped)
+            lo += n
+    columns = out.flows()
+    if lost:
+        keep = np.ones(total, dtype=bool)
+        for a, b in lost:
+            keep[a:b] = False
+        columns = {name: column[keep] for name, column in columns.items()}
+        total = int(keep.sum())
+    result.n_flows = total
+    result.flows = columns
 
 
 def _walk_group(g: Group, ctx: np.ndarray, batch: Batch) -> None:
@@ -169,67 +175,130 @@ def observe_sequences(state: DecoderState, batch: Batch) -> None:
             result.sequence_resets[key[0]] += resets
 
 
+def _fused(g: Group) -> FusedPlan:
+    """The group's plan remapped into the batch's columns (made once per compiled template)."""
+    compiled = g.compiled
+    if compiled is None:
+        return _V5
+    plan = cast(kernel.Plan, compiled.plan)
+    if plan.fused is None:
+        columns = [(ref.name, column) for column, (ref, kind) in compiled.columns.items()
+                   if kind not in ("ipv4", "ipv6")]
+        fused = plan.fused = FusedPlan(plan, columns)
+        fused.times = _time_spec(fused, compiled)
+        fused.rate_in_record = bool(_RATE_IES & compiled.refs.keys())
+    return cast(FusedPlan, plan.fused)
+
+
 def _decode_group(g: Group, ctx: np.ndarray, dom: DomainTables, n: int, result: DecodeResult,
-                  batch_buf: bytes | memoryview) -> dict[str, np.ndarray]:
-    """The ``flows`` columns of one group (arrays, or 0-d scalars for values shared by every record)."""
+                  batch_buf: bytes | memoryview, out: Output, fused: FusedPlan, lo: int) -> None:
+    """Write the ``flows`` columns of one group's ``n`` records into rows ``lo:lo + n`` of ``out``."""
+    hi = lo + n
+    out.zero_absent(fused, lo, hi)
     if g.compiled is not None and not g.compiled.fixed:
         counts, set_ctx = np.asarray(g.counts, dtype=np.int64), np.asarray(g.ctx, dtype=np.int64)
         where, reclen = np.asarray(g.where, dtype=np.int64), 0
-        plan = cast(kernel.Plan, g.compiled.plan)
         starts = cast(np.ndarray, g.starts)
-        view = kernel.read_records(plan, cast(bytes, g.chunks[0]), starts)
+        kernel.gather_into(fused.plan, out.U, out.A, lo, cast(bytes, g.chunks[0]), _ZERO, np.array([n]), 0, starts)
         first = np.ascontiguousarray(starts[:, 0])
     else:
         source, offsets, counts, set_ctx, where = _sets(g, batch_buf)
         reclen = netflow5.RECORD_LEN if g.compiled is None else g.compiled.reclen
-        if g.compiled is None:
-            view = kernel.read_sets(netflow5.PLAN, source, offsets, counts, netflow5.RECORD_LEN)
-        else:
-            view = kernel.read_sets(cast(kernel.Plan, g.compiled.plan), source, offsets, counts, g.compiled.reclen)
+        kernel.gather_into(fused.plan, out.U, out.A, lo, source, offsets, counts, reclen, _NO_SEGMENTS)
         first = _NO_STARTS
+    view = out.view(fused, lo, hi)
     per_set = ctx[set_ctx]  # datagram values, one row per data set
-    datagram, offset = np.empty(n, dtype=np.uint64), np.empty(n, dtype=np.uint16)
-    record_identity(np.ascontiguousarray(per_set[:, CTX_DIGEST]), where, counts, reclen, first, datagram, offset)
+    set_slot = np.ascontiguousarray(per_set[:, 0])
+    record_context(set_slot, np.ascontiguousarray(per_set[:, 1]), np.ascontiguousarray(per_set[:, CTX_DIGEST]),
+                   where, counts, reclen, first, dom.addr_words, dom.domain, dom.version, lo,
+                   out.column("time_received"), out.A[A_ROWS["exporter"]], out.column("observation_domain"),
+                   out.column("version"), out.column("datagram"), out.column("datagram_offset"))
+
+    export_set, uptime_set = np.ascontiguousarray(per_set[:, 2]), np.ascontiguousarray(per_set[:, 3])
+    compiled = g.compiled
+    times = fused.times
+    # IPFIX sets of a template shared with v9: their sysUptime times count from systemInitTime (numpy)
+    if times is not None and kernel.T_UPTIME in (times[0, 0], times[1, 0]) and (uptime_set < 0).any():
+        times = None
+    per_set_rate = compiled is None or not fused.rate_in_record
+    if per_set_rate:  # the announced rate is one per set: resolved per set, applied in the compiled pass
+        announced_set = per_set[:, 4].astype(np.uint64) if compiled is None else dom.domain_rate[set_slot]
+        rate = resolve(announced_set, dom.policy_rate[set_slot], dom.override[set_slot])
+    kernel.fill_records(counts, export_set, uptime_set, rate if per_set_rate else _NO_RATE,
+                        _NO_TIMES if times is None else times, out.U[4], out.U[8], lo, out.column("flow_start"),
+                        out.column("flow_end"), out.column("sampling_rate"), out.column("raw_bytes"),
+                        out.column("raw_packets"), out.column("bytes"), out.column("packets"))
+    if compiled is not None and (times is None or not per_set_rate):
+        _per_record(compiled, view, out, lo, hi, counts, set_slot, export_set, uptime_set, dom, times is None,
+                    not per_set_rate)
+    if compiled is not None and {compiled.start_ie, compiled.end_ie} & {21, 22} \
+            and ies.SYSTEM_INIT_TIME not in compiled.refs:
+        _count_missing_init_time(set_slot, counts, dom, result)
+    per_slot = np.bincount(set_slot, weights=counts, minlength=len(dom.version))
+    for s in np.nonzero(per_slot)[0]:
+        st, version, _ = dom.info[s]
+        result.records[(st.name, version)] += int(per_slot[s])
+
+
+def _per_record(compiled: Compiled, view: kernel.Gathered, out: Output, lo: int, hi: int, counts: np.ndarray,
+                set_slot: np.ndarray, export_set: np.ndarray, uptime_set: np.ndarray, dom: DomainTables,
+                times: bool, rates: bool) -> None:
+    """The times (NTP, delta and IPFIX sysUptime forms) and rates (in the records, or keyed by sampler) that the
+    compiled pass does not make, with numpy over the group's records."""
 
     def expand(values: np.ndarray) -> np.ndarray:
         """Per-set values to per-record values: a 0-d scalar when they are all equal (the common case)."""
         return cast(np.ndarray, values[0]) if (values == values[0]).all() else np.repeat(values, counts)
 
-    set_slot = per_set[:, 0]
     slot = expand(set_slot)
-    received, export_ms, uptime = expand(per_set[:, 1]), expand(per_set[:, 2]), expand(per_set[:, 3])
-    if g.compiled is None:  # NetFlow v5
-        cols = netflow5.columns(view, export_ms, uptime)
-        announced = expand(per_set[:, 4].astype(np.uint64))
-    else:
-        compiled = g.compiled
-        cols = templated.flow_columns(compiled, view)
+    if times:
+        export_ms, uptime = expand(export_set), expand(uptime_set)
+        flow_start, flow_end = out.column("flow_start"), out.column("flow_end")
         init = dom.init_ms[slot]
-        cols["flow_start"] = templated.time_column(view, compiled, compiled.start_ie, export_ms, uptime, init)
+        if compiled.start_ie is not None or compiled.end_ie is None:
+            flow_start[lo:hi] = templated.time_column(view, compiled, compiled.start_ie, export_ms, uptime, init)
         if compiled.end_ie is None:
-            cols["flow_end"] = cols["flow_start"]
+            flow_end[lo:hi] = flow_start[lo:hi]
         else:
-            cols["flow_end"] = templated.time_column(view, compiled, compiled.end_ie, export_ms, uptime, init)
+            flow_end[lo:hi] = templated.time_column(view, compiled, compiled.end_ie, export_ms, uptime, init)
             if compiled.start_ie is None:
-                cols["flow_start"] = cols["flow_end"]
-        announced = _announced_rates(compiled, view, slot, dom, n)
-        if {compiled.start_ie, compiled.end_ie} & {21, 22} and ies.SYSTEM_INIT_TIME not in compiled.refs:
-            _count_missing_init_time(set_slot, counts, dom, result)
-    rate = resolve(announced, dom.policy_rate[slot], dom.override[slot])
-    raw_bytes = _column(cols.get("raw_bytes"), n, np.dtype(np.uint64))
-    raw_packets = _column(cols.get("raw_packets"), n, np.dtype(np.uint64))
-    cols.update(raw_bytes=raw_bytes, raw_packets=raw_packets, sampling_rate=rate, time_received=received,
-                exporter=dom.addr[slot], observation_domain=dom.domain[slot], version=dom.version[slot],
-                datagram=datagram, datagram_offset=offset)
-    if np.ndim(rate) == 0 and rate == 1:
-        cols.update(bytes=raw_bytes.copy(), packets=raw_packets.copy())  # unsampled: no multiply
-    else:
-        cols.update(bytes=raw_bytes * rate, packets=raw_packets * rate)
-    per_slot = np.bincount(set_slot, weights=counts, minlength=len(dom.version))
-    for s in np.nonzero(per_slot)[0]:
-        st, version, _ = dom.info[s]
-        result.records[(st.name, version)] += int(per_slot[s])
-    return cols
+                flow_start[lo:hi] = flow_end[lo:hi]
+    if rates:
+        rate = resolve(_announced_rates(compiled, view, slot, dom, hi - lo), dom.policy_rate[slot],
+                       dom.override[slot])
+        out.column("sampling_rate")[lo:hi] = rate
+        raw_bytes, raw_packets = out.column("raw_bytes")[lo:hi], out.column("raw_packets")[lo:hi]
+        if np.ndim(rate) == 0 and rate == 1:  # unsampled: no multiply
+            out.column("bytes")[lo:hi] = raw_bytes
+            out.column("packets")[lo:hi] = raw_packets
+        else:
+            np.multiply(raw_bytes, rate, out=out.column("bytes")[lo:hi])
+            np.multiply(raw_packets, rate, out=out.column("packets")[lo:hi])
+
+
+_TIME_MODES = {None: kernel.T_NONE, 21: kernel.T_UPTIME, 22: kernel.T_UPTIME, 152: kernel.T_MS, 153: kernel.T_MS,
+               323: kernel.T_MS, 150: kernel.T_S, 151: kernel.T_S}
+"""Time elements the compiled pass converts (others: :func:`decoders.netflow.templated.time_column`)."""
+_RATE_IES = frozenset({*ies.RATE_IES, ies.SAMPLER_ID, ies.SELECTOR_ID})
+_NO_RATE = np.zeros(0, dtype=np.uint32)
+_NO_TIMES = np.zeros((0, 3), dtype=np.int64)
+
+
+def _time_spec(fused: FusedPlan, compiled: Compiled) -> np.ndarray | None:
+    """(mode, width, row) of the start and end times for :func:`decoders.netflow.kernel.fill_records`, or None."""
+    start, end = compiled.start_ie, compiled.end_ie
+    if start not in _TIME_MODES or end not in _TIME_MODES:
+        return None
+    start, end = (end, end) if start is None else (start, start) if end is None else (start, end)
+    rows = []
+    for ie in (start, end):
+        width, row = fused.plan.u_rows[compiled.refs[ie].name] if ie is not None else (8, 0)
+        rows.append((_TIME_MODES[ie], width, row))
+    return np.array(rows, dtype=np.int64)
+
+
+_V5 = FusedPlan(netflow5.PLAN, netflow5.COLUMNS)
+_V5.times = np.array([(kernel.T_UPTIME, *_V5.plan.u_rows[name]) for name in ("first", "last")], dtype=np.int64)
 
 
 def _count_missing_init_time(set_slot: np.ndarray, counts: np.ndarray, dom: DomainTables,
@@ -301,15 +370,3 @@ def _sets(g: Group, buf: bytes | memoryview
     offset, count, ctx, where = (x[0] if len(x) == 1 else np.concatenate(x) for x in (offsets, counts, ctxs, wheres))
     source = b"".join([base, *extra]) if extra else base
     return source, offset, count, ctx, where
-
-
-def _column(values: np.ndarray | None, n: int, dtype: np.dtype) -> np.ndarray:
-    """A native, contiguous column of ``n`` rows from decoded values, a 0-d scalar (broadcast) or None (zeros)."""
-    if values is None:
-        return np.zeros(n, dtype=dtype)
-    if np.ndim(values) == 0:
-        return np.full(n, values, dtype=dtype)
-    # Views of the datagram bytes are read-only: copy them, so callers own writable columns.
-    column: np.ndarray = values.astype(dtype, copy=values.dtype != dtype or not values.flags.c_contiguous
-                                       or not values.flags.writeable)
-    return column

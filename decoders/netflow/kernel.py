@@ -199,9 +199,10 @@ def _be64(b: np.ndarray, p: np.uint64) -> np.uint64:
 @njit(nogil=True, cache=CACHE)
 def gather(b: np.ndarray, offsets: np.ndarray, counts: np.ndarray, reclen: Int, starts: np.ndarray,
            PU: np.ndarray, P4: np.ndarray, P6: np.ndarray, U1: np.ndarray, U2: np.ndarray, U4: np.ndarray,
-           U8: np.ndarray, A: np.ndarray) -> None:
+           U8: np.ndarray, A: np.ndarray, lo: Int, arow: np.ndarray) -> None:
     """Every field of the plan (``PU``, ``P4``, ``P6``) into ``U1``..``U8`` (integers by width) and ``A``
-    (addresses, 16 bytes each as two native little-endian words), a chunk of records at a time.
+    (addresses, 16 bytes each as two native little-endian words), a chunk of records at a time, record ``i`` at
+    index ``lo + i`` of its output row. Address ``f`` of the plan (P4 then P6) goes to row ``arow[f]`` of ``A``.
 
     Fixed-length records: ``counts[s]`` records of ``reclen`` bytes from ``offsets[s]``, for every set ``s``, and
     ``starts`` empty. Variable-length records: ``starts[i, seg]`` is where fixed segment ``seg`` of record ``i``
@@ -220,6 +221,7 @@ def gather(b: np.ndarray, offsets: np.ndarray, counts: np.ndarray, reclen: Int, 
     base = np.uint64(0)
     for i0 in range(0, n, CHUNK):
         m = min(CHUNK, n - i0)
+        o = lo + i0
         if variable:
             for j in range(m):
                 for g in range(nseg):
@@ -244,21 +246,32 @@ def gather(b: np.ndarray, offsets: np.ndarray, counts: np.ndarray, reclen: Int, 
                     p = R[j * nseg + seg] + off
                     v = (np.uint64(b[p]) << _U24) | (np.uint64(b[p + np.uint64(1)]) << _U16) \
                         | (np.uint64(b[p + np.uint64(2)]) << _U8) | np.uint64(b[p + np.uint64(3)])
-                    U4[row, i0 + j] = np.uint32(v)
+                    U4[row, o + j] = np.uint32(v)
                 continue
             if length == width and length == 2:
                 for j in range(m):
                     p = R[j * nseg + seg] + off
-                    U2[row, i0 + j] = np.uint16((np.uint64(b[p]) << _U8) | np.uint64(b[p + np.uint64(1)]))
+                    U2[row, o + j] = np.uint16((np.uint64(b[p]) << _U8) | np.uint64(b[p + np.uint64(1)]))
                 continue
             if length == width and length == 1:
                 for j in range(m):
-                    U1[row, i0 + j] = b[R[j * nseg + seg] + off]
+                    U1[row, o + j] = b[R[j * nseg + seg] + off]
                 continue
             if length == width and length == 8:
                 for j in range(m):
                     p = R[j * nseg + seg] + off
-                    U8[row, i0 + j] = _be64(b, p)
+                    U8[row, o + j] = _be64(b, p)
+                continue
+            if length == 2 and width == 4:  # v5 interfaces and AS numbers
+                for j in range(m):
+                    p = R[j * nseg + seg] + off
+                    U4[row, o + j] = np.uint32((np.uint64(b[p]) << _U8) | np.uint64(b[p + np.uint64(1)]))
+                continue
+            if length == 4 and width == 8:  # 4-byte counters (v5, many v9 exporters)
+                for j in range(m):
+                    p = R[j * nseg + seg] + off
+                    U8[row, o + j] = (np.uint64(b[p]) << _U24) | (np.uint64(b[p + np.uint64(1)]) << _U16) \
+                        | (np.uint64(b[p + np.uint64(2)]) << _U8) | np.uint64(b[p + np.uint64(3)])
                 continue
             if length == 4:
                 for j in range(m):
@@ -284,16 +297,16 @@ def gather(b: np.ndarray, offsets: np.ndarray, counts: np.ndarray, reclen: Int, 
                     T[j] = v
             if width == 8:
                 for j in range(m):
-                    U8[row, i0 + j] = T[j]
+                    U8[row, o + j] = T[j]
             elif width == 4:
                 for j in range(m):
-                    U4[row, i0 + j] = np.uint32(T[j] & np.uint64(0xFFFFFFFF))
+                    U4[row, o + j] = np.uint32(T[j] & np.uint64(0xFFFFFFFF))
             elif width == 2:
                 for j in range(m):
-                    U2[row, i0 + j] = np.uint16(T[j] & np.uint64(0xFFFF))
+                    U2[row, o + j] = np.uint16(T[j] & np.uint64(0xFFFF))
             else:
                 for j in range(m):
-                    U1[row, i0 + j] = np.uint8(T[j] & np.uint64(0xFF))
+                    U1[row, o + j] = np.uint8(T[j] & np.uint64(0xFF))
         for f in range(n4):
             seg = P4[f, P4_SEG]
             off = P4[f, P4_OFF]
@@ -304,24 +317,86 @@ def gather(b: np.ndarray, offsets: np.ndarray, counts: np.ndarray, reclen: Int, 
                     | (np.uint64(b[p + np.uint64(2)]) << _U48) | (np.uint64(b[p + np.uint64(3)]) << _U56)
                 if alt and v4 == 0:
                     q = R[j * nseg + P4[f, P4_ALT_SEG]] + P4[f, P4_ALT_OFF]
-                    A[f, i0 + j, 0] = _le64(b, q)
-                    A[f, i0 + j, 1] = _le64(b, q + np.uint64(8))
+                    A[arow[f], o + j, 0] = _le64(b, q)
+                    A[arow[f], o + j, 1] = _le64(b, q + np.uint64(8))
                 else:
-                    A[f, i0 + j, 0] = 0
-                    A[f, i0 + j, 1] = v4 | _MAPPED
+                    A[arow[f], o + j, 0] = 0
+                    A[arow[f], o + j, 1] = v4 | _MAPPED
         for f in range(P6.shape[0]):
             seg = P6[f, P6_SEG]
             off = P6[f, P6_OFF]
             for j in range(m):
                 p = R[j * nseg + seg] + off
-                A[n4 + f, i0 + j, 0] = _le64(b, p)
-                A[n4 + f, i0 + j, 1] = _le64(b, p + np.uint64(8))
+                A[arow[n4 + f], o + j, 0] = _le64(b, p)
+                A[arow[n4 + f], o + j, 1] = _le64(b, p + np.uint64(8))
+
+
+T_NONE, T_UPTIME, T_MS, T_S = range(4)
+"""How :func:`fill_records` makes a time: the export time; sysUptime-relative ms against the header's sysUptime (v5,
+v9); ms since the epoch (IPFIX 152/153/323); seconds (150/151)."""
+
+
+@njit(nogil=True, cache=CACHE, inline="always")
+def _time(mode: Int, v: Int, export_ms: Int, uptime: Int) -> Int:
+    if mode == T_UPTIME:  # the age uptime - v modulo 2**32, read as signed (see decoders.netflow.v5.uptime_to_ms)
+        age = (uptime - v) & 0xFFFFFFFF
+        if age >= 0x80000000:
+            age -= 0x100000000
+        return export_ms - age
+    if mode == T_MS:
+        return v
+    if mode == T_S:
+        return v * 1000
+    return export_ms
+
+
+@njit(nogil=True, cache=CACHE)
+def fill_records(counts: np.ndarray, export_ms: np.ndarray, uptime: np.ndarray, rate: np.ndarray, times: np.ndarray,
+                 U4: np.ndarray, U8: np.ndarray, lo: Int, flow_start: np.ndarray, flow_end: np.ndarray,
+                 sampling_rate: np.ndarray, raw_bytes: np.ndarray, raw_packets: np.ndarray, out_bytes: np.ndarray,
+                 out_packets: np.ndarray) -> None:
+    """Times, sampling rate and sampled counters of the records of consecutive sets (``counts[s]`` each), from
+    index ``lo``, in one pass. Per set: ``export_ms``, ``uptime`` (header values), ``rate`` (the resolved rate; an
+    empty ``rate``: rates and counters are written elsewhere). ``times``: (mode, width, row) of the start and then
+    the end time (modes ``T_*``; the field's row of ``U4`` or ``U8`` by its width); an empty ``times``: written
+    elsewhere."""
+    # One loop per output column and per set, the mode and source row fixed in it: LLVM keeps branches out of the
+    # inner loops (a branch per record on the mode cost more than the work).
+    for t in range(times.shape[0]):
+        mode, width, row = times[t, 0], times[t, 1], times[t, 2]
+        dest = flow_start if t == 0 else flow_end
+        i = lo
+        for s in range(counts.shape[0]):
+            e = export_ms[s]
+            u = uptime[s]
+            c = counts[s]
+            if mode == T_NONE:
+                for k in range(i, i + c):
+                    dest[k] = e
+            elif width == 4:
+                for k in range(i, i + c):
+                    dest[k] = _time(mode, np.int64(U4[row, k]), e, u)
+            else:
+                for k in range(i, i + c):
+                    dest[k] = _time(mode, np.int64(U8[row, k]), e, u)
+            i += c
+    if rate.shape[0] > 0:
+        i = lo
+        for s in range(counts.shape[0]):
+            r = np.uint64(rate[s])
+            r32 = np.uint32(rate[s])
+            c = counts[s]
+            for k in range(i, i + c):
+                sampling_rate[k] = r32
+                out_bytes[k] = raw_bytes[k] * r
+                out_packets[k] = raw_packets[k] * r
+            i += c
 
 
 class Plan:
     """What a template's records are read for: the field plans of the kernel and where each value lands."""
 
-    __slots__ = ("PU", "P4", "P6", "u_rows", "a_rows", "rows_per_width")
+    __slots__ = ("PU", "P4", "P6", "u_rows", "a_rows", "rows_per_width", "fused")
 
     def __init__(self, PU: np.ndarray, P4: np.ndarray, P6: np.ndarray, u_rows: dict[str, tuple[int, int]],
                  a_rows: dict[str, int], rows_per_width: tuple[int, ...]) -> None:
@@ -334,6 +409,8 @@ class Plan:
         """Output rows of each width of :data:`WIDTHS`."""
         self.a_rows = a_rows
         """Address column -> row of :attr:`Gathered.A`."""
+        self.fused: object | None = None
+        """This plan remapped into a batch's columns (:class:`decoders.netflow.columns.FusedPlan`), made on use."""
 
 
 def make_plan(uints: list[tuple[str, int, int, int, int]],
@@ -385,6 +462,13 @@ class Gathered:
         self.U = dict(zip(WIDTHS, views[:-1], strict=True))
         self.A = views[-1]
 
+    @classmethod
+    def of(cls, plan: Plan, U: dict[int, np.ndarray], A: np.ndarray, n: int) -> Gathered:
+        """Fields already gathered into ``U`` and ``A`` (e.g. a range of a batch's columns) by ``plan``."""
+        out = cls.__new__(cls)
+        out.plan, out.U, out.A, out.n = plan, U, A, n
+        return out
+
     def uint(self, name: str) -> np.ndarray:
         """An integer field (by its plan name), native unsigned of its width, contiguous and writable."""
         width, row = self.plan.u_rows[name]
@@ -421,11 +505,21 @@ def read_records(plan: Plan, buf: bytes | memoryview, starts: np.ndarray) -> Gat
     return out
 
 
+def gather_into(plan: Plan, U: dict[int, np.ndarray], A: np.ndarray, lo: int, buf: bytes | memoryview,
+                offsets: np.ndarray, counts: np.ndarray, reclen: int, starts: np.ndarray) -> None:
+    """Every field of ``plan`` from the records (as :func:`read_sets` or :func:`read_records` take them) into the
+    rows ``plan`` names of ``U`` (per width) and ``A``, from index ``lo``."""
+    arow = np.fromiter(plan.a_rows.values(), dtype=np.int64, count=len(plan.a_rows))
+    gather(as_bytes(buf), np.ascontiguousarray(offsets, dtype=np.int64), np.ascontiguousarray(counts, dtype=np.int64),
+           reclen, np.ascontiguousarray(starts, dtype=np.int64), plan.PU, plan.P4, plan.P6, U[1], U[2], U[4], U[8], A,
+           lo, arow)
+
+
 def _gather(out: Gathered, buf: bytes | memoryview, offsets: np.ndarray, counts: np.ndarray, reclen: int,
             starts: np.ndarray) -> None:
     p, u = out.plan, out.U
     gather(as_bytes(buf), offsets, np.ascontiguousarray(counts, dtype=np.int64), reclen, starts, p.PU, p.P4, p.P6,
-           u[1], u[2], u[4], u[8], out.A)
+           u[1], u[2], u[4], u[8], out.A, 0, np.arange(len(p.a_rows), dtype=np.int64))
 
 
 _NO_STARTS = np.zeros((0, 1), dtype=np.int64)
@@ -444,4 +538,8 @@ def warm_up() -> None:
     buf = bytes(16)
     read_sets(plan, buf, one, np.ones(1, dtype=np.int64), 16)
     read_records(plan, buf, np.zeros((1, 1), dtype=np.int64))
+    u4, u8 = np.zeros((1, 1), dtype=np.uint32), np.zeros((1, 1), dtype=np.uint64)
+    i64, u64 = np.zeros(1, dtype=np.int64), np.zeros(1, dtype=np.uint64)
+    fill_records(one, one, one, np.zeros(1, dtype=np.uint32), np.zeros((2, 3), dtype=np.int64), u4, u8, 0, i64, i64,
+                 np.zeros(1, dtype=np.uint32), u64, u64, u64, u64)
     warm_up_digest()  # the datagram identity of every record (decoders.digest)

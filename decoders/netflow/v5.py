@@ -3,7 +3,7 @@
 Parsing is split so that the records of many datagrams decode in one pass: :class:`V5Header` checks one datagram
 (the per-datagram path; :func:`decoders.netflow.kernel.scan` checks a whole batch) and says how many records it
 holds; the compiled gather reads the records of every datagram of the batch with :data:`PLAN`, and
-:func:`columns` makes the ``flows`` columns of them.
+:func:`times` makes their times.
 """
 
 from __future__ import annotations
@@ -68,10 +68,10 @@ PLAN = make_plan([(name, 0, off, length, width) for name, off, length, width in 
 """The fields of a v5 record as the compiled gather reads them (:mod:`decoders.netflow.kernel`)."""
 
 
-def columns(view: Gathered, export_ms: np.ndarray, uptime_ms: np.ndarray) -> dict[str, np.ndarray]:
-    """``flows`` columns (raw, before sampling) of gathered v5 records; header values per record (or 0-d)."""
-    cols = {name: view.uint(name) for name, *_ in _UINTS if name not in ("first", "last")}
-    cols.update({name: view.address(name) for name in ("src_addr", "dst_addr", "next_hop")})
-    cols["flow_start"] = uptime_to_ms(view.uint("first"), export_ms, uptime_ms)
-    cols["flow_end"] = uptime_to_ms(view.uint("last"), export_ms, uptime_ms)
-    return cols
+def times(view: Gathered, export_ms: np.ndarray, uptime_ms: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """``flow_start`` and ``flow_end`` of gathered v5 records; header values per record (or 0-d)."""
+    return uptime_to_ms(view.uint("first"), export_ms, uptime_ms), uptime_to_ms(view.uint("last"), export_ms, uptime_ms)
+
+
+COLUMNS = [(name, name) for name, *_ in _UINTS if name not in ("first", "last")]
+"""(field, column) of the integer columns of a v5 record (the addresses are the plan's own)."""

@@ -5,6 +5,7 @@ import random
 
 import numpy as np
 
+from decoders.digest import record_context
 from decoders.netflow import kernel
 from decoders.netflow.decoder import DecoderLimits, FlowDecoder
 from tests.decoders.packets import T0_MS, data_set, template_set, v5, v9
@@ -114,7 +115,8 @@ def test_warm_up_compiles_what_real_batches_use() -> None:
     """Batches joined into the reused buffer or into bytes, blocks or single datagrams: one compiled version of
     each kernel, the one warm_up made (a further one would compile on the event loop)."""
     kernel.warm_up()
-    before = {f: list(f.signatures) for f in (kernel.scan, kernel.gather)}
+    kernels = (kernel.scan, kernel.gather, kernel.fill_records, record_context)
+    before = {f: list(f.signatures) for f in kernels}
     for batches in (_multiset_traffic(1, 60), _v5_traffic(2, 60)):
         dec = FlowDecoder()
         for batch in batches:
@@ -123,5 +125,38 @@ def test_warm_up_compiles_what_real_batches_use() -> None:
     big._joiner.keep_bytes = 0  # every batch joined into bytes of its own
     for batch in _multiset_traffic(2, 60):
         big.decode(batch)
-    assert {f: list(f.signatures) for f in (kernel.scan, kernel.gather)} == before
+    assert {f: list(f.signatures) for f in kernels} == before
     assert all(len(s) == 1 for s in before.values())
+
+
+def test_fill_records_times_rates_and_counters_are_those_of_the_numpy_forms() -> None:
+    """The compiled pass makes the same times (sysUptime with wraps on both sides, ms, s, export time), rates and
+    sampled counters as the numpy expressions it replaced, record by record, from an offset into the columns."""
+    from decoders.netflow.v5 import uptime_to_ms
+
+    rng = np.random.default_rng(7)
+    counts = np.array([3, 0, 5, 1], dtype=np.int64)
+    n, lo = int(counts.sum()), 2
+    export = rng.integers(0, 1 << 41, len(counts)).astype(np.int64)
+    uptime = np.array([0, 5, (1 << 32) - 1, 1 << 31], dtype=np.int64)
+    rate = np.array([1, 7, 1 << 31, 3], dtype=np.uint32)
+    U4 = np.zeros((2, lo + n), dtype=np.uint32)
+    U8 = np.zeros((3, lo + n), dtype=np.uint64)
+    U4[1, lo:] = rng.integers(0, 1 << 32, n, dtype=np.uint64).astype(np.uint32)
+    U8[1, lo:] = rng.integers(0, 1 << 63, n, dtype=np.uint64) * np.uint64(2)  # ms, past the int64 range too
+    U8[2, lo:] = rng.integers(0, 1 << 40, n, dtype=np.uint64)  # raw counters
+    per = {name: np.repeat(v, counts) for name, v in (("export", export), ("uptime", uptime), ("rate", rate))}
+    cases = [((kernel.T_UPTIME, 4, 1), uptime_to_ms(U4[1, lo:], per["export"], per["uptime"])),
+             ((kernel.T_MS, 8, 1), U8[1, lo:].astype(np.int64)),
+             ((kernel.T_S, 4, 1), U4[1, lo:].astype(np.int64) * 1000),
+             ((kernel.T_NONE, 8, 0), per["export"])]
+    for (spec, expected), (end_spec, end_expected) in zip(cases, cases[1:] + cases[:1], strict=True):
+        start, end = np.zeros(lo + n, dtype=np.int64), np.zeros(lo + n, dtype=np.int64)
+        sampling = np.zeros(lo + n, dtype=np.uint32)
+        out_bytes, out_packets = np.zeros(lo + n, dtype=np.uint64), np.zeros(lo + n, dtype=np.uint64)
+        kernel.fill_records(counts, export, uptime, rate, np.array([spec, end_spec], dtype=np.int64), U4, U8, lo,
+                            start, end, sampling, U8[2], U8[2], out_bytes, out_packets)
+        assert (start[lo:] == expected).all() and (end[lo:] == end_expected).all()
+        assert (start[:lo] == 0).all() and (sampling[:lo] == 0).all()
+        assert (sampling[lo:] == per["rate"]).all()
+        assert (out_bytes[lo:] == U8[2, lo:] * per["rate"]).all() and (out_packets == out_bytes).all()
