@@ -379,7 +379,10 @@ class ComplianceStage:
         """Static binding changes since the last call as a ``bindings`` batch (only with ``mirror_static``)."""
         if not self.mirror_static:
             return {}
-        rows = self.bindings._fetch("source='static' AND seq>?", (self._static_seq,))
+        # by the seq index: written as "source='static' AND seq>?" SQLite scans the table in id order (its
+        # ORDER BY), 9 ms a second with 100,000 bindings, for nothing most seconds
+        rows = self.bindings._fetch("id IN (SELECT id FROM bindings WHERE seq>?) AND source='static'",
+                                    (self._static_seq,))
         if not rows:
             return {}
         self._static_seq = max(r[10] for r in rows)
