@@ -3,6 +3,8 @@
 100,000 static subscribers (bindings in SQLite, as the daemon loads a static file), each batch new records.
 
     python -m pytest bench/test_compliance_bench.py --benchmark-enable -s
+    (on a shared machine add --benchmark-timer=time.thread_time: CPU time of the calling thread, where the stage's
+    compiled passes also run)
 
 ``shared``: the Mediator keeps its lookups (``keep_attribution``) and the compliance stage takes them, as the
 Pipeline does; ``separate``: the compliance stage looks every record up again (the stage alone, as before).

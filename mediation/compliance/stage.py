@@ -1,7 +1,8 @@
 """The compliance stage of the daemon: ``flows`` batches -> ``nat_events`` and ``ip_detail_records``.
 
-:class:`ComplianceStage` runs after decoding beside the Mediator (:mod:`mediation.flow_stages`), vectorised per
-batch:
+:class:`ComplianceStage` runs after decoding beside the Mediator (:mod:`mediation.flow_stages`), per batch, its
+per-record work in compiled passes (:mod:`mediation.compliance.kernels`: one scan of the batch, one pass making the
+``ip_detail_records`` columns, one finding the binding strings) and Arrow ``take`` for the string columns:
 
 * every record with a natEvent becomes a ``nat_events`` row (:mod:`mediation.compliance.nat` reads the code in the
 configured
