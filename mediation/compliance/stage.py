@@ -189,6 +189,19 @@ class BindingStrings:
         dense[new_ids - self._base] = new_slots
 
 
+class _Columns(dict[str, np.ndarray]):
+    """The columns of a ``flows`` batch as numpy, each read when first used (a batch without NAT rows, the usual
+    one, needs half of them; reading one costs microseconds, which small batches notice)."""
+
+    def __init__(self, flows: pa.RecordBatch) -> None:
+        super().__init__()
+        self.flows = flows
+
+    def __missing__(self, name: str) -> np.ndarray:
+        values = self[name] = column(self.flows, name)
+        return values
+
+
 class ComplianceStage:
     """``flows`` -> ``nat_events`` + ``ip_detail_records`` for one process (see the module docstring)."""
 
@@ -222,11 +235,7 @@ class ComplianceStage:
         out: dict[str, pa.RecordBatch] = {}
         if flows.num_rows == 0:
             return out
-        c = {name: column(flows, name) for name in (
-            "time_received", "flow_start", "flow_end", "exporter", "observation_domain", "src_addr", "dst_addr",
-            "src_port", "dst_port", "protocol", "bytes", "packets", "post_nat_src_addr", "post_nat_src_port",
-            "nat_event", "port_range_start", "port_range_end", "port_range_step", "port_range_ports",
-            "nat_pool_id", "firewall_event")}
+        c = _Columns(flows)
         # one compiled pass: the records with traffic, which are translated (for both tables), and whether there
         # is any NAT row to make at all (the usual batch has none: its numpy passes are skipped)
         n = flows.num_rows
