@@ -29,6 +29,7 @@ from decoders.received import Datagram, Received
 from decoders.sampling import SamplingPolicy
 from decoders.sflow.decoder import SflowDecoder, SflowLimits
 from decoders.sflow.decoder import warm_up as warm_up_sflow
+from mediation.compliance.kernels import warm_up as warm_up_compliance
 from mediation.compliance.stage import ComplianceStage, make_compliance
 from mediation.flow_stages import NamedStages, flow_stages
 from mediation.mediator import Mediator
@@ -157,6 +158,8 @@ class Components:
 
             warm_up_mediation()  # the record key and de-duplication kernels, before READY like the sFlow ones
             warm_up_mediator()  # the parts, attribution, class, validation and reconciliation kernels
+            if config.compliance.enabled:
+                warm_up_compliance()  # the compliance stage's scan, row and binding cache kernels
         return cls.assemble(config, decoder, sink, built, compliance=make_compliance(config, built, worker),
                             static=static)
 

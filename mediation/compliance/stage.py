@@ -1,7 +1,8 @@
 """The compliance stage of the daemon: ``flows`` batches -> ``nat_events`` and ``ip_detail_records``.
 
-:class:`ComplianceStage` runs after decoding beside the Mediator (:mod:`mediation.flow_stages`), vectorised per
-batch:
+:class:`ComplianceStage` runs after decoding beside the Mediator (:mod:`mediation.flow_stages`), per batch, its
+per-record work in compiled passes (:mod:`mediation.compliance.kernels`: one scan of the batch, one pass making the
+``ip_detail_records`` columns, one finding the binding strings) and Arrow ``take`` for the string columns:
 
 * every record with a natEvent becomes a ``nat_events`` row (:mod:`mediation.compliance.nat` reads the code in the
 configured
@@ -28,8 +29,10 @@ from typing import cast
 import numpy as np
 import pyarrow as pa
 
+from mediation.compliance.kernels import binding_slots, ipdr_rows, scan
 from mediation.compliance.nat import END, OBSERVED, S_FLOW, S_SESSION, SCOPES, START, classify, port_range
 from mediation.compliance.tables import ATTRIBUTION, IP_DETAIL_RECORDS, NAT_EVENTS
+from mediation.correlate import address_words, readonly
 from mediation.mediator import Attribution, Mediator, column
 from mediation.stage import Sections, Tables
 from mediation.subscribers.bindings import Bindings, split_addresses
@@ -60,6 +63,11 @@ _BINDING_CACHE_MAX = 1_000_000
 _COPIED = ("flow_start", "flow_end", "protocol", "src_addr", "src_port", "dst_addr", "dst_port", "exporter", "bytes",
            "packets", "time_received")
 """ip_detail_records columns that are the flows column of the same name (same Arrow type), taken as they are."""
+
+
+_NO_DENSE = np.zeros(0, dtype=np.int32)
+_STATUS = pa.array(ATTRIBUTION, pa.string())
+"""``ip_detail_records.status`` by code (:data:`mediation.compliance.kernels.SRC`, ``DST``, ``NONE``)."""
 
 
 class BindingStrings:
@@ -99,17 +107,23 @@ class BindingStrings:
         pos = np.minimum(np.searchsorted(self._ids, bid), len(self._ids) - 1)
         return np.where(self._ids[pos] == bid, self._slots[pos], 0)
 
+    def _locate(self, bid: np.ndarray, slot: np.ndarray, code: np.ndarray) -> int:
+        """Each id's slot and source code into ``slot`` and ``code`` (one compiled pass); returns how many ids >= 0
+        are not cached."""
+        dense = _NO_DENSE if self._dense is None else self._dense
+        return int(binding_slots(bid, dense, self._base, self._ids, self._slots, self._source_code, slot, code))
+
     def columns(self, bid: np.ndarray) -> tuple[pa.Array, pa.Array]:
         """Source and session id (Arrow strings, '' for -1) of each binding id in ``bid`` (int64)."""
-        slot = self._find(bid)
-        missing = np.unique(bid[(slot == 0) & (bid >= 0)])
-        if len(missing):
+        bid = np.ascontiguousarray(bid, dtype=np.int64)
+        slot, code = np.empty(len(bid), dtype=np.int32), np.empty(len(bid), dtype=np.int32)
+        if self._locate(bid, slot, code):
+            missing = np.unique(bid[(slot == 0) & (bid >= 0)])
             if len(self._ids) + len(missing) > self.max_entries:
                 self._clear()
             if self._add(missing):
-                slot = self._find(bid)
-        source = self._source_array.take(pa.array(self._source_code[slot]))
-        return source, self._session.take(pa.array(slot))
+                self._locate(bid, slot, code)
+        return self._source_array.take(pa.array(code)), self._session.take(pa.array(slot))
 
     def _add(self, ids: np.ndarray) -> int:
         """Read ``ids`` (sorted, unique) from the database into the cache; returns how many it had. Ids close
@@ -175,6 +189,19 @@ class BindingStrings:
         dense[new_ids - self._base] = new_slots
 
 
+class _Columns(dict[str, np.ndarray]):
+    """The columns of a ``flows`` batch as numpy, each read when first used (a batch without NAT rows, the usual
+    one, needs half of them; reading one costs microseconds, which small batches notice)."""
+
+    def __init__(self, flows: pa.RecordBatch) -> None:
+        super().__init__()
+        self.flows = flows
+
+    def __missing__(self, name: str) -> np.ndarray:
+        values = self[name] = column(self.flows, name)
+        return values
+
+
 class ComplianceStage:
     """``flows`` -> ``nat_events`` + ``ip_detail_records`` for one process (see the module docstring)."""
 
@@ -187,6 +214,7 @@ class ComplianceStage:
         self._static_seq = 0
         self._binding_strings = BindingStrings(bindings)
         self._names: pa.Array | None = None
+        self._zero_buffer = pa.py_buffer(b"")
         self.counters: dict[str, int] = {k: 0 for k in (
             "nat_events", "nat_nsel", "nat_observed", "nat_other", "records", "records_attributed",
             "records_attributed_destination", "records_unattributed", "records_looked_up")}
@@ -207,18 +235,21 @@ class ComplianceStage:
         out: dict[str, pa.RecordBatch] = {}
         if flows.num_rows == 0:
             return out
-        c = {name: column(flows, name) for name in (
-            "time_received", "flow_start", "flow_end", "exporter", "observation_domain", "src_addr", "dst_addr",
-            "src_port", "dst_port", "protocol", "bytes", "packets", "post_nat_src_addr", "post_nat_src_port",
-            "nat_event", "port_range_start", "port_range_end", "port_range_step", "port_range_ports",
-            "nat_pool_id", "firewall_event")}
-        c["translated"] = translated(c["post_nat_src_addr"])  # once for both tables
-        nat = self._nat_events(c)
-        if nat is not None:
-            out["nat_events"] = nat
-        traffic = np.flatnonzero((c["bytes"] > 0) | (c["packets"] > 0))
-        if len(traffic):
-            out["ip_detail_records"] = self._records(flows, c, traffic, attribution)
+        c = _Columns(flows)
+        # one compiled pass: the records with traffic, which are translated (for both tables), and whether there
+        # is any NAT row to make at all (the usual batch has none: its numpy passes are skipped)
+        n = flows.num_rows
+        c["nat_words"] = address_words(c["post_nat_src_addr"])
+        traffic, c["translated"] = np.empty(n, dtype=np.int64), np.empty(n, dtype=np.bool_)
+        k, events, nsel, seen = scan(readonly(c["bytes"], np.uint64), readonly(c["packets"], np.uint64),
+                                     readonly(c["nat_event"], np.uint8), readonly(c["firewall_event"], np.uint8),
+                                     c["nat_words"], traffic, c["translated"])
+        if events or nsel or (seen and self.nat_from_flows):
+            nat = self._nat_events(c)
+            if nat is not None:
+                out["nat_events"] = nat
+        if k:
+            out["ip_detail_records"] = self._records(flows, c, traffic[:k], attribution)
         return out
 
     def _nat_events(self, c: dict[str, np.ndarray]) -> pa.RecordBatch | None:
@@ -307,40 +338,45 @@ class ComplianceStage:
 
     def _records(self, flows: pa.RecordBatch, c: dict[str, np.ndarray], rows: np.ndarray,
                  attribution: Attribution | None = None) -> pa.RecordBatch:
-        t = c["flow_start"][rows].astype(np.int64)
-        ssub, sbid, dsub, dbid = self._attribute(c, rows, t, attribution)
-        src = ssub >= 0
-        dst = ~src & (dsub >= 0)
-        status = np.where(src, 0, np.where(dst, 1, 2)).astype(np.int8)
-        sub = np.where(src, ssub, np.where(dst, dsub, -1))
-        bid = np.where(src, sbid, np.where(dst, dbid, -1)).astype(np.int64)
-        names, _ = self.bindings.subscriber_arrays()
-        source, session = self._binding_strings.columns(bid)
         n = len(rows)
+        start, end = readonly(c["flow_start"], np.int64), readonly(c["flow_end"], np.int64)
+        ssub, sbid, dsub, dbid = self._attribute(c, rows, start[rows], attribution)
+        names, _ = self.bindings.subscriber_arrays()
+        # every per-row column in one compiled pass (status, subscriber, binding, msec, post-NAT address and port)
+        status, name = np.empty(n, dtype=np.int32), np.empty(n, dtype=np.int32)
+        bid, binding_id = np.empty(n, dtype=np.int64), np.empty(n, dtype=np.uint64)
+        start_msec, end_msec, nat_port = (np.empty(n, dtype=np.uint16) for _ in range(3))
+        nat_addr = np.empty((n, 2), dtype=np.uint64)
+        counts = np.zeros(len(ATTRIBUTION), dtype=np.int64)
+        ipdr_rows(rows, start, end, c["nat_words"], readonly(c["post_nat_src_port"], np.uint16), c["translated"],
+                  readonly(ssub, np.int32), readonly(sbid, np.int64), readonly(dsub, np.int32),
+                  readonly(dbid, np.int64), self.bindings.id_base, len(names) - 1, status, name, bid, binding_id,
+                  start_msec, end_msec, nat_addr, nat_port, counts)
+        source, session = self._binding_strings.columns(bid)
         self.counters["records"] += n
-        for i, count in enumerate(np.bincount(status, minlength=len(ATTRIBUTION)).tolist()):
+        for i, count in enumerate(counts.tolist()):
             self.counters[f"records_{ATTRIBUTION[i]}"] += count
-        is_nat = c["translated"][rows]
-        # the post-NAT source where translated, else zero: as two uint64 halves (no bytes compares or copies)
-        nat_addr = np.ascontiguousarray(c["post_nat_src_addr"][rows]).view("<u8").reshape(n, 2) * \
-            is_nat.astype(np.uint64)[:, None]
         # the flows columns as they are (Arrow, no copy) when every record has traffic, else taken by row
         take = None if n == flows.num_rows else pa.array(rows)
         arrays: dict[str, pa.Array] = {
             name: flows.column(name) if take is None else flows.column(name).take(take) for name in _COPIED}
         arrays.update({
-            "flow_start_msec": pa.array(_msec(t)), "flow_end_msec": pa.array(_msec(c["flow_end"][rows])),
+            "flow_start_msec": pa.array(start_msec), "flow_end_msec": pa.array(end_msec),
             "nat_addr": pa.FixedSizeBinaryArray.from_buffers(pa.binary(16), n, [None, pa.py_buffer(nat_addr)]),
-            "nat_port": pa.array(np.where(is_nat, c["post_nat_src_port"][rows], 0).astype(np.uint16)),
-            "binding_id": pa.array(self.bindings.exported_ids(bid)),
-            "batch_id": pa.array(np.zeros(n, dtype=np.uint64)),
-            "subscriber_id": self._arrow_names(names).take(pa.array(np.where(sub < 0, len(names) - 1, sub))),
+            "nat_port": pa.array(nat_port), "binding_id": pa.array(binding_id), "batch_id": self._zeros(n),
+            "subscriber_id": self._arrow_names(names).take(pa.array(name)),
             "binding_source": source, "session_id": session,
-            "status": pa.array(ATTRIBUTION, pa.string()).take(pa.array(status)),
+            "status": _STATUS.take(pa.array(status)),
         })
         schema = IP_DETAIL_RECORDS.arrow_schema
         return pa.RecordBatch.from_arrays([arrays[f.name].cast(f.type) if arrays[f.name].type != f.type
                                            else arrays[f.name] for f in schema], schema=schema)
+
+    def _zeros(self, n: int) -> pa.Array:
+        """``n`` uint64 zeros (the ``batch_id`` the sink fills in) over one buffer kept between batches."""
+        if self._zero_buffer.size < 8 * n:
+            self._zero_buffer = pa.py_buffer(np.zeros(max(n, 2 * self._zero_buffer.size // 8), dtype=np.uint64))
+        return pa.Array.from_buffers(pa.uint64(), n, [None, self._zero_buffer])
 
     def _arrow_names(self, names: np.ndarray) -> pa.Array:
         """Subscriber names as an Arrow array, rebuilt only when new subscribers appeared (names only grow)."""
@@ -353,7 +389,10 @@ class ComplianceStage:
         """Static binding changes since the last call as a ``bindings`` batch (only with ``mirror_static``)."""
         if not self.mirror_static:
             return {}
-        rows = self.bindings._fetch("source='static' AND seq>?", (self._static_seq,))
+        # by the seq index: written as "source='static' AND seq>?" SQLite scans the table in id order (its
+        # ORDER BY), 9 ms a second with 100,000 bindings, for nothing most seconds
+        rows = self.bindings._fetch("id IN (SELECT id FROM bindings WHERE seq>?) AND source='static'",
+                                    (self._static_seq,))
         if not rows:
             return {}
         self._static_seq = max(r[10] for r in rows)
