@@ -14,6 +14,7 @@ import numpy as np
 from collector.commands.common import config_options
 from collector.config import Config
 from collector.configtree import to_dict
+from collector.memory import tune_allocator
 
 if TYPE_CHECKING:
     from decoders.dispatch import DispatchDecoder
@@ -29,6 +30,7 @@ REDACTED = "<redacted>"
 @click.option("--worker", type=int, default=None, hidden=True, help="Internal: run as worker N of a supervisor.")
 def run(config: Config, worker: int | None) -> None:
     """Run the collector daemon in the foreground (logs to stderr; stop with SIGTERM or Ctrl-C, reload with SIGHUP)."""
+    tune_allocator()  # before the first batch: keeps numpy's large per-batch arrays out of glibc's heap arenas
     ctx = click.get_current_context()
     config_path = ctx.meta.get("flowmed.config_path")
     overrides = tuple(ctx.meta.get("flowmed.overrides", ()))
