@@ -7,6 +7,10 @@ Each variant is a set of environment variables (``base``: none added) given to a
 embedded store), offered ``--rate`` v9 datagrams/s (30 records each, ``vary``) for ``--seconds``. The variants run
 one after the other, round after round, so a busy machine weighs on each alike.
 
+``FLOWMED_MEMPROBE_UNTUNED=1`` runs the daemon without :func:`collector.memory.tune_allocator` (glibc's dynamic
+mmap threshold, as before it); ``FLOWMED_MEMPROBE_TRIM_S=N`` calls ``malloc_trim(0)`` every N seconds (what the heap
+holds free, and could give back).
+
 The daemon runs under ``python -m bench.memprobe daemon ARGS`` (the same ``collector.cli`` ``main``, in the same
 process) with a thread that writes, every ``FLOWMED_MEMPROBE_EVERY_S`` seconds, a JSON line to ``FLOWMED_MEMPROBE``:
 VmRSS and VmHWM, ``/proc/self/smaps_rollup`` (anonymous against file-backed), glibc's ``mallinfo2`` (bytes in the
@@ -107,6 +111,10 @@ def daemon(args: list[str]) -> None:
         threading.Thread(target=_probe_loop, args=(path, every), name="memprobe", daemon=True).start()
     from collector.cli import main as cli_main
 
+    if os.environ.get("FLOWMED_MEMPROBE_UNTUNED"):  # "before": glibc's dynamic mmap threshold, as until now
+        from collector.commands import core
+
+        core.tune_allocator = lambda: False
     sys.argv = ["flowmed", *args]
     cli_main()
 
@@ -150,11 +158,11 @@ def run_variant(h: Any, variant: str, rate: int, seconds: float, workdir: Path) 
             kw["env"] = {**kw.get("env", os.environ), **env_add}
         return real_popen(cmd, **kw)
 
-    harness.subprocess.Popen = popen  # type: ignore[assignment]
+    harness.subprocess.Popen = popen  # type: ignore[assignment,attr-defined]
     try:
         c = h.start("flowmed")
     finally:
-        harness.subprocess.Popen = real_popen  # type: ignore[assignment]
+        harness.subprocess.Popen = real_popen  # type: ignore[assignment,attr-defined]
     out: dict[str, Any] = {}
     try:
         idle = _rollup(c.proc.pid)["Rss"]
