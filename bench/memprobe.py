@@ -33,6 +33,7 @@ import sys
 import tempfile
 import threading
 import time
+import urllib.request
 from pathlib import Path
 from typing import Any
 
@@ -152,8 +153,11 @@ def run_variant(h: Any, variant: str, rate: int, seconds: float, workdir: Path) 
     env_add = {**_env_of(variant), "FLOWMED_MEMPROBE": str(probe)}
     real_popen = subprocess.Popen
 
+    metrics: list[str] = []
+
     def popen(cmd: list[str], **kw: Any) -> subprocess.Popen:  # type: ignore[type-arg]
         if cmd[1:3] == ["-m", "collector.cli"]:
+            metrics.extend(a.split("=", 1)[1] for a in cmd if a.startswith("metrics.listen="))
             cmd = [cmd[0], "-m", "bench.memprobe", "daemon", *cmd[3:]]
             kw["env"] = {**kw.get("env", os.environ), **env_add}
         return real_popen(cmd, **kw)
@@ -168,8 +172,25 @@ def run_variant(h: Any, variant: str, rate: int, seconds: float, workdir: Path) 
         idle = _rollup(c.proc.pid)["Rss"]
         load0 = os.getloadavg()[0]
         cpu0 = harness.cpu_seconds([c.proc.pid])
+        buffered: list[int] = []
+        stop = threading.Event()
+
+        def sample_sink() -> None:  # rows waiting in the sink (every table), from the daemon's /metrics
+            while not stop.wait(2.0):
+                try:
+                    text = urllib.request.urlopen(f"http://{metrics[0]}/metrics", timeout=2).read().decode()
+                except OSError:
+                    continue
+                buffered.append(sum(int(float(line.split()[-1])) for line in text.splitlines()
+                                    if line.startswith("flowmed_sink_buffered_rows")))
+
+        sampler = threading.Thread(target=sample_sink, daemon=True)
+        sampler.start()
         run_load(version=9, target=("127.0.0.1", c.port), rate=rate, duration_s=seconds, records=30, vary=True)
         out["cpu_cores"] = round((harness.cpu_seconds([c.proc.pid]) - cpu0) / seconds, 2)
+        stop.set()
+        half = buffered[len(buffered) // 2:] or [0]
+        out["sink_rows_median_second_half"], out["sink_rows_max"] = int(statistics.median(half)), max(buffered or [0])
         out["largest_anon"] = largest_anonymous(c.proc.pid, 8)
         out["drops"] = sum(dr for _, dr in harness.udp_sockets(c.port))
         harness.wait_drained(c.port)
