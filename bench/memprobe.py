@@ -150,7 +150,9 @@ def run_variant(h: Any, variant: str, rate: int, seconds: float, workdir: Path) 
     from bench.load import run_load
 
     probe = workdir / f"probe-{h.runs + 1:03d}.jsonl"
-    env_add = {**_env_of(variant), "FLOWMED_MEMPROBE": str(probe)}
+    env_add = {k: v for k, v in _env_of(variant).items() if not k.startswith("set:")}
+    env_add["FLOWMED_MEMPROBE"] = str(probe)
+    sets = [a for k, v in _env_of(variant).items() if k.startswith("set:") for a in ("--set", f"{k[4:]}={v}")]
     real_popen = subprocess.Popen
 
     metrics: list[str] = []
@@ -158,7 +160,7 @@ def run_variant(h: Any, variant: str, rate: int, seconds: float, workdir: Path) 
     def popen(cmd: list[str], **kw: Any) -> subprocess.Popen:  # type: ignore[type-arg]
         if cmd[1:3] == ["-m", "collector.cli"]:
             metrics.extend(a.split("=", 1)[1] for a in cmd if a.startswith("metrics.listen="))
-            cmd = [cmd[0], "-m", "bench.memprobe", "daemon", *cmd[3:]]
+            cmd = [cmd[0], "-m", "bench.memprobe", "daemon", *cmd[3:], *sets]
             kw["env"] = {**kw.get("env", os.environ), **env_add}
         return real_popen(cmd, **kw)
 
@@ -220,7 +222,8 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--seconds", type=float, default=90.0)
     p.add_argument("--rate", type=int, default=30000)
-    p.add_argument("--variant", action="append", help='"base" or "VAR=VALUE[,VAR=VALUE]" (repeatable)')
+    p.add_argument("--variant", action="append",
+                   help='"base" or "VAR=VALUE[,VAR=VALUE]", set:KEY=VALUE for a --set of flowmed (repeatable)')
     p.add_argument("--rounds", type=int, default=1)
     a = p.parse_args(argv)
     from bench.harness import Harness
