@@ -7,8 +7,8 @@ Each variant is a set of environment variables (``base``: none added) given to a
 embedded store), offered ``--rate`` v9 datagrams/s (30 records each, ``vary``) for ``--seconds``. The variants run
 one after the other, round after round, so a busy machine weighs on each alike.
 
-``FLOWMED_MEMPROBE_UNTUNED=1`` runs the daemon without :func:`collector.memory.tune_allocator` (glibc's dynamic
-mmap threshold, as before it); ``FLOWMED_MEMPROBE_TRIM_S=N`` calls ``malloc_trim(0)`` every N seconds (what the heap
+``FLOWMED_MEMPROBE_UNTUNED=1`` runs the daemon without :func:`collector.memory.start_trimmer` (as before it);
+``FLOWMED_MEMPROBE_TRIM_S=N`` calls ``malloc_trim(0)`` every N seconds as well (what the heap
 holds free, and could give back).
 
 The daemon runs under ``python -m bench.memprobe daemon ARGS`` (the same ``collector.cli`` ``main``, in the same
@@ -112,10 +112,10 @@ def daemon(args: list[str]) -> None:
         threading.Thread(target=_probe_loop, args=(path, every), name="memprobe", daemon=True).start()
     from collector.cli import main as cli_main
 
-    if os.environ.get("FLOWMED_MEMPROBE_UNTUNED"):  # "before": glibc's dynamic mmap threshold, as until now
+    if os.environ.get("FLOWMED_MEMPROBE_UNTUNED"):  # "before": no trimming thread, as until now
         from collector.commands import core
 
-        core.tune_allocator = lambda: False
+        core.start_trimmer = lambda: None
     sys.argv = ["flowmed", *args]
     cli_main()
 

@@ -1,4 +1,4 @@
-"""collector.memory: glibc's mmap threshold fixed at the daemon's start, so freed large arrays leave the process."""
+"""collector.memory: the heap's freed space goes back to the kernel while the daemon runs."""
 
 from __future__ import annotations
 
@@ -11,63 +11,54 @@ from pathlib import Path
 
 import pytest
 
-from collector import memory
-
 ROOT = Path(__file__).resolve().parents[2]
 
-# Frees one 4 MiB block (which raises glibc's dynamic threshold to 4 MiB), then allocates 60 blocks of 1 MiB with a
-# small block after each (so freed space is not at the top of the heap and cannot be trimmed), frees the big ones and
-# prints glibc's mallinfo2: bytes in the heap arenas and in mmapped blocks.
+# Frees one 4 MiB block (which raises glibc's dynamic mmap threshold to 4 MiB), then allocates 60 blocks of 1 MiB
+# with a small block after each (so the freed space is not at the top of the heap and is not trimmed at free), frees
+# the big ones, waits for the trimmer (when started) and prints the resident set before and after the frees.
 SCRIPT = r"""
-import ctypes, json, sys
+import json, sys, time
 import numpy as np
-from collector.memory import tune_allocator
+from collector.memory import start_trimmer
 
-class MallInfo2(ctypes.Structure):
-    _fields_ = [(n, ctypes.c_size_t) for n in ("arena", "ordblks", "smblks", "hblks", "hblkhd", "usmblks",
-                                               "fsmblks", "uordblks", "fordblks", "keepcost")]
+def rss():
+    for line in open("/proc/self/status"):
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) * 1024
 
-applied = tune_allocator() if sys.argv[1] == "tune" else False
-libc = ctypes.CDLL(None)
-libc.mallinfo2.restype = MallInfo2
+thread = start_trimmer(0.05) if sys.argv[1] == "trim" else None
 a = np.ones(4 << 20, np.uint8)
 del a
 big, small = [], []
 for _ in range(60):
     big.append(np.ones(1 << 20, np.uint8))
     small.append(np.ones(16 << 10, np.uint8))
+held = rss()
 del big
-mi = libc.mallinfo2()
-print(json.dumps({"applied": applied, "heap": mi.arena, "heap_free": mi.fordblks}))
+time.sleep(0.5)
+print(json.dumps({"started": thread is not None, "held": held, "after": rss()}))
 """
 
 
-def _run(mode: str, **env: str) -> dict[str, int]:
-    full = {k: v for k, v in os.environ.items() if not k.startswith("MALLOC_")}
+def _run(mode: str) -> dict[str, int]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MALLOC_")}
     out = subprocess.run([sys.executable, "-c", SCRIPT, mode], capture_output=True, text=True, check=True,
-                         env={**full, "PYTHONPATH": str(ROOT), **env}, cwd=ROOT)
+                         env={**env, "PYTHONPATH": str(ROOT)}, cwd=ROOT)
     return json.loads(out.stdout)
 
 
 @pytest.mark.skipif(platform.libc_ver()[0] != "glibc", reason="glibc's malloc")
-def test_freed_large_blocks_leave_the_heap_once_tuned() -> None:
-    untuned, tuned = _run("plain"), _run("tune")
-    assert tuned["applied"] is True
-    # untuned: the 60 MiB freed stay in the heap arena (dynamic threshold raised to 4 MiB by the first free)
-    assert untuned["heap_free"] > 50 << 20
-    # tuned: the 1 MiB blocks were mmapped and unmapped at free; the heap holds only the small blocks
-    assert tuned["heap_free"] < 8 << 20
-    assert tuned["heap"] < untuned["heap"] - (40 << 20)
+def test_freed_heap_space_goes_back_to_the_kernel() -> None:
+    plain, trimmed = _run("plain"), _run("trim")
+    assert trimmed["started"] is True
+    # without it, the 60 MiB freed stay resident (the dynamic threshold put them in the heap)
+    assert plain["held"] - plain["after"] < 10 << 20
+    # with it, they are given back within one period
+    assert trimmed["held"] - trimmed["after"] > 50 << 20
 
 
-@pytest.mark.skipif(platform.libc_ver()[0] != "glibc", reason="glibc's malloc")
-def test_an_operators_environment_wins() -> None:
-    assert memory.tune_allocator({memory.ENV_OVERRIDE: "1048576"}) is False
-    assert _run("tune", MALLOC_MMAP_THRESHOLD_="33554432")["applied"] is False
-
-
-def test_the_daemon_tunes_at_start(monkeypatch: pytest.MonkeyPatch) -> None:
-    """``flowmed run`` (single process, supervisor and each worker all pass through it) calls the tuning first."""
+def test_the_daemon_starts_it(monkeypatch: pytest.MonkeyPatch) -> None:
+    """``flowmed run`` (single process, supervisor and each worker all pass through it) starts the trimmer first."""
     from click.testing import CliRunner
 
     from collector.commands import core
@@ -77,10 +68,10 @@ def test_the_daemon_tunes_at_start(monkeypatch: pytest.MonkeyPatch) -> None:
     class Stop(Exception):
         pass
 
-    def fake_tune() -> bool:
+    def fake_start() -> None:
         called.append(True)
         raise Stop
 
-    monkeypatch.setattr(core, "tune_allocator", fake_tune)
+    monkeypatch.setattr(core, "start_trimmer", fake_start)
     result = CliRunner().invoke(core.run, ["--set", "store.enabled=false"])
     assert isinstance(result.exception, Stop) and called == [True]
