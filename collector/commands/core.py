@@ -14,6 +14,7 @@ import numpy as np
 from collector.commands.common import config_options
 from collector.config import Config
 from collector.configtree import to_dict
+from collector.memory import start_trimmer
 
 if TYPE_CHECKING:
     from decoders.dispatch import DispatchDecoder
@@ -29,6 +30,7 @@ REDACTED = "<redacted>"
 @click.option("--worker", type=int, default=None, hidden=True, help="Internal: run as worker N of a supervisor.")
 def run(config: Config, worker: int | None) -> None:
     """Run the collector daemon in the foreground (logs to stderr; stop with SIGTERM or Ctrl-C, reload with SIGHUP)."""
+    start_trimmer()  # hands the heap's freed space back to the kernel while the daemon runs
     ctx = click.get_current_context()
     config_path = ctx.meta.get("flowmed.config_path")
     overrides = tuple(ctx.meta.get("flowmed.overrides", ()))
