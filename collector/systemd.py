@@ -61,9 +61,10 @@ def watchdog_interval_s() -> float | None:
 
 # --- the memory the configuration allows (packaging/flowmed.service sets MemoryMax= from it) -----------------------
 
-BASELINE_BYTES = 256 * 1024 * 1024
-"""One process's own memory: interpreter, numpy, pyarrow, the batch joiner, metrics and status (measured: about
-126 MiB idle with the default configuration, 135 MiB at the peak of tests/hardening/test_template_flood.py)."""
+BASELINE_BYTES = 320 * 1024 * 1024
+"""One process's own memory: interpreter, numpy, pyarrow, numba (LLVM and the compiled kernels of decode,
+mediation and compliance, loaded from the cache before READY), the receive ring, metrics and status (measured:
+255-265 MiB idle after READY with the defaults, 390 MiB right after a first start that compiled the kernels)."""
 BINDING_BYTES = 100
 """Per subscriber binding in the in-memory index (``subscribers.max_memory_bindings``)."""
 TASKS_PER_PROCESS_FIXED = 48
