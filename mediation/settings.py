@@ -79,10 +79,10 @@ class MediationConfig:
     resent datagrams and doubly exported records: one key per datagram of a primary exporter, one per record of a
     shared one."""
     dedup_max_keys: int = 7_200_000
-    """Keys kept at most, over two generations (16 to 32 bytes of memory per key: 128 MiB at the default); when the
-    rate is so high that a generation fills before dedup_window_s, it is retired early and the window is shorter
-    (counted). The default holds 30,000 datagrams/s of primary exporters for the whole window; no traffic makes
-    it hold more."""
+    """Keys kept at most, over two generations (128 MiB of tables at the default in steady state, 296 MiB at the
+    worst: mediation.dedup.worst_case_bytes); when the rate is so high that a generation fills before
+    dedup_window_s, it is retired early and the window is shorter (counted). The default holds 30,000 datagrams/s of
+    primary exporters for the whole window; no traffic makes it hold more."""
     exporter_roles: list[ExporterRole] = field(default_factory=list)
     """Exporter roles for de-duplication (longest prefix wins; default primary)."""
     classes: list[ClassRule] = field(default_factory=list)
