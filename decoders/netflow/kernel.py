@@ -410,6 +410,7 @@ class Plan:
         self.a_rows = a_rows
         """Address column -> row of :attr:`Gathered.A`."""
         self.fused: object | None = None
+        """The plan's columns.FusedPlan, made at its first batch (typed loosely: columns imports this module)."""
         """This plan remapped into a batch's columns (:class:`decoders.netflow.columns.FusedPlan`), made on use."""
 
 

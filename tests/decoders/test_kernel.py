@@ -14,6 +14,17 @@ from tests.decoders.test_fast_path import NARROW, ODD, V6, WIDE, _compare, _reco
 EXPORTERS = ["192.0.2.1", "192.0.2.2", "192.0.2.3"]
 
 
+def _batches(out: list[tuple[bytes, str, int]], rng: random.Random, sizes: list[int]
+             ) -> list[list[tuple[bytes, str, int]]]:
+    """``out`` cut into consecutive batches of sizes drawn from ``sizes``."""
+    batches, i = [], 0
+    while i < len(out):
+        k = rng.choice(sizes)
+        batches.append(out[i:i + k])
+        i += k
+    return batches
+
+
 def _v5_traffic(seed: int, n: int = 400) -> list[list[tuple[bytes, str, int]]]:
     rng = random.Random(seed)
     seq = {e: rng.randrange(1 << 32) for e in EXPORTERS}
@@ -31,12 +42,7 @@ def _v5_traffic(seed: int, n: int = 400) -> list[list[tuple[bytes, str, int]]]:
         elif r < 0.03:
             dg = dg + b"\0" * 5  # longer than its records
         out.append((dg, e, T0_MS + i))
-    batches, i = [], 0
-    while i < len(out):
-        k = rng.choice([3, 40, 200])
-        batches.append(out[i:i + k])
-        i += k
-    return batches
+    return _batches(out, rng, [3, 40, 200])
 
 
 def test_v5_batches_equal_the_per_datagram_path(monkeypatch) -> None:
@@ -66,12 +72,7 @@ def _multiset_traffic(seed: int, n: int = 300) -> list[list[tuple[bytes, str, in
         if rng.random() < 0.02:
             dg = dg[:2] + (count + 1).to_bytes(2, "big") + dg[4:]  # a header count that disagrees
         out.append((dg, e, T0_MS + i))
-    batches, i = [], 0
-    while i < len(out):
-        k = rng.choice([5, 60, 300])
-        batches.append(out[i:i + k])
-        i += k
-    return batches
+    return _batches(out, rng, [5, 60, 300])
 
 
 def test_multiset_batches_equal_the_per_datagram_path(monkeypatch) -> None:
